@@ -1,0 +1,60 @@
+//! Errors of the pure model. Each says what to change.
+
+use crate::Dimension;
+
+/// A [`Limits`](crate::Limits) value that cannot describe a bucket.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LimitsError {
+    /// No dimension has a limit.
+    #[error("no limits set: give at least one of requests (rpm), tokens (tpm), input_tokens or output_tokens")]
+    NoLimits,
+    /// The window is zero, negative, or not a number.
+    #[error("window must be a positive number of seconds, got {0}")]
+    BadWindow(f64),
+    /// The burst factor is zero, negative, or not a number.
+    #[error("burst must be a positive finite factor (1.0 = one window's worth), got {0}")]
+    BadBurst(f64),
+    /// The burndown multiplier is negative or not a number.
+    #[error("burndown must be a finite number >= 0 (1.0 default, 5.0 for AWS Bedrock), got {0}")]
+    BadBurndown(f64),
+    /// A priority headroom outside (0, 1].
+    #[error("priority headroom must be in (0, 1] (1.0 for the top class), got {0}")]
+    BadHeadroom(f64),
+}
+
+/// Why a reservation was not made. Nothing was written in either case.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ReserveError {
+    /// The request costs more than the bucket can ever hold.
+    #[error("request needs {needed} {unit} but the bucket holds at most {capacity} ({dimension}={limit}, burst={burst}); raise burst or split the request", unit = dimension.unit())]
+    TooLarge {
+        /// The dimension that cannot hold the request.
+        dimension: Dimension,
+        /// What the request costs in that dimension.
+        needed: f64,
+        /// The most the bucket holds (`burst × limit`).
+        capacity: f64,
+        /// The limit per window.
+        limit: u64,
+        /// The burst factor.
+        burst: f64,
+    },
+    /// The slot lies further away than the caller is willing to wait.
+    #[error("rate limited: the next slot is {retry_after:.3} s away (longer than the allowed wait of {max_wait:.3} s)")]
+    WouldWait {
+        /// Seconds until the request could start.
+        retry_after: f64,
+        /// The caller's maximum wait in seconds.
+        max_wait: f64,
+    },
+    /// The queue of the key's class is at its configured length.
+    #[error("queue full: {depth} requests are already waiting (max_queue={max_queue}); retry in {retry_after:.3} s")]
+    QueueFull {
+        /// Requests waiting in the class's queue.
+        depth: u64,
+        /// The configured cap.
+        max_queue: u64,
+        /// Seconds until the request could start.
+        retry_after: f64,
+    },
+}

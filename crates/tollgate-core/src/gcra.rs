@@ -1,0 +1,216 @@
+//! GCRA reservations over several dimensions at once.
+
+use crate::{Dimension, Dims, Mark, Policy, ReserveError, DIMENSIONS};
+
+/// The state of one key: per dimension the theoretical arrival time and the
+/// refunds made so far (both in seconds on the store's clock).
+///
+/// A fresh key is all zeros: every TAT lies in the past, the buckets are full.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct KeyState {
+    /// Theoretical arrival time per dimension.
+    pub tat: Dims,
+    /// Seconds of TAT given back by refunds since the key was created; bounds
+    /// later refunds (see [`settle`](crate::settle)).
+    pub refunded: Dims,
+}
+
+impl KeyState {
+    /// The latest TAT over all limited dimensions: when every bucket is full again.
+    pub fn full_at(&self, policy: &Policy) -> f64 {
+        Dimension::ALL
+            .iter()
+            .filter(|d| policy.is_limited(**d))
+            .map(|d| self.tat[d.index()])
+            .fold(f64::NEG_INFINITY, f64::max)
+    }
+}
+
+/// One reservation request, in the units of [`Policy::units`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReserveRequest {
+    /// Cost per dimension in units.
+    pub cost: Dims,
+    /// The class's share of the tolerance, `h_k` in (0, 1]; 1.0 for the top class.
+    pub headroom: f64,
+    /// The latest slot granted in this class that is still queued (FIFO tail);
+    /// `f64::NEG_INFINITY` when the queue is empty.
+    pub tail: f64,
+    /// The longest the caller will wait, in seconds; `None` waits for ever.
+    pub max_wait: Option<f64>,
+    /// Reservations waiting in this class's queue now.
+    pub queued: u64,
+    /// Refuse to queue when `queued` has reached this many.
+    pub max_queue: Option<u64>,
+}
+
+impl ReserveRequest {
+    /// A top-class request with no queue, no wait bound and no queue cap.
+    pub fn new(cost: Dims) -> Self {
+        ReserveRequest {
+            cost,
+            headroom: 1.0,
+            tail: f64::NEG_INFINITY,
+            max_wait: None,
+            queued: 0,
+            max_queue: None,
+        }
+    }
+}
+
+/// A granted reservation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grant {
+    /// When the request may start (store clock, seconds).
+    pub slot: f64,
+    /// The key's state with the reservation charged.
+    pub state: KeyState,
+    /// What settlement needs to know about this reservation.
+    pub mark: Mark,
+}
+
+/// Reserves a slot for `req` at time `now`: the pure step of `acquire`.
+///
+/// All limited dimensions are checked and charged together; on error nothing is
+/// charged (the caller keeps `state`).
+pub fn reserve(
+    policy: &Policy,
+    state: &KeyState,
+    now: f64,
+    req: &ReserveRequest,
+) -> Result<Grant, ReserveError> {
+    let tolerance = policy.tau * req.headroom;
+    let mut slot = now.max(req.tail);
+    let mut charge = [0.0; DIMENSIONS];
+    for d in Dimension::ALL {
+        let i = d.index();
+        let inc = policy.increment[i];
+        if inc == 0.0 {
+            continue;
+        }
+        let capacity = policy.capacity(d);
+        if req.cost[i] > capacity {
+            return Err(ReserveError::TooLarge {
+                dimension: d,
+                needed: req.cost[i],
+                capacity,
+                limit: policy.limit(d).unwrap_or(0),
+                burst: policy.limits().burst,
+            });
+        }
+        charge[i] = req.cost[i] * inc;
+        slot = slot.max(state.tat[i] + charge[i] - tolerance);
+    }
+    let wait = slot - now;
+    if wait > 0.0 {
+        if let Some(max_wait) = req.max_wait {
+            if wait > max_wait {
+                return Err(ReserveError::WouldWait {
+                    retry_after: wait,
+                    max_wait,
+                });
+            }
+        }
+        if let Some(max_queue) = req.max_queue {
+            if req.queued >= max_queue {
+                return Err(ReserveError::QueueFull {
+                    depth: req.queued,
+                    max_queue,
+                    retry_after: wait,
+                });
+            }
+        }
+    }
+    let mut next = *state;
+    for i in 0..DIMENSIONS {
+        if charge[i] > 0.0 || policy.increment[i] > 0.0 {
+            next.tat[i] = state.tat[i].max(slot) + charge[i];
+        }
+    }
+    Ok(Grant {
+        slot,
+        state: next,
+        mark: Mark {
+            cost: req.cost,
+            end: next.tat,
+            refunded_at: state.refunded,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Cost, Limits};
+
+    fn policy() -> Policy {
+        Limits::new().requests(6).tokens(600).validate().unwrap()
+    }
+
+    #[test]
+    fn full_bucket_admits_a_burst_then_spaces_requests() {
+        let p = policy();
+        let mut s = KeyState::default();
+        let req = ReserveRequest::new(p.units(Cost::tokens(10)));
+        for _ in 0..6 {
+            let g = reserve(&p, &s, 1000.0, &req).unwrap();
+            assert_eq!(g.slot, 1000.0);
+            s = g.state;
+        }
+        // The request bucket (6 per 60 s) is empty: next one in 10 s.
+        let g = reserve(&p, &s, 1000.0, &req).unwrap();
+        assert!((g.slot - 1010.0).abs() < 1e-9, "{}", g.slot);
+    }
+
+    #[test]
+    fn too_large_is_refused_with_advice() {
+        let p = policy();
+        let err = reserve(&p, &KeyState::default(), 0.0, &ReserveRequest::new(p.units(Cost::tokens(601))))
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("needs 601 tokens") && msg.contains("at most 600"), "{msg}");
+        assert!(msg.contains("raise burst or split"), "{msg}");
+    }
+
+    #[test]
+    fn max_wait_refuses_without_charging() {
+        let p = policy();
+        let full = ReserveRequest::new(p.units(Cost::tokens(600)));
+        let g = reserve(&p, &KeyState::default(), 0.0, &full).unwrap();
+        let mut req = ReserveRequest::new(p.units(Cost::tokens(300)));
+        req.max_wait = Some(10.0);
+        match reserve(&p, &g.state, 0.0, &req) {
+            Err(ReserveError::WouldWait { retry_after, .. }) => {
+                assert!((retry_after - 30.0).abs() < 1e-9)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn fifo_tail_orders_a_small_request_after_a_big_one() {
+        let p = policy();
+        let g = reserve(&p, &KeyState::default(), 0.0, &ReserveRequest::new(p.units(Cost::tokens(600)))).unwrap();
+        let big = reserve(&p, &g.state, 0.0, &ReserveRequest::new(p.units(Cost::tokens(500)))).unwrap();
+        let mut small = ReserveRequest::new(p.units(Cost::tokens(1)));
+        small.tail = big.slot;
+        let s = reserve(&p, &big.state, 0.0, &small).unwrap();
+        assert!(s.slot >= big.slot);
+    }
+
+    #[test]
+    fn lower_class_keeps_out_of_the_top_share() {
+        let p = policy();
+        let mut low = ReserveRequest::new(p.units(Cost::tokens(300)));
+        low.headroom = 0.5;
+        let g = reserve(&p, &KeyState::default(), 0.0, &low).unwrap();
+        assert_eq!(g.slot, 0.0);
+        // The low class has used its half of the bucket: it must wait.
+        let g2 = reserve(&p, &g.state, 0.0, &low).unwrap();
+        assert!((g2.slot - 30.0).abs() < 1e-9, "{}", g2.slot);
+        // The top class starts on the other half, before the queued low one.
+        let top = ReserveRequest::new(p.units(Cost::tokens(250)));
+        let t = reserve(&p, &g2.state, 0.0, &top).unwrap();
+        assert!(t.slot < g2.slot, "top {} low {}", t.slot, g2.slot);
+    }
+}

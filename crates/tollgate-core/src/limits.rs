@@ -1,0 +1,228 @@
+//! Limits as a user writes them, and the validated [`Policy`] the arithmetic uses.
+
+use crate::{Cost, Dimension, Dims, LimitsError, DIMENSIONS};
+
+/// The default window: limits are per minute.
+pub const DEFAULT_WINDOW_SECS: f64 = 60.0;
+
+/// The limits of one key, as a user sets them.
+///
+/// A limit of `0` or `None` means "not limited". Build with the chained setters
+/// and call [`Limits::validate`] to get a [`Policy`].
+///
+/// ```
+/// use tollgate_core::Limits;
+/// // AWS Bedrock: combined tokens with output counted five times.
+/// let policy = Limits::new().requests(100).tokens(200_000).burndown(5.0).validate().unwrap();
+/// assert_eq!(policy.limit(tollgate_core::Dimension::Tokens), Some(200_000));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Requests per window (RPM when the window is 60 s).
+    pub requests: Option<u64>,
+    /// Combined tokens per window (TPM).
+    pub tokens: Option<u64>,
+    /// Input tokens per window.
+    pub input_tokens: Option<u64>,
+    /// Output tokens per window.
+    pub output_tokens: Option<u64>,
+    /// Window length in seconds (default 60).
+    pub window_secs: f64,
+    /// Burst factor: the bucket holds `burst × limit` (default 1.0).
+    pub burst: f64,
+    /// Multiplier of output tokens in the combined dimension (default 1.0; AWS Bedrock 5.0).
+    pub burndown: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            requests: None,
+            tokens: None,
+            input_tokens: None,
+            output_tokens: None,
+            window_secs: DEFAULT_WINDOW_SECS,
+            burst: 1.0,
+            burndown: 1.0,
+        }
+    }
+}
+
+impl Limits {
+    /// No limits yet, a 60 s window, burst 1.0, burndown 1.0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Requests per window.
+    pub fn requests(mut self, n: u64) -> Self {
+        self.requests = Some(n);
+        self
+    }
+
+    /// Combined tokens per window.
+    pub fn tokens(mut self, n: u64) -> Self {
+        self.tokens = Some(n);
+        self
+    }
+
+    /// Input tokens per window.
+    pub fn input_tokens(mut self, n: u64) -> Self {
+        self.input_tokens = Some(n);
+        self
+    }
+
+    /// Output tokens per window.
+    pub fn output_tokens(mut self, n: u64) -> Self {
+        self.output_tokens = Some(n);
+        self
+    }
+
+    /// Window length in seconds.
+    pub fn window_secs(mut self, secs: f64) -> Self {
+        self.window_secs = secs;
+        self
+    }
+
+    /// Burst factor (bucket capacity = burst × limit).
+    pub fn burst(mut self, burst: f64) -> Self {
+        self.burst = burst;
+        self
+    }
+
+    /// Output burndown multiplier for the combined token dimension.
+    pub fn burndown(mut self, burndown: f64) -> Self {
+        self.burndown = burndown;
+        self
+    }
+
+    /// The limit of one dimension, `None` when it is not limited.
+    pub fn limit(&self, d: Dimension) -> Option<u64> {
+        let v = match d {
+            Dimension::Requests => self.requests,
+            Dimension::Tokens => self.tokens,
+            Dimension::InputTokens => self.input_tokens,
+            Dimension::OutputTokens => self.output_tokens,
+        };
+        v.filter(|&n| n > 0)
+    }
+
+    /// Checks the limits and derives the per-dimension increments.
+    pub fn validate(&self) -> Result<Policy, LimitsError> {
+        if !(self.window_secs.is_finite() && self.window_secs > 0.0) {
+            return Err(LimitsError::BadWindow(self.window_secs));
+        }
+        if !(self.burst.is_finite() && self.burst > 0.0) {
+            return Err(LimitsError::BadBurst(self.burst));
+        }
+        if !(self.burndown.is_finite() && self.burndown >= 0.0) {
+            return Err(LimitsError::BadBurndown(self.burndown));
+        }
+        let mut increment = [0.0; DIMENSIONS];
+        for d in Dimension::ALL {
+            if let Some(l) = self.limit(d) {
+                increment[d.index()] = self.window_secs / l as f64;
+            }
+        }
+        if increment.iter().all(|&t| t == 0.0) {
+            return Err(LimitsError::NoLimits);
+        }
+        Ok(Policy {
+            limits: self.clone(),
+            increment,
+            tau: self.burst * self.window_secs,
+        })
+    }
+}
+
+/// Validated limits in the form the arithmetic uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    limits: Limits,
+    /// Seconds of TAT one unit costs, per dimension (`T = W / L`); 0 where unlimited.
+    pub increment: Dims,
+    /// The tolerance `τ = burst × window` in seconds: the TAT may lie at most
+    /// this far ahead of a request's start.
+    pub tau: f64,
+}
+
+impl Policy {
+    /// The limits this policy was built from.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The limit of one dimension, `None` when not limited.
+    pub fn limit(&self, d: Dimension) -> Option<u64> {
+        self.limits.limit(d)
+    }
+
+    /// Whether a dimension is limited.
+    pub fn is_limited(&self, d: Dimension) -> bool {
+        self.increment[d.index()] > 0.0
+    }
+
+    /// The most a dimension's bucket holds (`burst × limit`), in units.
+    pub fn capacity(&self, d: Dimension) -> f64 {
+        self.limit(d)
+            .map(|l| l as f64 * self.limits.burst)
+            .unwrap_or(f64::INFINITY)
+    }
+
+    /// The cost of a request in units of each dimension.
+    ///
+    /// `Cost::Tokens(n)` charges `n` to the combined and the input dimensions;
+    /// `Cost::Split` charges `input + burndown × output` to the combined one.
+    pub fn units(&self, cost: Cost) -> Dims {
+        let (combined, input, output) = match cost {
+            Cost::Tokens(n) => (n as f64, n as f64, 0.0),
+            Cost::Split { input, output } => (
+                input as f64 + self.limits.burndown * output as f64,
+                input as f64,
+                output as f64,
+            ),
+        };
+        [1.0, combined, input, output]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_fields_by_name() {
+        assert_eq!(Limits::new().validate(), Err(LimitsError::NoLimits));
+        assert_eq!(
+            Limits::new().requests(0).tokens(0).validate(),
+            Err(LimitsError::NoLimits)
+        );
+        assert!(matches!(
+            Limits::new().tokens(1).window_secs(0.0).validate(),
+            Err(LimitsError::BadWindow(_))
+        ));
+        assert!(matches!(
+            Limits::new().tokens(1).burst(f64::NAN).validate(),
+            Err(LimitsError::BadBurst(_))
+        ));
+        assert!(matches!(
+            Limits::new().tokens(1).burst(-1.0).validate(),
+            Err(LimitsError::BadBurst(_))
+        ));
+        assert!(matches!(
+            Limits::new().tokens(1).burndown(-0.5).validate(),
+            Err(LimitsError::BadBurndown(_))
+        ));
+        let msg = Limits::new().tokens(1).burst(-1.0).validate().unwrap_err().to_string();
+        assert!(msg.contains("burst") && msg.contains("-1"), "{msg}");
+    }
+
+    #[test]
+    fn burndown_weights_output_in_combined_only() {
+        let p = Limits::new().tokens(1000).burndown(5.0).validate().unwrap();
+        assert_eq!(p.units(Cost::split(100, 10)), [1.0, 150.0, 100.0, 10.0]);
+        assert_eq!(p.units(Cost::tokens(70)), [1.0, 70.0, 70.0, 0.0]);
+        assert_eq!(p.increment, [0.0, 0.06, 0.0, 0.0]);
+        assert_eq!(p.tau, 60.0);
+    }
+}

@@ -1,0 +1,103 @@
+//! Settling a reservation with the usage actually measured.
+
+use crate::{Dims, KeyState, Policy, DIMENSIONS};
+
+/// What a reservation remembers for its settlement.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Mark {
+    /// The estimated cost per dimension, in units.
+    pub cost: Dims,
+    /// Where its cost ended on each dimension's TAT line.
+    pub end: Dims,
+    /// The key's refund counters when it was taken.
+    pub refunded_at: Dims,
+}
+
+/// The outcome of [`settle`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settled {
+    /// The key's new state.
+    pub state: KeyState,
+    /// Units charged on top of the estimate, per dimension.
+    pub charged: Dims,
+    /// Units given back, per dimension (may be less than asked: see [`settle`]).
+    pub refunded: Dims,
+}
+
+/// Settles a reservation: charge usage above the estimate, refund usage below it.
+///
+/// A refund never returns capacity that has already drained: it is capped by the
+/// part of this reservation's cost that still lies ahead of `now` on the TAT line,
+/// moved back by every refund made on the key since the reservation was taken (a
+/// conservative bound), and by the key's whole backlog. Cancelling is settling
+/// with `actual = [0; 4]`.
+pub fn settle(policy: &Policy, state: &KeyState, now: f64, mark: &Mark, actual: &Dims) -> Settled {
+    let mut next = *state;
+    let mut charged = [0.0; DIMENSIONS];
+    let mut refunded = [0.0; DIMENSIONS];
+    for i in 0..DIMENSIONS {
+        let inc = policy.increment[i];
+        if inc == 0.0 {
+            continue;
+        }
+        let delta = actual[i] - mark.cost[i];
+        if delta > 0.0 {
+            next.tat[i] = state.tat[i].max(now) + delta * inc;
+            charged[i] = delta;
+        } else if delta < 0.0 {
+            let shift = state.refunded[i] - mark.refunded_at[i];
+            let undrained = (mark.end[i] - shift - now)
+                .min(mark.cost[i] * inc)
+                .min(state.tat[i] - now);
+            let give = (-delta * inc).min(undrained);
+            if give > 0.0 {
+                next.tat[i] = state.tat[i] - give;
+                next.refunded[i] = state.refunded[i] + give;
+                refunded[i] = give / inc;
+            }
+        }
+    }
+    Settled {
+        state: next,
+        charged,
+        refunded,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{reserve, Cost, Limits, ReserveRequest};
+
+    #[test]
+    fn refund_gives_back_only_what_has_not_drained() {
+        let p = Limits::new().tokens(600).validate().unwrap(); // 0.1 s per token
+        let g = reserve(&p, &KeyState::default(), 0.0, &ReserveRequest::new(p.units(Cost::tokens(600)))).unwrap();
+        // 20 s later 200 tokens have drained; the call used 100: refund at most 400.
+        let s = settle(&p, &g.state, 20.0, &g.mark, &p.units(Cost::tokens(100)));
+        assert!((s.refunded[1] - 400.0).abs() < 1e-9, "{:?}", s.refunded);
+        assert!((s.state.tat[1] - 20.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn overuse_is_charged_from_now() {
+        let p = Limits::new().tokens(600).validate().unwrap();
+        let g = reserve(&p, &KeyState::default(), 0.0, &ReserveRequest::new(p.units(Cost::tokens(100)))).unwrap();
+        let s = settle(&p, &g.state, 50.0, &g.mark, &p.units(Cost::tokens(300)));
+        assert_eq!(s.charged[1], 200.0);
+        assert!((s.state.tat[1] - 70.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn refunds_by_others_shrink_later_refunds() {
+        let p = Limits::new().tokens(600).validate().unwrap();
+        let a = reserve(&p, &KeyState::default(), 0.0, &ReserveRequest::new(p.units(Cost::tokens(300)))).unwrap();
+        let b = reserve(&p, &a.state, 0.0, &ReserveRequest::new(p.units(Cost::tokens(300)))).unwrap();
+        let after_a = settle(&p, &b.state, 0.0, &a.mark, &[1.0, 0.0, 0.0, 0.0]);
+        assert!((after_a.refunded[1] - 300.0).abs() < 1e-9);
+        // b's segment moved back by 30 s; at t = 20 only 10 s of it is still ahead.
+        let after_b = settle(&p, &after_a.state, 20.0, &b.mark, &[1.0, 0.0, 0.0, 0.0]);
+        assert!((after_b.refunded[1] - 100.0).abs() < 1e-9, "{:?}", after_b.refunded);
+        assert!(after_b.state.tat[1] >= 20.0 - 1e-9);
+    }
+}
