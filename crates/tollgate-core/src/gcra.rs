@@ -165,10 +165,18 @@ mod tests {
     #[test]
     fn too_large_is_refused_with_advice() {
         let p = policy();
-        let err = reserve(&p, &KeyState::default(), 0.0, &ReserveRequest::new(p.units(Cost::tokens(601))))
-            .unwrap_err();
+        let err = reserve(
+            &p,
+            &KeyState::default(),
+            0.0,
+            &ReserveRequest::new(p.units(Cost::tokens(601))),
+        )
+        .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("needs 601 tokens") && msg.contains("at most 600"), "{msg}");
+        assert!(
+            msg.contains("needs 601 tokens") && msg.contains("at most 600"),
+            "{msg}"
+        );
         assert!(msg.contains("raise burst or split"), "{msg}");
     }
 
@@ -190,8 +198,20 @@ mod tests {
     #[test]
     fn fifo_tail_orders_a_small_request_after_a_big_one() {
         let p = policy();
-        let g = reserve(&p, &KeyState::default(), 0.0, &ReserveRequest::new(p.units(Cost::tokens(600)))).unwrap();
-        let big = reserve(&p, &g.state, 0.0, &ReserveRequest::new(p.units(Cost::tokens(500)))).unwrap();
+        let g = reserve(
+            &p,
+            &KeyState::default(),
+            0.0,
+            &ReserveRequest::new(p.units(Cost::tokens(600))),
+        )
+        .unwrap();
+        let big = reserve(
+            &p,
+            &g.state,
+            0.0,
+            &ReserveRequest::new(p.units(Cost::tokens(500))),
+        )
+        .unwrap();
         let mut small = ReserveRequest::new(p.units(Cost::tokens(1)));
         small.tail = big.slot;
         let s = reserve(&p, &big.state, 0.0, &small).unwrap();

@@ -78,6 +78,26 @@ impl Limits {
         self
     }
 
+    /// Alias of [`Limits::requests`]: requests per window (per minute by default).
+    pub fn rpm(self, n: u64) -> Self {
+        self.requests(n)
+    }
+
+    /// Alias of [`Limits::tokens`]: combined tokens per window.
+    pub fn tpm(self, n: u64) -> Self {
+        self.tokens(n)
+    }
+
+    /// Alias of [`Limits::input_tokens`].
+    pub fn input_tpm(self, n: u64) -> Self {
+        self.input_tokens(n)
+    }
+
+    /// Alias of [`Limits::output_tokens`].
+    pub fn output_tpm(self, n: u64) -> Self {
+        self.output_tokens(n)
+    }
+
     /// Window length in seconds.
     pub fn window_secs(mut self, secs: f64) -> Self {
         self.window_secs = secs;
@@ -105,6 +125,22 @@ impl Limits {
             Dimension::OutputTokens => self.output_tokens,
         };
         v.filter(|&n| n > 0)
+    }
+
+    /// The same limits scaled by `share` (each limit rounded up, at least 1):
+    /// what one instance of several may use on its own during a store outage.
+    pub fn scaled(&self, share: f64) -> Limits {
+        let scale = |v: Option<u64>| {
+            v.filter(|&n| n > 0)
+                .map(|n| ((n as f64 * share).ceil() as u64).max(1))
+        };
+        Limits {
+            requests: scale(self.requests),
+            tokens: scale(self.tokens),
+            input_tokens: scale(self.input_tokens),
+            output_tokens: scale(self.output_tokens),
+            ..self.clone()
+        }
     }
 
     /// Checks the limits and derives the per-dimension increments.
@@ -213,7 +249,12 @@ mod tests {
             Limits::new().tokens(1).burndown(-0.5).validate(),
             Err(LimitsError::BadBurndown(_))
         ));
-        let msg = Limits::new().tokens(1).burst(-1.0).validate().unwrap_err().to_string();
+        let msg = Limits::new()
+            .tokens(1)
+            .burst(-1.0)
+            .validate()
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("burst") && msg.contains("-1"), "{msg}");
     }
 

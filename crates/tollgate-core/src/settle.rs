@@ -72,7 +72,13 @@ mod tests {
     #[test]
     fn refund_gives_back_only_what_has_not_drained() {
         let p = Limits::new().tokens(600).validate().unwrap(); // 0.1 s per token
-        let g = reserve(&p, &KeyState::default(), 0.0, &ReserveRequest::new(p.units(Cost::tokens(600)))).unwrap();
+        let g = reserve(
+            &p,
+            &KeyState::default(),
+            0.0,
+            &ReserveRequest::new(p.units(Cost::tokens(600))),
+        )
+        .unwrap();
         // 20 s later 200 tokens have drained; the call used 100: refund at most 400.
         let s = settle(&p, &g.state, 20.0, &g.mark, &p.units(Cost::tokens(100)));
         assert!((s.refunded[1] - 400.0).abs() < 1e-9, "{:?}", s.refunded);
@@ -82,7 +88,13 @@ mod tests {
     #[test]
     fn overuse_is_charged_from_now() {
         let p = Limits::new().tokens(600).validate().unwrap();
-        let g = reserve(&p, &KeyState::default(), 0.0, &ReserveRequest::new(p.units(Cost::tokens(100)))).unwrap();
+        let g = reserve(
+            &p,
+            &KeyState::default(),
+            0.0,
+            &ReserveRequest::new(p.units(Cost::tokens(100))),
+        )
+        .unwrap();
         let s = settle(&p, &g.state, 50.0, &g.mark, &p.units(Cost::tokens(300)));
         assert_eq!(s.charged[1], 200.0);
         assert!((s.state.tat[1] - 70.0).abs() < 1e-9);
@@ -91,13 +103,29 @@ mod tests {
     #[test]
     fn refunds_by_others_shrink_later_refunds() {
         let p = Limits::new().tokens(600).validate().unwrap();
-        let a = reserve(&p, &KeyState::default(), 0.0, &ReserveRequest::new(p.units(Cost::tokens(300)))).unwrap();
-        let b = reserve(&p, &a.state, 0.0, &ReserveRequest::new(p.units(Cost::tokens(300)))).unwrap();
+        let a = reserve(
+            &p,
+            &KeyState::default(),
+            0.0,
+            &ReserveRequest::new(p.units(Cost::tokens(300))),
+        )
+        .unwrap();
+        let b = reserve(
+            &p,
+            &a.state,
+            0.0,
+            &ReserveRequest::new(p.units(Cost::tokens(300))),
+        )
+        .unwrap();
         let after_a = settle(&p, &b.state, 0.0, &a.mark, &[1.0, 0.0, 0.0, 0.0]);
         assert!((after_a.refunded[1] - 300.0).abs() < 1e-9);
         // b's segment moved back by 30 s; at t = 20 only 10 s of it is still ahead.
         let after_b = settle(&p, &after_a.state, 20.0, &b.mark, &[1.0, 0.0, 0.0, 0.0]);
-        assert!((after_b.refunded[1] - 100.0).abs() < 1e-9, "{:?}", after_b.refunded);
+        assert!(
+            (after_b.refunded[1] - 100.0).abs() < 1e-9,
+            "{:?}",
+            after_b.refunded
+        );
         assert!(after_b.state.tat[1] >= 20.0 - 1e-9);
     }
 }

@@ -1,0 +1,113 @@
+//! The library's error type. Every message says what to do.
+
+use std::time::Duration;
+
+use tollgate_core::{LimitsError, ReserveError};
+
+use crate::store::StoreError;
+
+/// Everything `acquire`, `settle` and the builders can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The limits are not valid (names the field and the value).
+    #[error("invalid limits for key {key:?}: {source}")]
+    Limits {
+        /// The limiter's key.
+        key: String,
+        /// What is wrong.
+        #[source]
+        source: LimitsError,
+    },
+    /// Another setting is not valid (names the field and the value).
+    #[error("invalid setting {field} = {value}: {reason}")]
+    Config {
+        /// The setting's name, e.g. `retry.max_delay`.
+        field: &'static str,
+        /// The value given.
+        value: String,
+        /// What a valid value looks like.
+        reason: &'static str,
+    },
+    /// The request can never fit the bucket; nothing was reserved.
+    #[error(transparent)]
+    TooLarge(ReserveError),
+    /// The slot lies further away than the allowed wait; nothing was reserved.
+    #[error("rate limited on {key:?}: retry after {:.3} s (allowed wait {:.3} s)", retry_after.as_secs_f64(), max_wait.as_secs_f64())]
+    RateLimited {
+        /// The limiter's key.
+        key: String,
+        /// How long until the request could start.
+        retry_after: Duration,
+        /// The wait the caller allowed.
+        max_wait: Duration,
+    },
+    /// The key's queue is at its cap; nothing was reserved.
+    #[error("queue of {key:?} is full ({depth} waiting, max_queue={max_queue}): retry after {:.3} s", retry_after.as_secs_f64())]
+    QueueFull {
+        /// The limiter's key.
+        key: String,
+        /// Requests already waiting in the class.
+        depth: u64,
+        /// The cap.
+        max_queue: u64,
+        /// How long until the request could start.
+        retry_after: Duration,
+    },
+    /// The store failed after all retries and the outage policy is `closed`.
+    #[error("store unavailable after {attempts} attempts (outage policy: closed): {source}")]
+    StoreUnavailable {
+        /// Attempts made, the first included.
+        attempts: u32,
+        /// The last store error.
+        #[source]
+        source: StoreError,
+    },
+    /// The store answered with an error that retrying will not fix.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl Error {
+    /// How long to wait before trying again, for the errors where that helps.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::RateLimited { retry_after, .. } | Error::QueueFull { retry_after, .. } => {
+                Some(*retry_after)
+            }
+            _ => None,
+        }
+    }
+
+    pub(crate) fn from_reserve(key: &str, e: ReserveError) -> Self {
+        match e {
+            ReserveError::TooLarge { .. } => Error::TooLarge(e),
+            ReserveError::WouldWait {
+                retry_after,
+                max_wait,
+            } => Error::RateLimited {
+                key: key.to_string(),
+                retry_after: secs(retry_after),
+                max_wait: secs(max_wait),
+            },
+            ReserveError::QueueFull {
+                depth,
+                max_queue,
+                retry_after,
+            } => Error::QueueFull {
+                key: key.to_string(),
+                depth,
+                max_queue,
+                retry_after: secs(retry_after),
+            },
+        }
+    }
+}
+
+/// Seconds as a `Duration`, clamping negatives and non-numbers to zero.
+pub(crate) fn secs(s: f64) -> Duration {
+    if s.is_finite() && s > 0.0 {
+        Duration::from_secs_f64(s)
+    } else {
+        Duration::ZERO
+    }
+}

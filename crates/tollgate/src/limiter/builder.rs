@@ -1,0 +1,203 @@
+//! Building a [`RateLimiter`]: one source of truth for its settings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tollgate_core::Limits;
+
+use crate::store::{MemoryStore, RedisOptions, RedisStore, Store};
+use crate::{Error, OutagePolicy, RateLimiter, RetryConfig};
+
+use super::rate_limiter::{Inner, LocalFallback};
+
+/// A priority class of a shared bucket (see "Priority classes" in the design).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PriorityClass {
+    /// Share of the bucket's tolerance this class may fill, in (0, 1]; the top
+    /// class has 1.0.
+    pub headroom: f64,
+    /// The class's default maximum wait (`None`: the limiter's).
+    pub max_wait: Option<Duration>,
+}
+
+/// Settings of a [`RateLimiter`]; see each method for its default.
+///
+/// ```
+/// # async fn demo() -> Result<(), tollgate::Error> {
+/// use std::time::Duration;
+/// use tollgate::{Limits, OutagePolicy, RateLimiter, RetryConfig};
+///
+/// let limiter = RateLimiter::builder("bedrock/claude")
+///     .limits(Limits::new().rpm(100).input_tpm(200_000).output_tpm(40_000).tpm(400_000).burndown(5.0))
+///     .max_wait(Duration::from_secs(30))
+///     .retry(RetryConfig { max_retries: 5, ..Default::default() })
+///     .outage(OutagePolicy::Local { share: 0.25 })
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Builder {
+    key: String,
+    limits: Limits,
+    store: Option<Store>,
+    url: Option<String>,
+    redis_options: RedisOptions,
+    retry: RetryConfig,
+    outage: OutagePolicy,
+    max_wait: Option<Duration>,
+    max_queue: Option<u64>,
+    classes: Vec<PriorityClass>,
+}
+
+impl Builder {
+    pub(crate) fn new(key: &str) -> Self {
+        Builder {
+            key: key.to_string(),
+            limits: Limits::new(),
+            store: None,
+            url: None,
+            redis_options: RedisOptions::default(),
+            retry: RetryConfig::default(),
+            outage: OutagePolicy::default(),
+            max_wait: None,
+            max_queue: None,
+            classes: vec![PriorityClass {
+                headroom: 1.0,
+                max_wait: None,
+            }],
+        }
+    }
+
+    /// The limits (required: at least one dimension).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Use an existing store (shared by several limiters). Default: memory.
+    pub fn store(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Connect to this store URL at `build`: `memory://`, `redis://…`,
+    /// `rediss://…` (TLS) or `redis+cluster://host:port,host:port`.
+    pub fn url(mut self, url: &str) -> Self {
+        self.url = Some(url.to_string());
+        self
+    }
+
+    /// Connection settings used with [`Builder::url`].
+    pub fn redis_options(mut self, options: RedisOptions) -> Self {
+        self.redis_options = options;
+        self
+    }
+
+    /// Retry settings for transient store errors. Default: [`RetryConfig::default`].
+    pub fn retry(mut self, retry: RetryConfig) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// What to do when the store is unreachable. Default: [`OutagePolicy::Open`].
+    pub fn outage(mut self, policy: OutagePolicy) -> Self {
+        self.outage = policy;
+        self
+    }
+
+    /// Longest `acquire` waits for a slot; beyond it, `Error::RateLimited` and
+    /// nothing reserved. Default: unbounded.
+    pub fn max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = Some(max_wait);
+        self
+    }
+
+    /// Most requests that may wait in one class's queue; beyond it,
+    /// `Error::QueueFull`. Default: unbounded.
+    pub fn max_queue(mut self, max_queue: u64) -> Self {
+        self.max_queue = Some(max_queue);
+        self
+    }
+
+    /// Priority classes, top first (class 0 must have headroom 1.0). Default: one
+    /// class with headroom 1.0.
+    pub fn priority_classes(mut self, classes: Vec<PriorityClass>) -> Self {
+        self.classes = classes;
+        self
+    }
+
+    /// Validates everything and connects to the store.
+    pub async fn build(self) -> Result<RateLimiter, Error> {
+        let store = match (&self.store, &self.url) {
+            (Some(store), _) => store.clone(),
+            (None, Some(url)) if url.starts_with("memory") => Store::memory(),
+            (None, Some(url)) => Store::Redis(
+                RedisStore::connect(url, self.redis_options.clone())
+                    .await
+                    .map_err(Error::Store)?,
+            ),
+            (None, None) => Store::memory(),
+        };
+        self.build_with(store)
+    }
+
+    /// Validates everything; for stores that need no connecting.
+    pub(crate) fn build_with(self, store: Store) -> Result<RateLimiter, Error> {
+        let policy = self.limits.validate().map_err(|source| Error::Limits {
+            key: self.key.clone(),
+            source,
+        })?;
+        self.retry.validate()?;
+        self.outage.validate()?;
+        if self.key.is_empty() {
+            return Err(Error::Config {
+                field: "key",
+                value: "\"\"".into(),
+                reason: "a non-empty name such as \"openai/gpt-4o\"",
+            });
+        }
+        if self.classes.is_empty() || self.classes.len() > 16 {
+            return Err(Error::Config {
+                field: "priority_classes",
+                value: self.classes.len().to_string(),
+                reason: "between 1 and 16 classes",
+            });
+        }
+        for (i, c) in self.classes.iter().enumerate() {
+            let top = i == 0;
+            if !(c.headroom > 0.0 && c.headroom <= 1.0) || (top && c.headroom != 1.0) {
+                return Err(Error::Config {
+                    field: "priority_classes.headroom",
+                    value: c.headroom.to_string(),
+                    reason: "in (0, 1], and exactly 1.0 for class 0",
+                });
+            }
+        }
+        let local =
+            match self.outage {
+                OutagePolicy::Local { share } => Some(LocalFallback {
+                    store: MemoryStore::new(),
+                    policy: self.limits.scaled(share).validate().map_err(|source| {
+                        Error::Limits {
+                            key: self.key.clone(),
+                            source,
+                        }
+                    })?,
+                }),
+                _ => None,
+            };
+        Ok(RateLimiter::from_inner(Arc::new(Inner {
+            key: self.key,
+            store,
+            policy,
+            retry: self.retry,
+            outage: self.outage,
+            max_wait: self.max_wait,
+            max_queue: self.max_queue,
+            classes: self.classes,
+            local,
+            stats: Default::default(),
+        })))
+    }
+}

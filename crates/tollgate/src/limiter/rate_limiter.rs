@@ -1,0 +1,429 @@
+//! The limiter itself: reservations through the store, retries, the outage
+//! policy, waiting for the slot and cancelling on drop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tollgate_core::{Cost, Dimension, Limits, Mark, Policy, ReserveError, DIMENSIONS};
+
+use crate::error::secs;
+use crate::outage::Stats;
+use crate::store::{Backend, MemoryStore, ReserveCall, Reserved, SettleCall, Store, StoreError};
+use crate::{Error, OutagePolicy, RetryConfig, Source, StatsSnapshot};
+
+use super::{AcquireOptions, Builder, DimensionStatus, Permit, PriorityClass, Settlement, Status};
+
+/// The in-process limiter used by the `local` outage policy.
+#[derive(Debug)]
+pub(crate) struct LocalFallback {
+    pub(crate) store: MemoryStore,
+    pub(crate) policy: Policy,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) key: String,
+    pub(crate) store: Store,
+    pub(crate) policy: Policy,
+    pub(crate) retry: RetryConfig,
+    pub(crate) outage: OutagePolicy,
+    pub(crate) max_wait: Option<Duration>,
+    pub(crate) max_queue: Option<u64>,
+    pub(crate) classes: Vec<PriorityClass>,
+    pub(crate) local: Option<LocalFallback>,
+    pub(crate) stats: Stats,
+}
+
+/// A rate limiter for one key (one provider model, one client, ...).
+///
+/// Cheap to clone: clones share the store, the settings and the counters.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tollgate::Error> {
+/// use tollgate::{Cost, Limits, RateLimiter, Usage};
+///
+/// let limiter = RateLimiter::new("memory://", "gpt-4o", Limits::new().rpm(500).tpm(30_000)).await?;
+/// let permit = limiter.acquire(Cost::split(1200, 800)).await?;
+/// // ... call the model ...
+/// limiter.settle(permit, Usage::split(1200, 150)).await?; // 650 unused tokens flow back
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RateLimiter {
+    inner: Arc<Inner>,
+}
+
+/// Where a reservation was written.
+#[derive(Clone, Copy)]
+enum Written {
+    Store,
+    Local,
+}
+
+impl RateLimiter {
+    /// A limiter on a store URL (`memory://`, `redis://…`, `rediss://…`,
+    /// `redis+cluster://…`) with the default settings.
+    pub async fn new(url: &str, key: &str, limits: Limits) -> Result<Self, Error> {
+        Builder::new(key).url(url).limits(limits).build().await
+    }
+
+    /// A limiter on a fresh in-memory store.
+    pub fn memory(key: &str, limits: Limits) -> Result<Self, Error> {
+        Builder::new(key).limits(limits).build_with(Store::memory())
+    }
+
+    /// A limiter on an existing store (shared with other limiters).
+    pub fn with_store(store: &Store, key: &str, limits: Limits) -> Result<Self, Error> {
+        Builder::new(key).limits(limits).build_with(store.clone())
+    }
+
+    /// All settings: split limits, burndown, retry, outage policy, classes ...
+    pub fn builder(key: &str) -> Builder {
+        Builder::new(key)
+    }
+
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Self {
+        RateLimiter { inner }
+    }
+
+    /// The limiter's key.
+    pub fn key(&self) -> &str {
+        &self.inner.key
+    }
+
+    /// The validated limits.
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
+    /// The store this limiter uses.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The limiter's counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    /// Reserves a slot for a call of this cost and waits until it.
+    ///
+    /// Dropping the returned future before it completes cancels the reservation,
+    /// so a caller that gives up does not block the ones behind it.
+    pub async fn acquire(&self, cost: Cost) -> Result<Permit, Error> {
+        self.acquire_with(cost, AcquireOptions::default()).await
+    }
+
+    /// [`RateLimiter::acquire`] that never waits: `Error::RateLimited` unless
+    /// the call may start now.
+    pub async fn try_acquire(&self, cost: Cost) -> Result<Permit, Error> {
+        self.acquire_with(cost, AcquireOptions::default().max_wait(Duration::ZERO))
+            .await
+    }
+
+    /// [`RateLimiter::acquire`] with a priority class and a maximum wait.
+    pub async fn acquire_with(&self, cost: Cost, options: AcquireOptions) -> Result<Permit, Error> {
+        let permit = self.reserve(cost, &options).await?;
+        if permit.waited > Duration::ZERO {
+            let guard = CancelOnDrop {
+                limiter: self,
+                permit: Some(&permit),
+            };
+            tokio::time::sleep(permit.waited).await;
+            std::mem::forget(guard);
+        }
+        Ok(permit)
+    }
+
+    /// Reserves without waiting: the permit's `waited` says how long the caller
+    /// must still wait before its slot. For callers with their own scheduling;
+    /// [`RateLimiter::cancel`] releases it.
+    pub async fn reserve(&self, cost: Cost, options: &AcquireOptions) -> Result<Permit, Error> {
+        let inner = &*self.inner;
+        let class = inner
+            .classes
+            .get(options.class as usize)
+            .ok_or_else(|| Error::Config {
+                field: "class",
+                value: options.class.to_string(),
+                reason: "one of the limiter's priority classes",
+            })?;
+        let max_wait = options.max_wait.or(class.max_wait).or(inner.max_wait);
+        let call = ReserveCall {
+            key: &inner.key,
+            policy: &inner.policy,
+            class: options.class,
+            headroom: class.headroom,
+            cost: inner.policy.units(cost),
+            max_wait: max_wait.map(|d| d.as_secs_f64()),
+            max_queue: inner.max_queue,
+        };
+        match self.with_retry(|| inner.store.reserve(&call)).await {
+            Ok(Ok(r)) => Ok(self.granted(r, options.class, Source::Store)),
+            Ok(Err(e)) => Err(self.refused(e)),
+            Err(failure) => self.on_outage(failure, call).await,
+        }
+    }
+
+    async fn on_outage(
+        &self,
+        failure: RetryFailure,
+        call: ReserveCall<'_>,
+    ) -> Result<Permit, Error> {
+        let inner = &*self.inner;
+        match (inner.outage, &inner.local) {
+            (OutagePolicy::Open, _) => {
+                Stats::bump(&inner.stats.outage_open);
+                Ok(Permit {
+                    key: inner.key.clone(),
+                    id: 0,
+                    slot: 0.0,
+                    waited: Duration::ZERO,
+                    queue_position: 0,
+                    source: Source::Open,
+                    class: call.class,
+                    mark: Mark {
+                        cost: call.cost,
+                        end: [0.0; DIMENSIONS],
+                        refunded_at: [0.0; DIMENSIONS],
+                    },
+                })
+            }
+            (OutagePolicy::Local { .. }, Some(local)) => {
+                Stats::bump(&inner.stats.outage_local);
+                let local_call = ReserveCall {
+                    policy: &local.policy,
+                    ..call
+                };
+                match local.store.reserve_now(&local_call) {
+                    Ok(r) => Ok(self.granted(r, local_call.class, Source::Local)),
+                    Err(e) => Err(self.refused(e)),
+                }
+            }
+            _ => {
+                Stats::bump(&inner.stats.outage_closed);
+                Err(Error::StoreUnavailable {
+                    attempts: failure.attempts,
+                    source: failure.error,
+                })
+            }
+        }
+    }
+
+    fn granted(&self, r: Reserved, class: u8, source: Source) -> Permit {
+        let stats = &self.inner.stats;
+        Stats::bump(&stats.granted);
+        let waited = secs(r.slot - r.now);
+        if waited > Duration::ZERO {
+            Stats::bump(&stats.waited);
+        }
+        Permit {
+            key: self.inner.key.clone(),
+            id: r.id,
+            slot: r.slot,
+            waited,
+            queue_position: r.position,
+            source,
+            class,
+            mark: r.mark,
+        }
+    }
+
+    fn refused(&self, e: ReserveError) -> Error {
+        Stats::bump(&self.inner.stats.refused);
+        Error::from_reserve(&self.inner.key, e)
+    }
+
+    /// Settles a permit with the usage the call really had: usage above the
+    /// estimate is charged, usage below it refunded (never capacity that has
+    /// already drained).
+    pub async fn settle(&self, permit: Permit, usage: Cost) -> Result<Settlement, Error> {
+        let mut actual = self.inner.policy.units(usage);
+        actual[Dimension::Requests.index()] = permit.mark.cost[Dimension::Requests.index()];
+        self.settle_units(&permit, actual).await
+    }
+
+    /// Gives a permit back unused: refunds its whole estimate (with the same cap
+    /// as a refund) and removes it from its queue.
+    pub async fn cancel(&self, permit: Permit) -> Result<Settlement, Error> {
+        Stats::bump(&self.inner.stats.cancelled);
+        self.settle_units(&permit, [0.0; DIMENSIONS]).await
+    }
+
+    async fn settle_units(
+        &self,
+        permit: &Permit,
+        actual: [f64; DIMENSIONS],
+    ) -> Result<Settlement, Error> {
+        let inner = &*self.inner;
+        let written = match permit.source {
+            Source::Open => return Ok(Settlement::default()),
+            Source::Store => Written::Store,
+            Source::Local => Written::Local,
+        };
+        let call = SettleCall {
+            key: &inner.key,
+            policy: &inner.policy,
+            class: permit.class,
+            id: permit.id,
+            slot: permit.slot,
+            mark: permit.mark,
+            actual,
+        };
+        let settled = match (written, &inner.local) {
+            (Written::Local, Some(local)) => local.store.settle_now(&SettleCall {
+                policy: &local.policy,
+                ..call
+            }),
+            _ => self
+                .with_retry(|| inner.store.settle(&call))
+                .await
+                .map_err(|f| Error::StoreUnavailable {
+                    attempts: f.attempts,
+                    source: f.error,
+                })?,
+        };
+        Ok(Settlement {
+            charged: settled.charged,
+            refunded: settled.refunded,
+        })
+    }
+
+    /// Per dimension the limit, what is in use, what is available and when the
+    /// bucket is full again; and the queue depth.
+    pub async fn status(&self) -> Result<Status, Error> {
+        let inner = &*self.inner;
+        let snap = self
+            .with_retry(|| inner.store.snapshot(&inner.key, &inner.policy))
+            .await
+            .map_err(|f| Error::StoreUnavailable {
+                attempts: f.attempts,
+                source: f.error,
+            })?;
+        let policy = &inner.policy;
+        let dimensions = Dimension::ALL
+            .iter()
+            .filter(|d| policy.is_limited(**d))
+            .map(|&d| {
+                let backlog = (snap.state.tat[d.index()] - snap.now).max(0.0);
+                let capacity = policy.capacity(d);
+                let in_use = backlog / policy.increment[d.index()];
+                DimensionStatus {
+                    dimension: d,
+                    limit: policy.limit(d).unwrap_or(0),
+                    capacity,
+                    in_use,
+                    available: (capacity - in_use).max(0.0),
+                    full_in: secs(backlog),
+                }
+            })
+            .collect();
+        Ok(Status {
+            key: inner.key.clone(),
+            dimensions,
+            queue_depth: snap.queue_depth,
+        })
+    }
+
+    /// Runs a store operation, retrying transient errors with backoff and jitter.
+    /// While an outage is on, one attempt only, so that calls fail over fast and
+    /// the first success ends the outage.
+    async fn with_retry<T, F, Fut>(&self, mut op: F) -> Result<T, RetryFailure>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let inner = &*self.inner;
+        let retries = if inner.stats.in_outage() {
+            0
+        } else {
+            inner.retry.max_retries
+        };
+        let mut attempt = 0;
+        loop {
+            match op().await {
+                Ok(v) => {
+                    inner.stats.store_ok(&inner.key);
+                    return Ok(v);
+                }
+                Err(error) => {
+                    Stats::bump(&inner.stats.store_errors);
+                    attempt += 1;
+                    if !error.is_transient() || attempt > retries {
+                        if error.is_transient() {
+                            inner.stats.store_failed(&inner.key, inner.outage, &error);
+                        }
+                        return Err(RetryFailure {
+                            attempts: attempt,
+                            error,
+                        });
+                    }
+                    tokio::time::sleep(inner.retry.delay(attempt)).await;
+                }
+            }
+        }
+    }
+}
+
+struct RetryFailure {
+    attempts: u32,
+    error: StoreError,
+}
+
+/// Cancels a reservation whose waiting future is dropped before its slot.
+struct CancelOnDrop<'a> {
+    limiter: &'a RateLimiter,
+    permit: Option<&'a Permit>,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        let limiter = self.limiter.clone();
+        let permit = permit.clone();
+        Stats::bump(&limiter.inner.stats.cancelled);
+        // The memory stores cancel right here; Redis needs a task.
+        let inner = &*limiter.inner;
+        let actual = [0.0; DIMENSIONS];
+        match (&permit.source, &inner.store, &inner.local) {
+            (Source::Local, _, Some(local)) => {
+                local
+                    .store
+                    .settle_now(&settle_call(inner, &local.policy, &permit, actual));
+            }
+            (Source::Store, Store::Memory(m), _) => {
+                m.settle_now(&settle_call(inner, &inner.policy, &permit, actual));
+            }
+            (Source::Store, Store::Redis(_), _) => {
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    handle.spawn(async move {
+                        if let Err(e) = limiter.settle_units(&permit, actual).await {
+                            tracing::warn!(key = %permit.key, error = %e, "could not cancel a dropped reservation");
+                        }
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn settle_call<'a>(
+    inner: &'a Inner,
+    policy: &'a Policy,
+    permit: &Permit,
+    actual: [f64; DIMENSIONS],
+) -> SettleCall<'a> {
+    SettleCall {
+        key: &inner.key,
+        policy,
+        class: permit.class,
+        id: permit.id,
+        slot: permit.slot,
+        mark: permit.mark,
+        actual,
+    }
+}

@@ -1,0 +1,183 @@
+//! Where the state of every key lives: the contract of a store and its two
+//! implementations, [`MemoryStore`] and [`RedisStore`].
+//!
+//! A store applies the pure arithmetic of `tollgate-core` atomically per key, on
+//! its own clock. The limiter above it knows nothing of how.
+
+mod memory;
+mod redis;
+
+pub use self::memory::{Clock, ManualClock, MemoryStore, SystemClock};
+pub use self::redis::{RedisOptions, RedisStore};
+
+use std::future::Future;
+
+use tollgate_core::{Dims, KeyState, Mark, Policy, ReserveError, Settled};
+
+/// The arguments of one reservation.
+#[derive(Debug, Clone)]
+pub struct ReserveCall<'a> {
+    /// The bucket key (e.g. `openai/gpt-4o`).
+    pub key: &'a str,
+    /// The key's validated limits.
+    pub policy: &'a Policy,
+    /// Priority class (0 = top); each class has its own FIFO queue.
+    pub class: u8,
+    /// The class's headroom `h_k` in (0, 1].
+    pub headroom: f64,
+    /// Cost in units per dimension.
+    pub cost: Dims,
+    /// Longest acceptable wait in seconds (`None`: unbounded).
+    pub max_wait: Option<f64>,
+    /// Cap on the class's queue length.
+    pub max_queue: Option<u64>,
+}
+
+/// A reservation the store has written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reserved {
+    /// Id of the reservation, unique within its key: a per-key sequence that
+    /// starts from the store's clock in microseconds when the key is created,
+    /// so ids do not repeat after an idle key expires.
+    pub id: u64,
+    /// Store time when the reservation was made, seconds.
+    pub now: f64,
+    /// When the request may start, seconds on the store's clock.
+    pub slot: f64,
+    /// Reservations of the same class queued ahead of this one.
+    pub position: u64,
+    /// What settlement needs.
+    pub mark: Mark,
+}
+
+/// The arguments of a settlement (or, with `actual = [0; 4]`, a cancellation).
+#[derive(Debug, Clone)]
+pub struct SettleCall<'a> {
+    /// The bucket key.
+    pub key: &'a str,
+    /// The key's validated limits.
+    pub policy: &'a Policy,
+    /// The reservation's class.
+    pub class: u8,
+    /// The reservation's id.
+    pub id: u64,
+    /// The reservation's slot (finds it in its queue).
+    pub slot: f64,
+    /// The reservation's mark.
+    pub mark: Mark,
+    /// Actual usage in units per dimension.
+    pub actual: Dims,
+}
+
+/// A snapshot of one key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeySnapshot {
+    /// Store time of the snapshot, seconds.
+    pub now: f64,
+    /// The key's state (all zeros for an unknown or expired key).
+    pub state: KeyState,
+    /// Reservations still waiting for their slot, all classes.
+    pub queue_depth: u64,
+}
+
+/// A failure of the store itself (not a limiting decision).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or answered with a transient error
+    /// (connection refused or reset, timeout, `LOADING`, `BUSY`, `TRYAGAIN`,
+    /// cluster redirection storms). Worth retrying.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered but the operation is wrong (bad script reply,
+    /// authentication, wrong type). Retrying will not help.
+    #[error("store error: {0}")]
+    Failed(String),
+}
+
+impl StoreError {
+    /// Whether retrying may help.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// The contract every store fulfils. Each operation is atomic per key and uses
+/// the store's own clock.
+pub trait Backend: Send + Sync {
+    /// Reserves a slot (see `tollgate_core::reserve`). The outer error is the
+    /// store's; the inner one the limiting decision (nothing written).
+    fn reserve(
+        &self,
+        call: &ReserveCall<'_>,
+    ) -> impl Future<Output = Result<Result<Reserved, ReserveError>, StoreError>> + Send;
+
+    /// Settles (or cancels) a reservation and removes it from its queue.
+    fn settle(
+        &self,
+        call: &SettleCall<'_>,
+    ) -> impl Future<Output = Result<Settled, StoreError>> + Send;
+
+    /// Reads a key's state and queue depth.
+    fn snapshot(
+        &self,
+        key: &str,
+        policy: &Policy,
+    ) -> impl Future<Output = Result<KeySnapshot, StoreError>> + Send;
+}
+
+/// A store: the embedded default or Redis. Cheap to clone; clones share state
+/// and connections, so many limiters can use one store.
+#[derive(Clone, Debug)]
+pub enum Store {
+    /// In this process only.
+    Memory(MemoryStore),
+    /// Shared through Redis (standalone, TLS or Cluster).
+    Redis(RedisStore),
+}
+
+impl Store {
+    /// A new in-memory store on the system clock.
+    pub fn memory() -> Self {
+        Store::Memory(MemoryStore::new())
+    }
+
+    /// Connects to Redis from a URL: `redis://[:password@]host:port[/db]`,
+    /// `rediss://` for TLS, or `redis+cluster://host:port,host:port` for a
+    /// Cluster given by seed nodes.
+    pub async fn redis(url: &str) -> Result<Self, StoreError> {
+        Ok(Store::Redis(
+            RedisStore::connect(url, RedisOptions::default()).await?,
+        ))
+    }
+
+    /// Whether this store is the in-memory one.
+    pub fn is_memory(&self) -> bool {
+        matches!(self, Store::Memory(_))
+    }
+}
+
+impl Backend for Store {
+    async fn reserve(
+        &self,
+        call: &ReserveCall<'_>,
+    ) -> Result<Result<Reserved, ReserveError>, StoreError> {
+        match self {
+            Store::Memory(m) => m.reserve(call).await,
+            Store::Redis(r) => r.reserve(call).await,
+        }
+    }
+
+    async fn settle(&self, call: &SettleCall<'_>) -> Result<Settled, StoreError> {
+        match self {
+            Store::Memory(m) => m.settle(call).await,
+            Store::Redis(r) => r.settle(call).await,
+        }
+    }
+
+    async fn snapshot(&self, key: &str, policy: &Policy) -> Result<KeySnapshot, StoreError> {
+        match self {
+            Store::Memory(m) => m.snapshot(key, policy).await,
+            Store::Redis(r) => r.snapshot(key, policy).await,
+        }
+    }
+}
