@@ -1,0 +1,451 @@
+//! The behavioural suite every store must pass. Each case takes a fresh store
+//! (or one shared with other cases: keys are unique per case) and checks the
+//! library's promises through its public API.
+//!
+//! A runner instantiates it with `behaviour::suite!(async_fn_returning_(Store, guard))`.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use tollgate::{AcquireOptions, Cost, Dimension, Error, Limits, PriorityClass, RateLimiter, Store};
+
+fn unique(name: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "test/{name}/{}/{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn close(actual: f64, expected: f64, tolerance: f64) -> bool {
+    (actual - expected).abs() <= tolerance
+}
+
+/// Generates one `#[tokio::test]` per case for a store factory.
+#[macro_export]
+macro_rules! suite {
+    ($make:path) => {
+        $crate::suite!(@cases $make;
+            burst_then_waits_in_order, try_acquire_refuses_without_reserving,
+            too_large_fails_at_once, settle_refunds_unused_estimate,
+            refund_never_returns_drained_capacity, settle_charges_overuse,
+            dropped_waiter_releases_its_slot, concurrent_acquires_are_fifo,
+            split_limits_and_burndown, queue_cap_refuses_without_reserving,
+            top_class_preempts_lower_class, status_reports_backlog_and_queue,
+            keys_are_independent, cancel_gives_the_slot_back, acquire_waits_for_the_slot);
+    };
+    (@cases $make:path; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let (store, _guard) = $make().await;
+                behaviour::$case(store).await;
+            }
+        )*
+    };
+}
+
+async fn limiter(store: &Store, name: &str, limits: Limits) -> RateLimiter {
+    RateLimiter::with_store(store, &unique(name), limits).expect("valid limits")
+}
+
+/// A full bucket admits its capacity at once, then spaces requests evenly, in order.
+pub async fn burst_then_waits_in_order(store: Store) {
+    let l = limiter(&store, "burst", Limits::new().requests(5).window_secs(1.0)).await;
+    for i in 0..5 {
+        let p = l
+            .reserve(Cost::request_only(), &AcquireOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(p.waited, Duration::ZERO, "request {i} of the burst waited");
+    }
+    let mut last = 0.0;
+    for i in 1..=3 {
+        let p = l
+            .reserve(Cost::request_only(), &AcquireOptions::default())
+            .await
+            .unwrap();
+        let w = p.waited.as_secs_f64();
+        assert!(close(w, 0.2 * i as f64, 0.1), "request {} waits {w}", 5 + i);
+        assert!(w > last, "slots must come in order");
+        assert_eq!(p.queue_position, i - 1);
+        last = w;
+    }
+}
+
+/// `try_acquire` on an empty bucket refuses with the time to wait and charges nothing.
+pub async fn try_acquire_refuses_without_reserving(store: Store) {
+    let l = limiter(&store, "try", Limits::new().tokens(1000).window_secs(10.0)).await;
+    let _p = l.try_acquire(Cost::tokens(1000)).await.unwrap();
+    let before = l.status().await.unwrap();
+    match l.try_acquire(Cost::tokens(500)).await {
+        Err(Error::RateLimited { retry_after, .. }) => {
+            assert!(
+                close(retry_after.as_secs_f64(), 5.0, 0.2),
+                "{retry_after:?}"
+            )
+        }
+        other => panic!("expected RateLimited, got {other:?}"),
+    }
+    let after = l.status().await.unwrap();
+    let used = |s: &tollgate::Status| s.dimension(Dimension::Tokens).unwrap().in_use;
+    assert!(
+        used(&after) <= used(&before) + 1e-6,
+        "a refused request was charged"
+    );
+    assert_eq!(after.queue_depth, 0);
+}
+
+/// A request larger than the bucket fails at once and says what to change.
+pub async fn too_large_fails_at_once(store: Store) {
+    let l = limiter(&store, "large", Limits::new().tokens(1000).requests(10)).await;
+    let err = l.acquire(Cost::tokens(1001)).await.unwrap_err();
+    assert!(matches!(err, Error::TooLarge(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("1001") && msg.contains("1000") && msg.contains("raise burst"),
+        "{msg}"
+    );
+    let s = l.status().await.unwrap();
+    assert!(
+        s.dimension(Dimension::Requests).unwrap().in_use < 1e-9,
+        "nothing may be charged"
+    );
+}
+
+/// Settling below the estimate gives the unused part back.
+pub async fn settle_refunds_unused_estimate(store: Store) {
+    let l = limiter(
+        &store,
+        "refund",
+        Limits::new().tokens(1000).window_secs(100.0),
+    )
+    .await;
+    let p = l.acquire(Cost::tokens(800)).await.unwrap();
+    let s = l.settle(p, Cost::tokens(200)).await.unwrap();
+    assert!(close(s.refunded[1], 600.0, 1.0), "{:?}", s.refunded);
+    let st = l.status().await.unwrap();
+    let tokens = st.dimension(Dimension::Tokens).unwrap();
+    assert!(close(tokens.in_use, 200.0, 1.0), "{tokens:?}");
+    assert!(close(tokens.available, 800.0, 1.0), "{tokens:?}");
+}
+
+/// A refund never returns capacity that has already drained.
+pub async fn refund_never_returns_drained_capacity(store: Store) {
+    // 100 tokens per second drain; after ~0.5 s about 50 of the 100 have drained.
+    let l = limiter(
+        &store,
+        "drained",
+        Limits::new().tokens(100).window_secs(1.0),
+    )
+    .await;
+    let p = l.acquire(Cost::tokens(100)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s = l.settle(p, Cost::tokens(0)).await.unwrap();
+    assert!(
+        s.refunded[1] < 55.0,
+        "refunded drained capacity: {:?}",
+        s.refunded
+    );
+    let st = l.status().await.unwrap();
+    assert!(st.dimension(Dimension::Tokens).unwrap().in_use < 1.0);
+}
+
+/// Settling above the estimate charges the difference.
+pub async fn settle_charges_overuse(store: Store) {
+    let l = limiter(
+        &store,
+        "overuse",
+        Limits::new().tokens(1000).window_secs(100.0),
+    )
+    .await;
+    let p = l.acquire(Cost::tokens(100)).await.unwrap();
+    let s = l.settle(p, Cost::tokens(500)).await.unwrap();
+    assert_eq!(s.charged[1], 400.0);
+    let st = l.status().await.unwrap();
+    assert!(close(
+        st.dimension(Dimension::Tokens).unwrap().in_use,
+        500.0,
+        1.0
+    ));
+}
+
+/// A waiting acquire that is dropped releases its reservation: the next caller
+/// gets the slot it would have had.
+pub async fn dropped_waiter_releases_its_slot(store: Store) {
+    let l = limiter(
+        &store,
+        "dropped",
+        Limits::new().requests(2).window_secs(1.0),
+    )
+    .await;
+    let _a = l.acquire(Cost::request_only()).await.unwrap();
+    let _b = l.acquire(Cost::request_only()).await.unwrap();
+    // The third waits ~0.5 s; give up after 50 ms.
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(50), l.acquire(Cost::request_only())).await;
+    assert!(
+        gave_up.is_err(),
+        "the third request should have had to wait"
+    );
+    let mut depth = u64::MAX;
+    for _ in 0..100 {
+        depth = l.status().await.unwrap().queue_depth;
+        if depth == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(depth, 0, "the dropped reservation is still queued");
+    let p = l
+        .reserve(Cost::request_only(), &AcquireOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        p.waited < Duration::from_millis(480),
+        "waits behind a cancelled request: {:?}",
+        p.waited
+    );
+    assert_eq!(l.stats().cancelled, 1);
+}
+
+/// Concurrent callers get slots in the order the store saw them.
+pub async fn concurrent_acquires_are_fifo(store: Store) {
+    let l = limiter(&store, "fifo", Limits::new().tokens(1000).window_secs(1.0)).await;
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let l = l.clone();
+            // Varied sizes: a small request must not jump ahead of a big one.
+            let cost = if i % 3 == 0 { 300 } else { 10 };
+            tokio::spawn(async move {
+                l.reserve(Cost::tokens(cost), &AcquireOptions::default())
+                    .await
+            })
+        })
+        .collect();
+    let mut permits = Vec::new();
+    for t in tasks {
+        permits.push(t.await.unwrap().unwrap());
+    }
+    permits.sort_by_key(|p| p.id);
+    for w in permits.windows(2) {
+        assert!(
+            w[1].slot >= w[0].slot,
+            "id {} slot {} before id {} slot {}",
+            w[1].id,
+            w[1].slot,
+            w[0].id,
+            w[0].slot
+        );
+    }
+    for p in permits {
+        let _ = l.cancel(p).await;
+    }
+}
+
+/// Separate input and output limits, and the burndown of output tokens in the
+/// combined limit, are all charged at once.
+pub async fn split_limits_and_burndown(store: Store) {
+    let limits = Limits::new()
+        .tokens(2000)
+        .input_tokens(1000)
+        .output_tokens(200)
+        .burndown(5.0)
+        .window_secs(100.0);
+    let l = limiter(&store, "split", limits).await;
+    let p = l.try_acquire(Cost::split(100, 150)).await.unwrap();
+    let st = l.status().await.unwrap();
+    assert!(close(
+        st.dimension(Dimension::Tokens).unwrap().in_use,
+        850.0,
+        1.0
+    ));
+    assert!(close(
+        st.dimension(Dimension::InputTokens).unwrap().in_use,
+        100.0,
+        1.0
+    ));
+    assert!(close(
+        st.dimension(Dimension::OutputTokens).unwrap().in_use,
+        150.0,
+        1.0
+    ));
+    // Output is the binding limit now: 150 more output tokens do not fit.
+    assert!(matches!(
+        l.try_acquire(Cost::split(10, 150)).await,
+        Err(Error::RateLimited { .. })
+    ));
+    let s = l.settle(p, Cost::split(100, 50)).await.unwrap();
+    assert!(
+        close(s.refunded[3], 100.0, 1.0) && close(s.refunded[1], 500.0, 5.0),
+        "{s:?}"
+    );
+    let _q = l
+        .try_acquire(Cost::split(10, 150))
+        .await
+        .expect("fits after the refund");
+}
+
+/// A key with a queue cap refuses once that many wait, and writes nothing.
+pub async fn queue_cap_refuses_without_reserving(store: Store) {
+    let l = RateLimiter::builder(&unique("cap"))
+        .store(store.clone())
+        .limits(Limits::new().requests(1).window_secs(10.0))
+        .max_queue(2)
+        .build()
+        .await
+        .unwrap();
+    let opts = AcquireOptions::default();
+    let first = l.reserve(Cost::request_only(), &opts).await.unwrap();
+    let a = l.reserve(Cost::request_only(), &opts).await.unwrap();
+    let b = l.reserve(Cost::request_only(), &opts).await.unwrap();
+    assert_eq!(
+        (first.queue_position, a.queue_position, b.queue_position),
+        (0, 0, 1)
+    );
+    match l.reserve(Cost::request_only(), &opts).await {
+        Err(Error::QueueFull {
+            depth: 2,
+            max_queue: 2,
+            retry_after,
+            ..
+        }) => {
+            assert!(retry_after > Duration::from_secs(25))
+        }
+        other => panic!("expected QueueFull, got {other:?}"),
+    }
+    assert_eq!(l.status().await.unwrap().queue_depth, 2);
+    l.cancel(b).await.unwrap();
+    l.cancel(a).await.unwrap();
+    assert_eq!(l.status().await.unwrap().queue_depth, 0);
+}
+
+/// A higher class that arrives later may start before queued lower-class requests.
+pub async fn top_class_preempts_lower_class(store: Store) {
+    let l = RateLimiter::builder(&unique("prio"))
+        .store(store.clone())
+        .limits(Limits::new().tokens(1000).window_secs(10.0))
+        .priority_classes(vec![
+            PriorityClass {
+                headroom: 1.0,
+                max_wait: None,
+            },
+            PriorityClass {
+                headroom: 0.5,
+                max_wait: None,
+            },
+        ])
+        .build()
+        .await
+        .unwrap();
+    let low = AcquireOptions::class(1);
+    let first = l.reserve(Cost::tokens(500), &low).await.unwrap();
+    assert_eq!(first.waited, Duration::ZERO);
+    let queued = l.reserve(Cost::tokens(500), &low).await.unwrap();
+    assert!(
+        close(queued.waited.as_secs_f64(), 5.0, 0.2),
+        "{:?}",
+        queued.waited
+    );
+    let top = l
+        .reserve(Cost::tokens(400), &AcquireOptions::class(0))
+        .await
+        .unwrap();
+    assert!(
+        top.slot < queued.slot,
+        "top {} should start before queued low {}",
+        top.slot,
+        queued.slot
+    );
+    // The lower class has no way into the top share, even with a long wait allowed.
+    let bounded = AcquireOptions::class(1).max_wait(Duration::from_secs(1));
+    assert!(matches!(
+        l.reserve(Cost::tokens(10), &bounded).await,
+        Err(Error::RateLimited { .. })
+    ));
+    assert!(l
+        .reserve(
+            Cost::tokens(1),
+            &AcquireOptions {
+                class: 7,
+                max_wait: None
+            }
+        )
+        .await
+        .is_err());
+}
+
+/// `status` reports limit, backlog, availability, refill time and queue depth.
+pub async fn status_reports_backlog_and_queue(store: Store) {
+    let l = limiter(
+        &store,
+        "status",
+        Limits::new().requests(10).tokens(1000).window_secs(10.0),
+    )
+    .await;
+    let fresh = l.status().await.unwrap();
+    let t = fresh.dimension(Dimension::Tokens).unwrap();
+    assert_eq!(
+        (t.limit, t.capacity, t.in_use, t.available),
+        (1000, 1000.0, 0.0, 1000.0)
+    );
+    assert_eq!(fresh.queue_depth, 0);
+    let _p = l.try_acquire(Cost::tokens(1000)).await.unwrap();
+    let q = l
+        .reserve(Cost::tokens(100), &AcquireOptions::default())
+        .await
+        .unwrap();
+    let st = l.status().await.unwrap();
+    let t = st.dimension(Dimension::Tokens).unwrap();
+    assert!(close(t.in_use, 1100.0, 2.0), "{t:?}");
+    assert_eq!(t.available, 0.0);
+    assert!(close(t.full_in.as_secs_f64(), 11.0, 0.2), "{t:?}");
+    assert_eq!(st.queue_depth, 1);
+    assert!(st.dimension(Dimension::InputTokens).is_none());
+    l.cancel(q).await.unwrap();
+}
+
+/// Two keys on one store do not share limits.
+pub async fn keys_are_independent(store: Store) {
+    let a = limiter(&store, "a", Limits::new().requests(1).window_secs(60.0)).await;
+    let b = limiter(&store, "b", Limits::new().requests(1).window_secs(60.0)).await;
+    let _pa = a.try_acquire(Cost::request_only()).await.unwrap();
+    let _pb = b.try_acquire(Cost::request_only()).await.unwrap();
+    assert!(a.try_acquire(Cost::request_only()).await.is_err());
+}
+
+/// Cancelling a queued reservation refunds it and takes it out of the queue.
+pub async fn cancel_gives_the_slot_back(store: Store) {
+    let l = limiter(
+        &store,
+        "cancel",
+        Limits::new().tokens(1000).window_secs(10.0),
+    )
+    .await;
+    let _p = l.try_acquire(Cost::tokens(1000)).await.unwrap();
+    let q = l
+        .reserve(Cost::tokens(500), &AcquireOptions::default())
+        .await
+        .unwrap();
+    assert!(q.waited > Duration::from_secs(4));
+    let s = l.cancel(q).await.unwrap();
+    assert!(close(s.refunded[1], 500.0, 1.0), "{s:?}");
+    let r = l
+        .reserve(Cost::tokens(500), &AcquireOptions::default())
+        .await
+        .unwrap();
+    assert!(close(r.waited.as_secs_f64(), 5.0, 0.2), "{:?}", r.waited);
+    l.cancel(r).await.unwrap();
+}
+
+/// `acquire` really waits until the slot before returning.
+pub async fn acquire_waits_for_the_slot(store: Store) {
+    let l = limiter(&store, "wait", Limits::new().requests(1).window_secs(0.2)).await;
+    let _a = l.acquire(Cost::request_only()).await.unwrap();
+    let start = std::time::Instant::now();
+    let b = l.acquire(Cost::request_only()).await.unwrap();
+    assert!(b.waited > Duration::from_millis(150), "{:?}", b.waited);
+    assert!(start.elapsed() >= b.waited, "returned before its slot");
+}
