@@ -67,6 +67,11 @@ pub struct Grant {
     pub state: KeyState,
     /// What settlement needs to know about this reservation.
     pub mark: Mark,
+    /// Per dimension, how far the TAT lay beyond the slot before this charge
+    /// (`TAT − slot`, negative when the bucket was full at the slot). While the
+    /// reservation is queued, refunds of reservations charged before it must not
+    /// exceed this (see [`settle`](crate::settle)); stores keep it with the queue.
+    pub headroom: Dims,
 }
 
 /// Reserves a slot for `req` at time `now`: the pure step of `acquire`.
@@ -122,18 +127,22 @@ pub fn reserve(
         }
     }
     let mut next = *state;
+    let mut headroom = [f64::INFINITY; DIMENSIONS];
     for i in 0..DIMENSIONS {
-        if charge[i] > 0.0 || policy.increment[i] > 0.0 {
+        if policy.increment[i] > 0.0 {
             next.tat[i] = state.tat[i].max(slot) + charge[i];
+            headroom[i] = state.tat[i] - slot;
         }
     }
     Ok(Grant {
         slot,
+        headroom,
         state: next,
         mark: Mark {
             cost: req.cost,
             end: next.tat,
             refunded_at: state.refunded,
+            gap: headroom.map(|h| if h.is_finite() { (-h).max(0.0) } else { 0.0 }),
         },
     })
 }

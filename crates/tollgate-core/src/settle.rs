@@ -11,6 +11,10 @@ pub struct Mark {
     pub end: Dims,
     /// The key's refund counters when it was taken.
     pub refunded_at: Dims,
+    /// Idle time the reservation skipped on each TAT line: where a dimension's
+    /// bucket was already full before the slot, its TAT jumped to the slot
+    /// (`max(0, slot − TAT)`). A cancellation gives that back too.
+    pub gap: Dims,
 }
 
 /// The outcome of [`settle`].
@@ -29,12 +33,28 @@ pub struct Settled {
 /// A refund never returns capacity that has already drained: it is capped by the
 /// part of this reservation's cost that still lies ahead of `now` on the TAT line,
 /// moved back by every refund made on the key since the reservation was taken (a
-/// conservative bound), and by the key's whole backlog. Cancelling is settling
-/// with `actual = [0; 4]`.
-pub fn settle(policy: &Policy, state: &KeyState, now: f64, mark: &Mark, actual: &Dims) -> Settled {
+/// conservative bound), and by the key's whole backlog.
+///
+/// It is also capped by `later_headroom`: per dimension, the least headroom
+/// ([`Grant::headroom`](crate::Grant) less the refunds made since) of the
+/// reservations still queued that were charged after this one. Those keep their
+/// slots; lowering the TAT below `slot + their charges` would let the bucket
+/// count refill during a time it is really full and then overdraw it at their
+/// slot. Pass `f64::INFINITY` where nothing later is queued.
+///
+/// Cancelling is settling with `actual = [0; 4]`.
+pub fn settle(
+    policy: &Policy,
+    state: &KeyState,
+    now: f64,
+    mark: &Mark,
+    actual: &Dims,
+    later_headroom: &Dims,
+) -> Settled {
     let mut next = *state;
     let mut charged = [0.0; DIMENSIONS];
     let mut refunded = [0.0; DIMENSIONS];
+    let cancelled = actual.iter().all(|&a| a == 0.0);
     for i in 0..DIMENSIONS {
         let inc = policy.increment[i];
         if inc == 0.0 {
@@ -45,15 +65,17 @@ pub fn settle(policy: &Policy, state: &KeyState, now: f64, mark: &Mark, actual: 
             next.tat[i] = state.tat[i].max(now) + delta * inc;
             charged[i] = delta;
         } else if delta < 0.0 {
+            let gap = if cancelled { mark.gap[i] } else { 0.0 };
             let shift = state.refunded[i] - mark.refunded_at[i];
             let undrained = (mark.end[i] - shift - now)
-                .min(mark.cost[i] * inc)
-                .min(state.tat[i] - now);
-            let give = (-delta * inc).min(undrained);
+                .min(mark.cost[i] * inc + gap)
+                .min(state.tat[i] - now)
+                .min(later_headroom[i]);
+            let give = (-delta * inc + gap).min(undrained);
             if give > 0.0 {
                 next.tat[i] = state.tat[i] - give;
                 next.refunded[i] = state.refunded[i] + give;
-                refunded[i] = give / inc;
+                refunded[i] = (give / inc).min(-delta);
             }
         }
     }
@@ -69,6 +91,8 @@ mod tests {
     use super::*;
     use crate::{reserve, Cost, Limits, ReserveRequest};
 
+    const NONE: Dims = [f64::INFINITY; DIMENSIONS];
+
     #[test]
     fn refund_gives_back_only_what_has_not_drained() {
         let p = Limits::new().tokens(600).validate().unwrap(); // 0.1 s per token
@@ -80,7 +104,14 @@ mod tests {
         )
         .unwrap();
         // 20 s later 200 tokens have drained; the call used 100: refund at most 400.
-        let s = settle(&p, &g.state, 20.0, &g.mark, &p.units(Cost::tokens(100)));
+        let s = settle(
+            &p,
+            &g.state,
+            20.0,
+            &g.mark,
+            &p.units(Cost::tokens(100)),
+            &NONE,
+        );
         assert!((s.refunded[1] - 400.0).abs() < 1e-9, "{:?}", s.refunded);
         assert!((s.state.tat[1] - 20.0).abs() < 1e-9);
     }
@@ -95,7 +126,14 @@ mod tests {
             &ReserveRequest::new(p.units(Cost::tokens(100))),
         )
         .unwrap();
-        let s = settle(&p, &g.state, 50.0, &g.mark, &p.units(Cost::tokens(300)));
+        let s = settle(
+            &p,
+            &g.state,
+            50.0,
+            &g.mark,
+            &p.units(Cost::tokens(300)),
+            &NONE,
+        );
         assert_eq!(s.charged[1], 200.0);
         assert!((s.state.tat[1] - 70.0).abs() < 1e-9);
     }
@@ -117,15 +155,64 @@ mod tests {
             &ReserveRequest::new(p.units(Cost::tokens(300))),
         )
         .unwrap();
-        let after_a = settle(&p, &b.state, 0.0, &a.mark, &[1.0, 0.0, 0.0, 0.0]);
+        let after_a = settle(&p, &b.state, 0.0, &a.mark, &[1.0, 0.0, 0.0, 0.0], &NONE);
         assert!((after_a.refunded[1] - 300.0).abs() < 1e-9);
         // b's segment moved back by 30 s; at t = 20 only 10 s of it is still ahead.
-        let after_b = settle(&p, &after_a.state, 20.0, &b.mark, &[1.0, 0.0, 0.0, 0.0]);
+        let after_b = settle(
+            &p,
+            &after_a.state,
+            20.0,
+            &b.mark,
+            &[1.0, 0.0, 0.0, 0.0],
+            &NONE,
+        );
         assert!(
             (after_b.refunded[1] - 100.0).abs() < 1e-9,
             "{:?}",
             after_b.refunded
         );
         assert!(after_b.state.tat[1] >= 20.0 - 1e-9);
+    }
+
+    #[test]
+    fn refund_stops_where_a_queued_reservation_would_see_a_full_bucket() {
+        // 400 tokens per 10 s. A (133) starts now; B (344) waits 1.925 s for A's
+        // tokens to drain. Cancelling A now must not give back all 133: the bucket
+        // is full again after 1.4 s, and refill beyond full is lost, so B's start
+        // at 1.925 s leaves only 56 tokens over for others.
+        let p = Limits::new()
+            .input_tokens(400)
+            .window_secs(10.0)
+            .validate()
+            .unwrap();
+        let a = reserve(
+            &p,
+            &KeyState::default(),
+            1000.0,
+            &ReserveRequest::new(p.units(Cost::tokens(133))),
+        )
+        .unwrap();
+        let b = reserve(
+            &p,
+            &a.state,
+            1000.0,
+            &ReserveRequest::new(p.units(Cost::tokens(344))),
+        )
+        .unwrap();
+        assert!((b.slot - 1001.925).abs() < 1e-9);
+        assert!((b.headroom[2] - 1.4).abs() < 1e-9);
+        let cancel_a = settle(
+            &p,
+            &b.state,
+            1000.0,
+            &a.mark,
+            &[0.0; DIMENSIONS],
+            &b.headroom,
+        );
+        assert!(
+            (cancel_a.refunded[2] - 56.0).abs() < 1e-6,
+            "{:?}",
+            cancel_a.refunded
+        );
     }
 }

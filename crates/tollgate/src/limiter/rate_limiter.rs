@@ -187,6 +187,7 @@ impl RateLimiter {
                         cost: call.cost,
                         end: [0.0; DIMENSIONS],
                         refunded_at: [0.0; DIMENSIONS],
+                        gap: [0.0; DIMENSIONS],
                     },
                 })
             }

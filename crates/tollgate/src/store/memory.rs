@@ -1,12 +1,14 @@
 //! The embedded store: a sharded map of keys in this process.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use tollgate_core::{reserve, settle, KeyState, Policy, ReserveError, ReserveRequest, Settled};
+use tollgate_core::{
+    reserve, settle, Dims, KeyState, Policy, ReserveError, ReserveRequest, Settled, DIMENSIONS,
+};
 
 use super::{Backend, KeySnapshot, ReserveCall, Reserved, SettleCall, StoreError};
 
@@ -72,37 +74,99 @@ impl Clock for ManualClock {
 
 const SHARDS: usize = 64;
 
-/// Queue entries ordered by slot, then id. Slots are non-negative, so their
-/// bit patterns sort like the numbers.
-type Queue = BTreeSet<(u64, u64)>;
+/// One priority class's queue: the reservations whose slot is still ahead.
+#[derive(Debug, Default)]
+struct ClassQueue {
+    /// (slot bits, id), ordered by slot. Slots are non-negative, so their bit
+    /// patterns sort like the numbers.
+    slots: BTreeSet<(u64, u64)>,
+    /// Per dimension, a sliding-window minimum of the queued reservations'
+    /// headroom (`Grant::headroom` + the key's refund counter when charged):
+    /// entries (id, slot, value) in id order with increasing values, so the
+    /// least value among reservations charged after id `n` is the first entry
+    /// with an id above `n`.
+    headroom: [VecDeque<(u64, f64, f64)>; DIMENSIONS],
+}
+
+impl ClassQueue {
+    fn purge(&mut self, now: f64) {
+        let now_bits = now.to_bits();
+        while self
+            .slots
+            .first()
+            .is_some_and(|&(slot, _)| slot <= now_bits)
+        {
+            self.slots.pop_first();
+        }
+        for d in &mut self.headroom {
+            while d.front().is_some_and(|&(_, slot, _)| slot <= now) {
+                d.pop_front();
+            }
+        }
+    }
+
+    fn push(&mut self, id: u64, slot: f64, values: &Dims) {
+        self.slots.insert((slot.to_bits(), id));
+        for (d, &value) in self.headroom.iter_mut().zip(values) {
+            if value.is_finite() {
+                while d.back().is_some_and(|&(_, _, v)| v >= value) {
+                    d.pop_back();
+                }
+                d.push_back((id, slot, value));
+            }
+        }
+    }
+
+    /// Least headroom value of the entries charged after reservation `id`.
+    fn least_after(&self, id: u64, out: &mut Dims) {
+        for (d, o) in self.headroom.iter().zip(out.iter_mut()) {
+            let i = d.partition_point(|&(n, _, _)| n <= id);
+            if let Some(&(_, _, v)) = d.get(i) {
+                *o = o.min(v);
+            }
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 struct Entry {
     state: KeyState,
     seq: u64,
-    queues: Vec<Queue>,
+    queues: Vec<ClassQueue>,
 }
 
 impl Entry {
-    fn queue(&mut self, class: u8, now: f64) -> &mut Queue {
+    fn queue(&mut self, class: u8, now: f64) -> &mut ClassQueue {
         let class = class as usize;
         if self.queues.len() <= class {
-            self.queues.resize_with(class + 1, Queue::new);
+            self.queues.resize_with(class + 1, ClassQueue::default);
         }
         let q = &mut self.queues[class];
-        let now_bits = now.to_bits();
-        while q.first().is_some_and(|&(slot, _)| slot <= now_bits) {
-            q.pop_first();
-        }
+        q.purge(now);
         q
     }
 
     fn idle(&self, now: f64) -> bool {
         self.state.tat.iter().all(|&t| t <= now)
-            && self
-                .queues
-                .iter()
-                .all(|q| q.last().is_none_or(|&(s, _)| f64::from_bits(s) <= now))
+            && self.queues.iter().all(|q| {
+                q.slots
+                    .last()
+                    .is_none_or(|&(s, _)| f64::from_bits(s) <= now)
+            })
+    }
+
+    /// Per dimension the least headroom left (after refunds since) among the
+    /// queued reservations charged after reservation `id`.
+    fn later_headroom(&mut self, id: u64, now: f64) -> Dims {
+        let mut least = [f64::INFINITY; DIMENSIONS];
+        for q in &mut self.queues {
+            q.purge(now);
+            q.least_after(id, &mut least);
+        }
+        for (l, r) in least.iter_mut().zip(self.state.refunded) {
+            *l -= r;
+        }
+        least
     }
 }
 
@@ -189,20 +253,26 @@ impl MemoryStore {
             cost: call.cost,
             headroom: call.headroom,
             tail: queue
+                .slots
                 .last()
                 .map_or(f64::NEG_INFINITY, |&(s, _)| f64::from_bits(s)),
             max_wait: call.max_wait,
-            queued: queue.len() as u64,
+            queued: queue.slots.len() as u64,
             max_queue: call.max_queue,
         };
+        let refunded = entry.state.refunded;
         let grant = reserve(call.policy, &entry.state, now, &request)?;
         entry.state = grant.state;
         entry.seq += 1;
         let id = entry.seq;
         let queue = &mut entry.queues[call.class as usize];
-        let position = queue.len() as u64;
+        let position = queue.slots.len() as u64;
         if grant.slot > now {
-            queue.insert((grant.slot.to_bits(), id));
+            let mut values = grant.headroom;
+            for (v, r) in values.iter_mut().zip(refunded) {
+                *v += r;
+            }
+            queue.push(id, grant.slot, &values);
         }
         Ok(Reserved {
             id,
@@ -220,8 +290,17 @@ impl MemoryStore {
         let entry = shard.entry(call.key, now);
         entry
             .queue(call.class, now)
+            .slots
             .remove(&(call.slot.to_bits(), call.id));
-        let settled = settle(call.policy, &entry.state, now, &call.mark, &call.actual);
+        let later = entry.later_headroom(call.id, now);
+        let settled = settle(
+            call.policy,
+            &entry.state,
+            now,
+            &call.mark,
+            &call.actual,
+            &later,
+        );
         entry.state = settled.state;
         settled
     }
@@ -233,7 +312,7 @@ impl MemoryStore {
         let entry = shard.entry(key, now);
         let classes = entry.queues.len();
         let queue_depth = (0..classes)
-            .map(|c| entry.queue(c as u8, now).len() as u64)
+            .map(|c| entry.queue(c as u8, now).slots.len() as u64)
             .sum();
         KeySnapshot {
             now,

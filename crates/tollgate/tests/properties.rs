@@ -1,0 +1,355 @@
+//! Property tests: the memory store (the arithmetic of `tollgate-core` plus its
+//! queues) against a plain token-bucket simulation.
+//!
+//! For random sequences of acquires, settlements (above and below the estimate)
+//! and cancellations over simulated time:
+//! - **safety**: replaying the actual usage through a reference bucket never
+//!   finds a request admitted while the bucket lacked the tokens for it (usage
+//!   above an estimate counts from when it is settled: see `check_safety`);
+//! - **no needless waiting**: without settlements every slot is exactly the
+//!   earliest time the reference bucket could admit the request in FIFO order;
+//!   with settlements, never later than a reference that ignores refunds;
+//! - **FIFO**: slots are granted in arrival order.
+
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use tollgate::store::{ManualClock, MemoryStore, ReserveCall, SettleCall};
+use tollgate::{Cost, Limits, Policy};
+use tollgate_core::{Dims, Mark, DIMENSIONS};
+
+const EPS: f64 = 1e-6;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Acquire {
+        input: u64,
+        output: u64,
+    },
+    /// Settle the n-th open reservation (mod count) with `percent` of its estimate.
+    Settle {
+        n: usize,
+        percent: u32,
+    },
+    /// Cancel the n-th open reservation.
+    Cancel {
+        n: usize,
+    },
+}
+
+fn op() -> impl Strategy<Value = (f64, Op)> {
+    let advance = prop_oneof![Just(0.0), 0.0..0.5f64, 0.0..8.0f64];
+    let kind = prop_oneof![
+        4 => (1u64..400, 0u64..200).prop_map(|(input, output)| Op::Acquire { input, output }),
+        2 => (0usize..64, 0u32..200).prop_map(|(n, percent)| Op::Settle { n, percent }),
+        1 => (0usize..64).prop_map(|n| Op::Cancel { n }),
+    ];
+    (advance, kind)
+}
+
+fn limits() -> impl Strategy<Value = Limits> {
+    (
+        prop_oneof![Just(None), (2u64..20).prop_map(Some)],
+        prop_oneof![Just(None), (800u64..3000).prop_map(Some)],
+        prop_oneof![Just(None), (400u64..2000).prop_map(Some)],
+        prop_oneof![Just(None), (200u64..1000).prop_map(Some)],
+        prop_oneof![Just(1.0), 0.5..2.0f64],
+        prop_oneof![Just(1.0), Just(5.0)],
+    )
+        .prop_filter("at least one limit", |(r, t, i, o, _, _)| {
+            r.is_some() || t.is_some() || i.is_some() || o.is_some()
+        })
+        .prop_map(|(r, t, i, o, burst, burndown)| Limits {
+            requests: r,
+            tokens: t,
+            input_tokens: i,
+            output_tokens: o,
+            window_secs: 10.0,
+            burst,
+            burndown,
+        })
+}
+
+/// One granted reservation and what became of it.
+#[derive(Debug, Clone)]
+struct Granted {
+    asked_at: f64,
+    /// Index of the operation that made it.
+    asked_op: usize,
+    slot: f64,
+    estimate: Dims,
+    /// (time, actual units) when settled or cancelled.
+    outcome: Option<(f64, Dims)>,
+    /// Index of the operation that settled or cancelled it.
+    outcome_op: usize,
+}
+
+/// A continuous token bucket per dimension, fed with consumption events.
+struct Reference<'a> {
+    policy: &'a Policy,
+    level: Dims,
+    at: f64,
+}
+
+impl<'a> Reference<'a> {
+    fn new(policy: &'a Policy) -> Self {
+        let mut level = [0.0; DIMENSIONS];
+        for (i, l) in level.iter_mut().enumerate() {
+            *l = policy.capacity(tollgate::Dimension::ALL[i]);
+        }
+        Reference {
+            policy,
+            level,
+            at: f64::NEG_INFINITY,
+        }
+    }
+
+    fn advance(&mut self, t: f64) {
+        if t > self.at {
+            for i in 0..DIMENSIONS {
+                let inc = self.policy.increment[i];
+                if inc > 0.0 && self.at.is_finite() {
+                    let cap = self.policy.capacity(tollgate::Dimension::ALL[i]);
+                    self.level[i] = (self.level[i] + (t - self.at) / inc).min(cap);
+                }
+            }
+            self.at = t;
+        }
+    }
+
+    fn consume(&mut self, t: f64, units: &Dims) {
+        self.advance(t);
+        for i in 0..DIMENSIONS {
+            if self.policy.increment[i] > 0.0 {
+                self.level[i] -= units[i];
+            }
+        }
+    }
+
+    /// Earliest time >= t0 at which every dimension holds `units`.
+    fn earliest(&mut self, t0: f64, units: &Dims) -> f64 {
+        self.advance(t0);
+        let mut t = t0;
+        for i in 0..DIMENSIONS {
+            let inc = self.policy.increment[i];
+            if inc > 0.0 && self.level[i] < units[i] {
+                t = t.max(t0 + (units[i] - self.level[i]) * inc);
+            }
+        }
+        t
+    }
+}
+
+fn run(limits: &Limits, ops: &[(f64, Op)]) -> (Policy, Vec<Granted>) {
+    let policy = limits.validate().unwrap();
+    let clock = ManualClock::new(1_000.0);
+    let store = MemoryStore::with_clock(Arc::new(clock.clone()));
+    let mut granted: Vec<Granted> = Vec::new();
+    let mut marks: Vec<(u64, Mark)> = Vec::new();
+    let mut open: Vec<usize> = Vec::new();
+    for (op_index, (advance, op)) in ops.iter().enumerate() {
+        clock.advance(*advance);
+        let now = store.now();
+        match *op {
+            Op::Acquire { input, output } => {
+                let cost = policy.units(Cost::split(input, output));
+                let call = ReserveCall {
+                    key: "k",
+                    policy: &policy,
+                    class: 0,
+                    headroom: 1.0,
+                    cost,
+                    max_wait: None,
+                    max_queue: None,
+                };
+                match store.reserve_now(&call) {
+                    Ok(r) => {
+                        granted.push(Granted {
+                            asked_at: now,
+                            asked_op: op_index,
+                            slot: r.slot,
+                            estimate: cost,
+                            outcome: None,
+                            outcome_op: usize::MAX,
+                        });
+                        marks.push((r.id, r.mark));
+                        open.push(granted.len() - 1);
+                    }
+                    Err(tollgate_core::ReserveError::TooLarge { .. }) => {
+                        let fits = tollgate::Dimension::ALL
+                            .iter()
+                            .all(|&d| cost[d.index()] <= policy.capacity(d));
+                        assert!(!fits, "refused a request that fits the bucket");
+                    }
+                    Err(e) => panic!("unexpected refusal {e}"),
+                }
+            }
+            Op::Settle { .. } | Op::Cancel { .. } if !open.is_empty() => {
+                let (n, percent, cancel) = match *op {
+                    Op::Settle { n, percent } => (n, percent, false),
+                    Op::Cancel { n } => (n, 0, true),
+                    Op::Acquire { .. } => unreachable!(),
+                };
+                let g = open.remove(n % open.len());
+                let est = granted[g].estimate;
+                if !cancel && granted[g].slot > now {
+                    // A real caller settles only after its slot; keep it open.
+                    open.push(g);
+                    continue;
+                }
+                let mut actual = [0.0; DIMENSIONS];
+                if !cancel {
+                    for i in 1..DIMENSIONS {
+                        actual[i] = (est[i] * percent as f64 / 100.0).round();
+                    }
+                    actual[0] = est[0];
+                }
+                let (id, mark) = marks[g];
+                store.settle_now(&SettleCall {
+                    key: "k",
+                    policy: &policy,
+                    class: 0,
+                    id,
+                    slot: granted[g].slot,
+                    mark,
+                    actual,
+                });
+                granted[g].outcome = Some((now, actual));
+                granted[g].outcome_op = op_index;
+            }
+            _ => {}
+        }
+    }
+    (policy, granted)
+}
+
+/// Every admission was valid with what was known when it was granted: a
+/// reference bucket fed with the earlier reservations (their actual usage, up to
+/// the estimate, at their slots if already settled, else their estimates;
+/// nothing if given up before the slot; usage above the estimate as debt at the
+/// time it was settled) holds the request's estimate at its slot. Usage above an
+/// estimate that nobody knew of yet is the only way past the limit, and it is
+/// charged as soon as it is known. Without such usage this is the plain
+/// hindsight check: the actual usage never overdraws the reference bucket.
+fn check_safety(policy: &Policy, granted: &[Granted]) -> Result<(), TestCaseError> {
+    for (n, g) in granted.iter().enumerate() {
+        let mut events: Vec<(f64, usize, Dims)> = Vec::new();
+        for (m, e) in granted[..n].iter().enumerate() {
+            let known = e.outcome.filter(|_| e.outcome_op < g.asked_op);
+            match known {
+                Some((t, actual)) if t < e.slot && actual == [0.0; DIMENSIONS] => {}
+                Some((t, actual)) => {
+                    let mut at_slot = [0.0; DIMENSIONS];
+                    let mut debt = [0.0; DIMENSIONS];
+                    for i in 0..DIMENSIONS {
+                        at_slot[i] = actual[i].min(e.estimate[i]);
+                        debt[i] = (actual[i] - e.estimate[i]).max(0.0);
+                    }
+                    events.push((e.slot, 2 * m, at_slot));
+                    events.push((t, 2 * m + 1, debt));
+                }
+                None => events.push((e.slot, 2 * m, e.estimate)),
+            }
+        }
+        events.push((g.slot, 2 * n, g.estimate));
+        events.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let mut reference = Reference::new(policy);
+        for (t, order, units) in events {
+            reference.consume(t, &units);
+            if order == 2 * n {
+                for i in 0..DIMENSIONS {
+                    let cap = policy.capacity(tollgate::Dimension::ALL[i]);
+                    if policy.increment[i] > 0.0 {
+                        prop_assert!(
+                            reference.level[i] >= -EPS * cap.max(1.0),
+                            "reservation {n} overdraws dimension {i} to {} at its slot {t}",
+                            reference.level[i]
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_no_needless_wait(
+    policy: &Policy,
+    granted: &[Granted],
+    exact: bool,
+) -> Result<(), TestCaseError> {
+    let mut prev_slot = f64::NEG_INFINITY;
+    for (n, g) in granted.iter().enumerate() {
+        // FIFO holds among the reservations that were not given up before their slot.
+        let gave_up = g
+            .outcome
+            .is_some_and(|(t, a)| t < g.slot && a == [0.0; DIMENSIONS]);
+        prop_assert!(
+            gave_up || g.slot >= prev_slot - EPS,
+            "FIFO broken at reservation {n}"
+        );
+        // A reference that keeps every estimate (no refunds) plus debts settled
+        // so far. A debt queues behind the requests already granted: they were
+        // promised their slots, so it is consumed after the last of them.
+        let mut events: Vec<(f64, Dims)> =
+            granted[..n].iter().map(|e| (e.slot, e.estimate)).collect();
+        for e in &granted[..n] {
+            if let Some((t, actual)) = e.outcome {
+                if e.outcome_op < g.asked_op {
+                    let mut over = [0.0; DIMENSIONS];
+                    for i in 0..DIMENSIONS {
+                        over[i] = (actual[i] - e.estimate[i]).max(0.0);
+                    }
+                    let queue_end = granted
+                        .iter()
+                        .filter(|q| q.asked_op < e.outcome_op)
+                        .map(|q| q.slot)
+                        .fold(t, f64::max);
+                    events.push((queue_end, over));
+                }
+            }
+        }
+        events.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut reference = Reference::new(policy);
+        for (t, units) in &events {
+            reference.consume(*t, units);
+        }
+        let earliest = reference.earliest(g.asked_at.max(prev_slot).max(reference.at), &g.estimate);
+        let tol = 1e-6 * earliest.abs().max(1.0);
+        prop_assert!(
+            g.slot <= earliest + tol,
+            "reservation {n} waits until {} but could start at {earliest}",
+            g.slot
+        );
+        if exact {
+            prop_assert!(
+                g.slot >= earliest - tol,
+                "reservation {n} starts at {} before the bucket allows ({earliest})",
+                g.slot
+            );
+        }
+        if !gave_up {
+            prev_slot = g.slot;
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn acquires_alone_match_the_reference_exactly(limits in limits(), ops in prop::collection::vec(op(), 1..60)) {
+        let acquires: Vec<_> = ops.into_iter().filter(|(_, o)| matches!(o, Op::Acquire { .. })).collect();
+        let (policy, granted) = run(&limits, &acquires);
+        check_safety(&policy, &granted)?;
+        check_no_needless_wait(&policy, &granted, true)?;
+    }
+
+    #[test]
+    fn settlements_and_cancellations_never_overdraw(limits in limits(), ops in prop::collection::vec(op(), 1..80)) {
+        let (policy, granted) = run(&limits, &ops);
+        check_safety(&policy, &granted)?;
+        check_no_needless_wait(&policy, &granted, false)?;
+    }
+}
