@@ -1,1 +1,119 @@
-fn main() {}
+//! The `tollgate` command: `serve` the gateway, `hash-key` for the config.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+
+const USAGE: &str = "tollgate: keep LLM API traffic inside its limits
+
+usage:
+  tollgate serve --config FILE     run the gateway with a config file
+  tollgate serve --demo            run a self-contained demo (memory store,
+                                   simulated upstream, demo keys printed)
+  tollgate hash-key KEY            print the SHA-256 of an API key for the config
+  tollgate help                    this text
+
+logs: RUST_LOG=info (default) or e.g. RUST_LOG=tollgate=debug; TOLLGATE_LOG=json for JSON lines";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("hash-key") => {
+            let [_, key] = args.as_slice() else {
+                bail!("usage: tollgate hash-key KEY");
+            };
+            println!("{}", tollgate_gateway::auth::hash_key(key));
+            Ok(())
+        }
+        Some("serve") => {
+            init_logs();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(serve(&args[1..]))
+        }
+        Some("help" | "--help" | "-h") | None => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown command {other:?}\n\n{USAGE}"),
+    }
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if std::env::var("TOLLGATE_LOG").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(args: &[String]) -> Result<()> {
+    let mut config_path: Option<PathBuf> = None;
+    let mut demo = false;
+    let mut listen: Option<String> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--config" => {
+                config_path = Some(it.next().context("--config needs a file path")?.into())
+            }
+            "--demo" => demo = true,
+            "--listen" => {
+                listen = Some(
+                    it.next()
+                        .context("--listen needs an address such as 127.0.0.1:8080")?
+                        .clone(),
+                )
+            }
+            other => bail!("unknown option {other:?} for serve\n\n{USAGE}"),
+        }
+    }
+    let mut _upstream = None;
+    let config = match (demo, config_path) {
+        (true, None) => {
+            let sim = tollgate_gateway::upstream_sim::start(
+                tollgate_gateway::upstream_sim::SimConfig {
+                    latency: std::time::Duration::from_millis(150),
+                    chunk_interval: std::time::Duration::from_millis(15),
+                    completion_tokens: 40,
+                },
+                0,
+            )
+            .await
+            .context("cannot start the simulated upstream on 127.0.0.1")?;
+            let cfg = tollgate_gateway::demo::config(
+                listen.as_deref().unwrap_or("127.0.0.1:8080"),
+                &sim.base_url(),
+            );
+            _upstream = Some(sim);
+            cfg
+        }
+        (false, Some(path)) => {
+            let mut cfg = tollgate_gateway::Config::load(&path)?;
+            if let Some(l) = listen {
+                cfg.server.listen = l;
+            }
+            cfg
+        }
+        (true, Some(_)) => bail!("give either --demo or --config FILE, not both"),
+        (false, None) => {
+            bail!("tollgate serve needs --config FILE (see config/tollgate.example.toml) or --demo")
+        }
+    };
+    let mut running = tollgate_gateway::start(config).await?;
+    if demo {
+        println!("{}", tollgate_gateway::demo::banner(&running.url()));
+    }
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => {
+            r.context("cannot listen for Ctrl-C")?;
+            tracing::info!("shutting down");
+            running.stop();
+        }
+    }
+    running.wait().await.context("server failed")
+}

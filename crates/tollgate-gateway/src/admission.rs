@@ -1,0 +1,405 @@
+//! Admission: the client's tier bucket, then its budget, then the provider
+//! bucket of the model in the tier's priority class. Each step is a
+//! reservation; a refusal undoes the earlier ones.
+//!
+//! The result, [`Admission`], is a guard: it is settled with the actual usage
+//! when the upstream answers. If it is dropped instead (the client went away
+//! while waiting or while a stream was running), it settles in the background
+//! with what was used so far and releases the rest, so an abandoned request
+//! never keeps capacity or budget it did not use.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tollgate::{AcquireOptions, Cost, Dimension, Error as LimitError, Permit, RateLimiter};
+
+use crate::budget::{nano_to_usd, BudgetError, Hold};
+use crate::error::ApiError;
+use crate::gateway::Gateway;
+use crate::ledger::UsageRecord;
+use crate::registry::Client;
+use crate::routing::Model;
+
+/// Which bucket refused, for error codes and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    /// The client's tier bucket.
+    Client,
+    /// The provider bucket of the model.
+    Model,
+}
+
+impl Bucket {
+    fn name(self) -> &'static str {
+        match self {
+            Bucket::Client => "client",
+            Bucket::Model => "model",
+        }
+    }
+}
+
+/// A request that was let in: its reservations, to settle when it ends.
+pub struct Admission {
+    gw: Arc<Gateway>,
+    client: Arc<Client>,
+    model: Arc<Model>,
+    client_permit: Option<Permit>,
+    model_permit: Option<Permit>,
+    hold: Option<Hold>,
+    /// Estimated (input, output) tokens.
+    pub estimate: (u64, u64),
+    /// How long the request must wait for its slot.
+    pub wait: Duration,
+    /// Whether the request went upstream (then dropping settles what was used
+    /// instead of cancelling everything).
+    pub forwarded: bool,
+    /// (input, output) tokens known to be used so far (streams update this).
+    pub used: (u64, u64),
+    started: Instant,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("client", &self.client.id)
+            .field("model", &self.model.name)
+            .field("estimate", &self.estimate)
+            .field("wait", &self.wait)
+            .finish()
+    }
+}
+
+impl Admission {
+    /// Reserves the client bucket, the budget and the provider bucket for a
+    /// request of `input` + `output` estimated tokens.
+    pub async fn admit(
+        gw: &Arc<Gateway>,
+        client: &Arc<Client>,
+        model: &Arc<Model>,
+        input: u64,
+        output: u64,
+    ) -> Result<Admission, ApiError> {
+        let mut adm = Admission {
+            gw: gw.clone(),
+            client: client.clone(),
+            model: model.clone(),
+            client_permit: None,
+            model_permit: None,
+            hold: None,
+            estimate: (input, output),
+            wait: Duration::ZERO,
+            forwarded: false,
+            used: (0, 0),
+            started: Instant::now(),
+        };
+        let tier = &client.tier;
+        let tier_label = tier.name.as_str();
+        let cost = Cost::split(input, output);
+        let opts = AcquireOptions {
+            class: 0,
+            max_wait: Some(tier.max_wait),
+        };
+        match client.limiter.reserve(cost, &opts).await {
+            Ok(p) => {
+                decision(gw, "client", tier_label, &p);
+                adm.client_permit = Some(p);
+            }
+            Err(e) => {
+                return Err(
+                    refused(gw, Bucket::Client, &client.limiter, cost, e, client, model).await,
+                )
+            }
+        }
+        let estimate = model.price.cost_nano(input, output);
+        match gw.budgets.reserve(&client.id, estimate, tier.budget).await {
+            Ok(h) => {
+                gw.metrics.inc(
+                    "tollgate_limiter_decisions_total",
+                    &[
+                        ("bucket", "budget"),
+                        ("tier", tier_label),
+                        ("decision", "granted"),
+                    ],
+                );
+                adm.hold = Some(h);
+            }
+            Err(e) => {
+                gw.metrics.inc(
+                    "tollgate_limiter_decisions_total",
+                    &[
+                        ("bucket", "budget"),
+                        ("tier", tier_label),
+                        ("decision", "refused"),
+                    ],
+                );
+                return Err(budget_refused(gw, e));
+            }
+        }
+        let opts = AcquireOptions {
+            class: tier.config.priority,
+            max_wait: Some(tier.max_wait),
+        };
+        match model.limiter.reserve(cost, &opts).await {
+            Ok(p) => {
+                decision(gw, "model", tier_label, &p);
+                adm.model_permit = Some(p);
+            }
+            Err(e) => {
+                return Err(
+                    refused(gw, Bucket::Model, &model.limiter, cost, e, client, model).await,
+                )
+            }
+        }
+        adm.wait = adm
+            .client_permit
+            .iter()
+            .chain(adm.model_permit.iter())
+            .map(|p| p.waited)
+            .max()
+            .unwrap_or_default();
+        Ok(adm)
+    }
+
+    /// Waits for the slot. Dropping this future (the client left) drops
+    /// nothing by itself; dropping the `Admission` cancels the reservations.
+    pub async fn wait_for_slot(&self) {
+        if self.wait > Duration::ZERO {
+            tokio::time::sleep(self.wait).await;
+        }
+        self.gw.metrics.observe(
+            "tollgate_queue_wait_seconds",
+            &[("tier", &self.client.tier.name)],
+            self.started.elapsed().as_secs_f64(),
+        );
+    }
+
+    /// Settles with the actual usage; returns the cost in nano-USD.
+    pub async fn settle(mut self, input: u64, output: u64) -> i64 {
+        let parts = self.take();
+        parts.finish(Some((input, output))).await
+    }
+
+    fn take(&mut self) -> Parts {
+        Parts {
+            gw: self.gw.clone(),
+            client: self.client.clone(),
+            model: self.model.clone(),
+            client_permit: self.client_permit.take(),
+            model_permit: self.model_permit.take(),
+            hold: self.hold.take(),
+            waited: self.wait,
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let parts = self.take();
+        if parts.is_empty() {
+            return;
+        }
+        let usage = self.forwarded.then_some(self.used);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                parts.finish(usage).await;
+            });
+        }
+    }
+}
+
+/// What is left to settle of an admission.
+struct Parts {
+    gw: Arc<Gateway>,
+    client: Arc<Client>,
+    model: Arc<Model>,
+    client_permit: Option<Permit>,
+    model_permit: Option<Permit>,
+    hold: Option<Hold>,
+    waited: Duration,
+}
+
+impl Parts {
+    fn is_empty(&self) -> bool {
+        self.client_permit.is_none() && self.model_permit.is_none() && self.hold.is_none()
+    }
+
+    /// Settles with `usage`, or with `None` cancels everything (the request
+    /// never went upstream).
+    async fn finish(self, usage: Option<(u64, u64)>) -> i64 {
+        let gw = &self.gw;
+        let settle = |limiter: RateLimiter, permit: Option<Permit>| async move {
+            let Some(permit) = permit else { return };
+            let result = match usage {
+                Some((i, o)) => limiter.settle(permit, Cost::split(i, o)).await.map(|_| ()),
+                None => limiter.cancel(permit).await.map(|_| ()),
+            };
+            if let Err(e) = result {
+                tracing::warn!(key = %limiter.key(), error = %e, "could not settle a reservation");
+            }
+        };
+        let (input, output) = usage.unwrap_or((0, 0));
+        let cost = self.model.price.cost_nano(input, output);
+        let budget = async {
+            if let Some(hold) = &self.hold {
+                if let Err(e) = gw.budgets.settle(hold, cost).await {
+                    gw.metrics
+                        .inc("tollgate_store_errors_total", &[("component", "budget")]);
+                    tracing::warn!(client = %self.client.id, error = %e, "could not settle spend");
+                }
+            }
+        };
+        tokio::join!(
+            settle(self.client.limiter.clone(), self.client_permit),
+            settle(self.model.limiter.clone(), self.model_permit),
+            budget
+        );
+        if usage.is_some() {
+            let client = self.client.id.as_str();
+            let model = self.model.name.as_str();
+            gw.metrics.add(
+                "tollgate_tokens_total",
+                &[("client", client), ("model", model), ("direction", "input")],
+                input as f64,
+            );
+            gw.metrics.add(
+                "tollgate_tokens_total",
+                &[
+                    ("client", client),
+                    ("model", model),
+                    ("direction", "output"),
+                ],
+                output as f64,
+            );
+            gw.metrics.add(
+                "tollgate_spend_usd_total",
+                &[("client", client), ("model", model)],
+                nano_to_usd(cost),
+            );
+            gw.ledger.record(&UsageRecord {
+                client: client.to_string(),
+                tier: self.client.tier.name.clone(),
+                model: model.to_string(),
+                input_tokens: input,
+                output_tokens: output,
+                cost_usd: nano_to_usd(cost),
+                waited: self.waited,
+            });
+        }
+        cost
+    }
+}
+
+fn decision(gw: &Gateway, bucket: &str, tier: &str, p: &Permit) {
+    let d = if p.waited > Duration::ZERO {
+        "waited"
+    } else {
+        "granted"
+    };
+    gw.metrics.inc(
+        "tollgate_limiter_decisions_total",
+        &[("bucket", bucket), ("tier", tier), ("decision", d)],
+    );
+}
+
+/// The dimension that keeps a request of `cost` waiting longest.
+async fn culprit(limiter: &RateLimiter, cost: Cost) -> Option<Dimension> {
+    let status = limiter.status().await.ok()?;
+    let units = limiter.policy().units(cost);
+    let window = limiter.policy().limits().window_secs;
+    status
+        .dimensions
+        .iter()
+        .map(|d| {
+            let rate = d.limit as f64 / window;
+            let deficit = units[d.dimension.index()] - d.available;
+            (deficit / rate, d.dimension)
+        })
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, d)| d)
+}
+
+async fn refused(
+    gw: &Gateway,
+    bucket: Bucket,
+    limiter: &RateLimiter,
+    cost: Cost,
+    e: LimitError,
+    client: &Client,
+    model: &Model,
+) -> ApiError {
+    gw.metrics.inc(
+        "tollgate_limiter_decisions_total",
+        &[
+            ("bucket", bucket.name()),
+            ("tier", &client.tier.name),
+            ("decision", "refused"),
+        ],
+    );
+    let whose = match bucket {
+        Bucket::Client => format!("client {:?} (tier {:?})", client.id, client.tier.name),
+        Bucket::Model => format!(
+            "model {:?} (shared provider limit, priority class {})",
+            model.name, client.tier.config.priority
+        ),
+    };
+    match e {
+        LimitError::RateLimited { retry_after, max_wait, .. } => {
+            let dim = culprit(limiter, cost).await.unwrap_or(Dimension::Requests);
+            let limit = limiter.policy().limit(dim).unwrap_or(0);
+            ApiError::rate_limited(
+                "rate_limit_error",
+                &format!("{}_{}_exceeded", bucket.name(), dim.short_name()),
+                format!(
+                    "Rate limit reached for {whose} on {dim} (limit {limit} per minute): the next slot is {:.3} s away, longer than the tier's maximum wait of {:.3} s. Retry after the time in the Retry-After header.",
+                    retry_after.as_secs_f64(),
+                    max_wait.as_secs_f64()
+                ),
+                retry_after,
+            )
+        }
+        LimitError::QueueFull { retry_after, depth, .. } => ApiError::rate_limited(
+            "rate_limit_error",
+            "queue_full",
+            format!("The queue for {whose} is full ({depth} requests waiting). Retry after the time in the Retry-After header."),
+            retry_after,
+        ),
+        LimitError::TooLarge(inner) => ApiError::invalid(
+            &format!("{}_request_too_large", bucket.name()),
+            "max_tokens",
+            format!("Request too large for {whose}: {inner}. Lower max_tokens or shorten the prompt."),
+        ),
+        other => {
+            gw.metrics.inc("tollgate_store_errors_total", &[("component", "limiter")]);
+            tracing::error!(error = %other, "limiter failed");
+            ApiError::internal(axum::http::StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "The rate-limit store is unavailable; retry shortly.")
+        }
+    }
+}
+
+fn budget_refused(gw: &Gateway, e: BudgetError) -> ApiError {
+    let period = crate::budget::Period::now();
+    match e {
+        BudgetError::Daily { .. } => ApiError::rate_limited(
+            "insufficient_quota",
+            "daily_budget_exceeded",
+            e.to_string(),
+            period.until_tomorrow(),
+        ),
+        BudgetError::Monthly { .. } => ApiError::rate_limited(
+            "insufficient_quota",
+            "monthly_budget_exceeded",
+            e.to_string(),
+            period.until_next_month(),
+        ),
+        BudgetError::Store(msg) => {
+            gw.metrics
+                .inc("tollgate_store_errors_total", &[("component", "budget")]);
+            tracing::error!(error = %msg, "spend store failed");
+            ApiError::internal(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "The spend store is unavailable; retry shortly.",
+            )
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! API keys: stored only as SHA-256 hashes, compared in constant time.
+
+use std::collections::HashMap;
+
+use axum::http::HeaderMap;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// The SHA-256 of a key, as 64 lowercase hex characters (what the config stores).
+///
+/// ```
+/// let h = tollgate_gateway::auth::hash_key("sk-demo");
+/// assert_eq!(h.len(), 64);
+/// ```
+pub fn hash_key(key: &str) -> String {
+    hex(&Sha256::digest(key.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// Parses 64 hex characters into a digest.
+pub(crate) fn parse_hash(h: &str) -> Option<[u8; 32]> {
+    let h = h.as_bytes();
+    if h.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in h.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The bearer token of a request (`Authorization: Bearer KEY`), if any.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Finds the client a key belongs to.
+///
+/// The presented key is hashed first and the map is indexed by that hash, so
+/// lookup timing depends only on a SHA-256 of the key, which tells an attacker
+/// nothing about any stored key; the final comparison is constant-time anyway.
+#[derive(Debug, Default, Clone)]
+pub struct KeyIndex {
+    by_hash: HashMap<[u8; 32], String>,
+}
+
+impl KeyIndex {
+    /// Adds a key hash (hex) for a client; ignores malformed hashes (the
+    /// config validation has already refused them).
+    pub fn insert(&mut self, hash_hex: &str, client: &str) {
+        if let Some(h) = parse_hash(&hash_hex.to_ascii_lowercase()) {
+            self.by_hash.insert(h, client.to_string());
+        }
+    }
+
+    /// The client id of a presented key.
+    pub fn lookup(&self, key: &str) -> Option<&str> {
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let (stored, client) = self.by_hash.get_key_value(&digest)?;
+        bool::from(stored.ct_eq(&digest)).then_some(client.as_str())
+    }
+}
+
+/// Checks a presented admin token against the configured hash in constant time.
+pub fn admin_token_ok(expected: Option<&[u8; 32]>, presented: Option<&str>) -> bool {
+    match (expected, presented) {
+        (Some(expected), Some(token)) => {
+            let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            bool::from(expected.ct_eq(&digest))
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_clients_by_key_hash_only() {
+        let mut idx = KeyIndex::default();
+        idx.insert(&hash_key("sk-a"), "a");
+        assert_eq!(idx.lookup("sk-a"), Some("a"));
+        assert_eq!(idx.lookup("sk-b"), None);
+        assert_eq!(
+            parse_hash(&hash_key("x")).map(|h| hex(&h)),
+            Some(hash_key("x"))
+        );
+        assert!(admin_token_ok(
+            parse_hash(&hash_key("t")).as_ref(),
+            Some("t")
+        ));
+        assert!(!admin_token_ok(
+            parse_hash(&hash_key("t")).as_ref(),
+            Some("u")
+        ));
+        assert!(!admin_token_ok(None, Some("t")));
+    }
+}

@@ -1,0 +1,140 @@
+//! Spend in this process.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::{BudgetError, BudgetLimits, Hold, Period, Spend};
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Account {
+    day: i64,
+    day_spent: i64,
+    month: i64,
+    month_spent: i64,
+}
+
+impl Account {
+    /// Starts a new day or month when the period has moved on.
+    fn roll(&mut self, p: Period) {
+        if self.day != p.day {
+            self.day = p.day;
+            self.day_spent = 0;
+        }
+        if self.month != p.month {
+            self.month = p.month;
+            self.month_spent = 0;
+        }
+    }
+}
+
+/// Spend per client, in this process.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryBudgets {
+    accounts: Arc<Mutex<HashMap<String, Account>>>,
+}
+
+impl MemoryBudgets {
+    /// An empty ledger.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub(crate) fn reserve(
+        &self,
+        client: &str,
+        p: Period,
+        amount: i64,
+        limits: BudgetLimits,
+    ) -> Result<Hold, BudgetError> {
+        let mut accounts = self.accounts.lock();
+        let a = accounts.entry(client.to_string()).or_default();
+        a.roll(p);
+        if let Some(limit) = limits.daily {
+            if a.day_spent + amount > limit {
+                return Err(BudgetError::Daily {
+                    spent: a.day_spent,
+                    limit,
+                    needed: amount,
+                });
+            }
+        }
+        if let Some(limit) = limits.monthly {
+            if a.month_spent + amount > limit {
+                return Err(BudgetError::Monthly {
+                    spent: a.month_spent,
+                    limit,
+                    needed: amount,
+                });
+            }
+        }
+        a.day_spent += amount;
+        a.month_spent += amount;
+        Ok(Hold {
+            client: client.to_string(),
+            period: p,
+            amount,
+        })
+    }
+
+    pub(crate) fn adjust(&self, hold: &Hold, actual: i64) {
+        let delta = actual - hold.amount;
+        let mut accounts = self.accounts.lock();
+        if let Some(a) = accounts.get_mut(&hold.client) {
+            // A charge whose day (month) has passed stays with that day (month).
+            if a.day == hold.period.day {
+                a.day_spent = (a.day_spent + delta).max(0);
+            }
+            if a.month == hold.period.month {
+                a.month_spent = (a.month_spent + delta).max(0);
+            }
+        }
+    }
+
+    pub(crate) fn spend(&self, client: &str, p: Period) -> Spend {
+        let accounts = self.accounts.lock();
+        match accounts.get(client) {
+            Some(a) => Spend {
+                today: if a.day == p.day { a.day_spent } else { 0 },
+                month: if a.month == p.month { a.month_spent } else { 0 },
+            },
+            None => Spend::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserves_against_what_remains_and_settles() {
+        let b = MemoryBudgets::new();
+        let p = Period::at(1_700_000_000.0);
+        let limits = BudgetLimits {
+            daily: Some(100),
+            monthly: Some(150),
+        };
+        let h = b.reserve("a", p, 80, limits).unwrap();
+        assert!(matches!(
+            b.reserve("a", p, 30, limits),
+            Err(BudgetError::Daily { spent: 80, .. })
+        ));
+        b.adjust(&h, 50);
+        let h2 = b.reserve("a", p, 50, limits).unwrap();
+        assert_eq!(
+            b.spend("a", p),
+            Spend {
+                today: 100,
+                month: 100
+            }
+        );
+        b.adjust(&h2, 50);
+        let next_day = Period::at(1_700_000_000.0 + 86_400.0);
+        assert!(matches!(
+            b.reserve("a", next_day, 60, limits),
+            Err(BudgetError::Monthly { .. })
+        ));
+    }
+}

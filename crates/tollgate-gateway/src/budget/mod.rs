@@ -1,0 +1,153 @@
+//! Spend per client and the daily and monthly budgets.
+//!
+//! A request's estimated cost is reserved against what remains of today's and
+//! this month's budget in one atomic step (a mutex in memory, a Lua script in
+//! Redis), so concurrent requests cannot together overspend: the most a
+//! budget can be exceeded by is what the requests in flight use beyond their
+//! estimates. Settling replaces the estimate with the actual cost.
+//!
+//! Money is counted in integer nano-USD, so sums are exact. Days and months
+//! are UTC, on the gateway's clock.
+
+mod memory;
+mod period;
+mod redis;
+
+pub use self::memory::MemoryBudgets;
+pub use self::period::Period;
+pub use self::redis::RedisBudgets;
+
+/// Nano-USD in one USD.
+pub const NANO_PER_USD: f64 = 1e9;
+
+/// USD as nano-USD (rounded up).
+pub fn usd_to_nano(usd: f64) -> i64 {
+    (usd * NANO_PER_USD).ceil() as i64
+}
+
+/// Nano-USD as USD.
+pub fn nano_to_usd(nano: i64) -> f64 {
+    nano as f64 / NANO_PER_USD
+}
+
+/// A model's prices.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Price {
+    /// USD per million input tokens.
+    pub input_usd_per_mtok: f64,
+    /// USD per million output tokens.
+    pub output_usd_per_mtok: f64,
+}
+
+impl Price {
+    /// The cost of a call in nano-USD (rounded up).
+    pub fn cost_nano(&self, input: u64, output: u64) -> i64 {
+        // USD per Mtok × tokens = µUSD; × 1000 = nano-USD.
+        (input as f64 * self.input_usd_per_mtok * 1000.0
+            + output as f64 * self.output_usd_per_mtok * 1000.0)
+            .ceil() as i64
+    }
+}
+
+/// A client's budgets in nano-USD (`None`: unlimited).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct BudgetLimits {
+    /// Per UTC day.
+    pub daily: Option<i64>,
+    /// Per UTC calendar month.
+    pub monthly: Option<i64>,
+}
+
+/// A reserved estimate, to be settled with the actual cost.
+#[derive(Debug, Clone, PartialEq)]
+#[must_use = "settle the hold with the actual cost"]
+pub struct Hold {
+    /// The client.
+    pub client: String,
+    /// The day and month the estimate was charged to.
+    pub period: Period,
+    /// Nano-USD reserved.
+    pub amount: i64,
+}
+
+/// A client's spend so far, nano-USD.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Spend {
+    /// Today (UTC).
+    pub today: i64,
+    /// This month (UTC).
+    pub month: i64,
+}
+
+/// Why a reservation was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BudgetError {
+    /// Today's budget cannot take the estimate.
+    #[error("daily budget of ${:.4} would be exceeded: ${:.4} spent or reserved today, this request may cost up to ${:.4}; it resets at 00:00 UTC", nano_to_usd(*limit), nano_to_usd(*spent), nano_to_usd(*needed))]
+    Daily {
+        /// Spent and reserved today.
+        spent: i64,
+        /// The budget.
+        limit: i64,
+        /// The request's estimate.
+        needed: i64,
+    },
+    /// This month's budget cannot take the estimate.
+    #[error("monthly budget of ${:.4} would be exceeded: ${:.4} spent or reserved this month, this request may cost up to ${:.4}; it resets on the 1st (UTC)", nano_to_usd(*limit), nano_to_usd(*spent), nano_to_usd(*needed))]
+    Monthly {
+        /// Spent and reserved this month.
+        spent: i64,
+        /// The budget.
+        limit: i64,
+        /// The request's estimate.
+        needed: i64,
+    },
+    /// The store failed.
+    #[error("spend store unavailable: {0}")]
+    Store(String),
+}
+
+/// Where spend lives: this process or Redis.
+#[derive(Debug, Clone)]
+pub enum Budgets {
+    /// In this process.
+    Memory(MemoryBudgets),
+    /// Shared through Redis.
+    Redis(RedisBudgets),
+}
+
+impl Budgets {
+    /// Reserves `amount` nano-USD against the client's budgets.
+    pub async fn reserve(
+        &self,
+        client: &str,
+        amount: i64,
+        limits: BudgetLimits,
+    ) -> Result<Hold, BudgetError> {
+        let period = Period::now();
+        match self {
+            Budgets::Memory(m) => m.reserve(client, period, amount, limits),
+            Budgets::Redis(r) => r.reserve(client, period, amount, limits).await,
+        }
+    }
+
+    /// Replaces a hold's estimate by the actual cost.
+    pub async fn settle(&self, hold: &Hold, actual: i64) -> Result<(), BudgetError> {
+        match self {
+            Budgets::Memory(m) => {
+                m.adjust(hold, actual);
+                Ok(())
+            }
+            Budgets::Redis(r) => r.adjust(hold, actual).await,
+        }
+    }
+
+    /// The client's spend today and this month.
+    pub async fn spend(&self, client: &str) -> Result<Spend, BudgetError> {
+        let period = Period::now();
+        match self {
+            Budgets::Memory(m) => Ok(m.spend(client, period)),
+            Budgets::Redis(r) => r.spend(client, period).await,
+        }
+    }
+}

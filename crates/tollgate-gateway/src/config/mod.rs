@@ -1,0 +1,360 @@
+//! The configuration: the file's types ([`types`]), loading with errors that
+//! name the line or field, and validation (one place for every rule).
+
+mod types;
+
+pub use types::{
+    AdminConfig, ClientConfig, Config, ModelConfig, ModelKind, PriorityConfig, ProviderConfig,
+    ServerConfig, StoreConfig, TierConfig,
+};
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+
+use tollgate::{Limits, OutagePolicy};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path given.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has an unknown or mistyped field (the message
+    /// names the line and column).
+    #[error("config file is not valid: {0}")]
+    Parse(String),
+    /// A value is out of range or refers to something that does not exist.
+    #[error("config field `{field}`: {message}")]
+    Invalid {
+        /// The field's path, e.g. `tiers.free.rpm`.
+        field: String,
+        /// What is wrong and what would be valid.
+        message: String,
+    },
+}
+
+pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text)
+    }
+
+    /// Parses and validates a configuration from TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every rule; the first broken one is returned, naming its field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server.listen.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "server.listen",
+                format!(
+                    "{:?} is not an address such as \"127.0.0.1:8080\"",
+                    self.server.listen
+                ),
+            )
+        })?;
+        if self.server.max_body_bytes < 1024 {
+            return Err(invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        if !(self.server.upstream_timeout_secs.is_finite()
+            && self.server.upstream_timeout_secs > 0.0)
+        {
+            return Err(invalid(
+                "server.upstream_timeout_secs",
+                "must be a positive number of seconds",
+            ));
+        }
+        let url = &self.store.url;
+        if !["memory://", "redis://", "rediss://", "redis+cluster://"]
+            .iter()
+            .any(|p| url.starts_with(p))
+        {
+            return Err(invalid(
+                "store.url",
+                format!(
+                    "{url:?}: use \"memory://\" or a \"redis://host:port\" / \"rediss://…\" URL"
+                ),
+            ));
+        }
+        self.outage_policy()?;
+        if self.store.sync_interval_ms == 0 || self.store.sync_interval_ms > 60_000 {
+            return Err(invalid(
+                "store.sync_interval_ms",
+                "must be between 1 and 60000",
+            ));
+        }
+        if let Some(h) = &self.admin.token_sha256 {
+            check_hash("admin.token_sha256", h)?;
+        }
+        let classes = &self.priority.headroom;
+        if classes.is_empty() || classes.len() > 16 {
+            return Err(invalid(
+                "priority.headroom",
+                "give between 1 and 16 classes, e.g. [1.0, 0.8, 0.6, 0.4]",
+            ));
+        }
+        for (i, h) in classes.iter().enumerate() {
+            if !(*h > 0.0 && *h <= 1.0) || (i == 0 && *h != 1.0) {
+                return Err(invalid(
+                    format!("priority.headroom[{i}]"),
+                    format!("{h} must be in (0, 1], and exactly 1.0 for class 0"),
+                ));
+            }
+        }
+        let mut models = HashSet::new();
+        for (pname, p) in &self.providers {
+            let at = format!("providers.{pname}");
+            if !(p.base_url.starts_with("http://") || p.base_url.starts_with("https://")) {
+                return Err(invalid(
+                    format!("{at}.base_url"),
+                    format!("{:?} must start with http:// or https://", p.base_url),
+                ));
+            }
+            if let Some(env) = &p.api_key_env {
+                if env.is_empty() || env.contains('=') {
+                    return Err(invalid(
+                        format!("{at}.api_key_env"),
+                        "the name of an environment variable such as \"OPENAI_API_KEY\"",
+                    ));
+                }
+            }
+            for (mname, m) in &p.models {
+                let at = format!("{at}.models.{mname:?}");
+                if !models.insert(mname.as_str()) {
+                    return Err(invalid(
+                        at,
+                        "this model name is served by two providers; names must be unique",
+                    ));
+                }
+                validate_model(&at, m)?;
+            }
+        }
+        for (name, t) in &self.tiers {
+            validate_tier(&format!("tiers.{name}"), t, classes.len())?;
+        }
+        let mut ids = HashSet::new();
+        let mut hashes: HashMap<String, &str> = HashMap::new();
+        for (i, c) in self.clients.iter().enumerate() {
+            let at = format!("clients[{i}]");
+            if c.id.is_empty() || !ids.insert(c.id.as_str()) {
+                return Err(invalid(
+                    format!("{at}.id"),
+                    format!("{:?}: ids must be non-empty and unique", c.id),
+                ));
+            }
+            if !self.tiers.contains_key(&c.tier) {
+                return Err(invalid(
+                    format!("{at}.tier"),
+                    format!(
+                        "{:?} is not a tier; known tiers: {}",
+                        c.tier,
+                        self.tiers.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+            for (j, h) in c.key_sha256.iter().enumerate() {
+                let field = format!("{at}.key_sha256[{j}]");
+                check_hash(&field, h)?;
+                if let Some(other) = hashes.insert(h.to_ascii_lowercase(), &c.id) {
+                    return Err(invalid(
+                        field,
+                        format!("the same key is also given to client {other:?}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The outage policy named by `store.outage`.
+    pub fn outage_policy(&self) -> Result<OutagePolicy, ConfigError> {
+        match self.store.outage.as_str() {
+            "open" => Ok(OutagePolicy::Open),
+            "closed" => Ok(OutagePolicy::Closed),
+            "local" => {
+                let share = self.store.local_share;
+                if !(share > 0.0 && share <= 1.0) {
+                    return Err(invalid(
+                        "store.local_share",
+                        format!("{share} must be in (0, 1]"),
+                    ));
+                }
+                Ok(OutagePolicy::Local { share })
+            }
+            other => Err(invalid(
+                "store.outage",
+                format!("{other:?}: use \"open\", \"closed\" or \"local\""),
+            )),
+        }
+    }
+}
+
+fn check_hash(field: &str, h: &str) -> Result<(), ConfigError> {
+    if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(invalid(
+            field,
+            "must be 64 hex characters: run `tollgate hash-key KEY` and paste its output",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_model(at: &str, m: &ModelConfig) -> Result<(), ConfigError> {
+    model_limits(m).validate().map_err(|e| {
+        invalid(
+            at,
+            format!("{e} (fields rpm, tpm, input_tpm, output_tpm, burst, burndown)"),
+        )
+    })?;
+    for (name, v) in [
+        ("input_usd_per_mtok", m.input_usd_per_mtok),
+        ("output_usd_per_mtok", m.output_usd_per_mtok),
+    ] {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(invalid(
+                format!("{at}.{name}"),
+                format!("{v} must be a price >= 0"),
+            ));
+        }
+    }
+    if m.context_window == 0 {
+        return Err(invalid(format!("{at}.context_window"), "must be > 0"));
+    }
+    if m.default_max_tokens == 0 || m.default_max_tokens > m.context_window {
+        return Err(invalid(
+            format!("{at}.default_max_tokens"),
+            "must be > 0 and at most context_window",
+        ));
+    }
+    if let Some(t) = &m.tokenizer {
+        if crate::estimate::Tokenizer::from_name(t).is_none() {
+            return Err(invalid(
+                format!("{at}.tokenizer"),
+                format!("{t:?}: use \"o200k_base\", \"cl100k_base\" or \"approx\""),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks one tier (also used for live changes through the admin API).
+pub fn validate_tier(at: &str, t: &TierConfig, classes: usize) -> Result<(), ConfigError> {
+    if t.rpm.unwrap_or(0) == 0 && t.tpm.unwrap_or(0) == 0 {
+        return Err(invalid(
+            format!("{at}.rpm"),
+            "give rpm or tpm (or both) greater than 0",
+        ));
+    }
+    tier_limits(t)
+        .validate()
+        .map_err(|e| invalid(format!("{at}.burst"), e.to_string()))?;
+    if usize::from(t.priority) >= classes {
+        return Err(invalid(
+            format!("{at}.priority"),
+            format!(
+                "{} but only classes 0..{} exist (see priority.headroom)",
+                t.priority,
+                classes - 1
+            ),
+        ));
+    }
+    if t.max_wait_ms > 600_000 {
+        return Err(invalid(
+            format!("{at}.max_wait_ms"),
+            "at most 600000 (10 minutes)",
+        ));
+    }
+    for (name, v) in [
+        ("daily_budget_usd", t.daily_budget_usd),
+        ("monthly_budget_usd", t.monthly_budget_usd),
+    ] {
+        if let Some(v) = v {
+            if !(v.is_finite() && v >= 0.0 && v < 1e9) {
+                return Err(invalid(
+                    format!("{at}.{name}"),
+                    format!("{v} must be a number of USD >= 0"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A tier's bucket limits.
+pub fn tier_limits(t: &TierConfig) -> Limits {
+    let mut l = Limits::new().burst(t.burst);
+    if let Some(n) = t.rpm {
+        l = l.rpm(n);
+    }
+    if let Some(n) = t.tpm {
+        l = l.tpm(n);
+    }
+    l
+}
+
+/// A model's provider-bucket limits.
+pub fn model_limits(m: &ModelConfig) -> Limits {
+    let mut l = Limits::new().burst(m.burst).burndown(m.burndown);
+    if let Some(n) = m.rpm {
+        l = l.rpm(n);
+    }
+    if let Some(n) = m.tpm {
+        l = l.tpm(n);
+    }
+    if let Some(n) = m.input_tpm {
+        l = l.input_tpm(n);
+    }
+    if let Some(n) = m.output_tpm {
+        l = l.output_tpm(n);
+    }
+    l
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../../../../config/tollgate.example.toml");
+        let c = Config::from_toml(text).unwrap();
+        assert_eq!(c.tiers.len(), 4);
+    }
+
+    #[test]
+    fn errors_name_the_line_or_field() {
+        let e = Config::from_toml("[server]\nlisten = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2"), "{e}");
+        let e = Config::from_toml("[tiers.free]\nrpm = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tiers.free.rpm"), "{e}");
+        let e = Config::from_toml("[[clients]]\nid = \"a\"\ntier = \"x\"\nkey_sha256 = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("clients[0].tier"), "{e}");
+    }
+}

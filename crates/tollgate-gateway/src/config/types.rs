@@ -1,0 +1,236 @@
+//! The configuration file's shape: one struct per table, each field documented
+//! once with its default. `config/tollgate.example.toml` shows all of them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where to listen and request-size limits.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Where limits and spend live.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// The admin API.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Priority classes of the provider buckets.
+    #[serde(default)]
+    pub priority: PriorityConfig,
+    /// Upstream providers by name.
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Client tiers by name.
+    #[serde(default)]
+    pub tiers: BTreeMap<String, TierConfig>,
+    /// Clients (tenants).
+    #[serde(default)]
+    pub clients: Vec<ClientConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on. Default `127.0.0.1:8080`.
+    pub listen: String,
+    /// Largest request body in bytes; larger bodies get 413. Default 1 MiB.
+    pub max_body_bytes: usize,
+    /// Longest an upstream call may take, in seconds. Default 600.
+    pub upstream_timeout_secs: f64,
+    /// Log prompt text at debug level (never API keys). Default false.
+    pub log_prompts: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 1 << 20,
+            upstream_timeout_secs: 600.0,
+            log_prompts: false,
+        }
+    }
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `memory://` (default: this process only) or `redis://host:port` /
+    /// `rediss://…` (several gateway instances share every limit and counter).
+    pub url: String,
+    /// What the limiters do when the store is unreachable: `open` (let
+    /// requests through), `closed` (refuse with 503) or `local` (limit in this
+    /// process with `local_share` of each limit). Default `closed`.
+    pub outage: String,
+    /// This instance's share of each limit under `outage = "local"`. Default 1.0.
+    pub local_share: f64,
+    /// How often (milliseconds) an instance checks the store for admin changes
+    /// made on another instance. Default 250.
+    pub sync_interval_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: "memory://".into(),
+            outage: "closed".into(),
+            local_share: 1.0,
+            sync_interval_ms: 250,
+        }
+    }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// SHA-256 (hex) of the admin token (`tollgate hash-key TOKEN` prints it).
+    /// Without it the admin API is off.
+    pub token_sha256: Option<String>,
+}
+
+/// `[priority]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PriorityConfig {
+    /// Headroom `h_k` of each class, top class first (must be 1.0). A class
+    /// may fill only this share of a provider bucket's tolerance, so lower
+    /// classes cannot use up what is kept for higher ones. Default
+    /// `[1.0, 0.8, 0.6, 0.4]`.
+    pub headroom: Vec<f64>,
+}
+
+impl Default for PriorityConfig {
+    fn default() -> Self {
+        PriorityConfig {
+            headroom: vec![1.0, 0.8, 0.6, 0.4],
+        }
+    }
+}
+
+/// `[providers.NAME]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Base URL of the OpenAI-compatible API, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// Environment variable holding the provider's API key (never the key itself).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Models served by this provider, by the name clients use.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelConfig>,
+}
+
+/// What a model endpoint does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// `/v1/chat/completions`.
+    #[default]
+    Chat,
+    /// `/v1/embeddings`.
+    Embeddings,
+}
+
+/// `[providers.NAME.models."MODEL"]`: the provider's own limits and prices.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Name sent upstream (default: the key of this table).
+    #[serde(default)]
+    pub upstream_name: Option<String>,
+    /// `chat` (default) or `embeddings`.
+    #[serde(default)]
+    pub kind: ModelKind,
+    /// Provider requests per minute.
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    /// Provider tokens per minute (input + burndown × output).
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    /// Provider input tokens per minute.
+    #[serde(default)]
+    pub input_tpm: Option<u64>,
+    /// Provider output tokens per minute.
+    #[serde(default)]
+    pub output_tpm: Option<u64>,
+    /// Output-token multiplier in `tpm` (AWS Bedrock: 5). Default 1.
+    #[serde(default = "one")]
+    pub burndown: f64,
+    /// Burst factor of the provider bucket. Default 1.
+    #[serde(default = "one")]
+    pub burst: f64,
+    /// USD per million input tokens. Default 0.
+    #[serde(default)]
+    pub input_usd_per_mtok: f64,
+    /// USD per million output tokens. Default 0.
+    #[serde(default)]
+    pub output_usd_per_mtok: f64,
+    /// Context window in tokens (input + output). Default 128000.
+    #[serde(default = "default_context")]
+    pub context_window: u64,
+    /// Output estimate when a request gives no `max_tokens`. Default 1024.
+    #[serde(default = "default_max_tokens")]
+    pub default_max_tokens: u64,
+    /// Tokenizer: `o200k_base`, `cl100k_base` or `approx` (4 characters per
+    /// token). Default: chosen from the model name.
+    #[serde(default)]
+    pub tokenizer: Option<String>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn default_context() -> u64 {
+    128_000
+}
+fn default_max_tokens() -> u64 {
+    1024
+}
+
+/// `[tiers.NAME]`: what a client of this tier may do.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// Requests per minute.
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    /// Tokens per minute (input + output).
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    /// Burst factor: the tier's bucket holds `burst × limit`. Default 1.
+    #[serde(default = "one")]
+    pub burst: f64,
+    /// Priority class on provider buckets (0 = top). Default 0.
+    #[serde(default)]
+    pub priority: u8,
+    /// Longest a request may wait in a queue, milliseconds; beyond it, 429.
+    /// Default 0 (never wait).
+    #[serde(default)]
+    pub max_wait_ms: u64,
+    /// Daily budget in USD (UTC days). Default: none.
+    #[serde(default)]
+    pub daily_budget_usd: Option<f64>,
+    /// Monthly budget in USD (UTC calendar months). Default: none.
+    #[serde(default)]
+    pub monthly_budget_usd: Option<f64>,
+}
+
+/// `[[clients]]`: one tenant.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The client's id (used in metrics, logs and the admin API).
+    pub id: String,
+    /// The tier's name.
+    pub tier: String,
+    /// SHA-256 (hex) of each API key of this client (`tollgate hash-key KEY`).
+    pub key_sha256: Vec<String>,
+}

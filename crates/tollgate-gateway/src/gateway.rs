@@ -1,0 +1,243 @@
+//! The gateway's shared state: config, store, buckets, spend, registry.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use tollgate::{OutagePolicy, PriorityClass, RateLimiter, Store};
+
+use crate::budget::{Budgets, MemoryBudgets, Price, RedisBudgets};
+use crate::config::{model_limits, Config, ConfigError};
+use crate::estimate::Tokenizer;
+use crate::ledger::{Ledger, LogLedger};
+use crate::metrics::Metrics;
+use crate::registry::{Overrides, Registry};
+use crate::routing::Model;
+use crate::sync::LiveSync;
+
+/// Why the gateway could not start. Each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store could not be reached.
+    #[error("cannot use the store in store.url: {0}")]
+    Store(String),
+    /// A provider's key variable is not set.
+    #[error("provider {provider:?} reads its API key from ${env}, which is not set: export {env}=... or remove api_key_env")]
+    MissingKey {
+        /// The provider.
+        provider: String,
+        /// The variable.
+        env: String,
+    },
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}; pick another server.listen")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP client could not be built.
+    #[error("cannot build the upstream HTTP client: {0}")]
+    Http(String),
+}
+
+/// The state every request handler shares.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The configuration file as loaded.
+    pub config: Config,
+    /// The limits store.
+    pub store: Store,
+    /// The outage policy of every limiter.
+    pub outage: OutagePolicy,
+    /// Spend and budgets.
+    pub budgets: Budgets,
+    /// Live changes across instances.
+    pub sync: LiveSync,
+    /// Models by the name clients use.
+    pub models: BTreeMap<String, Arc<Model>>,
+    /// Upstream HTTP client.
+    pub http: reqwest::Client,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Usage records.
+    pub ledger: Arc<dyn Ledger>,
+    pub(crate) admin_hash: Option<[u8; 32]>,
+    registry: RwLock<Arc<Registry>>,
+    /// The overrides in force and the version they came with.
+    pub(crate) live: tokio::sync::Mutex<(u64, Overrides)>,
+}
+
+impl Gateway {
+    /// Validates the config, connects to the store and builds every bucket.
+    pub async fn new(config: Config) -> Result<Arc<Gateway>, StartError> {
+        config.validate()?;
+        let outage = config.outage_policy()?;
+        let url = config.store.url.clone();
+        let (store, budgets, sync) = if url.starts_with("memory://") {
+            (
+                Store::memory(),
+                Budgets::Memory(MemoryBudgets::new()),
+                LiveSync::Local,
+            )
+        } else if url.starts_with("redis+cluster://") {
+            return Err(StartError::Store(
+                "Redis Cluster is not supported by the gateway's spend store yet; use a standalone redis:// or rediss:// URL".into(),
+            ));
+        } else {
+            let store = Store::redis(&url).await.map_err(|e| {
+                StartError::Store(format!("{e}; is redis-server running and store.url right?"))
+            })?;
+            let conn = redis::Client::open(url.as_str())
+                .map_err(|e| StartError::Store(e.to_string()))?
+                .get_connection_manager()
+                .await
+                .map_err(|e| {
+                    StartError::Store(format!("{e}; is redis-server running and store.url right?"))
+                })?;
+            (
+                store,
+                Budgets::Redis(RedisBudgets::new(conn.clone())),
+                LiveSync::Redis(conn),
+            )
+        };
+        let classes: Vec<PriorityClass> = config
+            .priority
+            .headroom
+            .iter()
+            .map(|&headroom| PriorityClass {
+                headroom,
+                max_wait: None,
+            })
+            .collect();
+        let mut models = BTreeMap::new();
+        for (pname, p) in &config.providers {
+            let api_key = match &p.api_key_env {
+                Some(env) => Some(std::env::var(env).map_err(|_| StartError::MissingKey {
+                    provider: pname.clone(),
+                    env: env.clone(),
+                })?),
+                None => None,
+            };
+            for (mname, m) in &p.models {
+                let limiter = RateLimiter::builder(&format!("model:{pname}/{mname}"))
+                    .store(store.clone())
+                    .limits(model_limits(m))
+                    .priority_classes(classes.clone())
+                    .outage(outage)
+                    .build()
+                    .await
+                    .map_err(|e| {
+                        crate::config::invalid(
+                            format!("providers.{pname}.models.{mname:?}"),
+                            e.to_string(),
+                        )
+                    })?;
+                let tokenizer = m
+                    .tokenizer
+                    .as_deref()
+                    .and_then(Tokenizer::from_name)
+                    .unwrap_or_else(|| {
+                        Tokenizer::for_model(m.upstream_name.as_deref().unwrap_or(mname))
+                    });
+                tokenizer.warm_up();
+                models.insert(
+                    mname.clone(),
+                    Arc::new(Model {
+                        name: mname.clone(),
+                        provider: pname.clone(),
+                        kind: m.kind,
+                        upstream_name: m.upstream_name.clone().unwrap_or_else(|| mname.clone()),
+                        base_url: p.base_url.trim_end_matches('/').to_string(),
+                        api_key: api_key.clone(),
+                        limiter,
+                        price: Price {
+                            input_usd_per_mtok: m.input_usd_per_mtok,
+                            output_usd_per_mtok: m.output_usd_per_mtok,
+                        },
+                        context_window: m.context_window,
+                        default_max_tokens: m.default_max_tokens,
+                        tokenizer,
+                    }),
+                );
+            }
+        }
+        let (version, overrides) = sync.load().await.map_err(StartError::Store)?;
+        let overrides = overrides.unwrap_or_default();
+        let registry = Registry::build(&config, &overrides, &store, outage).await?;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs_f64(config.server.upstream_timeout_secs))
+            .pool_max_idle_per_host(1024)
+            .build()
+            .map_err(|e| StartError::Http(e.to_string()))?;
+        let admin_hash = config
+            .admin
+            .token_sha256
+            .as_deref()
+            .and_then(|h| crate::auth::parse_hash(&h.to_ascii_lowercase()));
+        Ok(Arc::new(Gateway {
+            config,
+            store,
+            outage,
+            budgets,
+            sync,
+            models,
+            http,
+            metrics: Metrics::default(),
+            ledger: Arc::new(LogLedger),
+            admin_hash,
+            registry: RwLock::new(Arc::new(registry)),
+            live: tokio::sync::Mutex::new((version, overrides)),
+        }))
+    }
+
+    /// The registry in force.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.read().clone()
+    }
+
+    /// Applies a live change: validates it by building a new registry,
+    /// publishes it to the other instances, then swaps it in here.
+    pub async fn change(&self, edit: impl FnOnce(&mut Overrides)) -> Result<(), ConfigError> {
+        let mut live = self.live.lock().await;
+        // Start from the newest shared overrides, so two admins on two
+        // instances do not undo each other's changes.
+        let mut next = match self.sync.load().await {
+            Ok((_, Some(shared))) => shared,
+            _ => live.1.clone(),
+        };
+        edit(&mut next);
+        let registry = Registry::build(&self.config, &next, &self.store, self.outage).await?;
+        let version = self.sync.publish(&next).await.map_err(|e| {
+            crate::config::invalid("store", format!("could not publish the change: {e}"))
+        })?;
+        *self.registry.write() = Arc::new(registry);
+        *live = (version, next);
+        Ok(())
+    }
+
+    /// Picks up changes published by other instances (called periodically).
+    pub async fn refresh(&self) -> Result<bool, String> {
+        let current = self.live.lock().await.0;
+        if self.sync.version().await? == current {
+            return Ok(false);
+        }
+        let mut live = self.live.lock().await;
+        let (version, shared) = self.sync.load().await?;
+        let overrides = shared.unwrap_or_default();
+        let registry = Registry::build(&self.config, &overrides, &self.store, self.outage)
+            .await
+            .map_err(|e| e.to_string())?;
+        *self.registry.write() = Arc::new(registry);
+        *live = (version, overrides);
+        tracing::info!(version, "applied a live configuration change");
+        Ok(true)
+    }
+}

@@ -1,0 +1,117 @@
+//! OpenAI's rate-limit headers, for the client's own tier bucket.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use tollgate::{Dimension, Status};
+
+/// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` from a bucket status.
+pub fn ratelimit_headers(status: &Status) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (dim, suffix) in [
+        (Dimension::Requests, "requests"),
+        (Dimension::Tokens, "tokens"),
+    ] {
+        let Some(d) = status.dimension(dim) else {
+            continue;
+        };
+        let pairs = [
+            (format!("x-ratelimit-limit-{suffix}"), d.limit.to_string()),
+            (
+                format!("x-ratelimit-remaining-{suffix}"),
+                (d.available.floor().max(0.0) as u64).to_string(),
+            ),
+            (
+                format!("x-ratelimit-reset-{suffix}"),
+                format_reset(d.full_in),
+            ),
+        ];
+        for (k, v) in pairs {
+            if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
+                h.insert(k, v);
+            }
+        }
+    }
+    h
+}
+
+/// A duration as OpenAI writes it: `20ms`, `1.5s`, `6m0s`.
+pub fn format_reset(d: Duration) -> String {
+    let ms = d.as_millis() as u64;
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let mins = ms / 60_000;
+    let rest = (ms % 60_000) as f64 / 1000.0;
+    let secs = format!("{rest:.3}");
+    let secs = secs.trim_end_matches('0').trim_end_matches('.');
+    if mins > 0 {
+        format!("{mins}m{secs}s")
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// How long an upstream 429 asks us to wait: `retry-after-ms`, `retry-after`
+/// (seconds), or the later of OpenAI's `x-ratelimit-reset-*`; 1 s if none,
+/// at most 60 s.
+pub fn upstream_backoff(h: &reqwest::header::HeaderMap) -> Duration {
+    let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).map(str::trim);
+    let d = if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
+        Some(ms / 1000.0)
+    } else if let Some(s) = get("retry-after").and_then(|v| v.parse::<f64>().ok()) {
+        Some(s)
+    } else {
+        ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
+            .iter()
+            .filter_map(|k| get(k).and_then(parse_reset))
+            .reduce(f64::max)
+    };
+    let d = d
+        .filter(|d| d.is_finite() && *d > 0.0)
+        .unwrap_or(1.0)
+        .min(60.0);
+    Duration::from_secs_f64(d)
+}
+
+/// Parses `20ms`, `1.5s`, `6m0s`, `1h2m3s` into seconds.
+fn parse_reset(s: &str) -> Option<f64> {
+    let mut total = 0.0;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let v: f64 = num.parse().ok()?;
+        num.clear();
+        total += match c {
+            'h' => v * 3600.0,
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                v / 1000.0
+            }
+            'm' => v * 60.0,
+            's' => v,
+            _ => return None,
+        };
+    }
+    num.is_empty().then_some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_and_parses_like_openai() {
+        assert_eq!(format_reset(Duration::from_millis(20)), "20ms");
+        assert_eq!(format_reset(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format_reset(Duration::from_secs(360)), "6m0s");
+        assert_eq!(parse_reset("6m0s"), Some(360.0));
+        assert_eq!(parse_reset("20ms"), Some(0.02));
+        assert_eq!(parse_reset("1.5s"), Some(1.5));
+        assert_eq!(parse_reset("x"), None);
+    }
+}

@@ -1,0 +1,132 @@
+//! Who may do what, right now: tiers, clients and their buckets, rebuilt from
+//! the config file plus the live changes made through the admin API
+//! ([`Overrides`]). A rebuilt limiter for the same key keeps its state,
+//! because the store holds the state and limits travel with every call.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tollgate::{OutagePolicy, RateLimiter, Store};
+
+use crate::auth::KeyIndex;
+use crate::budget::{usd_to_nano, BudgetLimits};
+use crate::config::{tier_limits, validate_tier, Config, ConfigError, TierConfig};
+
+/// Changes made through the admin API on top of the config file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Overrides {
+    /// Tier settings that replace the file's, by tier name.
+    pub tiers: BTreeMap<String, TierConfig>,
+    /// Client id → tier name.
+    pub client_tiers: BTreeMap<String, String>,
+}
+
+/// A tier as the request path uses it.
+#[derive(Debug)]
+pub struct Tier {
+    /// Its name.
+    pub name: String,
+    /// Its settings (file + overrides).
+    pub config: TierConfig,
+    /// Longest wait in a queue.
+    pub max_wait: Duration,
+    /// Budgets in nano-USD.
+    pub budget: BudgetLimits,
+}
+
+/// A client with its tier and bucket.
+#[derive(Debug)]
+pub struct Client {
+    /// Its id.
+    pub id: String,
+    /// Its tier.
+    pub tier: Arc<Tier>,
+    /// The client's own bucket (the tier's RPM/TPM/burst), key `client:ID`.
+    pub limiter: RateLimiter,
+}
+
+/// One consistent view of tiers, clients and keys.
+#[derive(Debug, Default)]
+pub struct Registry {
+    /// Tiers by name.
+    pub tiers: BTreeMap<String, Arc<Tier>>,
+    /// Clients by id.
+    pub clients: BTreeMap<String, Arc<Client>>,
+    /// Key hash → client id.
+    pub keys: KeyIndex,
+}
+
+impl Registry {
+    /// Builds the registry from the file and the overrides. Overrides that no
+    /// longer fit the file (an unknown tier or client) are skipped with a warning.
+    pub async fn build(
+        config: &Config,
+        overrides: &Overrides,
+        store: &Store,
+        outage: OutagePolicy,
+    ) -> Result<Registry, ConfigError> {
+        let classes = config.priority.headroom.len();
+        let mut tiers = BTreeMap::new();
+        for (name, file_tier) in &config.tiers {
+            let t = overrides.tiers.get(name).unwrap_or(file_tier);
+            validate_tier(&format!("tiers.{name}"), t, classes)?;
+            tiers.insert(
+                name.clone(),
+                Arc::new(Tier {
+                    name: name.clone(),
+                    config: t.clone(),
+                    max_wait: Duration::from_millis(t.max_wait_ms),
+                    budget: BudgetLimits {
+                        daily: t.daily_budget_usd.map(usd_to_nano),
+                        monthly: t.monthly_budget_usd.map(usd_to_nano),
+                    },
+                }),
+            );
+        }
+        for name in overrides.tiers.keys().filter(|n| !tiers.contains_key(*n)) {
+            tracing::warn!(tier = %name, "live change for a tier that is not in the config file; ignored");
+        }
+        let mut clients = BTreeMap::new();
+        let mut keys = KeyIndex::default();
+        for c in &config.clients {
+            let tier_name = match overrides.client_tiers.get(&c.id) {
+                Some(t) if tiers.contains_key(t) => t,
+                Some(t) => {
+                    tracing::warn!(client = %c.id, tier = %t, "live tier change names an unknown tier; keeping the file's");
+                    &c.tier
+                }
+                None => &c.tier,
+            };
+            let tier = tiers.get(tier_name).cloned().ok_or_else(|| {
+                crate::config::invalid(format!("clients.{}.tier", c.id), "unknown tier")
+            })?;
+            let limiter = RateLimiter::builder(&format!("client:{}", c.id))
+                .store(store.clone())
+                .limits(tier_limits(&tier.config))
+                .outage(outage)
+                .build()
+                .await
+                .map_err(|e| {
+                    crate::config::invalid(format!("tiers.{}", tier.name), e.to_string())
+                })?;
+            for h in &c.key_sha256 {
+                keys.insert(h, &c.id);
+            }
+            clients.insert(
+                c.id.clone(),
+                Arc::new(Client {
+                    id: c.id.clone(),
+                    tier,
+                    limiter,
+                }),
+            );
+        }
+        Ok(Registry {
+            tiers,
+            clients,
+            keys,
+        })
+    }
+}

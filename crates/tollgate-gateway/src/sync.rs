@@ -1,0 +1,111 @@
+//! Live changes shared by every instance on one store.
+//!
+//! With Redis, the admin API writes the [`Overrides`] as JSON to
+//! `tollgate:config:overrides` and bumps `tollgate:config:version` in one
+//! transaction; every instance polls the version (`store.sync_interval_ms`,
+//! 250 ms by default) and rebuilds its registry when it moves, so a change
+//! reaches all instances within that interval plus one round trip. With the
+//! memory store there is one instance and nothing to share.
+
+use redis::aio::ConnectionManager;
+
+use crate::registry::Overrides;
+
+const OVERRIDES_KEY: &str = "tollgate:config:overrides";
+const VERSION_KEY: &str = "tollgate:config:version";
+
+/// Where live changes are published.
+#[derive(Clone)]
+pub enum LiveSync {
+    /// This process only.
+    Local,
+    /// Shared through Redis.
+    Redis(ConnectionManager),
+}
+
+impl std::fmt::Debug for LiveSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LiveSync::Local => "LiveSync::Local",
+            LiveSync::Redis(_) => "LiveSync::Redis",
+        })
+    }
+}
+
+impl LiveSync {
+    /// The current version of the shared overrides (0 when none were published).
+    pub async fn version(&self) -> Result<u64, String> {
+        match self {
+            LiveSync::Local => Ok(0),
+            LiveSync::Redis(conn) => {
+                let mut conn = conn.clone();
+                let v: Option<u64> = redis::cmd("GET")
+                    .arg(VERSION_KEY)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(v.unwrap_or(0))
+            }
+        }
+    }
+
+    /// The shared overrides and their version.
+    pub async fn load(&self) -> Result<(u64, Option<Overrides>), String> {
+        match self {
+            LiveSync::Local => Ok((0, None)),
+            LiveSync::Redis(conn) => {
+                let mut conn = conn.clone();
+                let (version, json): (Option<u64>, Option<String>) = redis::pipe()
+                    .atomic()
+                    .get(VERSION_KEY)
+                    .get(OVERRIDES_KEY)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let overrides = match json {
+                    Some(j) => Some(
+                        serde_json::from_str(&j)
+                            .map_err(|e| format!("bad overrides in {OVERRIDES_KEY}: {e}"))?,
+                    ),
+                    None => None,
+                };
+                Ok((version.unwrap_or(0), overrides))
+            }
+        }
+    }
+
+    /// Publishes new overrides; returns their version.
+    pub async fn publish(&self, overrides: &Overrides) -> Result<u64, String> {
+        match self {
+            LiveSync::Local => Ok(0),
+            LiveSync::Redis(conn) => {
+                let mut conn = conn.clone();
+                let json = serde_json::to_string(overrides).map_err(|e| e.to_string())?;
+                let (version,): (u64,) = redis::pipe()
+                    .atomic()
+                    .set(OVERRIDES_KEY, json)
+                    .ignore()
+                    .incr(VERSION_KEY, 1)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(version)
+            }
+        }
+    }
+
+    /// Answers whether the store is reachable (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), String> {
+        match self {
+            LiveSync::Local => Ok(()),
+            LiveSync::Redis(conn) => {
+                let mut conn = conn.clone();
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+}
