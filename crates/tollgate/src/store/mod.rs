@@ -8,7 +8,7 @@ mod memory;
 mod redis;
 
 pub use self::memory::{Clock, ManualClock, MemoryStore, SystemClock};
-pub use self::redis::{RedisOptions, RedisStore};
+pub use self::redis::{RedisConnection, RedisOptions, RedisStore, TlsOptions};
 
 use std::future::Future;
 
@@ -148,6 +148,19 @@ impl Store {
         Ok(Store::Redis(
             RedisStore::connect(url, RedisOptions::default()).await?,
         ))
+    }
+
+    /// Connects to Redis from a URL (see [`Store::redis`]) with explicit
+    /// settings: timeouts, TLS certificates, key prefix.
+    pub async fn redis_with(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
+        Ok(Store::Redis(RedisStore::connect(url, options).await?))
+    }
+
+    /// A Redis store on a connection the application already has (a
+    /// `redis::aio::ConnectionManager`, `MultiplexedConnection` or Cluster
+    /// connection), with the default settings.
+    pub fn from_redis_connection(conn: impl Into<RedisConnection>) -> Self {
+        Store::Redis(RedisStore::with_default_options(conn))
     }
 
     /// Whether this store is the in-memory one.

@@ -1,37 +1,231 @@
-//! The Redis store (skeleton: being written).
+//! The Redis store: every key's state in Redis, changed only by Lua scripts
+//! (`reserve.lua`, `settle.lua`, `snapshot.lua` next to this file) that port the
+//! arithmetic of `tollgate-core` and read the time from Redis itself.
+//!
+//! Per limiter key `K` there are a hash `<prefix>:{K}:s` (TAT and refunds per
+//! dimension, the id sequence) and one sorted set `<prefix>:{K}:q<class>` per
+//! priority class (queued reservation ids scored by slot). All carry the hash
+//! tag `{K}`, so the same scripts run on Redis Cluster, and all expire once the
+//! key's backlog has drained (plus [`RedisOptions::idle_ttl`]).
 
-use tollgate_core::{Policy, ReserveError, Settled};
+mod connection;
+mod error;
+mod options;
+mod scripts;
 
+pub use self::connection::RedisConnection;
+pub use self::options::{RedisOptions, TlsOptions};
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::{ScriptInvocation, Value};
+use tollgate_core::{Policy, ReserveError, Settled, DIMENSIONS};
+
+use self::error::{store_error, timed_out};
+use self::scripts::Keys;
 use super::{Backend, KeySnapshot, ReserveCall, Reserved, SettleCall, StoreError};
 
-/// Connection settings for [`RedisStore`].
-#[derive(Debug, Clone, Default)]
-pub struct RedisOptions {}
+/// The Redis store: standalone (`redis://`), TLS (`rediss://`) or Cluster
+/// (`redis+cluster://`). Cheap to clone: clones share the connection.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), tollgate::Error> {
+/// use tollgate::store::{RedisOptions, RedisStore};
+/// use tollgate::{Limits, RateLimiter, Store};
+///
+/// let redis = RedisStore::connect("redis://:secret@10.0.0.5:6379/2", RedisOptions::default())
+///     .await
+///     .map_err(tollgate::Error::Store)?;
+/// let store = Store::Redis(redis);
+/// let gpt4o = RateLimiter::with_store(&store, "openai/gpt-4o", Limits::new().rpm(500).tpm(30_000))?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: RedisConnection,
+    settings: Arc<Settings>,
+}
 
-/// The Redis store.
-#[derive(Debug, Clone)]
-pub struct RedisStore {}
+#[derive(Debug)]
+struct Settings {
+    prefix: String,
+    idle_ms: u64,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("conn", &self.conn)
+            .field("prefix", &self.settings.prefix)
+            .finish()
+    }
+}
 
 impl RedisStore {
-    /// Connects to Redis.
-    pub async fn connect(_url: &str, _options: RedisOptions) -> Result<Self, StoreError> {
-        Err(StoreError::Failed("redis store not built yet".into()))
+    /// Connects to Redis from a URL:
+    ///
+    /// - `redis://[:password@]host:port[/db]` (also `redis://user:password@…`),
+    /// - `rediss://…` for TLS (see [`TlsOptions`]),
+    /// - `redis+cluster://[:password@]host:port,host:port` (or `rediss+cluster://`)
+    ///   for a Redis Cluster given by some of its nodes.
+    ///
+    /// Loads the scripts, so a bad password or an unreachable server shows here.
+    pub async fn connect(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
+        options.validate()?;
+        let conn = connection::connect_url(url, &options).await?;
+        let store = Self::build(conn, &options);
+        if !options.lazy {
+            store.load_scripts().await?;
+        }
+        Ok(store)
+    }
+
+    /// Connects to a Redis Cluster from some of its nodes (`host:port`,
+    /// `redis://host:port` or `rediss://host:port`).
+    pub async fn connect_cluster<S: AsRef<str>>(
+        nodes: &[S],
+        options: RedisOptions,
+    ) -> Result<Self, StoreError> {
+        options.validate()?;
+        let nodes: Vec<String> = nodes.iter().map(|n| n.as_ref().to_string()).collect();
+        if nodes.is_empty() {
+            return Err(StoreError::Failed(
+                "no Cluster nodes given: pass at least one host:port".into(),
+            ));
+        }
+        let conn = connection::connect_cluster(&nodes, &options).await?;
+        let store = Self::build(conn, &options);
+        store.load_scripts().await?;
+        Ok(store)
+    }
+
+    /// A store on a connection the application already has: a
+    /// [`redis::aio::ConnectionManager`] (reconnects by itself), a
+    /// [`redis::aio::MultiplexedConnection`] or a
+    /// [`redis::cluster_async::ClusterConnection`]. The connection's own
+    /// timeouts apply; `options` gives the key prefix, the idle TTL and the
+    /// longest an operation may take.
+    pub fn from_connection(
+        conn: impl Into<RedisConnection>,
+        options: RedisOptions,
+    ) -> Result<Self, StoreError> {
+        options.validate()?;
+        Ok(Self::build(conn.into(), &options))
+    }
+
+    /// [`RedisStore::from_connection`] with [`RedisOptions::default`].
+    pub fn with_default_options(conn: impl Into<RedisConnection>) -> Self {
+        Self::build(conn.into(), &RedisOptions::default())
+    }
+
+    fn build(conn: RedisConnection, options: &RedisOptions) -> Self {
+        RedisStore {
+            conn,
+            settings: Arc::new(Settings {
+                prefix: options.key_prefix.clone(),
+                idle_ms: options.idle_ttl.as_millis().max(1) as u64,
+                timeout: options.operation_timeout(),
+            }),
+        }
+    }
+
+    /// The connection the store uses (clones share it).
+    pub fn connection(&self) -> &RedisConnection {
+        &self.conn
+    }
+
+    /// The Redis key names of a limiter key: its state hash and the queue of
+    /// class 0 (others end in `q1`, `q2`, …). For inspection and tests.
+    pub fn key_names(&self, key: &str) -> (String, String) {
+        let keys = Keys::new(&self.settings.prefix, key);
+        (keys.state(), keys.queue(0))
+    }
+
+    /// Loads the three scripts (`SCRIPT LOAD`; every primary of a Cluster).
+    /// Not required: a call whose script is missing loads it and runs again.
+    pub async fn load_scripts(&self) -> Result<(), StoreError> {
+        for script in [&*scripts::RESERVE, &*scripts::SETTLE, &*scripts::SNAPSHOT] {
+            let mut conn = self.conn.clone();
+            let inv = script.prepare_invoke();
+            self.bounded("loading the scripts", async move {
+                inv.load_async(&mut conn).await
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// [`Backend::settle`] that also tells the store time (seconds) the
+    /// settlement was made at: what the refund caps were computed with.
+    pub async fn settle_timed(&self, call: &SettleCall<'_>) -> Result<(Settled, f64), StoreError> {
+        let keys = Keys::new(&self.settings.prefix, call.key);
+        let inv = scripts::settle_invocation(&keys, call, self.settings.idle_ms)?;
+        let reply = self.run("settle", inv).await?;
+        let r = scripts::settle_reply(&reply)?;
+        let mut charged = [0.0; DIMENSIONS];
+        for (i, c) in charged.iter_mut().enumerate() {
+            let delta = call.actual[i] - call.mark.cost[i];
+            if call.policy.increment[i] > 0.0 && delta > 0.0 {
+                *c = delta;
+            }
+        }
+        let settled = Settled {
+            state: r.state,
+            charged,
+            refunded: r.refunded,
+        };
+        Ok((settled, r.now))
+    }
+
+    /// Runs a script by SHA (loading it after `NOSCRIPT`), bounded by the
+    /// operation timeout.
+    async fn run(&self, what: &str, inv: ScriptInvocation<'_>) -> Result<Value, StoreError> {
+        let mut conn = self.conn.clone();
+        self.bounded(what, async move { inv.invoke_async(&mut conn).await })
+            .await
+    }
+
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        let limit = self.settings.timeout;
+        match tokio::time::timeout(limit, fut).await {
+            Ok(result) => result.map_err(store_error),
+            Err(_) => Err(timed_out(what, limit)),
+        }
     }
 }
 
 impl Backend for RedisStore {
     async fn reserve(
         &self,
-        _call: &ReserveCall<'_>,
+        call: &ReserveCall<'_>,
     ) -> Result<Result<Reserved, ReserveError>, StoreError> {
-        Err(StoreError::Failed("redis store not built yet".into()))
+        let keys = Keys::new(&self.settings.prefix, call.key);
+        let inv = scripts::reserve_invocation(&keys, call, self.settings.idle_ms)?;
+        let reply = self.run("reserve", inv).await?;
+        scripts::reserve_reply(&reply, call)
     }
 
-    async fn settle(&self, _call: &SettleCall<'_>) -> Result<Settled, StoreError> {
-        Err(StoreError::Failed("redis store not built yet".into()))
+    async fn settle(&self, call: &SettleCall<'_>) -> Result<Settled, StoreError> {
+        Ok(self.settle_timed(call).await?.0)
     }
 
-    async fn snapshot(&self, _key: &str, _policy: &Policy) -> Result<KeySnapshot, StoreError> {
-        Err(StoreError::Failed("redis store not built yet".into()))
+    async fn snapshot(&self, key: &str, _policy: &Policy) -> Result<KeySnapshot, StoreError> {
+        let keys = Keys::new(&self.settings.prefix, key);
+        let reply = self
+            .run("snapshot", scripts::snapshot_invocation(&keys))
+            .await?;
+        let (now, state, queue_depth) = scripts::snapshot_reply(&reply)?;
+        Ok(KeySnapshot {
+            now,
+            state,
+            queue_depth,
+        })
     }
 }

@@ -1,0 +1,148 @@
+-- reserve.lua: one GCRA reservation over up to four dimensions, atomically.
+-- The same arithmetic, in the same order of operations, as tollgate_core::reserve.
+--
+-- KEYS[1]  the key's state hash: t0..t3 (TAT per dimension, seconds),
+--          r0..r3 (refunds so far per dimension, seconds), n (last reservation id)
+-- KEYS[2]  the class's queue: sorted set, member = reservation id, score = slot
+-- KEYS[3]  the class's headroom index: one sorted set, all scores 0, members
+--          "<dimension>:<id, 20 digits>:<slot>:<headroom>" in lexicographic
+--          (= dimension, then id) order. Per dimension it is the monotonic
+--          queue of the memory store: headrooms grow with the id, so the first
+--          entry after an id holds the least headroom of the later reservations
+--          (see settle.lua).
+-- ARGV[1]  tolerance of the class, tau * headroom (seconds)
+-- ARGV[2]  longest acceptable wait in seconds, "" for none
+-- ARGV[3]  most reservations that may wait in the class's queue, "" for none
+-- ARGV[4]  idle margin in milliseconds: the keys expire this long after the
+--          backlog has drained
+-- ARGV[5]  the class (0..15)
+-- ARGV[6..] four values per limited dimension, in index order:
+--          index (0..3), increment T (seconds per unit), cost (units),
+--          capacity (burst * limit, units)
+--
+-- Reply, floats as '%.17g' strings (Redis would truncate Lua numbers to integers):
+--   {1, slot, time_sec, time_usec, id, position, end0..end3, refunded_at0..refunded_at3,
+--    gap0..gap3}
+--   {2, dimension}          the request costs more than the bucket holds
+--   {3, wait}               the slot is further than the longest acceptable wait
+--   {4, wait, queued}       the class's queue is full
+-- Nothing is written unless the reply is 1.
+
+if redis.replicate_commands then redis.replicate_commands() end
+
+local fmt = string.format
+local time = redis.call('TIME')
+local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+local h = redis.call('HMGET', KEYS[1], 't0', 't1', 't2', 't3', 'r0', 'r1', 'r2', 'r3', 'n', 'c')
+local tolerance = tonumber(ARGV[1])
+local max_wait = tonumber(ARGV[2])
+local max_queue = tonumber(ARGV[3])
+
+-- The queue holds reservations whose slot is still ahead; drop the rest and
+-- start no earlier than the last one (FIFO within the class).
+local slot = now
+local queued = redis.call('ZCARD', KEYS[2])
+if queued > 0 then
+  queued = queued - redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', fmt('%.17g', now))
+  if queued > 0 then
+    local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+    slot = math.max(now, tonumber(last[2]))
+  end
+end
+
+local dims = (#ARGV - 5) / 4
+local index, tat, charge = {}, {}, {}
+for k = 1, dims do
+  local a = 4 * k + 2
+  local i = tonumber(ARGV[a])
+  local inc, cost, capacity = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  if cost > capacity then
+    return {2, i}
+  end
+  index[k] = i
+  tat[k] = tonumber(h[i + 1]) or 0
+  charge[k] = cost * inc
+  slot = math.max(slot, tat[k] + charge[k] - tolerance)
+end
+
+local wait = slot - now
+if wait > 0 then
+  if max_wait and wait > max_wait then
+    return {3, fmt('%.17g', wait)}
+  end
+  if max_queue and queued >= max_queue then
+    return {4, fmt('%.17g', wait), queued}
+  end
+end
+
+local id = tonumber(h[9])
+if not id then
+  -- A new (or expired) key: ids continue from the clock in microseconds, so
+  -- they never repeat.
+  id = tonumber(time[1]) * 1000000 + tonumber(time[2])
+end
+id = id + 1
+local id_s = fmt('%.17g', id)
+
+local ends = {h[1] or '0', h[2] or '0', h[3] or '0', h[4] or '0'}
+local gaps = {'0', '0', '0', '0'}
+local headroom = {}
+local fields = {'n', id_s}
+local full = slot
+for k = 1, dims do
+  local i = index[k]
+  local next_tat = math.max(tat[k], slot) + charge[k]
+  local s = fmt('%.17g', next_tat)
+  ends[i + 1] = s
+  fields[#fields + 1] = 't' .. i
+  fields[#fields + 1] = s
+  if next_tat > full then full = next_tat end
+  -- How far the TAT lay beyond the slot before this charge; where the bucket
+  -- was full before the slot, the idle time skipped (a cancellation returns it).
+  headroom[k] = tat[k] - slot
+  gaps[i + 1] = fmt('%.17g', math.max(-headroom[k], 0))
+end
+
+local slot_s = fmt('%.17g', slot)
+local queue_it = slot > now
+if queue_it then
+  local classes = tonumber(h[10]) or 0
+  local bit_c = 2 ^ tonumber(ARGV[5])
+  if classes % (2 * bit_c) < bit_c then
+    fields[#fields + 1] = 'c'
+    fields[#fields + 1] = fmt('%.17g', classes + bit_c)
+  end
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+local ttl = math.ceil((full - now) * 1000) + tonumber(ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ttl)
+
+if queue_it then
+  redis.call('ZADD', KEYS[2], slot_s, id_s)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+  local id_w = fmt('%020.0f', id)
+  for k = 1, dims do
+    local i = index[k]
+    local lo, hi = '[' .. i .. ':', '[' .. i .. ';'
+    -- Entries whose slot has passed leave from the front...
+    while true do
+      local first = redis.call('ZRANGEBYLEX', KEYS[3], lo, hi, 'LIMIT', 0, 1)[1]
+      if not first or tonumber(string.match(first, '^%d+:%d+:([^:]+):')) > now then break end
+      redis.call('ZREM', KEYS[3], first)
+    end
+    -- ...and entries with at least this headroom from the back.
+    local value = headroom[k] + (tonumber(h[i + 5]) or 0)
+    while true do
+      local last = redis.call('ZREVRANGEBYLEX', KEYS[3], hi, lo, 'LIMIT', 0, 1)[1]
+      if not last or tonumber(string.match(last, ':([^:]+)$')) < value then break end
+      redis.call('ZREM', KEYS[3], last)
+    end
+    redis.call('ZADD', KEYS[3], 0, i .. ':' .. id_w .. ':' .. slot_s .. ':' .. fmt('%.17g', value))
+  end
+  redis.call('PEXPIRE', KEYS[3], ttl)
+end
+
+return {1, slot_s, time[1], time[2], id_s, queued,
+  ends[1], ends[2], ends[3], ends[4],
+  h[5] or '0', h[6] or '0', h[7] or '0', h[8] or '0',
+  gaps[1], gaps[2], gaps[3], gaps[4]}

@@ -1,0 +1,321 @@
+//! The three Lua scripts: their keys and arguments, and reading their replies.
+//!
+//! The scripts (next to this file) port `tollgate_core::reserve` and
+//! `tollgate_core::settle` operation for operation; every float crosses the
+//! wire as a decimal string that converts back to the same `f64`.
+
+use std::sync::LazyLock;
+
+use redis::{Script, ScriptInvocation, Value};
+use tollgate_core::{Dimension, Dims, KeyState, Mark, Policy, ReserveError, DIMENSIONS};
+
+use crate::store::{ReserveCall, Reserved, SettleCall, StoreError};
+
+pub(crate) static RESERVE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("reserve.lua")));
+pub(crate) static SETTLE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("settle.lua")));
+pub(crate) static SNAPSHOT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("snapshot.lua")));
+
+/// Classes whose queues a snapshot counts (the limiter allows 16).
+pub(crate) const MAX_CLASSES: u8 = 16;
+
+/// The Redis key names of one limiter key. Every name carries the hash tag
+/// `{<key>}`, so one script only ever touches one Cluster slot.
+pub(crate) struct Keys<'a> {
+    prefix: &'a str,
+    key: &'a str,
+}
+
+impl<'a> Keys<'a> {
+    pub(crate) fn new(prefix: &'a str, key: &'a str) -> Self {
+        Keys { prefix, key }
+    }
+
+    /// The state hash: `<prefix>:{<key>}:s`.
+    pub(crate) fn state(&self) -> String {
+        format!("{}:{{{}}}:s", self.prefix, self.key)
+    }
+
+    /// The queue of one class: `<prefix>:{<key>}:q<class>`.
+    pub(crate) fn queue(&self, class: u8) -> String {
+        format!("{}:{{{}}}:q{class}", self.prefix, self.key)
+    }
+
+    /// The headroom index of one class: `<prefix>:{<key>}:h<class>`.
+    pub(crate) fn headroom(&self, class: u8) -> String {
+        format!("{}:{{{}}}:h{class}", self.prefix, self.key)
+    }
+}
+
+fn check_class(class: u8) -> Result<(), StoreError> {
+    if class >= MAX_CLASSES {
+        return Err(StoreError::Failed(format!(
+            "priority class {class} is out of range: the Redis store keeps classes 0 to {}",
+            MAX_CLASSES - 1
+        )));
+    }
+    Ok(())
+}
+
+/// The invocation of `reserve.lua` for a call.
+pub(crate) fn reserve_invocation<'s>(
+    keys: &Keys<'_>,
+    call: &ReserveCall<'_>,
+    idle_ms: u64,
+) -> Result<ScriptInvocation<'s>, StoreError> {
+    check_class(call.class)?;
+    let policy = call.policy;
+    let mut inv = RESERVE.prepare_invoke();
+    inv.key(keys.state())
+        .key(keys.queue(call.class))
+        .key(keys.headroom(call.class))
+        .arg(policy.tau * call.headroom)
+        .arg(call.max_wait.map_or(String::new(), |w| w.to_string()))
+        .arg(call.max_queue.map_or(String::new(), |q| q.to_string()))
+        .arg(idle_ms)
+        .arg(call.class);
+    for d in Dimension::ALL {
+        let i = d.index();
+        if policy.increment[i] > 0.0 {
+            inv.arg(i)
+                .arg(policy.increment[i])
+                .arg(call.cost[i])
+                .arg(policy.capacity(d));
+        }
+    }
+    Ok(inv)
+}
+
+/// The invocation of `settle.lua` for a call.
+pub(crate) fn settle_invocation<'s>(
+    keys: &Keys<'_>,
+    call: &SettleCall<'_>,
+    idle_ms: u64,
+) -> Result<ScriptInvocation<'s>, StoreError> {
+    check_class(call.class)?;
+    let policy = call.policy;
+    let mut inv = SETTLE.prepare_invoke();
+    inv.key(keys.state()).key(keys.queue(call.class));
+    for class in 0..MAX_CLASSES {
+        inv.key(keys.headroom(class));
+    }
+    let cancelled = call.actual.iter().all(|&a| a == 0.0);
+    inv.arg(call.id).arg(idle_ms).arg(u8::from(cancelled));
+    for i in 0..DIMENSIONS {
+        if policy.increment[i] > 0.0 {
+            inv.arg(i)
+                .arg(policy.increment[i])
+                .arg(call.actual[i] - call.mark.cost[i])
+                .arg(call.mark.cost[i])
+                .arg(call.mark.end[i])
+                .arg(call.mark.refunded_at[i])
+                .arg(call.mark.gap[i]);
+        }
+    }
+    Ok(inv)
+}
+
+/// The invocation of `snapshot.lua` for a key.
+pub(crate) fn snapshot_invocation<'s>(keys: &Keys<'_>) -> ScriptInvocation<'s> {
+    let mut inv = SNAPSHOT.prepare_invoke();
+    inv.key(keys.state());
+    for class in 0..MAX_CLASSES {
+        inv.key(keys.queue(class));
+    }
+    inv
+}
+
+/// A script reply, read field by field.
+struct Reply<'v> {
+    items: &'v [Value],
+    script: &'static str,
+}
+
+impl<'v> Reply<'v> {
+    fn new(value: &'v Value, script: &'static str) -> Result<Self, StoreError> {
+        match value {
+            Value::Array(items) => Ok(Reply { items, script }),
+            other => Err(StoreError::Failed(format!(
+                "{script}.lua answered {other:?} instead of an array; is another program using the key prefix?"
+            ))),
+        }
+    }
+
+    fn bad(&self, at: usize) -> StoreError {
+        StoreError::Failed(format!(
+            "{}.lua answered {:?} at position {at}, not a number; is another program using the key prefix?",
+            self.script,
+            self.items.get(at)
+        ))
+    }
+
+    fn text(&self, at: usize) -> Option<&'v str> {
+        match self.items.get(at)? {
+            Value::BulkString(b) => std::str::from_utf8(b).ok(),
+            Value::SimpleString(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn f64(&self, at: usize) -> Result<f64, StoreError> {
+        match self.items.get(at) {
+            Some(Value::Int(n)) => Ok(*n as f64),
+            _ => self
+                .text(at)
+                .and_then(|s| s.parse::<f64>().ok())
+                .ok_or_else(|| self.bad(at)),
+        }
+    }
+
+    fn u64(&self, at: usize) -> Result<u64, StoreError> {
+        match self.items.get(at) {
+            Some(Value::Int(n)) if *n >= 0 => Ok(*n as u64),
+            _ => self
+                .text(at)
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| self.bad(at)),
+        }
+    }
+
+    /// The script's clock: `TIME` seconds and microseconds, as the scripts add them.
+    fn time(&self, at: usize) -> Result<f64, StoreError> {
+        Ok(self.f64(at)? + self.f64(at + 1)? / 1_000_000.0)
+    }
+
+    fn dims(&self, at: usize) -> Result<Dims, StoreError> {
+        let mut d = [0.0; DIMENSIONS];
+        for (i, v) in d.iter_mut().enumerate() {
+            *v = self.f64(at + i)?;
+        }
+        Ok(d)
+    }
+}
+
+/// Reads the reply of `reserve.lua`.
+pub(crate) fn reserve_reply(
+    value: &Value,
+    call: &ReserveCall<'_>,
+) -> Result<Result<Reserved, ReserveError>, StoreError> {
+    let r = Reply::new(value, "reserve")?;
+    match r.u64(0)? {
+        1 => Ok(Ok(Reserved {
+            slot: r.f64(1)?,
+            now: r.time(2)?,
+            id: r.u64(4)?,
+            position: r.u64(5)?,
+            mark: Mark {
+                cost: call.cost,
+                end: r.dims(6)?,
+                refunded_at: r.dims(10)?,
+                gap: r.dims(14)?,
+            },
+        })),
+        2 => {
+            let index = r.u64(1)? as usize;
+            let dimension = *Dimension::ALL.get(index).ok_or_else(|| r.bad(1))?;
+            Ok(Err(too_large(call.policy, dimension, call.cost[index])))
+        }
+        3 => Ok(Err(ReserveError::WouldWait {
+            retry_after: r.f64(1)?,
+            max_wait: call.max_wait.unwrap_or(0.0),
+        })),
+        4 => Ok(Err(ReserveError::QueueFull {
+            retry_after: r.f64(1)?,
+            depth: r.u64(2)?,
+            max_queue: call.max_queue.unwrap_or(0),
+        })),
+        _ => Err(r.bad(0)),
+    }
+}
+
+fn too_large(policy: &Policy, dimension: Dimension, needed: f64) -> ReserveError {
+    ReserveError::TooLarge {
+        dimension,
+        needed,
+        capacity: policy.capacity(dimension),
+        limit: policy.limit(dimension).unwrap_or(0),
+        burst: policy.limits().burst,
+    }
+}
+
+/// What `settle.lua` answers: the store time, the key's new state and the
+/// units refunded per dimension.
+pub(crate) struct SettleReply {
+    pub(crate) now: f64,
+    pub(crate) state: KeyState,
+    pub(crate) refunded: Dims,
+}
+
+/// Reads the reply of `settle.lua`.
+pub(crate) fn settle_reply(value: &Value) -> Result<SettleReply, StoreError> {
+    let r = Reply::new(value, "settle")?;
+    Ok(SettleReply {
+        now: r.time(0)?,
+        state: KeyState {
+            tat: r.dims(2)?,
+            refunded: r.dims(6)?,
+        },
+        refunded: r.dims(10)?,
+    })
+}
+
+/// Reads the reply of `snapshot.lua`: store time, state, queue depth.
+pub(crate) fn snapshot_reply(value: &Value) -> Result<(f64, KeyState, u64), StoreError> {
+    let r = Reply::new(value, "snapshot")?;
+    Ok((
+        r.time(0)?,
+        KeyState {
+            tat: r.dims(2)?,
+            refunded: r.dims(6)?,
+        },
+        r.u64(10)?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_of_a_limiter_shares_one_hash_tag() {
+        let k = Keys::new("tollgate", "openai/gpt-4o");
+        assert_eq!(k.state(), "tollgate:{openai/gpt-4o}:s");
+        assert_eq!(k.queue(3), "tollgate:{openai/gpt-4o}:q3");
+    }
+
+    #[test]
+    fn reads_a_granted_reservation() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let mut items = vec![
+            Value::Int(1),
+            bulk("1700000000.5"),
+            bulk("1700000000"),
+            bulk("250000"),
+            bulk("1700000000250001"),
+            Value::Int(2),
+        ];
+        items.extend(["0", "1700000001.1000000001", "0", "0"].map(bulk));
+        items.extend(["0", "0.10000000000000001", "0", "0"].map(bulk));
+        items.extend(["0", "0.5", "0", "0"].map(bulk));
+        let policy = tollgate_core::Limits::new().tokens(600).validate().unwrap();
+        let call = ReserveCall {
+            key: "k",
+            policy: &policy,
+            class: 0,
+            headroom: 1.0,
+            cost: [1.0, 10.0, 10.0, 0.0],
+            max_wait: None,
+            max_queue: None,
+        };
+        let r = reserve_reply(&Value::Array(items), &call).unwrap().unwrap();
+        assert_eq!(r.now, 1_700_000_000.25);
+        assert_eq!(r.id, 1_700_000_000_250_001);
+        assert_eq!(r.position, 2);
+        assert_eq!(r.mark.end[1], 1_700_000_001.1);
+        assert_eq!(r.mark.refunded_at[1], 0.1);
+        assert_eq!(r.mark.gap[1], 0.5);
+        assert!(reserve_reply(&Value::Int(3), &call).is_err());
+    }
+}

@@ -1,0 +1,390 @@
+//! The Redis store against real `redis-server` processes: the behavioural
+//! suite every store passes, the Lua arithmetic checked bit for bit against
+//! `tollgate-core`, and script reloading after `SCRIPT FLUSH`.
+
+mod behaviour;
+mod support;
+
+use std::sync::Arc;
+
+use tollgate::store::{
+    Backend, ManualClock, MemoryStore, RedisOptions, RedisStore, ReserveCall, Reserved, SettleCall,
+};
+use tollgate::{Cost, Limits, RateLimiter, Store};
+use tollgate_core::{reserve, KeyState, ReserveError, ReserveRequest, DIMENSIONS};
+
+use support::RedisServer;
+
+async fn redis() -> (Store, RedisServer) {
+    let server = RedisServer::start();
+    let store = Store::redis(&server.url())
+        .await
+        .expect("connect to the test redis-server");
+    (store, server)
+}
+
+suite!(redis);
+
+async fn redis_store(server: &RedisServer) -> RedisStore {
+    RedisStore::connect(&server.url(), RedisOptions::default())
+        .await
+        .expect("connect to the test redis-server")
+}
+
+/// A reservation as the test remembers it.
+struct Held {
+    class: u8,
+    id: u64,
+    slot: f64,
+    mark: tollgate_core::Mark,
+    live: bool,
+}
+
+/// Every reservation the scripts grant equals `tollgate_core::reserve` on the
+/// same state and time: slot, mark and new state to the last bit, and so do the
+/// refusals (too large, would wait, queue full) and the queue positions.
+#[tokio::test]
+async fn reserve_script_matches_the_core_bit_for_bit() {
+    let server = RedisServer::start();
+    let store = redis_store(&server).await;
+    // Awkward numbers on every dimension, so any change in the order of the
+    // floating-point operations shows.
+    let policy = Limits::new()
+        .requests(7)
+        .tokens(1_013)
+        .input_tokens(777)
+        .output_tokens(333)
+        .window_secs(3.7)
+        .burst(1.3)
+        .burndown(2.5)
+        .validate()
+        .unwrap();
+    let key = "bits/reserve";
+    let headrooms = [1.0, 0.6, 0.35];
+    let mut held: Vec<Held> = Vec::new();
+    let mut outcomes = [0usize; 4];
+    for step in 0..120u64 {
+        let class = (step % 3) as u8;
+        let cost = policy.units(Cost::split(step * 37 % 300, step * 11 % 140));
+        let max_wait = if step % 5 == 0 { Some(1.5) } else { None };
+        let max_queue = if step % 7 == 0 { Some(3) } else { None };
+        let before = store.snapshot(key, &policy).await.unwrap();
+        let call = ReserveCall {
+            key,
+            policy: &policy,
+            class,
+            headroom: headrooms[class as usize],
+            cost,
+            max_wait,
+            max_queue,
+        };
+        let got = store.reserve(&call).await.unwrap();
+        let after = store.snapshot(key, &policy).await.unwrap();
+        // What the core says with the script's own clock (or, for refusals,
+        // the snapshot's: the reply does not carry the time).
+        let now = match &got {
+            Ok(r) => r.now,
+            Err(_) => before.now,
+        };
+        let queued: Vec<&Held> = held
+            .iter()
+            .filter(|h| h.live && h.class == class && h.slot > now)
+            .collect();
+        let request = ReserveRequest {
+            cost,
+            headroom: headrooms[class as usize],
+            tail: queued
+                .iter()
+                .map(|h| h.slot)
+                .fold(f64::NEG_INFINITY, f64::max),
+            max_wait,
+            queued: queued.len() as u64,
+            max_queue,
+        };
+        let want = reserve(&policy, &before.state, now, &request);
+        match (&got, &want) {
+            (Ok(r), Ok(g)) => {
+                outcomes[0] += 1;
+                assert_eq!(r.slot.to_bits(), g.slot.to_bits(), "step {step}: slot");
+                assert_eq!(r.mark, g.mark, "step {step}: mark");
+                assert_eq!(after.state, g.state, "step {step}: state");
+                assert_eq!(r.position, queued.len() as u64, "step {step}: position");
+                assert!(held.iter().all(|h| h.id < r.id), "ids must grow");
+                held.push(Held {
+                    class,
+                    id: r.id,
+                    slot: r.slot,
+                    mark: r.mark,
+                    live: true,
+                });
+            }
+            (Err(e), Err(w)) => {
+                assert_eq!(after.state, before.state, "step {step}: a refusal wrote");
+                match (e, w) {
+                    (ReserveError::TooLarge { .. }, _) => {
+                        outcomes[1] += 1;
+                        assert_eq!(e, w)
+                    }
+                    (
+                        ReserveError::WouldWait { retry_after: a, .. },
+                        ReserveError::WouldWait { retry_after: b, .. },
+                    ) => {
+                        outcomes[2] += 1;
+                        assert!((a - b).abs() < 0.05, "step {step}: {a} vs {b}")
+                    }
+                    (
+                        ReserveError::QueueFull { depth: a, .. },
+                        ReserveError::QueueFull { depth: b, .. },
+                    ) => {
+                        outcomes[3] += 1;
+                        assert_eq!(a, b, "step {step}")
+                    }
+                    _ => panic!("step {step}: redis {e:?}, core {w:?}"),
+                }
+            }
+            _ => panic!("step {step}: redis {got:?}, core {want:?}"),
+        }
+        // Now and then cancel a queued reservation, so tails and positions
+        // must follow removals too.
+        if step % 4 == 3 {
+            if let Some(h) = held.iter_mut().rev().find(|h| h.live && h.slot > now) {
+                h.live = false;
+                let settle = SettleCall {
+                    key,
+                    policy: &policy,
+                    class: h.class,
+                    id: h.id,
+                    slot: h.slot,
+                    mark: h.mark,
+                    actual: [0.0; DIMENSIONS],
+                };
+                store.settle(&settle).await.unwrap();
+            }
+        }
+    }
+    assert!(
+        outcomes[0] > 20 && outcomes[2] > 0 && outcomes[3] > 0,
+        "the sequence must exercise grants, waits and full queues: {outcomes:?}"
+    );
+}
+
+/// One random sequence of reservations, settlements (under, over and at the
+/// estimate) and cancellations over three priority classes, run on Redis and
+/// mirrored on a memory store whose clock is set to the time each script read:
+/// every grant, settlement and stored state must be identical to the bit.
+#[tokio::test]
+async fn redis_and_memory_agree_on_every_call() {
+    let server = RedisServer::start();
+    let redis = redis_store(&server).await;
+    let clock = ManualClock::new(0.0);
+    let memory = MemoryStore::with_clock(Arc::new(clock.clone()));
+    let policy = Limits::new()
+        .requests(11)
+        .tokens(1_500)
+        .input_tokens(900)
+        .output_tokens(400)
+        .window_secs(2.3)
+        .burst(1.4)
+        .burndown(3.0)
+        .validate()
+        .unwrap();
+    let headrooms = [1.0, 0.7, 0.4];
+    let key = "mirror";
+    let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    // (class, redis reservation, memory reservation)
+    let mut live: Vec<(u8, Reserved, Reserved)> = Vec::new();
+    let (mut grants, mut settles, mut cancels, mut refused) = (0, 0, 0, 0);
+    for step in 0..300 {
+        if live.is_empty() || next(10) < 6 {
+            let class = next(3) as u8;
+            let call = ReserveCall {
+                key,
+                policy: &policy,
+                class,
+                headroom: headrooms[class as usize],
+                cost: policy.units(Cost::split(next(400), next(200))),
+                max_wait: (next(4) == 0).then_some(3.0),
+                max_queue: (next(5) == 0).then_some(6),
+            };
+            match redis.reserve(&call).await.unwrap() {
+                Ok(r) => {
+                    clock.set(r.now);
+                    let m = memory.reserve_now(&call).unwrap_or_else(|e| {
+                        panic!("step {step}: memory refused ({e}), redis granted {r:?}")
+                    });
+                    assert_eq!(r.slot.to_bits(), m.slot.to_bits(), "step {step}: slot");
+                    assert_eq!(r.position, m.position, "step {step}: position");
+                    assert_eq!(r.mark, m.mark, "step {step}: mark");
+                    grants += 1;
+                    live.push((class, r, m));
+                }
+                // A refusal writes nothing; the time it was decided at is
+                // unknown here, so the memory store is not asked.
+                Err(_) => refused += 1,
+            }
+        } else {
+            let (class, r, m) = live.swap_remove(next(live.len() as u64) as usize);
+            let actual = match next(3) {
+                0 => [0.0; DIMENSIONS],
+                1 => {
+                    let mut a = policy.units(Cost::split(next(100), next(50)));
+                    a[0] = r.mark.cost[0];
+                    a
+                }
+                _ => {
+                    let mut a = policy.units(Cost::split(300 + next(300), 100 + next(200)));
+                    a[0] = r.mark.cost[0];
+                    a
+                }
+            };
+            let call = |res: &Reserved| SettleCall {
+                key,
+                policy: &policy,
+                class,
+                id: res.id,
+                slot: res.slot,
+                mark: res.mark,
+                actual,
+            };
+            let (got, now) = redis.settle_timed(&call(&r)).await.unwrap();
+            clock.set(now);
+            let want = memory.settle_now(&call(&m));
+            assert_eq!(got, want, "step {step}: settlement");
+            if actual == [0.0; DIMENSIONS] {
+                cancels += 1;
+            } else {
+                settles += 1;
+            }
+        }
+        let redis_state = redis.snapshot(key, &policy).await.unwrap().state;
+        assert_eq!(
+            redis_state,
+            memory.snapshot_now(key).state,
+            "step {step}: state"
+        );
+    }
+    assert!(
+        grants > 100 && settles > 20 && cancels > 10 && refused > 0,
+        "the sequence must exercise every path: {grants} grants, {settles} settlements, \
+         {cancels} cancellations, {refused} refusals"
+    );
+}
+
+/// `SCRIPT FLUSH` drops the scripts; the next acquire loads them again by
+/// itself and succeeds.
+#[tokio::test]
+async fn scripts_reload_after_script_flush() {
+    let server = RedisServer::start();
+    let store = Store::redis(&server.url()).await.unwrap();
+    let limiter = RateLimiter::with_store(&store, "flush", Limits::new().rpm(100)).unwrap();
+    let first = limiter.acquire(Cost::request_only()).await.unwrap();
+    assert!(first.store_reachable());
+    server.cli(&["SCRIPT", "FLUSH"]);
+    assert!(server.cli(&["SCRIPT", "EXISTS", "0"]).contains('0'));
+    let second = limiter.acquire(Cost::request_only()).await.unwrap();
+    assert!(
+        second.store_reachable(),
+        "the acquire after SCRIPT FLUSH fell back"
+    );
+    assert!(second.id > first.id);
+    limiter.settle(second, Cost::request_only()).await.unwrap();
+    server.cli(&["SCRIPT", "FLUSH"]);
+    let status = limiter.status().await.unwrap();
+    assert_eq!(status.queue_depth, 0);
+    assert_eq!(
+        limiter.stats().store_errors,
+        0,
+        "NOSCRIPT must not count as a store error"
+    );
+}
+
+/// The keys carry the limiter key as hash tag, have a TTL of about the
+/// backlog plus the idle margin, and vanish once idle.
+#[tokio::test]
+async fn keys_use_the_hash_tag_and_expire_when_idle() {
+    let server = RedisServer::start();
+    let options = RedisOptions::default().idle_ttl(std::time::Duration::from_millis(300));
+    let store = RedisStore::connect(&server.url(), options).await.unwrap();
+    let (state, queue) = store.key_names("openai/gpt-4o");
+    assert_eq!(state, "tollgate:{openai/gpt-4o}:s");
+    assert_eq!(queue, "tollgate:{openai/gpt-4o}:q0");
+    let store = Store::Redis(store);
+    let limiter = RateLimiter::with_store(
+        &store,
+        "openai/gpt-4o",
+        Limits::new().requests(2).window_secs(1.0),
+    )
+    .unwrap();
+    let opts = tollgate::AcquireOptions::default();
+    let _a = limiter.reserve(Cost::request_only(), &opts).await.unwrap();
+    let _b = limiter.reserve(Cost::request_only(), &opts).await.unwrap();
+    let c = limiter.reserve(Cost::request_only(), &opts).await.unwrap();
+    assert!(c.waited.as_secs_f64() > 0.4);
+    let keys = server.cli(&["KEYS", "*"]);
+    assert!(keys.contains(&state) && keys.contains(&queue), "{keys}");
+    // Backlog 1.5 s (three requests at 0.5 s each) + 0.3 s margin.
+    let ttl: i64 = server.cli(&["PTTL", &state]).trim().parse().unwrap();
+    assert!((1_500..=1_900).contains(&ttl), "ttl {ttl} ms");
+    let ttl_q: i64 = server.cli(&["PTTL", &queue]).trim().parse().unwrap();
+    assert!(ttl_q > 0 && ttl_q <= ttl, "queue ttl {ttl_q} ms");
+    let fields = server.cli(&["HGETALL", &state]);
+    assert!(fields.contains("t0") && fields.contains('n'), "{fields}");
+    tokio::time::sleep(std::time::Duration::from_millis(2_000)).await;
+    assert_eq!(server.cli(&["DBSIZE"]).trim(), "0", "idle keys must expire");
+}
+
+/// Ids keep growing when a key is created again after it expired: they
+/// start from the clock in microseconds.
+#[tokio::test]
+async fn ids_do_not_repeat_after_expiry() {
+    let server = RedisServer::start();
+    let store = Store::redis(&server.url()).await.unwrap();
+    let limiter = RateLimiter::with_store(&store, "ids", Limits::new().rpm(1000)).unwrap();
+    let a = limiter.acquire(Cost::request_only()).await.unwrap();
+    server.cli(&["FLUSHALL"]);
+    let b = limiter.acquire(Cost::request_only()).await.unwrap();
+    assert!(b.id > a.id, "{} then {}", a.id, b.id);
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    assert!(
+        a.id.abs_diff(now_us) < 60_000_000,
+        "id {} is not near the clock",
+        a.id
+    );
+}
+
+/// The state the scripts store survives a round trip exactly: what status
+/// reports equals the core's arithmetic on the same numbers.
+#[tokio::test]
+async fn stored_floats_round_trip() {
+    let server = RedisServer::start();
+    let store = redis_store(&server).await;
+    let policy = Limits::new().tokens(3).window_secs(0.1).validate().unwrap();
+    let call = ReserveCall {
+        key: "floats",
+        policy: &policy,
+        class: 0,
+        headroom: 1.0,
+        cost: policy.units(Cost::tokens(1)),
+        max_wait: None,
+        max_queue: None,
+    };
+    let r = store.reserve(&call).await.unwrap().unwrap();
+    let snap = store.snapshot("floats", &policy).await.unwrap();
+    // 0.1 / 3 has no short decimal form: the stored TAT must still be exact.
+    assert_eq!(snap.state.tat[1], r.mark.end[1]);
+    assert_eq!(snap.state.tat[1], r.now.max(0.0) + 0.1 / 3.0);
+    assert_eq!(snap.state, {
+        let mut s = KeyState::default();
+        s.tat[1] = r.mark.end[1];
+        s
+    });
+}
