@@ -1,0 +1,307 @@
+//! End to end over HTTP: tier limits with 429 and Retry-After, queueing within
+//! the maximum wait, budgets under concurrency, priority under a flood.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+#[tokio::test]
+async fn over_the_tier_rpm_a_client_gets_429_with_an_honest_retry_after() {
+    let sim = sim().await;
+    let gw = gateway(config(
+        &sim.base_url(),
+        model(1000, 1_000_000),
+        &[("free", tier(3, 100_000, 0, 0))],
+    ))
+    .await;
+    let c = http();
+    for i in 0..3 {
+        let r = chat(&c, &gw, "free", &chat_body("hi", 5)).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            header(&r, "x-ratelimit-remaining-requests"),
+            Some((2 - i).to_string().as_str())
+        );
+    }
+    let r = chat(&c, &gw, "free", &chat_body("hi", 5)).await;
+    assert_eq!(header(&r, "x-ratelimit-limit-requests"), Some("3"));
+    assert_eq!(header(&r, "x-ratelimit-remaining-requests"), Some("0"));
+    let secs: u64 = header(&r, "retry-after").unwrap().parse().unwrap();
+    let ms: u64 = header(&r, "retry-after-ms").unwrap().parse().unwrap();
+    // 3 per minute: the next request fits 20 s after the first.
+    assert!(
+        (19..=20).contains(&secs) && (19_000..=20_000).contains(&ms),
+        "{secs} s, {ms} ms"
+    );
+    let (status, e) = error_of(r).await;
+    assert_eq!(
+        (status, e["code"].as_str()),
+        (429, Some("client_rpm_exceeded"))
+    );
+    assert!(e["message"].as_str().unwrap().contains("Retry"), "{e}");
+
+    // Tokens: a tier with 1000 TPM, after a request that used about 815 of
+    // them, refuses one estimated at about 300 and names the token limit.
+    let gw = gateway(config(
+        &sim.base_url(),
+        model(1000, 1_000_000),
+        &[("small", tier(1000, 1000, 0, 0))],
+    ))
+    .await;
+    assert_eq!(
+        chat(&c, &gw, "small", &chat_body("hi [sim:tokens=800]", 800))
+            .await
+            .status(),
+        200
+    );
+    let (status, e) = error_of(chat(&c, &gw, "small", &chat_body("hi", 300)).await).await;
+    assert_eq!(
+        (status, e["code"].as_str()),
+        (429, Some("client_tpm_exceeded")),
+        "{e}"
+    );
+    // A request larger than the tier's whole bucket can never run: 400, not 429.
+    let (status, e) = error_of(chat(&c, &gw, "small", &chat_body("hi", 2000)).await).await;
+    assert_eq!(
+        (status, e["code"].as_str()),
+        (400, Some("client_request_too_large")),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn requests_wait_in_the_queue_up_to_the_tiers_max_wait() {
+    let sim = sim().await;
+    // 120 RPM with a bucket of one request: one every 0.5 s; may wait 1.2 s.
+    let mut t = tier(120, 1_000_000, 0, 1200);
+    t.burst = 1.0 / 120.0;
+    let gw = gateway(config(
+        &sim.base_url(),
+        model(1000, 1_000_000),
+        &[("pro", t)],
+    ))
+    .await;
+    let c = http();
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            let c = c.clone();
+            let url = gw.url();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20 * i)).await;
+                let r = c
+                    .post(format!("{url}/v1/chat/completions"))
+                    .bearer_auth("key-pro")
+                    .json(&chat_body("hi", 5))
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status().as_u16(), start.elapsed())
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    results.sort_by_key(|r| r.1);
+    let statuses: Vec<u16> = results.iter().map(|r| r.0).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        3,
+        "{results:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        1,
+        "{results:?}"
+    );
+    let served: Vec<Duration> = results.iter().filter(|r| r.0 == 200).map(|r| r.1).collect();
+    assert!(
+        served[2] >= Duration::from_millis(950),
+        "the third waited for its slot: {served:?}"
+    );
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_requests_cannot_overspend_a_nearly_spent_daily_budget() {
+    let sim = sim().await;
+    let mut m = model(1_000_000, 100_000_000);
+    // $1000 per million tokens = $0.001 a token either way.
+    m.input_usd_per_mtok = 1000.0;
+    m.output_usd_per_mtok = 1000.0;
+    let mut t = tier(1_000_000, 100_000_000, 0, 0);
+    t.daily_budget_usd = Some(1.0);
+    let gw = gateway(config(&sim.base_url(), m, &[("acme", t)])).await;
+    let c = http();
+    // Spend most of the budget: about 16 in + 850 out = $0.866.
+    let r = chat(
+        &c,
+        &gw,
+        "acme",
+        &chat_body("hello world [sim:tokens=850]", 880),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let used = v["usage"]["total_tokens"].as_u64().unwrap() as f64 * 0.001;
+    let before = spend(&gw, "acme").await;
+    assert!((before - used).abs() < 1e-9 && before > 0.85, "{before}");
+    // 200 at once, each estimated at 9 + 100 tokens = $0.109, using $0.025.
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let c = c.clone();
+            let url = gw.url();
+            tokio::spawn(async move {
+                let r = c
+                    .post(format!("{url}/v1/chat/completions"))
+                    .bearer_auth("key-acme")
+                    .json(&chat_body("hello world", 100))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                let v: Value = r.json().await.unwrap();
+                (status, v)
+            })
+        })
+        .collect();
+    let (mut ok, mut refused, mut over_estimate) = (0, 0, 0.0);
+    for t in tasks {
+        let (status, v) = t.await.unwrap();
+        match status {
+            200 => {
+                ok += 1;
+                let u = &v["usage"];
+                let actual = (u["prompt_tokens"].as_u64().unwrap()
+                    + u["completion_tokens"].as_u64().unwrap()) as f64
+                    * 0.001;
+                over_estimate += (actual - 0.109f64).max(0.0);
+            }
+            429 => {
+                assert_eq!(v["error"]["code"], "daily_budget_exceeded", "{v}");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    let after = spend(&gw, "acme").await;
+    assert!(ok >= 1 && refused >= 150, "ok {ok}, refused {refused}");
+    assert!(
+        after <= 1.0 + over_estimate + 1e-9,
+        "spent ${after} of a $1 budget (allowed overshoot {over_estimate})"
+    );
+    assert!(
+        (after - (before + ok as f64 * 0.025)).abs() < 1e-9,
+        "spend is exactly the actual usage: {after}"
+    );
+    // A request that can no longer fit is refused with the time to midnight UTC.
+    let r = chat(&c, &gw, "acme", &chat_body("hello world", 100)).await;
+    if r.status() == 429 {
+        let secs: u64 = header(&r, "retry-after").unwrap().parse().unwrap();
+        assert!(secs <= 86_400);
+    }
+}
+
+#[tokio::test]
+async fn an_enterprise_client_gets_through_a_free_tier_flood_within_its_max_wait() {
+    let sim = sim().await;
+    // The provider allows 120 requests a minute (one per 0.5 s once the
+    // bucket is drained). Free (class 3, headroom 0.4) never waits; enterprise
+    // (class 0) waits up to 3 s. Client tiers are generous: the provider
+    // bucket is the bottleneck.
+    let gw = gateway(config(
+        &sim.base_url(),
+        model(120, 10_000_000),
+        &[
+            ("free", tier(100_000, 100_000_000, 3, 0)),
+            ("enterprise", tier(100_000, 100_000_000, 0, 3000)),
+        ],
+    ))
+    .await;
+    let c = http();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (free_ok, free_429, honest) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let flood: Vec<_> = (0..16)
+        .map(|_| {
+            let (c, url, stop) = (c.clone(), gw.url(), stop.clone());
+            let (free_ok, free_429, honest) = (free_ok.clone(), free_429.clone(), honest.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let r = c
+                        .post(format!("{url}/v1/chat/completions"))
+                        .bearer_auth("key-free")
+                        .json(&chat_body("hi", 5))
+                        .send()
+                        .await
+                        .unwrap();
+                    if r.status() == 200 {
+                        free_ok.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    assert_eq!(r.status(), 429);
+                    free_429.fetch_add(1, Ordering::Relaxed);
+                    let ms: u64 = header(&r, "retry-after-ms").unwrap().parse().unwrap();
+                    let (_, e) = error_of(r).await;
+                    assert_eq!(e["code"], "model_rpm_exceeded", "{e}");
+                    // Free's share is 40 % of a 60 s bucket; with enterprise
+                    // traffic on top a free slot is at most a few seconds away.
+                    if ms <= 5_000 {
+                        honest.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(ms.min(200))).await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut worst = Duration::ZERO;
+    for _ in 0..8 {
+        let t = Instant::now();
+        let r = chat(&c, &gw, "enterprise", &chat_body("hi", 5)).await;
+        assert_eq!(r.status(), 200, "enterprise refused during the flood");
+        worst = worst.max(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for f in flood {
+        f.await.unwrap();
+    }
+    let (ok, refused) = (
+        free_ok.load(Ordering::Relaxed),
+        free_429.load(Ordering::Relaxed),
+    );
+    eprintln!("enterprise worst wait {worst:?}; free ok {ok}, refused {refused}");
+    assert!(
+        worst <= Duration::from_secs(3),
+        "enterprise waited {worst:?}"
+    );
+    assert!(refused > 0 && ok > 0, "free ok {ok}, refused {refused}");
+    // Free took at most its 40% share of the bucket plus what drained meanwhile.
+    assert!(ok <= 48 + 10, "free got {ok}");
+    assert_eq!(
+        honest.load(Ordering::Relaxed),
+        refused,
+        "every Retry-After was a few seconds at most"
+    );
+    // Honest: once the flood stops, a free request that waits its Retry-After gets in.
+    let r = chat(&c, &gw, "free", &chat_body("hi", 5)).await;
+    if r.status() == 429 {
+        let ms: u64 = header(&r, "retry-after-ms").unwrap().parse().unwrap();
+        tokio::time::sleep(Duration::from_millis(ms + 20)).await;
+        assert_eq!(
+            chat(&c, &gw, "free", &chat_body("hi", 5)).await.status(),
+            200,
+            "retry after {ms} ms failed"
+        );
+    }
+}
