@@ -188,7 +188,7 @@ impl Builder {
                 _ => None,
             };
         Ok(RateLimiter::from_inner(Arc::new(Inner {
-            key: self.key,
+            key: self.key.into(),
             store,
             policy,
             retry: self.retry,

@@ -38,7 +38,7 @@ impl AcquireOptions {
 #[must_use = "settle the permit with the real usage after the call"]
 pub struct Permit {
     /// The limiter's key.
-    pub key: String,
+    pub key: std::sync::Arc<str>,
     /// The reservation's id (unique within the key).
     pub id: u64,
     /// The slot, in seconds on the store's clock.

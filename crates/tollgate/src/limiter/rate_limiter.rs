@@ -22,7 +22,7 @@ pub(crate) struct LocalFallback {
 
 #[derive(Debug)]
 pub(crate) struct Inner {
-    pub(crate) key: String,
+    pub(crate) key: Arc<str>,
     pub(crate) store: Store,
     pub(crate) policy: Policy,
     pub(crate) retry: RetryConfig,
@@ -321,7 +321,7 @@ impl RateLimiter {
             })
             .collect();
         Ok(Status {
-            key: inner.key.clone(),
+            key: inner.key.to_string(),
             dimensions,
             queue_depth: snap.queue_depth,
         })

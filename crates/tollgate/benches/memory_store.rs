@@ -1,0 +1,131 @@
+//! The cost of one limiting decision on the in-memory store.
+//!
+//! Run: `cargo bench -p tollgate --bench memory_store`. Results are recorded in
+//! `docs/BENCHMARKS.md`.
+
+use std::future::Future;
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use tollgate::store::{ManualClock, MemoryStore, ReserveCall, SettleCall};
+use tollgate::{Cost, Limits, RateLimiter};
+
+fn call<'a>(
+    key: &'a str,
+    policy: &'a tollgate::Policy,
+    cost: Cost,
+    max_wait: Option<f64>,
+) -> ReserveCall<'a> {
+    ReserveCall {
+        key,
+        policy,
+        class: 0,
+        headroom: 1.0,
+        cost: policy.units(cost),
+        max_wait,
+        max_queue: None,
+    }
+}
+
+fn decisions(c: &mut Criterion) {
+    let mut g = c.benchmark_group("memory_store");
+    g.throughput(Throughput::Elements(1));
+
+    // Admitted at once: a limit too high to ever queue at this rate.
+    let store = MemoryStore::new();
+    let roomy = Limits::new()
+        .requests(u64::MAX / 4)
+        .tokens(u64::MAX / 4)
+        .validate()
+        .unwrap();
+    g.bench_function("reserve_admitted", |b| {
+        let call = call("openai/gpt-4o", &roomy, Cost::tokens(1000), Some(0.0));
+        b.iter(|| black_box(store.reserve_now(black_box(&call))).is_ok())
+    });
+
+    // Refused: the bucket is empty and the caller will not wait.
+    let tight = Limits::new().requests(1).tokens(1000).validate().unwrap();
+    let _ = store.reserve_now(&call("tight", &tight, Cost::tokens(1000), None));
+    g.bench_function("reserve_refused", |b| {
+        let call = call("tight", &tight, Cost::tokens(1000), Some(0.0));
+        b.iter(|| black_box(store.reserve_now(black_box(&call))).is_err())
+    });
+
+    // One of 10,000 keys, chosen round-robin.
+    let keys: Vec<String> = (0..10_000).map(|i| format!("client/{i}")).collect();
+    g.bench_function("reserve_admitted_10k_keys", |b| {
+        let mut i = 0usize;
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            let call = call(&keys[i], &roomy, Cost::tokens(10), Some(0.0));
+            black_box(store.reserve_now(&call)).is_ok()
+        })
+    });
+
+    // The full path of the public API (the future polled once: on the memory
+    // store it completes at once; no runtime in the measurement).
+    let limiter = RateLimiter::memory(
+        "api",
+        Limits::new().requests(u64::MAX / 4).tokens(u64::MAX / 4),
+    )
+    .unwrap();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    g.bench_function("limiter_try_acquire", |b| {
+        b.iter(|| {
+            let fut = std::pin::pin!(limiter.try_acquire(Cost::split(800, 200)));
+            match fut.poll(&mut cx) {
+                std::task::Poll::Ready(r) => black_box(r.is_ok()),
+                std::task::Poll::Pending => unreachable!("the memory store never waits here"),
+            }
+        })
+    });
+    g.finish();
+}
+
+/// A reservation into a queue that already holds N reservations, then its
+/// cancellation: the cost must not grow with N (the Python library's does).
+fn queue_depth(c: &mut Criterion) {
+    let mut g = c.benchmark_group("memory_store_queued");
+    g.throughput(Throughput::Elements(1));
+    for depth in [0u64, 1_000, 10_000, 50_000] {
+        let clock = ManualClock::new(1_000.0);
+        let store = MemoryStore::with_clock(Arc::new(clock));
+        // 1 request per 10 ms, window of a day: the queue never drains while frozen.
+        let policy = Limits::new()
+            .requests(8_640_000)
+            .window_secs(86_400.0)
+            .burst(1e-6)
+            .validate()
+            .unwrap();
+        for _ in 0..depth {
+            store
+                .reserve_now(&call("deep", &policy, Cost::request_only(), None))
+                .unwrap();
+        }
+        g.bench_with_input(
+            BenchmarkId::new("reserve_then_cancel", depth),
+            &depth,
+            |b, _| {
+                let rc = call("deep", &policy, Cost::request_only(), None);
+                b.iter(|| {
+                    let r = store.reserve_now(&rc).unwrap();
+                    let settled = store.settle_now(&SettleCall {
+                        key: "deep",
+                        policy: &policy,
+                        class: 0,
+                        id: r.id,
+                        slot: r.slot,
+                        mark: r.mark,
+                        actual: [0.0; 4],
+                    });
+                    black_box(settled)
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, decisions, queue_depth);
+criterion_main!(benches);
