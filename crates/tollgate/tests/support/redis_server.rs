@@ -133,7 +133,8 @@ impl RedisServer {
         ))
     }
 
-    /// Whether the server accepts connections (and answers PING unless TLS).
+    /// Whether the server accepts connections and answers PING (`+PONG`, or
+    /// `-NOAUTH` with a password) unless TLS.
     fn ready(&self) -> bool {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
@@ -145,7 +146,7 @@ impl RedisServer {
         let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
         let mut buf = [0u8; 64];
         stream.write_all(b"PING\r\n").is_ok()
-            && matches!(stream.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+            && matches!(stream.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"))
     }
 
     fn log_tail(&self) -> String {
