@@ -22,8 +22,8 @@ pub struct ApiError {
     pub param: Option<&'static str>,
     /// Sent as `Retry-After` (whole seconds, rounded up) and `retry-after-ms`.
     pub retry_after: Option<Duration>,
-    /// Extra headers (rate-limit headers).
-    pub headers: HeaderMap,
+    /// Extra headers (rate-limit headers); boxed to keep errors small.
+    pub headers: Box<HeaderMap>,
 }
 
 impl ApiError {
@@ -41,7 +41,7 @@ impl ApiError {
             message: message.into(),
             param: None,
             retry_after: None,
-            headers: HeaderMap::new(),
+            headers: Box::default(),
         }
     }
 
@@ -102,7 +102,7 @@ impl IntoResponse for ApiError {
         let body = self.body();
         let mut resp = (self.status, axum::Json(body)).into_response();
         let h = resp.headers_mut();
-        h.extend(self.headers);
+        h.extend(*self.headers);
         if let Some(d) = self.retry_after {
             let secs = d.as_secs_f64().ceil().max(1.0) as u64;
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {

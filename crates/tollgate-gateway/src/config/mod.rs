@@ -290,7 +290,7 @@ pub fn validate_tier(at: &str, t: &TierConfig, classes: usize) -> Result<(), Con
         ("monthly_budget_usd", t.monthly_budget_usd),
     ] {
         if let Some(v) = v {
-            if !(v.is_finite() && v >= 0.0 && v < 1e9) {
+            if !(0.0..1e9).contains(&v) {
                 return Err(invalid(
                     format!("{at}.{name}"),
                     format!("{v} must be a number of USD >= 0"),

@@ -119,7 +119,7 @@ async fn serve(
         Ok(a) => a,
         Err(mut e) => {
             if e.status == StatusCode::TOO_MANY_REQUESTS {
-                e.headers = client_headers(client).await;
+                e.headers = Box::new(client_headers(client).await);
             }
             let outcome = if e.code.contains("budget") {
                 "budget_exceeded"
@@ -207,7 +207,7 @@ async fn forward(
                     model.provider
                 ),
             );
-            err.headers = rl_headers;
+            err.headers = Box::new(rl_headers);
             return Err((err, "upstream_error"));
         }
     };
@@ -228,7 +228,7 @@ async fn forward(
         if upstream_429 {
             err.retry_after = Some(backoff);
         }
-        err.headers = rl_headers;
+        err.headers = Box::new(rl_headers);
         return Err((
             err,
             if upstream_429 {

@@ -94,7 +94,7 @@ impl SseRelay {
     fn finish(&mut self) {
         self.done = true;
         if let Some(adm) = self.admission.take() {
-            let (input, output) = self.usage.unwrap_or_else(|| (adm.estimate.0, self.chunks));
+            let (input, output) = self.usage.unwrap_or((adm.estimate.0, self.chunks));
             tokio::spawn(async move {
                 adm.settle(input, output).await;
             });
