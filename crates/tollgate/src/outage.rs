@@ -2,6 +2,8 @@
 //! bookkeeping that logs each outage once.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use crate::Error;
 
@@ -78,6 +80,14 @@ pub struct Stats {
     pub(crate) outage_closed: AtomicU64,
     pub(crate) cancelled: AtomicU64,
     in_outage: AtomicBool,
+    /// When the store was last tried during an outage (ms since `origin()`).
+    last_probe_ms: AtomicU64,
+}
+
+/// A process-wide origin for the probe clock.
+fn origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
 }
 
 /// A copy of a limiter's counters.
@@ -113,6 +123,19 @@ impl Stats {
         self.in_outage.load(Ordering::Relaxed)
     }
 
+    /// During an outage, whether this call should try the store: one call per
+    /// `interval` does (the probe), the others go straight to the outage
+    /// policy instead of each waiting for a dead store's timeout.
+    pub(crate) fn should_probe(&self, interval: Duration) -> bool {
+        let now = origin().elapsed().as_millis() as u64;
+        let last = self.last_probe_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= interval.as_millis() as u64
+            && self
+                .last_probe_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
     /// Records a failed store call after retries; logs when an outage begins.
     pub(crate) fn store_failed(
         &self,
@@ -121,6 +144,8 @@ impl Stats {
         err: &dyn std::fmt::Display,
     ) {
         if !self.in_outage.swap(true, Ordering::Relaxed) {
+            self.last_probe_ms
+                .store(origin().elapsed().as_millis() as u64, Ordering::Relaxed);
             Stats::bump(&self.outages);
             tracing::warn!(key, policy = policy.name(), error = %err, "store unreachable: outage policy applies until it answers again");
         }

@@ -23,6 +23,9 @@ pub struct RetryConfig {
     pub exponential_base: f64,
     /// Random spread in [0, 1] as a fraction of the delay. Default 0.2.
     pub jitter: f64,
+    /// During an outage, how often one call tries the store again (the others
+    /// apply the outage policy at once). Default 100 ms.
+    pub probe_interval: Duration,
 }
 
 impl Default for RetryConfig {
@@ -33,6 +36,7 @@ impl Default for RetryConfig {
             max_delay: Duration::from_millis(500),
             exponential_base: 2.0,
             jitter: 0.2,
+            probe_interval: Duration::from_millis(100),
         }
     }
 }
@@ -74,6 +78,13 @@ impl RetryConfig {
                 "retry.exponential_base",
                 self.exponential_base.to_string(),
                 "a finite number >= 1",
+            );
+        }
+        if self.probe_interval.is_zero() || self.probe_interval > Duration::from_secs(60) {
+            return bad(
+                "retry.probe_interval",
+                format!("{:?}", self.probe_interval),
+                "between 1 ms and 60 s",
             );
         }
         if !(self.jitter.is_finite() && (0.0..=1.0).contains(&self.jitter)) {

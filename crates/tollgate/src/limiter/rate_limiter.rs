@@ -328,8 +328,9 @@ impl RateLimiter {
     }
 
     /// Runs a store operation, retrying transient errors with backoff and jitter.
-    /// While an outage is on, one attempt only, so that calls fail over fast and
-    /// the first success ends the outage.
+    /// While an outage is on, only one call per `retry.probe_interval` tries the
+    /// store, once; the others fail over at once. The first success ends the
+    /// outage.
     async fn with_retry<T, F, Fut>(&self, mut op: F) -> Result<T, RetryFailure>
     where
         F: FnMut() -> Fut,
@@ -337,6 +338,14 @@ impl RateLimiter {
     {
         let inner = &*self.inner;
         let retries = if inner.stats.in_outage() {
+            if !inner.stats.should_probe(inner.retry.probe_interval) {
+                return Err(RetryFailure {
+                    attempts: 0,
+                    error: StoreError::Unavailable(
+                        "store unreachable (outage going on; it is probed every retry.probe_interval)".into(),
+                    ),
+                });
+            }
             0
         } else {
             inner.retry.max_retries
