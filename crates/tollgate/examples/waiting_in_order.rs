@@ -26,7 +26,7 @@ async fn main() -> Result<(), tollgate::Error> {
                 permit.queue_position
             );
             tokio::time::sleep(Duration::from_millis(50)).await; // the "call"
-            // It used fewer output tokens than estimated: settle gives them back.
+                                                                 // It used fewer output tokens than estimated: settle gives them back.
             limiter.settle(permit, Cost::split(300, 20)).await?;
             Ok::<_, tollgate::Error>(())
         }));
