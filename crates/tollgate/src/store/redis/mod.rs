@@ -20,7 +20,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::{ScriptInvocation, Value};
+use redis::{ErrorKind, ServerErrorKind, Value};
 use tollgate_core::{Policy, ReserveError, Settled, DIMENSIONS};
 
 use self::error::{store_error, timed_out};
@@ -180,12 +180,21 @@ impl RedisStore {
         Ok((settled, r.now))
     }
 
-    /// Runs a script by SHA (loading it after `NOSCRIPT`), bounded by the
-    /// operation timeout.
-    async fn run(&self, what: &str, inv: ScriptInvocation<'_>) -> Result<Value, StoreError> {
+    /// Runs a script by SHA (`EVALSHA`); after `NOSCRIPT` (Redis restarted,
+    /// `SCRIPT FLUSH`, a new Cluster node) loads it and runs it once more. The
+    /// whole is bounded by the operation timeout.
+    async fn run(&self, what: &str, inv: scripts::Invocation) -> Result<Value, StoreError> {
         let mut conn = self.conn.clone();
-        self.bounded(what, async move { inv.invoke_async(&mut conn).await })
-            .await
+        self.bounded(what, async move {
+            match inv.cmd.query_async::<Value>(&mut conn).await {
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    inv.script.prepare_invoke().load_async(&mut conn).await?;
+                    inv.cmd.query_async(&mut conn).await
+                }
+                other => other,
+            }
+        })
+        .await
     }
 
     async fn bounded<T>(

@@ -2,7 +2,9 @@
 -- The same arithmetic, in the same order of operations, as tollgate_core::reserve.
 --
 -- KEYS[1]  the key's state hash: t0..t3 (TAT per dimension, seconds),
---          r0..r3 (refunds so far per dimension, seconds), n (last reservation id)
+--          r0..r3 (refunds so far per dimension, seconds), n (last reservation id),
+--          c (bit set of the classes that ever queued), x (when the keys expire,
+--          Unix milliseconds)
 -- KEYS[2]  the class's queue: sorted set, member = reservation id, score = slot
 -- KEYS[3]  the class's headroom index: one sorted set, all scores 0, members
 --          "<dimension>:<id, 20 digits>:<slot>:<headroom>" in lexicographic
@@ -13,16 +15,19 @@
 -- ARGV[1]  tolerance of the class, tau * headroom (seconds)
 -- ARGV[2]  longest acceptable wait in seconds, "" for none
 -- ARGV[3]  most reservations that may wait in the class's queue, "" for none
--- ARGV[4]  idle margin in milliseconds: the keys expire this long after the
---          backlog has drained
+-- ARGV[4]  idle margin in milliseconds: the keys expire between one and two
+--          margins after the backlog has drained (the expiry moves only when it
+--          falls short, so a busy key is not re-expired on every call)
 -- ARGV[5]  the class (0..15)
 -- ARGV[6..] four values per limited dimension, in index order:
 --          index (0..3), increment T (seconds per unit), cost (units),
 --          capacity (burst * limit, units)
 --
 -- Reply, floats as '%.17g' strings (Redis would truncate Lua numbers to integers):
---   {1, slot, time_sec, time_usec, id, position, end0..end3, refunded_at0..refunded_at3,
---    gap0..gap3}
+--   {1, slot ("" when it is the time of the call), time_sec, time_usec, id, position,
+--    tat0..tat3 before the charge, refunded_at0..refunded_at3}
+--   The caller derives the mark's end (max(tat, slot) + cost * T, the new TAT)
+--   and gap (max(slot - tat, 0)) from these with the same operations.
 --   {2, dimension}          the request costs more than the bucket holds
 --   {3, wait}               the slot is further than the longest acceptable wait
 --   {4, wait, queued}       the class's queue is full
@@ -33,15 +38,20 @@ if redis.replicate_commands then redis.replicate_commands() end
 local fmt = string.format
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
-local h = redis.call('HMGET', KEYS[1], 't0', 't1', 't2', 't3', 'r0', 'r1', 'r2', 'r3', 'n', 'c')
+local h = redis.call('HMGET', KEYS[1], 't0', 't1', 't2', 't3', 'r0', 'r1', 'r2', 'r3', 'n', 'c', 'x')
 local tolerance = tonumber(ARGV[1])
 local max_wait = tonumber(ARGV[2])
 local max_queue = tonumber(ARGV[3])
+local classes = tonumber(h[10]) or 0
+local class_bit = 2 ^ tonumber(ARGV[5])
+local class_used = classes % (2 * class_bit) >= class_bit
 
 -- The queue holds reservations whose slot is still ahead; drop the rest and
--- start no earlier than the last one (FIFO within the class).
+-- start no earlier than the last one (FIFO within the class). A class that
+-- never queued has nothing to look at.
 local slot = now
-local queued = redis.call('ZCARD', KEYS[2])
+local queued = 0
+if class_used then queued = redis.call('ZCARD', KEYS[2]) end
 if queued > 0 then
   queued = queued - redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', fmt('%.17g', now))
   if queued > 0 then
@@ -82,44 +92,48 @@ if not id then
   id = tonumber(time[1]) * 1000000 + tonumber(time[2])
 end
 id = id + 1
-local id_s = fmt('%.17g', id)
 
-local ends = {h[1] or '0', h[2] or '0', h[3] or '0', h[4] or '0'}
-local gaps = {'0', '0', '0', '0'}
+-- Numbers handed to redis.call are written with 17 significant digits by Redis
+-- itself (integers exactly): as exact as string.format, and much cheaper.
+local fields = {'n', id}
 local headroom = {}
-local fields = {'n', id_s}
 local full = slot
 for k = 1, dims do
-  local i = index[k]
   local next_tat = math.max(tat[k], slot) + charge[k]
-  local s = fmt('%.17g', next_tat)
-  ends[i + 1] = s
-  fields[#fields + 1] = 't' .. i
-  fields[#fields + 1] = s
+  fields[#fields + 1] = 't' .. index[k]
+  fields[#fields + 1] = next_tat
   if next_tat > full then full = next_tat end
-  -- How far the TAT lay beyond the slot before this charge; where the bucket
-  -- was full before the slot, the idle time skipped (a cancellation returns it).
+  -- How far the TAT lay beyond the slot before this charge.
   headroom[k] = tat[k] - slot
-  gaps[i + 1] = fmt('%.17g', math.max(-headroom[k], 0))
 end
 
-local slot_s = fmt('%.17g', slot)
 local queue_it = slot > now
-if queue_it then
-  local classes = tonumber(h[10]) or 0
-  local bit_c = 2 ^ tonumber(ARGV[5])
-  if classes % (2 * bit_c) < bit_c then
-    fields[#fields + 1] = 'c'
-    fields[#fields + 1] = fmt('%.17g', classes + bit_c)
-  end
+if queue_it and not class_used then
+  fields[#fields + 1] = 'c'
+  fields[#fields + 1] = classes + class_bit
+end
+-- Keep the keys until the backlog has drained plus the margin; the queues
+-- below expire with the hash.
+local margin = tonumber(ARGV[4])
+local ttl = math.ceil((full - now) * 1000) + margin
+local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local expire_at = tonumber(h[11])
+local extend = not expire_at or expire_at < now_ms + ttl
+if extend then
+  expire_at = now_ms + ttl + margin
+  fields[#fields + 1] = 'x'
+  fields[#fields + 1] = expire_at
 end
 redis.call('HSET', KEYS[1], unpack(fields))
-local ttl = math.ceil((full - now) * 1000) + tonumber(ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ttl)
+if extend then redis.call('PEXPIREAT', KEYS[1], expire_at) end
 
+-- A slot at the time of the call goes back as "", the usual case, and costs no
+-- formatting.
+local slot_s = ''
 if queue_it then
-  redis.call('ZADD', KEYS[2], slot_s, id_s)
-  redis.call('PEXPIRE', KEYS[2], ttl)
+  slot_s = fmt('%.17g', slot)
+  redis.call('ZADD', KEYS[2], slot_s, id)
+  redis.call('PEXPIREAT', KEYS[2], expire_at)
   local id_w = fmt('%020.0f', id)
   for k = 1, dims do
     local i = index[k]
@@ -139,10 +153,9 @@ if queue_it then
     end
     redis.call('ZADD', KEYS[3], 0, i .. ':' .. id_w .. ':' .. slot_s .. ':' .. fmt('%.17g', value))
   end
-  redis.call('PEXPIRE', KEYS[3], ttl)
+  redis.call('PEXPIREAT', KEYS[3], expire_at)
 end
 
-return {1, slot_s, time[1], time[2], id_s, queued,
-  ends[1], ends[2], ends[3], ends[4],
-  h[5] or '0', h[6] or '0', h[7] or '0', h[8] or '0',
-  gaps[1], gaps[2], gaps[3], gaps[4]}
+return {1, slot_s, time[1], time[2], id, queued,
+  h[1] or '0', h[2] or '0', h[3] or '0', h[4] or '0',
+  h[5] or '0', h[6] or '0', h[7] or '0', h[8] or '0'}

@@ -6,7 +6,7 @@
 
 use std::sync::LazyLock;
 
-use redis::{Script, ScriptInvocation, Value};
+use redis::{Cmd, Script, ToRedisArgs, Value};
 use tollgate_core::{Dimension, Dims, KeyState, Mark, Policy, ReserveError, DIMENSIONS};
 
 use crate::store::{ReserveCall, Reserved, SettleCall, StoreError};
@@ -17,6 +17,28 @@ pub(crate) static SETTLE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("settle.lua")));
 pub(crate) static SNAPSHOT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("snapshot.lua")));
+
+/// One `EVALSHA` of a script, its keys and arguments written straight into the
+/// command (one buffer; `redis::ScriptInvocation` would copy them twice).
+pub(crate) struct Invocation {
+    /// The script, to load it after `NOSCRIPT`.
+    pub(crate) script: &'static Script,
+    /// `EVALSHA <sha> <numkeys> <keys…> <args…>`.
+    pub(crate) cmd: Cmd,
+}
+
+impl Invocation {
+    fn new(script: &'static Script, keys: usize) -> Self {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash()).arg(keys);
+        Invocation { script, cmd }
+    }
+
+    fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut Self {
+        self.cmd.arg(arg);
+        self
+    }
+}
 
 /// Classes whose queues a snapshot counts (the limiter allows 16).
 pub(crate) const MAX_CLASSES: u8 = 16;
@@ -60,17 +82,17 @@ fn check_class(class: u8) -> Result<(), StoreError> {
 }
 
 /// The invocation of `reserve.lua` for a call.
-pub(crate) fn reserve_invocation<'s>(
+pub(crate) fn reserve_invocation(
     keys: &Keys<'_>,
     call: &ReserveCall<'_>,
     idle_ms: u64,
-) -> Result<ScriptInvocation<'s>, StoreError> {
+) -> Result<Invocation, StoreError> {
     check_class(call.class)?;
     let policy = call.policy;
-    let mut inv = RESERVE.prepare_invoke();
-    inv.key(keys.state())
-        .key(keys.queue(call.class))
-        .key(keys.headroom(call.class))
+    let mut inv = Invocation::new(&RESERVE, 3);
+    inv.arg(keys.state())
+        .arg(keys.queue(call.class))
+        .arg(keys.headroom(call.class))
         .arg(policy.tau * call.headroom)
         .arg(call.max_wait.map_or(String::new(), |w| w.to_string()))
         .arg(call.max_queue.map_or(String::new(), |q| q.to_string()))
@@ -89,17 +111,17 @@ pub(crate) fn reserve_invocation<'s>(
 }
 
 /// The invocation of `settle.lua` for a call.
-pub(crate) fn settle_invocation<'s>(
+pub(crate) fn settle_invocation(
     keys: &Keys<'_>,
     call: &SettleCall<'_>,
     idle_ms: u64,
-) -> Result<ScriptInvocation<'s>, StoreError> {
+) -> Result<Invocation, StoreError> {
     check_class(call.class)?;
     let policy = call.policy;
-    let mut inv = SETTLE.prepare_invoke();
-    inv.key(keys.state()).key(keys.queue(call.class));
+    let mut inv = Invocation::new(&SETTLE, 2 + MAX_CLASSES as usize);
+    inv.arg(keys.state()).arg(keys.queue(call.class));
     for class in 0..MAX_CLASSES {
-        inv.key(keys.headroom(class));
+        inv.arg(keys.headroom(class));
     }
     let cancelled = call.actual.iter().all(|&a| a == 0.0);
     inv.arg(call.id).arg(idle_ms).arg(u8::from(cancelled));
@@ -118,11 +140,11 @@ pub(crate) fn settle_invocation<'s>(
 }
 
 /// The invocation of `snapshot.lua` for a key.
-pub(crate) fn snapshot_invocation<'s>(keys: &Keys<'_>) -> ScriptInvocation<'s> {
-    let mut inv = SNAPSHOT.prepare_invoke();
-    inv.key(keys.state());
+pub(crate) fn snapshot_invocation(keys: &Keys<'_>) -> Invocation {
+    let mut inv = Invocation::new(&SNAPSHOT, 1 + MAX_CLASSES as usize);
+    inv.arg(keys.state());
     for class in 0..MAX_CLASSES {
-        inv.key(keys.queue(class));
+        inv.arg(keys.queue(class));
     }
     inv
 }
@@ -200,18 +222,38 @@ pub(crate) fn reserve_reply(
 ) -> Result<Result<Reserved, ReserveError>, StoreError> {
     let r = Reply::new(value, "reserve")?;
     match r.u64(0)? {
-        1 => Ok(Ok(Reserved {
-            slot: r.f64(1)?,
-            now: r.time(2)?,
-            id: r.u64(4)?,
-            position: r.u64(5)?,
-            mark: Mark {
-                cost: call.cost,
-                end: r.dims(6)?,
-                refunded_at: r.dims(10)?,
-                gap: r.dims(14)?,
-            },
-        })),
+        1 => {
+            let now = r.time(2)?;
+            let slot = match r.text(1) {
+                Some("") => now,
+                _ => r.f64(1)?,
+            };
+            let tat = r.dims(6)?;
+            // The script returns the TATs before the charge; the mark follows
+            // from them exactly as in `tollgate_core::reserve`.
+            let policy = call.policy;
+            let mut end = tat;
+            let mut gap = [0.0; DIMENSIONS];
+            for i in 0..DIMENSIONS {
+                let inc = policy.increment[i];
+                if inc > 0.0 {
+                    end[i] = tat[i].max(slot) + call.cost[i] * inc;
+                    gap[i] = (-(tat[i] - slot)).max(0.0);
+                }
+            }
+            Ok(Ok(Reserved {
+                slot,
+                now,
+                id: r.u64(4)?,
+                position: r.u64(5)?,
+                mark: Mark {
+                    cost: call.cost,
+                    end,
+                    refunded_at: r.dims(10)?,
+                    gap,
+                },
+            }))
+        }
         2 => {
             let index = r.u64(1)? as usize;
             let dimension = *Dimension::ALL.get(index).ok_or_else(|| r.bad(1))?;
@@ -290,16 +332,19 @@ mod tests {
         let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
         let mut items = vec![
             Value::Int(1),
-            bulk("1700000000.5"),
+            bulk(""),
             bulk("1700000000"),
             bulk("250000"),
-            bulk("1700000000250001"),
+            Value::Int(1_700_000_000_250_001),
             Value::Int(2),
         ];
         items.extend(["0", "1700000001.1000000001", "0", "0"].map(bulk));
         items.extend(["0", "0.10000000000000001", "0", "0"].map(bulk));
-        items.extend(["0", "0.5", "0", "0"].map(bulk));
-        let policy = tollgate_core::Limits::new().tokens(600).validate().unwrap();
+        let policy = tollgate_core::Limits::new()
+            .requests(60)
+            .tokens(600)
+            .validate()
+            .unwrap();
         let call = ReserveCall {
             key: "k",
             policy: &policy,
@@ -311,11 +356,19 @@ mod tests {
         };
         let r = reserve_reply(&Value::Array(items), &call).unwrap().unwrap();
         assert_eq!(r.now, 1_700_000_000.25);
+        assert_eq!(r.slot, r.now, "an empty slot means the time of the call");
         assert_eq!(r.id, 1_700_000_000_250_001);
         assert_eq!(r.position, 2);
-        assert_eq!(r.mark.end[1], 1_700_000_001.1);
+        assert_eq!(
+            r.mark.end[0],
+            r.now + 1.0,
+            "an idle bucket starts at the slot"
+        );
+        assert_eq!(r.mark.gap[0], r.now, "a fresh key skipped all time since 0");
+        assert_eq!(r.mark.end[1], 1_700_000_001.1 + 1.0);
+        assert_eq!(r.mark.gap[1], 0.0);
+        assert_eq!(r.mark.end[2], 0.0, "unlimited dimensions keep their TAT");
         assert_eq!(r.mark.refunded_at[1], 0.1);
-        assert_eq!(r.mark.gap[1], 0.5);
         assert!(reserve_reply(&Value::Int(3), &call).is_err());
     }
 }

@@ -22,7 +22,7 @@ local fmt = string.format
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
 redis.call('ZREM', KEYS[2], ARGV[1])
-local h = redis.call('HMGET', KEYS[1], 't0', 't1', 't2', 't3', 'r0', 'r1', 'r2', 'r3', 'c')
+local h = redis.call('HMGET', KEYS[1], 't0', 't1', 't2', 't3', 'r0', 'r1', 'r2', 'r3', 'c', 'x')
 local out = {time[1], time[2],
   h[1] or '0', h[2] or '0', h[3] or '0', h[4] or '0',
   h[5] or '0', h[6] or '0', h[7] or '0', h[8] or '0',
@@ -97,15 +97,23 @@ for a = 4, #ARGV, 7 do
   end
 end
 
+-- Only a charge moves a TAT later; the hash must outlive the new backlog
+-- (as in reserve.lua).
+local expire_at
+if charged then
+  local margin = tonumber(ARGV[2])
+  local needed = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+    + math.ceil((full - now) * 1000) + margin
+  local x = tonumber(h[10])
+  if not x or x < needed then
+    expire_at = needed + margin
+    fields[#fields + 1] = 'x'
+    fields[#fields + 1] = fmt('%.17g', expire_at)
+  end
+end
 if #fields > 0 then
   redis.call('HSET', KEYS[1], unpack(fields))
-  if charged then
-    -- Only a charge moves a TAT later; the keys must outlive the new backlog.
-    local ttl = math.ceil((full - now) * 1000) + tonumber(ARGV[2])
-    if redis.call('PTTL', KEYS[1]) < ttl then
-      redis.call('PEXPIRE', KEYS[1], ttl)
-    end
-  end
+  if expire_at then redis.call('PEXPIREAT', KEYS[1], expire_at) end
 end
 
 return out

@@ -1,0 +1,84 @@
+//! Load check of the Redis store (ignored by default; run in release):
+//!
+//! ```text
+//! cargo test -p tollgate --release --test redis_load -- --ignored --nocapture
+//! ```
+//!
+//! 64 tasks acquire without pause on one key for a few seconds, against a
+//! `redis-server` on this machine; prints acquires per second and latency
+//! percentiles. Target (2 cores shared with Redis): >= 50,000/s, p99 < 2 ms.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tollgate::{Cost, Limits, RateLimiter, Store};
+
+use support::RedisServer;
+
+const TASKS: usize = 64;
+
+async fn run(limiter: &RateLimiter, secs: f64, settle: bool) -> (f64, Vec<Duration>) {
+    let stop = Instant::now() + Duration::from_secs_f64(secs);
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let l = limiter.clone();
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(200_000);
+                while Instant::now() < stop {
+                    let t = Instant::now();
+                    let p = l.acquire(Cost::tokens(10)).await.expect("acquire");
+                    if settle {
+                        l.settle(p, Cost::tokens(7)).await.expect("settle");
+                    } else {
+                        drop(p);
+                    }
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let rate = all.len() as f64 / start.elapsed().as_secs_f64();
+    all.sort();
+    (rate, all)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "load check: run in release with --ignored"]
+async fn acquires_per_second_at_concurrency_64() {
+    let server = RedisServer::start();
+    let store = Store::redis(&server.url()).await.unwrap();
+    let limiter = RateLimiter::with_store(
+        &store,
+        "load/gpt-4o",
+        Limits::new().rpm(1_000_000_000).tpm(1_000_000_000_000),
+    )
+    .unwrap();
+    let limiter = Arc::new(limiter);
+    run(&limiter, 0.5, false).await; // warm up
+    for (name, settle) in [("acquire", false), ("acquire+settle", true)] {
+        let (rate, lat) = run(&limiter, 3.0, settle).await;
+        println!(
+            "{name:>15}: {rate:>8.0}/s  p50 {:?}  p99 {:?}  p99.9 {:?}  max {:?}",
+            pct(&lat, 0.5),
+            pct(&lat, 0.99),
+            pct(&lat, 0.999),
+            lat[lat.len() - 1]
+        );
+    }
+    let stats = server.cli(&["INFO", "commandstats"]);
+    for line in stats.lines().filter(|l| l.contains("evalsha")) {
+        println!("redis {line}");
+    }
+}
