@@ -82,3 +82,57 @@ async fn acquires_per_second_at_concurrency_64() {
         println!("redis {line}");
     }
 }
+
+/// Median and p99 of one queued reservation, measured on a key whose class
+/// queue holds `depth` reservations (all waiting, none drained).
+async fn queued_latency(store: &Store, key: &str, depth: usize) -> (Duration, Duration) {
+    use tollgate::AcquireOptions;
+    // 1 request per second, a window of a day: every reservation queues.
+    let limiter = RateLimiter::with_store(
+        store,
+        key,
+        Limits::new()
+            .requests(86_400)
+            .window_secs(86_400.0)
+            .burst(0.001),
+    )
+    .unwrap();
+    let limiter = Arc::new(limiter);
+    let opts = AcquireOptions::default();
+    let fill: Vec<_> = (0..64)
+        .map(|t| {
+            let l = limiter.clone();
+            let opts = opts.clone();
+            tokio::spawn(async move {
+                for _ in (t..depth).step_by(64) {
+                    let _ = l.reserve(Cost::request_only(), &opts).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for f in fill {
+        f.await.unwrap();
+    }
+    let mut lat = Vec::new();
+    for _ in 0..2_000 {
+        let t = Instant::now();
+        let _ = limiter.reserve(Cost::request_only(), &opts).await.unwrap();
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    (pct(&lat, 0.5), pct(&lat, 0.99))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "load check: run in release with --ignored"]
+async fn latency_does_not_grow_with_the_queue() {
+    let server = RedisServer::start();
+    let store = Store::redis(&server.url()).await.unwrap();
+    let (p50_empty, p99_empty) = queued_latency(&store, "deep/empty", 0).await;
+    let (p50_deep, p99_deep) = queued_latency(&store, "deep/50k", 50_000).await;
+    println!("queued reserve, empty queue: p50 {p50_empty:?} p99 {p99_empty:?}");
+    println!("queued reserve, 50k queued:  p50 {p50_deep:?} p99 {p99_deep:?}");
+    let depth = server.cli(&["ZCARD", "tollgate:{deep/50k}:q0"]);
+    println!("queue length {}", depth.trim());
+    assert!(p50_deep < p50_empty * 2, "latency grows with the queue");
+}
