@@ -121,9 +121,9 @@ impl<'a> Reference<'a> {
 
     fn consume(&mut self, t: f64, units: &Dims) {
         self.advance(t);
-        for i in 0..DIMENSIONS {
-            if self.policy.increment[i] > 0.0 {
-                self.level[i] -= units[i];
+        for ((level, unit), inc) in self.level.iter_mut().zip(units).zip(self.policy.increment) {
+            if inc > 0.0 {
+                *level -= unit;
             }
         }
     }
@@ -132,10 +132,9 @@ impl<'a> Reference<'a> {
     fn earliest(&mut self, t0: f64, units: &Dims) -> f64 {
         self.advance(t0);
         let mut t = t0;
-        for i in 0..DIMENSIONS {
-            let inc = self.policy.increment[i];
-            if inc > 0.0 && self.level[i] < units[i] {
-                t = t.max(t0 + (units[i] - self.level[i]) * inc);
+        for ((level, unit), inc) in self.level.iter().zip(units).zip(self.policy.increment) {
+            if inc > 0.0 && level < unit {
+                t = t.max(t0 + (unit - level) * inc);
             }
         }
         t
