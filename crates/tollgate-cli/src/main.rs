@@ -1,5 +1,7 @@
 //! The `tollgate` command: `serve` the gateway, `hash-key` for the config.
 
+mod bench;
+
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -11,6 +13,8 @@ usage:
   tollgate serve --demo            run a self-contained demo (memory store,
                                    simulated upstream, demo keys printed)
   tollgate hash-key KEY            print the SHA-256 of an API key for the config
+  tollgate bench [--rates 1000,5000] [--secs 5] [--store URL]
+                                   latency the gateway adds over the upstream
   tollgate help                    this text
 
 logs: RUST_LOG=info (default) or e.g. RUST_LOG=tollgate=debug; TOLLGATE_LOG=json for JSON lines";
@@ -31,6 +35,12 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(serve(&args[1..]))
+        }
+        Some("bench") => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(bench::run(&args[1..]))
         }
         Some("help" | "--help" | "-h") | None => {
             println!("{USAGE}");

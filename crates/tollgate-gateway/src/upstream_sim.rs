@@ -170,7 +170,9 @@ async fn chat(State(s): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -
         .cloned()
         .unwrap_or_default();
     let text = last_text(&messages);
-    tokio::time::sleep(s.config.latency).await;
+    if !s.config.latency.is_zero() {
+        tokio::time::sleep(s.config.latency).await;
+    }
     if directive(&text, "429").is_some() {
         let mut r = error(
             StatusCode::TOO_MANY_REQUESTS,
