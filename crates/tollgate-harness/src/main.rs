@@ -1,0 +1,320 @@
+//! `tollgate-harness`: accuracy, fault, cluster and speed runs for tollgate,
+//! side by side with the Python `llmratelimiter`. Every run binds to loopback,
+//! stops by itself and kills what it started.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use tollgate_harness::accuracy::{self, AccuracyOptions, Mode, StoreKind};
+use tollgate_harness::faults::{self, Fault, FaultOptions};
+use tollgate_harness::fleet::{worker_main, ClientKind};
+use tollgate_harness::standin::{Standin, StandinConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate-harness",
+    about = "Prove tollgate under load, faults and side by side with llmratelimiter"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StoreArg {
+    Redis,
+    Tls,
+    Memory,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Exact,
+    Double,
+    Both,
+}
+
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// Seconds of load per run.
+    #[arg(long, default_value_t = 60.0)]
+    duration: f64,
+    /// Worker processes.
+    #[arg(long, default_value_t = 4)]
+    processes: usize,
+    /// Concurrent tasks per process.
+    #[arg(long, default_value_t = 16)]
+    tasks: usize,
+    /// Window of the limits, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    window: f64,
+    /// Tokens per window.
+    #[arg(long, default_value_t = 400_000)]
+    tokens: u64,
+    /// Requests per window.
+    #[arg(long, default_value_t = 1_000)]
+    requests: u64,
+    /// Stand-in's scheduling jitter allowance, ms (0 = strict).
+    #[arg(long, default_value_t = 2.0)]
+    tolerance_ms: f64,
+    /// Simulated call latency at the stand-in, `min,max` ms.
+    #[arg(long, default_value = "20,200")]
+    latency_ms: String,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+impl LoadArgs {
+    fn options(&self) -> anyhow::Result<AccuracyOptions> {
+        anyhow::ensure!(
+            self.duration > 0.0 && self.duration <= 3600.0,
+            "--duration must be in (0, 3600] seconds"
+        );
+        anyhow::ensure!(
+            self.processes >= 1 && self.processes <= 32,
+            "--processes must be 1..=32"
+        );
+        anyhow::ensure!(
+            self.tasks >= 1 && self.tasks <= 1024,
+            "--tasks must be 1..=1024"
+        );
+        Ok(AccuracyOptions {
+            duration: self.duration,
+            processes: self.processes,
+            tasks: self.tasks,
+            window_secs: self.window,
+            tokens: self.tokens,
+            requests: self.requests,
+            tolerance_ms: self.tolerance_ms,
+            latency_ms: parse_range(&self.latency_ms)?,
+            ..AccuracyOptions::default()
+        })
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the provider stand-in alone (for manual tests) for a while.
+    Standin {
+        /// Port on 127.0.0.1 (0: any free one).
+        #[arg(long, default_value_t = 8700)]
+        port: u16,
+        /// Tokens per window.
+        #[arg(long, default_value_t = 400_000)]
+        tokens: u64,
+        /// Requests per window.
+        #[arg(long, default_value_t = 1_000)]
+        requests: u64,
+        /// Window, seconds.
+        #[arg(long, default_value_t = 10.0)]
+        window: f64,
+        /// Jitter allowance, ms.
+        #[arg(long, default_value_t = 2.0)]
+        tolerance_ms: f64,
+        /// Simulated latency, `min,max` ms.
+        #[arg(long, default_value = "20,200")]
+        latency_ms: String,
+        /// Stop after this many seconds.
+        #[arg(long, default_value_t = 60.0)]
+        duration: f64,
+        /// Print the records as JSON on stdout at the end.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accuracy across processes: 429s, utilisation, largest window, FIFO.
+    Accuracy {
+        #[command(flatten)]
+        load: LoadArgs,
+        /// The store tollgate shares.
+        #[arg(long, value_enum, default_value_t = StoreArg::Redis)]
+        store: StoreArg,
+        /// Estimates exact, doubled (and settled), or both runs.
+        #[arg(long, value_enum, default_value_t = ModeArg::Both)]
+        mode: ModeArg,
+        /// Also run the Python llmratelimiter under the same load.
+        #[arg(long)]
+        python: bool,
+        /// Only the Python library.
+        #[arg(long)]
+        python_only: bool,
+        /// Also run the Python library with its combined tpm in the double mode.
+        #[arg(long)]
+        python_combined: bool,
+    },
+    /// Faults under load: kill/restart, SCRIPT FLUSH, CLIENT KILL, pause; per outage policy.
+    Faults {
+        /// Outage policies, comma-separated: open, closed, local:<share>.
+        #[arg(long, default_value = "open,closed,local:0.5")]
+        policies: String,
+        /// Faults, comma-separated: kill, flush, clients, pause.
+        #[arg(long, default_value = "kill,flush,clients,pause")]
+        faults: String,
+        /// Seconds of load before the fault.
+        #[arg(long, default_value_t = 3.0)]
+        before: f64,
+        /// Seconds Redis stays down or paused.
+        #[arg(long, default_value_t = 3.0)]
+        outage: f64,
+        /// Seconds of load after Redis is back.
+        #[arg(long, default_value_t = 4.0)]
+        after: f64,
+        /// Worker processes.
+        #[arg(long, default_value_t = 2)]
+        processes: usize,
+        /// Tasks per process.
+        #[arg(long, default_value_t = 8)]
+        tasks: usize,
+        /// Also run the Python library through kill and pause.
+        #[arg(long)]
+        python: bool,
+        /// Print the rows as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Internal: one worker process (started by the harness).
+    #[command(hide = true)]
+    Worker {
+        /// The configuration (JSON).
+        config: PathBuf,
+        /// Where to write the report (JSON).
+        out: PathBuf,
+    },
+}
+
+fn parse_range(s: &str) -> anyhow::Result<(u64, u64)> {
+    let (a, b) = s
+        .split_once(',')
+        .with_context(|| format!("{s:?}: expected min,max"))?;
+    Ok((a.trim().parse()?, b.trim().parse()?))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Worker { config, out } => worker_main(&config, &out),
+        Command::Faults {
+            policies,
+            faults,
+            before,
+            outage,
+            after,
+            processes,
+            tasks,
+            python,
+            json,
+        } => {
+            for (name, v) in [
+                ("--before", before),
+                ("--outage", outage),
+                ("--after", after),
+            ] {
+                anyhow::ensure!(v > 0.0 && v <= 600.0, "{name} must be in (0, 600] seconds");
+            }
+            anyhow::ensure!(
+                (1..=16).contains(&processes) && (1..=256).contains(&tasks),
+                "--processes 1..=16, --tasks 1..=256"
+            );
+            let opts = FaultOptions {
+                policies: policies.split(',').map(|s| s.trim().to_string()).collect(),
+                faults: faults
+                    .split(',')
+                    .map(|s| Fault::parse(s.trim()))
+                    .collect::<anyhow::Result<_>>()?,
+                before,
+                outage,
+                after,
+                processes,
+                tasks,
+                python,
+                ..FaultOptions::default()
+            };
+            let rows = faults::run(&opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{}", faults::table(&rows));
+            }
+            Ok(())
+        }
+        Command::Standin {
+            port,
+            tokens,
+            requests,
+            window,
+            tolerance_ms,
+            latency_ms,
+            duration,
+            json,
+        } => {
+            anyhow::ensure!(
+                duration > 0.0 && duration <= 86_400.0,
+                "--duration must be in (0, 86400]"
+            );
+            let standin = Standin::start(
+                StandinConfig {
+                    requests,
+                    tokens,
+                    window_secs: window,
+                    tolerance: tolerance_ms / 1000.0,
+                    latency_ms: parse_range(&latency_ms)?,
+                },
+                port,
+            )?;
+            eprintln!("stand-in on http://{} for {duration} s", standin.addr());
+            let end = std::time::Instant::now() + Duration::from_secs_f64(duration);
+            while std::time::Instant::now() < end {
+                std::thread::sleep(Duration::from_secs(1));
+                let (calls, rejected, admitted) = standin.counts();
+                eprintln!("calls={calls} 429s={rejected} tokens admitted={admitted}");
+            }
+            if json {
+                println!("{}", serde_json::to_string(&standin.records())?);
+            }
+            Ok(())
+        }
+        Command::Accuracy {
+            load,
+            store,
+            mode,
+            python,
+            python_only,
+            python_combined,
+        } => {
+            let mut opts = load.options()?;
+            opts.store = match store {
+                StoreArg::Redis => StoreKind::Redis,
+                StoreArg::Tls => StoreKind::Tls,
+                StoreArg::Memory => StoreKind::Memory,
+            };
+            opts.modes = match mode {
+                ModeArg::Exact => vec![Mode::Exact],
+                ModeArg::Double => vec![Mode::Double],
+                ModeArg::Both => vec![Mode::Exact, Mode::Double],
+            };
+            opts.clients = match (python, python_only) {
+                (_, true) => vec![ClientKind::Python],
+                (true, false) => vec![ClientKind::Tollgate, ClientKind::Python],
+                _ => vec![ClientKind::Tollgate],
+            };
+            opts.python_combined = python_combined;
+            let report = accuracy::run(&opts)?;
+            if load.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", report.table());
+            }
+            Ok(())
+        }
+    }
+}
