@@ -46,6 +46,9 @@ fn parse(args: &[String]) -> Result<Options> {
             }
         }
     }
+    if o.rates.iter().any(|&r| r == 0 || r > 1_000_000) || !(o.secs > 0.0 && o.secs <= 3600.0) {
+        bail!("--rates must be between 1 and 1000000 requests/s and --secs in (0, 3600]");
+    }
     Ok(o)
 }
 

@@ -114,16 +114,39 @@ async fn serve(args: &[String]) -> Result<()> {
             bail!("tollgate serve needs --config FILE (see config/tollgate.example.toml) or --demo")
         }
     };
-    let mut running = tollgate_gateway::start(config).await?;
+    let running = tollgate_gateway::start(config).await?;
     if demo {
         println!("{}", tollgate_gateway::demo::banner(&running.url()));
     }
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => {
-            r.context("cannot listen for Ctrl-C")?;
-            tracing::info!("shutting down");
-            running.stop();
+    running
+        .serve_until(shutdown_signal())
+        .await
+        .context("server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM (what container runtimes send).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
         }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
     }
-    running.wait().await.context("server failed")
+    tracing::info!("shutting down: finishing running requests");
 }

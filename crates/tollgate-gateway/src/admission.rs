@@ -11,7 +11,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tollgate::{AcquireOptions, Cost, Dimension, Error as LimitError, Permit, RateLimiter};
+use tollgate::{
+    AcquireOptions, Cost, Dimension, Error as LimitError, OutagePolicy, Permit, RateLimiter,
+};
 
 use crate::budget::{nano_to_usd, BudgetError, Hold};
 use crate::error::ApiError;
@@ -122,6 +124,13 @@ impl Admission {
                     ],
                 );
                 adm.hold = Some(h);
+            }
+            Err(BudgetError::Store(msg)) if !matches!(gw.outage, OutagePolicy::Closed) => {
+                // The spend store is down and the outage policy lets requests
+                // through: this request's spend goes unrecorded.
+                gw.metrics
+                    .inc("tollgate_store_errors_total", &[("component", "budget")]);
+                tracing::warn!(client = %client.id, error = %msg, policy = gw.outage.name(), "spend store unavailable; admitting without a budget check");
             }
             Err(e) => {
                 gw.metrics.inc(

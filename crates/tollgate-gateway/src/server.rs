@@ -126,6 +126,25 @@ impl RunningGateway {
         }
     }
 
+    /// Serves until `signal` completes, then stops gracefully (running requests
+    /// finish); returns early with the error if the server fails.
+    pub async fn serve_until(
+        mut self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let Some(mut server) = self.server.take() else {
+            return Ok(());
+        };
+        tokio::select! {
+            r = &mut server => return r.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            _ = signal => {}
+        }
+        self.stop();
+        server
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+
     /// Stops accepting connections; running requests finish.
     pub fn stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {

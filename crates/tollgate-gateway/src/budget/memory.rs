@@ -52,7 +52,7 @@ impl MemoryBudgets {
         let a = accounts.entry(client.to_string()).or_default();
         a.roll(p);
         if let Some(limit) = limits.daily {
-            if a.day_spent + amount > limit {
+            if a.day_spent.saturating_add(amount) > limit {
                 return Err(BudgetError::Daily {
                     spent: a.day_spent,
                     limit,
@@ -61,7 +61,7 @@ impl MemoryBudgets {
             }
         }
         if let Some(limit) = limits.monthly {
-            if a.month_spent + amount > limit {
+            if a.month_spent.saturating_add(amount) > limit {
                 return Err(BudgetError::Monthly {
                     spent: a.month_spent,
                     limit,
@@ -69,8 +69,8 @@ impl MemoryBudgets {
                 });
             }
         }
-        a.day_spent += amount;
-        a.month_spent += amount;
+        a.day_spent = a.day_spent.saturating_add(amount);
+        a.month_spent = a.month_spent.saturating_add(amount);
         Ok(Hold {
             client: client.to_string(),
             period: p,
@@ -84,10 +84,10 @@ impl MemoryBudgets {
         if let Some(a) = accounts.get_mut(&hold.client) {
             // A charge whose day (month) has passed stays with that day (month).
             if a.day == hold.period.day {
-                a.day_spent = (a.day_spent + delta).max(0);
+                a.day_spent = a.day_spent.saturating_add(delta).max(0);
             }
             if a.month == hold.period.month {
-                a.month_spent = (a.month_spent + delta).max(0);
+                a.month_spent = a.month_spent.saturating_add(delta).max(0);
             }
         }
     }

@@ -77,12 +77,12 @@ impl Config {
         if self.server.max_body_bytes < 1024 {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));
         }
-        if !(self.server.upstream_timeout_secs.is_finite()
-            && self.server.upstream_timeout_secs > 0.0)
+        if !(self.server.upstream_timeout_secs > 0.0
+            && self.server.upstream_timeout_secs <= 86_400.0)
         {
             return Err(invalid(
                 "server.upstream_timeout_secs",
-                "must be a positive number of seconds",
+                "must be a number of seconds in (0, 86400]",
             ));
         }
         let url = &self.store.url;
@@ -231,15 +231,18 @@ fn validate_model(at: &str, m: &ModelConfig) -> Result<(), ConfigError> {
         ("input_usd_per_mtok", m.input_usd_per_mtok),
         ("output_usd_per_mtok", m.output_usd_per_mtok),
     ] {
-        if !(v.is_finite() && v >= 0.0) {
+        if !(0.0..=1e6).contains(&v) {
             return Err(invalid(
                 format!("{at}.{name}"),
-                format!("{v} must be a price >= 0"),
+                format!("{v} must be a price in USD per million tokens, from 0 to 1000000"),
             ));
         }
     }
-    if m.context_window == 0 {
-        return Err(invalid(format!("{at}.context_window"), "must be > 0"));
+    if m.context_window == 0 || m.context_window > 100_000_000 {
+        return Err(invalid(
+            format!("{at}.context_window"),
+            "must be between 1 and 100000000 tokens",
+        ));
     }
     if m.default_max_tokens == 0 || m.default_max_tokens > m.context_window {
         return Err(invalid(
@@ -275,7 +278,7 @@ pub fn validate_tier(at: &str, t: &TierConfig, classes: usize) -> Result<(), Con
             format!(
                 "{} but only classes 0..{} exist (see priority.headroom)",
                 t.priority,
-                classes - 1
+                classes.saturating_sub(1)
             ),
         ));
     }

@@ -6,7 +6,7 @@ mod stream;
 mod validate;
 
 pub use headers::{format_reset, ratelimit_headers, upstream_backoff};
-pub use stream::{usage_of, SseRelay};
+pub use stream::{usage_of, EventScanner, SseRelay};
 pub use validate::{check, Checked, Endpoint};
 
 use std::sync::Arc;

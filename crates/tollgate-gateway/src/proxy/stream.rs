@@ -17,42 +17,40 @@ use crate::admission::Admission;
 
 type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
 
-/// The relay's body stream.
-pub struct SseRelay {
-    upstream: Upstream,
+/// Splits an SSE byte stream into complete events and watches them: the
+/// usage chunk (kept or dropped) and the number of content chunks.
+#[derive(Debug, Default)]
+pub struct EventScanner {
     buf: BytesMut,
-    admission: Option<Admission>,
-    /// Drop the usage-only chunk: the client did not ask for it.
-    strip_usage: bool,
-    usage: Option<(u64, u64)>,
-    chunks: u64,
-    done: bool,
+    /// Drop the usage-only chunk (the client did not ask for it).
+    pub strip_usage: bool,
+    /// `(prompt_tokens, completion_tokens)` of the usage chunk, once seen.
+    pub usage: Option<(u64, u64)>,
+    /// Chunks that carried content so far (about one token each).
+    pub chunks: u64,
 }
 
-impl SseRelay {
-    /// Relays `upstream`; settles `admission` at the end.
-    pub fn new(upstream: Upstream, mut admission: Admission, strip_usage: bool) -> Self {
-        admission.forwarded = true;
-        admission.used = (admission.estimate.0, 0);
-        SseRelay {
-            upstream,
-            buf: BytesMut::new(),
-            admission: Some(admission),
-            strip_usage,
-            usage: None,
-            chunks: 0,
-            done: false,
-        }
-    }
-
-    /// Takes the complete events out of the buffer; returns what to forward.
-    fn drain_events(&mut self, out: &mut BytesMut) {
+impl EventScanner {
+    /// Takes bytes from upstream; returns the complete events to forward.
+    pub fn push(&mut self, bytes: &[u8]) -> BytesMut {
+        self.buf.extend_from_slice(bytes);
+        let mut out = BytesMut::new();
         while let Some(end) = find_event_end(&self.buf) {
             let event = self.buf.split_to(end);
             if self.inspect(&event) {
                 out.extend_from_slice(&event);
             }
         }
+        out
+    }
+
+    /// The upstream ended: returns what is left to forward (an unterminated event).
+    pub fn finish(&mut self) -> BytesMut {
+        let rest = self.buf.split();
+        if rest.is_empty() || !self.inspect(&rest) {
+            return BytesMut::new();
+        }
+        rest
     }
 
     /// Looks at one event; returns whether to forward it.
@@ -85,16 +83,55 @@ impl SseRelay {
                 }
             }
         }
-        if let Some(adm) = self.admission.as_mut() {
-            adm.used = self.usage.unwrap_or((adm.estimate.0, self.chunks));
-        }
         forward
+    }
+}
+
+/// The relay's body stream.
+pub struct SseRelay {
+    upstream: Upstream,
+    scanner: EventScanner,
+    admission: Option<Admission>,
+    done: bool,
+}
+
+impl SseRelay {
+    /// Relays `upstream`; settles `admission` at the end.
+    pub fn new(upstream: Upstream, mut admission: Admission, strip_usage: bool) -> Self {
+        admission.forwarded = true;
+        admission.used = (admission.estimate.0, 0);
+        SseRelay {
+            upstream,
+            scanner: EventScanner {
+                strip_usage,
+                ..Default::default()
+            },
+            admission: Some(admission),
+            done: false,
+        }
+    }
+
+    /// What is known to be used so far: the usage chunk, or the estimated
+    /// input and the content chunks seen.
+    fn used(&self, estimate_input: u64) -> (u64, u64) {
+        self.scanner
+            .usage
+            .unwrap_or((estimate_input, self.scanner.chunks))
+    }
+
+    fn track(&mut self) {
+        if let Some(input) = self.admission.as_ref().map(|a| a.estimate.0) {
+            let used = self.used(input);
+            if let Some(adm) = self.admission.as_mut() {
+                adm.used = used;
+            }
+        }
     }
 
     fn finish(&mut self) {
         self.done = true;
         if let Some(adm) = self.admission.take() {
-            let (input, output) = self.usage.unwrap_or((adm.estimate.0, self.chunks));
+            let (input, output) = self.used(adm.estimate.0);
             tokio::spawn(async move {
                 adm.settle(input, output).await;
             });
@@ -135,9 +172,8 @@ impl Stream for SseRelay {
             match this.upstream.as_mut().poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(bytes))) => {
-                    this.buf.extend_from_slice(&bytes);
-                    let mut out = BytesMut::new();
-                    this.drain_events(&mut out);
+                    let out = this.scanner.push(&bytes);
+                    this.track();
                     if !out.is_empty() {
                         return Poll::Ready(Some(Ok(out.freeze())));
                     }
@@ -148,15 +184,46 @@ impl Stream for SseRelay {
                     return Poll::Ready(Some(Err(std::io::Error::other("upstream stream failed"))));
                 }
                 Poll::Ready(None) => {
-                    let rest = this.buf.split();
-                    let forward = rest.is_empty() || this.inspect(&rest);
+                    let rest = this.scanner.finish();
                     this.finish();
-                    if forward && !rest.is_empty() {
+                    if !rest.is_empty() {
                         return Poll::Ready(Some(Ok(rest.freeze())));
                     }
                     return Poll::Ready(None);
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwards_whole_events_across_chunk_boundaries_and_finds_usage() {
+        let mut s = EventScanner {
+            strip_usage: true,
+            ..Default::default()
+        };
+        let content = "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n";
+        let usage = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\r\n\r\n";
+        let all = format!("{content}{content}{usage}data: [DONE]\n\n");
+        let mut out = Vec::new();
+        for piece in all.as_bytes().chunks(5) {
+            out.extend_from_slice(&s.push(piece));
+        }
+        out.extend_from_slice(&s.finish());
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("{content}{content}data: [DONE]\n\n")
+        );
+        assert_eq!((s.usage, s.chunks), (Some((7, 3)), 2));
+        // Kept when the client asked for it; an unterminated tail still goes out.
+        let mut s = EventScanner::default();
+        let out = s.push(usage.as_bytes());
+        assert_eq!(out.len(), usage.len());
+        assert!(s.push(b"data: [DONE]").is_empty());
+        assert_eq!(&s.finish()[..], b"data: [DONE]");
     }
 }
