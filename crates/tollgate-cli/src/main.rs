@@ -19,7 +19,19 @@ usage:
 
 logs: RUST_LOG=info (default) or e.g. RUST_LOG=tollgate=debug; TOLLGATE_LOG=json for JSON lines";
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the chain of causes, never a backtrace: these are
+            // errors for people, each saying what to do.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("hash-key") => {

@@ -134,18 +134,30 @@ async fn serve(
         }
     };
     admission.wait_for_slot().await;
-    let rl_headers = client_headers(client).await;
-    forward(
-        gw,
-        &model,
-        admission,
-        endpoint,
-        body,
-        stream,
-        client_wants_usage,
-        rl_headers,
-    )
-    .await
+    // The client's bucket status (for the rate-limit headers) is read while
+    // the upstream works: one store round trip less on the request's path.
+    let (rl_headers, result) = tokio::join!(
+        client_headers(client),
+        forward(
+            gw,
+            &model,
+            admission,
+            endpoint,
+            body,
+            stream,
+            client_wants_usage
+        )
+    );
+    match result {
+        Ok(mut r) => {
+            r.headers_mut().extend(rl_headers);
+            Ok(r)
+        }
+        Err((mut e, outcome)) => {
+            e.headers = Box::new(rl_headers);
+            Err((e, outcome))
+        }
+    }
 }
 
 async fn client_headers(client: &Client) -> HeaderMap {
@@ -155,7 +167,6 @@ async fn client_headers(client: &Client) -> HeaderMap {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn forward(
     gw: &Arc<Gateway>,
     model: &Arc<Model>,
@@ -164,7 +175,6 @@ async fn forward(
     body: Value,
     stream: bool,
     client_wants_usage: bool,
-    rl_headers: HeaderMap,
 ) -> Result<Response, Failure> {
     let url = format!("{}/{}", model.base_url, endpoint.upstream_path());
     let payload = serde_json::to_vec(&body).unwrap_or_default();
@@ -199,7 +209,7 @@ async fn forward(
             } else {
                 (StatusCode::BAD_GATEWAY, "upstream_unreachable")
             };
-            let mut err = ApiError::internal(
+            let err = ApiError::internal(
                 status,
                 code,
                 format!(
@@ -207,7 +217,6 @@ async fn forward(
                     model.provider
                 ),
             );
-            err.headers = Box::new(rl_headers);
             return Err((err, "upstream_error"));
         }
     };
@@ -228,7 +237,6 @@ async fn forward(
         if upstream_429 {
             err.retry_after = Some(backoff);
         }
-        err.headers = Box::new(rl_headers);
         return Err((
             err,
             if upstream_429 {
@@ -238,7 +246,7 @@ async fn forward(
             },
         ));
     }
-    let mut out = if stream {
+    let out = if stream {
         let relay = SseRelay::new(
             Box::pin(resp.bytes_stream()),
             admission,
@@ -281,7 +289,6 @@ async fn forward(
         );
         r
     };
-    out.headers_mut().extend(rl_headers);
     Ok(out)
 }
 
