@@ -9,8 +9,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use tollgate_harness::accuracy::{self, AccuracyOptions, Mode, StoreKind};
+use tollgate_harness::cluster::{self, ClusterOptions};
 use tollgate_harness::faults::{self, Fault, FaultOptions};
 use tollgate_harness::fleet::{worker_main, ClientKind};
+use tollgate_harness::speed::{self, SpeedOptions};
 use tollgate_harness::standin::{Standin, StandinConfig};
 
 #[derive(Parser)]
@@ -175,6 +177,42 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Speed side by side: acquires/s and latency by concurrency and by fill,
+    /// and Redis's own ceiling from redis-benchmark.
+    Speed {
+        /// Concurrency levels, comma-separated.
+        #[arg(long, default_value = "1,16,64,256")]
+        concurrency: String,
+        /// Seconds per throughput measurement.
+        #[arg(long, default_value_t = 3.0)]
+        secs: f64,
+        /// Live reservations before timing, comma-separated.
+        #[arg(long, default_value = "0,1000,10000,50000")]
+        fills: String,
+        /// Timed acquires per fill level.
+        #[arg(long, default_value_t = 300)]
+        samples: usize,
+        /// Leave out the Python library.
+        #[arg(long)]
+        no_python: bool,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The accuracy run on a 3-master Redis Cluster, one master killed mid-run.
+    Cluster {
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Limiter keys (at least 3, one per master).
+        #[arg(long, default_value_t = 3)]
+        keys: usize,
+        /// Do not kill a master.
+        #[arg(long)]
+        no_kill: bool,
+        /// Outage policy: open, closed, local:<share>.
+        #[arg(long, default_value = "local:0.25")]
+        policy: String,
+    },
     /// Internal: one worker process (started by the harness).
     #[command(hide = true)]
     Worker {
@@ -203,6 +241,69 @@ fn main() {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Worker { config, out } => worker_main(&config, &out),
+        Command::Cluster {
+            load,
+            keys,
+            no_kill,
+            policy,
+        } => {
+            anyhow::ensure!((3..=64).contains(&keys), "--keys must be 3..=64");
+            let opts = ClusterOptions {
+                load: load.options()?,
+                keys,
+                kill_at: (!no_kill).then_some(0.5),
+                policy,
+            };
+            let rows = cluster::run(&opts)?;
+            if load.json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{}", cluster::table(&rows));
+            }
+            Ok(())
+        }
+        Command::Speed {
+            concurrency,
+            secs,
+            fills,
+            samples,
+            no_python,
+            json,
+        } => {
+            let list = |s: &str| -> anyhow::Result<Vec<usize>> {
+                s.split(',')
+                    .map(|v| Ok(v.trim().parse::<usize>()?))
+                    .collect()
+            };
+            let opts = SpeedOptions {
+                concurrency: list(&concurrency)?,
+                secs,
+                fills: list(&fills)?,
+                samples,
+                python: !no_python,
+                ..SpeedOptions::default()
+            };
+            anyhow::ensure!(
+                opts.concurrency.iter().all(|&c| (1..=4096).contains(&c)),
+                "--concurrency values must be 1..=4096"
+            );
+            anyhow::ensure!(
+                opts.fills.iter().all(|&f| f <= 1_000_000),
+                "--fills values must be at most 1000000"
+            );
+            anyhow::ensure!(secs > 0.0 && secs <= 120.0, "--secs must be in (0, 120]");
+            anyhow::ensure!(
+                (1..=100_000).contains(&samples),
+                "--samples must be 1..=100000"
+            );
+            let report = speed::run(&opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", report.tables());
+            }
+            Ok(())
+        }
         Command::Faults {
             policies,
             faults,

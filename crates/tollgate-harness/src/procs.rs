@@ -439,9 +439,7 @@ impl RedisCluster {
             .parse()
             .context("parsing CLUSTER KEYSLOT")?;
         for (i, n) in self.nodes.iter().enumerate() {
-            let out = n.cli(&["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()]);
-            let own = n.cli(&["CLUSTER", "NODES"])?;
-            if out.is_ok() && owns_slot(&own, slot) {
+            if owns_slot(&n.cli(&["CLUSTER", "NODES"])?, slot) {
                 return Ok(i);
             }
         }

@@ -1,1 +1,384 @@
-//! (being written)
+//! The speed run: tollgate and the Python `llmratelimiter` against the same
+//! Redis in the same run — acquires per second and latency by concurrency,
+//! latency as the window fills, and Redis's own ceiling for a comparable
+//! `EVALSHA` (tollgate's reserve script) from `redis-benchmark`.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use tollgate::{AcquireOptions, Cost, Limits, RateLimiter};
+
+use crate::procs::{require, RedisServer, RedisSpec};
+use crate::quantile;
+use crate::table::Table;
+
+/// tollgate's reservation script, benchmarked as it is.
+const RESERVE_LUA: &str = include_str!("../../tollgate/src/store/redis/reserve.lua");
+
+/// Settings of the speed run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpeedOptions {
+    /// Concurrency levels.
+    pub concurrency: Vec<usize>,
+    /// Seconds per throughput measurement.
+    pub secs: f64,
+    /// Reservations live in the window before timing.
+    pub fills: Vec<usize>,
+    /// Timed acquires per fill level.
+    pub samples: usize,
+    /// Include the Python library.
+    pub python: bool,
+    /// Requests per redis-benchmark run.
+    pub bench_requests: u64,
+}
+
+impl Default for SpeedOptions {
+    fn default() -> Self {
+        SpeedOptions {
+            concurrency: vec![1, 16, 64, 256],
+            secs: 3.0,
+            fills: vec![0, 1_000, 10_000, 50_000],
+            samples: 300,
+            python: true,
+            bench_requests: 200_000,
+        }
+    }
+}
+
+/// Throughput and latency of one limiter at one concurrency.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Default, PartialEq)]
+pub struct Throughput {
+    /// Acquires per second.
+    pub per_sec: f64,
+    /// Latency quantiles, ms.
+    pub p50: f64,
+    /// 99th percentile, ms.
+    pub p99: f64,
+    /// 99.9th percentile, ms.
+    pub p999: f64,
+}
+
+/// Latency of one acquire with `fill` reservations live.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Default, PartialEq)]
+pub struct FillLatency {
+    /// Reservations live.
+    pub fill: usize,
+    /// tollgate, reservations made in the window (limits not reached): p50, p99 ms.
+    pub tollgate_window: (f64, f64),
+    /// tollgate, reservations waiting in the queue (slots in the future): p50, p99 ms.
+    pub tollgate_queued: (f64, f64),
+    /// The Python library, records in its window: p50, p99 ms (None: not run).
+    pub python: Option<(f64, f64)>,
+}
+
+/// The whole speed report.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct SpeedReport {
+    /// Concurrency, tollgate, Python.
+    pub throughput: Vec<(usize, Throughput, Option<Throughput>)>,
+    /// Latency by fill.
+    pub fills: Vec<FillLatency>,
+    /// redis-benchmark EVALSHA of tollgate's reserve script: requests/s with
+    /// 50 clients, without pipelining and with 16 commands pipelined.
+    pub redis_ceiling: (f64, f64),
+}
+
+impl SpeedReport {
+    /// The report as Markdown tables.
+    pub fn tables(&self) -> String {
+        let mut t = Table::new(&[
+            "concurrency",
+            "tollgate acquires/s",
+            "tollgate p50 / p99 / p99.9 (ms)",
+            "llmratelimiter acquires/s",
+            "llmratelimiter p50 / p99 / p99.9 (ms)",
+            "ratio",
+        ]);
+        for (c, tg, py) in &self.throughput {
+            let lat = |t: &Throughput| format!("{:.3} / {:.3} / {:.3}", t.p50, t.p99, t.p999);
+            t.row(&[
+                c.to_string(),
+                format!("{:.0}", tg.per_sec),
+                lat(tg),
+                py.map_or("-".into(), |p| format!("{:.0}", p.per_sec)),
+                py.as_ref().map_or("-".into(), lat),
+                py.map_or("-".into(), |p| {
+                    format!("{:.0}×", tg.per_sec / p.per_sec.max(1e-9))
+                }),
+            ]);
+        }
+        let mut f = Table::new(&[
+            "live reservations",
+            "tollgate, in window p50 / p99 (ms)",
+            "tollgate, queued p50 / p99 (ms)",
+            "llmratelimiter p50 / p99 (ms)",
+            "p50 ratio",
+        ]);
+        for r in &self.fills {
+            let pair = |p: (f64, f64)| format!("{:.3} / {:.3}", p.0, p.1);
+            f.row(&[
+                r.fill.to_string(),
+                pair(r.tollgate_window),
+                pair(r.tollgate_queued),
+                r.python.map_or("-".into(), pair),
+                r.python.map_or("-".into(), |p| {
+                    format!("{:.0}×", p.0 / r.tollgate_window.0.max(1e-9))
+                }),
+            ]);
+        }
+        format!(
+            "{}\n{}\nredis-benchmark EVALSHA reserve.lua, 50 clients: {:.0}/s unpipelined, {:.0}/s with -P 16\n",
+            t.render(),
+            f.render(),
+            self.redis_ceiling.0,
+            self.redis_ceiling.1
+        )
+    }
+}
+
+/// Runs everything against one Redis the harness starts.
+pub fn run(opts: &SpeedOptions) -> anyhow::Result<SpeedReport> {
+    require("redis-benchmark")?;
+    let redis = RedisServer::start(RedisSpec::default())?;
+    let url = redis.url();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let python = if opts.python {
+        Some(crate::python::ensure()?)
+    } else {
+        None
+    };
+    let mut report = SpeedReport {
+        redis_ceiling: redis_benchmark(&redis, opts.bench_requests)?,
+        ..SpeedReport::default()
+    };
+    eprintln!(
+        "redis-benchmark EVALSHA reserve.lua: {:.0}/s, {:.0}/s pipelined",
+        report.redis_ceiling.0, report.redis_ceiling.1
+    );
+    for &c in &opts.concurrency {
+        let tg = rt.block_on(tollgate_throughput(&url, c, opts.secs))?;
+        eprintln!(
+            "tollgate c={c}: {:.0}/s p50 {:.3} ms p99 {:.3} ms",
+            tg.per_sec, tg.p50, tg.p99
+        );
+        let py = match &python {
+            Some(env) => {
+                let v = run_python(
+                    &env.python,
+                    &env.speed,
+                    serde_json::json!({
+                        "mode": "throughput", "url": url, "key": format!("speed-c{c}"),
+                        "concurrency": c, "secs": opts.secs, "window": 1,
+                    }),
+                )?;
+                let count = v["count"].as_f64().unwrap_or(0.0);
+                let secs = v["secs"].as_f64().unwrap_or(1.0);
+                let p = Throughput {
+                    per_sec: count / secs,
+                    p50: v["p50"].as_f64().unwrap_or(0.0),
+                    p99: v["p99"].as_f64().unwrap_or(0.0),
+                    p999: v["p999"].as_f64().unwrap_or(0.0),
+                };
+                eprintln!(
+                    "llmratelimiter c={c}: {:.0}/s p50 {:.3} ms p99 {:.3} ms",
+                    p.per_sec, p.p50, p.p99
+                );
+                Some(p)
+            }
+            None => None,
+        };
+        report.throughput.push((c, tg, py));
+    }
+    for &n in &opts.fills {
+        let window = rt.block_on(tollgate_fill(&url, n, opts.samples, false))?;
+        let queued = rt.block_on(tollgate_fill(&url, n, opts.samples, true))?;
+        let py = match &python {
+            Some(env) => {
+                let v = run_python(
+                    &env.python,
+                    &env.speed,
+                    serde_json::json!({
+                        "mode": "fill", "url": url, "key": format!("fill-{n}"), "fill": n,
+                        "samples": opts.samples, "max_secs": 15, "window": 60,
+                    }),
+                )?;
+                Some((
+                    v["p50"].as_f64().unwrap_or(0.0),
+                    v["p99"].as_f64().unwrap_or(0.0),
+                ))
+            }
+            None => None,
+        };
+        eprintln!(
+            "fill {n}: tollgate window {window:?} queued {queued:?} python {py:?} (p50, p99 ms)"
+        );
+        report.fills.push(FillLatency {
+            fill: n,
+            tollgate_window: window,
+            tollgate_queued: queued,
+            python: py,
+        });
+    }
+    Ok(report)
+}
+
+fn run_python(
+    python: &std::path::Path,
+    script: &std::path::Path,
+    cfg: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let out = Command::new(python)
+        .arg(script)
+        .arg(cfg.to_string())
+        .output()
+        .context("running the Python speed script")?;
+    if !out.status.success() {
+        bail!(
+            "python speed.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("parsing the Python speed output")
+}
+
+fn unlimited() -> Limits {
+    Limits::new()
+        .requests(1_000_000_000)
+        .tokens(1_000_000_000_000)
+}
+
+async fn tollgate_throughput(url: &str, c: usize, secs: f64) -> anyhow::Result<Throughput> {
+    let limiter = RateLimiter::new(url, &format!("speed-c{c}"), unlimited()).await?;
+    let _ = limiter.acquire(Cost::tokens(1)).await?;
+    let stop = Instant::now() + Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..c {
+        let limiter = limiter.clone();
+        tasks.spawn(async move {
+            let mut lat = Vec::with_capacity(4096);
+            while Instant::now() < stop {
+                let t = Instant::now();
+                if limiter.acquire(Cost::tokens(1)).await.is_err() {
+                    return Err(anyhow::anyhow!("acquire failed during the speed run"));
+                }
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            Ok(lat)
+        });
+    }
+    let mut lat = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        lat.extend(r??);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    Ok(Throughput {
+        per_sec: lat.len() as f64 / elapsed,
+        p50: quantile(&lat, 0.5),
+        p99: quantile(&lat, 0.99),
+        p999: quantile(&lat, 0.999),
+    })
+}
+
+/// Fills a fresh key with `n` reservations, then times `samples` sequential
+/// reservations: with `queued`, every reservation waits in the queue (slots
+/// in the future, the queue holds them all); otherwise they are admitted at
+/// once and only drain from the window.
+async fn tollgate_fill(
+    url: &str,
+    n: usize,
+    samples: usize,
+    queued: bool,
+) -> anyhow::Result<(f64, f64)> {
+    let key = format!("fill-{}-{n}", if queued { "q" } else { "w" });
+    let limits = if queued {
+        // One request per second: reservation k waits k seconds.
+        Limits::new().requests(60)
+    } else {
+        unlimited()
+    };
+    let limiter = Arc::new(RateLimiter::new(url, &key, limits).await?);
+    let options = AcquireOptions::default();
+    let per_task = n.div_ceil(64);
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..64 {
+        let limiter = limiter.clone();
+        let options = options.clone();
+        let count = per_task.min(n.saturating_sub(t * per_task));
+        tasks.spawn(async move {
+            for _ in 0..count {
+                let _queued = limiter.reserve(Cost::request_only(), &options).await?;
+            }
+            Ok::<_, tollgate::Error>(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    if queued {
+        let depth = limiter.status().await?.queue_depth;
+        // The first 60 fit the bucket at once; the rest wait.
+        if depth + 61 < n as u64 {
+            bail!("expected {n} queued reservations, found {depth}");
+        }
+    }
+    let mut lat = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t = Instant::now();
+        let _queued = limiter.reserve(Cost::request_only(), &options).await?;
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    lat.sort_by(f64::total_cmp);
+    Ok((quantile(&lat, 0.5), quantile(&lat, 0.99)))
+}
+
+/// Loads tollgate's reserve script and runs `redis-benchmark` on it.
+fn redis_benchmark(redis: &RedisServer, requests: u64) -> anyhow::Result<(f64, f64)> {
+    let sha = redis
+        .cli(&["SCRIPT", "LOAD", RESERVE_LUA])?
+        .trim()
+        .to_string();
+    let bench = |pipeline: &str| -> anyhow::Result<f64> {
+        let out = Command::new("redis-benchmark")
+            .args(["-h", "127.0.0.1", "-p", &redis.port.to_string()])
+            .args([
+                "-c",
+                "50",
+                "-n",
+                &requests.to_string(),
+                "-P",
+                pipeline,
+                "--csv",
+            ])
+            .args(["EVALSHA", &sha, "3"])
+            .args(["tollgate:{rb}:s", "tollgate:{rb}:q0", "tollgate:{rb}:h0"])
+            // tolerance 60 s, no max wait, no queue cap, idle 60 s, class 0;
+            // requests: T = 1e-9 s, cost 1, capacity 6e10; tokens likewise.
+            .args(["60", "", "", "60000", "0"])
+            .args(["0", "0.000000001", "1", "60000000000"])
+            .args(["1", "0.000000001", "1", "60000000000"])
+            .output()
+            .context("running redis-benchmark")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().last().unwrap_or_default();
+        line.split(',')
+            .nth(1)
+            .and_then(|v| v.trim_matches('"').parse::<f64>().ok())
+            .with_context(|| format!("parsing redis-benchmark output: {text}"))
+    };
+    let plain = bench("1")?;
+    let pipelined = bench("16")?;
+    // The script must have succeeded, or the figure would measure errors.
+    let n = redis.cli(&["HGET", "tollgate:{rb}:s", "n"])?;
+    if n.trim().is_empty() {
+        bail!("redis-benchmark's EVALSHA did not write a reservation (script arguments wrong?)");
+    }
+    Ok((plain, pipelined))
+}
