@@ -141,7 +141,9 @@ impl Admission {
                         ("decision", "refused"),
                     ],
                 );
-                return Err(budget_refused(gw, e));
+                let err = budget_refused(gw, e);
+                adm.release().await;
+                return Err(err);
             }
         }
         let opts = AcquireOptions {
@@ -154,9 +156,12 @@ impl Admission {
                 adm.model_permit = Some(p);
             }
             Err(e) => {
+                // Release the client's reservation and budget first, so the
+                // status behind the 429's headers no longer counts them.
+                adm.release().await;
                 return Err(
                     refused(gw, Bucket::Model, &model.limiter, cost, e, client, model).await,
-                )
+                );
             }
         }
         adm.wait = adm
@@ -180,6 +185,11 @@ impl Admission {
             &[("tier", &self.client.tier.name)],
             self.started.elapsed().as_secs_f64(),
         );
+    }
+
+    /// Cancels every reservation made so far (the request never ran).
+    async fn release(&mut self) {
+        self.take().finish(None).await;
     }
 
     /// Settles with the actual usage; returns the cost in nano-USD.

@@ -305,3 +305,40 @@ async fn an_enterprise_client_gets_through_a_free_tier_flood_within_its_max_wait
         );
     }
 }
+
+#[tokio::test]
+async fn a_refusal_by_the_provider_bucket_leaves_the_client_and_its_budget_uncharged() {
+    let sim = sim().await;
+    let mut t = tier(100, 1_000_000, 0, 0);
+    t.daily_budget_usd = Some(10.0);
+    let gw = gateway(config(&sim.base_url(), model(2, 1_000_000), &[("pro", t)])).await;
+    let c = http();
+    assert_eq!(
+        chat(&c, &gw, "pro", &chat_body("hi", 5)).await.status(),
+        200
+    );
+    assert_eq!(
+        chat(&c, &gw, "pro", &chat_body("hi", 5)).await.status(),
+        200
+    );
+    let spent = spend(&gw, "pro").await;
+    let r = chat(&c, &gw, "pro", &chat_body("hi", 5)).await;
+    // The 429's headers already show the client's reservation released.
+    assert_eq!(header(&r, "x-ratelimit-remaining-requests"), Some("98"));
+    let (status, e) = error_of(r).await;
+    assert_eq!(
+        (status, e["code"].as_str()),
+        (429, Some("model_rpm_exceeded")),
+        "{e}"
+    );
+    let (requests, _) = client_in_use(&gw, "pro").await;
+    assert!(
+        (requests - 2.0).abs() < 0.01,
+        "client bucket holds {requests} requests"
+    );
+    assert_eq!(
+        spend(&gw, "pro").await,
+        spent,
+        "budget untouched by the refused request"
+    );
+}
