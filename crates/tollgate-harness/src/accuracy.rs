@@ -91,7 +91,7 @@ impl Default for AccuracyOptions {
             requests: 1_000,
             min_tokens: 100,
             max_tokens: 4_000,
-            tolerance_ms: 2.0,
+            tolerance_ms: 5.0,
             fifo_jitter_ms: 5.0,
             latency_ms: (20, 200),
             store: StoreKind::Redis,

@@ -42,6 +42,11 @@ impl StandinClient {
         self.conn.as_mut().context("stand-in connection vanished")
     }
 
+    /// Opens the connection now (errors are left for the first call).
+    pub async fn warm(&mut self) {
+        let _ = self.connect().await;
+    }
+
     /// Sends one call of `tokens`, asked at `asked` (Unix seconds); returns the
     /// HTTP status.
     pub async fn call(&mut self, tokens: u64, asked: f64) -> anyhow::Result<u16> {

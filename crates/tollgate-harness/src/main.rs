@@ -60,7 +60,7 @@ struct LoadArgs {
     #[arg(long, default_value_t = 1_000)]
     requests: u64,
     /// Stand-in's scheduling jitter allowance, ms (0 = strict).
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 5.0)]
     tolerance_ms: f64,
     /// Simulated call latency at the stand-in, `min,max` ms.
     #[arg(long, default_value = "20,200")]
@@ -115,7 +115,7 @@ enum Command {
         #[arg(long, default_value_t = 10.0)]
         window: f64,
         /// Jitter allowance, ms.
-        #[arg(long, default_value_t = 2.0)]
+        #[arg(long, default_value_t = 5.0)]
         tolerance_ms: f64,
         /// Simulated latency, `min,max` ms.
         #[arg(long, default_value = "20,200")]

@@ -195,10 +195,6 @@ pub async fn run(cfg: WorkerConfig) -> anyhow::Result<WorkerReport> {
             .with_context(|| format!("building the limiter for {key} on {}", cfg.url))?;
         limiters.push(limiter);
     }
-    let wait = cfg.start_at - now_unix();
-    if wait > 0.0 {
-        tokio::time::sleep(Duration::from_secs_f64(wait)).await;
-    }
     let mut tasks = tokio::task::JoinSet::new();
     for t in 0..cfg.tasks {
         let key = t % cfg.keys.len();
@@ -234,6 +230,14 @@ async fn task(cfg: WorkerConfig, t: usize, key: usize, limiter: RateLimiter) -> 
     let mut rng = rand::rngs::StdRng::seed_from_u64((cfg.id * 1000 + t) as u64 ^ 0x7011_6a7e);
     let label = format!("tollgate-w{}-t{t}", cfg.id);
     let mut client = StandinClient::new(cfg.standins[key], &label);
+    // Connect before the start, so that the first calls do not arrive late
+    // by a TCP handshake (the stand-in's bucket would then start draining
+    // later than the limiter's model of it).
+    client.warm().await;
+    let wait = cfg.start_at - now_unix();
+    if wait > 0.0 {
+        tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+    }
     let mut calls = Vec::new();
     while now_unix() < cfg.stop_at {
         let tokens = rng.random_range(cfg.min_tokens..=cfg.max_tokens);
