@@ -332,8 +332,9 @@ async fn a_refusal_by_the_provider_bucket_leaves_the_client_and_its_budget_uncha
         "{e}"
     );
     let (requests, _) = client_in_use(&gw, "pro").await;
+    // Two requests, less what drained since (100 a minute).
     assert!(
-        (requests - 2.0).abs() < 0.01,
+        requests > 1.9 && requests <= 2.0,
         "client bucket holds {requests} requests"
     );
     assert_eq!(
