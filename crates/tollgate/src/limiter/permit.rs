@@ -51,6 +51,8 @@ pub struct Permit {
     pub source: Source,
     pub(crate) class: u8,
     pub(crate) mark: Mark,
+    /// Store time of the reservation, seconds (what `mark.end` is relative to).
+    pub(crate) reserved_at: f64,
 }
 
 impl Permit {

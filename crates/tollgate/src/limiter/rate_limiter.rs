@@ -189,6 +189,7 @@ impl RateLimiter {
                         refunded_at: [0.0; DIMENSIONS],
                         gap: [0.0; DIMENSIONS],
                     },
+                    reserved_at: 0.0,
                 })
             }
             (OutagePolicy::Local { .. }, Some(local)) => {
@@ -228,6 +229,7 @@ impl RateLimiter {
             source,
             class,
             mark: r.mark,
+            reserved_at: r.now,
         }
     }
 
@@ -302,29 +304,48 @@ impl RateLimiter {
                 attempts: f.attempts,
                 source: f.error,
             })?;
-        let policy = &inner.policy;
-        let dimensions = Dimension::ALL
-            .iter()
-            .filter(|d| policy.is_limited(**d))
-            .map(|&d| {
-                let backlog = (snap.state.tat[d.index()] - snap.now).max(0.0);
-                let capacity = policy.capacity(d);
-                let in_use = backlog / policy.increment[d.index()];
-                DimensionStatus {
-                    dimension: d,
-                    limit: policy.limit(d).unwrap_or(0),
-                    capacity,
-                    in_use,
-                    available: (capacity - in_use).max(0.0),
-                    full_in: secs(backlog),
-                }
-            })
-            .collect();
+        let dimensions = dimension_status(&inner.policy, &snap.state.tat, snap.now);
         Ok(Status {
             key: inner.key.to_string(),
             dimensions,
             queue_depth: snap.queue_depth,
         })
+    }
+
+    /// Per limited dimension, the key's state right after `permit` was
+    /// granted (this reservation charged): what [`RateLimiter::status`]
+    /// would have answered at that instant, without its queue depth.
+    /// Computed from the permit alone (each dimension's TAT after the charge
+    /// and the store time of the reservation), so it costs no store round
+    /// trip: enough for rate-limit headers on every response.
+    ///
+    /// `None` for a permit the `open` outage policy let through without
+    /// asking the store. Pass a permit of this limiter.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tollgate::Error> {
+    /// use tollgate::{AcquireOptions, Cost, Dimension, Limits, RateLimiter};
+    ///
+    /// let limiter = RateLimiter::memory("acme", Limits::new().rpm(100))?;
+    /// let permit = limiter.reserve(Cost::request_only(), &AcquireOptions::default()).await?;
+    /// let after = limiter.status_at_grant(&permit).expect("the store decided");
+    /// assert_eq!(after[0].dimension, Dimension::Requests);
+    /// assert_eq!(after[0].available.floor(), 99.0);
+    /// # limiter.cancel(permit).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn status_at_grant(&self, permit: &Permit) -> Option<Vec<DimensionStatus>> {
+        let policy = match (permit.source, &self.inner.local) {
+            (Source::Open, _) => return None,
+            (Source::Local, Some(local)) => &local.policy,
+            _ => &self.inner.policy,
+        };
+        Some(dimension_status(
+            policy,
+            &permit.mark.end,
+            permit.reserved_at,
+        ))
     }
 
     /// Runs a store operation, retrying transient errors with backoff and jitter.
@@ -419,6 +440,27 @@ impl Drop for CancelOnDrop<'_> {
             _ => {}
         }
     }
+}
+
+/// Each limited dimension of a key whose TATs are `tat`, seen at store time `now`.
+fn dimension_status(policy: &Policy, tat: &[f64; DIMENSIONS], now: f64) -> Vec<DimensionStatus> {
+    Dimension::ALL
+        .iter()
+        .filter(|d| policy.is_limited(**d))
+        .map(|&d| {
+            let backlog = (tat[d.index()] - now).max(0.0);
+            let capacity = policy.capacity(d);
+            let in_use = backlog / policy.increment[d.index()];
+            DimensionStatus {
+                dimension: d,
+                limit: policy.limit(d).unwrap_or(0),
+                capacity,
+                in_use,
+                available: (capacity - in_use).max(0.0),
+                full_in: secs(backlog),
+            }
+        })
+        .collect()
 }
 
 fn settle_call<'a>(

@@ -167,6 +167,17 @@ impl Store {
     pub fn is_memory(&self) -> bool {
         matches!(self, Store::Memory(_))
     }
+
+    /// The Redis connection of a Redis store (a clone: it shares the
+    /// multiplexed connection), for an application's own commands next to
+    /// the limiter's; `None` for the memory store. Keys written through it
+    /// must not take the store's own form (`<prefix>:{key}:…`).
+    pub fn redis_connection(&self) -> Option<RedisConnection> {
+        match self {
+            Store::Memory(_) => None,
+            Store::Redis(r) => Some(r.connection().clone()),
+        }
+    }
 }
 
 impl Backend for Store {

@@ -34,7 +34,8 @@ macro_rules! suite {
             dropped_waiter_releases_its_slot, concurrent_acquires_are_fifo,
             split_limits_and_burndown, queue_cap_refuses_without_reserving,
             top_class_preempts_lower_class, status_reports_backlog_and_queue,
-            keys_are_independent, cancel_gives_the_slot_back, acquire_waits_for_the_slot);
+            keys_are_independent, cancel_gives_the_slot_back, acquire_waits_for_the_slot,
+            status_at_grant_matches_status);
     };
     (@cases $make:path; $($case:ident),*) => {
         $(
@@ -448,4 +449,61 @@ pub async fn acquire_waits_for_the_slot(store: Store) {
     let b = l.acquire(Cost::request_only()).await.unwrap();
     assert!(b.waited > Duration::from_millis(150), "{:?}", b.waited);
     assert!(start.elapsed() >= b.waited, "returned before its slot");
+}
+
+/// A permit tells the key's state right after its grant, without asking the
+/// store: the same numbers `status` reads just after, less what drained since.
+pub async fn status_at_grant_matches_status(store: Store) {
+    let l = limiter(
+        &store,
+        "at-grant",
+        Limits::new().requests(10).tokens(1000).window_secs(10.0),
+    )
+    .await;
+    let opts = AcquireOptions::default();
+    let _first = l.reserve(Cost::tokens(600), &opts).await.unwrap();
+    let p = l.reserve(Cost::tokens(300), &opts).await.unwrap();
+    let at_grant = l.status_at_grant(&p).expect("the store decided");
+    let now = l.status().await.unwrap();
+    assert_eq!(at_grant.len(), now.dimensions.len());
+    for (g, s) in at_grant.iter().zip(&now.dimensions) {
+        assert_eq!(
+            (g.dimension, g.limit, g.capacity),
+            (s.dimension, s.limit, s.capacity)
+        );
+        // Between the grant and the status read at most ~0.2 s drained:
+        // 0.2 requests and 20 tokens at these rates.
+        let drained = if g.dimension == Dimension::Tokens {
+            20.0
+        } else {
+            0.2
+        };
+        assert!(
+            g.in_use >= s.in_use - 1e-6 && g.in_use <= s.in_use + drained,
+            "{:?}: at grant {} in use, status {}",
+            g.dimension,
+            g.in_use,
+            s.in_use
+        );
+        assert!(close(g.available, g.capacity - g.in_use, 1e-6));
+        assert!(g.full_in >= s.full_in, "{:?}", g.dimension);
+    }
+    let tokens = &at_grant[1];
+    assert_eq!(tokens.dimension, Dimension::Tokens);
+    assert!(close(tokens.in_use, 900.0, 1.0), "{}", tokens.in_use);
+    assert!(
+        close(tokens.full_in.as_secs_f64(), 9.0, 0.1),
+        "{:?}",
+        tokens.full_in
+    );
+    // A request that waits for its slot sees an empty bucket at its grant.
+    let waiting = l.reserve(Cost::tokens(500), &opts).await.unwrap();
+    assert!(waiting.waited > Duration::ZERO);
+    let at_grant = l.status_at_grant(&waiting).unwrap();
+    assert!(at_grant[1].available < 1.0, "{:?}", at_grant[1]);
+    assert!(
+        close(at_grant[1].full_in.as_secs_f64(), 14.0, 0.1),
+        "{:?}",
+        at_grant[1]
+    );
 }
