@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tollgate::{
-    AcquireOptions, Cost, Dimension, Error as LimitError, OutagePolicy, Permit, RateLimiter,
+    AcquireOptions, Cost, Dimension, DimensionStatus, Error as LimitError, OutagePolicy, Permit,
+    RateLimiter,
 };
 
 use crate::budget::{nano_to_usd, BudgetError, Hold};
@@ -48,6 +49,9 @@ pub struct Admission {
     client_permit: Option<Permit>,
     model_permit: Option<Permit>,
     hold: Option<Hold>,
+    /// The client bucket's state right after this request's grant (for the
+    /// rate-limit headers); `None` when the outage policy decided.
+    pub client_status: Option<Vec<DimensionStatus>>,
     /// Estimated (input, output) tokens.
     pub estimate: (u64, u64),
     /// How long the request must wait for its slot.
@@ -88,6 +92,7 @@ impl Admission {
             client_permit: None,
             model_permit: None,
             hold: None,
+            client_status: None,
             estimate: (input, output),
             wait: Duration::ZERO,
             forwarded: false,
@@ -101,19 +106,24 @@ impl Admission {
             class: 0,
             max_wait: Some(tier.max_wait),
         };
-        match client.limiter.reserve(cost, &opts).await {
+        // The client's bucket and its budget are independent: ask both at
+        // once (one store round trip instead of two). If either refuses, the
+        // other is given back before the answer goes out.
+        let estimate = model.price.cost_nano(input, output);
+        let (client_res, budget_res) = tokio::join!(
+            client.limiter.reserve(cost, &opts),
+            gw.budgets.reserve(&client.id, estimate, tier.budget)
+        );
+        let client_refusal = match client_res {
             Ok(p) => {
                 decision(gw, "client", tier_label, &p);
+                adm.client_status = client.limiter.status_at_grant(&p);
                 adm.client_permit = Some(p);
+                None
             }
-            Err(e) => {
-                return Err(
-                    refused(gw, Bucket::Client, &client.limiter, cost, e, client, model).await,
-                )
-            }
-        }
-        let estimate = model.price.cost_nano(input, output);
-        match gw.budgets.reserve(&client.id, estimate, tier.budget).await {
+            Err(e) => Some(e),
+        };
+        let budget_refusal = match budget_res {
             Ok(h) => {
                 gw.metrics.inc(
                     "tollgate_limiter_decisions_total",
@@ -124,6 +134,7 @@ impl Admission {
                     ],
                 );
                 adm.hold = Some(h);
+                None
             }
             Err(BudgetError::Store(msg)) if !matches!(gw.outage, OutagePolicy::Closed) => {
                 // The spend store is down and the outage policy lets requests
@@ -131,20 +142,31 @@ impl Admission {
                 gw.metrics
                     .inc("tollgate_store_errors_total", &[("component", "budget")]);
                 tracing::warn!(client = %client.id, error = %msg, policy = gw.outage.name(), "spend store unavailable; admitting without a budget check");
+                None
             }
             Err(e) => {
-                gw.metrics.inc(
-                    "tollgate_limiter_decisions_total",
-                    &[
-                        ("bucket", "budget"),
-                        ("tier", tier_label),
-                        ("decision", "refused"),
-                    ],
-                );
-                let err = budget_refused(gw, e);
-                adm.release().await;
-                return Err(err);
+                // Counted as refused only when the client bucket let it in,
+                // as when the two were asked one after the other.
+                if client_refusal.is_none() {
+                    gw.metrics.inc(
+                        "tollgate_limiter_decisions_total",
+                        &[
+                            ("bucket", "budget"),
+                            ("tier", tier_label),
+                            ("decision", "refused"),
+                        ],
+                    );
+                }
+                Some(e)
             }
+        };
+        if let Some(e) = client_refusal {
+            adm.release().await;
+            return Err(refused(gw, Bucket::Client, &client.limiter, cost, e, client, model).await);
+        }
+        if let Some(e) = budget_refusal {
+            adm.release().await;
+            return Err(budget_refused(gw, e));
         }
         let opts = AcquireOptions {
             class: tier.config.priority,
@@ -192,10 +214,18 @@ impl Admission {
         self.take().finish(None).await;
     }
 
-    /// Settles with the actual usage; returns the cost in nano-USD.
-    pub async fn settle(mut self, input: u64, output: u64) -> i64 {
+    /// Settles with the actual usage. With the memory store that is done
+    /// before this returns (it costs microseconds and no I/O, and a client's
+    /// next request then sees its refund); with Redis the settlements are
+    /// store round trips, so they run in a task of their own after the
+    /// answer has gone out (still exactly once).
+    pub async fn settle(mut self, input: u64, output: u64) {
         let parts = self.take();
-        parts.finish(Some((input, output))).await
+        if self.gw.store.is_memory() {
+            parts.finish(Some((input, output))).await;
+        } else {
+            tokio::spawn(parts.finish(Some((input, output))));
+        }
     }
 
     fn take(&mut self) -> Parts {

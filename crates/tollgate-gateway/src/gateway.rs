@@ -85,21 +85,15 @@ impl Gateway {
                 Budgets::Memory(MemoryBudgets::new()),
                 LiveSync::Local,
             )
-        } else if url.starts_with("redis+cluster://") {
-            return Err(StartError::Store(
-                "Redis Cluster is not supported by the gateway's spend store yet; use a standalone redis:// or rediss:// URL".into(),
-            ));
         } else {
             let store = Store::redis(&url).await.map_err(|e| {
                 StartError::Store(format!("{e}; is redis-server running and store.url right?"))
             })?;
-            let conn = redis::Client::open(url.as_str())
-                .map_err(|e| StartError::Store(e.to_string()))?
-                .get_connection_manager()
-                .await
-                .map_err(|e| {
-                    StartError::Store(format!("{e}; is redis-server running and store.url right?"))
-                })?;
+            // Spend and live changes share the store's multiplexed
+            // connection (standalone or Cluster): their keys carry hash tags.
+            let conn = store
+                .redis_connection()
+                .ok_or_else(|| StartError::Store("not a Redis store".into()))?;
             (
                 store,
                 Budgets::Redis(RedisBudgets::new(conn.clone())),

@@ -1,18 +1,19 @@
 //! Live changes shared by every instance on one store.
 //!
 //! With Redis, the admin API writes the [`Overrides`] as JSON to
-//! `tollgate:config:overrides` and bumps `tollgate:config:version` in one
-//! transaction; every instance polls the version (`store.sync_interval_ms`,
+//! `tollgate:{config}:overrides` and bumps `tollgate:{config}:version` in one
+//! transaction (one hash tag: one Cluster slot), over the limit store's own
+//! connection; every instance polls the version (`store.sync_interval_ms`,
 //! 250 ms by default) and rebuilds its registry when it moves, so a change
 //! reaches all instances within that interval plus one round trip. With the
 //! memory store there is one instance and nothing to share.
 
-use redis::aio::ConnectionManager;
+use tollgate::store::RedisConnection;
 
 use crate::registry::Overrides;
 
-const OVERRIDES_KEY: &str = "tollgate:config:overrides";
-const VERSION_KEY: &str = "tollgate:config:version";
+const OVERRIDES_KEY: &str = "tollgate:{config}:overrides";
+const VERSION_KEY: &str = "tollgate:{config}:version";
 
 /// Where live changes are published.
 #[derive(Clone)]
@@ -20,7 +21,7 @@ pub enum LiveSync {
     /// This process only.
     Local,
     /// Shared through Redis.
-    Redis(ConnectionManager),
+    Redis(RedisConnection),
 }
 
 impl std::fmt::Debug for LiveSync {

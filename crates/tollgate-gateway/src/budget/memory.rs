@@ -80,15 +80,22 @@ impl MemoryBudgets {
 
     pub(crate) fn adjust(&self, hold: &Hold, actual: i64) {
         let delta = actual - hold.amount;
+        if delta == 0 {
+            return;
+        }
         let mut accounts = self.accounts.lock();
-        if let Some(a) = accounts.get_mut(&hold.client) {
-            // A charge whose day (month) has passed stays with that day (month).
-            if a.day == hold.period.day {
-                a.day_spent = a.day_spent.saturating_add(delta).max(0);
-            }
-            if a.month == hold.period.month {
-                a.month_spent = a.month_spent.saturating_add(delta).max(0);
-            }
+        // Without a budget nothing was reserved: the account may be new.
+        let a = accounts.entry(hold.client.clone()).or_insert_with(|| {
+            let mut a = Account::default();
+            a.roll(hold.period);
+            a
+        });
+        // A charge whose day (month) has passed stays with that day (month).
+        if a.day == hold.period.day {
+            a.day_spent = a.day_spent.saturating_add(delta).max(0);
+        }
+        if a.month == hold.period.month {
+            a.month_spent = a.month_spent.saturating_add(delta).max(0);
         }
     }
 

@@ -6,6 +6,9 @@
 //! budget can be exceeded by is what the requests in flight use beyond their
 //! estimates. Settling replaces the estimate with the actual cost.
 //!
+//! A client whose tier has no budget reserves nothing: its spend is only
+//! recorded, when each request settles.
+//!
 //! Money is counted in integer nano-USD, so sums are exact. Days and months
 //! are UTC, on the gateway's clock.
 
@@ -117,7 +120,9 @@ pub enum Budgets {
 }
 
 impl Budgets {
-    /// Reserves `amount` nano-USD against the client's budgets.
+    /// Reserves `amount` nano-USD against the client's budgets. A client
+    /// without budgets has nothing to protect: nothing is reserved (no store
+    /// round trip) and the settlement records the actual cost.
     pub async fn reserve(
         &self,
         client: &str,
@@ -125,6 +130,13 @@ impl Budgets {
         limits: BudgetLimits,
     ) -> Result<Hold, BudgetError> {
         let period = Period::now();
+        if limits.daily.is_none() && limits.monthly.is_none() {
+            return Ok(Hold {
+                client: client.to_string(),
+                period,
+                amount: 0,
+            });
+        }
         match self {
             Budgets::Memory(m) => m.reserve(client, period, amount, limits),
             Budgets::Redis(r) => r.reserve(client, period, amount, limits).await,

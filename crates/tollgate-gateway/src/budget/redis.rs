@@ -1,21 +1,24 @@
 //! Spend shared through Redis: one integer counter per client and day and per
 //! client and month (nano-USD), reserved by a Lua script (`reserve.lua`) and
-//! settled with `INCRBY` of the difference. Both keys of a client share the
-//! hash tag `{client}`, so they stay in one Cluster slot.
+//! settled by another (`settle.lua`: `INCRBY` of the difference, expiry
+//! renewed). Both keys of a client share the hash tag `{client}`, so they stay
+//! in one Cluster slot. They travel over the limit store's own connection.
 
-use redis::aio::ConnectionManager;
+use tollgate::store::RedisConnection;
 
 use super::{BudgetError, BudgetLimits, Hold, Period, Spend};
 
 const RESERVE: &str = include_str!("reserve.lua");
+const SETTLE: &str = include_str!("settle.lua");
 const DAY_TTL_SECS: u64 = 3 * 86_400;
 const MONTH_TTL_SECS: u64 = 62 * 86_400;
 
 /// Spend per client in Redis.
 #[derive(Clone)]
 pub struct RedisBudgets {
-    conn: ConnectionManager,
-    script: redis::Script,
+    conn: RedisConnection,
+    reserve: redis::Script,
+    settle: redis::Script,
 }
 
 impl std::fmt::Debug for RedisBudgets {
@@ -36,11 +39,12 @@ fn store_err(e: redis::RedisError) -> BudgetError {
 }
 
 impl RedisBudgets {
-    /// Spend on an open connection.
-    pub fn new(conn: ConnectionManager) -> Self {
+    /// Spend on an open connection (standalone or Cluster).
+    pub fn new(conn: RedisConnection) -> Self {
         RedisBudgets {
             conn,
-            script: redis::Script::new(RESERVE),
+            reserve: redis::Script::new(RESERVE),
+            settle: redis::Script::new(SETTLE),
         }
     }
 
@@ -54,7 +58,7 @@ impl RedisBudgets {
         let (day, month) = keys(client, p);
         let mut conn = self.conn.clone();
         let (status, day_spent, month_spent): (i64, i64, i64) = self
-            .script
+            .reserve
             .key(&day)
             .key(&month)
             .arg(amount)
@@ -91,13 +95,13 @@ impl RedisBudgets {
         }
         let (day, month) = keys(&hold.client, hold.period);
         let mut conn = self.conn.clone();
-        redis::pipe()
-            .atomic()
-            .incr(&day, delta)
-            .ignore()
-            .incr(&month, delta)
-            .ignore()
-            .query_async::<()>(&mut conn)
+        self.settle
+            .key(&day)
+            .key(&month)
+            .arg(delta)
+            .arg(DAY_TTL_SECS)
+            .arg(MONTH_TTL_SECS)
+            .invoke_async::<()>(&mut conn)
             .await
             .map_err(store_err)
     }

@@ -86,14 +86,20 @@ impl Config {
             ));
         }
         let url = &self.store.url;
-        if !["memory://", "redis://", "rediss://", "redis+cluster://"]
-            .iter()
-            .any(|p| url.starts_with(p))
+        if ![
+            "memory://",
+            "redis://",
+            "rediss://",
+            "redis+cluster://",
+            "rediss+cluster://",
+        ]
+        .iter()
+        .any(|p| url.starts_with(p))
         {
             return Err(invalid(
                 "store.url",
                 format!(
-                    "{url:?}: use \"memory://\" or a \"redis://host:port\" / \"rediss://…\" URL"
+                    "{url:?}: use \"memory://\", a \"redis://host:port\" / \"rediss://…\" URL, or \"redis+cluster://host:port,host:port\" for a Cluster"
                 ),
             ));
         }

@@ -61,8 +61,9 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `memory://` (default: this process only) or `redis://host:port` /
-    /// `rediss://…` (several gateway instances share every limit and counter).
+    /// `memory://` (default: this process only), `redis://host:port` /
+    /// `rediss://…`, or `redis+cluster://host:port,host:port` for a Redis
+    /// Cluster (several gateway instances share every limit and counter).
     pub url: String,
     /// What the limiters do when the store is unreachable: `open` (let
     /// requests through), `closed` (refuse with 503) or `local` (limit in this

@@ -3,33 +3,42 @@
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use tollgate::{Dimension, Status};
+use tollgate::{Dimension, DimensionStatus};
 
-/// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` from a bucket status.
-pub fn ratelimit_headers(status: &Status) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    for (dim, suffix) in [
-        (Dimension::Requests, "requests"),
-        (Dimension::Tokens, "tokens"),
-    ] {
-        let Some(d) = status.dimension(dim) else {
+/// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` from a bucket's
+/// dimensions (a [`tollgate::Status`]'s, or a permit's state at its grant).
+pub fn ratelimit_headers(dimensions: &[DimensionStatus]) -> HeaderMap {
+    const NAMES: [(Dimension, [&str; 3]); 2] = [
+        (
+            Dimension::Requests,
+            [
+                "x-ratelimit-limit-requests",
+                "x-ratelimit-remaining-requests",
+                "x-ratelimit-reset-requests",
+            ],
+        ),
+        (
+            Dimension::Tokens,
+            [
+                "x-ratelimit-limit-tokens",
+                "x-ratelimit-remaining-tokens",
+                "x-ratelimit-reset-tokens",
+            ],
+        ),
+    ];
+    let mut h = HeaderMap::with_capacity(6);
+    for (dim, [limit, remaining, reset]) in NAMES {
+        let Some(d) = dimensions.iter().find(|d| d.dimension == dim) else {
             continue;
         };
-        let pairs = [
-            (format!("x-ratelimit-limit-{suffix}"), d.limit.to_string()),
-            (
-                format!("x-ratelimit-remaining-{suffix}"),
-                (d.available.floor().max(0.0) as u64).to_string(),
-            ),
-            (
-                format!("x-ratelimit-reset-{suffix}"),
-                format_reset(d.full_in),
-            ),
-        ];
-        for (k, v) in pairs {
-            if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
-                h.insert(k, v);
-            }
+        let remaining_units = d.available.floor().max(0.0) as u64;
+        h.insert(HeaderName::from_static(limit), HeaderValue::from(d.limit));
+        h.insert(
+            HeaderName::from_static(remaining),
+            HeaderValue::from(remaining_units),
+        );
+        if let Ok(v) = HeaderValue::try_from(format_reset(d.full_in)) {
+            h.insert(HeaderName::from_static(reset), v);
         }
     }
     h

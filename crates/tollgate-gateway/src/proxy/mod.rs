@@ -134,20 +134,23 @@ async fn serve(
         }
     };
     admission.wait_for_slot().await;
-    // The client's bucket status (for the rate-limit headers) is read while
-    // the upstream works: one store round trip less on the request's path.
-    let (rl_headers, result) = tokio::join!(
-        client_headers(client),
-        forward(
-            gw,
-            &model,
-            admission,
-            endpoint,
-            body,
-            stream,
-            client_wants_usage
-        )
-    );
+    // The headers describe the client's bucket right after this request was
+    // let in, known from its permit: no store round trip.
+    let rl_headers = admission
+        .client_status
+        .as_deref()
+        .map(ratelimit_headers)
+        .unwrap_or_default();
+    let result = forward(
+        gw,
+        &model,
+        admission,
+        endpoint,
+        body,
+        stream,
+        client_wants_usage,
+    )
+    .await;
     match result {
         Ok(mut r) => {
             r.headers_mut().extend(rl_headers);
@@ -160,9 +163,11 @@ async fn serve(
     }
 }
 
+/// The client bucket's headers read from the store (for refusals, after the
+/// refused request's reservations were released).
 async fn client_headers(client: &Client) -> HeaderMap {
     match client.limiter.status().await {
-        Ok(s) => ratelimit_headers(&s),
+        Ok(s) => ratelimit_headers(&s.dimensions),
         Err(_) => HeaderMap::new(),
     }
 }
