@@ -1,78 +1,177 @@
 //! `tollgate bench`: the latency the gateway adds over calling the simulated
 //! upstream directly, at fixed request rates (open loop: requests are sent on
-//! schedule whether or not earlier ones have finished).
+//! schedule whether or not earlier ones have finished), side by side with any
+//! other OpenAI-compatible proxy in front of the same upstream (`--target`,
+//! e.g. LiteLLM's proxy in `scripts/bench/gateway-vs-litellm.sh`).
 //!
-//! Both paths run in this process on loopback: the simulated upstream (no
-//! artificial latency), the gateway in front of it (memory store, or Redis
-//! with `--store`), and the load generator. Overhead = gateway percentile −
-//! direct percentile at the same rate.
+//! Everything is on loopback. The simulated upstream (no artificial latency)
+//! runs in this process unless `--upstream` names one; tollgate runs in this
+//! process with the memory store and, with `--store`, with that store too.
+//! Overhead = endpoint percentile − direct percentile at the same rate, the
+//! runs of one rate following each other.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod load;
+mod options;
 
-use anyhow::{bail, Context, Result};
-use tollgate_gateway::upstream_sim::{self, SimConfig};
+use std::io::Write;
+use std::time::Duration;
 
-struct Options {
-    rates: Vec<u64>,
-    secs: f64,
-    store: String,
-}
+use anyhow::{Context, Result};
+use tollgate_gateway::upstream_sim::{self, SimConfig, SimUpstream};
 
-fn parse(args: &[String]) -> Result<Options> {
-    let mut o = Options {
-        rates: vec![1000, 5000],
-        secs: 5.0,
-        store: "memory://".into(),
+use load::{Endpoint, Run, Settings};
+use options::Options;
+
+/// Longest wait for a saturated endpoint to work through its backlog.
+const SETTLE_LIMIT: Duration = Duration::from_secs(20);
+
+/// Requests sent at once by the limits check (the demo free tier allows 10
+/// per minute).
+const CHECK_REQUESTS: usize = 20;
+
+/// Runs the benchmark and prints its tables.
+pub async fn run(args: &[String]) -> Result<()> {
+    let Some(o) = options::parse(args)? else {
+        println!("{}", options::USAGE);
+        return Ok(());
     };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let v = it.next().with_context(|| format!("{a} needs a value"))?;
-        match a.as_str() {
-            "--rates" => {
-                o.rates = v
-                    .split(',')
-                    .map(|r| {
-                        r.trim()
-                            .parse()
-                            .context("--rates takes numbers such as 1000,5000")
-                    })
-                    .collect::<Result<_>>()?
-            }
-            "--secs" => o.secs = v.parse().context("--secs takes a number of seconds")?,
-            "--store" => o.store = v.clone(),
-            other => {
-                bail!("unknown option {other:?} for bench (--rates 1000,5000 --secs 5 --store URL)")
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // Kept alive for the whole run.
+    let mut _sim: Option<SimUpstream> = None;
+    let upstream = match &o.upstream {
+        Some(url) => url.clone(),
+        None => {
+            let sim = upstream_sim::start(
+                SimConfig {
+                    latency: Duration::ZERO,
+                    chunk_interval: Duration::ZERO,
+                    completion_tokens: 16,
+                },
+                0,
+            )
+            .await?;
+            let url = sim.base_url();
+            _sim = Some(sim);
+            url
+        }
+    };
+    let mut gateways = Vec::new();
+    let mut bases = vec![("direct".to_string(), upstream.clone())];
+    let stores = std::iter::once("memory://".to_string()).chain(o.store.clone());
+    for store in stores {
+        let name = format!("tollgate-{}", store.split(':').next().unwrap_or("store"));
+        if !wanted(&o, &name) {
+            continue;
+        }
+        let gw = tollgate_gateway::start(gateway_config(&upstream, &store))
+            .await
+            .with_context(|| format!("cannot start tollgate with store {store}"))?;
+        bases.push((name, format!("{}/v1", gw.url())));
+        gateways.push(gw);
+    }
+    bases.extend(o.targets.iter().filter(|(n, _)| wanted(&o, n)).cloned());
+    let endpoints: Vec<Endpoint> = bases
+        .iter()
+        .map(|(name, base)| Endpoint {
+            name: name.clone(),
+            url: format!("{base}/chat/completions").into(),
+            key: o.key.as_str().into(),
+        })
+        .collect();
+
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(o.max_in_flight)
+        .timeout(o.timeout)
+        .build()?;
+    let settings = Settings {
+        max_in_flight: o.max_in_flight,
+    };
+    let mut tsv = match &o.tsv {
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("cannot open {} for appending", p.display()))?,
+        ),
+        None => None,
+    };
+
+    println!(
+        "upstream: {upstream}   endpoints: {}   run: {} s   request: non-streamed chat, 16 output tokens",
+        endpoints.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(", "),
+        o.secs
+    );
+    if o.check_limits {
+        check_limits(&o, &client, &endpoints[1..]).await;
+    }
+    println!("\n{}", header());
+    for &rate in &o.rates {
+        let mut direct: Option<Run> = None;
+        for e in &endpoints {
+            // Warm the connection pool at a rate every endpoint can take.
+            load::run(&client, e, rate.min(500), 0.5, settings).await;
+            load::settle(&client, e, SETTLE_LIMIT).await;
+            let r = load::run(&client, e, rate, o.secs, settings).await;
+            let d = *direct.get_or_insert(r);
+            println!("{}", row(&e.name, &r, &d));
+            record(&mut tsv, "rate", &e.name, &r, &d)?;
+            load::settle(&client, e, SETTLE_LIMIT).await;
+        }
+    }
+    if let Some(max_p99) = o.search_p99 {
+        println!(
+            "\nhighest rate held (≤ 0.1% not ok, p99 ≤ {:.1} ms; {} s per step):",
+            max_p99.as_secs_f64() * 1000.0,
+            o.search_secs
+        );
+        for e in &endpoints {
+            let (held, last) = search(&o, &client, e, settings, max_p99).await;
+            let held_text = match held {
+                Some(r) => format!("{r:>6} req/s"),
+                None => format!("below {}", o.search_from),
+            };
+            let failed = match last {
+                Some(f) => format!(
+                    "{} req/s failed: p99 {:.2} ms, {} not ok of {} ({} 429, {} timed out, {} shed)",
+                    f.rate,
+                    ms(f.p99),
+                    f.tally.not_ok(),
+                    f.sent,
+                    f.tally.limited,
+                    f.tally.timed_out,
+                    f.tally.shed
+                ),
+                None => format!("held up to --search-to {}", o.search_to),
+            };
+            println!("  {:<16} {held_text:<13}  ({failed})", e.name);
+            if let Some(f) = &mut tsv {
+                writeln!(f, "search\t{}\t{}", e.name, held.unwrap_or(0))?;
             }
         }
     }
-    if o.rates.iter().any(|&r| r == 0 || r > 1_000_000) || !(o.secs > 0.0 && o.secs <= 3600.0) {
-        bail!("--rates must be between 1 and 1000000 requests/s and --secs in (0, 3600]");
-    }
-    Ok(o)
+    Ok(())
 }
 
-/// Runs the benchmark and prints a table.
-pub async fn run(args: &[String]) -> Result<()> {
-    let o = parse(args)?;
-    let sim = upstream_sim::start(
-        SimConfig {
-            latency: Duration::ZERO,
-            chunk_interval: Duration::ZERO,
-            completion_tokens: 16,
-        },
-        0,
-    )
-    .await?;
-    let mut config = tollgate_gateway::demo::config("127.0.0.1:0", &sim.base_url());
-    config.store.url = o.store.clone();
-    for t in config.tiers.values_mut() {
-        // Limits far above the offered load: measure the work, not refusals.
-        t.rpm = Some(100_000_000);
-        t.tpm = Some(100_000_000_000);
-        t.max_wait_ms = 0;
+fn wanted(o: &Options, name: &str) -> bool {
+    o.only.is_empty() || o.only.iter().any(|n| n == name)
+}
+
+/// The demo configuration in front of `upstream`: the load's key (the
+/// enterprise tier) and every provider model get limits far above the
+/// offered load, so the runs measure the work, not refusals. The free tier
+/// keeps the demo's rpm=10 / tpm=20000 for the limits check.
+fn gateway_config(upstream: &str, store: &str) -> tollgate_gateway::Config {
+    let mut config = tollgate_gateway::demo::config("127.0.0.1:0", upstream);
+    config.store.url = store.to_string();
+    for (name, t) in config.tiers.iter_mut() {
         t.daily_budget_usd = None;
         t.monthly_budget_usd = None;
+        if name != "free" {
+            t.rpm = Some(100_000_000);
+            t.tpm = Some(100_000_000_000);
+            t.max_wait_ms = 0;
+        }
     }
     for p in config.providers.values_mut() {
         for m in p.models.values_mut() {
@@ -80,110 +179,152 @@ pub async fn run(args: &[String]) -> Result<()> {
             m.tpm = Some(100_000_000_000);
         }
     }
-    let gw = tollgate_gateway::start(config).await?;
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(4096)
-        .build()?;
-    let body = r#"{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello in five words."}], "max_tokens": 16}"#;
-    let direct = format!("{}/chat/completions", sim.base_url());
-    let through = format!("{}/v1/chat/completions", gw.url());
+    config
+}
+
+async fn check_limits(o: &Options, client: &reqwest::Client, gateways: &[Endpoint]) {
     println!(
-        "store: {}   duration per run: {} s   request: non-streamed chat, 16 output tokens",
-        o.store, o.secs
+        "\nlimits check: {CHECK_REQUESTS} requests at once with key {} (rpm=10, tpm=20000 on every gateway)",
+        o.limited_key
     );
-    println!(
-        "{:>7}  {:>10} {:>10}  {:>10} {:>10}  {:>10} {:>10}  {:>7}",
-        "rate/s", "direct p50", "p99", "gateway p50", "p99", "added p50", "p99", "errors"
-    );
-    for &rate in &o.rates {
-        // Warm up the connection pools of both paths.
-        load(&client, &direct, body, rate, 0.5).await;
-        load(&client, &through, body, rate, 0.5).await;
-        let d = load(&client, &direct, body, rate, o.secs).await;
-        let g = load(&client, &through, body, rate, o.secs).await;
-        let ms = |x: Duration| x.as_secs_f64() * 1000.0;
+    for e in gateways {
+        let limited = Endpoint {
+            key: o.limited_key.as_str().into(),
+            ..e.clone()
+        };
+        let t = load::burst(client, &limited, CHECK_REQUESTS).await;
         println!(
-            "{rate:>7}  {:>8.3}ms {:>8.3}ms  {:>9.3}ms {:>8.3}ms  {:>8.3}ms {:>8.3}ms  {:>7}",
-            ms(d.p50),
-            ms(d.p99),
-            ms(g.p50),
-            ms(g.p99),
-            ms(g.p50) - ms(d.p50),
-            ms(g.p99) - ms(d.p99),
-            d.errors + g.errors
+            "  {:<16} {:>3} ok  {:>3} × 429  {:>3} other errors  {:>3} timed out",
+            e.name, t.ok, t.limited, t.failed, t.timed_out
         );
-        if g.achieved < rate as f64 * 0.95 {
-            println!(
-                "         (gateway completed only {:.0} req/s: saturated)",
-                g.achieved
-            );
-        }
     }
-    Ok(())
 }
 
-struct Run {
-    p50: Duration,
-    p99: Duration,
-    errors: u64,
-    achieved: f64,
-}
-
-async fn load(
+/// Doubles the rate from `--search-from` while `e` holds it, then bisects
+/// twice between the last rate held and the first one failed. Returns the
+/// highest rate held and the lowest failed run.
+async fn search(
+    o: &Options,
     client: &reqwest::Client,
-    url: &str,
-    body: &'static str,
-    rate: u64,
-    secs: f64,
-) -> Run {
-    let total = (rate as f64 * secs) as usize;
-    let every = Duration::from_secs_f64(1.0 / rate as f64);
-    let url: Arc<str> = Arc::from(url);
-    let start = Instant::now();
-    let mut tasks = Vec::with_capacity(total);
-    for i in 0..total {
-        let due = start + every * i as u32;
-        tokio::time::sleep_until(due.into()).await;
-        let (client, url) = (client.clone(), url.clone());
-        tasks.push(tokio::spawn(async move {
-            let t = Instant::now();
-            let ok = match client
-                .post(&*url)
-                .header("authorization", "Bearer tg-demo-enterprise")
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-            {
-                Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                Err(_) => false,
-            };
-            (t.elapsed(), ok)
-        }));
+    e: &Endpoint,
+    settings: Settings,
+    max_p99: Duration,
+) -> (Option<u64>, Option<Run>) {
+    let mut held = None;
+    let mut failed: Option<Run> = None;
+    let try_rate = |rate: u64| async move {
+        let r = load::run(client, e, rate, o.search_secs, settings).await;
+        load::settle(client, e, SETTLE_LIMIT).await;
+        r
+    };
+    let mut rate = o.search_from;
+    loop {
+        let r = try_rate(rate).await;
+        if !r.holds(max_p99) {
+            failed = Some(r);
+            break;
+        }
+        held = Some(rate);
+        if rate >= o.search_to {
+            break;
+        }
+        rate = (rate * 2).min(o.search_to);
     }
-    let mut lat = Vec::with_capacity(total);
-    let mut errors = 0;
-    for t in tasks {
-        if let Ok((d, ok)) = t.await {
-            if ok {
-                lat.push(d);
-            } else {
-                errors += 1;
-            }
+    for _ in 0..2 {
+        let (Some(lo), Some(hi)) = (held, failed.map(|f| f.rate)) else {
+            break;
+        };
+        let mid = (lo + hi) / 2;
+        if mid <= lo {
+            break;
+        }
+        let r = try_rate(mid).await;
+        if r.holds(max_p99) {
+            held = Some(mid);
+        } else {
+            failed = Some(r);
         }
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    lat.sort();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
+    (held, failed)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn header() -> String {
+    format!(
+        "{:>7}  {:<16} {:>9} {:>9}  {:>9} {:>9}  {:>7} {:>6} {:>6} {:>7} {:>6}  {:>9}",
+        "rate/s",
+        "endpoint",
+        "p50 ms",
+        "p99 ms",
+        "added p50",
+        "added p99",
+        "ok",
+        "429",
+        "errors",
+        "timeout",
+        "shed",
+        "done/s"
+    )
+}
+
+fn row(name: &str, r: &Run, direct: &Run) -> String {
+    let added = |x: Duration, d: Duration| {
+        if name == "direct" {
+            "-".to_string()
+        } else {
+            format!("{:.3}", ms(x) - ms(d))
+        }
     };
-    Run {
-        p50: pct(0.50),
-        p99: pct(0.99),
-        errors,
-        achieved: lat.len() as f64 / elapsed,
+    let mut s = format!(
+        "{:>7}  {:<16} {:>9.3} {:>9.3}  {:>9} {:>9}  {:>7} {:>6} {:>6} {:>7} {:>6}  {:>9.0}",
+        r.rate,
+        name,
+        ms(r.p50),
+        ms(r.p99),
+        added(r.p50, direct.p50),
+        added(r.p99, direct.p99),
+        r.tally.ok,
+        r.tally.limited,
+        r.tally.failed,
+        r.tally.timed_out,
+        r.tally.shed,
+        r.achieved
+    );
+    if r.lag > Duration::from_millis(50) {
+        s.push_str(&format!(
+            "  (generator {:.0} ms behind schedule)",
+            ms(r.lag)
+        ));
     }
+    s
+}
+
+fn record(
+    tsv: &mut Option<std::fs::File>,
+    phase: &str,
+    name: &str,
+    r: &Run,
+    direct: &Run,
+) -> Result<()> {
+    let Some(f) = tsv else { return Ok(()) };
+    writeln!(
+        f,
+        "{phase}\t{name}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{:.4}\t{:.4}\t{:.4}\t{:.4}\t{:.1}",
+        r.rate,
+        r.sent,
+        r.tally.ok,
+        r.tally.limited,
+        r.tally.failed,
+        r.tally.timed_out,
+        r.tally.shed,
+        ms(r.p50),
+        ms(r.p99),
+        ms(r.p50) - ms(direct.p50),
+        ms(r.p99) - ms(direct.p99),
+        r.achieved
+    )?;
+    Ok(())
 }

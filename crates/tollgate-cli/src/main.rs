@@ -1,6 +1,7 @@
 //! The `tollgate` command: `serve` the gateway, `hash-key` for the config.
 
 mod bench;
+mod upstream;
 
 use std::path::PathBuf;
 
@@ -14,7 +15,13 @@ usage:
                                    simulated upstream, demo keys printed)
   tollgate hash-key KEY            print the SHA-256 of an API key for the config
   tollgate bench [--rates 1000,5000] [--secs 5] [--store URL]
-                                   latency the gateway adds over the upstream
+                 [--target NAME=URL] [--key KEY] [--search-p99-ms MS]
+                                   latency the gateway (and other proxies)
+                                   add over the upstream; `tollgate bench
+                                   --help` for every option
+  tollgate upstream-sim [--port PORT] [--latency-ms MS]
+                                   run the simulated OpenAI-compatible
+                                   upstream alone on 127.0.0.1
   tollgate help                    this text
 
 logs: RUST_LOG=info (default) or e.g. RUST_LOG=tollgate=debug; TOLLGATE_LOG=json for JSON lines";
@@ -53,6 +60,12 @@ fn run() -> Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(bench::run(&args[1..]))
+        }
+        Some("upstream-sim") => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(upstream::run(&args[1..], shutdown_signal()))
         }
         Some("help" | "--help" | "-h") | None => {
             println!("{USAGE}");
