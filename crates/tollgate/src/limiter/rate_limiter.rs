@@ -240,7 +240,8 @@ impl RateLimiter {
 
     /// Settles a permit with the usage the call really had: usage above the
     /// estimate is charged, usage below it refunded (never capacity that has
-    /// already drained).
+    /// already drained). A permit that did not wait for its slot and used
+    /// exactly its estimate has nothing to settle and costs no store call.
     pub async fn settle(&self, permit: Permit, usage: Cost) -> Result<Settlement, Error> {
         let mut actual = self.inner.policy.units(usage);
         actual[Dimension::Requests.index()] = permit.mark.cost[Dimension::Requests.index()];
@@ -265,6 +266,14 @@ impl RateLimiter {
             Source::Store => Written::Store,
             Source::Local => Written::Local,
         };
+        // A reservation that never queued (its slot was the time it was
+        // made) and used exactly its estimate has nothing to settle: no
+        // charge, no refund, no queue entry. Skip the store round trip.
+        let limited = |i: usize| inner.policy.increment[i] > 0.0;
+        let exact = (0..DIMENSIONS).all(|i| !limited(i) || actual[i] == permit.mark.cost[i]);
+        if permit.slot <= permit.reserved_at && exact {
+            return Ok(Settlement::default());
+        }
         let call = SettleCall {
             key: &inner.key,
             policy: &inner.policy,

@@ -35,7 +35,7 @@ macro_rules! suite {
             split_limits_and_burndown, queue_cap_refuses_without_reserving,
             top_class_preempts_lower_class, status_reports_backlog_and_queue,
             keys_are_independent, cancel_gives_the_slot_back, acquire_waits_for_the_slot,
-            status_at_grant_matches_status);
+            status_at_grant_matches_status, settling_the_exact_estimate_changes_nothing);
     };
     (@cases $make:path; $($case:ident),*) => {
         $(
@@ -505,5 +505,36 @@ pub async fn status_at_grant_matches_status(store: Store) {
         close(at_grant[1].full_in.as_secs_f64(), 14.0, 0.1),
         "{:?}",
         at_grant[1]
+    );
+}
+
+/// Settling with exactly the estimate charges and refunds nothing; a permit
+/// that queued still leaves its queue.
+pub async fn settling_the_exact_estimate_changes_nothing(store: Store) {
+    let l = limiter(
+        &store,
+        "exact",
+        Limits::new().requests(10).tokens(1000).window_secs(10.0),
+    )
+    .await;
+    let opts = AcquireOptions::default();
+    let now_ = l.reserve(Cost::tokens(800), &opts).await.unwrap();
+    let queued = l.reserve(Cost::tokens(400), &opts).await.unwrap();
+    assert!(queued.waited > Duration::ZERO);
+    let before = l.status().await.unwrap();
+    assert_eq!(before.queue_depth, 1);
+    let s = l.settle(now_, Cost::tokens(800)).await.unwrap();
+    assert_eq!((s.charged, s.refunded), ([0.0; 4], [0.0; 4]));
+    let after = l.status().await.unwrap();
+    let tokens = |s: &tollgate::Status| s.dimension(Dimension::Tokens).unwrap().in_use;
+    assert!(tokens(&after) <= tokens(&before) + 1e-6);
+    assert!(tokens(&after) >= tokens(&before) - 20.0, "nothing refunded");
+    assert_eq!(after.queue_depth, 1);
+    let s = l.settle(queued, Cost::tokens(400)).await.unwrap();
+    assert_eq!((s.charged, s.refunded), ([0.0; 4], [0.0; 4]));
+    assert_eq!(
+        l.status().await.unwrap().queue_depth,
+        0,
+        "the queued permit left its queue"
     );
 }
