@@ -143,6 +143,8 @@ pub fn reserve(
             end: next.tat,
             refunded_at: state.refunded,
             gap: headroom.map(|h| if h.is_finite() { (-h).max(0.0) } else { 0.0 }),
+            before: state.tat,
+            class_refunds_at: [0.0; DIMENSIONS],
         },
     })
 }

@@ -25,6 +25,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod advance;
 mod cost;
 mod dims;
 mod error;
@@ -32,6 +33,7 @@ mod gcra;
 mod limits;
 mod settle;
 
+pub use advance::advance;
 pub use cost::{Cost, Usage};
 pub use dims::{Dimension, Dims, DIMENSIONS};
 pub use error::{LimitsError, ReserveError};

@@ -15,6 +15,11 @@ pub struct Mark {
     /// bucket was already full before the slot, its TAT jumped to the slot
     /// (`max(0, slot − TAT)`). A cancellation gives that back too.
     pub gap: Dims,
+    /// Each dimension's TAT just before this charge.
+    pub before: Dims,
+    /// The class's counters of refunds made by started reservations when this
+    /// one was taken (kept by the store; see [`advance`](crate::advance)).
+    pub class_refunds_at: Dims,
 }
 
 /// The outcome of [`settle`].
@@ -26,6 +31,9 @@ pub struct Settled {
     pub charged: Dims,
     /// Units given back, per dimension (may be less than asked: see [`settle`]).
     pub refunded: Dims,
+    /// Seconds the TAT moved back, per dimension. When the settled reservation
+    /// had started, stores add this to its class's refund counters.
+    pub returned: Dims,
 }
 
 /// Settles a reservation: charge usage above the estimate, refund usage below it.
@@ -54,6 +62,7 @@ pub fn settle(
     let mut next = *state;
     let mut charged = [0.0; DIMENSIONS];
     let mut refunded = [0.0; DIMENSIONS];
+    let mut returned = [0.0; DIMENSIONS];
     let cancelled = actual.iter().all(|&a| a == 0.0);
     for i in 0..DIMENSIONS {
         let inc = policy.increment[i];
@@ -76,6 +85,7 @@ pub fn settle(
                 next.tat[i] = state.tat[i] - give;
                 next.refunded[i] = state.refunded[i] + give;
                 refunded[i] = (give / inc).min(-delta);
+                returned[i] = give;
             }
         }
     }
@@ -83,6 +93,7 @@ pub fn settle(
         state: next,
         charged,
         refunded,
+        returned,
     }
 }
 

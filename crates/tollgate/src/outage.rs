@@ -79,6 +79,7 @@ pub struct Stats {
     pub(crate) outage_local: AtomicU64,
     pub(crate) outage_closed: AtomicU64,
     pub(crate) cancelled: AtomicU64,
+    pub(crate) advanced: AtomicU64,
     in_outage: AtomicBool,
     /// When the store was last tried during an outage (ms since `origin()`).
     last_probe_ms: AtomicU64,
@@ -111,6 +112,8 @@ pub struct StatsSnapshot {
     pub outage_closed: u64,
     /// Reservations cancelled before their slot (dropped or explicit).
     pub cancelled: u64,
+    /// Times a waiting permit moved to an earlier slot after refunds ahead of it.
+    pub advanced: u64,
 }
 
 impl Stats {
@@ -171,6 +174,7 @@ impl Stats {
             outage_local: g(&self.outage_local),
             outage_closed: g(&self.outage_closed),
             cancelled: g(&self.cancelled),
+            advanced: g(&self.advanced),
         }
     }
 }

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use tollgate::store::{ManualClock, MemoryStore, ReserveCall, SettleCall};
+use tollgate::store::{AdvanceCall, ManualClock, MemoryStore, ReserveCall, SettleCall};
 use tollgate::{Cost, Limits, Policy};
 use tollgate_core::{Dims, Mark, DIMENSIONS};
 
@@ -36,6 +36,10 @@ enum Op {
     Cancel {
         n: usize,
     },
+    /// The n-th open reservation, if queued, asks to start earlier.
+    Advance {
+        n: usize,
+    },
 }
 
 fn op(classes: u8) -> impl Strategy<Value = (f64, Op)> {
@@ -44,6 +48,20 @@ fn op(classes: u8) -> impl Strategy<Value = (f64, Op)> {
         4 => (1u64..400, 0u64..200, 0..classes).prop_map(|(input, output, class)| Op::Acquire { input, output, class }),
         2 => (0usize..64, 0u32..200).prop_map(|(n, percent)| Op::Settle { n, percent }),
         1 => (0usize..64).prop_map(|n| Op::Cancel { n }),
+    ];
+    (advance, kind)
+}
+
+/// As [`op`], with waiting callers asking to start earlier, and usage never
+/// above the estimate.
+fn op_with_advance(classes: u8) -> impl Strategy<Value = (f64, Op)> {
+    // Mostly bursts (queues form), now and then time passes (calls start).
+    let advance = prop_oneof![3 => Just(0.0), 2 => 0.0..0.5f64, 1 => 0.0..4.0f64];
+    let kind = prop_oneof![
+        4 => (1u64..400, 0u64..200, 0..classes).prop_map(|(input, output, class)| Op::Acquire { input, output, class }),
+        3 => (0usize..64, 0u32..=100).prop_map(|(n, percent)| Op::Settle { n, percent }),
+        1 => (0usize..64).prop_map(|n| Op::Cancel { n }),
+        4 => (0usize..64).prop_map(|n| Op::Advance { n }),
     ];
     (advance, kind)
 }
@@ -197,7 +215,7 @@ fn run(limits: &Limits, ops: &[(f64, Op)]) -> (Policy, Vec<Granted>) {
                 let (n, percent, cancel) = match *op {
                     Op::Settle { n, percent } => (n, percent, false),
                     Op::Cancel { n } => (n, 0, true),
-                    Op::Acquire { .. } => unreachable!(),
+                    Op::Acquire { .. } | Op::Advance { .. } => unreachable!(),
                 };
                 let g = open.remove(n % open.len());
                 let est = granted[g].estimate;
@@ -225,6 +243,29 @@ fn run(limits: &Limits, ops: &[(f64, Op)]) -> (Policy, Vec<Granted>) {
                 });
                 granted[g].outcome = Some((now, actual));
                 granted[g].outcome_op = op_index;
+            }
+            Op::Advance { n } if open.iter().any(|&g| granted[g].slot > now) => {
+                let queued: Vec<usize> = open
+                    .iter()
+                    .copied()
+                    .filter(|&g| granted[g].slot > now)
+                    .collect();
+                let g = queued[n % queued.len()];
+                let (id, mark) = marks[g];
+                let class = granted[g].class;
+                let moved = store.advance_now(&AdvanceCall {
+                    key: "k",
+                    policy: &policy,
+                    class,
+                    headroom: HEADROOMS[class as usize],
+                    id,
+                    slot: granted[g].slot,
+                    mark,
+                });
+                if let Some(moved) = moved {
+                    assert!(moved.slot < granted[g].slot && moved.slot >= now);
+                    granted[g].slot = moved.slot;
+                }
             }
             _ => {}
         }
@@ -395,4 +436,66 @@ proptest! {
             }
         }
     }
+
+    #[test]
+    fn waiting_callers_that_start_earlier_never_overdraw_and_keep_fifo(limits in limits(), ops in prop::collection::vec(op_with_advance(1), 1..100)) {
+        let (policy, granted) = run(&limits, &ops);
+        check_hindsight(&policy, &granted)?;
+        check_fifo_per_class(&granted)?;
+    }
+
+    #[test]
+    fn starting_earlier_across_priority_classes_never_overdraws(limits in limits(), ops in prop::collection::vec(op_with_advance(3), 1..100)) {
+        let (policy, granted) = run(&limits, &ops);
+        check_hindsight(&policy, &granted)?;
+        check_fifo_per_class(&granted)?;
+    }
+}
+
+/// With the final slots and the actual usage (never above the estimate), no
+/// admission ever finds the reference bucket short.
+fn check_hindsight(policy: &Policy, granted: &[Granted]) -> Result<(), TestCaseError> {
+    let mut events: Vec<(f64, usize, Dims)> = Vec::new();
+    for (n, g) in granted.iter().enumerate() {
+        match g.outcome {
+            Some((t, a)) if t < g.slot && a == [0.0; DIMENSIONS] => {}
+            Some((_, actual)) => events.push((g.slot, n, actual)),
+            None => events.push((g.slot, n, g.estimate)),
+        }
+    }
+    events.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let mut reference = Reference::new(policy);
+    for (t, n, units) in events {
+        reference.consume(t, &units);
+        for (i, level) in reference.level.iter().enumerate() {
+            if policy.increment[i] > 0.0 {
+                let cap = policy.capacity(tollgate::Dimension::ALL[i]);
+                prop_assert!(
+                    *level >= -EPS * cap.max(1.0),
+                    "reservation {n} overdraws dimension {i} to {level} at {t}"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Within each class, slots follow arrival order (among those not given up).
+fn check_fifo_per_class(granted: &[Granted]) -> Result<(), TestCaseError> {
+    for class in 0..3u8 {
+        let mut prev = f64::NEG_INFINITY;
+        for g in granted.iter().filter(|g| g.class == class) {
+            let gave_up = g
+                .outcome
+                .is_some_and(|(t, a)| t < g.slot && a == [0.0; DIMENSIONS]);
+            prop_assert!(
+                gave_up || g.slot >= prev - EPS,
+                "FIFO broken in class {class}"
+            );
+            if !gave_up {
+                prev = g.slot;
+            }
+        }
+    }
+    Ok(())
 }

@@ -8,7 +8,8 @@ mod support;
 use std::sync::Arc;
 
 use tollgate::store::{
-    Backend, ManualClock, MemoryStore, RedisOptions, RedisStore, ReserveCall, Reserved, SettleCall,
+    AdvanceCall, Backend, ManualClock, MemoryStore, RedisOptions, RedisStore, ReserveCall,
+    Reserved, SettleCall,
 };
 use tollgate::{Cost, Limits, RateLimiter, Store};
 use tollgate_core::{reserve, KeyState, ReserveError, ReserveRequest, DIMENSIONS};
@@ -174,20 +175,27 @@ async fn reserve_script_matches_the_core_bit_for_bit() {
 /// every grant, settlement and stored state must be identical to the bit.
 #[tokio::test]
 async fn redis_and_memory_agree_on_every_call() {
-    let server = RedisServer::start();
-    let redis = redis_store(&server).await;
-    let clock = ManualClock::new(0.0);
-    let memory = MemoryStore::with_clock(Arc::new(clock.clone()));
-    let policy = Limits::new()
+    let all_dimensions = Limits::new()
         .requests(11)
         .tokens(1_500)
         .input_tokens(900)
         .output_tokens(400)
         .window_secs(2.3)
         .burst(1.4)
-        .burndown(3.0)
-        .validate()
-        .unwrap();
+        .burndown(3.0);
+    mirror(all_dimensions, 0).await;
+    // Tokens only, so that refunds ahead let waiting reservations move.
+    mirror(Limits::new().tokens(2_000).window_secs(1.1), 1).await;
+}
+
+/// Runs the same random calls on Redis and on a memory store set to the
+/// script's clock; every answer and state must agree to the bit.
+async fn mirror(limits: Limits, least_moves: u32) {
+    let server = RedisServer::start();
+    let redis = redis_store(&server).await;
+    let clock = ManualClock::new(0.0);
+    let memory = MemoryStore::with_clock(Arc::new(clock.clone()));
+    let policy = limits.validate().unwrap();
     let headrooms = [1.0, 0.7, 0.4];
     let key = "mirror";
     let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
@@ -200,8 +208,33 @@ async fn redis_and_memory_agree_on_every_call() {
     // (class, redis reservation, memory reservation)
     let mut live: Vec<(u8, Reserved, Reserved)> = Vec::new();
     let (mut grants, mut settles, mut cancels, mut refused) = (0, 0, 0, 0);
+    let mut moved = 0;
     for step in 0..300 {
-        if live.is_empty() || next(10) < 6 {
+        // Let time pass, so that queued reservations start and settle.
+        tokio::time::sleep(std::time::Duration::from_millis(4)).await;
+        if !live.is_empty() && next(10) < 2 {
+            // A waiting caller asks to start earlier. Only a move writes (and
+            // tells the time it was decided at): mirror those.
+            let at = next(live.len() as u64) as usize;
+            let (class, r, m) = &mut live[at];
+            let call = |res: &Reserved| AdvanceCall {
+                key,
+                policy: &policy,
+                class: *class,
+                headroom: headrooms[*class as usize],
+                id: res.id,
+                slot: res.slot,
+                mark: res.mark,
+            };
+            if let Some(a) = redis.advance(&call(r)).await.unwrap() {
+                clock.set(a.now);
+                let b = memory.advance_now(&call(m));
+                assert_eq!(Some(a), b, "step {step}: advance");
+                r.slot = a.slot;
+                m.slot = a.slot;
+                moved += 1;
+            }
+        } else if live.is_empty() || next(10) < 6 {
             let class = next(3) as u8;
             let call = ReserveCall {
                 key,
@@ -269,10 +302,11 @@ async fn redis_and_memory_agree_on_every_call() {
             "step {step}: state"
         );
     }
+    println!("mirror: {grants} grants, {settles} settlements, {cancels} cancellations, {refused} refusals, {moved} moves");
     assert!(
-        grants > 100 && settles > 20 && cancels > 10 && refused > 0,
+        grants > 100 && settles > 20 && cancels > 10 && refused > 0 && moved >= least_moves,
         "the sequence must exercise every path: {grants} grants, {settles} settlements, \
-         {cancels} cancellations, {refused} refusals"
+         {cancels} cancellations, {refused} refusals, {moved} moves"
     );
 }
 

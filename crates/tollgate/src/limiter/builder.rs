@@ -47,6 +47,7 @@ pub struct Builder {
     outage: OutagePolicy,
     max_wait: Option<Duration>,
     max_queue: Option<u64>,
+    advance_check: Option<Duration>,
     classes: Vec<PriorityClass>,
 }
 
@@ -62,6 +63,7 @@ impl Builder {
             outage: OutagePolicy::default(),
             max_wait: None,
             max_queue: None,
+            advance_check: Some(Duration::from_millis(20)),
             classes: vec![PriorityClass {
                 headroom: 1.0,
                 max_wait: None,
@@ -120,6 +122,15 @@ impl Builder {
         self
     }
 
+    /// While `acquire` waits for a slot more than this far away, it wakes now
+    /// and then (every quarter of the remaining wait, between this and 250 ms)
+    /// to ask whether calls ahead of it settled below their estimates and left
+    /// room to start earlier. `None` sleeps straight to the slot. Default 20 ms.
+    pub fn advance_check(mut self, shortest: Option<Duration>) -> Self {
+        self.advance_check = shortest;
+        self
+    }
+
     /// Priority classes, top first (class 0 must have headroom 1.0). Default: one
     /// class with headroom 1.0.
     pub fn priority_classes(mut self, classes: Vec<PriorityClass>) -> Self {
@@ -155,6 +166,16 @@ impl Builder {
                 field: "key",
                 value: "\"\"".into(),
                 reason: "a non-empty name such as \"openai/gpt-4o\"",
+            });
+        }
+        if self
+            .advance_check
+            .is_some_and(|d| d < Duration::from_millis(1))
+        {
+            return Err(Error::Config {
+                field: "advance_check",
+                value: format!("{:?}", self.advance_check),
+                reason: "at least 1 ms, or None to sleep straight to the slot",
             });
         }
         if self.classes.is_empty() || self.classes.len() > 16 {
@@ -195,6 +216,7 @@ impl Builder {
             outage: self.outage,
             max_wait: self.max_wait,
             max_queue: self.max_queue,
+            advance_check: self.advance_check,
             classes: self.classes,
             local,
             stats: Default::default(),

@@ -2,16 +2,22 @@
 //! policy, waiting for the slot and cancelling on drop.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tollgate_core::{Cost, Dimension, Limits, Mark, Policy, ReserveError, DIMENSIONS};
 
 use crate::error::secs;
 use crate::outage::Stats;
-use crate::store::{Backend, MemoryStore, ReserveCall, Reserved, SettleCall, Store, StoreError};
+use crate::store::{
+    AdvanceCall, Advanced, Backend, MemoryStore, ReserveCall, Reserved, SettleCall, Store,
+    StoreError,
+};
 use crate::{Error, OutagePolicy, RetryConfig, Source, StatsSnapshot};
 
 use super::{AcquireOptions, Builder, DimensionStatus, Permit, PriorityClass, Settlement, Status};
+
+/// The longest a waiting caller sleeps between two checks for an earlier slot.
+const MAX_ADVANCE_CHECK: Duration = Duration::from_millis(250);
 
 /// The in-process limiter used by the `local` outage policy.
 #[derive(Debug)]
@@ -29,6 +35,7 @@ pub(crate) struct Inner {
     pub(crate) outage: OutagePolicy,
     pub(crate) max_wait: Option<Duration>,
     pub(crate) max_queue: Option<u64>,
+    pub(crate) advance_check: Option<Duration>,
     pub(crate) classes: Vec<PriorityClass>,
     pub(crate) local: Option<LocalFallback>,
     pub(crate) stats: Stats,
@@ -125,15 +132,71 @@ impl RateLimiter {
     /// [`RateLimiter::acquire`] with a priority class and a maximum wait.
     pub async fn acquire_with(&self, cost: Cost, options: AcquireOptions) -> Result<Permit, Error> {
         let permit = self.reserve(cost, &options).await?;
-        if permit.waited > Duration::ZERO {
-            let guard = CancelOnDrop {
-                limiter: self,
-                permit: Some(&permit),
-            };
-            tokio::time::sleep(permit.waited).await;
-            std::mem::forget(guard);
+        if permit.waited.is_zero() {
+            return Ok(permit);
         }
+        let started = Instant::now();
+        let mut deadline = started + permit.waited;
+        let mut guard = CancelOnDrop {
+            limiter: self,
+            permit: Some(permit),
+        };
+        // Sleep until the slot; while far from it, wake now and then to ask
+        // whether refunds ahead made room to go earlier.
+        loop {
+            let now = Instant::now();
+            let Some(remaining) = deadline
+                .checked_duration_since(now)
+                .filter(|d| !d.is_zero())
+            else {
+                break;
+            };
+            match self.inner.advance_check {
+                Some(min) if remaining > min => {
+                    tokio::time::sleep((remaining / 4).clamp(min, MAX_ADVANCE_CHECK)).await;
+                    let permit = guard.permit.as_mut().expect("held until the slot");
+                    if let Some(moved) = self.try_advance(permit).await {
+                        permit.slot = moved.slot;
+                        deadline = Instant::now() + secs(moved.slot - moved.now);
+                    }
+                }
+                _ => {
+                    tokio::time::sleep_until(deadline.into()).await;
+                    break;
+                }
+            }
+        }
+        let mut permit = guard.permit.take().expect("held until the slot");
+        permit.waited = started.elapsed();
         Ok(permit)
+    }
+
+    /// Asks the store whether a queued permit may start earlier (errors only
+    /// mean it keeps its slot).
+    async fn try_advance(&self, permit: &Permit) -> Option<Advanced> {
+        let inner = &*self.inner;
+        let class = inner.classes.get(permit.class as usize)?;
+        let call = AdvanceCall {
+            key: &inner.key,
+            policy: &inner.policy,
+            class: permit.class,
+            headroom: class.headroom,
+            id: permit.id,
+            slot: permit.slot,
+            mark: permit.mark,
+        };
+        let moved = match (permit.source, &inner.local) {
+            (Source::Store, _) => inner.store.advance(&call).await.ok().flatten(),
+            (Source::Local, Some(local)) => local.store.advance_now(&AdvanceCall {
+                policy: &local.policy,
+                ..call
+            }),
+            _ => None,
+        };
+        if moved.is_some() {
+            Stats::bump(&inner.stats.advanced);
+        }
+        moved
     }
 
     /// Reserves without waiting: the permit's `waited` says how long the caller
@@ -188,6 +251,8 @@ impl RateLimiter {
                         end: [0.0; DIMENSIONS],
                         refunded_at: [0.0; DIMENSIONS],
                         gap: [0.0; DIMENSIONS],
+                        before: [0.0; DIMENSIONS],
+                        class_refunds_at: [0.0; DIMENSIONS],
                     },
                     reserved_at: 0.0,
                 })
@@ -414,7 +479,7 @@ struct RetryFailure {
 /// Cancels a reservation whose waiting future is dropped before its slot.
 struct CancelOnDrop<'a> {
     limiter: &'a RateLimiter,
-    permit: Option<&'a Permit>,
+    permit: Option<Permit>,
 }
 
 impl Drop for CancelOnDrop<'_> {
@@ -423,7 +488,6 @@ impl Drop for CancelOnDrop<'_> {
             return;
         };
         let limiter = self.limiter.clone();
-        let permit = permit.clone();
         Stats::bump(&limiter.inner.stats.cancelled);
         // The memory stores cancel right here; Redis needs a task.
         let inner = &*limiter.inner;

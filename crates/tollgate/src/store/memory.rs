@@ -7,10 +7,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use tollgate_core::{
-    reserve, settle, Dims, KeyState, Policy, ReserveError, ReserveRequest, Settled, DIMENSIONS,
+    advance, reserve, settle, Dims, KeyState, Mark, Policy, ReserveError, ReserveRequest, Settled,
+    DIMENSIONS,
 };
 
-use super::{Backend, KeySnapshot, ReserveCall, Reserved, SettleCall, StoreError};
+use super::{
+    AdvanceCall, Advanced, Backend, KeySnapshot, ReserveCall, Reserved, SettleCall, StoreError,
+};
 
 /// A source of time in seconds (the memory store's equivalent of Redis `TIME`).
 pub trait Clock: Send + Sync + fmt::Debug {
@@ -86,6 +89,9 @@ struct ClassQueue {
     /// least value among reservations charged after id `n` is the first entry
     /// with an id above `n`.
     headroom: [VecDeque<(u64, f64, f64)>; DIMENSIONS],
+    /// Seconds of TAT given back by refunds of this class's started
+    /// reservations, per dimension (see `tollgate_core::advance`).
+    started_refunds: Dims,
 }
 
 impl ClassQueue {
@@ -279,7 +285,15 @@ impl MemoryStore {
             now,
             slot: grant.slot,
             position,
-            mark: grant.mark,
+            mark: Mark {
+                // Only a queued reservation needs them (to start earlier).
+                class_refunds_at: if grant.slot > now {
+                    queue.started_refunds
+                } else {
+                    [0.0; DIMENSIONS]
+                },
+                ..grant.mark
+            },
         })
     }
 
@@ -302,7 +316,49 @@ impl MemoryStore {
             &later,
         );
         entry.state = settled.state;
+        if call.slot <= now {
+            let started = &mut entry.queue(call.class, now).started_refunds;
+            for (r, give) in started.iter_mut().zip(settled.returned) {
+                *r += give;
+            }
+        }
         settled
+    }
+
+    /// [`Backend::advance`] without the future.
+    pub fn advance_now(&self, call: &AdvanceCall<'_>) -> Option<Advanced> {
+        let now = self.clock.now();
+        let mut shard = self.shard(call.key).lock();
+        let entry = shard.entry(call.key, now);
+        let queue = entry.queue(call.class, now);
+        let me = (call.slot.to_bits(), call.id);
+        if !queue.slots.contains(&me) {
+            return None; // started, cancelled, or the key expired
+        }
+        let predecessor = queue
+            .slots
+            .range(..me)
+            .next_back()
+            .map_or(f64::NEG_INFINITY, |&(s, _)| f64::from_bits(s));
+        let mut since = queue.started_refunds;
+        for (s, at) in since.iter_mut().zip(call.mark.class_refunds_at) {
+            *s -= at;
+        }
+        let tolerance = call.policy.tau * call.headroom;
+        let slot = advance(
+            call.policy,
+            now,
+            call.slot,
+            &call.mark,
+            tolerance,
+            &since,
+            predecessor,
+        )?;
+        queue.slots.remove(&me);
+        if slot > now {
+            queue.slots.insert((slot.to_bits(), call.id));
+        }
+        Some(Advanced { slot, now })
     }
 
     /// [`Backend::snapshot`] without the future.
@@ -346,5 +402,9 @@ impl Backend for MemoryStore {
 
     async fn snapshot(&self, key: &str, _policy: &Policy) -> Result<KeySnapshot, StoreError> {
         Ok(self.snapshot_now(key))
+    }
+
+    async fn advance(&self, call: &AdvanceCall<'_>) -> Result<Option<Advanced>, StoreError> {
+        Ok(self.advance_now(call))
     }
 }

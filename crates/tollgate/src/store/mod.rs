@@ -69,6 +69,35 @@ pub struct SettleCall<'a> {
     pub actual: Dims,
 }
 
+/// The arguments of [`Backend::advance`]: a queued reservation asking whether
+/// it may start earlier.
+#[derive(Debug, Clone)]
+pub struct AdvanceCall<'a> {
+    /// The bucket key.
+    pub key: &'a str,
+    /// The key's validated limits.
+    pub policy: &'a Policy,
+    /// The reservation's class.
+    pub class: u8,
+    /// The class's headroom `h_k`.
+    pub headroom: f64,
+    /// The reservation's id.
+    pub id: u64,
+    /// Its current slot.
+    pub slot: f64,
+    /// Its mark.
+    pub mark: Mark,
+}
+
+/// A reservation moved to an earlier slot.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Advanced {
+    /// The new slot (store clock, seconds).
+    pub slot: f64,
+    /// Store time of the decision.
+    pub now: f64,
+}
+
 /// A snapshot of one key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeySnapshot {
@@ -116,6 +145,14 @@ pub trait Backend: Send + Sync {
         &self,
         call: &SettleCall<'_>,
     ) -> impl Future<Output = Result<Settled, StoreError>> + Send;
+
+    /// Moves a queued reservation to an earlier slot when refunds of the
+    /// reservations ahead of it made room (see `tollgate_core::advance`);
+    /// `None` when it cannot move (or is no longer queued).
+    fn advance(
+        &self,
+        call: &AdvanceCall<'_>,
+    ) -> impl Future<Output = Result<Option<Advanced>, StoreError>> + Send;
 
     /// Reads a key's state and queue depth.
     fn snapshot(
@@ -202,6 +239,13 @@ impl Backend for Store {
         match self {
             Store::Memory(m) => m.snapshot(key, policy).await,
             Store::Redis(r) => r.snapshot(key, policy).await,
+        }
+    }
+
+    async fn advance(&self, call: &AdvanceCall<'_>) -> Result<Option<Advanced>, StoreError> {
+        match self {
+            Store::Memory(m) => m.advance(call).await,
+            Store::Redis(r) => r.advance(call).await,
         }
     }
 }

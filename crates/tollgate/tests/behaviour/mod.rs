@@ -35,7 +35,8 @@ macro_rules! suite {
             split_limits_and_burndown, queue_cap_refuses_without_reserving,
             top_class_preempts_lower_class, status_reports_backlog_and_queue,
             keys_are_independent, cancel_gives_the_slot_back, acquire_waits_for_the_slot,
-            status_at_grant_matches_status, settling_the_exact_estimate_changes_nothing);
+            status_at_grant_matches_status, settling_the_exact_estimate_changes_nothing,
+            refunds_ahead_let_a_waiting_caller_start_earlier);
     };
     (@cases $make:path; $($case:ident),*) => {
         $(
@@ -537,4 +538,41 @@ pub async fn settling_the_exact_estimate_changes_nothing(store: Store) {
         0,
         "the queued permit left its queue"
     );
+}
+
+/// A caller waiting behind an over-estimated call starts early once that call
+/// settles below its estimate: the refund reaches the queue.
+pub async fn refunds_ahead_let_a_waiting_caller_start_earlier(store: Store) {
+    // 1000 tokens per 2 s: 500 tokens refill per second.
+    let l = limiter(
+        &store,
+        "advance",
+        Limits::new().tokens(1000).window_secs(2.0),
+    )
+    .await;
+    let first = l.acquire(Cost::tokens(1000)).await.unwrap();
+    let waiter = {
+        let l = l.clone();
+        tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            let p = l.acquire(Cost::tokens(500)).await.unwrap();
+            (p, start.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The first call used 100 of its 1000: the waiter (due at ~1 s) may go now.
+    l.settle(first, Cost::tokens(100)).await.unwrap();
+    let (p, took) = waiter.await.unwrap();
+    assert!(
+        took < Duration::from_millis(700),
+        "waited {took:?} for a slot that was free after 100 ms"
+    );
+    assert!(
+        took >= Duration::from_millis(90),
+        "started before the refund: {took:?}"
+    );
+    assert!(l.stats().advanced >= 1);
+    // And the bucket holds: 100 + 500 used, at most ~500 left (full at 1000).
+    assert!(l.try_acquire(Cost::tokens(600)).await.is_err());
+    l.settle(p, Cost::tokens(500)).await.unwrap();
 }

@@ -25,7 +25,9 @@ use tollgate_core::{Policy, ReserveError, Settled, DIMENSIONS};
 
 use self::error::{store_error, timed_out};
 use self::scripts::Keys;
-use super::{Backend, KeySnapshot, ReserveCall, Reserved, SettleCall, StoreError};
+use super::{
+    AdvanceCall, Advanced, Backend, KeySnapshot, ReserveCall, Reserved, SettleCall, StoreError,
+};
 
 /// The Redis store: standalone (`redis://`), TLS (`rediss://`) or Cluster
 /// (`redis+cluster://`). Cheap to clone: clones share the connection.
@@ -176,6 +178,7 @@ impl RedisStore {
             state: r.state,
             charged,
             refunded: r.refunded,
+            returned: r.returned,
         };
         Ok((settled, r.now))
     }
@@ -223,6 +226,13 @@ impl Backend for RedisStore {
 
     async fn settle(&self, call: &SettleCall<'_>) -> Result<Settled, StoreError> {
         Ok(self.settle_timed(call).await?.0)
+    }
+
+    async fn advance(&self, call: &AdvanceCall<'_>) -> Result<Option<Advanced>, StoreError> {
+        let keys = Keys::new(&self.settings.prefix, call.key);
+        let inv = scripts::advance_invocation(&keys, call)?;
+        let reply = self.run("advance", inv).await?;
+        scripts::advance_reply(&reply)
     }
 
     async fn snapshot(&self, key: &str, _policy: &Policy) -> Result<KeySnapshot, StoreError> {

@@ -28,6 +28,8 @@
 --    tat0..tat3 before the charge, refunded_at0..refunded_at3}
 --   The caller derives the mark's end (max(tat, slot) + cost * T, the new TAT)
 --   and gap (max(slot - tat, 0)) from these with the same operations.
+--   followed, when the reservation is queued, by the class's refund counters
+--   a<class>:0..3 (refunds by its started reservations, seconds; see advance.lua)
 --   {2, dimension}          the request costs more than the bucket holds
 --   {3, wait}               the slot is further than the longest acceptable wait
 --   {4, wait, queued}       the class's queue is full
@@ -156,6 +158,14 @@ if queue_it then
   redis.call('PEXPIREAT', KEYS[3], expire_at)
 end
 
-return {1, slot_s, time[1], time[2], id, queued,
+local reply = {1, slot_s, time[1], time[2], id, queued,
   h[1] or '0', h[2] or '0', h[3] or '0', h[4] or '0',
   h[5] or '0', h[6] or '0', h[7] or '0', h[8] or '0'}
+if queue_it then
+  -- A queued reservation remembers its class's refunds by started reservations
+  -- (see advance.lua).
+  local c = ARGV[5]
+  local a = redis.call('HMGET', KEYS[1], 'a' .. c .. ':0', 'a' .. c .. ':1', 'a' .. c .. ':2', 'a' .. c .. ':3')
+  for i = 1, 4 do reply[#reply + 1] = a[i] or '0' end
+end
+return reply

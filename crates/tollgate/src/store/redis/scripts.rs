@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 use redis::{Cmd, Script, ToRedisArgs, Value};
 use tollgate_core::{Dimension, Dims, KeyState, Mark, Policy, ReserveError, DIMENSIONS};
 
-use crate::store::{ReserveCall, Reserved, SettleCall, StoreError};
+use crate::store::{AdvanceCall, Advanced, ReserveCall, Reserved, SettleCall, StoreError};
 
 pub(crate) static RESERVE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("reserve.lua")));
@@ -17,6 +17,8 @@ pub(crate) static SETTLE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("settle.lua")));
 pub(crate) static SNAPSHOT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("snapshot.lua")));
+pub(crate) static ADVANCE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("advance.lua")));
 
 /// One `EVALSHA` of a script, its keys and arguments written straight into the
 /// command (one buffer; `redis::ScriptInvocation` would copy them twice).
@@ -124,7 +126,11 @@ pub(crate) fn settle_invocation(
         inv.arg(keys.headroom(class));
     }
     let cancelled = call.actual.iter().all(|&a| a == 0.0);
-    inv.arg(call.id).arg(idle_ms).arg(u8::from(cancelled));
+    inv.arg(call.id)
+        .arg(idle_ms)
+        .arg(u8::from(cancelled))
+        .arg(call.class)
+        .arg(call.slot);
     for i in 0..DIMENSIONS {
         if policy.increment[i] > 0.0 {
             inv.arg(i)
@@ -137,6 +143,44 @@ pub(crate) fn settle_invocation(
         }
     }
     Ok(inv)
+}
+
+/// The invocation of `advance.lua` for a call.
+pub(crate) fn advance_invocation(
+    keys: &Keys<'_>,
+    call: &AdvanceCall<'_>,
+) -> Result<Invocation, StoreError> {
+    check_class(call.class)?;
+    let policy = call.policy;
+    let mut inv = Invocation::new(&ADVANCE, 2);
+    inv.arg(keys.state())
+        .arg(keys.queue(call.class))
+        .arg(call.id)
+        .arg(policy.tau * call.headroom)
+        .arg(call.class);
+    for i in 0..DIMENSIONS {
+        if policy.increment[i] > 0.0 {
+            inv.arg(i)
+                .arg(policy.increment[i])
+                .arg(call.mark.cost[i])
+                .arg(call.mark.before[i])
+                .arg(call.mark.class_refunds_at[i]);
+        }
+    }
+    Ok(inv)
+}
+
+/// Reads the reply of `advance.lua`.
+pub(crate) fn advance_reply(value: &Value) -> Result<Option<Advanced>, StoreError> {
+    let r = Reply::new(value, "advance")?;
+    match r.u64(0)? {
+        0 => Ok(None),
+        1 => Ok(Some(Advanced {
+            slot: r.f64(1)?,
+            now: r.time(2)?,
+        })),
+        _ => Err(r.bad(0)),
+    }
 }
 
 /// The invocation of `snapshot.lua` for a key.
@@ -251,6 +295,12 @@ pub(crate) fn reserve_reply(
                     end,
                     refunded_at: r.dims(10)?,
                     gap,
+                    before: tat,
+                    class_refunds_at: if r.items.len() >= 18 {
+                        r.dims(14)?
+                    } else {
+                        [0.0; DIMENSIONS]
+                    },
                 },
             }))
         }
@@ -288,6 +338,7 @@ pub(crate) struct SettleReply {
     pub(crate) now: f64,
     pub(crate) state: KeyState,
     pub(crate) refunded: Dims,
+    pub(crate) returned: Dims,
 }
 
 /// Reads the reply of `settle.lua`.
@@ -300,6 +351,7 @@ pub(crate) fn settle_reply(value: &Value) -> Result<SettleReply, StoreError> {
             refunded: r.dims(6)?,
         },
         refunded: r.dims(10)?,
+        returned: r.dims(14)?,
     })
 }
 

@@ -7,14 +7,20 @@
 -- ARGV[1]  the reservation's id
 -- ARGV[2]  idle margin in milliseconds (see reserve.lua)
 -- ARGV[3]  1 when this is a cancellation (all actual usage 0), else 0
--- ARGV[4..] seven values per limited dimension, in index order:
+-- ARGV[4]  the reservation's class
+-- ARGV[5]  the reservation's slot (seconds): when it lies in the past, what is
+--          given back is added to the class's counters a<class>:<dimension>
+--          of refunds by started reservations (see advance.lua)
+-- ARGV[6..] seven values per limited dimension, in index order:
 --          index (0..3), increment T (seconds per unit),
 --          delta = actual - estimated cost (units), estimated cost (units),
 --          and the mark's end, refunded_at and gap (seconds)
 --
 -- Reply, floats as '%.17g' strings:
---   {time_sec, time_usec, tat0..tat3, refunded0..refunded3, given0..given3}
--- where tat and refunded are the key's new state and given the units refunded.
+--   {time_sec, time_usec, tat0..tat3, refunded0..refunded3, given0..given3,
+--    returned0..returned3}
+-- where tat and refunded are the key's new state, given the units refunded and
+-- returned the seconds the TAT moved back.
 
 if redis.replicate_commands then redis.replicate_commands() end
 
@@ -26,7 +32,7 @@ local h = redis.call('HMGET', KEYS[1], 't0', 't1', 't2', 't3', 'r0', 'r1', 'r2',
 local out = {time[1], time[2],
   h[1] or '0', h[2] or '0', h[3] or '0', h[4] or '0',
   h[5] or '0', h[6] or '0', h[7] or '0', h[8] or '0',
-  '0', '0', '0', '0'}
+  '0', '0', '0', '0', '0', '0', '0', '0'}
 local cancelled = ARGV[3] == '1'
 local classes = tonumber(h[9]) or 0
 -- Just after every member of this reservation in lexicographic order.
@@ -60,7 +66,9 @@ end
 local fields = {}
 local charged = false
 local full = now
-for a = 4, #ARGV, 7 do
+local started = tonumber(ARGV[5]) <= now
+local given = {}
+for a = 6, #ARGV, 7 do
   local i = tonumber(ARGV[a])
   local inc, delta, cost = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local tat = tonumber(h[i + 1]) or 0
@@ -93,7 +101,18 @@ for a = 4, #ARGV, 7 do
       out[i + 3] = t
       out[i + 7] = r
       out[i + 11] = fmt('%.17g', math.min(give / inc, -delta))
+      out[i + 15] = fmt('%.17g', give)
+      if started then given[#given + 1] = {i, give} end
     end
+  end
+end
+
+if #given > 0 then
+  local c = ARGV[4]
+  for _, g in ipairs(given) do
+    local field = 'a' .. c .. ':' .. g[1]
+    fields[#fields + 1] = field
+    fields[#fields + 1] = (tonumber(redis.call('HGET', KEYS[1], field)) or 0) + g[2]
   end
 end
 
