@@ -7,9 +7,10 @@
 #   scripts/bench/gateway-vs-litellm.sh                  # 3 runs, memory store
 #   REDIS=1 RUNS=3 scripts/bench/gateway-vs-litellm.sh   # also tollgate on Redis
 #
-# Settings (environment): RUNS=3 SECS=5 RATES=1000,5000 SEARCH_P99_MS=50
-# SEARCH_SECS=2 REDIS=0 LITELLM_WORKERS=1 LITELLM_VERSION= (pip spec suffix,
-# e.g. ==1.106.2) PYTHON=python3 OUT=target/bench-litellm.
+# Settings (environment): RUNS=3 SECS=5 RATES=50,1000,5000 (50/s: a rate one
+# LiteLLM worker still holds) SEARCH_P99_MS=50 SEARCH_FROM=25 SEARCH_SECS=2
+# REDIS=0 LITELLM_WORKERS=1 LITELLM_VERSION= (pip spec suffix, e.g.
+# ==1.106.2) PYTHON=python3 OUT=target/bench-litellm.
 #
 # The measurement runs in a network namespace of its own (`unshare -n`, only
 # loopback up) when it can, so nothing in it can reach beyond 127.0.0.1.
@@ -21,9 +22,10 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 RUNS=${RUNS:-3}
 SECS=${SECS:-5}
-RATES=${RATES:-1000,5000}
+RATES=${RATES:-50,1000,5000}
 SEARCH_P99_MS=${SEARCH_P99_MS:-50}
 SEARCH_SECS=${SEARCH_SECS:-2}
+SEARCH_FROM=${SEARCH_FROM:-25}
 REDIS=${REDIS:-0}
 LITELLM_WORKERS=${LITELLM_WORKERS:-1}
 OUT=${OUT:-$ROOT/target/bench-litellm}
@@ -63,7 +65,7 @@ free_port() {
 # The simulated upstream that every path calls.
 "$TOLLGATE" upstream-sim --port "$(free_port)" >"$OUT/upstream.log" 2>&1 &
 PIDS+=($!)
-for _ in $(seq 50); do grep -q "simulated upstream on" "$OUT/upstream.log" && break; sleep 0.1; done
+for _ in $(seq 50); do grep -qs "simulated upstream on" "$OUT/upstream.log" && break; sleep 0.1; done
 UPSTREAM=$(sed -n 's/^simulated upstream on //p' "$OUT/upstream.log")
 [[ -n $UPSTREAM ]] || { echo "the simulated upstream did not start:" >&2; cat "$OUT/upstream.log" >&2; exit 1; }
 
@@ -105,7 +107,7 @@ for run in $(seq "$RUNS"); do
     [[ $run == 1 ]] && CHECK=(--check-limits)
     "$TOLLGATE" bench --upstream "$UPSTREAM" "${STORE_ARGS[@]}" \
         --target "litellm=$LITELLM/v1" --rates "$RATES" --secs "$SECS" \
-        --search-p99-ms "$SEARCH_P99_MS" --search-secs "$SEARCH_SECS" \
+        --search-p99-ms "$SEARCH_P99_MS" --search-secs "$SEARCH_SECS" --search-from "$SEARCH_FROM" \
         "${CHECK[@]}" --tsv "$TSV"
 done
 

@@ -29,6 +29,9 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(20);
 /// per minute).
 const CHECK_REQUESTS: usize = 20;
 
+/// Fewest requests in one step of the highest-rate search.
+const SEARCH_MIN_REQUESTS: f64 = 200.0;
+
 /// Runs the benchmark and prints its tables.
 pub async fn run(args: &[String]) -> Result<()> {
     let Some(o) = options::parse(args)? else {
@@ -213,7 +216,10 @@ async fn search(
     let mut held = None;
     let mut failed: Option<Run> = None;
     let try_rate = |rate: u64| async move {
-        let r = load::run(client, e, rate, o.search_secs, settings).await;
+        // At least 200 requests per step, so that a p99 is not just the
+        // slowest of a handful.
+        let secs = o.search_secs.max(SEARCH_MIN_REQUESTS / rate as f64);
+        let r = load::run(client, e, rate, secs, settings).await;
         load::settle(client, e, SETTLE_LIMIT).await;
         r
     };

@@ -28,7 +28,7 @@ at the same rate and percentile.
                           (≤ 0.1% not ok and p99 ≤ MS)
   --search-from 250       first rate of the search (doubled until it fails,
   --search-to 16000       up to this, then bisected twice)
-  --search-secs 2         length of each search run
+  --search-secs 2         length of each search run (at least 200 requests)
   --timeout-secs 5        a request unanswered for this long is timed out
   --max-in-flight 2000    requests due beyond this many in flight are shed
   --only NAME,NAME        measure only these endpoints (direct is always kept)
