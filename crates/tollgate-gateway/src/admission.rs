@@ -325,9 +325,9 @@ impl Parts {
                 nano_to_usd(cost),
             );
             gw.ledger.record(&UsageRecord {
-                client: client.to_string(),
-                tier: self.client.tier.name.clone(),
-                model: model.to_string(),
+                client,
+                tier: &self.client.tier.name,
+                model,
                 input_tokens: input,
                 output_tokens: output,
                 cost_usd: nano_to_usd(cost),

@@ -78,6 +78,19 @@ impl Tokenizer {
         }
     }
 
+    /// Tokens in a message's role: the usual roles are counted once per
+    /// process (each is a single token, but the count comes from the encoding).
+    fn count_role(self, role: &str) -> u64 {
+        use std::sync::OnceLock;
+        const ROLES: [&str; 5] = ["user", "assistant", "system", "developer", "tool"];
+        static COUNTS: [OnceLock<[u64; 5]>; 3] =
+            [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+        match ROLES.iter().position(|r| *r == role) {
+            Some(i) => COUNTS[self as usize].get_or_init(|| ROLES.map(|r| self.count(r)))[i],
+            None => self.count(role),
+        }
+    }
+
     /// Input tokens of a chat request's `messages` (and `tools`, if any).
     pub fn chat_input(self, messages: &[Value], tools: Option<&Value>) -> u64 {
         let mut n = 3;
@@ -88,7 +101,7 @@ impl Tokenizer {
                     match (k.as_str(), v) {
                         ("content", v) => n += self.content(v),
                         ("name", Value::String(s)) => n += 1 + self.count(s),
-                        ("role", Value::String(s)) => n += self.count(s),
+                        ("role", Value::String(s)) => n += self.count_role(s),
                         ("tool_calls" | "function_call", v) => n += self.count(&v.to_string()),
                         _ => {}
                     }
@@ -169,5 +182,14 @@ mod tests {
             Some(4)
         );
         assert_eq!(Tokenizer::O200k.embeddings_input(&json!({})), None);
+    }
+
+    #[test]
+    fn cached_role_counts_are_the_encodings_own() {
+        for t in [Tokenizer::O200k, Tokenizer::Cl100k, Tokenizer::Approx] {
+            for role in ["user", "assistant", "system", "developer", "tool", "critic"] {
+                assert_eq!(t.count_role(role), t.count(role), "{t:?} {role}");
+            }
+        }
     }
 }

@@ -12,6 +12,7 @@ use crate::config::{model_limits, Config, ConfigError};
 use crate::estimate::Tokenizer;
 use crate::ledger::{Ledger, LogLedger};
 use crate::metrics::Metrics;
+use crate::proxy::Endpoint;
 use crate::registry::{Overrides, Registry};
 use crate::routing::Model;
 use crate::sync::LiveSync;
@@ -140,6 +141,17 @@ impl Gateway {
                         Tokenizer::for_model(m.upstream_name.as_deref().unwrap_or(mname))
                     });
                 tokenizer.warm_up();
+                let base_url = p.base_url.trim_end_matches('/').to_string();
+                let url = |endpoint: Endpoint| {
+                    reqwest::Url::parse(&format!("{base_url}/{}", endpoint.upstream_path()))
+                        .map_err(|e| {
+                            crate::config::invalid(
+                                format!("providers.{pname}.base_url"),
+                                format!("{:?} is not a valid URL: {e}", p.base_url),
+                            )
+                        })
+                };
+                let urls = [url(Endpoint::Chat)?, url(Endpoint::Embeddings)?];
                 models.insert(
                     mname.clone(),
                     Arc::new(Model {
@@ -147,7 +159,8 @@ impl Gateway {
                         provider: pname.clone(),
                         kind: m.kind,
                         upstream_name: m.upstream_name.clone().unwrap_or_else(|| mname.clone()),
-                        base_url: p.base_url.trim_end_matches('/').to_string(),
+                        base_url,
+                        urls,
                         api_key: api_key.clone(),
                         limiter,
                         price: Price {

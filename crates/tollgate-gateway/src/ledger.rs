@@ -4,15 +4,15 @@
 
 use std::time::Duration;
 
-/// One settled request.
+/// One settled request (borrowed: a sink that keeps it copies what it needs).
 #[derive(Debug, Clone, PartialEq)]
-pub struct UsageRecord {
+pub struct UsageRecord<'a> {
     /// Client id.
-    pub client: String,
+    pub client: &'a str,
     /// Tier at the time of the request.
-    pub tier: String,
+    pub tier: &'a str,
     /// Model name.
-    pub model: String,
+    pub model: &'a str,
     /// Input tokens used.
     pub input_tokens: u64,
     /// Output tokens used.
@@ -26,7 +26,7 @@ pub struct UsageRecord {
 /// A sink for usage records.
 pub trait Ledger: Send + Sync + std::fmt::Debug {
     /// Records one request (must not block).
-    fn record(&self, r: &UsageRecord);
+    fn record(&self, r: &UsageRecord<'_>);
 }
 
 /// Writes records as `tracing` events at debug level.
@@ -34,7 +34,7 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
 pub struct LogLedger;
 
 impl Ledger for LogLedger {
-    fn record(&self, r: &UsageRecord) {
+    fn record(&self, r: &UsageRecord<'_>) {
         tracing::debug!(
             target: "tollgate::usage",
             client = %r.client,

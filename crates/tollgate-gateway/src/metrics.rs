@@ -43,6 +43,11 @@ pub struct Metrics {
 
 fn labels(pairs: &[(&str, &str)]) -> String {
     let mut s = String::new();
+    write_labels(&mut s, pairs);
+    s
+}
+
+fn write_labels(s: &mut String, pairs: &[(&str, &str)]) {
     for (i, (k, v)) in pairs.iter().enumerate() {
         if i > 0 {
             s.push(',');
@@ -59,21 +64,39 @@ fn labels(pairs: &[(&str, &str)]) -> String {
         }
         s.push('"');
     }
-    s
+}
+
+thread_local! {
+    /// Where the label set of the series being updated is written: after
+    /// the first calls, recording a known series allocates nothing.
+    static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Runs `f` with the label set of `pairs` written out.
+fn with_key<T>(pairs: &[(&str, &str)], f: impl FnOnce(&str) -> T) -> T {
+    KEY.with(|k| {
+        let mut k = k.borrow_mut();
+        k.clear();
+        write_labels(&mut k, pairs);
+        f(&k)
+    })
+}
+
+/// The entry of `key` in `series`, created (the only allocation) if new.
+fn entry<'a, V: Default>(series: &'a mut BTreeMap<String, V>, key: &str) -> &'a mut V {
+    if !series.contains_key(key) {
+        series.insert(key.to_string(), V::default());
+    }
+    series.get_mut(key).expect("just inserted")
 }
 
 impl Metrics {
     /// Adds `v` to a counter.
     pub fn add(&self, name: &'static str, pairs: &[(&str, &str)], v: f64) {
-        let key = labels(pairs);
-        *self
-            .inner
-            .lock()
-            .counters
-            .entry(name)
-            .or_default()
-            .entry(key)
-            .or_default() += v;
+        with_key(pairs, |key| {
+            let mut inner = self.inner.lock();
+            *entry(inner.counters.entry(name).or_default(), key) += v;
+        })
     }
 
     /// Adds one to a counter.
@@ -83,22 +106,18 @@ impl Metrics {
 
     /// Records an observation in a histogram.
     pub fn observe(&self, name: &'static str, pairs: &[(&str, &str)], v: f64) {
-        let key = labels(pairs);
-        let mut inner = self.inner.lock();
-        let h = inner
-            .histograms
-            .entry(name)
-            .or_default()
-            .entry(key)
-            .or_default();
-        if h.counts.is_empty() {
-            h.counts = vec![0; BUCKETS.len()];
-        }
-        if let Some(i) = BUCKETS.iter().position(|b| v <= *b) {
-            h.counts[i] += 1;
-        }
-        h.sum += v;
-        h.count += 1;
+        with_key(pairs, |key| {
+            let mut inner = self.inner.lock();
+            let h = entry(inner.histograms.entry(name).or_default(), key);
+            if h.counts.is_empty() {
+                h.counts = vec![0; BUCKETS.len()];
+            }
+            if let Some(i) = BUCKETS.iter().position(|b| v <= *b) {
+                h.counts[i] += 1;
+            }
+            h.sum += v;
+            h.count += 1;
+        })
     }
 
     /// The value of a counter (for tests and the admin API).

@@ -25,6 +25,8 @@ pub struct Model {
     pub upstream_name: String,
     /// The provider's base URL (ends without `/`).
     pub base_url: String,
+    /// `base_url` + `/chat/completions` and `/embeddings`, parsed once.
+    pub(crate) urls: [reqwest::Url; 2],
     /// The provider's API key (from its environment variable); never logged.
     pub(crate) api_key: Option<String>,
     /// The provider bucket, key `model:PROVIDER/NAME`, with the priority classes.
@@ -37,6 +39,16 @@ pub struct Model {
     pub default_max_tokens: u64,
     /// How input is counted.
     pub tokenizer: Tokenizer,
+}
+
+impl Model {
+    /// Where requests for `endpoint` go upstream.
+    pub fn url(&self, endpoint: crate::proxy::Endpoint) -> &reqwest::Url {
+        match endpoint {
+            crate::proxy::Endpoint::Chat => &self.urls[0],
+            crate::proxy::Endpoint::Embeddings => &self.urls[1],
+        }
+    }
 }
 
 impl std::fmt::Debug for Model {

@@ -6,7 +6,7 @@ mod stream;
 mod validate;
 
 pub use headers::{format_reset, ratelimit_headers, upstream_backoff};
-pub use stream::{usage_of, EventScanner, SseRelay};
+pub use stream::{usage_in, usage_of, EventScanner, SseRelay};
 pub use validate::{check, Checked, Endpoint};
 
 use std::sync::Arc;
@@ -65,8 +65,8 @@ pub async fn handle(
             return e.into_response();
         }
     };
-    let mut model_label = String::new();
-    let result = serve(&gw, &client, body, endpoint, &mut model_label).await;
+    let mut model: Option<Arc<Model>> = None;
+    let result = serve(&gw, &client, body, endpoint, &mut model).await;
     let (response, outcome) = match result {
         Ok(r) => (r, "ok"),
         Err((e, outcome)) => (e.into_response(), outcome),
@@ -76,7 +76,7 @@ pub async fn handle(
         &[
             ("client", &client.id),
             ("tier", &client.tier.name),
-            ("model", &model_label),
+            ("model", model.as_ref().map_or("", |m| m.name.as_str())),
             ("outcome", outcome),
         ],
     );
@@ -90,7 +90,7 @@ async fn serve(
     client: &Arc<Client>,
     body: Body,
     endpoint: Endpoint,
-    model_label: &mut String,
+    model_used: &mut Option<Arc<Model>>,
 ) -> Result<Response, Failure> {
     let limit = gw.config.server.max_body_bytes;
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
@@ -103,17 +103,18 @@ async fn serve(
         (e, "invalid_request")
     })?;
     let checked = check(&gw.models, endpoint, &bytes).map_err(|e| (e, "invalid_request"))?;
-    *model_label = checked.model.name.clone();
+    *model_used = Some(checked.model.clone());
     if gw.config.server.log_prompts {
         tracing::debug!(client = %client.id, body = %checked.body, "request");
     }
     let Checked {
         model,
-        body,
+        upstream_body,
         input,
         output,
         stream,
         client_wants_usage,
+        ..
     } = checked;
     let admission = match Admission::admit(gw, client, &model, input, output).await {
         Ok(a) => a,
@@ -146,7 +147,7 @@ async fn serve(
         &model,
         admission,
         endpoint,
-        body,
+        upstream_body,
         stream,
         client_wants_usage,
     )
@@ -177,15 +178,13 @@ async fn forward(
     model: &Arc<Model>,
     mut admission: Admission,
     endpoint: Endpoint,
-    body: Value,
+    payload: bytes::Bytes,
     stream: bool,
     client_wants_usage: bool,
 ) -> Result<Response, Failure> {
-    let url = format!("{}/{}", model.base_url, endpoint.upstream_path());
-    let payload = serde_json::to_vec(&body).unwrap_or_default();
     let mut req = gw
         .http
-        .post(url)
+        .post(model.url(endpoint).clone())
         .header(header::CONTENT_TYPE, "application/json")
         .body(payload);
     if let Some(key) = &model.api_key {
@@ -280,12 +279,8 @@ async fn forward(
                 return Err((err, "upstream_error"));
             }
         };
-        let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
         // No usage in the answer: keep the estimate charged (conservative).
-        let (input, output) = parsed
-            .as_ref()
-            .and_then(usage_of)
-            .unwrap_or(admission.estimate);
+        let (input, output) = usage_in(&bytes).unwrap_or(admission.estimate);
         admission.settle(input, output).await;
         let mut r = Response::new(Body::from(bytes));
         r.headers_mut().insert(

@@ -149,6 +149,23 @@ fn find_event_end(buf: &[u8]) -> Option<usize> {
     }
 }
 
+/// `(prompt_tokens, completion_tokens)` of a response body, read without
+/// building the whole document (the rest of it is skipped, not stored).
+pub fn usage_in(body: &[u8]) -> Option<(u64, u64)> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        usage: Option<Usage>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Usage {
+        prompt_tokens: u64,
+        #[serde(default)]
+        completion_tokens: Option<u64>,
+    }
+    let u = serde_json::from_slice::<Body>(body).ok()?.usage?;
+    Some((u.prompt_tokens, u.completion_tokens.unwrap_or(0)))
+}
+
 /// `(prompt_tokens, completion_tokens)` of a response or chunk with usage.
 pub fn usage_of(v: &Value) -> Option<(u64, u64)> {
     let u = v.get("usage")?;
@@ -219,6 +236,10 @@ mod tests {
             format!("{content}{content}data: [DONE]\n\n")
         );
         assert_eq!((s.usage, s.chunks), (Some((7, 3)), 2));
+        let body = br#"{"id":"x","choices":[{"message":{"content":"{}"}}],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}"#;
+        assert_eq!(usage_in(body), Some((7, 3)));
+        assert_eq!(usage_in(br#"{"usage":{"prompt_tokens":5}}"#), Some((5, 0)));
+        assert_eq!(usage_in(br#"{"choices":[]}"#), None);
         // Kept when the client asked for it; an unterminated tail still goes out.
         let mut s = EventScanner::default();
         let out = s.push(usage.as_bytes());

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde_json::Value;
 
 use crate::config::ModelKind;
@@ -34,8 +35,11 @@ impl Endpoint {
 pub struct Checked {
     /// The model it goes to.
     pub model: Arc<Model>,
-    /// The body to send upstream (model renamed, usage requested for streams).
+    /// The parsed body (model renamed, usage requested for streams).
     pub body: Value,
+    /// The bytes to send upstream: the client's own when nothing had to
+    /// change (the usual non-streamed call), else `body` serialised.
+    pub upstream_body: Bytes,
     /// Estimated input tokens.
     pub input: u64,
     /// Estimated output tokens (`max_tokens` × `n`, or the model's default).
@@ -50,7 +54,7 @@ pub struct Checked {
 pub fn check(
     models: &BTreeMap<String, Arc<Model>>,
     endpoint: Endpoint,
-    bytes: &[u8],
+    bytes: &Bytes,
 ) -> Result<Checked, ApiError> {
     let mut body: Value = serde_json::from_slice(bytes).map_err(|e| {
         ApiError::invalid(
@@ -113,6 +117,7 @@ pub fn check(
             (input, 0, false, false)
         }
     };
+    let unchanged = !stream && model.upstream_name == name;
     obj.insert("model".into(), Value::String(model.upstream_name.clone()));
     if stream {
         let opts = obj
@@ -122,9 +127,15 @@ pub fn check(
             o.insert("include_usage".into(), Value::Bool(true));
         }
     }
+    let upstream_body = if unchanged {
+        bytes.clone()
+    } else {
+        Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+    };
     Ok(Checked {
         model,
         body,
+        upstream_body,
         input,
         output,
         stream,
