@@ -7,6 +7,12 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
+/// mimalloc instead of the system allocator: the request path allocates many
+/// small short-lived buffers (HTTP, JSON, Redis commands), and glibc's malloc
+/// took about 15% of the process's CPU at 5,000 requests/s (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "tollgate: keep LLM API traffic inside its limits
 
 usage:
