@@ -23,9 +23,12 @@ local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if not score then return {0} end
 local slot = tonumber(score)
 if slot <= now then return {0} end
--- FIFO: never before the reservation queued just ahead. Another one at the
--- very same slot pins it (conservative: it may be behind).
-if redis.call('ZCOUNT', KEYS[2], score, score) > 1 then return {0} end
+-- FIFO: never before the reservation queued just ahead: one at the very same
+-- slot with a smaller id pins it; otherwise the latest slot before its own.
+local id = tonumber(ARGV[1])
+for _, other in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], score, score)) do
+  if tonumber(other) < id then return {0} end
+end
 local earliest = now
 local prev = redis.call('ZREVRANGEBYSCORE', KEYS[2], '(' .. score, '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
 if prev[2] then earliest = math.max(earliest, tonumber(prev[2])) end
