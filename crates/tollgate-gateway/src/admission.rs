@@ -1,6 +1,7 @@
-//! Admission: the client's tier bucket, then its budget, then the provider
-//! bucket of the model in the tier's priority class. Each step is a
-//! reservation; a refusal undoes the earlier ones.
+//! Admission: the client's tier bucket and its budget (asked together), and
+//! the provider bucket of the model in the tier's priority class (asked with
+//! them while the client has plenty of room, else after them). Each step is a
+//! reservation; a refusal undoes the others before the answer goes out.
 //!
 //! The result, [`Admission`], is a guard: it is settled with the actual usage
 //! when the upstream answers. If it is dropped instead (the client went away
@@ -8,6 +9,7 @@
 //! with what was used so far and releases the rest, so an abandoned request
 //! never keeps capacity or budget it did not use.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +24,11 @@ use crate::gateway::Gateway;
 use crate::ledger::UsageRecord;
 use crate::registry::Client;
 use crate::routing::Model;
+
+/// The share of the client bucket's capacity (every dimension) that must
+/// have been left by the client's last admission for the next one to ask the
+/// provider bucket at the same time as the client bucket.
+const ROOMY: f64 = 0.25;
 
 /// Which bucket refused, for error codes and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,14 +113,39 @@ impl Admission {
             class: 0,
             max_wait: Some(tier.max_wait),
         };
+        let model_opts = AcquireOptions {
+            class: tier.config.priority,
+            max_wait: Some(tier.max_wait),
+        };
         // The client's bucket and its budget are independent: ask both at
-        // once (one store round trip instead of two). If either refuses, the
-        // other is given back before the answer goes out.
+        // once (one store round trip instead of two). The provider bucket is
+        // asked at the same time too while the client's last admission left
+        // it plenty of room (a refusal is then unlikely); otherwise only
+        // after both said yes, so a client over its own limit does not churn
+        // the shared provider bucket with reservations that are cancelled at
+        // once. Whatever refuses, everything granted is given back before
+        // the answer goes out.
         let estimate = model.price.cost_nano(input, output);
-        let (client_res, budget_res) = tokio::join!(
+        let speculate = client.roomy.load(Ordering::Relaxed);
+        let (client_res, budget_res, early_model_res) = tokio::join!(
             client.limiter.reserve(cost, &opts),
-            gw.budgets.reserve(&client.id, estimate, tier.budget)
+            gw.budgets.reserve(&client.id, estimate, tier.budget),
+            async {
+                if speculate {
+                    Some(model.limiter.reserve(cost, &model_opts).await)
+                } else {
+                    None
+                }
+            }
         );
+        let (early_model_res, model_refusal) = match early_model_res {
+            Some(Ok(p)) => {
+                adm.model_permit = Some(p);
+                (true, None)
+            }
+            Some(Err(e)) => (true, Some(e)),
+            None => (false, None),
+        };
         let client_refusal = match client_res {
             Ok(p) => {
                 decision(gw, "client", tier_label, &p);
@@ -160,6 +192,9 @@ impl Admission {
                 Some(e)
             }
         };
+        if client_refusal.is_some() || budget_refusal.is_some() {
+            client.roomy.store(false, Ordering::Relaxed);
+        }
         if let Some(e) = client_refusal {
             adm.release().await;
             return Err(refused(gw, Bucket::Client, &client.limiter, cost, e, client, model).await);
@@ -168,11 +203,16 @@ impl Admission {
             adm.release().await;
             return Err(budget_refused(gw, e));
         }
-        let opts = AcquireOptions {
-            class: tier.config.priority,
-            max_wait: Some(tier.max_wait),
+        let model_res = if early_model_res {
+            match (adm.model_permit.take(), model_refusal) {
+                (Some(p), _) => Ok(p),
+                (None, Some(e)) => Err(e),
+                (None, None) => unreachable!("a speculative reservation has a result"),
+            }
+        } else {
+            model.limiter.reserve(cost, &model_opts).await
         };
-        match model.limiter.reserve(cost, &opts).await {
+        match model_res {
             Ok(p) => {
                 decision(gw, "model", tier_label, &p);
                 adm.model_permit = Some(p);
@@ -186,6 +226,12 @@ impl Admission {
                 );
             }
         }
+        client.roomy.store(
+            adm.client_status
+                .as_deref()
+                .is_some_and(|dims| dims.iter().all(|d| d.available >= ROOMY * d.capacity)),
+            Ordering::Relaxed,
+        );
         adm.wait = adm
             .client_permit
             .iter()

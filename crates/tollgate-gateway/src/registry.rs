@@ -4,6 +4,7 @@
 //! because the store holds the state and limits travel with every call.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +46,9 @@ pub struct Client {
     pub tier: Arc<Tier>,
     /// The client's own bucket (the tier's RPM/TPM/burst), key `client:ID`.
     pub limiter: RateLimiter,
+    /// Whether the client's last admission left its bucket plenty of room
+    /// (then the next one asks the provider bucket at once; see `admission`).
+    pub(crate) roomy: AtomicBool,
 }
 
 /// One consistent view of tiers, clients and keys.
@@ -120,6 +124,7 @@ impl Registry {
                     id: c.id.clone(),
                     tier,
                     limiter,
+                    roomy: AtomicBool::new(false),
                 }),
             );
         }

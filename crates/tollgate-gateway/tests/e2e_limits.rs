@@ -343,3 +343,46 @@ async fn a_refusal_by_the_provider_bucket_leaves_the_client_and_its_budget_uncha
         "budget untouched by the refused request"
     );
 }
+
+#[tokio::test]
+async fn a_refusal_by_the_client_bucket_leaves_the_provider_bucket_uncharged() {
+    let sim = sim().await;
+    let gw = gateway(config(
+        &sim.base_url(),
+        model(1000, 1_000_000),
+        &[("pro", tier(100, 1000, 0, 0))],
+    ))
+    .await;
+    let c = http();
+    let provider_in_use = || async {
+        let st = gw.gateway.models["gpt-4o-mini"]
+            .limiter
+            .status()
+            .await
+            .unwrap();
+        let get = |d| st.dimension(d).unwrap().in_use;
+        (
+            get(tollgate::Dimension::Requests),
+            get(tollgate::Dimension::Tokens),
+        )
+    };
+    // A small request leaves the client's bucket nearly full, so the next
+    // one asks the provider bucket at the same time as the client's.
+    assert_eq!(
+        chat(&c, &gw, "pro", &chat_body("hi", 5)).await.status(),
+        200
+    );
+    let (requests, tokens) = provider_in_use().await;
+    // Too many tokens for what is left of the client's 1000 TPM: refused at once.
+    let (status, e) = error_of(chat(&c, &gw, "pro", &chat_body("hi", 990)).await).await;
+    assert_eq!(
+        (status, e["code"].as_str()),
+        (429, Some("client_tpm_exceeded")),
+        "{e}"
+    );
+    let (after_requests, after_tokens) = provider_in_use().await;
+    assert!(
+        after_requests <= requests + 1e-9 && after_tokens <= tokens + 1e-6,
+        "provider bucket kept the refused request: {requests}/{tokens} before, {after_requests}/{after_tokens} after"
+    );
+}
