@@ -217,6 +217,7 @@ impl Builder {
             max_wait: self.max_wait,
             max_queue: self.max_queue,
             advance_check: self.advance_check,
+            refunded: tokio::sync::Notify::new(),
             classes: self.classes,
             local,
             stats: Default::default(),

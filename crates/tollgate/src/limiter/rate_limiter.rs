@@ -17,7 +17,7 @@ use crate::{Error, OutagePolicy, RetryConfig, Source, StatsSnapshot};
 use super::{AcquireOptions, Builder, DimensionStatus, Permit, PriorityClass, Settlement, Status};
 
 /// The longest a waiting caller sleeps between two checks for an earlier slot.
-const MAX_ADVANCE_CHECK: Duration = Duration::from_millis(250);
+const MAX_ADVANCE_CHECK: Duration = Duration::from_millis(100);
 
 /// The in-process limiter used by the `local` outage policy.
 #[derive(Debug)]
@@ -36,6 +36,8 @@ pub(crate) struct Inner {
     pub(crate) max_wait: Option<Duration>,
     pub(crate) max_queue: Option<u64>,
     pub(crate) advance_check: Option<Duration>,
+    /// Wakes this process's waiting callers after a refund.
+    pub(crate) refunded: tokio::sync::Notify,
     pub(crate) classes: Vec<PriorityClass>,
     pub(crate) local: Option<LocalFallback>,
     pub(crate) stats: Stats,
@@ -153,7 +155,11 @@ impl RateLimiter {
             };
             match self.inner.advance_check {
                 Some(min) if remaining > min => {
-                    tokio::time::sleep((remaining / 4).clamp(min, MAX_ADVANCE_CHECK)).await;
+                    // A settlement in this process may have made room: look then.
+                    tokio::select! {
+                        _ = tokio::time::sleep((remaining / 4).clamp(min, MAX_ADVANCE_CHECK)) => {}
+                        _ = self.inner.refunded.notified() => {}
+                    }
                     let permit = guard.permit.as_mut().expect("held until the slot");
                     if let Some(moved) = self.try_advance(permit).await {
                         permit.slot = moved.slot;
@@ -361,6 +367,9 @@ impl RateLimiter {
                     source: f.error,
                 })?,
         };
+        if settled.returned.iter().any(|&r| r > 0.0) {
+            inner.refunded.notify_waiters();
+        }
         Ok(Settlement {
             charged: settled.charged,
             refunded: settled.refunded,
