@@ -165,16 +165,48 @@ impl Drop for RunningGateway {
     }
 }
 
+/// Pending connections a listener holds before the kernel drops new ones
+/// (capped by `net.core.somaxconn`). The usual default, 128, overflows when
+/// a burst of clients connects at once: each dropped SYN costs its request a
+/// 1 s retransmission.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Listens on `addr` (`host:port`) with a backlog of [`LISTEN_BACKLOG`].
+pub(crate) async fn bind(
+    addr: impl tokio::net::ToSocketAddrs,
+) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(addr)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolves to nothing",
+        )
+    }))
+}
+
 /// Builds the gateway and listens on `server.listen`.
 pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
     let listen = config.server.listen.clone();
     let gw = Gateway::new(config).await?;
-    let listener = tokio::net::TcpListener::bind(&listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: listen.clone(),
-            source,
-        })?;
+    let listener = bind(&listen).await.map_err(|source| StartError::Bind {
+        addr: listen.clone(),
+        source,
+    })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind {
         addr: listen,
         source,

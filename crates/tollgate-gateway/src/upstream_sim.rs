@@ -85,7 +85,7 @@ impl Drop for SimUpstream {
 
 /// Starts a simulated upstream on `127.0.0.1:port` (0: any free port).
 pub async fn start(config: SimConfig, port: u16) -> std::io::Result<SimUpstream> {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let listener = crate::server::bind(("127.0.0.1", port)).await?;
     let addr = listener.local_addr()?;
     let stats = Arc::new(SimStats::default());
     let state = Arc::new(SimState {
