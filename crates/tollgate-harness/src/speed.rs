@@ -81,9 +81,9 @@ pub struct SpeedReport {
     pub throughput: Vec<(usize, Throughput, Option<Throughput>)>,
     /// Latency by fill.
     pub fills: Vec<FillLatency>,
-    /// redis-benchmark EVALSHA of tollgate's reserve script: requests/s with
-    /// 50 clients, without pipelining and with 16 commands pipelined.
-    pub redis_ceiling: (f64, f64),
+    /// redis-benchmark EVALSHA of tollgate's reserve script, requests/s: one
+    /// client; 50 clients without pipelining; 50 with 16 commands pipelined.
+    pub redis_ceiling: (f64, f64, f64),
 }
 
 impl SpeedReport {
@@ -130,11 +130,12 @@ impl SpeedReport {
             ]);
         }
         format!(
-            "{}\n{}\nredis-benchmark EVALSHA reserve.lua, 50 clients: {:.0}/s unpipelined, {:.0}/s with -P 16\n",
+            "{}\n{}\nredis-benchmark EVALSHA reserve.lua: 1 client {:.0}/s; 50 clients {:.0}/s unpipelined, {:.0}/s with -P 16\n",
             t.render(),
             f.render(),
             self.redis_ceiling.0,
-            self.redis_ceiling.1
+            self.redis_ceiling.1,
+            self.redis_ceiling.2
         )
     }
 }
@@ -158,11 +159,18 @@ pub fn run(opts: &SpeedOptions) -> anyhow::Result<SpeedReport> {
         ..SpeedReport::default()
     };
     eprintln!(
-        "redis-benchmark EVALSHA reserve.lua: {:.0}/s, {:.0}/s pipelined",
-        report.redis_ceiling.0, report.redis_ceiling.1
+        "redis-benchmark EVALSHA reserve.lua: 1 client {:.0}/s; 50 clients {:.0}/s, {:.0}/s pipelined",
+        report.redis_ceiling.0, report.redis_ceiling.1, report.redis_ceiling.2
     );
+    // One caller runs on one thread, as the Python library's one asyncio loop:
+    // a single-thread runtime saves the hop between worker threads on every
+    // call. More callers use both cores.
+    let single = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     for &c in &opts.concurrency {
-        let tg = rt.block_on(tollgate_throughput(&url, c, opts.secs))?;
+        let on = if c == 1 { &single } else { &rt };
+        let tg = on.block_on(tollgate_throughput(&url, c, opts.secs))?;
         eprintln!(
             "tollgate c={c}: {:.0}/s p50 {:.3} ms p99 {:.3} ms",
             tg.per_sec, tg.p50, tg.p99
@@ -340,17 +348,19 @@ async fn tollgate_fill(
 }
 
 /// Loads tollgate's reserve script and runs `redis-benchmark` on it.
-fn redis_benchmark(redis: &RedisServer, requests: u64) -> anyhow::Result<(f64, f64)> {
+/// `redis-benchmark` of `reserve.lua` by SHA: one client, then 50 clients
+/// unpipelined and with 16 commands pipelined (acquires/s each).
+fn redis_benchmark(redis: &RedisServer, requests: u64) -> anyhow::Result<(f64, f64, f64)> {
     let sha = redis
         .cli(&["SCRIPT", "LOAD", RESERVE_LUA])?
         .trim()
         .to_string();
-    let bench = |pipeline: &str| -> anyhow::Result<f64> {
+    let bench = |clients: &str, pipeline: &str| -> anyhow::Result<f64> {
         let out = Command::new("redis-benchmark")
             .args(["-h", "127.0.0.1", "-p", &redis.port.to_string()])
             .args([
                 "-c",
-                "50",
+                clients,
                 "-n",
                 &requests.to_string(),
                 "-P",
@@ -373,12 +383,13 @@ fn redis_benchmark(redis: &RedisServer, requests: u64) -> anyhow::Result<(f64, f
             .and_then(|v| v.trim_matches('"').parse::<f64>().ok())
             .with_context(|| format!("parsing redis-benchmark output: {text}"))
     };
-    let plain = bench("1")?;
-    let pipelined = bench("16")?;
+    let one = bench("1", "1")?;
+    let plain = bench("50", "1")?;
+    let pipelined = bench("50", "16")?;
     // The script must have succeeded, or the figure would measure errors.
     let n = redis.cli(&["HGET", "tollgate:{rb}:s", "n"])?;
     if n.trim().is_empty() {
         bail!("redis-benchmark's EVALSHA did not write a reservation (script arguments wrong?)");
     }
-    Ok((plain, pipelined))
+    Ok((one, plain, pipelined))
 }

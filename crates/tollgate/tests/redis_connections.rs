@@ -267,3 +267,51 @@ async fn a_paused_redis_times_out_instead_of_hanging() {
         }
     }
 }
+
+/// A call that timed out while Redis was paused is still in the socket when
+/// Redis resumes; it must not charge the bucket then (its caller was already
+/// answered by the outage policy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_that_timed_out_during_a_pause_leave_nothing_behind() {
+    let server = RedisServer::start();
+    let limiter = RateLimiter::builder("paused-late")
+        .url(&server.url())
+        .limits(Limits::new().tpm(100_000))
+        .retry(RetryConfig::none())
+        .outage(OutagePolicy::Closed)
+        .redis_options(
+            RedisOptions::default()
+                .connect_timeout(Duration::from_millis(200))
+                .response_timeout(Duration::from_millis(200)),
+        )
+        .build()
+        .await
+        .unwrap();
+    let _warm = limiter.acquire(Cost::tokens(1_000)).await.unwrap();
+    server.pause();
+    let late = limiter.acquire(Cost::tokens(50_000)).await;
+    assert!(
+        matches!(late, Err(Error::StoreUnavailable { .. })),
+        "{late:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.resume();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        match limiter.status().await {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("did not recover after resume: {e}"),
+        }
+    };
+    let used = status
+        .dimension(tollgate::Dimension::Tokens)
+        .unwrap()
+        .in_use;
+    assert!(
+        used < 1_100.0,
+        "a timed-out reservation was charged after the pause: {used} tokens in use"
+    );
+}

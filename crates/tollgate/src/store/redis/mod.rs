@@ -18,7 +18,7 @@ pub use self::options::{RedisOptions, TlsOptions};
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::{ErrorKind, ServerErrorKind, Value};
 use tollgate_core::{Policy, ReserveError, Settled, DIMENSIONS};
@@ -55,6 +55,23 @@ struct Settings {
     prefix: String,
     idle_ms: u64,
     timeout: Duration,
+    /// The server's clock at the last reply and when it arrived here: gives
+    /// each call a deadline on the server's clock.
+    clock: parking_lot::Mutex<Option<(f64, Instant)>>,
+}
+
+impl Settings {
+    /// The latest server time by which a call sent now is still awaited;
+    /// `None` before the first reply. The estimate trails the server's clock
+    /// by the reply's travel time, so the deadline errs late, never early.
+    fn deadline(&self) -> Option<f64> {
+        let (server, at) = (*self.clock.lock())?;
+        Some(server + at.elapsed().as_secs_f64() + self.timeout.as_secs_f64())
+    }
+
+    fn saw(&self, server_now: f64) {
+        *self.clock.lock() = Some((server_now, Instant::now()));
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -130,6 +147,7 @@ impl RedisStore {
                 prefix: options.key_prefix.clone(),
                 idle_ms: options.idle_ttl.as_millis().max(1) as u64,
                 timeout: options.operation_timeout(),
+                clock: parking_lot::Mutex::new(None),
             }),
         }
     }
@@ -164,9 +182,11 @@ impl RedisStore {
     /// settlement was made at: what the refund caps were computed with.
     pub async fn settle_timed(&self, call: &SettleCall<'_>) -> Result<(Settled, f64), StoreError> {
         let keys = Keys::new(&self.settings.prefix, call.key);
-        let inv = scripts::settle_invocation(&keys, call, self.settings.idle_ms)?;
+        let deadline = self.settings.deadline();
+        let inv = scripts::settle_invocation(&keys, call, self.settings.idle_ms, deadline)?;
         let reply = self.run("settle", inv).await?;
         let r = scripts::settle_reply(&reply)?;
+        self.settings.saw(r.now);
         let mut charged = [0.0; DIMENSIONS];
         for (i, c) in charged.iter_mut().enumerate() {
             let delta = call.actual[i] - call.mark.cost[i];
@@ -219,9 +239,14 @@ impl Backend for RedisStore {
         call: &ReserveCall<'_>,
     ) -> Result<Result<Reserved, ReserveError>, StoreError> {
         let keys = Keys::new(&self.settings.prefix, call.key);
-        let inv = scripts::reserve_invocation(&keys, call, self.settings.idle_ms)?;
+        let deadline = self.settings.deadline();
+        let inv = scripts::reserve_invocation(&keys, call, self.settings.idle_ms, deadline)?;
         let reply = self.run("reserve", inv).await?;
-        scripts::reserve_reply(&reply, call)
+        let reply = scripts::reserve_reply(&reply, call)?;
+        if let Ok(r) = &reply {
+            self.settings.saw(r.now);
+        }
+        Ok(reply)
     }
 
     async fn settle(&self, call: &SettleCall<'_>) -> Result<Settled, StoreError> {

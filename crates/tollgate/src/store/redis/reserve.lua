@@ -19,7 +19,10 @@
 --          margins after the backlog has drained (the expiry moves only when it
 --          falls short, so a busy key is not re-expired on every call)
 -- ARGV[5]  the class (0..15)
--- ARGV[6..] four values per limited dimension, in index order:
+-- ARGV[6]  the caller's deadline on this server's clock (seconds), "" for
+--          none: a call that arrives later (its caller timed out, e.g. while
+--          Redis was paused) writes nothing
+-- ARGV[7..] four values per limited dimension, in index order:
 --          index (0..3), increment T (seconds per unit), cost (units),
 --          capacity (burst * limit, units)
 --
@@ -33,6 +36,7 @@
 --   {2, dimension}          the request costs more than the bucket holds
 --   {3, wait}               the slot is further than the longest acceptable wait
 --   {4, wait, queued}       the class's queue is full
+--   {5}                     past the caller's deadline
 -- Nothing is written unless the reply is 1.
 
 if redis.replicate_commands then redis.replicate_commands() end
@@ -40,6 +44,7 @@ if redis.replicate_commands then redis.replicate_commands() end
 local fmt = string.format
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+if ARGV[6] ~= '' and now > tonumber(ARGV[6]) then return {5} end
 local h = redis.call('HMGET', KEYS[1], 't0', 't1', 't2', 't3', 'r0', 'r1', 'r2', 'r3', 'n', 'c', 'x')
 local tolerance = tonumber(ARGV[1])
 local max_wait = tonumber(ARGV[2])
@@ -62,10 +67,10 @@ if queued > 0 then
   end
 end
 
-local dims = (#ARGV - 5) / 4
+local dims = (#ARGV - 6) / 4
 local index, tat, charge = {}, {}, {}
 for k = 1, dims do
-  local a = 4 * k + 2
+  local a = 4 * k + 3
   local i = tonumber(ARGV[a])
   local inc, cost, capacity = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   if cost > capacity then

@@ -88,6 +88,7 @@ pub(crate) fn reserve_invocation(
     keys: &Keys<'_>,
     call: &ReserveCall<'_>,
     idle_ms: u64,
+    deadline: Option<f64>,
 ) -> Result<Invocation, StoreError> {
     check_class(call.class)?;
     let policy = call.policy;
@@ -99,7 +100,8 @@ pub(crate) fn reserve_invocation(
         .arg(call.max_wait.map_or(String::new(), |w| w.to_string()))
         .arg(call.max_queue.map_or(String::new(), |q| q.to_string()))
         .arg(idle_ms)
-        .arg(call.class);
+        .arg(call.class)
+        .arg(deadline.map_or(String::new(), |d| d.to_string()));
     for d in Dimension::ALL {
         let i = d.index();
         if policy.increment[i] > 0.0 {
@@ -117,6 +119,7 @@ pub(crate) fn settle_invocation(
     keys: &Keys<'_>,
     call: &SettleCall<'_>,
     idle_ms: u64,
+    deadline: Option<f64>,
 ) -> Result<Invocation, StoreError> {
     check_class(call.class)?;
     let policy = call.policy;
@@ -130,7 +133,8 @@ pub(crate) fn settle_invocation(
         .arg(idle_ms)
         .arg(u8::from(cancelled))
         .arg(call.class)
-        .arg(call.slot);
+        .arg(call.slot)
+        .arg(deadline.map_or(String::new(), |d| d.to_string()));
     for i in 0..DIMENSIONS {
         if policy.increment[i] > 0.0 {
             inv.arg(i)
@@ -313,6 +317,7 @@ pub(crate) fn reserve_reply(
             retry_after: r.f64(1)?,
             max_wait: call.max_wait.unwrap_or(0.0),
         })),
+        5 => Err(late()),
         4 => Ok(Err(ReserveError::QueueFull {
             retry_after: r.f64(1)?,
             depth: r.u64(2)?,
@@ -320,6 +325,14 @@ pub(crate) fn reserve_reply(
         })),
         _ => Err(r.bad(0)),
     }
+}
+
+/// A call that reached Redis after its caller's deadline: it wrote nothing.
+fn late() -> StoreError {
+    StoreError::Unavailable(
+        "the call reached Redis after its deadline (the caller had timed out); nothing was written"
+            .into(),
+    )
 }
 
 fn too_large(policy: &Policy, dimension: Dimension, needed: f64) -> ReserveError {
@@ -344,6 +357,9 @@ pub(crate) struct SettleReply {
 /// Reads the reply of `settle.lua`.
 pub(crate) fn settle_reply(value: &Value) -> Result<SettleReply, StoreError> {
     let r = Reply::new(value, "settle")?;
+    if r.items.len() == 1 && r.u64(0)? == 5 {
+        return Err(late());
+    }
     Ok(SettleReply {
         now: r.time(0)?,
         state: KeyState {

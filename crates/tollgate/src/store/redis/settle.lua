@@ -11,7 +11,10 @@
 -- ARGV[5]  the reservation's slot (seconds): when it lies in the past, what is
 --          given back is added to the class's counters a<class>:<dimension>
 --          of refunds by started reservations (see advance.lua)
--- ARGV[6..] seven values per limited dimension, in index order:
+-- ARGV[6]  the caller's deadline on this server's clock (seconds), "" for
+--          none: a settlement that arrives later (its caller timed out and
+--          will retry) writes nothing, so it is not applied twice
+-- ARGV[7..] seven values per limited dimension, in index order:
 --          index (0..3), increment T (seconds per unit),
 --          delta = actual - estimated cost (units), estimated cost (units),
 --          and the mark's end, refunded_at and gap (seconds)
@@ -20,13 +23,14 @@
 --   {time_sec, time_usec, tat0..tat3, refunded0..refunded3, given0..given3,
 --    returned0..returned3}
 -- where tat and refunded are the key's new state, given the units refunded and
--- returned the seconds the TAT moved back.
+-- returned the seconds the TAT moved back; {5} when past the caller's deadline.
 
 if redis.replicate_commands then redis.replicate_commands() end
 
 local fmt = string.format
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+if ARGV[6] ~= '' and now > tonumber(ARGV[6]) then return {5} end
 redis.call('ZREM', KEYS[2], ARGV[1])
 local h = redis.call('HMGET', KEYS[1], 't0', 't1', 't2', 't3', 'r0', 'r1', 'r2', 'r3', 'c', 'x')
 local out = {time[1], time[2],
@@ -68,7 +72,7 @@ local charged = false
 local full = now
 local started = tonumber(ARGV[5]) <= now
 local given = {}
-for a = 6, #ARGV, 7 do
+for a = 7, #ARGV, 7 do
   local i = tonumber(ARGV[a])
   local inc, delta, cost = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local tat = tonumber(h[i + 1]) or 0
