@@ -199,6 +199,18 @@ pub(crate) async fn bind(
     }))
 }
 
+/// Accepted connections send small writes at once (TCP_NODELAY): streamed
+/// events are small, and Nagle's algorithm would hold one back until the
+/// previous one is acknowledged.
+pub(crate) fn no_delay(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|stream| {
+        let _ = stream.set_nodelay(true);
+    })
+}
+
 /// Builds the gateway and listens on `server.listen`.
 pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
     let listen = config.server.listen.clone();
@@ -214,7 +226,7 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
     let (tx, rx) = oneshot::channel::<()>();
     let app = router(gw.clone());
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
+        axum::serve(no_delay(listener), app)
             .with_graceful_shutdown(async move {
                 let _ = rx.await;
             })

@@ -101,7 +101,7 @@ pub async fn start(config: SimConfig, port: u16) -> std::io::Result<SimUpstream>
         )
         .with_state(state);
     let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        let _ = axum::serve(crate::server::no_delay(listener), app).await;
     });
     Ok(SimUpstream { addr, stats, task })
 }
