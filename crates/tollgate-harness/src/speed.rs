@@ -369,9 +369,10 @@ fn redis_benchmark(redis: &RedisServer, requests: u64) -> anyhow::Result<(f64, f
             ])
             .args(["EVALSHA", &sha, "3"])
             .args(["tollgate:{rb}:s", "tollgate:{rb}:q0", "tollgate:{rb}:h0"])
-            // tolerance 60 s, no max wait, no queue cap, idle 60 s, class 0;
-            // requests: T = 1e-9 s, cost 1, capacity 6e10; tokens likewise.
-            .args(["60", "", "", "60000", "0"])
+            // tolerance 60 s, no max wait, no queue cap, idle 60 s, class 0,
+            // no deadline; requests: T = 1e-9 s, cost 1, capacity 6e10;
+            // tokens likewise.
+            .args(["60", "", "", "60000", "0", ""])
             .args(["0", "0.000000001", "1", "60000000000"])
             .args(["1", "0.000000001", "1", "60000000000"])
             .output()
