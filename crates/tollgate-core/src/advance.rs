@@ -45,6 +45,7 @@ pub fn advance(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::take;
     use crate::{reserve, settle, Cost, KeyState, Limits, ReserveRequest, DIMENSIONS};
 
     #[test]
@@ -55,13 +56,7 @@ mod tests {
             .window_secs(10.0)
             .validate()
             .unwrap();
-        let a = reserve(
-            &p,
-            &KeyState::default(),
-            0.0,
-            &ReserveRequest::new(p.units(Cost::tokens(1000))),
-        )
-        .unwrap();
+        let a = take(&p, &KeyState::default(), 0.0, 1000);
         let mut req_b = ReserveRequest::new(p.units(Cost::tokens(500)));
         req_b.tail = a.slot;
         let b = reserve(&p, &a.state, 0.0, &req_b).unwrap();

@@ -152,6 +152,7 @@ pub fn reserve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::take;
     use crate::{Cost, Limits};
 
     fn policy() -> Policy {
@@ -209,20 +210,8 @@ mod tests {
     #[test]
     fn fifo_tail_orders_a_small_request_after_a_big_one() {
         let p = policy();
-        let g = reserve(
-            &p,
-            &KeyState::default(),
-            0.0,
-            &ReserveRequest::new(p.units(Cost::tokens(600))),
-        )
-        .unwrap();
-        let big = reserve(
-            &p,
-            &g.state,
-            0.0,
-            &ReserveRequest::new(p.units(Cost::tokens(500))),
-        )
-        .unwrap();
+        let g = take(&p, &KeyState::default(), 0.0, 600);
+        let big = take(&p, &g.state, 0.0, 500);
         let mut small = ReserveRequest::new(p.units(Cost::tokens(1)));
         small.tail = big.slot;
         let s = reserve(&p, &big.state, 0.0, &small).unwrap();

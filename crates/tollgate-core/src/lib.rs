@@ -40,3 +40,14 @@ pub use error::{LimitsError, ReserveError};
 pub use gcra::{reserve, Grant, KeyState, ReserveRequest};
 pub use limits::{Limits, Policy, DEFAULT_WINDOW_SECS};
 pub use settle::{settle, Mark, Settled};
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::{reserve, Cost, Grant, KeyState, Policy, ReserveRequest};
+
+    /// Reserves `tokens` on `state` at `now`: top class, empty queue, no bounds.
+    pub(crate) fn take(policy: &Policy, state: &KeyState, now: f64, tokens: u64) -> Grant {
+        let request = ReserveRequest::new(policy.units(Cost::tokens(tokens)));
+        reserve(policy, state, now, &request).expect("the request fits")
+    }
+}

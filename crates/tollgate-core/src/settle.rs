@@ -100,20 +100,15 @@ pub fn settle(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{reserve, Cost, Limits, ReserveRequest};
+    use crate::testing::take;
+    use crate::{Cost, Limits};
 
     const NONE: Dims = [f64::INFINITY; DIMENSIONS];
 
     #[test]
     fn refund_gives_back_only_what_has_not_drained() {
         let p = Limits::new().tokens(600).validate().unwrap(); // 0.1 s per token
-        let g = reserve(
-            &p,
-            &KeyState::default(),
-            0.0,
-            &ReserveRequest::new(p.units(Cost::tokens(600))),
-        )
-        .unwrap();
+        let g = take(&p, &KeyState::default(), 0.0, 600);
         // 20 s later 200 tokens have drained; the call used 100: refund at most 400.
         let s = settle(
             &p,
@@ -130,13 +125,7 @@ mod tests {
     #[test]
     fn overuse_is_charged_from_now() {
         let p = Limits::new().tokens(600).validate().unwrap();
-        let g = reserve(
-            &p,
-            &KeyState::default(),
-            0.0,
-            &ReserveRequest::new(p.units(Cost::tokens(100))),
-        )
-        .unwrap();
+        let g = take(&p, &KeyState::default(), 0.0, 100);
         let s = settle(
             &p,
             &g.state,
@@ -152,20 +141,8 @@ mod tests {
     #[test]
     fn refunds_by_others_shrink_later_refunds() {
         let p = Limits::new().tokens(600).validate().unwrap();
-        let a = reserve(
-            &p,
-            &KeyState::default(),
-            0.0,
-            &ReserveRequest::new(p.units(Cost::tokens(300))),
-        )
-        .unwrap();
-        let b = reserve(
-            &p,
-            &a.state,
-            0.0,
-            &ReserveRequest::new(p.units(Cost::tokens(300))),
-        )
-        .unwrap();
+        let a = take(&p, &KeyState::default(), 0.0, 300);
+        let b = take(&p, &a.state, 0.0, 300);
         let after_a = settle(&p, &b.state, 0.0, &a.mark, &[1.0, 0.0, 0.0, 0.0], &NONE);
         assert!((after_a.refunded[1] - 300.0).abs() < 1e-9);
         // b's segment moved back by 30 s; at t = 20 only 10 s of it is still ahead.
@@ -196,20 +173,8 @@ mod tests {
             .window_secs(10.0)
             .validate()
             .unwrap();
-        let a = reserve(
-            &p,
-            &KeyState::default(),
-            1000.0,
-            &ReserveRequest::new(p.units(Cost::tokens(133))),
-        )
-        .unwrap();
-        let b = reserve(
-            &p,
-            &a.state,
-            1000.0,
-            &ReserveRequest::new(p.units(Cost::tokens(344))),
-        )
-        .unwrap();
+        let a = take(&p, &KeyState::default(), 1000.0, 133);
+        let b = take(&p, &a.state, 1000.0, 344);
         assert!((b.slot - 1001.925).abs() < 1e-9);
         assert!((b.headroom[2] - 1.4).abs() < 1e-9);
         let cancel_a = settle(
