@@ -228,15 +228,15 @@ async fn restart_applies_the_outage_policy_then_recovers() {
     }
 }
 
-/// A paused Redis (it holds the connection but answers nothing) fails calls
-/// after the response timeout instead of hanging them; once it resumes, calls
-/// succeed again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_redis_times_out_instead_of_hanging() {
-    let server = RedisServer::start();
-    let limiter = RateLimiter::builder("paused")
+/// A limiter that refuses during an outage, with no retries and 200 ms timeouts.
+async fn closed_with_short_timeouts(
+    server: &RedisServer,
+    key: &str,
+    limits: Limits,
+) -> RateLimiter {
+    RateLimiter::builder(key)
         .url(&server.url())
-        .limits(limits())
+        .limits(limits)
         .retry(RetryConfig::none())
         .outage(OutagePolicy::Closed)
         .redis_options(
@@ -246,7 +246,16 @@ async fn a_paused_redis_times_out_instead_of_hanging() {
         )
         .build()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// A paused Redis (it holds the connection but answers nothing) fails calls
+/// after the response timeout instead of hanging them; once it resumes, calls
+/// succeed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_redis_times_out_instead_of_hanging() {
+    let server = RedisServer::start();
+    let limiter = closed_with_short_timeouts(&server, "paused", limits()).await;
     let _warm = limiter.acquire(Cost::tokens(1)).await.unwrap();
     server.pause();
     let started = Instant::now();
@@ -274,19 +283,8 @@ async fn a_paused_redis_times_out_instead_of_hanging() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_that_timed_out_during_a_pause_leave_nothing_behind() {
     let server = RedisServer::start();
-    let limiter = RateLimiter::builder("paused-late")
-        .url(&server.url())
-        .limits(Limits::new().tpm(100_000))
-        .retry(RetryConfig::none())
-        .outage(OutagePolicy::Closed)
-        .redis_options(
-            RedisOptions::default()
-                .connect_timeout(Duration::from_millis(200))
-                .response_timeout(Duration::from_millis(200)),
-        )
-        .build()
-        .await
-        .unwrap();
+    let limiter =
+        closed_with_short_timeouts(&server, "paused-late", Limits::new().tpm(100_000)).await;
     let _warm = limiter.acquire(Cost::tokens(1_000)).await.unwrap();
     server.pause();
     let late = limiter.acquire(Cost::tokens(50_000)).await;
