@@ -25,6 +25,15 @@ use options::Options;
 /// Longest wait for a saturated endpoint to work through its backlog.
 const SETTLE_LIMIT: Duration = Duration::from_secs(20);
 
+/// Requests sent at once before each run, so that the connection pools on
+/// the way (load generator → endpoint → upstream) hold this many open
+/// connections, as the pools of clients in steady traffic do. Without it,
+/// any hiccup of a few milliseconds at 5,000 req/s made the generator open
+/// hundreds of connections at once (and the gateway as many to the
+/// upstream); on this VM that connection storm stalled the process for
+/// 60–190 ms (docs/BENCHMARKS.md, "Runtime stalls").
+const WARM_CONNECTIONS: usize = 256;
+
 /// Requests sent at once by the limits check (the demo free tier allows 10
 /// per minute).
 const CHECK_REQUESTS: usize = 20;
@@ -112,8 +121,10 @@ pub async fn run(args: &[String]) -> Result<()> {
     for &rate in &o.rates {
         let mut direct: Option<Run> = None;
         for e in &endpoints {
-            // Warm the connection pool at a rate every endpoint can take.
+            // Warm the connection pools at a rate every endpoint can take,
+            // then open WARM_CONNECTIONS of them.
             load::run(&client, e, rate.min(500), 0.5, settings).await;
+            load::burst(&client, e, WARM_CONNECTIONS).await;
             load::settle(&client, e, SETTLE_LIMIT).await;
             let r = load::run(&client, e, rate, o.secs, settings).await;
             let d = *direct.get_or_insert(r);

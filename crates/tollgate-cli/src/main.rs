@@ -44,7 +44,30 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Turns transparent huge pages off for this process (Linux), unless
+/// `MIMALLOC_ALLOW_THP` says otherwise. On hosts where THP is `always`, each
+/// first touch of fresh heap memory faults in and zeroes a whole 2 MiB page;
+/// at 5,000 requests/s that stalled the runtime for 20–190 ms about once per
+/// 5 s run (docs/BENCHMARKS.md, "Runtime stalls"). With 4 KiB pages the same
+/// growth costs microseconds per fault.
+fn no_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // SAFETY: PR_SET_THP_DISABLE takes plain integers and only sets a
+        // flag on this process's memory map; it touches no Rust memory.
+        let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        if rc != 0 {
+            // Old kernels lack it: the process runs as before.
+            eprintln!(
+                "note: could not turn transparent huge pages off: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 fn run() -> Result<()> {
+    no_huge_pages();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("hash-key") => {
