@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod accuracy;
+pub mod affinity;
 pub mod bucket;
 pub mod client;
 pub mod cluster;

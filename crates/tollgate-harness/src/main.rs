@@ -195,6 +195,10 @@ enum Command {
         /// Leave out the Python library.
         #[arg(long)]
         no_python: bool,
+        /// Leave out the second concurrency-1 run, with the caller and
+        /// redis-server on one core.
+        #[arg(long)]
+        no_one_core: bool,
         /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -268,6 +272,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             fills,
             samples,
             no_python,
+            no_one_core,
             json,
         } => {
             let list = |s: &str| -> anyhow::Result<Vec<usize>> {
@@ -281,6 +286,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 fills: list(&fills)?,
                 samples,
                 python: !no_python,
+                one_core: !no_one_core,
                 ..SpeedOptions::default()
             };
             anyhow::ensure!(

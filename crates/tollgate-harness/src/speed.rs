@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use tollgate::{AcquireOptions, Cost, Limits, RateLimiter};
 
+use crate::affinity;
 use crate::procs::{require, RedisServer, RedisSpec};
 use crate::quantile;
 use crate::table::Table;
@@ -33,6 +34,9 @@ pub struct SpeedOptions {
     pub python: bool,
     /// Requests per redis-benchmark run.
     pub bench_requests: u64,
+    /// Also run concurrency 1 with the caller and `redis-server` on one core
+    /// (when 1 is among the concurrency levels).
+    pub one_core: bool,
 }
 
 impl Default for SpeedOptions {
@@ -44,6 +48,7 @@ impl Default for SpeedOptions {
             samples: 300,
             python: true,
             bench_requests: 200_000,
+            one_core: true,
         }
     }
 }
@@ -74,6 +79,19 @@ pub struct FillLatency {
     pub python: Option<(f64, f64)>,
 }
 
+/// Concurrency 1 with the caller and `redis-server` on the same core.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Default, PartialEq)]
+pub struct OneCore {
+    /// The core.
+    pub cpu: usize,
+    /// tollgate.
+    pub tollgate: Throughput,
+    /// The Python library (None: not run).
+    pub python: Option<Throughput>,
+    /// `redis-benchmark` with one client on that core, requests/s.
+    pub redis_one_client: f64,
+}
+
 /// The whole speed report.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct SpeedReport {
@@ -84,6 +102,8 @@ pub struct SpeedReport {
     /// redis-benchmark EVALSHA of tollgate's reserve script, requests/s: one
     /// client; 50 clients without pipelining; 50 with 16 commands pipelined.
     pub redis_ceiling: (f64, f64, f64),
+    /// Concurrency 1 again, caller and Redis on one core.
+    pub one_core: Option<OneCore>,
 }
 
 impl SpeedReport {
@@ -97,10 +117,10 @@ impl SpeedReport {
             "llmratelimiter p50 / p99 / p99.9 (ms)",
             "ratio",
         ]);
-        for (c, tg, py) in &self.throughput {
-            let lat = |t: &Throughput| format!("{:.3} / {:.3} / {:.3}", t.p50, t.p99, t.p999);
+        let lat = |t: &Throughput| format!("{:.3} / {:.3} / {:.3}", t.p50, t.p99, t.p999);
+        let mut row = |label: String, tg: &Throughput, py: &Option<Throughput>| {
             t.row(&[
-                c.to_string(),
+                label,
                 format!("{:.0}", tg.per_sec),
                 lat(tg),
                 py.map_or("-".into(), |p| format!("{:.0}", p.per_sec)),
@@ -109,6 +129,16 @@ impl SpeedReport {
                     format!("{:.0}×", tg.per_sec / p.per_sec.max(1e-9))
                 }),
             ]);
+        };
+        for (c, tg, py) in &self.throughput {
+            row(c.to_string(), tg, py);
+        }
+        if let Some(o) = &self.one_core {
+            row(
+                format!("1, with Redis on core {}", o.cpu),
+                &o.tollgate,
+                &o.python,
+            );
         }
         let mut f = Table::new(&[
             "live reservations",
@@ -129,8 +159,14 @@ impl SpeedReport {
                 }),
             ]);
         }
+        let one_core = self.one_core.map_or(String::new(), |o| {
+            format!(
+                "; 1 client on core {} with Redis {:.0}/s",
+                o.cpu, o.redis_one_client
+            )
+        });
         format!(
-            "{}\n{}\nredis-benchmark EVALSHA reserve.lua: 1 client {:.0}/s; 50 clients {:.0}/s unpipelined, {:.0}/s with -P 16\n",
+            "{}\n{}\nredis-benchmark EVALSHA reserve.lua: 1 client {:.0}/s; 50 clients {:.0}/s unpipelined, {:.0}/s with -P 16{one_core}\n",
             t.render(),
             f.render(),
             self.redis_ceiling.0,
@@ -176,32 +212,20 @@ pub fn run(opts: &SpeedOptions) -> anyhow::Result<SpeedReport> {
             tg.per_sec, tg.p50, tg.p99
         );
         let py = match &python {
-            Some(env) => {
-                let v = run_python(
-                    &env.python,
-                    &env.speed,
-                    serde_json::json!({
-                        "mode": "throughput", "url": url, "key": format!("speed-c{c}"),
-                        "concurrency": c, "secs": opts.secs, "window": 1,
-                    }),
-                )?;
-                let count = v["count"].as_f64().unwrap_or(0.0);
-                let secs = v["secs"].as_f64().unwrap_or(1.0);
-                let p = Throughput {
-                    per_sec: count / secs,
-                    p50: v["p50"].as_f64().unwrap_or(0.0),
-                    p99: v["p99"].as_f64().unwrap_or(0.0),
-                    p999: v["p999"].as_f64().unwrap_or(0.0),
-                };
-                eprintln!(
-                    "llmratelimiter c={c}: {:.0}/s p50 {:.3} ms p99 {:.3} ms",
-                    p.per_sec, p.p50, p.p99
-                );
-                Some(p)
-            }
+            Some(env) => Some(python_throughput(
+                env,
+                &url,
+                &format!("speed-c{c}"),
+                c,
+                opts.secs,
+                None,
+            )?),
             None => None,
         };
         report.throughput.push((c, tg, py));
+        if c == 1 && opts.one_core {
+            report.one_core = Some(one_core(&redis, python.as_ref(), opts)?);
+        }
     }
     for &n in &opts.fills {
         let window = rt.block_on(tollgate_fill(&url, n, opts.samples, false))?;
@@ -209,8 +233,8 @@ pub fn run(opts: &SpeedOptions) -> anyhow::Result<SpeedReport> {
         let py = match &python {
             Some(env) => {
                 let v = run_python(
-                    &env.python,
-                    &env.speed,
+                    env,
+                    None,
                     serde_json::json!({
                         "mode": "fill", "url": url, "key": format!("fill-{n}"), "fill": n,
                         "samples": opts.samples, "max_secs": 15, "window": 60,
@@ -236,13 +260,103 @@ pub fn run(opts: &SpeedOptions) -> anyhow::Result<SpeedReport> {
     Ok(report)
 }
 
+/// Concurrency 1 with `redis-server`, the caller and `redis-benchmark` on
+/// the process's last allowed core; Redis gets every core back afterwards.
+fn one_core(
+    redis: &RedisServer,
+    python: Option<&crate::python::PythonEnv>,
+    opts: &SpeedOptions,
+) -> anyhow::Result<OneCore> {
+    require("taskset")?;
+    let all = affinity::allowed()?;
+    let cpu = *all.last().context("no core")?;
+    let pid = redis.pid().context("redis-server is not running")?;
+    affinity::set(pid, &[cpu])?;
+    let result = (|| {
+        let url = redis.url();
+        let secs = opts.secs;
+        let tollgate = std::thread::spawn(move || -> anyhow::Result<Throughput> {
+            affinity::set(0, &[cpu])?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(tollgate_throughput(&url, 1, secs))
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the one-core caller panicked"))??;
+        eprintln!(
+            "tollgate c=1 on core {cpu} with Redis: {:.0}/s p50 {:.3} ms p99 {:.3} ms",
+            tollgate.per_sec, tollgate.p50, tollgate.p99
+        );
+        let python = python
+            .map(|env| python_throughput(env, &redis.url(), "speed-c1-core", 1, secs, Some(cpu)))
+            .transpose()?;
+        let sha = load_reserve(redis)?;
+        let redis_one_client = evalsha_bench(redis, &sha, 1, 1, opts.bench_requests, Some(cpu))?;
+        Ok(OneCore {
+            cpu,
+            tollgate,
+            python,
+            redis_one_client,
+        })
+    })();
+    affinity::set(pid, &all)?;
+    result
+}
+
+fn python_throughput(
+    env: &crate::python::PythonEnv,
+    url: &str,
+    key: &str,
+    c: usize,
+    secs: f64,
+    cpu: Option<usize>,
+) -> anyhow::Result<Throughput> {
+    let v = run_python(
+        env,
+        cpu,
+        serde_json::json!({
+            "mode": "throughput", "url": url, "key": key,
+            "concurrency": c, "secs": secs, "window": 1,
+        }),
+    )?;
+    let count = v["count"].as_f64().unwrap_or(0.0);
+    let secs = v["secs"].as_f64().unwrap_or(1.0);
+    let p = Throughput {
+        per_sec: count / secs,
+        p50: v["p50"].as_f64().unwrap_or(0.0),
+        p99: v["p99"].as_f64().unwrap_or(0.0),
+        p999: v["p999"].as_f64().unwrap_or(0.0),
+    };
+    let placed = cpu.map_or(String::new(), |cpu| format!(" on core {cpu} with Redis"));
+    eprintln!(
+        "llmratelimiter c={c}{placed}: {:.0}/s p50 {:.3} ms p99 {:.3} ms",
+        p.per_sec, p.p50, p.p99
+    );
+    Ok(p)
+}
+
+/// `program`, to run on core `cpu` if given (through `taskset`, so that it
+/// starts there).
+fn command_on(program: &std::ffi::OsStr, cpu: Option<usize>) -> Command {
+    match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string()]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Runs the Python speed script, on core `cpu` if given.
 fn run_python(
-    python: &std::path::Path,
-    script: &std::path::Path,
+    env: &crate::python::PythonEnv,
+    cpu: Option<usize>,
     cfg: serde_json::Value,
 ) -> anyhow::Result<serde_json::Value> {
-    let out = Command::new(python)
-        .arg(script)
+    let out = command_on(env.python.as_os_str(), cpu)
+        .arg(&env.speed)
         .arg(cfg.to_string())
         .output()
         .context("running the Python speed script")?;
@@ -351,46 +465,61 @@ async fn tollgate_fill(
 /// `redis-benchmark` of `reserve.lua` by SHA: one client, then 50 clients
 /// unpipelined and with 16 commands pipelined (acquires/s each).
 fn redis_benchmark(redis: &RedisServer, requests: u64) -> anyhow::Result<(f64, f64, f64)> {
-    let sha = redis
-        .cli(&["SCRIPT", "LOAD", RESERVE_LUA])?
-        .trim()
-        .to_string();
-    let bench = |clients: &str, pipeline: &str| -> anyhow::Result<f64> {
-        let out = Command::new("redis-benchmark")
-            .args(["-h", "127.0.0.1", "-p", &redis.port.to_string()])
-            .args([
-                "-c",
-                clients,
-                "-n",
-                &requests.to_string(),
-                "-P",
-                pipeline,
-                "--csv",
-            ])
-            .args(["EVALSHA", &sha, "3"])
-            .args(["tollgate:{rb}:s", "tollgate:{rb}:q0", "tollgate:{rb}:h0"])
-            // tolerance 60 s, no max wait, no queue cap, idle 60 s, class 0,
-            // no deadline; requests: T = 1e-9 s, cost 1, capacity 6e10;
-            // tokens likewise.
-            .args(["60", "", "", "60000", "0", ""])
-            .args(["0", "0.000000001", "1", "60000000000"])
-            .args(["1", "0.000000001", "1", "60000000000"])
-            .output()
-            .context("running redis-benchmark")?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text.lines().last().unwrap_or_default();
-        line.split(',')
-            .nth(1)
-            .and_then(|v| v.trim_matches('"').parse::<f64>().ok())
-            .with_context(|| format!("parsing redis-benchmark output: {text}"))
-    };
-    let one = bench("1", "1")?;
-    let plain = bench("50", "1")?;
-    let pipelined = bench("50", "16")?;
+    let sha = load_reserve(redis)?;
+    let one = evalsha_bench(redis, &sha, 1, 1, requests, None)?;
+    let plain = evalsha_bench(redis, &sha, 50, 1, requests, None)?;
+    let pipelined = evalsha_bench(redis, &sha, 50, 16, requests, None)?;
     // The script must have succeeded, or the figure would measure errors.
     let n = redis.cli(&["HGET", "tollgate:{rb}:s", "n"])?;
     if n.trim().is_empty() {
         bail!("redis-benchmark's EVALSHA did not write a reservation (script arguments wrong?)");
     }
     Ok((one, plain, pipelined))
+}
+
+/// Loads `reserve.lua` and returns its SHA.
+fn load_reserve(redis: &RedisServer) -> anyhow::Result<String> {
+    Ok(redis
+        .cli(&["SCRIPT", "LOAD", RESERVE_LUA])?
+        .trim()
+        .to_string())
+}
+
+/// `redis-benchmark` of `EVALSHA reserve.lua` (acquires/s), on core `cpu`
+/// if given.
+fn evalsha_bench(
+    redis: &RedisServer,
+    sha: &str,
+    clients: usize,
+    pipeline: usize,
+    requests: u64,
+    cpu: Option<usize>,
+) -> anyhow::Result<f64> {
+    let out = command_on("redis-benchmark".as_ref(), cpu)
+        .args(["-h", "127.0.0.1", "-p", &redis.port.to_string()])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-n",
+            &requests.to_string(),
+            "-P",
+            &pipeline.to_string(),
+            "--csv",
+        ])
+        .args(["EVALSHA", sha, "3"])
+        .args(["tollgate:{rb}:s", "tollgate:{rb}:q0", "tollgate:{rb}:h0"])
+        // tolerance 60 s, no max wait, no queue cap, idle 60 s, class 0,
+        // no deadline; requests: T = 1e-9 s, cost 1, capacity 6e10;
+        // tokens likewise.
+        .args(["60", "", "", "60000", "0", ""])
+        .args(["0", "0.000000001", "1", "60000000000"])
+        .args(["1", "0.000000001", "1", "60000000000"])
+        .output()
+        .context("running redis-benchmark")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    line.split(',')
+        .nth(1)
+        .and_then(|v| v.trim_matches('"').parse::<f64>().ok())
+        .with_context(|| format!("parsing redis-benchmark output: {text}"))
 }
