@@ -74,6 +74,10 @@ fn run() -> Result<()> {
             let [_, key] = args.as_slice() else {
                 bail!("usage: tollgate hash-key KEY");
             };
+            if matches!(key.as_str(), "--help" | "-h") {
+                println!("usage: tollgate hash-key KEY");
+                return Ok(());
+            }
             println!("{}", tollgate_gateway::auth::hash_key(key));
             Ok(())
         }
@@ -126,6 +130,10 @@ async fn serve(args: &[String]) -> Result<()> {
                 config_path = Some(it.next().context("--config needs a file path")?.into())
             }
             "--demo" => demo = true,
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
             "--listen" => {
                 listen = Some(
                     it.next()

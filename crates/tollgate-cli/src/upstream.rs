@@ -23,6 +23,10 @@ pub async fn run(args: &[String], shutdown: impl std::future::Future<Output = ()
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
+        if matches!(a.as_str(), "--help" | "-h") {
+            println!("{USAGE}");
+            return Ok(());
+        }
         let v = it
             .next()
             .with_context(|| format!("{a} needs a value\n{USAGE}"))?;
