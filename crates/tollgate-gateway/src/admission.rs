@@ -50,12 +50,8 @@ impl Bucket {
 
 /// A request that was let in: its reservations, to settle when it ends.
 pub struct Admission {
-    gw: Arc<Gateway>,
-    client: Arc<Client>,
-    model: Arc<Model>,
-    client_permit: Option<Permit>,
-    model_permit: Option<Permit>,
-    hold: Option<Hold>,
+    /// The reservations not settled yet; emptied by [`Admission::take`].
+    parts: Parts,
     /// The client bucket's state right after this request's grant (for the
     /// rate-limit headers); `None` when the outage policy decided.
     pub client_status: Option<Vec<DimensionStatus>>,
@@ -74,8 +70,8 @@ pub struct Admission {
 impl std::fmt::Debug for Admission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Admission")
-            .field("client", &self.client.id)
-            .field("model", &self.model.name)
+            .field("client", &self.parts.client.id)
+            .field("model", &self.parts.model.name)
             .field("estimate", &self.estimate)
             .field("wait", &self.wait)
             .finish()
@@ -93,12 +89,7 @@ impl Admission {
         output: u64,
     ) -> Result<Admission, ApiError> {
         let mut adm = Admission {
-            gw: gw.clone(),
-            client: client.clone(),
-            model: model.clone(),
-            client_permit: None,
-            model_permit: None,
-            hold: None,
+            parts: Parts::new(gw.clone(), client.clone(), model.clone()),
             client_status: None,
             estimate: (input, output),
             wait: Duration::ZERO,
@@ -140,7 +131,7 @@ impl Admission {
         );
         let (early_model_res, model_refusal) = match early_model_res {
             Some(Ok(p)) => {
-                adm.model_permit = Some(p);
+                adm.parts.model_permit = Some(p);
                 (true, None)
             }
             Some(Err(e)) => (true, Some(e)),
@@ -150,7 +141,7 @@ impl Admission {
             Ok(p) => {
                 decision(gw, "client", tier_label, &p);
                 adm.client_status = client.limiter.status_at_grant(&p);
-                adm.client_permit = Some(p);
+                adm.parts.client_permit = Some(p);
                 None
             }
             Err(e) => Some(e),
@@ -165,7 +156,7 @@ impl Admission {
                         ("decision", "granted"),
                     ],
                 );
-                adm.hold = Some(h);
+                adm.parts.hold = Some(h);
                 None
             }
             Err(BudgetError::Store(msg)) if !matches!(gw.outage, OutagePolicy::Closed) => {
@@ -204,7 +195,7 @@ impl Admission {
             return Err(budget_refused(gw, e));
         }
         let model_res = if early_model_res {
-            match (adm.model_permit.take(), model_refusal) {
+            match (adm.parts.model_permit.take(), model_refusal) {
                 (Some(p), _) => Ok(p),
                 (None, Some(e)) => Err(e),
                 (None, None) => unreachable!("a speculative reservation has a result"),
@@ -215,7 +206,7 @@ impl Admission {
         match model_res {
             Ok(p) => {
                 decision(gw, "model", tier_label, &p);
-                adm.model_permit = Some(p);
+                adm.parts.model_permit = Some(p);
             }
             Err(e) => {
                 // Release the client's reservation and budget first, so the
@@ -233,9 +224,10 @@ impl Admission {
             Ordering::Relaxed,
         );
         adm.wait = adm
+            .parts
             .client_permit
             .iter()
-            .chain(adm.model_permit.iter())
+            .chain(adm.parts.model_permit.iter())
             .map(|p| p.waited)
             .max()
             .unwrap_or_default();
@@ -248,16 +240,16 @@ impl Admission {
         if self.wait > Duration::ZERO {
             tokio::time::sleep(self.wait).await;
         }
-        self.gw.metrics.observe(
+        self.parts.gw.metrics.observe(
             "tollgate_queue_wait_seconds",
-            &[("tier", &self.client.tier.name)],
+            &[("tier", &self.parts.client.tier.name)],
             self.started.elapsed().as_secs_f64(),
         );
     }
 
     /// Cancels every reservation made so far (the request never ran).
     async fn release(&mut self) {
-        self.take().finish(None).await;
+        self.take().finish(None, self.wait).await;
     }
 
     /// Settles with the actual usage. With the memory store that is done
@@ -267,42 +259,43 @@ impl Admission {
     /// answer has gone out (still exactly once).
     pub async fn settle(mut self, input: u64, output: u64) {
         let parts = self.take();
-        if self.gw.store.is_memory() {
-            parts.finish(Some((input, output))).await;
+        let usage = Some((input, output));
+        if parts.gw.store.is_memory() {
+            parts.finish(usage, self.wait).await;
         } else {
-            tokio::spawn(parts.finish(Some((input, output))));
+            tokio::spawn(parts.finish(usage, self.wait));
         }
     }
 
+    /// Moves the reservations out to be finished, leaving an empty `Parts`
+    /// behind so that they are finished exactly once (`Drop` then finds
+    /// nothing left to do).
     fn take(&mut self) -> Parts {
-        Parts {
-            gw: self.gw.clone(),
-            client: self.client.clone(),
-            model: self.model.clone(),
-            client_permit: self.client_permit.take(),
-            model_permit: self.model_permit.take(),
-            hold: self.hold.take(),
-            waited: self.wait,
-        }
+        let p = &self.parts;
+        let empty = Parts::new(p.gw.clone(), p.client.clone(), p.model.clone());
+        std::mem::replace(&mut self.parts, empty)
     }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        let parts = self.take();
-        if parts.is_empty() {
+        if self.parts.is_empty() {
             return;
         }
+        let parts = self.take();
         let usage = self.forwarded.then_some(self.used);
+        let waited = self.wait;
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                parts.finish(usage).await;
+                parts.finish(usage, waited).await;
             });
         }
     }
 }
 
-/// What is left to settle of an admission.
+/// What is left to settle of an admission: its reservations (each `None`
+/// until granted, and again once moved out to be finished), and what
+/// finishing them needs.
 struct Parts {
     gw: Arc<Gateway>,
     client: Arc<Client>,
@@ -310,17 +303,29 @@ struct Parts {
     client_permit: Option<Permit>,
     model_permit: Option<Permit>,
     hold: Option<Hold>,
-    waited: Duration,
 }
 
 impl Parts {
+    /// Nothing reserved yet.
+    fn new(gw: Arc<Gateway>, client: Arc<Client>, model: Arc<Model>) -> Parts {
+        Parts {
+            gw,
+            client,
+            model,
+            client_permit: None,
+            model_permit: None,
+            hold: None,
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.client_permit.is_none() && self.model_permit.is_none() && self.hold.is_none()
     }
 
     /// Settles with `usage`, or with `None` cancels everything (the request
-    /// never went upstream).
-    async fn finish(self, usage: Option<(u64, u64)>) -> i64 {
+    /// never went upstream). `waited` (the request's wait for its slot) goes
+    /// into the usage ledger.
+    async fn finish(self, usage: Option<(u64, u64)>, waited: Duration) -> i64 {
         let gw = &self.gw;
         let settle = |limiter: RateLimiter, permit: Option<Permit>| async move {
             let Some(permit) = permit else { return };
@@ -377,7 +382,7 @@ impl Parts {
                 input_tokens: input,
                 output_tokens: output,
                 cost_usd: nano_to_usd(cost),
-                waited: self.waited,
+                waited,
             });
         }
         cost
