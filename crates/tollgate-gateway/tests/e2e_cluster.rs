@@ -117,42 +117,22 @@ impl Drop for Cluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_limits_budgets_and_live_changes_on_a_redis_cluster() {
     let cluster = Cluster::start();
-    let sim = sim().await;
     let mut budgeted = tier(1_000_000, 100_000_000, 0, 0);
     budgeted.daily_budget_usd = Some(0.001);
     let tiers = [("small", tier(10, 1_000_000, 0, 0)), ("acme", budgeted)];
-    let shared = || {
-        let mut c = config(&sim.base_url(), model(100_000, 100_000_000), &tiers);
-        c.store.url = cluster.url();
-        c
-    };
-    let a = gateway(shared()).await;
-    let b = gateway(shared()).await;
-    let c = http();
+    let (_sim, [a, b], c) = two_instances(&cluster.url(), &tiers).await;
     // The client's RPM holds across both instances.
-    let mut ok = 0;
-    for i in 0..14 {
-        let gw = if i % 2 == 0 { &a } else { &b };
-        if chat(&c, gw, "small", &chat_body("hi", 5)).await.status() == 200 {
-            ok += 1;
-        }
-    }
-    assert_eq!(ok, 10, "10 RPM across both instances");
+    let statuses = chat_alternating(&c, &[&a, &b], 14, "small", &chat_body("hi", 5)).await;
+    assert_eq!(count(&statuses, 200), 10, "10 RPM across both instances");
     // The budget (a script over two keys under one hash tag) holds too:
     // each request is estimated at $0.000209 and uses $0.000041.
-    let mut ok = 0;
-    for i in 0..40 {
-        let gw = if i % 2 == 0 { &a } else { &b };
-        match chat(&c, gw, "acme", &chat_body("hello world", 100))
-            .await
-            .status()
-            .as_u16()
-        {
-            200 => ok += 1,
-            429 => {}
-            other => panic!("unexpected status {other}"),
-        }
-    }
+    let statuses =
+        chat_alternating(&c, &[&a, &b], 40, "acme", &chat_body("hello world", 100)).await;
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "unexpected status: {statuses:?}"
+    );
+    let ok = count(&statuses, 200);
     // Settlements run after the answer: give the last one a moment.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (sa, sb) = (spend(&a, "acme").await, spend(&b, "acme").await);
@@ -164,24 +144,8 @@ async fn two_instances_share_limits_budgets_and_live_changes_on_a_redis_cluster(
     );
     // A live change (a transaction over two keys under one hash tag) made
     // on one instance reaches the other.
-    let r = c
-        .patch(format!("{}/admin/tiers/small", a.url()))
-        .bearer_auth(ADMIN)
-        .json(&json!({"rpm": 700}))
-        .send()
-        .await
-        .unwrap();
+    let r = patch_tier(&c, &a, "small", &json!({"rpm": 700})).await;
     assert_eq!(r.status(), 200);
     let changed = Instant::now();
-    loop {
-        let r = chat(&c, &b, "small", &chat_body("hi", 5)).await;
-        if header(&r, "x-ratelimit-limit-requests") == Some("700") {
-            break;
-        }
-        assert!(
-            changed.elapsed() < Duration::from_secs(2),
-            "instance b never saw the change"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    await_rpm_limit(&c, &b, "small", "700", changed, Duration::from_secs(2)).await;
 }

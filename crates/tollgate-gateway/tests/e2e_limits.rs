@@ -12,14 +12,7 @@ use serde_json::Value;
 
 #[tokio::test]
 async fn over_the_tier_rpm_a_client_gets_429_with_an_honest_retry_after() {
-    let sim = sim().await;
-    let gw = gateway(config(
-        &sim.base_url(),
-        model(1000, 1_000_000),
-        &[("free", tier(3, 100_000, 0, 0))],
-    ))
-    .await;
-    let c = http();
+    let (sim, gw, c) = start(model(1000, 1_000_000), &[("free", tier(3, 100_000, 0, 0))]).await;
     for i in 0..3 {
         let r = chat(&c, &gw, "free", &chat_body("hi", 5)).await;
         assert_eq!(r.status(), 200);
@@ -31,18 +24,14 @@ async fn over_the_tier_rpm_a_client_gets_429_with_an_honest_retry_after() {
     let r = chat(&c, &gw, "free", &chat_body("hi", 5)).await;
     assert_eq!(header(&r, "x-ratelimit-limit-requests"), Some("3"));
     assert_eq!(header(&r, "x-ratelimit-remaining-requests"), Some("0"));
-    let secs: u64 = header(&r, "retry-after").unwrap().parse().unwrap();
-    let ms: u64 = header(&r, "retry-after-ms").unwrap().parse().unwrap();
+    let secs = header_u64(&r, "retry-after");
+    let ms = header_u64(&r, "retry-after-ms");
     // 3 per minute: the next request fits 20 s after the first.
     assert!(
         (19..=20).contains(&secs) && (19_000..=20_000).contains(&ms),
         "{secs} s, {ms} ms"
     );
-    let (status, e) = error_of(r).await;
-    assert_eq!(
-        (status, e["code"].as_str()),
-        (429, Some("client_rpm_exceeded"))
-    );
+    let e = expect_error(r, 429, "client_rpm_exceeded").await;
     assert!(e["message"].as_str().unwrap().contains("Retry"), "{e}");
 
     // Tokens: a tier with 1000 TPM, after a request that used about 815 of
@@ -59,68 +48,33 @@ async fn over_the_tier_rpm_a_client_gets_429_with_an_honest_retry_after() {
             .status(),
         200
     );
-    let (status, e) = error_of(chat(&c, &gw, "small", &chat_body("hi", 300)).await).await;
-    assert_eq!(
-        (status, e["code"].as_str()),
-        (429, Some("client_tpm_exceeded")),
-        "{e}"
-    );
+    let r = chat(&c, &gw, "small", &chat_body("hi", 300)).await;
+    expect_error(r, 429, "client_tpm_exceeded").await;
     // A request larger than the tier's whole bucket can never run: 400, not 429.
-    let (status, e) = error_of(chat(&c, &gw, "small", &chat_body("hi", 2000)).await).await;
-    assert_eq!(
-        (status, e["code"].as_str()),
-        (400, Some("client_request_too_large")),
-        "{e}"
-    );
+    let r = chat(&c, &gw, "small", &chat_body("hi", 2000)).await;
+    expect_error(r, 400, "client_request_too_large").await;
 }
 
 #[tokio::test]
 async fn requests_wait_in_the_queue_up_to_the_tiers_max_wait() {
-    let sim = sim().await;
     // 120 RPM with a bucket of one request: one every 0.5 s; may wait 1.2 s.
     let mut t = tier(120, 1_000_000, 0, 1200);
     t.burst = 1.0 / 120.0;
-    let gw = gateway(config(
-        &sim.base_url(),
-        model(1000, 1_000_000),
-        &[("pro", t)],
-    ))
+    let (_sim, gw, c) = start(model(1000, 1_000_000), &[("pro", t)]).await;
+    let started = Instant::now();
+    let mut results = spawn_all(4, |i| {
+        let (c, url) = (c.clone(), gw.url());
+        async move {
+            tokio::time::sleep(Duration::from_millis(20 * i as u64)).await;
+            let r = chat_at(&c, &url, "pro", &chat_body("hi", 5)).await;
+            (r.status().as_u16(), started.elapsed())
+        }
+    })
     .await;
-    let c = http();
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..4)
-        .map(|i| {
-            let c = c.clone();
-            let url = gw.url();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(20 * i)).await;
-                let r = c
-                    .post(format!("{url}/v1/chat/completions"))
-                    .bearer_auth("key-pro")
-                    .json(&chat_body("hi", 5))
-                    .send()
-                    .await
-                    .unwrap();
-                (r.status().as_u16(), start.elapsed())
-            })
-        })
-        .collect();
-    let mut results = Vec::new();
-    for t in tasks {
-        results.push(t.await.unwrap());
-    }
     results.sort_by_key(|r| r.1);
     let statuses: Vec<u16> = results.iter().map(|r| r.0).collect();
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 200).count(),
-        3,
-        "{results:?}"
-    );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 429).count(),
-        1,
-        "{results:?}"
-    );
+    assert_eq!(count(&statuses, 200), 3, "{results:?}");
+    assert_eq!(count(&statuses, 429), 1, "{results:?}");
     let served: Vec<Duration> = results.iter().filter(|r| r.0 == 200).map(|r| r.1).collect();
     assert!(
         served[2] >= Duration::from_millis(950),
@@ -130,15 +84,13 @@ async fn requests_wait_in_the_queue_up_to_the_tiers_max_wait() {
 
 #[tokio::test]
 async fn two_hundred_concurrent_requests_cannot_overspend_a_nearly_spent_daily_budget() {
-    let sim = sim().await;
     let mut m = model(1_000_000, 100_000_000);
     // $1000 per million tokens = $0.001 a token either way.
     m.input_usd_per_mtok = 1000.0;
     m.output_usd_per_mtok = 1000.0;
     let mut t = tier(1_000_000, 100_000_000, 0, 0);
     t.daily_budget_usd = Some(1.0);
-    let gw = gateway(config(&sim.base_url(), m, &[("acme", t)])).await;
-    let c = http();
+    let (_sim, gw, c) = start(m, &[("acme", t)]).await;
     // Spend most of the budget: about 16 in + 850 out = $0.866.
     let r = chat(
         &c,
@@ -153,27 +105,18 @@ async fn two_hundred_concurrent_requests_cannot_overspend_a_nearly_spent_daily_b
     let before = spend(&gw, "acme").await;
     assert!((before - used).abs() < 1e-9 && before > 0.85, "{before}");
     // 200 at once, each estimated at 9 + 100 tokens = $0.109, using $0.025.
-    let tasks: Vec<_> = (0..200)
-        .map(|_| {
-            let c = c.clone();
-            let url = gw.url();
-            tokio::spawn(async move {
-                let r = c
-                    .post(format!("{url}/v1/chat/completions"))
-                    .bearer_auth("key-acme")
-                    .json(&chat_body("hello world", 100))
-                    .send()
-                    .await
-                    .unwrap();
-                let status = r.status().as_u16();
-                let v: Value = r.json().await.unwrap();
-                (status, v)
-            })
-        })
-        .collect();
+    let answers = spawn_all(200, |_| {
+        let (c, url) = (c.clone(), gw.url());
+        async move {
+            let r = chat_at(&c, &url, "acme", &chat_body("hello world", 100)).await;
+            let status = r.status().as_u16();
+            let v: Value = r.json().await.unwrap();
+            (status, v)
+        }
+    })
+    .await;
     let (mut ok, mut refused, mut over_estimate) = (0, 0, 0.0);
-    for t in tasks {
-        let (status, v) = t.await.unwrap();
+    for (status, v) in answers {
         match status {
             200 => {
                 ok += 1;
@@ -203,28 +146,25 @@ async fn two_hundred_concurrent_requests_cannot_overspend_a_nearly_spent_daily_b
     // A request that can no longer fit is refused with the time to midnight UTC.
     let r = chat(&c, &gw, "acme", &chat_body("hello world", 100)).await;
     if r.status() == 429 {
-        let secs: u64 = header(&r, "retry-after").unwrap().parse().unwrap();
+        let secs = header_u64(&r, "retry-after");
         assert!(secs <= 86_400);
     }
 }
 
 #[tokio::test]
 async fn an_enterprise_client_gets_through_a_free_tier_flood_within_its_max_wait() {
-    let sim = sim().await;
     // The provider allows 120 requests a minute (one per 0.5 s once the
     // bucket is drained). Free (class 3, headroom 0.4) never waits; enterprise
     // (class 0) waits up to 3 s. Client tiers are generous: the provider
     // bucket is the bottleneck.
-    let gw = gateway(config(
-        &sim.base_url(),
+    let (_sim, gw, c) = start(
         model(120, 10_000_000),
         &[
             ("free", tier(100_000, 100_000_000, 3, 0)),
             ("enterprise", tier(100_000, 100_000_000, 0, 3000)),
         ],
-    ))
+    )
     .await;
-    let c = http();
     let stop = Arc::new(AtomicBool::new(false));
     let (free_ok, free_429, honest) = (
         Arc::new(AtomicU64::new(0)),
@@ -237,20 +177,14 @@ async fn an_enterprise_client_gets_through_a_free_tier_flood_within_its_max_wait
             let (free_ok, free_429, honest) = (free_ok.clone(), free_429.clone(), honest.clone());
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    let r = c
-                        .post(format!("{url}/v1/chat/completions"))
-                        .bearer_auth("key-free")
-                        .json(&chat_body("hi", 5))
-                        .send()
-                        .await
-                        .unwrap();
+                    let r = chat_at(&c, &url, "free", &chat_body("hi", 5)).await;
                     if r.status() == 200 {
                         free_ok.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                     assert_eq!(r.status(), 429);
                     free_429.fetch_add(1, Ordering::Relaxed);
-                    let ms: u64 = header(&r, "retry-after-ms").unwrap().parse().unwrap();
+                    let ms = header_u64(&r, "retry-after-ms");
                     let (_, e) = error_of(r).await;
                     assert_eq!(e["code"], "model_rpm_exceeded", "{e}");
                     // Free's share is 40 % of a 60 s bucket; with enterprise
@@ -296,7 +230,7 @@ async fn an_enterprise_client_gets_through_a_free_tier_flood_within_its_max_wait
     // Honest: once the flood stops, a free request that waits its Retry-After gets in.
     let r = chat(&c, &gw, "free", &chat_body("hi", 5)).await;
     if r.status() == 429 {
-        let ms: u64 = header(&r, "retry-after-ms").unwrap().parse().unwrap();
+        let ms = header_u64(&r, "retry-after-ms");
         tokio::time::sleep(Duration::from_millis(ms + 20)).await;
         assert_eq!(
             chat(&c, &gw, "free", &chat_body("hi", 5)).await.status(),
@@ -308,11 +242,9 @@ async fn an_enterprise_client_gets_through_a_free_tier_flood_within_its_max_wait
 
 #[tokio::test]
 async fn a_refusal_by_the_provider_bucket_leaves_the_client_and_its_budget_uncharged() {
-    let sim = sim().await;
     let mut t = tier(100, 1_000_000, 0, 0);
     t.daily_budget_usd = Some(10.0);
-    let gw = gateway(config(&sim.base_url(), model(2, 1_000_000), &[("pro", t)])).await;
-    let c = http();
+    let (_sim, gw, c) = start(model(2, 1_000_000), &[("pro", t)]).await;
     assert_eq!(
         chat(&c, &gw, "pro", &chat_body("hi", 5)).await.status(),
         200
@@ -325,12 +257,7 @@ async fn a_refusal_by_the_provider_bucket_leaves_the_client_and_its_budget_uncha
     let r = chat(&c, &gw, "pro", &chat_body("hi", 5)).await;
     // The 429's headers already show the client's reservation released.
     assert_eq!(header(&r, "x-ratelimit-remaining-requests"), Some("98"));
-    let (status, e) = error_of(r).await;
-    assert_eq!(
-        (status, e["code"].as_str()),
-        (429, Some("model_rpm_exceeded")),
-        "{e}"
-    );
+    expect_error(r, 429, "model_rpm_exceeded").await;
     let (requests, _) = client_in_use(&gw, "pro").await;
     // Two requests, less what drained since (100 a minute).
     assert!(
@@ -346,26 +273,8 @@ async fn a_refusal_by_the_provider_bucket_leaves_the_client_and_its_budget_uncha
 
 #[tokio::test]
 async fn a_refusal_by_the_client_bucket_leaves_the_provider_bucket_uncharged() {
-    let sim = sim().await;
-    let gw = gateway(config(
-        &sim.base_url(),
-        model(1000, 1_000_000),
-        &[("pro", tier(100, 1000, 0, 0))],
-    ))
-    .await;
-    let c = http();
-    let provider_in_use = || async {
-        let st = gw.gateway.models["gpt-4o-mini"]
-            .limiter
-            .status()
-            .await
-            .unwrap();
-        let get = |d| st.dimension(d).unwrap().in_use;
-        (
-            get(tollgate::Dimension::Requests),
-            get(tollgate::Dimension::Tokens),
-        )
-    };
+    let (_sim, gw, c) = start(model(1000, 1_000_000), &[("pro", tier(100, 1000, 0, 0))]).await;
+    let provider_in_use = || model_in_use(&gw, "gpt-4o-mini");
     // A small request leaves the client's bucket nearly full, so the next
     // one asks the provider bucket at the same time as the client's.
     assert_eq!(
@@ -374,12 +283,8 @@ async fn a_refusal_by_the_client_bucket_leaves_the_provider_bucket_uncharged() {
     );
     let (requests, tokens) = provider_in_use().await;
     // Too many tokens for what is left of the client's 1000 TPM: refused at once.
-    let (status, e) = error_of(chat(&c, &gw, "pro", &chat_body("hi", 990)).await).await;
-    assert_eq!(
-        (status, e["code"].as_str()),
-        (429, Some("client_tpm_exceeded")),
-        "{e}"
-    );
+    let r = chat(&c, &gw, "pro", &chat_body("hi", 990)).await;
+    expect_error(r, 429, "client_tpm_exceeded").await;
     let (after_requests, after_tokens) = provider_in_use().await;
     assert!(
         after_requests <= requests + 1e-9 && after_tokens <= tokens + 1e-6,

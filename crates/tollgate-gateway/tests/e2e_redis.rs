@@ -60,48 +60,27 @@ impl Drop for Redis {
     }
 }
 
-fn shared(
-    sim_url: &str,
-    redis: &Redis,
-    tiers: &[(&str, tollgate_gateway::config::TierConfig)],
-) -> tollgate_gateway::Config {
-    let mut c = config(sim_url, model(100_000, 100_000_000), tiers);
-    c.store.url = redis.url.clone();
-    c
-}
-
 #[tokio::test]
 async fn two_instances_hold_a_clients_rpm_and_tpm_together() {
     let redis = Redis::start().await;
-    let sim = sim().await;
-    let tiers = [
-        ("small", tier(10, 1_000_000, 0, 0)),
-        ("tokens", tier(1000, 1000, 0, 0)),
-    ];
-    let a = gateway(shared(&sim.base_url(), &redis, &tiers)).await;
-    let b = gateway(shared(&sim.base_url(), &redis, &tiers)).await;
-    let c = http();
-    let mut ok = 0;
-    for i in 0..20 {
-        let gw = if i % 2 == 0 { &a } else { &b };
-        if chat(&c, gw, "small", &chat_body("hi", 5)).await.status() == 200 {
-            ok += 1;
-        }
-    }
-    assert_eq!(ok, 10, "10 RPM across both instances, not 20");
+    let (_sim, [a, b], c) = two_instances(
+        &redis.url,
+        &[
+            ("small", tier(10, 1_000_000, 0, 0)),
+            ("tokens", tier(1000, 1000, 0, 0)),
+        ],
+    )
+    .await;
+    let statuses = chat_alternating(&c, &[&a, &b], 20, "small", &chat_body("hi", 5)).await;
+    assert_eq!(
+        count(&statuses, 200),
+        10,
+        "10 RPM across both instances, not 20"
+    );
     // TPM 1000: each request keeps 9 + 300 tokens (the simulator uses them all).
-    let mut ok = 0;
-    for i in 0..10 {
-        let gw = if i % 2 == 0 { &a } else { &b };
-        if chat(&c, gw, "tokens", &chat_body("hi [sim:tokens=300]", 300))
-            .await
-            .status()
-            == 200
-        {
-            ok += 1;
-        }
-    }
-    assert_eq!(ok, 3, "1000 TPM across both instances");
+    let big = chat_body("hi [sim:tokens=300]", 300);
+    let statuses = chat_alternating(&c, &[&a, &b], 10, "tokens", &big).await;
+    assert_eq!(count(&statuses, 200), 3, "1000 TPM across both instances");
     // Spend is shared too.
     let (sa, sb) = (spend(&a, "tokens").await, spend(&b, "tokens").await);
     assert!(sa > 0.0 && (sa - sb).abs() < 1e-12, "{sa} vs {sb}");
@@ -110,35 +89,20 @@ async fn two_instances_hold_a_clients_rpm_and_tpm_together() {
 #[tokio::test]
 async fn a_daily_budget_holds_across_two_instances_under_concurrency() {
     let redis = Redis::start().await;
-    let sim = sim().await;
     let mut t = tier(1_000_000, 100_000_000, 0, 0);
     t.daily_budget_usd = Some(0.001);
-    let a = gateway(shared(&sim.base_url(), &redis, &[("acme", t.clone())])).await;
-    let b = gateway(shared(&sim.base_url(), &redis, &[("acme", t)])).await;
-    let c = http();
+    let (_sim, [a, b], c) = two_instances(&redis.url, &[("acme", t)]).await;
     // Each request is estimated at (9 + 100 out × 2) = $0.000209 and uses
     // (9 + 16 × 2) = $0.000041.
-    let tasks: Vec<_> = (0..100)
-        .map(|i| {
-            let (c, url) = (c.clone(), if i % 2 == 0 { a.url() } else { b.url() });
-            tokio::spawn(async move {
-                c.post(format!("{url}/v1/chat/completions"))
-                    .bearer_auth("key-acme")
-                    .json(&chat_body("hello world", 100))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            })
-        })
-        .collect();
-    let mut ok = 0;
-    for t in tasks {
-        if t.await.unwrap() == 200 {
-            ok += 1;
+    let statuses = spawn_all(100, |i| {
+        let (c, url) = (c.clone(), if i % 2 == 0 { a.url() } else { b.url() });
+        async move {
+            let r = chat_at(&c, &url, "acme", &chat_body("hello world", 100)).await;
+            r.status().as_u16()
         }
-    }
+    })
+    .await;
+    let ok = count(&statuses, 200);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let spent = spend(&a, "acme").await;
     assert!(ok >= 4, "{ok}");
@@ -152,68 +116,26 @@ async fn a_daily_budget_holds_across_two_instances_under_concurrency() {
 #[tokio::test]
 async fn a_live_tier_change_reaches_the_other_instance_within_a_second() {
     let redis = Redis::start().await;
-    let sim = sim().await;
     let tiers = [
         ("free", tier(10, 100_000, 3, 0)),
         ("pro", tier(500, 1_000_000, 0, 0)),
     ];
-    let a = gateway(shared(&sim.base_url(), &redis, &tiers)).await;
-    let b = gateway(shared(&sim.base_url(), &redis, &tiers)).await;
-    let c = http();
-    let limit = |r: &reqwest::Response| header(r, "x-ratelimit-limit-requests").map(String::from);
-    assert_eq!(
-        limit(&chat(&c, &b, "free", &chat_body("hi", 5)).await).as_deref(),
-        Some("10")
-    );
+    let (sim, [a, b], c) = two_instances(&redis.url, &tiers).await;
+    assert_eq!(rpm_limit(&c, &b, "free").await.as_deref(), Some("10"));
+    let within = Duration::from_secs(1);
     let changed = Instant::now();
-    let r = c
-        .put(format!("{}/admin/clients/free/tier", a.url()))
-        .bearer_auth(ADMIN)
-        .json(&json!({"tier": "pro"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    loop {
-        let seen = limit(&chat(&c, &b, "free", &chat_body("hi", 5)).await);
-        if seen.as_deref() == Some("500") {
-            break;
-        }
-        assert!(
-            changed.elapsed() < Duration::from_secs(1),
-            "instance b still sees {seen:?} after 1 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert_eq!(set_client_tier(&c, &a, "free", "pro").await.status(), 200);
+    await_rpm_limit(&c, &b, "free", "500", changed, within).await;
     let tier_change = Instant::now();
-    let r = c
-        .patch(format!("{}/admin/tiers/pro", b.url()))
-        .bearer_auth(ADMIN)
-        .json(&json!({"rpm": 700}))
-        .send()
-        .await
-        .unwrap();
+    let r = patch_tier(&c, &b, "pro", &json!({"rpm": 700})).await;
     assert_eq!(r.status(), 200);
-    loop {
-        let seen = limit(&chat(&c, &a, "free", &chat_body("hi", 5)).await);
-        if seen.as_deref() == Some("700") {
-            break;
-        }
-        assert!(
-            tier_change.elapsed() < Duration::from_secs(1),
-            "instance a still sees {seen:?} after 1 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    await_rpm_limit(&c, &a, "free", "700", tier_change, within).await;
     eprintln!(
         "client move seen in {:?}; tier change seen in {:?}",
         tier_change - changed,
         tier_change.elapsed()
     );
     // A third instance started later picks up both changes at once.
-    let late = gateway(shared(&sim.base_url(), &redis, &tiers)).await;
-    assert_eq!(
-        limit(&chat(&c, &late, "free", &chat_body("hi", 5)).await).as_deref(),
-        Some("700")
-    );
+    let late = gateway(shared_config(&sim.base_url(), &redis.url, &tiers)).await;
+    assert_eq!(rpm_limit(&c, &late, "free").await.as_deref(), Some("700"));
 }

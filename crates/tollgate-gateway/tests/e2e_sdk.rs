@@ -44,15 +44,10 @@ fn venv_python() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_python_sdk_works_unchanged_and_sees_our_429s_as_rate_limit_errors() {
     let python = tokio::task::spawn_blocking(venv_python).await.unwrap();
-    let sim = sim().await;
-    let gw = gateway(config(
-        &sim.base_url(),
+    let (_sim, gw, _) = start(
         model(1000, 1_000_000),
-        &[
-            ("pro", tier(100, 100_000, 0, 0)),
-            ("free", tier(2, 100_000, 3, 0)),
-        ],
-    ))
+        &[("pro", pro_tier()), ("free", tier(2, 100_000, 3, 0))],
+    )
     .await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/sdk_test.py");
     let out = tokio::process::Command::new(python)
