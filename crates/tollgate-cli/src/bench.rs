@@ -230,6 +230,8 @@ async fn search(
         // At least 200 requests per step, so that a p99 is not just the
         // slowest of a handful.
         let secs = o.search_secs.max(SEARCH_MIN_REQUESTS / rate as f64);
+        load::burst(client, e, WARM_CONNECTIONS).await;
+        load::settle(client, e, SETTLE_LIMIT).await;
         let r = load::run(client, e, rate, secs, settings).await;
         load::settle(client, e, SETTLE_LIMIT).await;
         r
