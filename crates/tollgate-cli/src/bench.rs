@@ -124,8 +124,7 @@ pub async fn run(args: &[String]) -> Result<()> {
             // Warm the connection pools at a rate every endpoint can take,
             // then open WARM_CONNECTIONS of them.
             load::run(&client, e, rate.min(500), 0.5, settings).await;
-            load::burst(&client, e, WARM_CONNECTIONS).await;
-            load::settle(&client, e, SETTLE_LIMIT).await;
+            warm(&client, e).await;
             let r = load::run(&client, e, rate, o.secs, settings).await;
             let d = *direct.get_or_insert(r);
             println!("{}", row(&e.name, &r, &d));
@@ -165,6 +164,13 @@ pub async fn run(args: &[String]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Opens `WARM_CONNECTIONS` connections to `e` (and through it to the
+/// upstream), then waits until `e` answers quickly again.
+async fn warm(client: &reqwest::Client, e: &Endpoint) {
+    load::burst(client, e, WARM_CONNECTIONS).await;
+    load::settle(client, e, SETTLE_LIMIT).await;
 }
 
 fn wanted(o: &Options, name: &str) -> bool {
@@ -230,8 +236,7 @@ async fn search(
         // At least 200 requests per step, so that a p99 is not just the
         // slowest of a handful.
         let secs = o.search_secs.max(SEARCH_MIN_REQUESTS / rate as f64);
-        load::burst(client, e, WARM_CONNECTIONS).await;
-        load::settle(client, e, SETTLE_LIMIT).await;
+        warm(client, e).await;
         let r = load::run(client, e, rate, secs, settings).await;
         load::settle(client, e, SETTLE_LIMIT).await;
         r

@@ -121,6 +121,16 @@ fn error(status: StatusCode, kind: &str, code: &str, message: &str) -> Response 
         .into_response()
 }
 
+/// The 400 for a request body that is not JSON.
+fn not_json() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        "invalid_json",
+        "body is not JSON",
+    )
+}
+
 const WORDS: &[&str] = &[
     "The", " gateway", " keeps", " every", " request", " inside", " its", " limits", ",", " and",
     " the", " tokens", " flow", " back", " when", " unused", ".",
@@ -151,12 +161,7 @@ async fn chat(State(s): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -
         .and_then(|v| v.to_str().ok())
         .map(String::from);
     let Ok(req) = serde_json::from_slice::<Value>(&body) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "invalid_json",
-            "body is not JSON",
-        );
+        return not_json();
     };
     *s.stats.last_body.lock() = Some(req.clone());
     let model = req
@@ -273,12 +278,7 @@ async fn chat(State(s): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -
 async fn embeddings(State(s): State<Arc<SimState>>, body: Bytes) -> Response {
     s.stats.requests.fetch_add(1, Ordering::Relaxed);
     let Ok(req) = serde_json::from_slice::<Value>(&body) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "invalid_json",
-            "body is not JSON",
-        );
+        return not_json();
     };
     tokio::time::sleep(s.config.latency).await;
     let model = req

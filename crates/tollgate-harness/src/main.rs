@@ -259,12 +259,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 policy,
             };
             let rows = cluster::run(&opts)?;
-            if load.json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                println!("{}", cluster::table(&rows));
-            }
-            Ok(())
+            print_report(load.json, &rows, |r| cluster::table(r))
         }
         Command::Speed {
             concurrency,
@@ -303,12 +298,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "--samples must be 1..=100000"
             );
             let report = speed::run(&opts)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("{}", report.tables());
-            }
-            Ok(())
+            print_report(json, &report, |r| r.tables())
         }
         Command::Faults {
             policies,
@@ -347,12 +337,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ..FaultOptions::default()
             };
             let rows = faults::run(&opts)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                println!("{}", faults::table(&rows));
-            }
-            Ok(())
+            print_report(json, &rows, |r| faults::table(r))
         }
         Command::Standin {
             port,
@@ -416,12 +401,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             opts.python_combined = python_combined;
             let report = accuracy::run(&opts)?;
-            if load.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("{}", report.table());
-            }
-            Ok(())
+            print_report(load.json, &report, |r| r.table())
         }
     }
+}
+
+/// Prints a report as pretty JSON with `json`, else as its tables.
+fn print_report<T: serde::Serialize>(
+    json: bool,
+    report: &T,
+    tables: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        println!("{}", tables(report));
+    }
+    Ok(())
 }
