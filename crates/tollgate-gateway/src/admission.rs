@@ -228,7 +228,7 @@ impl Admission {
             .client_permit
             .iter()
             .chain(adm.parts.model_permit.iter())
-            .map(|p| p.waited)
+            .map(|p| p.waited())
             .max()
             .unwrap_or_default();
         Ok(adm)
@@ -390,7 +390,7 @@ impl Parts {
 }
 
 fn decision(gw: &Gateway, bucket: &str, tier: &str, p: &Permit) {
-    let d = if p.waited > Duration::ZERO {
+    let d = if p.waited() > Duration::ZERO {
         "waited"
     } else {
         "granted"

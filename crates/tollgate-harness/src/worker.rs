@@ -259,8 +259,8 @@ async fn task(cfg: WorkerConfig, t: usize, key: usize, limiter: RateLimiter) -> 
         };
         match acquired {
             Ok(permit) => {
-                call.waited = permit.waited.as_secs_f64();
-                call.outcome = match permit.source {
+                call.waited = permit.waited().as_secs_f64();
+                call.outcome = match permit.source() {
                     Source::Store => "store",
                     Source::Open => "open",
                     Source::Local => "local",

@@ -22,8 +22,8 @@ async fn main() -> Result<(), tollgate::Error> {
             println!(
                 "caller {n}: started at {:>5.2} s after waiting {:>4.2} s (queue position {})",
                 start.elapsed().as_secs_f64(),
-                permit.waited.as_secs_f64(),
-                permit.queue_position
+                permit.waited().as_secs_f64(),
+                permit.queue_position()
             );
             tokio::time::sleep(Duration::from_millis(50)).await; // the "call"
                                                                  // It used fewer output tokens than estimated: settle gives them back.

@@ -62,6 +62,18 @@ pub enum Error {
         #[source]
         source: StoreError,
     },
+    /// A permit was given to a limiter of another key than the one that
+    /// granted it; nothing was settled. The permit is handed back.
+    #[error("permit of key {:?} given to the limiter of key {limiter:?}; settle it on the limiter that granted it", permit.key())]
+    ForeignPermit {
+        /// The key of the limiter it was given to.
+        limiter: String,
+        /// The permit, still unsettled.
+        permit: Box<crate::Permit>,
+    },
+    /// A permit token could not be settled (see [`crate::TokenError`]).
+    #[error(transparent)]
+    Token(#[from] crate::TokenError),
     /// The store answered with an error that retrying will not fix.
     #[error(transparent)]
     Store(StoreError),

@@ -19,6 +19,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod background;
 mod error;
 mod limiter;
 mod outage;
@@ -28,7 +29,7 @@ pub mod store;
 pub use error::Error;
 pub use limiter::{
     AcquireOptions, Builder, DimensionStatus, Permit, PriorityClass, RateLimiter, Settlement,
-    Status,
+    Status, TokenError, TOKEN_LIFETIME,
 };
 pub use outage::{OutagePolicy, Source, Stats, StatsSnapshot};
 pub use retry::RetryConfig;

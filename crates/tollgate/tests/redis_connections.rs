@@ -28,7 +28,10 @@ async fn exercise(store: &Store, key: &str) {
         .reserve(Cost::request_only(), &AcquireOptions::default())
         .await
         .unwrap();
-    assert!(queued.waited > Duration::from_secs(4), "{key}: {queued:?}");
+    assert!(
+        queued.waited() > Duration::from_secs(4),
+        "{key}: {queued:?}"
+    );
     assert_eq!(limiter.status().await.unwrap().queue_depth, 1, "{key}");
     limiter.cancel(queued).await.unwrap();
     assert_eq!(limiter.status().await.unwrap().queue_depth, 0, "{key}");
@@ -189,13 +192,13 @@ async fn restart_applies_the_outage_policy_then_recovers() {
     let started = Instant::now();
     for _ in 0..3 {
         let p = open.acquire(Cost::tokens(10)).await.unwrap();
-        assert_eq!(p.source, Source::Open);
+        assert_eq!(p.source(), Source::Open);
         match closed.acquire(Cost::tokens(10)).await {
             Err(Error::StoreUnavailable { .. }) => {}
             other => panic!("closed policy: {other:?}"),
         }
         let p = local.acquire(Cost::tokens(10)).await.unwrap();
-        assert_eq!(p.source, Source::Local);
+        assert_eq!(p.source(), Source::Local);
         local.settle(p, Cost::tokens(5)).await.unwrap();
     }
     assert!(

@@ -326,7 +326,7 @@ async fn scripts_reload_after_script_flush() {
         second.store_reachable(),
         "the acquire after SCRIPT FLUSH fell back"
     );
-    assert!(second.id > first.id);
+    assert!(second.id() > first.id());
     limiter.settle(second, Cost::request_only()).await.unwrap();
     server.cli(&["SCRIPT", "FLUSH"]);
     let status = limiter.status().await.unwrap();
@@ -359,7 +359,7 @@ async fn keys_use_the_hash_tag_and_expire_when_idle() {
     let _a = limiter.reserve(Cost::request_only(), &opts).await.unwrap();
     let _b = limiter.reserve(Cost::request_only(), &opts).await.unwrap();
     let c = limiter.reserve(Cost::request_only(), &opts).await.unwrap();
-    assert!(c.waited.as_secs_f64() > 0.4);
+    assert!(c.waited().as_secs_f64() > 0.4);
     let keys = server.cli(&["KEYS", "*"]);
     assert!(keys.contains(&state) && keys.contains(&queue), "{keys}");
     // Backlog 1.5 s (three requests at 0.5 s each) + one to two 0.3 s margins.
@@ -391,15 +391,15 @@ async fn ids_do_not_repeat_after_expiry() {
     let a = limiter.acquire(Cost::request_only()).await.unwrap();
     server.cli(&["FLUSHALL"]);
     let b = limiter.acquire(Cost::request_only()).await.unwrap();
-    assert!(b.id > a.id, "{} then {}", a.id, b.id);
+    assert!(b.id() > a.id(), "{} then {}", a.id(), b.id());
     let now_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_micros() as u64;
     assert!(
-        a.id.abs_diff(now_us) < 60_000_000,
+        a.id().abs_diff(now_us) < 60_000_000,
         "id {} is not near the clock",
-        a.id
+        a.id()
     );
 }
 

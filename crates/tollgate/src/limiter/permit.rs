@@ -34,21 +34,22 @@ impl AcquireOptions {
 /// A granted slot: the call may run now. Settle it with the real usage when the
 /// call ends ([`RateLimiter::settle`](crate::RateLimiter::settle)); a permit that
 /// is dropped unsettled keeps its estimate charged.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// A permit is settled at most once: settling or cancelling consumes it, it
+/// cannot be cloned, and its fields are read through accessors. To settle it
+/// from another task or process, turn it into a token
+/// ([`Permit::into_token`]) and settle that with
+/// [`RateLimiter::settle_token`](crate::RateLimiter::settle_token); the store
+/// applies a token once, however often it is sent.
+#[derive(Debug, PartialEq)]
 #[must_use = "settle the permit with the real usage after the call"]
 pub struct Permit {
-    /// The limiter's key.
-    pub key: std::sync::Arc<str>,
-    /// The reservation's id (unique within the key).
-    pub id: u64,
-    /// The slot, in seconds on the store's clock.
-    pub slot: f64,
-    /// How long `acquire` waited for the slot.
-    pub waited: Duration,
-    /// Reservations of the same class that were queued ahead of this one.
-    pub queue_position: u64,
-    /// Who decided: the store, or the outage policy.
-    pub source: Source,
+    pub(crate) key: std::sync::Arc<str>,
+    pub(crate) id: u64,
+    pub(crate) slot: f64,
+    pub(crate) waited: Duration,
+    pub(crate) queue_position: u64,
+    pub(crate) source: Source,
     pub(crate) class: u8,
     pub(crate) mark: Mark,
     /// Store time of the reservation, seconds (what `mark.end` is relative to).
@@ -56,6 +57,43 @@ pub struct Permit {
 }
 
 impl Permit {
+    /// The key of the limiter that granted it.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The reservation's id (unique within the key).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The slot, in seconds on the store's clock.
+    pub fn slot(&self) -> f64 {
+        self.slot
+    }
+
+    /// How long `acquire` waited for the slot (for a permit from
+    /// [`RateLimiter::reserve`](crate::RateLimiter::reserve): how long the
+    /// caller must still wait).
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
+    /// Reservations of the same class that were queued ahead of this one.
+    pub fn queue_position(&self) -> u64 {
+        self.queue_position
+    }
+
+    /// Who decided: the store, or the outage policy.
+    pub fn source(&self) -> Source {
+        self.source
+    }
+
+    /// The priority class it was taken in.
+    pub fn class(&self) -> u8 {
+        self.class
+    }
+
     /// Whether the shared store was reachable for this decision.
     pub fn store_reachable(&self) -> bool {
         self.source.store_reachable()
@@ -64,6 +102,29 @@ impl Permit {
     /// The estimate charged, per dimension (requests, tokens, input, output).
     pub fn estimate(&self) -> Dims {
         self.mark.cost
+    }
+
+    /// The permit as a short string, to settle it elsewhere (another task,
+    /// another process sharing the store) with
+    /// [`RateLimiter::settle_token`](crate::RateLimiter::settle_token). The
+    /// permit is consumed: the token is now the only way to settle it, and the
+    /// store applies it at most once.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tollgate::Error> {
+    /// use tollgate::{Cost, Limits, RateLimiter};
+    ///
+    /// let limiter = RateLimiter::memory("gpt-4o", Limits::new().tpm(10_000))?;
+    /// let token = limiter.acquire(Cost::tokens(1_000)).await?.into_token();
+    /// let done = limiter.settle_token(&token, Cost::tokens(400)).await?;
+    /// assert_eq!(done.refunded[1], 600.0);
+    /// // The same token a second time is refused: nothing is refunded twice.
+    /// assert!(limiter.settle_token(&token, Cost::tokens(400)).await.is_err());
+    /// # Ok(()) }
+    /// ```
+    pub fn into_token(self) -> String {
+        super::token::encode(&self)
     }
 }
 

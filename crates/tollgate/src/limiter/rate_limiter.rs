@@ -9,11 +9,12 @@ use tollgate_core::{Cost, Dimension, Limits, Mark, Policy, ReserveError, DIMENSI
 use crate::error::secs;
 use crate::outage::Stats;
 use crate::store::{
-    AdvanceCall, Advanced, Backend, MemoryStore, ReserveCall, Reserved, SettleCall, Store,
-    StoreError,
+    AdvanceCall, Advanced, Backend, Cancel, Claim, MemoryStore, ReserveCall, Reserved, SettleCall,
+    Store, StoreError,
 };
 use crate::{Error, OutagePolicy, RetryConfig, Source, StatsSnapshot};
 
+use super::token;
 use super::{AcquireOptions, Builder, DimensionStatus, Permit, PriorityClass, Settlement, Status};
 
 /// The longest a waiting caller sleeps between two checks for an earlier slot.
@@ -314,16 +315,88 @@ impl RateLimiter {
     /// already drained). A permit that did not wait for its slot and used
     /// exactly its estimate has nothing to settle and costs no store call.
     pub async fn settle(&self, permit: Permit, usage: Cost) -> Result<Settlement, Error> {
-        let mut actual = self.inner.policy.units(usage);
-        actual[Dimension::Requests.index()] = permit.mark.cost[Dimension::Requests.index()];
+        let permit = self.own(permit)?;
+        let actual = self.actual(&permit, usage);
         self.settle_units(&permit, actual).await
     }
 
     /// Gives a permit back unused: refunds its whole estimate (with the same cap
-    /// as a refund) and removes it from its queue.
+    /// as a refund) and removes it from its queue, so the reservations queued
+    /// behind it may start earlier.
     pub async fn cancel(&self, permit: Permit) -> Result<Settlement, Error> {
+        let permit = self.own(permit)?;
         Stats::bump(&self.inner.stats.cancelled);
         self.settle_units(&permit, [0.0; DIMENSIONS]).await
+    }
+
+    /// [`RateLimiter::settle`] for a permit written as a token
+    /// ([`Permit::into_token`]), in this process or any other that shares the
+    /// store. The store applies each token at most once: a token settled
+    /// already, or older than [`TOKEN_LIFETIME`](crate::TOKEN_LIFETIME), is
+    /// refused with [`Error::Token`], and so is a token of another key.
+    pub async fn settle_token(&self, token: &str, usage: Cost) -> Result<Settlement, Error> {
+        let permit = self.claim(token).await?;
+        let actual = self.actual(&permit, usage);
+        self.settle_units(&permit, actual).await
+    }
+
+    /// [`RateLimiter::cancel`] for a permit written as a token; at most once,
+    /// as [`RateLimiter::settle_token`].
+    pub async fn cancel_token(&self, token: &str) -> Result<Settlement, Error> {
+        let permit = self.claim(token).await?;
+        Stats::bump(&self.inner.stats.cancelled);
+        self.settle_units(&permit, [0.0; DIMENSIONS]).await
+    }
+
+    /// The permit if it is this limiter's; otherwise it goes back in the error.
+    fn own(&self, permit: Permit) -> Result<Permit, Error> {
+        if permit.key == self.inner.key {
+            Ok(permit)
+        } else {
+            Err(Error::ForeignPermit {
+                limiter: self.inner.key.to_string(),
+                permit: Box::new(permit),
+            })
+        }
+    }
+
+    fn actual(&self, permit: &Permit, usage: Cost) -> [f64; DIMENSIONS] {
+        let mut actual = self.inner.policy.units(usage);
+        actual[Dimension::Requests.index()] = permit.mark.cost[Dimension::Requests.index()];
+        actual
+    }
+
+    /// Reads a token and marks it settled in the store that holds its
+    /// reservation; refused when it was marked already.
+    async fn claim(&self, token: &str) -> Result<Permit, Error> {
+        let inner = &*self.inner;
+        let permit = token::decode(token, &inner.key)?;
+        let claim = match (permit.source, &inner.local) {
+            (Source::Open, _) => return Ok(permit), // nothing was charged
+            (Source::Local, Some(local)) => {
+                local
+                    .store
+                    .claim_now(&inner.key, permit.id, permit.reserved_at)
+            }
+            (Source::Local, None) => {
+                return Err(Error::Token(token::TokenError::Malformed(
+                    "a token of the local outage policy, given to a limiter without it",
+                )))
+            }
+            (Source::Store, _) => self
+                .with_retry(|| inner.store.claim(&inner.key, permit.id, permit.reserved_at))
+                .await
+                .map_err(|f| Error::StoreUnavailable {
+                    attempts: f.attempts,
+                    source: f.error,
+                })?,
+        };
+        let (key, id) = (inner.key.to_string(), permit.id);
+        match claim {
+            Claim::Fresh => Ok(permit),
+            Claim::Settled => Err(token::TokenError::AlreadySettled { key, id }.into()),
+            Claim::Expired => Err(token::TokenError::Expired { key, id }.into()),
+        }
     }
 
     async fn settle_units(
@@ -497,29 +570,41 @@ impl Drop for CancelOnDrop<'_> {
             return;
         };
         let limiter = self.limiter.clone();
-        Stats::bump(&limiter.inner.stats.cancelled);
-        // The memory stores cancel right here; Redis needs a task.
         let inner = &*limiter.inner;
+        Stats::bump(&inner.stats.cancelled);
+        // The memory stores cancel right here; Redis needs a task.
         let actual = [0.0; DIMENSIONS];
-        match (&permit.source, &inner.store, &inner.local) {
-            (Source::Local, _, Some(local)) => {
-                local
-                    .store
-                    .settle_now(&settle_call(inner, &local.policy, &permit, actual));
-            }
+        let settled = match (permit.source, &inner.store, &inner.local) {
+            (Source::Local, _, Some(local)) => Some(local.store.settle_now(&settle_call(
+                inner,
+                &local.policy,
+                &permit,
+                actual,
+            ))),
             (Source::Store, Store::Memory(m), _) => {
-                m.settle_now(&settle_call(inner, &inner.policy, &permit, actual));
+                Some(m.settle_now(&settle_call(inner, &inner.policy, &permit, actual)))
             }
-            (Source::Store, Store::Redis(_), _) => {
-                if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                    handle.spawn(async move {
-                        if let Err(e) = limiter.settle_units(&permit, actual).await {
-                            tracing::warn!(key = %permit.key, error = %e, "could not cancel a dropped reservation");
-                        }
+            (Source::Store, Store::Redis(_), _) => None,
+            _ => return,
+        };
+        match settled {
+            Some(settled) => {
+                if settled.returned.iter().any(|&r| r > 0.0) {
+                    inner.refunded.notify_waiters();
+                }
+            }
+            None => {
+                if let Store::Redis(redis) = &inner.store {
+                    redis.cancel_soon(Cancel {
+                        key: inner.key.to_string(),
+                        policy: inner.policy.clone(),
+                        class: permit.class,
+                        id: permit.id,
+                        slot: permit.slot,
+                        mark: permit.mark,
                     });
                 }
             }
-            _ => {}
         }
     }
 }

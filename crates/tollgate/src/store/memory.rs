@@ -12,7 +12,8 @@ use tollgate_core::{
 };
 
 use super::{
-    AdvanceCall, Advanced, Backend, KeySnapshot, ReserveCall, Reserved, SettleCall, StoreError,
+    AdvanceCall, Advanced, Backend, Claim, KeySnapshot, ReserveCall, Reserved, SettleCall,
+    StoreError,
 };
 
 /// A source of time in seconds (the memory store's equivalent of Redis `TIME`).
@@ -180,6 +181,8 @@ impl Entry {
 struct Shard {
     keys: HashMap<Box<str>, Entry, ahash::RandomState>,
     ops_since_sweep: usize,
+    /// Permit tokens settled, (key, id) → when the mark may go.
+    claimed: HashMap<(Box<str>, u64), f64, ahash::RandomState>,
 }
 
 impl Shard {
@@ -361,6 +364,26 @@ impl MemoryStore {
         Some(Advanced { slot, now })
     }
 
+    /// [`Backend::claim`] without the future.
+    pub fn claim_now(&self, key: &str, id: u64, reserved_at: f64) -> Claim {
+        let now = self.clock.now();
+        let lifetime = crate::TOKEN_LIFETIME.as_secs_f64();
+        if now > reserved_at + lifetime {
+            return Claim::Expired;
+        }
+        let mut shard = self.shard(key).lock();
+        if shard.claimed.len() >= 1024 && shard.claimed.len().is_power_of_two() {
+            shard.claimed.retain(|_, until| *until > now);
+        }
+        match shard.claimed.entry((key.into(), id)) {
+            std::collections::hash_map::Entry::Occupied(_) => Claim::Settled,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(reserved_at + lifetime);
+                Claim::Fresh
+            }
+        }
+    }
+
     /// [`Backend::snapshot`] without the future.
     pub fn snapshot_now(&self, key: &str) -> KeySnapshot {
         let now = self.clock.now();
@@ -406,5 +429,9 @@ impl Backend for MemoryStore {
 
     async fn advance(&self, call: &AdvanceCall<'_>) -> Result<Option<Advanced>, StoreError> {
         Ok(self.advance_now(call))
+    }
+
+    async fn claim(&self, key: &str, id: u64, reserved_at: f64) -> Result<Claim, StoreError> {
+        Ok(self.claim_now(key, id, reserved_at))
     }
 }

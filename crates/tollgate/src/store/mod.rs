@@ -8,6 +8,7 @@ mod memory;
 mod redis;
 
 pub use self::memory::{Clock, ManualClock, MemoryStore, SystemClock};
+pub(crate) use self::redis::Cancel;
 pub use self::redis::{RedisConnection, RedisOptions, RedisStore, TlsOptions};
 
 use std::future::Future;
@@ -109,6 +110,17 @@ pub struct KeySnapshot {
     pub queue_depth: u64,
 }
 
+/// What the store answers when a permit token is presented for settlement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// First time: it may be settled now (and is marked settled).
+    Fresh,
+    /// It was presented before.
+    Settled,
+    /// Its reservation is older than [`TOKEN_LIFETIME`](crate::TOKEN_LIFETIME).
+    Expired,
+}
+
 /// A failure of the store itself (not a limiting decision).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum StoreError {
@@ -121,6 +133,11 @@ pub enum StoreError {
     /// authentication, wrong type). Retrying will not help.
     #[error("store error: {0}")]
     Failed(String),
+    /// The store did not answer in time, but the operation was sent and is
+    /// not taken back: it is applied once when the store answers. Not
+    /// retried, since a second copy could be applied too.
+    #[error("store slow: {0}")]
+    Pending(String),
 }
 
 impl StoreError {
@@ -153,6 +170,16 @@ pub trait Backend: Send + Sync {
         &self,
         call: &AdvanceCall<'_>,
     ) -> impl Future<Output = Result<Option<Advanced>, StoreError>> + Send;
+
+    /// Marks reservation `id` of `key` (made at store time `reserved_at`) as
+    /// settled through a token, unless it was marked before or is older than
+    /// [`TOKEN_LIFETIME`](crate::TOKEN_LIFETIME). The mark is kept that long.
+    fn claim(
+        &self,
+        key: &str,
+        id: u64,
+        reserved_at: f64,
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
 
     /// Reads a key's state and queue depth.
     fn snapshot(
@@ -246,6 +273,13 @@ impl Backend for Store {
         match self {
             Store::Memory(m) => m.advance(call).await,
             Store::Redis(r) => r.advance(call).await,
+        }
+    }
+
+    async fn claim(&self, key: &str, id: u64, reserved_at: f64) -> Result<Claim, StoreError> {
+        match self {
+            Store::Memory(m) => m.claim(key, id, reserved_at).await,
+            Store::Redis(r) => r.claim(key, id, reserved_at).await,
         }
     }
 }

@@ -61,7 +61,11 @@ pub async fn burst_then_waits_in_order(store: Store) {
             .reserve(Cost::request_only(), &AcquireOptions::default())
             .await
             .unwrap();
-        assert_eq!(p.waited, Duration::ZERO, "request {i} of the burst waited");
+        assert_eq!(
+            p.waited(),
+            Duration::ZERO,
+            "request {i} of the burst waited"
+        );
     }
     let mut last = 0.0;
     for i in 1..=3 {
@@ -69,10 +73,10 @@ pub async fn burst_then_waits_in_order(store: Store) {
             .reserve(Cost::request_only(), &AcquireOptions::default())
             .await
             .unwrap();
-        let w = p.waited.as_secs_f64();
+        let w = p.waited().as_secs_f64();
         assert!(close(w, 0.2 * i as f64, 0.1), "request {} waits {w}", 5 + i);
         assert!(w > last, "slots must come in order");
-        assert_eq!(p.queue_position, i - 1);
+        assert_eq!(p.queue_position(), i - 1);
         last = w;
     }
 }
@@ -206,9 +210,9 @@ pub async fn dropped_waiter_releases_its_slot(store: Store) {
         .await
         .unwrap();
     assert!(
-        p.waited < Duration::from_millis(480),
+        p.waited() < Duration::from_millis(480),
         "waits behind a cancelled request: {:?}",
-        p.waited
+        p.waited()
     );
     assert_eq!(l.stats().cancelled, 1);
 }
@@ -231,15 +235,15 @@ pub async fn concurrent_acquires_are_fifo(store: Store) {
     for t in tasks {
         permits.push(t.await.unwrap().unwrap());
     }
-    permits.sort_by_key(|p| p.id);
+    permits.sort_by_key(|p| p.id());
     for w in permits.windows(2) {
         assert!(
-            w[1].slot >= w[0].slot,
+            w[1].slot() >= w[0].slot(),
             "id {} slot {} before id {} slot {}",
-            w[1].id,
-            w[1].slot,
-            w[0].id,
-            w[0].slot
+            w[1].id(),
+            w[1].slot(),
+            w[0].id(),
+            w[0].slot()
         );
     }
     for p in permits {
@@ -304,7 +308,11 @@ pub async fn queue_cap_refuses_without_reserving(store: Store) {
     let a = l.reserve(Cost::request_only(), &opts).await.unwrap();
     let b = l.reserve(Cost::request_only(), &opts).await.unwrap();
     assert_eq!(
-        (first.queue_position, a.queue_position, b.queue_position),
+        (
+            first.queue_position(),
+            a.queue_position(),
+            b.queue_position()
+        ),
         (0, 0, 1)
     );
     match l.reserve(Cost::request_only(), &opts).await {
@@ -344,22 +352,22 @@ pub async fn top_class_preempts_lower_class(store: Store) {
         .unwrap();
     let low = AcquireOptions::class(1);
     let first = l.reserve(Cost::tokens(500), &low).await.unwrap();
-    assert_eq!(first.waited, Duration::ZERO);
+    assert_eq!(first.waited(), Duration::ZERO);
     let queued = l.reserve(Cost::tokens(500), &low).await.unwrap();
     assert!(
-        close(queued.waited.as_secs_f64(), 5.0, 0.2),
+        close(queued.waited().as_secs_f64(), 5.0, 0.2),
         "{:?}",
-        queued.waited
+        queued.waited()
     );
     let top = l
         .reserve(Cost::tokens(400), &AcquireOptions::class(0))
         .await
         .unwrap();
     assert!(
-        top.slot < queued.slot,
+        top.slot() < queued.slot(),
         "top {} should start before queued low {}",
-        top.slot,
-        queued.slot
+        top.slot(),
+        queued.slot()
     );
     // The lower class has no way into the top share, even with a long wait allowed.
     let bounded = AcquireOptions::class(1).max_wait(Duration::from_secs(1));
@@ -431,14 +439,18 @@ pub async fn cancel_gives_the_slot_back(store: Store) {
         .reserve(Cost::tokens(500), &AcquireOptions::default())
         .await
         .unwrap();
-    assert!(q.waited > Duration::from_secs(4));
+    assert!(q.waited() > Duration::from_secs(4));
     let s = l.cancel(q).await.unwrap();
     assert!(close(s.refunded[1], 500.0, 1.0), "{s:?}");
     let r = l
         .reserve(Cost::tokens(500), &AcquireOptions::default())
         .await
         .unwrap();
-    assert!(close(r.waited.as_secs_f64(), 5.0, 0.2), "{:?}", r.waited);
+    assert!(
+        close(r.waited().as_secs_f64(), 5.0, 0.2),
+        "{:?}",
+        r.waited()
+    );
     l.cancel(r).await.unwrap();
 }
 
@@ -448,8 +460,8 @@ pub async fn acquire_waits_for_the_slot(store: Store) {
     let _a = l.acquire(Cost::request_only()).await.unwrap();
     let start = std::time::Instant::now();
     let b = l.acquire(Cost::request_only()).await.unwrap();
-    assert!(b.waited > Duration::from_millis(150), "{:?}", b.waited);
-    assert!(start.elapsed() >= b.waited, "returned before its slot");
+    assert!(b.waited() > Duration::from_millis(150), "{:?}", b.waited());
+    assert!(start.elapsed() >= b.waited(), "returned before its slot");
 }
 
 /// A permit tells the key's state right after its grant, without asking the
@@ -499,7 +511,7 @@ pub async fn status_at_grant_matches_status(store: Store) {
     );
     // A request that waits for its slot sees an empty bucket at its grant.
     let waiting = l.reserve(Cost::tokens(500), &opts).await.unwrap();
-    assert!(waiting.waited > Duration::ZERO);
+    assert!(waiting.waited() > Duration::ZERO);
     let at_grant = l.status_at_grant(&waiting).unwrap();
     assert!(at_grant[1].available < 1.0, "{:?}", at_grant[1]);
     assert!(
@@ -521,7 +533,7 @@ pub async fn settling_the_exact_estimate_changes_nothing(store: Store) {
     let opts = AcquireOptions::default();
     let now_ = l.reserve(Cost::tokens(800), &opts).await.unwrap();
     let queued = l.reserve(Cost::tokens(400), &opts).await.unwrap();
-    assert!(queued.waited > Duration::ZERO);
+    assert!(queued.waited() > Duration::ZERO);
     let before = l.status().await.unwrap();
     assert_eq!(before.queue_depth, 1);
     let s = l.settle(now_, Cost::tokens(800)).await.unwrap();

@@ -217,7 +217,7 @@ async fn connect_standalone(
     // own backoff and then applies the outage policy.
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(options.connect_timeout))
-        .set_response_timeout(Some(options.response_timeout))
+        .set_response_timeout(Some(options.late_reply_timeout))
         .set_number_of_retries(1)
         .set_min_delay(Duration::from_millis(20))
         .set_max_delay(Duration::from_millis(200));
@@ -252,7 +252,7 @@ pub(crate) async fn connect_cluster(
     let tls = nodes.iter().any(|n| n.starts_with("rediss://"));
     let mut builder = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
         .connection_timeout(options.connect_timeout)
-        .response_timeout(options.response_timeout)
+        .response_timeout(options.late_reply_timeout)
         .retries(3)
         .min_retry_wait(10)
         .max_retry_wait(200);

@@ -8,8 +8,10 @@
 //! tag `{K}`, so the same scripts run on Redis Cluster, and all expire once the
 //! key's backlog has drained (plus [`RedisOptions::idle_ttl`]).
 
+mod claim;
 mod connection;
 mod error;
+mod handover;
 mod options;
 mod scripts;
 
@@ -21,13 +23,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::{ErrorKind, ServerErrorKind, Value};
-use tollgate_core::{Policy, ReserveError, Settled, DIMENSIONS};
+use tollgate_core::{Dims, Policy, ReserveError, Settled, DIMENSIONS};
 
 use self::error::{store_error, timed_out};
+use self::handover::InFlight;
 use self::scripts::Keys;
 use super::{
-    AdvanceCall, Advanced, Backend, KeySnapshot, ReserveCall, Reserved, SettleCall, StoreError,
+    AdvanceCall, Advanced, Backend, Claim, KeySnapshot, ReserveCall, Reserved, SettleCall,
+    StoreError,
 };
+use crate::background::{self, Place};
 
 /// The Redis store: standalone (`redis://`), TLS (`rediss://`) or Cluster
 /// (`redis+cluster://`). Cheap to clone: clones share the connection.
@@ -58,6 +63,40 @@ struct Settings {
     /// The server's clock at the last reply and when it arrived here: gives
     /// each call a deadline on the server's clock.
     clock: parking_lot::Mutex<Option<(f64, Instant)>>,
+    /// How to open another connection to the same server, when the store
+    /// was made from a URL or nodes (not from the application's connection).
+    origin: Option<Origin>,
+    /// A connection opened on the library's own runtime, for work that
+    /// outlives the caller's runtime (see `crate::background`).
+    own: tokio::sync::OnceCell<RedisConnection>,
+    /// Reservations nobody owns any more, to cancel (see `cancel_soon`).
+    cancels: parking_lot::Mutex<Vec<Cancel>>,
+}
+
+/// A reservation to cancel in the background: its caller went away.
+#[derive(Debug)]
+pub(crate) struct Cancel {
+    /// The limiter key.
+    pub(crate) key: String,
+    /// The key's limits.
+    pub(crate) policy: Policy,
+    /// The reservation's class, id, slot and mark.
+    pub(crate) class: u8,
+    pub(crate) id: u64,
+    pub(crate) slot: f64,
+    pub(crate) mark: tollgate_core::Mark,
+}
+
+/// How long background cancellations gather before they are sent, latest
+/// reservation first: a cancellation gives back only what the reservations
+/// queued after it leave room for, so cancelling from the back loses nothing.
+const CANCEL_GATHER: Duration = Duration::from_millis(5);
+
+/// Where a store's connection came from.
+#[derive(Debug, Clone)]
+enum Origin {
+    Url(String, RedisOptions),
+    Nodes(Vec<String>, RedisOptions),
 }
 
 impl Settings {
@@ -95,9 +134,11 @@ impl RedisStore {
     pub async fn connect(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
         options.validate()?;
         let conn = connection::connect_url(url, &options).await?;
-        let store = Self::build(conn, &options);
+        let mut store = Self::build(conn, &options);
+        store.settings_mut().origin = Some(Origin::Url(url.to_string(), options.clone()));
         if !options.lazy {
             store.load_scripts().await?;
+            store.read_clock().await?;
         }
         Ok(store)
     }
@@ -116,8 +157,10 @@ impl RedisStore {
             ));
         }
         let conn = connection::connect_cluster(&nodes, &options).await?;
-        let store = Self::build(conn, &options);
+        let mut store = Self::build(conn, &options);
+        store.settings_mut().origin = Some(Origin::Nodes(nodes, options.clone()));
         store.load_scripts().await?;
+        store.read_clock().await?;
         Ok(store)
     }
 
@@ -148,8 +191,122 @@ impl RedisStore {
                 idle_ms: options.idle_ttl.as_millis().max(1) as u64,
                 timeout: options.operation_timeout(),
                 clock: parking_lot::Mutex::new(None),
+                origin: None,
+                own: tokio::sync::OnceCell::new(),
+                cancels: parking_lot::Mutex::new(Vec::new()),
             }),
         }
+    }
+
+    /// Cancels a reservation whose caller went away, from the background: on
+    /// the caller's runtime while it lives, else on the library's own with a
+    /// connection of its own. Cancellations that come together are sent
+    /// together, each key's latest reservation first.
+    pub(crate) fn cancel_soon(&self, cancel: Cancel) {
+        let first = {
+            let mut pending = self.settings.cancels.lock();
+            pending.push(cancel);
+            pending.len() == 1
+        };
+        if first {
+            self.start_cancelling();
+        }
+    }
+
+    fn start_cancelling(&self) {
+        let store = self.clone();
+        background::run(Box::new(move |place| {
+            Box::pin(async move { store.send_cancels(place).await })
+        }));
+    }
+
+    async fn send_cancels(self, place: Place) {
+        // Dropped before it has sent them (its runtime shut down), it hands
+        // what is left to the library's own runtime.
+        let restart = Restart(self.clone());
+        tokio::time::sleep(CANCEL_GATHER).await;
+        let store = match place {
+            Place::Caller => self.clone(),
+            Place::Own => match self.on_own_connection().await {
+                Ok(own) => own,
+                Err(e) => {
+                    let lost = std::mem::take(&mut *self.settings.cancels.lock());
+                    tracing::warn!(error = %e, cancels = lost.len(), "could not connect to cancel reservations whose callers went away");
+                    std::mem::forget(restart);
+                    return;
+                }
+            },
+        };
+        loop {
+            let mut batch = std::mem::take(&mut *self.settings.cancels.lock());
+            if batch.is_empty() {
+                break;
+            }
+            batch.sort_by(|a, b| a.key.cmp(&b.key).then(b.id.cmp(&a.id)));
+            for c in batch {
+                let call = SettleCall {
+                    key: &c.key,
+                    policy: &c.policy,
+                    class: c.class,
+                    id: c.id,
+                    slot: c.slot,
+                    mark: c.mark,
+                    actual: [0.0; DIMENSIONS],
+                };
+                match store.settle(&call).await {
+                    Ok(_) => {
+                        tracing::debug!(key = %c.key, id = c.id, "cancelled a reservation whose caller went away")
+                    }
+                    Err(e) => {
+                        tracing::warn!(key = %c.key, id = c.id, error = %e, "could not cancel a reservation whose caller went away")
+                    }
+                }
+            }
+        }
+        std::mem::forget(restart);
+    }
+
+    /// Reads the server's clock, so that even the first calls carry a
+    /// deadline (a call that reaches a server paused past it writes nothing).
+    async fn read_clock(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let (secs, micros): (u64, u64) = self
+            .bounded("reading the clock", async move {
+                redis::cmd("TIME").query_async(&mut conn).await
+            })
+            .await?;
+        self.settings.saw(secs as f64 + micros as f64 / 1e6);
+        Ok(())
+    }
+
+    fn settings_mut(&mut self) -> &mut Settings {
+        Arc::get_mut(&mut self.settings).expect("set before the store is shared")
+    }
+
+    /// This store on a connection of its own, opened on first use from the
+    /// URL or nodes it was made from: for work on the library's own runtime,
+    /// where connections of a runtime that shut down are dead. A store made
+    /// from the application's connection uses that one.
+    pub(crate) async fn on_own_connection(&self) -> Result<RedisStore, StoreError> {
+        let Some(origin) = &self.settings.origin else {
+            return Ok(self.clone());
+        };
+        let conn = self
+            .settings
+            .own
+            .get_or_try_init(|| async {
+                match origin {
+                    Origin::Url(url, options) => connection::connect_url(url, options).await,
+                    Origin::Nodes(nodes, options) => {
+                        connection::connect_cluster(nodes, options).await
+                    }
+                }
+            })
+            .await?;
+        Ok(RedisStore {
+            conn: conn.clone(),
+            settings: self.settings.clone(),
+        })
     }
 
     /// The connection the store uses (clones share it).
@@ -182,9 +339,38 @@ impl RedisStore {
     /// settlement was made at: what the refund caps were computed with.
     pub async fn settle_timed(&self, call: &SettleCall<'_>) -> Result<(Settled, f64), StoreError> {
         let keys = Keys::new(&self.settings.prefix, call.key);
-        let deadline = self.settings.deadline();
-        let inv = scripts::settle_invocation(&keys, call, self.settings.idle_ms, deadline)?;
-        let reply = self.run("settle", inv).await?;
+        // No deadline: a settlement is sent once and never again after a time
+        // out (it is still on its way), so it cannot be applied twice, and
+        // when it arrives late it must still be applied.
+        let inv = scripts::settle_invocation(&keys, call, self.settings.idle_ms, None)?;
+        let store = self.clone();
+        let key = call.key.to_string();
+        let id = call.id;
+        let sent = InFlight::new(
+            async move { store.run_unbounded(inv).await },
+            move |reply| async move {
+                match reply {
+                    Ok(_) => tracing::info!(
+                        key,
+                        id,
+                        "a settlement that timed out was applied when Redis answered"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(key, id, error = %store_error(e), "a settlement that timed out failed")
+                    }
+                }
+            },
+        );
+        let limit = self.settings.timeout;
+        let reply = match tokio::time::timeout(limit, sent).await {
+            Ok(reply) => reply.map_err(store_error)?,
+            Err(_) => {
+                return Err(StoreError::Pending(format!(
+                    "redis did not answer the settlement within {} ms; it stays on its way and is applied once when Redis answers",
+                    limit.as_millis()
+                )))
+            }
+        };
         let r = scripts::settle_reply(&reply)?;
         self.settings.saw(r.now);
         let mut charged = [0.0; DIMENSIONS];
@@ -207,17 +393,19 @@ impl RedisStore {
     /// `SCRIPT FLUSH`, a new Cluster node) loads it and runs it once more. The
     /// whole is bounded by the operation timeout.
     async fn run(&self, what: &str, inv: scripts::Invocation) -> Result<Value, StoreError> {
+        self.bounded(what, self.clone().run_unbounded(inv)).await
+    }
+
+    /// [`RedisStore::run`] without the time limit, owning what it needs.
+    async fn run_unbounded(self, inv: scripts::Invocation) -> redis::RedisResult<Value> {
         let mut conn = self.conn.clone();
-        self.bounded(what, async move {
-            match inv.cmd.query_async::<Value>(&mut conn).await {
-                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    inv.script.prepare_invoke().load_async(&mut conn).await?;
-                    inv.cmd.query_async(&mut conn).await
-                }
-                other => other,
+        match inv.cmd.query_async::<Value>(&mut conn).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                inv.script.prepare_invoke().load_async(&mut conn).await?;
+                inv.cmd.query_async(&mut conn).await
             }
-        })
-        .await
+            other => other,
+        }
     }
 
     async fn bounded<T>(
@@ -241,7 +429,21 @@ impl Backend for RedisStore {
         let keys = Keys::new(&self.settings.prefix, call.key);
         let deadline = self.settings.deadline();
         let inv = scripts::reserve_invocation(&keys, call, self.settings.idle_ms, deadline)?;
-        let reply = self.run("reserve", inv).await?;
+        // A reservation whose reply nobody waits for any more (the caller's
+        // time limit passed or its future was dropped) is cancelled when the
+        // reply comes: it has no owner.
+        let owner = Orphan {
+            store: self.clone(),
+            key: call.key.to_string(),
+            policy: call.policy.clone(),
+            class: call.class,
+            cost: call.cost,
+        };
+        let store = self.clone();
+        let sent = InFlight::new(async move { store.run_unbounded(inv).await }, |reply| {
+            owner.cancel(reply)
+        });
+        let reply = self.bounded("reserve", sent).await?;
         let reply = scripts::reserve_reply(&reply, call)?;
         if let Ok(r) = &reply {
             self.settings.saw(r.now);
@@ -260,6 +462,21 @@ impl Backend for RedisStore {
         scripts::advance_reply(&reply)
     }
 
+    async fn claim(&self, key: &str, id: u64, reserved_at: f64) -> Result<Claim, StoreError> {
+        let mut conn = self.conn.clone();
+        let mark = format!("{}:{{{key}}}:d:{id}", self.settings.prefix);
+        let mut inv = claim::CLAIM.prepare_invoke();
+        inv.key(mark)
+            .arg(reserved_at)
+            .arg(crate::TOKEN_LIFETIME.as_secs_f64());
+        let reply = self
+            .bounded("claim", async move {
+                inv.invoke_async::<Value>(&mut conn).await
+            })
+            .await?;
+        claim::claim_reply(&reply)
+    }
+
     async fn snapshot(&self, key: &str, _policy: &Policy) -> Result<KeySnapshot, StoreError> {
         let keys = Keys::new(&self.settings.prefix, key);
         let reply = self
@@ -271,5 +488,52 @@ impl Backend for RedisStore {
             state,
             queue_depth,
         })
+    }
+}
+
+/// What undoing a reservation that nobody received needs.
+struct Orphan {
+    store: RedisStore,
+    key: String,
+    policy: Policy,
+    class: u8,
+    cost: Dims,
+}
+
+impl Orphan {
+    /// Cancels the reservation a reply reports, if it reports one.
+    async fn cancel(self, reply: redis::RedisResult<Value>) {
+        let call = ReserveCall {
+            key: &self.key,
+            policy: &self.policy,
+            class: self.class,
+            headroom: 1.0,
+            cost: self.cost,
+            max_wait: None,
+            max_queue: None,
+        };
+        let Ok(Ok(Ok(r))) = reply.map(|v| scripts::reserve_reply(&v, &call)) else {
+            return; // nothing was written (refused, too late) or no reply came
+        };
+        self.store.cancel_soon(Cancel {
+            key: self.key.clone(),
+            policy: self.policy.clone(),
+            class: self.class,
+            id: r.id,
+            slot: r.slot,
+            mark: r.mark,
+        });
+    }
+}
+
+/// Restarts the sending of cancellations on the library's own runtime when
+/// a sender is dropped before it finished.
+struct Restart(RedisStore);
+
+impl Drop for Restart {
+    fn drop(&mut self) {
+        if !self.0.settings.cancels.lock().is_empty() {
+            self.0.start_cancelling();
+        }
     }
 }

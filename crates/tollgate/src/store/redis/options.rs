@@ -25,6 +25,14 @@ pub struct RedisOptions {
     /// overloaded Redis then fails the call (a transient error, retried and then
     /// handled by the outage policy) instead of hanging it.
     pub response_timeout: Duration,
+    /// How long a reply is still awaited after its caller stopped waiting
+    /// (the operation timeout passed, or the caller's future was dropped), so
+    /// that what the call wrote can be undone: a reservation that comes back
+    /// then is cancelled. Default 10 s. A server paused longer than this may
+    /// keep reservations nobody owns until their slots have passed. It is also
+    /// the connection's own response timeout: a connection silent this long
+    /// is reconnected.
+    pub late_reply_timeout: Duration,
     /// First part of every Redis key: `<prefix>:{<limiter key>}:s` holds a key's
     /// state and `<prefix>:{<limiter key>}:q<class>` its queues. Default
     /// `tollgate`. Must not contain `{` or `}` (the hash tag is the limiter key).
@@ -65,6 +73,7 @@ impl Default for RedisOptions {
         RedisOptions {
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_millis(500),
+            late_reply_timeout: Duration::from_secs(10),
             key_prefix: "tollgate".to_string(),
             idle_ttl: Duration::from_secs(60),
             lazy: false,
@@ -83,6 +92,12 @@ impl RedisOptions {
     /// Sets [`RedisOptions::response_timeout`].
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.response_timeout = timeout;
+        self
+    }
+
+    /// Sets [`RedisOptions::late_reply_timeout`].
+    pub fn late_reply_timeout(mut self, timeout: Duration) -> Self {
+        self.late_reply_timeout = timeout;
         self
     }
 
@@ -149,6 +164,13 @@ impl RedisOptions {
                 "response_timeout",
                 format!("{:?}", self.response_timeout),
                 "must be longer than zero (default 500 ms)",
+            );
+        }
+        if self.late_reply_timeout < self.operation_timeout() {
+            return bad(
+                "late_reply_timeout",
+                format!("{:?}", self.late_reply_timeout),
+                "at least connect_timeout + response_timeout (default 10 s)",
             );
         }
         if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}']) {
