@@ -78,6 +78,17 @@ impl Clock for ManualClock {
 
 const SHARDS: usize = 64;
 
+/// One entry of a headroom index (see [`ClassQueue::headroom`]).
+#[derive(Debug, Clone, Copy)]
+struct HeadroomEntry {
+    id: u64,
+    slot: f64,
+    value: f64,
+    /// Whether pushing it removed entries of larger value: then it stands for
+    /// them too and stays until its slot passes, even when cancelled.
+    popped: bool,
+}
+
 /// One priority class's queue: the reservations whose slot is still ahead.
 #[derive(Debug, Default)]
 struct ClassQueue {
@@ -86,13 +97,16 @@ struct ClassQueue {
     slots: BTreeSet<(u64, u64)>,
     /// Per dimension, a sliding-window minimum of the queued reservations'
     /// headroom (`Grant::headroom` + the key's refund counter when charged):
-    /// entries (id, slot, value) in id order with increasing values, so the
-    /// least value among reservations charged after id `n` is the first entry
-    /// with an id above `n`.
-    headroom: [VecDeque<(u64, f64, f64)>; DIMENSIONS],
+    /// entries in id order with non-decreasing values, so the least value
+    /// among reservations charged after id `n` is the first entry with an id
+    /// above `n`.
+    headroom: [VecDeque<HeadroomEntry>; DIMENSIONS],
     /// Seconds of TAT given back by refunds of this class's started
     /// reservations, per dimension (see `tollgate_core::advance`).
     started_refunds: Dims,
+    /// Per queued reservation, the seconds of TAT per dimension given up by
+    /// cancelled reservations charged just before it (see `credit`).
+    credits: HashMap<u64, Dims, ahash::RandomState>,
 }
 
 impl ClassQueue {
@@ -103,10 +117,14 @@ impl ClassQueue {
             .first()
             .is_some_and(|&(slot, _)| slot <= now_bits)
         {
-            self.slots.pop_first();
+            if let Some((_, id)) = self.slots.pop_first() {
+                if !self.credits.is_empty() {
+                    self.credits.remove(&id);
+                }
+            }
         }
         for d in &mut self.headroom {
-            while d.front().is_some_and(|&(_, slot, _)| slot <= now) {
+            while d.front().is_some_and(|e| e.slot <= now) {
                 d.pop_front();
             }
         }
@@ -116,10 +134,29 @@ impl ClassQueue {
         self.slots.insert((slot.to_bits(), id));
         for (d, &value) in self.headroom.iter_mut().zip(values) {
             if value.is_finite() {
-                while d.back().is_some_and(|&(_, _, v)| v >= value) {
+                let mut popped = false;
+                while d.back().is_some_and(|e| e.value > value) {
                     d.pop_back();
+                    popped = true;
                 }
-                d.push_back((id, slot, value));
+                d.push_back(HeadroomEntry {
+                    id,
+                    slot,
+                    value,
+                    popped,
+                });
+            }
+        }
+    }
+
+    /// Takes a reservation that leaves the queue before its slot out of the
+    /// headroom indexes, where that loses nothing: an entry that removed
+    /// others when it came stays (it bounds them too).
+    fn forget(&mut self, id: u64) {
+        for d in &mut self.headroom {
+            let i = d.partition_point(|e| e.id < id);
+            if d.get(i).is_some_and(|e| e.id == id && !e.popped) {
+                d.remove(i);
             }
         }
     }
@@ -127,9 +164,32 @@ impl ClassQueue {
     /// Least headroom value of the entries charged after reservation `id`.
     fn least_after(&self, id: u64, out: &mut Dims) {
         for (d, o) in self.headroom.iter().zip(out.iter_mut()) {
-            let i = d.partition_point(|&(n, _, _)| n <= id);
-            if let Some(&(_, _, v)) = d.get(i) {
-                *o = o.min(v);
+            let i = d.partition_point(|e| e.id <= id);
+            if let Some(e) = d.get(i) {
+                *o = o.min(e.value);
+            }
+        }
+    }
+
+    /// A queued reservation `id` (slot `slot`) of this class was cancelled.
+    /// When the reservation charged right after it is queued behind it in
+    /// this class, nothing lies between them on the TAT line: that one may
+    /// start earlier by everything the cancelled one had taken (`seconds`
+    /// per dimension, its cost and the idle gap its slot skipped); see
+    /// `tollgate_core::advance`. Other reservations keep their slots.
+    fn credit(&mut self, id: u64, slot: f64, seconds: Dims) {
+        let next = self
+            .slots
+            .range((slot.to_bits(), id)..)
+            .next()
+            .map(|&(_, n)| n);
+        // What it had been given itself is not passed on: the one behind it
+        // may have been charged after that cancellation's refund.
+        self.credits.remove(&id);
+        if next == Some(id + 1) {
+            let total = self.credits.entry(id + 1).or_insert([0.0; DIMENSIONS]);
+            for (t, s) in total.iter_mut().zip(seconds) {
+                *t += s;
             }
         }
     }
@@ -305,10 +365,14 @@ impl MemoryStore {
         let now = self.clock.now();
         let mut shard = self.shard(call.key).lock();
         let entry = shard.entry(call.key, now);
-        entry
-            .queue(call.class, now)
-            .slots
-            .remove(&(call.slot.to_bits(), call.id));
+        let queue = entry.queue(call.class, now);
+        let was_queued = queue.slots.remove(&(call.slot.to_bits(), call.id));
+        if was_queued {
+            queue.forget(call.id);
+            if call.actual.iter().any(|&a| a != 0.0) {
+                queue.credits.remove(&call.id);
+            }
+        }
         let later = entry.later_headroom(call.id, now);
         let settled = settle(
             call.policy,
@@ -319,11 +383,25 @@ impl MemoryStore {
             &later,
         );
         entry.state = settled.state;
+        let cancelled = call.actual.iter().all(|&a| a == 0.0);
         if call.slot <= now {
             let started = &mut entry.queue(call.class, now).started_refunds;
             for (r, give) in started.iter_mut().zip(settled.returned) {
                 *r += give;
             }
+        } else if was_queued && cancelled {
+            // Those queued behind it in its class were charged after it: each
+            // may start earlier by what it had taken (see `advance`).
+            let mut seconds = [0.0; DIMENSIONS];
+            for (i, s) in seconds.iter_mut().enumerate() {
+                let inc = call.policy.increment[i];
+                if inc > 0.0 {
+                    *s = call.mark.cost[i] * inc + call.mark.gap[i];
+                }
+            }
+            entry
+                .queue(call.class, now)
+                .credit(call.id, call.slot, seconds);
         }
         settled
     }
@@ -346,6 +424,11 @@ impl MemoryStore {
         let mut since = queue.started_refunds;
         for (s, at) in since.iter_mut().zip(call.mark.class_refunds_at) {
             *s -= at;
+        }
+        if let Some(credit) = queue.credits.get(&call.id) {
+            for (s, c) in since.iter_mut().zip(credit) {
+                *s += c;
+            }
         }
         let tolerance = call.policy.tau * call.headroom;
         let slot = advance(
