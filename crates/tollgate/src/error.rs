@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use tollgate_core::{LimitsError, ReserveError};
+use tollgate_core::{CostError, LimitsError, ReserveError};
 
 use crate::store::StoreError;
 
@@ -28,6 +28,11 @@ pub enum Error {
         /// What a valid value looks like.
         reason: &'static str,
     },
+    /// The cost cannot be charged on these limits (`Cost::tokens` on limits
+    /// with an output token limit: use `Cost::split`); nothing was reserved
+    /// or settled.
+    #[error(transparent)]
+    Cost(#[from] CostError),
     /// The request can never fit the bucket; nothing was reserved.
     #[error(transparent)]
     TooLarge(ReserveError),

@@ -33,4 +33,4 @@ pub use limiter::{
 pub use outage::{OutagePolicy, Source, Stats, StatsSnapshot};
 pub use retry::RetryConfig;
 pub use store::{Store, StoreError};
-pub use tollgate_core::{Cost, Dimension, Limits, Policy, Usage};
+pub use tollgate_core::{Cost, CostError, Dimension, Limits, Policy, Usage};

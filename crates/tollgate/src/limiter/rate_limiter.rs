@@ -224,7 +224,7 @@ impl RateLimiter {
             policy: &inner.policy,
             class: options.class,
             headroom: class.headroom,
-            cost: inner.policy.units(cost),
+            cost: inner.policy.checked_units(cost)?,
             max_wait: max_wait.map(|d| d.as_secs_f64()),
             max_queue: inner.max_queue,
         };
@@ -314,7 +314,7 @@ impl RateLimiter {
     /// already drained). A permit that did not wait for its slot and used
     /// exactly its estimate has nothing to settle and costs no store call.
     pub async fn settle(&self, permit: Permit, usage: Cost) -> Result<Settlement, Error> {
-        let mut actual = self.inner.policy.units(usage);
+        let mut actual = self.inner.policy.checked_units(usage)?;
         actual[Dimension::Requests.index()] = permit.mark.cost[Dimension::Requests.index()];
         self.settle_units(&permit, actual).await
     }
