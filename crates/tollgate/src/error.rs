@@ -58,11 +58,16 @@ pub enum Error {
         /// How long until the request could start.
         retry_after: Duration,
     },
-    /// The store failed after all retries and the outage policy is `closed`.
-    #[error("store unavailable after {attempts} attempts (outage policy: closed): {source}")]
+    /// The store failed after all retries. From `acquire`, the outage policy
+    /// (`closed`) refused the call; `settle`, `cancel` and `status`, which no
+    /// outage policy covers, fail with it whatever the policy.
+    #[error("store unavailable after {attempts} attempts{}: {source}", policy_note(*policy))]
     StoreUnavailable {
         /// Attempts made, the first included.
         attempts: u32,
+        /// The outage policy that refused the call ([`OutagePolicy::name`](crate::OutagePolicy::name)),
+        /// `None` where no outage policy applies (`settle`, `cancel`, `status`).
+        policy: Option<&'static str>,
         /// The last store error.
         #[source]
         source: StoreError,
@@ -106,6 +111,13 @@ impl Error {
             },
         }
     }
+}
+
+/// The part of a message that names the outage policy, if one applied.
+fn policy_note(policy: Option<&str>) -> String {
+    policy
+        .map(|p| format!(" (outage policy: {p})"))
+        .unwrap_or_default()
 }
 
 /// Seconds as a `Duration`, clamping negatives and non-numbers to zero.

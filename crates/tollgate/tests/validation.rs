@@ -6,7 +6,12 @@ mod support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tollgate::{Cost, CostError, Error, Limits, RateLimiter};
+use std::time::Duration;
+
+use tollgate::store::RedisOptions;
+use tollgate::{Cost, CostError, Error, Limits, OutagePolicy, RateLimiter, RetryConfig, Source};
+
+use support::RedisServer;
 
 /// A key no other test of this process uses.
 fn unique(name: &str) -> String {
@@ -43,4 +48,59 @@ async fn combined_tokens_cannot_slip_past_an_output_limit() {
     // A request-only cost charges no tokens anywhere: nothing to split.
     let l = RateLimiter::memory(&unique("output"), Limits::new().rpm(5).output_tpm(100)).unwrap();
     assert!(l.try_acquire(Cost::request_only()).await.is_ok());
+}
+
+/// A limiter on `server` with no retries and short timeouts, so that failures
+/// show quickly.
+async fn redis_limiter(
+    server: &RedisServer,
+    key: &str,
+    limits: Limits,
+    policy: OutagePolicy,
+) -> RateLimiter {
+    let options = RedisOptions::default()
+        .connect_timeout(Duration::from_millis(200))
+        .response_timeout(Duration::from_millis(200));
+    RateLimiter::builder(key)
+        .url(&server.url())
+        .redis_options(options)
+        .limits(limits)
+        .retry(RetryConfig::none())
+        .outage(policy)
+        .build()
+        .await
+        .unwrap()
+}
+
+/// A settlement that fails under the `open` outage policy must not claim the
+/// policy was `closed`; a refused acquire under `closed` names it.
+#[tokio::test]
+async fn store_unavailable_names_the_policy_that_applied() {
+    let mut server = RedisServer::start();
+    let open = redis_limiter(
+        &server,
+        &unique("open"),
+        Limits::new().tpm(1000),
+        OutagePolicy::Open,
+    )
+    .await;
+    let closed = redis_limiter(
+        &server,
+        &unique("closed"),
+        Limits::new().tpm(1000),
+        OutagePolicy::Closed,
+    )
+    .await;
+    let permit = open.acquire(Cost::tokens(100)).await.unwrap();
+    assert_eq!(permit.source, Source::Store);
+    server.kill();
+
+    let err = open.settle(permit, Cost::tokens(10)).await.unwrap_err();
+    assert!(matches!(err, Error::StoreUnavailable { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(!msg.contains("closed"), "{msg}");
+
+    let err = closed.acquire(Cost::tokens(10)).await.unwrap_err();
+    assert!(matches!(err, Error::StoreUnavailable { .. }), "{err:?}");
+    assert!(err.to_string().contains("outage policy: closed"), "{err}");
 }

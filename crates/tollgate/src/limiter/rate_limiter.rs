@@ -278,6 +278,7 @@ impl RateLimiter {
                 Stats::bump(&inner.stats.outage_closed);
                 Err(Error::StoreUnavailable {
                     attempts: failure.attempts,
+                    policy: Some(inner.outage.name()),
                     source: failure.error,
                 })
             }
@@ -364,6 +365,7 @@ impl RateLimiter {
                 .await
                 .map_err(|f| Error::StoreUnavailable {
                     attempts: f.attempts,
+                    policy: None,
                     source: f.error,
                 })?,
         };
@@ -385,6 +387,7 @@ impl RateLimiter {
             .await
             .map_err(|f| Error::StoreUnavailable {
                 attempts: f.attempts,
+                policy: None,
                 source: f.error,
             })?;
         let dimensions = dimension_status(&inner.policy, &snap.state.tat, snap.now);
