@@ -28,7 +28,7 @@ pub mod store;
 pub use error::Error;
 pub use limiter::{
     AcquireOptions, Builder, DimensionStatus, Permit, PriorityClass, RateLimiter, Settlement,
-    Status,
+    Status, MAX_ADVANCE_CHECK,
 };
 pub use outage::{OutagePolicy, Source, Stats, StatsSnapshot};
 pub use retry::RetryConfig;

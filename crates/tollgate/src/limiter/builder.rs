@@ -11,6 +11,19 @@ use crate::{Error, OutagePolicy, RateLimiter, RetryConfig};
 use super::rate_limiter::{Inner, LocalFallback};
 
 /// A priority class of a shared bucket (see "Priority classes" in the design).
+///
+/// A class of headroom `h` starts a call only while the bucket's backlog (how
+/// far its TAT lies ahead) stays within `h × τ`, the tolerance
+/// `τ = burst × window` scaled down; beyond that its calls queue. So lower
+/// classes cannot fill the part of the tolerance reserved above their
+/// headroom: a top-class call arriving at a congested bucket starts
+/// `(1 − h) × τ` earlier than the next call of a class of headroom `h` would.
+///
+/// What headroom does not do is move reservations already made: those of a
+/// lower class keep their slots, and every class charges the same TAT, so a
+/// top-class call still waits for the charges queued before it, less that
+/// `(1 − h) × τ`. Behind ten queued low-class calls, a top-class call starts
+/// after most of them, not before all of them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PriorityClass {
     /// Share of the bucket's tolerance this class may fill, in (0, 1]; the top
@@ -123,7 +136,8 @@ impl Builder {
     }
 
     /// While `acquire` waits for a slot more than this far away, it wakes now
-    /// and then (every quarter of the remaining wait, between this and 250 ms)
+    /// and then (every quarter of the remaining wait, between this and
+    /// [`MAX_ADVANCE_CHECK`](crate::MAX_ADVANCE_CHECK))
     /// to ask whether calls ahead of it settled below their estimates and left
     /// room to start earlier. `None` sleeps straight to the slot. Default 20 ms.
     pub fn advance_check(mut self, shortest: Option<Duration>) -> Self {

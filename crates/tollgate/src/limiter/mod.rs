@@ -7,5 +7,5 @@ mod status;
 
 pub use builder::{Builder, PriorityClass};
 pub use permit::{AcquireOptions, Permit, Settlement};
-pub use rate_limiter::RateLimiter;
+pub use rate_limiter::{RateLimiter, MAX_ADVANCE_CHECK};
 pub use status::{DimensionStatus, Status};

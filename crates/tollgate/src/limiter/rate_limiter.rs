@@ -16,8 +16,9 @@ use crate::{Error, OutagePolicy, RetryConfig, Source, StatsSnapshot};
 
 use super::{AcquireOptions, Builder, DimensionStatus, Permit, PriorityClass, Settlement, Status};
 
-/// The longest a waiting caller sleeps between two checks for an earlier slot.
-const MAX_ADVANCE_CHECK: Duration = Duration::from_millis(100);
+/// The longest a waiting caller sleeps between two checks for an earlier slot
+/// (see [`Builder::advance_check`]).
+pub const MAX_ADVANCE_CHECK: Duration = Duration::from_millis(100);
 
 /// The in-process limiter used by the `local` outage policy.
 #[derive(Debug)]
