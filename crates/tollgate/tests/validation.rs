@@ -104,3 +104,70 @@ async fn store_unavailable_names_the_policy_that_applied() {
     assert!(matches!(err, Error::StoreUnavailable { .. }), "{err:?}");
     assert!(err.to_string().contains("outage policy: closed"), "{err}");
 }
+
+/// A URL the library does not know is refused, naming the forms it knows;
+/// `memoryx://` no longer passes for `memory://`.
+#[tokio::test]
+async fn unknown_url_schemes_are_refused() {
+    for url in [
+        "memoryx://",
+        "memory://elsewhere",
+        "mem://",
+        "http://:secret@h:1",
+        "localhost:6379",
+        "",
+    ] {
+        let err = RateLimiter::new(url, &unique("url"), Limits::new().rpm(10))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Config { field: "url", .. }),
+            "{url:?}: {err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("memory://") && msg.contains("redis://") && !msg.contains("secret"),
+            "{url:?}: {msg}"
+        );
+    }
+}
+
+/// Absurd limits are refused with the reason, through the library too.
+#[tokio::test]
+async fn absurd_limits_are_refused_with_a_reason() {
+    let err = RateLimiter::memory(&unique("burst"), Limits::new().rpm(10).burst(1e12)).unwrap_err();
+    assert!(matches!(err, Error::Limits { .. }), "{err:?}");
+    assert!(err.to_string().contains("at most 1000"), "{err}");
+    let no_tpm = Limits::new().rpm(10).output_tpm(100).burndown(5.0);
+    let err = RateLimiter::memory(&unique("burndown"), no_tpm).unwrap_err();
+    assert!(err.to_string().contains("set tpm"), "{err}");
+}
+
+/// Every `memory://` limiter of a process shares one store: two limiters of
+/// one key are one bucket (they used to be two, granting 20 on rpm = 10).
+/// `RateLimiter::memory` keeps making a private store.
+#[tokio::test]
+async fn memory_url_names_one_store_per_process() {
+    let key = unique("shared");
+    let limits = Limits::new().rpm(10);
+    let a = RateLimiter::new("memory://", &key, limits.clone())
+        .await
+        .unwrap();
+    let b = RateLimiter::builder(&key)
+        .url("memory://")
+        .limits(limits.clone())
+        .build()
+        .await
+        .unwrap();
+    let mut granted = Vec::new();
+    for _ in 0..10 {
+        for l in [&a, &b] {
+            if let Ok(p) = l.try_acquire(Cost::request_only()).await {
+                granted.push(p);
+            }
+        }
+    }
+    assert_eq!(granted.len(), 10);
+    let private = RateLimiter::memory(&key, limits).unwrap();
+    assert!(private.try_acquire(Cost::request_only()).await.is_ok());
+}

@@ -10,6 +10,24 @@ use crate::{Error, OutagePolicy, RateLimiter, RetryConfig};
 
 use super::rate_limiter::{Inner, LocalFallback};
 
+/// The store URLs [`Builder::url`] knows, for messages.
+const URL_FORMS: &str = "memory:// (nothing after it: the process's memory store), \
+    redis://[:password@]host:port[/db], rediss://… for TLS, or \
+    redis+cluster://[:password@]host:port,host:port (rediss+cluster://… for TLS)";
+
+/// The scheme of a URL (`redis` of `redis://h:1`), `None` without `://`.
+fn url_scheme(url: &str) -> Option<&str> {
+    url.split_once("://").map(|(scheme, _)| scheme)
+}
+
+/// The URL with any password hidden, for messages.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
 /// A priority class of a shared bucket (see "Priority classes" in the design).
 ///
 /// A class of headroom `h` starts a call only while the bucket's backlog (how
@@ -90,14 +108,17 @@ impl Builder {
         self
     }
 
-    /// Use an existing store (shared by several limiters). Default: memory.
+    /// Use an existing store (shared by several limiters). Default, with no
+    /// store and no [`Builder::url`]: a fresh private memory store.
     pub fn store(mut self, store: Store) -> Self {
         self.store = Some(store);
         self
     }
 
-    /// Connect to this store URL at `build`: `memory://`, `redis://…`,
-    /// `rediss://…` (TLS) or `redis+cluster://host:port,host:port`.
+    /// Connect to this store URL at `build`: `memory://` (the process-wide
+    /// memory store, [`Store::process_memory`]), `redis://…`, `rediss://…`
+    /// (TLS), or `redis+cluster://host:port,host:port` (`rediss+cluster://…`
+    /// with TLS). Any other URL fails `build` with `Error::Config`.
     pub fn url(mut self, url: &str) -> Self {
         self.url = Some(url.to_string());
         self
@@ -156,12 +177,21 @@ impl Builder {
     pub async fn build(self) -> Result<RateLimiter, Error> {
         let store = match (&self.store, &self.url) {
             (Some(store), _) => store.clone(),
-            (None, Some(url)) if url.starts_with("memory") => Store::memory(),
-            (None, Some(url)) => Store::Redis(
-                RedisStore::connect(url, self.redis_options.clone())
-                    .await
-                    .map_err(Error::Store)?,
-            ),
+            (None, Some(url)) => match url_scheme(url) {
+                Some("memory") if url == "memory://" => Store::process_memory(),
+                Some("redis" | "rediss" | "redis+cluster" | "rediss+cluster") => Store::Redis(
+                    RedisStore::connect(url, self.redis_options.clone())
+                        .await
+                        .map_err(Error::Store)?,
+                ),
+                _ => {
+                    return Err(Error::Config {
+                        field: "url",
+                        value: format!("{:?}", redacted(url)),
+                        reason: URL_FORMS,
+                    })
+                }
+            },
             (None, None) => Store::memory(),
         };
         self.build_with(store)
