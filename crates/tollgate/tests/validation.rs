@@ -171,3 +171,25 @@ async fn memory_url_names_one_store_per_process() {
     let private = RateLimiter::memory(&key, limits).unwrap();
     assert!(private.try_acquire(Cost::request_only()).await.is_ok());
 }
+
+/// `rediss://` to a plain-text server fails saying the TLS handshake did not
+/// complete, not only that something timed out.
+#[tokio::test]
+async fn tls_to_a_plain_text_server_says_tls() {
+    let server = RedisServer::start();
+    let url = server.url().replacen("redis://", "rediss://", 1);
+    let started = std::time::Instant::now();
+    let err = tollgate::store::RedisStore::connect(&url, RedisOptions::default())
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("TLS") && msg.contains("may not speak TLS"),
+        "{msg}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
