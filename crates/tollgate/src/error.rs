@@ -33,6 +33,19 @@ pub enum Error {
     /// or settled.
     #[error(transparent)]
     Cost(#[from] CostError),
+    /// The store records other limits for this key, set by another limiter
+    /// (maybe in another process): two limiters of one key with different
+    /// limits would each charge the shared buckets by their own rules. See
+    /// [`Builder::replace_stored_limits`](crate::Builder::replace_stored_limits).
+    #[error("limits of {key:?} disagree with those another limiter recorded for it: this limiter has {ours}, the store has {theirs}; give every limiter of a key the same limits, or build with replace_stored_limits(true) when changing them on purpose")]
+    LimitsConflict {
+        /// The limiter's key.
+        key: String,
+        /// This limiter's limits ([`Limits::fingerprint`](crate::Limits::fingerprint)).
+        ours: String,
+        /// The limits recorded for the key.
+        theirs: String,
+    },
     /// The request can never fit the bucket; nothing was reserved.
     #[error(transparent)]
     TooLarge(ReserveError),

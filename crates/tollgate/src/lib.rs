@@ -28,7 +28,7 @@ pub mod store;
 pub use error::Error;
 pub use limiter::{
     AcquireOptions, Builder, DimensionStatus, Permit, PriorityClass, RateLimiter, Settlement,
-    Status, MAX_ADVANCE_CHECK,
+    Status, FINGERPRINT_TTL, MAX_ADVANCE_CHECK,
 };
 pub use outage::{OutagePolicy, Source, Stats, StatsSnapshot};
 pub use retry::RetryConfig;

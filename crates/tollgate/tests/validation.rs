@@ -193,3 +193,122 @@ async fn tls_to_a_plain_text_server_says_tls() {
         started.elapsed()
     );
 }
+
+/// The limits of the second limiter of a key, when they differ from the
+/// first's: refused, naming both.
+fn assert_conflict(result: Result<RateLimiter, Error>, ours: &str, theirs: &str) {
+    match result {
+        Err(Error::LimitsConflict {
+            ours: o, theirs: t, ..
+        }) => assert_eq!((o.as_str(), t.as_str()), (ours, theirs)),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+/// Two limiters of one key on the process memory store must agree on the
+/// limits while both live; replacing them is explicit.
+#[tokio::test]
+async fn memory_limiters_of_one_key_must_agree() {
+    let key = unique("agree");
+    let ten = Limits::new().rpm(10);
+    let twenty = Limits::new().rpm(20).burst(2.0);
+    let first = RateLimiter::new("memory://", &key, ten.clone())
+        .await
+        .unwrap();
+    let again = RateLimiter::new("memory://", &key, ten.clone())
+        .await
+        .unwrap();
+    let err = RateLimiter::new("memory://", &key, twenty.clone()).await;
+    assert_conflict(err, &twenty.fingerprint(), &ten.fingerprint());
+    let msg = RateLimiter::new("memory://", &key, twenty.clone())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("rpm=20") && msg.contains("rpm=10") && msg.contains("replace_stored_limits"),
+        "{msg}"
+    );
+    // A private store is another set of buckets: nothing to agree with.
+    assert!(RateLimiter::memory(&key, twenty.clone()).is_ok());
+
+    // Once every limiter with the old limits is gone, new ones may be set.
+    drop((first, again));
+    let now = RateLimiter::new("memory://", &key, twenty.clone())
+        .await
+        .unwrap();
+    let replaced = RateLimiter::builder(&key)
+        .url("memory://")
+        .limits(ten.clone())
+        .replace_stored_limits(true)
+        .build()
+        .await
+        .unwrap();
+    assert_conflict(
+        RateLimiter::new("memory://", &key, twenty.clone()).await,
+        &twenty.fingerprint(),
+        &ten.fingerprint(),
+    );
+    drop((now, replaced));
+}
+
+/// The same through Redis: the limits are recorded with the key (with an
+/// expiry), a limiter with others is refused however it reaches the store,
+/// and `replace_stored_limits` overwrites the record.
+#[tokio::test]
+async fn redis_limiters_of_one_key_must_agree() {
+    let server = RedisServer::start();
+    let key = unique("agree");
+    let ten = Limits::new().rpm(10).tpm(1000);
+    let split = Limits::new()
+        .rpm(10)
+        .tpm(1000)
+        .output_tpm(100)
+        .burndown(5.0);
+    let first = RateLimiter::new(&server.url(), &key, ten.clone())
+        .await
+        .unwrap();
+    let record = format!("tollgate:{{{key}}}:f");
+    assert_eq!(server.cli(&["GET", &record]).trim(), ten.fingerprint());
+    let ttl: u64 = server.cli(&["PTTL", &record]).trim().parse().unwrap();
+    assert!(
+        ttl > 0 && ttl <= tollgate::FINGERPRINT_TTL.as_millis() as u64,
+        "{ttl}"
+    );
+
+    assert!(RateLimiter::new(&server.url(), &key, ten.clone())
+        .await
+        .is_ok());
+    assert_conflict(
+        RateLimiter::new(&server.url(), &key, split.clone()).await,
+        &split.fingerprint(),
+        &ten.fingerprint(),
+    );
+    let through_store = RateLimiter::builder(&key)
+        .store(first.store().clone())
+        .limits(split.clone())
+        .build()
+        .await;
+    assert_conflict(through_store, &split.fingerprint(), &ten.fingerprint());
+    // Another prefix is another set of keys.
+    let other_prefix = RateLimiter::builder(&key)
+        .url(&server.url())
+        .redis_options(RedisOptions::default().key_prefix("elsewhere"))
+        .limits(split.clone())
+        .build()
+        .await;
+    assert!(other_prefix.is_ok(), "{other_prefix:?}");
+
+    RateLimiter::builder(&key)
+        .url(&server.url())
+        .limits(split.clone())
+        .replace_stored_limits(true)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(server.cli(&["GET", &record]).trim(), split.fingerprint());
+    assert_conflict(
+        RateLimiter::new(&server.url(), &key, ten.clone()).await,
+        &ten.fingerprint(),
+        &split.fingerprint(),
+    );
+}

@@ -8,6 +8,7 @@ use tollgate_core::Limits;
 use crate::store::{MemoryStore, RedisOptions, RedisStore, Store};
 use crate::{Error, OutagePolicy, RateLimiter, RetryConfig};
 
+use super::fingerprint;
 use super::rate_limiter::{Inner, LocalFallback};
 
 /// The store URLs [`Builder::url`] knows, for messages.
@@ -80,6 +81,7 @@ pub struct Builder {
     max_queue: Option<u64>,
     advance_check: Option<Duration>,
     classes: Vec<PriorityClass>,
+    replace_stored_limits: bool,
 }
 
 impl Builder {
@@ -99,6 +101,7 @@ impl Builder {
                 headroom: 1.0,
                 max_wait: None,
             }],
+            replace_stored_limits: false,
         }
     }
 
@@ -173,17 +176,60 @@ impl Builder {
         self
     }
 
-    /// Validates everything and connects to the store.
+    /// What [`Builder::build`] does when the store records other limits for
+    /// this key (another limiter, maybe in another process, was built with
+    /// them). `false`, the default: refuse with `Error::LimitsConflict`.
+    /// `true`: record these limits instead and log a warning; for
+    /// applications that change a key's limits on purpose (a new
+    /// configuration, a live change) and rebuild every limiter of the key.
+    pub fn replace_stored_limits(mut self, replace: bool) -> Self {
+        self.replace_stored_limits = replace;
+        self
+    }
+
+    /// Validates everything, connects to the store and checks that no other
+    /// limiter of the key has other limits.
+    ///
+    /// The check: on a Redis store (from [`Builder::url`] or
+    /// [`Builder::store`]) and on the process memory store of `memory://`,
+    /// the key's limits ([`Limits::fingerprint`]) are recorded with it, in
+    /// Redis at `<prefix>:{<key>}:f` for [`FINGERPRINT_TTL`](crate::FINGERPRINT_TTL),
+    /// in memory as long as a limiter with them lives. A limiter with other
+    /// limits fails with `Error::LimitsConflict`, naming both, unless
+    /// [`Builder::replace_stored_limits`]. Not checked: limiters built without
+    /// `build` ([`RateLimiter::with_store`], [`RateLimiter::memory`]), other
+    /// memory stores, and lazy Redis stores ([`RedisOptions::lazy`]); a Redis
+    /// that cannot be asked skips the check with a warning.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use tollgate::{Error, Limits, RateLimiter};
+    ///
+    /// let a = RateLimiter::new("memory://", "doc/conflict", Limits::new().rpm(10)).await.unwrap();
+    /// let b = RateLimiter::new("memory://", "doc/conflict", Limits::new().rpm(20)).await;
+    /// assert!(matches!(b, Err(Error::LimitsConflict { .. })));
+    /// # drop(a);
+    /// # }
+    /// ```
     pub async fn build(self) -> Result<RateLimiter, Error> {
+        let mut check = true;
+        let mut process_memory = false;
         let store = match (&self.store, &self.url) {
             (Some(store), _) => store.clone(),
             (None, Some(url)) => match url_scheme(url) {
-                Some("memory") if url == "memory://" => Store::process_memory(),
-                Some("redis" | "rediss" | "redis+cluster" | "rediss+cluster") => Store::Redis(
-                    RedisStore::connect(url, self.redis_options.clone())
-                        .await
-                        .map_err(Error::Store)?,
-                ),
+                Some("memory") if url == "memory://" => {
+                    process_memory = true;
+                    Store::process_memory()
+                }
+                Some("redis" | "rediss" | "redis+cluster" | "rediss+cluster") => {
+                    check = !self.redis_options.lazy;
+                    Store::Redis(
+                        RedisStore::connect(url, self.redis_options.clone())
+                            .await
+                            .map_err(Error::Store)?,
+                    )
+                }
                 _ => {
                     return Err(Error::Config {
                         field: "url",
@@ -194,11 +240,24 @@ impl Builder {
             },
             (None, None) => Store::memory(),
         };
-        self.build_with(store)
+        let replace = self.replace_stored_limits;
+        let inner = self.build_inner(store)?;
+        match &inner.store {
+            Store::Memory(_) if process_memory => fingerprint::check_process(&inner, replace)?,
+            Store::Redis(redis) if check => {
+                fingerprint::check_redis(redis, &inner, replace).await?
+            }
+            _ => {}
+        }
+        Ok(RateLimiter::from_inner(inner))
     }
 
     /// Validates everything; for stores that need no connecting.
     pub(crate) fn build_with(self, store: Store) -> Result<RateLimiter, Error> {
+        self.build_inner(store).map(RateLimiter::from_inner)
+    }
+
+    fn build_inner(self, store: Store) -> Result<Arc<Inner>, Error> {
         let policy = self.limits.validate().map_err(|source| Error::Limits {
             key: self.key.clone(),
             source,
@@ -252,7 +311,7 @@ impl Builder {
                 }),
                 _ => None,
             };
-        Ok(RateLimiter::from_inner(Arc::new(Inner {
+        Ok(Arc::new(Inner {
             key: self.key.into(),
             store,
             policy,
@@ -265,6 +324,6 @@ impl Builder {
             classes: self.classes,
             local,
             stats: Default::default(),
-        })))
+        }))
     }
 }

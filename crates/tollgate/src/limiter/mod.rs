@@ -1,11 +1,13 @@
 //! The public limiter: build one, `acquire` before each call, `settle` after.
 
 mod builder;
+mod fingerprint;
 mod permit;
 mod rate_limiter;
 mod status;
 
 pub use builder::{Builder, PriorityClass};
+pub use fingerprint::FINGERPRINT_TTL;
 pub use permit::{AcquireOptions, Permit, Settlement};
 pub use rate_limiter::{RateLimiter, MAX_ADVANCE_CHECK};
 pub use status::{DimensionStatus, Status};
