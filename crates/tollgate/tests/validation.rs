@@ -192,6 +192,16 @@ async fn tls_to_a_plain_text_server_says_tls() {
         "{:?}",
         started.elapsed()
     );
+    // The same for a Cluster seed node.
+    let url = server.url().replacen("redis://", "rediss+cluster://", 1);
+    let err = tollgate::store::RedisStore::connect(&url, RedisOptions::default())
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("TLS") && msg.contains("may not speak TLS"),
+        "{msg}"
+    );
 }
 
 /// The limits of the second limiter of a key, when they differ from the

@@ -295,11 +295,17 @@ pub(crate) async fn connect_cluster(
     let client = builder.build().map_err(store_error)?;
     let connecting = client.get_async_connection();
     let limit = options.operation_timeout() * 2;
-    let conn = tokio::time::timeout(limit, connecting)
-        .await
-        .map_err(|_| timed_out("connecting to the cluster", limit))?
-        .map_err(store_error)?;
-    Ok(RedisConnection::Cluster(conn))
+    let seeds = nodes.join(",");
+    match tokio::time::timeout(limit, connecting).await {
+        Ok(Ok(conn)) => Ok(RedisConnection::Cluster(conn)),
+        Ok(Err(e)) if tls && cut_short(&e) => Err(no_tls_handshake(&seeds, store_error(e))),
+        Ok(Err(e)) => Err(store_error(e)),
+        Err(_) if tls => Err(no_tls_handshake(
+            &seeds,
+            timed_out("connecting to the cluster", limit),
+        )),
+        Err(_) => Err(timed_out("connecting to the cluster", limit)),
+    }
 }
 
 #[cfg(test)]
