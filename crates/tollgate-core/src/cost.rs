@@ -6,8 +6,14 @@
 /// combined token dimension then charges `input + burndown × output`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Cost {
-    /// A precomputed combined token count (input and output limits see nothing
-    /// of it but are charged as if it were all input).
+    /// A precomputed combined token count, with no input/output split.
+    ///
+    /// The combined limit (tpm) and the input limit (input_tpm) are charged all
+    /// of it, as if it were all input: the input limit errs on the safe side.
+    /// An output limit (output_tpm) cannot be charged without the split, so the
+    /// limiter refuses `Cost::Tokens(n)` with `n > 0` on limits that have one
+    /// ([`CostError::Unsplit`](crate::CostError::Unsplit)); use [`Cost::Split`]
+    /// there. `Cost::Tokens(0)` ([`Cost::request_only`]) fits any limits.
     Tokens(u64),
     /// Input and output tokens.
     Split {
@@ -19,7 +25,8 @@ pub enum Cost {
 }
 
 impl Cost {
-    /// A precomputed combined token count.
+    /// A precomputed combined token count (see [`Cost::Tokens`]: refused on
+    /// limits with an output token limit).
     pub fn tokens(n: u64) -> Self {
         Cost::Tokens(n)
     }

@@ -11,12 +11,20 @@ pub enum LimitsError {
     /// The window is zero, negative, or not a number.
     #[error("window must be a positive number of seconds, got {0}")]
     BadWindow(f64),
-    /// The burst factor is zero, negative, or not a number.
-    #[error("burst must be a positive finite factor (1.0 = one window's worth), got {0}")]
+    /// The burst factor is zero, negative, not a number, or above
+    /// [`MAX_BURST`](crate::MAX_BURST).
+    #[error(
+        "burst must be a positive factor of at most {max} (1.0 = one window's worth), got {0}",
+        max = crate::MAX_BURST
+    )]
     BadBurst(f64),
     /// The burndown multiplier is negative or not a number.
     #[error("burndown must be a finite number >= 0 (1.0 default, 5.0 for AWS Bedrock), got {0}")]
     BadBurndown(f64),
+    /// A burndown other than 1.0 without a combined token limit, which is the
+    /// only limit burndown acts on.
+    #[error("burndown = {0} applies to the tokens limit, and none is set; set tpm (tokens) or leave burndown at 1.0")]
+    BurndownWithoutTokens(f64),
     /// A priority headroom outside (0, 1].
     #[error("priority headroom must be in (0, 1] (1.0 for the top class), got {0}")]
     BadHeadroom(f64),
@@ -56,5 +64,21 @@ pub enum ReserveError {
         max_queue: u64,
         /// Seconds until the request could start.
         retry_after: f64,
+    },
+}
+
+/// A cost the limits cannot charge as they are written. Nothing was written.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CostError {
+    /// A combined token count on limits that count output tokens on their own:
+    /// without the split, the output limit would be charged nothing.
+    #[error("Cost::tokens({tokens}) does not say how many tokens are output, so the {dimension}={limit} limit could not be charged; use Cost::split(input, output)")]
+    Unsplit {
+        /// The combined token count given.
+        tokens: u64,
+        /// The dimension that needs the split (output tokens).
+        dimension: Dimension,
+        /// Its limit per window.
+        limit: u64,
     },
 }

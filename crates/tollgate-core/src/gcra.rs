@@ -233,4 +233,34 @@ mod tests {
         let t = reserve(&p, &g2.state, 0.0, &top).unwrap();
         assert!(t.slot < g2.slot, "top {} low {}", t.slot, g2.slot);
     }
+
+    /// What headroom does not do: a top-class call does not jump the charges a
+    /// lower class already queued. It only skips the last `(1 − h) × τ` of
+    /// them (here 30 s: 5 of 10 queued calls).
+    #[test]
+    fn a_top_call_still_waits_for_the_low_charges_queued_before_it() {
+        let p = Limits::new().requests(10).validate().unwrap();
+        let mut low = ReserveRequest::new(p.units(Cost::request_only()));
+        low.headroom = 0.5;
+        let mut state = KeyState::default();
+        // 6 s per call, half of the 60 s tolerance for the low class: five
+        // calls start now, ten queue at 6, 12, ..., 60 s.
+        let mut queued = Vec::new();
+        for _ in 0..15 {
+            let g = reserve(&p, &state, 0.0, &low).unwrap();
+            if g.slot > 0.0 {
+                queued.push(g.slot);
+            }
+            low.tail = g.slot;
+            state = g.state;
+        }
+        assert_eq!(queued.len(), 10);
+        let top = ReserveRequest::new(p.units(Cost::request_only()));
+        let top = reserve(&p, &state, 0.0, &top).unwrap().slot;
+        let next_low = reserve(&p, &state, 0.0, &low).unwrap().slot;
+        assert!((top - 36.0).abs() < 1e-9, "{top}");
+        assert!((next_low - top - 30.0).abs() < 1e-9, "{next_low}");
+        let before_top = queued.iter().filter(|&&s| s < top).count();
+        assert_eq!(before_top, 5, "top at {top}, queued low slots {queued:?}");
+    }
 }

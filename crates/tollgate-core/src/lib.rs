@@ -36,9 +36,9 @@ mod settle;
 pub use advance::advance;
 pub use cost::{Cost, Usage};
 pub use dims::{Dimension, Dims, DIMENSIONS};
-pub use error::{LimitsError, ReserveError};
+pub use error::{CostError, LimitsError, ReserveError};
 pub use gcra::{reserve, Grant, KeyState, ReserveRequest};
-pub use limits::{Limits, Policy, DEFAULT_WINDOW_SECS};
+pub use limits::{Limits, Policy, DEFAULT_WINDOW_SECS, MAX_BURST};
 pub use settle::{settle, Mark, Settled};
 
 #[cfg(test)]

@@ -1,9 +1,16 @@
 //! Limits as a user writes them, and the validated [`Policy`] the arithmetic uses.
 
-use crate::{Cost, Dimension, Dims, LimitsError, DIMENSIONS};
+use crate::{Cost, CostError, Dimension, Dims, LimitsError, DIMENSIONS};
 
 /// The default window: limits are per minute.
 pub const DEFAULT_WINDOW_SECS: f64 = 60.0;
+
+/// The largest burst factor [`Limits::validate`] accepts: a bucket may hold at
+/// most a thousand windows' worth (about 17 hours of a per-minute limit).
+/// Beyond that a burst no longer describes a provider's limit, and the
+/// tolerance `burst × window` would lose the precision of the times it is
+/// added to.
+pub const MAX_BURST: f64 = 1000.0;
 
 /// The limits of one key, as a user sets them.
 ///
@@ -28,9 +35,11 @@ pub struct Limits {
     pub output_tokens: Option<u64>,
     /// Window length in seconds (default 60).
     pub window_secs: f64,
-    /// Burst factor: the bucket holds `burst × limit` (default 1.0).
+    /// Burst factor: the bucket holds `burst × limit` (default 1.0, at most
+    /// [`MAX_BURST`]).
     pub burst: f64,
-    /// Multiplier of output tokens in the combined dimension (default 1.0; AWS Bedrock 5.0).
+    /// Multiplier of output tokens in the combined dimension (default 1.0; AWS
+    /// Bedrock 5.0). Needs a combined token limit (`tokens`) to act on.
     pub burndown: f64,
 }
 
@@ -104,13 +113,14 @@ impl Limits {
         self
     }
 
-    /// Burst factor (bucket capacity = burst × limit).
+    /// Burst factor (bucket capacity = burst × limit), in (0, [`MAX_BURST`]].
     pub fn burst(mut self, burst: f64) -> Self {
         self.burst = burst;
         self
     }
 
-    /// Output burndown multiplier for the combined token dimension.
+    /// Output burndown multiplier for the combined token dimension; other than
+    /// 1.0 it needs [`Limits::tokens`] (tpm) set.
     pub fn burndown(mut self, burndown: f64) -> Self {
         self.burndown = burndown;
         self
@@ -143,16 +153,41 @@ impl Limits {
         }
     }
 
+    /// The limits in one line, e.g. `rpm=10 tpm=1000 window=60s burst=1
+    /// burndown=1`: each limited dimension, then the window, burst and
+    /// burndown. Two limits describe the same buckets exactly when their
+    /// fingerprints are equal; stores keep it to spot limiters that disagree.
+    ///
+    /// ```
+    /// use tollgate_core::Limits;
+    /// let l = Limits::new().rpm(10).output_tpm(500);
+    /// assert_eq!(l.fingerprint(), "rpm=10 output_tpm=500 window=60s burst=1 burndown=1");
+    /// assert_eq!(l.fingerprint(), l.clone().tpm(0).fingerprint()); // 0 = not limited
+    /// ```
+    pub fn fingerprint(&self) -> String {
+        let mut parts: Vec<String> = Dimension::ALL
+            .iter()
+            .filter_map(|&d| self.limit(d).map(|l| format!("{}={l}", d.short_name())))
+            .collect();
+        parts.push(format!("window={}s", self.window_secs));
+        parts.push(format!("burst={}", self.burst));
+        parts.push(format!("burndown={}", self.burndown));
+        parts.join(" ")
+    }
+
     /// Checks the limits and derives the per-dimension increments.
     pub fn validate(&self) -> Result<Policy, LimitsError> {
         if !(self.window_secs.is_finite() && self.window_secs > 0.0) {
             return Err(LimitsError::BadWindow(self.window_secs));
         }
-        if !(self.burst.is_finite() && self.burst > 0.0) {
+        if !(self.burst.is_finite() && self.burst > 0.0 && self.burst <= MAX_BURST) {
             return Err(LimitsError::BadBurst(self.burst));
         }
         if !(self.burndown.is_finite() && self.burndown >= 0.0) {
             return Err(LimitsError::BadBurndown(self.burndown));
+        }
+        if self.burndown != 1.0 && self.limit(Dimension::Tokens).is_none() {
+            return Err(LimitsError::BurndownWithoutTokens(self.burndown));
         }
         let mut increment = [0.0; DIMENSIONS];
         for d in Dimension::ALL {
@@ -205,10 +240,13 @@ impl Policy {
             .unwrap_or(f64::INFINITY)
     }
 
-    /// The cost of a request in units of each dimension.
+    /// The cost of a request in units of each dimension, unchecked.
     ///
-    /// `Cost::Tokens(n)` charges `n` to the combined and the input dimensions;
-    /// `Cost::Split` charges `input + burndown × output` to the combined one.
+    /// `Cost::Tokens(n)` charges `n` to the combined and the input dimensions
+    /// and nothing to the output one; `Cost::Split` charges
+    /// `input + burndown × output` to the combined one. Callers that take costs
+    /// from users want [`Policy::checked_units`], which refuses a
+    /// `Cost::Tokens` an output limit would not see.
     pub fn units(&self, cost: Cost) -> Dims {
         let (combined, input, output) = match cost {
             Cost::Tokens(n) => (n as f64, n as f64, 0.0),
@@ -219,6 +257,29 @@ impl Policy {
             ),
         };
         [1.0, combined, input, output]
+    }
+
+    /// [`Policy::units`], refusing `Cost::Tokens(n)` (`n > 0`) when an output
+    /// token limit is set: it would charge that limit nothing. The input limit
+    /// needs no check, as `Cost::Tokens` charges it everything.
+    ///
+    /// ```
+    /// use tollgate_core::{Cost, CostError, Limits};
+    /// let policy = Limits::new().output_tpm(100).validate().unwrap();
+    /// assert!(matches!(policy.checked_units(Cost::tokens(10_000)), Err(CostError::Unsplit { .. })));
+    /// assert_eq!(policy.checked_units(Cost::split(0, 40)).unwrap()[3], 40.0);
+    /// assert!(policy.checked_units(Cost::request_only()).is_ok());
+    /// ```
+    pub fn checked_units(&self, cost: Cost) -> Result<Dims, CostError> {
+        let output = Dimension::OutputTokens;
+        match (cost, self.limit(output)) {
+            (Cost::Tokens(tokens), Some(limit)) if tokens > 0 => Err(CostError::Unsplit {
+                tokens,
+                dimension: output,
+                limit,
+            }),
+            _ => Ok(self.units(cost)),
+        }
     }
 }
 
@@ -256,6 +317,83 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("burst") && msg.contains("-1"), "{msg}");
+    }
+
+    #[test]
+    fn absurd_bursts_are_refused_with_the_bound() {
+        for burst in [1e12, MAX_BURST * 1.01, f64::INFINITY] {
+            let err = Limits::new().rpm(10).burst(burst).validate().unwrap_err();
+            assert_eq!(err, LimitsError::BadBurst(burst));
+            assert!(err.to_string().contains("at most 1000"), "{err}");
+        }
+        assert!(Limits::new().rpm(10).burst(MAX_BURST).validate().is_ok());
+    }
+
+    #[test]
+    fn burndown_without_a_tokens_limit_is_refused() {
+        let err = Limits::new()
+            .rpm(10)
+            .output_tpm(100)
+            .burndown(5.0)
+            .validate()
+            .unwrap_err();
+        assert_eq!(err, LimitsError::BurndownWithoutTokens(5.0));
+        assert!(err.to_string().contains("set tpm"), "{err}");
+        // The default burndown needs nothing; with tpm any burndown is fine.
+        assert!(Limits::new().rpm(10).validate().is_ok());
+        assert!(Limits::new().tpm(10).burndown(5.0).validate().is_ok());
+    }
+
+    #[test]
+    fn combined_tokens_are_refused_where_an_output_limit_would_miss_them() {
+        let p = Limits::new().tpm(1000).output_tpm(100).validate().unwrap();
+        let err = p.checked_units(Cost::tokens(10_000)).unwrap_err();
+        assert_eq!(
+            err,
+            CostError::Unsplit {
+                tokens: 10_000,
+                dimension: Dimension::OutputTokens,
+                limit: 100
+            }
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("Cost::split(input, output)") && msg.contains("output_tpm=100"),
+            "{msg}"
+        );
+        assert_eq!(
+            p.checked_units(Cost::split(5, 7)),
+            Ok(p.units(Cost::split(5, 7)))
+        );
+        assert_eq!(
+            p.checked_units(Cost::request_only()),
+            Ok([1.0, 0.0, 0.0, 0.0])
+        );
+        // Input limits are charged the whole count: nothing slips past them.
+        let input = Limits::new().input_tpm(100).validate().unwrap();
+        assert_eq!(
+            input.checked_units(Cost::tokens(70)),
+            Ok([1.0, 70.0, 70.0, 0.0])
+        );
+    }
+
+    #[test]
+    fn fingerprints_tell_limits_apart() {
+        let a = Limits::new().rpm(10).tpm(1000);
+        assert_eq!(
+            a.fingerprint(),
+            "rpm=10 tpm=1000 window=60s burst=1 burndown=1"
+        );
+        for other in [
+            a.clone().rpm(11),
+            a.clone().input_tpm(5),
+            a.clone().window_secs(30.0),
+            a.clone().burst(1.5),
+            a.clone().burndown(5.0),
+        ] {
+            assert_ne!(a.fingerprint(), other.fingerprint(), "{other:?}");
+        }
+        assert_eq!(a.fingerprint(), a.clone().output_tpm(0).fingerprint());
     }
 
     #[test]

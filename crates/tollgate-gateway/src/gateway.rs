@@ -125,6 +125,8 @@ impl Gateway {
                     .limits(model_limits(m))
                     .priority_classes(classes.clone())
                     .outage(outage)
+                    // The configuration (and its live changes) decides the limits.
+                    .replace_stored_limits(true)
                     .build()
                     .await
                     .map_err(|e| {

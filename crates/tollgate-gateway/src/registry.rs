@@ -110,6 +110,8 @@ impl Registry {
                 .store(store.clone())
                 .limits(tier_limits(&tier.config))
                 .outage(outage)
+                // The configuration (and its live changes) decides the limits.
+                .replace_stored_limits(true)
                 .build()
                 .await
                 .map_err(|e| {

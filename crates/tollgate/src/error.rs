@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use tollgate_core::{LimitsError, ReserveError};
+use tollgate_core::{CostError, LimitsError, ReserveError};
 
 use crate::store::StoreError;
 
@@ -27,6 +27,24 @@ pub enum Error {
         value: String,
         /// What a valid value looks like.
         reason: &'static str,
+    },
+    /// The cost cannot be charged on these limits (`Cost::tokens` on limits
+    /// with an output token limit: use `Cost::split`); nothing was reserved
+    /// or settled.
+    #[error(transparent)]
+    Cost(#[from] CostError),
+    /// The store records other limits for this key, set by another limiter
+    /// (maybe in another process): two limiters of one key with different
+    /// limits would each charge the shared buckets by their own rules. See
+    /// [`Builder::replace_stored_limits`](crate::Builder::replace_stored_limits).
+    #[error("limits of {key:?} disagree with those another limiter recorded for it: this limiter has {ours}, the store has {theirs}; give every limiter of a key the same limits, or build with replace_stored_limits(true) when changing them on purpose")]
+    LimitsConflict {
+        /// The limiter's key.
+        key: String,
+        /// This limiter's limits ([`Limits::fingerprint`](crate::Limits::fingerprint)).
+        ours: String,
+        /// The limits recorded for the key.
+        theirs: String,
     },
     /// The request can never fit the bucket; nothing was reserved.
     #[error(transparent)]
@@ -53,11 +71,16 @@ pub enum Error {
         /// How long until the request could start.
         retry_after: Duration,
     },
-    /// The store failed after all retries and the outage policy is `closed`.
-    #[error("store unavailable after {attempts} attempts (outage policy: closed): {source}")]
+    /// The store failed after all retries. From `acquire`, the outage policy
+    /// (`closed`) refused the call; `settle`, `cancel` and `status`, which no
+    /// outage policy covers, fail with it whatever the policy.
+    #[error("store unavailable after {attempts} attempts{}: {source}", policy_note(*policy))]
     StoreUnavailable {
         /// Attempts made, the first included.
         attempts: u32,
+        /// The outage policy that refused the call ([`OutagePolicy::name`](crate::OutagePolicy::name)),
+        /// `None` where no outage policy applies (`settle`, `cancel`, `status`).
+        policy: Option<&'static str>,
         /// The last store error.
         #[source]
         source: StoreError,
@@ -68,6 +91,15 @@ pub enum Error {
     ForeignPermit {
         /// The key of the limiter it was given to.
         limiter: String,
+        /// The permit, still unsettled.
+        permit: Box<crate::Permit>,
+    },
+    /// The usage given to `settle` cannot be charged on these limits (see
+    /// [`Error::Cost`]); nothing was settled. The permit is handed back.
+    #[error("{source}; the permit is handed back unsettled")]
+    BadUsage {
+        /// What is wrong with the usage.
+        source: CostError,
         /// The permit, still unsettled.
         permit: Box<crate::Permit>,
     },
@@ -113,6 +145,13 @@ impl Error {
             },
         }
     }
+}
+
+/// The part of a message that names the outage policy, if one applied.
+fn policy_note(policy: Option<&str>) -> String {
+    policy
+        .map(|p| format!(" (outage policy: {p})"))
+        .unwrap_or_default()
 }
 
 /// Seconds as a `Duration`, clamping negatives and non-numbers to zero.

@@ -29,9 +29,9 @@ pub mod store;
 pub use error::Error;
 pub use limiter::{
     AcquireOptions, Builder, DimensionStatus, Permit, PriorityClass, RateLimiter, Settlement,
-    Status, TokenError, TOKEN_LIFETIME,
+    Status, TokenError, FINGERPRINT_TTL, MAX_ADVANCE_CHECK, TOKEN_LIFETIME,
 };
 pub use outage::{OutagePolicy, Source, Stats, StatsSnapshot};
 pub use retry::RetryConfig;
 pub use store::{Store, StoreError};
-pub use tollgate_core::{Cost, Dimension, Limits, Policy, Usage};
+pub use tollgate_core::{Cost, CostError, Dimension, Limits, Policy, Usage};

@@ -85,7 +85,9 @@ fn limits() -> impl Strategy<Value = Limits> {
             output_tokens: o,
             window_secs: 10.0,
             burst,
-            burndown,
+            // Burndown acts on the combined limit alone; without one, limits
+            // refuse any burndown but the neutral 1.0.
+            burndown: if t.is_some() { burndown } else { 1.0 },
         })
 }
 

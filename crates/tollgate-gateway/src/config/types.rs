@@ -102,7 +102,9 @@ pub struct AdminConfig {
 pub struct PriorityConfig {
     /// Headroom `h_k` of each class, top class first (must be 1.0). A class
     /// may fill only this share of a provider bucket's tolerance, so lower
-    /// classes cannot use up what is kept for higher ones. Default
+    /// classes cannot fill the part kept above their headroom; calls they
+    /// already queued keep their slots, though, and a higher-class call waits
+    /// for them less that part (see `tollgate::PriorityClass`). Default
     /// `[1.0, 0.8, 0.6, 0.4]`.
     pub headroom: Vec<f64>,
 }

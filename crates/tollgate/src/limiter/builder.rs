@@ -8,9 +8,41 @@ use tollgate_core::Limits;
 use crate::store::{MemoryStore, RedisOptions, RedisStore, Store};
 use crate::{Error, OutagePolicy, RateLimiter, RetryConfig};
 
+use super::fingerprint;
 use super::rate_limiter::{Inner, LocalFallback};
 
+/// The store URLs [`Builder::url`] knows, for messages.
+const URL_FORMS: &str = "memory:// (nothing after it: the process's memory store), \
+    redis://[:password@]host:port[/db], rediss://… for TLS, or \
+    redis+cluster://[:password@]host:port,host:port (rediss+cluster://… for TLS)";
+
+/// The scheme of a URL (`redis` of `redis://h:1`), `None` without `://`.
+fn url_scheme(url: &str) -> Option<&str> {
+    url.split_once("://").map(|(scheme, _)| scheme)
+}
+
+/// The URL with any password hidden, for messages.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
 /// A priority class of a shared bucket (see "Priority classes" in the design).
+///
+/// A class of headroom `h` starts a call only while the bucket's backlog (how
+/// far its TAT lies ahead) stays within `h × τ`, the tolerance
+/// `τ = burst × window` scaled down; beyond that its calls queue. So lower
+/// classes cannot fill the part of the tolerance reserved above their
+/// headroom: a top-class call arriving at a congested bucket starts
+/// `(1 − h) × τ` earlier than the next call of a class of headroom `h` would.
+///
+/// What headroom does not do is move reservations already made: those of a
+/// lower class keep their slots, and every class charges the same TAT, so a
+/// top-class call still waits for the charges queued before it, less that
+/// `(1 − h) × τ`. Behind ten queued low-class calls, a top-class call starts
+/// after most of them, not before all of them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PriorityClass {
     /// Share of the bucket's tolerance this class may fill, in (0, 1]; the top
@@ -49,6 +81,7 @@ pub struct Builder {
     max_queue: Option<u64>,
     advance_check: Option<Duration>,
     classes: Vec<PriorityClass>,
+    replace_stored_limits: bool,
 }
 
 impl Builder {
@@ -68,6 +101,7 @@ impl Builder {
                 headroom: 1.0,
                 max_wait: None,
             }],
+            replace_stored_limits: false,
         }
     }
 
@@ -77,14 +111,17 @@ impl Builder {
         self
     }
 
-    /// Use an existing store (shared by several limiters). Default: memory.
+    /// Use an existing store (shared by several limiters). Default, with no
+    /// store and no [`Builder::url`]: a fresh private memory store.
     pub fn store(mut self, store: Store) -> Self {
         self.store = Some(store);
         self
     }
 
-    /// Connect to this store URL at `build`: `memory://`, `redis://…`,
-    /// `rediss://…` (TLS) or `redis+cluster://host:port,host:port`.
+    /// Connect to this store URL at `build`: `memory://` (the process-wide
+    /// memory store, [`Store::process_memory`]), `redis://…`, `rediss://…`
+    /// (TLS), or `redis+cluster://host:port,host:port` (`rediss+cluster://…`
+    /// with TLS). Any other URL fails `build` with `Error::Config`.
     pub fn url(mut self, url: &str) -> Self {
         self.url = Some(url.to_string());
         self
@@ -123,7 +160,8 @@ impl Builder {
     }
 
     /// While `acquire` waits for a slot more than this far away, it wakes now
-    /// and then (every quarter of the remaining wait, between this and 250 ms)
+    /// and then (every quarter of the remaining wait, between this and
+    /// [`MAX_ADVANCE_CHECK`](crate::MAX_ADVANCE_CHECK))
     /// to ask whether calls ahead of it settled below their estimates and left
     /// room to start earlier. `None` sleeps straight to the slot. Default 20 ms.
     pub fn advance_check(mut self, shortest: Option<Duration>) -> Self {
@@ -138,23 +176,88 @@ impl Builder {
         self
     }
 
-    /// Validates everything and connects to the store.
+    /// What [`Builder::build`] does when the store records other limits for
+    /// this key (another limiter, maybe in another process, was built with
+    /// them). `false`, the default: refuse with `Error::LimitsConflict`.
+    /// `true`: record these limits instead and log a warning; for
+    /// applications that change a key's limits on purpose (a new
+    /// configuration, a live change) and rebuild every limiter of the key.
+    pub fn replace_stored_limits(mut self, replace: bool) -> Self {
+        self.replace_stored_limits = replace;
+        self
+    }
+
+    /// Validates everything, connects to the store and checks that no other
+    /// limiter of the key has other limits.
+    ///
+    /// The check: on a Redis store (from [`Builder::url`] or
+    /// [`Builder::store`]) and on the process memory store of `memory://`,
+    /// the key's limits ([`Limits::fingerprint`]) are recorded with it, in
+    /// Redis at `<prefix>:{<key>}:f` for [`FINGERPRINT_TTL`](crate::FINGERPRINT_TTL),
+    /// in memory as long as a limiter with them lives. A limiter with other
+    /// limits fails with `Error::LimitsConflict`, naming both, unless
+    /// [`Builder::replace_stored_limits`]. Not checked: limiters built without
+    /// `build` ([`RateLimiter::with_store`], [`RateLimiter::memory`]), other
+    /// memory stores, and lazy Redis stores ([`RedisOptions::lazy`]); a Redis
+    /// that cannot be asked skips the check with a warning.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use tollgate::{Error, Limits, RateLimiter};
+    ///
+    /// let a = RateLimiter::new("memory://", "doc/conflict", Limits::new().rpm(10)).await.unwrap();
+    /// let b = RateLimiter::new("memory://", "doc/conflict", Limits::new().rpm(20)).await;
+    /// assert!(matches!(b, Err(Error::LimitsConflict { .. })));
+    /// # drop(a);
+    /// # }
+    /// ```
     pub async fn build(self) -> Result<RateLimiter, Error> {
+        let mut check = true;
+        let mut process_memory = false;
         let store = match (&self.store, &self.url) {
             (Some(store), _) => store.clone(),
-            (None, Some(url)) if url.starts_with("memory") => Store::memory(),
-            (None, Some(url)) => Store::Redis(
-                RedisStore::connect(url, self.redis_options.clone())
-                    .await
-                    .map_err(Error::Store)?,
-            ),
+            (None, Some(url)) => match url_scheme(url) {
+                Some("memory") if url == "memory://" => {
+                    process_memory = true;
+                    Store::process_memory()
+                }
+                Some("redis" | "rediss" | "redis+cluster" | "rediss+cluster") => {
+                    check = !self.redis_options.lazy;
+                    Store::Redis(
+                        RedisStore::connect(url, self.redis_options.clone())
+                            .await
+                            .map_err(Error::Store)?,
+                    )
+                }
+                _ => {
+                    return Err(Error::Config {
+                        field: "url",
+                        value: format!("{:?}", redacted(url)),
+                        reason: URL_FORMS,
+                    })
+                }
+            },
             (None, None) => Store::memory(),
         };
-        self.build_with(store)
+        let replace = self.replace_stored_limits;
+        let inner = self.build_inner(store)?;
+        match &inner.store {
+            Store::Memory(_) if process_memory => fingerprint::check_process(&inner, replace)?,
+            Store::Redis(redis) if check => {
+                fingerprint::check_redis(redis, &inner, replace).await?
+            }
+            _ => {}
+        }
+        Ok(RateLimiter::from_inner(inner))
     }
 
     /// Validates everything; for stores that need no connecting.
     pub(crate) fn build_with(self, store: Store) -> Result<RateLimiter, Error> {
+        self.build_inner(store).map(RateLimiter::from_inner)
+    }
+
+    fn build_inner(self, store: Store) -> Result<Arc<Inner>, Error> {
         let policy = self.limits.validate().map_err(|source| Error::Limits {
             key: self.key.clone(),
             source,
@@ -208,7 +311,7 @@ impl Builder {
                 }),
                 _ => None,
             };
-        Ok(RateLimiter::from_inner(Arc::new(Inner {
+        Ok(Arc::new(Inner {
             key: self.key.into(),
             store,
             policy,
@@ -221,6 +324,6 @@ impl Builder {
             classes: self.classes,
             local,
             stats: Default::default(),
-        })))
+        }))
     }
 }

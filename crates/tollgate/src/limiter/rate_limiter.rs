@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tollgate_core::{Cost, Dimension, Limits, Mark, Policy, ReserveError, DIMENSIONS};
+use tollgate_core::{Cost, CostError, Dimension, Limits, Mark, Policy, ReserveError, DIMENSIONS};
 
 use crate::error::secs;
 use crate::outage::Stats;
@@ -17,8 +17,9 @@ use crate::{Error, OutagePolicy, RetryConfig, Source, StatsSnapshot};
 use super::token;
 use super::{AcquireOptions, Builder, DimensionStatus, Permit, PriorityClass, Settlement, Status};
 
-/// The longest a waiting caller sleeps between two checks for an earlier slot.
-const MAX_ADVANCE_CHECK: Duration = Duration::from_millis(100);
+/// The longest a waiting caller sleeps between two checks for an earlier slot
+/// (see [`Builder::advance_check`]).
+pub const MAX_ADVANCE_CHECK: Duration = Duration::from_millis(100);
 
 /// The in-process limiter used by the `local` outage policy.
 #[derive(Debug)]
@@ -225,7 +226,7 @@ impl RateLimiter {
             policy: &inner.policy,
             class: options.class,
             headroom: class.headroom,
-            cost: inner.policy.units(cost),
+            cost: inner.policy.checked_units(cost)?,
             max_wait: max_wait.map(|d| d.as_secs_f64()),
             max_queue: inner.max_queue,
         };
@@ -279,6 +280,7 @@ impl RateLimiter {
                 Stats::bump(&inner.stats.outage_closed);
                 Err(Error::StoreUnavailable {
                     attempts: failure.attempts,
+                    policy: Some(inner.outage.name()),
                     source: failure.error,
                 })
             }
@@ -316,7 +318,15 @@ impl RateLimiter {
     /// exactly its estimate has nothing to settle and costs no store call.
     pub async fn settle(&self, permit: Permit, usage: Cost) -> Result<Settlement, Error> {
         let permit = self.own(permit)?;
-        let actual = self.actual(&permit, usage);
+        let actual = match self.actual(&permit, usage) {
+            Ok(actual) => actual,
+            Err(source) => {
+                return Err(Error::BadUsage {
+                    source,
+                    permit: Box::new(permit),
+                })
+            }
+        };
         self.settle_units(&permit, actual).await
     }
 
@@ -335,8 +345,10 @@ impl RateLimiter {
     /// already, or older than [`TOKEN_LIFETIME`](crate::TOKEN_LIFETIME), is
     /// refused with [`Error::Token`], and so is a token of another key.
     pub async fn settle_token(&self, token: &str, usage: Cost) -> Result<Settlement, Error> {
+        // A usage that cannot be charged is refused before the token is used up.
+        let unclaimed = token::decode(token, &self.inner.key)?;
+        let actual = self.actual(&unclaimed, usage)?;
         let permit = self.claim(token).await?;
-        let actual = self.actual(&permit, usage);
         self.settle_units(&permit, actual).await
     }
 
@@ -360,10 +372,10 @@ impl RateLimiter {
         }
     }
 
-    fn actual(&self, permit: &Permit, usage: Cost) -> [f64; DIMENSIONS] {
-        let mut actual = self.inner.policy.units(usage);
+    fn actual(&self, permit: &Permit, usage: Cost) -> Result<[f64; DIMENSIONS], CostError> {
+        let mut actual = self.inner.policy.checked_units(usage)?;
         actual[Dimension::Requests.index()] = permit.mark.cost[Dimension::Requests.index()];
-        actual
+        Ok(actual)
     }
 
     /// Reads a token and marks it settled in the store that holds its
@@ -388,6 +400,7 @@ impl RateLimiter {
                 .await
                 .map_err(|f| Error::StoreUnavailable {
                     attempts: f.attempts,
+                    policy: None,
                     source: f.error,
                 })?,
         };
@@ -437,6 +450,7 @@ impl RateLimiter {
                 .await
                 .map_err(|f| Error::StoreUnavailable {
                     attempts: f.attempts,
+                    policy: None,
                     source: f.error,
                 })?,
         };
@@ -458,6 +472,7 @@ impl RateLimiter {
             .await
             .map_err(|f| Error::StoreUnavailable {
                 attempts: f.attempts,
+                policy: None,
                 source: f.error,
             })?;
         let dimensions = dimension_status(&inner.policy, &snap.state.tat, snap.now);

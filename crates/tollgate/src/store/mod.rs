@@ -12,6 +12,7 @@ pub(crate) use self::redis::Cancel;
 pub use self::redis::{RedisConnection, RedisOptions, RedisStore, TlsOptions};
 
 use std::future::Future;
+use std::sync::OnceLock;
 
 use tollgate_core::{Dims, KeyState, Mark, Policy, ReserveError, Settled};
 
@@ -200,9 +201,24 @@ pub enum Store {
 }
 
 impl Store {
-    /// A new in-memory store on the system clock.
+    /// A new, private in-memory store on the system clock: only the limiters
+    /// given this store (or its clones) share its buckets. See
+    /// [`Store::process_memory`] for the one `memory://` names.
     pub fn memory() -> Self {
         Store::Memory(MemoryStore::new())
+    }
+
+    /// The process-wide in-memory store, the one the URL `memory://` names:
+    /// every limiter built from `memory://` in this process shares it, so one
+    /// key is one bucket however many limiters use it.
+    ///
+    /// ```
+    /// use tollgate::Store;
+    /// assert!(Store::process_memory().is_memory());
+    /// ```
+    pub fn process_memory() -> Self {
+        static PROCESS: OnceLock<MemoryStore> = OnceLock::new();
+        Store::Memory(PROCESS.get_or_init(MemoryStore::new).clone())
     }
 
     /// Connects to Redis from a URL: `redis://[:password@]host:port[/db]`,

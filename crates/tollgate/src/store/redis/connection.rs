@@ -10,7 +10,7 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{Client, ClientTlsConfig, Cmd, Pipeline, RedisFuture, TlsCertificates, TlsMode, Value};
 
-use super::error::store_error;
+use super::error::{store_error, timed_out};
 use super::options::RedisOptions;
 use crate::store::StoreError;
 
@@ -221,16 +221,44 @@ async fn connect_standalone(
         .set_number_of_retries(1)
         .set_min_delay(Duration::from_millis(20))
         .set_max_delay(Duration::from_millis(200));
-    let manager = if options.lazy {
-        ConnectionManager::new_lazy_with_config(client, config).map_err(store_error)?
-    } else {
-        let connecting = ConnectionManager::new_with_config(client, config);
-        tokio::time::timeout(options.operation_timeout() * 2, connecting)
-            .await
-            .map_err(|_| super::error::timed_out("connecting", options.operation_timeout() * 2))?
-            .map_err(store_error)?
-    };
-    Ok(RedisConnection::Manager(manager))
+    if options.lazy {
+        let manager =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(store_error)?;
+        return Ok(RedisConnection::Manager(manager));
+    }
+    let limit = options.operation_timeout() * 2;
+    let connecting = ConnectionManager::new_with_config(client, config);
+    match tokio::time::timeout(limit, connecting).await {
+        Ok(Ok(manager)) => Ok(RedisConnection::Manager(manager)),
+        Ok(Err(e)) if tls && cut_short(&e) => Err(no_tls_handshake(&url, store_error(e))),
+        Ok(Err(e)) => Err(store_error(e)),
+        Err(_) if tls => Err(no_tls_handshake(&url, timed_out("connecting", limit))),
+        Err(_) => Err(timed_out("connecting", limit)),
+    }
+}
+
+/// Whether a connection attempt timed out or was cut off, as a TLS handshake
+/// with a server that speaks plain text is (it reads the handshake as a
+/// command and waits for the rest, or answers with an error in plain text).
+fn cut_short(e: &redis::RedisError) -> bool {
+    let text = e.to_string();
+    e.is_timeout()
+        || e.is_connection_dropped()
+        || text.contains("timed out")
+        || text.contains("InvalidContentType")
+        || text.contains("corrupt message")
+}
+
+/// The error of a `rediss://` connection whose TLS handshake did not
+/// complete: says so, and what is most often the cause.
+fn no_tls_handshake(url: &str, cause: StoreError) -> StoreError {
+    let (StoreError::Unavailable(cause) | StoreError::Failed(cause) | StoreError::Pending(cause)) =
+        cause;
+    StoreError::Unavailable(format!(
+        "the TLS handshake with {} did not complete ({cause}): the server may not speak TLS; \
+         use redis:// for a plain-text server, or check that the port is its TLS port",
+        redact(url).trim_end_matches("#insecure")
+    ))
 }
 
 /// Connects to a Redis Cluster from seed node URLs (`redis://host:port` or
@@ -268,11 +296,17 @@ pub(crate) async fn connect_cluster(
     let client = builder.build().map_err(store_error)?;
     let connecting = client.get_async_connection();
     let limit = options.operation_timeout() * 2;
-    let conn = tokio::time::timeout(limit, connecting)
-        .await
-        .map_err(|_| super::error::timed_out("connecting to the cluster", limit))?
-        .map_err(store_error)?;
-    Ok(RedisConnection::Cluster(conn))
+    let seeds = nodes.join(",");
+    match tokio::time::timeout(limit, connecting).await {
+        Ok(Ok(conn)) => Ok(RedisConnection::Cluster(conn)),
+        Ok(Err(e)) if tls && cut_short(&e) => Err(no_tls_handshake(&seeds, store_error(e))),
+        Ok(Err(e)) => Err(store_error(e)),
+        Err(_) if tls => Err(no_tls_handshake(
+            &seeds,
+            timed_out("connecting to the cluster", limit),
+        )),
+        Err(_) => Err(timed_out("connecting to the cluster", limit)),
+    }
 }
 
 #[cfg(test)]

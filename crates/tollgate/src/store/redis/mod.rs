@@ -11,6 +11,7 @@
 mod claim;
 mod connection;
 mod error;
+mod fingerprint;
 mod handover;
 mod options;
 mod scripts;
@@ -319,6 +320,20 @@ impl RedisStore {
     pub fn key_names(&self, key: &str) -> (String, String) {
         let keys = Keys::new(&self.settings.prefix, key);
         (keys.state(), keys.queue(0))
+    }
+
+    /// Records `fingerprint` as the limits of `key` for `ttl` unless a
+    /// different one is stored (or `replace`); returns the one stored before.
+    pub(crate) async fn claim_fingerprint(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        ttl: Duration,
+        replace: bool,
+    ) -> Result<Option<String>, StoreError> {
+        let name = fingerprint::key_name(&self.settings.prefix, key);
+        let claim = fingerprint::claim(self.conn.clone(), name, fingerprint.into(), ttl, replace);
+        self.bounded("recording the limits", claim).await
     }
 
     /// Loads the three scripts (`SCRIPT LOAD`; every primary of a Cluster).

@@ -40,6 +40,15 @@ pub struct RedisOptions {
     /// How long a key's state outlives its backlog once it falls idle. Default
     /// 60 s. Longer keeps refund bookkeeping for late settlements; shorter frees
     /// memory sooner.
+    ///
+    /// Exactly: each charge (a reservation, a settlement above the estimate)
+    /// keeps the keys' expiry at least `idle_ttl` after the moment the backlog
+    /// it leaves has drained, and when the expiry falls short moves it to twice
+    /// `idle_ttl` after that moment (so a busy key is not re-expired on every
+    /// call). An idle key therefore disappears between one and two `idle_ttl`
+    /// after its last charge's backlog drained: with the default, between 60 s
+    /// and 120 s, e.g. 121 s after one request on `rpm = 60`. Refunds do not
+    /// bring the expiry closer.
     pub idle_ttl: Duration,
     /// Create the store without connecting; the first call connects. Default
     /// `false`: [`RedisStore::connect`](super::RedisStore::connect) fails at once
