@@ -39,7 +39,7 @@ pub use dims::{Dimension, Dims, DIMENSIONS};
 pub use error::{CostError, LimitsError, ReserveError};
 pub use gcra::{reserve, Grant, KeyState, ReserveRequest};
 pub use limits::{Limits, Policy, DEFAULT_WINDOW_SECS, MAX_BURST};
-pub use settle::{settle, Mark, Settled};
+pub use settle::{settle, settle_vacated, Mark, Settled, Vacated};
 
 #[cfg(test)]
 pub(crate) mod testing {

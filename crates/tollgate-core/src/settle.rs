@@ -34,6 +34,11 @@ pub struct Settled {
     /// Seconds the TAT moved back, per dimension. When the settled reservation
     /// had started, stores add this to its class's refund counters.
     pub returned: Dims,
+    /// For a cancellation, the seconds of TAT per dimension it gave up but
+    /// could not give back (the reservations queued after it still lean on
+    /// them): vacated, yet still on the TAT line. Stores hand them to the
+    /// reservation charged right after it (see [`settle_vacated`]).
+    pub left: Dims,
 }
 
 /// Settles a reservation: charge usage above the estimate, refund usage below it.
@@ -59,10 +64,58 @@ pub fn settle(
     actual: &Dims,
     later_headroom: &Dims,
 ) -> Settled {
+    settle_vacated(
+        policy,
+        state,
+        now,
+        mark,
+        actual,
+        later_headroom,
+        &Vacated::default(),
+    )
+}
+
+/// What [`settle_vacated`] knows of a reservation that was still queued.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Vacated {
+    /// Whether the reservation was still waiting for its slot. Its charge
+    /// then still lies wholly ahead on the TAT line: refunds of what was
+    /// charged before it stop at its headroom, so none of them moved it
+    /// back into the past, and the refund need not assume they did.
+    pub queued: bool,
+    /// Its slot (store clock, seconds), when queued.
+    pub slot: f64,
+    /// Seconds per dimension that cancelled predecessors vacated just ahead
+    /// of its charge but could not give back (their [`Settled::left`]).
+    pub ahead: Dims,
+}
+
+/// [`settle`] for a reservation that was still queued (see [`Vacated`]),
+/// whose cancelled predecessors on the TAT line may have handed it what they
+/// could not give back.
+///
+/// A cancellation gives them back together with its own charge, under the
+/// same caps (the backlog, the headroom of what is queued after it); what it
+/// cannot give back it leaves in [`Settled::left`], for the store to hand to
+/// the reservation charged right after it when that one is queued behind it
+/// in its class: nothing else lies between them on the TAT line, so that one
+/// may start earlier by them (see [`advance`](crate::advance)). Other
+/// settlements ignore `vacated` (it stays on the line: safe, only later than
+/// could be).
+pub fn settle_vacated(
+    policy: &Policy,
+    state: &KeyState,
+    now: f64,
+    mark: &Mark,
+    actual: &Dims,
+    later_headroom: &Dims,
+    vacated: &Vacated,
+) -> Settled {
     let mut next = *state;
     let mut charged = [0.0; DIMENSIONS];
     let mut refunded = [0.0; DIMENSIONS];
     let mut returned = [0.0; DIMENSIONS];
+    let mut left = [0.0; DIMENSIONS];
     let cancelled = actual.iter().all(|&a| a == 0.0);
     for i in 0..DIMENSIONS {
         let inc = policy.increment[i];
@@ -73,19 +126,43 @@ pub fn settle(
         if delta > 0.0 {
             next.tat[i] = state.tat[i].max(now) + delta * inc;
             charged[i] = delta;
-        } else if delta < 0.0 {
-            let gap = if cancelled { mark.gap[i] } else { 0.0 };
-            let shift = state.refunded[i] - mark.refunded_at[i];
-            let undrained = (mark.end[i] - shift - now)
-                .min(mark.cost[i] * inc + gap)
+        } else if delta < 0.0 || (cancelled && (mark.gap[i] > 0.0 || vacated.ahead[i] > 0.0)) {
+            // A cancellation gives back the idle gap its slot skipped even
+            // where it cost nothing (a request of no output tokens still
+            // moved the output TAT to its slot).
+            let (gap, ahead) = if cancelled {
+                (mark.gap[i], vacated.ahead[i])
+            } else {
+                (0.0, 0.0)
+            };
+            let shift = if vacated.queued {
+                0.0
+            } else {
+                state.refunded[i] - mark.refunded_at[i]
+            };
+            // The vacated seconds lie just before its charge (and the gap
+            // its slot skipped), which starts no earlier than its slot: what
+            // of them lies in the past has drained.
+            let ahead_undrained = if ahead > 0.0 {
+                let start = vacated.slot.min(mark.end[i] - mark.cost[i] * inc - gap);
+                (start - now).max(0.0).min(ahead)
+            } else {
+                0.0
+            };
+            let undrained = ((mark.end[i] - shift - now).min(mark.cost[i] * inc + gap)
+                + ahead_undrained)
                 .min(state.tat[i] - now)
                 .min(later_headroom[i]);
-            let give = (-delta * inc + gap).min(undrained);
+            let wanted = -delta * inc + gap + ahead;
+            let give = wanted.min(undrained);
             if give > 0.0 {
                 next.tat[i] = state.tat[i] - give;
                 next.refunded[i] = state.refunded[i] + give;
                 refunded[i] = (give / inc).min(-delta);
                 returned[i] = give;
+            }
+            if cancelled {
+                left[i] = wanted - give.max(0.0);
             }
         }
     }
@@ -94,6 +171,7 @@ pub fn settle(
         charged,
         refunded,
         returned,
+        left,
     }
 }
 

@@ -501,3 +501,79 @@ fn check_fifo_per_class(granted: &[Granted]) -> Result<(), TestCaseError> {
     }
     Ok(())
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    /// Callers that all give up while queued, in any order and after any
+    /// time, give the key back whole: the next caller gets exactly the slot it
+    /// would have had if they had never come.
+    #[test]
+    fn cancelling_every_waiter_in_any_order_gives_the_key_back(
+        limits in limits(),
+        cost in 1u64..200,
+        started in 1usize..6,
+        waiting in 1usize..12,
+        order in prop::collection::vec(any::<prop::sample::Index>(), 12),
+        later in prop_oneof![Just(0.0), 0.0..0.5f64],
+    ) {
+        let policy = limits.validate().unwrap();
+        let units = policy.units(Cost::split(cost, cost / 2));
+        prop_assume!(tollgate::Dimension::ALL
+            .iter()
+            .all(|&d| units[d.index()] <= policy.capacity(d)));
+        let store_with = |waiters: usize| {
+            let clock = ManualClock::new(1_000.0);
+            let store = MemoryStore::with_clock(Arc::new(clock.clone()));
+            let call = ReserveCall {
+                key: "k",
+                policy: &policy,
+                class: 0,
+                headroom: 1.0,
+                cost: units,
+                max_wait: None,
+                max_queue: None,
+            };
+            let mut queued = Vec::new();
+            for n in 0..started + waiters {
+                let r = store.reserve_now(&call).unwrap();
+                if n >= started {
+                    queued.push(r);
+                }
+            }
+            (clock, store, call, queued)
+        };
+        let (clock, store, call, mut queued) = store_with(waiting);
+        clock.advance(later);
+        let now = store.now();
+        while !queued.is_empty() {
+            let r = queued.remove(order[queued.len() - 1].index(queued.len()));
+            if r.slot <= now {
+                continue; // it has started: not a waiter any more
+            }
+            store.settle_now(&SettleCall {
+                key: "k",
+                policy: &policy,
+                class: 0,
+                id: r.id,
+                slot: r.slot,
+                mark: r.mark,
+                actual: [0.0; DIMENSIONS],
+            });
+        }
+        let next = store.reserve_now(&call).unwrap();
+        // The reference: the same callers without those that gave up (the
+        // ones whose slot had come by then are kept).
+        let (_, _, _, all) = store_with(waiting);
+        let kept = all.iter().filter(|r| r.slot <= 1_000.0 + later).count();
+        let (ref_clock, reference, ref_call, _) = store_with(kept);
+        ref_clock.advance(later);
+        let expected = reference.reserve_now(&ref_call).unwrap();
+        prop_assert!(
+            (next.slot - expected.slot).abs() < 1e-6,
+            "next slot {} after the cancellations, {} without those callers",
+            next.slot,
+            expected.slot
+        );
+    }
+}

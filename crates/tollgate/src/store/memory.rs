@@ -1,14 +1,14 @@
 //! The embedded store: a sharded map of keys in this process.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use tollgate_core::{
-    advance, reserve, settle, Dims, KeyState, Mark, Policy, ReserveError, ReserveRequest, Settled,
-    DIMENSIONS,
+    advance, reserve, settle_vacated, Dims, KeyState, Mark, Policy, ReserveError, ReserveRequest,
+    Settled, Vacated, DIMENSIONS,
 };
 
 use super::{
@@ -104,10 +104,19 @@ struct ClassQueue {
     /// Seconds of TAT given back by refunds of this class's started
     /// reservations, per dimension (see `tollgate_core::advance`).
     started_refunds: Dims,
-    /// Per queued reservation, the seconds of TAT per dimension given up by
-    /// cancelled reservations charged just before it (see `credit`).
+    /// Per queued reservation, the seconds of TAT per dimension that
+    /// cancelled reservations charged just before it vacated but could not
+    /// give back (`Settled::left`): it may start earlier by them.
     credits: HashMap<u64, Dims, ahash::RandomState>,
+    /// Cancelled queued reservation → the reservation its vacated seconds
+    /// went to, so that a cancellation just before it reaches that one too.
+    forward: BTreeMap<u64, u64>,
 }
+
+/// Most reservations a class keeps vacated seconds for; past that it forgets
+/// them all (they only ever let reservations start earlier, so forgetting is
+/// safe).
+pub(crate) const MAX_CREDITS: usize = 1024;
 
 impl ClassQueue {
     fn purge(&mut self, now: f64) {
@@ -122,6 +131,10 @@ impl ClassQueue {
                     self.credits.remove(&id);
                 }
             }
+        }
+        if self.slots.is_empty() && !self.forward.is_empty() {
+            self.forward.clear();
+            self.credits.clear();
         }
         for d in &mut self.headroom {
             while d.front().is_some_and(|e| e.slot <= now) {
@@ -162,7 +175,13 @@ impl ClassQueue {
     }
 
     /// Least headroom value of the entries charged after reservation `id`.
+    /// Nothing when no reservation charged after it is still queued (an
+    /// entry left by one that was cancelled may remain in the index).
     fn least_after(&self, id: u64, out: &mut Dims) {
+        // In a FIFO class the last slot has the latest id.
+        if self.slots.last().is_none_or(|&(_, last)| last <= id) {
+            return;
+        }
         for (d, o) in self.headroom.iter().zip(out.iter_mut()) {
             let i = d.partition_point(|e| e.id <= id);
             if let Some(e) = d.get(i) {
@@ -171,26 +190,48 @@ impl ClassQueue {
         }
     }
 
-    /// A queued reservation `id` (slot `slot`) of this class was cancelled.
-    /// When the reservation charged right after it is queued behind it in
-    /// this class, nothing lies between them on the TAT line: that one may
-    /// start earlier by everything the cancelled one had taken (`seconds`
-    /// per dimension, its cost and the idle gap its slot skipped); see
-    /// `tollgate_core::advance`. Other reservations keep their slots.
-    fn credit(&mut self, id: u64, slot: f64, seconds: Dims) {
-        let next = self
-            .slots
-            .range((slot.to_bits(), id)..)
-            .next()
-            .map(|&(_, n)| n);
-        // What it had been given itself is not passed on: the one behind it
-        // may have been charged after that cancellation's refund.
-        self.credits.remove(&id);
-        if next == Some(id + 1) {
-            let total = self.credits.entry(id + 1).or_insert([0.0; DIMENSIONS]);
-            for (t, s) in total.iter_mut().zip(seconds) {
-                *t += s;
+    /// Seconds vacated just ahead of queued reservation `id` (taken: it is
+    /// leaving the queue).
+    fn take_credit(&mut self, id: u64) -> Dims {
+        self.credits.remove(&id).unwrap_or([0.0; DIMENSIONS])
+    }
+
+    /// Queued reservation `id` of this class was cancelled, leaving `left`
+    /// seconds vacated on the TAT line. When the reservation charged right
+    /// after it is queued behind it in this class (directly, or through
+    /// reservations cancelled before, which forward to it), nothing else lies
+    /// between them on the line: that one may start earlier by them.
+    fn pass_on(&mut self, id: u64, slot: f64, left: Dims) {
+        // In a FIFO class the first entry after it is the next queued id.
+        let Some(&(_, first)) = self.slots.range((slot.to_bits(), id + 1)..).next() else {
+            return;
+        };
+        let mut next = id + 1;
+        while next != first {
+            match self.forward.get(&next) {
+                Some(&n) if n > next && n <= first => next = n,
+                _ => return,
             }
+        }
+        if self.credits.len() >= MAX_CREDITS {
+            self.credits.clear();
+            self.forward.clear();
+        }
+        // Only cancellations of queued reservations walk these links, and all
+        // of those come after the first one queued.
+        if let Some(&(_, front)) = self.slots.first() {
+            if self
+                .forward
+                .first_key_value()
+                .is_some_and(|(&k, _)| k < front)
+            {
+                self.forward = self.forward.split_off(&front);
+            }
+        }
+        self.forward.insert(id, first);
+        let total = self.credits.entry(first).or_insert([0.0; DIMENSIONS]);
+        for (t, l) in total.iter_mut().zip(left) {
+            *t += l;
         }
     }
 }
@@ -367,41 +408,34 @@ impl MemoryStore {
         let entry = shard.entry(call.key, now);
         let queue = entry.queue(call.class, now);
         let was_queued = queue.slots.remove(&(call.slot.to_bits(), call.id));
-        if was_queued {
-            queue.forget(call.id);
-            if call.actual.iter().any(|&a| a != 0.0) {
-                queue.credits.remove(&call.id);
-            }
-        }
+        let vacated = Vacated {
+            queued: was_queued && call.slot > now,
+            slot: call.slot,
+            ahead: if was_queued {
+                queue.forget(call.id);
+                queue.take_credit(call.id)
+            } else {
+                [0.0; DIMENSIONS]
+            },
+        };
         let later = entry.later_headroom(call.id, now);
-        let settled = settle(
+        let settled = settle_vacated(
             call.policy,
             &entry.state,
             now,
             &call.mark,
             &call.actual,
             &later,
+            &vacated,
         );
         entry.state = settled.state;
-        let cancelled = call.actual.iter().all(|&a| a == 0.0);
+        let queue = entry.queue(call.class, now);
         if call.slot <= now {
-            let started = &mut entry.queue(call.class, now).started_refunds;
-            for (r, give) in started.iter_mut().zip(settled.returned) {
+            for (r, give) in queue.started_refunds.iter_mut().zip(settled.returned) {
                 *r += give;
             }
-        } else if was_queued && cancelled {
-            // Those queued behind it in its class were charged after it: each
-            // may start earlier by what it had taken (see `advance`).
-            let mut seconds = [0.0; DIMENSIONS];
-            for (i, s) in seconds.iter_mut().enumerate() {
-                let inc = call.policy.increment[i];
-                if inc > 0.0 {
-                    *s = call.mark.cost[i] * inc + call.mark.gap[i];
-                }
-            }
-            entry
-                .queue(call.class, now)
-                .credit(call.id, call.slot, seconds);
+        } else if was_queued && call.actual.iter().all(|&a| a == 0.0) {
+            queue.pass_on(call.id, call.slot, settled.left);
         }
         settled
     }

@@ -400,6 +400,7 @@ impl RedisStore {
             charged,
             refunded: r.refunded,
             returned: r.returned,
+            left: [0.0; DIMENSIONS],
         };
         Ok((settled, r.now))
     }
