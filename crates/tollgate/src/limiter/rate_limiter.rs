@@ -454,7 +454,7 @@ impl RateLimiter {
                     source: f.error,
                 })?,
         };
-        if settled.returned.iter().any(|&r| r > 0.0) {
+        if made_room(&settled) {
             inner.refunded.notify_waiters();
         }
         Ok(Settlement {
@@ -604,7 +604,7 @@ impl Drop for CancelOnDrop<'_> {
         };
         match settled {
             Some(settled) => {
-                if settled.returned.iter().any(|&r| r > 0.0) {
+                if made_room(&settled) {
                     inner.refunded.notify_waiters();
                 }
             }
@@ -660,4 +660,14 @@ fn settle_call<'a>(
         mark: permit.mark,
         actual,
     }
+}
+
+/// Whether a settlement may let waiters start earlier: it gave capacity back,
+/// or a cancellation handed the one queued behind it what it had taken.
+fn made_room(settled: &tollgate_core::Settled) -> bool {
+    settled
+        .returned
+        .iter()
+        .chain(&settled.left)
+        .any(|&r| r > 0.0)
 }

@@ -355,8 +355,10 @@ impl MemoryStore {
 
     /// [`Backend::reserve`] without the future: what the async method runs.
     pub fn reserve_now(&self, call: &ReserveCall<'_>) -> Result<Reserved, ReserveError> {
-        let now = self.clock.now();
+        // The clock is read under the shard's lock, so that reservations
+        // taken in one order have slots in that order.
         let mut shard = self.shard(call.key).lock();
+        let now = self.clock.now();
         let entry = shard.entry(call.key, now);
         let queue = entry.queue(call.class, now);
         let request = ReserveRequest {
@@ -403,8 +405,10 @@ impl MemoryStore {
 
     /// [`Backend::settle`] without the future.
     pub fn settle_now(&self, call: &SettleCall<'_>) -> Settled {
-        let now = self.clock.now();
+        // The clock is read under the shard's lock, so that reservations
+        // taken in one order have slots in that order.
         let mut shard = self.shard(call.key).lock();
+        let now = self.clock.now();
         let entry = shard.entry(call.key, now);
         let queue = entry.queue(call.class, now);
         let was_queued = queue.slots.remove(&(call.slot.to_bits(), call.id));
@@ -442,8 +446,10 @@ impl MemoryStore {
 
     /// [`Backend::advance`] without the future.
     pub fn advance_now(&self, call: &AdvanceCall<'_>) -> Option<Advanced> {
-        let now = self.clock.now();
+        // The clock is read under the shard's lock, so that reservations
+        // taken in one order have slots in that order.
         let mut shard = self.shard(call.key).lock();
+        let now = self.clock.now();
         let entry = shard.entry(call.key, now);
         let queue = entry.queue(call.class, now);
         let me = (call.slot.to_bits(), call.id);
@@ -503,8 +509,10 @@ impl MemoryStore {
 
     /// [`Backend::snapshot`] without the future.
     pub fn snapshot_now(&self, key: &str) -> KeySnapshot {
-        let now = self.clock.now();
+        // The clock is read under the shard's lock, so that reservations
+        // taken in one order have slots in that order.
         let mut shard = self.shard(key).lock();
+        let now = self.clock.now();
         let entry = shard.entry(key, now);
         let classes = entry.queues.len();
         let queue_depth = (0..classes)

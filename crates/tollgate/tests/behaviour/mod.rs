@@ -36,7 +36,9 @@ macro_rules! suite {
             top_class_preempts_lower_class, status_reports_backlog_and_queue,
             keys_are_independent, cancel_gives_the_slot_back, acquire_waits_for_the_slot,
             status_at_grant_matches_status, settling_the_exact_estimate_changes_nothing,
-            refunds_ahead_let_a_waiting_caller_start_earlier);
+            refunds_ahead_let_a_waiting_caller_start_earlier,
+            a_cancelled_waiter_lets_the_next_start_earlier, dropped_waiters_give_their_slots_back,
+            a_permit_token_settles_once, a_permit_of_another_key_is_handed_back);
     };
     (@cases $make:path; $($case:ident),*) => {
         $(
@@ -587,4 +589,140 @@ pub async fn refunds_ahead_let_a_waiting_caller_start_earlier(store: Store) {
     // And the bucket holds: 100 + 500 used, at most ~500 left (full at 1000).
     assert!(l.try_acquire(Cost::tokens(600)).await.is_err());
     l.settle(p, Cost::tokens(500)).await.unwrap();
+}
+
+/// A waiter that gives up moves the one behind it up: A's slot at 1 s, B's at
+/// 2 s; A's future is dropped at 0.2 s, and B starts at about 1 s.
+pub async fn a_cancelled_waiter_lets_the_next_start_earlier(store: Store) {
+    let l = limiter(
+        &store,
+        "cancel-moves-up",
+        Limits::new().requests(1).window_secs(1.0),
+    )
+    .await;
+    let first = l.acquire(Cost::request_only()).await.unwrap();
+    let started = std::time::Instant::now();
+    let a = {
+        let l = l.clone();
+        tokio::spawn(async move { l.acquire(Cost::request_only()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let b = {
+        let l = l.clone();
+        tokio::spawn(async move {
+            let p = l.acquire(Cost::request_only()).await.unwrap();
+            (started.elapsed(), p)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(170)).await;
+    a.abort();
+    let (b_started, b_permit) = b.await.unwrap();
+    assert!(
+        close(b_started.as_secs_f64(), 1.0, 0.15),
+        "B started at {b_started:?}, A's slot was 1.0 s"
+    );
+    l.cancel(b_permit).await.unwrap();
+    l.cancel(first).await.unwrap();
+}
+
+/// Five waiters whose futures are all dropped give every slot back: the next
+/// caller waits only for what the bucket itself holds.
+pub async fn dropped_waiters_give_their_slots_back(store: Store) {
+    let l = limiter(
+        &store,
+        "all-give-up",
+        Limits::new().requests(2).window_secs(2.0),
+    )
+    .await;
+    let _a = l.acquire(Cost::request_only()).await.unwrap();
+    let _b = l.acquire(Cost::request_only()).await.unwrap();
+    let mut waiters = Vec::new();
+    for _ in 0..5 {
+        let l = l.clone();
+        waiters.push(tokio::spawn(async move {
+            l.acquire(Cost::request_only()).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(l.status().await.unwrap().queue_depth, 5);
+    for w in &waiters {
+        w.abort();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while l.status().await.unwrap().queue_depth > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let t = std::time::Instant::now();
+    let p = l.acquire(Cost::request_only()).await.unwrap();
+    // The two taken at 0 s: one request is free again at 1 s.
+    assert!(
+        t.elapsed() < Duration::from_millis(1_000),
+        "the next caller waited {:?}",
+        t.elapsed()
+    );
+    l.cancel(p).await.unwrap();
+}
+
+/// A permit written as a token settles once, from any limiter of its key
+/// on the same store; a second time, or on another key, it is refused.
+pub async fn a_permit_token_settles_once(store: Store) {
+    let name = unique("token");
+    let limits = Limits::new().tokens(10_000);
+    let a = RateLimiter::with_store(&store, &name, limits.clone()).unwrap();
+    let b = RateLimiter::with_store(&store, &name, limits.clone()).unwrap();
+    let token = a.acquire(Cost::tokens(1_000)).await.unwrap().into_token();
+    let done = b.settle_token(&token, Cost::tokens(400)).await.unwrap();
+    assert_eq!(done.refunded[Dimension::Tokens.index()], 600.0);
+    for again in [
+        a.settle_token(&token, Cost::tokens(100)).await,
+        b.cancel_token(&token).await,
+    ] {
+        assert!(
+            matches!(
+                again,
+                Err(Error::Token(tollgate::TokenError::AlreadySettled { .. }))
+            ),
+            "{again:?}"
+        );
+    }
+    let other = limiter(&store, "token-other", limits).await;
+    let token = a.acquire(Cost::tokens(1_000)).await.unwrap().into_token();
+    assert!(matches!(
+        other.settle_token(&token, Cost::tokens(1)).await,
+        Err(Error::Token(tollgate::TokenError::OtherKey { .. }))
+    ));
+    assert!(matches!(
+        a.settle_token("tg1:nonsense", Cost::tokens(1)).await,
+        Err(Error::Token(tollgate::TokenError::Malformed(_)))
+    ));
+    // Refused tokens were not used up.
+    a.cancel_token(&token).await.unwrap();
+    let s = a.status().await.unwrap();
+    assert!(
+        s.dimension(Dimension::Tokens).unwrap().in_use < 500.0,
+        "{s:?}"
+    );
+}
+
+/// A permit given to the limiter of another key is refused and handed back,
+/// unsettled, so it can still be settled where it was taken.
+pub async fn a_permit_of_another_key_is_handed_back(store: Store) {
+    let a = limiter(&store, "own-a", Limits::new().tokens(10_000)).await;
+    let b = limiter(&store, "own-b", Limits::new().tokens(10_000)).await;
+    let permit = a.acquire(Cost::tokens(1_000)).await.unwrap();
+    let permit = match b.settle(permit, Cost::tokens(100)).await {
+        Err(Error::ForeignPermit { permit, .. }) => *permit,
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        b.status()
+            .await
+            .unwrap()
+            .dimension(Dimension::Tokens)
+            .unwrap()
+            .in_use
+            < 1.0
+    );
+    let done = a.settle(permit, Cost::tokens(100)).await.unwrap();
+    assert_eq!(done.refunded[Dimension::Tokens.index()], 900.0);
 }
