@@ -41,8 +41,17 @@ pub(crate) struct Inner {
     /// Wakes this process's waiting callers after a refund.
     pub(crate) refunded: tokio::sync::Notify,
     pub(crate) classes: Vec<PriorityClass>,
+    /// The safety margin in seconds (see `Builder::margin`).
+    pub(crate) margin: f64,
     pub(crate) local: Option<LocalFallback>,
     pub(crate) stats: Stats,
+}
+
+impl Inner {
+    /// A class's share of the tolerance on `policy`, less the safety margin.
+    fn headroom(&self, class: &PriorityClass, policy: &Policy) -> f64 {
+        class.headroom - self.margin / policy.tau
+    }
 }
 
 /// A rate limiter for one key (one provider model, one client, ...).
@@ -188,7 +197,7 @@ impl RateLimiter {
             key: &inner.key,
             policy: &inner.policy,
             class: permit.class,
-            headroom: class.headroom,
+            headroom: inner.headroom(class, &inner.policy),
             id: permit.id,
             slot: permit.slot,
             mark: permit.mark,
@@ -197,6 +206,7 @@ impl RateLimiter {
             (Source::Store, _) => inner.store.advance(&call).await.ok().flatten(),
             (Source::Local, Some(local)) => local.store.advance_now(&AdvanceCall {
                 policy: &local.policy,
+                headroom: inner.headroom(class, &local.policy),
                 ..call
             }),
             _ => None,
@@ -225,7 +235,7 @@ impl RateLimiter {
             key: &inner.key,
             policy: &inner.policy,
             class: options.class,
-            headroom: class.headroom,
+            headroom: inner.headroom(class, &inner.policy),
             cost: inner.policy.checked_units(cost)?,
             max_wait: max_wait.map(|d| d.as_secs_f64()),
             max_queue: inner.max_queue,
@@ -267,8 +277,10 @@ impl RateLimiter {
             }
             (OutagePolicy::Local { .. }, Some(local)) => {
                 Stats::bump(&inner.stats.outage_local);
+                let class = &inner.classes[call.class as usize];
                 let local_call = ReserveCall {
                     policy: &local.policy,
+                    headroom: inner.headroom(class, &local.policy),
                     ..call
                 };
                 match local.store.reserve_now(&local_call) {

@@ -38,7 +38,8 @@ macro_rules! suite {
             status_at_grant_matches_status, settling_the_exact_estimate_changes_nothing,
             refunds_ahead_let_a_waiting_caller_start_earlier,
             a_cancelled_waiter_lets_the_next_start_earlier, dropped_waiters_give_their_slots_back,
-            a_permit_token_settles_once, a_permit_of_another_key_is_handed_back);
+            a_permit_token_settles_once, a_permit_of_another_key_is_handed_back,
+            a_margin_sees_the_bucket_full_earlier);
     };
     (@cases $make:path; $($case:ident),*) => {
         $(
@@ -725,4 +726,47 @@ pub async fn a_permit_of_another_key_is_handed_back(store: Store) {
     );
     let done = a.settle(permit, Cost::tokens(100)).await.unwrap();
     assert_eq!(done.refunded[Dimension::Tokens.index()], 900.0);
+}
+
+/// With a safety margin every class sees the bucket full that much earlier:
+/// of a burst of 5 on 5 per second, the fifth waits the margin, and the
+/// sixth its emission interval plus the margin.
+pub async fn a_margin_sees_the_bucket_full_earlier(store: Store) {
+    let l = RateLimiter::builder(&unique("margin"))
+        .store(store)
+        .limits(Limits::new().requests(5).window_secs(1.0))
+        .margin(Duration::from_millis(50))
+        .build()
+        .await
+        .unwrap();
+    let mut permits = Vec::new();
+    for _ in 0..6 {
+        permits.push(
+            l.reserve(Cost::request_only(), &Default::default())
+                .await
+                .unwrap(),
+        );
+    }
+    let waits: Vec<f64> = permits.iter().map(|p| p.waited().as_secs_f64()).collect();
+    assert!(waits[..4].iter().all(|&w| w == 0.0), "{waits:?}");
+    assert!(close(waits[4], 0.05, 0.01), "{waits:?}");
+    assert!(close(waits[5], 0.25, 0.01), "{waits:?}");
+    let too_wide = RateLimiter::builder(&unique("margin-wide"))
+        .limits(Limits::new().requests(5).window_secs(1.0))
+        .margin(Duration::from_secs(1))
+        .build()
+        .await;
+    assert!(
+        matches!(
+            too_wide,
+            Err(Error::Config {
+                field: "margin",
+                ..
+            })
+        ),
+        "{too_wide:?}"
+    );
+    for p in permits {
+        l.cancel(p).await.unwrap();
+    }
 }
