@@ -25,6 +25,7 @@ fn call<'a>(
         cost: policy.units(cost),
         max_wait,
         max_queue: None,
+        lease: None,
     }
 }
 

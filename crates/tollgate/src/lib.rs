@@ -29,7 +29,7 @@ pub mod store;
 pub use error::Error;
 pub use limiter::{
     AcquireOptions, Builder, DimensionStatus, Permit, PriorityClass, RateLimiter, Settlement,
-    Status, TokenError, FINGERPRINT_TTL, MAX_ADVANCE_CHECK, TOKEN_LIFETIME,
+    Status, TokenError, DEFAULT_LEASE, FINGERPRINT_TTL, MAX_ADVANCE_CHECK, TOKEN_LIFETIME,
 };
 pub use outage::{OutagePolicy, Source, Stats, StatsSnapshot};
 pub use retry::RetryConfig;

@@ -80,6 +80,7 @@ pub struct Stats {
     pub(crate) outage_closed: AtomicU64,
     pub(crate) cancelled: AtomicU64,
     pub(crate) advanced: AtomicU64,
+    pub(crate) leases_lost: AtomicU64,
     in_outage: AtomicBool,
     /// When the store was last tried during an outage (ms since `origin()`).
     last_probe_ms: AtomicU64,
@@ -114,6 +115,9 @@ pub struct StatsSnapshot {
     pub cancelled: u64,
     /// Times a waiting permit moved to an earlier slot after refunds ahead of it.
     pub advanced: u64,
+    /// Times a waiting `acquire` found its reservation cancelled because it
+    /// had not confirmed it within its lease, and queued again.
+    pub leases_lost: u64,
 }
 
 impl Stats {
@@ -175,6 +179,7 @@ impl Stats {
             outage_closed: g(&self.outage_closed),
             cancelled: g(&self.cancelled),
             advanced: g(&self.advanced),
+            leases_lost: g(&self.leases_lost),
         }
     }
 }

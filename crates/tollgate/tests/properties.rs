@@ -189,6 +189,7 @@ fn run(limits: &Limits, ops: &[(f64, Op)]) -> (Policy, Vec<Granted>) {
                     cost,
                     max_wait: None,
                     max_queue: None,
+                    lease: None,
                 };
                 match store.reserve_now(&call) {
                     Ok(r) => {
@@ -263,6 +264,7 @@ fn run(limits: &Limits, ops: &[(f64, Op)]) -> (Policy, Vec<Granted>) {
                     id,
                     slot: granted[g].slot,
                     mark,
+                    lease: None,
                 });
                 if let Some(moved) = moved {
                     assert!(moved.slot < granted[g].slot && moved.slot >= now);
@@ -533,6 +535,7 @@ proptest! {
                 cost: units,
                 max_wait: None,
                 max_queue: None,
+                lease: None,
             };
             let mut queued = Vec::new();
             for n in 0..started + waiters {

@@ -8,7 +8,7 @@ mod support;
 use std::sync::Arc;
 
 use tollgate::store::{
-    AdvanceCall, Backend, ManualClock, MemoryStore, RedisOptions, RedisStore, ReserveCall,
+    Advance, AdvanceCall, Backend, ManualClock, MemoryStore, RedisOptions, RedisStore, ReserveCall,
     Reserved, SettleCall,
 };
 use tollgate::{Cost, Limits, RateLimiter, Store};
@@ -78,6 +78,7 @@ async fn reserve_script_matches_the_core_bit_for_bit() {
             cost,
             max_wait,
             max_queue,
+            lease: None,
         };
         let got = store.reserve(&call).await.unwrap();
         let after = store.snapshot(key, &policy).await.unwrap();
@@ -225,8 +226,9 @@ async fn mirror(limits: Limits, least_moves: u32) {
                 id: res.id,
                 slot: res.slot,
                 mark: res.mark,
+                lease: None,
             };
-            if let Some(a) = redis.advance(&call(r)).await.unwrap() {
+            if let Advance::Moved(a) = redis.advance(&call(r)).await.unwrap() {
                 clock.set(a.now);
                 let b = memory.advance_now(&call(m));
                 assert_eq!(Some(a), b, "step {step}: advance");
@@ -244,6 +246,7 @@ async fn mirror(limits: Limits, least_moves: u32) {
                 cost: policy.units(Cost::split(next(400), next(200))),
                 max_wait: (next(4) == 0).then_some(3.0),
                 max_queue: (next(5) == 0).then_some(6),
+                lease: None,
             };
             match redis.reserve(&call).await.unwrap() {
                 Ok(r) => {
@@ -418,6 +421,7 @@ async fn stored_floats_round_trip() {
         cost: policy.units(Cost::tokens(1)),
         max_wait: None,
         max_queue: None,
+        lease: None,
     };
     let r = store.reserve(&call).await.unwrap().unwrap();
     let snap = store.snapshot("floats", &policy).await.unwrap();

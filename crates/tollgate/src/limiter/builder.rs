@@ -9,7 +9,7 @@ use crate::store::{MemoryStore, RedisOptions, RedisStore, Store};
 use crate::{Error, OutagePolicy, RateLimiter, RetryConfig};
 
 use super::fingerprint;
-use super::rate_limiter::{Inner, LocalFallback};
+use super::rate_limiter::{Inner, LocalFallback, MAX_ADVANCE_CHECK};
 
 /// The store URLs [`Builder::url`] knows, for messages.
 const URL_FORMS: &str = "memory:// (nothing after it: the process's memory store), \
@@ -28,6 +28,10 @@ fn redacted(url: &str) -> String {
         _ => url.to_string(),
     }
 }
+
+/// The default [`Builder::lease`]: twenty times the longest a waiter goes
+/// without confirming its place.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(2);
 
 /// A priority class of a shared bucket (see "Priority classes" in the design).
 ///
@@ -83,6 +87,7 @@ pub struct Builder {
     classes: Vec<PriorityClass>,
     replace_stored_limits: bool,
     margin: Duration,
+    lease: Option<Duration>,
 }
 
 impl Builder {
@@ -104,6 +109,7 @@ impl Builder {
             }],
             replace_stored_limits: false,
             margin: Duration::ZERO,
+            lease: Some(DEFAULT_LEASE),
         }
     }
 
@@ -182,6 +188,22 @@ impl Builder {
     /// jitter (the usual case); a strict one deserves a few milliseconds.
     pub fn margin(mut self, margin: Duration) -> Self {
         self.margin = margin;
+        self
+    }
+
+    /// How long a reservation queued by `acquire` stays without its owner
+    /// confirming it. A waiting `acquire` confirms it every time it asks
+    /// whether it may start earlier (at least every
+    /// [`MAX_ADVANCE_CHECK`](crate::MAX_ADVANCE_CHECK)); on a store shared
+    /// between processes, a reservation whose owner stopped confirming (the
+    /// process died) is cancelled by the next waiter that looks, so the
+    /// reservations behind it move up. Only reservations queued further ahead
+    /// than the lease get one. An owner that stalled past its lease finds its
+    /// reservation gone and queues again (counted in `stats().leases_lost`).
+    /// `None`: no leases. Default [`DEFAULT_LEASE`] (2 s). Without
+    /// [`Builder::advance_check`] nothing confirms, so nothing is leased.
+    pub fn lease(mut self, lease: Option<Duration>) -> Self {
+        self.lease = lease;
         self
     }
 
@@ -314,6 +336,16 @@ impl Builder {
                 });
             }
         }
+        if self
+            .lease
+            .is_some_and(|l| l < MAX_ADVANCE_CHECK * 5 || l > Duration::from_secs(3600))
+        {
+            return Err(Error::Config {
+                field: "lease",
+                value: format!("{:?}", self.lease),
+                reason: "between 5 × MAX_ADVANCE_CHECK (500 ms) and 1 h, or None",
+            });
+        }
         // The margin must leave every class a tolerance of its own.
         let lowest = self.classes.iter().map(|c| c.headroom).fold(1.0, f64::min);
         if self.margin.as_secs_f64() >= policy.tau * lowest {
@@ -348,6 +380,7 @@ impl Builder {
             refunded: tokio::sync::Notify::new(),
             classes: self.classes,
             margin: self.margin.as_secs_f64(),
+            lease: self.lease,
             local,
             stats: Default::default(),
         }))

@@ -7,7 +7,7 @@ mod rate_limiter;
 mod status;
 mod token;
 
-pub use builder::{Builder, PriorityClass};
+pub use builder::{Builder, PriorityClass, DEFAULT_LEASE};
 pub use fingerprint::FINGERPRINT_TTL;
 pub use permit::{AcquireOptions, Permit, Settlement};
 pub use rate_limiter::{RateLimiter, MAX_ADVANCE_CHECK};

@@ -9,7 +9,7 @@ use tollgate_core::{Cost, CostError, Dimension, Limits, Mark, Policy, ReserveErr
 use crate::error::secs;
 use crate::outage::Stats;
 use crate::store::{
-    AdvanceCall, Advanced, Backend, Cancel, Claim, MemoryStore, ReserveCall, Reserved, SettleCall,
+    Advance, AdvanceCall, Backend, Cancel, Claim, MemoryStore, ReserveCall, Reserved, SettleCall,
     Store, StoreError,
 };
 use crate::{Error, OutagePolicy, RetryConfig, Source, StatsSnapshot};
@@ -43,6 +43,8 @@ pub(crate) struct Inner {
     pub(crate) classes: Vec<PriorityClass>,
     /// The safety margin in seconds (see `Builder::margin`).
     pub(crate) margin: f64,
+    /// How long a queued reservation stays unconfirmed (see `Builder::lease`).
+    pub(crate) lease: Option<Duration>,
     pub(crate) local: Option<LocalFallback>,
     pub(crate) stats: Stats,
 }
@@ -144,7 +146,13 @@ impl RateLimiter {
 
     /// [`RateLimiter::acquire`] with a priority class and a maximum wait.
     pub async fn acquire_with(&self, cost: Cost, options: AcquireOptions) -> Result<Permit, Error> {
-        let permit = self.reserve(cost, &options).await?;
+        // A waiter that confirms its place (it asks now and then whether it
+        // may start earlier) takes a lease on it.
+        let lease = self
+            .inner
+            .lease
+            .filter(|_| self.inner.advance_check.is_some());
+        let permit = self.reserve_leased(cost, &options, lease).await?;
         if permit.waited.is_zero() {
             return Ok(permit);
         }
@@ -155,7 +163,8 @@ impl RateLimiter {
             permit: Some(permit),
         };
         // Sleep until the slot; while far from it, wake now and then to ask
-        // whether refunds ahead made room to go earlier.
+        // whether refunds ahead made room to go earlier (which confirms the
+        // lease).
         loop {
             let now = Instant::now();
             let Some(remaining) = deadline
@@ -172,9 +181,21 @@ impl RateLimiter {
                         _ = self.inner.refunded.notified() => {}
                     }
                     let permit = guard.permit.as_mut().expect("held until the slot");
-                    if let Some(moved) = self.try_advance(permit).await {
-                        permit.slot = moved.slot;
-                        deadline = Instant::now() + secs(moved.slot - moved.now);
+                    match self.try_advance(permit, lease).await {
+                        Advance::Moved(moved) => {
+                            permit.slot = moved.slot;
+                            deadline = Instant::now() + secs(moved.slot - moved.now);
+                        }
+                        Advance::Lost => {
+                            // This process stalled past its lease and another
+                            // cancelled the reservation: queue again.
+                            Stats::bump(&self.inner.stats.leases_lost);
+                            guard.permit = None;
+                            let again = self.reserve_leased(cost, &options, lease).await?;
+                            deadline = Instant::now() + again.waited;
+                            guard.permit = Some(again);
+                        }
+                        Advance::Stays => {}
                     }
                 }
                 _ => {
@@ -188,11 +209,13 @@ impl RateLimiter {
         Ok(permit)
     }
 
-    /// Asks the store whether a queued permit may start earlier (errors only
-    /// mean it keeps its slot).
-    async fn try_advance(&self, permit: &Permit) -> Option<Advanced> {
+    /// Asks the store whether a queued permit may start earlier, confirming
+    /// its lease (errors only mean it keeps its slot).
+    async fn try_advance(&self, permit: &Permit, lease: Option<Duration>) -> Advance {
         let inner = &*self.inner;
-        let class = inner.classes.get(permit.class as usize)?;
+        let Some(class) = inner.classes.get(permit.class as usize) else {
+            return Advance::Stays;
+        };
         let call = AdvanceCall {
             key: &inner.key,
             policy: &inner.policy,
@@ -201,26 +224,39 @@ impl RateLimiter {
             id: permit.id,
             slot: permit.slot,
             mark: permit.mark,
+            lease: lease.map(|d| d.as_secs_f64()),
         };
-        let moved = match (permit.source, &inner.local) {
-            (Source::Store, _) => inner.store.advance(&call).await.ok().flatten(),
-            (Source::Local, Some(local)) => local.store.advance_now(&AdvanceCall {
-                policy: &local.policy,
-                headroom: inner.headroom(class, &local.policy),
-                ..call
-            }),
-            _ => None,
+        let outcome = match (permit.source, &inner.local) {
+            (Source::Store, _) => inner.store.advance(&call).await.unwrap_or(Advance::Stays),
+            (Source::Local, Some(local)) => local
+                .store
+                .advance_now(&AdvanceCall {
+                    policy: &local.policy,
+                    headroom: inner.headroom(class, &local.policy),
+                    ..call
+                })
+                .map_or(Advance::Stays, Advance::Moved),
+            _ => Advance::Stays,
         };
-        if moved.is_some() {
+        if matches!(outcome, Advance::Moved(_)) {
             Stats::bump(&inner.stats.advanced);
         }
-        moved
+        outcome
     }
 
     /// Reserves without waiting: the permit's `waited` says how long the caller
     /// must still wait before its slot. For callers with their own scheduling;
     /// [`RateLimiter::cancel`] releases it.
     pub async fn reserve(&self, cost: Cost, options: &AcquireOptions) -> Result<Permit, Error> {
+        self.reserve_leased(cost, options, None).await
+    }
+
+    async fn reserve_leased(
+        &self,
+        cost: Cost,
+        options: &AcquireOptions,
+        lease: Option<Duration>,
+    ) -> Result<Permit, Error> {
         let inner = &*self.inner;
         let class = inner
             .classes
@@ -239,6 +275,7 @@ impl RateLimiter {
             cost: inner.policy.checked_units(cost)?,
             max_wait: max_wait.map(|d| d.as_secs_f64()),
             max_queue: inner.max_queue,
+            lease: lease.map(|d| d.as_secs_f64()),
         };
         match self.with_retry(|| inner.store.reserve(&call)).await {
             Ok(Ok(r)) => Ok(self.granted(r, options.class, Source::Store)),

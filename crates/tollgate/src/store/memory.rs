@@ -12,7 +12,7 @@ use tollgate_core::{
 };
 
 use super::{
-    AdvanceCall, Advanced, Backend, Claim, KeySnapshot, ReserveCall, Reserved, SettleCall,
+    Advance, AdvanceCall, Advanced, Backend, Claim, KeySnapshot, ReserveCall, Reserved, SettleCall,
     StoreError,
 };
 
@@ -552,8 +552,11 @@ impl Backend for MemoryStore {
         Ok(self.snapshot_now(key))
     }
 
-    async fn advance(&self, call: &AdvanceCall<'_>) -> Result<Option<Advanced>, StoreError> {
-        Ok(self.advance_now(call))
+    async fn advance(&self, call: &AdvanceCall<'_>) -> Result<Advance, StoreError> {
+        // One process: a lease has nobody to outlive.
+        Ok(self
+            .advance_now(call)
+            .map_or(Advance::Stays, Advance::Moved))
     }
 
     async fn claim(&self, key: &str, id: u64, reserved_at: f64) -> Result<Claim, StoreError> {

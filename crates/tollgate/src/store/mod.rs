@@ -33,6 +33,12 @@ pub struct ReserveCall<'a> {
     pub max_wait: Option<f64>,
     /// Cap on the class's queue length.
     pub max_queue: Option<u64>,
+    /// Seconds a queued reservation stays without its owner confirming it
+    /// ([`AdvanceCall::lease`]); a store shared between processes cancels
+    /// one whose owner stopped confirming (it died), so that the ones behind
+    /// it move up. Only reservations queued further ahead than this get one.
+    /// `None`: no lease (the owner does not confirm: it sleeps to its slot).
+    pub lease: Option<f64>,
 }
 
 /// A reservation the store has written.
@@ -89,6 +95,20 @@ pub struct AdvanceCall<'a> {
     pub slot: f64,
     /// Its mark.
     pub mark: Mark,
+    /// Confirms the reservation for this many more seconds (see
+    /// [`ReserveCall::lease`]).
+    pub lease: Option<f64>,
+}
+
+/// What [`Backend::advance`] found.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Advance {
+    /// The reservation keeps its slot (or has started).
+    Stays,
+    /// It may start earlier.
+    Moved(Advanced),
+    /// Its lease ran out and it was cancelled: the owner must reserve again.
+    Lost,
 }
 
 /// A reservation moved to an earlier slot.
@@ -166,11 +186,12 @@ pub trait Backend: Send + Sync {
 
     /// Moves a queued reservation to an earlier slot when refunds of the
     /// reservations ahead of it made room (see `tollgate_core::advance`);
-    /// `None` when it cannot move (or is no longer queued).
+    /// [`Advance::Stays`] when it cannot move (or is no longer queued), and
+    /// renews its lease.
     fn advance(
         &self,
         call: &AdvanceCall<'_>,
-    ) -> impl Future<Output = Result<Option<Advanced>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Advance, StoreError>> + Send;
 
     /// Marks reservation `id` of `key` (made at store time `reserved_at`) as
     /// settled through a token, unless it was marked before or is older than
@@ -285,7 +306,7 @@ impl Backend for Store {
         }
     }
 
-    async fn advance(&self, call: &AdvanceCall<'_>) -> Result<Option<Advanced>, StoreError> {
+    async fn advance(&self, call: &AdvanceCall<'_>) -> Result<Advance, StoreError> {
         match self {
             Store::Memory(m) => m.advance(call).await,
             Store::Redis(r) => r.advance(call).await,

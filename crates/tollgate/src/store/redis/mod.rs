@@ -30,7 +30,7 @@ use self::error::{store_error, timed_out};
 use self::handover::InFlight;
 use self::scripts::Keys;
 use super::{
-    AdvanceCall, Advanced, Backend, Claim, KeySnapshot, ReserveCall, Reserved, SettleCall,
+    Advance, AdvanceCall, Backend, Claim, KeySnapshot, ReserveCall, Reserved, SettleCall,
     StoreError,
 };
 use crate::background::{self, Place};
@@ -471,11 +471,11 @@ impl Backend for RedisStore {
         Ok(self.settle_timed(call).await?.0)
     }
 
-    async fn advance(&self, call: &AdvanceCall<'_>) -> Result<Option<Advanced>, StoreError> {
+    async fn advance(&self, call: &AdvanceCall<'_>) -> Result<Advance, StoreError> {
         let keys = Keys::new(&self.settings.prefix, call.key);
         let inv = scripts::advance_invocation(&keys, call)?;
         let reply = self.run("advance", inv).await?;
-        scripts::advance_reply(&reply)
+        Ok(scripts::advance_reply(&reply)?.map_or(Advance::Stays, Advance::Moved))
     }
 
     async fn claim(&self, key: &str, id: u64, reserved_at: f64) -> Result<Claim, StoreError> {
@@ -527,6 +527,7 @@ impl Orphan {
             cost: self.cost,
             max_wait: None,
             max_queue: None,
+            lease: None,
         };
         let Ok(Ok(Ok(r))) = reply.map(|v| scripts::reserve_reply(&v, &call)) else {
             return; // nothing was written (refused, too late) or no reply came

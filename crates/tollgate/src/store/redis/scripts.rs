@@ -421,6 +421,7 @@ mod tests {
             cost: [1.0, 10.0, 10.0, 0.0],
             max_wait: None,
             max_queue: None,
+            lease: None,
         };
         let r = reserve_reply(&Value::Array(items), &call).unwrap().unwrap();
         assert_eq!(r.now, 1_700_000_000.25);
