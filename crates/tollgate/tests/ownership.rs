@@ -314,3 +314,80 @@ fn a_runtime_shut_down_with_a_timeout_cancels_its_waiters() {
 fn a_runtime_shut_down_in_the_background_cancels_its_waiters() {
     runtime_shutdown_cancels_its_waiters("background");
 }
+
+/// The waiting process of `a_killed_waiting_process_lets_the_others_move_up`:
+/// run by that test as a child (this test binary, this test alone, with
+/// `TOLLGATE_CHILD_WAITER=<redis url>`); otherwise it does nothing.
+#[test]
+fn child_waiter() {
+    let Ok(url) = std::env::var("TOLLGATE_CHILD_WAITER") else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let limiter = RateLimiter::builder("owned/killed")
+            .url(&url)
+            .limits(Limits::new().requests(1).window_secs(1.0))
+            .lease(Some(Duration::from_millis(500)))
+            .build()
+            .await
+            .unwrap();
+        let mut waiters = Vec::new();
+        for _ in 0..3 {
+            let limiter = limiter.clone();
+            waiters.push(tokio::spawn(async move {
+                limiter.acquire(Cost::request_only()).await
+            }));
+        }
+        // Killed while they wait.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+}
+
+/// A process whose three callers wait 1–3 s (with leases of 500 ms) is
+/// killed with SIGKILL; a caller of another process queued behind them
+/// starts within the lease and a poll of the kill, not at its slot 4 s away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_waiting_process_lets_the_others_move_up() {
+    let server = RedisServer::start();
+    let limiter = RateLimiter::builder("owned/killed")
+        .url(&server.url())
+        .limits(Limits::new().requests(1).window_secs(1.0))
+        .build()
+        .await
+        .unwrap();
+    let first = limiter.acquire(Cost::request_only()).await.unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["child_waiter", "--exact", "--nocapture"])
+        .env("TOLLGATE_CHILD_WAITER", server.url())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&limiter).await.queue_depth < 3 {
+        assert!(Instant::now() < deadline, "the child never queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let behind = {
+        let limiter = limiter.clone();
+        tokio::spawn(async move {
+            let p = limiter.acquire(Cost::request_only()).await.unwrap();
+            (Instant::now(), p)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed = Instant::now();
+    let (started, p) = behind.await.unwrap();
+    let after = started.duration_since(killed);
+    assert!(
+        after < Duration::from_millis(1_500),
+        "the caller behind the killed process started {after:?} after the kill"
+    );
+    limiter.cancel(p).await.unwrap();
+    drop(first);
+}
