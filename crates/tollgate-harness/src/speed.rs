@@ -506,14 +506,19 @@ fn evalsha_bench(
             &pipeline.to_string(),
             "--csv",
         ])
-        .args(["EVALSHA", sha, "3"])
-        .args(["tollgate:{rb}:s", "tollgate:{rb}:q0", "tollgate:{rb}:h0"])
+        .args(["EVALSHA", sha, "4"])
+        .args([
+            "tollgate:{rb}:s",
+            "tollgate:{rb}:q0",
+            "tollgate:{rb}:h0",
+            "tollgate:epoch",
+        ])
         // tolerance 60 s, no max wait, no queue cap, idle 60 s, class 0,
-        // no deadline; requests: T = 1e-9 s, cost 1, capacity 6e10;
-        // tokens likewise.
-        .args(["60", "", "", "60000", "0", ""])
-        .args(["0", "0.000000001", "1", "60000000000"])
-        .args(["1", "0.000000001", "1", "60000000000"])
+        // no deadline, tau 60 s, no epoch seen; requests: charge
+        // 1e-9 s (T = 1e-9 s, cost 1), no TAT known; tokens likewise.
+        .args(["60", "", "", "60000", "0", "", "60", ""])
+        .args(["0", "0.000000001", ""])
+        .args(["1", "0.000000001", ""])
         .output()
         .context("running redis-benchmark")?;
     let text = String::from_utf8_lossy(&out.stdout);

@@ -114,6 +114,11 @@ pub struct StatsSnapshot {
     pub cancelled: u64,
     /// Times a waiting permit moved to an earlier slot after refunds ahead of it.
     pub advanced: u64,
+    /// Times the limiter's store was found to have lost its state (Redis
+    /// restarted empty), each reset once; see
+    /// [`AfterReset`](crate::store::AfterReset). Shared by every limiter on
+    /// the store.
+    pub store_resets: u64,
 }
 
 impl Stats {
@@ -175,6 +180,7 @@ impl Stats {
             outage_closed: g(&self.outage_closed),
             cancelled: g(&self.cancelled),
             advanced: g(&self.advanced),
+            store_resets: 0,
         }
     }
 }

@@ -6,7 +6,9 @@
 //! dimension, the id sequence) and one sorted set `<prefix>:{K}:q<class>` per
 //! priority class (queued reservation ids scored by slot). All carry the hash
 //! tag `{K}`, so the same scripts run on Redis Cluster, and all expire once the
-//! key's backlog has drained (plus [`RedisOptions::idle_ttl`]).
+//! key's backlog has drained (plus [`RedisOptions::idle_ttl`]). One more key,
+//! `<prefix>:epoch`, never expires: it tells a key that expired while idle
+//! from a store that lost everything (see [`AfterReset`]).
 
 mod connection;
 mod error;
@@ -14,17 +16,19 @@ mod options;
 mod scripts;
 
 pub use self::connection::RedisConnection;
-pub use self::options::{RedisOptions, TlsOptions};
+pub use self::options::{AfterReset, RedisOptions, TlsOptions};
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::{ErrorKind, ServerErrorKind, Value};
-use tollgate_core::{Policy, ReserveError, Settled, DIMENSIONS};
+use tollgate_core::{Dims, Policy, ReserveError, Settled};
 
 use self::error::{store_error, timed_out};
-use self::scripts::Keys;
+use self::scripts::{Keys, ReserveContext, ReserveNews, SettleReply};
 use super::{
     AdvanceCall, Advanced, Backend, KeySnapshot, ReserveCall, Reserved, SettleCall, StoreError,
 };
@@ -55,9 +59,31 @@ struct Settings {
     prefix: String,
     idle_ms: u64,
     timeout: Duration,
+    after_reset: AfterReset,
     /// The server's clock at the last reply and when it arrived here: gives
     /// each call a deadline on the server's clock.
     clock: parking_lot::Mutex<Option<(f64, Instant)>>,
+    /// What this process knows of the store's state: epochs and TATs.
+    seen: parking_lot::Mutex<Seen>,
+    /// Bit set of the priority classes known to have queued on some key: a
+    /// settlement passes the headroom indexes of classes up to the highest.
+    classes: AtomicU32,
+    /// Times the store was found to have lost its state.
+    resets: AtomicU64,
+}
+
+/// Keys this process holds at most in [`Seen::tat`] before it forgets the
+/// ones whose backlog has drained.
+const MAX_KNOWN_KEYS: usize = 10_000;
+
+/// What this process was told by the store.
+#[derive(Debug, Default)]
+struct Seen {
+    /// The epoch last seen, by epoch key name (one on a standalone server).
+    epochs: HashMap<String, String>,
+    /// Per limiter key, the highest TAT per dimension a reservation was told:
+    /// how far its own reservations reach should the store lose them.
+    tat: HashMap<Box<str>, Dims>,
 }
 
 impl Settings {
@@ -71,6 +97,59 @@ impl Settings {
 
     fn saw(&self, server_now: f64) {
         *self.clock.lock() = Some((server_now, Instant::now()));
+    }
+
+    /// The bit set of the classes whose headroom indexes a settlement of
+    /// `class` passes, as a count from class 0.
+    fn classes_for(&self, class: u8) -> u8 {
+        let bits = self.classes.load(Ordering::Relaxed) | (1 << class);
+        (32 - bits.leading_zeros()) as u8
+    }
+
+    /// Records what a granted reservation was told; reports a reset (an
+    /// epoch other than the one seen before).
+    fn granted(&self, key: &str, epoch_key: &str, r: &Reserved, news: &ReserveNews) {
+        if news.classes != 0 {
+            self.classes.fetch_or(news.classes, Ordering::Relaxed);
+        }
+        let mut seen = self.seen.lock();
+        if seen.tat.len() >= MAX_KNOWN_KEYS {
+            seen.tat.retain(|_, t| t.iter().any(|&t| t > r.now));
+        }
+        match seen.tat.get_mut(key) {
+            Some(t) => {
+                for (t, &e) in t.iter_mut().zip(&r.mark.end) {
+                    *t = t.max(e);
+                }
+            }
+            None => {
+                seen.tat.insert(key.into(), r.mark.end);
+            }
+        }
+        let Some(epoch) = &news.epoch else { return };
+        match seen.epochs.get(epoch_key) {
+            Some(old) if old == epoch => {}
+            Some(old) => {
+                self.resets.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    prefix = %self.prefix,
+                    key,
+                    epoch_was = %old,
+                    epoch = %epoch,
+                    after_reset = ?self.after_reset,
+                    "the store lost its state (Redis restarted empty or was flushed): \
+                     its buckets start {}",
+                    match self.after_reset {
+                        AfterReset::Full => "full, as configured (after_reset = Full)",
+                        _ => "drained, as if the last window had been used in full",
+                    }
+                );
+                seen.epochs.insert(epoch_key.to_string(), epoch.clone());
+            }
+            None => {
+                seen.epochs.insert(epoch_key.to_string(), epoch.clone());
+            }
+        }
     }
 }
 
@@ -147,7 +226,11 @@ impl RedisStore {
                 prefix: options.key_prefix.clone(),
                 idle_ms: options.idle_ttl.as_millis().max(1) as u64,
                 timeout: options.operation_timeout(),
+                after_reset: options.after_reset,
                 clock: parking_lot::Mutex::new(None),
+                seen: parking_lot::Mutex::new(Seen::default()),
+                classes: AtomicU32::new(0),
+                resets: AtomicU64::new(0),
             }),
         }
     }
@@ -155,6 +238,12 @@ impl RedisStore {
     /// The connection the store uses (clones share it).
     pub fn connection(&self) -> &RedisConnection {
         &self.conn
+    }
+
+    /// Times this store was found to have lost its state (see
+    /// [`AfterReset`]): each reset once, in this process.
+    pub fn resets(&self) -> u64 {
+        self.settings.resets.load(Ordering::Relaxed)
     }
 
     /// The Redis key names of a limiter key: its state hash and the queue of
@@ -182,25 +271,30 @@ impl RedisStore {
     /// settlement was made at: what the refund caps were computed with.
     pub async fn settle_timed(&self, call: &SettleCall<'_>) -> Result<(Settled, f64), StoreError> {
         let keys = Keys::new(&self.settings.prefix, call.key);
-        let deadline = self.settings.deadline();
-        let inv = scripts::settle_invocation(&keys, call, self.settings.idle_ms, deadline)?;
-        let reply = self.run("settle", inv).await?;
-        let r = scripts::settle_reply(&reply)?;
-        self.settings.saw(r.now);
-        let mut charged = [0.0; DIMENSIONS];
-        for (i, c) in charged.iter_mut().enumerate() {
-            let delta = call.actual[i] - call.mark.cost[i];
-            if call.policy.increment[i] > 0.0 && delta > 0.0 {
-                *c = delta;
+        let mut classes = self.settings.classes_for(call.class);
+        // A class that queued on the key but is unknown here asks for its
+        // index; after two tries every class's is passed.
+        for attempt in 0.. {
+            let deadline = self.settings.deadline();
+            let inv =
+                scripts::settle_invocation(&keys, call, self.settings.idle_ms, deadline, classes)?;
+            let reply = self.run("settle", inv).await?;
+            match scripts::settle_reply(&reply, call)? {
+                SettleReply::Done(settled, now) => {
+                    self.settings.saw(now);
+                    return Ok((settled, now));
+                }
+                SettleReply::NeedClasses(bits) => {
+                    self.settings.classes.fetch_or(bits, Ordering::Relaxed);
+                    classes = if attempt < 2 {
+                        self.settings.classes_for(call.class)
+                    } else {
+                        scripts::MAX_CLASSES
+                    };
+                }
             }
         }
-        let settled = Settled {
-            state: r.state,
-            charged,
-            refunded: r.refunded,
-            returned: r.returned,
-        };
-        Ok((settled, r.now))
+        unreachable!("the loop returns")
     }
 
     /// Runs a script by SHA (`EVALSHA`); after `NOSCRIPT` (Redis restarted,
@@ -238,15 +332,44 @@ impl Backend for RedisStore {
         &self,
         call: &ReserveCall<'_>,
     ) -> Result<Result<Reserved, ReserveError>, StoreError> {
-        let keys = Keys::new(&self.settings.prefix, call.key);
-        let deadline = self.settings.deadline();
-        let inv = scripts::reserve_invocation(&keys, call, self.settings.idle_ms, deadline)?;
-        let reply = self.run("reserve", inv).await?;
-        let reply = scripts::reserve_reply(&reply, call)?;
-        if let Ok(r) = &reply {
-            self.settings.saw(r.now);
+        if let Some(e) = scripts::too_large_for(call) {
+            return Ok(Err(e));
         }
-        Ok(reply)
+        let settings = &*self.settings;
+        let keys = Keys::new(&settings.prefix, call.key);
+        let cluster = matches!(self.conn, RedisConnection::Cluster(_));
+        let epoch_key = keys.epoch(cluster);
+        let (epoch, known) = {
+            let seen = settings.seen.lock();
+            (
+                seen.epochs.get(&epoch_key).cloned().unwrap_or_default(),
+                seen.tat.get(call.key).copied(),
+            )
+        };
+        let ctx = ReserveContext {
+            keys: &keys,
+            cluster,
+            idle_ms: settings.idle_ms,
+            deadline: settings.deadline(),
+            drained: settings.after_reset == AfterReset::Drained,
+            epoch: &epoch,
+            known,
+        };
+        let inv = scripts::reserve_invocation(&ctx, call)?;
+        let reply = self.run("reserve", inv).await?;
+        Ok(match scripts::reserve_reply(&reply, call)? {
+            Ok((r, news)) => {
+                settings.saw(r.now);
+                if r.slot > r.now {
+                    settings
+                        .classes
+                        .fetch_or(1 << call.class, Ordering::Relaxed);
+                }
+                settings.granted(call.key, &epoch_key, &r, &news);
+                Ok(r)
+            }
+            Err(e) => Err(e),
+        })
     }
 
     async fn settle(&self, call: &SettleCall<'_>) -> Result<Settled, StoreError> {

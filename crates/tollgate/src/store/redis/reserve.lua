@@ -4,7 +4,7 @@
 -- KEYS[1]  the key's state hash: t0..t3 (TAT per dimension, seconds),
 --          r0..r3 (refunds so far per dimension, seconds), n (last reservation id),
 --          c (bit set of the classes that ever queued), x (when the keys expire,
---          Unix milliseconds)
+--          Unix milliseconds), a<class>:<dimension> (see advance.lua)
 -- KEYS[2]  the class's queue: sorted set, member = reservation id, score = slot
 -- KEYS[3]  the class's headroom index: one sorted set, all scores 0, members
 --          "<dimension>:<id, 20 digits>:<slot>:<headroom>" in lexicographic
@@ -12,6 +12,10 @@
 --          queue of the memory store: headrooms grow with the id, so the first
 --          entry after an id holds the least headroom of the later reservations
 --          (see settle.lua).
+-- KEYS[4]  the store's epoch: "<id> <lost_at>", written once when the first
+--          key of an empty store is created; lost_at (seconds) is when the
+--          store was found to have lost its state, 0 for a store that was new.
+--          A store that restarted empty has lost it too.
 -- ARGV[1]  tolerance of the class, tau * headroom (seconds)
 -- ARGV[2]  longest acceptable wait in seconds, "" for none
 -- ARGV[3]  most reservations that may wait in the class's queue, "" for none
@@ -22,35 +26,55 @@
 -- ARGV[6]  the caller's deadline on this server's clock (seconds), "" for
 --          none: a call that arrives later (its caller timed out, e.g. while
 --          Redis was paused) writes nothing
--- ARGV[7..] four values per limited dimension, in index order:
---          index (0..3), increment T (seconds per unit), cost (units),
---          capacity (burst * limit, units)
+-- ARGV[7]  tau, the tolerance of a full bucket (seconds); 0 when a store that
+--          lost its state is trusted to be full (AfterReset::Full)
+-- ARGV[8]  the epoch the caller last saw, "" for none
+-- ARGV[9..] three values per limited dimension, in index order: index (0..3),
+--          charge = cost * T (seconds), and the highest TAT the caller was
+--          told for this dimension of this key ("" for none)
+--
+-- A key without state (new, expired while idle, or lost) reads the epoch. An
+-- epoch that is missing although the caller saw one means the store lost
+-- everything: the epoch is written anew with lost_at = now. While a lost
+-- store's buckets would still be refilling (lost_at + tau ahead), a key
+-- without state starts drained: its TAT is lost_at + tau, or the TAT the
+-- caller was told if that is later (its own reservations still waiting).
 --
 -- Reply, floats as '%.17g' strings (Redis would truncate Lua numbers to integers):
 --   {1, slot ("" when it is the time of the call), time_sec, time_usec, id, position,
---    tat0..tat3 before the charge, refunded_at0..refunded_at3}
+--    classes (the bit set c), epoch ("" unless read), tat0..tat3 before the
+--    charge, refunded_at0..refunded_at3}
 --   The caller derives the mark's end (max(tat, slot) + cost * T, the new TAT)
 --   and gap (max(slot - tat, 0)) from these with the same operations.
 --   followed, when the reservation is queued, by the class's refund counters
---   a<class>:0..3 (refunds by its started reservations, seconds; see advance.lua)
---   {2, dimension}          the request costs more than the bucket holds
+--   a<class>:<dimension> for each limited dimension (see advance.lua)
 --   {3, wait}               the slot is further than the longest acceptable wait
 --   {4, wait, queued}       the class's queue is full
 --   {5}                     past the caller's deadline
--- Nothing is written unless the reply is 1.
+-- Nothing is written unless the reply is 1 (but a missing epoch).
+-- (A request that costs more than the bucket holds never gets here: the
+-- caller refuses it.)
 
 if redis.replicate_commands then redis.replicate_commands() end
 
-local fmt = string.format
+local tonumber, max = tonumber, math.max
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
 if ARGV[6] ~= '' and now > tonumber(ARGV[6]) then return {5} end
-local h = redis.call('HMGET', KEYS[1], 't0', 't1', 't2', 't3', 'r0', 'r1', 'r2', 'r3', 'n', 'c', 'x')
+local class = ARGV[5]
+local dims = (#ARGV - 8) / 3
+-- The refund counters of the class are wanted only for a queued
+-- reservation, but reading them here costs less than a second call.
+local a_fields = {}
+local fields = {KEYS[1], 't0', 't1', 't2', 't3', 'r0', 'r1', 'r2', 'r3', 'n', 'c', 'x'}
+for k = 1, dims do
+  a_fields[k] = 'a' .. class .. ':' .. ARGV[3 * k + 6]
+  fields[12 + k] = a_fields[k]
+end
+local h = redis.call('HMGET', unpack(fields))
 local tolerance = tonumber(ARGV[1])
-local max_wait = tonumber(ARGV[2])
-local max_queue = tonumber(ARGV[3])
 local classes = tonumber(h[10]) or 0
-local class_bit = 2 ^ tonumber(ARGV[5])
+local class_bit = 2 ^ tonumber(class)
 local class_used = classes % (2 * class_bit) >= class_bit
 
 -- The queue holds reservations whose slot is still ahead; drop the rest and
@@ -60,35 +84,60 @@ local slot = now
 local queued = 0
 if class_used then queued = redis.call('ZCARD', KEYS[2]) end
 if queued > 0 then
-  queued = queued - redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', fmt('%.17g', now))
+  queued = queued - redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%.17g', now))
   if queued > 0 then
     local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-    slot = math.max(now, tonumber(last[2]))
+    slot = max(now, tonumber(last[2]))
   end
 end
 
-local dims = (#ARGV - 6) / 4
+-- A key without state: is it new, idle, or lost with the whole store?
+local epoch = ''
+local floor = nil
+if not h[9] then
+  epoch = redis.call('GET', KEYS[4])
+  if not epoch then
+    local lost = '0'
+    if ARGV[8] ~= '' then lost = string.format('%.17g', now) end
+    epoch = string.format('%s%06d %s', time[1], tonumber(time[2]), lost)
+    redis.call('SET', KEYS[4], epoch)
+  end
+  local lost = tonumber(string.match(epoch, ' (%S+)$')) or 0
+  local tau = tonumber(ARGV[7])
+  if lost > 0 and tau > 0 and lost + tau > now then floor = lost + tau end
+end
+
 local index, tat, charge = {}, {}, {}
 for k = 1, dims do
-  local a = 4 * k + 3
+  local a = 3 * k + 6
   local i = tonumber(ARGV[a])
-  local inc, cost, capacity = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  if cost > capacity then
-    return {2, i}
-  end
   index[k] = i
-  tat[k] = tonumber(h[i + 1]) or 0
-  charge[k] = cost * inc
-  slot = math.max(slot, tat[k] + charge[k] - tolerance)
+  local t = tonumber(h[i + 1]) or 0
+  if floor then
+    -- Drained: as if the last window had been used in full, or as far as
+    -- the caller's own reservations reach.
+    local known = tonumber(ARGV[a + 2])
+    local drained = floor
+    if known and known > drained then drained = known end
+    if drained > t then
+      t = drained
+      h[i + 1] = string.format('%.17g', t)
+    end
+  end
+  tat[k] = t
+  charge[k] = tonumber(ARGV[a + 1])
+  slot = max(slot, t + charge[k] - tolerance)
 end
 
 local wait = slot - now
 if wait > 0 then
+  local max_wait = tonumber(ARGV[2])
   if max_wait and wait > max_wait then
-    return {3, fmt('%.17g', wait)}
+    return {3, string.format('%.17g', wait)}
   end
+  local max_queue = tonumber(ARGV[3])
   if max_queue and queued >= max_queue then
-    return {4, fmt('%.17g', wait), queued}
+    return {4, string.format('%.17g', wait), queued}
   end
 end
 
@@ -101,23 +150,21 @@ end
 id = id + 1
 
 -- Numbers handed to redis.call are written with 17 significant digits by Redis
--- itself (integers exactly): as exact as string.format, and much cheaper.
-local fields = {'n', id}
-local headroom = {}
+-- itself (integers exactly), as exact as string.format.
+local set = {KEYS[1], 'n', id}
 local full = slot
 for k = 1, dims do
-  local next_tat = math.max(tat[k], slot) + charge[k]
-  fields[#fields + 1] = 't' .. index[k]
-  fields[#fields + 1] = next_tat
+  local next_tat = max(tat[k], slot) + charge[k]
+  set[#set + 1] = 't' .. index[k]
+  set[#set + 1] = next_tat
   if next_tat > full then full = next_tat end
-  -- How far the TAT lay beyond the slot before this charge.
-  headroom[k] = tat[k] - slot
 end
 
 local queue_it = slot > now
 if queue_it and not class_used then
-  fields[#fields + 1] = 'c'
-  fields[#fields + 1] = classes + class_bit
+  set[#set + 1] = 'c'
+  set[#set + 1] = classes + class_bit
+  h[10] = tostring(classes + class_bit)
 end
 -- Keep the keys until the backlog has drained plus the margin; the queues
 -- below expire with the hash.
@@ -128,49 +175,57 @@ local expire_at = tonumber(h[11])
 local extend = not expire_at or expire_at < now_ms + ttl
 if extend then
   expire_at = now_ms + ttl + margin
-  fields[#fields + 1] = 'x'
-  fields[#fields + 1] = expire_at
+  set[#set + 1] = 'x'
+  set[#set + 1] = expire_at
 end
-redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('HSET', unpack(set))
 if extend then redis.call('PEXPIREAT', KEYS[1], expire_at) end
 
 -- A slot at the time of the call goes back as "", the usual case, and costs no
 -- formatting.
 local slot_s = ''
 if queue_it then
-  slot_s = fmt('%.17g', slot)
+  slot_s = string.format('%.17g', slot)
   redis.call('ZADD', KEYS[2], slot_s, id)
   redis.call('PEXPIREAT', KEYS[2], expire_at)
-  local id_w = fmt('%020.0f', id)
+  local id_w = string.format('%020.0f', id)
   for k = 1, dims do
     local i = index[k]
     local lo, hi = '[' .. i .. ':', '[' .. i .. ';'
-    -- Entries whose slot has passed leave from the front...
+    -- Entries whose slot has passed leave from the front, several at a time...
     while true do
-      local first = redis.call('ZRANGEBYLEX', KEYS[3], lo, hi, 'LIMIT', 0, 1)[1]
-      if not first or tonumber(string.match(first, '^%d+:%d+:([^:]+):')) > now then break end
-      redis.call('ZREM', KEYS[3], first)
+      local first = redis.call('ZRANGEBYLEX', KEYS[3], lo, hi, 'LIMIT', 0, 8)
+      local gone = {}
+      for _, e in ipairs(first) do
+        if tonumber(string.match(e, '^%d+:%d+:([^:]+):')) > now then break end
+        gone[#gone + 1] = e
+      end
+      if #gone > 0 then redis.call('ZREM', KEYS[3], unpack(gone)) end
+      if #gone < 8 then break end
     end
     -- ...and entries with at least this headroom from the back.
-    local value = headroom[k] + (tonumber(h[i + 5]) or 0)
+    local value = tat[k] - slot + (tonumber(h[i + 5]) or 0)
     while true do
-      local last = redis.call('ZREVRANGEBYLEX', KEYS[3], hi, lo, 'LIMIT', 0, 1)[1]
-      if not last or tonumber(string.match(last, ':([^:]+)$')) < value then break end
-      redis.call('ZREM', KEYS[3], last)
+      local last = redis.call('ZREVRANGEBYLEX', KEYS[3], hi, lo, 'LIMIT', 0, 8)
+      local gone = {}
+      for _, e in ipairs(last) do
+        if tonumber(string.match(e, ':([^:]+)$')) < value then break end
+        gone[#gone + 1] = e
+      end
+      if #gone > 0 then redis.call('ZREM', KEYS[3], unpack(gone)) end
+      if #gone < 8 then break end
     end
-    redis.call('ZADD', KEYS[3], 0, i .. ':' .. id_w .. ':' .. slot_s .. ':' .. fmt('%.17g', value))
+    redis.call('ZADD', KEYS[3], 0, i .. ':' .. id_w .. ':' .. slot_s .. ':' .. string.format('%.17g', value))
   end
   redis.call('PEXPIREAT', KEYS[3], expire_at)
 end
 
-local reply = {1, slot_s, time[1], time[2], id, queued,
+local reply = {1, slot_s, time[1], time[2], id, queued, h[10] or '0', epoch,
   h[1] or '0', h[2] or '0', h[3] or '0', h[4] or '0',
   h[5] or '0', h[6] or '0', h[7] or '0', h[8] or '0'}
 if queue_it then
   -- A queued reservation remembers its class's refunds by started reservations
   -- (see advance.lua).
-  local c = ARGV[5]
-  local a = redis.call('HMGET', KEYS[1], 'a' .. c .. ':0', 'a' .. c .. ':1', 'a' .. c .. ':2', 'a' .. c .. ':3')
-  for i = 1, 4 do reply[#reply + 1] = a[i] or '0' end
+  for k = 1, dims do reply[#reply + 1] = h[11 + k] or '0' end
 end
 return reply

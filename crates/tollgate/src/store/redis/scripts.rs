@@ -7,7 +7,9 @@
 use std::sync::LazyLock;
 
 use redis::{Cmd, Script, ToRedisArgs, Value};
-use tollgate_core::{Dimension, Dims, KeyState, Mark, Policy, ReserveError, DIMENSIONS};
+use tollgate_core::{
+    settle, Dimension, Dims, KeyState, Mark, Policy, ReserveError, Settled, DIMENSIONS,
+};
 
 use crate::store::{AdvanceCall, Advanced, ReserveCall, Reserved, SettleCall, StoreError};
 
@@ -71,6 +73,18 @@ impl<'a> Keys<'a> {
     pub(crate) fn headroom(&self, class: u8) -> String {
         format!("{}:{{{}}}:h{class}", self.prefix, self.key)
     }
+
+    /// The store's epoch (see `reserve.lua`): `<prefix>:epoch`, one for the
+    /// whole store; on a Cluster `<prefix>:{<key>}:epoch`, one per key, in
+    /// the key's slot (a script touches one slot, and a node that restarts
+    /// empty loses only its own slots).
+    pub(crate) fn epoch(&self, cluster: bool) -> String {
+        if cluster {
+            format!("{}:{{{}}}:epoch", self.prefix, self.key)
+        } else {
+            format!("{}:epoch", self.prefix)
+        }
+    }
 }
 
 fn check_class(class: u8) -> Result<(), StoreError> {
@@ -83,67 +97,108 @@ fn check_class(class: u8) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// What a reservation's invocation needs besides the call.
+pub(crate) struct ReserveContext<'a> {
+    /// The key's names.
+    pub(crate) keys: &'a Keys<'a>,
+    /// Whether the store is a Cluster (where the epoch key is).
+    pub(crate) cluster: bool,
+    /// Idle margin, ms.
+    pub(crate) idle_ms: u64,
+    /// The caller's deadline on the server's clock.
+    pub(crate) deadline: Option<f64>,
+    /// Whether a key of a store that lost its state starts drained.
+    pub(crate) drained: bool,
+    /// The epoch this process last saw ("" for none).
+    pub(crate) epoch: &'a str,
+    /// The highest TAT per dimension this process was told for the key.
+    pub(crate) known: Option<Dims>,
+}
+
+/// The dimension a call costs more than the bucket holds in, checked here so
+/// the script never sees such a call (it could never run; nothing is written).
+pub(crate) fn too_large_for(call: &ReserveCall<'_>) -> Option<ReserveError> {
+    let policy = call.policy;
+    Dimension::ALL
+        .into_iter()
+        .find(|&d| policy.increment[d.index()] > 0.0 && call.cost[d.index()] > policy.capacity(d))
+        .map(|d| too_large(policy, d, call.cost[d.index()]))
+}
+
 /// The invocation of `reserve.lua` for a call.
 pub(crate) fn reserve_invocation(
-    keys: &Keys<'_>,
+    ctx: &ReserveContext<'_>,
     call: &ReserveCall<'_>,
-    idle_ms: u64,
-    deadline: Option<f64>,
 ) -> Result<Invocation, StoreError> {
     check_class(call.class)?;
     let policy = call.policy;
-    let mut inv = Invocation::new(&RESERVE, 3);
+    let keys = ctx.keys;
+    let mut inv = Invocation::new(&RESERVE, 4);
     inv.arg(keys.state())
         .arg(keys.queue(call.class))
         .arg(keys.headroom(call.class))
+        .arg(keys.epoch(ctx.cluster))
         .arg(policy.tau * call.headroom)
         .arg(call.max_wait.map_or(String::new(), |w| w.to_string()))
         .arg(call.max_queue.map_or(String::new(), |q| q.to_string()))
-        .arg(idle_ms)
+        .arg(ctx.idle_ms)
         .arg(call.class)
-        .arg(deadline.map_or(String::new(), |d| d.to_string()));
+        .arg(ctx.deadline.map_or(String::new(), |d| d.to_string()))
+        .arg(if ctx.drained { policy.tau } else { 0.0 })
+        .arg(ctx.epoch);
     for d in Dimension::ALL {
         let i = d.index();
         if policy.increment[i] > 0.0 {
             inv.arg(i)
-                .arg(policy.increment[i])
-                .arg(call.cost[i])
-                .arg(policy.capacity(d));
+                .arg(call.cost[i] * policy.increment[i])
+                .arg(ctx.known.map_or(String::new(), |k| k[i].to_string()));
         }
     }
     Ok(inv)
 }
 
-/// The invocation of `settle.lua` for a call.
+/// The invocation of `settle.lua` for a call, with the headroom indexes of
+/// classes `0..classes`.
 pub(crate) fn settle_invocation(
     keys: &Keys<'_>,
     call: &SettleCall<'_>,
     idle_ms: u64,
     deadline: Option<f64>,
+    classes: u8,
 ) -> Result<Invocation, StoreError> {
     check_class(call.class)?;
     let policy = call.policy;
-    let mut inv = Invocation::new(&SETTLE, 2 + MAX_CLASSES as usize);
+    let classes = classes.clamp(1, MAX_CLASSES);
+    let mut inv = Invocation::new(&SETTLE, 2 + classes as usize);
     inv.arg(keys.state()).arg(keys.queue(call.class));
-    for class in 0..MAX_CLASSES {
+    for class in 0..classes {
         inv.arg(keys.headroom(class));
     }
     let cancelled = call.actual.iter().all(|&a| a == 0.0);
     inv.arg(call.id)
         .arg(idle_ms)
-        .arg(u8::from(cancelled))
         .arg(call.class)
         .arg(call.slot)
         .arg(deadline.map_or(String::new(), |d| d.to_string()));
+    // The products as tollgate_core::settle forms them; a dimension used as
+    // estimated changes nothing and is left out.
+    let mark = &call.mark;
     for i in 0..DIMENSIONS {
-        if policy.increment[i] > 0.0 {
+        let inc = policy.increment[i];
+        let delta = call.actual[i] - mark.cost[i];
+        if inc > 0.0 && delta != 0.0 {
+            let gap = if cancelled { mark.gap[i] } else { 0.0 };
+            let (charge, most) = if delta > 0.0 {
+                (delta * inc, 0.0)
+            } else {
+                (0.0, -delta * inc + gap)
+            };
             inv.arg(i)
-                .arg(policy.increment[i])
-                .arg(call.actual[i] - call.mark.cost[i])
-                .arg(call.mark.cost[i])
-                .arg(call.mark.end[i])
-                .arg(call.mark.refunded_at[i])
-                .arg(call.mark.gap[i]);
+                .arg(charge)
+                .arg(most)
+                .arg(mark.cost[i] * inc + gap)
+                .arg(mark.end[i])
+                .arg(mark.refunded_at[i]);
         }
     }
     Ok(inv)
@@ -263,11 +318,20 @@ impl<'v> Reply<'v> {
     }
 }
 
+/// What a granted reservation's reply tells besides the reservation.
+#[derive(Debug, Default)]
+pub(crate) struct ReserveNews {
+    /// The bit set of the key's classes that ever queued.
+    pub(crate) classes: u32,
+    /// The store's epoch, when the script read it (a key without state).
+    pub(crate) epoch: Option<String>,
+}
+
 /// Reads the reply of `reserve.lua`.
 pub(crate) fn reserve_reply(
     value: &Value,
     call: &ReserveCall<'_>,
-) -> Result<Result<Reserved, ReserveError>, StoreError> {
+) -> Result<Result<(Reserved, ReserveNews), ReserveError>, StoreError> {
     let r = Reply::new(value, "reserve")?;
     match r.u64(0)? {
         1 => {
@@ -276,20 +340,31 @@ pub(crate) fn reserve_reply(
                 Some("") => now,
                 _ => r.f64(1)?,
             };
-            let tat = r.dims(6)?;
+            let tat = r.dims(8)?;
             // The script returns the TATs before the charge; the mark follows
             // from them exactly as in `tollgate_core::reserve`.
             let policy = call.policy;
             let mut end = tat;
             let mut gap = [0.0; DIMENSIONS];
+            let mut class_refunds_at = [0.0; DIMENSIONS];
+            let queued = r.items.len() > 16;
+            let mut at = 16;
             for i in 0..DIMENSIONS {
                 let inc = policy.increment[i];
                 if inc > 0.0 {
                     end[i] = tat[i].max(slot) + call.cost[i] * inc;
                     gap[i] = (-(tat[i] - slot)).max(0.0);
+                    if queued {
+                        class_refunds_at[i] = r.f64(at)?;
+                        at += 1;
+                    }
                 }
             }
-            Ok(Ok(Reserved {
+            let news = ReserveNews {
+                classes: r.u64(6)? as u32,
+                epoch: r.text(7).filter(|e| !e.is_empty()).map(str::to_string),
+            };
+            let reserved = Reserved {
                 slot,
                 now,
                 id: r.u64(4)?,
@@ -297,21 +372,13 @@ pub(crate) fn reserve_reply(
                 mark: Mark {
                     cost: call.cost,
                     end,
-                    refunded_at: r.dims(10)?,
+                    refunded_at: r.dims(12)?,
                     gap,
                     before: tat,
-                    class_refunds_at: if r.items.len() >= 18 {
-                        r.dims(14)?
-                    } else {
-                        [0.0; DIMENSIONS]
-                    },
+                    class_refunds_at,
                 },
-            }))
-        }
-        2 => {
-            let index = r.u64(1)? as usize;
-            let dimension = *Dimension::ALL.get(index).ok_or_else(|| r.bad(1))?;
-            Ok(Err(too_large(call.policy, dimension, call.cost[index])))
+            };
+            Ok(Ok((reserved, news)))
         }
         3 => Ok(Err(ReserveError::WouldWait {
             retry_after: r.f64(1)?,
@@ -345,30 +412,44 @@ fn too_large(policy: &Policy, dimension: Dimension, needed: f64) -> ReserveError
     }
 }
 
-/// What `settle.lua` answers: the store time, the key's new state and the
-/// units refunded per dimension.
-pub(crate) struct SettleReply {
-    pub(crate) now: f64,
-    pub(crate) state: KeyState,
-    pub(crate) refunded: Dims,
-    pub(crate) returned: Dims,
+/// What `settle.lua` answers.
+pub(crate) enum SettleReply {
+    /// Settled at this store time.
+    Done(Settled, f64),
+    /// A class in this bit set queued on the key but its headroom index was
+    /// not passed: call again with more.
+    NeedClasses(u32),
 }
 
-/// Reads the reply of `settle.lua`.
-pub(crate) fn settle_reply(value: &Value) -> Result<SettleReply, StoreError> {
+/// Reads the reply of `settle.lua`: the key's state before and the headroom
+/// the reservations queued behind need, from which `tollgate_core::settle`
+/// gives the outcome the script wrote.
+pub(crate) fn settle_reply(
+    value: &Value,
+    call: &SettleCall<'_>,
+) -> Result<SettleReply, StoreError> {
     let r = Reply::new(value, "settle")?;
-    if r.items.len() == 1 && r.u64(0)? == 5 {
-        return Err(late());
+    if r.items.len() <= 2 {
+        return match r.u64(0)? {
+            5 => Err(late()),
+            6 => Ok(SettleReply::NeedClasses(r.u64(1)? as u32)),
+            _ => Err(r.bad(0)),
+        };
     }
-    Ok(SettleReply {
-        now: r.time(0)?,
-        state: KeyState {
-            tat: r.dims(2)?,
-            refunded: r.dims(6)?,
-        },
-        refunded: r.dims(10)?,
-        returned: r.dims(14)?,
-    })
+    let now = r.time(0)?;
+    let state = KeyState {
+        tat: r.dims(2)?,
+        refunded: r.dims(6)?,
+    };
+    let mut later = [f64::INFINITY; DIMENSIONS];
+    for (i, l) in later.iter_mut().enumerate() {
+        if r.text(10 + i).is_some_and(|s| !s.is_empty()) {
+            // As the memory store: less the refunds made since.
+            *l = r.f64(10 + i)? - state.refunded[i];
+        }
+    }
+    let settled = settle(call.policy, &state, now, &call.mark, &call.actual, &later);
+    Ok(SettleReply::Done(settled, now))
 }
 
 /// Reads the reply of `snapshot.lua`: store time, state, queue depth.
@@ -405,6 +486,8 @@ mod tests {
             bulk("250000"),
             Value::Int(1_700_000_000_250_001),
             Value::Int(2),
+            bulk("0"),
+            bulk(""),
         ];
         items.extend(["0", "1700000001.1000000001", "0", "0"].map(bulk));
         items.extend(["0", "0.10000000000000001", "0", "0"].map(bulk));
@@ -422,7 +505,12 @@ mod tests {
             max_wait: None,
             max_queue: None,
         };
-        let r = reserve_reply(&Value::Array(items), &call).unwrap().unwrap();
+        let (r, news) = reserve_reply(&Value::Array(items), &call).unwrap().unwrap();
+        assert_eq!(news.classes, 0);
+        assert_eq!(
+            news.epoch, None,
+            "an empty epoch: the script did not read it"
+        );
         assert_eq!(r.now, 1_700_000_000.25);
         assert_eq!(r.slot, r.now, "an empty slot means the time of the call");
         assert_eq!(r.id, 1_700_000_000_250_001);
