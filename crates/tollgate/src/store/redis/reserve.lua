@@ -42,10 +42,11 @@
 --
 -- Reply, floats as '%.17g' strings (Redis would truncate Lua numbers to integers):
 --   {1, slot ("" when it is the time of the call), time_sec, time_usec, id, position,
---    classes (the bit set c), epoch ("" unless read), tat0..tat3 before the
---    charge, refunded_at0..refunded_at3}
+--    classes (the bit set c), epoch ("" unless read), then for each limited
+--    dimension in index order its tat before the charge and refunded_at}
 --   The caller derives the mark's end (max(tat, slot) + cost * T, the new TAT)
---   and gap (max(slot - tat, 0)) from these with the same operations.
+--   and gap (max(slot - tat, 0)) from these with the same operations; an
+--   unlimited dimension's are 0.
 --   followed, when the reservation is queued, by the class's refund counters
 --   a<class>:<dimension> for each limited dimension (see advance.lua)
 --   {3, wait}               the slot is further than the longest acceptable wait
@@ -57,31 +58,35 @@
 
 if redis.replicate_commands then redis.replicate_commands() end
 
+-- Every number below is parsed from a string once: parsing and formatting
+-- are most of what this script costs.
 local tonumber, max = tonumber, math.max
 local time = redis.call('TIME')
-local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+local sec, usec = tonumber(time[1]), tonumber(time[2])
+local now = sec + usec / 1000000
 if ARGV[6] ~= '' and now > tonumber(ARGV[6]) then return {5} end
-local class = ARGV[5]
 local dims = (#ARGV - 8) / 3
--- The refund counters of the class are wanted only for a queued
--- reservation, but reading them here costs less than a second call.
-local a_fields = {}
-local fields = {KEYS[1], 't0', 't1', 't2', 't3', 'r0', 'r1', 'r2', 'r3', 'n', 'c', 'x'}
+-- n, c, x, then TAT and refunds of each limited dimension.
+local fields = {KEYS[1], 'n', 'c', 'x'}
 for k = 1, dims do
-  a_fields[k] = 'a' .. class .. ':' .. ARGV[3 * k + 6]
-  fields[12 + k] = a_fields[k]
+  local i = ARGV[3 * k + 6]
+  fields[2 * k + 3] = 't' .. i
+  fields[2 * k + 4] = 'r' .. i
 end
 local h = redis.call('HMGET', unpack(fields))
-local tolerance = tonumber(ARGV[1])
-local classes = tonumber(h[10]) or 0
-local class_bit = 2 ^ tonumber(class)
-local class_used = classes % (2 * class_bit) >= class_bit
+local classes = tonumber(h[2]) or 0
+local class = ARGV[5]
 
 -- The queue holds reservations whose slot is still ahead; drop the rest and
 -- start no earlier than the last one (FIFO within the class). A class that
 -- never queued has nothing to look at.
 local slot = now
 local queued = 0
+local class_bit, class_used = 0, false
+if classes > 0 then
+  class_bit = 2 ^ tonumber(class)
+  class_used = classes % (2 * class_bit) >= class_bit
+end
 if class_used then queued = redis.call('ZCARD', KEYS[2]) end
 if queued > 0 then
   queued = queued - redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%.17g', now))
@@ -94,12 +99,12 @@ end
 -- A key without state: is it new, idle, or lost with the whole store?
 local epoch = ''
 local floor = nil
-if not h[9] then
+if not h[1] then
   epoch = redis.call('GET', KEYS[4])
   if not epoch then
     local lost = '0'
     if ARGV[8] ~= '' then lost = string.format('%.17g', now) end
-    epoch = string.format('%s%06d %s', time[1], tonumber(time[2]), lost)
+    epoch = string.format('%s%06d %s', time[1], usec, lost)
     redis.call('SET', KEYS[4], epoch)
   end
   local lost = tonumber(string.match(epoch, ' (%S+)$')) or 0
@@ -107,12 +112,11 @@ if not h[9] then
   if lost > 0 and tau > 0 and lost + tau > now then floor = lost + tau end
 end
 
-local index, tat, charge = {}, {}, {}
+local tolerance = tonumber(ARGV[1])
+local tat, charge = {}, {}
 for k = 1, dims do
   local a = 3 * k + 6
-  local i = tonumber(ARGV[a])
-  index[k] = i
-  local t = tonumber(h[i + 1]) or 0
+  local t = tonumber(h[2 * k + 2]) or 0
   if floor then
     -- Drained: as if the last window had been used in full, or as far as
     -- the caller's own reservations reach.
@@ -121,12 +125,13 @@ for k = 1, dims do
     if known and known > drained then drained = known end
     if drained > t then
       t = drained
-      h[i + 1] = string.format('%.17g', t)
+      h[2 * k + 2] = string.format('%.17g', t)
     end
   end
   tat[k] = t
-  charge[k] = tonumber(ARGV[a + 1])
-  slot = max(slot, t + charge[k] - tolerance)
+  local c = tonumber(ARGV[a + 1])
+  charge[k] = c
+  slot = max(slot, t + c - tolerance)
 end
 
 local wait = slot - now
@@ -141,42 +146,43 @@ if wait > 0 then
   end
 end
 
-local id = tonumber(h[9])
-if not id then
-  -- A new (or expired) key: ids continue from the clock in microseconds, so
-  -- they never repeat.
-  id = tonumber(time[1]) * 1000000 + tonumber(time[2])
-end
-id = id + 1
+-- A new (or expired) key: ids continue from the clock in microseconds, so
+-- they never repeat.
+local id = (tonumber(h[1]) or (sec * 1000000 + usec)) + 1
 
 -- Numbers handed to redis.call are written with 17 significant digits by Redis
 -- itself (integers exactly), as exact as string.format.
 local set = {KEYS[1], 'n', id}
+local m = 3
 local full = slot
 for k = 1, dims do
   local next_tat = max(tat[k], slot) + charge[k]
-  set[#set + 1] = 't' .. index[k]
-  set[#set + 1] = next_tat
+  set[m + 1] = fields[2 * k + 3]
+  set[m + 2] = next_tat
+  m = m + 2
   if next_tat > full then full = next_tat end
 end
 
 local queue_it = slot > now
 if queue_it and not class_used then
-  set[#set + 1] = 'c'
-  set[#set + 1] = classes + class_bit
-  h[10] = tostring(classes + class_bit)
+  if class_bit == 0 then class_bit = 2 ^ tonumber(class) end
+  classes = classes + class_bit
+  set[m + 1] = 'c'
+  set[m + 2] = classes
+  m = m + 2
+  h[2] = tostring(classes)
 end
 -- Keep the keys until the backlog has drained plus the margin; the queues
 -- below expire with the hash.
 local margin = tonumber(ARGV[4])
-local ttl = math.ceil((full - now) * 1000) + margin
-local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local expire_at = tonumber(h[11])
-local extend = not expire_at or expire_at < now_ms + ttl
+local now_ms = sec * 1000 + math.floor(usec / 1000)
+local needed = now_ms + math.ceil((full - now) * 1000) + margin
+local expire_at = tonumber(h[3])
+local extend = not expire_at or expire_at < needed
 if extend then
-  expire_at = now_ms + ttl + margin
-  set[#set + 1] = 'x'
-  set[#set + 1] = expire_at
+  expire_at = needed + margin
+  set[m + 1] = 'x'
+  set[m + 2] = expire_at
 end
 redis.call('HSET', unpack(set))
 if extend then redis.call('PEXPIREAT', KEYS[1], expire_at) end
@@ -184,13 +190,19 @@ if extend then redis.call('PEXPIREAT', KEYS[1], expire_at) end
 -- A slot at the time of the call goes back as "", the usual case, and costs no
 -- formatting.
 local slot_s = ''
+local reply = {1, slot_s, time[1], time[2], id, queued, h[2] or '0', epoch}
+for k = 1, dims do
+  reply[2 * k + 7] = h[2 * k + 2] or '0'
+  reply[2 * k + 8] = h[2 * k + 3] or '0'
+end
 if queue_it then
   slot_s = string.format('%.17g', slot)
+  reply[2] = slot_s
   redis.call('ZADD', KEYS[2], slot_s, id)
   redis.call('PEXPIREAT', KEYS[2], expire_at)
   local id_w = string.format('%020.0f', id)
   for k = 1, dims do
-    local i = index[k]
+    local i = ARGV[3 * k + 6]
     local lo, hi = '[' .. i .. ':', '[' .. i .. ';'
     -- Entries whose slot has passed leave from the front, several at a time...
     while true do
@@ -204,7 +216,7 @@ if queue_it then
       if #gone < 8 then break end
     end
     -- ...and entries with at least this headroom from the back.
-    local value = tat[k] - slot + (tonumber(h[i + 5]) or 0)
+    local value = tat[k] - slot + (tonumber(h[2 * k + 3]) or 0)
     while true do
       local last = redis.call('ZREVRANGEBYLEX', KEYS[3], hi, lo, 'LIMIT', 0, 8)
       local gone = {}
@@ -218,14 +230,11 @@ if queue_it then
     redis.call('ZADD', KEYS[3], 0, i .. ':' .. id_w .. ':' .. slot_s .. ':' .. string.format('%.17g', value))
   end
   redis.call('PEXPIREAT', KEYS[3], expire_at)
-end
-
-local reply = {1, slot_s, time[1], time[2], id, queued, h[10] or '0', epoch,
-  h[1] or '0', h[2] or '0', h[3] or '0', h[4] or '0',
-  h[5] or '0', h[6] or '0', h[7] or '0', h[8] or '0'}
-if queue_it then
-  -- A queued reservation remembers its class's refunds by started reservations
-  -- (see advance.lua).
-  for k = 1, dims do reply[#reply + 1] = h[11 + k] or '0' end
+  -- A queued reservation remembers its class's refunds by started
+  -- reservations (see advance.lua).
+  local a = {KEYS[1]}
+  for k = 1, dims do a[k + 1] = 'a' .. class .. ':' .. ARGV[3 * k + 6] end
+  a = redis.call('HMGET', unpack(a))
+  for k = 1, dims do reply[2 * dims + 8 + k] = a[k] or '0' end
 end
 return reply

@@ -340,15 +340,23 @@ pub(crate) fn reserve_reply(
                 Some("") => now,
                 _ => r.f64(1)?,
             };
-            let tat = r.dims(8)?;
-            // The script returns the TATs before the charge; the mark follows
-            // from them exactly as in `tollgate_core::reserve`.
+            // Per limited dimension its TAT before the charge and its
+            // refunds at the time; 0 for the others, as stored.
             let policy = call.policy;
+            let (mut tat, mut refunded_at) = ([0.0; DIMENSIONS], [0.0; DIMENSIONS]);
+            let mut at = 8;
+            for i in 0..DIMENSIONS {
+                if policy.increment[i] > 0.0 {
+                    tat[i] = r.f64(at)?;
+                    refunded_at[i] = r.f64(at + 1)?;
+                    at += 2;
+                }
+            }
+            let queued = r.items.len() > at;
+            // The mark follows from them exactly as in `tollgate_core::reserve`.
             let mut end = tat;
             let mut gap = [0.0; DIMENSIONS];
             let mut class_refunds_at = [0.0; DIMENSIONS];
-            let queued = r.items.len() > 16;
-            let mut at = 16;
             for i in 0..DIMENSIONS {
                 let inc = policy.increment[i];
                 if inc > 0.0 {
@@ -372,7 +380,7 @@ pub(crate) fn reserve_reply(
                 mark: Mark {
                     cost: call.cost,
                     end,
-                    refunded_at: r.dims(12)?,
+                    refunded_at,
                     gap,
                     before: tat,
                     class_refunds_at,
@@ -489,8 +497,8 @@ mod tests {
             bulk("0"),
             bulk(""),
         ];
-        items.extend(["0", "1700000001.1000000001", "0", "0"].map(bulk));
-        items.extend(["0", "0.10000000000000001", "0", "0"].map(bulk));
+        // requests: tat 0, refunded 0; tokens: tat 1700000001.1, refunded 0.1.
+        items.extend(["0", "0", "1700000001.1000000001", "0.10000000000000001"].map(bulk));
         let policy = tollgate_core::Limits::new()
             .requests(60)
             .tokens(600)

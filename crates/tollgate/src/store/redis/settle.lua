@@ -32,29 +32,43 @@
 
 if redis.replicate_commands then redis.replicate_commands() end
 
+-- Every number below is parsed from a string once: parsing and formatting
+-- are most of what this script costs.
 local tonumber, min = tonumber, math.min
 local time = redis.call('TIME')
-local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+local sec, usec = tonumber(time[1]), tonumber(time[2])
+local now = sec + usec / 1000000
 if ARGV[5] ~= '' and now > tonumber(ARGV[5]) then return {5} end
 local class = ARGV[3]
 local started = tonumber(ARGV[4]) <= now
 local n = (#ARGV - 5) / 6
 local fields = {KEYS[1], 't0', 't1', 't2', 't3', 'r0', 'r1', 'r2', 'r3', 'c', 'x', 'n'}
+-- The class's counter of refunds by started reservations, for each
+-- dimension refunded (see advance.lua).
+local a_at = {}
 if started then
-  for k = 1, n do fields[12 + k] = 'a' .. class .. ':' .. ARGV[6 * k] end
+  local m = 12
+  for k = 1, n do
+    if tonumber(ARGV[6 * k + 2]) > 0 then
+      m = m + 1
+      fields[m] = 'a' .. class .. ':' .. ARGV[6 * k]
+      a_at[k] = m - 1
+    end
+  end
 end
 local h = redis.call('HMGET', unpack(fields))
 local classes = tonumber(h[9]) or 0
-local class_bit = 2 ^ tonumber(class)
 -- Only a class that ever queued has a queue to leave.
-if classes % (2 * class_bit) >= class_bit then redis.call('ZREM', KEYS[2], ARGV[1]) end
+if classes > 0 then
+  local class_bit = 2 ^ tonumber(class)
+  if classes % (2 * class_bit) >= class_bit then redis.call('ZREM', KEYS[2], ARGV[1]) end
+end
 local out = {time[1], time[2],
   h[1] or '0', h[2] or '0', h[3] or '0', h[4] or '0',
   h[5] or '0', h[6] or '0', h[7] or '0', h[8] or '0',
   '', '', '', ''}
 -- Reservations charged after this one exist only when it is not the last.
-local id = tonumber(ARGV[1])
-local later_ones = classes > 0 and id < (tonumber(h[11]) or 0)
+local later_ones = classes > 0 and tonumber(ARGV[1]) < (tonumber(h[11]) or 0)
 local id_w = nil
 
 -- The least headroom, in dimension i, of the reservations still queued (in any
@@ -64,7 +78,7 @@ local function later_headroom(i)
   if classes >= 2 ^ (#KEYS - 2) then return false end
   local least, least_s = math.huge, nil
   local lo, hi = '[' .. i .. ':', '[' .. i .. ';'
-  id_w = id_w or string.format('%020.0f', id)
+  id_w = id_w or string.format('%020.0f', tonumber(ARGV[1]))
   -- Just after every member of this reservation in lexicographic order.
   local from = '(' .. i .. ':' .. id_w .. ';'
   local c = 0
@@ -99,29 +113,32 @@ local function later_headroom(i)
 end
 
 local set = {KEYS[1]}
+local m = 1
 local charged = false
 local full = now
 for k = 1, n do
   local a = 6 * k
   local i = tonumber(ARGV[a])
-  local charge, most = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   local tat = tonumber(h[i + 1]) or 0
+  local charge = tonumber(ARGV[a + 1])
   if charge > 0 then
     local next_tat = math.max(tat, now) + charge
-    set[#set + 1] = 't' .. i
-    set[#set + 1] = next_tat
+    set[m + 1] = fields[i + 2]
+    set[m + 2] = next_tat
+    m = m + 2
     charged = true
     if next_tat > full then full = next_tat end
-  elseif most > 0 then
+  else
     -- Refund only what of this reservation still lies ahead on the TAT line,
     -- moved back by the refunds made since it was taken, and never below what
     -- the reservations queued after it were promised.
+    local most = tonumber(ARGV[a + 2])
     local refunded = tonumber(h[i + 5]) or 0
     local shift = refunded - tonumber(ARGV[a + 5])
     local undrained = min(min(tonumber(ARGV[a + 4]) - shift - now, tonumber(ARGV[a + 3])), tat - now)
     -- The reservations behind can only lower a refund there is.
     if later_ones and min(most, undrained) > 0 then
-      local later_s = later_headroom(i)
+      local later_s = later_headroom(ARGV[a])
       if later_s == false then return {6, classes} end
       if later_s then
         out[i + 11] = later_s
@@ -130,13 +147,15 @@ for k = 1, n do
     end
     local give = min(most, undrained)
     if give > 0 then
-      set[#set + 1] = 't' .. i
-      set[#set + 1] = tat - give
-      set[#set + 1] = 'r' .. i
-      set[#set + 1] = refunded + give
-      if started then
-        set[#set + 1] = 'a' .. class .. ':' .. i
-        set[#set + 1] = (tonumber(h[11 + k]) or 0) + give
+      set[m + 1] = fields[i + 2]
+      set[m + 2] = tat - give
+      set[m + 3] = fields[i + 6]
+      set[m + 4] = refunded + give
+      m = m + 4
+      if a_at[k] then
+        set[m + 1] = fields[a_at[k] + 1]
+        set[m + 2] = (tonumber(h[a_at[k]]) or 0) + give
+        m = m + 2
       end
     end
   end
@@ -147,16 +166,16 @@ end
 local expire_at
 if charged then
   local margin = tonumber(ARGV[2])
-  local needed = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-    + math.ceil((full - now) * 1000) + margin
+  local needed = sec * 1000 + math.floor(usec / 1000) + math.ceil((full - now) * 1000) + margin
   local x = tonumber(h[10])
   if not x or x < needed then
     expire_at = needed + margin
-    set[#set + 1] = 'x'
-    set[#set + 1] = expire_at
+    set[m + 1] = 'x'
+    set[m + 2] = expire_at
+    m = m + 2
   end
 end
-if #set > 1 then
+if m > 1 then
   redis.call('HSET', unpack(set))
   if expire_at then redis.call('PEXPIREAT', KEYS[1], expire_at) end
 end
