@@ -7,7 +7,7 @@
 //! - **grant**: a reservation granted at once, then settled below its
 //!   estimate (a refund): the gateway's usual pair.
 //! - **queued**: reservations that wait in two priority classes, then
-//!   cancelled in arrival order (refunds capped by the ones queued behind).
+//!   cancelled, the latest first.
 //!
 //! Reserves and settles run in alternating batches; the `EVALSHA` counters
 //! are read around each batch, so each script gets its own figure although
@@ -195,7 +195,7 @@ async fn grant(store: &RedisStore, pairs: usize) -> anyhow::Result<ScriptCost> {
     })
 }
 
-/// Reservations that queue (two classes), cancelled in arrival order.
+/// Reservations that queue (two classes), cancelled the latest first.
 async fn queued(store: &RedisStore, pairs: usize) -> anyhow::Result<ScriptCost> {
     let policy = Limits::new()
         .requests(50)
@@ -230,7 +230,10 @@ async fn queued(store: &RedisStore, pairs: usize) -> anyhow::Result<ScriptCost> 
         }
         let mid = evalsha(store).await?;
         reserve.add(at, mid);
-        for (call, r) in &held {
+        // The latest first, as callers that give up at the back of a queue:
+        // each cancellation returns its whole cost, so the bucket is where it
+        // was before the batch and every batch queues alike.
+        for (call, r) in held.iter().rev() {
             store.settle(&settle_call(call, r, [0.0; 4])).await?;
         }
         settle.add(mid, evalsha(store).await?);

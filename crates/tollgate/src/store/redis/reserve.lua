@@ -4,7 +4,8 @@
 -- KEYS[1]  the key's state hash: t0..t3 (TAT per dimension, seconds),
 --          r0..r3 (refunds so far per dimension, seconds), n (last reservation id),
 --          c (bit set of the classes that ever queued), x (when the keys expire,
---          Unix milliseconds), a<class>:<dimension> (see advance.lua)
+--          Unix milliseconds), a<class>:<dimension> (see advance.lua); every
+--          number but c an 8-byte little-endian double
 -- KEYS[2]  the class's queue: sorted set, member = reservation id, score = slot
 -- KEYS[3]  the class's headroom index: one sorted set, all scores 0, members
 --          "<dimension>:<id, 20 digits>:<slot>:<headroom>" in lexicographic
@@ -40,7 +41,8 @@
 -- without state starts drained: its TAT is lost_at + tau, or the TAT the
 -- caller was told if that is later (its own reservations still waiting).
 --
--- Reply, floats as '%.17g' strings (Redis would truncate Lua numbers to integers):
+-- Reply, computed floats as '%.17g' strings (Redis would truncate Lua numbers to
+-- integers), the state's as stored (8-byte doubles; nil for none):
 --   {1, slot ("" when it is the time of the call), time_sec, time_usec, id, position,
 --    classes (the bit set c), epoch ("" unless read), then for each limited
 --    dimension in index order its tat before the charge and refunded_at}
@@ -56,11 +58,34 @@
 -- (A request that costs more than the bucket holds never gets here: the
 -- caller refuses it.)
 
-if redis.replicate_commands then redis.replicate_commands() end
+-- Redis 5 or later: a script that reads TIME may write (effects replication).
+-- The numbers of the state hash are stored as 8-byte little-endian doubles
+-- (struct.pack '<d'): exact, and far cheaper than decimal text to write and
+-- read (the formatting was most of what these scripts cost).
+local pack, unpack_d = struct.pack, struct.unpack
+local function num(s)
+  if s then return (unpack_d('<d', s)) end
+end
 
 -- Every number below is parsed from a string once: parsing and formatting
 -- are most of what this script costs.
 local tonumber, max = tonumber, math.max
+-- Removes entries from one end of a range of a headroom index while `gone`
+-- says so, eight at a time (one look and one removal in the usual case).
+local function trim(key, cmd, from, to, gone)
+  local n = 8
+  while true do
+    local batch = redis.call(cmd, key, from, to, 'LIMIT', 0, n)
+    local out = {}
+    for _, e in ipairs(batch) do
+      if not gone(e) then break end
+      out[#out + 1] = e
+    end
+    if #out > 0 then redis.call('ZREM', key, unpack(out)) end
+    if #out < n then return end
+  end
+end
+
 local time = redis.call('TIME')
 local sec, usec = tonumber(time[1]), tonumber(time[2])
 local now = sec + usec / 1000000
@@ -116,7 +141,7 @@ local tolerance = tonumber(ARGV[1])
 local tat, charge = {}, {}
 for k = 1, dims do
   local a = 3 * k + 6
-  local t = tonumber(h[2 * k + 2]) or 0
+  local t = num(h[2 * k + 2]) or 0
   if floor then
     -- Drained: as if the last window had been used in full, or as far as
     -- the caller's own reservations reach.
@@ -125,7 +150,7 @@ for k = 1, dims do
     if known and known > drained then drained = known end
     if drained > t then
       t = drained
-      h[2 * k + 2] = string.format('%.17g', t)
+      h[2 * k + 2] = pack('<d', t)
     end
   end
   tat[k] = t
@@ -148,17 +173,15 @@ end
 
 -- A new (or expired) key: ids continue from the clock in microseconds, so
 -- they never repeat.
-local id = (tonumber(h[1]) or (sec * 1000000 + usec)) + 1
+local id = (num(h[1]) or (sec * 1000000 + usec)) + 1
 
--- Numbers handed to redis.call are written with 17 significant digits by Redis
--- itself (integers exactly), as exact as string.format.
-local set = {KEYS[1], 'n', id}
+local set = {KEYS[1], 'n', pack('<d', id)}
 local m = 3
 local full = slot
 for k = 1, dims do
   local next_tat = max(tat[k], slot) + charge[k]
   set[m + 1] = fields[2 * k + 3]
-  set[m + 2] = next_tat
+  set[m + 2] = pack('<d', next_tat)
   m = m + 2
   if next_tat > full then full = next_tat end
 end
@@ -177,12 +200,12 @@ end
 local margin = tonumber(ARGV[4])
 local now_ms = sec * 1000 + math.floor(usec / 1000)
 local needed = now_ms + math.ceil((full - now) * 1000) + margin
-local expire_at = tonumber(h[3])
+local expire_at = num(h[3])
 local extend = not expire_at or expire_at < needed
 if extend then
   expire_at = needed + margin
   set[m + 1] = 'x'
-  set[m + 2] = expire_at
+  set[m + 2] = pack('<d', expire_at)
 end
 redis.call('HSET', unpack(set))
 if extend then redis.call('PEXPIREAT', KEYS[1], expire_at) end
@@ -192,8 +215,8 @@ if extend then redis.call('PEXPIREAT', KEYS[1], expire_at) end
 local slot_s = ''
 local reply = {1, slot_s, time[1], time[2], id, queued, h[2] or '0', epoch}
 for k = 1, dims do
-  reply[2 * k + 7] = h[2 * k + 2] or '0'
-  reply[2 * k + 8] = h[2 * k + 3] or '0'
+  reply[2 * k + 7] = h[2 * k + 2] or false
+  reply[2 * k + 8] = h[2 * k + 3] or false
 end
 if queue_it then
   slot_s = string.format('%.17g', slot)
@@ -204,29 +227,15 @@ if queue_it then
   for k = 1, dims do
     local i = ARGV[3 * k + 6]
     local lo, hi = '[' .. i .. ':', '[' .. i .. ';'
-    -- Entries whose slot has passed leave from the front, several at a time...
-    while true do
-      local first = redis.call('ZRANGEBYLEX', KEYS[3], lo, hi, 'LIMIT', 0, 8)
-      local gone = {}
-      for _, e in ipairs(first) do
-        if tonumber(string.match(e, '^%d+:%d+:([^:]+):')) > now then break end
-        gone[#gone + 1] = e
-      end
-      if #gone > 0 then redis.call('ZREM', KEYS[3], unpack(gone)) end
-      if #gone < 8 then break end
-    end
+    -- Entries whose slot has passed leave from the front...
+    trim(KEYS[3], 'ZRANGEBYLEX', lo, hi, function(e)
+      return tonumber(string.match(e, '^%d+:%d+:([^:]+):')) <= now
+    end)
     -- ...and entries with at least this headroom from the back.
-    local value = tat[k] - slot + (tonumber(h[2 * k + 3]) or 0)
-    while true do
-      local last = redis.call('ZREVRANGEBYLEX', KEYS[3], hi, lo, 'LIMIT', 0, 8)
-      local gone = {}
-      for _, e in ipairs(last) do
-        if tonumber(string.match(e, ':([^:]+)$')) < value then break end
-        gone[#gone + 1] = e
-      end
-      if #gone > 0 then redis.call('ZREM', KEYS[3], unpack(gone)) end
-      if #gone < 8 then break end
-    end
+    local value = tat[k] - slot + (num(h[2 * k + 3]) or 0)
+    trim(KEYS[3], 'ZREVRANGEBYLEX', hi, lo, function(e)
+      return tonumber(string.match(e, ':([^:]+)$')) >= value
+    end)
     redis.call('ZADD', KEYS[3], 0, i .. ':' .. id_w .. ':' .. slot_s .. ':' .. string.format('%.17g', value))
   end
   redis.call('PEXPIREAT', KEYS[3], expire_at)
@@ -235,6 +244,6 @@ if queue_it then
   local a = {KEYS[1]}
   for k = 1, dims do a[k + 1] = 'a' .. class .. ':' .. ARGV[3 * k + 6] end
   a = redis.call('HMGET', unpack(a))
-  for k = 1, dims do reply[2 * dims + 8 + k] = a[k] or '0' end
+  for k = 1, dims do reply[2 * dims + 8 + k] = a[k] or false end
 end
 return reply

@@ -270,7 +270,7 @@ impl<'v> Reply<'v> {
 
     fn bad(&self, at: usize) -> StoreError {
         StoreError::Failed(format!(
-            "{}.lua answered {:?} at position {at}, not a number; is another program using the key prefix?",
+            "{}.lua answered {:?} at position {at}, not a number; is another program (or another version of tollgate) using the key prefix?",
             self.script,
             self.items.get(at)
         ))
@@ -309,10 +309,25 @@ impl<'v> Reply<'v> {
         Ok(self.f64(at)? + self.f64(at + 1)? / 1_000_000.0)
     }
 
+    /// A number of the state hash as the scripts store it: an 8-byte
+    /// little-endian double, or nil for a missing field (0).
+    fn stored(&self, at: usize) -> Result<f64, StoreError> {
+        match self.items.get(at) {
+            Some(Value::Nil) => Ok(0.0),
+            Some(Value::BulkString(b)) if b.len() == 8 => {
+                let mut bytes = [0u8; 8];
+                bytes.copy_from_slice(b);
+                Ok(f64::from_le_bytes(bytes))
+            }
+            _ => Err(self.bad(at)),
+        }
+    }
+
+    /// Four stored numbers, one per dimension.
     fn dims(&self, at: usize) -> Result<Dims, StoreError> {
         let mut d = [0.0; DIMENSIONS];
         for (i, v) in d.iter_mut().enumerate() {
-            *v = self.f64(at + i)?;
+            *v = self.stored(at + i)?;
         }
         Ok(d)
     }
@@ -347,8 +362,8 @@ pub(crate) fn reserve_reply(
             let mut at = 8;
             for i in 0..DIMENSIONS {
                 if policy.increment[i] > 0.0 {
-                    tat[i] = r.f64(at)?;
-                    refunded_at[i] = r.f64(at + 1)?;
+                    tat[i] = r.stored(at)?;
+                    refunded_at[i] = r.stored(at + 1)?;
                     at += 2;
                 }
             }
@@ -363,7 +378,7 @@ pub(crate) fn reserve_reply(
                     end[i] = tat[i].max(slot) + call.cost[i] * inc;
                     gap[i] = (-(tat[i] - slot)).max(0.0);
                     if queued {
-                        class_refunds_at[i] = r.f64(at)?;
+                        class_refunds_at[i] = r.stored(at)?;
                         at += 1;
                     }
                 }
@@ -497,8 +512,9 @@ mod tests {
             bulk("0"),
             bulk(""),
         ];
-        // requests: tat 0, refunded 0; tokens: tat 1700000001.1, refunded 0.1.
-        items.extend(["0", "0", "1700000001.1000000001", "0.10000000000000001"].map(bulk));
+        // requests: tat and refunded missing; tokens: tat 1700000001.1, refunded 0.1.
+        let stored = |x: f64| Value::BulkString(x.to_le_bytes().to_vec());
+        items.extend([Value::Nil, Value::Nil, stored(1_700_000_001.1), stored(0.1)]);
         let policy = tollgate_core::Limits::new()
             .requests(60)
             .tokens(600)

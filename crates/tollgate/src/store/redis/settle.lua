@@ -22,19 +22,42 @@
 --          refunded_at (seconds); gap is the mark's gap for a cancellation, else 0
 --
 -- Reply: {time_sec, time_usec, tat0..tat3, refunded0..refunded3, later0..later3}
--- with the key's state before the settlement as stored ("0" for a missing
--- field) and per dimension the least headroom of the reservations queued
+-- with the key's state before the settlement as stored (8-byte doubles, nil
+-- for a missing field) and per dimension the least headroom of the reservations queued
 -- after this one ("" when none, or when it could not matter): the caller
 -- computes the outcome from these with tollgate_core::settle, as this script
 -- does. {5} when past the caller's deadline; {6, classes} when a class that
 -- queued on the key has no headroom index in KEYS (nothing written but the
 -- reservation leaving its queue: call again with more keys).
 
-if redis.replicate_commands then redis.replicate_commands() end
+-- Redis 5 or later: a script that reads TIME may write (effects replication).
+-- The numbers of the state hash are stored as 8-byte little-endian doubles
+-- (struct.pack '<d'): exact, and far cheaper than decimal text to write and
+-- read (the formatting was most of what these scripts cost).
+local pack, unpack_d = struct.pack, struct.unpack
+local function num(s)
+  if s then return (unpack_d('<d', s)) end
+end
 
 -- Every number below is parsed from a string once: parsing and formatting
 -- are most of what this script costs.
 local tonumber, min = tonumber, math.min
+-- Removes entries from one end of a range of a headroom index while `gone`
+-- says so, eight at a time (one look and one removal in the usual case).
+local function trim(key, cmd, from, to, gone)
+  local n = 8
+  while true do
+    local batch = redis.call(cmd, key, from, to, 'LIMIT', 0, n)
+    local out = {}
+    for _, e in ipairs(batch) do
+      if not gone(e) then break end
+      out[#out + 1] = e
+    end
+    if #out > 0 then redis.call('ZREM', key, unpack(out)) end
+    if #out < n then return end
+  end
+end
+
 local time = redis.call('TIME')
 local sec, usec = tonumber(time[1]), tonumber(time[2])
 local now = sec + usec / 1000000
@@ -64,11 +87,11 @@ if classes > 0 then
   if classes % (2 * class_bit) >= class_bit then redis.call('ZREM', KEYS[2], ARGV[1]) end
 end
 local out = {time[1], time[2],
-  h[1] or '0', h[2] or '0', h[3] or '0', h[4] or '0',
-  h[5] or '0', h[6] or '0', h[7] or '0', h[8] or '0',
+  h[1] or false, h[2] or false, h[3] or false, h[4] or false,
+  h[5] or false, h[6] or false, h[7] or false, h[8] or false,
   '', '', '', ''}
 -- Reservations charged after this one exist only when it is not the last.
-local later_ones = classes > 0 and tonumber(ARGV[1]) < (tonumber(h[11]) or 0)
+local later_ones = classes > 0 and tonumber(ARGV[1]) < (num(h[11]) or 0)
 local id_w = nil
 
 -- The least headroom, in dimension i, of the reservations still queued (in any
@@ -89,16 +112,9 @@ local function later_headroom(i)
       -- An entry whose slot has passed may sit in the expired front of the
       -- index (which leaves first, as in reserve.lua): then look again.
       if next_one and tonumber(string.match(next_one, '^%d+:%d+:([^:]+):')) <= now then
-        while true do
-          local first = redis.call('ZRANGEBYLEX', key, lo, hi, 'LIMIT', 0, 8)
-          local gone = {}
-          for _, e in ipairs(first) do
-            if tonumber(string.match(e, '^%d+:%d+:([^:]+):')) > now then break end
-            gone[#gone + 1] = e
-          end
-          if #gone > 0 then redis.call('ZREM', key, unpack(gone)) end
-          if #gone < 8 then break end
-        end
+        trim(key, 'ZRANGEBYLEX', lo, hi, function(e)
+          return tonumber(string.match(e, '^%d+:%d+:([^:]+):')) <= now
+        end)
         next_one = redis.call('ZRANGEBYLEX', key, from, hi, 'LIMIT', 0, 1)[1]
       end
       if next_one then
@@ -119,12 +135,12 @@ local full = now
 for k = 1, n do
   local a = 6 * k
   local i = tonumber(ARGV[a])
-  local tat = tonumber(h[i + 1]) or 0
+  local tat = num(h[i + 1]) or 0
   local charge = tonumber(ARGV[a + 1])
   if charge > 0 then
     local next_tat = math.max(tat, now) + charge
     set[m + 1] = fields[i + 2]
-    set[m + 2] = next_tat
+    set[m + 2] = pack('<d', next_tat)
     m = m + 2
     charged = true
     if next_tat > full then full = next_tat end
@@ -133,7 +149,7 @@ for k = 1, n do
     -- moved back by the refunds made since it was taken, and never below what
     -- the reservations queued after it were promised.
     local most = tonumber(ARGV[a + 2])
-    local refunded = tonumber(h[i + 5]) or 0
+    local refunded = num(h[i + 5]) or 0
     local shift = refunded - tonumber(ARGV[a + 5])
     local undrained = min(min(tonumber(ARGV[a + 4]) - shift - now, tonumber(ARGV[a + 3])), tat - now)
     -- The reservations behind can only lower a refund there is.
@@ -148,13 +164,13 @@ for k = 1, n do
     local give = min(most, undrained)
     if give > 0 then
       set[m + 1] = fields[i + 2]
-      set[m + 2] = tat - give
+      set[m + 2] = pack('<d', tat - give)
       set[m + 3] = fields[i + 6]
-      set[m + 4] = refunded + give
+      set[m + 4] = pack('<d', refunded + give)
       m = m + 4
       if a_at[k] then
         set[m + 1] = fields[a_at[k] + 1]
-        set[m + 2] = (tonumber(h[a_at[k]]) or 0) + give
+        set[m + 2] = pack('<d', (num(h[a_at[k]]) or 0) + give)
         m = m + 2
       end
     end
@@ -167,11 +183,11 @@ local expire_at
 if charged then
   local margin = tonumber(ARGV[2])
   local needed = sec * 1000 + math.floor(usec / 1000) + math.ceil((full - now) * 1000) + margin
-  local x = tonumber(h[10])
+  local x = num(h[10])
   if not x or x < needed then
     expire_at = needed + margin
     set[m + 1] = 'x'
-    set[m + 2] = expire_at
+    set[m + 2] = pack('<d', expire_at)
     m = m + 2
   end
 end

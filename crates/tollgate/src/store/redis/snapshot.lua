@@ -4,7 +4,8 @@
 -- KEYS[2..] the queues of every class (0, 1, ...)
 --
 -- Reply: {time_sec, time_usec, tat0..tat3, refunded0..refunded3, queue_depth}
--- with the floats as stored ('%.17g' strings; "0" for a missing field).
+-- with the floats as stored (8-byte little-endian doubles; nil for a missing
+-- field).
 
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
@@ -16,6 +17,6 @@ for k = 2, #KEYS do
   depth = depth + redis.call('ZCOUNT', KEYS[k], after_now, '+inf')
 end
 return {time[1], time[2],
-  h[1] or '0', h[2] or '0', h[3] or '0', h[4] or '0',
-  h[5] or '0', h[6] or '0', h[7] or '0', h[8] or '0',
+  h[1] or false, h[2] or false, h[3] or false, h[4] or false,
+  h[5] or false, h[6] or false, h[7] or false, h[8] or false,
   depth}
