@@ -179,7 +179,8 @@ pub(crate) fn settle_invocation(
         .arg(idle_ms)
         .arg(call.class)
         .arg(call.slot)
-        .arg(deadline.map_or(String::new(), |d| d.to_string()));
+        .arg(deadline.map_or(String::new(), |d| d.to_string()))
+        .arg(limited_digits(policy));
     // The products as tollgate_core::settle forms them; a dimension used as
     // estimated changes nothing and is left out.
     let mark = &call.mark;
@@ -202,6 +203,15 @@ pub(crate) fn settle_invocation(
         }
     }
     Ok(inv)
+}
+
+/// The indexes of the policy's limited dimensions as digits, in order: "01"
+/// for requests and tokens.
+fn limited_digits(policy: &Policy) -> String {
+    (0..DIMENSIONS)
+        .filter(|&i| policy.increment[i] > 0.0)
+        .map(|i| char::from(b'0' + i as u8))
+        .collect()
 }
 
 /// The invocation of `advance.lua` for a call.
@@ -460,15 +470,19 @@ pub(crate) fn settle_reply(
         };
     }
     let now = r.time(0)?;
-    let state = KeyState {
-        tat: r.dims(2)?,
-        refunded: r.dims(6)?,
-    };
+    // Per limited dimension: TAT, refunds, the headroom of those behind.
+    let mut state = KeyState::default();
     let mut later = [f64::INFINITY; DIMENSIONS];
-    for (i, l) in later.iter_mut().enumerate() {
-        if r.text(10 + i).is_some_and(|s| !s.is_empty()) {
-            // As the memory store: less the refunds made since.
-            *l = r.f64(10 + i)? - state.refunded[i];
+    let mut at = 2;
+    for i in 0..DIMENSIONS {
+        if call.policy.increment[i] > 0.0 {
+            state.tat[i] = r.stored(at)?;
+            state.refunded[i] = r.stored(at + 1)?;
+            if r.text(at + 2).is_some_and(|s| !s.is_empty()) {
+                // As the memory store: less the refunds made since.
+                later[i] = r.f64(at + 2)? - state.refunded[i];
+            }
+            at += 3;
         }
     }
     let settled = settle(call.policy, &state, now, &call.mark, &call.actual, &later);

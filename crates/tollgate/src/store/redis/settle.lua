@@ -15,15 +15,16 @@
 -- ARGV[5]  the caller's deadline on this server's clock (seconds), "" for
 --          none: a settlement that arrives later (its caller timed out and
 --          will retry) writes nothing, so it is not applied twice
--- ARGV[6..] six values per limited dimension whose usage differs from the
+-- ARGV[6]  the limited dimensions, their indexes as digits in order ("01")
+-- ARGV[7..] six values per limited dimension whose usage differs from the
 --          estimate, in index order: index (0..3), charge = delta * T (seconds,
 --          0 unless actual > estimated), most = -delta * T + gap (seconds, 0
 --          unless actual < estimated), cost * T + gap, and the mark's end and
 --          refunded_at (seconds); gap is the mark's gap for a cancellation, else 0
 --
--- Reply: {time_sec, time_usec, tat0..tat3, refunded0..refunded3, later0..later3}
+-- Reply: {time_sec, time_usec, then per limited dimension tat, refunded, later}
 -- with the key's state before the settlement as stored (8-byte doubles, nil
--- for a missing field) and per dimension the least headroom of the reservations queued
+-- for a missing field) and the least headroom of the reservations queued
 -- after this one ("" when none, or when it could not matter): the caller
 -- computes the outcome from these with tollgate_core::settle, as this script
 -- does. {5} when past the caller's deadline; {6, classes} when a class that
@@ -64,34 +65,45 @@ local now = sec + usec / 1000000
 if ARGV[5] ~= '' and now > tonumber(ARGV[5]) then return {5} end
 local class = ARGV[3]
 local started = tonumber(ARGV[4]) <= now
-local n = (#ARGV - 5) / 6
-local fields = {KEYS[1], 't0', 't1', 't2', 't3', 'r0', 'r1', 'r2', 'r3', 'c', 'x', 'n'}
--- The class's counter of refunds by started reservations, for each
--- dimension refunded (see advance.lua).
+local n = (#ARGV - 6) / 6
+-- c, x, n, then TAT and refunds of each limited dimension (at[digit] finds
+-- them), then the class's counters of refunds by started reservations for
+-- each dimension refunded (see advance.lua).
+local fields = {KEYS[1], 'c', 'x', 'n'}
+local limited = ARGV[6]
+local at = {}
+for j = 1, #limited do
+  local i = string.sub(limited, j, j)
+  at[i] = 2 * j + 2
+  fields[2 * j + 3] = 't' .. i
+  fields[2 * j + 4] = 'r' .. i
+end
 local a_at = {}
 if started then
-  local m = 12
+  local m = #fields
   for k = 1, n do
-    if tonumber(ARGV[6 * k + 2]) > 0 then
+    if tonumber(ARGV[6 * k + 3]) > 0 then
       m = m + 1
-      fields[m] = 'a' .. class .. ':' .. ARGV[6 * k]
+      fields[m] = 'a' .. class .. ':' .. ARGV[6 * k + 1]
       a_at[k] = m - 1
     end
   end
 end
 local h = redis.call('HMGET', unpack(fields))
-local classes = tonumber(h[9]) or 0
+local classes = tonumber(h[1]) or 0
 -- Only a class that ever queued has a queue to leave.
 if classes > 0 then
   local class_bit = 2 ^ tonumber(class)
   if classes % (2 * class_bit) >= class_bit then redis.call('ZREM', KEYS[2], ARGV[1]) end
 end
-local out = {time[1], time[2],
-  h[1] or false, h[2] or false, h[3] or false, h[4] or false,
-  h[5] or false, h[6] or false, h[7] or false, h[8] or false,
-  '', '', '', ''}
+local out = {time[1], time[2]}
+for j = 1, #limited do
+  out[3 * j] = h[2 * j + 2] or false
+  out[3 * j + 1] = h[2 * j + 3] or false
+  out[3 * j + 2] = ''
+end
 -- Reservations charged after this one exist only when it is not the last.
-local later_ones = classes > 0 and tonumber(ARGV[1]) < (num(h[11]) or 0)
+local later_ones = classes > 0 and tonumber(ARGV[1]) < (num(h[3]) or 0)
 local id_w = nil
 
 -- The least headroom, in dimension i, of the reservations still queued (in any
@@ -133,13 +145,13 @@ local m = 1
 local charged = false
 local full = now
 for k = 1, n do
-  local a = 6 * k
-  local i = tonumber(ARGV[a])
-  local tat = num(h[i + 1]) or 0
+  local a = 6 * k + 1
+  local p = at[ARGV[a]]
+  local tat = num(h[p]) or 0
   local charge = tonumber(ARGV[a + 1])
   if charge > 0 then
     local next_tat = math.max(tat, now) + charge
-    set[m + 1] = fields[i + 2]
+    set[m + 1] = fields[p + 1]
     set[m + 2] = pack('<d', next_tat)
     m = m + 2
     charged = true
@@ -149,7 +161,7 @@ for k = 1, n do
     -- moved back by the refunds made since it was taken, and never below what
     -- the reservations queued after it were promised.
     local most = tonumber(ARGV[a + 2])
-    local refunded = num(h[i + 5]) or 0
+    local refunded = num(h[p + 1]) or 0
     local shift = refunded - tonumber(ARGV[a + 5])
     local undrained = min(min(tonumber(ARGV[a + 4]) - shift - now, tonumber(ARGV[a + 3])), tat - now)
     -- The reservations behind can only lower a refund there is.
@@ -157,15 +169,15 @@ for k = 1, n do
       local later_s = later_headroom(ARGV[a])
       if later_s == false then return {6, classes} end
       if later_s then
-        out[i + 11] = later_s
+        out[3 * (p - 2) / 2 + 2] = later_s
         undrained = min(undrained, tonumber(later_s) - refunded)
       end
     end
     local give = min(most, undrained)
     if give > 0 then
-      set[m + 1] = fields[i + 2]
+      set[m + 1] = fields[p + 1]
       set[m + 2] = pack('<d', tat - give)
-      set[m + 3] = fields[i + 6]
+      set[m + 3] = fields[p + 2]
       set[m + 4] = pack('<d', refunded + give)
       m = m + 4
       if a_at[k] then
@@ -183,7 +195,7 @@ local expire_at
 if charged then
   local margin = tonumber(ARGV[2])
   local needed = sec * 1000 + math.floor(usec / 1000) + math.ceil((full - now) * 1000) + margin
-  local x = num(h[10])
+  local x = num(h[2])
   if not x or x < needed then
     expire_at = needed + margin
     set[m + 1] = 'x'
