@@ -474,8 +474,8 @@ pub(crate) fn settle_reply(
     let mut state = KeyState::default();
     let mut later = [f64::INFINITY; DIMENSIONS];
     let mut at = 2;
-    for i in 0..DIMENSIONS {
-        if call.policy.increment[i] > 0.0 {
+    for (i, &inc) in call.policy.increment.iter().enumerate() {
+        if inc > 0.0 {
             state.tat[i] = r.stored(at)?;
             state.refunded[i] = r.stored(at + 1)?;
             if r.text(at + 2).is_some_and(|s| !s.is_empty()) {
