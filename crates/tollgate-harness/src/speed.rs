@@ -470,7 +470,7 @@ fn redis_benchmark(redis: &RedisServer, requests: u64) -> anyhow::Result<(f64, f
     let plain = evalsha_bench(redis, &sha, 50, 1, requests, None)?;
     let pipelined = evalsha_bench(redis, &sha, 50, 16, requests, None)?;
     // The script must have succeeded, or the figure would measure errors.
-    let n = redis.cli(&["HGET", "tollgate:{rb}:s", "n"])?;
+    let n = redis.cli(&["HGET", "tollgate:{rb}:s", "s"])?;
     if n.trim().is_empty() {
         bail!("redis-benchmark's EVALSHA did not write a reservation (script arguments wrong?)");
     }

@@ -1,11 +1,12 @@
 -- reserve.lua: one GCRA reservation over up to four dimensions, atomically.
 -- The same arithmetic, in the same order of operations, as tollgate_core::reserve.
 --
--- KEYS[1]  the key's state hash: t0..t3 (TAT per dimension, seconds),
---          r0..r3 (refunds so far per dimension, seconds), n (last reservation id),
---          c (bit set of the classes that ever queued), x (when the keys expire,
---          Unix milliseconds), a<class>:<dimension> (see advance.lua); every
---          number but c an 8-byte little-endian double
+-- KEYS[1]  the key's state hash. Field s: eleven little-endian doubles
+--          (struct '<ddddddddddd'): n (last reservation id, 0 for none), x
+--          (when the keys expire, Unix milliseconds), c (bit set of the
+--          classes that ever queued), t0..t3 (TAT per dimension, seconds),
+--          r0..r3 (refunds so far per dimension, seconds). Fields
+--          a<class>:<dimension>: one double each (see advance.lua).
 -- KEYS[2]  the class's queue: sorted set, member = reservation id, score = slot
 -- KEYS[3]  the class's headroom index: one sorted set, all scores 0, members
 --          "<dimension>:<id, 20 digits>:<slot>:<headroom>" in lexicographic
@@ -42,13 +43,11 @@
 -- caller was told if that is later (its own reservations still waiting).
 --
 -- Reply, computed floats as '%.17g' strings (Redis would truncate Lua numbers to
--- integers), the state's as stored (8-byte doubles; nil for none):
+-- integers):
 --   {1, slot ("" when it is the time of the call), time_sec, time_usec, id, position,
---    classes (the bit set c), epoch ("" unless read), then for each limited
---    dimension in index order its tat before the charge and refunded_at}
+--    epoch ("" unless read), state (field s before the charge; nil for none)}
 --   The caller derives the mark's end (max(tat, slot) + cost * T, the new TAT)
---   and gap (max(slot - tat, 0)) from these with the same operations; an
---   unlimited dimension's are 0.
+--   and gap (max(slot - tat, 0)) from the state with the same operations.
 --   followed, when the reservation is queued, by the class's refund counters
 --   a<class>:<dimension> for each limited dimension (see advance.lua)
 --   {3, wait}               the slot is further than the longest acceptable wait
@@ -59,47 +58,21 @@
 -- caller refuses it.)
 
 -- Redis 5 or later: a script that reads TIME may write (effects replication).
--- The numbers of the state hash are stored as 8-byte little-endian doubles
--- (struct.pack '<d'): exact, and far cheaper than decimal text to write and
--- read (the formatting was most of what these scripts cost).
-local pack, unpack_d = struct.pack, struct.unpack
-local function num(s)
-  if s then return (unpack_d('<d', s)) end
-end
-
--- Every number below is parsed from a string once: parsing and formatting
--- are most of what this script costs.
+-- A key's numbers live in one field as binary doubles: exact, one read and
+-- one write, no decimal formatting or parsing (which was most of the cost).
+local STATE = '<ddddddddddd'
+local unpack_d = struct.unpack
 local tonumber, max = tonumber, math.max
--- Removes entries from one end of a range of a headroom index while `gone`
--- says so, eight at a time (one look and one removal in the usual case).
-local function trim(key, cmd, from, to, gone)
-  local n = 8
-  while true do
-    local batch = redis.call(cmd, key, from, to, 'LIMIT', 0, n)
-    local out = {}
-    for _, e in ipairs(batch) do
-      if not gone(e) then break end
-      out[#out + 1] = e
-    end
-    if #out > 0 then redis.call('ZREM', key, unpack(out)) end
-    if #out < n then return end
-  end
-end
 
 local time = redis.call('TIME')
 local sec, usec = tonumber(time[1]), tonumber(time[2])
 local now = sec + usec / 1000000
 if ARGV[6] ~= '' and now > tonumber(ARGV[6]) then return {5} end
 local dims = (#ARGV - 8) / 3
--- n, c, x, then TAT and refunds of each limited dimension.
-local fields = {KEYS[1], 'n', 'c', 'x'}
-for k = 1, dims do
-  local i = ARGV[3 * k + 6]
-  fields[2 * k + 3] = 't' .. i
-  fields[2 * k + 4] = 'r' .. i
-end
-local h = redis.call('HMGET', unpack(fields))
-local classes = tonumber(h[2]) or 0
+local blob = redis.call('HGET', KEYS[1], 's')
+local st
+if blob then st = {unpack_d(STATE, blob)} else st = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} end
+local classes = st[3]
 local class = ARGV[5]
 
 -- The queue holds reservations whose slot is still ahead; drop the rest and
@@ -121,10 +94,10 @@ if queued > 0 then
   end
 end
 
--- A key without state: is it new, idle, or lost with the whole store?
+-- A key without an id sequence: is it new, idle, or lost with the whole store?
 local epoch = ''
 local floor = nil
-if not h[1] then
+if st[1] == 0 then
   epoch = redis.call('GET', KEYS[4])
   if not epoch then
     local lost = '0'
@@ -138,10 +111,13 @@ if not h[1] then
 end
 
 local tolerance = tonumber(ARGV[1])
-local tat, charge = {}, {}
+local index, tat, charge = {}, {}, {}
+local floored = false
 for k = 1, dims do
   local a = 3 * k + 6
-  local t = num(h[2 * k + 2]) or 0
+  local i = tonumber(ARGV[a])
+  index[k] = i
+  local t = st[4 + i]
   if floor then
     -- Drained: as if the last window had been used in full, or as far as
     -- the caller's own reservations reach.
@@ -150,7 +126,8 @@ for k = 1, dims do
     if known and known > drained then drained = known end
     if drained > t then
       t = drained
-      h[2 * k + 2] = pack('<d', t)
+      st[4 + i] = t
+      floored = true
     end
   end
   tat[k] = t
@@ -171,59 +148,63 @@ if wait > 0 then
   end
 end
 
+-- The state before the charge goes back as read (drained, if it was).
+if floored then blob = struct.pack(STATE, unpack(st, 1, 11)) end
+local reply = {1, '', time[1], time[2], 0, queued, epoch, blob or false}
+
 -- A new (or expired) key: ids continue from the clock in microseconds, so
 -- they never repeat.
-local id = (num(h[1]) or (sec * 1000000 + usec)) + 1
-
-local set = {KEYS[1], 'n', pack('<d', id)}
-local m = 3
+local id = st[1]
+if id == 0 then id = sec * 1000000 + usec end
+id = id + 1
+st[1] = id
+reply[5] = id
 local full = slot
 for k = 1, dims do
   local next_tat = max(tat[k], slot) + charge[k]
-  set[m + 1] = fields[2 * k + 3]
-  set[m + 2] = pack('<d', next_tat)
-  m = m + 2
+  st[4 + index[k]] = next_tat
   if next_tat > full then full = next_tat end
 end
 
 local queue_it = slot > now
 if queue_it and not class_used then
   if class_bit == 0 then class_bit = 2 ^ tonumber(class) end
-  classes = classes + class_bit
-  set[m + 1] = 'c'
-  set[m + 2] = classes
-  m = m + 2
-  h[2] = tostring(classes)
+  st[3] = classes + class_bit
 end
 -- Keep the keys until the backlog has drained plus the margin; the queues
 -- below expire with the hash.
 local margin = tonumber(ARGV[4])
-local now_ms = sec * 1000 + math.floor(usec / 1000)
-local needed = now_ms + math.ceil((full - now) * 1000) + margin
-local expire_at = num(h[3])
-local extend = not expire_at or expire_at < needed
+local needed = sec * 1000 + math.floor(usec / 1000) + math.ceil((full - now) * 1000) + margin
+local expire_at = st[2]
+local extend = expire_at == 0 or expire_at < needed
 if extend then
   expire_at = needed + margin
-  set[m + 1] = 'x'
-  set[m + 2] = pack('<d', expire_at)
+  st[2] = expire_at
 end
-redis.call('HSET', unpack(set))
+redis.call('HSET', KEYS[1], 's', struct.pack(STATE, unpack(st, 1, 11)))
 if extend then redis.call('PEXPIREAT', KEYS[1], expire_at) end
 
--- A slot at the time of the call goes back as "", the usual case, and costs no
--- formatting.
-local slot_s = ''
-local reply = {1, slot_s, time[1], time[2], id, queued, h[2] or '0', epoch}
-for k = 1, dims do
-  reply[2 * k + 7] = h[2 * k + 2] or false
-  reply[2 * k + 8] = h[2 * k + 3] or false
-end
 if queue_it then
-  slot_s = string.format('%.17g', slot)
+  -- Removes entries from one end of a range of a headroom index while `gone`
+  -- says so, eight at a time (one look and one removal in the usual case).
+  local function trim(key, cmd, from, to, gone)
+    while true do
+      local batch = redis.call(cmd, key, from, to, 'LIMIT', 0, 8)
+      local out = {}
+      for _, e in ipairs(batch) do
+        if not gone(e) then break end
+        out[#out + 1] = e
+      end
+      if #out > 0 then redis.call('ZREM', key, unpack(out)) end
+      if #out < 8 then return end
+    end
+  end
+  local slot_s = string.format('%.17g', slot)
   reply[2] = slot_s
   redis.call('ZADD', KEYS[2], slot_s, id)
   redis.call('PEXPIREAT', KEYS[2], expire_at)
   local id_w = string.format('%020.0f', id)
+  local a = {KEYS[1]}
   for k = 1, dims do
     local i = ARGV[3 * k + 6]
     local lo, hi = '[' .. i .. ':', '[' .. i .. ';'
@@ -232,18 +213,17 @@ if queue_it then
       return tonumber(string.match(e, '^%d+:%d+:([^:]+):')) <= now
     end)
     -- ...and entries with at least this headroom from the back.
-    local value = tat[k] - slot + (num(h[2 * k + 3]) or 0)
+    local value = tat[k] - slot + st[8 + index[k]]
     trim(KEYS[3], 'ZREVRANGEBYLEX', hi, lo, function(e)
       return tonumber(string.match(e, ':([^:]+)$')) >= value
     end)
     redis.call('ZADD', KEYS[3], 0, i .. ':' .. id_w .. ':' .. slot_s .. ':' .. string.format('%.17g', value))
+    a[k + 1] = 'a' .. class .. ':' .. i
   end
   redis.call('PEXPIREAT', KEYS[3], expire_at)
   -- A queued reservation remembers its class's refunds by started
   -- reservations (see advance.lua).
-  local a = {KEYS[1]}
-  for k = 1, dims do a[k + 1] = 'a' .. class .. ':' .. ARGV[3 * k + 6] end
   a = redis.call('HMGET', unpack(a))
-  for k = 1, dims do reply[2 * dims + 8 + k] = a[k] or false end
+  for k = 1, dims do reply[8 + k] = a[k] or false end
 end
 return reply

@@ -179,8 +179,7 @@ pub(crate) fn settle_invocation(
         .arg(idle_ms)
         .arg(call.class)
         .arg(call.slot)
-        .arg(deadline.map_or(String::new(), |d| d.to_string()))
-        .arg(limited_digits(policy));
+        .arg(deadline.map_or(String::new(), |d| d.to_string()));
     // The products as tollgate_core::settle forms them; a dimension used as
     // estimated changes nothing and is left out.
     let mark = &call.mark;
@@ -203,15 +202,6 @@ pub(crate) fn settle_invocation(
         }
     }
     Ok(inv)
-}
-
-/// The indexes of the policy's limited dimensions as digits, in order: "01"
-/// for requests and tokens.
-fn limited_digits(policy: &Policy) -> String {
-    (0..DIMENSIONS)
-        .filter(|&i| policy.increment[i] > 0.0)
-        .map(|i| char::from(b'0' + i as u8))
-        .collect()
 }
 
 /// The invocation of `advance.lua` for a call.
@@ -260,6 +250,12 @@ pub(crate) fn snapshot_invocation(keys: &Keys<'_>) -> Invocation {
         inv.arg(keys.queue(class));
     }
     inv
+}
+
+/// A key's state as stored, with the bit set of its classes that queued.
+struct Stored {
+    classes: u32,
+    state: KeyState,
 }
 
 /// A script reply, read field by field.
@@ -333,13 +329,29 @@ impl<'v> Reply<'v> {
         }
     }
 
-    /// Four stored numbers, one per dimension.
-    fn dims(&self, at: usize) -> Result<Dims, StoreError> {
-        let mut d = [0.0; DIMENSIONS];
-        for (i, v) in d.iter_mut().enumerate() {
-            *v = self.stored(at + i)?;
+    /// A key's state as the scripts store it (field `s`, see `reserve.lua`):
+    /// id sequence, expiry, classes, TATs and refunds; all zeros for nil.
+    fn state(&self, at: usize) -> Result<Stored, StoreError> {
+        let mut n = [0.0; 11];
+        match self.items.get(at) {
+            Some(Value::Nil) => {}
+            Some(Value::BulkString(b)) if b.len() == 88 => {
+                for (v, chunk) in n.iter_mut().zip(b.chunks_exact(8)) {
+                    let mut bytes = [0u8; 8];
+                    bytes.copy_from_slice(chunk);
+                    *v = f64::from_le_bytes(bytes);
+                }
+            }
+            _ => return Err(self.bad(at)),
         }
-        Ok(d)
+        let mut tat = [0.0; DIMENSIONS];
+        let mut refunded = [0.0; DIMENSIONS];
+        tat.copy_from_slice(&n[3..7]);
+        refunded.copy_from_slice(&n[7..11]);
+        Ok(Stored {
+            classes: n[2] as u32,
+            state: KeyState { tat, refunded },
+        })
     }
 }
 
@@ -365,18 +377,11 @@ pub(crate) fn reserve_reply(
                 Some("") => now,
                 _ => r.f64(1)?,
             };
-            // Per limited dimension its TAT before the charge and its
-            // refunds at the time; 0 for the others, as stored.
+            // The key's state before the charge.
+            let stored = r.state(7)?;
+            let (tat, refunded_at) = (stored.state.tat, stored.state.refunded);
             let policy = call.policy;
-            let (mut tat, mut refunded_at) = ([0.0; DIMENSIONS], [0.0; DIMENSIONS]);
             let mut at = 8;
-            for i in 0..DIMENSIONS {
-                if policy.increment[i] > 0.0 {
-                    tat[i] = r.stored(at)?;
-                    refunded_at[i] = r.stored(at + 1)?;
-                    at += 2;
-                }
-            }
             let queued = r.items.len() > at;
             // The mark follows from them exactly as in `tollgate_core::reserve`.
             let mut end = tat;
@@ -394,8 +399,8 @@ pub(crate) fn reserve_reply(
                 }
             }
             let news = ReserveNews {
-                classes: r.u64(6)? as u32,
-                epoch: r.text(7).filter(|e| !e.is_empty()).map(str::to_string),
+                classes: stored.classes,
+                epoch: r.text(6).filter(|e| !e.is_empty()).map(str::to_string),
             };
             let reserved = Reserved {
                 slot,
@@ -470,19 +475,13 @@ pub(crate) fn settle_reply(
         };
     }
     let now = r.time(0)?;
-    // Per limited dimension: TAT, refunds, the headroom of those behind.
-    let mut state = KeyState::default();
+    let state = r.state(2)?.state;
+    // Per dimension the headroom of those queued behind.
     let mut later = [f64::INFINITY; DIMENSIONS];
-    let mut at = 2;
-    for (i, &inc) in call.policy.increment.iter().enumerate() {
-        if inc > 0.0 {
-            state.tat[i] = r.stored(at)?;
-            state.refunded[i] = r.stored(at + 1)?;
-            if r.text(at + 2).is_some_and(|s| !s.is_empty()) {
-                // As the memory store: less the refunds made since.
-                later[i] = r.f64(at + 2)? - state.refunded[i];
-            }
-            at += 3;
+    for (i, l) in later.iter_mut().enumerate() {
+        if r.text(3 + i).is_some_and(|s| !s.is_empty()) {
+            // As the memory store: less the refunds made since.
+            *l = r.f64(3 + i)? - state.refunded[i];
         }
     }
     let settled = settle(call.policy, &state, now, &call.mark, &call.actual, &later);
@@ -492,14 +491,7 @@ pub(crate) fn settle_reply(
 /// Reads the reply of `snapshot.lua`: store time, state, queue depth.
 pub(crate) fn snapshot_reply(value: &Value) -> Result<(f64, KeyState, u64), StoreError> {
     let r = Reply::new(value, "snapshot")?;
-    Ok((
-        r.time(0)?,
-        KeyState {
-            tat: r.dims(2)?,
-            refunded: r.dims(6)?,
-        },
-        r.u64(10)?,
-    ))
+    Ok((r.time(0)?, r.state(2)?.state, r.u64(3)?))
 }
 
 #[cfg(test)]
@@ -516,19 +508,24 @@ mod tests {
     #[test]
     fn reads_a_granted_reservation() {
         let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        let mut items = vec![
+        // The state: id 5, expiry, no classes; tokens: tat 1700000001.1,
+        // refunded 0.1; the rest 0.
+        let mut state = [0.0_f64; 11];
+        state[0] = 5.0;
+        state[1] = 1_700_000_060_000.0;
+        state[4] = 1_700_000_001.1;
+        state[8] = 0.1;
+        let blob: Vec<u8> = state.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let items = vec![
             Value::Int(1),
             bulk(""),
             bulk("1700000000"),
             bulk("250000"),
             Value::Int(1_700_000_000_250_001),
             Value::Int(2),
-            bulk("0"),
             bulk(""),
+            Value::BulkString(blob),
         ];
-        // requests: tat and refunded missing; tokens: tat 1700000001.1, refunded 0.1.
-        let stored = |x: f64| Value::BulkString(x.to_le_bytes().to_vec());
-        items.extend([Value::Nil, Value::Nil, stored(1_700_000_001.1), stored(0.1)]);
         let policy = tollgate_core::Limits::new()
             .requests(60)
             .tokens(600)
