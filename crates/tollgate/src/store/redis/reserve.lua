@@ -111,7 +111,8 @@ if st[1] == 0 then
 end
 
 local tolerance = tonumber(ARGV[1])
-local index, tat, charge = {}, {}, {}
+-- Sized for four dimensions up front: growing a table costs more than this.
+local index, tat, charge = {0, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 0, 0}
 local floored = false
 for k = 1, dims do
   local a = 3 * k + 6

@@ -73,53 +73,58 @@ local out = {time[1], time[2], blob or false, '', '', '', ''}
 local later_ones = classes > 0 and tonumber(ARGV[1]) < st[1]
 local id_w = nil
 
--- Removes entries from the front of a range of a headroom index while
--- `gone` says so, eight at a time (as in reserve.lua).
-local function trim(key, from, to, gone)
-  while true do
-    local batch = redis.call('ZRANGEBYLEX', key, from, to, 'LIMIT', 0, 8)
-    local out = {}
-    for _, e in ipairs(batch) do
-      if not gone(e) then break end
-      out[#out + 1] = e
+-- Only a settlement with reservations charged after it looks at them (and
+-- pays for making these functions).
+local later_headroom
+if later_ones then
+  -- Removes entries from the front of a range of a headroom index while
+  -- `gone` says so, eight at a time (as in reserve.lua).
+  local function trim(key, from, to, gone)
+    while true do
+      local batch = redis.call('ZRANGEBYLEX', key, from, to, 'LIMIT', 0, 8)
+      local out = {}
+      for _, e in ipairs(batch) do
+        if not gone(e) then break end
+        out[#out + 1] = e
+      end
+      if #out > 0 then redis.call('ZREM', key, unpack(out)) end
+      if #out < 8 then return end
     end
-    if #out > 0 then redis.call('ZREM', key, unpack(out)) end
-    if #out < 8 then return end
   end
-end
 
--- The least headroom, in dimension i, of the reservations still queued (in any
--- class) that were charged after this one, as its string; nil when none;
--- false when a class that queued has no index among KEYS.
-local function later_headroom(i)
-  if classes >= 2 ^ (#KEYS - 2) then return false end
-  local least, least_s = math.huge, nil
-  local lo, hi = '[' .. i .. ':', '[' .. i .. ';'
-  id_w = id_w or string.format('%020.0f', tonumber(ARGV[1]))
-  -- Just after every member of this reservation in lexicographic order.
-  local from = '(' .. i .. ':' .. id_w .. ';'
-  local c = 0
-  while classes >= 2 ^ c do
-    if classes % (2 ^ (c + 1)) >= 2 ^ c then
-      local key = KEYS[3 + c]
-      local next_one = redis.call('ZRANGEBYLEX', key, from, hi, 'LIMIT', 0, 1)[1]
-      -- An entry whose slot has passed may sit in the expired front of the
-      -- index (which leaves first, as in reserve.lua): then look again.
-      if next_one and tonumber(string.match(next_one, '^%d+:%d+:([^:]+):')) <= now then
-        trim(key, lo, hi, function(e)
-          return tonumber(string.match(e, '^%d+:%d+:([^:]+):')) <= now
-        end)
-        next_one = redis.call('ZRANGEBYLEX', key, from, hi, 'LIMIT', 0, 1)[1]
+  -- The least headroom, in dimension i, of the reservations still queued (in any
+  -- class) that were charged after this one, as its string; nil when none;
+  -- false when a class that queued has no index among KEYS.
+  later_headroom = function(i)
+    if classes >= 2 ^ (#KEYS - 2) then return false end
+    local least, least_s = math.huge, nil
+    local lo, hi = '[' .. i .. ':', '[' .. i .. ';'
+    id_w = id_w or string.format('%020.0f', tonumber(ARGV[1]))
+    -- Just after every member of this reservation in lexicographic order.
+    local from = '(' .. i .. ':' .. id_w .. ';'
+    local c = 0
+    while classes >= 2 ^ c do
+      if classes % (2 ^ (c + 1)) >= 2 ^ c then
+        local key = KEYS[3 + c]
+        local next_one = redis.call('ZRANGEBYLEX', key, from, hi, 'LIMIT', 0, 1)[1]
+        -- An entry whose slot has passed may sit in the expired front of the
+        -- index (which leaves first, as in reserve.lua): then look again.
+        if next_one and tonumber(string.match(next_one, '^%d+:%d+:([^:]+):')) <= now then
+          trim(key, lo, hi, function(e)
+            return tonumber(string.match(e, '^%d+:%d+:([^:]+):')) <= now
+          end)
+          next_one = redis.call('ZRANGEBYLEX', key, from, hi, 'LIMIT', 0, 1)[1]
+        end
+        if next_one then
+          local s = string.match(next_one, ':([^:]+)$')
+          local v = tonumber(s)
+          if v < least then least, least_s = v, s end
+        end
       end
-      if next_one then
-        local s = string.match(next_one, ':([^:]+)$')
-        local v = tonumber(s)
-        if v < least then least, least_s = v, s end
-      end
+      c = c + 1
     end
-    c = c + 1
+    return least_s
   end
-  return least_s
 end
 
 local changed = false
