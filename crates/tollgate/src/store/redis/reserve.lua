@@ -187,17 +187,20 @@ if extend then redis.call('PEXPIREAT', KEYS[1], expire_at) end
 
 if queue_it then
   -- Removes entries from one end of a range of a headroom index while `gone`
-  -- says so, eight at a time (one look and one removal in the usual case).
+  -- says so: two at first (one look and at most one removal in the usual
+  -- case), then sixteen at a time.
   local function trim(key, cmd, from, to, gone)
+    local n = 2
     while true do
-      local batch = redis.call(cmd, key, from, to, 'LIMIT', 0, 8)
+      local batch = redis.call(cmd, key, from, to, 'LIMIT', 0, n)
       local out = {}
       for _, e in ipairs(batch) do
         if not gone(e) then break end
         out[#out + 1] = e
       end
       if #out > 0 then redis.call('ZREM', key, unpack(out)) end
-      if #out < 8 then return end
+      if #out < n then return end
+      n = 16
     end
   end
   local slot_s = string.format('%.17g', slot)
