@@ -3,8 +3,10 @@
 //! arithmetic of `tollgate-core` and read the time from Redis itself.
 //!
 //! Per limiter key `K` there are a hash `<prefix>:{K}:s` (TAT and refunds per
-//! dimension, the id sequence) and one sorted set `<prefix>:{K}:q<class>` per
-//! priority class (queued reservation ids scored by slot). All carry the hash
+//! dimension, the id sequence: binary doubles in one field, see
+//! `reserve.lua`), one sorted set `<prefix>:{K}:q<class>` per priority class
+//! (queued reservation ids scored by slot) and its headroom index
+//! `<prefix>:{K}:h<class>`. All carry the hash
 //! tag `{K}`, so the same scripts run on Redis Cluster, and all expire once the
 //! key's backlog has drained (plus [`RedisOptions::idle_ttl`]). One more key,
 //! `<prefix>:epoch`, never expires: it tells a key that expired while idle
