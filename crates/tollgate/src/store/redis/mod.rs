@@ -101,8 +101,8 @@ impl Settings {
         *self.clock.lock() = Some((server_now, Instant::now()));
     }
 
-    /// The bit set of the classes whose headroom indexes a settlement of
-    /// `class` passes, as a count from class 0.
+    /// How many headroom indexes (of classes 0, 1, …) a settlement of
+    /// `class` passes: up to the highest class known to have queued here.
     fn classes_for(&self, class: u8) -> u8 {
         let bits = self.classes.load(Ordering::Relaxed) | (1 << class);
         (32 - bits.leading_zeros()) as u8
