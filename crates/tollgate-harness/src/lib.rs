@@ -10,6 +10,8 @@
 //!   killed mid-run.
 //! - [`speed`]: acquires per second and latency, tollgate against the Python
 //!   library against Redis's own ceiling.
+//! - [`script_cost`]: Redis's own time per call of the reserve and settle
+//!   scripts, from `INFO commandstats`.
 //!
 //! Every run binds to 127.0.0.1 only, is bounded in time and count, and stops
 //! (and kills) everything it started. The binary `tollgate-harness` exposes each
@@ -25,6 +27,7 @@ pub mod faults;
 pub mod fleet;
 pub mod procs;
 pub mod python;
+pub mod script_cost;
 pub mod speed;
 pub mod standin;
 pub mod table;

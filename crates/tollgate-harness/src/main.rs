@@ -12,6 +12,7 @@ use tollgate_harness::accuracy::{self, AccuracyOptions, Mode, StoreKind};
 use tollgate_harness::cluster::{self, ClusterOptions};
 use tollgate_harness::faults::{self, Fault, FaultOptions};
 use tollgate_harness::fleet::{worker_main, ClientKind};
+use tollgate_harness::script_cost::{self, ScriptCostOptions};
 use tollgate_harness::speed::{self, SpeedOptions};
 use tollgate_harness::standin::{Standin, StandinConfig};
 
@@ -203,6 +204,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Redis's own time per call of reserve.lua and settle.lua (INFO
+    /// commandstats) on a fresh redis-server: granted reservations settled
+    /// with a refund, and queued reservations cancelled.
+    Scripts {
+        /// Reserve + settle pairs per workload.
+        #[arg(long, default_value_t = 20_000)]
+        pairs: usize,
+        /// Print the rows as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// The accuracy run on a 3-master Redis Cluster, one master killed mid-run.
     Cluster {
         #[command(flatten)]
@@ -245,6 +257,10 @@ fn main() {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Worker { config, out } => worker_main(&config, &out),
+        Command::Scripts { pairs, json } => {
+            let rows = script_cost::run(&ScriptCostOptions { pairs })?;
+            print_report(json, &rows, |r| script_cost::table(r))
+        }
         Command::Cluster {
             load,
             keys,

@@ -470,7 +470,7 @@ fn redis_benchmark(redis: &RedisServer, requests: u64) -> anyhow::Result<(f64, f
     let plain = evalsha_bench(redis, &sha, 50, 1, requests, None)?;
     let pipelined = evalsha_bench(redis, &sha, 50, 16, requests, None)?;
     // The script must have succeeded, or the figure would measure errors.
-    let n = redis.cli(&["HGET", "tollgate:{rb}:s", "n"])?;
+    let n = redis.cli(&["HGET", "tollgate:{rb}:s", "s"])?;
     if n.trim().is_empty() {
         bail!("redis-benchmark's EVALSHA did not write a reservation (script arguments wrong?)");
     }
@@ -506,14 +506,19 @@ fn evalsha_bench(
             &pipeline.to_string(),
             "--csv",
         ])
-        .args(["EVALSHA", sha, "3"])
-        .args(["tollgate:{rb}:s", "tollgate:{rb}:q0", "tollgate:{rb}:h0"])
+        .args(["EVALSHA", sha, "4"])
+        .args([
+            "tollgate:{rb}:s",
+            "tollgate:{rb}:q0",
+            "tollgate:{rb}:h0",
+            "tollgate:epoch",
+        ])
         // tolerance 60 s, no max wait, no queue cap, idle 60 s, class 0,
-        // no deadline; requests: T = 1e-9 s, cost 1, capacity 6e10;
-        // tokens likewise.
-        .args(["60", "", "", "60000", "0", ""])
-        .args(["0", "0.000000001", "1", "60000000000"])
-        .args(["1", "0.000000001", "1", "60000000000"])
+        // no deadline, tau 60 s, no epoch seen; requests: charge
+        // 1e-9 s (T = 1e-9 s, cost 1), no TAT known; tokens likewise.
+        .args(["60", "", "", "60000", "0", "", "60", ""])
+        .args(["0", "0.000000001", ""])
+        .args(["1", "0.000000001", ""])
         .output()
         .context("running redis-benchmark")?;
     let text = String::from_utf8_lossy(&out.stdout);

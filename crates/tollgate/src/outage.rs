@@ -118,6 +118,11 @@ pub struct StatsSnapshot {
     /// Times a waiting `acquire` found its reservation cancelled because it
     /// had not confirmed it within its lease, and queued again.
     pub leases_lost: u64,
+    /// Times the limiter's store was found to have lost its state (Redis
+    /// restarted empty), each reset once; see
+    /// [`AfterReset`](crate::store::AfterReset). Shared by every limiter on
+    /// the store.
+    pub store_resets: u64,
 }
 
 impl Stats {
@@ -180,6 +185,7 @@ impl Stats {
             cancelled: g(&self.cancelled),
             advanced: g(&self.advanced),
             leases_lost: g(&self.leases_lost),
+            store_resets: 0,
         }
     }
 }

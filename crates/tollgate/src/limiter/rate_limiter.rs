@@ -126,7 +126,10 @@ impl RateLimiter {
 
     /// The limiter's counters.
     pub fn stats(&self) -> StatsSnapshot {
-        self.inner.stats.snapshot()
+        StatsSnapshot {
+            store_resets: self.inner.store.resets(),
+            ..self.inner.stats.snapshot()
+        }
     }
 
     /// Reserves a slot for a call of this cost and waits until it.

@@ -9,7 +9,7 @@ mod redis;
 
 pub use self::memory::{Clock, ManualClock, MemoryStore, SystemClock};
 pub(crate) use self::redis::Cancel;
-pub use self::redis::{RedisConnection, RedisOptions, RedisStore, TlsOptions};
+pub use self::redis::{AfterReset, RedisConnection, RedisOptions, RedisStore, TlsOptions};
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -262,6 +262,15 @@ impl Store {
     /// connection), with the default settings.
     pub fn from_redis_connection(conn: impl Into<RedisConnection>) -> Self {
         Store::Redis(RedisStore::with_default_options(conn))
+    }
+
+    /// Times the store was found to have lost its state (a Redis restarted
+    /// empty; see [`AfterReset`]); always 0 for the memory store.
+    pub fn resets(&self) -> u64 {
+        match self {
+            Store::Memory(_) => 0,
+            Store::Redis(r) => r.resets(),
+        }
     }
 
     /// Whether this store is the in-memory one.

@@ -15,7 +15,14 @@
 -- Reply: {0} when it stays (or is no longer queued);
 --        {1, slot, time_sec, time_usec} when it moved (slot as '%.17g').
 
-if redis.replicate_commands then redis.replicate_commands() end
+-- Redis 5 or later: a script that reads TIME may write (effects replication).
+-- The numbers of the state hash are stored as 8-byte little-endian doubles
+-- (struct.pack '<d'): exact, and far cheaper than decimal text to write and
+-- read (the formatting was most of what these scripts cost).
+local pack, unpack_d = struct.pack, struct.unpack
+local function num(s)
+  if s then return (unpack_d('<d', s)) end
+end
 
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
@@ -38,7 +45,7 @@ local c = ARGV[3]
 for a = 4, #ARGV, 5 do
   local i = ARGV[a]
   local inc, cost, before, at = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
-  local since = (tonumber(redis.call('HGET', KEYS[1], 'a' .. c .. ':' .. i)) or 0) - at
+  local since = (num(redis.call('HGET', KEYS[1], 'a' .. c .. ':' .. i)) or 0) - at
   earliest = math.max(earliest, before - since + cost * inc - tolerance)
 end
 if earliest >= slot then return {0} end

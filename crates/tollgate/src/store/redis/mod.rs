@@ -3,10 +3,14 @@
 //! arithmetic of `tollgate-core` and read the time from Redis itself.
 //!
 //! Per limiter key `K` there are a hash `<prefix>:{K}:s` (TAT and refunds per
-//! dimension, the id sequence) and one sorted set `<prefix>:{K}:q<class>` per
-//! priority class (queued reservation ids scored by slot). All carry the hash
+//! dimension, the id sequence: binary doubles in one field, see
+//! `reserve.lua`), one sorted set `<prefix>:{K}:q<class>` per priority class
+//! (queued reservation ids scored by slot) and its headroom index
+//! `<prefix>:{K}:h<class>`. All carry the hash
 //! tag `{K}`, so the same scripts run on Redis Cluster, and all expire once the
-//! key's backlog has drained (plus [`RedisOptions::idle_ttl`]).
+//! key's backlog has drained (plus [`RedisOptions::idle_ttl`]). One more key,
+//! `<prefix>:epoch`, never expires: it tells a key that expired while idle
+//! from a store that lost everything (see [`AfterReset`]).
 
 mod claim;
 mod connection;
@@ -17,9 +21,11 @@ mod options;
 mod scripts;
 
 pub use self::connection::RedisConnection;
-pub use self::options::{RedisOptions, TlsOptions};
+pub use self::options::{AfterReset, RedisOptions, TlsOptions};
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +34,7 @@ use tollgate_core::{Dims, Policy, ReserveError, Settled, DIMENSIONS};
 
 use self::error::{store_error, timed_out};
 use self::handover::InFlight;
-use self::scripts::Keys;
+use self::scripts::{Keys, ReserveContext, ReserveNews, SettleReply};
 use super::{
     Advance, AdvanceCall, Backend, Claim, KeySnapshot, ReserveCall, Reserved, SettleCall,
     StoreError,
@@ -61,6 +67,7 @@ struct Settings {
     prefix: String,
     idle_ms: u64,
     timeout: Duration,
+    after_reset: AfterReset,
     /// The server's clock at the last reply and when it arrived here: gives
     /// each call a deadline on the server's clock.
     clock: parking_lot::Mutex<Option<(f64, Instant)>>,
@@ -72,6 +79,13 @@ struct Settings {
     own: tokio::sync::OnceCell<RedisConnection>,
     /// Reservations nobody owns any more, to cancel (see `cancel_soon`).
     cancels: parking_lot::Mutex<Vec<Cancel>>,
+    /// What this process knows of the store's state: epochs and TATs.
+    seen: parking_lot::Mutex<Seen>,
+    /// Bit set of the priority classes known to have queued on some key: a
+    /// settlement passes the headroom indexes of classes up to the highest.
+    classes: AtomicU32,
+    /// Times the store was found to have lost its state.
+    resets: AtomicU64,
 }
 
 /// A reservation to cancel in the background: its caller went away.
@@ -100,6 +114,20 @@ enum Origin {
     Nodes(Vec<String>, RedisOptions),
 }
 
+/// Keys this process holds at most in [`Seen::tat`] before it forgets the
+/// ones whose backlog has drained.
+const MAX_KNOWN_KEYS: usize = 10_000;
+
+/// What this process was told by the store.
+#[derive(Debug, Default)]
+struct Seen {
+    /// The epoch last seen, by epoch key name (one on a standalone server).
+    epochs: HashMap<String, String>,
+    /// Per limiter key, the highest TAT per dimension a reservation was told:
+    /// how far its own reservations reach should the store lose them.
+    tat: HashMap<Box<str>, Dims>,
+}
+
 impl Settings {
     /// The latest server time by which a call sent now is still awaited;
     /// `None` before the first reply. The estimate trails the server's clock
@@ -111,6 +139,59 @@ impl Settings {
 
     fn saw(&self, server_now: f64) {
         *self.clock.lock() = Some((server_now, Instant::now()));
+    }
+
+    /// How many headroom indexes (of classes 0, 1, …) a settlement of
+    /// `class` passes: up to the highest class known to have queued here.
+    fn classes_for(&self, class: u8) -> u8 {
+        let bits = self.classes.load(Ordering::Relaxed) | (1 << class);
+        (32 - bits.leading_zeros()) as u8
+    }
+
+    /// Records what a granted reservation was told; reports a reset (an
+    /// epoch other than the one seen before).
+    fn granted(&self, key: &str, epoch_key: &str, r: &Reserved, news: &ReserveNews) {
+        if news.classes != 0 {
+            self.classes.fetch_or(news.classes, Ordering::Relaxed);
+        }
+        let mut seen = self.seen.lock();
+        if seen.tat.len() >= MAX_KNOWN_KEYS {
+            seen.tat.retain(|_, t| t.iter().any(|&t| t > r.now));
+        }
+        match seen.tat.get_mut(key) {
+            Some(t) => {
+                for (t, &e) in t.iter_mut().zip(&r.mark.end) {
+                    *t = t.max(e);
+                }
+            }
+            None => {
+                seen.tat.insert(key.into(), r.mark.end);
+            }
+        }
+        let Some(epoch) = &news.epoch else { return };
+        match seen.epochs.get(epoch_key) {
+            Some(old) if old == epoch => {}
+            Some(old) => {
+                self.resets.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    prefix = %self.prefix,
+                    key,
+                    epoch_was = %old,
+                    epoch = %epoch,
+                    after_reset = ?self.after_reset,
+                    "the store lost its state (Redis restarted empty or was flushed): \
+                     its buckets start {}",
+                    match self.after_reset {
+                        AfterReset::Full => "full, as configured (after_reset = Full)",
+                        _ => "drained, as if the last window had been used in full",
+                    }
+                );
+                seen.epochs.insert(epoch_key.to_string(), epoch.clone());
+            }
+            None => {
+                seen.epochs.insert(epoch_key.to_string(), epoch.clone());
+            }
+        }
     }
 }
 
@@ -191,10 +272,14 @@ impl RedisStore {
                 prefix: options.key_prefix.clone(),
                 idle_ms: options.idle_ttl.as_millis().max(1) as u64,
                 timeout: options.operation_timeout(),
+                after_reset: options.after_reset,
                 clock: parking_lot::Mutex::new(None),
                 origin: None,
                 own: tokio::sync::OnceCell::new(),
                 cancels: parking_lot::Mutex::new(Vec::new()),
+                seen: parking_lot::Mutex::new(Seen::default()),
+                classes: AtomicU32::new(0),
+                resets: AtomicU64::new(0),
             }),
         }
     }
@@ -315,6 +400,12 @@ impl RedisStore {
         &self.conn
     }
 
+    /// Times this store was found to have lost its state (see
+    /// [`AfterReset`]): each reset once, in this process.
+    pub fn resets(&self) -> u64 {
+        self.settings.resets.load(Ordering::Relaxed)
+    }
+
     /// The Redis key names of a limiter key: its state hash and the queue of
     /// class 0 (others end in `q1`, `q2`, …). For inspection and tests.
     pub fn key_names(&self, key: &str) -> (String, String) {
@@ -354,55 +445,60 @@ impl RedisStore {
     /// settlement was made at: what the refund caps were computed with.
     pub async fn settle_timed(&self, call: &SettleCall<'_>) -> Result<(Settled, f64), StoreError> {
         let keys = Keys::new(&self.settings.prefix, call.key);
-        // No deadline: a settlement is sent once and never again after a time
-        // out (it is still on its way), so it cannot be applied twice, and
-        // when it arrives late it must still be applied.
-        let inv = scripts::settle_invocation(&keys, call, self.settings.idle_ms, None)?;
-        let store = self.clone();
+        let mut classes = self.settings.classes_for(call.class);
         let key = call.key.to_string();
         let id = call.id;
-        let sent = InFlight::new(
-            async move { store.run_unbounded(inv).await },
-            move |reply| async move {
-                match reply {
-                    Ok(_) => tracing::info!(
-                        key,
-                        id,
-                        "a settlement that timed out was applied when Redis answered"
-                    ),
-                    Err(e) => {
-                        tracing::warn!(key, id, error = %store_error(e), "a settlement that timed out failed")
-                    }
-                }
-            },
-        );
         let limit = self.settings.timeout;
-        let reply = match tokio::time::timeout(limit, sent).await {
-            Ok(reply) => reply.map_err(store_error)?,
-            Err(_) => {
-                return Err(StoreError::Pending(format!(
-                    "redis did not answer the settlement within {} ms; it stays on its way and is applied once when Redis answers",
-                    limit.as_millis()
-                )))
-            }
-        };
-        let r = scripts::settle_reply(&reply)?;
-        self.settings.saw(r.now);
-        let mut charged = [0.0; DIMENSIONS];
-        for (i, c) in charged.iter_mut().enumerate() {
-            let delta = call.actual[i] - call.mark.cost[i];
-            if call.policy.increment[i] > 0.0 && delta > 0.0 {
-                *c = delta;
+        // A class that queued on the key but is unknown here asks for its
+        // index; after two tries every class's is passed.
+        for attempt in 0.. {
+            // No deadline: a settlement is sent once and never again after a
+            // time out (it is still on its way), so it cannot be applied
+            // twice, and when it arrives late it must still be applied.
+            let inv =
+                scripts::settle_invocation(&keys, call, self.settings.idle_ms, None, classes)?;
+            let store = self.clone();
+            let (key, id) = (key.clone(), id);
+            let sent = InFlight::new(
+                async move { store.run_unbounded(inv).await },
+                move |reply| async move {
+                    match reply {
+                        Ok(_) => tracing::info!(
+                            key,
+                            id,
+                            "a settlement that timed out reached Redis when it answered"
+                        ),
+                        Err(e) => {
+                            tracing::warn!(key, id, error = %store_error(e), "a settlement that timed out failed")
+                        }
+                    }
+                },
+            );
+            let reply = match tokio::time::timeout(limit, sent).await {
+                Ok(reply) => reply.map_err(store_error)?,
+                Err(_) => {
+                    return Err(StoreError::Pending(format!(
+                        "redis did not answer the settlement within {} ms; it stays on its way and is applied once when Redis answers",
+                        limit.as_millis()
+                    )))
+                }
+            };
+            match scripts::settle_reply(&reply, call)? {
+                SettleReply::Done(settled, now) => {
+                    self.settings.saw(now);
+                    return Ok((settled, now));
+                }
+                SettleReply::NeedClasses(bits) => {
+                    self.settings.classes.fetch_or(bits, Ordering::Relaxed);
+                    classes = if attempt < 2 {
+                        self.settings.classes_for(call.class)
+                    } else {
+                        scripts::MAX_CLASSES
+                    };
+                }
             }
         }
-        let settled = Settled {
-            state: r.state,
-            charged,
-            refunded: r.refunded,
-            returned: r.returned,
-            left: [0.0; DIMENSIONS],
-        };
-        Ok((settled, r.now))
+        unreachable!("the loop returns")
     }
 
     /// Runs a script by SHA (`EVALSHA`); after `NOSCRIPT` (Redis restarted,
@@ -442,9 +538,30 @@ impl Backend for RedisStore {
         &self,
         call: &ReserveCall<'_>,
     ) -> Result<Result<Reserved, ReserveError>, StoreError> {
-        let keys = Keys::new(&self.settings.prefix, call.key);
-        let deadline = self.settings.deadline();
-        let inv = scripts::reserve_invocation(&keys, call, self.settings.idle_ms, deadline)?;
+        if let Some(e) = scripts::too_large_for(call) {
+            return Ok(Err(e));
+        }
+        let settings = &*self.settings;
+        let keys = Keys::new(&settings.prefix, call.key);
+        let cluster = matches!(self.conn, RedisConnection::Cluster(_));
+        let epoch_key = keys.epoch(cluster);
+        let (epoch, known) = {
+            let seen = settings.seen.lock();
+            (
+                seen.epochs.get(&epoch_key).cloned().unwrap_or_default(),
+                seen.tat.get(call.key).copied(),
+            )
+        };
+        let ctx = ReserveContext {
+            keys: &keys,
+            cluster,
+            idle_ms: settings.idle_ms,
+            deadline: settings.deadline(),
+            drained: settings.after_reset == AfterReset::Drained,
+            epoch: &epoch,
+            known,
+        };
+        let inv = scripts::reserve_invocation(&ctx, call)?;
         // A reservation whose reply nobody waits for any more (the caller's
         // time limit passed or its future was dropped) is cancelled when the
         // reply comes: it has no owner.
@@ -460,11 +577,19 @@ impl Backend for RedisStore {
             owner.cancel(reply)
         });
         let reply = self.bounded("reserve", sent).await?;
-        let reply = scripts::reserve_reply(&reply, call)?;
-        if let Ok(r) = &reply {
-            self.settings.saw(r.now);
-        }
-        Ok(reply)
+        Ok(match scripts::reserve_reply(&reply, call)? {
+            Ok((r, news)) => {
+                settings.saw(r.now);
+                if r.slot > r.now {
+                    settings
+                        .classes
+                        .fetch_or(1 << call.class, Ordering::Relaxed);
+                }
+                settings.granted(call.key, &epoch_key, &r, &news);
+                Ok(r)
+            }
+            Err(e) => Err(e),
+        })
     }
 
     async fn settle(&self, call: &SettleCall<'_>) -> Result<Settled, StoreError> {
@@ -529,7 +654,7 @@ impl Orphan {
             max_queue: None,
             lease: None,
         };
-        let Ok(Ok(Ok(r))) = reply.map(|v| scripts::reserve_reply(&v, &call)) else {
+        let Ok(Ok(Ok((r, _)))) = reply.map(|v| scripts::reserve_reply(&v, &call)) else {
             return; // nothing was written (refused, too late) or no reply came
         };
         self.store.cancel_soon(Cancel {

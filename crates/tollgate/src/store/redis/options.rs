@@ -56,6 +56,35 @@ pub struct RedisOptions {
     pub lazy: bool,
     /// TLS settings for `rediss://` URLs.
     pub tls: TlsOptions,
+    /// What a key's bucket holds when the store is found to have lost its
+    /// state (a Redis without persistence restarted empty, `FLUSHALL`).
+    /// Default [`AfterReset::Drained`].
+    pub after_reset: AfterReset,
+}
+
+/// How the buckets of a store that lost its state start.
+///
+/// The store keeps an epoch key (`<prefix>:epoch`; on a Cluster one per
+/// limiter key). A key without state whose epoch is gone too, after this
+/// process saw it, was lost with the rest of the store: the provider's own
+/// buckets are as drained as they were, so trusting the empty store to be
+/// full would send a burst the provider answers with 429s. Each reset is
+/// logged once (`warn`) and counted in `StatsSnapshot::store_resets`.
+///
+/// A key that merely expired while idle is full either way: its epoch is
+/// still there. A process that first meets a store after it lost its state
+/// cannot tell it from a new store and trusts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum AfterReset {
+    /// As if the last window had been used in full: every key lost starts
+    /// empty and refilling (TAT = reset time + tau), or as far ahead as this
+    /// process's own reservations on it reached, if that is later.
+    #[default]
+    Drained,
+    /// Full, as a new store: right only when nothing used the provider's
+    /// limits in the last window.
+    Full,
 }
 
 /// TLS settings for `rediss://` (and `rediss+cluster://`) URLs.
@@ -87,6 +116,7 @@ impl Default for RedisOptions {
             idle_ttl: Duration::from_secs(60),
             lazy: false,
             tls: TlsOptions::default(),
+            after_reset: AfterReset::Drained,
         }
     }
 }
@@ -125,6 +155,12 @@ impl RedisOptions {
     /// Sets [`RedisOptions::lazy`].
     pub fn lazy(mut self, lazy: bool) -> Self {
         self.lazy = lazy;
+        self
+    }
+
+    /// Sets [`RedisOptions::after_reset`].
+    pub fn after_reset(mut self, after_reset: AfterReset) -> Self {
+        self.after_reset = after_reset;
         self
     }
 

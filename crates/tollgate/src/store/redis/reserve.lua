@@ -1,10 +1,12 @@
 -- reserve.lua: one GCRA reservation over up to four dimensions, atomically.
 -- The same arithmetic, in the same order of operations, as tollgate_core::reserve.
 --
--- KEYS[1]  the key's state hash: t0..t3 (TAT per dimension, seconds),
---          r0..r3 (refunds so far per dimension, seconds), n (last reservation id),
---          c (bit set of the classes that ever queued), x (when the keys expire,
---          Unix milliseconds)
+-- KEYS[1]  the key's state hash. Field s: eleven little-endian doubles
+--          (struct '<ddddddddddd'): n (last reservation id, 0 for none), x
+--          (when the keys expire, Unix milliseconds), c (bit set of the
+--          classes that ever queued), t0..t3 (TAT per dimension, seconds),
+--          r0..r3 (refunds so far per dimension, seconds). Fields
+--          a<class>:<dimension>: one double each (see advance.lua).
 -- KEYS[2]  the class's queue: sorted set, member = reservation id, score = slot
 -- KEYS[3]  the class's headroom index: one sorted set, all scores 0, members
 --          "<dimension>:<id, 20 digits>:<slot>:<headroom>" in lexicographic
@@ -12,6 +14,10 @@
 --          queue of the memory store: headrooms grow with the id, so the first
 --          entry after an id holds the least headroom of the later reservations
 --          (see settle.lua).
+-- KEYS[4]  the store's epoch: "<id> <lost_at>", written once when the first
+--          key of an empty store is created; lost_at (seconds) is when the
+--          store was found to have lost its state, 0 for a store that was new.
+--          A store that restarted empty has lost it too.
 -- ARGV[1]  tolerance of the class, tau * headroom (seconds)
 -- ARGV[2]  longest acceptable wait in seconds, "" for none
 -- ARGV[3]  most reservations that may wait in the class's queue, "" for none
@@ -22,155 +28,206 @@
 -- ARGV[6]  the caller's deadline on this server's clock (seconds), "" for
 --          none: a call that arrives later (its caller timed out, e.g. while
 --          Redis was paused) writes nothing
--- ARGV[7..] four values per limited dimension, in index order:
---          index (0..3), increment T (seconds per unit), cost (units),
---          capacity (burst * limit, units)
+-- ARGV[7]  tau, the tolerance of a full bucket (seconds); 0 when a store that
+--          lost its state is trusted to be full (AfterReset::Full)
+-- ARGV[8]  the epoch the caller last saw, "" for none
+-- ARGV[9..] three values per limited dimension, in index order: index (0..3),
+--          charge = cost * T (seconds), and the highest TAT the caller was
+--          told for this dimension of this key ("" for none)
 --
--- Reply, floats as '%.17g' strings (Redis would truncate Lua numbers to integers):
+-- A key without state (new, expired while idle, or lost) reads the epoch. An
+-- epoch that is missing although the caller saw one means the store lost
+-- everything: the epoch is written anew with lost_at = now. While a lost
+-- store's buckets would still be refilling (lost_at + tau ahead), a key
+-- without state starts drained: its TAT is lost_at + tau, or the TAT the
+-- caller was told if that is later (its own reservations still waiting).
+--
+-- Reply, computed floats as '%.17g' strings (Redis would truncate Lua numbers to
+-- integers):
 --   {1, slot ("" when it is the time of the call), time_sec, time_usec, id, position,
---    tat0..tat3 before the charge, refunded_at0..refunded_at3}
+--    epoch ("" unless read), state (field s before the charge; nil for none)}
 --   The caller derives the mark's end (max(tat, slot) + cost * T, the new TAT)
---   and gap (max(slot - tat, 0)) from these with the same operations.
+--   and gap (max(slot - tat, 0)) from the state with the same operations.
 --   followed, when the reservation is queued, by the class's refund counters
---   a<class>:0..3 (refunds by its started reservations, seconds; see advance.lua)
---   {2, dimension}          the request costs more than the bucket holds
+--   a<class>:<dimension> for each limited dimension (see advance.lua)
 --   {3, wait}               the slot is further than the longest acceptable wait
 --   {4, wait, queued}       the class's queue is full
 --   {5}                     past the caller's deadline
--- Nothing is written unless the reply is 1.
+-- Nothing is written unless the reply is 1 (but a missing epoch).
+-- (A request that costs more than the bucket holds never gets here: the
+-- caller refuses it.)
 
-if redis.replicate_commands then redis.replicate_commands() end
+-- Redis 5 or later: a script that reads TIME may write (effects replication).
+-- A key's numbers live in one field as binary doubles: exact, one read and
+-- one write, no decimal formatting or parsing (which was most of the cost).
+local STATE = '<ddddddddddd'
+local unpack_d = struct.unpack
+local tonumber, max = tonumber, math.max
 
-local fmt = string.format
 local time = redis.call('TIME')
-local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+local sec, usec = tonumber(time[1]), tonumber(time[2])
+local now = sec + usec / 1000000
 if ARGV[6] ~= '' and now > tonumber(ARGV[6]) then return {5} end
-local h = redis.call('HMGET', KEYS[1], 't0', 't1', 't2', 't3', 'r0', 'r1', 'r2', 'r3', 'n', 'c', 'x')
-local tolerance = tonumber(ARGV[1])
-local max_wait = tonumber(ARGV[2])
-local max_queue = tonumber(ARGV[3])
-local classes = tonumber(h[10]) or 0
-local class_bit = 2 ^ tonumber(ARGV[5])
-local class_used = classes % (2 * class_bit) >= class_bit
+local dims = (#ARGV - 8) / 3
+local blob = redis.call('HGET', KEYS[1], 's')
+local st
+if blob then st = {unpack_d(STATE, blob)} else st = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} end
+local classes = st[3]
+local class = ARGV[5]
 
 -- The queue holds reservations whose slot is still ahead; drop the rest and
 -- start no earlier than the last one (FIFO within the class). A class that
 -- never queued has nothing to look at.
 local slot = now
 local queued = 0
+local class_bit, class_used = 0, false
+if classes > 0 then
+  class_bit = 2 ^ tonumber(class)
+  class_used = classes % (2 * class_bit) >= class_bit
+end
 if class_used then queued = redis.call('ZCARD', KEYS[2]) end
 if queued > 0 then
-  queued = queued - redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', fmt('%.17g', now))
+  queued = queued - redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%.17g', now))
   if queued > 0 then
     local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-    slot = math.max(now, tonumber(last[2]))
+    slot = max(now, tonumber(last[2]))
   end
 end
 
-local dims = (#ARGV - 6) / 4
-local index, tat, charge = {}, {}, {}
-for k = 1, dims do
-  local a = 4 * k + 3
-  local i = tonumber(ARGV[a])
-  local inc, cost, capacity = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  if cost > capacity then
-    return {2, i}
+-- A key without an id sequence: is it new, idle, or lost with the whole store?
+local epoch = ''
+local floor = nil
+if st[1] == 0 then
+  epoch = redis.call('GET', KEYS[4])
+  if not epoch then
+    local lost = '0'
+    if ARGV[8] ~= '' then lost = string.format('%.17g', now) end
+    epoch = string.format('%s%06d %s', time[1], usec, lost)
+    redis.call('SET', KEYS[4], epoch)
   end
+  local lost = tonumber(string.match(epoch, ' (%S+)$')) or 0
+  local tau = tonumber(ARGV[7])
+  if lost > 0 and tau > 0 and lost + tau > now then floor = lost + tau end
+end
+
+local tolerance = tonumber(ARGV[1])
+-- Sized for four dimensions up front: growing a table costs more than this.
+local index, tat, charge = {0, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 0, 0}
+local floored = false
+for k = 1, dims do
+  local a = 3 * k + 6
+  local i = tonumber(ARGV[a])
   index[k] = i
-  tat[k] = tonumber(h[i + 1]) or 0
-  charge[k] = cost * inc
-  slot = math.max(slot, tat[k] + charge[k] - tolerance)
+  local t = st[4 + i]
+  if floor then
+    -- Drained: as if the last window had been used in full, or as far as
+    -- the caller's own reservations reach.
+    local known = tonumber(ARGV[a + 2])
+    local drained = floor
+    if known and known > drained then drained = known end
+    if drained > t then
+      t = drained
+      st[4 + i] = t
+      floored = true
+    end
+  end
+  tat[k] = t
+  local c = tonumber(ARGV[a + 1])
+  charge[k] = c
+  slot = max(slot, t + c - tolerance)
 end
 
 local wait = slot - now
 if wait > 0 then
+  local max_wait = tonumber(ARGV[2])
   if max_wait and wait > max_wait then
-    return {3, fmt('%.17g', wait)}
+    return {3, string.format('%.17g', wait)}
   end
+  local max_queue = tonumber(ARGV[3])
   if max_queue and queued >= max_queue then
-    return {4, fmt('%.17g', wait), queued}
+    return {4, string.format('%.17g', wait), queued}
   end
 end
 
-local id = tonumber(h[9])
-if not id then
-  -- A new (or expired) key: ids continue from the clock in microseconds, so
-  -- they never repeat.
-  id = tonumber(time[1]) * 1000000 + tonumber(time[2])
-end
-id = id + 1
+-- The state before the charge goes back as read (drained, if it was).
+if floored then blob = struct.pack(STATE, unpack(st, 1, 11)) end
+local reply = {1, '', time[1], time[2], 0, queued, epoch, blob or false}
 
--- Numbers handed to redis.call are written with 17 significant digits by Redis
--- itself (integers exactly): as exact as string.format, and much cheaper.
-local fields = {'n', id}
-local headroom = {}
+-- A new (or expired) key: ids continue from the clock in microseconds, so
+-- they never repeat.
+local id = st[1]
+if id == 0 then id = sec * 1000000 + usec end
+id = id + 1
+st[1] = id
+reply[5] = id
 local full = slot
 for k = 1, dims do
-  local next_tat = math.max(tat[k], slot) + charge[k]
-  fields[#fields + 1] = 't' .. index[k]
-  fields[#fields + 1] = next_tat
+  local next_tat = max(tat[k], slot) + charge[k]
+  st[4 + index[k]] = next_tat
   if next_tat > full then full = next_tat end
-  -- How far the TAT lay beyond the slot before this charge.
-  headroom[k] = tat[k] - slot
 end
 
 local queue_it = slot > now
 if queue_it and not class_used then
-  fields[#fields + 1] = 'c'
-  fields[#fields + 1] = classes + class_bit
+  if class_bit == 0 then class_bit = 2 ^ tonumber(class) end
+  st[3] = classes + class_bit
 end
 -- Keep the keys until the backlog has drained plus the margin; the queues
 -- below expire with the hash.
 local margin = tonumber(ARGV[4])
-local ttl = math.ceil((full - now) * 1000) + margin
-local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local expire_at = tonumber(h[11])
-local extend = not expire_at or expire_at < now_ms + ttl
+local needed = sec * 1000 + math.floor(usec / 1000) + math.ceil((full - now) * 1000) + margin
+local expire_at = st[2]
+local extend = expire_at == 0 or expire_at < needed
 if extend then
-  expire_at = now_ms + ttl + margin
-  fields[#fields + 1] = 'x'
-  fields[#fields + 1] = expire_at
+  expire_at = needed + margin
+  st[2] = expire_at
 end
-redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('HSET', KEYS[1], 's', struct.pack(STATE, unpack(st, 1, 11)))
 if extend then redis.call('PEXPIREAT', KEYS[1], expire_at) end
 
--- A slot at the time of the call goes back as "", the usual case, and costs no
--- formatting.
-local slot_s = ''
 if queue_it then
-  slot_s = fmt('%.17g', slot)
+  -- Removes entries from one end of a range of a headroom index while `gone`
+  -- says so: two at first (one look and at most one removal in the usual
+  -- case), then sixteen at a time.
+  local function trim(key, cmd, from, to, gone)
+    local n = 2
+    while true do
+      local batch = redis.call(cmd, key, from, to, 'LIMIT', 0, n)
+      local out = {}
+      for _, e in ipairs(batch) do
+        if not gone(e) then break end
+        out[#out + 1] = e
+      end
+      if #out > 0 then redis.call('ZREM', key, unpack(out)) end
+      if #out < n then return end
+      n = 16
+    end
+  end
+  local slot_s = string.format('%.17g', slot)
+  reply[2] = slot_s
   redis.call('ZADD', KEYS[2], slot_s, id)
   redis.call('PEXPIREAT', KEYS[2], expire_at)
-  local id_w = fmt('%020.0f', id)
+  local id_w = string.format('%020.0f', id)
+  local a = {KEYS[1]}
   for k = 1, dims do
-    local i = index[k]
+    local i = ARGV[3 * k + 6]
     local lo, hi = '[' .. i .. ':', '[' .. i .. ';'
     -- Entries whose slot has passed leave from the front...
-    while true do
-      local first = redis.call('ZRANGEBYLEX', KEYS[3], lo, hi, 'LIMIT', 0, 1)[1]
-      if not first or tonumber(string.match(first, '^%d+:%d+:([^:]+):')) > now then break end
-      redis.call('ZREM', KEYS[3], first)
-    end
+    trim(KEYS[3], 'ZRANGEBYLEX', lo, hi, function(e)
+      return tonumber(string.match(e, '^%d+:%d+:([^:]+):')) <= now
+    end)
     -- ...and entries with at least this headroom from the back.
-    local value = headroom[k] + (tonumber(h[i + 5]) or 0)
-    while true do
-      local last = redis.call('ZREVRANGEBYLEX', KEYS[3], hi, lo, 'LIMIT', 0, 1)[1]
-      if not last or tonumber(string.match(last, ':([^:]+)$')) < value then break end
-      redis.call('ZREM', KEYS[3], last)
-    end
-    redis.call('ZADD', KEYS[3], 0, i .. ':' .. id_w .. ':' .. slot_s .. ':' .. fmt('%.17g', value))
+    local value = tat[k] - slot + st[8 + index[k]]
+    trim(KEYS[3], 'ZREVRANGEBYLEX', hi, lo, function(e)
+      return tonumber(string.match(e, ':([^:]+)$')) >= value
+    end)
+    redis.call('ZADD', KEYS[3], 0, i .. ':' .. id_w .. ':' .. slot_s .. ':' .. string.format('%.17g', value))
+    a[k + 1] = 'a' .. class .. ':' .. i
   end
   redis.call('PEXPIREAT', KEYS[3], expire_at)
-end
-
-local reply = {1, slot_s, time[1], time[2], id, queued,
-  h[1] or '0', h[2] or '0', h[3] or '0', h[4] or '0',
-  h[5] or '0', h[6] or '0', h[7] or '0', h[8] or '0'}
-if queue_it then
-  -- A queued reservation remembers its class's refunds by started reservations
-  -- (see advance.lua).
-  local c = ARGV[5]
-  local a = redis.call('HMGET', KEYS[1], 'a' .. c .. ':0', 'a' .. c .. ':1', 'a' .. c .. ':2', 'a' .. c .. ':3')
-  for i = 1, 4 do reply[#reply + 1] = a[i] or '0' end
+  -- A queued reservation remembers its class's refunds by started
+  -- reservations (see advance.lua).
+  a = redis.call('HMGET', unpack(a))
+  for k = 1, dims do reply[8 + k] = a[k] or false end
 end
 return reply

@@ -7,7 +7,9 @@
 use std::sync::LazyLock;
 
 use redis::{Cmd, Script, ToRedisArgs, Value};
-use tollgate_core::{Dimension, Dims, KeyState, Mark, Policy, ReserveError, DIMENSIONS};
+use tollgate_core::{
+    settle, Dimension, Dims, KeyState, Mark, Policy, ReserveError, Settled, DIMENSIONS,
+};
 
 use crate::store::{AdvanceCall, Advanced, ReserveCall, Reserved, SettleCall, StoreError};
 
@@ -71,6 +73,18 @@ impl<'a> Keys<'a> {
     pub(crate) fn headroom(&self, class: u8) -> String {
         format!("{}:{{{}}}:h{class}", self.prefix, self.key)
     }
+
+    /// The store's epoch (see `reserve.lua`): `<prefix>:epoch`, one for the
+    /// whole store; on a Cluster `<prefix>:{<key>}:epoch`, one per key, in
+    /// the key's slot (a script touches one slot, and a node that restarts
+    /// empty loses only its own slots).
+    pub(crate) fn epoch(&self, cluster: bool) -> String {
+        if cluster {
+            format!("{}:{{{}}}:epoch", self.prefix, self.key)
+        } else {
+            format!("{}:epoch", self.prefix)
+        }
+    }
 }
 
 fn check_class(class: u8) -> Result<(), StoreError> {
@@ -83,67 +97,108 @@ fn check_class(class: u8) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// What a reservation's invocation needs besides the call.
+pub(crate) struct ReserveContext<'a> {
+    /// The key's names.
+    pub(crate) keys: &'a Keys<'a>,
+    /// Whether the store is a Cluster (where the epoch key is).
+    pub(crate) cluster: bool,
+    /// Idle margin, ms.
+    pub(crate) idle_ms: u64,
+    /// The caller's deadline on the server's clock.
+    pub(crate) deadline: Option<f64>,
+    /// Whether a key of a store that lost its state starts drained.
+    pub(crate) drained: bool,
+    /// The epoch this process last saw ("" for none).
+    pub(crate) epoch: &'a str,
+    /// The highest TAT per dimension this process was told for the key.
+    pub(crate) known: Option<Dims>,
+}
+
+/// The dimension a call costs more than the bucket holds in, checked here so
+/// the script never sees such a call (it could never run; nothing is written).
+pub(crate) fn too_large_for(call: &ReserveCall<'_>) -> Option<ReserveError> {
+    let policy = call.policy;
+    Dimension::ALL
+        .into_iter()
+        .find(|&d| policy.increment[d.index()] > 0.0 && call.cost[d.index()] > policy.capacity(d))
+        .map(|d| too_large(policy, d, call.cost[d.index()]))
+}
+
 /// The invocation of `reserve.lua` for a call.
 pub(crate) fn reserve_invocation(
-    keys: &Keys<'_>,
+    ctx: &ReserveContext<'_>,
     call: &ReserveCall<'_>,
-    idle_ms: u64,
-    deadline: Option<f64>,
 ) -> Result<Invocation, StoreError> {
     check_class(call.class)?;
     let policy = call.policy;
-    let mut inv = Invocation::new(&RESERVE, 3);
+    let keys = ctx.keys;
+    let mut inv = Invocation::new(&RESERVE, 4);
     inv.arg(keys.state())
         .arg(keys.queue(call.class))
         .arg(keys.headroom(call.class))
+        .arg(keys.epoch(ctx.cluster))
         .arg(policy.tau * call.headroom)
         .arg(call.max_wait.map_or(String::new(), |w| w.to_string()))
         .arg(call.max_queue.map_or(String::new(), |q| q.to_string()))
-        .arg(idle_ms)
+        .arg(ctx.idle_ms)
         .arg(call.class)
-        .arg(deadline.map_or(String::new(), |d| d.to_string()));
+        .arg(ctx.deadline.map_or(String::new(), |d| d.to_string()))
+        .arg(if ctx.drained { policy.tau } else { 0.0 })
+        .arg(ctx.epoch);
     for d in Dimension::ALL {
         let i = d.index();
         if policy.increment[i] > 0.0 {
             inv.arg(i)
-                .arg(policy.increment[i])
-                .arg(call.cost[i])
-                .arg(policy.capacity(d));
+                .arg(call.cost[i] * policy.increment[i])
+                .arg(ctx.known.map_or(String::new(), |k| k[i].to_string()));
         }
     }
     Ok(inv)
 }
 
-/// The invocation of `settle.lua` for a call.
+/// The invocation of `settle.lua` for a call, with the headroom indexes of
+/// classes `0..classes`.
 pub(crate) fn settle_invocation(
     keys: &Keys<'_>,
     call: &SettleCall<'_>,
     idle_ms: u64,
     deadline: Option<f64>,
+    classes: u8,
 ) -> Result<Invocation, StoreError> {
     check_class(call.class)?;
     let policy = call.policy;
-    let mut inv = Invocation::new(&SETTLE, 2 + MAX_CLASSES as usize);
+    let classes = classes.clamp(1, MAX_CLASSES);
+    let mut inv = Invocation::new(&SETTLE, 2 + classes as usize);
     inv.arg(keys.state()).arg(keys.queue(call.class));
-    for class in 0..MAX_CLASSES {
+    for class in 0..classes {
         inv.arg(keys.headroom(class));
     }
     let cancelled = call.actual.iter().all(|&a| a == 0.0);
     inv.arg(call.id)
         .arg(idle_ms)
-        .arg(u8::from(cancelled))
         .arg(call.class)
         .arg(call.slot)
         .arg(deadline.map_or(String::new(), |d| d.to_string()));
+    // The products as tollgate_core::settle forms them; a dimension used as
+    // estimated changes nothing and is left out.
+    let mark = &call.mark;
     for i in 0..DIMENSIONS {
-        if policy.increment[i] > 0.0 {
+        let inc = policy.increment[i];
+        let delta = call.actual[i] - mark.cost[i];
+        if inc > 0.0 && delta != 0.0 {
+            let gap = if cancelled { mark.gap[i] } else { 0.0 };
+            let (charge, most) = if delta > 0.0 {
+                (delta * inc, 0.0)
+            } else {
+                (0.0, -delta * inc + gap)
+            };
             inv.arg(i)
-                .arg(policy.increment[i])
-                .arg(call.actual[i] - call.mark.cost[i])
-                .arg(call.mark.cost[i])
-                .arg(call.mark.end[i])
-                .arg(call.mark.refunded_at[i])
-                .arg(call.mark.gap[i]);
+                .arg(charge)
+                .arg(most)
+                .arg(mark.cost[i] * inc + gap)
+                .arg(mark.end[i])
+                .arg(mark.refunded_at[i]);
         }
     }
     Ok(inv)
@@ -197,6 +252,12 @@ pub(crate) fn snapshot_invocation(keys: &Keys<'_>) -> Invocation {
     inv
 }
 
+/// A key's state as stored, with the bit set of its classes that queued.
+struct Stored {
+    classes: u32,
+    state: KeyState,
+}
+
 /// A script reply, read field by field.
 struct Reply<'v> {
     items: &'v [Value],
@@ -215,7 +276,7 @@ impl<'v> Reply<'v> {
 
     fn bad(&self, at: usize) -> StoreError {
         StoreError::Failed(format!(
-            "{}.lua answered {:?} at position {at}, not a number; is another program using the key prefix?",
+            "{}.lua answered {:?} at position {at}, not a number; is another program (or another version of tollgate) using the key prefix?",
             self.script,
             self.items.get(at)
         ))
@@ -254,20 +315,60 @@ impl<'v> Reply<'v> {
         Ok(self.f64(at)? + self.f64(at + 1)? / 1_000_000.0)
     }
 
-    fn dims(&self, at: usize) -> Result<Dims, StoreError> {
-        let mut d = [0.0; DIMENSIONS];
-        for (i, v) in d.iter_mut().enumerate() {
-            *v = self.f64(at + i)?;
+    /// A number of the state hash as the scripts store it: an 8-byte
+    /// little-endian double, or nil for a missing field (0).
+    fn stored(&self, at: usize) -> Result<f64, StoreError> {
+        match self.items.get(at) {
+            Some(Value::Nil) => Ok(0.0),
+            Some(Value::BulkString(b)) if b.len() == 8 => {
+                let mut bytes = [0u8; 8];
+                bytes.copy_from_slice(b);
+                Ok(f64::from_le_bytes(bytes))
+            }
+            _ => Err(self.bad(at)),
         }
-        Ok(d)
     }
+
+    /// A key's state as the scripts store it (field `s`, see `reserve.lua`):
+    /// id sequence, expiry, classes, TATs and refunds; all zeros for nil.
+    fn state(&self, at: usize) -> Result<Stored, StoreError> {
+        let mut n = [0.0; 11];
+        match self.items.get(at) {
+            Some(Value::Nil) => {}
+            Some(Value::BulkString(b)) if b.len() == 88 => {
+                for (v, chunk) in n.iter_mut().zip(b.chunks_exact(8)) {
+                    let mut bytes = [0u8; 8];
+                    bytes.copy_from_slice(chunk);
+                    *v = f64::from_le_bytes(bytes);
+                }
+            }
+            _ => return Err(self.bad(at)),
+        }
+        let mut tat = [0.0; DIMENSIONS];
+        let mut refunded = [0.0; DIMENSIONS];
+        tat.copy_from_slice(&n[3..7]);
+        refunded.copy_from_slice(&n[7..11]);
+        Ok(Stored {
+            classes: n[2] as u32,
+            state: KeyState { tat, refunded },
+        })
+    }
+}
+
+/// What a granted reservation's reply tells besides the reservation.
+#[derive(Debug, Default)]
+pub(crate) struct ReserveNews {
+    /// The bit set of the key's classes that ever queued.
+    pub(crate) classes: u32,
+    /// The store's epoch, when the script read it (a key without state).
+    pub(crate) epoch: Option<String>,
 }
 
 /// Reads the reply of `reserve.lua`.
 pub(crate) fn reserve_reply(
     value: &Value,
     call: &ReserveCall<'_>,
-) -> Result<Result<Reserved, ReserveError>, StoreError> {
+) -> Result<Result<(Reserved, ReserveNews), ReserveError>, StoreError> {
     let r = Reply::new(value, "reserve")?;
     match r.u64(0)? {
         1 => {
@@ -276,20 +377,32 @@ pub(crate) fn reserve_reply(
                 Some("") => now,
                 _ => r.f64(1)?,
             };
-            let tat = r.dims(6)?;
-            // The script returns the TATs before the charge; the mark follows
-            // from them exactly as in `tollgate_core::reserve`.
+            // The key's state before the charge.
+            let stored = r.state(7)?;
+            let (tat, refunded_at) = (stored.state.tat, stored.state.refunded);
             let policy = call.policy;
+            let mut at = 8;
+            let queued = r.items.len() > at;
+            // The mark follows from them exactly as in `tollgate_core::reserve`.
             let mut end = tat;
             let mut gap = [0.0; DIMENSIONS];
+            let mut class_refunds_at = [0.0; DIMENSIONS];
             for i in 0..DIMENSIONS {
                 let inc = policy.increment[i];
                 if inc > 0.0 {
                     end[i] = tat[i].max(slot) + call.cost[i] * inc;
                     gap[i] = (-(tat[i] - slot)).max(0.0);
+                    if queued {
+                        class_refunds_at[i] = r.stored(at)?;
+                        at += 1;
+                    }
                 }
             }
-            Ok(Ok(Reserved {
+            let news = ReserveNews {
+                classes: stored.classes,
+                epoch: r.text(6).filter(|e| !e.is_empty()).map(str::to_string),
+            };
+            let reserved = Reserved {
                 slot,
                 now,
                 id: r.u64(4)?,
@@ -297,21 +410,13 @@ pub(crate) fn reserve_reply(
                 mark: Mark {
                     cost: call.cost,
                     end,
-                    refunded_at: r.dims(10)?,
+                    refunded_at,
                     gap,
                     before: tat,
-                    class_refunds_at: if r.items.len() >= 18 {
-                        r.dims(14)?
-                    } else {
-                        [0.0; DIMENSIONS]
-                    },
+                    class_refunds_at,
                 },
-            }))
-        }
-        2 => {
-            let index = r.u64(1)? as usize;
-            let dimension = *Dimension::ALL.get(index).ok_or_else(|| r.bad(1))?;
-            Ok(Err(too_large(call.policy, dimension, call.cost[index])))
+            };
+            Ok(Ok((reserved, news)))
         }
         3 => Ok(Err(ReserveError::WouldWait {
             retry_after: r.f64(1)?,
@@ -345,43 +450,48 @@ fn too_large(policy: &Policy, dimension: Dimension, needed: f64) -> ReserveError
     }
 }
 
-/// What `settle.lua` answers: the store time, the key's new state and the
-/// units refunded per dimension.
-pub(crate) struct SettleReply {
-    pub(crate) now: f64,
-    pub(crate) state: KeyState,
-    pub(crate) refunded: Dims,
-    pub(crate) returned: Dims,
+/// What `settle.lua` answers.
+pub(crate) enum SettleReply {
+    /// Settled at this store time.
+    Done(Settled, f64),
+    /// A class in this bit set queued on the key but its headroom index was
+    /// not passed: call again with more.
+    NeedClasses(u32),
 }
 
-/// Reads the reply of `settle.lua`.
-pub(crate) fn settle_reply(value: &Value) -> Result<SettleReply, StoreError> {
+/// Reads the reply of `settle.lua`: the key's state before and the headroom
+/// the reservations queued behind need, from which `tollgate_core::settle`
+/// gives the outcome the script wrote.
+pub(crate) fn settle_reply(
+    value: &Value,
+    call: &SettleCall<'_>,
+) -> Result<SettleReply, StoreError> {
     let r = Reply::new(value, "settle")?;
-    if r.items.len() == 1 && r.u64(0)? == 5 {
-        return Err(late());
+    if r.items.len() <= 2 {
+        return match r.u64(0)? {
+            5 => Err(late()),
+            6 => Ok(SettleReply::NeedClasses(r.u64(1)? as u32)),
+            _ => Err(r.bad(0)),
+        };
     }
-    Ok(SettleReply {
-        now: r.time(0)?,
-        state: KeyState {
-            tat: r.dims(2)?,
-            refunded: r.dims(6)?,
-        },
-        refunded: r.dims(10)?,
-        returned: r.dims(14)?,
-    })
+    let now = r.time(0)?;
+    let state = r.state(2)?.state;
+    // Per dimension the headroom of those queued behind.
+    let mut later = [f64::INFINITY; DIMENSIONS];
+    for (i, l) in later.iter_mut().enumerate() {
+        if r.text(3 + i).is_some_and(|s| !s.is_empty()) {
+            // As the memory store: less the refunds made since.
+            *l = r.f64(3 + i)? - state.refunded[i];
+        }
+    }
+    let settled = settle(call.policy, &state, now, &call.mark, &call.actual, &later);
+    Ok(SettleReply::Done(settled, now))
 }
 
 /// Reads the reply of `snapshot.lua`: store time, state, queue depth.
 pub(crate) fn snapshot_reply(value: &Value) -> Result<(f64, KeyState, u64), StoreError> {
     let r = Reply::new(value, "snapshot")?;
-    Ok((
-        r.time(0)?,
-        KeyState {
-            tat: r.dims(2)?,
-            refunded: r.dims(6)?,
-        },
-        r.u64(10)?,
-    ))
+    Ok((r.time(0)?, r.state(2)?.state, r.u64(3)?))
 }
 
 #[cfg(test)]
@@ -398,16 +508,24 @@ mod tests {
     #[test]
     fn reads_a_granted_reservation() {
         let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        let mut items = vec![
+        // The state: id 5, expiry, no classes; tokens: tat 1700000001.1,
+        // refunded 0.1; the rest 0.
+        let mut state = [0.0_f64; 11];
+        state[0] = 5.0;
+        state[1] = 1_700_000_060_000.0;
+        state[4] = 1_700_000_001.1;
+        state[8] = 0.1;
+        let blob: Vec<u8> = state.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let items = vec![
             Value::Int(1),
             bulk(""),
             bulk("1700000000"),
             bulk("250000"),
             Value::Int(1_700_000_000_250_001),
             Value::Int(2),
+            bulk(""),
+            Value::BulkString(blob),
         ];
-        items.extend(["0", "1700000001.1000000001", "0", "0"].map(bulk));
-        items.extend(["0", "0.10000000000000001", "0", "0"].map(bulk));
         let policy = tollgate_core::Limits::new()
             .requests(60)
             .tokens(600)
@@ -423,7 +541,12 @@ mod tests {
             max_queue: None,
             lease: None,
         };
-        let r = reserve_reply(&Value::Array(items), &call).unwrap().unwrap();
+        let (r, news) = reserve_reply(&Value::Array(items), &call).unwrap().unwrap();
+        assert_eq!(news.classes, 0);
+        assert_eq!(
+            news.epoch, None,
+            "an empty epoch: the script did not read it"
+        );
         assert_eq!(r.now, 1_700_000_000.25);
         assert_eq!(r.slot, r.now, "an empty slot means the time of the call");
         assert_eq!(r.id, 1_700_000_000_250_001);
