@@ -8,12 +8,23 @@
 -- ARGV[1]  the reservation's id
 -- ARGV[2]  tolerance of the class, tau * headroom (seconds)
 -- ARGV[3]  the class
--- ARGV[4..] five values per limited dimension, in index order: index (0..3),
+-- ARGV[4]  the lease in seconds, "" for none: confirms the reservation's
+--          lease for that long (see reserve.lua)
+-- ARGV[5..] five values per limited dimension, in index order: index (0..3),
 --          increment T (seconds per unit), cost (units), the TAT before the
 --          reservation's charge, and the class's refund counter when it was taken
 --
--- Reply: {0} when it stays (or is no longer queued);
---        {1, slot, time_sec, time_usec} when it moved (slot as '%.17g').
+-- It may also start earlier by what cancelled reservations just ahead of it
+-- vacated (field k<id> of <prefix>:{K}:v, see settle.lua). And it looks for
+-- reservations of the key whose lease ran out (their owner stopped
+-- confirming: it died): up to four leave the lease set, are marked lost
+-- (field x<id> of the vacancy hash, for an owner that comes back) and go
+-- back in the reply for the caller to cancel.
+--
+-- Reply: {0, lapsed...} when it stays (or has started);
+--        {1, slot, time_sec, time_usec, lapsed...} when it moved (slot as '%.17g');
+--        {2, lapsed...} when its lease ran out and it was cancelled;
+-- where each lapsed is "<id> <record>" (the record as in reserve.lua).
 
 -- Redis 5 or later: a script that reads TIME may write (effects replication).
 -- The numbers of the state hash are stored as 8-byte little-endian doubles
@@ -26,15 +37,46 @@ end
 
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+local base = string.sub(KEYS[1], 1, -2)
+
+-- Reservations whose owner stopped confirming them.
+local lapsed = {}
+local due = redis.call('ZRANGEBYSCORE', base .. 'l', '-inf', string.format('%.17g', now), 'LIMIT', 0, 4)
+for _, rid in ipairs(due) do
+  redis.call('ZREM', base .. 'l', rid)
+  local rec = redis.call('HGET', base .. 'm', rid)
+  redis.call('HDEL', base .. 'm', rid)
+  if rec and rid ~= ARGV[1] then
+    local c, s = string.match(rec, '^(%d+) (%S+) ')
+    local q = string.gsub(KEYS[2], 'q%d+$', 'q' .. c)
+    if tonumber(s) > now and redis.call('ZSCORE', q, rid) then
+      redis.call('HSET', base .. 'v', 'x' .. rid, 1)
+      lapsed[#lapsed + 1] = rid .. ' ' .. rec
+    end
+  elseif rec then
+    -- Its own lease ran out: it was not cancelled yet, and now confirms.
+    redis.call('HSET', base .. 'm', rid, rec)
+    if ARGV[4] ~= '' then redis.call('ZADD', base .. 'l', now + tonumber(ARGV[4]), rid) end
+  end
+end
+local function answer(head)
+  for _, l in ipairs(lapsed) do head[#head + 1] = l end
+  return head
+end
+
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not score then return {0} end
+if not score then
+  if redis.call('HEXISTS', base .. 'v', 'x' .. ARGV[1]) == 1 then return answer({2}) end
+  return answer({0})
+end
 local slot = tonumber(score)
-if slot <= now then return {0} end
+if slot <= now then return answer({0}) end
+if ARGV[4] ~= '' then redis.call('ZADD', base .. 'l', 'XX', now + tonumber(ARGV[4]), ARGV[1]) end
 -- FIFO: never before the reservation queued just ahead: one at the very same
 -- slot with a smaller id pins it; otherwise the latest slot before its own.
 local id = tonumber(ARGV[1])
 for _, other in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], score, score)) do
-  if tonumber(other) < id then return {0} end
+  if tonumber(other) < id then return answer({0}) end
 end
 local earliest = now
 local prev = redis.call('ZREVRANGEBYSCORE', KEYS[2], '(' .. score, '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
@@ -42,13 +84,16 @@ if prev[2] then earliest = math.max(earliest, tonumber(prev[2])) end
 
 local tolerance = tonumber(ARGV[2])
 local c = ARGV[3]
-for a = 4, #ARGV, 5 do
+local vacated = redis.call('HGET', base .. 'v', 'k' .. ARGV[1])
+if vacated then vacated = {unpack_d('<dddd', vacated)} end
+for a = 5, #ARGV, 5 do
   local i = ARGV[a]
   local inc, cost, before, at = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   local since = (num(redis.call('HGET', KEYS[1], 'a' .. c .. ':' .. i)) or 0) - at
+  if vacated then since = since + vacated[tonumber(i) + 1] end
   earliest = math.max(earliest, before - since + cost * inc - tolerance)
 end
-if earliest >= slot then return {0} end
+if earliest >= slot then return answer({0}) end
 
 local slot_s = string.format('%.17g', earliest)
 if earliest > now then
@@ -56,4 +101,4 @@ if earliest > now then
 else
   redis.call('ZREM', KEYS[2], ARGV[1])
 end
-return {1, slot_s, time[1], time[2]}
+return answer({1, slot_s, time[1], time[2]})

@@ -600,7 +600,25 @@ impl Backend for RedisStore {
         let keys = Keys::new(&self.settings.prefix, call.key);
         let inv = scripts::advance_invocation(&keys, call)?;
         let reply = self.run("advance", inv).await?;
-        Ok(scripts::advance_reply(&reply)?.map_or(Advance::Stays, Advance::Moved))
+        let (outcome, lapsed) = scripts::advance_reply(&reply, call.policy)?;
+        // Reservations whose owners stopped confirming them: this caller
+        // cancels them, so the ones behind (itself among them) move up.
+        for l in lapsed {
+            tracing::info!(
+                key = call.key,
+                id = l.id,
+                "cancelling a reservation whose lease ran out (its owner stopped confirming it)"
+            );
+            self.cancel_soon(Cancel {
+                key: call.key.to_string(),
+                policy: call.policy.clone(),
+                class: l.class,
+                id: l.id,
+                slot: l.slot,
+                mark: l.mark,
+            });
+        }
+        Ok(outcome)
     }
 
     async fn claim(&self, key: &str, id: u64, reserved_at: f64) -> Result<Claim, StoreError> {

@@ -31,7 +31,14 @@
 -- ARGV[7]  tau, the tolerance of a full bucket (seconds); 0 when a store that
 --          lost its state is trusted to be full (AfterReset::Full)
 -- ARGV[8]  the epoch the caller last saw, "" for none
--- ARGV[9..] three values per limited dimension, in index order: index (0..3),
+-- ARGV[9]  the lease in seconds, "" for none: a reservation queued further
+--          ahead than this gets one (see advance.lua): its id in the key's
+--          lease set <prefix>:{K}:l scored by when it ends, and what its
+--          cancellation needs in <prefix>:{K}:m (field = id): "<class> <slot>
+--          <ARGV[10]>", a newline, and the state before its charge
+-- ARGV[10] the reservation's cost in units per limited dimension, as text
+--          (only read with a lease)
+-- ARGV[11..] three values per limited dimension, in index order: index (0..3),
 --          charge = cost * T (seconds), and the highest TAT the caller was
 --          told for this dimension of this key ("" for none)
 --
@@ -68,7 +75,7 @@ local time = redis.call('TIME')
 local sec, usec = tonumber(time[1]), tonumber(time[2])
 local now = sec + usec / 1000000
 if ARGV[6] ~= '' and now > tonumber(ARGV[6]) then return {5} end
-local dims = (#ARGV - 8) / 3
+local dims = (#ARGV - 10) / 3
 local blob = redis.call('HGET', KEYS[1], 's')
 local st
 if blob then st = {unpack_d(STATE, blob)} else st = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} end
@@ -115,7 +122,7 @@ local tolerance = tonumber(ARGV[1])
 local index, tat, charge = {0, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 0, 0}
 local floored = false
 for k = 1, dims do
-  local a = 3 * k + 6
+  local a = 3 * k + 8
   local i = tonumber(ARGV[a])
   index[k] = i
   local t = st[4 + i]
@@ -190,7 +197,7 @@ if queue_it then
   -- says so: two at first (one look and at most one removal in the usual
   -- case), then sixteen at a time.
   local function trim(key, cmd, from, to, gone)
-    local n = 2
+    local n, removed = 2, 0
     while true do
       local batch = redis.call(cmd, key, from, to, 'LIMIT', 0, n)
       local out = {}
@@ -198,8 +205,11 @@ if queue_it then
         if not gone(e) then break end
         out[#out + 1] = e
       end
-      if #out > 0 then redis.call('ZREM', key, unpack(out)) end
-      if #out < n then return end
+      if #out > 0 then
+        redis.call('ZREM', key, unpack(out))
+        removed = removed + #out
+      end
+      if #out < n then return removed end
       n = 16
     end
   end
@@ -210,21 +220,33 @@ if queue_it then
   local id_w = string.format('%020.0f', id)
   local a = {KEYS[1]}
   for k = 1, dims do
-    local i = ARGV[3 * k + 6]
+    local i = ARGV[3 * k + 8]
     local lo, hi = '[' .. i .. ':', '[' .. i .. ';'
     -- Entries whose slot has passed leave from the front...
     trim(KEYS[3], 'ZRANGEBYLEX', lo, hi, function(e)
       return tonumber(string.match(e, '^%d+:%d+:([^:]+):')) <= now
     end)
-    -- ...and entries with at least this headroom from the back.
+    -- ...and entries with more headroom from the back. An entry that
+    -- removed others stands for them too: it says so (":p"), and stays even
+    -- when its reservation is cancelled (see settle.lua).
     local value = tat[k] - slot + st[8 + index[k]]
-    trim(KEYS[3], 'ZREVRANGEBYLEX', hi, lo, function(e)
-      return tonumber(string.match(e, ':([^:]+)$')) >= value
+    local popped = trim(KEYS[3], 'ZREVRANGEBYLEX', hi, lo, function(e)
+      return tonumber(string.match(e, '^%d+:%d+:[^:]+:([^:]+)')) > value
     end)
-    redis.call('ZADD', KEYS[3], 0, i .. ':' .. id_w .. ':' .. slot_s .. ':' .. string.format('%.17g', value))
+    local member = i .. ':' .. id_w .. ':' .. slot_s .. ':' .. string.format('%.17g', value)
+    if popped > 0 then member = member .. ':p' end
+    redis.call('ZADD', KEYS[3], 0, member)
     a[k + 1] = 'a' .. class .. ':' .. i
   end
   redis.call('PEXPIREAT', KEYS[3], expire_at)
+  local lease = tonumber(ARGV[9])
+  if lease and slot - now > lease then
+    local base = string.sub(KEYS[1], 1, -2)
+    redis.call('ZADD', base .. 'l', now + lease, id)
+    redis.call('HSET', base .. 'm', id, class .. ' ' .. slot_s .. ' ' .. ARGV[10] .. '\n' .. (blob or ''))
+    redis.call('PEXPIREAT', base .. 'l', expire_at)
+    redis.call('PEXPIREAT', base .. 'm', expire_at)
+  end
   -- A queued reservation remembers its class's refunds by started
   -- reservations (see advance.lua).
   a = redis.call('HMGET', unpack(a))

@@ -8,10 +8,11 @@ use std::sync::LazyLock;
 
 use redis::{Cmd, Script, ToRedisArgs, Value};
 use tollgate_core::{
-    settle, Dimension, Dims, KeyState, Mark, Policy, ReserveError, Settled, DIMENSIONS,
+    settle_vacated, Dimension, Dims, KeyState, Mark, Policy, ReserveError, Settled, Vacated,
+    DIMENSIONS,
 };
 
-use crate::store::{AdvanceCall, Advanced, ReserveCall, Reserved, SettleCall, StoreError};
+use crate::store::{Advance, AdvanceCall, Advanced, ReserveCall, Reserved, SettleCall, StoreError};
 
 pub(crate) static RESERVE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("reserve.lua")));
@@ -145,7 +146,15 @@ pub(crate) fn reserve_invocation(
         .arg(call.class)
         .arg(ctx.deadline.map_or(String::new(), |d| d.to_string()))
         .arg(if ctx.drained { policy.tau } else { 0.0 })
-        .arg(ctx.epoch);
+        .arg(ctx.epoch)
+        .arg(call.lease.map_or(String::new(), |l| l.to_string()))
+        .arg(call.lease.map_or(String::new(), |_| {
+            let costs: Vec<String> = (0..DIMENSIONS)
+                .filter(|&i| policy.increment[i] > 0.0)
+                .map(|i| call.cost[i].to_string())
+                .collect();
+            costs.join(" ")
+        }));
     for d in Dimension::ALL {
         let i = d.index();
         if policy.increment[i] > 0.0 {
@@ -179,14 +188,17 @@ pub(crate) fn settle_invocation(
         .arg(idle_ms)
         .arg(call.class)
         .arg(call.slot)
-        .arg(deadline.map_or(String::new(), |d| d.to_string()));
-    // The products as tollgate_core::settle forms them; a dimension used as
-    // estimated changes nothing and is left out.
+        .arg(deadline.map_or(String::new(), |d| d.to_string()))
+        .arg(if cancelled { 1 } else { 0 });
+    // The products as tollgate_core::settle_vacated forms them; a dimension
+    // used as estimated changes nothing and is left out, but a cancellation
+    // passes every one (it gives back the gap its slot skipped, and what was
+    // vacated ahead of it, even where it cost nothing).
     let mark = &call.mark;
     for i in 0..DIMENSIONS {
         let inc = policy.increment[i];
         let delta = call.actual[i] - mark.cost[i];
-        if inc > 0.0 && delta != 0.0 {
+        if inc > 0.0 && (delta != 0.0 || cancelled) {
             let gap = if cancelled { mark.gap[i] } else { 0.0 };
             let (charge, most) = if delta > 0.0 {
                 (delta * inc, 0.0)
@@ -198,7 +210,8 @@ pub(crate) fn settle_invocation(
                 .arg(most)
                 .arg(mark.cost[i] * inc + gap)
                 .arg(mark.end[i])
-                .arg(mark.refunded_at[i]);
+                .arg(mark.refunded_at[i])
+                .arg(mark.end[i] - mark.cost[i] * inc - gap);
         }
     }
     Ok(inv)
@@ -216,7 +229,8 @@ pub(crate) fn advance_invocation(
         .arg(keys.queue(call.class))
         .arg(call.id)
         .arg(policy.tau * call.headroom)
-        .arg(call.class);
+        .arg(call.class)
+        .arg(call.lease.map_or(String::new(), |l| l.to_string()));
     for i in 0..DIMENSIONS {
         if policy.increment[i] > 0.0 {
             inv.arg(i)
@@ -229,16 +243,107 @@ pub(crate) fn advance_invocation(
     Ok(inv)
 }
 
-/// Reads the reply of `advance.lua`.
-pub(crate) fn advance_reply(value: &Value) -> Result<Option<Advanced>, StoreError> {
+/// A reservation whose lease ran out, to cancel (see `advance.lua`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Lapsed {
+    pub(crate) id: u64,
+    pub(crate) class: u8,
+    pub(crate) slot: f64,
+    pub(crate) mark: Mark,
+}
+
+/// Reads the reply of `advance.lua`: what became of the reservation, and
+/// the reservations of others whose lease ran out.
+pub(crate) fn advance_reply(
+    value: &Value,
+    policy: &Policy,
+) -> Result<(Advance, Vec<Lapsed>), StoreError> {
     let r = Reply::new(value, "advance")?;
-    match r.u64(0)? {
-        0 => Ok(None),
-        1 => Ok(Some(Advanced {
-            slot: r.f64(1)?,
-            now: r.time(2)?,
-        })),
-        _ => Err(r.bad(0)),
+    let (outcome, rest) = match r.u64(0)? {
+        0 => (Advance::Stays, 1),
+        1 => (
+            Advance::Moved(Advanced {
+                slot: r.f64(1)?,
+                now: r.time(2)?,
+            }),
+            4,
+        ),
+        2 => (Advance::Lost, 1),
+        _ => return Err(r.bad(0)),
+    };
+    let lapsed = (rest..r.items.len())
+        .map(|at| lapsed(&r, at, policy))
+        .collect::<Result<_, _>>()?;
+    Ok((outcome, lapsed))
+}
+
+/// Reads "<id> <class> <slot> <costs…>\n<state before>" (see `reserve.lua`).
+fn lapsed(r: &Reply<'_>, at: usize, policy: &Policy) -> Result<Lapsed, StoreError> {
+    let Some(Value::BulkString(b)) = r.items.get(at) else {
+        return Err(r.bad(at));
+    };
+    let newline = b
+        .iter()
+        .position(|&c| c == b'\n')
+        .ok_or_else(|| r.bad(at))?;
+    let head = std::str::from_utf8(&b[..newline]).map_err(|_| r.bad(at))?;
+    let mut words = head.split(' ');
+    let mut next = || words.next().ok_or_else(|| r.bad(at));
+    let id: u64 = next()?.parse().map_err(|_| r.bad(at))?;
+    let class: u8 = next()?.parse().map_err(|_| r.bad(at))?;
+    let slot: f64 = next()?.parse().map_err(|_| r.bad(at))?;
+    let mut cost = [0.0; DIMENSIONS];
+    for (i, c) in cost.iter_mut().enumerate() {
+        if policy.increment[i] > 0.0 {
+            *c = next()?.parse().map_err(|_| r.bad(at))?;
+        }
+    }
+    let blob = Value::BulkString(b[newline + 1..].to_vec());
+    let items = [if blob == Value::BulkString(Vec::new()) {
+        Value::Nil
+    } else {
+        blob
+    }];
+    let before = Reply {
+        items: &items,
+        script: "advance",
+    }
+    .state(0)?
+    .state;
+    Ok(Lapsed {
+        id,
+        class,
+        slot,
+        mark: mark_of(policy, &cost, slot, &before, [0.0; DIMENSIONS]),
+    })
+}
+
+/// A reservation's mark from the key's state before its charge, as in
+/// `tollgate_core::reserve`.
+fn mark_of(
+    policy: &Policy,
+    cost: &Dims,
+    slot: f64,
+    before: &KeyState,
+    class_refunds_at: Dims,
+) -> Mark {
+    let (tat, refunded_at) = (before.tat, before.refunded);
+    let mut end = tat;
+    let mut gap = [0.0; DIMENSIONS];
+    for i in 0..DIMENSIONS {
+        let inc = policy.increment[i];
+        if inc > 0.0 {
+            end[i] = tat[i].max(slot) + cost[i] * inc;
+            gap[i] = (-(tat[i] - slot)).max(0.0);
+        }
+    }
+    Mark {
+        cost: *cost,
+        end,
+        refunded_at,
+        gap,
+        before: tat,
+        class_refunds_at,
     }
 }
 
@@ -379,25 +484,20 @@ pub(crate) fn reserve_reply(
             };
             // The key's state before the charge.
             let stored = r.state(7)?;
-            let (tat, refunded_at) = (stored.state.tat, stored.state.refunded);
             let policy = call.policy;
             let mut at = 8;
             let queued = r.items.len() > at;
-            // The mark follows from them exactly as in `tollgate_core::reserve`.
-            let mut end = tat;
-            let mut gap = [0.0; DIMENSIONS];
             let mut class_refunds_at = [0.0; DIMENSIONS];
-            for i in 0..DIMENSIONS {
-                let inc = policy.increment[i];
-                if inc > 0.0 {
-                    end[i] = tat[i].max(slot) + call.cost[i] * inc;
-                    gap[i] = (-(tat[i] - slot)).max(0.0);
-                    if queued {
-                        class_refunds_at[i] = r.stored(at)?;
+            if queued {
+                for (i, c) in class_refunds_at.iter_mut().enumerate() {
+                    if policy.increment[i] > 0.0 {
+                        *c = r.stored(at)?;
                         at += 1;
                     }
                 }
             }
+            // The mark follows from them exactly as in `tollgate_core::reserve`.
+            let mark = mark_of(policy, &call.cost, slot, &stored.state, class_refunds_at);
             let news = ReserveNews {
                 classes: stored.classes,
                 epoch: r.text(6).filter(|e| !e.is_empty()).map(str::to_string),
@@ -407,14 +507,7 @@ pub(crate) fn reserve_reply(
                 now,
                 id: r.u64(4)?,
                 position: r.u64(5)?,
-                mark: Mark {
-                    cost: call.cost,
-                    end,
-                    refunded_at,
-                    gap,
-                    before: tat,
-                    class_refunds_at,
-                },
+                mark,
             };
             Ok(Ok((reserved, news)))
         }
@@ -484,7 +577,34 @@ pub(crate) fn settle_reply(
             *l = r.f64(3 + i)? - state.refunded[i];
         }
     }
-    let settled = settle(call.policy, &state, now, &call.mark, &call.actual, &later);
+    let queued = r.u64(7)? == 1;
+    let ahead = match r.items.get(8) {
+        Some(Value::BulkString(b)) if b.len() == 32 => {
+            let mut d = [0.0; DIMENSIONS];
+            for (v, chunk) in d.iter_mut().zip(b.chunks_exact(8)) {
+                let mut bytes = [0u8; 8];
+                bytes.copy_from_slice(chunk);
+                *v = f64::from_le_bytes(bytes);
+            }
+            d
+        }
+        Some(Value::Nil) | None => [0.0; DIMENSIONS],
+        _ => return Err(r.bad(8)),
+    };
+    let vacated = Vacated {
+        queued,
+        slot: call.slot,
+        ahead,
+    };
+    let settled = settle_vacated(
+        call.policy,
+        &state,
+        now,
+        &call.mark,
+        &call.actual,
+        &later,
+        &vacated,
+    );
     Ok(SettleReply::Done(settled, now))
 }
 

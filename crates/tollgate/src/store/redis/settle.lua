@@ -15,16 +15,31 @@
 -- ARGV[5]  the caller's deadline on this server's clock (seconds), "" for
 --          none: a settlement that arrives later (its caller timed out and
 --          will retry) writes nothing, so it is not applied twice
--- ARGV[6..] six values per limited dimension whose usage differs from the
---          estimate, in index order: index (0..3), charge = delta * T (seconds,
---          0 unless actual > estimated), most = -delta * T + gap (seconds, 0
---          unless actual < estimated), cost * T + gap, and the mark's end and
---          refunded_at (seconds); gap is the mark's gap for a cancellation, else 0
+-- ARGV[6]  1 for a cancellation (all actual usage 0), else 0
+-- ARGV[7..] seven values per limited dimension whose usage differs from the
+--          estimate (every limited dimension for a cancellation), in index
+--          order: index (0..3), charge = delta * T (seconds, 0 unless actual >
+--          estimated), most = -delta * T + gap (seconds, 0 unless actual <
+--          estimated), cost * T + gap, the mark's end and refunded_at
+--          (seconds), and end - cost * T - gap (where its charge starts); gap
+--          is the mark's gap for a cancellation, else 0
 --
--- Reply: {time_sec, time_usec, state, later0..later3} with the key's state
--- before the settlement as stored (field s, see reserve.lua; nil for none)
--- and per dimension the least headroom of the reservations queued after
--- this one ("" when none, or when it could not matter): the caller
+-- A reservation whose slot is still ahead was queued. Its cancellation
+-- (see tollgate_core::settle_vacated) takes its own entries out of the
+-- headroom index where they stand for no others (members ending ":p" do),
+-- adds the seconds that cancelled predecessors vacated just ahead of it
+-- (field k<id> of the key's vacancy hash <prefix>:{K}:v, four doubles by
+-- dimension), and hands what it cannot give back to the reservation charged
+-- right after it when that one is queued behind it in its class, directly or
+-- through cancelled ones (fields w<id> of the vacancy hash: where each
+-- cancellation's seconds went). A class none of whose queued reservations
+-- came after this one caps nothing. Its lease (<prefix>:{K}:l, :m) goes.
+--
+-- Reply: {time_sec, time_usec, state, later0..later3, queued, ahead} with the
+-- key's state before the settlement as stored (field s, see reserve.lua; nil
+-- for none), per dimension the least headroom of the reservations queued after
+-- this one ("" when none, or when it could not matter), 1 when it was queued
+-- (else 0), and the vacated seconds it took (four doubles; nil for none): the caller
 -- computes the outcome from these with tollgate_core::settle, as this script
 -- does. {5} when past the caller's deadline; {6, classes} when a class that
 -- queued on the key has no headroom index in KEYS (nothing written but the
@@ -41,8 +56,12 @@ local sec, usec = tonumber(time[1]), tonumber(time[2])
 local now = sec + usec / 1000000
 if ARGV[5] ~= '' and now > tonumber(ARGV[5]) then return {5} end
 local class = ARGV[3]
-local started = tonumber(ARGV[4]) <= now
-local n = (#ARGV - 5) / 6
+local slot = tonumber(ARGV[4])
+local started = slot <= now
+local cancelled = ARGV[6] == '1'
+local n = (#ARGV - 6) / 7
+local id = tonumber(ARGV[1])
+local base = string.sub(KEYS[1], 1, -2)
 -- The state, then the class's counter of refunds by started reservations
 -- for each dimension refunded (see advance.lua).
 local fields = {KEYS[1], 's'}
@@ -50,9 +69,9 @@ local a_at = {}
 if started then
   local m = 2
   for k = 1, n do
-    if tonumber(ARGV[6 * k + 2]) > 0 then
+    if tonumber(ARGV[7 * k + 2]) > 0 then
       m = m + 1
-      fields[m] = 'a' .. class .. ':' .. ARGV[6 * k]
+      fields[m] = 'a' .. class .. ':' .. ARGV[7 * k]
       a_at[k] = m - 1
     end
   end
@@ -68,10 +87,32 @@ if classes > 0 then
   local class_bit = 2 ^ tonumber(class)
   if classes % (2 * class_bit) >= class_bit then redis.call('ZREM', KEYS[2], ARGV[1]) end
 end
-local out = {time[1], time[2], blob or false, '', '', '', ''}
--- Reservations charged after this one exist only when it is not the last.
-local later_ones = classes > 0 and tonumber(ARGV[1]) < st[1]
+-- A reservation whose slot is still ahead was queued (see above).
+local queued = not started and classes > 0
+local ahead = nil
 local id_w = nil
+if queued then
+  id_w = string.format('%020.0f', id)
+  local own = KEYS[3 + tonumber(class)]
+  if own then
+    for k = 1, n do
+      local i = ARGV[7 * k]
+      local e = redis.call('ZRANGEBYLEX', own, '[' .. i .. ':' .. id_w .. ':', '[' .. i .. ':' .. id_w .. ';', 'LIMIT', 0, 1)[1]
+      if e and string.sub(e, -2) ~= ':p' then redis.call('ZREM', own, e) end
+    end
+  end
+  local got = redis.call('HGET', base .. 'v', 'k' .. ARGV[1])
+  if got then
+    ahead = {unpack_d('<dddd', got)}
+    redis.call('HDEL', base .. 'v', 'k' .. ARGV[1])
+  end
+  redis.call('ZREM', base .. 'l', ARGV[1])
+  redis.call('HDEL', base .. 'm', ARGV[1])
+end
+local out = {time[1], time[2], blob or false, '', '', '', '', queued and 1 or 0, false}
+if ahead then out[9] = pack('<dddd', ahead[1], ahead[2], ahead[3], ahead[4]) end
+-- Reservations charged after this one exist only when it is not the last.
+local later_ones = classes > 0 and id < st[1]
 
 -- Only a settlement with reservations charged after it looks at them (and
 -- pays for making these functions).
@@ -92,6 +133,18 @@ if later_ones then
     end
   end
 
+  -- Whether class c still queues a reservation charged after this one (in
+  -- a FIFO class the last slot has the latest id): if not, what its index
+  -- holds after this one was left by cancelled ones and caps nothing.
+  local behind = {}
+  local function queues_after(c)
+    if behind[c] == nil then
+      local last = redis.call('ZRANGE', string.gsub(KEYS[2], 'q%d+$', 'q' .. c), -1, -1)[1]
+      behind[c] = last ~= nil and tonumber(last) > id
+    end
+    return behind[c]
+  end
+
   -- The least headroom, in dimension i, of the reservations still queued (in any
   -- class) that were charged after this one, as its string; nil when none;
   -- false when a class that queued has no index among KEYS.
@@ -99,12 +152,12 @@ if later_ones then
     if classes >= 2 ^ (#KEYS - 2) then return false end
     local least, least_s = math.huge, nil
     local lo, hi = '[' .. i .. ':', '[' .. i .. ';'
-    id_w = id_w or string.format('%020.0f', tonumber(ARGV[1]))
+    id_w = id_w or string.format('%020.0f', id)
     -- Just after every member of this reservation in lexicographic order.
     local from = '(' .. i .. ':' .. id_w .. ';'
     local c = 0
     while classes >= 2 ^ c do
-      if classes % (2 ^ (c + 1)) >= 2 ^ c then
+      if classes % (2 ^ (c + 1)) >= 2 ^ c and queues_after(c) then
         local key = KEYS[3 + c]
         local next_one = redis.call('ZRANGEBYLEX', key, from, hi, 'LIMIT', 0, 1)[1]
         -- An entry whose slot has passed may sit in the expired front of the
@@ -116,7 +169,7 @@ if later_ones then
           next_one = redis.call('ZRANGEBYLEX', key, from, hi, 'LIMIT', 0, 1)[1]
         end
         if next_one then
-          local s = string.match(next_one, ':([^:]+)$')
+          local s = string.match(next_one, '^%d+:%d+:[^:]+:([^:]+)')
           local v = tonumber(s)
           if v < least then least, least_s = v, s end
         end
@@ -132,8 +185,10 @@ local set = {KEYS[1], 's', ''}
 local m = 3
 local full = now
 local charged = false
+local left = {0, 0, 0, 0}
+local any_left = false
 for k = 1, n do
-  local a = 6 * k
+  local a = 7 * k
   local i = tonumber(ARGV[a])
   local tat = st[4 + i]
   local charge = tonumber(ARGV[a + 1])
@@ -143,15 +198,25 @@ for k = 1, n do
     changed, charged = true, true
     if next_tat > full then full = next_tat end
   else
-    -- Refund only what of this reservation still lies ahead on the TAT line,
-    -- moved back by the refunds made since it was taken, and never below what
-    -- the reservations queued after it were promised.
+    -- Refund only what of this reservation still lies ahead on the TAT line
+    -- (moved back by the refunds made since it was taken, unless it was still
+    -- queued: then those stopped at its headroom), with what cancelled
+    -- predecessors vacated just ahead of it and has not drained, and never
+    -- below what the reservations queued after it were promised.
     local most = tonumber(ARGV[a + 2])
     local refunded = st[8 + i]
-    local shift = refunded - tonumber(ARGV[a + 5])
-    local undrained = min(min(tonumber(ARGV[a + 4]) - shift - now, tonumber(ARGV[a + 3])), tat - now)
+    local shift = 0
+    if not queued then shift = refunded - tonumber(ARGV[a + 5]) end
+    local vac = 0
+    if cancelled and ahead then vac = ahead[i + 1] end
+    local vac_undrained = 0
+    if vac > 0 then
+      vac_undrained = min(math.max(min(slot, tonumber(ARGV[a + 6])) - now, 0), vac)
+    end
+    local wanted = most + vac
+    local undrained = min(min(tonumber(ARGV[a + 4]) - shift - now, tonumber(ARGV[a + 3])) + vac_undrained, tat - now)
     -- The reservations behind can only lower a refund there is.
-    if later_ones and min(most, undrained) > 0 then
+    if later_ones and min(wanted, undrained) > 0 then
       local later_s = later_headroom(ARGV[a])
       if later_s == false then return {6, classes} end
       if later_s then
@@ -159,7 +224,7 @@ for k = 1, n do
         undrained = min(undrained, tonumber(later_s) - refunded)
       end
     end
-    local give = min(most, undrained)
+    local give = min(wanted, undrained)
     if give > 0 then
       st[4 + i] = tat - give
       st[8 + i] = refunded + give
@@ -170,6 +235,42 @@ for k = 1, n do
         set[m + 2] = pack('<d', (before and unpack_d('<d', before) or 0) + give)
         m = m + 2
       end
+    end
+    if cancelled then
+      left[i + 1] = wanted - math.max(give, 0)
+    end
+  end
+end
+
+-- A cancelled queued reservation hands what it could not give back to the
+-- one charged right after it, when that one is queued behind it in its class
+-- (directly, or through cancelled ones that forward to it).
+if queued and cancelled then
+  local first = nil
+  local after = redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[4], '+inf', 'WITHSCORES', 'LIMIT', 0, 8)
+  for j = 1, #after, 2 do
+    local other = tonumber(after[j])
+    if tonumber(after[j + 1]) > slot or other > id then
+      first = other
+      break
+    end
+  end
+  if first then
+    local v = base .. 'v'
+    local nxt = id + 1
+    while nxt ~= first do
+      local w = tonumber(redis.call('HGET', v, 'w' .. string.format('%.0f', nxt)))
+      if w and w > nxt and w <= first then nxt = w else nxt = nil break end
+    end
+    if nxt then
+      if redis.call('HLEN', v) >= 2048 then redis.call('DEL', v) end
+      local first_s = string.format('%.0f', first)
+      local had = redis.call('HGET', v, 'k' .. first_s)
+      local t = {0, 0, 0, 0}
+      if had then t = {unpack_d('<dddd', had)} end
+      redis.call('HSET', v, 'w' .. ARGV[1], first_s,
+        'k' .. first_s, pack('<dddd', t[1] + left[1], t[2] + left[2], t[3] + left[3], t[4] + left[4]))
+      if st[2] > 0 then redis.call('PEXPIREAT', v, st[2]) end
     end
   end
 end
