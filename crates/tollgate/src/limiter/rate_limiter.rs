@@ -165,6 +165,7 @@ impl RateLimiter {
             limiter: self,
             permit: Some(permit),
         };
+        let mut confirmed = Instant::now();
         // Sleep until the slot; while far from it, wake now and then to ask
         // whether refunds ahead made room to go earlier (which confirms the
         // lease).
@@ -174,6 +175,20 @@ impl RateLimiter {
                 .checked_duration_since(now)
                 .filter(|d| !d.is_zero())
             else {
+                // A waiter that went unconfirmed for half its lease (its
+                // process stalled) makes sure it still holds its place.
+                if let Some(lease) = lease.filter(|l| confirmed.elapsed() > *l / 2) {
+                    let permit = guard.permit.as_mut().expect("held until the slot");
+                    if self.try_advance(permit, Some(lease)).await == Advance::Lost {
+                        Stats::bump(&self.inner.stats.leases_lost);
+                        guard.permit = None;
+                        let again = self.reserve_leased(cost, &options, Some(lease)).await?;
+                        deadline = Instant::now() + again.waited;
+                        guard.permit = Some(again);
+                        confirmed = Instant::now();
+                        continue;
+                    }
+                }
                 break;
             };
             match self.inner.advance_check {
@@ -184,7 +199,11 @@ impl RateLimiter {
                         _ = self.inner.refunded.notified() => {}
                     }
                     let permit = guard.permit.as_mut().expect("held until the slot");
-                    match self.try_advance(permit, lease).await {
+                    let outcome = self.try_advance(permit, lease).await;
+                    if outcome != Advance::Lost {
+                        confirmed = Instant::now();
+                    }
+                    match outcome {
                         Advance::Moved(moved) => {
                             permit.slot = moved.slot;
                             deadline = Instant::now() + secs(moved.slot - moved.now);
@@ -197,6 +216,7 @@ impl RateLimiter {
                             let again = self.reserve_leased(cost, &options, lease).await?;
                             deadline = Instant::now() + again.waited;
                             guard.permit = Some(again);
+                            confirmed = Instant::now();
                         }
                         Advance::Stays => {}
                     }

@@ -133,8 +133,14 @@ impl Settings {
     /// `None` before the first reply. The estimate trails the server's clock
     /// by the reply's travel time, so the deadline errs late, never early.
     fn deadline(&self) -> Option<f64> {
+        Some(self.server_now()? + self.timeout.as_secs_f64())
+    }
+
+    /// The server's clock as last seen plus the time since (trailing it by
+    /// a reply's travel time); `None` before the first reply.
+    fn server_now(&self) -> Option<f64> {
         let (server, at) = (*self.clock.lock())?;
-        Some(server + at.elapsed().as_secs_f64() + self.timeout.as_secs_f64())
+        Some(server + at.elapsed().as_secs_f64())
     }
 
     fn saw(&self, server_now: f64) {
@@ -328,7 +334,22 @@ impl RedisStore {
             if batch.is_empty() {
                 break;
             }
-            batch.sort_by(|a, b| a.key.cmp(&b.key).then(b.id.cmp(&a.id)));
+            // Per key: the queued first, latest first (each gives back what
+            // those queued after it leave room for, and those are gone by
+            // then); then the started, earliest first (each one's refund is
+            // bounded by the refunds made since it was taken, and those of
+            // later ones are not made yet).
+            let now = self.settings.server_now().unwrap_or(f64::INFINITY);
+            batch.sort_by(|a, b| {
+                let order = |c: &Cancel| {
+                    if c.slot > now {
+                        (0, u64::MAX - c.id)
+                    } else {
+                        (1, c.id)
+                    }
+                };
+                a.key.cmp(&b.key).then(order(a).cmp(&order(b)))
+            });
             for c in batch {
                 let call = SettleCall {
                     key: &c.key,
