@@ -403,3 +403,74 @@ async fn a_killed_waiting_process_lets_the_others_move_up() {
     limiter.cancel(p).await.unwrap();
     drop(first);
 }
+
+/// A waiter whose process stalls past its lease loses its place: a waiter of
+/// another process cancels it and moves up into its slot; once running again,
+/// the stalled one finds its reservation gone and queues anew, behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_waiter_loses_its_place_and_queues_again() {
+    let server = RedisServer::start();
+    let limits = Limits::new().requests(1).window_secs(2.0);
+    let main = RateLimiter::builder("owned/stalled")
+        .url(&server.url())
+        .limits(limits.clone())
+        .build()
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let first = main.acquire(Cost::request_only()).await.unwrap();
+    let url = server.url();
+    // The other process: a runtime of its own on a thread of its own, which
+    // blocks that thread for 1.5 s while its caller waits for a slot 2 s away.
+    let stalled = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let l = RateLimiter::builder("owned/stalled")
+                .url(&url)
+                .limits(limits)
+                .lease(Some(Duration::from_millis(500)))
+                .build()
+                .await
+                .unwrap();
+            let waiter = {
+                let l = l.clone();
+                tokio::spawn(async move { l.acquire(Cost::request_only()).await })
+            };
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            std::thread::sleep(Duration::from_millis(1_500));
+            let p = waiter.await.unwrap().unwrap();
+            let started = Instant::now();
+            l.cancel(p).await.unwrap();
+            (started, l.stats().leases_lost)
+        })
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status(&main).await.queue_depth < 1 {
+        assert!(Instant::now() < deadline, "the other process never queued");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let p = main.acquire(Cost::request_only()).await.unwrap();
+    let behind_started = Instant::now();
+    let (stalled_started, lost) = tokio::task::spawn_blocking(move || stalled.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        lost, 1,
+        "the stalled waiter did not notice it lost its place"
+    );
+    let behind = behind_started.duration_since(t0).as_secs_f64();
+    let again = stalled_started.duration_since(t0).as_secs_f64();
+    assert!(
+        behind < 2.5,
+        "the waiter behind started at {behind:.2} s, the stalled one's slot was 2 s"
+    );
+    assert!(
+        again > behind + 1.5,
+        "the stalled waiter started at {again:.2} s, before the one that took its place ({behind:.2} s)"
+    );
+    main.cancel(p).await.unwrap();
+    drop(first);
+}
