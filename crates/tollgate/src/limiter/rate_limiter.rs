@@ -470,11 +470,7 @@ impl RateLimiter {
             (Source::Store, _) => self
                 .with_retry(|| inner.store.claim(&inner.key, permit.id, permit.reserved_at))
                 .await
-                .map_err(|f| Error::StoreUnavailable {
-                    attempts: f.attempts,
-                    policy: None,
-                    source: f.error,
-                })?,
+                .map_err(RetryFailure::unavailable)?,
         };
         let (key, id) = (inner.key.to_string(), permit.id);
         match claim {
@@ -520,11 +516,7 @@ impl RateLimiter {
             _ => self
                 .with_retry(|| inner.store.settle(&call))
                 .await
-                .map_err(|f| Error::StoreUnavailable {
-                    attempts: f.attempts,
-                    policy: None,
-                    source: f.error,
-                })?,
+                .map_err(RetryFailure::unavailable)?,
         };
         if made_room(&settled) {
             inner.refunded.notify_waiters();
@@ -542,11 +534,7 @@ impl RateLimiter {
         let snap = self
             .with_retry(|| inner.store.snapshot(&inner.key, &inner.policy))
             .await
-            .map_err(|f| Error::StoreUnavailable {
-                attempts: f.attempts,
-                policy: None,
-                source: f.error,
-            })?;
+            .map_err(RetryFailure::unavailable)?;
         let dimensions = dimension_status(&inner.policy, &snap.state.tat, snap.now);
         Ok(Status {
             key: inner.key.to_string(),
@@ -643,6 +631,17 @@ impl RateLimiter {
 struct RetryFailure {
     attempts: u32,
     error: StoreError,
+}
+
+impl RetryFailure {
+    /// The error of a call that no outage policy decides (settle, status).
+    fn unavailable(self) -> Error {
+        Error::StoreUnavailable {
+            attempts: self.attempts,
+            policy: None,
+            source: self.error,
+        }
+    }
 }
 
 /// Cancels a reservation whose waiting future is dropped before its slot.
