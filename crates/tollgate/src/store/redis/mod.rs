@@ -277,7 +277,9 @@ impl RedisStore {
             settings: Arc::new(Settings {
                 prefix: options.key_prefix.clone(),
                 idle_ms: options.idle_ttl.as_millis().max(1) as u64,
-                timeout: options.operation_timeout(),
+                // A call waits this long for its reply; one still on its way
+                // then is finished in the background (`late_reply_timeout`).
+                timeout: options.response_timeout,
                 after_reset: options.after_reset,
                 clock: parking_lot::Mutex::new(None),
                 origin: None,
