@@ -18,29 +18,28 @@
 --          key of an empty store is created; lost_at (seconds) is when the
 --          store was found to have lost its state, 0 for a store that was new.
 --          A store that restarted empty has lost it too.
--- ARGV[1]  tolerance of the class, tau * headroom (seconds)
--- ARGV[2]  longest acceptable wait in seconds, "" for none
--- ARGV[3]  most reservations that may wait in the class's queue, "" for none
--- ARGV[4]  idle margin in milliseconds: the keys expire between one and two
---          margins after the backlog has drained (the expiry moves only when it
---          falls short, so a busy key is not re-expired on every call)
--- ARGV[5]  the class (0..15)
--- ARGV[6]  the caller's deadline on this server's clock (seconds), "" for
---          none: a call that arrives later (its caller timed out, e.g. while
---          Redis was paused) writes nothing
--- ARGV[7]  tau, the tolerance of a full bucket (seconds); 0 when a store that
---          lost its state is trusted to be full (AfterReset::Full)
--- ARGV[8]  the epoch the caller last saw, "" for none
--- ARGV[9]  the lease in seconds, "" for none: a reservation queued further
---          ahead than this gets one (see advance.lua): its id in the key's
---          lease set <prefix>:{K}:l scored by when it ends, and what its
---          cancellation needs in <prefix>:{K}:m (field = id): "<class> <slot>
---          <ARGV[10]>", a newline, and the state before its charge
--- ARGV[10] the reservation's cost in units per limited dimension, as text
+-- ARGV[1]  the numbers, as little-endian doubles (parsing decimal text was
+--          most of what a call cost): the class's tolerance, tau * headroom
+--          (seconds); the longest acceptable wait in seconds (-1 for none);
+--          the most reservations that may wait in the class's queue (-1 for
+--          none); the idle margin in milliseconds (the keys expire between
+--          one and two margins after the backlog has drained; the expiry
+--          moves only when it falls short, so a busy key is not re-expired on
+--          every call); the class (0..15); the caller's deadline on this
+--          server's clock (seconds, -1 for none: a call that arrives later,
+--          its caller timed out, writes nothing); tau, the tolerance of a full
+--          bucket (0 when a store that lost its state is trusted to be full,
+--          AfterReset::Full); the lease in seconds (-1 for none: a
+--          reservation queued further ahead than this gets one, see
+--          advance.lua: its id in the key's lease set <prefix>:{K}:l scored by
+--          when it ends, and what its cancellation needs in <prefix>:{K}:m,
+--          field = id: "<class> <slot> <ARGV[3]>", a newline, and the state
+--          before its charge); then three per limited dimension, in index
+--          order: index (0..3), charge = cost * T (seconds), and the highest
+--          TAT the caller was told for this dimension of this key (-1 for none)
+-- ARGV[2]  the epoch the caller last saw, "" for none
+-- ARGV[3]  the reservation's cost in units per limited dimension, as text
 --          (only read with a lease)
--- ARGV[11..] three values per limited dimension, in index order: index (0..3),
---          charge = cost * T (seconds), and the highest TAT the caller was
---          told for this dimension of this key ("" for none)
 --
 -- A key without state (new, expired while idle, or lost) reads the epoch. An
 -- epoch that is missing although the caller saw one means the store lost
@@ -74,13 +73,15 @@ local tonumber, max = tonumber, math.max
 local time = redis.call('TIME')
 local sec, usec = tonumber(time[1]), tonumber(time[2])
 local now = sec + usec / 1000000
-if ARGV[6] ~= '' and now > tonumber(ARGV[6]) then return {5} end
-local dims = (#ARGV - 10) / 3
+-- The numbers of ARGV[1]: eight, then three per limited dimension.
+local A = {struct.unpack('<' .. string.rep('d', #ARGV[1] / 8), ARGV[1])}
+if A[6] >= 0 and now > A[6] then return {5} end
+local dims = (#ARGV[1] / 8 - 8) / 3
 local blob = redis.call('HGET', KEYS[1], 's')
 local st
 if blob then st = {unpack_d(STATE, blob)} else st = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} end
 local classes = st[3]
-local class = ARGV[5]
+local class = A[5]
 
 -- The queue holds reservations whose slot is still ahead; drop the rest and
 -- start no earlier than the last one (FIFO within the class). A class that
@@ -108,28 +109,28 @@ if st[1] == 0 then
   epoch = redis.call('GET', KEYS[4])
   if not epoch then
     local lost = '0'
-    if ARGV[8] ~= '' then lost = string.format('%.17g', now) end
+    if ARGV[2] ~= '' then lost = string.format('%.17g', now) end
     epoch = string.format('%s%06d %s', time[1], usec, lost)
     redis.call('SET', KEYS[4], epoch)
   end
   local lost = tonumber(string.match(epoch, ' (%S+)$')) or 0
-  local tau = tonumber(ARGV[7])
+  local tau = A[7]
   if lost > 0 and tau > 0 and lost + tau > now then floor = lost + tau end
 end
 
-local tolerance = tonumber(ARGV[1])
+local tolerance = A[1]
 -- Sized for four dimensions up front: growing a table costs more than this.
 local index, tat, charge = {0, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 0, 0}
 local floored = false
 for k = 1, dims do
-  local a = 3 * k + 8
-  local i = tonumber(ARGV[a])
+  local a = 3 * k + 6
+  local i = A[a]
   index[k] = i
   local t = st[4 + i]
   if floor then
     -- Drained: as if the last window had been used in full, or as far as
     -- the caller's own reservations reach.
-    local known = tonumber(ARGV[a + 2])
+    local known = A[a + 2]
     local drained = floor
     if known and known > drained then drained = known end
     if drained > t then
@@ -139,19 +140,19 @@ for k = 1, dims do
     end
   end
   tat[k] = t
-  local c = tonumber(ARGV[a + 1])
+  local c = A[a + 1]
   charge[k] = c
   slot = max(slot, t + c - tolerance)
 end
 
 local wait = slot - now
 if wait > 0 then
-  local max_wait = tonumber(ARGV[2])
-  if max_wait and wait > max_wait then
+  local max_wait = A[2]
+  if max_wait >= 0 and wait > max_wait then
     return {3, string.format('%.17g', wait)}
   end
-  local max_queue = tonumber(ARGV[3])
-  if max_queue and queued >= max_queue then
+  local max_queue = A[3]
+  if max_queue >= 0 and queued >= max_queue then
     return {4, string.format('%.17g', wait), queued}
   end
 end
@@ -181,7 +182,7 @@ if queue_it and not class_used then
 end
 -- Keep the keys until the backlog has drained plus the margin; the queues
 -- below expire with the hash.
-local margin = tonumber(ARGV[4])
+local margin = A[4]
 local needed = sec * 1000 + math.floor(usec / 1000) + math.ceil((full - now) * 1000) + margin
 local expire_at = st[2]
 local extend = expire_at == 0 or expire_at < needed
@@ -220,7 +221,7 @@ if queue_it then
   local id_w = string.format('%020.0f', id)
   local a = {KEYS[1]}
   for k = 1, dims do
-    local i = ARGV[3 * k + 8]
+    local i = A[3 * k + 6]
     local lo, hi = '[' .. i .. ':', '[' .. i .. ';'
     -- Entries whose slot has passed leave from the front...
     trim(KEYS[3], 'ZRANGEBYLEX', lo, hi, function(e)
@@ -239,11 +240,11 @@ if queue_it then
     a[k + 1] = 'a' .. class .. ':' .. i
   end
   redis.call('PEXPIREAT', KEYS[3], expire_at)
-  local lease = tonumber(ARGV[9])
-  if lease and slot - now > lease then
+  local lease = A[8]
+  if lease >= 0 and slot - now > lease then
     local base = string.sub(KEYS[1], 1, -2)
     redis.call('ZADD', base .. 'l', now + lease, id)
-    redis.call('HSET', base .. 'm', id, class .. ' ' .. slot_s .. ' ' .. ARGV[10] .. '\n' .. (blob or ''))
+    redis.call('HSET', base .. 'm', id, class .. ' ' .. slot_s .. ' ' .. ARGV[3] .. '\n' .. (blob or ''))
     redis.call('PEXPIREAT', base .. 'l', expire_at)
     redis.call('PEXPIREAT', base .. 'm', expire_at)
   end

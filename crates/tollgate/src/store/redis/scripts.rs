@@ -138,16 +138,26 @@ pub(crate) fn reserve_invocation(
     inv.arg(keys.state())
         .arg(keys.queue(call.class))
         .arg(keys.headroom(call.class))
-        .arg(keys.epoch(ctx.cluster))
-        .arg(policy.tau * call.headroom)
-        .arg(call.max_wait.map_or(String::new(), |w| w.to_string()))
-        .arg(call.max_queue.map_or(String::new(), |q| q.to_string()))
-        .arg(ctx.idle_ms)
-        .arg(call.class)
-        .arg(ctx.deadline.map_or(String::new(), |d| d.to_string()))
-        .arg(if ctx.drained { policy.tau } else { 0.0 })
+        .arg(keys.epoch(ctx.cluster));
+    let mut nums = Doubles::default();
+    nums.push(policy.tau * call.headroom)
+        .push(call.max_wait.unwrap_or(-1.0))
+        .push(call.max_queue.map_or(-1.0, |q| q as f64))
+        .push(ctx.idle_ms as f64)
+        .push(f64::from(call.class))
+        .push(ctx.deadline.unwrap_or(-1.0))
+        .push(if ctx.drained { policy.tau } else { 0.0 })
+        .push(call.lease.unwrap_or(-1.0));
+    for d in Dimension::ALL {
+        let i = d.index();
+        if policy.increment[i] > 0.0 {
+            nums.push(i as f64)
+                .push(call.cost[i] * policy.increment[i])
+                .push(ctx.known.map_or(-1.0, |k| k[i]));
+        }
+    }
+    inv.arg(nums.0)
         .arg(ctx.epoch)
-        .arg(call.lease.map_or(String::new(), |l| l.to_string()))
         .arg(call.lease.map_or(String::new(), |_| {
             let costs: Vec<String> = (0..DIMENSIONS)
                 .filter(|&i| policy.increment[i] > 0.0)
@@ -155,15 +165,19 @@ pub(crate) fn reserve_invocation(
                 .collect();
             costs.join(" ")
         }));
-    for d in Dimension::ALL {
-        let i = d.index();
-        if policy.increment[i] > 0.0 {
-            inv.arg(i)
-                .arg(call.cost[i] * policy.increment[i])
-                .arg(ctx.known.map_or(String::new(), |k| k[i].to_string()));
-        }
-    }
     Ok(inv)
+}
+
+/// Numbers for a script, as little-endian doubles in one argument: exact,
+/// and far cheaper for Redis's Lua to read than decimal text.
+#[derive(Default)]
+struct Doubles(Vec<u8>);
+
+impl Doubles {
+    fn push(&mut self, v: f64) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
 }
 
 /// The invocation of `settle.lua` for a call, with the headroom indexes of
@@ -184,12 +198,13 @@ pub(crate) fn settle_invocation(
         inv.arg(keys.headroom(class));
     }
     let cancelled = call.actual.iter().all(|&a| a == 0.0);
-    inv.arg(call.id)
-        .arg(idle_ms)
-        .arg(call.class)
-        .arg(call.slot)
-        .arg(deadline.map_or(String::new(), |d| d.to_string()))
-        .arg(if cancelled { 1 } else { 0 });
+    inv.arg(call.id);
+    let mut nums = Doubles::default();
+    nums.push(idle_ms as f64)
+        .push(f64::from(call.class))
+        .push(call.slot)
+        .push(deadline.unwrap_or(-1.0))
+        .push(if cancelled { 1.0 } else { 0.0 });
     // The products as tollgate_core::settle_vacated forms them; a dimension
     // used as estimated changes nothing and is left out, but a cancellation
     // passes every one (it gives back the gap its slot skipped, and what was
@@ -205,15 +220,16 @@ pub(crate) fn settle_invocation(
             } else {
                 (0.0, -delta * inc + gap)
             };
-            inv.arg(i)
-                .arg(charge)
-                .arg(most)
-                .arg(mark.cost[i] * inc + gap)
-                .arg(mark.end[i])
-                .arg(mark.refunded_at[i])
-                .arg(mark.end[i] - mark.cost[i] * inc - gap);
+            nums.push(i as f64)
+                .push(charge)
+                .push(most)
+                .push(mark.cost[i] * inc + gap)
+                .push(mark.end[i])
+                .push(mark.refunded_at[i])
+                .push(mark.end[i] - mark.cost[i] * inc - gap);
         }
     }
+    inv.arg(nums.0);
     Ok(inv)
 }
 

@@ -7,17 +7,15 @@
 --          least those of the classes that ever queued on the key, or the
 --          reply asks for more
 -- ARGV[1]  the reservation's id
--- ARGV[2]  idle margin in milliseconds (see reserve.lua)
--- ARGV[3]  the reservation's class
--- ARGV[4]  the reservation's slot (seconds): when it lies in the past, what is
---          given back is added to the class's counters a<class>:<dimension>
---          of refunds by started reservations (see advance.lua)
--- ARGV[5]  the caller's deadline on this server's clock (seconds), "" for
---          none: a settlement that arrives later (its caller timed out and
---          will retry) writes nothing, so it is not applied twice
--- ARGV[6]  1 for a cancellation (all actual usage 0), else 0
--- ARGV[7..] seven values per limited dimension whose usage differs from the
---          estimate (every limited dimension for a cancellation), in index
+-- ARGV[2]  the numbers, as little-endian doubles: the idle margin in
+--          milliseconds (see reserve.lua); the reservation's class; its slot
+--          (seconds: when it lies in the past, what is given back is added to
+--          the class's counters a<class>:<dimension> of refunds by started
+--          reservations, see advance.lua); the caller's deadline on this
+--          server's clock (seconds, -1 for none: a settlement that arrives
+--          later writes nothing); 1 for a cancellation (all actual usage 0),
+--          else 0; then seven per limited dimension whose usage differs from
+--          the estimate (every limited dimension for a cancellation), in index
 --          order: index (0..3), charge = delta * T (seconds, 0 unless actual >
 --          estimated), most = -delta * T + gap (seconds, 0 unless actual <
 --          estimated), cost * T + gap, the mark's end and refunded_at
@@ -54,12 +52,14 @@ local tonumber, min = tonumber, math.min
 local time = redis.call('TIME')
 local sec, usec = tonumber(time[1]), tonumber(time[2])
 local now = sec + usec / 1000000
-if ARGV[5] ~= '' and now > tonumber(ARGV[5]) then return {5} end
-local class = ARGV[3]
-local slot = tonumber(ARGV[4])
+-- The numbers of ARGV[2]: five, then seven per dimension passed.
+local A = {struct.unpack('<' .. string.rep('d', #ARGV[2] / 8), ARGV[2])}
+if A[4] >= 0 and now > A[4] then return {5} end
+local class = A[2]
+local slot = A[3]
 local started = slot <= now
-local cancelled = ARGV[6] == '1'
-local n = (#ARGV - 6) / 7
+local cancelled = A[5] == 1
+local n = (#ARGV[2] / 8 - 5) / 7
 local id = tonumber(ARGV[1])
 local base = string.sub(KEYS[1], 1, -2)
 -- The state, then the class's counter of refunds by started reservations
@@ -69,9 +69,9 @@ local a_at = {}
 if started then
   local m = 2
   for k = 1, n do
-    if tonumber(ARGV[7 * k + 2]) > 0 then
+    if A[7 * k + 1] > 0 then
       m = m + 1
-      fields[m] = 'a' .. class .. ':' .. ARGV[7 * k]
+      fields[m] = 'a' .. class .. ':' .. A[7 * k - 1]
       a_at[k] = m - 1
     end
   end
@@ -96,7 +96,7 @@ if queued then
   local own = KEYS[3 + tonumber(class)]
   if own then
     for k = 1, n do
-      local i = ARGV[7 * k]
+      local i = A[7 * k - 1]
       local e = redis.call('ZRANGEBYLEX', own, '[' .. i .. ':' .. id_w .. ':', '[' .. i .. ':' .. id_w .. ';', 'LIMIT', 0, 1)[1]
       if e and string.sub(e, -2) ~= ':p' then redis.call('ZREM', own, e) end
     end
@@ -188,10 +188,10 @@ local charged = false
 local left = {0, 0, 0, 0}
 local any_left = false
 for k = 1, n do
-  local a = 7 * k
-  local i = tonumber(ARGV[a])
+  local a = 7 * k - 1
+  local i = A[a]
   local tat = st[4 + i]
-  local charge = tonumber(ARGV[a + 1])
+  local charge = A[a + 1]
   if charge > 0 then
     local next_tat = math.max(tat, now) + charge
     st[4 + i] = next_tat
@@ -203,21 +203,21 @@ for k = 1, n do
     -- queued: then those stopped at its headroom), with what cancelled
     -- predecessors vacated just ahead of it and has not drained, and never
     -- below what the reservations queued after it were promised.
-    local most = tonumber(ARGV[a + 2])
+    local most = A[a + 2]
     local refunded = st[8 + i]
     local shift = 0
-    if not queued then shift = refunded - tonumber(ARGV[a + 5]) end
+    if not queued then shift = refunded - A[a + 5] end
     local vac = 0
     if cancelled and ahead then vac = ahead[i + 1] end
     local vac_undrained = 0
     if vac > 0 then
-      vac_undrained = min(math.max(min(slot, tonumber(ARGV[a + 6])) - now, 0), vac)
+      vac_undrained = min(math.max(min(slot, A[a + 6]) - now, 0), vac)
     end
     local wanted = most + vac
-    local undrained = min(min(tonumber(ARGV[a + 4]) - shift - now, tonumber(ARGV[a + 3])) + vac_undrained, tat - now)
+    local undrained = min(min(A[a + 4] - shift - now, A[a + 3]) + vac_undrained, tat - now)
     -- The reservations behind can only lower a refund there is.
     if later_ones and min(wanted, undrained) > 0 then
-      local later_s = later_headroom(ARGV[a])
+      local later_s = later_headroom(i)
       if later_s == false then return {6, classes} end
       if later_s then
         out[4 + i] = later_s
@@ -247,7 +247,7 @@ end
 -- (directly, or through cancelled ones that forward to it).
 if queued and cancelled then
   local first = nil
-  local after = redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[4], '+inf', 'WITHSCORES', 'LIMIT', 0, 8)
+  local after = redis.call('ZRANGEBYSCORE', KEYS[2], string.format('%.17g', slot), '+inf', 'WITHSCORES', 'LIMIT', 0, 8)
   for j = 1, #after, 2 do
     local other = tonumber(after[j])
     if tonumber(after[j + 1]) > slot or other > id then
@@ -279,7 +279,7 @@ end
 -- (as in reserve.lua).
 local expire_at
 if charged then
-  local margin = tonumber(ARGV[2])
+  local margin = A[1]
   local needed = sec * 1000 + math.floor(usec / 1000) + math.ceil((full - now) * 1000) + margin
   local x = st[2]
   if x == 0 or x < needed then
