@@ -179,7 +179,7 @@ impl RateLimiter {
                 // process stalled) makes sure it still holds its place.
                 if let Some(lease) = lease.filter(|l| confirmed.elapsed() > *l / 2) {
                     let permit = guard.permit.as_mut().expect("held until the slot");
-                    if self.try_advance(permit, Some(lease)).await == Advance::Lost {
+                    if self.try_advance(permit, Some(lease)).await == Some(Advance::Lost) {
                         Stats::bump(&self.inner.stats.leases_lost);
                         guard.permit = None;
                         let again = self.reserve_leased(cost, &options, Some(lease)).await?;
@@ -199,11 +199,12 @@ impl RateLimiter {
                         _ = self.inner.refunded.notified() => {}
                     }
                     let permit = guard.permit.as_mut().expect("held until the slot");
+                    // Only an answer of the store confirms the lease.
                     let outcome = self.try_advance(permit, lease).await;
-                    if outcome != Advance::Lost {
+                    if outcome.is_some_and(|o| o != Advance::Lost) {
                         confirmed = Instant::now();
                     }
-                    match outcome {
+                    match outcome.unwrap_or(Advance::Stays) {
                         Advance::Moved(moved) => {
                             permit.slot = moved.slot;
                             deadline = Instant::now() + secs(moved.slot - moved.now);
@@ -234,11 +235,9 @@ impl RateLimiter {
 
     /// Asks the store whether a queued permit may start earlier, confirming
     /// its lease (errors only mean it keeps its slot).
-    async fn try_advance(&self, permit: &Permit, lease: Option<Duration>) -> Advance {
+    async fn try_advance(&self, permit: &Permit, lease: Option<Duration>) -> Option<Advance> {
         let inner = &*self.inner;
-        let Some(class) = inner.classes.get(permit.class as usize) else {
-            return Advance::Stays;
-        };
+        let class = inner.classes.get(permit.class as usize)?;
         let call = AdvanceCall {
             key: &inner.key,
             policy: &inner.policy,
@@ -250,7 +249,7 @@ impl RateLimiter {
             lease: lease.map(|d| d.as_secs_f64()),
         };
         let outcome = match (permit.source, &inner.local) {
-            (Source::Store, _) => inner.store.advance(&call).await.unwrap_or(Advance::Stays),
+            (Source::Store, _) => inner.store.advance(&call).await.ok()?,
             (Source::Local, Some(local)) => local
                 .store
                 .advance_now(&AdvanceCall {
@@ -264,7 +263,7 @@ impl RateLimiter {
         if matches!(outcome, Advance::Moved(_)) {
             Stats::bump(&inner.stats.advanced);
         }
-        outcome
+        Some(outcome)
     }
 
     /// Reserves without waiting: the permit's `waited` says how long the caller

@@ -10,21 +10,24 @@
 -- ARGV[3]  the class
 -- ARGV[4]  the lease in seconds, "" for none: confirms the reservation's
 --          lease for that long (see reserve.lua)
--- ARGV[5..] five values per limited dimension, in index order: index (0..3),
+-- ARGV[5]  the reservation's slot as its owner knows it (seconds)
+-- ARGV[6..] five values per limited dimension, in index order: index (0..3),
 --          increment T (seconds per unit), cost (units), the TAT before the
 --          reservation's charge, and the class's refund counter when it was taken
 --
 -- It may also start earlier by what cancelled reservations just ahead of it
 -- vacated (field k<id> of <prefix>:{K}:v, see settle.lua). And it looks for
 -- reservations of the key whose lease ran out (their owner stopped
--- confirming: it died): up to four leave the lease set, are marked lost
--- (field x<id> of the vacancy hash, for an owner that comes back) and go
--- back in the reply for the caller to cancel.
+-- confirming: it died): up to four that still wait leave their queue at
+-- once (so an owner that comes back finds itself gone) and the lease set,
+-- are marked for their cancellation (field <id> of <prefix>:{K}:r, see
+-- settle.lua) and go back in the reply for the caller to cancel.
 --
 -- Reply: {0, lapsed...} when it stays (or has started);
 --        {1, slot, time_sec, time_usec, lapsed...} when it moved (slot as '%.17g');
---        {2, lapsed...} when its lease ran out and it was cancelled;
--- where each lapsed is "<id> <record>" (the record as in reserve.lua).
+--        {2, lapsed...} when it is no longer queued though its slot is
+--        still ahead: its lease ran out and it was taken out;
+-- where each lapsed is "<id> <slot now> <record>" (the record as in reserve.lua).
 
 -- Redis 5 or later: a script that reads TIME may write (effects replication).
 -- The numbers of the state hash are stored as 8-byte little-endian doubles
@@ -46,17 +49,23 @@ for _, rid in ipairs(due) do
   redis.call('ZREM', base .. 'l', rid)
   local rec = redis.call('HGET', base .. 'm', rid)
   redis.call('HDEL', base .. 'm', rid)
-  if rec and rid ~= ARGV[1] then
-    local c, s = string.match(rec, '^(%d+) (%S+) ')
-    local q = string.gsub(KEYS[2], 'q%d+$', 'q' .. c)
-    if tonumber(s) > now and redis.call('ZSCORE', q, rid) then
-      redis.call('HSET', base .. 'v', 'x' .. rid, 1)
-      lapsed[#lapsed + 1] = rid .. ' ' .. rec
+  if rec and rid == ARGV[1] then
+    -- Its own lease ran out, but nobody took it out yet: it confirms now.
+    if ARGV[4] ~= '' then
+      redis.call('HSET', base .. 'm', rid, rec)
+      redis.call('ZADD', base .. 'l', now + tonumber(ARGV[4]), rid)
     end
   elseif rec then
-    -- Its own lease ran out: it was not cancelled yet, and now confirms.
-    redis.call('HSET', base .. 'm', rid, rec)
-    if ARGV[4] ~= '' then redis.call('ZADD', base .. 'l', now + tonumber(ARGV[4]), rid) end
+    local c = string.match(rec, '^(%d+) ')
+    local q = string.gsub(KEYS[2], 'q%d+$', 'q' .. c)
+    local at = redis.call('ZSCORE', q, rid)
+    -- Only one that still waits: one that started is running.
+    if at and tonumber(at) > now then
+      redis.call('ZREM', q, rid)
+      redis.call('HSET', base .. 'r', rid, 1)
+      redis.call('PEXPIRE', base .. 'r', 600000)
+      lapsed[#lapsed + 1] = rid .. ' ' .. at .. ' ' .. rec
+    end
   end
 end
 local function answer(head)
@@ -66,7 +75,8 @@ end
 
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if not score then
-  if redis.call('HEXISTS', base .. 'v', 'x' .. ARGV[1]) == 1 then return answer({2}) end
+  -- Gone from its queue with its slot still ahead: taken out.
+  if tonumber(ARGV[5]) > now then return answer({2}) end
   return answer({0})
 end
 local slot = tonumber(score)
@@ -86,7 +96,7 @@ local tolerance = tonumber(ARGV[2])
 local c = ARGV[3]
 local vacated = redis.call('HGET', base .. 'v', 'k' .. ARGV[1])
 if vacated then vacated = {unpack_d('<dddd', vacated)} end
-for a = 5, #ARGV, 5 do
+for a = 6, #ARGV, 5 do
   local i = ARGV[a]
   local inc, cost, before, at = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   local since = (num(redis.call('HGET', KEYS[1], 'a' .. c .. ':' .. i)) or 0) - at
@@ -99,6 +109,9 @@ local slot_s = string.format('%.17g', earliest)
 if earliest > now then
   redis.call('ZADD', KEYS[2], 'XX', slot_s, ARGV[1])
 else
+  -- It starts now: it no longer waits, and needs no lease.
   redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('ZREM', base .. 'l', ARGV[1])
+  redis.call('HDEL', base .. 'm', ARGV[1])
 end
 return answer({1, slot_s, time[1], time[2]})

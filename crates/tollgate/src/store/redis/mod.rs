@@ -498,7 +498,7 @@ impl RedisStore {
                 },
             );
             let reply = match tokio::time::timeout(limit, sent).await {
-                Ok(reply) => reply.map_err(store_error)?,
+                Ok(reply) => reply.map_err(settle_error)?,
                 Err(_) => {
                     return Err(StoreError::Pending(format!(
                         "redis did not answer the settlement within {} ms; it stays on its way and is applied once when Redis answers",
@@ -718,5 +718,19 @@ impl Drop for Restart {
         if !self.0.settings.cancels.lock().is_empty() {
             self.0.start_cancelling();
         }
+    }
+}
+
+/// A settlement's error: one that may have reached Redis (the connection
+/// broke after it was sent) is not sent again, so that it is applied at most
+/// once; only one that was surely not sent (the connection was refused) is
+/// worth retrying.
+fn settle_error(e: redis::RedisError) -> StoreError {
+    let refused = e.is_connection_refusal();
+    match store_error(e) {
+        StoreError::Unavailable(m) if !refused => StoreError::Pending(format!(
+            "{m}; the settlement may have reached Redis, so it is not sent again (applied at most once)"
+        )),
+        other => other,
     }
 }

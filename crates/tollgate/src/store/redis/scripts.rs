@@ -246,7 +246,8 @@ pub(crate) fn advance_invocation(
         .arg(call.id)
         .arg(policy.tau * call.headroom)
         .arg(call.class)
-        .arg(call.lease.map_or(String::new(), |l| l.to_string()));
+        .arg(call.lease.map_or(String::new(), |l| l.to_string()))
+        .arg(call.slot);
     for i in 0..DIMENSIONS {
         if policy.increment[i] > 0.0 {
             inv.arg(i)
@@ -293,7 +294,8 @@ pub(crate) fn advance_reply(
     Ok((outcome, lapsed))
 }
 
-/// Reads "<id> <class> <slot> <costs…>\n<state before>" (see `reserve.lua`).
+/// Reads "<id> <slot now> <class> <slot> <costs…>\n<state before>" (see
+/// `advance.lua` and `reserve.lua`).
 fn lapsed(r: &Reply<'_>, at: usize, policy: &Policy) -> Result<Lapsed, StoreError> {
     let Some(Value::BulkString(b)) = r.items.get(at) else {
         return Err(r.bad(at));
@@ -306,6 +308,7 @@ fn lapsed(r: &Reply<'_>, at: usize, policy: &Policy) -> Result<Lapsed, StoreErro
     let mut words = head.split(' ');
     let mut next = || words.next().ok_or_else(|| r.bad(at));
     let id: u64 = next()?.parse().map_err(|_| r.bad(at))?;
+    let slot_now: f64 = next()?.parse().map_err(|_| r.bad(at))?;
     let class: u8 = next()?.parse().map_err(|_| r.bad(at))?;
     let slot: f64 = next()?.parse().map_err(|_| r.bad(at))?;
     let mut cost = [0.0; DIMENSIONS];
@@ -326,10 +329,12 @@ fn lapsed(r: &Reply<'_>, at: usize, policy: &Policy) -> Result<Lapsed, StoreErro
     }
     .state(0)?
     .state;
+    // The mark follows from the slot it was given; it is cancelled at the
+    // slot it has now (it may have moved earlier).
     Ok(Lapsed {
         id,
         class,
-        slot,
+        slot: slot_now,
         mark: mark_of(policy, &cost, slot, &before, [0.0; DIMENSIONS]),
     })
 }
@@ -576,6 +581,17 @@ pub(crate) fn settle_reply(
     call: &SettleCall<'_>,
 ) -> Result<SettleReply, StoreError> {
     let r = Reply::new(value, "settle")?;
+    if r.items.len() == 3 && r.u64(0)? == 7 {
+        // Cancelled already: nothing was written.
+        let nothing = Settled {
+            state: KeyState::default(),
+            charged: [0.0; DIMENSIONS],
+            refunded: [0.0; DIMENSIONS],
+            returned: [0.0; DIMENSIONS],
+            left: [0.0; DIMENSIONS],
+        };
+        return Ok(SettleReply::Done(nothing, r.time(1)?));
+    }
     if r.items.len() <= 2 {
         return match r.u64(0)? {
             5 => Err(late()),

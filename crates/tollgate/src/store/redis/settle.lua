@@ -38,10 +38,11 @@
 -- for none), per dimension the least headroom of the reservations queued after
 -- this one ("" when none, or when it could not matter), 1 when it was queued
 -- (else 0), and the vacated seconds it took (four doubles; nil for none): the caller
--- computes the outcome from these with tollgate_core::settle, as this script
+-- computes the outcome from these with tollgate_core::settle_vacated, as this script
 -- does. {5} when past the caller's deadline; {6, classes} when a class that
--- queued on the key has no headroom index in KEYS (nothing written but the
--- reservation leaving its queue: call again with more keys).
+-- queued on the key has no headroom index in KEYS (nothing written: call
+-- again with more keys); {7, time_sec, time_usec} when the reservation was
+-- cancelled already (nothing written).
 
 -- Redis 5 or later: a script that reads TIME may write (effects replication).
 -- A key's numbers live in one field as binary doubles (see reserve.lua).
@@ -82,13 +83,25 @@ local blob = h[1]
 local st
 if blob then st = {unpack_d(STATE, blob)} else st = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} end
 local classes = st[3]
--- Only a class that ever queued has a queue to leave.
+-- Reservations charged after this one exist only when it is not the last;
+-- their classes' indexes must all be here before anything is written.
+local later_ones = classes > 0 and id < st[1]
+if later_ones and classes >= 2 ^ (#KEYS - 2) then return {6, classes} end
+-- Only a class that ever queued has a queue to leave. A reservation whose
+-- slot is still ahead was queued: it leaves its queue now, or had left it
+-- when its lease ran out (advance.lua marked it in <prefix>:{K}:r); if
+-- neither, it was cancelled already and nothing more is written.
+local queued = false
 if classes > 0 then
   local class_bit = 2 ^ tonumber(class)
-  if classes % (2 * class_bit) >= class_bit then redis.call('ZREM', KEYS[2], ARGV[1]) end
+  local removed = 0
+  if classes % (2 * class_bit) >= class_bit then removed = redis.call('ZREM', KEYS[2], ARGV[1]) end
+  if not started then
+    if removed == 0 then removed = redis.call('HDEL', base .. 'r', ARGV[1]) end
+    if removed == 0 then return {7, time[1], time[2]} end
+    queued = true
+  end
 end
--- A reservation whose slot is still ahead was queued (see above).
-local queued = not started and classes > 0
 local ahead = nil
 local id_w = nil
 if queued then
@@ -111,8 +124,6 @@ if queued then
 end
 local out = {time[1], time[2], blob or false, '', '', '', '', queued and 1 or 0, false}
 if ahead then out[9] = pack('<dddd', ahead[1], ahead[2], ahead[3], ahead[4]) end
--- Reservations charged after this one exist only when it is not the last.
-local later_ones = classes > 0 and id < st[1]
 
 -- Only a settlement with reservations charged after it looks at them (and
 -- pays for making these functions).
