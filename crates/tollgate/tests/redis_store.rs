@@ -484,3 +484,48 @@ async fn a_settlement_respects_classes_only_another_process_queued() {
         "the refund must stop at the queued class's headroom (100 tokens), not 500: {settled:?}"
     );
 }
+
+/// A queued reservation cancelled twice (its lease ran out and another
+/// process cancelled it, then its own dropped future did) gives back once:
+/// the second cancellation writes nothing, on Redis as in memory.
+#[tokio::test]
+async fn a_second_cancel_of_a_queued_reservation_writes_nothing() {
+    let server = RedisServer::start();
+    let redis = Store::Redis(redis_store(&server).await);
+    for store in [redis, Store::memory()] {
+        let policy = Limits::new()
+            .requests(1)
+            .window_secs(1.0)
+            .validate()
+            .unwrap();
+        let call = ReserveCall {
+            key: "twice",
+            policy: &policy,
+            class: 0,
+            headroom: 1.0,
+            cost: policy.units(Cost::request_only()),
+            max_wait: None,
+            max_queue: None,
+            lease: None,
+        };
+        store.reserve(&call).await.unwrap().unwrap();
+        let queued = store.reserve(&call).await.unwrap().unwrap();
+        assert!(queued.slot > queued.now);
+        let cancel = SettleCall {
+            key: "twice",
+            policy: &policy,
+            class: 0,
+            id: queued.id,
+            slot: queued.slot,
+            mark: queued.mark,
+            actual: [0.0; DIMENSIONS],
+        };
+        let first = store.settle(&cancel).await.unwrap();
+        assert!(first.returned[0] > 0.9, "{first:?}");
+        let after_first = store.snapshot("twice", &policy).await.unwrap().state;
+        let second = store.settle(&cancel).await.unwrap();
+        assert_eq!(second.returned, [0.0; DIMENSIONS], "{store:?}");
+        let after_second = store.snapshot("twice", &policy).await.unwrap().state;
+        assert_eq!(after_first, after_second, "{store:?}");
+    }
+}

@@ -108,7 +108,8 @@ impl Permit {
     /// another process sharing the store) with
     /// [`RateLimiter::settle_token`](crate::RateLimiter::settle_token). The
     /// permit is consumed: the token is now the only way to settle it, and the
-    /// store applies it at most once.
+    /// store applies it at most once. A token is not signed: whoever can
+    /// settle tokens can forge one, so take them only from your own code.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

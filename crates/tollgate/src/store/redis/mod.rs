@@ -1,14 +1,21 @@
 //! The Redis store: every key's state in Redis, changed only by Lua scripts
-//! (`reserve.lua`, `settle.lua`, `snapshot.lua` next to this file) that port the
-//! arithmetic of `tollgate-core` and read the time from Redis itself.
+//! (`reserve.lua`, `settle.lua`, `advance.lua`, `snapshot.lua` next to this
+//! file, and the token claim of `claim.rs`) that port the arithmetic of
+//! `tollgate-core` and read the time from Redis itself.
 //!
 //! Per limiter key `K` there are a hash `<prefix>:{K}:s` (TAT and refunds per
 //! dimension, the id sequence: binary doubles in one field, see
 //! `reserve.lua`), one sorted set `<prefix>:{K}:q<class>` per priority class
 //! (queued reservation ids scored by slot) and its headroom index
 //! `<prefix>:{K}:h<class>`. All carry the hash
-//! tag `{K}`, so the same scripts run on Redis Cluster, and all expire once the
-//! key's backlog has drained (plus [`RedisOptions::idle_ttl`]). One more key,
+//! tag `{K}`, so the same scripts run on Redis Cluster, and all expire one to
+//! two [`RedisOptions::idle_ttl`] after the key's backlog has drained; so do
+//! the lease set `:l` and lease records `:m` of queued reservations and the
+//! vacancy hash `:v` (seconds vacated by cancelled reservations, handed to
+//! the ones behind; see `settle.lua`). `:r` marks reservations whose lease
+//! ran out until their cancellation (10 min), `:d:<id>` a settled permit
+//! token (for `TOKEN_LIFETIME`), and `:f` the key's limits (for
+//! `FINGERPRINT_TTL`). One more key,
 //! `<prefix>:epoch`, never expires: it tells a key that expired while idle
 //! from a store that lost everything (see [`AfterReset`]).
 
@@ -450,10 +457,15 @@ impl RedisStore {
         self.bounded("recording the limits", claim).await
     }
 
-    /// Loads the three scripts (`SCRIPT LOAD`; every primary of a Cluster).
+    /// Loads the scripts (`SCRIPT LOAD`; every primary of a Cluster).
     /// Not required: a call whose script is missing loads it and runs again.
     pub async fn load_scripts(&self) -> Result<(), StoreError> {
-        for script in [&*scripts::RESERVE, &*scripts::SETTLE, &*scripts::SNAPSHOT] {
+        for script in [
+            &*scripts::RESERVE,
+            &*scripts::SETTLE,
+            &*scripts::SNAPSHOT,
+            &*scripts::ADVANCE,
+        ] {
             let mut conn = self.conn.clone();
             let inv = script.prepare_invoke();
             self.bounded("loading the scripts", async move {
