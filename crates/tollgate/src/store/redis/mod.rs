@@ -382,6 +382,26 @@ impl RedisStore {
         std::mem::forget(restart);
     }
 
+    /// Cancels reservations whose owners stopped confirming them (handed out
+    /// by `advance.lua`), so the ones behind move up.
+    fn cancel_lapsed(&self, key: &str, policy: &Policy, lapsed: Vec<scripts::Lapsed>) {
+        for l in lapsed {
+            tracing::info!(
+                key,
+                id = l.id,
+                "cancelling a reservation whose lease ran out (its owner stopped confirming it)"
+            );
+            self.cancel_soon(Cancel {
+                key: key.to_string(),
+                policy: policy.clone(),
+                class: l.class,
+                id: l.id,
+                slot: l.slot,
+                mark: l.mark,
+            });
+        }
+    }
+
     /// Reads the server's clock, so that even the first calls carry a
     /// deadline (a call that reaches a server paused past it writes nothing).
     async fn read_clock(&self) -> Result<(), StoreError> {
@@ -634,25 +654,23 @@ impl Backend for RedisStore {
     async fn advance(&self, call: &AdvanceCall<'_>) -> Result<Advance, StoreError> {
         let keys = Keys::new(&self.settings.prefix, call.key);
         let inv = scripts::advance_invocation(&keys, call)?;
-        let reply = self.run("advance", inv).await?;
+        // A reply that comes after the caller stopped waiting may still hand
+        // out reservations whose lease ran out: they are cancelled then.
+        let store = self.clone();
+        let (key, policy) = (call.key.to_string(), call.policy.clone());
+        let sent = InFlight::new(async move { store.run_unbounded(inv).await }, {
+            let store = self.clone();
+            move |reply| async move {
+                if let Ok(reply) = reply {
+                    if let Ok((_, lapsed)) = scripts::advance_reply(&reply, &policy) {
+                        store.cancel_lapsed(&key, &policy, lapsed);
+                    }
+                }
+            }
+        });
+        let reply = self.bounded("advance", sent).await?;
         let (outcome, lapsed) = scripts::advance_reply(&reply, call.policy)?;
-        // Reservations whose owners stopped confirming them: this caller
-        // cancels them, so the ones behind (itself among them) move up.
-        for l in lapsed {
-            tracing::info!(
-                key = call.key,
-                id = l.id,
-                "cancelling a reservation whose lease ran out (its owner stopped confirming it)"
-            );
-            self.cancel_soon(Cancel {
-                key: call.key.to_string(),
-                policy: call.policy.clone(),
-                class: l.class,
-                id: l.id,
-                slot: l.slot,
-                mark: l.mark,
-            });
-        }
+        self.cancel_lapsed(call.key, call.policy, lapsed);
         Ok(outcome)
     }
 
