@@ -359,7 +359,12 @@ impl RedisStore {
                 };
                 a.key.cmp(&b.key).then(order(a).cmp(&order(b)))
             });
-            for c in batch {
+            // Sent from the back; those not sent yet go back to the pending
+            // ones should this task be dropped (one already on its way is
+            // not sent again).
+            batch.reverse();
+            let mut unsent = Unsent(self.clone(), batch);
+            while let Some(c) = unsent.1.pop() {
                 let call = SettleCall {
                     key: &c.key,
                     policy: &c.policy,
@@ -736,6 +741,18 @@ impl Orphan {
             slot: r.slot,
             mark: r.mark,
         });
+    }
+}
+
+/// Cancellations taken from the pending ones but not sent yet: dropped (the
+/// sender's runtime shut down), they go back.
+struct Unsent(RedisStore, Vec<Cancel>);
+
+impl Drop for Unsent {
+    fn drop(&mut self) {
+        if !self.1.is_empty() {
+            self.0.settings.cancels.lock().append(&mut self.1);
+        }
     }
 }
 
