@@ -41,6 +41,19 @@ pub struct Settled {
     pub left: Dims,
 }
 
+impl Settled {
+    /// A settlement that changed nothing: the key keeps `state`.
+    pub fn unchanged(state: KeyState) -> Self {
+        Settled {
+            state,
+            charged: [0.0; DIMENSIONS],
+            refunded: [0.0; DIMENSIONS],
+            returned: [0.0; DIMENSIONS],
+            left: [0.0; DIMENSIONS],
+        }
+    }
+}
+
 /// Settles a reservation: charge usage above the estimate, refund usage below it.
 ///
 /// A refund never returns capacity that has already drained: it is capped by the

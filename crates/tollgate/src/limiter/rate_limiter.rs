@@ -180,11 +180,9 @@ impl RateLimiter {
                 if let Some(lease) = lease.filter(|l| confirmed.elapsed() > *l / 2) {
                     let permit = guard.permit.as_mut().expect("held until the slot");
                     if self.try_advance(permit, Some(lease)).await == Some(Advance::Lost) {
-                        Stats::bump(&self.inner.stats.leases_lost);
-                        guard.permit = None;
-                        let again = self.reserve_leased(cost, &options, Some(lease)).await?;
-                        deadline = Instant::now() + again.waited;
-                        guard.permit = Some(again);
+                        deadline = self
+                            .requeue(&mut guard, cost, &options, Some(lease))
+                            .await?;
                         confirmed = Instant::now();
                         continue;
                     }
@@ -210,13 +208,7 @@ impl RateLimiter {
                             deadline = Instant::now() + secs(moved.slot - moved.now);
                         }
                         Advance::Lost => {
-                            // This process stalled past its lease and another
-                            // cancelled the reservation: queue again.
-                            Stats::bump(&self.inner.stats.leases_lost);
-                            guard.permit = None;
-                            let again = self.reserve_leased(cost, &options, lease).await?;
-                            deadline = Instant::now() + again.waited;
-                            guard.permit = Some(again);
+                            deadline = self.requeue(&mut guard, cost, &options, lease).await?;
                             confirmed = Instant::now();
                         }
                         Advance::Stays => {}
@@ -231,6 +223,24 @@ impl RateLimiter {
         let mut permit = guard.permit.take().expect("held until the slot");
         permit.waited = started.elapsed();
         Ok(permit)
+    }
+
+    /// Queues a waiter again whose reservation another process cancelled
+    /// (this process stalled past its lease): a new reservation, at the back.
+    /// Returns the new deadline.
+    async fn requeue(
+        &self,
+        guard: &mut CancelOnDrop<'_>,
+        cost: Cost,
+        options: &AcquireOptions,
+        lease: Option<Duration>,
+    ) -> Result<Instant, Error> {
+        Stats::bump(&self.inner.stats.leases_lost);
+        guard.permit = None;
+        let again = self.reserve_leased(cost, options, lease).await?;
+        let deadline = Instant::now() + again.waited;
+        guard.permit = Some(again);
+        Ok(deadline)
     }
 
     /// Asks the store whether a queued permit may start earlier, confirming

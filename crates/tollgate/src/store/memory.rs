@@ -414,13 +414,7 @@ impl MemoryStore {
         let was_queued = queue.slots.remove(&(call.slot.to_bits(), call.id));
         if call.slot > now && !was_queued {
             // Its slot is ahead but it waits no more: cancelled already.
-            return Settled {
-                state: entry.state,
-                charged: [0.0; DIMENSIONS],
-                refunded: [0.0; DIMENSIONS],
-                returned: [0.0; DIMENSIONS],
-                left: [0.0; DIMENSIONS],
-            };
+            return Settled::unchanged(entry.state);
         }
         let vacated = Vacated {
             queued: was_queued && call.slot > now,

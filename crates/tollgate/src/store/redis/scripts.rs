@@ -583,14 +583,10 @@ pub(crate) fn settle_reply(
     let r = Reply::new(value, "settle")?;
     if r.items.len() == 3 && r.u64(0)? == 7 {
         // Cancelled already: nothing was written.
-        let nothing = Settled {
-            state: KeyState::default(),
-            charged: [0.0; DIMENSIONS],
-            refunded: [0.0; DIMENSIONS],
-            returned: [0.0; DIMENSIONS],
-            left: [0.0; DIMENSIONS],
-        };
-        return Ok(SettleReply::Done(nothing, r.time(1)?));
+        return Ok(SettleReply::Done(
+            Settled::unchanged(KeyState::default()),
+            r.time(1)?,
+        ));
     }
     if r.items.len() <= 2 {
         return match r.u64(0)? {
