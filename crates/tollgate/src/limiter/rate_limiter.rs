@@ -215,8 +215,9 @@ impl RateLimiter {
                     }
                 }
                 _ => {
+                    // Back through the check above: a stall in this last
+                    // sleep must not start a reservation that was taken out.
                     tokio::time::sleep_until(deadline.into()).await;
-                    break;
                 }
             }
         }
