@@ -30,7 +30,7 @@ mod scripts;
 pub use self::connection::RedisConnection;
 pub use self::options::{AfterReset, RedisOptions, TlsOptions};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,7 +41,7 @@ use tollgate_core::{Dims, Policy, ReserveError, Settled, DIMENSIONS};
 
 use self::error::{store_error, timed_out};
 use self::handover::InFlight;
-use self::scripts::{Keys, ReserveContext, ReserveNews, SettleReply};
+use self::scripts::{Keys, ReserveArgs, ReserveContext, ReserveNews, SettleReply};
 use super::{
     Advance, AdvanceCall, Backend, Claim, KeySnapshot, ReserveCall, Reserved, SettleCall,
     StoreError,
@@ -86,6 +86,10 @@ struct Settings {
     own: tokio::sync::OnceCell<RedisConnection>,
     /// Reservations nobody owns any more, to cancel (see `cancel_soon`).
     cancels: parking_lot::Mutex<Vec<Cancel>>,
+    /// Per key and class whose call of `reserve.lua` is on its way, the
+    /// reservations that came meanwhile, in arrival order: they travel
+    /// together in the next call (see `Backend::reserve`).
+    lanes: parking_lot::Mutex<HashMap<Lane, VecDeque<Waiting>>>,
     /// What this process knows of the store's state: epochs and TATs.
     seen: parking_lot::Mutex<Seen>,
     /// Bit set of the priority classes known to have queued on some key: a
@@ -113,6 +117,28 @@ pub(crate) struct Cancel {
 /// reservation first: a cancellation gives back only what the reservations
 /// queued after it leave room for, so cancelling from the back loses nothing.
 const CANCEL_GATHER: Duration = Duration::from_millis(5);
+
+/// Most reservations one call of `reserve.lua` carries: a bigger batch waits
+/// for the next call.
+const MAX_BATCH: usize = 64;
+
+/// A key and class: the reservations of one call of `reserve.lua`.
+type Lane = (Box<str>, u8);
+
+/// A reservation waiting for the call ahead of it on its key and class.
+struct Waiting {
+    args: ReserveArgs,
+    reply: tokio::sync::oneshot::Sender<Result<Value, StoreError>>,
+    owner: Orphan,
+}
+
+impl std::fmt::Debug for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiting")
+            .field("key", &self.owner.key)
+            .finish()
+    }
+}
 
 /// Where a store's connection came from.
 #[derive(Debug, Clone)]
@@ -292,6 +318,7 @@ impl RedisStore {
                 origin: None,
                 own: tokio::sync::OnceCell::new(),
                 cancels: parking_lot::Mutex::new(Vec::new()),
+                lanes: parking_lot::Mutex::new(HashMap::new()),
                 seen: parking_lot::Mutex::new(Seen::default()),
                 classes: AtomicU32::new(0),
                 resets: AtomicU64::new(0),
@@ -613,15 +640,13 @@ impl Backend for RedisStore {
             )
         };
         let ctx = ReserveContext {
-            keys: &keys,
-            cluster,
             idle_ms: settings.idle_ms,
             deadline: settings.deadline(),
             drained: settings.after_reset == AfterReset::Drained,
             epoch: &epoch,
             known,
         };
-        let inv = scripts::reserve_invocation(&ctx, call)?;
+        let args = scripts::reserve_args(&ctx, call)?;
         // A reservation whose reply nobody waits for any more (the caller's
         // time limit passed or its future was dropped) is cancelled when the
         // reply comes: it has no owner.
@@ -632,11 +657,60 @@ impl Backend for RedisStore {
             class: call.class,
             cost: call.cost,
         };
-        let store = self.clone();
-        let sent = InFlight::new(async move { store.run_unbounded(inv).await }, |reply| {
-            owner.cancel(reply)
-        });
-        let reply = self.bounded("reserve", sent).await?;
+        // Alone on its key and class, a reservation goes at once; while one
+        // is on its way, those that come meanwhile wait for it and then
+        // travel together, each placed in its turn as if it came alone.
+        let lane: Lane = (call.key.into(), call.class);
+        let queued = {
+            let mut lanes = settings.lanes.lock();
+            match lanes.get_mut(&lane) {
+                Some(waiting) => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    waiting.push_back(Waiting {
+                        args,
+                        reply: tx,
+                        owner,
+                    });
+                    Err(rx)
+                }
+                None => {
+                    lanes.insert(lane.clone(), VecDeque::new());
+                    Ok((args, owner))
+                }
+            }
+        };
+        let reply = match queued {
+            Ok((args, owner)) => {
+                let inv = scripts::reserve_invocation(&keys, call.class, cluster, [&args]);
+                let store = self.clone();
+                let release = Release(Some((self.clone(), lane)));
+                let sent = InFlight::new(
+                    async move {
+                        let reply = store.run_unbounded(inv).await;
+                        drop(release);
+                        reply
+                    },
+                    |reply| async move {
+                        if let Ok(v) = reply {
+                            if let Ok([item]) = scripts::reserve_replies(&v, 1) {
+                                owner.cancel(item);
+                            }
+                        }
+                    },
+                );
+                let reply = self.bounded("reserve", sent).await?;
+                scripts::reserve_replies(&reply, 1)?[0].clone()
+            }
+            Err(rx) => match tokio::time::timeout(settings.timeout, rx).await {
+                Ok(Ok(reply)) => reply?,
+                Ok(Err(_)) => {
+                    return Err(StoreError::Unavailable(
+                        "the call carrying the reservation was dropped before it was sent (its runtime shut down); nothing was written".into(),
+                    ))
+                }
+                Err(_) => return Err(timed_out("reserve", settings.timeout)),
+            },
+        };
         Ok(match scripts::reserve_reply(&reply, call)? {
             Ok((r, news)) => {
                 settings.saw(r.now);
@@ -719,7 +793,7 @@ struct Orphan {
 
 impl Orphan {
     /// Cancels the reservation a reply reports, if it reports one.
-    async fn cancel(self, reply: redis::RedisResult<Value>) {
+    fn cancel(self, reply: &Value) {
         let call = ReserveCall {
             key: &self.key,
             policy: &self.policy,
@@ -730,8 +804,8 @@ impl Orphan {
             max_queue: None,
             lease: None,
         };
-        let Ok(Ok(Ok((r, _)))) = reply.map(|v| scripts::reserve_reply(&v, &call)) else {
-            return; // nothing was written (refused, too late) or no reply came
+        let Ok(Ok((r, _))) = scripts::reserve_reply(reply, &call) else {
+            return; // nothing was written (refused, too late)
         };
         self.store.cancel_soon(Cancel {
             key: self.key.clone(),
@@ -741,6 +815,111 @@ impl Orphan {
             slot: r.slot,
             mark: r.mark,
         });
+    }
+}
+
+impl RedisStore {
+    /// Sends the reservations waiting on `lane`, at most [`MAX_BATCH`] a
+    /// call, one call at a time, until none are left.
+    async fn send_waiting(self, lane: Lane, place: Place) {
+        // Dropped before it is done (its runtime shut down), it hands the
+        // lane to the library's own runtime.
+        let mut release = Release(Some((self.clone(), lane.clone())));
+        let store = match place {
+            Place::Caller => self.clone(),
+            Place::Own => match self.on_own_connection().await {
+                Ok(own) => own,
+                Err(e) => {
+                    let waiting = self.settings.lanes.lock().remove(&lane);
+                    release.0 = None;
+                    for w in waiting.into_iter().flatten() {
+                        let _ = w.reply.send(Err(e.clone()));
+                    }
+                    return;
+                }
+            },
+        };
+        let cluster = matches!(store.conn, RedisConnection::Cluster(_));
+        loop {
+            let batch: Vec<Waiting> = {
+                let mut lanes = self.settings.lanes.lock();
+                let Some(waiting) = lanes.get_mut(&lane) else {
+                    break;
+                };
+                let mut batch = Vec::with_capacity(waiting.len().min(MAX_BATCH));
+                while batch.len() < MAX_BATCH {
+                    match waiting.pop_front() {
+                        // A caller that stopped waiting is not sent.
+                        Some(w) if w.reply.is_closed() => {}
+                        Some(w) => batch.push(w),
+                        None => break,
+                    }
+                }
+                if batch.is_empty() {
+                    lanes.remove(&lane);
+                    release.0 = None;
+                    return;
+                }
+                batch
+            };
+            let keys = Keys::new(&self.settings.prefix, &lane.0);
+            let inv =
+                scripts::reserve_invocation(&keys, lane.1, cluster, batch.iter().map(|w| &w.args));
+            let sender = store.clone();
+            // Once sent, the batch's replies are handed out even if this task
+            // is dropped meanwhile.
+            InFlight::new(
+                async move { hand_out(sender.run_unbounded(inv).await, batch) },
+                |()| async {},
+            )
+            .await;
+        }
+        release.0 = None;
+    }
+}
+
+/// Gives each waiting reservation its reply; one whose caller stopped
+/// waiting is cancelled.
+fn hand_out(reply: redis::RedisResult<Value>, batch: Vec<Waiting>) {
+    let failed = |e: StoreError, batch: Vec<Waiting>| {
+        for w in batch {
+            let _ = w.reply.send(Err(e.clone()));
+        }
+    };
+    let value = match reply {
+        Ok(value) => value,
+        Err(e) => return failed(store_error(e), batch),
+    };
+    let items = match scripts::reserve_replies(&value, batch.len()) {
+        Ok(items) => items,
+        Err(e) => return failed(e, batch),
+    };
+    for (w, item) in batch.into_iter().zip(items) {
+        if w.reply.send(Ok(item.clone())).is_err() {
+            w.owner.cancel(item);
+        }
+    }
+}
+
+/// Frees a lane when its call has come back: the reservations that came
+/// meanwhile are sent next, else the lane goes.
+struct Release(Option<(RedisStore, Lane)>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let Some((store, lane)) = self.0.take() else {
+            return;
+        };
+        {
+            let mut lanes = store.settings.lanes.lock();
+            if lanes.get(&lane).is_none_or(|w| w.is_empty()) {
+                lanes.remove(&lane);
+                return;
+            }
+        }
+        background::run(Box::new(move |place| {
+            Box::pin(async move { store.send_waiting(lane, place).await })
+        }));
     }
 }
 

@@ -100,10 +100,6 @@ fn check_class(class: u8) -> Result<(), StoreError> {
 
 /// What a reservation's invocation needs besides the call.
 pub(crate) struct ReserveContext<'a> {
-    /// The key's names.
-    pub(crate) keys: &'a Keys<'a>,
-    /// Whether the store is a Cluster (where the epoch key is).
-    pub(crate) cluster: bool,
     /// Idle margin, ms.
     pub(crate) idle_ms: u64,
     /// The caller's deadline on the server's clock.
@@ -126,19 +122,20 @@ pub(crate) fn too_large_for(call: &ReserveCall<'_>) -> Option<ReserveError> {
         .map(|d| too_large(policy, d, call.cost[d.index()]))
 }
 
-/// The invocation of `reserve.lua` for a call.
-pub(crate) fn reserve_invocation(
+/// The three arguments of one reservation in a call of `reserve.lua`.
+pub(crate) struct ReserveArgs {
+    nums: Vec<u8>,
+    epoch: String,
+    costs: String,
+}
+
+/// The arguments of `reserve.lua` for a call.
+pub(crate) fn reserve_args(
     ctx: &ReserveContext<'_>,
     call: &ReserveCall<'_>,
-) -> Result<Invocation, StoreError> {
+) -> Result<ReserveArgs, StoreError> {
     check_class(call.class)?;
     let policy = call.policy;
-    let keys = ctx.keys;
-    let mut inv = Invocation::new(&RESERVE, 4);
-    inv.arg(keys.state())
-        .arg(keys.queue(call.class))
-        .arg(keys.headroom(call.class))
-        .arg(keys.epoch(ctx.cluster));
     let mut nums = Doubles::default();
     nums.push(policy.tau * call.headroom)
         .push(call.max_wait.unwrap_or(-1.0))
@@ -156,16 +153,48 @@ pub(crate) fn reserve_invocation(
                 .push(ctx.known.map_or(-1.0, |k| k[i]));
         }
     }
-    inv.arg(nums.0)
-        .arg(ctx.epoch)
-        .arg(call.lease.map_or(String::new(), |_| {
-            let costs: Vec<String> = (0..DIMENSIONS)
-                .filter(|&i| policy.increment[i] > 0.0)
-                .map(|i| call.cost[i].to_string())
-                .collect();
-            costs.join(" ")
-        }));
-    Ok(inv)
+    let costs = call.lease.map_or(String::new(), |_| {
+        let costs: Vec<String> = (0..DIMENSIONS)
+            .filter(|&i| policy.increment[i] > 0.0)
+            .map(|i| call.cost[i].to_string())
+            .collect();
+        costs.join(" ")
+    });
+    Ok(ReserveArgs {
+        nums: nums.0,
+        epoch: ctx.epoch.to_string(),
+        costs,
+    })
+}
+
+/// The invocation of `reserve.lua` placing reservations of one class of one
+/// key, in the order given (one reply each, see [`reserve_replies`]).
+pub(crate) fn reserve_invocation<'a>(
+    keys: &Keys<'_>,
+    class: u8,
+    cluster: bool,
+    items: impl IntoIterator<Item = &'a ReserveArgs>,
+) -> Invocation {
+    let mut inv = Invocation::new(&RESERVE, 4);
+    inv.arg(keys.state())
+        .arg(keys.queue(class))
+        .arg(keys.headroom(class))
+        .arg(keys.epoch(cluster));
+    for item in items {
+        inv.arg(&item.nums[..]).arg(&item.epoch).arg(&item.costs);
+    }
+    inv
+}
+
+/// The replies of a call of `reserve.lua` that placed `count` reservations:
+/// one per reservation, in order, each read by [`reserve_reply`].
+pub(crate) fn reserve_replies(value: &Value, count: usize) -> Result<&[Value], StoreError> {
+    match value {
+        Value::Array(items) if items.len() == count => Ok(items),
+        other => Err(StoreError::Failed(format!(
+            "reserve.lua answered {other:?} instead of {count} replies; is another program (or another version of tollgate) using the key prefix?"
+        ))),
+    }
 }
 
 /// Numbers for a script, as little-endian doubles in one argument: exact,
