@@ -359,48 +359,22 @@ impl MemoryStore {
         // taken in one order have slots in that order.
         let mut shard = self.shard(call.key).lock();
         let now = self.clock.now();
-        let entry = shard.entry(call.key, now);
-        let queue = entry.queue(call.class, now);
-        let request = ReserveRequest {
-            cost: call.cost,
-            headroom: call.headroom,
-            tail: queue
-                .slots
-                .last()
-                .map_or(f64::NEG_INFINITY, |&(s, _)| f64::from_bits(s)),
-            max_wait: call.max_wait,
-            queued: queue.slots.len() as u64,
-            max_queue: call.max_queue,
-        };
-        let refunded = entry.state.refunded;
-        let grant = reserve(call.policy, &entry.state, now, &request)?;
-        entry.state = grant.state;
-        entry.seq += 1;
-        let id = entry.seq;
-        let queue = &mut entry.queues[call.class as usize];
-        let position = queue.slots.len() as u64;
-        if grant.slot > now {
-            let mut values = grant.headroom;
-            for (v, r) in values.iter_mut().zip(refunded) {
-                *v += r;
-            }
-            queue.push(id, grant.slot, &values);
-        }
-        Ok(Reserved {
-            id,
-            now,
-            slot: grant.slot,
-            position,
-            mark: Mark {
-                // Only a queued reservation needs them (to start earlier).
-                class_refunds_at: if grant.slot > now {
-                    queue.started_refunds
-                } else {
-                    [0.0; DIMENSIONS]
-                },
-                ..grant.mark
-            },
-        })
+        reserve_in(&mut shard, now, call)
+    }
+
+    /// Several reservations at one time, placed in the order given, each
+    /// exactly as [`MemoryStore::reserve_now`] would place it alone at that
+    /// time (what a batch of the Redis store does in one script call; see
+    /// [`RedisStore::reserve_many`](crate::store::RedisStore::reserve_many)).
+    pub fn reserve_many_now(
+        &self,
+        calls: &[ReserveCall<'_>],
+    ) -> Vec<Result<Reserved, ReserveError>> {
+        let now = self.clock.now();
+        calls
+            .iter()
+            .map(|call| reserve_in(&mut self.shard(call.key).lock(), now, call))
+            .collect()
     }
 
     /// [`Backend::settle`] without the future.
@@ -538,6 +512,56 @@ impl MemoryStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// One reservation on a locked shard at store time `now`.
+fn reserve_in(
+    shard: &mut Shard,
+    now: f64,
+    call: &ReserveCall<'_>,
+) -> Result<Reserved, ReserveError> {
+    let entry = shard.entry(call.key, now);
+    let queue = entry.queue(call.class, now);
+    let request = ReserveRequest {
+        cost: call.cost,
+        headroom: call.headroom,
+        tail: queue
+            .slots
+            .last()
+            .map_or(f64::NEG_INFINITY, |&(s, _)| f64::from_bits(s)),
+        max_wait: call.max_wait,
+        queued: queue.slots.len() as u64,
+        max_queue: call.max_queue,
+    };
+    let refunded = entry.state.refunded;
+    let grant = reserve(call.policy, &entry.state, now, &request)?;
+    entry.state = grant.state;
+    entry.seq += 1;
+    let id = entry.seq;
+    let queue = &mut entry.queues[call.class as usize];
+    let position = queue.slots.len() as u64;
+    if grant.slot > now {
+        let mut values = grant.headroom;
+        for (v, r) in values.iter_mut().zip(refunded) {
+            *v += r;
+        }
+        queue.push(id, grant.slot, &values);
+    }
+    Ok(Reserved {
+        id,
+        now,
+        slot: grant.slot,
+        position,
+        mark: Mark {
+            // Only a queued reservation needs them (to start earlier).
+            class_refunds_at: if grant.slot > now {
+                queue.started_refunds
+            } else {
+                [0.0; DIMENSIONS]
+            },
+            ..grant.mark
+        },
+    })
 }
 
 impl Backend for MemoryStore {

@@ -187,6 +187,26 @@ impl Settings {
         (32 - bits.leading_zeros()) as u8
     }
 
+    /// Reads a reservation's reply and records what it tells.
+    fn took(
+        &self,
+        reply: &Value,
+        call: &ReserveCall<'_>,
+        epoch_key: &str,
+    ) -> Result<Result<Reserved, ReserveError>, StoreError> {
+        Ok(match scripts::reserve_reply(reply, call)? {
+            Ok((r, news)) => {
+                self.saw(r.now);
+                if r.slot > r.now {
+                    self.classes.fetch_or(1 << call.class, Ordering::Relaxed);
+                }
+                self.granted(call.key, epoch_key, &r, &news);
+                Ok(r)
+            }
+            Err(e) => Err(e),
+        })
+    }
+
     /// Records what a granted reservation was told; reports a reset (an
     /// epoch other than the one seen before).
     fn granted(&self, key: &str, epoch_key: &str, r: &Reserved, news: &ReserveNews) {
@@ -528,6 +548,98 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Several reservations of one key and class in one script call, placed
+    /// in the order given, each exactly as if it had come alone at the time
+    /// of the call: its own slot, queue position or refusal. Concurrent
+    /// [`Backend::reserve`] calls on one key and class travel together this
+    /// way by themselves; this is the same call made explicitly.
+    ///
+    /// The outer error is the store's (nothing was placed, or the call may
+    /// have been applied when it did not answer in time); a call with more
+    /// than one key or class is refused with [`StoreError::Failed`].
+    pub async fn reserve_many(
+        &self,
+        calls: &[ReserveCall<'_>],
+    ) -> Result<Vec<Result<Reserved, ReserveError>>, StoreError> {
+        let Some(first) = calls.first() else {
+            return Ok(Vec::new());
+        };
+        if let Some(other) = calls
+            .iter()
+            .find(|c| c.key != first.key || c.class != first.class)
+        {
+            return Err(StoreError::Failed(format!(
+                "reserve_many takes one key and class; got {:?} class {} and {:?} class {}",
+                first.key, first.class, other.key, other.class
+            )));
+        }
+        let settings = &*self.settings;
+        let keys = Keys::new(&settings.prefix, first.key);
+        let cluster = matches!(self.conn, RedisConnection::Cluster(_));
+        let epoch_key = keys.epoch(cluster);
+        let (epoch, known) = {
+            let seen = settings.seen.lock();
+            (
+                seen.epochs.get(&epoch_key).cloned().unwrap_or_default(),
+                seen.tat.get(first.key).copied(),
+            )
+        };
+        let ctx = ReserveContext {
+            idle_ms: settings.idle_ms,
+            deadline: settings.deadline(),
+            drained: settings.after_reset == AfterReset::Drained,
+            epoch: &epoch,
+            known,
+        };
+        // Too large to ever fit: refused here, not sent.
+        let mut sent = Vec::new();
+        let mut owners = Vec::new();
+        for call in calls {
+            if scripts::too_large_for(call).is_none() {
+                sent.push(scripts::reserve_args(&ctx, call)?);
+                owners.push(Orphan {
+                    store: self.clone(),
+                    key: call.key.to_string(),
+                    policy: call.policy.clone(),
+                    class: call.class,
+                    cost: call.cost,
+                });
+            }
+        }
+        let replies = if sent.is_empty() {
+            Value::Array(Vec::new())
+        } else {
+            let inv = scripts::reserve_invocation(&keys, first.class, cluster, &sent);
+            let store = self.clone();
+            // Reservations whose reply comes after the caller stopped waiting
+            // have no owner: they are cancelled then.
+            let count = sent.len();
+            let in_flight = InFlight::new(async move { store.run_unbounded(inv).await }, {
+                move |reply| async move {
+                    if let Ok(v) = reply {
+                        if let Ok(items) = scripts::reserve_replies(&v, count) {
+                            for (owner, item) in owners.into_iter().zip(items) {
+                                owner.cancel(item);
+                            }
+                        }
+                    }
+                }
+            });
+            self.bounded("reserve", in_flight).await?
+        };
+        let mut replies = scripts::reserve_replies(&replies, sent.len())?.iter();
+        calls
+            .iter()
+            .map(|call| match scripts::too_large_for(call) {
+                Some(e) => Ok(Err(e)),
+                None => {
+                    let reply = replies.next().expect("one reply per call sent");
+                    settings.took(reply, call, &epoch_key)
+                }
+            })
+            .collect()
+    }
+
     /// [`Backend::settle`] that also tells the store time (seconds) the
     /// settlement was made at: what the refund caps were computed with.
     pub async fn settle_timed(&self, call: &SettleCall<'_>) -> Result<(Settled, f64), StoreError> {
@@ -711,19 +823,7 @@ impl Backend for RedisStore {
                 Err(_) => return Err(timed_out("reserve", settings.timeout)),
             },
         };
-        Ok(match scripts::reserve_reply(&reply, call)? {
-            Ok((r, news)) => {
-                settings.saw(r.now);
-                if r.slot > r.now {
-                    settings
-                        .classes
-                        .fetch_or(1 << call.class, Ordering::Relaxed);
-                }
-                settings.granted(call.key, &epoch_key, &r, &news);
-                Ok(r)
-            }
-            Err(e) => Err(e),
-        })
+        settings.took(&reply, call, &epoch_key)
     }
 
     async fn settle(&self, call: &SettleCall<'_>) -> Result<Settled, StoreError> {
