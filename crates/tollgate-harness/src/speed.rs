@@ -17,7 +17,10 @@ use crate::quantile;
 use crate::table::Table;
 
 /// tollgate's reservation script, benchmarked as it is.
-const RESERVE_LUA: &str = include_str!("../../tollgate/src/store/redis/reserve.lua");
+const RESERVE_LUA: &str = concat!(
+    include_str!("../../tollgate/src/store/redis/state.lua"),
+    include_str!("../../tollgate/src/store/redis/reserve.lua")
+);
 
 /// Settings of the speed run.
 #[derive(Debug, Clone, Serialize, Deserialize)]

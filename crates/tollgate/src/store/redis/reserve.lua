@@ -4,8 +4,8 @@
 -- same time. The same arithmetic, in the same order of operations, as
 -- tollgate_core::reserve.
 --
--- KEYS[1]  the key's state hash. Field s: eleven little-endian doubles
---          (struct '<ddddddddddd'): n (last reservation id, 0 for none), x
+-- KEYS[1]  the key's state hash. Field s (its layout below, at `load`):
+--          n (last reservation id, 0 for none), x
 --          (when the keys expire, Unix milliseconds), c (bit set of the
 --          classes that ever queued), t0..t3 (TAT per dimension, seconds),
 --          r0..r3 (refunds so far per dimension, seconds). Fields
@@ -73,16 +73,15 @@
 -- one write, no decimal formatting or parsing (which was most of the cost).
 -- However many reservations a call places, the field is read once and written
 -- once, the class's queue is looked at once and each key's expiry set once.
-local STATE = '<ddddddddddd'
-local unpack_d, pack_d = struct.unpack, struct.pack
+-- `load` and `store` (state.lua, run ahead of this script) read and write it.
+local unpack_d = struct.unpack
 local tonumber, max = tonumber, math.max
 
 local time = redis.call('TIME')
 local sec, usec = tonumber(time[1]), tonumber(time[2])
 local now = sec + usec / 1000000
 local blob = redis.call('HGET', KEYS[1], 's')
-local st
-if blob then st = {unpack_d(STATE, blob)} else st = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} end
+local st = load(blob)
 -- `blob`: the stored form of `st` as it stands (nil for no state); `dirty`:
 -- it differs from what Redis holds.
 local dirty = false
@@ -192,7 +191,7 @@ local function place(A, seen_epoch, costs)
 
   -- The state before the charge goes back as it stands (drained, if it was).
   local before = blob
-  if undrained then before = pack_d(STATE, unpack(st, 1, 11)) end
+  if undrained then before = store(st) end
   local reply = {1, '', time[1], time[2], 0, ahead, epoch, before or false}
 
   -- A new (or expired) key: ids continue from the clock in microseconds, so
@@ -223,7 +222,7 @@ local function place(A, seen_epoch, costs)
     st[2] = expire_at
     extended = true
   end
-  blob = pack_d(STATE, unpack(st, 1, 11))
+  blob = store(st)
   dirty = true
 
   if queue_it then

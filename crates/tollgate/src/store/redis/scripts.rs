@@ -14,10 +14,17 @@ use tollgate_core::{
 
 use crate::store::{Advance, AdvanceCall, Advanced, ReserveCall, Reserved, SettleCall, StoreError};
 
-pub(crate) static RESERVE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("reserve.lua")));
-pub(crate) static SETTLE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("settle.lua")));
+/// `reserve.lua` with the reading and writing of a key's state ahead of it.
+pub(crate) const RESERVE_LUA: &str =
+    concat!(include_str!("state.lua"), include_str!("reserve.lua"));
+
+pub(crate) static RESERVE: LazyLock<Script> = LazyLock::new(|| Script::new(RESERVE_LUA));
+pub(crate) static SETTLE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("state.lua"),
+        include_str!("settle.lua")
+    ))
+});
 pub(crate) static SNAPSHOT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("snapshot.lua")));
 pub(crate) static ADVANCE: LazyLock<Script> =
@@ -484,30 +491,45 @@ impl<'v> Reply<'v> {
         }
     }
 
-    /// A key's state as the scripts store it (field `s`, see `reserve.lua`):
+    /// A key's state as the scripts store it (field `s`, see `state.lua`):
     /// id sequence, expiry, classes, TATs and refunds; all zeros for nil.
     fn state(&self, at: usize) -> Result<Stored, StoreError> {
-        let mut n = [0.0; 11];
         match self.items.get(at) {
-            Some(Value::Nil) => {}
-            Some(Value::BulkString(b)) if b.len() == 88 => {
-                for (v, chunk) in n.iter_mut().zip(b.chunks_exact(8)) {
-                    let mut bytes = [0u8; 8];
-                    bytes.copy_from_slice(chunk);
-                    *v = f64::from_le_bytes(bytes);
-                }
-            }
-            _ => return Err(self.bad(at)),
+            Some(Value::Nil) => Ok(Stored {
+                classes: 0,
+                state: KeyState::default(),
+            }),
+            Some(Value::BulkString(b)) => decode_state(b).ok_or_else(|| self.bad(at)),
+            _ => Err(self.bad(at)),
         }
-        let mut tat = [0.0; DIMENSIONS];
-        let mut refunded = [0.0; DIMENSIONS];
-        tat.copy_from_slice(&n[3..7]);
-        refunded.copy_from_slice(&n[7..11]);
-        Ok(Stored {
-            classes: n[2] as u32,
-            state: KeyState { tat, refunded },
-        })
     }
+}
+
+/// Reads field `s` as `state.lua` writes it: seven bytes of id sequence,
+/// six of expiry, two of classes (little-endian integers), a byte of the
+/// dimensions that follow, then TAT and refunds (doubles) of each.
+fn decode_state(b: &[u8]) -> Option<Stored> {
+    let int = |bytes: &[u8]| {
+        bytes
+            .iter()
+            .rev()
+            .fold(0u64, |n, &byte| (n << 8) | u64::from(byte))
+    };
+    let (head, mut rest) = (b.get(..16)?, b.get(16..)?);
+    let dims = head[15];
+    let mut state = KeyState::default();
+    for i in 0..DIMENSIONS {
+        if dims & (1 << i) != 0 {
+            let (pair, more) = (rest.get(..16)?, rest.get(16..)?);
+            state.tat[i] = f64::from_le_bytes(pair[..8].try_into().ok()?);
+            state.refunded[i] = f64::from_le_bytes(pair[8..].try_into().ok()?);
+            rest = more;
+        }
+    }
+    (rest.is_empty() && dims < 1 << DIMENSIONS).then_some(Stored {
+        classes: int(&head[13..15]) as u32,
+        state,
+    })
 }
 
 /// What a granted reservation's reply tells besides the reservation.
@@ -687,12 +709,12 @@ mod tests {
         let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
         // The state: id 5, expiry, no classes; tokens: tat 1700000001.1,
         // refunded 0.1; the rest 0.
-        let mut state = [0.0_f64; 11];
-        state[0] = 5.0;
-        state[1] = 1_700_000_060_000.0;
-        state[4] = 1_700_000_001.1;
-        state[8] = 0.1;
-        let blob: Vec<u8> = state.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut blob = Vec::new();
+        blob.extend_from_slice(&5u64.to_le_bytes()[..7]);
+        blob.extend_from_slice(&1_700_000_060_000u64.to_le_bytes()[..6]);
+        blob.extend_from_slice(&[0, 0, 0b10]);
+        blob.extend_from_slice(&1_700_000_001.1f64.to_le_bytes());
+        blob.extend_from_slice(&0.1f64.to_le_bytes());
         let items = vec![
             Value::Int(1),
             bulk(""),

@@ -46,7 +46,7 @@
 
 -- Redis 5 or later: a script that reads TIME may write (effects replication).
 -- A key's numbers live in one field as binary doubles (see reserve.lua).
-local STATE = '<ddddddddddd'
+-- `load` and `store` (state.lua, run ahead of this script) read and write it.
 local unpack_d, pack = struct.unpack, struct.pack
 local tonumber, min = tonumber, math.min
 
@@ -80,8 +80,7 @@ end
 local h
 if #fields == 2 then h = {redis.call('HGET', KEYS[1], 's')} else h = redis.call('HMGET', unpack(fields)) end
 local blob = h[1]
-local st
-if blob then st = {unpack_d(STATE, blob)} else st = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} end
+local st = load(blob)
 local classes = st[3]
 -- Reservations charged after this one exist only when it is not the last;
 -- their classes' indexes must all be here before anything is written.
@@ -299,7 +298,7 @@ if charged then
   end
 end
 if changed then
-  set[3] = pack(STATE, unpack(st, 1, 11))
+  set[3] = store(st)
   redis.call('HSET', unpack(set))
   if expire_at then redis.call('PEXPIREAT', KEYS[1], expire_at) end
 end
