@@ -32,7 +32,7 @@ pub use self::options::{AfterReset, RedisOptions, TlsOptions};
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,7 @@ use tollgate_core::{Dims, Policy, ReserveError, Settled, DIMENSIONS};
 
 use self::error::{store_error, timed_out};
 use self::handover::InFlight;
-use self::scripts::{Keys, ReserveArgs, ReserveContext, ReserveNews, SettleReply};
+use self::scripts::{Keys, ReserveArgs, ReserveContext, ReserveNews};
 use super::{
     Advance, AdvanceCall, Backend, Claim, KeySnapshot, ReserveCall, Reserved, SettleCall,
     StoreError,
@@ -92,9 +92,6 @@ struct Settings {
     lanes: parking_lot::Mutex<HashMap<Lane, VecDeque<Waiting>>>,
     /// What this process knows of the store's state: epochs and TATs.
     seen: parking_lot::Mutex<Seen>,
-    /// Bit set of the priority classes known to have queued on some key: a
-    /// settlement passes the headroom indexes of classes up to the highest.
-    classes: AtomicU32,
     /// Times the store was found to have lost its state.
     resets: AtomicU64,
 }
@@ -180,13 +177,6 @@ impl Settings {
         *self.clock.lock() = Some((server_now, Instant::now()));
     }
 
-    /// How many headroom indexes (of classes 0, 1, …) a settlement of
-    /// `class` passes: up to the highest class known to have queued here.
-    fn classes_for(&self, class: u8) -> u8 {
-        let bits = self.classes.load(Ordering::Relaxed) | (1 << class);
-        (32 - bits.leading_zeros()) as u8
-    }
-
     /// Reads a reservation's reply and records what it tells.
     fn took(
         &self,
@@ -197,9 +187,6 @@ impl Settings {
         Ok(match scripts::reserve_reply(reply, call)? {
             Ok((r, news)) => {
                 self.saw(r.now);
-                if r.slot > r.now {
-                    self.classes.fetch_or(1 << call.class, Ordering::Relaxed);
-                }
                 self.granted(call.key, epoch_key, &r, &news);
                 Ok(r)
             }
@@ -210,9 +197,6 @@ impl Settings {
     /// Records what a granted reservation was told; reports a reset (an
     /// epoch other than the one seen before).
     fn granted(&self, key: &str, epoch_key: &str, r: &Reserved, news: &ReserveNews) {
-        if news.classes != 0 {
-            self.classes.fetch_or(news.classes, Ordering::Relaxed);
-        }
         let mut seen = self.seen.lock();
         if seen.tat.len() >= MAX_KNOWN_KEYS {
             seen.tat.retain(|_, t| t.iter().any(|&t| t > r.now));
@@ -340,7 +324,6 @@ impl RedisStore {
                 cancels: parking_lot::Mutex::new(Vec::new()),
                 lanes: parking_lot::Mutex::new(HashMap::new()),
                 seen: parking_lot::Mutex::new(Seen::default()),
-                classes: AtomicU32::new(0),
                 resets: AtomicU64::new(0),
             }),
         }
@@ -644,60 +627,40 @@ impl RedisStore {
     /// settlement was made at: what the refund caps were computed with.
     pub async fn settle_timed(&self, call: &SettleCall<'_>) -> Result<(Settled, f64), StoreError> {
         let keys = Keys::new(&self.settings.prefix, call.key);
-        let mut classes = self.settings.classes_for(call.class);
-        let key = call.key.to_string();
-        let id = call.id;
+        let (key, id) = (call.key.to_string(), call.id);
         let limit = self.settings.timeout;
-        // A class that queued on the key but is unknown here asks for its
-        // index; after two tries every class's is passed.
-        for attempt in 0.. {
-            // No deadline: a settlement is sent once and never again after a
-            // time out (it is still on its way), so it cannot be applied
-            // twice, and when it arrives late it must still be applied.
-            let inv =
-                scripts::settle_invocation(&keys, call, self.settings.idle_ms, None, classes)?;
-            let store = self.clone();
-            let (key, id) = (key.clone(), id);
-            let sent = InFlight::new(
-                async move { store.run_unbounded(inv).await },
-                move |reply| async move {
-                    match reply {
-                        Ok(_) => tracing::info!(
-                            key,
-                            id,
-                            "a settlement that timed out reached Redis when it answered"
-                        ),
-                        Err(e) => {
-                            tracing::warn!(key, id, error = %store_error(e), "a settlement that timed out failed")
-                        }
+        // No deadline: a settlement is sent once and never again after a
+        // time out (it is still on its way), so it cannot be applied twice,
+        // and when it arrives late it must still be applied.
+        let inv = scripts::settle_invocation(&keys, call, self.settings.idle_ms, None)?;
+        let store = self.clone();
+        let sent = InFlight::new(
+            async move { store.run_unbounded(inv).await },
+            move |reply| async move {
+                match reply {
+                    Ok(_) => tracing::info!(
+                        key,
+                        id,
+                        "a settlement that timed out reached Redis when it answered"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(key, id, error = %store_error(e), "a settlement that timed out failed")
                     }
-                },
-            );
-            let reply = match tokio::time::timeout(limit, sent).await {
-                Ok(reply) => reply.map_err(settle_error)?,
-                Err(_) => {
-                    return Err(StoreError::Pending(format!(
-                        "redis did not answer the settlement within {} ms; it stays on its way and is applied once when Redis answers",
-                        limit.as_millis()
-                    )))
                 }
-            };
-            match scripts::settle_reply(&reply, call)? {
-                SettleReply::Done(settled, now) => {
-                    self.settings.saw(now);
-                    return Ok((settled, now));
-                }
-                SettleReply::NeedClasses(bits) => {
-                    self.settings.classes.fetch_or(bits, Ordering::Relaxed);
-                    classes = if attempt < 2 {
-                        self.settings.classes_for(call.class)
-                    } else {
-                        scripts::MAX_CLASSES
-                    };
-                }
+            },
+        );
+        let reply = match tokio::time::timeout(limit, sent).await {
+            Ok(reply) => reply.map_err(settle_error)?,
+            Err(_) => {
+                return Err(StoreError::Pending(format!(
+                    "redis did not answer the settlement within {} ms; it stays on its way and is applied once when Redis answers",
+                    limit.as_millis()
+                )))
             }
-        }
-        unreachable!("the loop returns")
+        };
+        let (settled, now) = scripts::settle_reply(&reply, call)?;
+        self.settings.saw(now);
+        Ok((settled, now))
     }
 
     /// Runs a script by SHA (`EVALSHA`); after `NOSCRIPT` (Redis restarted,

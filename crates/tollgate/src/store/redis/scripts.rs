@@ -216,23 +216,17 @@ impl Doubles {
     }
 }
 
-/// The invocation of `settle.lua` for a call, with the headroom indexes of
-/// classes `0..classes`.
+/// The invocation of `settle.lua` for a call.
 pub(crate) fn settle_invocation(
     keys: &Keys<'_>,
     call: &SettleCall<'_>,
     idle_ms: u64,
     deadline: Option<f64>,
-    classes: u8,
 ) -> Result<Invocation, StoreError> {
     check_class(call.class)?;
     let policy = call.policy;
-    let classes = classes.clamp(1, MAX_CLASSES);
-    let mut inv = Invocation::new(&SETTLE, 2 + classes as usize);
+    let mut inv = Invocation::new(&SETTLE, 2);
     inv.arg(keys.state()).arg(keys.queue(call.class));
-    for class in 0..classes {
-        inv.arg(keys.headroom(class));
-    }
     let cancelled = call.actual.iter().all(|&a| a == 0.0);
     inv.arg(call.id);
     let mut nums = Doubles::default();
@@ -363,8 +357,7 @@ fn lapsed(r: &Reply<'_>, at: usize, policy: &Policy) -> Result<Lapsed, StoreErro
         items: &items,
         script: "advance",
     }
-    .state(0)?
-    .state;
+    .state(0)?;
     // The mark follows from the slot it was given; it is cancelled at the
     // slot it has now (it may have moved earlier).
     Ok(Lapsed {
@@ -412,12 +405,6 @@ pub(crate) fn snapshot_invocation(keys: &Keys<'_>) -> Invocation {
         inv.arg(keys.queue(class));
     }
     inv
-}
-
-/// A key's state as stored, with the bit set of its classes that queued.
-struct Stored {
-    classes: u32,
-    state: KeyState,
 }
 
 /// A script reply, read field by field.
@@ -493,12 +480,9 @@ impl<'v> Reply<'v> {
 
     /// A key's state as the scripts store it (field `s`, see `state.lua`):
     /// id sequence, expiry, classes, TATs and refunds; all zeros for nil.
-    fn state(&self, at: usize) -> Result<Stored, StoreError> {
+    fn state(&self, at: usize) -> Result<KeyState, StoreError> {
         match self.items.get(at) {
-            Some(Value::Nil) => Ok(Stored {
-                classes: 0,
-                state: KeyState::default(),
-            }),
+            Some(Value::Nil) => Ok(KeyState::default()),
             Some(Value::BulkString(b)) => decode_state(b).ok_or_else(|| self.bad(at)),
             _ => Err(self.bad(at)),
         }
@@ -508,13 +492,7 @@ impl<'v> Reply<'v> {
 /// Reads field `s` as `state.lua` writes it: seven bytes of id sequence,
 /// six of expiry, two of classes (little-endian integers), a byte of the
 /// dimensions that follow, then TAT and refunds (doubles) of each.
-fn decode_state(b: &[u8]) -> Option<Stored> {
-    let int = |bytes: &[u8]| {
-        bytes
-            .iter()
-            .rev()
-            .fold(0u64, |n, &byte| (n << 8) | u64::from(byte))
-    };
+fn decode_state(b: &[u8]) -> Option<KeyState> {
     let (head, mut rest) = (b.get(..16)?, b.get(16..)?);
     let dims = head[15];
     let mut state = KeyState::default();
@@ -526,17 +504,12 @@ fn decode_state(b: &[u8]) -> Option<Stored> {
             rest = more;
         }
     }
-    (rest.is_empty() && dims < 1 << DIMENSIONS).then_some(Stored {
-        classes: int(&head[13..15]) as u32,
-        state,
-    })
+    (rest.is_empty() && dims < 1 << DIMENSIONS).then_some(state)
 }
 
 /// What a granted reservation's reply tells besides the reservation.
 #[derive(Debug, Default)]
 pub(crate) struct ReserveNews {
-    /// The bit set of the key's classes that ever queued.
-    pub(crate) classes: u32,
     /// The store's epoch, when the script read it (a key without state).
     pub(crate) epoch: Option<String>,
 }
@@ -569,9 +542,8 @@ pub(crate) fn reserve_reply(
                 }
             }
             // The mark follows from them exactly as in `tollgate_core::reserve`.
-            let mark = mark_of(policy, &call.cost, slot, &stored.state, class_refunds_at);
+            let mark = mark_of(policy, &call.cost, slot, &stored, class_refunds_at);
             let news = ReserveNews {
-                classes: stored.classes,
                 epoch: r.text(6).filter(|e| !e.is_empty()).map(str::to_string),
             };
             let reserved = Reserved {
@@ -615,39 +587,26 @@ fn too_large(policy: &Policy, dimension: Dimension, needed: f64) -> ReserveError
     }
 }
 
-/// What `settle.lua` answers.
-pub(crate) enum SettleReply {
-    /// Settled at this store time.
-    Done(Settled, f64),
-    /// A class in this bit set queued on the key but its headroom index was
-    /// not passed: call again with more.
-    NeedClasses(u32),
-}
-
 /// Reads the reply of `settle.lua`: the key's state before and the headroom
 /// the reservations queued behind need, from which `tollgate_core::settle`
 /// gives the outcome the script wrote.
 pub(crate) fn settle_reply(
     value: &Value,
     call: &SettleCall<'_>,
-) -> Result<SettleReply, StoreError> {
+) -> Result<(Settled, f64), StoreError> {
     let r = Reply::new(value, "settle")?;
     if r.items.len() == 3 && r.u64(0)? == 7 {
         // Cancelled already: nothing was written.
-        return Ok(SettleReply::Done(
-            Settled::unchanged(KeyState::default()),
-            r.time(1)?,
-        ));
+        return Ok((Settled::unchanged(KeyState::default()), r.time(1)?));
     }
     if r.items.len() <= 2 {
         return match r.u64(0)? {
             5 => Err(late()),
-            6 => Ok(SettleReply::NeedClasses(r.u64(1)? as u32)),
             _ => Err(r.bad(0)),
         };
     }
     let now = r.time(0)?;
-    let state = r.state(2)?.state;
+    let state = r.state(2)?;
     // Per dimension the headroom of those queued behind.
     let mut later = [f64::INFINITY; DIMENSIONS];
     for (i, l) in later.iter_mut().enumerate() {
@@ -684,13 +643,13 @@ pub(crate) fn settle_reply(
         &later,
         &vacated,
     );
-    Ok(SettleReply::Done(settled, now))
+    Ok((settled, now))
 }
 
 /// Reads the reply of `snapshot.lua`: store time, state, queue depth.
 pub(crate) fn snapshot_reply(value: &Value) -> Result<(f64, KeyState, u64), StoreError> {
     let r = Reply::new(value, "snapshot")?;
-    Ok((r.time(0)?, r.state(2)?.state, r.u64(3)?))
+    Ok((r.time(0)?, r.state(2)?, r.u64(3)?))
 }
 
 #[cfg(test)]
@@ -741,7 +700,6 @@ mod tests {
             lease: None,
         };
         let (r, news) = reserve_reply(&Value::Array(items), &call).unwrap().unwrap();
-        assert_eq!(news.classes, 0);
         assert_eq!(
             news.epoch, None,
             "an empty epoch: the script did not read it"
