@@ -3,9 +3,11 @@
 //! file, and the token claim of `claim.rs`) that port the arithmetic of
 //! `tollgate-core` and read the time from Redis itself.
 //!
-//! Per limiter key `K` there are a hash `<prefix>:{K}:s` (TAT and refunds per
-//! dimension, the id sequence: binary doubles in one field, see
-//! `reserve.lua`), one sorted set `<prefix>:{K}:q<class>` per priority class
+//! Per limiter key `K` there are a hash `<prefix>:{K}:s` (the id sequence,
+//! expiry and classes as integers, TAT and refunds of the dimensions in use
+//! as binary doubles, all in one field of at most 64 bytes for three
+//! dimensions, so that Redis keeps the hash as a listpack; see `state.lua`),
+//! one sorted set `<prefix>:{K}:q<class>` per priority class
 //! (queued reservation ids scored by slot) and its headroom index
 //! `<prefix>:{K}:h<class>`. All carry the hash
 //! tag `{K}`, so the same scripts run on Redis Cluster, and all expire one to
@@ -18,6 +20,12 @@
 //! `FINGERPRINT_TTL`). One more key,
 //! `<prefix>:epoch`, never expires: it tells a key that expired while idle
 //! from a store that lost everything (see [`AfterReset`]).
+//!
+//! Concurrent reservations of one key and class travel together: while one
+//! call of `reserve.lua` is on its way, those that come meanwhile wait for it
+//! and then go as one call (at most [`MAX_BATCH`]), which places each in its
+//! turn, in arrival order, as if it had come alone. A lone caller goes at
+//! once and waits for nothing.
 
 mod claim;
 mod connection;
