@@ -565,42 +565,22 @@ impl RedisStore {
             )));
         }
         let settings = &*self.settings;
-        let keys = Keys::new(&settings.prefix, first.key);
-        let cluster = matches!(self.conn, RedisConnection::Cluster(_));
-        let epoch_key = keys.epoch(cluster);
-        let (epoch, known) = {
-            let seen = settings.seen.lock();
-            (
-                seen.epochs.get(&epoch_key).cloned().unwrap_or_default(),
-                seen.tat.get(first.key).copied(),
-            )
-        };
-        let ctx = ReserveContext {
-            idle_ms: settings.idle_ms,
-            deadline: settings.deadline(),
-            drained: settings.after_reset == AfterReset::Drained,
-            epoch: &epoch,
-            known,
-        };
+        let at = self.reserving(first.key);
+        let (keys, cluster, epoch_key) = (&at.keys, at.cluster, &at.epoch_key);
+        let ctx = at.context();
         // Too large to ever fit: refused here, not sent.
         let mut sent = Vec::new();
         let mut owners = Vec::new();
         for call in calls {
             if scripts::too_large_for(call).is_none() {
                 sent.push(scripts::reserve_args(&ctx, call)?);
-                owners.push(Orphan {
-                    store: self.clone(),
-                    key: call.key.to_string(),
-                    policy: call.policy.clone(),
-                    class: call.class,
-                    cost: call.cost,
-                });
+                owners.push(Orphan::of(self, call));
             }
         }
         let replies = if sent.is_empty() {
             Value::Array(Vec::new())
         } else {
-            let inv = scripts::reserve_invocation(&keys, first.class, cluster, &sent);
+            let inv = scripts::reserve_invocation(keys, first.class, cluster, &sent);
             let store = self.clone();
             // Reservations whose reply comes after the caller stopped waiting
             // have no owner: they are cancelled then.
@@ -625,7 +605,7 @@ impl RedisStore {
                 Some(e) => Ok(Err(e)),
                 None => {
                     let reply = replies.next().expect("one reply per call sent");
-                    settings.took(reply, call, &epoch_key)
+                    settings.took(reply, call, epoch_key)
                 }
             })
             .collect()
@@ -703,6 +683,47 @@ impl RedisStore {
     }
 }
 
+/// What reservations of one key need from the store's settings.
+struct Reserving<'a> {
+    settings: &'a Settings,
+    keys: Keys<'a>,
+    cluster: bool,
+    epoch_key: String,
+    epoch: String,
+    known: Option<Dims>,
+}
+
+impl Reserving<'_> {
+    fn context(&self) -> ReserveContext<'_> {
+        ReserveContext {
+            idle_ms: self.settings.idle_ms,
+            deadline: self.settings.deadline(),
+            drained: self.settings.after_reset == AfterReset::Drained,
+            epoch: &self.epoch,
+            known: self.known,
+        }
+    }
+}
+
+impl RedisStore {
+    /// The names and what this process knows of `key`, to reserve on it.
+    fn reserving<'a>(&'a self, key: &'a str) -> Reserving<'a> {
+        let settings = &*self.settings;
+        let keys = Keys::new(&settings.prefix, key);
+        let cluster = matches!(self.conn, RedisConnection::Cluster(_));
+        let epoch_key = keys.epoch(cluster);
+        let seen = settings.seen.lock();
+        Reserving {
+            settings,
+            epoch: seen.epochs.get(&epoch_key).cloned().unwrap_or_default(),
+            known: seen.tat.get(key).copied(),
+            keys,
+            cluster,
+            epoch_key,
+        }
+    }
+}
+
 impl Backend for RedisStore {
     async fn reserve(
         &self,
@@ -712,34 +733,13 @@ impl Backend for RedisStore {
             return Ok(Err(e));
         }
         let settings = &*self.settings;
-        let keys = Keys::new(&settings.prefix, call.key);
-        let cluster = matches!(self.conn, RedisConnection::Cluster(_));
-        let epoch_key = keys.epoch(cluster);
-        let (epoch, known) = {
-            let seen = settings.seen.lock();
-            (
-                seen.epochs.get(&epoch_key).cloned().unwrap_or_default(),
-                seen.tat.get(call.key).copied(),
-            )
-        };
-        let ctx = ReserveContext {
-            idle_ms: settings.idle_ms,
-            deadline: settings.deadline(),
-            drained: settings.after_reset == AfterReset::Drained,
-            epoch: &epoch,
-            known,
-        };
-        let args = scripts::reserve_args(&ctx, call)?;
+        let at = self.reserving(call.key);
+        let (keys, cluster, epoch_key) = (&at.keys, at.cluster, &at.epoch_key);
+        let args = scripts::reserve_args(&at.context(), call)?;
         // A reservation whose reply nobody waits for any more (the caller's
         // time limit passed or its future was dropped) is cancelled when the
         // reply comes: it has no owner.
-        let owner = Orphan {
-            store: self.clone(),
-            key: call.key.to_string(),
-            policy: call.policy.clone(),
-            class: call.class,
-            cost: call.cost,
-        };
+        let owner = Orphan::of(self, call);
         // Alone on its key and class, a reservation goes at once; while one
         // is on its way, those that come meanwhile wait for it and then
         // travel together, each placed in its turn as if it came alone.
@@ -863,6 +863,17 @@ struct Orphan {
 }
 
 impl Orphan {
+    /// The owner-to-be of a reservation `call` asks for.
+    fn of(store: &RedisStore, call: &ReserveCall<'_>) -> Self {
+        Orphan {
+            store: store.clone(),
+            key: call.key.to_string(),
+            policy: call.policy.clone(),
+            class: call.class,
+            cost: call.cost,
+        }
+    }
+
     /// Cancels the reservation a reply reports, if it reports one.
     fn cancel(self, reply: &Value) {
         let call = ReserveCall {
