@@ -764,7 +764,7 @@ impl Backend for RedisStore {
         };
         let reply = match queued {
             Ok((args, owner)) => {
-                let inv = scripts::reserve_invocation(&keys, call.class, cluster, [&args]);
+                let inv = scripts::reserve_invocation(keys, call.class, cluster, [&args]);
                 let store = self.clone();
                 let release = Release(Some((self.clone(), lane)));
                 let sent = InFlight::new(
@@ -794,7 +794,7 @@ impl Backend for RedisStore {
                 Err(_) => return Err(timed_out("reserve", settings.timeout)),
             },
         };
-        settings.took(&reply, call, &epoch_key)
+        settings.took(&reply, call, epoch_key)
     }
 
     async fn settle(&self, call: &SettleCall<'_>) -> Result<Settled, StoreError> {
