@@ -10,8 +10,8 @@
 //! store and, with `--store`, with that store too, so this process's CPU time
 //! per request is the gateway's. Overhead = endpoint percentile − direct
 //! percentile at the same rate, the runs of one rate following each other.
-//! With a Redis `--store`, each run through it also reports Redis's calls and
-//! time per request (`INFO commandstats`).
+//! With a Redis `--store`, each run through it also reports Redis's script
+//! calls (`INFO commandstats`) and CPU time (`INFO cpu`) per request.
 
 pub mod generator;
 mod load;
@@ -196,18 +196,22 @@ async fn warm(gen: &mut Generator, e: &Endpoint) -> Result<()> {
     gen.settle(e, SETTLE_LIMIT).await
 }
 
-/// Redis's calls and microseconds so far, all commands.
+/// Redis's script calls and CPU microseconds so far.
 async fn commandstats(conn: &mut redis::aio::MultiplexedConnection) -> Result<(u64, u64)> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .context("INFO commandstats")?;
+    let mut info = String::new();
+    for section in ["commandstats", "cpu"] {
+        let text: String = redis::cmd("INFO")
+            .arg(section)
+            .query_async(conn)
+            .await
+            .with_context(|| format!("INFO {section}"))?;
+        info.push_str(&text);
+    }
     Ok(generator::redis_totals(&info))
 }
 
-/// What one run cost: the gateway process's CPU time, and Redis's calls and
-/// microseconds (for runs through the Redis store).
+/// What one run cost: the gateway process's CPU time, and Redis's script calls
+/// and CPU microseconds (for runs through the Redis store).
 struct Cost {
     cpu: Option<Duration>,
     redis: Option<(u64, u64)>,
@@ -318,7 +322,7 @@ fn ms(d: Duration) -> f64 {
 
 fn header() -> String {
     format!(
-        "{:>7}  {:<16} {:>9} {:>9}  {:>9} {:>9}  {:>7} {:>6} {:>6} {:>7} {:>6}  {:>9}  {:>10} {:>11} {:>10}",
+        "{:>7}  {:<16} {:>9} {:>9}  {:>9} {:>9}  {:>7} {:>6} {:>6} {:>7} {:>6}  {:>9}  {:>10} {:>11} {:>12}",
         "rate/s",
         "endpoint",
         "p50 ms",
@@ -333,7 +337,7 @@ fn header() -> String {
         "done/s",
         "gw cpu µs",
         "redis calls",
-        "redis µs"
+        "redis cpu µs"
     )
 }
 
@@ -365,7 +369,7 @@ fn row(name: &str, r: &Run, direct: &Run, cost: &Cost) -> String {
     let per = |total: f64| total / r.tally.ok.max(1) as f64;
     let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
     s.push_str(&format!(
-        "  {:>10} {:>11} {:>10}",
+        "  {:>10} {:>11} {:>12}",
         or_dash(
             cost.cpu
                 .map(|c| format!("{:.1}", per(c.as_secs_f64() * 1e6)))

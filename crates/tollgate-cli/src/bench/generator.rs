@@ -382,20 +382,28 @@ pub fn cpu_time() -> Option<Duration> {
     None
 }
 
-/// Calls and microseconds Redis has spent on commands so far (`INFO
-/// commandstats`, summed over every command).
+/// Script calls Redis has run so far (`EVALSHA` and `EVAL`, from `INFO
+/// commandstats`) and the CPU time its process has used, in microseconds
+/// (`used_cpu_user` + `used_cpu_sys` of `INFO cpu`): `info` holds both
+/// sections. Commands a script runs are counted in commandstats too, and
+/// inside the script's own time, so the process's CPU is the honest total.
 pub fn redis_totals(info: &str) -> (u64, u64) {
-    let (mut calls, mut usec) = (0, 0);
-    for line in info.lines().filter(|l| l.starts_with("cmdstat_")) {
-        for field in line.split([':', ',']) {
-            if let Some(n) = field.strip_prefix("calls=") {
-                calls += n.parse::<u64>().unwrap_or(0);
-            } else if let Some(n) = field.strip_prefix("usec=") {
-                usec += n.parse::<u64>().unwrap_or(0);
-            }
+    let (mut calls, mut cpu) = (0, 0.0);
+    for line in info.lines().map(str::trim) {
+        if let Some(rest) = line
+            .strip_prefix("cmdstat_evalsha:")
+            .or_else(|| line.strip_prefix("cmdstat_eval:"))
+        {
+            let n = rest.split(',').find_map(|f| f.strip_prefix("calls="));
+            calls += n.and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        } else if let Some(v) = line
+            .strip_prefix("used_cpu_user:")
+            .or_else(|| line.strip_prefix("used_cpu_sys:"))
+        {
+            cpu += v.parse::<f64>().unwrap_or(0.0);
         }
     }
-    (calls, usec)
+    (calls, (cpu * 1e6).round() as u64)
 }
 
 #[cfg(test)]
@@ -404,8 +412,8 @@ mod tests {
 
     #[test]
     fn reads_commandstats() {
-        let info = "# Commandstats\r\ncmdstat_evalsha:calls=300,usec=5100,usec_per_call=17.00,rejected_calls=0,failed_calls=0\r\ncmdstat_time:calls=2,usec=1,usec_per_call=0.50,rejected_calls=0,failed_calls=0\r\n";
-        assert_eq!(redis_totals(info), (302, 5101));
+        let info = "# CPU\r\nused_cpu_sys:1.250000\r\nused_cpu_user:2.500001\r\nused_cpu_sys_children:9.0\r\n# Commandstats\r\ncmdstat_evalsha:calls=300,usec=5100,usec_per_call=17.00,rejected_calls=0,failed_calls=0\r\ncmdstat_hset:calls=290,usec=100,usec_per_call=0.34,rejected_calls=0,failed_calls=0\r\ncmdstat_eval:calls=2,usec=1,usec_per_call=0.50,rejected_calls=0,failed_calls=0\r\n";
+        assert_eq!(redis_totals(info), (302, 3_750_001));
         assert_eq!(redis_totals(""), (0, 0));
     }
 }
