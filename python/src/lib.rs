@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::IntoPyObjectExt;
 use pyo3::sync::PyOnceLock;
@@ -67,6 +67,11 @@ fn raise(py: Python<'_>, name: &str, message: String, attrs: &[(&str, Py<PyAny>)
         Ok(PyErr::from_value(exc))
     };
     make().unwrap_or_else(|e| e)
+}
+
+/// A `ConfigError` (a `ValueError`) with this message.
+fn config_err(message: String) -> PyErr {
+    Python::attach(|py| raise(py, "ConfigError", message, &[]))
 }
 
 /// The Python exception for a library error.
@@ -358,8 +363,8 @@ fn cost(tokens: Option<u64>, input: Option<u64>, output: Option<u64>) -> PyResul
         (Some(t), None, None) => Ok(Cost::tokens(t)),
         (None, None, None) => Ok(Cost::request_only()),
         (None, i, o) => Ok(Cost::split(i.unwrap_or(0), o.unwrap_or(0))),
-        (Some(_), _, _) => Err(PyValueError::new_err(
-            "give either tokens=… or input_tokens=…/output_tokens=…, not both",
+        (Some(_), _, _) => Err(config_err(
+            "give either tokens=… or input_tokens=…/output_tokens=…, not both".into(),
         )),
     }
 }
@@ -399,7 +404,7 @@ fn secs(what: &str, v: f64) -> PyResult<Duration> {
     if v.is_finite() && v >= 0.0 && v < 1e9 {
         Ok(Duration::from_secs_f64(v))
     } else {
-        Err(PyValueError::new_err(format!(
+        Err(config_err(format!(
             "{what} = {v}: a number of seconds >= 0"
         )))
     }
@@ -470,7 +475,7 @@ impl Limiter {
             "closed" => OutagePolicy::Closed,
             "local" => OutagePolicy::Local { share: local_share },
             other => {
-                return Err(PyValueError::new_err(format!(
+                return Err(config_err(format!(
                     "outage = {other:?}: one of \"open\", \"closed\", \"local\""
                 )))
             }
