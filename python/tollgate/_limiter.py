@@ -377,6 +377,8 @@ class _Base:
         if config.is_smoothing_enabled and rps_limit > 0:
             common["window"] = config.smoothing_interval / rps_limit
             common["max_wait"] = None
+            # Each limiter spaces by its own rps, as llmratelimiter's do.
+            common["replace_stored_limits"] = True
             self._spacing = _native.Limiter.connect(url, f"{model}:spacing", rpm=1, **common)
         state, _queue = self._native.redis_keys() or (f"memory:{model}", None)
         self.consumption_key = state
