@@ -23,9 +23,9 @@ use std::time::Duration;
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::IntoPyObjectExt;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList};
+use pyo3::IntoPyObjectExt;
 
 use tollgate::store::RedisOptions;
 use tollgate::{
@@ -114,12 +114,17 @@ fn to_py(py: Python<'_>, e: Error) -> PyErr {
     }
 }
 
+/// Makes a task's Python value (or exception) under the GIL.
+type MakeValue = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>;
+
 /// What a finished task hands to its asyncio future.
+// A permit is what most tasks end with: not boxed, to spare an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Done {
     /// A granted permit; released again if nobody waits for it any more.
     Permit(RateLimiter, Permit),
     /// Any other value (or error), made under the GIL.
-    Value(Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>),
+    Value(MakeValue),
 }
 
 impl Done {
@@ -165,8 +170,8 @@ struct Bridge {
 impl Bridge {
     #[new]
     fn new() -> PyResult<Self> {
-        let (reader, writer) = UnixStream::pair()
-            .map_err(|e| PyRuntimeError::new_err(format!("socketpair: {e}")))?;
+        let (reader, writer) =
+            UnixStream::pair().map_err(|e| PyRuntimeError::new_err(format!("socketpair: {e}")))?;
         reader.set_nonblocking(true)?;
         writer.set_nonblocking(true)?;
         Ok(Bridge {
@@ -196,7 +201,8 @@ impl Bridge {
             }
         }
         self.shared.signaled.store(false, Ordering::SeqCst);
-        let items = std::mem::take(&mut *self.shared.queue.lock().unwrap_or_else(|p| p.into_inner()));
+        let items =
+            std::mem::take(&mut *self.shared.queue.lock().unwrap_or_else(|p| p.into_inner()));
         for (fut, done) in items {
             let fut = fut.bind(py);
             if fut.call_method0("done")?.is_truthy()? {
@@ -209,9 +215,7 @@ impl Bridge {
                 continue;
             }
             let outcome = match done {
-                Done::Permit(_, permit) => {
-                    Py::new(py, NativePermit::new(permit)).map(Py::into_any)
-                }
+                Done::Permit(_, permit) => Py::new(py, NativePermit::new(permit)).map(Py::into_any),
                 Done::Value(make) => make(py),
             };
             match outcome {
@@ -352,7 +356,7 @@ impl NativePermit {
     }
 
     /// The permit as a token (consumes it).
-    fn into_token(&self) -> PyResult<String> {
+    fn token(&self) -> PyResult<String> {
         Ok(self.take()?.into_token())
     }
 }
@@ -369,7 +373,10 @@ fn cost(tokens: Option<u64>, input: Option<u64>, output: Option<u64>) -> PyResul
     }
 }
 
-fn settlement(s: Settlement) -> ([f64; 4], [f64; 4]) {
+/// Charged and refunded units per dimension.
+type Settled = ([f64; 4], [f64; 4]);
+
+fn settlement(s: Settlement) -> Settled {
     (s.charged, s.refunded)
 }
 
@@ -401,7 +408,7 @@ fn status_row(s: tollgate::Status) -> StatusRow {
 }
 
 fn secs(what: &str, v: f64) -> PyResult<Duration> {
-    if v.is_finite() && v >= 0.0 && v < 1e9 {
+    if (0.0..1e9).contains(&v) {
         Ok(Duration::from_secs_f64(v))
     } else {
         Err(config_err(format!(
@@ -569,7 +576,8 @@ impl Limiter {
         priority: u8,
         max_wait: Option<f64>,
     ) -> PyResult<Task> {
-        let (cost, options) = self.request(tokens, input_tokens, output_tokens, priority, max_wait)?;
+        let (cost, options) =
+            self.request(tokens, input_tokens, output_tokens, priority, max_wait)?;
         let limiter = self.inner.clone();
         Ok(spawn(bridge, fut, async move {
             match limiter.acquire_with(cost, options).await {
@@ -590,7 +598,8 @@ impl Limiter {
         priority: u8,
         max_wait: Option<f64>,
     ) -> PyResult<NativePermit> {
-        let (cost, options) = self.request(tokens, input_tokens, output_tokens, priority, max_wait)?;
+        let (cost, options) =
+            self.request(tokens, input_tokens, output_tokens, priority, max_wait)?;
         match block(py, self.inner.acquire_with(cost, options))? {
             Ok(p) => Ok(NativePermit::new(p)),
             Err(e) => Err(to_py(py, e)),
@@ -624,7 +633,7 @@ impl Limiter {
         input_tokens: Option<u64>,
         output_tokens: Option<u64>,
         cancel: bool,
-    ) -> PyResult<([f64; 4], [f64; 4])> {
+    ) -> PyResult<Settled> {
         let work = self.settling(permit, tokens, input_tokens, output_tokens, cancel)?;
         block(py, work)?.map_err(|e| to_py(py, e))
     }
@@ -659,7 +668,7 @@ impl Limiter {
         input_tokens: Option<u64>,
         output_tokens: Option<u64>,
         cancel: bool,
-    ) -> PyResult<([f64; 4], [f64; 4])> {
+    ) -> PyResult<Settled> {
         let usage = cost(tokens, input_tokens, output_tokens)?;
         block(py, token_settling(self.inner.clone(), token, usage, cancel))?
             .map_err(|e| to_py(py, e))
@@ -739,7 +748,7 @@ impl Limiter {
         input: Option<u64>,
         output: Option<u64>,
         cancel: bool,
-    ) -> PyResult<impl Future<Output = Result<([f64; 4], [f64; 4]), Error>> + Send + 'static> {
+    ) -> PyResult<impl Future<Output = Result<Settled, Error>> + Send + 'static> {
         let usage = cost(tokens, input, output)?;
         let p = permit.take()?;
         let slot = permit.permit.clone();
@@ -776,7 +785,7 @@ async fn token_settling(
     token: String,
     usage: Cost,
     cancel: bool,
-) -> Result<([f64; 4], [f64; 4]), Error> {
+) -> Result<Settled, Error> {
     if cancel {
         limiter.cancel_token(&token).await.map(settlement)
     } else {

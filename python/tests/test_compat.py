@@ -195,13 +195,15 @@ def test_readme_examples_run_unchanged(name, lib, shared_redis, key):
         assert status.tokens_limit == 100_000
         if lib is tollgate:  # the combined bucket holds input + 5 × output
             st = asyncio.run(limiter.status())
-            assert st.dimensions["tokens"].in_use == pytest.approx(8000, abs=2)
+            # (less what refilled since: 1,667 tokens/s)
+            assert 7500 < st.dimensions["tokens"].in_use <= 8000
     if name == "split":
         result = found["result"]
         assert isinstance(result.record_id, str) and result.queue_position == 0 and result.wait_time < 0.01
         assert status.output_tokens_limit == 128_000
         if lib is tollgate:  # the adjusted output is what stays charged
-            assert status.output_tokens_used == pytest.approx(1500, abs=2)
+            # (not the 2,048 estimated; less what refilled since: 2,133/s)
+            assert 1300 < status.output_tokens_used <= 1500
 
 
 def test_rate_limit_config_and_get_status_fields(lib, shared_redis, key):
@@ -216,7 +218,7 @@ def test_rate_limit_config_and_get_status_fields(lib, shared_redis, key):
         s = await limiter.get_status()
         assert isinstance(s, lib.RateLimitStatus)
         assert (s.model, s.window_seconds, s.tokens_limit, s.requests_limit) == (f"{key}-{lib.__name__}", 60, 10_000, 10)
-        assert s.tokens_used == pytest.approx(5000, abs=5) and s.requests_used == 1 and s.queue_depth == 0
+        assert 4500 < s.tokens_used <= 5000 and s.requests_used == 1 and s.queue_depth == 0
         await client.aclose()
 
     asyncio.run(main())

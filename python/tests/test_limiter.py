@@ -55,11 +55,12 @@ async def _depth_is(lim, n):
 
 def test_split_limits_refuse_what_one_side_cannot_take(shared_redis, key):
     async def main():
-        lim = RateLimiter(shared_redis.url, key, input_tpm=1000, output_tpm=100, smooth_requests=False)
+        lim = RateLimiter(shared_redis.url, key, input_tpm=1000, output_tpm=100, window_seconds=3600,
+                          smooth_requests=False)
         await lim.acquire(input_tokens=10, output_tokens=100)
         with pytest.raises(RateLimited) as e:
             await lim.acquire(input_tokens=10, output_tokens=1, max_wait=0)
-        assert 0.5 < e.value.retry_after < 0.7  # one output token of 100/min
+        assert 35.9 < e.value.retry_after < 36.1  # one output token of 100/hour
         # The input side still has room: a request with no output starts at once.
         p = await lim.try_acquire(input_tokens=900, output_tokens=0)
         assert p.wait_time == 0
@@ -75,7 +76,7 @@ def test_split_limits_refuse_what_one_side_cannot_take(shared_redis, key):
 
 def test_burndown_weighs_output_tokens(shared_redis, key):
     async def main():
-        lim = RateLimiter(shared_redis.url, key, tpm=1000, burndown_rate=5.0, smooth_requests=False)
+        lim = RateLimiter(shared_redis.url, key, tpm=1000, burndown_rate=5.0, window_seconds=3600, smooth_requests=False)
         await lim.acquire(input_tokens=100, output_tokens=100)
         assert (await lim.status()).dimensions["tokens"].in_use == pytest.approx(600, abs=1)
         # tokens= is taken as already weighed (as llmratelimiter does).
@@ -89,7 +90,7 @@ def test_burndown_weighs_output_tokens(shared_redis, key):
 
 def test_settling_below_the_estimate_refunds_it(shared_redis, key):
     async def main():
-        lim = RateLimiter(shared_redis.url, key, tpm=1000, smooth_requests=False)
+        lim = RateLimiter(shared_redis.url, key, tpm=1000, window_seconds=3600, smooth_requests=False)
         p = await lim.acquire(input_tokens=100, output_tokens=700)
         with pytest.raises(RateLimited):
             await lim.acquire(tokens=700, max_wait=0)
@@ -102,12 +103,12 @@ def test_settling_below_the_estimate_refunds_it(shared_redis, key):
 
         # llmratelimiter's adjust through record_id, from another limiter
         # object (as another process would): refunds once.
-        q = await lim.acquire(input_tokens=0, output_tokens=200)
-        other = RateLimiter(shared_redis.url, key, tpm=1000, smooth_requests=False)
+        q = await lim.acquire(input_tokens=0, output_tokens=100, max_wait=0)  # fills the bucket
+        other = RateLimiter(shared_redis.url, key, tpm=1000, window_seconds=3600, smooth_requests=False)
         before = (await lim.status()).dimensions["tokens"].in_use
-        await other.adjust(q.record_id, actual_output=50)
+        await other.adjust(q.record_id, actual_output=25)
         after = (await lim.status()).dimensions["tokens"].in_use
-        assert before - after == pytest.approx(150, abs=2)
+        assert before - after == pytest.approx(75, abs=1)
         await other.adjust(q.record_id, actual_output=0)  # a second adjust changes nothing
         assert (await lim.status()).dimensions["tokens"].in_use <= after
 
@@ -116,7 +117,7 @@ def test_settling_below_the_estimate_refunds_it(shared_redis, key):
 
 def test_cancelling_the_awaiting_task_releases_its_reservation(shared_redis, key):
     async def main():
-        lim = RateLimiter(shared_redis.url, key, rpm=2, smooth_requests=False)
+        lim = RateLimiter(shared_redis.url, key, rpm=2, window_seconds=3600, smooth_requests=False)
         await lim.acquire(tokens=0)
         await lim.acquire(tokens=0)
         queue_key = lim._native.redis_keys()[1]
@@ -138,7 +139,7 @@ def test_cancelling_the_awaiting_task_releases_its_reservation(shared_redis, key
 
 def test_wait_for_timeout_releases_too(shared_redis, key):
     async def main():
-        lim = RateLimiter(shared_redis.url, key, rpm=1, smooth_requests=False)
+        lim = RateLimiter(shared_redis.url, key, rpm=1, window_seconds=3600, smooth_requests=False)
         await lim.acquire(tokens=0)
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(lim.acquire(tokens=0), 0.3)
@@ -193,7 +194,7 @@ def test_priority_classes_keep_headroom_for_the_top_class(shared_redis, key):
 
 def test_limit_settles_from_the_response_usage(shared_redis, key):
     async def main():
-        lim = RateLimiter(shared_redis.url, key, tpm=10_000, smooth_requests=False)
+        lim = RateLimiter(shared_redis.url, key, tpm=10_000, window_seconds=3600, smooth_requests=False)
         async with lim.limit(input_tokens=1000, output_tokens=2000) as permit:
             assert (await lim.status()).dimensions["tokens"].in_use == pytest.approx(3000, abs=2)
             response = SimpleNamespace(usage=SimpleNamespace(prompt_tokens=1000, completion_tokens=150))

@@ -178,7 +178,7 @@ class Permit(AcquireResult):
         """The permit as a token for ``adjust``/``settle`` from anywhere
         (reading it consumes the permit's in-process form)."""
         if self._token is None:
-            token = self._native.into_token()
+            token = self._native.token()
             self._token = f"{token}~{self._estimate[0]},{self._estimate[1]}"
         return self._token
 
