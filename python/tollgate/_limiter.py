@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from asyncio import get_running_loop as _running_loop
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -16,12 +17,18 @@ from ._errors import ConfigError, TokenError, TollgateError
 _bridges: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
 
 
+_last: List[Any] = [None, None]  # the last loop and its bridge, checked first
+
+
 def _bridge(loop: asyncio.AbstractEventLoop) -> Any:
+    if _last[0] is loop:
+        return _last[1]
     bridge = _bridges.get(loop)
     if bridge is None:
         bridge = _native.Bridge()
         loop.add_reader(bridge.fileno(), bridge.drain)
         _bridges[loop] = bridge
+    _last[0], _last[1] = loop, bridge
     return bridge
 
 
@@ -535,8 +542,25 @@ class RateLimiter(_Base):
             QueueFull: the queue is at ``max_queue``.
             StoreUnavailable: Redis is down and the outage policy is ``closed``.
         """
-        args, estimate = self._cost(tokens, input_tokens, output_tokens)
-        native = await _call(self._native, "acquire", priority=priority, max_wait=max_wait, **args)
+        # The hot path, inlined: one native call and one future per acquire.
+        if tokens is not None:
+            if input_tokens is not None:
+                raise ValueError("Cannot specify both tokens and input_tokens")
+            estimate = (tokens, 0)
+        elif input_tokens is None:
+            raise ValueError("Must specify either tokens or input_tokens")
+        else:
+            estimate = (input_tokens, output_tokens or 0)
+        loop = _running_loop()
+        fut = loop.create_future()
+        task = self._native.acquire(_bridge(loop), fut, None, estimate[0], estimate[1], priority, max_wait)
+        try:
+            native = await fut
+        except asyncio.CancelledError:
+            task.cancel()
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                _release(self._native, fut.result())
+            raise
         permit = Permit(native, estimate)
         if self._spacing is not None:
             try:

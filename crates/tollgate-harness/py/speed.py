@@ -1,4 +1,5 @@
-"""Speed of the Python llmratelimiter, driven by tollgate-harness speed.
+"""Speed of the Python llmratelimiter (and of tollgate for Python, which
+takes the same calls: "lib": "tollgate"), driven by tollgate-harness speed.
 
 Usage: python speed.py '<json>'   (prints one JSON object)
 
@@ -7,16 +8,17 @@ Usage: python speed.py '<json>'   (prints one JSON object)
     that nobody waits; reports the count and latency quantiles (ms).
 {"mode": "fill", "url", "key", "fill", "samples", "max_secs", "window"}
     puts `fill` records in the key's window (as acquire() writes them), then
-    times `samples` sequential acquires (stopping after `max_secs`).
+    times `samples` sequential acquires (stopping after `max_secs`); tollgate
+    gets its `fill` reservations from acquire() itself.
 """
 
 import asyncio
+import importlib
 import json
 import random
 import sys
 import time
 
-from llmratelimiter import RateLimiter
 
 
 def quantiles(lat):
@@ -26,6 +28,7 @@ def quantiles(lat):
 
 
 def limiter(cfg, connections):
+    RateLimiter = importlib.import_module(cfg.get("lib", "llmratelimiter")).RateLimiter
     return RateLimiter(
         cfg["url"], cfg["key"], tpm=10**12, rpm=10**9, window_seconds=cfg["window"],
         smooth_requests=False, max_connections=max(10, connections),
@@ -52,9 +55,17 @@ async def throughput(cfg):
 
 async def fill(cfg):
     lim = limiter(cfg, 1)
+    if cfg.get("lib") == "tollgate":
+        per_task = -(-cfg["fill"] // 64)
+
+        async def fill_some(count):
+            for _ in range(count):
+                await lim.acquire(tokens=1)
+
+        await asyncio.gather(*(fill_some(max(0, min(per_task, cfg["fill"] - t * per_task))) for t in range(64)))
     now = time.time()
     key = lim.consumption_key
-    for start in range(0, cfg["fill"], 5000):
+    for start in range(0, cfg["fill"] if cfg.get("lib") != "tollgate" else 0, 5000):
         pipe = lim.redis.pipeline(transaction=False)
         for i in range(start, min(cfg["fill"], start + 5000)):
             member = json.dumps({
