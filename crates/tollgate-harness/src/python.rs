@@ -118,3 +118,68 @@ pub fn ensure() -> anyhow::Result<PythonEnv> {
         speed,
     })
 }
+
+/// The Python package of this repository (`python/`).
+const PACKAGE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../python");
+
+/// Builds tollgate for Python (`python/`, release, with maturin) and installs
+/// it into the harness's virtualenv, so that the speed run measures today's
+/// code beside `llmratelimiter`. maturin's build is incremental: a few
+/// seconds when nothing changed.
+pub fn ensure_tollgate(env: &PythonEnv) -> anyhow::Result<()> {
+    let has_maturin = Command::new(&env.python)
+        .args(["-c", "import maturin"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !has_maturin {
+        let ok = Command::new(&env.python)
+            .args(["-m", "pip", "install", "-q", "maturin>=1.5,<2"])
+            .status()
+            .context("running pip install maturin")?;
+        if !ok.success() {
+            bail!("pip install maturin failed (is PyPI reachable?)");
+        }
+    }
+    let wheels = harness_dir()?.join("wheels");
+    let _ = std::fs::remove_dir_all(&wheels);
+    eprintln!("building tollgate for Python (release) ...");
+    let ok = Command::new(&env.python)
+        .args([
+            "-m",
+            "maturin",
+            "build",
+            "--quiet",
+            "--release",
+            "--manifest-path",
+        ])
+        .arg(Path::new(PACKAGE).join("Cargo.toml"))
+        .arg("--out")
+        .arg(&wheels)
+        .env("PYO3_PYTHON", &env.python)
+        .status()
+        .context("running maturin build")?;
+    if !ok.success() {
+        bail!("maturin build of {PACKAGE} failed");
+    }
+    let wheel = std::fs::read_dir(&wheels)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .context("maturin built no wheel")?;
+    let ok = Command::new(&env.python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--force-reinstall",
+            "--no-deps",
+        ])
+        .arg(&wheel)
+        .status()
+        .context("running pip install of the tollgate wheel")?;
+    if !ok.success() {
+        bail!("pip install {} failed", wheel.display());
+    }
+    Ok(())
+}

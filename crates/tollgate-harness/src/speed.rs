@@ -107,6 +107,12 @@ pub struct SpeedReport {
     pub redis_ceiling: (f64, f64, f64),
     /// Concurrency 1 again, caller and Redis on one core.
     pub one_core: Option<OneCore>,
+    /// tollgate for Python (`python/`), by concurrency, beside the others.
+    #[serde(default)]
+    pub tollgate_python: Vec<(usize, Throughput)>,
+    /// tollgate for Python by fill: p50, p99 ms (reservations in the window).
+    #[serde(default)]
+    pub tollgate_python_fills: Vec<(usize, (f64, f64))>,
 }
 
 impl SpeedReport {
@@ -169,13 +175,64 @@ impl SpeedReport {
             )
         });
         format!(
-            "{}\n{}\nredis-benchmark EVALSHA reserve.lua: 1 client {:.0}/s; 50 clients {:.0}/s unpipelined, {:.0}/s with -P 16{one_core}\n",
+            "{}\n{}\n{}redis-benchmark EVALSHA reserve.lua: 1 client {:.0}/s; 50 clients {:.0}/s unpipelined, {:.0}/s with -P 16{one_core}\n",
             t.render(),
             f.render(),
+            self.python_tables(),
             self.redis_ceiling.0,
             self.redis_ceiling.1,
             self.redis_ceiling.2
         )
+    }
+}
+
+impl SpeedReport {
+    /// tollgate for Python beside the Rust library and llmratelimiter (empty
+    /// when it was not run).
+    fn python_tables(&self) -> String {
+        if self.tollgate_python.is_empty() {
+            return String::new();
+        }
+        let mut t = Table::new(&[
+            "concurrency",
+            "Rust library acquires/s",
+            "tollgate for Python acquires/s",
+            "its p50 / p99 / p99.9 (ms)",
+            "llmratelimiter acquires/s",
+            "Rust / Python",
+            "Python / llmratelimiter",
+        ]);
+        for (c, py) in &self.tollgate_python {
+            let row = self.throughput.iter().find(|r| r.0 == *c);
+            let rust = row.map_or(0.0, |r| r.1.per_sec);
+            let llm = row.and_then(|r| r.2).map(|p| p.per_sec);
+            t.row(&[
+                c.to_string(),
+                format!("{rust:.0}"),
+                format!("{:.0}", py.per_sec),
+                format!("{:.3} / {:.3} / {:.3}", py.p50, py.p99, py.p999),
+                llm.map_or("-".into(), |l| format!("{l:.0}")),
+                format!("{:.2}×", rust / py.per_sec.max(1e-9)),
+                llm.map_or("-".into(), |l| format!("{:.0}×", py.per_sec / l.max(1e-9))),
+            ]);
+        }
+        let mut f = Table::new(&[
+            "live reservations",
+            "Rust library p50 / p99 (ms)",
+            "tollgate for Python p50 / p99 (ms)",
+            "llmratelimiter p50 / p99 (ms)",
+        ]);
+        let pair = |p: (f64, f64)| format!("{:.3} / {:.3}", p.0, p.1);
+        for (n, py) in &self.tollgate_python_fills {
+            let row = self.fills.iter().find(|r| r.fill == *n);
+            f.row(&[
+                n.to_string(),
+                row.map_or("-".into(), |r| pair(r.tollgate_window)),
+                pair(*py),
+                row.and_then(|r| r.python).map_or("-".into(), pair),
+            ]);
+        }
+        format!("{}\n{}\n", t.render(), f.render())
     }
 }
 
@@ -189,7 +246,9 @@ pub fn run(opts: &SpeedOptions) -> anyhow::Result<SpeedReport> {
         .enable_all()
         .build()?;
     let python = if opts.python {
-        Some(crate::python::ensure()?)
+        let env = crate::python::ensure()?;
+        crate::python::ensure_tollgate(&env)?;
+        Some(env)
     } else {
         None
     };
@@ -226,6 +285,11 @@ pub fn run(opts: &SpeedOptions) -> anyhow::Result<SpeedReport> {
             None => None,
         };
         report.throughput.push((c, tg, py));
+        if let Some(env) = &python {
+            let key = format!("speed-py-c{c}");
+            let p = python_throughput_of(env, "tollgate", &url, &key, c, opts.secs, None)?;
+            report.tollgate_python.push((c, p));
+        }
         if c == 1 && opts.one_core {
             report.one_core = Some(one_core(&redis, python.as_ref(), opts)?);
         }
@@ -250,6 +314,22 @@ pub fn run(opts: &SpeedOptions) -> anyhow::Result<SpeedReport> {
             }
             None => None,
         };
+        if let Some(env) = &python {
+            let v = run_python(
+                env,
+                None,
+                serde_json::json!({
+                    "mode": "fill", "url": url, "key": format!("fill-py-{n}"), "fill": n,
+                    "samples": opts.samples, "max_secs": 15, "window": 60, "lib": "tollgate",
+                }),
+            )?;
+            let p = (
+                v["p50"].as_f64().unwrap_or(0.0),
+                v["p99"].as_f64().unwrap_or(0.0),
+            );
+            eprintln!("fill {n}: tollgate for Python {p:?} (p50, p99 ms)");
+            report.tollgate_python_fills.push((n, p));
+        }
         eprintln!(
             "fill {n}: tollgate window {window:?} queued {queued:?} python {py:?} (p50, p99 ms)"
         );
@@ -315,12 +395,26 @@ fn python_throughput(
     secs: f64,
     cpu: Option<usize>,
 ) -> anyhow::Result<Throughput> {
+    python_throughput_of(env, "llmratelimiter", url, key, c, secs, cpu)
+}
+
+/// [`python_throughput`] of `lib`: `llmratelimiter`, or `tollgate` (for
+/// Python), which takes the same calls.
+fn python_throughput_of(
+    env: &crate::python::PythonEnv,
+    lib: &str,
+    url: &str,
+    key: &str,
+    c: usize,
+    secs: f64,
+    cpu: Option<usize>,
+) -> anyhow::Result<Throughput> {
     let v = run_python(
         env,
         cpu,
         serde_json::json!({
             "mode": "throughput", "url": url, "key": key,
-            "concurrency": c, "secs": secs, "window": 1,
+            "concurrency": c, "secs": secs, "window": 1, "lib": lib,
         }),
     )?;
     let count = v["count"].as_f64().unwrap_or(0.0);
@@ -333,7 +427,7 @@ fn python_throughput(
     };
     let placed = cpu.map_or(String::new(), |cpu| format!(" on core {cpu} with Redis"));
     eprintln!(
-        "llmratelimiter c={c}{placed}: {:.0}/s p50 {:.3} ms p99 {:.3} ms",
+        "{lib} (Python) c={c}{placed}: {:.0}/s p50 {:.3} ms p99 {:.3} ms",
         p.per_sec, p.p50, p.p99
     );
     Ok(p)
