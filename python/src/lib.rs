@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use pyo3::exceptions::PyRuntimeError;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList};
@@ -205,7 +206,7 @@ impl Bridge {
             std::mem::take(&mut *self.shared.queue.lock().unwrap_or_else(|p| p.into_inner()));
         for (fut, done) in items {
             let fut = fut.bind(py);
-            if fut.call_method0("done")?.is_truthy()? {
+            if fut.call_method0(intern!(py, "done"))?.is_truthy()? {
                 // Cancelled while the outcome was on its way: give it back.
                 if let Done::Permit(limiter, permit) = done {
                     runtime().spawn(async move {
@@ -219,8 +220,8 @@ impl Bridge {
                 Done::Value(make) => make(py),
             };
             match outcome {
-                Ok(v) => fut.call_method1("set_result", (v,))?,
-                Err(e) => fut.call_method1("set_exception", (e.value(py),))?,
+                Ok(v) => fut.call_method1(intern!(py, "set_result"), (v,))?,
+                Err(e) => fut.call_method1(intern!(py, "set_exception"), (e.value(py),))?,
             };
         }
         Ok(())
