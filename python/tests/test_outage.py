@@ -14,6 +14,14 @@ FAST = dict(retry_config=RetryConfig(max_retries=1, base_delay=0.01, max_delay=0
             connect_timeout=0.2, smooth_requests=False)
 
 
+async def store_decides_again(lim):
+    """Acquires until Redis decides again (within 5 s of its restart)."""
+    deadline = time.monotonic() + 5
+    while (await lim.acquire(tokens=0)).source != "store":
+        assert time.monotonic() < deadline, "Redis never decided again"
+        await asyncio.sleep(0.05)
+
+
 def test_open_lets_calls_through_and_redis_decides_again_after_a_restart(redis_server, key):
     redis = redis_server()
 
@@ -33,10 +41,7 @@ def test_open_lets_calls_through_and_redis_decides_again_after_a_restart(redis_s
         assert e.value.policy is None
         assert (await lim.get_status()).requests_used == 0  # zeros, as llmratelimiter
         redis.start()
-        deadline = time.monotonic() + 5
-        while (await lim.acquire(tokens=0)).source != "store":
-            assert time.monotonic() < deadline, "Redis never decided again"
-            await asyncio.sleep(0.05)
+        await store_decides_again(lim)
         assert lim.stats()["outage_open"] >= 1
 
     asyncio.run(main())
@@ -102,9 +107,6 @@ def test_a_limiter_made_while_redis_is_down_applies_its_policy_until_it_is_up(re
         lim = RateLimiter(redis.url, key, rpm=100, outage="open", **FAST)
         assert (await lim.acquire(tokens=0)).source == "open"
         redis.start()
-        deadline = time.monotonic() + 5
-        while (await lim.acquire(tokens=0)).source != "store":
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        await store_decides_again(lim)
 
     asyncio.run(main())

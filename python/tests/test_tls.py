@@ -32,7 +32,11 @@ def test_rediss_through_a_connection_manager_and_a_redis_py_client(tls_redis, ce
     manager = RedisConnectionManager(tls_redis.url, ssl_ca_certs=str(certs.ca), retry_config=RetryConfig(max_retries=1))
     _use(RateLimiter(manager, key, tpm=1000, window_seconds=3600, smooth_requests=False))
     redis_asyncio = pytest.importorskip("redis.asyncio")
-    client = redis_asyncio.Redis(host="127.0.0.1", port=tls_redis.port, ssl=True, ssl_ca_certs=str(certs.ca))
+
+    async def make_client():  # older redis-py wants a running loop for it
+        return redis_asyncio.Redis(host="127.0.0.1", port=tls_redis.port, ssl=True, ssl_ca_certs=str(certs.ca))
+
+    client = asyncio.run(make_client())
     _use(RateLimiter(client, key + "-c", tpm=1000, window_seconds=3600, smooth_requests=False))
 
 
