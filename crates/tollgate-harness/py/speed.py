@@ -48,9 +48,23 @@ async def throughput(cfg):
             lat.append(time.perf_counter() - t)
 
     start = time.perf_counter()
+    cpu, process_cpu, redis_cpu = time.thread_time(), time.process_time(), await redis_seconds(lim)
     await asyncio.gather(*(task() for _ in range(cfg["concurrency"])))
     elapsed = time.perf_counter() - start
-    return {"count": len(lat), "secs": elapsed, **quantiles(lat)}
+    # Cores kept busy: the event loop's own thread, the whole process (with
+    # tollgate's runtime threads) and redis-server (1.0 = a whole core).
+    busy = {
+        "loop_cpu": (time.thread_time() - cpu) / elapsed,
+        "process_cpu": (time.process_time() - process_cpu) / elapsed,
+        "redis_cpu": (await redis_seconds(lim) - redis_cpu) / elapsed,
+    }
+    return {"count": len(lat), "secs": elapsed, **busy, **quantiles(lat)}
+
+
+async def redis_seconds(lim):
+    """CPU seconds redis-server has used (user + system)."""
+    info = await lim.redis.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 async def fill(cfg):
