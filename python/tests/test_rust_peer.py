@@ -37,14 +37,15 @@ def peer_binary() -> str:
 
 def test_rust_and_python_callers_share_one_fifo_queue(shared_redis, key):
     peer = subprocess.Popen(
-        [peer_binary(), shared_redis.url, key, "4", "1"],
+        [peer_binary(), shared_redis.url, key, "4", "2"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
     )
     try:
         assert peer.stdout.readline().strip() == "ready"
 
         async def main():
-            lim = RateLimiter(shared_redis.url, key, rpm=4, window_seconds=1, smooth_requests=False)
+            # One request per 0.5 s: all six stay queued while they arrive.
+            lim = RateLimiter(shared_redis.url, key, rpm=4, window_seconds=2, smooth_requests=False)
             for _ in range(4):  # drain the bucket: from here on everyone queues
                 await lim.acquire(tokens=0)
             python_grants = {}
@@ -85,9 +86,9 @@ def test_rust_and_python_callers_share_one_fifo_queue(shared_redis, key):
         slots = [grants[label][0] for label in order]
         positions = [grants[label][1] for label in order]
         # One queue: each caller was queued behind all the earlier ones,
-        # whichever process they came from, and starts 0.25 s after the last.
+        # whichever process they came from, and starts 0.5 s after the last.
         assert positions == list(range(6)), (order, grants)
-        assert all(b - a == pytest.approx(0.25, abs=0.01) for a, b in zip(slots, slots[1:])), (order, grants)
+        assert all(b - a == pytest.approx(0.5, abs=0.01) for a, b in zip(slots, slots[1:])), (order, grants)
     finally:
         if peer.poll() is None:
             peer.kill()
