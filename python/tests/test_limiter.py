@@ -248,3 +248,28 @@ def test_bad_settings_are_refused_with_their_name(shared_redis, key):
     del lim
     with pytest.raises(tollgate.TokenError):
         asyncio.run(RateLimiter(shared_redis.url, key, rpm=10, smooth_requests=False).settle("nonsense", tokens=1))
+
+
+def test_a_permit_that_arrives_for_a_cancelled_future_is_given_back(shared_redis, key):
+    from tollgate import _native
+    from tollgate._limiter import _bridge
+
+    async def main():
+        lim = RateLimiter(shared_redis.url, key, rpm=10, window_seconds=3600, smooth_requests=False)
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        # The call goes on (its task is not stopped); its future is cancelled
+        # before the permit can arrive, as when the awaiting task is cancelled
+        # just as Redis answers.
+        lim._native.acquire(_bridge(loop), fut, None, 0, 0, 0, None)
+        fut.cancel()
+
+        async def given_back():
+            st = await lim.status()
+            return lim.stats()["granted"] == 1 and st.dimensions["requests"].in_use < 0.01
+
+        assert await wait_for(given_back), (lim.stats(), await lim.status())
+        assert isinstance(await lim.acquire(tokens=0), tollgate.Permit)
+        assert _native.TOKEN_LIFETIME == 3600
+
+    asyncio.run(main())
