@@ -14,6 +14,13 @@ FAST = dict(retry_config=RetryConfig(max_retries=1, base_delay=0.01, max_delay=0
             connect_timeout=0.2, smooth_requests=False)
 
 
+async def working_limiter(redis, key, outage):
+    """A limiter on `redis` that has had one call decided by it."""
+    lim = RateLimiter(redis.url, key, rpm=100, outage=outage, **FAST)
+    assert (await lim.acquire(tokens=0)).source == "store"
+    return lim
+
+
 async def store_decides_again(lim):
     """Acquires until Redis decides again (within 5 s of its restart)."""
     deadline = time.monotonic() + 5
@@ -26,8 +33,7 @@ def test_open_lets_calls_through_and_redis_decides_again_after_a_restart(redis_s
     redis = redis_server()
 
     async def main():
-        lim = RateLimiter(redis.url, key, rpm=100, outage="open", **FAST)
-        assert (await lim.acquire(tokens=0)).source == "store"
+        lim = await working_limiter(redis, key, "open")
         redis.kill()
         t = time.monotonic()
         p = await lim.acquire(tokens=0)
@@ -51,8 +57,7 @@ def test_closed_refuses_with_store_unavailable(redis_server, key):
     redis = redis_server()
 
     async def main():
-        lim = RateLimiter(redis.url, key, rpm=100, outage="closed", **FAST)
-        await lim.acquire(tokens=0)
+        lim = await working_limiter(redis, key, "closed")
         redis.kill()
         t = time.monotonic()
         with pytest.raises(StoreUnavailable) as e:
@@ -85,8 +90,7 @@ def test_a_paused_redis_does_not_hang_acquire(redis_server, key):
     redis = redis_server()
 
     async def main():
-        lim = RateLimiter(redis.url, key, rpm=100, outage="closed", **FAST)
-        await lim.acquire(tokens=0)
+        lim = await working_limiter(redis, key, "closed")
         redis.pause()
         try:
             t = time.monotonic()
