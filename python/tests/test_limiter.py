@@ -245,6 +245,18 @@ def test_bad_settings_are_refused_with_their_name(shared_redis, key):
     lim = RateLimiter(shared_redis.url, key, rpm=10, smooth_requests=False)
     with pytest.raises(tollgate.LimitsConflict):
         RateLimiter(shared_redis.url, key, rpm=20, smooth_requests=False)
+    async def bad_calls():
+        with pytest.raises((OverflowError, ValueError)):
+            await lim.acquire(tokens=-1)
+        with pytest.raises(tollgate.ConfigError, match="class"):
+            await lim.acquire(tokens=1, priority=3)  # one class only
+        with pytest.raises(tollgate.ConfigError, match="max_wait"):
+            await lim.acquire(tokens=1, max_wait=-1.0)
+        with pytest.raises(ValueError, match="both"):
+            await lim.acquire(tokens=1, input_tokens=1)
+        assert (await lim.status()).queue_depth == 0
+
+    asyncio.run(bad_calls())
     del lim
     with pytest.raises(tollgate.TokenError):
         asyncio.run(RateLimiter(shared_redis.url, key, rpm=10, smooth_requests=False).settle("nonsense", tokens=1))
