@@ -172,6 +172,7 @@ impl Gateway {
                         context_window: m.context_window,
                         default_max_tokens: m.default_max_tokens,
                         tokenizer,
+                        hold: crate::proxy::Hold::new(&format!("model:{pname}/{mname}")),
                     }),
                 );
             }

@@ -39,6 +39,8 @@ pub struct Model {
     pub default_max_tokens: u64,
     /// How input is counted.
     pub tokenizer: Tokenizer,
+    /// The pause an upstream's `Retry-After` asked for, shared through the store.
+    pub hold: crate::proxy::Hold,
 }
 
 impl Model {

@@ -77,13 +77,20 @@ impl Config {
         if self.server.max_body_bytes < 1024 {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));
         }
-        if !(self.server.upstream_timeout_secs > 0.0
-            && self.server.upstream_timeout_secs <= 86_400.0)
-        {
-            return Err(invalid(
-                "server.upstream_timeout_secs",
-                "must be a number of seconds in (0, 86400]",
-            ));
+        for (field, secs) in [
+            ("server.upstream_timeout_secs", self.server.upstream_timeout_secs),
+            (
+                "server.upstream_first_byte_timeout_secs",
+                self.server.upstream_first_byte_timeout_secs,
+            ),
+            (
+                "server.upstream_idle_timeout_secs",
+                self.server.upstream_idle_timeout_secs,
+            ),
+        ] {
+            if !(secs > 0.0 && secs <= 86_400.0) {
+                return Err(invalid(field, "must be a number of seconds in (0, 86400]"));
+            }
         }
         let url = &self.store.url;
         if ![

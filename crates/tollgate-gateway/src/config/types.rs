@@ -40,8 +40,17 @@ pub struct ServerConfig {
     pub listen: String,
     /// Largest request body in bytes; larger bodies get 413. Default 1 MiB.
     pub max_body_bytes: usize,
-    /// Longest an upstream call may take, in seconds. Default 600.
+    /// Longest an upstream call may take, in seconds, the whole answer
+    /// included. Default 600.
     pub upstream_timeout_secs: f64,
+    /// Longest a streamed call may wait for the first byte of its answer
+    /// (headers and first event), in seconds. Default 120. A non-streamed
+    /// answer's headers come only once it is complete, so only the total
+    /// bounds it.
+    pub upstream_first_byte_timeout_secs: f64,
+    /// Longest silence between two chunks of an answer, in seconds.
+    /// Default 60.
+    pub upstream_idle_timeout_secs: f64,
     /// Log prompt text at debug level (never API keys). Default false.
     pub log_prompts: bool,
 }
@@ -52,6 +61,8 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 1 << 20,
             upstream_timeout_secs: 600.0,
+            upstream_first_byte_timeout_secs: 120.0,
+            upstream_idle_timeout_secs: 60.0,
             log_prompts: false,
         }
     }

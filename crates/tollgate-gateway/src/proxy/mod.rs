@@ -1,12 +1,24 @@
 //! The request path of `/v1/chat/completions` and `/v1/embeddings`: auth,
 //! checks, admission, forwarding (streamed or not), settlement, headers.
+//!
+//! An answer is passed on as the upstream sent it only when it is what it
+//! claims: a 200 body is decoded (gzip, deflate, brotli) and must be JSON,
+//! else the client gets a 502 `upstream_bad_body`; a stream is relayed by
+//! [`stream`]. Whatever happens after the request reached the upstream, it
+//! is charged by the rule of [`usage`] and counted once with its outcome.
 
 mod headers;
+mod hold;
 mod stream;
+mod tally;
+mod usage;
 mod validate;
 
 pub use headers::{format_reset, ratelimit_headers, upstream_backoff};
-pub use stream::{usage_in, usage_of, EventScanner, SseRelay};
+pub use hold::{asked_pause, Hold, Paused, MAX_HOLD};
+pub use stream::{EventScanner, SseRelay, Timeouts};
+pub use tally::{Stage, Tally};
+pub use usage::{output_cap, output_tokens, usage_in, usage_of, Charge, Part};
 pub use validate::{check, Checked, Endpoint};
 
 use std::sync::Arc;
@@ -65,22 +77,19 @@ pub async fn handle(
             return e.into_response();
         }
     };
-    let mut model: Option<Arc<Model>> = None;
-    let result = serve(&gw, &client, body, endpoint, &mut model).await;
-    let (response, outcome) = match result {
-        Ok(r) => (r, "ok"),
-        Err((e, outcome)) => (e.into_response(), outcome),
-    };
-    gw.metrics.inc(
-        "tollgate_requests_total",
-        &[
-            ("client", &client.id),
-            ("tier", &client.tier.name),
-            ("model", model.as_ref().map_or("", |m| m.name.as_str())),
-            ("outcome", outcome),
-        ],
-    );
-    response
+    // Dropped unrecorded (the client left before the answer), it counts the
+    // request as `client_gone`; a stream takes it over.
+    let mut tally = Tally::new(gw.clone(), client.clone());
+    match serve(&gw, &client, body, endpoint, &mut tally).await {
+        Ok(r) => {
+            tally.record("ok");
+            r
+        }
+        Err((e, outcome)) => {
+            tally.record(outcome);
+            e.into_response()
+        }
+    }
 }
 
 type Failure = (ApiError, &'static str);
@@ -90,7 +99,7 @@ async fn serve(
     client: &Arc<Client>,
     body: Body,
     endpoint: Endpoint,
-    model_used: &mut Option<Arc<Model>>,
+    tally: &mut Tally,
 ) -> Result<Response, Failure> {
     let limit = gw.config.server.max_body_bytes;
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
@@ -103,10 +112,16 @@ async fn serve(
         (e, "invalid_request")
     })?;
     let checked = check(&gw.models, endpoint, &bytes).map_err(|e| (e, "invalid_request"))?;
-    *model_used = Some(checked.model.clone());
+    tally.model(&checked.model.name);
     if gw.config.server.log_prompts {
         tracing::debug!(client = %client.id, body = %checked.body, "request");
     }
+    let cap = output_cap(
+        &checked.body,
+        checked.model.context_window,
+        checked.input,
+        checked.output,
+    );
     let Checked {
         model,
         upstream_body,
@@ -116,7 +131,12 @@ async fn serve(
         client_wants_usage,
         ..
     } = checked;
-    let admission = match Admission::admit(gw, client, &model, input, output).await {
+    let started = Instant::now();
+    let (admitted, paused) = tokio::join!(
+        Admission::admit(gw, client, &model, input, output),
+        model.hold.check(&gw.store)
+    );
+    let admission = match admitted {
         Ok(a) => a,
         Err(mut e) => {
             if e.status == StatusCode::TOO_MANY_REQUESTS {
@@ -134,7 +154,24 @@ async fn serve(
             return Err((e, outcome));
         }
     };
+    tally.stage(Stage::Queued);
     admission.wait_for_slot().await;
+    // A pause asked by the upstream, seen at admission or begun while this
+    // request waited for its slot: wait it out when the tier may wait that
+    // long, else refuse (dropping the admission gives everything back).
+    let mut paused = match paused {
+        Some(p) => Some(p),
+        None if admission.wait > Duration::ZERO => model.hold.check(&gw.store).await,
+        None => None,
+    };
+    while let Some(p) = paused {
+        let may_wait = client.tier.max_wait.saturating_sub(started.elapsed());
+        if p.left > may_wait {
+            return Err((paused_error(&model, p), "upstream_rate_limited"));
+        }
+        tokio::time::sleep(p.left).await;
+        paused = model.hold.check(&gw.store).await;
+    }
     // The headers describe the client's bucket right after this request was
     // let in, known from its permit: no store round trip.
     let rl_headers = admission
@@ -142,26 +179,41 @@ async fn serve(
         .as_deref()
         .map(ratelimit_headers)
         .unwrap_or_default();
-    let result = forward(
-        gw,
-        &model,
-        admission,
+    tally.stage(Stage::Upstream);
+    let ask = Ask {
         endpoint,
-        upstream_body,
+        payload: upstream_body,
         stream,
-        client_wants_usage,
-    )
-    .await;
-    match result {
+        strip_usage: !client_wants_usage,
+        cap,
+    };
+    match forward(gw, &model, admission, ask, tally).await {
         Ok(mut r) => {
             r.headers_mut().extend(rl_headers);
             Ok(r)
         }
         Err((mut e, outcome)) => {
-            e.headers = Box::new(rl_headers);
+            e.headers.extend(rl_headers);
             Err((e, outcome))
         }
     }
+}
+
+/// The answer to a request that came while its model is paused.
+fn paused_error(model: &Model, p: Paused) -> ApiError {
+    let message = format!(
+        "The upstream provider {:?} asked to wait before more requests to {:?}; retry after {} s.",
+        model.provider,
+        model.name,
+        p.left.as_secs_f64().ceil()
+    );
+    let mut e = if p.status == 503 {
+        ApiError::internal(StatusCode::SERVICE_UNAVAILABLE, "upstream_paused", message)
+    } else {
+        ApiError::rate_limited("rate_limit_error", "upstream_paused", message, p.left)
+    };
+    e.retry_after = Some(p.left);
+    e
 }
 
 /// The client bucket's headers read from the store (for refusals, after the
@@ -173,27 +225,60 @@ async fn client_headers(client: &Client) -> HeaderMap {
     }
 }
 
+/// What goes upstream and how its answer is read.
+struct Ask {
+    endpoint: Endpoint,
+    payload: bytes::Bytes,
+    stream: bool,
+    strip_usage: bool,
+    /// The most output the answer may be charged.
+    cap: u64,
+}
+
+fn timeouts(gw: &Gateway) -> Timeouts {
+    let s = &gw.config.server;
+    Timeouts {
+        first_byte: Duration::from_secs_f64(s.upstream_first_byte_timeout_secs),
+        idle: Duration::from_secs_f64(s.upstream_idle_timeout_secs),
+        total: Duration::from_secs_f64(s.upstream_timeout_secs),
+    }
+}
+
 async fn forward(
     gw: &Arc<Gateway>,
     model: &Arc<Model>,
     mut admission: Admission,
-    endpoint: Endpoint,
-    payload: bytes::Bytes,
-    stream: bool,
-    client_wants_usage: bool,
+    ask: Ask,
+    tally: &mut Tally,
 ) -> Result<Response, Failure> {
+    let t = timeouts(gw);
     let mut req = gw
         .http
-        .post(model.url(endpoint).clone())
+        .post(model.url(ask.endpoint).clone())
         .header(header::CONTENT_TYPE, "application/json")
-        .body(payload);
+        .body(ask.payload);
     if let Some(key) = &model.api_key {
         req = req.bearer_auth(key);
     }
+    if !ask.stream {
+        req = req.timeout(t.total);
+    }
+    // From here on the upstream may have the request: a client that leaves
+    // is charged its input at least (the admission settles that when dropped).
     admission.forwarded = true;
-    admission.used = (0, 0);
+    admission.used = (admission.estimate.0, 0);
+    let sent_at = tokio::time::Instant::now();
     let started = Instant::now();
-    let sent = req.send().await;
+    let sent = if ask.stream {
+        match tokio::time::timeout(t.first_byte.min(t.total), req.send()).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(timed_out(gw, model, admission, &t).await);
+            }
+        }
+    } else {
+        req.send().await
+    };
     gw.metrics.observe(
         "tollgate_upstream_latency_seconds",
         &[("model", &model.name)],
@@ -201,21 +286,21 @@ async fn forward(
     );
     let resp = match sent {
         Ok(r) => r,
+        Err(e) if e.is_timeout() => {
+            return Err(timed_out(gw, model, admission, &t).await);
+        }
         Err(e) => {
             gw.metrics.inc(
                 "tollgate_upstream_responses_total",
                 &[("model", &model.name), ("status", "0")],
             );
             tracing::warn!(model = %model.name, provider = %model.provider, error = %e, "upstream unreachable");
-            drop(admission);
-            let (status, code) = if e.is_timeout() {
-                (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
-            } else {
-                (StatusCode::BAD_GATEWAY, "upstream_unreachable")
-            };
+            // Never connected, or the connection failed before an answer:
+            // nothing was used.
+            admission.settle(0, 0).await;
             let err = ApiError::internal(
-                status,
-                code,
+                StatusCode::BAD_GATEWAY,
+                "upstream_unreachable",
                 format!(
                     "The upstream provider {:?} could not be reached; retry later.",
                     model.provider
@@ -230,31 +315,30 @@ async fn forward(
         &[("model", &model.name), ("status", status.as_str())],
     );
     if !status.is_success() {
-        let backoff = upstream_backoff(resp.headers());
-        let bytes = resp.bytes().await.unwrap_or_default();
-        admission.settle(0, 0).await;
-        let upstream_429 = status.as_u16() == 429;
-        if upstream_429 {
-            penalize(model, backoff).await;
-        }
-        let mut err = upstream_error(status.as_u16(), &bytes, &model.provider);
-        if upstream_429 {
-            err.retry_after = Some(backoff);
-        }
-        return Err((
-            err,
-            if upstream_429 {
-                "upstream_rate_limited"
-            } else {
-                "upstream_error"
-            },
+        return Err(refused_upstream(gw, model, admission, resp).await);
+    }
+    if let Some(enc) = unknown_encoding(resp.headers()) {
+        let input = admission.estimate.0;
+        admission.settle(input, 0).await;
+        tracing::warn!(model = %model.name, encoding = %enc, "upstream answer in an encoding the gateway cannot decode");
+        return Err(bad_body(
+            model,
+            &format!("was encoded as {enc:?}, which this gateway cannot decode"),
         ));
     }
-    let out = if stream {
+    if ask.stream {
         let relay = SseRelay::new(
             Box::pin(resp.bytes_stream()),
-            admission,
-            !client_wants_usage,
+            stream::Relayed {
+                gw: gw.clone(),
+                model: model.clone(),
+                admission,
+                tally: tally.take(),
+                cap: ask.cap,
+                strip_usage: ask.strip_usage,
+                sent: sent_at,
+                timeouts: t,
+            },
         );
         let mut r = Response::new(Body::from_stream(relay));
         r.headers_mut().insert(
@@ -263,33 +347,113 @@ async fn forward(
         );
         r.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        r
-    } else {
-        let bytes = match resp.bytes().await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(model = %model.name, error = %e, "upstream body failed");
-                let used = (admission.estimate.0, 0);
-                admission.settle(used.0, used.1).await;
-                let err = ApiError::internal(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_failed",
-                    "The upstream response broke off; retry.",
-                );
-                return Err((err, "upstream_error"));
-            }
-        };
-        // No usage in the answer: keep the estimate charged (conservative).
-        let (input, output) = usage_in(&bytes).unwrap_or(admission.estimate);
-        admission.settle(input, output).await;
-        let mut r = Response::new(Body::from(bytes));
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        r
+        return Ok(r);
+    }
+    let bytes = match resp.bytes().await {
+        Ok(b) => b,
+        Err(e) if e.is_timeout() => return Err(timed_out(gw, model, admission, &t).await),
+        Err(e) => {
+            tracing::warn!(model = %model.name, error = %e, "upstream body failed");
+            let input = admission.estimate.0;
+            admission.settle(input, 0).await;
+            return Err(bad_body(model, "broke off or could not be decoded"));
+        }
     };
-    Ok(out)
+    let answer = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(v) if v.is_object() => v,
+        _ => {
+            let input = admission.estimate.0;
+            admission.settle(input, 0).await;
+            tracing::warn!(model = %model.name, bytes = bytes.len(), "upstream 200 answer is not a JSON object");
+            return Err(bad_body(model, "is not JSON"));
+        }
+    };
+    let counted = output_tokens(model.tokenizer, &answer, Part::Message);
+    let charge = Charge::of(usage_of(&answer), counted, admission.estimate.0, ask.cap);
+    stream::note_charge(gw, model, tally.client_id(), &charge);
+    admission.settle(charge.input, charge.output).await;
+    let mut r = Response::new(Body::from(bytes));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(r)
+}
+
+/// A `Content-Encoding` still on an answer after the client decoded what it
+/// can (gzip, deflate, brotli): one the gateway did not ask for.
+fn unknown_encoding(h: &reqwest::header::HeaderMap) -> Option<String> {
+    let enc = h.get(header::CONTENT_ENCODING)?.to_str().unwrap_or("?").trim();
+    (!enc.is_empty() && !enc.eq_ignore_ascii_case("identity")).then(|| enc.to_string())
+}
+
+/// 502 `upstream_bad_body`: the upstream said 200 but its body `what`.
+fn bad_body(model: &Model, what: &str) -> Failure {
+    let err = ApiError::internal(
+        StatusCode::BAD_GATEWAY,
+        "upstream_bad_body",
+        format!(
+            "The upstream provider {:?} answered 200 but its body {what}; retry.",
+            model.provider
+        ),
+    );
+    (err, "upstream_bad_body")
+}
+
+/// 504 `upstream_timeout`; the request reached the upstream, so its input
+/// is charged.
+async fn timed_out(gw: &Gateway, model: &Model, admission: Admission, t: &Timeouts) -> Failure {
+    gw.metrics.inc(
+        "tollgate_upstream_responses_total",
+        &[("model", &model.name), ("status", "0")],
+    );
+    tracing::warn!(model = %model.name, provider = %model.provider, "upstream timed out");
+    let input = admission.estimate.0;
+    admission.settle(input, 0).await;
+    let err = ApiError::internal(
+        StatusCode::GATEWAY_TIMEOUT,
+        "upstream_timeout",
+        format!(
+            "The upstream provider {:?} did not answer in time (first byte of a stream within {:?}, the whole answer within {:?}); retry.",
+            model.provider, t.first_byte, t.total
+        ),
+    );
+    (err, "upstream_timeout")
+}
+
+/// An upstream error status passed on in OpenAI's shape; nothing charged.
+/// A 429 or 503 that says how long to wait pauses the model (every
+/// instance); a 429 that does not slows the provider bucket instead.
+async fn refused_upstream(
+    gw: &Gateway,
+    model: &Model,
+    admission: Admission,
+    resp: reqwest::Response,
+) -> Failure {
+    let status = resp.status().as_u16();
+    let asked = asked_pause(resp.headers());
+    let backoff = upstream_backoff(resp.headers());
+    let bytes = resp.bytes().await.unwrap_or_default();
+    admission.settle(0, 0).await;
+    let mut err = upstream_error(status, &bytes, &model.provider);
+    match (status, asked) {
+        (429 | 503, Some(d)) => {
+            model.hold.start(&gw.store, status, d).await;
+            tracing::info!(model = %model.name, status, pause_ms = d.as_millis() as u64, "upstream asked to wait: model paused on every instance");
+            err.retry_after = Some(d);
+        }
+        (429, None) => {
+            penalize(model, backoff).await;
+            err.retry_after = Some(backoff);
+        }
+        _ => {}
+    }
+    let outcome = if status == 429 {
+        "upstream_rate_limited"
+    } else {
+        "upstream_error"
+    };
+    (err, outcome)
 }
 
 /// An upstream error in OpenAI's shape: the provider's own body when it has

@@ -1,0 +1,255 @@
+//! A provider that says wait is waited for: an upstream 429 or 503 with
+//! `Retry-After` (or `retry-after-ms`) pauses that provider model for that
+//! long on every instance sharing the store. No request is sent to it
+//! meanwhile; a request that comes during the pause waits for its end when
+//! its tier's `max_wait_ms` allows, else is answered with the upstream's
+//! status and the time left as `Retry-After`.
+//!
+//! With Redis the pause is a key `tollgate:hold:model:PROVIDER/NAME` whose
+//! value is the status and whose TTL is the pause (so instances need not
+//! agree on the time); each instance also remembers the pauses it has seen,
+//! so a paused model costs no round trip there. With the memory store the
+//! remembered pause is all there is.
+
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tollgate::Store;
+
+/// The longest pause honoured, whatever the upstream asks.
+pub const MAX_HOLD: Duration = Duration::from_secs(60);
+
+/// Sets the pause unless a longer one is already there. KEYS[1] = the key;
+/// ARGV[1] = the pause in ms; ARGV[2] = the status. Returns 1.
+const HOLD_SCRIPT: &str = r"
+local left = redis.call('PTTL', KEYS[1])
+if left < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
+end
+return 1
+";
+
+/// A pause in force: the upstream's status and the time left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paused {
+    /// 429 or 503, as the upstream answered.
+    pub status: u16,
+    /// Time left.
+    pub left: Duration,
+}
+
+/// The pause state of one provider model.
+#[derive(Debug)]
+pub struct Hold {
+    key: String,
+    /// The pause this instance knows of: until when, with which status.
+    local: Mutex<Option<(Instant, u16)>>,
+}
+
+impl Hold {
+    /// The hold of the provider bucket with limiter key `limiter_key`
+    /// (`model:PROVIDER/NAME`).
+    pub fn new(limiter_key: &str) -> Hold {
+        Hold {
+            key: format!("tollgate:hold:{limiter_key}"),
+            local: Mutex::new(None),
+        }
+    }
+
+    fn local(&self) -> Option<Paused> {
+        let mut local = self.local.lock();
+        match *local {
+            Some((until, status)) => {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    *local = None;
+                    None
+                } else {
+                    Some(Paused { status, left })
+                }
+            }
+            None => None,
+        }
+    }
+
+    fn remember(&self, p: Paused) {
+        let until = Instant::now() + p.left;
+        let mut local = self.local.lock();
+        if local.is_none_or(|(u, _)| u < until) {
+            *local = Some((until, p.status));
+        }
+    }
+
+    /// The pause in force, if any. A store that cannot be asked holds
+    /// nothing back (logged): the provider bucket still limits.
+    pub async fn check(&self, store: &Store) -> Option<Paused> {
+        if let Some(p) = self.local() {
+            return Some(p);
+        }
+        let mut conn = store.redis_connection()?;
+        let reply: redis::RedisResult<(i64, Option<u16>)> = redis::pipe()
+            .cmd("PTTL")
+            .arg(&self.key)
+            .cmd("GET")
+            .arg(&self.key)
+            .query_async(&mut conn)
+            .await;
+        match reply {
+            Ok((ms, status)) if ms > 0 => {
+                let p = Paused {
+                    status: status.unwrap_or(429),
+                    left: Duration::from_millis(ms as u64),
+                };
+                self.remember(p);
+                Some(p)
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(key = %self.key, error = %e, "could not read the upstream pause; not holding back");
+                None
+            }
+        }
+    }
+
+    /// Starts a pause of `d` (at most [`MAX_HOLD`]) after an upstream
+    /// `status`, here and for every instance on `store`.
+    pub async fn start(&self, store: &Store, status: u16, d: Duration) {
+        let p = Paused {
+            status,
+            left: d.min(MAX_HOLD),
+        };
+        self.remember(p);
+        let Some(mut conn) = store.redis_connection() else {
+            return;
+        };
+        let ms = p.left.as_millis().max(1) as u64;
+        let r: redis::RedisResult<i64> = redis::Script::new(HOLD_SCRIPT)
+            .key(&self.key)
+            .arg(ms)
+            .arg(status)
+            .invoke_async(&mut conn)
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(key = %self.key, error = %e, "could not share the upstream pause; it holds on this instance only");
+        }
+    }
+}
+
+/// The pause an upstream answer asks for: `retry-after-ms`, else
+/// `Retry-After` in seconds or as an HTTP date; `None` without either.
+pub fn asked_pause(h: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).map(str::trim);
+    let secs = if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
+        ms / 1000.0
+    } else {
+        let v = get("retry-after")?;
+        match v.parse::<f64>() {
+            Ok(s) => s,
+            Err(_) => http_date_from_now(v)?,
+        }
+    };
+    (secs.is_finite() && secs > 0.0).then(|| Duration::from_secs_f64(secs.min(MAX_HOLD.as_secs_f64())))
+}
+
+/// Seconds from now to an IMF-fixdate (`Wed, 21 Oct 2015 07:28:00 GMT`).
+fn http_date_from_now(v: &str) -> Option<f64> {
+    let parts: Vec<&str> = v.split_whitespace().collect();
+    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let m = MONTHS.iter().position(|x| x == month)? as i64 + 1;
+    let (d, y): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
+    let hms: Vec<i64> = time.split(':').filter_map(|x| x.parse().ok()).collect();
+    let [hh, mm, ss] = hms.as_slice() else {
+        return None;
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let (y2, m2) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * m2 + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let at = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs_f64();
+    Some(at as f64 - now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    fn headers(k: &'static str, v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(k, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn reads_retry_after_in_its_three_forms() {
+        assert_eq!(
+            asked_pause(&headers("retry-after", "7")),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            asked_pause(&headers("retry-after-ms", "250")),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(asked_pause(&headers("retry-after", "3600")), Some(MAX_HOLD));
+        assert_eq!(asked_pause(&headers("retry-after", "soon")), None);
+        assert_eq!(asked_pause(&HeaderMap::new()), None);
+        let past = "Wed, 21 Oct 2015 07:28:00 GMT";
+        assert_eq!(asked_pause(&headers("retry-after", past)), None);
+        let at = std::time::SystemTime::now() + Duration::from_secs(30);
+        let secs = at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+        // 1970-01-01 was a Thursday; the weekday is not checked.
+        let date = civil(days);
+        let v = format!(
+            "Thu, {:02} {} {} {:02}:{:02}:{:02} GMT",
+            date.2,
+            ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+                [date.1 as usize - 1],
+            date.0,
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        );
+        let d = asked_pause(&headers("retry-after", &v)).expect("a date 30 s ahead");
+        assert!(d > Duration::from_secs(27) && d <= Duration::from_secs(30), "{d:?}");
+    }
+
+    /// (year, month, day) of days since 1970-01-01.
+    fn civil(z: i64) -> (i64, i64, i64) {
+        let z = z + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        (yoe + era * 400 + i64::from(m <= 2), m, d)
+    }
+
+    #[tokio::test]
+    async fn a_pause_is_kept_until_it_ends_and_never_shortened() {
+        let store = Store::memory();
+        let h = Hold::new("model:p/m");
+        assert_eq!(h.check(&store).await, None);
+        h.start(&store, 503, Duration::from_millis(80)).await;
+        h.start(&store, 429, Duration::from_millis(10)).await;
+        let p = h.check(&store).await.expect("paused");
+        assert_eq!(p.status, 503);
+        assert!(p.left > Duration::from_millis(40), "{p:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(h.check(&store).await, None);
+    }
+}

@@ -1,0 +1,180 @@
+//! What an answer is charged, by one rule for streamed and non-streamed
+//! answers alike: the upstream's reported usage when there is one, else the
+//! estimated input and the output tokens the answer carried, counted with the
+//! model's tokenizer (never zero for an answer with text); and never more
+//! output than the request allowed (`max_tokens` × `n`).
+
+use serde_json::Value;
+
+use crate::estimate::Tokenizer;
+
+/// `(prompt_tokens, completion_tokens)` of a response body, read without
+/// building the whole document (the rest of it is skipped, not stored).
+pub fn usage_in(body: &[u8]) -> Option<(u64, u64)> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        usage: Option<Usage>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Usage {
+        prompt_tokens: u64,
+        #[serde(default)]
+        completion_tokens: Option<u64>,
+    }
+    let u = serde_json::from_slice::<Body>(body).ok()?.usage?;
+    Some((u.prompt_tokens, u.completion_tokens.unwrap_or(0)))
+}
+
+/// `(prompt_tokens, completion_tokens)` of a response or chunk with usage
+/// (`None` when `usage` is absent, `null` or lacks `prompt_tokens`).
+pub fn usage_of(v: &Value) -> Option<(u64, u64)> {
+    let u = v.get("usage")?;
+    let input = u.get("prompt_tokens").and_then(Value::as_u64)?;
+    let output = u
+        .get("completion_tokens")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    Some((input, output))
+}
+
+/// Where a choice keeps its text: `delta` in a stream's chunk, `message` in
+/// a whole answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// A streamed chunk's `choices[].delta`.
+    Delta,
+    /// A whole answer's `choices[].message`.
+    Message,
+}
+
+impl Part {
+    fn key(self) -> &'static str {
+        match self {
+            Part::Delta => "delta",
+            Part::Message => "message",
+        }
+    }
+}
+
+/// Output tokens carried by the choices of `v`: text, refusals, reasoning
+/// text and tool calls (name and arguments), counted with `tokenizer`.
+pub fn output_tokens(tokenizer: Tokenizer, v: &Value, part: Part) -> u64 {
+    let Some(choices) = v.get("choices").and_then(Value::as_array) else {
+        return 0;
+    };
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map_or(0, |s| tokenizer.count(s));
+    let call = |c: &Value| {
+        let f = c.get("function").unwrap_or(c);
+        text(f.get("name")) + text(f.get("arguments"))
+    };
+    let mut n = 0;
+    for choice in choices {
+        let Some(m) = choice.get(part.key()) else {
+            continue;
+        };
+        n += text(m.get("content"))
+            + text(m.get("refusal"))
+            + text(m.get("reasoning_content"))
+            + m.get("function_call").map_or(0, call);
+        if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
+            n += calls.iter().map(call).sum::<u64>();
+        }
+    }
+    n
+}
+
+/// What one answer is charged, and how that was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charge {
+    /// Input tokens charged.
+    pub input: u64,
+    /// Output tokens charged.
+    pub output: u64,
+    /// The upstream reported no usage: the output was counted.
+    pub counted: bool,
+    /// The output the upstream reported (or carried) beyond what the request
+    /// allowed, when it did; the charge is capped at the allowance.
+    pub over_cap: Option<u64>,
+}
+
+impl Charge {
+    /// The charge of an answer: `reported` usage if any, else the estimated
+    /// input and the `counted` output; output at most `cap`.
+    pub fn of(reported: Option<(u64, u64)>, counted: u64, estimate_input: u64, cap: u64) -> Self {
+        let (input, output) = reported.unwrap_or((estimate_input, counted));
+        Charge {
+            input,
+            output: output.min(cap),
+            counted: reported.is_none(),
+            over_cap: (output > cap).then_some(output),
+        }
+    }
+}
+
+/// The most output a request may be charged: `max_tokens` (or
+/// `max_completion_tokens`) × `n` when the request set one — that is the
+/// estimate `output` — else what the context window leaves after the input,
+/// × `n`. Embeddings produce no output.
+pub fn output_cap(body: &Value, context_window: u64, input: u64, output: u64) -> u64 {
+    if body.get("messages").is_none() {
+        return 0;
+    }
+    let set = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .any(|k| body.get(*k).is_some_and(|v| !v.is_null()));
+    if set {
+        return output;
+    }
+    let n = body.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
+    context_window.saturating_sub(input).saturating_mul(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_usage_and_counts_what_the_choices_carry() {
+        let body = br#"{"id":"x","choices":[{"message":{"content":"{}"}}],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}"#;
+        assert_eq!(usage_in(body), Some((7, 3)));
+        assert_eq!(usage_in(br#"{"usage":{"prompt_tokens":5}}"#), Some((5, 0)));
+        assert_eq!(usage_in(br#"{"choices":[]}"#), None);
+        assert_eq!(usage_of(&json!({"usage": null})), None);
+        let t = Tokenizer::O200k;
+        let answer = json!({"choices": [
+            {"message": {"content": "hello world"}},
+            {"message": {"content": null, "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}}
+        ]});
+        assert_eq!(
+            output_tokens(t, &answer, Part::Message),
+            2 + t.count("f") + t.count("{}")
+        );
+        assert_eq!(output_tokens(t, &answer, Part::Delta), 0);
+        let chunk = json!({"choices": [{"delta": {"content": " world"}}]});
+        assert_eq!(output_tokens(t, &chunk, Part::Delta), 1);
+    }
+
+    #[test]
+    fn charges_reported_usage_else_counted_output_never_beyond_the_cap() {
+        assert_eq!(
+            Charge::of(Some((11, 3)), 99, 20, 16_000),
+            Charge {
+                input: 11,
+                output: 3,
+                counted: false,
+                over_cap: None
+            }
+        );
+        let c = Charge::of(None, 5, 20, 16_000);
+        assert_eq!((c.input, c.output, c.counted), (20, 5, true));
+        let c = Charge::of(Some((9, 50_000)), 0, 9, 10);
+        assert_eq!((c.output, c.over_cap), (10, Some(50_000)));
+        let msgs = json!([{"role": "user", "content": "hi"}]);
+        let with = json!({"messages": msgs, "max_tokens": 10, "n": 2});
+        assert_eq!(output_cap(&with, 4096, 9, 20), 20);
+        let without = json!({"messages": msgs, "n": 2});
+        assert_eq!(output_cap(&without, 4096, 96, 512), 8000);
+        assert_eq!(output_cap(&json!({"input": "x"}), 4096, 1, 0), 0);
+    }
+}
