@@ -21,6 +21,7 @@ use tollgate::{AcquireOptions, Cost, Dimension};
 use crate::admission::Admission;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
+use crate::outcome::Outcome;
 use crate::registry::Client;
 use crate::routing::Model;
 
@@ -59,7 +60,7 @@ pub async fn handle(
                     ("client", ""),
                     ("tier", ""),
                     ("model", ""),
-                    ("outcome", "unauthorized"),
+                    ("outcome", Outcome::Unauthorized.as_str()),
                 ],
             );
             return e.into_response();
@@ -68,7 +69,7 @@ pub async fn handle(
     let mut model: Option<Arc<Model>> = None;
     let result = serve(&gw, &client, body, endpoint, &mut model).await;
     let (response, outcome) = match result {
-        Ok(r) => (r, "ok"),
+        Ok(r) => (r, Outcome::Ok),
         Err((e, outcome)) => (e.into_response(), outcome),
     };
     gw.metrics.inc(
@@ -77,13 +78,13 @@ pub async fn handle(
             ("client", &client.id),
             ("tier", &client.tier.name),
             ("model", model.as_ref().map_or("", |m| m.name.as_str())),
-            ("outcome", outcome),
+            ("outcome", outcome.as_str()),
         ],
     );
     response
 }
 
-type Failure = (ApiError, &'static str);
+type Failure = (ApiError, Outcome);
 
 async fn serve(
     gw: &Arc<Gateway>,
@@ -100,9 +101,9 @@ async fn serve(
             format!("The request body is larger than this gateway accepts ({limit} bytes). Shorten the request."),
         );
         e.status = StatusCode::PAYLOAD_TOO_LARGE;
-        (e, "invalid_request")
+        (e, Outcome::BadRequest)
     })?;
-    let checked = check(&gw.models, endpoint, &bytes).map_err(|e| (e, "invalid_request"))?;
+    let checked = check(&gw.models, endpoint, &bytes).map_err(|e| (e, Outcome::BadRequest))?;
     *model_used = Some(checked.model.clone());
     if gw.config.server.log_prompts {
         tracing::debug!(client = %client.id, body = %checked.body, "request");
@@ -122,15 +123,7 @@ async fn serve(
             if e.status == StatusCode::TOO_MANY_REQUESTS {
                 e.headers = Box::new(client_headers(client).await);
             }
-            let outcome = if e.code.contains("budget") {
-                "budget_exceeded"
-            } else if e.status == StatusCode::TOO_MANY_REQUESTS {
-                "rate_limited"
-            } else if e.status.is_client_error() {
-                "invalid_request"
-            } else {
-                "error"
-            };
+            let outcome = Outcome::of_refusal(&e);
             return Err((e, outcome));
         }
     };
@@ -208,10 +201,18 @@ async fn forward(
             );
             tracing::warn!(model = %model.name, provider = %model.provider, error = %e, "upstream unreachable");
             drop(admission);
-            let (status, code) = if e.is_timeout() {
-                (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
+            let (status, code, outcome) = if e.is_timeout() {
+                (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                    Outcome::UpstreamTimeout,
+                )
             } else {
-                (StatusCode::BAD_GATEWAY, "upstream_unreachable")
+                (
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_unreachable",
+                    Outcome::UpstreamError,
+                )
             };
             let err = ApiError::internal(
                 status,
@@ -221,7 +222,7 @@ async fn forward(
                     model.provider
                 ),
             );
-            return Err((err, "upstream_error"));
+            return Err((err, outcome));
         }
     };
     let status = resp.status();
@@ -244,9 +245,9 @@ async fn forward(
         return Err((
             err,
             if upstream_429 {
-                "upstream_rate_limited"
+                Outcome::UpstreamRateLimited
             } else {
-                "upstream_error"
+                Outcome::UpstreamError
             },
         ));
     }
@@ -276,7 +277,7 @@ async fn forward(
                     "upstream_failed",
                     "The upstream response broke off; retry.",
                 );
-                return Err((err, "upstream_error"));
+                return Err((err, Outcome::UpstreamError));
             }
         };
         // No usage in the answer: keep the estimate charged (conservative).
