@@ -14,6 +14,9 @@ const METRICS: &[(&str, &str, &str)] = &[
     ("tollgate_limiter_decisions_total", "counter", "Admission decisions by bucket (client, budget, model) and decision (granted, waited, refused)."),
     ("tollgate_upstream_responses_total", "counter", "Upstream responses by model and HTTP status (0 = no response)."),
     ("tollgate_store_errors_total", "counter", "Errors of the limit/spend store, by component."),
+    ("tollgate_usage_missing_total", "counter", "Upstream answers without usage, charged by counting the tokens they carried, by model."),
+    ("tollgate_usage_over_limit_total", "counter", "Upstream answers reporting more output than max_tokens x n allowed (charged at most that), by model."),
+    ("tollgate_stream_malformed_lines_total", "counter", "Stream data: lines from the upstream that were not JSON (dropped), by model."),
     ("tollgate_queue_wait_seconds", "histogram", "Time requests waited in the queue before going upstream, by tier."),
     ("tollgate_upstream_latency_seconds", "histogram", "Time to the upstream's response headers, by model."),
 ];

@@ -33,6 +33,7 @@ use tollgate::{AcquireOptions, Cost, Dimension};
 use crate::admission::Admission;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
+use crate::outcome::Outcome;
 use crate::registry::Client;
 use crate::routing::Model;
 
@@ -71,7 +72,7 @@ pub async fn handle(
                     ("client", ""),
                     ("tier", ""),
                     ("model", ""),
-                    ("outcome", "unauthorized"),
+                    ("outcome", Outcome::Unauthorized.as_str()),
                 ],
             );
             return e.into_response();
@@ -82,7 +83,7 @@ pub async fn handle(
     let mut tally = Tally::new(gw.clone(), client.clone());
     match serve(&gw, &client, body, endpoint, &mut tally).await {
         Ok(r) => {
-            tally.record("ok");
+            tally.record(Outcome::Ok);
             r
         }
         Err((e, outcome)) => {
@@ -92,7 +93,7 @@ pub async fn handle(
     }
 }
 
-type Failure = (ApiError, &'static str);
+type Failure = (ApiError, Outcome);
 
 async fn serve(
     gw: &Arc<Gateway>,
@@ -109,9 +110,9 @@ async fn serve(
             format!("The request body is larger than this gateway accepts ({limit} bytes). Shorten the request."),
         );
         e.status = StatusCode::PAYLOAD_TOO_LARGE;
-        (e, "invalid_request")
+        (e, Outcome::BadRequest)
     })?;
-    let checked = check(&gw.models, endpoint, &bytes).map_err(|e| (e, "invalid_request"))?;
+    let checked = check(&gw.models, endpoint, &bytes).map_err(|e| (e, Outcome::BadRequest))?;
     tally.model(&checked.model.name);
     if gw.config.server.log_prompts {
         tracing::debug!(client = %client.id, body = %checked.body, "request");
@@ -142,15 +143,7 @@ async fn serve(
             if e.status == StatusCode::TOO_MANY_REQUESTS {
                 e.headers = Box::new(client_headers(client).await);
             }
-            let outcome = if e.code.contains("budget") {
-                "budget_exceeded"
-            } else if e.status == StatusCode::TOO_MANY_REQUESTS {
-                "rate_limited"
-            } else if e.status.is_client_error() {
-                "invalid_request"
-            } else {
-                "error"
-            };
+            let outcome = Outcome::of_refusal(&e);
             return Err((e, outcome));
         }
     };
@@ -167,7 +160,7 @@ async fn serve(
     while let Some(p) = paused {
         let may_wait = client.tier.max_wait.saturating_sub(started.elapsed());
         if p.left > may_wait {
-            return Err((paused_error(&model, p), "upstream_rate_limited"));
+            return Err((paused_error(&model, p), Outcome::UpstreamRateLimited));
         }
         tokio::time::sleep(p.left).await;
         paused = model.hold.check(&gw.store).await;
@@ -306,7 +299,7 @@ async fn forward(
                     model.provider
                 ),
             );
-            return Err((err, "upstream_error"));
+            return Err((err, Outcome::UpstreamError));
         }
     };
     let status = resp.status();
@@ -397,7 +390,7 @@ fn bad_body(model: &Model, what: &str) -> Failure {
             model.provider
         ),
     );
-    (err, "upstream_bad_body")
+    (err, Outcome::UpstreamBadBody)
 }
 
 /// 504 `upstream_timeout`; the request reached the upstream, so its input
@@ -418,7 +411,7 @@ async fn timed_out(gw: &Gateway, model: &Model, admission: Admission, t: &Timeou
             model.provider, t.first_byte, t.total
         ),
     );
-    (err, "upstream_timeout")
+    (err, Outcome::UpstreamTimeout)
 }
 
 /// An upstream error status passed on in OpenAI's shape; nothing charged.
@@ -449,9 +442,9 @@ async fn refused_upstream(
         _ => {}
     }
     let outcome = if status == 429 {
-        "upstream_rate_limited"
+        Outcome::UpstreamRateLimited
     } else {
-        "upstream_error"
+        Outcome::UpstreamError
     };
     (err, outcome)
 }

@@ -28,6 +28,7 @@ use super::usage::{output_tokens, usage_of, Charge, Part};
 use crate::admission::Admission;
 use crate::estimate::Tokenizer;
 use crate::gateway::Gateway;
+use crate::outcome::Outcome;
 use crate::routing::Model;
 
 type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
@@ -197,14 +198,14 @@ enum End {
 }
 
 impl End {
-    fn outcome(self) -> &'static str {
+    fn outcome(self) -> Outcome {
         match self {
-            End::Complete => "ok",
-            End::UpstreamError => "upstream_error",
-            End::Broken => "stream_broken",
-            End::BadBody => "upstream_bad_body",
-            End::Timeout => "upstream_timeout",
-            End::ClientGone => "client_gone",
+            End::Complete => Outcome::Ok,
+            End::UpstreamError => Outcome::UpstreamError,
+            End::Broken => Outcome::StreamBroken,
+            End::BadBody => Outcome::UpstreamBadBody,
+            End::Timeout => Outcome::UpstreamTimeout,
+            End::ClientGone => Outcome::ClientGone,
         }
     }
 
@@ -227,7 +228,7 @@ impl End {
             "message": message,
             "type": "server_error",
             "param": null,
-            "code": self.outcome(),
+            "code": self.outcome().as_str(),
         }});
         Some(Bytes::from(format!("data: {body}\n\n")))
     }
@@ -467,7 +468,7 @@ mod tests {
             let e = how.event("p", &t).unwrap();
             let text = std::str::from_utf8(&e).unwrap();
             let v: Value = serde_json::from_str(text.strip_prefix("data: ").unwrap()).unwrap();
-            assert_eq!(v["error"]["code"], how.outcome());
+            assert_eq!(v["error"]["code"], how.outcome().as_str());
             assert_eq!(v["error"]["type"], "server_error");
         }
         assert!(End::Complete.event("p", &t).is_none());

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use crate::gateway::Gateway;
+use crate::outcome::Outcome;
 use crate::registry::Client;
 
 /// Where a request was when its client left (for the log).
@@ -85,7 +86,7 @@ impl Tally {
     }
 
     /// Counts the request with `outcome` (once: later calls do nothing).
-    pub fn record(&mut self, outcome: &'static str) {
+    pub fn record(&mut self, outcome: Outcome) {
         let Some(i) = self.inner.take() else { return };
         i.gw.metrics.inc(
             "tollgate_requests_total",
@@ -93,26 +94,30 @@ impl Tally {
                 ("client", &i.client.id),
                 ("tier", &i.client.tier.name),
                 ("model", &i.model),
-                ("outcome", outcome),
+                ("outcome", outcome.as_str()),
             ],
         );
         let (client, model, stage) = (&i.client.id, &i.model, i.stage.name());
+        let name = outcome.as_str();
         match outcome {
-            "ok" => {}
-            "client_gone" => {
-                tracing::info!(client = %client, model = %model, stage, outcome, "client went away")
+            Outcome::Ok => {}
+            Outcome::ClientGone => {
+                tracing::info!(client = %client, model = %model, stage, outcome = name, "client went away")
             }
-            "upstream_timeout" | "stream_broken" | "upstream_bad_body" | "upstream_error"
-            | "upstream_rate_limited" => {
-                tracing::warn!(client = %client, model = %model, stage, outcome, "request failed upstream")
+            Outcome::UpstreamTimeout
+            | Outcome::StreamBroken
+            | Outcome::UpstreamBadBody
+            | Outcome::UpstreamError
+            | Outcome::UpstreamRateLimited => {
+                tracing::warn!(client = %client, model = %model, stage, outcome = name, "request failed upstream")
             }
-            _ => tracing::debug!(client = %client, model = %model, stage, outcome, "request refused"),
+            _ => tracing::debug!(client = %client, model = %model, stage, outcome = name, "request refused"),
         }
     }
 }
 
 impl Drop for Tally {
     fn drop(&mut self) {
-        self.record("client_gone");
+        self.record(Outcome::ClientGone);
     }
 }
