@@ -160,7 +160,12 @@ async fn serve(
     while let Some(p) = paused {
         let may_wait = client.tier.max_wait.saturating_sub(started.elapsed());
         if p.left > may_wait {
-            return Err((paused_error(&model, p), Outcome::UpstreamRateLimited));
+            let outcome = if p.status == 503 {
+                Outcome::UpstreamError
+            } else {
+                Outcome::UpstreamRateLimited
+            };
+            return Err((paused_error(&model, p), outcome));
         }
         tokio::time::sleep(p.left).await;
         paused = model.hold.check(&gw.store).await;
@@ -319,6 +324,12 @@ async fn forward(
             &format!("was encoded as {enc:?}, which this gateway cannot decode"),
         ));
     }
+    if ask.stream && !is_event_stream(resp.headers()) {
+        let input = admission.estimate.0;
+        admission.settle(input, 0).await;
+        tracing::warn!(model = %model.name, "upstream answered a stream request with something else than an event stream");
+        return Err(bad_body(model, "is not an event stream"));
+    }
     if ask.stream {
         let relay = SseRelay::new(
             Box::pin(resp.bytes_stream()),
@@ -378,6 +389,12 @@ async fn forward(
 fn unknown_encoding(h: &reqwest::header::HeaderMap) -> Option<String> {
     let enc = h.get(header::CONTENT_ENCODING)?.to_str().unwrap_or("?").trim();
     (!enc.is_empty() && !enc.eq_ignore_ascii_case("identity")).then(|| enc.to_string())
+}
+
+fn is_event_stream(h: &reqwest::header::HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
 }
 
 /// 502 `upstream_bad_body`: the upstream said 200 but its body `what`.

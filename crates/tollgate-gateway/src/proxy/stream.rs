@@ -188,8 +188,6 @@ enum End {
     UpstreamError,
     /// Ended or broke off before the answer was complete.
     Broken,
-    /// Could not be decoded (a compressed body that is corrupt).
-    BadBody,
     /// No byte within the first-byte or between-chunks timeout, or past
     /// the total.
     Timeout,
@@ -203,7 +201,6 @@ impl End {
             End::Complete => Outcome::Ok,
             End::UpstreamError => Outcome::UpstreamError,
             End::Broken => Outcome::StreamBroken,
-            End::BadBody => Outcome::UpstreamBadBody,
             End::Timeout => Outcome::UpstreamTimeout,
             End::ClientGone => Outcome::ClientGone,
         }
@@ -215,9 +212,6 @@ impl End {
             End::Complete | End::UpstreamError | End::ClientGone => return None,
             End::Broken => format!(
                 "The upstream provider {provider:?} ended the stream before the answer was complete; retry."
-            ),
-            End::BadBody => format!(
-                "The upstream provider {provider:?} sent a stream that could not be decoded; retry."
             ),
             End::Timeout => format!(
                 "The upstream provider {provider:?} sent nothing for too long (first byte within {:?}, then a chunk at least every {:?}, all within {:?}); retry.",
@@ -365,8 +359,6 @@ impl Stream for SseRelay {
                 Poll::Ready(Some(Err(e))) => {
                     let how = if e.is_timeout() {
                         End::Timeout
-                    } else if e.is_decode() {
-                        End::BadBody
                     } else if this.scanner.done {
                         End::Complete
                     } else {
@@ -464,7 +456,7 @@ mod tests {
             idle: Duration::from_secs(2),
             total: Duration::from_secs(3),
         };
-        for how in [End::Broken, End::BadBody, End::Timeout] {
+        for how in [End::Broken, End::Timeout] {
             let e = how.event("p", &t).unwrap();
             let text = std::str::from_utf8(&e).unwrap();
             let v: Value = serde_json::from_str(text.strip_prefix("data: ").unwrap()).unwrap();
