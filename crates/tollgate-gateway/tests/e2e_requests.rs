@@ -197,6 +197,8 @@ async fn upstream_429_and_5xx_pass_through_in_openai_shape_and_429_backs_off_the
         "provider bucket backs off: {tokens} tokens in use"
     );
 
+    // It also asked to wait 1 s (`retry-after`): nothing goes to it before.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let r = chat(&c, &gw, "pro", &chat_body("hi [sim:500]", 10)).await;
     let (status, e) = error_of(r).await;
     assert_eq!((status, e["type"].as_str()), (500, Some("server_error")));

@@ -432,8 +432,8 @@ async fn timed_out(gw: &Gateway, model: &Model, admission: Admission, t: &Timeou
 }
 
 /// An upstream error status passed on in OpenAI's shape; nothing charged.
-/// A 429 or 503 that says how long to wait pauses the model (every
-/// instance); a 429 that does not slows the provider bucket instead.
+/// A 429 slows the provider bucket; a 429 or 503 that says how long to wait
+/// (`Retry-After`) also pauses the model that long on every instance.
 async fn refused_upstream(
     gw: &Gateway,
     model: &Model,
@@ -446,17 +446,14 @@ async fn refused_upstream(
     let bytes = resp.bytes().await.unwrap_or_default();
     admission.settle(0, 0).await;
     let mut err = upstream_error(status, &bytes, &model.provider);
-    match (status, asked) {
-        (429 | 503, Some(d)) => {
-            model.hold.start(&gw.store, status, d).await;
-            tracing::info!(model = %model.name, status, pause_ms = d.as_millis() as u64, "upstream asked to wait: model paused on every instance");
-            err.retry_after = Some(d);
-        }
-        (429, None) => {
-            penalize(model, backoff).await;
-            err.retry_after = Some(backoff);
-        }
-        _ => {}
+    if status == 429 {
+        penalize(model, backoff).await;
+        err.retry_after = Some(backoff);
+    }
+    if let (429 | 503, Some(d)) = (status, asked) {
+        model.hold.start(&gw.store, status, d).await;
+        tracing::info!(model = %model.name, status, pause_ms = d.as_millis() as u64, "upstream asked to wait: model paused on every instance");
+        err.retry_after = Some(d);
     }
     let outcome = if status == 429 {
         Outcome::UpstreamRateLimited

@@ -423,7 +423,8 @@ mod tests {
         for usage in [
             "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\r\n\r\n",
             "data: {\"choices\": [], \"usage\": {\"prompt_tokens\": 7, \"completion_tokens\": 3}}\n\n",
-            "data:{ \"choices\" : [ ] ,\n\"usage\" :\n {\"prompt_tokens\":7,\"completion_tokens\":3}}\n\n",
+            // One JSON document over several data: lines (joined by "\n").
+            "data:{ \"choices\" : [ ] ,\ndata: \"usage\" :\ndata: {\"prompt_tokens\":7,\"completion_tokens\":3}}\n\n",
         ] {
             let all = format!("{content}{content}{last}{usage}data: [DONE]\n\n");
             let (s, out) = scan(&all, true, 5);
