@@ -1,0 +1,62 @@
+//! The real OpenAI Python SDK, from PyPI, in a virtualenv under
+//! `target/sdk-venv` (made on first use, reused after).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The virtualenv's python, with `openai` installed.
+pub fn venv_python() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/sdk-venv");
+    let python = root.join("bin/python");
+    let ready = python.exists()
+        && Command::new(&python)
+            .args(["-c", "import openai"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+    if !ready {
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&root)
+            .status()
+            .expect("python3 on PATH")
+            .success();
+        assert!(ok, "python3 -m venv failed (install python3-venv)");
+        let ok = Command::new(root.join("bin/pip"))
+            .args([
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "openai",
+            ])
+            .status()
+            .expect("pip")
+            .success();
+        assert!(ok, "pip install openai failed (is PyPI reachable?)");
+    }
+    python
+}
+
+/// Runs `script` (under `tests/python`) with the gateway's URL in
+/// `TOLLGATE_BASE_URL`; fails the test with its output unless it exits 0
+/// and prints `sdk ok`. Returns its standard output.
+pub async fn run_script(script: &str, gateway_url: &str) -> String {
+    let python = tokio::task::spawn_blocking(venv_python).await.unwrap();
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(script);
+    let out = tokio::process::Command::new(python)
+        .arg(path)
+        .env("TOLLGATE_BASE_URL", gateway_url)
+        .env("NO_PROXY", "127.0.0.1")
+        .output()
+        .await
+        .expect("run the SDK script");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "SDK script {script} failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("sdk ok"), "{stdout}");
+    stdout
+}

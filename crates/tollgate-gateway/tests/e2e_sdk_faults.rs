@@ -1,0 +1,79 @@
+//! The real OpenAI Python SDK (`tests/python/sdk_faults.py`) against the
+//! gateway in front of misbehaving upstreams (`common/faulty_upstream.rs`):
+//! usage read whatever the JSON's spacing, no usage chunk for clients that
+//! did not ask, the charge equal to the upstream's usage × prices, a budget
+//! that holds under concurrent streams, and an error for every broken stream.
+
+mod common;
+#[path = "common/faulty_upstream.rs"]
+mod faulty_upstream;
+#[path = "common/sdk.rs"]
+mod sdk;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use faulty_upstream::{Fault, FaultyUpstream, USAGE};
+use tollgate_gateway::config::ProviderConfig;
+
+/// What one call costs at $1/M in and $2/M out.
+fn usd(input: u64, output: u64) -> f64 {
+    (input as f64 + 2.0 * output as f64) / 1e6
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_is_charged_the_upstreams_usage_and_sees_every_broken_stream_as_an_error() {
+    let faults = [
+        ("spaced", Fault::Well { spaced: true }),
+        ("compact", Fault::Well { spaced: false }),
+        ("cut-close", Fault::CutClose),
+        ("cut-chunked", Fault::CutChunked),
+        ("silent", Fault::Silent),
+        ("malformed", Fault::Malformed),
+    ];
+    let mut ups = Vec::new();
+    let budget_usd = 0.0002;
+    let mut budget_tier = pro_tier();
+    budget_tier.daily_budget_usd = Some(budget_usd);
+    let mut cfg = config("http://127.0.0.1:9", model(1000, 1_000_000), &[("pro", pro_tier()), ("budget", budget_tier)]);
+    cfg.providers.clear();
+    cfg.server.upstream_first_byte_timeout_secs = 1.0;
+    for (name, fault) in faults {
+        let up = FaultyUpstream::start(fault).await;
+        let mut m = model(1000, 1_000_000);
+        m.tokenizer = Some("o200k_base".into());
+        cfg.providers.insert(
+            format!("p-{name}"),
+            ProviderConfig {
+                base_url: up.base_url(),
+                api_key_env: None,
+                models: BTreeMap::from([(name.to_string(), m)]),
+            },
+        );
+        ups.push(up);
+    }
+    let gw = gateway(cfg).await;
+    let stdout = sdk::run_script("sdk_faults.py", &gw.url()).await;
+    eprintln!("{stdout}");
+
+    // pro: 3 calls to each well model and 1 to `malformed`, at the upstream's
+    // usage; the two cut streams their estimated input (9) and the one token
+    // they carried; the silent one its input.
+    let want = 7.0 * usd(USAGE.0, USAGE.1) + 2.0 * usd(9, 1) + usd(9, 0);
+    let got = poll(100, Duration::from_millis(20), || spend(&gw, "pro"), |got| (got - want).abs() < 1e-12).await;
+    assert!((got - want).abs() < 1e-12, "pro spent {got}, want {want}");
+
+    // budget: each stream that went through at its usage, never past the budget.
+    let ok: f64 = stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "ok")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("the script prints how many budget streams went through");
+    let want = ok * usd(USAGE.0, USAGE.1);
+    let got = poll(100, Duration::from_millis(20), || spend(&gw, "budget"), |got| (got - want).abs() < 1e-12).await;
+    assert!((got - want).abs() < 1e-12, "budget client spent {got}, want {want}");
+    assert!(got <= budget_usd, "spent {got} of a {budget_usd} budget");
+    drop(ups);
+}
