@@ -5,7 +5,7 @@ mod headers;
 mod stream;
 mod validate;
 
-pub use headers::{format_reset, ratelimit_headers, upstream_backoff};
+pub use headers::{format_reset, ratelimit_headers, upstream_backoff, BUCKET_HEADER};
 pub use stream::{usage_in, usage_of, EventScanner, SseRelay};
 pub use validate::{check, Checked, Endpoint};
 
@@ -120,7 +120,9 @@ async fn serve(
     let admission = match Admission::admit(gw, client, &model, input, output).await {
         Ok(a) => a,
         Err(mut e) => {
-            if e.status == StatusCode::TOO_MANY_REQUESTS {
+            // A bucket's refusal carries that bucket's headers; a budget's
+            // refusal the client bucket's.
+            if e.status == StatusCode::TOO_MANY_REQUESTS && e.headers.is_empty() {
                 e.headers = Box::new(client_headers(client).await);
             }
             let outcome = Outcome::of_refusal(&e);
