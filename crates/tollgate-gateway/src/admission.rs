@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tollgate::{
     AcquireOptions, Cost, Dimension, DimensionStatus, Error as LimitError, OutagePolicy, Permit,
-    RateLimiter,
+    RateLimiter, Status,
 };
 
 use crate::budget::{nano_to_usd, BudgetError, Hold};
@@ -401,9 +401,9 @@ fn decision(gw: &Gateway, bucket: &str, tier: &str, p: &Permit) {
     );
 }
 
-/// The dimension that keeps a request of `cost` waiting longest.
-async fn culprit(limiter: &RateLimiter, cost: Cost) -> Option<Dimension> {
-    let status = limiter.status().await.ok()?;
+/// The dimension that keeps a request of `cost` waiting longest, in the
+/// bucket's `status`.
+fn culprit(limiter: &RateLimiter, status: &Status, cost: Cost) -> Option<Dimension> {
     let units = limiter.policy().units(cost);
     let window = limiter.policy().limits().window_secs;
     status
@@ -442,9 +442,20 @@ async fn refused(
             model.name, client.tier.config.priority
         ),
     };
-    match e {
+    // The refused request's reservations were released before this: the
+    // status is the refusing bucket's own, and its headers go with the 429.
+    let status = match &e {
+        LimitError::RateLimited { .. } | LimitError::QueueFull { .. } => {
+            limiter.status().await.ok()
+        }
+        _ => None,
+    };
+    let mut err = match e {
         LimitError::RateLimited { retry_after, max_wait, .. } => {
-            let dim = culprit(limiter, cost).await.unwrap_or(Dimension::Requests);
+            let dim = status
+                .as_ref()
+                .and_then(|s| culprit(limiter, s, cost))
+                .unwrap_or(Dimension::Requests);
             let limit = limiter.policy().limit(dim).unwrap_or(0);
             ApiError::rate_limited(
                 "rate_limit_error",
@@ -473,7 +484,16 @@ async fn refused(
             tracing::error!(error = %other, "limiter failed");
             ApiError::internal(axum::http::StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "The rate-limit store is unavailable; retry shortly.")
         }
+    };
+    if let Some(status) = status {
+        let mut h = crate::proxy::ratelimit_headers(&status.dimensions);
+        h.insert(
+            crate::proxy::BUCKET_HEADER,
+            axum::http::HeaderValue::from_static(bucket.name()),
+        );
+        err.headers = Box::new(h);
     }
+    err
 }
 
 fn budget_refused(gw: &Gateway, e: BudgetError) -> ApiError {

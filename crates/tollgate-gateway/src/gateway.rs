@@ -87,7 +87,13 @@ impl Gateway {
                 LiveSync::Local,
             )
         } else {
-            let store = Store::redis(&url).await.map_err(|e| {
+            let timeout = Duration::from_millis(config.store.timeout_ms);
+            let defaults = tollgate::store::RedisOptions::default();
+            let late = defaults
+                .late_reply_timeout
+                .max(defaults.connect_timeout + timeout);
+            let options = defaults.response_timeout(timeout).late_reply_timeout(late);
+            let store = Store::redis_with(&url, options).await.map_err(|e| {
                 StartError::Store(format!("{e}; is redis-server running and store.url right?"))
             })?;
             // Spend and live changes share the store's multiplexed
@@ -97,7 +103,7 @@ impl Gateway {
                 .ok_or_else(|| StartError::Store("not a Redis store".into()))?;
             (
                 store,
-                Budgets::Redis(RedisBudgets::new(conn.clone())),
+                Budgets::Redis(RedisBudgets::new(conn.clone(), timeout)),
                 LiveSync::Redis(conn),
             )
         };

@@ -117,6 +117,12 @@ impl Config {
                 "must be between 1 and 60000",
             ));
         }
+        if !(10..=60_000).contains(&self.store.timeout_ms) {
+            return Err(invalid(
+                "store.timeout_ms",
+                "must be between 10 and 60000 milliseconds",
+            ));
+        }
         if let Some(h) = &self.admin.token_sha256 {
             check_hash("admin.token_sha256", h)?;
         }

@@ -85,6 +85,13 @@ pub struct StoreConfig {
     /// How often (milliseconds) an instance checks the store for admin changes
     /// made on another instance. Default 250.
     pub sync_interval_ms: u64,
+    /// Longest wait (milliseconds) for the answer to one store call (a
+    /// limiter step, a spend reservation or settlement) before it is retried
+    /// or, for an admission, the outage policy applies. Default 2000: a
+    /// burst of thousands of admissions queues behind Redis's one thread,
+    /// and a healthy store must not look down under it. Settlements that
+    /// time out are retried (idempotently) in the background.
+    pub timeout_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -94,6 +101,7 @@ impl Default for StoreConfig {
             outage: "closed".into(),
             local_share: 1.0,
             sync_interval_ms: 250,
+            timeout_ms: 2_000,
         }
     }
 }

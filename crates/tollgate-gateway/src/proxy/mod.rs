@@ -14,7 +14,7 @@ mod tally;
 mod usage;
 mod validate;
 
-pub use headers::{format_reset, ratelimit_headers, upstream_backoff};
+pub use headers::{format_reset, ratelimit_headers, upstream_backoff, BUCKET_HEADER};
 pub use hold::{asked_pause, Hold, Paused, MAX_HOLD};
 pub use stream::{EventScanner, SseRelay, Timeouts};
 pub use tally::{Stage, Tally};
@@ -140,7 +140,9 @@ async fn serve(
     let admission = match admitted {
         Ok(a) => a,
         Err(mut e) => {
-            if e.status == StatusCode::TOO_MANY_REQUESTS {
+            // A bucket's refusal carries that bucket's headers; a budget's
+            // refusal the client bucket's.
+            if e.status == StatusCode::TOO_MANY_REQUESTS && e.headers.is_empty() {
                 e.headers = Box::new(client_headers(client).await);
             }
             let outcome = Outcome::of_refusal(&e);

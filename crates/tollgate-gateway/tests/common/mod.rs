@@ -3,6 +3,8 @@
 //! checks the tests make again and again. No mocks: real servers.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::Ordering;
