@@ -55,9 +55,8 @@ fn logged(who: &str, words: &[&str]) -> bool {
     let logs = LOGS.get_or_init(Default::default).lock();
     let text = String::from_utf8_lossy(&logs);
     let client = format!("client={who}");
-    text.lines().any(|l| {
-        l.split_whitespace().any(|w| w == client) && words.iter().all(|w| l.contains(w))
-    })
+    text.lines()
+        .any(|l| l.split_whitespace().any(|w| w == client) && words.iter().all(|w| l.contains(w)))
 }
 
 /// One faulty upstream and a gateway in front of it, serving client `who`
@@ -74,7 +73,11 @@ async fn case(fault: Fault, who: &'static str) -> Case {
     case_with(fault, who, pro_tier()).await
 }
 
-async fn case_with(fault: Fault, who: &'static str, t: tollgate_gateway::config::TierConfig) -> Case {
+async fn case_with(
+    fault: Fault,
+    who: &'static str,
+    t: tollgate_gateway::config::TierConfig,
+) -> Case {
     capture_logs();
     let up = FaultyUpstream::start(fault).await;
     let mut m = model(1000, 1_000_000);
@@ -131,14 +134,23 @@ impl Case {
         poll(
             200,
             Duration::from_millis(10),
-            || async { (self.outcomes(outcome), spend(&self.gw, self.who).await, self.tokens()) },
+            || async {
+                (
+                    self.outcomes(outcome),
+                    spend(&self.gw, self.who).await,
+                    self.tokens(),
+                )
+            },
             |(got, usd, t)| *got >= n && (usd - want_usd).abs() < 1e-12 && *t == tokens,
         )
         .await;
         assert_eq!(self.outcomes(outcome), n, "requests counted {outcome}");
         assert_eq!(self.tokens(), tokens, "tokens charged (input, output)");
         let usd = spend(&self.gw, self.who).await;
-        assert!((usd - want_usd).abs() < 1e-12, "spend {usd}, want {want_usd}");
+        assert!(
+            (usd - want_usd).abs() < 1e-12,
+            "spend {usd}, want {want_usd}"
+        );
         let settled = (tokens.0 + tokens.1) as f64;
         let (_, client_tokens) = client_in_use(&self.gw, self.who).await;
         let (_, model_tokens) = model_in_use(&self.gw, MODEL).await;
@@ -171,7 +183,11 @@ fn content_of(events: &[String]) -> String {
     events
         .iter()
         .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(String::from))
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
         .collect()
 }
 
@@ -179,10 +195,16 @@ fn content_of(events: &[String]) -> String {
 /// shape and no `[DONE]`; returns the events before it.
 fn ends_with_error(text: &str, code: &str) -> Vec<String> {
     let mut events = data_lines(text);
-    let last: Value = serde_json::from_str(events.pop().as_deref().unwrap_or("")).expect("a JSON last event");
+    let last: Value =
+        serde_json::from_str(events.pop().as_deref().unwrap_or("")).expect("a JSON last event");
     assert_eq!(last["error"]["code"], code, "{text}");
     assert_eq!(last["error"]["type"], "server_error", "{text}");
-    assert!(last["error"]["message"].as_str().is_some_and(|m| m.contains("retry")), "{text}");
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("retry")),
+        "{text}"
+    );
     assert!(!events.iter().any(|e| e == "[DONE]"), "{text}");
     events
 }
@@ -201,8 +223,16 @@ async fn a_gzip_answer_is_decoded_for_the_client_and_charged_the_upstreams_usage
     let events = data_lines(&r.text().await.unwrap());
     assert_eq!(content_of(&events), "Hi there!");
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let asked = k.up.stats.last_accept_encoding.lock().clone().unwrap_or_default();
-    assert!(asked.contains("gzip"), "the gateway says what it decodes: {asked:?}");
+    let asked =
+        k.up.stats
+            .last_accept_encoding
+            .lock()
+            .clone()
+            .unwrap_or_default();
+    assert!(
+        asked.contains("gzip"),
+        "the gateway says what it decodes: {asked:?}"
+    );
     k.charged("ok", 2.0, (2 * USAGE.0, 2 * USAGE.1)).await;
 }
 
@@ -284,7 +314,10 @@ async fn an_upstream_429_or_503_with_retry_after_pauses_the_model_and_the_client
     k.charged("ok", 2.0, (2 * USAGE.0, 2 * USAGE.1)).await;
     assert_eq!(k.outcomes("upstream_rate_limited"), 2.0);
     assert_eq!(k.outcomes("upstream_error"), 2.0);
-    assert!(logged("paused", &["outcome=\"upstream_rate_limited\"", "stage=\"upstream\""]));
+    assert!(logged(
+        "paused",
+        &["outcome=\"upstream_rate_limited\"", "stage=\"upstream\""]
+    ));
 }
 
 #[tokio::test]
@@ -298,7 +331,11 @@ async fn a_request_whose_tier_may_wait_waits_out_an_upstream_pause() {
     let t = Instant::now();
     let r = k.chat(&chat_body("hello world", 100)).await;
     assert_eq!(r.status(), 200);
-    assert!(t.elapsed() >= Duration::from_millis(900), "waited {:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "waited {:?}",
+        t.elapsed()
+    );
     assert_eq!(k.up.requests(), 2);
     k.charged("ok", 1.0, USAGE).await;
 }
@@ -307,12 +344,18 @@ async fn cut_stream_ends_with_an_error_event(fault: Fault, who: &'static str) {
     let k = case(fault, who).await;
     let r = k.chat(&streamed(16_000, true)).await;
     assert_eq!(r.status(), 200);
-    let text = r.text().await.expect("the body ends cleanly, with the error event");
+    let text = r
+        .text()
+        .await
+        .expect("the body ends cleanly, with the error event");
     let events = ends_with_error(&text, "stream_broken");
     assert_eq!(content_of(&events), "Hi");
     // The input as estimated and the one token it carried.
     k.charged("stream_broken", 1.0, (INPUT_ESTIMATE, 1)).await;
-    assert!(logged(who, &["outcome=\"stream_broken\"", "stage=\"streaming\""]));
+    assert!(logged(
+        who,
+        &["outcome=\"stream_broken\"", "stage=\"streaming\""]
+    ));
 }
 
 #[tokio::test]
@@ -332,7 +375,9 @@ async fn a_malformed_data_line_is_dropped_and_counted_and_the_rest_passes() {
     let text = r.text().await.unwrap();
     let events = data_lines(&text);
     assert!(
-        events.iter().all(|e| e == "[DONE]" || serde_json::from_str::<Value>(e).is_ok()),
+        events
+            .iter()
+            .all(|e| e == "[DONE]" || serde_json::from_str::<Value>(e).is_ok()),
         "only JSON is forwarded: {text}"
     );
     assert_eq!(content_of(&events), "Hi there!");
@@ -359,8 +404,19 @@ async fn headers_then_silence_end_with_a_timeout_event_after_the_first_byte_time
         "ended after the 1 s first-byte timeout, not the 2 s total: {waited:?}"
     );
     assert!(ends_with_error(&text, "upstream_timeout").is_empty());
-    k.charged("upstream_timeout", 1.0, (INPUT_ESTIMATE, 0)).await;
-    let closed = poll(50, Duration::from_millis(10), || async { k.up.stats.closed_early.load(std::sync::atomic::Ordering::SeqCst) }, |n| *n == 1).await;
+    k.charged("upstream_timeout", 1.0, (INPUT_ESTIMATE, 0))
+        .await;
+    let closed = poll(
+        50,
+        Duration::from_millis(10),
+        || async {
+            k.up.stats
+                .closed_early
+                .load(std::sync::atomic::Ordering::SeqCst)
+        },
+        |n| *n == 1,
+    )
+    .await;
     assert_eq!(closed, 1, "the upstream connection was closed");
     assert!(logged("silent", &["outcome=\"upstream_timeout\""]));
 }
@@ -380,7 +436,10 @@ async fn no_headers_is_a_504_after_the_first_byte_or_the_total_timeout() {
             "answered after {waited:?}, timeout {within:?}"
         );
         let e = expect_error(r, 504, "upstream_timeout").await;
-        assert!(!e["message"].as_str().unwrap().contains("could not be reached"));
+        assert!(!e["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not be reached"));
     }
     k.charged("upstream_timeout", 2.0, (2 * INPUT_ESTIMATE, 0))
         .await;
@@ -413,17 +472,26 @@ async fn a_slow_drip_stream_passes_through_chunk_by_chunk() {
 async fn a_client_that_leaves_a_slow_answer_is_billed_its_input_and_counted_client_gone() {
     let k = case(Fault::Slow(Duration::from_secs(5)), "gone").await;
     let url = format!("{}/v1/chat/completions", k.gw.url());
-    let left = k
-        .c
-        .post(&url)
-        .bearer_auth("key-gone")
-        .json(&chat_body("hello world", 16_000))
-        .timeout(Duration::from_millis(300))
-        .send()
-        .await;
+    let left =
+        k.c.post(&url)
+            .bearer_auth("key-gone")
+            .json(&chat_body("hello world", 16_000))
+            .timeout(Duration::from_millis(300))
+            .send()
+            .await;
     assert!(left.is_err_and(|e| e.is_timeout()));
     k.charged("client_gone", 1.0, (INPUT_ESTIMATE, 0)).await;
-    let closed = poll(50, Duration::from_millis(10), || async { k.up.stats.closed_early.load(std::sync::atomic::Ordering::SeqCst) }, |n| *n == 1).await;
+    let closed = poll(
+        50,
+        Duration::from_millis(10),
+        || async {
+            k.up.stats
+                .closed_early
+                .load(std::sync::atomic::Ordering::SeqCst)
+        },
+        |n| *n == 1,
+    )
+    .await;
     assert_eq!(closed, 1, "the upstream connection was closed");
     assert!(logged("gone", &["client went away", "stage=\"upstream\""]));
 
@@ -444,17 +512,21 @@ async fn a_client_that_leaves_a_slow_answer_is_billed_its_input_and_counted_clie
 async fn a_client_that_leaves_while_queued_is_counted_and_charged_nothing() {
     // One request a minute, and a tier that may wait that long: the second
     // request waits a minute for its slot.
-    let k = case_with(Fault::Well { spaced: false }, "queued", tier(1, 100_000, 0, 120_000)).await;
+    let k = case_with(
+        Fault::Well { spaced: false },
+        "queued",
+        tier(1, 100_000, 0, 120_000),
+    )
+    .await;
     assert_eq!(k.chat(&chat_body("hello world", 100)).await.status(), 200);
     let url = format!("{}/v1/chat/completions", k.gw.url());
-    let left = k
-        .c
-        .post(&url)
-        .bearer_auth("key-queued")
-        .json(&chat_body("hello world", 100))
-        .timeout(Duration::from_millis(300))
-        .send()
-        .await;
+    let left =
+        k.c.post(&url)
+            .bearer_auth("key-queued")
+            .json(&chat_body("hello world", 100))
+            .timeout(Duration::from_millis(300))
+            .send()
+            .await;
     assert!(left.is_err_and(|e| e.is_timeout()));
     k.charged("client_gone", 1.0, USAGE).await;
     assert_eq!(k.up.requests(), 1, "the queued request never went upstream");

@@ -36,7 +36,11 @@ async fn the_openai_sdk_is_charged_the_upstreams_usage_and_sees_every_broken_str
     let budget_usd = 0.0002;
     let mut budget_tier = pro_tier();
     budget_tier.daily_budget_usd = Some(budget_usd);
-    let mut cfg = config("http://127.0.0.1:9", model(1000, 1_000_000), &[("pro", pro_tier()), ("budget", budget_tier)]);
+    let mut cfg = config(
+        "http://127.0.0.1:9",
+        model(1000, 1_000_000),
+        &[("pro", pro_tier()), ("budget", budget_tier)],
+    );
     cfg.providers.clear();
     cfg.server.upstream_first_byte_timeout_secs = 1.0;
     for (name, fault) in faults {
@@ -61,7 +65,13 @@ async fn the_openai_sdk_is_charged_the_upstreams_usage_and_sees_every_broken_str
     // usage; the two cut streams their estimated input (9) and the one token
     // they carried; the silent one its input.
     let want = 7.0 * usd(USAGE.0, USAGE.1) + 2.0 * usd(9, 1) + usd(9, 0);
-    let got = poll(100, Duration::from_millis(20), || spend(&gw, "pro"), |got| (got - want).abs() < 1e-12).await;
+    let got = poll(
+        100,
+        Duration::from_millis(20),
+        || spend(&gw, "pro"),
+        |got| (got - want).abs() < 1e-12,
+    )
+    .await;
     assert!((got - want).abs() < 1e-12, "pro spent {got}, want {want}");
 
     // budget: each stream that went through at its usage, never past the budget.
@@ -72,8 +82,17 @@ async fn the_openai_sdk_is_charged_the_upstreams_usage_and_sees_every_broken_str
         .and_then(|n| n.parse().ok())
         .expect("the script prints how many budget streams went through");
     let want = ok * usd(USAGE.0, USAGE.1);
-    let got = poll(100, Duration::from_millis(20), || spend(&gw, "budget"), |got| (got - want).abs() < 1e-12).await;
-    assert!((got - want).abs() < 1e-12, "budget client spent {got}, want {want}");
+    let got = poll(
+        100,
+        Duration::from_millis(20),
+        || spend(&gw, "budget"),
+        |got| (got - want).abs() < 1e-12,
+    )
+    .await;
+    assert!(
+        (got - want).abs() < 1e-12,
+        "budget client spent {got}, want {want}"
+    );
     assert!(got <= budget_usd, "spent {got} of a {budget_usd} budget");
     drop(ups);
 }

@@ -50,16 +50,26 @@ async fn an_upstream_429_with_retry_after_seen_by_one_instance_holds_back_both()
         let left = header_u64(&r, "retry-after");
         assert!(left >= 1 && left <= secs, "retry-after {left}");
         expect_error(r, 429, "upstream_paused").await;
-        assert_eq!(up.requests(), 1, "nothing reached the upstream {sent:?} into the pause");
+        assert_eq!(
+            up.requests(),
+            1,
+            "nothing reached the upstream {sent:?} into the pause"
+        );
         held += 1;
-        assert!(sent < pause + Duration::from_secs(1), "still held {sent:?} after the 429");
+        assert!(
+            sent < pause + Duration::from_secs(1),
+            "still held {sent:?} after the 429"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     eprintln!(
         "pause {secs} s: {held} requests held back on two instances, 0 reached the upstream; traffic resumed {:.3} s after the 429",
         resumed_after.as_secs_f64()
     );
-    assert!(held >= 2 * secs as usize, "both instances were asked: {held}");
+    assert!(
+        held >= 2 * secs as usize,
+        "both instances were asked: {held}"
+    );
     assert!(
         resumed_after >= pause - Duration::from_millis(100),
         "resumed after {resumed_after:?}, before the {pause:?} pause ended"

@@ -78,7 +78,10 @@ impl Config {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));
         }
         for (field, secs) in [
-            ("server.upstream_timeout_secs", self.server.upstream_timeout_secs),
+            (
+                "server.upstream_timeout_secs",
+                self.server.upstream_timeout_secs,
+            ),
             (
                 "server.upstream_first_byte_timeout_secs",
                 self.server.upstream_first_byte_timeout_secs,

@@ -105,7 +105,7 @@ impl Hold {
             }
             Ok(_) => None,
             Err(e) => {
-                tracing::warn!(key = %self.key, error = %e, "could not read the upstream pause; not holding back");
+                tracing::debug!(key = %self.key, error = %e, "could not read the upstream pause; not holding back");
                 None
             }
         }
@@ -148,7 +148,8 @@ pub fn asked_pause(h: &reqwest::header::HeaderMap) -> Option<Duration> {
             Err(_) => http_date_from_now(v)?,
         }
     };
-    (secs.is_finite() && secs > 0.0).then(|| Duration::from_secs_f64(secs.min(MAX_HOLD.as_secs_f64())))
+    (secs.is_finite() && secs > 0.0)
+        .then(|| Duration::from_secs_f64(secs.min(MAX_HOLD.as_secs_f64())))
 }
 
 /// Seconds from now to an IMF-fixdate (`Wed, 21 Oct 2015 07:28:00 GMT`).
@@ -223,7 +224,10 @@ mod tests {
             rem % 60
         );
         let d = asked_pause(&headers("retry-after", &v)).expect("a date 30 s ahead");
-        assert!(d > Duration::from_secs(27) && d <= Duration::from_secs(30), "{d:?}");
+        assert!(
+            d > Duration::from_secs(27) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
     }
 
     /// (year, month, day) of days since 1970-01-01.

@@ -389,7 +389,11 @@ async fn forward(
 /// A `Content-Encoding` still on an answer after the client decoded what it
 /// can (gzip, deflate, brotli): one the gateway did not ask for.
 fn unknown_encoding(h: &reqwest::header::HeaderMap) -> Option<String> {
-    let enc = h.get(header::CONTENT_ENCODING)?.to_str().unwrap_or("?").trim();
+    let enc = h
+        .get(header::CONTENT_ENCODING)?
+        .to_str()
+        .unwrap_or("?")
+        .trim();
     (!enc.is_empty() && !enc.eq_ignore_ascii_case("identity")).then(|| enc.to_string())
 }
 

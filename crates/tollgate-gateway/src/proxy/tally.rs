@@ -111,7 +111,9 @@ impl Tally {
             | Outcome::UpstreamRateLimited => {
                 tracing::warn!(client = %client, model = %model, stage, outcome = name, "request failed upstream")
             }
-            _ => tracing::debug!(client = %client, model = %model, stage, outcome = name, "request refused"),
+            _ => {
+                tracing::debug!(client = %client, model = %model, stage, outcome = name, "request refused")
+            }
         }
     }
 }

@@ -214,11 +214,9 @@ async fn serve(mut conn: TcpStream, stats: &Stats, fault: &Mutex<Fault>) -> std:
             conn.write_all(body.as_bytes()).await?;
             return Ok(());
         }
-        Fault::Slow(d) => {
-            if closed_within(&mut conn, d).await {
-                note_close(true);
-                return Ok(());
-            }
+        Fault::Slow(d) if closed_within(&mut conn, d).await => {
+            note_close(true);
+            return Ok(());
         }
         _ => {}
     }
@@ -253,7 +251,10 @@ async fn serve(mut conn: TcpStream, stats: &Stats, fault: &Mutex<Fault>) -> std:
         }
         format!("data: {}\n\n", write_json(&c, spaced))
     };
-    events.push(chunk(json!({"role": "assistant", "content": ""}), Value::Null));
+    events.push(chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    ));
     for (i, p) in PIECES.iter().enumerate() {
         events.push(chunk(json!({ "content": p }), Value::Null));
         if i == 0 && fault == Fault::Malformed {
@@ -284,7 +285,9 @@ async fn serve(mut conn: TcpStream, stats: &Stats, fault: &Mutex<Fault>) -> std:
         Fault::Gzip => ("text/event-stream", "Content-Encoding: gzip\r\n"),
         _ => ("text/event-stream", ""),
     };
-    let head = format!("HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\n{enc}{framing}Connection: close\r\n\r\n");
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\n{enc}{framing}Connection: close\r\n\r\n"
+    );
     conn.write_all(head.as_bytes()).await?;
     if fault == Fault::Silent {
         conn.flush().await?;

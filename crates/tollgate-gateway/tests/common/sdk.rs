@@ -43,7 +43,9 @@ pub fn venv_python() -> PathBuf {
 /// and prints `sdk ok`. Returns its standard output.
 pub async fn run_script(script: &str, gateway_url: &str) -> String {
     let python = tokio::task::spawn_blocking(venv_python).await.unwrap();
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(script);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
     let out = tokio::process::Command::new(python)
         .arg(path)
         .env("TOLLGATE_BASE_URL", gateway_url)
