@@ -9,6 +9,7 @@ mod common;
 mod faulty_upstream;
 
 use std::io::Write;
+use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -158,6 +159,22 @@ impl Case {
             client_tokens <= settled + 1e-6 && model_tokens <= settled + 1e-6,
             "nothing reserved beyond the charge of {settled}: client {client_tokens}, model {model_tokens}"
         );
+    }
+}
+
+impl Case {
+    /// Checks that the gateway closed the upstream connection while the
+    /// upstream still meant to answer.
+    async fn upstream_saw_close(&self) {
+        let closed = || self.up.stats.closed_early.load(Ordering::SeqCst);
+        let n = poll(
+            50,
+            Duration::from_millis(10),
+            || async { closed() },
+            |n| *n == 1,
+        )
+        .await;
+        assert_eq!(n, 1, "the upstream connection was closed");
     }
 }
 
@@ -406,18 +423,7 @@ async fn headers_then_silence_end_with_a_timeout_event_after_the_first_byte_time
     assert!(ends_with_error(&text, "upstream_timeout").is_empty());
     k.charged("upstream_timeout", 1.0, (INPUT_ESTIMATE, 0))
         .await;
-    let closed = poll(
-        50,
-        Duration::from_millis(10),
-        || async {
-            k.up.stats
-                .closed_early
-                .load(std::sync::atomic::Ordering::SeqCst)
-        },
-        |n| *n == 1,
-    )
-    .await;
-    assert_eq!(closed, 1, "the upstream connection was closed");
+    k.upstream_saw_close().await;
     assert!(logged("silent", &["outcome=\"upstream_timeout\""]));
 }
 
@@ -481,18 +487,7 @@ async fn a_client_that_leaves_a_slow_answer_is_billed_its_input_and_counted_clie
             .await;
     assert!(left.is_err_and(|e| e.is_timeout()));
     k.charged("client_gone", 1.0, (INPUT_ESTIMATE, 0)).await;
-    let closed = poll(
-        50,
-        Duration::from_millis(10),
-        || async {
-            k.up.stats
-                .closed_early
-                .load(std::sync::atomic::Ordering::SeqCst)
-        },
-        |n| *n == 1,
-    )
-    .await;
-    assert_eq!(closed, 1, "the upstream connection was closed");
+    k.upstream_saw_close().await;
     assert!(logged("gone", &["client went away", "stage=\"upstream\""]));
 
     // Mid-stream: the input and the tokens sent so far.

@@ -17,6 +17,14 @@ use common::*;
 use faulty_upstream::{Fault, FaultyUpstream, USAGE};
 use tollgate_gateway::config::ProviderConfig;
 
+/// Waits for `who`'s spend to reach `want` USD; returns it.
+async fn spent(gw: &tollgate_gateway::RunningGateway, who: &str, want: f64) -> f64 {
+    let done = |got: &f64| (got - want).abs() < 1e-12;
+    let got = poll(100, Duration::from_millis(20), || spend(gw, who), done).await;
+    assert!(done(&got), "{who} spent {got}, want {want}");
+    got
+}
+
 /// What one call costs at $1/M in and $2/M out.
 fn usd(input: u64, output: u64) -> f64 {
     (input as f64 + 2.0 * output as f64) / 1e6
@@ -65,34 +73,16 @@ async fn the_openai_sdk_is_charged_the_upstreams_usage_and_sees_every_broken_str
     // usage; the two cut streams their estimated input (9) and the one token
     // they carried; the silent one its input.
     let want = 7.0 * usd(USAGE.0, USAGE.1) + 2.0 * usd(9, 1) + usd(9, 0);
-    let got = poll(
-        100,
-        Duration::from_millis(20),
-        || spend(&gw, "pro"),
-        |got| (got - want).abs() < 1e-12,
-    )
-    .await;
-    assert!((got - want).abs() < 1e-12, "pro spent {got}, want {want}");
+    spent(&gw, "pro", want).await;
 
     // budget: each stream that went through at its usage, never past the budget.
     let ok: f64 = stdout
-        .split_whitespace()
-        .skip_while(|w| *w != "ok")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
+        .lines()
+        .find_map(|l| l.strip_prefix("budget streams ok "))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
         .expect("the script prints how many budget streams went through");
     let want = ok * usd(USAGE.0, USAGE.1);
-    let got = poll(
-        100,
-        Duration::from_millis(20),
-        || spend(&gw, "budget"),
-        |got| (got - want).abs() < 1e-12,
-    )
-    .await;
-    assert!(
-        (got - want).abs() < 1e-12,
-        "budget client spent {got}, want {want}"
-    );
+    let got = spent(&gw, "budget", want).await;
     assert!(got <= budget_usd, "spent {got} of a {budget_usd} budget");
     drop(ups);
 }

@@ -167,13 +167,7 @@ fn http_date_from_now(v: &str) -> Option<f64> {
     let [hh, mm, ss] = hms.as_slice() else {
         return None;
     };
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let (y2, m2) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * m2 + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
+    let days = crate::budget::days_from_civil(y, m, d);
     let at = days * 86_400 + hh * 3600 + mm * 60 + ss;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -212,7 +206,7 @@ mod tests {
         let secs = at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
         let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
         // 1970-01-01 was a Thursday; the weekday is not checked.
-        let date = civil(days);
+        let date = crate::budget::civil_from_days(days);
         let v = format!(
             "Thu, {:02} {} {} {:02}:{:02}:{:02} GMT",
             date.2,
@@ -228,19 +222,6 @@ mod tests {
             d > Duration::from_secs(27) && d <= Duration::from_secs(30),
             "{d:?}"
         );
-    }
-
-    /// (year, month, day) of days since 1970-01-01.
-    fn civil(z: i64) -> (i64, i64, i64) {
-        let z = z + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = doy - (153 * mp + 2) / 5 + 1;
-        let m = if mp < 10 { mp + 3 } else { mp - 9 };
-        (yoe + era * 400 + i64::from(m <= 2), m, d)
     }
 
     #[tokio::test]
