@@ -254,6 +254,18 @@ async fn a_gzip_answer_is_decoded_for_the_client_and_charged_the_upstreams_usage
 }
 
 #[tokio::test]
+async fn an_answer_in_an_encoding_the_gateway_cannot_decode_is_a_502() {
+    let k = case(Fault::Zstd, "zstd").await;
+    for body in [chat_body("hello world", 16_000), streamed(16_000, false)] {
+        let e = expect_error(k.chat(&body).await, 502, "upstream_bad_body").await;
+        assert!(e["message"].as_str().unwrap().contains("zstd"), "{e}");
+    }
+    k.charged("upstream_bad_body", 2.0, (2 * INPUT_ESTIMATE, 0))
+        .await;
+    assert!(logged("zstd", &["outcome=\"upstream_bad_body\""]));
+}
+
+#[tokio::test]
 async fn an_answer_without_usage_is_charged_the_tokens_it_carried_streamed_or_not() {
     let k = case(Fault::NoUsage, "nousage").await;
     let r = k.chat(&chat_body("hello world", 16_000)).await;
@@ -428,6 +440,25 @@ async fn headers_then_silence_end_with_a_timeout_event_after_the_first_byte_time
 }
 
 #[tokio::test]
+async fn a_stream_silent_between_chunks_ends_with_a_timeout_event() {
+    // The first event comes within the 1 s first-byte timeout, the next
+    // would come 0.8 s later: past the 0.5 s between chunks.
+    let k = case(Fault::Drip(Duration::from_millis(800)), "idle").await;
+    let t = Instant::now();
+    let text = k.chat(&streamed(16_000, false)).await.text().await.unwrap();
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1200) && waited < Duration::from_millis(1600),
+        "{waited:?}"
+    );
+    let events = ends_with_error(&text, "upstream_timeout");
+    assert_eq!(events.len(), 1, "the role chunk, then the error: {text}");
+    k.charged("upstream_timeout", 1.0, (INPUT_ESTIMATE, 0))
+        .await;
+    k.upstream_saw_close().await;
+}
+
+#[tokio::test]
 async fn no_headers_is_a_504_after_the_first_byte_or_the_total_timeout() {
     let k = case(Fault::NoHeaders, "noheaders").await;
     for (body, within) in [
@@ -527,4 +558,18 @@ async fn a_client_that_leaves_while_queued_is_counted_and_charged_nothing() {
     assert_eq!(k.up.requests(), 1, "the queued request never went upstream");
     assert_eq!(k.outcomes("ok"), 1.0);
     assert!(logged("queued", &["client went away", "stage=\"queued\""]));
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_502_and_costs_nothing() {
+    let k = case(Fault::Well { spaced: false }, "unreachable").await;
+    k.up.stop().await;
+    for body in [chat_body("hello world", 16_000), streamed(16_000, false)] {
+        let e = expect_error(k.chat(&body).await, 502, "upstream_unreachable").await;
+        assert!(e["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not be reached"));
+    }
+    k.charged("upstream_error", 2.0, (0, 0)).await;
 }

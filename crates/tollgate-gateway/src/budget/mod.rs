@@ -17,10 +17,10 @@ mod period;
 mod redis;
 
 pub use self::memory::MemoryBudgets;
-pub use self::period::Period;
 #[cfg(test)]
 pub(crate) use self::period::civil_from_days;
 pub(crate) use self::period::days_from_civil;
+pub use self::period::Period;
 pub use self::redis::{RedisBudgets, SETTLE_RETRY_WINDOW};
 
 /// Nano-USD in one USD.

@@ -37,6 +37,9 @@ pub enum Fault {
     },
     /// A correct answer, gzip-compressed with `Content-Encoding: gzip`.
     Gzip,
+    /// A correct answer, uncompressed, labelled with an encoding the
+    /// gateway does not ask for (`Content-Encoding: zstd`).
+    Zstd,
     /// An answer without usage (no usage chunk when streamed).
     NoUsage,
     /// A 200 whose body is HTML, labelled `application/json`.
@@ -126,6 +129,14 @@ impl FaultyUpstream {
     /// Answers the next requests as `fault` says.
     pub fn set(&self, fault: Fault) {
         *self.fault.lock() = fault;
+    }
+
+    /// Stops listening: connections are refused from now on.
+    pub async fn stop(&self) {
+        self.task.abort();
+        while tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Requests read so far.
@@ -231,10 +242,10 @@ async fn serve(mut conn: TcpStream, stats: &Stats, fault: &Mutex<Fault>) -> std:
             Fault::NotJson => b"<html><body>502 Bad Gateway</body></html>".to_vec(),
             _ => write_json(&answer(&model, usage), spaced).into_bytes(),
         };
-        let (body, enc) = if fault == Fault::Gzip {
-            (gzip(&body), "Content-Encoding: gzip\r\n")
-        } else {
-            (body, "")
+        let (body, enc) = match fault {
+            Fault::Gzip => (gzip(&body), "Content-Encoding: gzip\r\n"),
+            Fault::Zstd => (body, "Content-Encoding: zstd\r\n"),
+            _ => (body, ""),
         };
         let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{enc}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len());
         conn.write_all(head.as_bytes()).await?;
@@ -283,6 +294,7 @@ async fn serve(mut conn: TcpStream, stats: &Stats, fault: &Mutex<Fault>) -> std:
     let (ctype, enc) = match fault {
         Fault::NotJson => ("text/html", ""),
         Fault::Gzip => ("text/event-stream", "Content-Encoding: gzip\r\n"),
+        Fault::Zstd => ("text/event-stream", "Content-Encoding: zstd\r\n"),
         _ => ("text/event-stream", ""),
     };
     let head = format!(
