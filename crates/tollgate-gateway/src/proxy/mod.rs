@@ -1,6 +1,8 @@
-//! The request path of `/v1/chat/completions` and `/v1/embeddings`: auth,
-//! checks, admission, forwarding (streamed or not), settlement, headers.
+//! The request path of `/v1/chat/completions`, `/v1/embeddings` and
+//! `/v1/responses`: auth, body and checks, admission, forwarding (streamed
+//! or not), settlement, headers.
 
+mod body;
 mod headers;
 mod stream;
 mod validate;
@@ -23,6 +25,7 @@ use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::outcome::Outcome;
 use crate::registry::Client;
+use crate::request_id::{self, RequestId};
 use crate::routing::Model;
 
 /// The client a request's bearer key belongs to, or 401.
@@ -50,24 +53,32 @@ pub async fn handle(
     headers: HeaderMap,
     body: Body,
     endpoint: Endpoint,
+    request_id: RequestId,
 ) -> Response {
+    let refused = |e: ApiError, outcome: Outcome| {
+        gw.metrics.inc(
+            "tollgate_requests_total",
+            &[
+                ("client", ""),
+                ("tier", ""),
+                ("model", ""),
+                ("outcome", outcome.as_str()),
+            ],
+        );
+        e.into_response()
+    };
     let client = match authenticate(&gw, &headers) {
         Ok(c) => c,
-        Err(e) => {
-            gw.metrics.inc(
-                "tollgate_requests_total",
-                &[
-                    ("client", ""),
-                    ("tier", ""),
-                    ("model", ""),
-                    ("outcome", Outcome::Unauthorized.as_str()),
-                ],
-            );
-            return e.into_response();
-        }
+        Err(e) => return refused(e, Outcome::Unauthorized),
     };
+    if let Err(e) = body::check_media_type(&headers) {
+        return refused(e, Outcome::BadRequest);
+    }
     let mut model: Option<Arc<Model>> = None;
-    let result = serve(&gw, &client, body, endpoint, &mut model).await;
+    let result = serve(
+        &gw, &client, &headers, body, endpoint, request_id, &mut model,
+    )
+    .await;
     let (response, outcome) = match result {
         Ok(r) => (r, Outcome::Ok),
         Err((e, outcome)) => (e.into_response(), outcome),
@@ -89,20 +100,16 @@ type Failure = (ApiError, Outcome);
 async fn serve(
     gw: &Arc<Gateway>,
     client: &Arc<Client>,
+    headers: &HeaderMap,
     body: Body,
     endpoint: Endpoint,
+    request_id: RequestId,
     model_used: &mut Option<Arc<Model>>,
 ) -> Result<Response, Failure> {
     let limit = gw.config.server.max_body_bytes;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        let mut e = ApiError::invalid(
-            "request_too_large",
-            "body",
-            format!("The request body is larger than this gateway accepts ({limit} bytes). Shorten the request."),
-        );
-        e.status = StatusCode::PAYLOAD_TOO_LARGE;
-        (e, Outcome::BadRequest)
-    })?;
+    let bytes = body::read(headers, body, limit)
+        .await
+        .map_err(|e| (e, Outcome::BadRequest))?;
     let checked = check(&gw.models, endpoint, &bytes).map_err(|e| (e, Outcome::BadRequest))?;
     *model_used = Some(checked.model.clone());
     if gw.config.server.log_prompts {
@@ -117,7 +124,7 @@ async fn serve(
         client_wants_usage,
         ..
     } = checked;
-    let admission = match Admission::admit(gw, client, &model, input, output).await {
+    let mut admission = match Admission::admit(gw, client, &model, input, output).await {
         Ok(a) => a,
         Err(mut e) => {
             // A bucket's refusal carries that bucket's headers; a budget's
@@ -129,6 +136,7 @@ async fn serve(
             return Err((e, outcome));
         }
     };
+    admission.set_request_id(request_id.0);
     admission.wait_for_slot().await;
     // The headers describe the client's bucket right after this request was
     // let in, known from its permit: no store round trip.
@@ -153,7 +161,7 @@ async fn serve(
             Ok(r)
         }
         Err((mut e, outcome)) => {
-            e.headers = Box::new(rl_headers);
+            e.headers.extend(rl_headers);
             Err((e, outcome))
         }
     }
@@ -228,6 +236,12 @@ async fn forward(
         }
     };
     let status = resp.status();
+    let upstream_id = resp
+        .headers()
+        .get(request_id::HEADER)
+        .cloned()
+        .map(|v| HeaderMap::from_iter([(request_id::UPSTREAM_HEADER, v)]))
+        .unwrap_or_default();
     gw.metrics.inc(
         "tollgate_upstream_responses_total",
         &[("model", &model.name), ("status", status.as_str())],
@@ -244,6 +258,7 @@ async fn forward(
         if upstream_429 {
             err.retry_after = Some(backoff);
         }
+        err.headers.extend(upstream_id);
         return Err((
             err,
             if upstream_429 {
@@ -253,7 +268,7 @@ async fn forward(
             },
         ));
     }
-    let out = if stream {
+    let mut out = if stream {
         let relay = SseRelay::new(
             Box::pin(resp.bytes_stream()),
             admission,
@@ -292,6 +307,7 @@ async fn forward(
         );
         r
     };
+    out.headers_mut().extend(upstream_id);
     Ok(out)
 }
 

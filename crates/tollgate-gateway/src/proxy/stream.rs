@@ -151,6 +151,7 @@ fn find_event_end(buf: &[u8]) -> Option<usize> {
 
 /// `(prompt_tokens, completion_tokens)` of a response body, read without
 /// building the whole document (the rest of it is skipped, not stored).
+/// The Responses API names them `input_tokens` and `output_tokens`.
 pub fn usage_in(body: &[u8]) -> Option<(u64, u64)> {
     #[derive(serde::Deserialize)]
     struct Body {
@@ -158,22 +159,26 @@ pub fn usage_in(body: &[u8]) -> Option<(u64, u64)> {
     }
     #[derive(serde::Deserialize)]
     struct Usage {
+        #[serde(alias = "input_tokens")]
         prompt_tokens: u64,
-        #[serde(default)]
+        #[serde(default, alias = "output_tokens")]
         completion_tokens: Option<u64>,
     }
     let u = serde_json::from_slice::<Body>(body).ok()?.usage?;
     Some((u.prompt_tokens, u.completion_tokens.unwrap_or(0)))
 }
 
-/// `(prompt_tokens, completion_tokens)` of a response or chunk with usage.
+/// `(prompt_tokens, completion_tokens)` of a response or chunk with usage;
+/// also of the Responses API's final event (`response.usage`, with
+/// `input_tokens` and `output_tokens`).
 pub fn usage_of(v: &Value) -> Option<(u64, u64)> {
-    let u = v.get("usage")?;
-    let input = u.get("prompt_tokens").and_then(Value::as_u64)?;
-    let output = u
-        .get("completion_tokens")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
+    let u = v
+        .get("usage")
+        .filter(|u| u.is_object())
+        .or_else(|| v.get("response")?.get("usage"))?;
+    let tokens = |a: &str, b: &str| u.get(a).or_else(|| u.get(b)).and_then(Value::as_u64);
+    let input = tokens("prompt_tokens", "input_tokens")?;
+    let output = tokens("completion_tokens", "output_tokens").unwrap_or(0);
     Some((input, output))
 }
 
