@@ -272,8 +272,14 @@ impl Admission {
     /// nothing left to do).
     fn take(&mut self) -> Parts {
         let p = &self.parts;
-        let empty = Parts::new(p.gw.clone(), p.client.clone(), p.model.clone());
+        let mut empty = Parts::new(p.gw.clone(), p.client.clone(), p.model.clone());
+        empty.request_id = p.request_id;
         std::mem::replace(&mut self.parts, empty)
+    }
+
+    /// The request's id, for its ledger row.
+    pub fn set_request_id(&mut self, id: uuid::Uuid) {
+        self.parts.request_id = id;
     }
 }
 
@@ -303,6 +309,7 @@ struct Parts {
     client_permit: Option<Permit>,
     model_permit: Option<Permit>,
     hold: Option<Hold>,
+    request_id: uuid::Uuid,
 }
 
 impl Parts {
@@ -315,6 +322,7 @@ impl Parts {
             client_permit: None,
             model_permit: None,
             hold: None,
+            request_id: uuid::Uuid::nil(),
         }
     }
 
@@ -376,6 +384,7 @@ impl Parts {
                 nano_to_usd(cost),
             );
             gw.ledger.record(&UsageRecord {
+                request_id: self.request_id,
                 client,
                 tier: &self.client.tier.name,
                 model,

@@ -159,7 +159,11 @@ impl Gateway {
                             )
                         })
                 };
-                let urls = [url(Endpoint::Chat)?, url(Endpoint::Embeddings)?];
+                let urls = [
+                    url(Endpoint::Chat)?,
+                    url(Endpoint::Embeddings)?,
+                    url(Endpoint::Responses)?,
+                ];
                 models.insert(
                     mname.clone(),
                     Arc::new(Model {

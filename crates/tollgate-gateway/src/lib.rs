@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod proxy;
 pub mod registry;
+pub mod request_id;
 pub mod routing;
 pub mod server;
 pub mod sync;

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post, put};
-use axum::{Json, Router};
+use axum::routing::{any, get, patch, post, put};
+use axum::{Extension, Json, Router};
 use serde_json::json;
 use tokio::sync::oneshot;
 
@@ -18,13 +18,17 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::gateway::{Gateway, StartError};
 use crate::proxy::{self, Endpoint};
+use crate::request_id::{self, RequestId};
 
 /// Every route of the gateway.
 pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/responses", post(responses))
+        .route("/v1/completions", any(legacy_completions))
         .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -33,28 +37,100 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/admin/clients/{id}/tier", put(admin::set_client_tier))
         .route("/admin/tiers/{name}", patch(admin::patch_tier))
         .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "unknown_url", "Unknown URL; this gateway serves /v1/chat/completions, /v1/embeddings and /v1/models.")
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "unknown_url",
+                format!("Unknown URL; this gateway serves {SERVED}."),
+            )
         })
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(request_id::layer))
         .with_state(gw)
 }
 
-async fn chat(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
-    proxy::handle(gw, headers, body, Endpoint::Chat).await
+/// What the client API serves, for the 404s.
+const SERVED: &str = "POST /v1/chat/completions, POST /v1/responses, POST /v1/embeddings, GET /v1/models and GET /v1/models/{model}";
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "method_not_allowed",
+        format!(
+            "{method} is not allowed on {}; this gateway serves {SERVED}.",
+            uri.path()
+        ),
+    )
 }
 
-async fn embeddings(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
-    proxy::handle(gw, headers, body, Endpoint::Embeddings).await
+async fn legacy_completions() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "unsupported_endpoint",
+        format!("The legacy completions API (/v1/completions) is not served by this gateway; use /v1/chat/completions or /v1/responses. It serves {SERVED}."),
+    )
+}
+
+async fn chat(
+    State(gw): State<Arc<Gateway>>,
+    Extension(id): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    proxy::handle(gw, headers, body, Endpoint::Chat, id).await
+}
+
+async fn embeddings(
+    State(gw): State<Arc<Gateway>>,
+    Extension(id): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    proxy::handle(gw, headers, body, Endpoint::Embeddings, id).await
+}
+
+async fn responses(
+    State(gw): State<Arc<Gateway>>,
+    Extension(id): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    proxy::handle(gw, headers, body, Endpoint::Responses, id).await
+}
+
+fn model_object(m: &crate::routing::Model) -> serde_json::Value {
+    json!({"id": m.name, "object": "model", "created": 0, "owned_by": m.provider})
+}
+
+async fn model(
+    State(gw): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = proxy::authenticate(&gw, &headers) {
+        return e.into_response();
+    }
+    match gw.models.get(&id) {
+        Some(m) => Json(model_object(m)).into_response(),
+        None => {
+            let mut e = ApiError::invalid(
+                "model_not_found",
+                "model",
+                format!("The model {id:?} does not exist on this gateway; GET /v1/models lists the models you can use."),
+            );
+            e.status = StatusCode::NOT_FOUND;
+            e.into_response()
+        }
+    }
 }
 
 async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     if let Err(e) = proxy::authenticate(&gw, &headers) {
         return e.into_response();
     }
-    let data: Vec<_> = gw
-        .models
-        .values()
-        .map(|m| json!({"id": m.name, "object": "model", "created": 0, "owned_by": m.provider}))
-        .collect();
+    let data: Vec<_> = gw.models.values().map(|m| model_object(m)).collect();
     Json(json!({"object": "list", "data": data})).into_response()
 }
 

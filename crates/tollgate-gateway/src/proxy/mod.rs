@@ -1,5 +1,6 @@
-//! The request path of `/v1/chat/completions` and `/v1/embeddings`: auth,
-//! checks, admission, forwarding (streamed or not), settlement, headers.
+//! The request path of `/v1/chat/completions`, `/v1/embeddings` and
+//! `/v1/responses`: auth, body and checks, admission, forwarding (streamed
+//! or not), settlement, headers.
 //!
 //! An answer is passed on as the upstream sent it only when it is what it
 //! claims: a 200 body is decoded (gzip, deflate, brotli) and must be JSON,
@@ -7,6 +8,7 @@
 //! [`stream`]. Whatever happens after the request reached the upstream, it
 //! is charged by the rule of [`usage`] and counted once with its outcome.
 
+mod body;
 mod headers;
 mod hold;
 mod stream;
@@ -35,6 +37,7 @@ use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::outcome::Outcome;
 use crate::registry::Client;
+use crate::request_id::{self, RequestId};
 use crate::routing::Model;
 
 /// The client a request's bearer key belongs to, or 401.
@@ -62,26 +65,35 @@ pub async fn handle(
     headers: HeaderMap,
     body: Body,
     endpoint: Endpoint,
+    request_id: RequestId,
 ) -> Response {
+    let refused = |e: ApiError, outcome: Outcome| {
+        gw.metrics.inc(
+            "tollgate_requests_total",
+            &[
+                ("client", ""),
+                ("tier", ""),
+                ("model", ""),
+                ("outcome", outcome.as_str()),
+            ],
+        );
+        e.into_response()
+    };
     let client = match authenticate(&gw, &headers) {
         Ok(c) => c,
-        Err(e) => {
-            gw.metrics.inc(
-                "tollgate_requests_total",
-                &[
-                    ("client", ""),
-                    ("tier", ""),
-                    ("model", ""),
-                    ("outcome", Outcome::Unauthorized.as_str()),
-                ],
-            );
-            return e.into_response();
-        }
+        Err(e) => return refused(e, Outcome::Unauthorized),
     };
+    if let Err(e) = body::check_media_type(&headers) {
+        return refused(e, Outcome::BadRequest);
+    }
     // Dropped unrecorded (the client left before the answer), it counts the
     // request as `client_gone`; a stream takes it over.
     let mut tally = Tally::new(gw.clone(), client.clone());
-    match serve(&gw, &client, body, endpoint, &mut tally).await {
+    match serve(
+        &gw, &client, &headers, body, endpoint, request_id, &mut tally,
+    )
+    .await
+    {
         Ok(r) => {
             tally.record(Outcome::Ok);
             r
@@ -98,26 +110,23 @@ type Failure = (ApiError, Outcome);
 async fn serve(
     gw: &Arc<Gateway>,
     client: &Arc<Client>,
+    headers: &HeaderMap,
     body: Body,
     endpoint: Endpoint,
+    request_id: RequestId,
     tally: &mut Tally,
 ) -> Result<Response, Failure> {
     let limit = gw.config.server.max_body_bytes;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        let mut e = ApiError::invalid(
-            "request_too_large",
-            "body",
-            format!("The request body is larger than this gateway accepts ({limit} bytes). Shorten the request."),
-        );
-        e.status = StatusCode::PAYLOAD_TOO_LARGE;
-        (e, Outcome::BadRequest)
-    })?;
+    let bytes = body::read(headers, body, limit)
+        .await
+        .map_err(|e| (e, Outcome::BadRequest))?;
     let checked = check(&gw.models, endpoint, &bytes).map_err(|e| (e, Outcome::BadRequest))?;
     tally.model(&checked.model.name);
     if gw.config.server.log_prompts {
         tracing::debug!(client = %client.id, body = %checked.body, "request");
     }
     let cap = output_cap(
+        endpoint,
         &checked.body,
         checked.model.context_window,
         checked.input,
@@ -137,7 +146,7 @@ async fn serve(
         Admission::admit(gw, client, &model, input, output),
         model.hold.check(&gw.store)
     );
-    let admission = match admitted {
+    let mut admission = match admitted {
         Ok(a) => a,
         Err(mut e) => {
             // A bucket's refusal carries that bucket's headers; a budget's
@@ -149,6 +158,7 @@ async fn serve(
             return Err((e, outcome));
         }
     };
+    admission.set_request_id(request_id.0);
     tally.stage(Stage::Queued);
     admission.wait_for_slot().await;
     // A pause asked by the upstream, seen at admission or begun while this
@@ -184,7 +194,8 @@ async fn serve(
         endpoint,
         payload: upstream_body,
         stream,
-        strip_usage: !client_wants_usage,
+        // Only chat streams carry a usage chunk that was asked for.
+        strip_usage: endpoint == Endpoint::Chat && !client_wants_usage,
         cap,
     };
     match forward(gw, &model, admission, ask, tally).await {
@@ -248,7 +259,7 @@ async fn forward(
     gw: &Arc<Gateway>,
     model: &Arc<Model>,
     mut admission: Admission,
-    ask: Ask,
+    mut ask: Ask,
     tally: &mut Tally,
 ) -> Result<Response, Failure> {
     let t = timeouts(gw);
@@ -256,7 +267,7 @@ async fn forward(
         .http
         .post(model.url(ask.endpoint).clone())
         .header(header::CONTENT_TYPE, "application/json")
-        .body(ask.payload);
+        .body(std::mem::take(&mut ask.payload));
     if let Some(key) = &model.api_key {
         req = req.bearer_auth(key);
     }
@@ -310,10 +321,52 @@ async fn forward(
         }
     };
     let status = resp.status();
+    let upstream_id = resp
+        .headers()
+        .get(request_id::HEADER)
+        .cloned()
+        .map(|v| HeaderMap::from_iter([(request_id::UPSTREAM_HEADER, v)]))
+        .unwrap_or_default();
     gw.metrics.inc(
         "tollgate_upstream_responses_total",
         &[("model", &model.name), ("status", status.as_str())],
     );
+    let sent = Sent {
+        resp,
+        at: sent_at,
+        timeouts: t,
+    };
+    let mut out = read_answer(gw, model, admission, ask, tally, sent).await;
+    match &mut out {
+        Ok(r) => r.headers_mut().extend(upstream_id),
+        Err((e, _)) => e.headers.extend(upstream_id),
+    }
+    out
+}
+
+/// An upstream's answer (its headers) to a request sent at `at`.
+struct Sent {
+    resp: reqwest::Response,
+    at: tokio::time::Instant,
+    timeouts: Timeouts,
+}
+
+/// Reads the upstream's answer to `ask` and passes it on, settling the
+/// admission by what it used.
+async fn read_answer(
+    gw: &Arc<Gateway>,
+    model: &Arc<Model>,
+    admission: Admission,
+    ask: Ask,
+    tally: &mut Tally,
+    sent: Sent,
+) -> Result<Response, Failure> {
+    let Sent {
+        resp,
+        at: sent_at,
+        timeouts: t,
+    } = sent;
+    let status = resp.status();
     if !status.is_success() {
         return Err(refused_upstream(gw, model, admission, resp).await);
     }
@@ -374,7 +427,7 @@ async fn forward(
             return Err(bad_body(model, "is not JSON"));
         }
     };
-    let counted = output_tokens(model.tokenizer, &answer, Part::Message);
+    let counted = output_tokens(model.tokenizer, &answer, Part::Whole);
     let charge = Charge::of(usage_of(&answer), counted, admission.estimate.0, ask.cap);
     stream::note_charge(gw, model, tally.client_id(), &charge);
     admission.settle(charge.input, charge.output).await;

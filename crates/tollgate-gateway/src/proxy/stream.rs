@@ -129,34 +129,41 @@ impl EventScanner {
             self.counted += self.tokenizer.count(data);
             return;
         };
-        if v.get("error").is_some_and(|e| !e.is_null()) {
+        let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
+        if v.get("error").is_some_and(|e| !e.is_null())
+            || matches!(kind, "error" | "response.failed")
+        {
             self.errored = true;
             out.extend_from_slice(event);
             return;
         }
         self.counted += output_tokens(self.tokenizer, &v, Part::Delta);
-        if let Some(choices) = v.get("choices").and_then(Value::as_array) {
-            if choices
-                .iter()
+        let choices = v.get("choices").and_then(Value::as_array);
+        // A chat choice's `finish_reason`, or the Responses API's last event.
+        if choices.is_some_and(|c| {
+            c.iter()
                 .any(|c| c.get("finish_reason").is_some_and(|f| !f.is_null()))
-            {
-                self.finished = true;
-            }
+        }) || matches!(kind, "response.completed" | "response.incomplete")
+        {
+            self.finished = true;
+        }
+        // The Responses API has no `[DONE]`: its last event ends it.
+        if matches!(kind, "response.completed" | "response.incomplete") {
+            self.done = true;
         }
         let Some(usage) = usage_of(&v) else {
             out.extend_from_slice(event);
             return;
         };
         self.usage = Some(usage);
-        if !self.strip_usage {
+        // Only a chat chunk's usage is the client's to ask for.
+        let chat_chunk = choices.is_some()
+            || v.get("object").and_then(Value::as_str) == Some("chat.completion.chunk");
+        if !self.strip_usage || !chat_chunk {
             out.extend_from_slice(event);
             return;
         }
-        let no_choices = v
-            .get("choices")
-            .and_then(Value::as_array)
-            .is_none_or(|c| c.is_empty());
-        if no_choices {
+        if choices.is_none_or(|c| c.is_empty()) {
             return;
         }
         // Usage riding on a chunk with content: pass the content on alone.

@@ -1,15 +1,17 @@
 //! What an answer is charged, by one rule for streamed and non-streamed
-//! answers alike: the upstream's reported usage when there is one, else the
+//! answers alike, Chat Completions and Responses: the upstream's reported usage when there is one, else the
 //! estimated input and the output tokens the answer carried, counted with the
 //! model's tokenizer (never zero for an answer with text); and never more
 //! output than the request allowed (`max_tokens` × `n`).
 
 use serde_json::Value;
 
+use super::Endpoint;
 use crate::estimate::Tokenizer;
 
 /// `(prompt_tokens, completion_tokens)` of a response body, read without
 /// building the whole document (the rest of it is skipped, not stored).
+/// The Responses API names them `input_tokens` and `output_tokens`.
 pub fn usage_in(body: &[u8]) -> Option<(u64, u64)> {
     #[derive(serde::Deserialize)]
     struct Body {
@@ -17,70 +19,90 @@ pub fn usage_in(body: &[u8]) -> Option<(u64, u64)> {
     }
     #[derive(serde::Deserialize)]
     struct Usage {
+        #[serde(alias = "input_tokens")]
         prompt_tokens: u64,
-        #[serde(default)]
+        #[serde(default, alias = "output_tokens")]
         completion_tokens: Option<u64>,
     }
     let u = serde_json::from_slice::<Body>(body).ok()?.usage?;
     Some((u.prompt_tokens, u.completion_tokens.unwrap_or(0)))
 }
 
-/// `(prompt_tokens, completion_tokens)` of a response or chunk with usage
-/// (`None` when `usage` is absent, `null` or lacks `prompt_tokens`).
+/// `(prompt_tokens, completion_tokens)` of a response or chunk with usage,
+/// also of the Responses API's final event (`response.usage`, with
+/// `input_tokens` and `output_tokens`); `None` when `usage` is absent,
+/// `null` or lacks its input count.
 pub fn usage_of(v: &Value) -> Option<(u64, u64)> {
-    let u = v.get("usage")?;
-    let input = u.get("prompt_tokens").and_then(Value::as_u64)?;
-    let output = u
-        .get("completion_tokens")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
+    let u = v
+        .get("usage")
+        .filter(|u| u.is_object())
+        .or_else(|| v.get("response")?.get("usage"))?;
+    let tokens = |a: &str, b: &str| u.get(a).or_else(|| u.get(b)).and_then(Value::as_u64);
+    let input = tokens("prompt_tokens", "input_tokens")?;
+    let output = tokens("completion_tokens", "output_tokens").unwrap_or(0);
     Some((input, output))
 }
 
-/// Where a choice keeps its text: `delta` in a stream's chunk, `message` in
-/// a whole answer.
+/// What a piece of an answer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
-    /// A streamed chunk's `choices[].delta`.
+    /// One event of a stream: a chat chunk's `choices[].delta`, or a
+    /// Responses event's string `delta` (`response.output_text.delta`, …).
     Delta,
-    /// A whole answer's `choices[].message`.
-    Message,
+    /// A whole answer: a chat completion's `choices[].message`, or a
+    /// response's `output` items.
+    Whole,
 }
 
-impl Part {
-    fn key(self) -> &'static str {
-        match self {
-            Part::Delta => "delta",
-            Part::Message => "message",
-        }
-    }
-}
-
-/// Output tokens carried by the choices of `v`: text, refusals, reasoning
-/// text and tool calls (name and arguments), counted with `tokenizer`.
+/// Output tokens carried by `v`: text, refusals, reasoning text and tool
+/// calls (name and arguments), counted with `tokenizer`.
 pub fn output_tokens(tokenizer: Tokenizer, v: &Value, part: Part) -> u64 {
-    let Some(choices) = v.get("choices").and_then(Value::as_array) else {
-        return 0;
-    };
     let text = |v: Option<&Value>| v.and_then(Value::as_str).map_or(0, |s| tokenizer.count(s));
     let call = |c: &Value| {
         let f = c.get("function").unwrap_or(c);
         text(f.get("name")) + text(f.get("arguments"))
     };
-    let mut n = 0;
-    for choice in choices {
-        let Some(m) = choice.get(part.key()) else {
-            continue;
-        };
-        n += text(m.get("content"))
-            + text(m.get("refusal"))
-            + text(m.get("reasoning_content"))
-            + m.get("function_call").map_or(0, call);
-        if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
-            n += calls.iter().map(call).sum::<u64>();
+    let key = match part {
+        Part::Delta => "delta",
+        Part::Whole => "message",
+    };
+    if let Some(choices) = v.get("choices").and_then(Value::as_array) {
+        let mut n = 0;
+        for m in choices.iter().filter_map(|c| c.get(key)) {
+            n += text(m.get("content"))
+                + text(m.get("refusal"))
+                + text(m.get("reasoning_content"))
+                + m.get("function_call").map_or(0, call);
+            if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
+                n += calls.iter().map(call).sum::<u64>();
+            }
         }
+        return n;
     }
-    n
+    match part {
+        // A Responses event whose `delta` is text.
+        Part::Delta => text(v.get("delta")),
+        Part::Whole => v
+            .get("output")
+            .and_then(Value::as_array)
+            .map_or(0, |items| {
+                items.iter().map(|i| response_item(tokenizer, i)).sum()
+            }),
+    }
+}
+
+/// Tokens of one `output` item of a response: message text and refusals,
+/// reasoning summaries, function calls.
+fn response_item(tokenizer: Tokenizer, item: &Value) -> u64 {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map_or(0, |s| tokenizer.count(s));
+    let parts = |k: &str| {
+        item.get(k).and_then(Value::as_array).map_or(0, |ps| {
+            ps.iter()
+                .map(|p| text(p.get("text")) + text(p.get("refusal")))
+                .sum()
+        })
+    };
+    parts("content") + parts("summary") + text(item.get("name")) + text(item.get("arguments"))
 }
 
 /// What one answer is charged, and how that was decided.
@@ -111,18 +133,26 @@ impl Charge {
     }
 }
 
-/// The most output a request may be charged: `max_tokens` (or
-/// `max_completion_tokens`) × `n` when the request set one — that is the
-/// estimate `output` — else what the context window leaves after the input,
-/// × `n`. Embeddings produce no output.
-pub fn output_cap(body: &Value, context_window: u64, input: u64, output: u64) -> u64 {
-    if body.get("messages").is_none() {
-        return 0;
-    }
-    let set = ["max_completion_tokens", "max_tokens"]
+/// The most output a request may be charged: its own limit — `max_tokens`
+/// or `max_completion_tokens` × `n` for a chat, `max_output_tokens` for a
+/// response; that is the estimate `output` — else what the context window
+/// leaves after the input (× `n`). Embeddings produce no output.
+pub fn output_cap(
+    endpoint: Endpoint,
+    body: &Value,
+    context_window: u64,
+    input: u64,
+    output: u64,
+) -> u64 {
+    let limits: &[&str] = match endpoint {
+        Endpoint::Embeddings => return 0,
+        Endpoint::Chat => &["max_completion_tokens", "max_tokens"],
+        Endpoint::Responses => &["max_output_tokens"],
+    };
+    if limits
         .iter()
-        .any(|k| body.get(*k).is_some_and(|v| !v.is_null()));
-    if set {
+        .any(|k| body.get(*k).is_some_and(|v| !v.is_null()))
+    {
         return output;
     }
     let n = body.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
@@ -141,18 +171,31 @@ mod tests {
         assert_eq!(usage_in(br#"{"usage":{"prompt_tokens":5}}"#), Some((5, 0)));
         assert_eq!(usage_in(br#"{"choices":[]}"#), None);
         assert_eq!(usage_of(&json!({"usage": null})), None);
+        let completed = json!({"type": "response.completed", "response": {"usage": {"input_tokens": 4, "output_tokens": 2}}});
+        assert_eq!(usage_of(&completed), Some((4, 2)));
         let t = Tokenizer::O200k;
         let answer = json!({"choices": [
             {"message": {"content": "hello world"}},
             {"message": {"content": null, "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}}
         ]});
         assert_eq!(
-            output_tokens(t, &answer, Part::Message),
+            output_tokens(t, &answer, Part::Whole),
             2 + t.count("f") + t.count("{}")
         );
         assert_eq!(output_tokens(t, &answer, Part::Delta), 0);
         let chunk = json!({"choices": [{"delta": {"content": " world"}}]});
         assert_eq!(output_tokens(t, &chunk, Part::Delta), 1);
+        let delta = json!({"type": "response.output_text.delta", "delta": "hello world"});
+        assert_eq!(output_tokens(t, &delta, Part::Delta), 2);
+        let response = json!({"output": [
+            {"type": "reasoning", "summary": [{"type": "summary_text", "text": "hello"}]},
+            {"type": "message", "content": [{"type": "output_text", "text": "hello world"}]},
+            {"type": "function_call", "name": "f", "arguments": "{}"}
+        ]});
+        assert_eq!(
+            output_tokens(t, &response, Part::Whole),
+            1 + 2 + t.count("f") + t.count("{}")
+        );
     }
 
     #[test]
@@ -172,9 +215,17 @@ mod tests {
         assert_eq!((c.output, c.over_cap), (10, Some(50_000)));
         let msgs = json!([{"role": "user", "content": "hi"}]);
         let with = json!({"messages": msgs, "max_tokens": 10, "n": 2});
-        assert_eq!(output_cap(&with, 4096, 9, 20), 20);
+        assert_eq!(output_cap(Endpoint::Chat, &with, 4096, 9, 20), 20);
         let without = json!({"messages": msgs, "n": 2});
-        assert_eq!(output_cap(&without, 4096, 96, 512), 8000);
-        assert_eq!(output_cap(&json!({"input": "x"}), 4096, 1, 0), 0);
+        assert_eq!(output_cap(Endpoint::Chat, &without, 4096, 96, 512), 8000);
+        let response = json!({"input": "hi", "max_output_tokens": 30});
+        assert_eq!(output_cap(Endpoint::Responses, &response, 4096, 9, 30), 30);
+        let response = json!({"input": "hi"});
+        assert_eq!(
+            output_cap(Endpoint::Responses, &response, 4096, 96, 512),
+            4000
+        );
+        let embed = json!({"input": "x"});
+        assert_eq!(output_cap(Endpoint::Embeddings, &embed, 4096, 1, 0), 0);
     }
 }
