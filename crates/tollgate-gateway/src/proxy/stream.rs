@@ -458,6 +458,26 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_responses_api_events_and_knows_its_last_one() {
+        let delta = "event: response.output_text.delta\ndata: {\"type\": \"response.output_text.delta\", \"delta\": \"hello world\"}\n\n";
+        let done = "event: response.completed\ndata: {\"type\": \"response.completed\", \"response\": {\"usage\": {\"input_tokens\": 4, \"output_tokens\": 2}}}\n\n";
+        let all = format!("{delta}{done}");
+        // Nothing is stripped: the usage is part of the response's last event.
+        let (s, out) = scan(&all, true, 9);
+        assert_eq!(out, all);
+        assert_eq!((s.usage, s.counted), (Some((4, 2)), 2));
+        assert!(s.done && s.finished && !s.errored);
+        // Cut before its last event: not done.
+        let (s, _) = scan(delta, true, 9);
+        assert!(!s.done && !s.finished);
+        let failed =
+            "event: response.failed\ndata: {\"type\": \"response.failed\", \"response\": {}}\n\n";
+        let (s, out) = scan(failed, true, 9);
+        assert!(s.errored);
+        assert_eq!(out, failed, "the upstream's own failure is passed on");
+    }
+
+    #[test]
     fn error_events_are_named_in_openai_shape() {
         let t = Timeouts {
             first_byte: Duration::from_secs(1),
