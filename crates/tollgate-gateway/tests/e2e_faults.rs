@@ -573,3 +573,51 @@ async fn an_unreachable_upstream_is_a_502_and_costs_nothing() {
     }
     k.charged("upstream_error", 2.0, (0, 0)).await;
 }
+
+/// POSTs a Responses API request as the case's client.
+async fn respond(k: &Case, stream: bool) -> reqwest::Response {
+    let body = json!({"model": MODEL, "input": "hello world", "max_output_tokens": 16_000, "stream": stream});
+    send(
+        k.c.post(format!("{}/v1/responses", k.gw.url()))
+            .bearer_auth(format!("key-{}", k.who))
+            .json(&body),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_responses_api_is_charged_by_the_same_rule_and_a_cut_stream_says_so() {
+    let k = case(Fault::Well { spaced: true }, "responses").await;
+    let v: Value = respond(&k, false).await.json().await.unwrap();
+    assert_eq!(v["output"][0]["content"][0]["text"], "Hi there!");
+    let text = respond(&k, true).await.text().await.unwrap();
+    assert!(text.contains("event: response.completed"), "{text}");
+    assert!(
+        text.contains("\"input_tokens\": 11"),
+        "its usage is passed on: {text}"
+    );
+    k.charged("ok", 2.0, (2 * USAGE.0, 2 * USAGE.1)).await;
+
+    // Without usage: the output counted, 3 tokens.
+    k.up.set(Fault::NoUsage);
+    respond(&k, false).await.bytes().await.unwrap();
+    respond(&k, true).await.bytes().await.unwrap();
+    // The input as estimated (the Responses API's own estimate of "hello
+    // world"), for each of the two.
+    let input = (k.tokens().0 - 2 * USAGE.0) / 2;
+    assert!(input > 0);
+    k.charged("ok", 4.0, (2 * USAGE.0 + 2 * input, 2 * USAGE.1 + 2 * 3))
+        .await;
+
+    // Cut after the first delta: an error event, the input and 1 token.
+    k.up.set(Fault::CutChunked);
+    let text = respond(&k, true).await.text().await.unwrap();
+    ends_with_error(&text, "stream_broken");
+    assert!(!text.contains("response.completed"), "{text}");
+    k.charged(
+        "stream_broken",
+        1.0,
+        (2 * USAGE.0 + 3 * input, 2 * USAGE.1 + 2 * 3 + 1),
+    )
+    .await;
+}

@@ -145,8 +145,15 @@ impl FaultyUpstream {
     }
 }
 
-/// Reads one request: its headers (lower-cased names) and JSON body.
-async fn read_request(conn: &mut TcpStream) -> std::io::Result<(Vec<(String, String)>, Value)> {
+/// One request as read: its path, headers (lower-cased names) and JSON body.
+struct Request {
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Value,
+}
+
+/// Reads one request.
+async fn read_request(conn: &mut TcpStream) -> std::io::Result<Request> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -160,6 +167,7 @@ async fn read_request(conn: &mut TcpStream) -> std::io::Result<(Vec<(String, Str
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
     let headers: Vec<(String, String)> = head
         .lines()
         .skip(1)
@@ -179,7 +187,11 @@ async fn read_request(conn: &mut TcpStream) -> std::io::Result<(Vec<(String, Str
         buf.extend_from_slice(&chunk[..n]);
     }
     let body = serde_json::from_slice(&buf[head_end..head_end + len]).unwrap_or(Value::Null);
-    Ok((headers, body))
+    Ok(Request {
+        path,
+        headers,
+        body,
+    })
 }
 
 /// Waits until the peer closes the connection, or `d` passes; returns
@@ -193,7 +205,12 @@ async fn closed_within(conn: &mut TcpStream, d: Duration) -> bool {
 }
 
 async fn serve(mut conn: TcpStream, stats: &Stats, fault: &Mutex<Fault>) -> std::io::Result<()> {
-    let (headers, body) = read_request(&mut conn).await?;
+    let Request {
+        path,
+        headers,
+        body,
+    } = read_request(&mut conn).await?;
+    let responses_api = path.ends_with("/responses");
     stats.requests.fetch_add(1, Ordering::SeqCst);
     *stats.last_accept_encoding.lock() = headers
         .iter()
@@ -240,6 +257,7 @@ async fn serve(mut conn: TcpStream, stats: &Stats, fault: &Mutex<Fault>) -> std:
     if !stream {
         let body = match fault {
             Fault::NotJson => b"<html><body>502 Bad Gateway</body></html>".to_vec(),
+            _ if responses_api => write_json(&response(&model, usage), spaced).into_bytes(),
             _ => write_json(&answer(&model, usage), spaced).into_bytes(),
         };
         let (body, enc) = match fault {
@@ -279,6 +297,9 @@ async fn serve(mut conn: TcpStream, stats: &Stats, fault: &Mutex<Fault>) -> std:
         events.push(format!("data: {}\n\n", write_json(&u, spaced)));
     }
     events.push("data: [DONE]\n\n".into());
+    if responses_api {
+        events = response_events(&model, usage, spaced);
+    }
     if matches!(fault, Fault::CutClose | Fault::CutChunked) {
         events.truncate(2);
     }
@@ -339,6 +360,38 @@ async fn write_chunk(conn: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> 
         .await?;
     conn.write_all(bytes).await?;
     conn.write_all(b"\r\n").await
+}
+
+/// A whole answer of the Responses API.
+fn response(model: &str, usage: Option<(u64, u64)>) -> Value {
+    let mut v = json!({"id": "resp_faulty", "object": "response", "created_at": 0, "status": "completed", "model": model,
+        "output": [{"type": "message", "id": "msg_faulty", "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": PIECES.concat(), "annotations": []}]}]});
+    if let Some((i, o)) = usage {
+        v["usage"] = json!({"input_tokens": i, "output_tokens": o, "total_tokens": i + o});
+    }
+    v
+}
+
+/// A streamed answer of the Responses API: created, one text delta per
+/// token, completed (with the usage, if any).
+fn response_events(model: &str, usage: Option<(u64, u64)>, spaced: bool) -> Vec<String> {
+    let event = |v: Value| {
+        let kind = v["type"].as_str().unwrap();
+        format!("event: {kind}\ndata: {}\n\n", write_json(&v, spaced))
+    };
+    let mut created = response(model, None);
+    created["status"] = json!("in_progress");
+    created["output"] = json!([]);
+    let mut events = vec![event(
+        json!({"type": "response.created", "sequence_number": 0, "response": created}),
+    )];
+    for (i, p) in PIECES.iter().enumerate() {
+        events.push(event(json!({"type": "response.output_text.delta", "sequence_number": i + 1,
+            "item_id": "msg_faulty", "output_index": 0, "content_index": 0, "delta": p, "logprobs": []})));
+    }
+    events.push(event(json!({"type": "response.completed", "sequence_number": 4, "response": response(model, usage)})));
+    events
 }
 
 /// A whole chat answer.
