@@ -382,4 +382,26 @@ mod tests {
             .to_string();
         assert!(e.contains("clients[0].tier"), "{e}");
     }
+
+    #[test]
+    fn upstream_timeouts_are_positive_seconds() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(
+            (
+                c.server.upstream_first_byte_timeout_secs,
+                c.server.upstream_idle_timeout_secs,
+                c.server.upstream_timeout_secs
+            ),
+            (120.0, 60.0, 600.0)
+        );
+        for field in [
+            "upstream_first_byte_timeout_secs",
+            "upstream_idle_timeout_secs",
+        ] {
+            let e = Config::from_toml(&format!("[server]\n{field} = 0\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("server.{field}")), "{e}");
+        }
+    }
 }
