@@ -14,7 +14,7 @@ use tollgate::{AcquireOptions, Cost, Dimension};
 
 use super::stream::{self, SseRelay, Timeouts};
 use super::tally::Tally;
-use super::usage::{output_tokens, usage_of, Charge, Part};
+use super::usage::{output_tokens, usage_in, Charge, Part};
 use super::{asked_pause, upstream_backoff, Endpoint, Failure};
 use crate::admission::Admission;
 use crate::error::ApiError;
@@ -205,17 +205,21 @@ async fn read_answer(
             return Err(bad_body(model, "broke off or could not be decoded"));
         }
     };
-    let answer = match serde_json::from_slice::<Value>(&bytes) {
-        Ok(v) if v.is_object() => v,
-        _ => {
-            let input = admission.estimate.0;
-            admission.settle(input, 0).await;
-            tracing::warn!(model = %model.name, bytes = bytes.len(), "upstream 200 answer is not a JSON object");
-            return Err(bad_body(model, "is not JSON"));
-        }
+    // The usual answer reports its usage: read it without building the
+    // document. Only one without is parsed whole, to count its output.
+    let (usage, counted) = match usage_in(&bytes) {
+        Some(u) => (Some(u), 0),
+        None => match serde_json::from_slice::<Value>(&bytes) {
+            Ok(v) if v.is_object() => (None, output_tokens(model.tokenizer, &v, Part::Whole)),
+            _ => {
+                let input = admission.estimate.0;
+                admission.settle(input, 0).await;
+                tracing::warn!(model = %model.name, bytes = bytes.len(), "upstream 200 answer is not a JSON object");
+                return Err(bad_body(model, "is not JSON"));
+            }
+        },
     };
-    let counted = output_tokens(model.tokenizer, &answer, Part::Whole);
-    let charge = Charge::of(usage_of(&answer), counted, admission.estimate.0, ask.cap);
+    let charge = Charge::of(usage, counted, admission.estimate.0, ask.cap);
     stream::note_charge(gw, model, tally.client_id(), &charge);
     admission.settle(charge.input, charge.output).await;
     let mut r = Response::new(Body::from(bytes));

@@ -22,7 +22,7 @@ pub use headers::{format_reset, ratelimit_headers, upstream_backoff, BUCKET_HEAD
 pub use hold::{asked_pause, Hold, Paused, MAX_HOLD};
 pub use stream::{EventScanner, SseRelay, Timeouts};
 pub use tally::{Stage, Tally};
-pub use usage::{output_cap, output_tokens, usage_in, usage_of, Charge, Part};
+pub use usage::{output_cap, output_text, output_tokens, usage_in, usage_of, Charge, Part};
 pub use validate::{check, Checked, Endpoint};
 
 use std::sync::Arc;

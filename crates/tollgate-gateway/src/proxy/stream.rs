@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use tokio::time::{Instant, Sleep};
 
 use super::tally::{Stage, Tally};
-use super::usage::{output_tokens, usage_of, Charge, Part};
+use super::usage::{output_text, usage_of, Charge, Part};
 use crate::admission::Admission;
 use crate::estimate::Tokenizer;
 use crate::gateway::Gateway;
@@ -43,8 +43,8 @@ pub struct EventScanner {
     /// `(prompt_tokens, completion_tokens)` of the usage chunk, once seen
     /// (the last one wins: a repeated usage chunk is charged once).
     pub usage: Option<(u64, u64)>,
-    /// Output tokens the chunks carried, counted with the tokenizer.
-    pub counted: u64,
+    /// The output text the chunks carried (counted only if no usage came).
+    text: String,
     /// A choice reported its `finish_reason`.
     pub finished: bool,
     /// `data: [DONE]` was seen.
@@ -63,12 +63,17 @@ impl EventScanner {
             tokenizer,
             strip_usage,
             usage: None,
-            counted: 0,
+            text: String::new(),
             finished: false,
             done: false,
             errored: false,
             malformed: 0,
         }
+    }
+
+    /// Output tokens the chunks carried, counted with the model's tokenizer.
+    pub fn counted(&self) -> u64 {
+        self.tokenizer.count(&self.text)
     }
 
     /// Takes bytes from upstream; returns the complete events to forward.
@@ -126,7 +131,7 @@ impl EventScanner {
         let Ok(mut v) = serde_json::from_str::<Value>(data) else {
             self.malformed += 1;
             // The line still carried something: count it as output text.
-            self.counted += self.tokenizer.count(data);
+            self.text.push_str(data);
             return;
         };
         let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
@@ -137,7 +142,7 @@ impl EventScanner {
             out.extend_from_slice(event);
             return;
         }
-        self.counted += output_tokens(self.tokenizer, &v, Part::Delta);
+        output_text(&v, Part::Delta, &mut self.text);
         let choices = v.get("choices").and_then(Value::as_array);
         // A chat choice's `finish_reason`, or the Responses API's last event.
         if choices.is_some_and(|c| {
@@ -303,7 +308,9 @@ impl SseRelay {
         // Close the upstream connection now, not when the body is dropped.
         self.upstream = Box::pin(futures_util::stream::empty());
         let s = &self.scanner;
-        let charge = Charge::of(s.usage, s.counted, req.admission.estimate.0, req.cap);
+        // Counting is done only when it is needed: no usage came.
+        let counted = if s.usage.is_some() { 0 } else { s.counted() };
+        let charge = Charge::of(s.usage, counted, req.admission.estimate.0, req.cap);
         let model = &req.model;
         let client = req.tally.client_id().to_string();
         note_charge(&req.gw, model, &client, &charge);
@@ -436,7 +443,7 @@ mod tests {
             let all = format!("{content}{content}{last}{usage}data: [DONE]\n\n");
             let (s, out) = scan(&all, true, 5);
             assert_eq!(out, format!("{content}{content}{last}data: [DONE]\n\n"));
-            assert_eq!((s.usage, s.counted), (Some((7, 3)), 2));
+            assert_eq!((s.usage, s.counted()), (Some((7, 3)), 2));
             assert!(s.done && s.finished && s.malformed == 0);
             // Kept when the client asked for it.
             let (_, out) = scan(&all, false, 7);
@@ -465,7 +472,7 @@ mod tests {
         // Nothing is stripped: the usage is part of the response's last event.
         let (s, out) = scan(&all, true, 9);
         assert_eq!(out, all);
-        assert_eq!((s.usage, s.counted), (Some((4, 2)), 2));
+        assert_eq!((s.usage, s.counted()), (Some((4, 2)), 2));
         assert!(s.done && s.finished && !s.errored);
         // Cut before its last event: not done.
         let (s, _) = scan(delta, true, 9);

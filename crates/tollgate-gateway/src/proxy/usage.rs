@@ -57,52 +57,65 @@ pub enum Part {
 /// Output tokens carried by `v`: text, refusals, reasoning text and tool
 /// calls (name and arguments), counted with `tokenizer`.
 pub fn output_tokens(tokenizer: Tokenizer, v: &Value, part: Part) -> u64 {
-    let text = |v: Option<&Value>| v.and_then(Value::as_str).map_or(0, |s| tokenizer.count(s));
-    let call = |c: &Value| {
-        let f = c.get("function").unwrap_or(c);
-        text(f.get("name")) + text(f.get("arguments"))
+    let mut text = String::new();
+    output_text(v, part, &mut text);
+    tokenizer.count(&text)
+}
+
+/// Appends to `out` the output text `v` carries (see [`output_tokens`]), so
+/// that a stream's pieces are counted once, together, and only when the
+/// upstream reported no usage.
+pub fn output_text(v: &Value, part: Part, out: &mut String) {
+    let mut push = |v: Option<&Value>| {
+        if let Some(s) = v.and_then(Value::as_str) {
+            out.push_str(s);
+        }
     };
     let key = match part {
         Part::Delta => "delta",
         Part::Whole => "message",
     };
     if let Some(choices) = v.get("choices").and_then(Value::as_array) {
-        let mut n = 0;
         for m in choices.iter().filter_map(|c| c.get(key)) {
-            n += text(m.get("content"))
-                + text(m.get("refusal"))
-                + text(m.get("reasoning_content"))
-                + m.get("function_call").map_or(0, call);
-            if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
-                n += calls.iter().map(call).sum::<u64>();
+            for k in ["content", "refusal", "reasoning_content"] {
+                push(m.get(k));
+            }
+            let calls = m.get("tool_calls").and_then(Value::as_array);
+            for c in m
+                .get("function_call")
+                .into_iter()
+                .chain(calls.into_iter().flatten())
+            {
+                let f = c.get("function").unwrap_or(c);
+                push(f.get("name"));
+                push(f.get("arguments"));
             }
         }
-        return n;
+        return;
     }
     match part {
         // A Responses event whose `delta` is text.
-        Part::Delta => text(v.get("delta")),
-        Part::Whole => v
-            .get("output")
-            .and_then(Value::as_array)
-            .map_or(0, |items| {
-                items.iter().map(|i| response_item(tokenizer, i)).sum()
-            }),
+        Part::Delta => push(v.get("delta")),
+        // A response's `output` items: message text and refusals, reasoning
+        // summaries, function calls.
+        Part::Whole => {
+            for item in v
+                .get("output")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                for k in ["content", "summary"] {
+                    for p in item.get(k).and_then(Value::as_array).into_iter().flatten() {
+                        push(p.get("text"));
+                        push(p.get("refusal"));
+                    }
+                }
+                push(item.get("name"));
+                push(item.get("arguments"));
+            }
+        }
     }
-}
-
-/// Tokens of one `output` item of a response: message text and refusals,
-/// reasoning summaries, function calls.
-fn response_item(tokenizer: Tokenizer, item: &Value) -> u64 {
-    let text = |v: Option<&Value>| v.and_then(Value::as_str).map_or(0, |s| tokenizer.count(s));
-    let parts = |k: &str| {
-        item.get(k).and_then(Value::as_array).map_or(0, |ps| {
-            ps.iter()
-                .map(|p| text(p.get("text")) + text(p.get("refusal")))
-                .sum()
-        })
-    };
-    parts("content") + parts("summary") + text(item.get("name")) + text(item.get("arguments"))
 }
 
 /// What one answer is charged, and how that was decided.
@@ -180,7 +193,7 @@ mod tests {
         ]});
         assert_eq!(
             output_tokens(t, &answer, Part::Whole),
-            2 + t.count("f") + t.count("{}")
+            t.count("hello worldf{}")
         );
         assert_eq!(output_tokens(t, &answer, Part::Delta), 0);
         let chunk = json!({"choices": [{"delta": {"content": " world"}}]});
@@ -194,7 +207,7 @@ mod tests {
         ]});
         assert_eq!(
             output_tokens(t, &response, Part::Whole),
-            1 + 2 + t.count("f") + t.count("{}")
+            t.count("hellohello worldf{}")
         );
     }
 
