@@ -114,9 +114,21 @@ impl EventScanner {
                 }
             }
         }
-        // Comments and events without data pass as they are.
+        // Comments and events without data pass as they are; lines that are
+        // no SSE field at all are dropped like malformed data.
         let Some(data) = data else {
-            out.extend_from_slice(event);
+            let sse = text.lines().all(|l| {
+                l.is_empty()
+                    || l.starts_with(':')
+                    || ["event", "id", "retry"]
+                        .iter()
+                        .any(|f| l == *f || l.starts_with(&format!("{f}:")))
+            });
+            if sse {
+                out.extend_from_slice(event);
+            } else {
+                self.malformed += 1;
+            }
             return;
         };
         let data = data.trim();
@@ -462,6 +474,8 @@ mod tests {
         assert!(!out.contains("usage"), "{out}");
         assert!(out.contains("\"finish_reason\":\"stop\""), "{out}");
         assert!(out.ends_with("data: [DONE]"), "{out}");
+        let (s, out) = scan("<html>oops</html>\n\nevent: ping\n\n", true, 4);
+        assert_eq!((s.malformed, out.as_str()), (1, "event: ping\n\n"));
     }
 
     #[test]
