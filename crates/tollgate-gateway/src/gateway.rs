@@ -68,6 +68,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// Usage records.
     pub ledger: Arc<dyn Ledger>,
+    /// Client connections open, refused and timed out.
+    pub connections: Arc<crate::listener::ConnectionStats>,
     pub(crate) admin_hash: Option<[u8; 32]>,
     registry: RwLock<Arc<Registry>>,
     /// The overrides in force and the version they came with.
@@ -211,6 +213,7 @@ impl Gateway {
             http,
             metrics: Metrics::default(),
             ledger: Arc::new(LogLedger),
+            connections: Arc::default(),
             admin_hash,
             registry: RwLock::new(Arc::new(registry)),
             live: tokio::sync::Mutex::new((version, overrides)),

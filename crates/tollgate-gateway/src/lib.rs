@@ -27,6 +27,7 @@ pub mod error;
 pub mod estimate;
 pub mod gateway;
 pub mod ledger;
+pub mod listener;
 pub mod metrics;
 pub mod outcome;
 pub mod proxy;

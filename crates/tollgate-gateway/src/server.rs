@@ -301,13 +301,17 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
     })?;
     let (tx, rx) = oneshot::channel::<()>();
     let app = router(gw.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(no_delay(listener), app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.await;
-            })
-            .await
-    });
+    let limits = crate::listener::ConnectionLimits::of(&gw.config.server);
+    let stats = gw.connections.clone();
+    let server = tokio::spawn(crate::listener::serve(
+        listener,
+        app,
+        limits,
+        stats,
+        async move {
+            let _ = rx.await;
+        },
+    ));
     let sync = matches!(gw.sync, crate::sync::LiveSync::Redis(_)).then(|| {
         let gw = gw.clone();
         let every = Duration::from_millis(gw.config.store.sync_interval_ms);

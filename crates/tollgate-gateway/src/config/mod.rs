@@ -85,6 +85,27 @@ impl Config {
                 "must be a number of seconds in (0, 86400]",
             ));
         }
+        if self.server.max_connections == 0 {
+            return Err(invalid(
+                "server.max_connections",
+                "must be at least 1 (and below the process's file limit)",
+            ));
+        }
+        for (field, v) in [
+            ("server.idle_timeout_secs", self.server.idle_timeout_secs),
+            (
+                "server.header_read_timeout_secs",
+                self.server.header_read_timeout_secs,
+            ),
+            (
+                "server.body_read_timeout_secs",
+                self.server.body_read_timeout_secs,
+            ),
+        ] {
+            if !(v > 0.0 && v <= 3_600.0) {
+                return Err(invalid(field, "must be a number of seconds in (0, 3600]"));
+            }
+        }
         let url = &self.store.url;
         if ![
             "memory://",
