@@ -30,6 +30,7 @@ pub mod ledger;
 pub mod listener;
 pub mod metrics;
 pub mod outcome;
+pub mod overrides;
 pub mod proxy;
 pub mod registry;
 pub mod request_id;

@@ -296,7 +296,17 @@ fn validate_model(at: &str, m: &ModelConfig) -> Result<(), ConfigError> {
 
 /// Checks one tier (also used for live changes through the admin API).
 pub fn validate_tier(at: &str, t: &TierConfig, classes: usize) -> Result<(), ConfigError> {
-    if t.rpm.unwrap_or(0) == 0 && t.tpm.unwrap_or(0) == 0 {
+    // 0 is never "unlimited": a limit is removed by leaving it out (in the
+    // file) or setting it to null (in the admin API).
+    for (name, v) in [("rpm", t.rpm), ("tpm", t.tpm)] {
+        if v == Some(0) {
+            return Err(invalid(
+                format!("{at}.{name}"),
+                "0 would refuse every request; give a limit above 0, or leave the field out (in the admin API: null) for no limit",
+            ));
+        }
+    }
+    if t.rpm.is_none() && t.tpm.is_none() {
         return Err(invalid(
             format!("{at}.rpm"),
             "give rpm or tpm (or both) greater than 0",
