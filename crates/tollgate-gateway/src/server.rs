@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, patch, post, put};
+use axum::routing::{any, delete, get, patch, post, put};
 use axum::{Extension, Json, Router};
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -36,6 +36,15 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/admin/clients", get(admin::clients))
         .route("/admin/clients/{id}/tier", put(admin::set_client_tier))
         .route("/admin/tiers/{name}", patch(admin::patch_tier))
+        .route("/admin/overrides", get(admin::overrides))
+        .route(
+            "/admin/overrides/tiers/{name}",
+            delete(admin::remove_tier_override),
+        )
+        .route(
+            "/admin/overrides/clients/{id}",
+            delete(admin::remove_client_override),
+        )
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -301,14 +310,18 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
     })?;
     let (tx, rx) = oneshot::channel::<()>();
     let app = router(gw.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(no_delay(listener), app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.await;
-            })
-            .await
-    });
-    let sync = matches!(gw.sync, crate::sync::LiveSync::Redis(_)).then(|| {
+    let limits = crate::listener::ConnectionLimits::of(&gw.config.server);
+    let stats = gw.connections.clone();
+    let server = tokio::spawn(crate::listener::serve(
+        listener,
+        app,
+        limits,
+        stats,
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    let sync = matches!(gw.sync, crate::sync::LiveSync::Redis(..)).then(|| {
         let gw = gw.clone();
         let every = Duration::from_millis(gw.config.store.sync_interval_ms);
         tokio::spawn(async move {

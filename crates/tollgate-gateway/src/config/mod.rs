@@ -95,6 +95,27 @@ impl Config {
                 return Err(invalid(field, "must be a number of seconds in (0, 86400]"));
             }
         }
+        if self.server.max_connections == 0 {
+            return Err(invalid(
+                "server.max_connections",
+                "must be at least 1 (and below the process's file limit)",
+            ));
+        }
+        for (field, v) in [
+            ("server.idle_timeout_secs", self.server.idle_timeout_secs),
+            (
+                "server.header_read_timeout_secs",
+                self.server.header_read_timeout_secs,
+            ),
+            (
+                "server.body_read_timeout_secs",
+                self.server.body_read_timeout_secs,
+            ),
+        ] {
+            if !(v > 0.0 && v <= 3_600.0) {
+                return Err(invalid(field, "must be a number of seconds in (0, 3600]"));
+            }
+        }
         let url = &self.store.url;
         if ![
             "memory://",
@@ -285,7 +306,17 @@ fn validate_model(at: &str, m: &ModelConfig) -> Result<(), ConfigError> {
 
 /// Checks one tier (also used for live changes through the admin API).
 pub fn validate_tier(at: &str, t: &TierConfig, classes: usize) -> Result<(), ConfigError> {
-    if t.rpm.unwrap_or(0) == 0 && t.tpm.unwrap_or(0) == 0 {
+    // 0 is never "unlimited": a limit is removed by leaving it out (in the
+    // file) or setting it to null (in the admin API).
+    for (name, v) in [("rpm", t.rpm), ("tpm", t.tpm)] {
+        if v == Some(0) {
+            return Err(invalid(
+                format!("{at}.{name}"),
+                "0 would refuse every request; give a limit above 0, or leave the field out (in the admin API: null) for no limit",
+            ));
+        }
+    }
+    if t.rpm.is_none() && t.tpm.is_none() {
         return Err(invalid(
             format!("{at}.rpm"),
             "give rpm or tpm (or both) greater than 0",

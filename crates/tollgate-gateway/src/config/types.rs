@@ -53,6 +53,22 @@ pub struct ServerConfig {
     pub upstream_idle_timeout_secs: f64,
     /// Log prompt text at debug level (never API keys). Default false.
     pub log_prompts: bool,
+    /// Most client connections open at once; one more is answered 503 with
+    /// `Retry-After` and closed. Keep it below the process's file limit
+    /// (`ulimit -n`), leaving room for upstream and store connections.
+    /// Default 8192.
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long (seconds) while none of
+    /// its requests is being served is closed. Default 65: longer than the
+    /// 60 s idle timeout of common load balancers in front, so that they,
+    /// not the gateway, close their idle connections first.
+    pub idle_timeout_secs: f64,
+    /// Longest time (seconds) from a request's first byte to the end of its
+    /// headers; a slower client's connection is closed. Default 10.
+    pub header_read_timeout_secs: f64,
+    /// Longest time (seconds) for a request's body to arrive once its headers
+    /// have; a slower client gets 408. Default 30.
+    pub body_read_timeout_secs: f64,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +80,10 @@ impl Default for ServerConfig {
             upstream_first_byte_timeout_secs: 120.0,
             upstream_idle_timeout_secs: 60.0,
             log_prompts: false,
+            max_connections: 8192,
+            idle_timeout_secs: 65.0,
+            header_read_timeout_secs: 10.0,
+            body_read_timeout_secs: 30.0,
         }
     }
 }

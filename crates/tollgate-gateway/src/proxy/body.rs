@@ -1,7 +1,8 @@
 //! Reading a request body as OpenAI's API defines it: JSON only (415
 //! otherwise), decoded when the client compressed it (`Content-Encoding:
 //! gzip` or `deflate`; others get a 415 that names what is accepted), and
-//! never larger than `server.max_body_bytes`, before or after decoding.
+//! never larger than `server.max_body_bytes`, before or after decoding, and
+//! in within `server.body_read_timeout_secs` (408 otherwise).
 
 use std::io::Read;
 
@@ -48,15 +49,33 @@ fn too_large(limit: usize) -> ApiError {
     e
 }
 
-/// The body's bytes, decoded, at most `limit` of them.
-pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+/// The body's bytes, decoded, at most `limit` of them, read within
+/// `timeout`.
+pub async fn read(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, ApiError> {
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
         .unwrap_or_default();
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large(limit))?;
+    let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(read) => read.map_err(|_| too_large(limit))?,
+        Err(_) => {
+            let mut e = ApiError::invalid(
+                "request_timeout",
+                "body",
+                format!(
+                    "The request body did not arrive within {} s of its headers; send it whole, without pauses.",
+                    timeout.as_secs_f64()
+                ),
+            );
+            e.status = StatusCode::REQUEST_TIMEOUT;
+            return Err(e);
+        }
+    };
     match encoding.as_str() {
         "" | "identity" => Ok(bytes),
         "gzip" | "x-gzip" => decode(flate2::read::MultiGzDecoder::new(&bytes[..]), limit),
@@ -100,12 +119,15 @@ mod tests {
         let packed = gz.finish().unwrap();
         let mut h = HeaderMap::new();
         h.insert(header::CONTENT_ENCODING, "gzip".parse().unwrap());
-        let got = read(&h, Body::from(packed.clone()), 20_000).await.unwrap();
+        let t = std::time::Duration::from_secs(5);
+        let got = read(&h, Body::from(packed.clone()), 20_000, t)
+            .await
+            .unwrap();
         assert_eq!(got.len(), 10_000);
-        let bomb = read(&h, Body::from(packed), 5_000).await.unwrap_err();
+        let bomb = read(&h, Body::from(packed), 5_000, t).await.unwrap_err();
         assert_eq!(bomb.status, StatusCode::PAYLOAD_TOO_LARGE);
         h.insert(header::CONTENT_ENCODING, "br".parse().unwrap());
-        let e = read(&h, Body::from("x"), 100).await.unwrap_err();
+        let e = read(&h, Body::from("x"), 100, t).await.unwrap_err();
         assert_eq!(e.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
         assert!(e.message.contains("gzip"), "{}", e.message);
     }

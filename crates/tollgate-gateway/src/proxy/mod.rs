@@ -116,7 +116,8 @@ async fn serve(
     tally: &mut Tally,
 ) -> Result<Response, Failure> {
     let limit = gw.config.server.max_body_bytes;
-    let bytes = body::read(headers, body, limit)
+    let timeout = Duration::from_secs_f64(gw.config.server.body_read_timeout_secs);
+    let bytes = body::read(headers, body, limit, timeout)
         .await
         .map_err(|e| (e, Outcome::BadRequest))?;
     let checked = check(&gw.models, endpoint, &bytes).map_err(|e| (e, Outcome::BadRequest))?;

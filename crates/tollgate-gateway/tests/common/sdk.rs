@@ -4,10 +4,22 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::OnceLock;
 
-/// The virtualenv's python, with `openai` installed.
+/// The workspace's `target/`.
+pub fn target_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target")
+}
+
+/// The virtualenv's Python, with `openai` installed; made once per test
+/// binary (its tests run at once).
 pub fn venv_python() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/sdk-venv");
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(make_venv).clone()
+}
+
+fn make_venv() -> PathBuf {
+    let root = target_dir().join("sdk-venv");
     let python = root.join("bin/python");
     let ready = python.exists()
         && Command::new(&python)
