@@ -421,6 +421,17 @@ async fn a_malformed_data_line_is_dropped_and_counted_and_the_rest_passes() {
 }
 
 #[tokio::test]
+async fn a_finished_stream_without_done_is_complete_and_gets_its_done() {
+    let k = case(Fault::NoDone, "nodone").await;
+    let text = k.chat(&streamed(16_000, true)).await.text().await.unwrap();
+    let events = data_lines(&text);
+    assert_eq!(content_of(&events), "Hi there!");
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
+    assert!(!text.contains("\"error\""), "{text}");
+    k.charged("ok", 1.0, USAGE).await;
+}
+
+#[tokio::test]
 async fn headers_then_silence_end_with_a_timeout_event_after_the_first_byte_timeout() {
     let k = case(Fault::Silent, "silent").await;
     let t = Instant::now();

@@ -314,6 +314,21 @@ impl SseRelay {
         }
     }
 
+    /// How a stream that stopped (`cut`: broken off, or timed out) ended:
+    /// with the upstream's own error, complete (its last event or a
+    /// `finish_reason` came: only `[DONE]` or the usage chunk is missing),
+    /// or as `cut`.
+    fn verdict(&self, cut: End) -> End {
+        let s = &self.scanner;
+        if s.errored {
+            End::UpstreamError
+        } else if s.done || s.finished {
+            End::Complete
+        } else {
+            cut
+        }
+    }
+
     /// Ends the stream: settles, counts, logs; returns what to send last.
     fn end(&mut self, how: End) -> Option<Bytes> {
         let mut req = self.req.take()?;
@@ -383,26 +398,18 @@ impl Stream for SseRelay {
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    let how = if e.is_timeout() {
+                    tracing::warn!(provider = %this.provider, error = %e, "upstream stream failed");
+                    let cut = if e.is_timeout() {
                         End::Timeout
-                    } else if this.scanner.done {
-                        End::Complete
                     } else {
                         End::Broken
                     };
-                    tracing::warn!(provider = %this.provider, error = %e, "upstream stream failed");
+                    let how = this.verdict(cut);
                     return Poll::Ready(this.end(how).map(Ok));
                 }
                 Poll::Ready(None) => {
                     let mut out = this.scanner.finish();
-                    let s = &this.scanner;
-                    let how = if s.errored {
-                        End::UpstreamError
-                    } else if s.done || s.finished {
-                        End::Complete
-                    } else {
-                        End::Broken
-                    };
+                    let how = this.verdict(End::Broken);
                     if let Some(tail) = this.end(how) {
                         out.extend_from_slice(&tail);
                     }
@@ -413,7 +420,8 @@ impl Stream for SseRelay {
                 }
                 Poll::Pending => {
                     if this.deadline.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(this.end(End::Timeout).map(Ok));
+                        let how = this.verdict(End::Timeout);
+                        return Poll::Ready(this.end(how).map(Ok));
                     }
                     return Poll::Pending;
                 }

@@ -57,6 +57,8 @@ pub enum Fault {
     /// A complete stream with one `data:` line that is not JSON after the
     /// first token.
     Malformed,
+    /// A complete stream (`finish_reason`, usage) that ends without `[DONE]`.
+    NoDone,
     /// Headers of a stream, then nothing.
     Silent,
     /// Reads the request and never answers.
@@ -297,6 +299,9 @@ async fn serve(mut conn: TcpStream, stats: &Stats, fault: &Mutex<Fault>) -> std:
         events.push(format!("data: {}\n\n", write_json(&u, spaced)));
     }
     events.push("data: [DONE]\n\n".into());
+    if fault == Fault::NoDone {
+        events.pop();
+    }
     if responses_api {
         events = response_events(&model, usage, spaced);
     }
