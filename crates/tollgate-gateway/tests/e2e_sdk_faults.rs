@@ -38,6 +38,7 @@ async fn the_openai_sdk_is_charged_the_upstreams_usage_and_sees_every_broken_str
         ("cut-close", Fault::CutClose),
         ("cut-chunked", Fault::CutChunked),
         ("silent", Fault::Silent),
+        ("stalled", Fault::Drip(Duration::from_millis(800))),
         ("malformed", Fault::Malformed),
     ];
     let mut ups = Vec::new();
@@ -51,6 +52,7 @@ async fn the_openai_sdk_is_charged_the_upstreams_usage_and_sees_every_broken_str
     );
     cfg.providers.clear();
     cfg.server.upstream_first_byte_timeout_secs = 1.0;
+    cfg.server.upstream_idle_timeout_secs = 0.5;
     for (name, fault) in faults {
         let up = FaultyUpstream::start(fault).await;
         let mut m = model(1000, 1_000_000);
@@ -71,8 +73,9 @@ async fn the_openai_sdk_is_charged_the_upstreams_usage_and_sees_every_broken_str
 
     // pro: 3 calls to each well model and 1 to `malformed`, at the upstream's
     // usage; the two cut streams their estimated input (9) and the one token
-    // they carried; the silent one its input.
-    let want = 7.0 * usd(USAGE.0, USAGE.1) + 2.0 * usd(9, 1) + usd(9, 0);
+    // they carried, and so the cut Responses stream; the silent and the
+    // stalled one their input.
+    let want = 7.0 * usd(USAGE.0, USAGE.1) + 3.0 * usd(9, 1) + 2.0 * usd(9, 0);
     spent(&gw, "pro", want).await;
 
     // budget: each stream that went through at its usage, never past the budget.

@@ -2,7 +2,7 @@
 
 Run by tests/e2e_sdk_faults.rs, which serves one model per upstream behaviour
 (`spaced` and `compact` answer well, their JSON written with and without
-spaces; `cut-close`, `cut-chunked` and `silent` break their streams;
+spaces; `cut-close`, `cut-chunked`, `silent` and `stalled` break their streams;
 `malformed` sends one data: line that is not JSON) to clients `pro` and
 `budget` (a small daily budget). Prints what it did, then "sdk ok".
 """
@@ -44,13 +44,21 @@ for model in ("spaced", "compact"):
 
 # Every stream that broke is an error, never a partial answer passed off as whole.
 for model, code in (("cut-close", "stream_broken"), ("cut-chunked", "stream_broken"),
-                    ("silent", "upstream_timeout")):
+                    ("silent", "upstream_timeout"), ("stalled", "upstream_timeout")):
     try:
         text = stream_text(pro, model)
         sys.exit(f"{model}: a broken stream came back as a complete answer: {text!r}")
     except openai.APIError as err:
         assert err.code == code, (model, err.code, err)
         print(model, "->", type(err).__name__, err.code)
+
+# The Responses API's stream too.
+try:
+    events = [e.type for e in pro.responses.create(model="cut-chunked", input="hello world", stream=True)]
+    sys.exit(f"a broken Responses stream came back as complete: {events}")
+except openai.APIError as err:
+    assert err.code == "stream_broken", err
+    print("responses cut-chunked ->", type(err).__name__, err.code)
 
 # A line that is not JSON is dropped: the rest of the answer arrives whole.
 assert stream_text(pro, "malformed") == "Hi there!"
