@@ -467,6 +467,10 @@ async fn a_stream_silent_between_chunks_ends_with_a_timeout_event() {
     k.charged("upstream_timeout", 1.0, (INPUT_ESTIMATE, 0))
         .await;
     k.upstream_saw_close().await;
+    assert!(logged(
+        "idle",
+        &["outcome=\"upstream_timeout\"", "stage=\"streaming\""]
+    ));
 }
 
 #[tokio::test]
@@ -583,6 +587,7 @@ async fn an_unreachable_upstream_is_a_502_and_costs_nothing() {
             .contains("could not be reached"));
     }
     k.charged("upstream_error", 2.0, (0, 0)).await;
+    assert!(logged("unreachable", &["outcome=\"upstream_error\""]));
 }
 
 /// POSTs a Responses API request as the case's client.
