@@ -8,8 +8,10 @@
 //! With Redis the pause is a key `tollgate:hold:model:PROVIDER/NAME` whose
 //! value is the status and whose TTL is the pause (so instances need not
 //! agree on the time); each instance also remembers the pauses it has seen,
-//! so a paused model costs no round trip there. With the memory store the
-//! remembered pause is all there is.
+//! so a paused model costs no round trip there, and reads the key of a model
+//! at most every [`RECHECK`]: a pause started on one instance holds back the
+//! others' requests that come from that long after. With the memory store
+//! the remembered pause is all there is.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +24,10 @@ use crate::routing::Model;
 
 /// The longest pause honoured, whatever the upstream asks.
 pub const MAX_HOLD: Duration = Duration::from_secs(60);
+
+/// How long an instance trusts the store's answer that a model is not
+/// paused (one read per model per this interval, not one per request).
+pub const RECHECK: Duration = Duration::from_millis(10);
 
 /// Sets the pause unless a longer one is already there. KEYS[1] = the key;
 /// ARGV[1] = the pause in ms; ARGV[2] = the status. Returns 1.
@@ -46,8 +52,16 @@ pub struct Paused {
 #[derive(Debug)]
 pub struct Hold {
     key: String,
-    /// The pause this instance knows of: until when, with which status.
-    local: Mutex<Option<(Instant, u16)>>,
+    local: Mutex<Known>,
+}
+
+/// What this instance knows of a model's pause.
+#[derive(Debug, Default)]
+struct Known {
+    /// The pause: until when, with which status.
+    pause: Option<(Instant, u16)>,
+    /// When the store last said there is none.
+    clear_at: Option<Instant>,
 }
 
 impl Hold {
@@ -56,41 +70,44 @@ impl Hold {
     pub fn new(limiter_key: &str) -> Hold {
         Hold {
             key: format!("tollgate:hold:{limiter_key}"),
-            local: Mutex::new(None),
+            local: Mutex::new(Known::default()),
         }
     }
 
-    fn local(&self) -> Option<Paused> {
+    /// The pause this instance knows of: `Ok(Some)` a pause, `Ok(None)`
+    /// none as the store said less than [`RECHECK`] ago, `Err` ask the store.
+    fn local(&self) -> Result<Option<Paused>, ()> {
+        let now = Instant::now();
         let mut local = self.local.lock();
-        match *local {
-            Some((until, status)) => {
-                let left = until.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    *local = None;
-                    None
-                } else {
-                    Some(Paused { status, left })
-                }
+        if let Some((until, status)) = local.pause {
+            let left = until.saturating_duration_since(now);
+            if !left.is_zero() {
+                return Ok(Some(Paused { status, left }));
             }
-            None => None,
+            local.pause = None;
+        }
+        match local.clear_at {
+            Some(at) if now.duration_since(at) < RECHECK => Ok(None),
+            _ => Err(()),
         }
     }
 
     fn remember(&self, p: Paused) {
         let until = Instant::now() + p.left;
         let mut local = self.local.lock();
-        if local.is_none_or(|(u, _)| u < until) {
-            *local = Some((until, p.status));
+        if local.pause.is_none_or(|(u, _)| u < until) {
+            local.pause = Some((until, p.status));
         }
     }
 
     /// The pause in force, if any. A store that cannot be asked holds
     /// nothing back (logged): the provider bucket still limits.
     pub async fn check(&self, store: &Store) -> Option<Paused> {
-        if let Some(p) = self.local() {
-            return Some(p);
+        if let Ok(known) = self.local() {
+            return known;
         }
         let mut conn = store.redis_connection()?;
+        let asked = Instant::now();
         let reply: redis::RedisResult<(i64, Option<u16>)> = redis::pipe()
             .cmd("PTTL")
             .arg(&self.key)
@@ -107,7 +124,14 @@ impl Hold {
                 self.remember(p);
                 Some(p)
             }
-            Ok(_) => None,
+            Ok(_) => {
+                let mut local = self.local.lock();
+                // A pause started here meanwhile is not forgotten by this.
+                if local.pause.is_none() {
+                    local.clear_at = Some(asked);
+                }
+                None
+            }
             Err(e) => {
                 tracing::debug!(key = %self.key, error = %e, "could not read the upstream pause; not holding back");
                 None
@@ -127,7 +151,9 @@ impl Hold {
             return;
         };
         let ms = p.left.as_millis().max(1) as u64;
-        let r: redis::RedisResult<i64> = redis::Script::new(HOLD_SCRIPT)
+        static SCRIPT: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(HOLD_SCRIPT));
+        let r: redis::RedisResult<i64> = SCRIPT
             .key(&self.key)
             .arg(ms)
             .arg(status)
