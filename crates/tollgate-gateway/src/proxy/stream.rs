@@ -45,8 +45,11 @@ pub struct EventScanner {
     pub usage: Option<(u64, u64)>,
     /// The output text the chunks carried (counted only if no usage came).
     text: String,
-    /// A choice reported its `finish_reason`.
+    /// Every choice seen reported its `finish_reason` (or the Responses
+    /// API's last event came).
     pub finished: bool,
+    /// The choices (by `index`) seen and not finished yet.
+    open: std::collections::BTreeSet<u64>,
     /// `data: [DONE]` was seen.
     pub done: bool,
     /// The upstream sent an error event (forwarded as it is).
@@ -65,6 +68,7 @@ impl EventScanner {
             usage: None,
             text: String::new(),
             finished: false,
+            open: Default::default(),
             done: false,
             errored: false,
             malformed: 0,
@@ -156,12 +160,19 @@ impl EventScanner {
         }
         output_text(&v, Part::Delta, &mut self.text);
         let choices = v.get("choices").and_then(Value::as_array);
-        // A chat choice's `finish_reason`, or the Responses API's last event.
-        if choices.is_some_and(|c| {
-            c.iter()
-                .any(|c| c.get("finish_reason").is_some_and(|f| !f.is_null()))
-        }) || matches!(kind, "response.completed" | "response.incomplete")
-        {
+        // Each chat choice ends with its `finish_reason` (`n` of them run
+        // side by side); a response with its last event.
+        for c in choices.into_iter().flatten() {
+            let index = c.get("index").and_then(Value::as_u64).unwrap_or(0);
+            if c.get("finish_reason").is_some_and(|f| !f.is_null()) {
+                self.open.remove(&index);
+                self.finished = self.open.is_empty();
+            } else {
+                self.open.insert(index);
+                self.finished = false;
+            }
+        }
+        if matches!(kind, "response.completed" | "response.incomplete") {
             self.finished = true;
         }
         // The Responses API has no `[DONE]`: its last event ends it.
@@ -496,6 +507,17 @@ mod tests {
         assert_eq!(out, all);
         assert_eq!((s.usage, s.counted()), (Some((4, 2)), 2));
         assert!(s.done && s.finished && !s.errored);
+        // Two choices, one of them finished: not finished.
+        let a = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n";
+        let b = "data: {\"choices\":[{\"index\":1,\"delta\":{\"content\":\"b\"}}]}\n\n";
+        let a_end =
+            "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
+        let b_end =
+            "data: {\"choices\":[{\"index\":1,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n";
+        let (s, _) = scan(&format!("{a}{b}{a_end}"), true, 7);
+        assert!(!s.finished);
+        let (s, _) = scan(&format!("{a}{b}{a_end}{b_end}"), true, 7);
+        assert!(s.finished);
         // Cut before its last event: not done.
         let (s, _) = scan(delta, true, 9);
         assert!(!s.done && !s.finished);
