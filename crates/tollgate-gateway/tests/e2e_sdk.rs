@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use common::*;
-use sdk::{target_dir, venv_python};
+use sdk::{run_script, target_dir, venv_python};
 
 /// The folder with `node_modules/openai`, installed once when missing.
 fn node_sdk() -> PathBuf {
@@ -63,27 +63,6 @@ async fn demo() -> (
         .expect("simulated upstream");
     let config = tollgate_gateway::demo::config("127.0.0.1:0", &sim.base_url());
     (sim, gateway(config).await)
-}
-
-/// Runs `program script` against `url`; fails with its output unless it
-/// exits 0 and prints `ok`.
-async fn run_script(program: &Path, script: &Path, url: &str, ok: &str) {
-    let out = tokio::process::Command::new(program)
-        .arg(script)
-        .env("TOLLGATE_BASE_URL", url)
-        .env("NO_PROXY", "127.0.0.1")
-        .output()
-        .await
-        .expect("run the SDK script");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{} failed:\n{stdout}\n{stderr}",
-        script.display()
-    );
-    assert!(stdout.contains(ok), "{stdout}");
-    eprintln!("{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

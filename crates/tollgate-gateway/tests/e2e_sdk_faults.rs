@@ -68,8 +68,7 @@ async fn the_openai_sdk_is_charged_the_upstreams_usage_and_sees_every_broken_str
         ups.push(up);
     }
     let gw = gateway(cfg).await;
-    let stdout = sdk::run_script("sdk_faults.py", &gw.url()).await;
-    eprintln!("{stdout}");
+    let stdout = sdk::run_python("sdk_faults.py", &gw.url()).await;
 
     // pro: 3 calls to each well model and 1 to `malformed`, at the upstream's
     // usage; the two cut streams their estimated input (9) and the one token

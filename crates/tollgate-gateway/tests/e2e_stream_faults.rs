@@ -173,15 +173,7 @@ async fn a_slow_drip_stream_passes_through_chunk_by_chunk() {
 #[tokio::test]
 async fn a_client_that_leaves_a_slow_answer_is_billed_its_input_and_counted_client_gone() {
     let k = case(Fault::Slow(Duration::from_secs(5)), "gone").await;
-    let url = format!("{}/v1/chat/completions", k.gw.url());
-    let left =
-        k.c.post(&url)
-            .bearer_auth("key-gone")
-            .json(&chat_body("hello world", 16_000))
-            .timeout(Duration::from_millis(300))
-            .send()
-            .await;
-    assert!(left.is_err_and(|e| e.is_timeout()));
+    k.chat_and_leave(&chat_body("hello world", 16_000)).await;
     k.charged("client_gone", 1.0, (INPUT_ESTIMATE, 0)).await;
     k.upstream_saw_close().await;
     assert!(logged("gone", &["client went away", "stage=\"upstream\""]));
@@ -210,15 +202,7 @@ async fn a_client_that_leaves_while_queued_is_counted_and_charged_nothing() {
     )
     .await;
     assert_eq!(k.chat(&chat_body("hello world", 100)).await.status(), 200);
-    let url = format!("{}/v1/chat/completions", k.gw.url());
-    let left =
-        k.c.post(&url)
-            .bearer_auth("key-queued")
-            .json(&chat_body("hello world", 100))
-            .timeout(Duration::from_millis(300))
-            .send()
-            .await;
-    assert!(left.is_err_and(|e| e.is_timeout()));
+    k.chat_and_leave(&chat_body("hello world", 100)).await;
     k.charged("client_gone", 1.0, USAGE).await;
     assert_eq!(k.up.requests(), 1, "the queued request never went upstream");
     assert_eq!(k.outcomes("ok"), 1.0);

@@ -92,6 +92,23 @@ pub async fn case_with(
 }
 
 impl Case {
+    /// Sends a chat request and leaves after 300 ms, before its answer.
+    pub async fn chat_and_leave(&self, body: &Value) {
+        let url = format!("{}/v1/chat/completions", self.gw.url());
+        let left = self
+            .c
+            .post(&url)
+            .bearer_auth(format!("key-{}", self.who))
+            .json(body)
+            .timeout(Duration::from_millis(300))
+            .send()
+            .await;
+        assert!(
+            left.is_err_and(|e| e.is_timeout()),
+            "left before the answer"
+        );
+    }
+
     pub async fn chat(&self, body: &Value) -> reqwest::Response {
         chat(&self.c, &self.gw, self.who, body).await
     }

@@ -2,7 +2,7 @@
 //! `target/sdk-venv` (made on first use, reused after).
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -50,17 +50,13 @@ fn make_venv() -> PathBuf {
     python
 }
 
-/// Runs `script` (under `tests/python`) with the gateway's URL in
-/// `TOLLGATE_BASE_URL`; fails the test with its output unless it exits 0
-/// and prints `sdk ok`. Returns its standard output.
-pub async fn run_script(script: &str, gateway_url: &str) -> String {
-    let python = tokio::task::spawn_blocking(venv_python).await.unwrap();
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/python")
-        .join(script);
-    let out = tokio::process::Command::new(python)
-        .arg(path)
-        .env("TOLLGATE_BASE_URL", gateway_url)
+/// Runs `program script` against the gateway at `url` (in
+/// `TOLLGATE_BASE_URL`); fails with its output unless it exits 0 and prints
+/// `ok`. Returns its standard output.
+pub async fn run_script(program: &Path, script: &Path, url: &str, ok: &str) -> String {
+    let out = tokio::process::Command::new(program)
+        .arg(script)
+        .env("TOLLGATE_BASE_URL", url)
         .env("NO_PROXY", "127.0.0.1")
         .output()
         .await
@@ -69,8 +65,20 @@ pub async fn run_script(script: &str, gateway_url: &str) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "SDK script {script} failed:\n{stdout}\n{stderr}"
+        "{} failed:\n{stdout}\n{stderr}",
+        script.display()
     );
-    assert!(stdout.contains("sdk ok"), "{stdout}");
+    assert!(stdout.contains(ok), "{stdout}");
+    eprintln!("{stdout}");
     stdout
+}
+
+/// Runs `tests/python/NAME` with the virtualenv's Python against `url`
+/// ([`run_script`], expecting `sdk ok`).
+pub async fn run_python(name: &str, url: &str) -> String {
+    let python = tokio::task::spawn_blocking(venv_python).await.unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(name);
+    run_script(&python, &script, url, "sdk ok").await
 }
