@@ -109,8 +109,8 @@ async fn a_stream_silent_between_chunks_ends_with_a_timeout_event() {
     let text = k.chat(&streamed(16_000, false)).await.text().await.unwrap();
     let waited = t.elapsed();
     assert!(
-        waited >= Duration::from_millis(1200) && waited < Duration::from_millis(1600),
-        "{waited:?}"
+        waited >= Duration::from_millis(1200) && waited < Duration::from_millis(1900),
+        "ended 0.5 s after the first event at 0.8 s, not at the 1 s first-byte or the 2 s total timeout: {waited:?}"
     );
     let events = ends_with_error(&text, "upstream_timeout");
     assert_eq!(events.len(), 1, "the role chunk, then the error: {text}");
