@@ -127,6 +127,7 @@ async fn an_upstream_429_or_503_with_retry_after_pauses_the_model_and_the_client
         let t = Instant::now();
         let r = k.chat(&chat_body("hello world", 100)).await;
         assert_eq!(header(&r, "retry-after"), Some("1"));
+        assert!(header(&r, "x-ratelimit-remaining-requests").is_some());
         expect_error(r, status, "upstream_paused").await;
         assert_eq!(k.up.requests(), before + 1, "held back");
         tokio::time::sleep(Duration::from_millis(1050).saturating_sub(t.elapsed())).await;

@@ -38,6 +38,7 @@ use crate::gateway::Gateway;
 use crate::outcome::Outcome;
 use crate::registry::Client;
 use crate::request_id::RequestId;
+use crate::routing::Model;
 
 /// The client a request's bearer key belongs to, or 401.
 pub fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<Arc<Client>, ApiError> {
@@ -160,28 +161,6 @@ async fn serve(
     };
     admission.set_request_id(request_id.0);
     tally.stage(Stage::Queued);
-    admission.wait_for_slot().await;
-    // A pause asked by the upstream, seen at admission or begun while this
-    // request waited for its slot: wait it out when the tier may wait that
-    // long, else refuse (dropping the admission gives everything back).
-    let mut paused = match paused {
-        Some(p) => Some(p),
-        None if admission.wait > Duration::ZERO => model.hold.check(&gw.store).await,
-        None => None,
-    };
-    while let Some(p) = paused {
-        let may_wait = client.tier.max_wait.saturating_sub(started.elapsed());
-        if p.left > may_wait {
-            let outcome = if p.status == 503 {
-                Outcome::UpstreamError
-            } else {
-                Outcome::UpstreamRateLimited
-            };
-            return Err((hold::refusal(&model, p), outcome));
-        }
-        tokio::time::sleep(p.left).await;
-        paused = model.hold.check(&gw.store).await;
-    }
     // The headers describe the client's bucket right after this request was
     // let in, known from its permit: no store round trip.
     let rl_headers = admission
@@ -189,6 +168,24 @@ async fn serve(
         .as_deref()
         .map(ratelimit_headers)
         .unwrap_or_default();
+    // A pause asked by the upstream, seen at admission or begun while this
+    // request waited for its slot, is waited out when the tier may wait that
+    // long, else refused (dropping the admission gives everything back).
+    let refuse = |e: Failure| {
+        let (mut e, outcome) = e;
+        e.headers.extend(rl_headers.clone());
+        (e, outcome)
+    };
+    wait_out_pause(gw, client, &model, started, paused)
+        .await
+        .map_err(refuse)?;
+    admission.wait_for_slot().await;
+    if admission.wait > Duration::ZERO {
+        let paused = model.hold.check(&gw.store).await;
+        wait_out_pause(gw, client, &model, started, paused)
+            .await
+            .map_err(refuse)?;
+    }
     tally.stage(Stage::Upstream);
     let ask = forward::Ask {
         endpoint,
@@ -208,6 +205,31 @@ async fn serve(
             Err((e, outcome))
         }
     }
+}
+
+/// Waits while `model` is paused (`paused`, then as the store says), if the
+/// client's tier may wait that long since `started`; else the refusal.
+async fn wait_out_pause(
+    gw: &Gateway,
+    client: &Client,
+    model: &Model,
+    started: Instant,
+    mut paused: Option<Paused>,
+) -> Result<(), Failure> {
+    while let Some(p) = paused {
+        let may_wait = client.tier.max_wait.saturating_sub(started.elapsed());
+        if p.left > may_wait {
+            let outcome = if p.status == 503 {
+                Outcome::UpstreamError
+            } else {
+                Outcome::UpstreamRateLimited
+            };
+            return Err((hold::refusal(model, p), outcome));
+        }
+        tokio::time::sleep(p.left).await;
+        paused = model.hold.check(&gw.store).await;
+    }
+    Ok(())
 }
 
 /// The client bucket's headers read from the store (for refusals, after the
