@@ -96,7 +96,7 @@ async fn headers_then_silence_end_with_a_timeout_event_after_the_first_byte_time
     assert!(ends_with_error(&text, "upstream_timeout").is_empty());
     k.charged("upstream_timeout", 1.0, (INPUT_ESTIMATE, 0))
         .await;
-    k.upstream_saw_close().await;
+    k.upstream_saw_close(1).await;
     assert!(logged("silent", &["outcome=\"upstream_timeout\""]));
 }
 
@@ -116,7 +116,7 @@ async fn a_stream_silent_between_chunks_ends_with_a_timeout_event() {
     assert_eq!(events.len(), 1, "the role chunk, then the error: {text}");
     k.charged("upstream_timeout", 1.0, (INPUT_ESTIMATE, 0))
         .await;
-    k.upstream_saw_close().await;
+    k.upstream_saw_close(1).await;
     assert!(logged(
         "idle",
         &["outcome=\"upstream_timeout\"", "stage=\"streaming\""]
@@ -175,7 +175,7 @@ async fn a_client_that_leaves_a_slow_answer_is_billed_its_input_and_counted_clie
     let k = case(Fault::Slow(Duration::from_secs(5)), "gone").await;
     k.chat_and_leave(&chat_body("hello world", 16_000)).await;
     k.charged("client_gone", 1.0, (INPUT_ESTIMATE, 0)).await;
-    k.upstream_saw_close().await;
+    k.upstream_saw_close(1).await;
     assert!(logged("gone", &["client went away", "stage=\"upstream\""]));
 
     // Mid-stream: the input and the tokens sent so far.
@@ -188,6 +188,7 @@ async fn a_client_that_leaves_a_slow_answer_is_billed_its_input_and_counted_clie
     }
     drop(s);
     k.charged("client_gone", 2.0, (2 * INPUT_ESTIMATE, 1)).await;
+    k.upstream_saw_close(2).await;
     assert!(logged("gone", &["client went away", "stage=\"streaming\""]));
 }
 

@@ -176,18 +176,18 @@ impl Case {
 }
 
 impl Case {
-    /// Checks that the gateway closed the upstream connection while the
-    /// upstream still meant to answer.
-    pub async fn upstream_saw_close(&self) {
+    /// Checks that the gateway has closed `n` upstream connections so far
+    /// while the upstream still meant to answer.
+    pub async fn upstream_saw_close(&self, n: u64) {
         let closed = || self.up.stats.closed_early.load(Ordering::SeqCst);
-        let n = poll(
+        let got = poll(
             50,
             Duration::from_millis(10),
             || async { closed() },
-            |n| *n == 1,
+            |c| *c == n,
         )
         .await;
-        assert_eq!(n, 1, "the upstream connection was closed");
+        assert_eq!(got, n, "upstream connections closed by the gateway");
     }
 }
 
