@@ -267,7 +267,7 @@ async fn timed_out(gw: &Gateway, model: &Model, admission: Admission, t: &Timeou
         "tollgate_upstream_responses_total",
         &[("model", &model.name), ("status", "0")],
     );
-    tracing::warn!(model = %model.name, provider = %model.provider, "upstream timed out");
+    tracing::warn!(model = %model.name, provider = %model.provider, outcome = Outcome::UpstreamTimeout.as_str(), "upstream did not answer in time");
     let input = admission.estimate.0;
     admission.settle(input, 0).await;
     let err = ApiError::internal(

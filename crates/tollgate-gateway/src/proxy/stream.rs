@@ -409,13 +409,14 @@ impl Stream for SseRelay {
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    tracing::warn!(provider = %this.provider, error = %e, "upstream stream failed");
                     let cut = if e.is_timeout() {
                         End::Timeout
                     } else {
                         End::Broken
                     };
                     let how = this.verdict(cut);
+                    let outcome = how.outcome().as_str();
+                    tracing::warn!(provider = %this.provider, outcome, error = %e, "upstream stream stopped before its end");
                     return Poll::Ready(this.end(how).map(Ok));
                 }
                 Poll::Ready(None) => {
