@@ -52,7 +52,8 @@ fn change_failed(e: RegistryError, code: &str, param: &'static str) -> Response 
     }
 }
 
-fn authorize(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Checks the admin token.
+pub(crate) fn authorize(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
     if gw.admin_hash.is_none() {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "permission_error", "admin_disabled", "The admin API is off: set admin.token_sha256 in the config (`tollgate hash-key TOKEN`)."));
     }

@@ -148,14 +148,18 @@ impl Admission {
         };
         let budget_refusal = match budget_res {
             Ok(h) => {
-                gw.metrics.inc(
-                    "tollgate_limiter_decisions_total",
-                    &[
-                        ("bucket", "budget"),
-                        ("tier", tier_label),
-                        ("decision", "granted"),
-                    ],
-                );
+                // Counted only when the client bucket let it in, as when
+                // the two were asked one after the other.
+                if client_refusal.is_none() {
+                    gw.metrics.inc(
+                        "tollgate_limiter_decisions_total",
+                        &[
+                            ("bucket", "budget"),
+                            ("tier", tier_label),
+                            ("decision", "granted"),
+                        ],
+                    );
+                }
                 adm.parts.hold = Some(h);
                 None
             }
@@ -238,6 +242,8 @@ impl Admission {
     /// nothing by itself; dropping the `Admission` cancels the reservations.
     pub async fn wait_for_slot(&self) {
         if self.wait > Duration::ZERO {
+            let class = self.parts.client.tier.config.priority.to_string();
+            let _queued = Queued::enter(&self.parts.gw, &self.parts.model.name, &class);
             tokio::time::sleep(self.wait).await;
         }
         self.parts.gw.metrics.observe(
@@ -280,6 +286,37 @@ impl Admission {
     /// The request's id, for its ledger row.
     pub fn set_request_id(&mut self, id: uuid::Uuid) {
         self.parts.request_id = id;
+    }
+}
+
+/// A request counted in `tollgate_queue_depth` while it waits for its
+/// slot (also when its wait is abandoned: the count goes down on drop).
+struct Queued<'a> {
+    gw: &'a Gateway,
+    labels: [(&'static str, String); 2],
+}
+
+impl<'a> Queued<'a> {
+    fn enter(gw: &'a Gateway, model: &str, class: &str) -> Self {
+        let q = Queued {
+            gw,
+            labels: [("model", model.to_string()), ("class", class.to_string())],
+        };
+        q.add(1.0);
+        q
+    }
+
+    fn add(&self, v: f64) {
+        let [(a, x), (b, y)] = &self.labels;
+        self.gw
+            .metrics
+            .gauge_add(crate::metrics::names::QUEUE_DEPTH, &[(a, x), (b, y)], v);
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.add(-1.0);
     }
 }
 
@@ -436,12 +473,19 @@ async fn refused(
     client: &Client,
     model: &Model,
 ) -> ApiError {
+    // A store failure is not the bucket's refusal: counted apart.
+    let decision = match &e {
+        LimitError::RateLimited { .. } | LimitError::QueueFull { .. } | LimitError::TooLarge(_) => {
+            "refused"
+        }
+        _ => "store_unavailable",
+    };
     gw.metrics.inc(
         "tollgate_limiter_decisions_total",
         &[
             ("bucket", bucket.name()),
             ("tier", &client.tier.name),
-            ("decision", "refused"),
+            ("decision", decision),
         ],
     );
     let whose = match bucket {

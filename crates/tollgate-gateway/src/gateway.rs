@@ -105,7 +105,7 @@ impl Gateway {
                 .ok_or_else(|| StartError::Store("not a Redis store".into()))?;
             (
                 store,
-                Budgets::Redis(RedisBudgets::new(conn.clone(), timeout)),
+                Budgets::Redis(Box::new(RedisBudgets::new(conn.clone(), timeout))),
                 LiveSync::Redis(conn, timeout),
             )
         };
@@ -214,6 +214,7 @@ impl Gateway {
             .token_sha256
             .as_deref()
             .and_then(|h| crate::auth::parse_hash(&h.to_ascii_lowercase()));
+        let metrics = Metrics::new(config.metrics.client_labels);
         Ok(Arc::new(Gateway {
             config,
             store,
@@ -222,7 +223,7 @@ impl Gateway {
             sync,
             models,
             http,
-            metrics: Metrics::default(),
+            metrics,
             ledger: Arc::new(LogLedger),
             connections: Arc::default(),
             admin_hash,

@@ -77,6 +77,8 @@ pub struct ConnectionStats {
     pub refused: AtomicUsize,
     /// Connections closed by a timeout of this module since start.
     pub timed_out: AtomicUsize,
+    /// HTTP requests being served now (a stream until its last byte).
+    pub requests_in_flight: AtomicUsize,
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then lets the
@@ -120,8 +122,9 @@ pub(crate) async fn serve(
         let state = Arc::new(Mutex::new(ConnState::new()));
         let io = TokioIo::new(Watched::new(stream, state.clone(), limits, stats.clone()));
         let app = app.clone();
+        let svc_stats = stats.clone();
         let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-            let guard = InFlight::begin(state.clone());
+            let guard = InFlight::begin(state.clone(), svc_stats.clone());
             let app = app.clone();
             async move {
                 let resp = app.oneshot(req.map(Body::new)).await?;
@@ -223,21 +226,23 @@ impl ConnState {
 
 /// A request being served; dropped when its answer has been sent (or
 /// abandoned).
-struct InFlight(Arc<Mutex<ConnState>>);
+struct InFlight(Arc<Mutex<ConnState>>, Arc<ConnectionStats>);
 
 impl InFlight {
-    fn begin(state: Arc<Mutex<ConnState>>) -> Self {
+    fn begin(state: Arc<Mutex<ConnState>>, stats: Arc<ConnectionStats>) -> Self {
         {
             let mut s = state.lock();
             s.in_flight += 1;
             s.head_started = None;
         }
-        InFlight(state)
+        stats.requests_in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(state, stats)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.1.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
         let mut s = self.0.lock();
         s.in_flight = s.in_flight.saturating_sub(1);
         if s.in_flight == 0 {

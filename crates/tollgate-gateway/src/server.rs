@@ -143,8 +143,84 @@ async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response 
     Json(json!({"object": "list", "data": data})).into_response()
 }
 
-async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
-    let mut text = gw.metrics.render();
+/// `GET /metrics` on the client port: behind the admin token, unless
+/// `metrics.listen` moved it to a listener of its own.
+async fn metrics(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if let Some(addr) = &gw.config.metrics.listen {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "unknown_url",
+            format!("/metrics is served on the metrics listener ({addr}), not here."),
+        )
+        .into_response();
+    }
+    if let Err(e) = admin::authorize(&gw, &headers) {
+        return e.into_response();
+    }
+    metrics_text(&gw).await
+}
+
+/// `GET /metrics` on the metrics listener (no token: keep it private).
+async fn metrics_open(State(gw): State<Arc<Gateway>>) -> Response {
+    metrics_text(&gw).await
+}
+
+/// Sets the gauges read at scrape time, then renders everything.
+async fn metrics_text(gw: &Gateway) -> Response {
+    use crate::metrics::names;
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = &gw.metrics;
+    let c = &gw.connections;
+    m.gauge_set(
+        names::IN_FLIGHT,
+        &[],
+        c.requests_in_flight.load(Relaxed) as f64,
+    );
+    m.gauge_set(names::CONNECTIONS_OPEN, &[], c.open.load(Relaxed) as f64);
+    m.gauge_set(
+        names::CONNECTIONS_REFUSED,
+        &[],
+        c.refused.load(Relaxed) as f64,
+    );
+    m.gauge_set(
+        names::CONNECTIONS_TIMED_OUT,
+        &[],
+        c.timed_out.load(Relaxed) as f64,
+    );
+    let mut store_up = gw.sync.ping().await.is_ok();
+    let mut left = Vec::new();
+    let registry = gw.registry();
+    for client in registry.clients.values() {
+        let budget = client.tier.budget;
+        if budget.daily.is_none() && budget.monthly.is_none() {
+            continue;
+        }
+        let Ok(spend) = gw.budgets.spend(&client.id).await else {
+            store_up = false;
+            break;
+        };
+        let tier = client.tier.name.as_str();
+        for (period, limit, spent) in [
+            ("day", budget.daily, spend.today),
+            ("month", budget.monthly, spend.month),
+        ] {
+            if let Some(limit) = limit {
+                let usd = crate::budget::nano_to_usd((limit - spent).max(0));
+                left.push((
+                    vec![
+                        ("client", client.id.as_str()),
+                        ("tier", tier),
+                        ("period", period),
+                    ],
+                    usd,
+                ));
+            }
+        }
+    }
+    m.gauge_replace(names::BUDGET_LEFT, &left);
+    m.gauge_set(names::STORE_UP, &[], if store_up { 1.0 } else { 0.0 });
+    let mut text = m.render();
     // The limiters' own counters: store errors and outage decisions.
     let mut store_errors = 0;
     let mut outage = 0;
@@ -191,6 +267,10 @@ pub struct RunningGateway {
     pub addr: SocketAddr,
     /// Its shared state (metrics, registry, ...).
     pub gateway: Arc<Gateway>,
+    /// Where `/metrics` listens, when `metrics.listen` gives it a listener
+    /// of its own.
+    pub metrics_addr: Option<SocketAddr>,
+    metrics_server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     sync: Option<tokio::task::JoinHandle<()>>,
@@ -242,6 +322,9 @@ impl Drop for RunningGateway {
     fn drop(&mut self) {
         self.stop();
         if let Some(t) = self.sync.take() {
+            t.abort();
+        }
+        if let Some(t) = self.metrics_server.take() {
             t.abort();
         }
         if let Some(t) = self.server.take() {
@@ -321,6 +404,32 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
             let _ = rx.await;
         },
     ));
+    let (metrics_addr, metrics_server) = match &gw.config.metrics.listen {
+        Some(addr) => {
+            let listener = bind(addr).await.map_err(|source| StartError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+            let bound = listener.local_addr().map_err(|source| StartError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+            let app = Router::new()
+                .route("/metrics", get(metrics_open))
+                .layer(axum::middleware::from_fn(request_id::layer))
+                .with_state(gw.clone());
+            let task = tokio::spawn(crate::listener::serve(
+                listener,
+                app,
+                limits,
+                Arc::default(),
+                std::future::pending(),
+            ));
+            tracing::info!(addr = %bound, "metrics listening");
+            (Some(bound), Some(task))
+        }
+        None => (None, None),
+    };
     let sync = matches!(gw.sync, crate::sync::LiveSync::Redis(..)).then(|| {
         let gw = gw.clone();
         let every = Duration::from_millis(gw.config.store.sync_interval_ms);
@@ -341,6 +450,8 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
     Ok(RunningGateway {
         addr,
         gateway: gw,
+        metrics_addr,
+        metrics_server,
         shutdown: Some(tx),
         server: Some(server),
         sync,

@@ -165,10 +165,10 @@ async fn a_settlement_that_timed_out_is_retried_and_applied_once() {
         v
     });
     // Admitted by now; the upstream answers while Redis is frozen, so the
-    // settlement's first tries time out.
+    // settlement's first try times out (5 × 200 ms) and is retried.
     tokio::time::sleep(Duration::from_millis(150)).await;
     redis.pause();
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
     redis.resume();
     let v = request.await.unwrap();
     let u = &v["usage"];
@@ -187,4 +187,9 @@ async fn a_settlement_that_timed_out_is_retried_and_applied_once() {
         (spent - used).abs() < 1e-12,
         "recorded ${spent}, used ${used}"
     );
+    let failed_tries = gw
+        .gateway
+        .metrics
+        .counter("tollgate_store_errors_total", &[("component", "budget")]);
+    assert!(failed_tries >= 1.0, "the first try did fail");
 }

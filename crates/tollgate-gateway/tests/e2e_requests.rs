@@ -210,7 +210,11 @@ async fn upstream_429_and_5xx_pass_through_in_openai_shape_and_429_backs_off_the
         &[("model", "gpt-4o-mini"), ("status", "429")],
     );
     assert_eq!(m, 1.0);
-    let text = get(&c, &gw, "/metrics").await.text().await.unwrap();
+    let text = send(admin(&c, &gw, reqwest::Method::GET, "/metrics"))
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(
         text.contains("outcome=\"upstream_rate_limited\"} 1"),
         "{text}"

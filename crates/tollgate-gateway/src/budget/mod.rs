@@ -124,7 +124,7 @@ pub enum Budgets {
     /// In this process.
     Memory(MemoryBudgets),
     /// Shared through Redis.
-    Redis(RedisBudgets),
+    Redis(Box<RedisBudgets>),
 }
 
 impl Budgets {

@@ -4,8 +4,8 @@
 mod types;
 
 pub use types::{
-    AdminConfig, ClientConfig, Config, ModelConfig, ModelKind, PriorityConfig, ProviderConfig,
-    ServerConfig, StoreConfig, TierConfig,
+    AdminConfig, ClientConfig, Config, MetricsConfig, ModelConfig, ModelKind, PriorityConfig,
+    ProviderConfig, ServerConfig, StoreConfig, TierConfig,
 };
 
 use std::collections::{HashMap, HashSet};
@@ -146,6 +146,14 @@ impl Config {
                 "store.timeout_ms",
                 "must be between 10 and 60000 milliseconds",
             ));
+        }
+        if let Some(addr) = &self.metrics.listen {
+            addr.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "metrics.listen",
+                    format!("{addr:?} is not an address such as \"127.0.0.1:9464\""),
+                )
+            })?;
         }
         if let Some(h) = &self.admin.token_sha256 {
             check_hash("admin.token_sha256", h)?;

@@ -18,6 +18,9 @@ pub struct Config {
     /// The admin API.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// `/metrics`.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Priority classes of the provider buckets.
     #[serde(default)]
     pub priority: PriorityConfig,
@@ -133,6 +136,22 @@ pub struct AdminConfig {
     /// SHA-256 (hex) of the admin token (`tollgate hash-key TOKEN` prints it).
     /// Without it the admin API is off.
     pub token_sha256: Option<String>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where `/metrics` is served. Default (none): on the client port,
+    /// behind the admin token (`Authorization: Bearer ADMIN_TOKEN`), and off
+    /// without one. An address such as `"127.0.0.1:9464"`: on a listener of
+    /// its own, without a token, for a scraper on a private network (never
+    /// expose it publicly).
+    pub listen: Option<String>,
+    /// Label series with client ids (requests, tokens, spend, budget left).
+    /// Default false: one series per tier and model, however many clients,
+    /// and no client list in the metrics.
+    pub client_labels: bool,
 }
 
 /// `[priority]`.
