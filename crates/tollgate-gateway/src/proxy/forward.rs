@@ -301,7 +301,10 @@ async fn refused_upstream(
         err.retry_after = Some(backoff);
     }
     if let (429 | 503, Some(d)) = (status, asked) {
-        model.hold.start(&gw.store, status, d).await;
+        model
+            .hold
+            .start(&gw.store, super::store_timeout(gw), status, d)
+            .await;
         tracing::info!(model = %model.name, status, pause_ms = d.as_millis() as u64, "upstream asked to wait: model paused on every instance");
         err.retry_after = Some(d);
     }

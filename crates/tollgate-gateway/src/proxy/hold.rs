@@ -29,6 +29,10 @@ pub const MAX_HOLD: Duration = Duration::from_secs(60);
 /// paused (one read per model per this interval, not one per request).
 pub const RECHECK: Duration = Duration::from_millis(10);
 
+/// How long an instance does not ask a store that failed to answer (the
+/// provider bucket still limits meanwhile).
+pub const AFTER_ERROR: Duration = Duration::from_secs(1);
+
 /// Sets the pause unless a longer one is already there. KEYS[1] = the key;
 /// ARGV[1] = the pause in ms; ARGV[2] = the status. Returns 1.
 const HOLD_SCRIPT: &str = r"
@@ -60,8 +64,9 @@ pub struct Hold {
 struct Known {
     /// The pause: until when, with which status.
     pause: Option<(Instant, u16)>,
-    /// When the store last said there is none.
-    clear_at: Option<Instant>,
+    /// Until when the store is not asked again: [`RECHECK`] after it said
+    /// there is no pause, [`AFTER_ERROR`] after it could not say.
+    ask_after: Option<Instant>,
 }
 
 impl Hold {
@@ -75,7 +80,7 @@ impl Hold {
     }
 
     /// The pause this instance knows of: `Ok(Some)` a pause, `Ok(None)`
-    /// none as the store said less than [`RECHECK`] ago, `Err` ask the store.
+    /// none known and the store not to be asked yet, `Err` ask the store.
     fn local(&self) -> Result<Option<Paused>, ()> {
         let now = Instant::now();
         let mut local = self.local.lock();
@@ -86,8 +91,8 @@ impl Hold {
             }
             local.pause = None;
         }
-        match local.clear_at {
-            Some(at) if now.duration_since(at) < RECHECK => Ok(None),
+        match local.ask_after {
+            Some(at) if now < at => Ok(None),
             _ => Err(()),
         }
     }
@@ -100,21 +105,25 @@ impl Hold {
         }
     }
 
-    /// The pause in force, if any. A store that cannot be asked holds
-    /// nothing back (logged): the provider bucket still limits.
-    pub async fn check(&self, store: &Store) -> Option<Paused> {
+    /// The pause in force, if any. A store that cannot be asked within
+    /// `timeout` holds nothing back (logged) and is not asked again for
+    /// [`AFTER_ERROR`]: the provider bucket still limits.
+    pub async fn check(&self, store: &Store, timeout: Duration) -> Option<Paused> {
         if let Ok(known) = self.local() {
             return known;
         }
         let mut conn = store.redis_connection()?;
         let asked = Instant::now();
-        let reply: redis::RedisResult<(i64, Option<u16>)> = redis::pipe()
-            .cmd("PTTL")
-            .arg(&self.key)
-            .cmd("GET")
-            .arg(&self.key)
-            .query_async(&mut conn)
-            .await;
+        let mut pipe = redis::pipe();
+        pipe.cmd("PTTL").arg(&self.key).cmd("GET").arg(&self.key);
+        let read = pipe.query_async::<(i64, Option<u16>)>(&mut conn);
+        let reply = tokio::time::timeout(timeout, read)
+            .await
+            .unwrap_or_else(|_| {
+                Err(redis::RedisError::from(std::io::Error::from(
+                    std::io::ErrorKind::TimedOut,
+                )))
+            });
         match reply {
             Ok((ms, status)) if ms > 0 => {
                 let p = Paused {
@@ -125,23 +134,21 @@ impl Hold {
                 Some(p)
             }
             Ok(_) => {
-                let mut local = self.local.lock();
-                // A pause started here meanwhile is not forgotten by this.
-                if local.pause.is_none() {
-                    local.clear_at = Some(asked);
-                }
+                self.local.lock().ask_after = Some(asked + RECHECK);
                 None
             }
             Err(e) => {
-                tracing::debug!(key = %self.key, error = %e, "could not read the upstream pause; not holding back");
+                self.local.lock().ask_after = Some(Instant::now() + AFTER_ERROR);
+                tracing::warn!(key = %self.key, error = %e, "could not read the upstream pause; not holding back, asking again in 1 s");
                 None
             }
         }
     }
 
     /// Starts a pause of `d` (at most [`MAX_HOLD`]) after an upstream
-    /// `status`, here and for every instance on `store`.
-    pub async fn start(&self, store: &Store, status: u16, d: Duration) {
+    /// `status`, here and for every instance on `store` (if it answers
+    /// within `timeout`).
+    pub async fn start(&self, store: &Store, timeout: Duration, status: u16, d: Duration) {
         let p = Paused {
             status,
             left: d.min(MAX_HOLD),
@@ -153,12 +160,16 @@ impl Hold {
         let ms = p.left.as_millis().max(1) as u64;
         static SCRIPT: std::sync::LazyLock<redis::Script> =
             std::sync::LazyLock::new(|| redis::Script::new(HOLD_SCRIPT));
-        let r: redis::RedisResult<i64> = SCRIPT
-            .key(&self.key)
-            .arg(ms)
-            .arg(status)
-            .invoke_async(&mut conn)
-            .await;
+        let mut call = SCRIPT.key(&self.key);
+        call.arg(ms).arg(status);
+        let write = call.invoke_async::<i64>(&mut conn);
+        let r = tokio::time::timeout(timeout, write)
+            .await
+            .unwrap_or_else(|_| {
+                Err(redis::RedisError::from(std::io::Error::from(
+                    std::io::ErrorKind::TimedOut,
+                )))
+            });
         if let Err(e) = r {
             tracing::warn!(key = %self.key, error = %e, "could not share the upstream pause; it holds on this instance only");
         }
@@ -271,17 +282,19 @@ mod tests {
         );
     }
 
+    const T: Duration = Duration::from_secs(1);
+
     #[tokio::test]
     async fn a_pause_is_kept_until_it_ends_and_never_shortened() {
         let store = Store::memory();
         let h = Hold::new("model:p/m");
-        assert_eq!(h.check(&store).await, None);
-        h.start(&store, 503, Duration::from_millis(80)).await;
-        h.start(&store, 429, Duration::from_millis(10)).await;
-        let p = h.check(&store).await.expect("paused");
+        assert_eq!(h.check(&store, T).await, None);
+        h.start(&store, T, 503, Duration::from_millis(80)).await;
+        h.start(&store, T, 429, Duration::from_millis(10)).await;
+        let p = h.check(&store, T).await.expect("paused");
         assert_eq!(p.status, 503);
         assert!(p.left > Duration::from_millis(40), "{p:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(h.check(&store).await, None);
+        assert_eq!(h.check(&store, T).await, None);
     }
 }

@@ -145,7 +145,7 @@ async fn serve(
     let started = Instant::now();
     let (admitted, paused) = tokio::join!(
         Admission::admit(gw, client, &model, input, output),
-        model.hold.check(&gw.store)
+        model.hold.check(&gw.store, store_timeout(gw))
     );
     let mut admission = match admitted {
         Ok(a) => a,
@@ -181,7 +181,7 @@ async fn serve(
         .map_err(refuse)?;
     admission.wait_for_slot().await;
     if admission.wait > Duration::ZERO {
-        let paused = model.hold.check(&gw.store).await;
+        let paused = model.hold.check(&gw.store, store_timeout(gw)).await;
         wait_out_pause(gw, client, &model, started, paused)
             .await
             .map_err(refuse)?;
@@ -207,6 +207,11 @@ async fn serve(
     }
 }
 
+/// How long a store call of the request path may wait (`store.timeout_ms`).
+fn store_timeout(gw: &Gateway) -> Duration {
+    Duration::from_millis(gw.config.store.timeout_ms)
+}
+
 /// Waits while `model` is paused (`paused`, then as the store says), if the
 /// client's tier may wait that long since `started`; else the refusal.
 async fn wait_out_pause(
@@ -227,7 +232,7 @@ async fn wait_out_pause(
             return Err((hold::refusal(model, p), outcome));
         }
         tokio::time::sleep(p.left).await;
-        paused = model.hold.check(&gw.store).await;
+        paused = model.hold.check(&gw.store, store_timeout(gw)).await;
     }
     Ok(())
 }
