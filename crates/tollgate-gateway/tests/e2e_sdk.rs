@@ -89,21 +89,7 @@ async fn the_openai_python_sdk_works_unchanged_and_sees_our_429s_as_rate_limit_e
     )
     .await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/sdk_test.py");
-    let out = tokio::process::Command::new(python)
-        .arg(script)
-        .env("TOLLGATE_BASE_URL", gw.url())
-        .env("NO_PROXY", "127.0.0.1")
-        .output()
-        .await
-        .expect("run the SDK script");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK script failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("sdk ok"), "{stdout}");
-    eprintln!("{stdout}");
+    run_script(&python, &script, &gw.url(), "sdk ok").await;
 }
 
 /// The demo: its configuration in front of its simulated upstream, as
