@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, delete, get, patch, post, put};
+use axum::routing::{any, delete, get, patch, post, put, MethodRouter};
 use axum::{Extension, Json, Router};
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -23,9 +23,9 @@ use crate::request_id::{self, RequestId};
 /// Every route of the gateway.
 pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
-        .route("/v1/chat/completions", post(chat))
-        .route("/v1/embeddings", post(embeddings))
-        .route("/v1/responses", post(responses))
+        .route("/v1/chat/completions", proxied(Endpoint::Chat))
+        .route("/v1/embeddings", proxied(Endpoint::Embeddings))
+        .route("/v1/responses", proxied(Endpoint::Responses))
         .route("/v1/completions", any(legacy_completions))
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
@@ -82,31 +82,14 @@ async fn legacy_completions() -> ApiError {
     )
 }
 
-async fn chat(
-    State(gw): State<Arc<Gateway>>,
-    Extension(id): Extension<RequestId>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    proxy::handle(gw, headers, body, Endpoint::Chat, id).await
-}
-
-async fn embeddings(
-    State(gw): State<Arc<Gateway>>,
-    Extension(id): Extension<RequestId>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    proxy::handle(gw, headers, body, Endpoint::Embeddings, id).await
-}
-
-async fn responses(
-    State(gw): State<Arc<Gateway>>,
-    Extension(id): Extension<RequestId>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    proxy::handle(gw, headers, body, Endpoint::Responses, id).await
+/// The route of a proxied endpoint: `POST`, handled by [`proxy::handle`].
+fn proxied(endpoint: Endpoint) -> MethodRouter<Arc<Gateway>> {
+    post(
+        move |State(gw): State<Arc<Gateway>>,
+              Extension(id): Extension<RequestId>,
+              headers: HeaderMap,
+              body: Body| async move { proxy::handle(gw, headers, body, endpoint, id).await },
+    )
 }
 
 fn model_object(m: &crate::routing::Model) -> serde_json::Value {

@@ -321,20 +321,30 @@ fn sse(events: Vec<String>, interval: Duration) -> Response {
 
 /// `POST /v1/responses`: OpenAI's Responses API, streamed (typed events,
 /// usage in `response.completed`) or not.
-async fn responses(State(s): State<Arc<SimState>>, body: Bytes) -> Response {
-    s.stats.requests.fetch_add(1, Ordering::Relaxed);
-    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
-        return not_json();
-    };
-    *s.stats.last_body.lock() = Some(req.clone());
-    if !s.config.latency.is_zero() {
-        tokio::time::sleep(s.config.latency).await;
+impl SimState {
+    /// Counts and parses a request, remembers it, waits the latency; the
+    /// body and its model, or the 400 to answer.
+    async fn take(&self, body: &[u8]) -> Result<(Value, String), Response> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let req = serde_json::from_slice::<Value>(body).map_err(|_| not_json())?;
+        *self.stats.last_body.lock() = Some(req.clone());
+        if !self.config.latency.is_zero() {
+            tokio::time::sleep(self.config.latency).await;
+        }
+        let model = req
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or("sim")
+            .to_string();
+        Ok((req, model))
     }
-    let model = req
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("sim")
-        .to_string();
+}
+
+async fn responses(State(s): State<Arc<SimState>>, body: Bytes) -> Response {
+    let (req, model) = match s.take(&body).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
     let input = req.get("input").cloned().unwrap_or(Value::Null);
     let text = match &input {
         Value::String(t) => t.clone(),
@@ -394,16 +404,10 @@ async fn responses(State(s): State<Arc<SimState>>, body: Bytes) -> Response {
 }
 
 async fn embeddings(State(s): State<Arc<SimState>>, body: Bytes) -> Response {
-    s.stats.requests.fetch_add(1, Ordering::Relaxed);
-    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
-        return not_json();
+    let (req, model) = match s.take(&body).await {
+        Ok(r) => r,
+        Err(r) => return r,
     };
-    tokio::time::sleep(s.config.latency).await;
-    let model = req
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("sim")
-        .to_string();
     let input = req.get("input").cloned().unwrap_or(Value::Null);
     let tokens = Tokenizer::for_model(&model)
         .embeddings_input(&input)

@@ -194,13 +194,7 @@ async fn gauges_show_the_queue_requests_in_flight_and_budget_left() {
     let text = scrape(&c, &gw).await;
     assert_eq!(value(&text, series), Some(0.0));
     assert_eq!(value(&text, "tollgate_requests_in_flight{}"), Some(1.0));
-    let spent = poll(
-        40,
-        Duration::from_millis(25),
-        || spend(&gw, "pro"),
-        |s| *s > 0.0,
-    )
-    .await;
+    let spent = settled_spend(&gw, "pro", |s| s > 0.0).await;
     let text = scrape(&c, &gw).await;
     let left = value(
         &text,

@@ -9,7 +9,6 @@
 mod common;
 
 use std::io::Write;
-use std::time::Duration;
 
 use base64::Engine;
 use common::*;
@@ -200,13 +199,7 @@ async fn the_responses_api_is_served_under_the_same_limits_and_charged_its_usage
     let u = &v["usage"];
     let first =
         u["input_tokens"].as_i64().unwrap() * 1000 + u["output_tokens"].as_i64().unwrap() * 2000;
-    let spent = poll(
-        40,
-        Duration::from_millis(25),
-        || spend(&gw, "pro"),
-        |s| *s > 0.0,
-    )
-    .await;
+    let spent = settled_spend(&gw, "pro", |s| s > 0.0).await;
     assert!(
         (spent - tollgate_gateway::budget::nano_to_usd(first)).abs() < 1e-12,
         "{spent} vs {first} nano"
@@ -227,13 +220,7 @@ async fn the_responses_api_is_served_under_the_same_limits_and_charged_its_usage
     let second =
         u["input_tokens"].as_i64().unwrap() * 1000 + u["output_tokens"].as_i64().unwrap() * 2000;
     let want = tollgate_gateway::budget::nano_to_usd(first + second);
-    let spent = poll(
-        40,
-        Duration::from_millis(25),
-        || spend(&gw, "pro"),
-        |s| (s - want).abs() < 1e-12,
-    )
-    .await;
+    let spent = settled_spend(&gw, "pro", |s| (s - want).abs() < 1e-12).await;
     assert!((spent - want).abs() < 1e-12, "{spent} vs {want}");
     // The same RPM as chat: the third request of 3 RPM passes, the fourth not.
     assert_eq!(

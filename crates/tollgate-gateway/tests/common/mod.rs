@@ -370,6 +370,18 @@ pub async fn spend(gw: &RunningGateway, client: &str) -> f64 {
     tollgate_gateway::budget::nano_to_usd(s.today)
 }
 
+/// A client's spend once `done` holds of it (settlements follow the
+/// answer), read every 25 ms for up to a second; the last value read.
+pub async fn settled_spend(gw: &RunningGateway, client: &str, done: impl Fn(f64) -> bool) -> f64 {
+    poll(
+        40,
+        Duration::from_millis(25),
+        || spend(gw, client),
+        |s| done(*s),
+    )
+    .await
+}
+
 /// Units of a client's bucket in use, per dimension (requests, tokens).
 pub async fn client_in_use(gw: &RunningGateway, client: &str) -> (f64, f64) {
     let reg = gw.gateway.registry();
