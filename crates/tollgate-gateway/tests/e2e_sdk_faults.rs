@@ -19,9 +19,9 @@ use tollgate_gateway::config::ProviderConfig;
 
 /// Waits for `who`'s spend to reach `want` USD; returns it.
 async fn spent(gw: &tollgate_gateway::RunningGateway, who: &str, want: f64) -> f64 {
-    let done = |got: &f64| (got - want).abs() < 1e-12;
-    let got = poll(100, Duration::from_millis(20), || spend(gw, who), done).await;
-    assert!(done(&got), "{who} spent {got}, want {want}");
+    let done = |got: f64| (got - want).abs() < 1e-12;
+    let got = settled_spend(gw, who, done).await;
+    assert!(done(got), "{who} spent {got}, want {want}");
     got
 }
 
