@@ -29,7 +29,7 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::Router;
 use bytes::Bytes;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -136,9 +136,9 @@ pub(crate) async fn serve(
                 }))
             }
         });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .serve_connection(io, service);
+        // No hyper timer: this module's own deadlines apply (and one timer
+        // per request head would cost every request).
+        let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
         let conn = graceful.watch(conn);
         let stats = stats.clone();
         stats.open.fetch_add(1, Ordering::Relaxed);
@@ -334,16 +334,24 @@ impl AsyncRead for Watched {
                 let Some(deadline) = this.state.lock().deadline(&this.limits) else {
                     return Poll::Pending;
                 };
-                if this.armed != Some(deadline) {
+                // The timer is moved only to an earlier deadline: one that
+                // moved later (a request came and went) is found when the
+                // timer fires, so a busy connection re-arms it at most once
+                // per timeout rather than once per request.
+                if this.armed.is_none_or(|armed| deadline < armed) {
                     this.timer.as_mut().reset(deadline);
                     this.armed = Some(deadline);
                 }
-                if this.timer.as_mut().poll(cx).is_ready() {
-                    this.stats.timed_out.fetch_add(1, Ordering::Relaxed);
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "connection idle or its request's headers too slow",
-                    )));
+                while this.timer.as_mut().poll(cx).is_ready() {
+                    if Instant::now() >= deadline {
+                        this.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "connection idle or its request's headers too slow",
+                        )));
+                    }
+                    this.timer.as_mut().reset(deadline);
+                    this.armed = Some(deadline);
                 }
                 Poll::Pending
             }

@@ -86,10 +86,20 @@ fn labels(pairs: &[(&str, &str)]) -> String {
 }
 
 fn write_labels(s: &mut String, pairs: &[(&str, &str)]) {
-    for (i, (k, v)) in pairs.iter().enumerate() {
-        if i > 0 {
+    write_labels_but(s, pairs, None);
+}
+
+/// Writes the label set, leaving out the label named `skip`.
+fn write_labels_but(s: &mut String, pairs: &[(&str, &str)], skip: Option<&str>) {
+    let mut first = true;
+    for (k, v) in pairs {
+        if Some(*k) == skip {
+            continue;
+        }
+        if !first {
             s.push(',');
         }
+        first = false;
         s.push_str(k);
         s.push_str("=\"");
         for c in v.chars() {
@@ -116,16 +126,7 @@ fn with_key<T>(pairs: &[(&str, &str)], client_labels: bool, f: impl FnOnce(&str)
     KEY.with(|k| {
         let mut k = k.borrow_mut();
         k.clear();
-        if client_labels || !pairs.iter().any(|(name, _)| *name == "client") {
-            write_labels(&mut k, pairs);
-        } else {
-            let kept: Vec<(&str, &str)> = pairs
-                .iter()
-                .copied()
-                .filter(|(name, _)| *name != "client")
-                .collect();
-            write_labels(&mut k, &kept);
-        }
+        write_labels_but(&mut k, pairs, (!client_labels).then_some("client"));
         f(&k)
     })
 }

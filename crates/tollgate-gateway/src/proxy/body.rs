@@ -61,7 +61,13 @@ pub async fn read(
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
         .unwrap_or_default();
-    let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+    // Usually the whole body came with the headers: no timer then.
+    let mut reading = std::pin::pin!(axum::body::to_bytes(body, limit));
+    let read = match futures_util::FutureExt::now_or_never(&mut reading) {
+        Some(read) => Ok(read),
+        None => tokio::time::timeout(timeout, reading).await,
+    };
+    let bytes = match read {
         Ok(read) => read.map_err(|_| too_large(limit))?,
         Err(_) => {
             let mut e = ApiError::invalid(
