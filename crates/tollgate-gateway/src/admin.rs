@@ -3,10 +3,18 @@
 //! - `GET /admin/tiers`: tiers with their settings and client counts;
 //! - `GET /admin/clients`: clients with tier, bucket usage and spend;
 //! - `PUT /admin/clients/{id}/tier` `{"tier": "pro"}`: move a client;
-//! - `PATCH /admin/tiers/{name}` `{"rpm": 100, ...}`: change a tier's limits.
+//! - `PATCH /admin/tiers/{name}` `{"rpm": 100, ...}`: change a tier's limits
+//!   (validated as the file is; `null` removes a limit, 0 is refused);
+//! - `GET /admin/overrides`: the changes in force over the config file,
+//!   with their versions and the file's values they shadow;
+//! - `DELETE /admin/overrides/tiers/{name}`, `DELETE
+//!   /admin/overrides/clients/{id}`: remove one (the file's values apply
+//!   again).
 //!
 //! Changes apply at once here and, through the store, on every other instance
-//! within `store.sync_interval_ms`.
+//! within `store.sync_interval_ms`; how they combine with the file is in
+//! [`crate::overrides`]. While the store cannot be reached, changes and the
+//! client listing answer 503 `store_unavailable`.
 
 use std::sync::Arc;
 
@@ -21,8 +29,31 @@ use tollgate::Dimension;
 use crate::budget::nano_to_usd;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
+pub use crate::overrides::TierPatch;
+use crate::overrides::{ClientOverride, Overrides, TierOverride};
+use crate::registry::RegistryError;
 
-fn authorize(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
+fn store_unavailable(e: impl std::fmt::Display) -> Response {
+    tracing::warn!(error = %e, "admin request failed: store unavailable");
+    ApiError::internal(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        format!("The store is unavailable ({e}); nothing was changed. Retry shortly."),
+    )
+    .into_response()
+}
+
+/// The answer to a failed change: 400 for an invalid one, 503 when the
+/// store could not be reached.
+fn change_failed(e: RegistryError, code: &str, param: &'static str) -> Response {
+    match e {
+        RegistryError::Config(e) => ApiError::invalid(code, param, e.to_string()).into_response(),
+        RegistryError::Store(e) => store_unavailable(e),
+    }
+}
+
+/// Checks the admin token.
+pub(crate) fn authorize(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
     if gw.admin_hash.is_none() {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "permission_error", "admin_disabled", "The admin API is off: set admin.token_sha256 in the config (`tollgate hash-key TOKEN`)."));
     }
@@ -63,7 +94,16 @@ pub async fn clients(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Resp
     let mut out = Vec::new();
     for c in reg.clients.values() {
         let mut usage = serde_json::Map::new();
-        if let Ok(status) = c.limiter.status().await {
+        // A store outage is a 503, never zeros that look like data.
+        let status = match c.limiter.status().await {
+            Ok(s) => s,
+            Err(e) => return store_unavailable(e),
+        };
+        let spend = match gw.budgets.spend(&c.id).await {
+            Ok(s) => s,
+            Err(e) => return store_unavailable(e),
+        };
+        {
             for d in &status.dimensions {
                 let name = match d.dimension {
                     Dimension::Requests => "requests",
@@ -77,7 +117,6 @@ pub async fn clients(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Resp
                 );
             }
         }
-        let spend = gw.budgets.spend(&c.id).await.unwrap_or_default();
         out.push(json!({
             "id": c.id,
             "tier": c.tier.name,
@@ -145,37 +184,18 @@ pub async fn set_client_tier(
     }
     let tier = req.tier.clone();
     match gw
-        .change(|o| {
-            o.client_tiers.insert(id.clone(), tier);
+        .change(|o, version| {
+            o.client_tiers
+                .insert(id.clone(), ClientOverride { tier, version });
         })
         .await
     {
-        Ok(()) => {
-            tracing::info!(client = %id, tier = %req.tier, "client tier changed");
-            Json(json!({"id": id, "tier": req.tier})).into_response()
+        Ok((version, _)) => {
+            tracing::info!(client = %id, tier = %req.tier, version, "client tier changed");
+            Json(json!({"id": id, "tier": req.tier, "version": version})).into_response()
         }
-        Err(e) => ApiError::invalid("invalid_change", "tier", e.to_string()).into_response(),
+        Err(e) => change_failed(e, "invalid_change", "tier"),
     }
-}
-
-/// Body of `PATCH /admin/tiers/{name}`: the fields to change.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TierPatch {
-    /// Requests per minute.
-    pub rpm: Option<u64>,
-    /// Tokens per minute.
-    pub tpm: Option<u64>,
-    /// Burst factor.
-    pub burst: Option<f64>,
-    /// Priority class.
-    pub priority: Option<u8>,
-    /// Maximum wait, ms.
-    pub max_wait_ms: Option<u64>,
-    /// Daily budget, USD.
-    pub daily_budget_usd: Option<f64>,
-    /// Monthly budget, USD.
-    pub monthly_budget_usd: Option<f64>,
 }
 
 /// `PATCH /admin/tiers/{name}`.
@@ -192,7 +212,7 @@ pub async fn patch_tier(
         Ok(p) => p,
         Err(e) => return bad_body(e),
     };
-    let Some(current) = gw.registry().tiers.get(&name).map(|t| t.config.clone()) else {
+    if !gw.config.tiers.contains_key(&name) {
         return ApiError::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
@@ -200,30 +220,16 @@ pub async fn patch_tier(
             format!("No tier {name:?}; GET /admin/tiers lists them."),
         )
         .into_response();
-    };
-    let mut t = current;
-    if let Some(v) = patch.rpm {
-        t.rpm = Some(v);
     }
-    if let Some(v) = patch.tpm {
-        t.tpm = Some(v);
-    }
-    if let Some(v) = patch.burst {
-        t.burst = v;
-    }
-    if let Some(v) = patch.priority {
-        t.priority = v;
-    }
-    if let Some(v) = patch.max_wait_ms {
-        t.max_wait_ms = v;
-    }
-    if let Some(v) = patch.daily_budget_usd {
-        t.daily_budget_usd = Some(v);
-    }
-    if let Some(v) = patch.monthly_budget_usd {
-        t.monthly_budget_usd = Some(v);
-    }
-    // Check before publishing, so an invalid change is a 400 and changes nothing.
+    let (_, live) = gw.overrides().await;
+    let fields = live
+        .tiers
+        .get(&name)
+        .map(|o| o.fields.merged(&patch))
+        .unwrap_or_else(|| patch.clone());
+    let t = fields.apply(&gw.config.tiers[&name]);
+    // The file's own rules, so the API accepts exactly what the file would;
+    // an invalid change is a 400 and changes nothing.
     if let Err(e) = crate::config::validate_tier(
         &format!("tiers.{name}"),
         &t,
@@ -231,17 +237,139 @@ pub async fn patch_tier(
     ) {
         return ApiError::invalid("invalid_tier", "body", e.to_string()).into_response();
     }
-    let new = t.clone();
     match gw
-        .change(|o| {
-            o.tiers.insert(name.clone(), new);
+        .change(|o, version| {
+            // On top of the newest shared override of this tier.
+            let fields = o
+                .tiers
+                .get(&name)
+                .map_or(fields, |t| t.fields.merged(&patch));
+            o.tiers
+                .insert(name.clone(), TierOverride { fields, version });
         })
         .await
     {
-        Ok(()) => {
-            tracing::info!(tier = %name, "tier changed");
-            Json(json!({"name": name, "config": t})).into_response()
+        Ok((version, _)) => {
+            tracing::info!(tier = %name, version, "tier changed");
+            Json(json!({"name": name, "config": t, "version": version})).into_response()
         }
-        Err(e) => ApiError::invalid("invalid_tier", "body", e.to_string()).into_response(),
+        Err(e) => change_failed(e, "invalid_tier", "body"),
     }
+}
+
+/// The overrides as listed: each with its version, the fields it sets and
+/// the file's tier (or client's tier) it shadows.
+fn listing(gw: &Gateway, version: u64, o: &Overrides) -> Value {
+    let tiers: serde_json::Map<String, Value> = o
+        .tiers
+        .iter()
+        .map(|(name, t)| {
+            let file = gw.config.tiers.get(name);
+            let effective = file.map(|f| t.fields.apply(f));
+            (
+                name.clone(),
+                json!({"version": t.version, "fields": t.fields, "file": file, "effective": effective}),
+            )
+        })
+        .collect();
+    let clients: serde_json::Map<String, Value> = o
+        .client_tiers
+        .iter()
+        .map(|(id, c)| {
+            let file = gw
+                .config
+                .clients
+                .iter()
+                .find(|f| &f.id == id)
+                .map(|f| &f.tier);
+            (
+                id.clone(),
+                json!({"version": c.version, "tier": c.tier, "file_tier": file}),
+            )
+        })
+        .collect();
+    json!({
+        "version": version,
+        "precedence": "field by field: a field an override sets wins over the config file; every other field is the file's. DELETE an override to return to the file.",
+        "tiers": tiers,
+        "clients": clients,
+    })
+}
+
+/// `GET /admin/overrides`.
+pub async fn overrides(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&gw, &headers) {
+        return e.into_response();
+    }
+    let (version, o) = gw.overrides().await;
+    Json(listing(&gw, version, &o)).into_response()
+}
+
+async fn remove_override(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    what: &str,
+    present: impl Fn(&Overrides) -> bool,
+    remove: impl FnOnce(&mut Overrides),
+) -> Response {
+    if let Err(e) = authorize(gw, headers) {
+        return e.into_response();
+    }
+    if !present(&gw.overrides().await.1) {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "unknown_override",
+            format!("No override for {what}; GET /admin/overrides lists them."),
+        )
+        .into_response();
+    }
+    match gw.change(|o, _| remove(o)).await {
+        Ok((version, o)) => {
+            tracing::info!(
+                version,
+                "override for {what} removed; the config file applies"
+            );
+            Json(listing(gw, version, &o)).into_response()
+        }
+        Err(e) => change_failed(e, "invalid_change", "body"),
+    }
+}
+
+/// `DELETE /admin/overrides/tiers/{name}`.
+pub async fn remove_tier_override(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    let what = format!("tier {name:?}");
+    remove_override(
+        &gw,
+        &headers,
+        &what,
+        |o| o.tiers.contains_key(&name),
+        |o| {
+            o.tiers.remove(&name);
+        },
+    )
+    .await
+}
+
+/// `DELETE /admin/overrides/clients/{id}`.
+pub async fn remove_client_override(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let what = format!("client {id:?}");
+    remove_override(
+        &gw,
+        &headers,
+        &what,
+        |o| o.client_tiers.contains_key(&id),
+        |o| {
+            o.client_tiers.remove(&id);
+        },
+    )
+    .await
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tollgate::{
     AcquireOptions, Cost, Dimension, DimensionStatus, Error as LimitError, OutagePolicy, Permit,
-    RateLimiter,
+    RateLimiter, Status,
 };
 
 use crate::budget::{nano_to_usd, BudgetError, Hold};
@@ -148,14 +148,18 @@ impl Admission {
         };
         let budget_refusal = match budget_res {
             Ok(h) => {
-                gw.metrics.inc(
-                    "tollgate_limiter_decisions_total",
-                    &[
-                        ("bucket", "budget"),
-                        ("tier", tier_label),
-                        ("decision", "granted"),
-                    ],
-                );
+                // Counted only when the client bucket let it in, as when
+                // the two were asked one after the other.
+                if client_refusal.is_none() {
+                    gw.metrics.inc(
+                        "tollgate_limiter_decisions_total",
+                        &[
+                            ("bucket", "budget"),
+                            ("tier", tier_label),
+                            ("decision", "granted"),
+                        ],
+                    );
+                }
                 adm.parts.hold = Some(h);
                 None
             }
@@ -238,6 +242,8 @@ impl Admission {
     /// nothing by itself; dropping the `Admission` cancels the reservations.
     pub async fn wait_for_slot(&self) {
         if self.wait > Duration::ZERO {
+            let class = self.parts.client.tier.config.priority.to_string();
+            let _queued = Queued::enter(&self.parts.gw, &self.parts.model.name, &class);
             tokio::time::sleep(self.wait).await;
         }
         self.parts.gw.metrics.observe(
@@ -272,8 +278,45 @@ impl Admission {
     /// nothing left to do).
     fn take(&mut self) -> Parts {
         let p = &self.parts;
-        let empty = Parts::new(p.gw.clone(), p.client.clone(), p.model.clone());
+        let mut empty = Parts::new(p.gw.clone(), p.client.clone(), p.model.clone());
+        empty.request_id = p.request_id;
         std::mem::replace(&mut self.parts, empty)
+    }
+
+    /// The request's id, for its ledger row.
+    pub fn set_request_id(&mut self, id: uuid::Uuid) {
+        self.parts.request_id = id;
+    }
+}
+
+/// A request counted in `tollgate_queue_depth` while it waits for its
+/// slot (also when its wait is abandoned: the count goes down on drop).
+struct Queued<'a> {
+    gw: &'a Gateway,
+    labels: [(&'static str, String); 2],
+}
+
+impl<'a> Queued<'a> {
+    fn enter(gw: &'a Gateway, model: &str, class: &str) -> Self {
+        let q = Queued {
+            gw,
+            labels: [("model", model.to_string()), ("class", class.to_string())],
+        };
+        q.add(1.0);
+        q
+    }
+
+    fn add(&self, v: f64) {
+        let [(a, x), (b, y)] = &self.labels;
+        self.gw
+            .metrics
+            .gauge_add(crate::metrics::names::QUEUE_DEPTH, &[(a, x), (b, y)], v);
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.add(-1.0);
     }
 }
 
@@ -303,6 +346,7 @@ struct Parts {
     client_permit: Option<Permit>,
     model_permit: Option<Permit>,
     hold: Option<Hold>,
+    request_id: uuid::Uuid,
 }
 
 impl Parts {
@@ -315,6 +359,7 @@ impl Parts {
             client_permit: None,
             model_permit: None,
             hold: None,
+            request_id: uuid::Uuid::nil(),
         }
     }
 
@@ -376,6 +421,7 @@ impl Parts {
                 nano_to_usd(cost),
             );
             gw.ledger.record(&UsageRecord {
+                request_id: self.request_id,
                 client,
                 tier: &self.client.tier.name,
                 model,
@@ -401,9 +447,9 @@ fn decision(gw: &Gateway, bucket: &str, tier: &str, p: &Permit) {
     );
 }
 
-/// The dimension that keeps a request of `cost` waiting longest.
-async fn culprit(limiter: &RateLimiter, cost: Cost) -> Option<Dimension> {
-    let status = limiter.status().await.ok()?;
+/// The dimension that keeps a request of `cost` waiting longest, in the
+/// bucket's `status`.
+fn culprit(limiter: &RateLimiter, status: &Status, cost: Cost) -> Option<Dimension> {
     let units = limiter.policy().units(cost);
     let window = limiter.policy().limits().window_secs;
     status
@@ -427,12 +473,19 @@ async fn refused(
     client: &Client,
     model: &Model,
 ) -> ApiError {
+    // A store failure is not the bucket's refusal: counted apart.
+    let decision = match &e {
+        LimitError::RateLimited { .. } | LimitError::QueueFull { .. } | LimitError::TooLarge(_) => {
+            "refused"
+        }
+        _ => "store_unavailable",
+    };
     gw.metrics.inc(
         "tollgate_limiter_decisions_total",
         &[
             ("bucket", bucket.name()),
             ("tier", &client.tier.name),
-            ("decision", "refused"),
+            ("decision", decision),
         ],
     );
     let whose = match bucket {
@@ -442,9 +495,20 @@ async fn refused(
             model.name, client.tier.config.priority
         ),
     };
-    match e {
+    // The refused request's reservations were released before this: the
+    // status is the refusing bucket's own, and its headers go with the 429.
+    let status = match &e {
+        LimitError::RateLimited { .. } | LimitError::QueueFull { .. } => {
+            limiter.status().await.ok()
+        }
+        _ => None,
+    };
+    let mut err = match e {
         LimitError::RateLimited { retry_after, max_wait, .. } => {
-            let dim = culprit(limiter, cost).await.unwrap_or(Dimension::Requests);
+            let dim = status
+                .as_ref()
+                .and_then(|s| culprit(limiter, s, cost))
+                .unwrap_or(Dimension::Requests);
             let limit = limiter.policy().limit(dim).unwrap_or(0);
             ApiError::rate_limited(
                 "rate_limit_error",
@@ -473,7 +537,16 @@ async fn refused(
             tracing::error!(error = %other, "limiter failed");
             ApiError::internal(axum::http::StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "The rate-limit store is unavailable; retry shortly.")
         }
+    };
+    if let Some(status) = status {
+        let mut h = crate::proxy::ratelimit_headers(&status.dimensions);
+        h.insert(
+            crate::proxy::BUCKET_HEADER,
+            axum::http::HeaderValue::from_static(bucket.name()),
+        );
+        err.headers = Box::new(h);
     }
+    err
 }
 
 fn budget_refused(gw: &Gateway, e: BudgetError) -> ApiError {

@@ -114,13 +114,32 @@ impl Tokenizer {
         n
     }
 
+    /// Input tokens of a Responses API request: its `input` (a string, or
+    /// input items counted as chat messages) and `instructions`.
+    pub fn responses_input(
+        self,
+        input: &Value,
+        instructions: Option<&str>,
+        tools: Option<&Value>,
+    ) -> u64 {
+        let mut items = match input {
+            Value::String(s) => vec![serde_json::json!({"role": "user", "content": s})],
+            Value::Array(items) => items.clone(),
+            _ => Vec::new(),
+        };
+        if let Some(text) = instructions {
+            items.push(serde_json::json!({"role": "system", "content": text}));
+        }
+        self.chat_input(&items, tools)
+    }
+
     fn content(self, v: &Value) -> u64 {
         match v {
             Value::String(s) => self.count(s),
             Value::Array(parts) => parts
                 .iter()
                 .map(|p| match p.get("type").and_then(Value::as_str) {
-                    Some("text") => p
+                    Some("text" | "input_text" | "output_text") => p
                         .get("text")
                         .and_then(Value::as_str)
                         .map_or(0, |t| self.count(t)),

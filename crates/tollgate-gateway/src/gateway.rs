@@ -13,7 +13,7 @@ use crate::estimate::Tokenizer;
 use crate::ledger::{Ledger, LogLedger};
 use crate::metrics::Metrics;
 use crate::proxy::Endpoint;
-use crate::registry::{Overrides, Registry};
+use crate::registry::{Overrides, Registry, RegistryError};
 use crate::routing::Model;
 use crate::sync::LiveSync;
 
@@ -68,6 +68,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// Usage records.
     pub ledger: Arc<dyn Ledger>,
+    /// Client connections open, refused and timed out.
+    pub connections: Arc<crate::listener::ConnectionStats>,
     pub(crate) admin_hash: Option<[u8; 32]>,
     registry: RwLock<Arc<Registry>>,
     /// The overrides in force and the version they came with.
@@ -87,7 +89,13 @@ impl Gateway {
                 LiveSync::Local,
             )
         } else {
-            let store = Store::redis(&url).await.map_err(|e| {
+            let timeout = Duration::from_millis(config.store.timeout_ms);
+            let defaults = tollgate::store::RedisOptions::default();
+            let late = defaults
+                .late_reply_timeout
+                .max(defaults.connect_timeout + timeout);
+            let options = defaults.response_timeout(timeout).late_reply_timeout(late);
+            let store = Store::redis_with(&url, options).await.map_err(|e| {
                 StartError::Store(format!("{e}; is redis-server running and store.url right?"))
             })?;
             // Spend and live changes share the store's multiplexed
@@ -97,8 +105,8 @@ impl Gateway {
                 .ok_or_else(|| StartError::Store("not a Redis store".into()))?;
             (
                 store,
-                Budgets::Redis(RedisBudgets::new(conn.clone())),
-                LiveSync::Redis(conn),
+                Budgets::Redis(Box::new(RedisBudgets::new(conn.clone(), timeout))),
+                LiveSync::Redis(conn, timeout),
             )
         };
         let classes: Vec<PriorityClass> = config
@@ -153,7 +161,11 @@ impl Gateway {
                             )
                         })
                 };
-                let urls = [url(Endpoint::Chat)?, url(Endpoint::Embeddings)?];
+                let urls = [
+                    url(Endpoint::Chat)?,
+                    url(Endpoint::Embeddings)?,
+                    url(Endpoint::Responses)?,
+                ];
                 models.insert(
                     mname.clone(),
                     Arc::new(Model {
@@ -172,13 +184,24 @@ impl Gateway {
                         context_window: m.context_window,
                         default_max_tokens: m.default_max_tokens,
                         tokenizer,
+                        hold: crate::proxy::Hold::new(&format!("model:{pname}/{mname}")),
                     }),
                 );
             }
         }
         let (version, overrides) = sync.load().await.map_err(StartError::Store)?;
         let overrides = overrides.unwrap_or_default();
-        let registry = Registry::build(&config, &overrides, &store, outage).await?;
+        let registry = Registry::build(&config, &overrides, &store, outage)
+            .await
+            .map_err(|e| match e {
+                RegistryError::Config(e) => StartError::Config(e),
+                RegistryError::Store(e) => StartError::Store(e),
+            })?;
+        // Precedence is explicit: say at start what the live overrides
+        // shadow in the file.
+        for line in overrides.describe(&config) {
+            tracing::warn!(version, "live override in force: {line}");
+        }
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
@@ -191,6 +214,7 @@ impl Gateway {
             .token_sha256
             .as_deref()
             .and_then(|h| crate::auth::parse_hash(&h.to_ascii_lowercase()));
+        let metrics = Metrics::new(config.metrics.client_labels);
         Ok(Arc::new(Gateway {
             config,
             store,
@@ -199,8 +223,9 @@ impl Gateway {
             sync,
             models,
             http,
-            metrics: Metrics::default(),
+            metrics,
             ledger: Arc::new(LogLedger),
+            connections: Arc::default(),
             admin_hash,
             registry: RwLock::new(Arc::new(registry)),
             live: tokio::sync::Mutex::new((version, overrides)),
@@ -213,27 +238,46 @@ impl Gateway {
     }
 
     /// Applies a live change: validates it by building a new registry,
-    /// publishes it to the other instances, then swaps it in here.
-    pub async fn change(&self, edit: impl FnOnce(&mut Overrides)) -> Result<(), ConfigError> {
+    /// publishes it to the other instances, then swaps it in here. `edit`
+    /// gets the overrides and the version this change will have. Returns
+    /// the overrides now in force and their version.
+    pub async fn change(
+        &self,
+        edit: impl FnOnce(&mut Overrides, u64),
+    ) -> Result<(u64, Overrides), RegistryError> {
         let mut live = self.live.lock().await;
         // Start from the newest shared overrides, so two admins on two
-        // instances do not undo each other's changes.
-        let mut next = match self.sync.load().await {
-            Ok((_, Some(shared))) => shared,
-            _ => live.1.clone(),
+        // instances do not undo each other's changes; without the store, no
+        // change (it could not reach the other instances).
+        let (base, shared) = self.sync.load().await.map_err(RegistryError::Store)?;
+        let mut next = match shared {
+            Some(shared) => shared,
+            None => live.1.clone(),
         };
-        edit(&mut next);
+        edit(&mut next, base.max(live.0) + 1);
         let registry = Registry::build(&self.config, &next, &self.store, self.outage).await?;
-        let version = self.sync.publish(&next).await.map_err(|e| {
-            crate::config::invalid("store", format!("could not publish the change: {e}"))
-        })?;
+        let version =
+            match &self.sync {
+                LiveSync::Local => live.0 + 1,
+                LiveSync::Redis(..) => self.sync.publish(&next).await.map_err(|e| {
+                    RegistryError::Store(format!("could not publish the change: {e}"))
+                })?,
+            };
         *self.registry.write() = Arc::new(registry);
-        *live = (version, next);
-        Ok(())
+        *live = (version, next.clone());
+        Ok((version, next))
+    }
+
+    /// The overrides in force and their version.
+    pub async fn overrides(&self) -> (u64, Overrides) {
+        self.live.lock().await.clone()
     }
 
     /// Picks up changes published by other instances (called periodically).
     pub async fn refresh(&self) -> Result<bool, String> {
+        if matches!(self.sync, LiveSync::Local) {
+            return Ok(false);
+        }
         let current = self.live.lock().await.0;
         if self.sync.version().await? == current {
             return Ok(false);

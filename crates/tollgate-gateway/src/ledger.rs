@@ -7,6 +7,9 @@ use std::time::Duration;
 /// One settled request (borrowed: a sink that keeps it copies what it needs).
 #[derive(Debug, Clone, PartialEq)]
 pub struct UsageRecord<'a> {
+    /// The request's id (UUIDv7), as answered in `x-request-id`; nil for a
+    /// request settled without one.
+    pub request_id: uuid::Uuid,
     /// Client id.
     pub client: &'a str,
     /// Tier at the time of the request.
@@ -37,6 +40,7 @@ impl Ledger for LogLedger {
     fn record(&self, r: &UsageRecord<'_>) {
         tracing::debug!(
             target: "tollgate::usage",
+            request_id = %r.request_id,
             client = %r.client,
             tier = %r.tier,
             model = %r.model,

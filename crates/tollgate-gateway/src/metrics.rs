@@ -1,5 +1,11 @@
-//! Prometheus text exposition, written by hand: counters and histograms keyed
-//! by label sets. The request path records into it; `GET /metrics` renders it.
+//! Prometheus text exposition, written by hand: counters, gauges and
+//! histograms keyed by label sets. The request path records into it;
+//! `GET /metrics` sets the gauges read at scrape time and renders it.
+//!
+//! Client ids appear as labels only when the operator turns them on
+//! (`metrics.client_labels`): otherwise every `client` label is dropped
+//! when recorded, which bounds the number of series and keeps the list of
+//! clients and their spend off the metrics.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -14,9 +20,39 @@ const METRICS: &[(&str, &str, &str)] = &[
     ("tollgate_limiter_decisions_total", "counter", "Admission decisions by bucket (client, budget, model) and decision (granted, waited, refused)."),
     ("tollgate_upstream_responses_total", "counter", "Upstream responses by model and HTTP status (0 = no response)."),
     ("tollgate_store_errors_total", "counter", "Errors of the limit/spend store, by component."),
+    ("tollgate_usage_missing_total", "counter", "Upstream answers without usage, charged by counting the tokens they carried, by model."),
+    ("tollgate_usage_over_limit_total", "counter", "Upstream answers reporting more output than max_tokens x n allowed (charged at most that), by model."),
+    ("tollgate_stream_malformed_lines_total", "counter", "Stream data: lines from the upstream that were not JSON (dropped), by model."),
     ("tollgate_queue_wait_seconds", "histogram", "Time requests waited in the queue before going upstream, by tier."),
     ("tollgate_upstream_latency_seconds", "histogram", "Time to the upstream's response headers, by model."),
+    ("tollgate_queue_depth", "gauge", "Requests waiting for their slot now, by model and priority class."),
+    ("tollgate_requests_in_flight", "gauge", "HTTP requests being served now (streams until their last byte)."),
+    ("tollgate_connections_open", "gauge", "Client connections open now."),
+    ("tollgate_connections_refused_total", "counter", "Client connections refused at the connection limit."),
+    ("tollgate_connections_timed_out_total", "counter", "Client connections closed by the idle or header-read timeout."),
+    ("tollgate_budget_left_usd", "gauge", "Budget left in USD by tier and period (day, month), summed over the tier's clients with a budget; by client too where metrics.client_labels is on."),
+    ("tollgate_store_up", "gauge", "Whether the limit and spend store answered a ping at this scrape (1) or not (0)."),
 ];
+
+/// Names of the metrics, so that a typo cannot open a new series.
+pub mod names {
+    /// See [`super::METRICS`].
+    pub const REQUESTS: &str = "tollgate_requests_total";
+    /// Requests waiting for their slot.
+    pub const QUEUE_DEPTH: &str = "tollgate_queue_depth";
+    /// HTTP requests being served.
+    pub const IN_FLIGHT: &str = "tollgate_requests_in_flight";
+    /// Client connections open.
+    pub const CONNECTIONS_OPEN: &str = "tollgate_connections_open";
+    /// Client connections refused.
+    pub const CONNECTIONS_REFUSED: &str = "tollgate_connections_refused_total";
+    /// Client connections timed out.
+    pub const CONNECTIONS_TIMED_OUT: &str = "tollgate_connections_timed_out_total";
+    /// Budget left.
+    pub const BUDGET_LEFT: &str = "tollgate_budget_left_usd";
+    /// Store health.
+    pub const STORE_UP: &str = "tollgate_store_up";
+}
 
 const BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -32,6 +68,7 @@ struct Histogram {
 #[derive(Debug, Default)]
 struct Inner {
     counters: BTreeMap<&'static str, BTreeMap<String, f64>>,
+    gauges: BTreeMap<&'static str, BTreeMap<String, f64>>,
     histograms: BTreeMap<&'static str, BTreeMap<String, Histogram>>,
 }
 
@@ -39,6 +76,7 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    client_labels: bool,
 }
 
 fn labels(pairs: &[(&str, &str)]) -> String {
@@ -48,10 +86,20 @@ fn labels(pairs: &[(&str, &str)]) -> String {
 }
 
 fn write_labels(s: &mut String, pairs: &[(&str, &str)]) {
-    for (i, (k, v)) in pairs.iter().enumerate() {
-        if i > 0 {
+    write_labels_but(s, pairs, None);
+}
+
+/// Writes the label set, leaving out the label named `skip`.
+fn write_labels_but(s: &mut String, pairs: &[(&str, &str)], skip: Option<&str>) {
+    let mut first = true;
+    for (k, v) in pairs {
+        if Some(*k) == skip {
+            continue;
+        }
+        if !first {
             s.push(',');
         }
+        first = false;
         s.push_str(k);
         s.push_str("=\"");
         for c in v.chars() {
@@ -72,12 +120,13 @@ thread_local! {
     static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
-/// Runs `f` with the label set of `pairs` written out.
-fn with_key<T>(pairs: &[(&str, &str)], f: impl FnOnce(&str) -> T) -> T {
+/// Runs `f` with the label set of `pairs` written out, without the `client`
+/// label unless `client_labels`.
+fn with_key<T>(pairs: &[(&str, &str)], client_labels: bool, f: impl FnOnce(&str) -> T) -> T {
     KEY.with(|k| {
         let mut k = k.borrow_mut();
         k.clear();
-        write_labels(&mut k, pairs);
+        write_labels_but(&mut k, pairs, (!client_labels).then_some("client"));
         f(&k)
     })
 }
@@ -91,9 +140,62 @@ fn entry<'a, V: Default>(series: &'a mut BTreeMap<String, V>, key: &str) -> &'a 
 }
 
 impl Metrics {
+    /// Metrics with client ids as labels or not (`metrics.client_labels`).
+    pub fn new(client_labels: bool) -> Self {
+        Metrics {
+            inner: Mutex::default(),
+            client_labels,
+        }
+    }
+
+    /// Whether client ids are labels.
+    pub fn client_labels(&self) -> bool {
+        self.client_labels
+    }
+
+    /// Adds `v` (may be negative) to a gauge.
+    pub fn gauge_add(&self, name: &'static str, pairs: &[(&str, &str)], v: f64) {
+        with_key(pairs, self.client_labels, |key| {
+            let mut inner = self.inner.lock();
+            *entry(inner.gauges.entry(name).or_default(), key) += v;
+        })
+    }
+
+    /// Sets a gauge.
+    pub fn gauge_set(&self, name: &'static str, pairs: &[(&str, &str)], v: f64) {
+        with_key(pairs, self.client_labels, |key| {
+            let mut inner = self.inner.lock();
+            *entry(inner.gauges.entry(name).or_default(), key) = v;
+        })
+    }
+
+    /// Replaces every series of a gauge (for gauges read at scrape time,
+    /// so series that are gone disappear).
+    pub fn gauge_replace(&self, name: &'static str, series: &[(Vec<(&str, &str)>, f64)]) {
+        let mut fresh = BTreeMap::new();
+        for (pairs, v) in series {
+            with_key(pairs, self.client_labels, |key| {
+                *fresh.entry(key.to_string()).or_insert(0.0) += v;
+            });
+        }
+        self.inner.lock().gauges.insert(name, fresh);
+    }
+
+    /// The value of a gauge (for tests).
+    pub fn gauge(&self, name: &'static str, pairs: &[(&str, &str)]) -> f64 {
+        let key = labels(pairs);
+        self.inner
+            .lock()
+            .gauges
+            .get(name)
+            .and_then(|m| m.get(&key))
+            .copied()
+            .unwrap_or(0.0)
+    }
+
     /// Adds `v` to a counter.
     pub fn add(&self, name: &'static str, pairs: &[(&str, &str)], v: f64) {
-        with_key(pairs, |key| {
+        with_key(pairs, self.client_labels, |key| {
             let mut inner = self.inner.lock();
             *entry(inner.counters.entry(name).or_default(), key) += v;
         })
@@ -106,7 +208,7 @@ impl Metrics {
 
     /// Records an observation in a histogram.
     pub fn observe(&self, name: &'static str, pairs: &[(&str, &str)], v: f64) {
-        with_key(pairs, |key| {
+        with_key(pairs, self.client_labels, |key| {
             let mut inner = self.inner.lock();
             let h = entry(inner.histograms.entry(name).or_default(), key);
             if h.counts.is_empty() {
@@ -120,9 +222,10 @@ impl Metrics {
         })
     }
 
-    /// The value of a counter (for tests and the admin API).
+    /// The value of a counter (for tests and the admin API), `pairs` as
+    /// recorded (a `client` label is dropped unless client labels are on).
     pub fn counter(&self, name: &'static str, pairs: &[(&str, &str)]) -> f64 {
-        let key = labels(pairs);
+        let key = with_key(pairs, self.client_labels, str::to_string);
         self.inner
             .lock()
             .counters
@@ -138,7 +241,10 @@ impl Metrics {
         let mut out = String::new();
         for (name, kind, help) in METRICS {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            if let Some(series) = inner.counters.get(name) {
+            for series in [inner.counters.get(name), inner.gauges.get(name)]
+                .into_iter()
+                .flatten()
+            {
                 for (l, v) in series {
                     let _ = writeln!(out, "{name}{{{l}}} {v}");
                 }
@@ -167,7 +273,7 @@ mod tests {
 
     #[test]
     fn renders_counters_and_histograms() {
-        let m = Metrics::default();
+        let m = Metrics::new(true);
         m.inc(
             "tollgate_requests_total",
             &[("client", "a\"b"), ("outcome", "ok")],
@@ -186,5 +292,28 @@ mod tests {
             text.contains("tollgate_queue_wait_seconds_count{tier=\"free\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn client_labels_are_dropped_unless_turned_on() {
+        let m = Metrics::new(false);
+        let pairs = [("client", "acme"), ("outcome", "ok")];
+        m.inc("tollgate_requests_total", &pairs);
+        m.inc(
+            "tollgate_requests_total",
+            &[("client", "other"), ("outcome", "ok")],
+        );
+        let text = m.render();
+        assert!(
+            text.contains("tollgate_requests_total{outcome=\"ok\"} 2"),
+            "{text}"
+        );
+        assert!(!text.contains("acme"), "{text}");
+        assert_eq!(m.counter("tollgate_requests_total", &pairs), 2.0);
+        m.gauge_add(names::QUEUE_DEPTH, &[("model", "m"), ("class", "0")], 2.0);
+        m.gauge_add(names::QUEUE_DEPTH, &[("model", "m"), ("class", "0")], -1.0);
+        assert!(m
+            .render()
+            .contains("tollgate_queue_depth{model=\"m\",class=\"0\"} 1"));
     }
 }

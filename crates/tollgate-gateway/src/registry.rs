@@ -1,27 +1,31 @@
 //! Who may do what, right now: tiers, clients and their buckets, rebuilt from
 //! the config file plus the live changes made through the admin API
-//! ([`Overrides`]). A rebuilt limiter for the same key keeps its state,
-//! because the store holds the state and limits travel with every call.
+//! ([`Overrides`], field by field: see [`crate::overrides`]). A rebuilt
+//! limiter for the same key keeps its state, because the store holds the
+//! state and limits travel with every call.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use tollgate::{OutagePolicy, RateLimiter, Store};
+use tollgate::{Error as LimitError, OutagePolicy, RateLimiter, Store};
 
 use crate::auth::KeyIndex;
 use crate::budget::{usd_to_nano, BudgetLimits};
 use crate::config::{tier_limits, validate_tier, Config, ConfigError, TierConfig};
 
-/// Changes made through the admin API on top of the config file.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Overrides {
-    /// Tier settings that replace the file's, by tier name.
-    pub tiers: BTreeMap<String, TierConfig>,
-    /// Client id → tier name.
-    pub client_tiers: BTreeMap<String, String>,
+pub use crate::overrides::Overrides;
+
+/// Why a registry could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The configuration (with the overrides) is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store could not be reached to set up a bucket.
+    #[error("the store is unavailable: {0}")]
+    Store(String),
 }
 
 /// A tier as the request path uses it.
@@ -70,12 +74,26 @@ impl Registry {
         overrides: &Overrides,
         store: &Store,
         outage: OutagePolicy,
-    ) -> Result<Registry, ConfigError> {
+    ) -> Result<Registry, RegistryError> {
         let classes = config.priority.headroom.len();
         let mut tiers = BTreeMap::new();
         for (name, file_tier) in &config.tiers {
-            let t = overrides.tiers.get(name).unwrap_or(file_tier);
-            validate_tier(&format!("tiers.{name}"), t, classes)?;
+            let at = format!("tiers.{name}");
+            validate_tier(&at, file_tier, classes)?;
+            let t = match overrides.tiers.get(name) {
+                Some(o) => {
+                    let t = o.fields.apply(file_tier);
+                    match validate_tier(&at, &t, classes) {
+                        Ok(()) => t,
+                        Err(e) => {
+                            tracing::warn!(tier = %name, version = o.version, error = %e, "live override no longer fits the config file; using the file's tier");
+                            file_tier.clone()
+                        }
+                    }
+                }
+                None => file_tier.clone(),
+            };
+            let t = &t;
             tiers.insert(
                 name.clone(),
                 Arc::new(Tier {
@@ -96,9 +114,9 @@ impl Registry {
         let mut keys = KeyIndex::default();
         for c in &config.clients {
             let tier_name = match overrides.client_tiers.get(&c.id) {
-                Some(t) if tiers.contains_key(t) => t,
-                Some(t) => {
-                    tracing::warn!(client = %c.id, tier = %t, "live tier change names an unknown tier; keeping the file's");
+                Some(o) if tiers.contains_key(&o.tier) => &o.tier,
+                Some(o) => {
+                    tracing::warn!(client = %c.id, tier = %o.tier, "live tier change names an unknown tier; keeping the file's");
                     &c.tier
                 }
                 None => &c.tier,
@@ -114,8 +132,11 @@ impl Registry {
                 .replace_stored_limits(true)
                 .build()
                 .await
-                .map_err(|e| {
-                    crate::config::invalid(format!("tiers.{}", tier.name), e.to_string())
+                .map_err(|e| match e {
+                    LimitError::Store(e) => RegistryError::Store(e.to_string()),
+                    e => {
+                        crate::config::invalid(format!("tiers.{}", tier.name), e.to_string()).into()
+                    }
                 })?;
             for h in &c.key_sha256 {
                 keys.insert(h, &c.id);

@@ -25,8 +25,9 @@ pub struct Model {
     pub upstream_name: String,
     /// The provider's base URL (ends without `/`).
     pub base_url: String,
-    /// `base_url` + `/chat/completions` and `/embeddings`, parsed once.
-    pub(crate) urls: [reqwest::Url; 2],
+    /// `base_url` + each [`Endpoint::ALL`](crate::proxy::Endpoint::ALL)'s
+    /// path, parsed once.
+    pub(crate) urls: [reqwest::Url; 3],
     /// The provider's API key (from its environment variable); never logged.
     pub(crate) api_key: Option<String>,
     /// The provider bucket, key `model:PROVIDER/NAME`, with the priority classes.
@@ -39,14 +40,18 @@ pub struct Model {
     pub default_max_tokens: u64,
     /// How input is counted.
     pub tokenizer: Tokenizer,
+    /// The pause an upstream's `Retry-After` asked for, shared through the store.
+    pub hold: crate::proxy::Hold,
 }
 
 impl Model {
     /// Where requests for `endpoint` go upstream.
     pub fn url(&self, endpoint: crate::proxy::Endpoint) -> &reqwest::Url {
+        use crate::proxy::Endpoint;
         match endpoint {
-            crate::proxy::Endpoint::Chat => &self.urls[0],
-            crate::proxy::Endpoint::Embeddings => &self.urls[1],
+            Endpoint::Chat => &self.urls[0],
+            Endpoint::Embeddings => &self.urls[1],
+            Endpoint::Responses => &self.urls[2],
         }
     }
 }

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post, put};
-use axum::{Json, Router};
+use axum::routing::{any, delete, get, patch, post, put, MethodRouter};
+use axum::{Extension, Json, Router};
 use serde_json::json;
 use tokio::sync::oneshot;
 
@@ -18,13 +18,17 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::gateway::{Gateway, StartError};
 use crate::proxy::{self, Endpoint};
+use crate::request_id::{self, RequestId};
 
 /// Every route of the gateway.
 pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
-        .route("/v1/chat/completions", post(chat))
-        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/chat/completions", proxied(Endpoint::Chat))
+        .route("/v1/embeddings", proxied(Endpoint::Embeddings))
+        .route("/v1/responses", proxied(Endpoint::Responses))
+        .route("/v1/completions", any(legacy_completions))
         .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -32,34 +36,174 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/admin/clients", get(admin::clients))
         .route("/admin/clients/{id}/tier", put(admin::set_client_tier))
         .route("/admin/tiers/{name}", patch(admin::patch_tier))
+        .route("/admin/overrides", get(admin::overrides))
+        .route(
+            "/admin/overrides/tiers/{name}",
+            delete(admin::remove_tier_override),
+        )
+        .route(
+            "/admin/overrides/clients/{id}",
+            delete(admin::remove_client_override),
+        )
         .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "unknown_url", "Unknown URL; this gateway serves /v1/chat/completions, /v1/embeddings and /v1/models.")
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "unknown_url",
+                format!("Unknown URL; this gateway serves {SERVED}."),
+            )
         })
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(request_id::layer))
         .with_state(gw)
 }
 
-async fn chat(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
-    proxy::handle(gw, headers, body, Endpoint::Chat).await
+/// What the client API serves, for the 404s.
+const SERVED: &str = "POST /v1/chat/completions, POST /v1/responses, POST /v1/embeddings, GET /v1/models and GET /v1/models/{model}";
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "method_not_allowed",
+        format!(
+            "{method} is not allowed on {}; this gateway serves {SERVED}.",
+            uri.path()
+        ),
+    )
 }
 
-async fn embeddings(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
-    proxy::handle(gw, headers, body, Endpoint::Embeddings).await
+async fn legacy_completions() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "unsupported_endpoint",
+        format!("The legacy completions API (/v1/completions) is not served by this gateway; use /v1/chat/completions or /v1/responses. It serves {SERVED}."),
+    )
+}
+
+/// The route of a proxied endpoint: `POST`, handled by [`proxy::handle`].
+fn proxied(endpoint: Endpoint) -> MethodRouter<Arc<Gateway>> {
+    post(
+        move |State(gw): State<Arc<Gateway>>,
+              Extension(id): Extension<RequestId>,
+              headers: HeaderMap,
+              body: Body| async move { proxy::handle(gw, headers, body, endpoint, id).await },
+    )
+}
+
+fn model_object(m: &crate::routing::Model) -> serde_json::Value {
+    json!({"id": m.name, "object": "model", "created": 0, "owned_by": m.provider})
+}
+
+async fn model(
+    State(gw): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = proxy::authenticate(&gw, &headers) {
+        return e.into_response();
+    }
+    match gw.models.get(&id) {
+        Some(m) => Json(model_object(m)).into_response(),
+        None => {
+            let mut e = ApiError::invalid(
+                "model_not_found",
+                "model",
+                format!("The model {id:?} does not exist on this gateway; GET /v1/models lists the models you can use."),
+            );
+            e.status = StatusCode::NOT_FOUND;
+            e.into_response()
+        }
+    }
 }
 
 async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     if let Err(e) = proxy::authenticate(&gw, &headers) {
         return e.into_response();
     }
-    let data: Vec<_> = gw
-        .models
-        .values()
-        .map(|m| json!({"id": m.name, "object": "model", "created": 0, "owned_by": m.provider}))
-        .collect();
+    let data: Vec<_> = gw.models.values().map(|m| model_object(m)).collect();
     Json(json!({"object": "list", "data": data})).into_response()
 }
 
-async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
-    let mut text = gw.metrics.render();
+/// `GET /metrics` on the client port: behind the admin token, unless
+/// `metrics.listen` moved it to a listener of its own.
+async fn metrics(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if let Some(addr) = &gw.config.metrics.listen {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "unknown_url",
+            format!("/metrics is served on the metrics listener ({addr}), not here."),
+        )
+        .into_response();
+    }
+    if let Err(e) = admin::authorize(&gw, &headers) {
+        return e.into_response();
+    }
+    metrics_text(&gw).await
+}
+
+/// `GET /metrics` on the metrics listener (no token: keep it private).
+async fn metrics_open(State(gw): State<Arc<Gateway>>) -> Response {
+    metrics_text(&gw).await
+}
+
+/// Sets the gauges read at scrape time, then renders everything.
+async fn metrics_text(gw: &Gateway) -> Response {
+    use crate::metrics::names;
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = &gw.metrics;
+    let c = &gw.connections;
+    m.gauge_set(
+        names::IN_FLIGHT,
+        &[],
+        c.requests_in_flight.load(Relaxed) as f64,
+    );
+    m.gauge_set(names::CONNECTIONS_OPEN, &[], c.open.load(Relaxed) as f64);
+    m.gauge_set(
+        names::CONNECTIONS_REFUSED,
+        &[],
+        c.refused.load(Relaxed) as f64,
+    );
+    m.gauge_set(
+        names::CONNECTIONS_TIMED_OUT,
+        &[],
+        c.timed_out.load(Relaxed) as f64,
+    );
+    let mut store_up = gw.sync.ping().await.is_ok();
+    let mut left = Vec::new();
+    let registry = gw.registry();
+    for client in registry.clients.values() {
+        let budget = client.tier.budget;
+        if budget.daily.is_none() && budget.monthly.is_none() {
+            continue;
+        }
+        let Ok(spend) = gw.budgets.spend(&client.id).await else {
+            store_up = false;
+            break;
+        };
+        let tier = client.tier.name.as_str();
+        for (period, limit, spent) in [
+            ("day", budget.daily, spend.today),
+            ("month", budget.monthly, spend.month),
+        ] {
+            if let Some(limit) = limit {
+                let usd = crate::budget::nano_to_usd((limit - spent).max(0));
+                left.push((
+                    vec![
+                        ("client", client.id.as_str()),
+                        ("tier", tier),
+                        ("period", period),
+                    ],
+                    usd,
+                ));
+            }
+        }
+    }
+    m.gauge_replace(names::BUDGET_LEFT, &left);
+    m.gauge_set(names::STORE_UP, &[], if store_up { 1.0 } else { 0.0 });
+    let mut text = m.render();
     // The limiters' own counters: store errors and outage decisions.
     let mut store_errors = 0;
     let mut outage = 0;
@@ -106,6 +250,10 @@ pub struct RunningGateway {
     pub addr: SocketAddr,
     /// Its shared state (metrics, registry, ...).
     pub gateway: Arc<Gateway>,
+    /// Where `/metrics` listens, when `metrics.listen` gives it a listener
+    /// of its own.
+    pub metrics_addr: Option<SocketAddr>,
+    metrics_server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     sync: Option<tokio::task::JoinHandle<()>>,
@@ -157,6 +305,9 @@ impl Drop for RunningGateway {
     fn drop(&mut self) {
         self.stop();
         if let Some(t) = self.sync.take() {
+            t.abort();
+        }
+        if let Some(t) = self.metrics_server.take() {
             t.abort();
         }
         if let Some(t) = self.server.take() {
@@ -225,14 +376,44 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
     })?;
     let (tx, rx) = oneshot::channel::<()>();
     let app = router(gw.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(no_delay(listener), app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.await;
-            })
-            .await
-    });
-    let sync = matches!(gw.sync, crate::sync::LiveSync::Redis(_)).then(|| {
+    let limits = crate::listener::ConnectionLimits::of(&gw.config.server);
+    let stats = gw.connections.clone();
+    let server = tokio::spawn(crate::listener::serve(
+        listener,
+        app,
+        limits,
+        stats,
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    let (metrics_addr, metrics_server) = match &gw.config.metrics.listen {
+        Some(addr) => {
+            let listener = bind(addr).await.map_err(|source| StartError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+            let bound = listener.local_addr().map_err(|source| StartError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+            let app = Router::new()
+                .route("/metrics", get(metrics_open))
+                .layer(axum::middleware::from_fn(request_id::layer))
+                .with_state(gw.clone());
+            let task = tokio::spawn(crate::listener::serve(
+                listener,
+                app,
+                limits,
+                Arc::default(),
+                std::future::pending(),
+            ));
+            tracing::info!(addr = %bound, "metrics listening");
+            (Some(bound), Some(task))
+        }
+        None => (None, None),
+    };
+    let sync = matches!(gw.sync, crate::sync::LiveSync::Redis(..)).then(|| {
         let gw = gw.clone();
         let every = Duration::from_millis(gw.config.store.sync_interval_ms);
         tokio::spawn(async move {
@@ -252,6 +433,8 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
     Ok(RunningGateway {
         addr,
         gateway: gw,
+        metrics_addr,
+        metrics_server,
         shutdown: Some(tx),
         server: Some(server),
         sync,

@@ -6,7 +6,11 @@
 //! connection; every instance polls the version (`store.sync_interval_ms`,
 //! 250 ms by default) and rebuilds its registry when it moves, so a change
 //! reaches all instances within that interval plus one round trip. With the
-//! memory store there is one instance and nothing to share.
+//! memory store there is one instance and nothing to share. Every store call
+//! waits at most `store.timeout_ms`.
+
+use std::future::Future;
+use std::time::Duration;
 
 use tollgate::store::RedisConnection;
 
@@ -20,15 +24,25 @@ const VERSION_KEY: &str = "tollgate:{config}:version";
 pub enum LiveSync {
     /// This process only.
     Local,
-    /// Shared through Redis.
-    Redis(RedisConnection),
+    /// Shared through Redis; each call waits at most the duration.
+    Redis(RedisConnection, Duration),
+}
+
+async fn timed<T>(
+    timeout: Duration,
+    f: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(timeout, f).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+    }
 }
 
 impl std::fmt::Debug for LiveSync {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             LiveSync::Local => "LiveSync::Local",
-            LiveSync::Redis(_) => "LiveSync::Redis",
+            LiveSync::Redis(..) => "LiveSync::Redis",
         })
     }
 }
@@ -38,13 +52,13 @@ impl LiveSync {
     pub async fn version(&self) -> Result<u64, String> {
         match self {
             LiveSync::Local => Ok(0),
-            LiveSync::Redis(conn) => {
+            LiveSync::Redis(conn, t) => {
                 let mut conn = conn.clone();
-                let v: Option<u64> = redis::cmd("GET")
-                    .arg(VERSION_KEY)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let v: Option<u64> = timed(
+                    *t,
+                    redis::cmd("GET").arg(VERSION_KEY).query_async(&mut conn),
+                )
+                .await?;
                 Ok(v.unwrap_or(0))
             }
         }
@@ -54,15 +68,17 @@ impl LiveSync {
     pub async fn load(&self) -> Result<(u64, Option<Overrides>), String> {
         match self {
             LiveSync::Local => Ok((0, None)),
-            LiveSync::Redis(conn) => {
+            LiveSync::Redis(conn, t) => {
                 let mut conn = conn.clone();
-                let (version, json): (Option<u64>, Option<String>) = redis::pipe()
-                    .atomic()
-                    .get(VERSION_KEY)
-                    .get(OVERRIDES_KEY)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let (version, json): (Option<u64>, Option<String>) = timed(
+                    *t,
+                    redis::pipe()
+                        .atomic()
+                        .get(VERSION_KEY)
+                        .get(OVERRIDES_KEY)
+                        .query_async(&mut conn),
+                )
+                .await?;
                 let overrides = match json {
                     Some(j) => Some(
                         serde_json::from_str(&j)
@@ -79,17 +95,19 @@ impl LiveSync {
     pub async fn publish(&self, overrides: &Overrides) -> Result<u64, String> {
         match self {
             LiveSync::Local => Ok(0),
-            LiveSync::Redis(conn) => {
+            LiveSync::Redis(conn, t) => {
                 let mut conn = conn.clone();
                 let json = serde_json::to_string(overrides).map_err(|e| e.to_string())?;
-                let (version,): (u64,) = redis::pipe()
-                    .atomic()
-                    .set(OVERRIDES_KEY, json)
-                    .ignore()
-                    .incr(VERSION_KEY, 1)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let (version,): (u64,) = timed(
+                    *t,
+                    redis::pipe()
+                        .atomic()
+                        .set(OVERRIDES_KEY, json)
+                        .ignore()
+                        .incr(VERSION_KEY, 1)
+                        .query_async(&mut conn),
+                )
+                .await?;
                 Ok(version)
             }
         }
@@ -99,13 +117,11 @@ impl LiveSync {
     pub async fn ping(&self) -> Result<(), String> {
         match self {
             LiveSync::Local => Ok(()),
-            LiveSync::Redis(conn) => {
+            LiveSync::Redis(conn, t) => {
                 let mut conn = conn.clone();
-                redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
+                timed(*t, redis::cmd("PING").query_async::<String>(&mut conn))
                     .await
                     .map(|_| ())
-                    .map_err(|e| e.to_string())
             }
         }
     }

@@ -2,9 +2,16 @@
 //! configurable latency, streamed or not. Used by `tollgate serve --demo`, the
 //! tests and the benchmark; it listens on loopback only.
 //!
+//! It answers as OpenAI does where clients can tell: `n` choices, each cut
+//! at `max_tokens` (`finish_reason: "length"`) or ended (`"stop"`);
+//! embeddings as floats or, with `encoding_format: "base64"` (the Node SDK's
+//! default), as the base64 of their little-endian `f32` bytes; the Responses
+//! API (`/v1/responses`, streamed and not, usage in its final event); and an
+//! `x-request-id` of its own on every answer.
+//!
 //! The last message's text may steer it: `[sim:429]` answers 429 with
 //! `retry-after: 1`, `[sim:500]` / `[sim:503]` answer those errors,
-//! `[sim:tokens=N]` makes the completion N tokens long.
+//! `[sim:tokens=N]` makes each completion N tokens long.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,15 +102,26 @@ pub async fn start(config: SimConfig, port: u16) -> std::io::Result<SimUpstream>
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/responses", post(responses))
         .route(
             "/v1/models",
             get(|| async { Json(json!({"object": "list", "data": []})) }),
         )
+        .layer(axum::middleware::map_response(upstream_id))
         .with_state(state);
     let task = tokio::spawn(async move {
         let _ = axum::serve(crate::server::no_delay(listener), app).await;
     });
     Ok(SimUpstream { addr, stats, task })
+}
+
+/// The upstream's own request id on every answer, as OpenAI's.
+async fn upstream_id(mut r: Response) -> Response {
+    let id = format!("req_sim{:016x}", rand::random::<u64>());
+    if let Ok(v) = header::HeaderValue::from_str(&id) {
+        r.headers_mut().insert("x-request-id", v);
+    }
+    r
 }
 
 fn now() -> u64 {
@@ -204,23 +222,25 @@ async fn chat(State(s): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -
     let cap = req
         .get("max_completion_tokens")
         .or_else(|| req.get("max_tokens"))
-        .and_then(Value::as_u64)
-        .unwrap_or(u64::MAX);
-    let wanted = directive(&text, "tokens")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(s.config.completion_tokens);
-    let n = wanted.min(cap);
-    s.stats.completion_tokens.fetch_add(n, Ordering::Relaxed);
-    let usage =
-        json!({"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n});
+        .and_then(Value::as_u64);
+    let choices = req.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
+    let (n, finish) = s.completion(&text, cap);
+    let total = n * choices;
+    s.stats
+        .completion_tokens
+        .fetch_add(total, Ordering::Relaxed);
+    let usage = json!({"prompt_tokens": prompt, "completion_tokens": total, "total_tokens": prompt + total});
     let id = format!("chatcmpl-sim{}", s.stats.requests.load(Ordering::Relaxed));
     let created = now();
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
     if !stream {
-        let content: String = (0..n).map(|i| WORDS[i as usize % WORDS.len()]).collect();
+        let content = words(n);
+        let choices: Vec<Value> = (0..choices)
+            .map(|i| json!({"index": i, "message": {"role": "assistant", "content": content}, "finish_reason": finish}))
+            .collect();
         return Json(json!({
             "id": id, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "choices": choices,
             "usage": usage,
         }))
         .into_response();
@@ -230,30 +250,57 @@ async fn chat(State(s): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -
         .and_then(|o| o.get("include_usage"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let interval = s.config.chunk_interval;
-    let chunk = move |delta: Value, finish: Value| {
-        let v = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+    let chunk = move |index: u64, delta: Value, finish: Value| {
+        let v = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [{"index": index, "delta": delta, "finish_reason": finish}]});
         v
     };
-    let mut events: Vec<String> = Vec::with_capacity(n as usize + 4);
-    events.push(chunk(json!({"role": "assistant", "content": ""}), Value::Null).to_string());
-    for i in 0..n {
-        events.push(
-            chunk(
-                json!({"content": WORDS[i as usize % WORDS.len()]}),
-                Value::Null,
-            )
-            .to_string(),
-        );
+    let mut events: Vec<String> = Vec::with_capacity(((n + 2) * choices) as usize + 2);
+    for c in 0..choices {
+        events.push(chunk(c, json!({"role": "assistant", "content": ""}), Value::Null).to_string());
     }
-    let mut last = chunk(json!({}), json!("stop"));
-    events.push(last.to_string());
+    for i in 0..n {
+        for c in 0..choices {
+            let delta = json!({"content": WORDS[i as usize % WORDS.len()]});
+            events.push(chunk(c, delta, Value::Null).to_string());
+        }
+    }
+    let mut last = Value::Null;
+    for c in 0..choices {
+        last = chunk(c, json!({}), json!(finish));
+        events.push(last.to_string());
+    }
     if include_usage {
         last["choices"] = json!([]);
         last["usage"] = usage;
         events.push(last.to_string());
     }
     events.push("[DONE]".into());
+    let events = events.into_iter().map(|e| format!("data: {e}\n\n"));
+    sse(events.collect(), s.config.chunk_interval)
+}
+
+/// `n` words of plausible text.
+fn words(n: u64) -> String {
+    (0..n).map(|i| WORDS[i as usize % WORDS.len()]).collect()
+}
+
+impl SimState {
+    /// How long one completion is and why it ends: the length asked for
+    /// (`[sim:tokens=N]` or the configured one), cut at `cap` (then
+    /// `"length"`, as OpenAI says when `max_tokens` cut the answer).
+    fn completion(&self, text: &str, cap: Option<u64>) -> (u64, &'static str) {
+        let wanted = directive(text, "tokens")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(self.config.completion_tokens);
+        match cap {
+            Some(cap) if cap < wanted => (cap, "length"),
+            _ => (wanted, "stop"),
+        }
+    }
+}
+
+/// A streamed answer: the events in order, `interval` apart.
+fn sse(events: Vec<String>, interval: Duration) -> Response {
     let body = futures_util::stream::unfold(
         (events.into_iter(), false),
         move |(mut it, started)| async move {
@@ -261,10 +308,7 @@ async fn chat(State(s): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -
             if started && !interval.is_zero() {
                 tokio::time::sleep(interval).await;
             }
-            Some((
-                Ok::<_, std::io::Error>(Bytes::from(format!("data: {e}\n\n"))),
-                (it, true),
-            ))
+            Some((Ok::<_, std::io::Error>(Bytes::from(e)), (it, true)))
         },
     );
     let mut r = Response::new(Body::from_stream(body));
@@ -275,17 +319,95 @@ async fn chat(State(s): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -
     r
 }
 
-async fn embeddings(State(s): State<Arc<SimState>>, body: Bytes) -> Response {
-    s.stats.requests.fetch_add(1, Ordering::Relaxed);
-    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
-        return not_json();
+/// `POST /v1/responses`: OpenAI's Responses API, streamed (typed events,
+/// usage in `response.completed`) or not.
+impl SimState {
+    /// Counts and parses a request, remembers it, waits the latency; the
+    /// body and its model, or the 400 to answer.
+    async fn take(&self, body: &[u8]) -> Result<(Value, String), Response> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let req = serde_json::from_slice::<Value>(body).map_err(|_| not_json())?;
+        *self.stats.last_body.lock() = Some(req.clone());
+        if !self.config.latency.is_zero() {
+            tokio::time::sleep(self.config.latency).await;
+        }
+        let model = req
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or("sim")
+            .to_string();
+        Ok((req, model))
+    }
+}
+
+async fn responses(State(s): State<Arc<SimState>>, body: Bytes) -> Response {
+    let (req, model) = match s.take(&body).await {
+        Ok(r) => r,
+        Err(r) => return r,
     };
-    tokio::time::sleep(s.config.latency).await;
-    let model = req
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("sim")
-        .to_string();
+    let input = req.get("input").cloned().unwrap_or(Value::Null);
+    let text = match &input {
+        Value::String(t) => t.clone(),
+        Value::Array(items) => last_text(items),
+        _ => String::new(),
+    };
+    let instructions = req.get("instructions").and_then(Value::as_str);
+    let prompt =
+        Tokenizer::for_model(&model).responses_input(&input, instructions, req.get("tools"));
+    let cap = req.get("max_output_tokens").and_then(Value::as_u64);
+    let (n, finish) = s.completion(&text, cap);
+    s.stats.completion_tokens.fetch_add(n, Ordering::Relaxed);
+    let seq = s.stats.requests.load(Ordering::Relaxed);
+    let (id, msg_id) = (format!("resp_sim{seq}"), format!("msg_sim{seq}"));
+    let content = words(n);
+    let cut = finish == "length";
+    let item = |text: &str, status: &str| json!({"type": "message", "id": msg_id, "status": status, "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": []}]});
+    let response = |status: &str, output: Vec<Value>, usage: Value| {
+        json!({
+            "id": id, "object": "response", "created_at": now(), "status": status, "model": model,
+            "output": output, "usage": usage, "error": null,
+            "incomplete_details": if cut && status != "in_progress" { json!({"reason": "max_output_tokens"}) } else { Value::Null },
+        })
+    };
+    let usage = json!({"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": n, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": prompt + n});
+    let status = if cut { "incomplete" } else { "completed" };
+    let done = response(status, vec![item(&content, status)], usage);
+    if !req.get("stream").and_then(Value::as_bool).unwrap_or(false) {
+        return Json(done).into_response();
+    }
+    let mut events = vec![
+        json!({"type": "response.created", "response": response("in_progress", vec![], Value::Null)}),
+        json!({"type": "response.output_item.added", "output_index": 0, "item": item("", "in_progress")}),
+        json!({"type": "response.content_part.added", "item_id": msg_id, "output_index": 0, "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}),
+    ];
+    for i in 0..n {
+        events.push(json!({"type": "response.output_text.delta", "item_id": msg_id, "output_index": 0, "content_index": 0, "delta": WORDS[i as usize % WORDS.len()]}));
+    }
+    events.push(json!({"type": "response.output_text.done", "item_id": msg_id, "output_index": 0, "content_index": 0, "text": content}));
+    events.push(json!({"type": "response.content_part.done", "item_id": msg_id, "output_index": 0, "content_index": 0, "part": {"type": "output_text", "text": content, "annotations": []}}));
+    events.push(json!({"type": "response.output_item.done", "output_index": 0, "item": item(&content, status)}));
+    let last = if cut {
+        "response.incomplete"
+    } else {
+        "response.completed"
+    };
+    events.push(json!({"type": last, "response": done}));
+    let events = events
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut e)| {
+            e["sequence_number"] = json!(i);
+            format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap_or(""))
+        })
+        .collect();
+    sse(events, s.config.chunk_interval)
+}
+
+async fn embeddings(State(s): State<Arc<SimState>>, body: Bytes) -> Response {
+    let (req, model) = match s.take(&body).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
     let input = req.get("input").cloned().unwrap_or(Value::Null);
     let tokens = Tokenizer::for_model(&model)
         .embeddings_input(&input)
@@ -294,8 +416,46 @@ async fn embeddings(State(s): State<Arc<SimState>>, body: Bytes) -> Response {
         Value::Array(a) if a.iter().all(|x| !x.is_number()) => a.len(),
         _ => 1,
     };
+    let base64 = match req.get("encoding_format") {
+        None | Some(Value::Null) => false,
+        Some(f) if f == "float" => false,
+        Some(f) if f == "base64" => true,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_value",
+                "encoding_format must be \"float\" or \"base64\"",
+            )
+        }
+    };
+    let vector = [0.1f32, -0.2, 0.3, 0.05, 0.0, 0.7, -0.4, 0.2];
+    let embedding = if base64 {
+        json!(embedding_base64(&vector))
+    } else {
+        json!(vector)
+    };
     let data: Vec<Value> = (0..count)
-        .map(|i| json!({"object": "embedding", "index": i, "embedding": [0.1, -0.2, 0.3, 0.05, 0.0, 0.7, -0.4, 0.2]}))
+        .map(|i| json!({"object": "embedding", "index": i, "embedding": embedding}))
         .collect();
     Json(json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})).into_response()
+}
+
+/// An embedding as OpenAI sends it for `encoding_format: "base64"`: the
+/// base64 of the vector's little-endian `f32` bytes.
+pub fn embedding_base64(vector: &[f32]) -> String {
+    use base64::Engine;
+    let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_embeddings_are_little_endian_f32() {
+        // 1.0f32 is 0x3f800000: bytes 00 00 80 3f.
+        assert_eq!(embedding_base64(&[1.0]), "AACAPw==");
+    }
 }

@@ -255,8 +255,9 @@ async fn a_refusal_by_the_provider_bucket_leaves_the_client_and_its_budget_uncha
     );
     let spent = spend(&gw, "pro").await;
     let r = chat(&c, &gw, "pro", &chat_body("hi", 5)).await;
-    // The 429's headers already show the client's reservation released.
-    assert_eq!(header(&r, "x-ratelimit-remaining-requests"), Some("98"));
+    // The 429's headers describe the bucket that refused: the provider's.
+    assert_eq!(header(&r, "x-tollgate-ratelimit-bucket"), Some("model"));
+    assert_eq!(header(&r, "x-ratelimit-remaining-requests"), Some("0"));
     expect_error(r, 429, "model_rpm_exceeded").await;
     let (requests, _) = client_in_use(&gw, "pro").await;
     // Two requests, less what drained since (100 a minute).

@@ -197,6 +197,8 @@ async fn upstream_429_and_5xx_pass_through_in_openai_shape_and_429_backs_off_the
         "provider bucket backs off: {tokens} tokens in use"
     );
 
+    // It also asked to wait 1 s (`retry-after`): nothing goes to it before.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let r = chat(&c, &gw, "pro", &chat_body("hi [sim:500]", 10)).await;
     let (status, e) = error_of(r).await;
     assert_eq!((status, e["type"].as_str()), (500, Some("server_error")));
@@ -208,7 +210,11 @@ async fn upstream_429_and_5xx_pass_through_in_openai_shape_and_429_backs_off_the
         &[("model", "gpt-4o-mini"), ("status", "429")],
     );
     assert_eq!(m, 1.0);
-    let text = get(&c, &gw, "/metrics").await.text().await.unwrap();
+    let text = send(admin(&c, &gw, reqwest::Method::GET, "/metrics"))
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(
         text.contains("outcome=\"upstream_rate_limited\"} 1"),
         "{text}"

@@ -41,16 +41,11 @@ impl MemoryBudgets {
         Self::default()
     }
 
-    pub(crate) fn reserve(
-        &self,
-        client: &str,
-        p: Period,
-        amount: i64,
-        limits: BudgetLimits,
-    ) -> Result<Hold, BudgetError> {
+    pub(crate) fn reserve(&self, hold: Hold, limits: BudgetLimits) -> Result<Hold, BudgetError> {
+        let amount = hold.amount;
         let mut accounts = self.accounts.lock();
-        let a = accounts.entry(client.to_string()).or_default();
-        a.roll(p);
+        let a = accounts.entry(hold.client.clone()).or_default();
+        a.roll(hold.period);
         if let Some(limit) = limits.daily {
             if a.day_spent.saturating_add(amount) > limit {
                 return Err(BudgetError::Daily {
@@ -71,11 +66,7 @@ impl MemoryBudgets {
         }
         a.day_spent = a.day_spent.saturating_add(amount);
         a.month_spent = a.month_spent.saturating_add(amount);
-        Ok(Hold {
-            client: client.to_string(),
-            period: p,
-            amount,
-        })
+        Ok(hold)
     }
 
     pub(crate) fn adjust(&self, hold: &Hold, actual: i64) {
@@ -115,6 +106,16 @@ impl MemoryBudgets {
 mod tests {
     use super::*;
 
+    fn hold(client: &str, period: Period, amount: i64) -> Hold {
+        Hold {
+            id: rand::random(),
+            reserved: true,
+            client: client.into(),
+            period,
+            amount,
+        }
+    }
+
     #[test]
     fn reserves_against_what_remains_and_settles() {
         let b = MemoryBudgets::new();
@@ -123,13 +124,13 @@ mod tests {
             daily: Some(100),
             monthly: Some(150),
         };
-        let h = b.reserve("a", p, 80, limits).unwrap();
+        let h = b.reserve(hold("a", p, 80), limits).unwrap();
         assert!(matches!(
-            b.reserve("a", p, 30, limits),
+            b.reserve(hold("a", p, 30), limits),
             Err(BudgetError::Daily { spent: 80, .. })
         ));
         b.adjust(&h, 50);
-        let h2 = b.reserve("a", p, 50, limits).unwrap();
+        let h2 = b.reserve(hold("a", p, 50), limits).unwrap();
         assert_eq!(
             b.spend("a", p),
             Spend {
@@ -140,7 +141,7 @@ mod tests {
         b.adjust(&h2, 50);
         let next_day = Period::at(1_700_000_000.0 + 86_400.0);
         assert!(matches!(
-            b.reserve("a", next_day, 60, limits),
+            b.reserve(hold("a", next_day, 60), limits),
             Err(BudgetError::Monthly { .. })
         ));
     }

@@ -17,8 +17,11 @@ mod period;
 mod redis;
 
 pub use self::memory::MemoryBudgets;
+#[cfg(test)]
+pub(crate) use self::period::civil_from_days;
+pub(crate) use self::period::days_from_civil;
 pub use self::period::Period;
-pub use self::redis::RedisBudgets;
+pub use self::redis::{RedisBudgets, SETTLE_RETRY_WINDOW};
 
 /// Nano-USD in one USD.
 pub const NANO_PER_USD: f64 = 1e9;
@@ -65,6 +68,11 @@ pub struct BudgetLimits {
 #[derive(Debug, Clone, PartialEq)]
 #[must_use = "settle the hold with the actual cost"]
 pub struct Hold {
+    /// Unique per request: what makes settling it again change nothing.
+    pub id: u128,
+    /// Whether anything was reserved (a client without budgets reserves
+    /// nothing: its settlement adds the whole cost).
+    pub reserved: bool,
     /// The client.
     pub client: String,
     /// The day and month the estimate was charged to.
@@ -116,7 +124,7 @@ pub enum Budgets {
     /// In this process.
     Memory(MemoryBudgets),
     /// Shared through Redis.
-    Redis(RedisBudgets),
+    Redis(Box<RedisBudgets>),
 }
 
 impl Budgets {
@@ -130,20 +138,26 @@ impl Budgets {
         limits: BudgetLimits,
     ) -> Result<Hold, BudgetError> {
         let period = Period::now();
+        let mut hold = Hold {
+            id: rand::random(),
+            reserved: false,
+            client: client.to_string(),
+            period,
+            amount: 0,
+        };
         if limits.daily.is_none() && limits.monthly.is_none() {
-            return Ok(Hold {
-                client: client.to_string(),
-                period,
-                amount: 0,
-            });
+            return Ok(hold);
         }
+        hold.reserved = true;
+        hold.amount = amount;
         match self {
-            Budgets::Memory(m) => m.reserve(client, period, amount, limits),
-            Budgets::Redis(r) => r.reserve(client, period, amount, limits).await,
+            Budgets::Memory(m) => m.reserve(hold, limits),
+            Budgets::Redis(r) => r.reserve(hold, limits).await,
         }
     }
 
-    /// Replaces a hold's estimate by the actual cost.
+    /// Replaces a hold's estimate by the actual cost. With Redis a call
+    /// that fails is retried; settling one hold again changes nothing.
     pub async fn settle(&self, hold: &Hold, actual: i64) -> Result<(), BudgetError> {
         match self {
             Budgets::Memory(m) => {

@@ -3,6 +3,15 @@
 //! settled by another (`settle.lua`: `INCRBY` of the difference, expiry
 //! renewed). Both keys of a client share the hash tag `{client}`, so they stay
 //! in one Cluster slot. They travel over the limit store's own connection.
+//!
+//! Every call has a timeout ([`RedisBudgets::new`]) and both scripts are
+//! idempotent through a hold key per request (`…:h:<hold id>`), so a call
+//! that timed out is simply sent again: a settlement is retried until it is
+//! applied (for up to [`SETTLE_RETRY_WINDOW`]) and is never counted twice,
+//! and a reservation whose answer never came is cancelled, so it cannot
+//! keep budget nobody uses.
+
+use std::time::{Duration, Instant};
 
 use tollgate::store::RedisConnection;
 
@@ -12,6 +21,30 @@ const RESERVE: &str = include_str!("reserve.lua");
 const SETTLE: &str = include_str!("settle.lua");
 const DAY_TTL_SECS: u64 = 3 * 86_400;
 const MONTH_TTL_SECS: u64 = 62 * 86_400;
+/// How long a hold key lives: longer than any request (the upstream timeout
+/// is at most 600 s by default). A request still running after it is
+/// charged its estimate, never less.
+const HOLD_TTL_SECS: u64 = 3_600;
+/// How long a settled mark lives (a budget-free client's settlement, or the
+/// cancellation of a reservation that got no answer), so that a retry or a
+/// late reservation finds it: longer than [`SETTLE_RETRY_WINDOW`]. A
+/// reserved hold's settlement deletes the hold instead (its retry then
+/// finds nothing to settle).
+const SETTLED_TTL_SECS: u64 = 150;
+/// How long a settlement (or the cancellation of a reservation that got no
+/// answer) is retried before it is given up and logged.
+pub const SETTLE_RETRY_WINDOW: Duration = Duration::from_secs(120);
+/// Tries of one reservation within its caller's wait.
+const RESERVE_TRIES: u32 = 2;
+/// How many times `store.timeout_ms` a call may wait in all while the store
+/// keeps answering other calls (busy, not down): see [`RedisBudgets::call`].
+const BUSY_WAIT_FACTOR: u32 = 5;
+/// How many times `store.timeout_ms` a settlement's try waits for its
+/// answer. Settlements run after the answer went out, so a long wait costs
+/// no client anything; a burst that finishes at once sends thousands of them
+/// together, and a short timeout would only make a healthy store look down
+/// and retry for nothing.
+const SETTLE_TIMEOUT_FACTOR: u32 = 5;
 
 /// Spend per client in Redis.
 #[derive(Clone)]
@@ -19,6 +52,12 @@ pub struct RedisBudgets {
     conn: RedisConnection,
     reserve: redis::Script,
     settle: redis::Script,
+    timeout: Duration,
+    settle_timeout: Duration,
+    /// When the store last answered a call of this process (ms since
+    /// `epoch`): tells a busy store from a silent one.
+    last_answer: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    epoch: Instant,
 }
 
 impl std::fmt::Debug for RedisBudgets {
@@ -34,87 +73,210 @@ fn keys(client: &str, p: Period) -> (String, String) {
     )
 }
 
+fn hold_key(hold: &Hold) -> String {
+    format!("tollgate:spend:{{{}}}:h:{:032x}", hold.client, hold.id)
+}
+
 fn store_err(e: redis::RedisError) -> BudgetError {
     BudgetError::Store(e.to_string())
 }
 
 impl RedisBudgets {
-    /// Spend on an open connection (standalone or Cluster).
-    pub fn new(conn: RedisConnection) -> Self {
+    /// Spend on an open connection (standalone or Cluster); each call on a
+    /// request's way in (a reservation, a spend read) waits at most
+    /// `timeout` for its answer, a settlement's try
+    /// [`SETTLE_TIMEOUT_FACTOR`] times that.
+    pub fn new(conn: RedisConnection, timeout: Duration) -> Self {
         RedisBudgets {
             conn,
             reserve: redis::Script::new(RESERVE),
             settle: redis::Script::new(SETTLE),
+            timeout,
+            settle_timeout: timeout * SETTLE_TIMEOUT_FACTOR,
+            last_answer: Default::default(),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Runs one store call with a timeout that fits the load: after
+    /// `timeout` without its answer, it keeps waiting as long as the store
+    /// answered some other call within the last `timeout` (a burst queued
+    /// behind Redis's one thread, not an outage), up to
+    /// [`BUSY_WAIT_FACTOR`] × `timeout` in all; a silent store fails it at
+    /// once.
+    async fn call<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, BudgetError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut f = std::pin::pin!(f);
+        let started = Instant::now();
+        loop {
+            match tokio::time::timeout(timeout, &mut f).await {
+                Ok(r) => {
+                    if r.is_ok() {
+                        self.last_answer.fetch_max(self.now_ms(), Relaxed);
+                    }
+                    return r.map_err(store_err);
+                }
+                Err(_) => {
+                    let since_answer = self.now_ms().saturating_sub(self.last_answer.load(Relaxed));
+                    let busy = since_answer < timeout.as_millis() as u64;
+                    if !busy || started.elapsed() >= timeout * BUSY_WAIT_FACTOR {
+                        return Err(BudgetError::Store(format!(
+                            "{what} timed out after {} ms",
+                            started.elapsed().as_millis()
+                        )));
+                    }
+                }
+            }
         }
     }
 
     pub(crate) async fn reserve(
         &self,
-        client: &str,
-        p: Period,
-        amount: i64,
+        hold: Hold,
         limits: BudgetLimits,
     ) -> Result<Hold, BudgetError> {
-        let (day, month) = keys(client, p);
-        let mut conn = self.conn.clone();
-        let (status, day_spent, month_spent): (i64, i64, i64) = self
-            .reserve
-            .key(&day)
-            .key(&month)
-            .arg(amount)
-            .arg(limits.daily.unwrap_or(-1))
-            .arg(limits.monthly.unwrap_or(-1))
-            .arg(DAY_TTL_SECS)
-            .arg(MONTH_TTL_SECS)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(store_err)?;
-        match status {
-            0 => Ok(Hold {
-                client: client.to_string(),
-                period: p,
-                amount,
-            }),
-            1 => Err(BudgetError::Daily {
-                spent: day_spent,
-                limit: limits.daily.unwrap_or(0),
-                needed: amount,
-            }),
-            _ => Err(BudgetError::Monthly {
-                spent: month_spent,
-                limit: limits.monthly.unwrap_or(0),
-                needed: amount,
-            }),
+        let (day, month) = keys(&hold.client, hold.period);
+        let hkey = hold_key(&hold);
+        let mut last = None;
+        for _ in 0..RESERVE_TRIES {
+            let mut conn = self.conn.clone();
+            let mut inv = self.reserve.key(&day);
+            inv.key(&month)
+                .key(&hkey)
+                .arg(hold.amount)
+                .arg(limits.daily.unwrap_or(-1))
+                .arg(limits.monthly.unwrap_or(-1))
+                .arg(DAY_TTL_SECS)
+                .arg(MONTH_TTL_SECS)
+                .arg(HOLD_TTL_SECS);
+            let called = self
+                .call("reserving spend", self.timeout, inv.invoke_async(&mut conn))
+                .await;
+            let (status, day_spent, month_spent): (i64, i64, i64) = match called {
+                Ok(r) => r,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            return match status {
+                0 => Ok(hold),
+                1 => Err(BudgetError::Daily {
+                    spent: day_spent,
+                    limit: limits.daily.unwrap_or(0),
+                    needed: hold.amount,
+                }),
+                2 => Err(BudgetError::Monthly {
+                    spent: month_spent,
+                    limit: limits.monthly.unwrap_or(0),
+                    needed: hold.amount,
+                }),
+                _ => Err(BudgetError::Store(
+                    "the reservation was cancelled before it was made".into(),
+                )),
+            };
+        }
+        // No answer: the reservation may still have been made. Cancel it
+        // (idempotent, retried in the background), so it keeps no budget.
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _ = this.adjust(&hold, 0).await;
+        });
+        Err(last.unwrap_or_else(|| BudgetError::Store("no try made".into())))
+    }
+
+    /// Settles `hold` at `actual`. When the first try fails or times out,
+    /// it is retried in the background for up to [`SETTLE_RETRY_WINDOW`]
+    /// (the script applies it once however often it arrives) and the first
+    /// error is returned, so that the caller never waits for an outage.
+    pub(crate) async fn adjust(&self, hold: &Hold, actual: i64) -> Result<(), BudgetError> {
+        if actual == 0 && (hold.amount == 0 || !hold.reserved) {
+            // Nothing was charged and nothing is owed.
+            return Ok(());
+        }
+        if actual == 0 {
+            // A cancellation (the request was refused or never went
+            // upstream): it gives budget back, so the refusal need not wait
+            // for it.
+            let (this, hold) = (self.clone(), hold.clone());
+            tokio::spawn(async move {
+                if this.settle_once(&hold, 0).await.is_err() {
+                    this.retry(&hold, 0).await;
+                }
+            });
+            return Ok(());
+        }
+        let Err(first) = self.settle_once(hold, actual).await else {
+            return Ok(());
+        };
+        let (this, hold) = (self.clone(), hold.clone());
+        tokio::spawn(async move { this.retry(&hold, actual).await });
+        Err(BudgetError::Store(format!(
+            "{first}; retrying in the background"
+        )))
+    }
+
+    /// Retries a settlement with backoff until it is applied or
+    /// [`SETTLE_RETRY_WINDOW`] has passed.
+    async fn retry(&self, hold: &Hold, actual: i64) {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let jitter = rand::random::<f64>() * 0.5 + 0.75;
+            tokio::time::sleep(backoff.mul_f64(jitter)).await;
+            match self.settle_once(hold, actual).await {
+                Ok(()) => {
+                    tracing::info!(client = %hold.client, tries_for_ms = started.elapsed().as_millis() as u64, "spend settled after retries");
+                    return;
+                }
+                Err(e) if started.elapsed() + backoff >= SETTLE_RETRY_WINDOW => {
+                    tracing::error!(client = %hold.client, error = %e, "could not settle spend within the retry window; the reservation stays charged");
+                    return;
+                }
+                Err(_) => backoff = (backoff * 2).min(Duration::from_secs(2)),
+            }
         }
     }
 
-    pub(crate) async fn adjust(&self, hold: &Hold, actual: i64) -> Result<(), BudgetError> {
-        let delta = actual - hold.amount;
-        if delta == 0 {
-            return Ok(());
-        }
+    async fn settle_once(&self, hold: &Hold, actual: i64) -> Result<(), BudgetError> {
         let (day, month) = keys(&hold.client, hold.period);
         let mut conn = self.conn.clone();
-        self.settle
-            .key(&day)
-            .key(&month)
-            .arg(delta)
+        let mut inv = self.settle.key(&day);
+        inv.key(&month)
+            .key(hold_key(hold))
+            .arg(actual)
+            .arg(u8::from(hold.reserved))
             .arg(DAY_TTL_SECS)
             .arg(MONTH_TTL_SECS)
-            .invoke_async::<()>(&mut conn)
-            .await
-            .map_err(store_err)
+            .arg(SETTLED_TTL_SECS);
+        self.call(
+            "settling spend",
+            self.settle_timeout,
+            inv.invoke_async::<i64>(&mut conn),
+        )
+        .await
+        .map(|_| ())
     }
 
     pub(crate) async fn spend(&self, client: &str, p: Period) -> Result<Spend, BudgetError> {
         let (day, month) = keys(client, p);
         let mut conn = self.conn.clone();
-        let (today, month): (Option<i64>, Option<i64>) = redis::pipe()
-            .get(&day)
-            .get(&month)
-            .query_async(&mut conn)
-            .await
-            .map_err(store_err)?;
+        let (today, month): (Option<i64>, Option<i64>) = self
+            .call(
+                "reading spend",
+                self.timeout,
+                redis::pipe().get(&day).get(&month).query_async(&mut conn),
+            )
+            .await?;
         Ok(Spend {
             today: today.unwrap_or(0),
             month: month.unwrap_or(0),

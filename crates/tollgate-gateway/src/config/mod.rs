@@ -4,8 +4,8 @@
 mod types;
 
 pub use types::{
-    AdminConfig, ClientConfig, Config, ModelConfig, ModelKind, PriorityConfig, ProviderConfig,
-    ServerConfig, StoreConfig, TierConfig,
+    AdminConfig, ClientConfig, Config, MetricsConfig, ModelConfig, ModelKind, PriorityConfig,
+    ProviderConfig, ServerConfig, StoreConfig, TierConfig,
 };
 
 use std::collections::{HashMap, HashSet};
@@ -77,13 +77,44 @@ impl Config {
         if self.server.max_body_bytes < 1024 {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));
         }
-        if !(self.server.upstream_timeout_secs > 0.0
-            && self.server.upstream_timeout_secs <= 86_400.0)
-        {
-            return Err(invalid(
+        for (field, secs) in [
+            (
                 "server.upstream_timeout_secs",
-                "must be a number of seconds in (0, 86400]",
+                self.server.upstream_timeout_secs,
+            ),
+            (
+                "server.upstream_first_byte_timeout_secs",
+                self.server.upstream_first_byte_timeout_secs,
+            ),
+            (
+                "server.upstream_idle_timeout_secs",
+                self.server.upstream_idle_timeout_secs,
+            ),
+        ] {
+            if !(secs > 0.0 && secs <= 86_400.0) {
+                return Err(invalid(field, "must be a number of seconds in (0, 86400]"));
+            }
+        }
+        if self.server.max_connections == 0 {
+            return Err(invalid(
+                "server.max_connections",
+                "must be at least 1 (and below the process's file limit)",
             ));
+        }
+        for (field, v) in [
+            ("server.idle_timeout_secs", self.server.idle_timeout_secs),
+            (
+                "server.header_read_timeout_secs",
+                self.server.header_read_timeout_secs,
+            ),
+            (
+                "server.body_read_timeout_secs",
+                self.server.body_read_timeout_secs,
+            ),
+        ] {
+            if !(v > 0.0 && v <= 3_600.0) {
+                return Err(invalid(field, "must be a number of seconds in (0, 3600]"));
+            }
         }
         let url = &self.store.url;
         if ![
@@ -109,6 +140,20 @@ impl Config {
                 "store.sync_interval_ms",
                 "must be between 1 and 60000",
             ));
+        }
+        if !(10..=60_000).contains(&self.store.timeout_ms) {
+            return Err(invalid(
+                "store.timeout_ms",
+                "must be between 10 and 60000 milliseconds",
+            ));
+        }
+        if let Some(addr) = &self.metrics.listen {
+            addr.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "metrics.listen",
+                    format!("{addr:?} is not an address such as \"127.0.0.1:9464\""),
+                )
+            })?;
         }
         if let Some(h) = &self.admin.token_sha256 {
             check_hash("admin.token_sha256", h)?;
@@ -269,7 +314,17 @@ fn validate_model(at: &str, m: &ModelConfig) -> Result<(), ConfigError> {
 
 /// Checks one tier (also used for live changes through the admin API).
 pub fn validate_tier(at: &str, t: &TierConfig, classes: usize) -> Result<(), ConfigError> {
-    if t.rpm.unwrap_or(0) == 0 && t.tpm.unwrap_or(0) == 0 {
+    // 0 is never "unlimited": a limit is removed by leaving it out (in the
+    // file) or setting it to null (in the admin API).
+    for (name, v) in [("rpm", t.rpm), ("tpm", t.tpm)] {
+        if v == Some(0) {
+            return Err(invalid(
+                format!("{at}.{name}"),
+                "0 would refuse every request; give a limit above 0, or leave the field out (in the admin API: null) for no limit",
+            ));
+        }
+    }
+    if t.rpm.is_none() && t.tpm.is_none() {
         return Err(invalid(
             format!("{at}.rpm"),
             "give rpm or tpm (or both) greater than 0",
@@ -365,5 +420,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("clients[0].tier"), "{e}");
+    }
+
+    #[test]
+    fn upstream_timeouts_are_positive_seconds() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(
+            (
+                c.server.upstream_first_byte_timeout_secs,
+                c.server.upstream_idle_timeout_secs,
+                c.server.upstream_timeout_secs
+            ),
+            (120.0, 60.0, 600.0)
+        );
+        for field in [
+            "upstream_first_byte_timeout_secs",
+            "upstream_idle_timeout_secs",
+        ] {
+            let e = Config::from_toml(&format!("[server]\n{field} = 0\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("server.{field}")), "{e}");
+        }
     }
 }

@@ -18,6 +18,9 @@ pub struct Config {
     /// The admin API.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// `/metrics`.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Priority classes of the provider buckets.
     #[serde(default)]
     pub priority: PriorityConfig,
@@ -40,10 +43,35 @@ pub struct ServerConfig {
     pub listen: String,
     /// Largest request body in bytes; larger bodies get 413. Default 1 MiB.
     pub max_body_bytes: usize,
-    /// Longest an upstream call may take, in seconds. Default 600.
+    /// Longest an upstream call may take, in seconds, the whole answer
+    /// included. Default 600.
     pub upstream_timeout_secs: f64,
+    /// Longest a streamed call may wait for the first byte of its answer
+    /// (headers and first event), in seconds. Default 120. A non-streamed
+    /// answer's headers come only once it is complete, so only the total
+    /// bounds it.
+    pub upstream_first_byte_timeout_secs: f64,
+    /// Longest silence between two chunks of an answer, in seconds.
+    /// Default 60.
+    pub upstream_idle_timeout_secs: f64,
     /// Log prompt text at debug level (never API keys). Default false.
     pub log_prompts: bool,
+    /// Most client connections open at once; one more is answered 503 with
+    /// `Retry-After` and closed. Keep it below the process's file limit
+    /// (`ulimit -n`), leaving room for upstream and store connections.
+    /// Default 8192.
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long (seconds) while none of
+    /// its requests is being served is closed. Default 65: longer than the
+    /// 60 s idle timeout of common load balancers in front, so that they,
+    /// not the gateway, close their idle connections first.
+    pub idle_timeout_secs: f64,
+    /// Longest time (seconds) from a request's first byte to the end of its
+    /// headers; a slower client's connection is closed. Default 10.
+    pub header_read_timeout_secs: f64,
+    /// Longest time (seconds) for a request's body to arrive once its headers
+    /// have; a slower client gets 408. Default 30.
+    pub body_read_timeout_secs: f64,
 }
 
 impl Default for ServerConfig {
@@ -52,7 +80,13 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 1 << 20,
             upstream_timeout_secs: 600.0,
+            upstream_first_byte_timeout_secs: 120.0,
+            upstream_idle_timeout_secs: 60.0,
             log_prompts: false,
+            max_connections: 8192,
+            idle_timeout_secs: 65.0,
+            header_read_timeout_secs: 10.0,
+            body_read_timeout_secs: 30.0,
         }
     }
 }
@@ -74,6 +108,13 @@ pub struct StoreConfig {
     /// How often (milliseconds) an instance checks the store for admin changes
     /// made on another instance. Default 250.
     pub sync_interval_ms: u64,
+    /// Longest wait (milliseconds) for the answer to one store call (a
+    /// limiter step, a spend reservation or settlement) before it is retried
+    /// or, for an admission, the outage policy applies. Default 2000: a
+    /// burst of thousands of admissions queues behind Redis's one thread,
+    /// and a healthy store must not look down under it. Settlements that
+    /// time out are retried (idempotently) in the background.
+    pub timeout_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -83,6 +124,7 @@ impl Default for StoreConfig {
             outage: "closed".into(),
             local_share: 1.0,
             sync_interval_ms: 250,
+            timeout_ms: 2_000,
         }
     }
 }
@@ -94,6 +136,22 @@ pub struct AdminConfig {
     /// SHA-256 (hex) of the admin token (`tollgate hash-key TOKEN` prints it).
     /// Without it the admin API is off.
     pub token_sha256: Option<String>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where `/metrics` is served. Default (none): on the client port,
+    /// behind the admin token (`Authorization: Bearer ADMIN_TOKEN`), and off
+    /// without one. An address such as `"127.0.0.1:9464"`: on a listener of
+    /// its own, without a token, for a scraper on a private network (never
+    /// expose it publicly).
+    pub listen: Option<String>,
+    /// Label series with client ids (requests, tokens, spend, budget left).
+    /// Default false: one series per tier and model, however many clients,
+    /// and no client list in the metrics.
+    pub client_labels: bool,
 }
 
 /// `[priority]`.

@@ -1,20 +1,33 @@
-//! OpenAI's rate-limit headers, for the client's own tier bucket.
+//! OpenAI's rate-limit headers, for the client's own tier bucket (or, on a
+//! 429, for the bucket that refused).
+//!
+//! `limit` is the bucket's limit per minute, as the tier (or the provider
+//! model) sets it, and `remaining` never exceeds it: a bucket with a burst
+//! factor above 1 holds more than one minute's limit, and that extra room
+//! shows apart, in `x-tollgate-burst-{requests,tokens}` (the most the bucket
+//! holds, `burst × limit`), so that clients written for OpenAI's headers
+//! never see more remaining than their limit.
 
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use tollgate::{Dimension, DimensionStatus};
 
+/// Which bucket a 429's rate-limit headers describe: `client` (the client's
+/// tier bucket) or `model` (the provider model's shared bucket).
+pub const BUCKET_HEADER: HeaderName = HeaderName::from_static("x-tollgate-ratelimit-bucket");
+
 /// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` from a bucket's
 /// dimensions (a [`tollgate::Status`]'s, or a permit's state at its grant).
 pub fn ratelimit_headers(dimensions: &[DimensionStatus]) -> HeaderMap {
-    const NAMES: [(Dimension, [&str; 3]); 2] = [
+    const NAMES: [(Dimension, [&str; 4]); 2] = [
         (
             Dimension::Requests,
             [
                 "x-ratelimit-limit-requests",
                 "x-ratelimit-remaining-requests",
                 "x-ratelimit-reset-requests",
+                "x-tollgate-burst-requests",
             ],
         ),
         (
@@ -23,16 +36,21 @@ pub fn ratelimit_headers(dimensions: &[DimensionStatus]) -> HeaderMap {
                 "x-ratelimit-limit-tokens",
                 "x-ratelimit-remaining-tokens",
                 "x-ratelimit-reset-tokens",
+                "x-tollgate-burst-tokens",
             ],
         ),
     ];
     let mut h = HeaderMap::with_capacity(6);
-    for (dim, [limit, remaining, reset]) in NAMES {
+    for (dim, [limit, remaining, reset, burst]) in NAMES {
         let Some(d) = dimensions.iter().find(|d| d.dimension == dim) else {
             continue;
         };
-        let remaining_units = d.available.floor().max(0.0) as u64;
+        let remaining_units = (d.available.floor().max(0.0) as u64).min(d.limit);
         h.insert(HeaderName::from_static(limit), HeaderValue::from(d.limit));
+        let capacity = d.capacity.floor().max(0.0) as u64;
+        if capacity > d.limit {
+            h.insert(HeaderName::from_static(burst), HeaderValue::from(capacity));
+        }
         h.insert(
             HeaderName::from_static(remaining),
             HeaderValue::from(remaining_units),

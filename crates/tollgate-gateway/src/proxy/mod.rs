@@ -1,27 +1,43 @@
-//! The request path of `/v1/chat/completions` and `/v1/embeddings`: auth,
-//! checks, admission, forwarding (streamed or not), settlement, headers.
+//! The request path of `/v1/chat/completions`, `/v1/embeddings` and
+//! `/v1/responses`: auth, body and checks, admission, forwarding (streamed
+//! or not), settlement, headers.
+//!
+//! An answer is passed on as the upstream sent it only when it is what it
+//! claims: a 200 body is decoded (gzip, deflate, brotli) and must be JSON,
+//! else the client gets a 502 `upstream_bad_body`; a stream is relayed by
+//! [`stream`]. Whatever happens after the request reached the upstream, it
+//! is charged by the rule of [`usage`] and counted once with its outcome.
 
+mod body;
+mod forward;
 mod headers;
+mod hold;
 mod stream;
+mod tally;
+mod usage;
 mod validate;
 
-pub use headers::{format_reset, ratelimit_headers, upstream_backoff};
-pub use stream::{usage_in, usage_of, EventScanner, SseRelay};
+pub use forward::penalize;
+pub use headers::{format_reset, ratelimit_headers, upstream_backoff, BUCKET_HEADER};
+pub use hold::{asked_pause, Hold, Paused, MAX_HOLD};
+pub use stream::{EventScanner, SseRelay, Timeouts};
+pub use tally::{Stage, Tally};
+pub use usage::{output_cap, output_text, output_tokens, usage_in, usage_of, Charge, Part};
 pub use validate::{check, Checked, Endpoint};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
-use tollgate::{AcquireOptions, Cost, Dimension};
 
 use crate::admission::Admission;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
+use crate::outcome::Outcome;
 use crate::registry::Client;
+use crate::request_id::RequestId;
 use crate::routing::Model;
 
 /// The client a request's bearer key belongs to, or 401.
@@ -49,64 +65,74 @@ pub async fn handle(
     headers: HeaderMap,
     body: Body,
     endpoint: Endpoint,
+    request_id: RequestId,
 ) -> Response {
+    let refused = |e: ApiError, outcome: Outcome| {
+        gw.metrics.inc(
+            "tollgate_requests_total",
+            &[
+                ("client", ""),
+                ("tier", ""),
+                ("model", ""),
+                ("outcome", outcome.as_str()),
+            ],
+        );
+        e.into_response()
+    };
     let client = match authenticate(&gw, &headers) {
         Ok(c) => c,
-        Err(e) => {
-            gw.metrics.inc(
-                "tollgate_requests_total",
-                &[
-                    ("client", ""),
-                    ("tier", ""),
-                    ("model", ""),
-                    ("outcome", "unauthorized"),
-                ],
-            );
-            return e.into_response();
+        Err(e) => return refused(e, Outcome::Unauthorized),
+    };
+    if let Err(e) = body::check_media_type(&headers) {
+        return refused(e, Outcome::BadRequest);
+    }
+    // Dropped unrecorded (the client left before the answer), it counts the
+    // request as `client_gone`; a stream takes it over.
+    let mut tally = Tally::new(gw.clone(), client.clone());
+    match serve(
+        &gw, &client, &headers, body, endpoint, request_id, &mut tally,
+    )
+    .await
+    {
+        Ok(r) => {
+            tally.record(Outcome::Ok);
+            r
         }
-    };
-    let mut model: Option<Arc<Model>> = None;
-    let result = serve(&gw, &client, body, endpoint, &mut model).await;
-    let (response, outcome) = match result {
-        Ok(r) => (r, "ok"),
-        Err((e, outcome)) => (e.into_response(), outcome),
-    };
-    gw.metrics.inc(
-        "tollgate_requests_total",
-        &[
-            ("client", &client.id),
-            ("tier", &client.tier.name),
-            ("model", model.as_ref().map_or("", |m| m.name.as_str())),
-            ("outcome", outcome),
-        ],
-    );
-    response
+        Err((e, outcome)) => {
+            tally.record(outcome);
+            e.into_response()
+        }
+    }
 }
 
-type Failure = (ApiError, &'static str);
+type Failure = (ApiError, Outcome);
 
 async fn serve(
     gw: &Arc<Gateway>,
     client: &Arc<Client>,
+    headers: &HeaderMap,
     body: Body,
     endpoint: Endpoint,
-    model_used: &mut Option<Arc<Model>>,
+    request_id: RequestId,
+    tally: &mut Tally,
 ) -> Result<Response, Failure> {
     let limit = gw.config.server.max_body_bytes;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        let mut e = ApiError::invalid(
-            "request_too_large",
-            "body",
-            format!("The request body is larger than this gateway accepts ({limit} bytes). Shorten the request."),
-        );
-        e.status = StatusCode::PAYLOAD_TOO_LARGE;
-        (e, "invalid_request")
-    })?;
-    let checked = check(&gw.models, endpoint, &bytes).map_err(|e| (e, "invalid_request"))?;
-    *model_used = Some(checked.model.clone());
+    let timeout = Duration::from_secs_f64(gw.config.server.body_read_timeout_secs);
+    let bytes = body::read(headers, body, limit, timeout)
+        .await
+        .map_err(|e| (e, Outcome::BadRequest))?;
+    let checked = check(&gw.models, endpoint, &bytes).map_err(|e| (e, Outcome::BadRequest))?;
+    tally.model(&checked.model.name);
     if gw.config.server.log_prompts {
         tracing::debug!(client = %client.id, body = %checked.body, "request");
     }
+    let cap = output_cap(
+        endpoint,
+        &checked.body,
+        checked.model.context_window,
+        checked.input,
+        checked.output,
+    );
     let Checked {
         model,
         upstream_body,
@@ -116,25 +142,25 @@ async fn serve(
         client_wants_usage,
         ..
     } = checked;
-    let admission = match Admission::admit(gw, client, &model, input, output).await {
+    let started = Instant::now();
+    let (admitted, paused) = tokio::join!(
+        Admission::admit(gw, client, &model, input, output),
+        model.hold.check(&gw.store, store_timeout(gw))
+    );
+    let mut admission = match admitted {
         Ok(a) => a,
         Err(mut e) => {
-            if e.status == StatusCode::TOO_MANY_REQUESTS {
+            // A bucket's refusal carries that bucket's headers; a budget's
+            // refusal the client bucket's.
+            if e.status == StatusCode::TOO_MANY_REQUESTS && e.headers.is_empty() {
                 e.headers = Box::new(client_headers(client).await);
             }
-            let outcome = if e.code.contains("budget") {
-                "budget_exceeded"
-            } else if e.status == StatusCode::TOO_MANY_REQUESTS {
-                "rate_limited"
-            } else if e.status.is_client_error() {
-                "invalid_request"
-            } else {
-                "error"
-            };
+            let outcome = Outcome::of_refusal(&e);
             return Err((e, outcome));
         }
     };
-    admission.wait_for_slot().await;
+    admission.set_request_id(request_id.0);
+    tally.stage(Stage::Queued);
     // The headers describe the client's bucket right after this request was
     // let in, known from its permit: no store round trip.
     let rl_headers = admission
@@ -142,26 +168,73 @@ async fn serve(
         .as_deref()
         .map(ratelimit_headers)
         .unwrap_or_default();
-    let result = forward(
-        gw,
-        &model,
-        admission,
+    // A pause asked by the upstream, seen at admission or begun while this
+    // request waited for its slot, is waited out when the tier may wait that
+    // long, else refused (dropping the admission gives everything back).
+    let refuse = |e: Failure| {
+        let (mut e, outcome) = e;
+        e.headers.extend(rl_headers.clone());
+        (e, outcome)
+    };
+    wait_out_pause(gw, client, &model, started, paused)
+        .await
+        .map_err(refuse)?;
+    admission.wait_for_slot().await;
+    if admission.wait > Duration::ZERO {
+        let paused = model.hold.check(&gw.store, store_timeout(gw)).await;
+        wait_out_pause(gw, client, &model, started, paused)
+            .await
+            .map_err(refuse)?;
+    }
+    tally.stage(Stage::Upstream);
+    let ask = forward::Ask {
         endpoint,
-        upstream_body,
+        payload: upstream_body,
         stream,
-        client_wants_usage,
-    )
-    .await;
-    match result {
+        // Only chat streams carry a usage chunk that was asked for.
+        strip_usage: endpoint == Endpoint::Chat && !client_wants_usage,
+        cap,
+    };
+    match forward::forward(gw, &model, admission, ask, tally).await {
         Ok(mut r) => {
             r.headers_mut().extend(rl_headers);
             Ok(r)
         }
         Err((mut e, outcome)) => {
-            e.headers = Box::new(rl_headers);
+            e.headers.extend(rl_headers);
             Err((e, outcome))
         }
     }
+}
+
+/// How long a store call of the request path may wait (`store.timeout_ms`).
+fn store_timeout(gw: &Gateway) -> Duration {
+    Duration::from_millis(gw.config.store.timeout_ms)
+}
+
+/// Waits while `model` is paused (`paused`, then as the store says), if the
+/// client's tier may wait that long since `started`; else the refusal.
+async fn wait_out_pause(
+    gw: &Gateway,
+    client: &Client,
+    model: &Model,
+    started: Instant,
+    mut paused: Option<Paused>,
+) -> Result<(), Failure> {
+    while let Some(p) = paused {
+        let may_wait = client.tier.max_wait.saturating_sub(started.elapsed());
+        if p.left > may_wait {
+            let outcome = if p.status == 503 {
+                Outcome::UpstreamError
+            } else {
+                Outcome::UpstreamRateLimited
+            };
+            return Err((hold::refusal(model, p), outcome));
+        }
+        tokio::time::sleep(p.left).await;
+        paused = model.hold.check(&gw.store, store_timeout(gw)).await;
+    }
+    Ok(())
 }
 
 /// The client bucket's headers read from the store (for refusals, after the
@@ -171,201 +244,4 @@ async fn client_headers(client: &Client) -> HeaderMap {
         Ok(s) => ratelimit_headers(&s.dimensions),
         Err(_) => HeaderMap::new(),
     }
-}
-
-async fn forward(
-    gw: &Arc<Gateway>,
-    model: &Arc<Model>,
-    mut admission: Admission,
-    endpoint: Endpoint,
-    payload: bytes::Bytes,
-    stream: bool,
-    client_wants_usage: bool,
-) -> Result<Response, Failure> {
-    let mut req = gw
-        .http
-        .post(model.url(endpoint).clone())
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(payload);
-    if let Some(key) = &model.api_key {
-        req = req.bearer_auth(key);
-    }
-    admission.forwarded = true;
-    admission.used = (0, 0);
-    let started = Instant::now();
-    let sent = req.send().await;
-    gw.metrics.observe(
-        "tollgate_upstream_latency_seconds",
-        &[("model", &model.name)],
-        started.elapsed().as_secs_f64(),
-    );
-    let resp = match sent {
-        Ok(r) => r,
-        Err(e) => {
-            gw.metrics.inc(
-                "tollgate_upstream_responses_total",
-                &[("model", &model.name), ("status", "0")],
-            );
-            tracing::warn!(model = %model.name, provider = %model.provider, error = %e, "upstream unreachable");
-            drop(admission);
-            let (status, code) = if e.is_timeout() {
-                (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
-            } else {
-                (StatusCode::BAD_GATEWAY, "upstream_unreachable")
-            };
-            let err = ApiError::internal(
-                status,
-                code,
-                format!(
-                    "The upstream provider {:?} could not be reached; retry later.",
-                    model.provider
-                ),
-            );
-            return Err((err, "upstream_error"));
-        }
-    };
-    let status = resp.status();
-    gw.metrics.inc(
-        "tollgate_upstream_responses_total",
-        &[("model", &model.name), ("status", status.as_str())],
-    );
-    if !status.is_success() {
-        let backoff = upstream_backoff(resp.headers());
-        let bytes = resp.bytes().await.unwrap_or_default();
-        admission.settle(0, 0).await;
-        let upstream_429 = status.as_u16() == 429;
-        if upstream_429 {
-            penalize(model, backoff).await;
-        }
-        let mut err = upstream_error(status.as_u16(), &bytes, &model.provider);
-        if upstream_429 {
-            err.retry_after = Some(backoff);
-        }
-        return Err((
-            err,
-            if upstream_429 {
-                "upstream_rate_limited"
-            } else {
-                "upstream_error"
-            },
-        ));
-    }
-    let out = if stream {
-        let relay = SseRelay::new(
-            Box::pin(resp.bytes_stream()),
-            admission,
-            !client_wants_usage,
-        );
-        let mut r = Response::new(Body::from_stream(relay));
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        r.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        r
-    } else {
-        let bytes = match resp.bytes().await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(model = %model.name, error = %e, "upstream body failed");
-                let used = (admission.estimate.0, 0);
-                admission.settle(used.0, used.1).await;
-                let err = ApiError::internal(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_failed",
-                    "The upstream response broke off; retry.",
-                );
-                return Err((err, "upstream_error"));
-            }
-        };
-        // No usage in the answer: keep the estimate charged (conservative).
-        let (input, output) = usage_in(&bytes).unwrap_or(admission.estimate);
-        admission.settle(input, output).await;
-        let mut r = Response::new(Body::from(bytes));
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        r
-    };
-    Ok(out)
-}
-
-/// An upstream error in OpenAI's shape: the provider's own body when it has
-/// that shape, else a wrapper naming the provider and status.
-fn upstream_error(status: u16, body: &[u8], provider: &str) -> ApiError {
-    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let parsed: Option<Value> = serde_json::from_slice(body).ok();
-    let inner = parsed
-        .as_ref()
-        .and_then(|v| v.get("error"))
-        .filter(|e| e.is_object());
-    let kind = if status == 429 {
-        "rate_limit_error"
-    } else if status >= 500 {
-        "server_error"
-    } else {
-        "invalid_request_error"
-    };
-    let mut err = ApiError::new(
-        code,
-        kind,
-        &format!("upstream_{status}"),
-        format!("The upstream provider {provider:?} answered {status}."),
-    );
-    if let Some(e) = inner {
-        if let Some(m) = e.get("message").and_then(Value::as_str) {
-            err.message = format!("Upstream provider {provider:?}: {m}");
-        }
-        if let Some(c) = e.get("code").and_then(Value::as_str) {
-            err.code = c.to_string();
-        }
-    }
-    err
-}
-
-/// Makes the provider bucket back off for `d` after an upstream 429: charges
-/// every limited token dimension with `d` worth of its rate (at most the
-/// bucket's capacity), plus requests for an RPM-only bucket, so every
-/// instance sharing the store waits.
-pub async fn penalize(model: &Model, d: Duration) {
-    let limiter = &model.limiter;
-    let policy = limiter.policy();
-    let secs = d.as_secs_f64().min(policy.tau * 0.99);
-    let units = |dim: Dimension| {
-        let inc = policy.increment[dim.index()];
-        if inc > 0.0 {
-            (secs / inc).floor() as u64
-        } else {
-            0
-        }
-    };
-    let limited = |dim: Dimension| policy.is_limited(dim).then(|| units(dim));
-    let cost = match (
-        limited(Dimension::Tokens),
-        limited(Dimension::InputTokens),
-        limited(Dimension::OutputTokens),
-    ) {
-        (Some(tok), inp, _) => Cost::split(tok.min(inp.unwrap_or(u64::MAX)), 0),
-        (None, None, None) => Cost::request_only(),
-        (None, inp, out) => Cost::split(inp.unwrap_or(0), out.unwrap_or(0)),
-    };
-    let extra_requests = if cost == Cost::request_only() {
-        units(Dimension::Requests).clamp(1, 32) - 1
-    } else {
-        0
-    };
-    let opts = AcquireOptions::default();
-    let mut charge = vec![cost];
-    charge.extend((0..extra_requests).map(|_| Cost::request_only()));
-    for c in charge {
-        match limiter.reserve(c, &opts).await {
-            Ok(p) => {
-                let _ = limiter.settle(p, c).await;
-            }
-            Err(e) => tracing::debug!(error = %e, "upstream backoff charge skipped"),
-        }
-    }
-    tracing::info!(model = %model.name, backoff_ms = d.as_millis() as u64, "upstream 429: provider bucket backs off");
 }

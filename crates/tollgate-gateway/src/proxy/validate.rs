@@ -18,6 +18,8 @@ pub enum Endpoint {
     Chat,
     /// `POST /v1/embeddings`.
     Embeddings,
+    /// `POST /v1/responses` (OpenAI's Responses API), served by chat models.
+    Responses,
 }
 
 impl Endpoint {
@@ -26,8 +28,12 @@ impl Endpoint {
         match self {
             Endpoint::Chat => "chat/completions",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Responses => "responses",
         }
     }
+
+    /// Every endpoint, in the order of [`Model`]'s upstream URLs.
+    pub const ALL: [Endpoint; 3] = [Endpoint::Chat, Endpoint::Embeddings, Endpoint::Responses];
 }
 
 /// A checked request.
@@ -90,7 +96,7 @@ pub fn check(
         e
     })?;
     let wanted = match endpoint {
-        Endpoint::Chat => ModelKind::Chat,
+        Endpoint::Chat | Endpoint::Responses => ModelKind::Chat,
         Endpoint::Embeddings => ModelKind::Embeddings,
     };
     if model.kind != wanted {
@@ -106,6 +112,7 @@ pub fn check(
     }
     let (input, output, stream, client_wants_usage) = match endpoint {
         Endpoint::Chat => check_chat(obj, &model)?,
+        Endpoint::Responses => check_responses(obj, &model)?,
         Endpoint::Embeddings => {
             let input = obj
                 .get("input")
@@ -119,7 +126,8 @@ pub fn check(
     };
     let unchanged = !stream && model.upstream_name == name;
     obj.insert("model".into(), Value::String(model.upstream_name.clone()));
-    if stream {
+    // The Responses API reports usage in its final event by itself.
+    if stream && endpoint == Endpoint::Chat {
         let opts = obj
             .entry("stream_options")
             .or_insert_with(|| Value::Object(Default::default()));
@@ -179,18 +187,9 @@ fn check_chat(
                 format!("messages[{i}] must be an object with a string `role`."),
             ));
         }
+        check_content(m.get("content"), &format!("messages[{i}].content"))?;
     }
-    let stream = match obj.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "invalid_type",
-                "stream",
-                "`stream` must be a boolean.",
-            ))
-        }
-    };
+    let stream = stream_flag(obj)?;
     let client_wants_usage = obj
         .get("stream_options")
         .and_then(|o| o.get("include_usage"))
@@ -209,46 +208,143 @@ fn check_chat(
             }
         },
     };
-    let mut max_tokens = None;
-    for field in ["max_completion_tokens", "max_tokens"] {
+    let max_tokens = max_tokens_of(obj, &["max_completion_tokens", "max_tokens"])?;
+    let input = model.tokenizer.chat_input(messages, obj.get("tools"));
+    let output = output_estimate(model, input, max_tokens)?;
+    Ok((input, output.saturating_mul(n), stream, client_wants_usage))
+}
+
+/// `stream`: absent, null or a boolean.
+fn stream_flag(obj: &serde_json::Map<String, Value>) -> Result<bool, ApiError> {
+    match obj.get("stream") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(ApiError::invalid(
+            "invalid_type",
+            "stream",
+            "`stream` must be a boolean.",
+        )),
+    }
+}
+
+/// A message's `content` as OpenAI defines it: a string, an array of
+/// content parts (objects with a string `type`), or null/absent (an
+/// assistant message with tool calls).
+fn check_content(content: Option<&Value>, at: &str) -> Result<(), ApiError> {
+    let bad = |why: &str| {
+        ApiError::invalid(
+            "invalid_content",
+            "messages",
+            format!("`{at}` {why}: give a string, or an array of content parts such as [{{\"type\": \"text\", \"text\": \"...\"}}]."),
+        )
+    };
+    match content {
+        None | Some(Value::Null) | Some(Value::String(_)) => Ok(()),
+        Some(Value::Array(parts)) => {
+            for (j, p) in parts.iter().enumerate() {
+                if p.get("type").and_then(Value::as_str).is_none() {
+                    return Err(bad(&format!(
+                        "has a part [{j}] that is not an object with a string `type`"
+                    )));
+                }
+            }
+            Ok(())
+        }
+        Some(Value::Object(_)) => Err(bad("is an object")),
+        Some(_) => Err(bad("has the wrong type")),
+    }
+}
+
+/// `POST /v1/responses`: `input` (a string or an array of input items),
+/// optional `instructions`, `max_output_tokens` and `stream`.
+fn check_responses(
+    obj: &serde_json::Map<String, Value>,
+    model: &Model,
+) -> Result<(u64, u64, bool, bool), ApiError> {
+    match obj.get("input") {
+        Some(Value::String(s)) if !s.is_empty() => {}
+        Some(Value::Array(items)) if !items.is_empty() => {
+            for (i, item) in items.iter().enumerate() {
+                if !item.is_object() {
+                    return Err(ApiError::invalid(
+                        "invalid_input",
+                        "input",
+                        format!("input[{i}] must be an input item (an object such as {{\"role\": \"user\", \"content\": \"...\"}})."),
+                    ));
+                }
+                if item.get("role").is_some() {
+                    check_content(item.get("content"), &format!("input[{i}].content"))?;
+                }
+            }
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "invalid_input",
+                "input",
+                "`input` must be a non-empty string or a non-empty array of input items.",
+            ))
+        }
+    }
+    let instructions = match obj.get("instructions") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "invalid_type",
+                "instructions",
+                "`instructions` must be a string.",
+            ))
+        }
+    };
+    let stream = stream_flag(obj)?;
+    let max_tokens = max_tokens_of(obj, &["max_output_tokens"])?;
+    let input = model
+        .tokenizer
+        .responses_input(&obj["input"], instructions, obj.get("tools"));
+    let output = output_estimate(model, input, max_tokens)?;
+    Ok((input, output, stream, false))
+}
+
+/// The first of `fields` that is set: a positive integer.
+fn max_tokens_of(
+    obj: &serde_json::Map<String, Value>,
+    fields: &[&'static str],
+) -> Result<Option<u64>, ApiError> {
+    for &field in fields {
         match obj.get(field) {
             None | Some(Value::Null) => {}
             Some(v) => match v.as_u64() {
-                Some(t) if t > 0 => {
-                    max_tokens = Some(t);
-                    break;
-                }
+                Some(t) if t > 0 => return Ok(Some(t)),
                 _ => {
-                    let param = if field == "max_tokens" {
-                        "max_tokens"
-                    } else {
-                        "max_completion_tokens"
-                    };
                     return Err(ApiError::invalid(
                         "invalid_value",
-                        param,
+                        field,
                         format!("`{field}` must be a positive integer."),
                     ));
                 }
             },
         }
     }
-    let input = model.tokenizer.chat_input(messages, obj.get("tools"));
-    let output = match max_tokens {
+    Ok(None)
+}
+
+/// The output estimate: `max_tokens`, or the model's default within what
+/// the context window leaves.
+fn output_estimate(model: &Model, input: u64, max_tokens: Option<u64>) -> Result<u64, ApiError> {
+    match max_tokens {
         Some(t) => {
             if input.saturating_add(t) > model.context_window {
                 return Err(context_exceeded(model, input, t));
             }
-            t
+            Ok(t)
         }
         None => {
             if input >= model.context_window {
                 return Err(context_exceeded(model, input, 0));
             }
-            model.default_max_tokens.min(model.context_window - input)
+            Ok(model.default_max_tokens.min(model.context_window - input))
         }
-    };
-    Ok((input, output.saturating_mul(n), stream, client_wants_usage))
+    }
 }
 
 fn context_exceeded(model: &Model, input: u64, max_tokens: u64) -> ApiError {

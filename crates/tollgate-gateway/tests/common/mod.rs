@@ -3,6 +3,8 @@
 //! checks the tests make again and again. No mocks: real servers.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -366,6 +368,18 @@ pub async fn expect_error(r: Response, status: u16, code: &str) -> Value {
 pub async fn spend(gw: &RunningGateway, client: &str) -> f64 {
     let s = gw.gateway.budgets.spend(client).await.expect("spend");
     tollgate_gateway::budget::nano_to_usd(s.today)
+}
+
+/// A client's spend once `done` holds of it (settlements follow the
+/// answer), read every 25 ms for up to a second; the last value read.
+pub async fn settled_spend(gw: &RunningGateway, client: &str, done: impl Fn(f64) -> bool) -> f64 {
+    poll(
+        40,
+        Duration::from_millis(25),
+        || spend(gw, client),
+        |s| done(*s),
+    )
+    .await
 }
 
 /// Units of a client's bucket in use, per dimension (requests, tokens).

@@ -1,0 +1,281 @@
+//! Live changes made through the admin API, on top of the config file.
+//!
+//! **Precedence, field by field**: a tier's setting is the override's when
+//! the admin API changed that field, else the file's; a client's tier is the
+//! override's when the API moved the client, else the file's. So an edit of
+//! the file to a field no override touches takes effect at the next start,
+//! and one to a field an override touches does not until the override is
+//! removed (`DELETE /admin/overrides/tiers/{name}` or
+//! `/admin/overrides/clients/{id}`). Every override carries the version of
+//! the change that made it, is listed by `GET /admin/overrides`, and is
+//! logged at start with the file's value it shadows. An override that no
+//! longer fits the file (its tier or client is gone, or the result is
+//! invalid) is skipped with a warning.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::config::{Config, TierConfig};
+
+/// A field given explicitly, possibly as `null`: `Some(None)` is an explicit
+/// null (remove the limit), `None` the field left out (unchanged).
+fn explicit<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// A field that, when given, must hold a value (`null` is refused).
+fn value<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// Changed fields of a tier (`PATCH /admin/tiers/{name}`'s body, and what an
+/// override keeps). A field left out is unchanged. `rpm`, `tpm` and the
+/// budgets may be `null`, which removes that limit (the only way to say
+/// "unlimited": 0 is refused, as in the file).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierPatch {
+    /// Requests per minute; `null` removes the limit.
+    #[serde(
+        default,
+        deserialize_with = "explicit",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rpm: Option<Option<u64>>,
+    /// Tokens per minute; `null` removes the limit.
+    #[serde(
+        default,
+        deserialize_with = "explicit",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tpm: Option<Option<u64>>,
+    /// Burst factor.
+    #[serde(
+        default,
+        deserialize_with = "value",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub burst: Option<f64>,
+    /// Priority class.
+    #[serde(
+        default,
+        deserialize_with = "value",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub priority: Option<u8>,
+    /// Maximum wait, ms.
+    #[serde(
+        default,
+        deserialize_with = "value",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_wait_ms: Option<u64>,
+    /// Daily budget, USD; `null` removes it.
+    #[serde(
+        default,
+        deserialize_with = "explicit",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub daily_budget_usd: Option<Option<f64>>,
+    /// Monthly budget, USD; `null` removes it.
+    #[serde(
+        default,
+        deserialize_with = "explicit",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub monthly_budget_usd: Option<Option<f64>>,
+}
+
+impl TierPatch {
+    /// `base` with these fields changed.
+    pub fn apply(&self, base: &TierConfig) -> TierConfig {
+        let mut t = base.clone();
+        if let Some(v) = self.rpm {
+            t.rpm = v;
+        }
+        if let Some(v) = self.tpm {
+            t.tpm = v;
+        }
+        if let Some(v) = self.burst {
+            t.burst = v;
+        }
+        if let Some(v) = self.priority {
+            t.priority = v;
+        }
+        if let Some(v) = self.max_wait_ms {
+            t.max_wait_ms = v;
+        }
+        if let Some(v) = self.daily_budget_usd {
+            t.daily_budget_usd = v;
+        }
+        if let Some(v) = self.monthly_budget_usd {
+            t.monthly_budget_usd = v;
+        }
+        t
+    }
+
+    /// These fields, then `later`'s on top.
+    pub fn merged(&self, later: &TierPatch) -> TierPatch {
+        TierPatch {
+            rpm: later.rpm.or(self.rpm),
+            tpm: later.tpm.or(self.tpm),
+            burst: later.burst.or(self.burst),
+            priority: later.priority.or(self.priority),
+            max_wait_ms: later.max_wait_ms.or(self.max_wait_ms),
+            daily_budget_usd: later.daily_budget_usd.or(self.daily_budget_usd),
+            monthly_budget_usd: later.monthly_budget_usd.or(self.monthly_budget_usd),
+        }
+    }
+
+    /// `field: override (file: value)` for each field set, against `file`.
+    fn describe(&self, file: &TierConfig) -> Vec<String> {
+        let show = |v: Option<String>| v.unwrap_or_else(|| "none".into());
+        let mut out = Vec::new();
+        let mut field = |name: &str, set: bool, new: String, old: String| {
+            if set {
+                out.push(format!("{name} = {new} (file: {old})"));
+            }
+        };
+        let num = |v: Option<u64>| show(v.map(|n| n.to_string()));
+        let usd = |v: Option<f64>| show(v.map(|n| n.to_string()));
+        field(
+            "rpm",
+            self.rpm.is_some(),
+            num(self.rpm.flatten()),
+            num(file.rpm),
+        );
+        field(
+            "tpm",
+            self.tpm.is_some(),
+            num(self.tpm.flatten()),
+            num(file.tpm),
+        );
+        field(
+            "burst",
+            self.burst.is_some(),
+            self.burst.unwrap_or_default().to_string(),
+            file.burst.to_string(),
+        );
+        field(
+            "priority",
+            self.priority.is_some(),
+            self.priority.unwrap_or_default().to_string(),
+            file.priority.to_string(),
+        );
+        field(
+            "max_wait_ms",
+            self.max_wait_ms.is_some(),
+            self.max_wait_ms.unwrap_or_default().to_string(),
+            file.max_wait_ms.to_string(),
+        );
+        field(
+            "daily_budget_usd",
+            self.daily_budget_usd.is_some(),
+            usd(self.daily_budget_usd.flatten()),
+            usd(file.daily_budget_usd),
+        );
+        field(
+            "monthly_budget_usd",
+            self.monthly_budget_usd.is_some(),
+            usd(self.monthly_budget_usd.flatten()),
+            usd(file.monthly_budget_usd),
+        );
+        out
+    }
+}
+
+/// A tier's override: the fields the admin API changed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TierOverride {
+    /// The changed fields.
+    pub fields: TierPatch,
+    /// The version of the change that last touched it.
+    pub version: u64,
+}
+
+/// A client's override: the tier the admin API moved it to.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClientOverride {
+    /// The tier's name.
+    pub tier: String,
+    /// The version of the change that made it.
+    pub version: u64,
+}
+
+/// Every override in force.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Overrides {
+    /// Tier fields that replace the file's, by tier name.
+    #[serde(default)]
+    pub tiers: BTreeMap<String, TierOverride>,
+    /// Client id → tier.
+    #[serde(default)]
+    pub client_tiers: BTreeMap<String, ClientOverride>,
+}
+
+impl Overrides {
+    /// No overrides at all.
+    pub fn is_empty(&self) -> bool {
+        self.tiers.is_empty() && self.client_tiers.is_empty()
+    }
+
+    /// One line per override, saying what it shadows in `config` (logged at
+    /// start).
+    pub fn describe(&self, config: &Config) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, o) in &self.tiers {
+            match config.tiers.get(name) {
+                Some(file) => out.push(format!(
+                    "tier {name:?} (override v{}): {}",
+                    o.version,
+                    o.fields.describe(file).join(", ")
+                )),
+                None => out.push(format!(
+                    "tier {name:?} (override v{}): not in the config file; ignored",
+                    o.version
+                )),
+            }
+        }
+        for (id, o) in &self.client_tiers {
+            let file = config.clients.iter().find(|c| &c.id == id);
+            out.push(match file {
+                Some(c) => format!(
+                    "client {id:?} (override v{}): tier = {:?} (file: {:?})",
+                    o.version, o.tier, c.tier
+                ),
+                None => format!(
+                    "client {id:?} (override v{}): not in the config file; ignored",
+                    o.version
+                ),
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absent_null_and_values_are_told_apart() {
+        let p: TierPatch = serde_json::from_str(r#"{"rpm": null, "tpm": 5}"#).unwrap();
+        assert_eq!(
+            (p.rpm, p.tpm, p.daily_budget_usd),
+            (Some(None), Some(Some(5)), None)
+        );
+        let back: TierPatch = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+        assert!(serde_json::from_str::<TierPatch>(r#"{"burst": null}"#).is_err());
+        assert!(serde_json::from_str::<TierPatch>(r#"{"rpn": 1}"#).is_err());
+    }
+}

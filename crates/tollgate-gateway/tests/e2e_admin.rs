@@ -1,0 +1,173 @@
+//! The admin API against the config file: overrides win field by field, are
+//! kept with a version, listed, described at start and removable; the API
+//! accepts exactly what the file would (0 is not "unlimited", null is); a
+//! store outage answers 503, never a 400 or made-up zeros.
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::Redis;
+use common::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+fn tier_of(tiers: &Value, name: &str) -> Value {
+    tiers["tiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("no tier {name} in {tiers}"))["config"]
+        .clone()
+}
+
+#[tokio::test]
+async fn overrides_win_field_by_field_are_listed_and_removable_across_a_restart() {
+    let redis = Redis::start().await;
+    let sim = sim().await;
+    let file = |tpm| {
+        shared_config(
+            &sim.base_url(),
+            &redis.url,
+            &[("pro", tier(10, tpm, 0, 0)), ("free", tier(5, 1_000, 0, 0))],
+        )
+    };
+    let c = http();
+    let a = gateway(file(100_000)).await;
+    let r = patch_tier(&c, &a, "pro", &json!({"rpm": 20})).await;
+    assert_eq!(r.status(), 200);
+    let version = r.json::<Value>().await.unwrap()["version"]
+        .as_u64()
+        .unwrap();
+    assert!(version >= 1);
+    assert_eq!(set_client_tier(&c, &a, "pro", "free").await.status(), 200);
+    drop(a);
+    // The file changes while the override is kept: the field the override
+    // does not set follows the file.
+    let config = file(200_000);
+    let b = gateway(config.clone()).await;
+    let pro = tier_of(&admin_json(&c, &b, "/admin/tiers").await, "pro");
+    assert_eq!(
+        (pro["rpm"].as_u64(), pro["tpm"].as_u64()),
+        (Some(20), Some(200_000))
+    );
+    let listed = admin_json(&c, &b, "/admin/overrides").await;
+    let o = &listed["tiers"]["pro"];
+    assert_eq!(o["version"].as_u64(), Some(version), "{listed}");
+    assert_eq!(o["fields"], json!({"rpm": 20}));
+    assert_eq!(o["file"]["rpm"], 10);
+    assert_eq!(listed["clients"]["pro"]["tier"], "free");
+    assert_eq!(listed["clients"]["pro"]["file_tier"], "pro");
+    // What start logs: each override with the file's value it shadows.
+    let (_, overrides) = b.gateway.overrides().await;
+    let said = overrides.describe(&config).join("\n");
+    assert!(said.contains("rpm = 20 (file: 10)"), "{said}");
+    assert!(said.contains("tier = \"free\" (file: \"pro\")"), "{said}");
+    // Removed: the file applies again, here and for the next start.
+    let path = "/admin/overrides/tiers/pro";
+    assert_eq!(
+        send(admin(&c, &b, Method::DELETE, path)).await.status(),
+        200
+    );
+    assert_eq!(
+        send(admin(&c, &b, Method::DELETE, path)).await.status(),
+        404
+    );
+    let path = "/admin/overrides/clients/pro";
+    assert_eq!(
+        send(admin(&c, &b, Method::DELETE, path)).await.status(),
+        200
+    );
+    let pro = tier_of(&admin_json(&c, &b, "/admin/tiers").await, "pro");
+    assert_eq!(pro["rpm"].as_u64(), Some(10));
+    drop(b);
+    let again = gateway(file(200_000)).await;
+    let listed = admin_json(&c, &again, "/admin/overrides").await;
+    assert_eq!(
+        (
+            listed["tiers"].as_object().unwrap().len(),
+            listed["clients"].as_object().unwrap().len()
+        ),
+        (0, 0),
+        "{listed}"
+    );
+    assert_eq!(rpm_limit(&c, &again, "pro").await.as_deref(), Some("10"));
+}
+
+#[tokio::test]
+async fn the_api_validates_as_the_file_does_and_zero_is_not_unlimited() {
+    let (_sim, gw, c) = start(model(100_000, 100_000_000), &[("pro", pro_tier())]).await;
+    let r = patch_tier(&c, &gw, "pro", &json!({"rpm": 0})).await;
+    let e = expect_error(r, 400, "invalid_tier").await;
+    assert!(e["message"].as_str().unwrap().contains("null"), "{e}");
+    let mut file = config(
+        "http://127.0.0.1:9/v1",
+        model(100, 100),
+        &[("pro", pro_tier())],
+    );
+    file.tiers.get_mut("pro").unwrap().rpm = Some(0);
+    let err = file.validate().unwrap_err().to_string();
+    assert!(err.contains("tiers.pro.rpm"), "{err}");
+    // The same rules both ways, e.g. a priority class that does not exist.
+    let r = patch_tier(&c, &gw, "pro", &json!({"priority": 9})).await;
+    let e = expect_error(r, 400, "invalid_tier").await;
+    file.tiers.get_mut("pro").unwrap().rpm = Some(100);
+    file.tiers.get_mut("pro").unwrap().priority = 9;
+    let err = file.validate().unwrap_err().to_string();
+    assert!(
+        e["message"].as_str().unwrap().contains(&err),
+        "{e} vs {err}"
+    );
+    // Unlimited only when said so: null.
+    let r = patch_tier(&c, &gw, "pro", &json!({"rpm": null})).await;
+    assert_eq!(r.status(), 200);
+    let pro = tier_of(&admin_json(&c, &gw, "/admin/tiers").await, "pro");
+    assert!(
+        pro["rpm"].is_null() && pro["tpm"].as_u64() == Some(100_000),
+        "{pro}"
+    );
+    let r = chat(&c, &gw, "pro", &chat_body("hi", 5)).await;
+    assert_eq!(r.status(), 200);
+    assert!(header(&r, "x-ratelimit-limit-requests").is_none());
+    // Removing the last limit is refused, as in the file.
+    let r = patch_tier(&c, &gw, "pro", &json!({"tpm": null})).await;
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("invalid_tier"), "{text}");
+}
+
+#[tokio::test]
+async fn during_a_store_outage_the_admin_api_answers_503() {
+    let redis = Redis::start().await;
+    let sim = sim().await;
+    let mut config = shared_config(
+        &sim.base_url(),
+        &redis.url,
+        &[("pro", pro_tier()), ("free", tier(5, 1_000, 0, 0))],
+    );
+    config.store.timeout_ms = 200;
+    let gw = gateway(config).await;
+    let c = http();
+    assert_eq!(
+        send(admin(&c, &gw, Method::GET, "/admin/clients"))
+            .await
+            .status(),
+        200
+    );
+    redis.pause();
+    let r = set_client_tier(&c, &gw, "pro", "free").await;
+    expect_error(r, 503, "store_unavailable").await;
+    let r = patch_tier(&c, &gw, "pro", &json!({"rpm": 50})).await;
+    expect_error(r, 503, "store_unavailable").await;
+    let r = send(admin(&c, &gw, Method::GET, "/admin/clients")).await;
+    expect_error(r, 503, "store_unavailable").await;
+    redis.resume();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = set_client_tier(&c, &gw, "pro", "free").await;
+    assert_eq!(r.status(), 200);
+    // Nothing of the refused changes was kept.
+    let pro = tier_of(&admin_json(&c, &gw, "/admin/tiers").await, "pro");
+    assert_eq!(pro["rpm"].as_u64(), Some(100));
+}
