@@ -4,12 +4,16 @@
 //! other OpenAI-compatible proxy in front of the same upstream (`--target`,
 //! e.g. LiteLLM's proxy in `scripts/bench/gateway-vs-litellm.sh`).
 //!
-//! Everything is on loopback. The simulated upstream (no artificial latency)
-//! runs in this process unless `--upstream` names one; tollgate runs in this
-//! process with the memory store and, with `--store`, with that store too.
-//! Overhead = endpoint percentile − direct percentile at the same rate, the
-//! runs of one rate following each other.
+//! Everything is on loopback. The load generator and the simulated upstream
+//! (no artificial latency, unless `--upstream` names one) run in a process of
+//! their own (see `generator`); tollgate runs in this process with the memory
+//! store and, with `--store`, with that store too, so this process's CPU time
+//! per request is the gateway's. Overhead = endpoint percentile − direct
+//! percentile at the same rate, the runs of one rate following each other.
+//! With a Redis `--store`, each run through it also reports Redis's script
+//! calls (`INFO commandstats`) and CPU time (`INFO cpu`) per request.
 
+pub mod generator;
 mod load;
 mod options;
 
@@ -17,8 +21,8 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tollgate_gateway::upstream_sim::{self, SimConfig, SimUpstream};
 
+use generator::Generator;
 use load::{Endpoint, Run, Settings};
 use options::Options;
 
@@ -48,24 +52,23 @@ pub async fn run(args: &[String]) -> Result<()> {
         return Ok(());
     };
     let _ = rustls::crypto::ring::default_provider().install_default();
-    // Kept alive for the whole run.
-    let mut _sim: Option<SimUpstream> = None;
-    let upstream = match &o.upstream {
-        Some(url) => url.clone(),
-        None => {
-            let sim = upstream_sim::start(
-                SimConfig {
-                    latency: Duration::ZERO,
-                    chunk_interval: Duration::ZERO,
-                    completion_tokens: 16,
-                },
-                0,
-            )
-            .await?;
-            let url = sim.base_url();
-            _sim = Some(sim);
-            url
-        }
+    let settings = Settings {
+        max_in_flight: o.max_in_flight,
+    };
+    let mut gen = Generator::start(o.upstream.is_none(), settings, o.timeout).await?;
+    let upstream = match (&o.upstream, &gen.upstream) {
+        (Some(url), _) | (None, Some(url)) => url.clone(),
+        (None, None) => anyhow::bail!("the load generator started no upstream"),
+    };
+    // Redis's own figures, for the runs through a Redis store.
+    let mut redis = match o.store.as_deref().filter(|s| s.starts_with("redis")) {
+        Some(url) => Some(
+            redis::Client::open(url)?
+                .get_multiplexed_async_connection()
+                .await
+                .with_context(|| format!("cannot connect to {url} for INFO commandstats"))?,
+        ),
+        None => None,
     };
     let mut gateways = Vec::new();
     let mut bases = vec![("direct".to_string(), upstream.clone())];
@@ -91,13 +94,6 @@ pub async fn run(args: &[String]) -> Result<()> {
         })
         .collect();
 
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(o.max_in_flight)
-        .timeout(o.timeout)
-        .build()?;
-    let settings = Settings {
-        max_in_flight: o.max_in_flight,
-    };
     let mut tsv = match &o.tsv {
         Some(p) => Some(
             std::fs::OpenOptions::new()
@@ -114,8 +110,16 @@ pub async fn run(args: &[String]) -> Result<()> {
         endpoints.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(", "),
         o.secs
     );
+    println!(
+        "load generator: process {} with the simulated upstream, {}",
+        gen.pid().unwrap_or(0),
+        match gen.cpu {
+            Some(cpu) => format!("alone on core {cpu} (the gateways on the others)"),
+            None => "not pinned (no core to spare: fewer than three allowed)".to_string(),
+        }
+    );
     if o.check_limits {
-        check_limits(&o, &client, &endpoints[1..]).await;
+        check_limits(&o, &mut gen, &endpoints[1..]).await?;
     }
     println!("\n{}", header());
     for &rate in &o.rates {
@@ -123,13 +127,32 @@ pub async fn run(args: &[String]) -> Result<()> {
         for e in &endpoints {
             // Warm the connection pools at a rate every endpoint can take,
             // then open WARM_CONNECTIONS of them.
-            load::run(&client, e, rate.min(500), 0.5, settings).await;
-            warm(&client, e).await;
-            let r = load::run(&client, e, rate, o.secs, settings).await;
+            gen.run(e, rate.min(500), 0.5).await?;
+            warm(&mut gen, e).await?;
+            let through_redis = e.name == "tollgate-redis";
+            let cpu = generator::cpu_time();
+            let stats = match (&mut redis, through_redis) {
+                (Some(conn), true) => Some(commandstats(conn).await?),
+                _ => None,
+            };
+            let r = gen.run(e, rate, o.secs).await?;
+            let cost = Cost {
+                cpu: match (e.name.starts_with("tollgate"), cpu, generator::cpu_time()) {
+                    (true, Some(a), Some(b)) => Some(b.saturating_sub(a)),
+                    _ => None,
+                },
+                redis: match (&mut redis, stats) {
+                    (Some(conn), Some(before)) => {
+                        let after = commandstats(conn).await?;
+                        Some((after.0 - before.0, after.1 - before.1))
+                    }
+                    _ => None,
+                },
+            };
             let d = *direct.get_or_insert(r);
-            println!("{}", row(&e.name, &r, &d));
+            println!("{}", row(&e.name, &r, &d, &cost));
             record(&mut tsv, "rate", &e.name, &r, &d)?;
-            load::settle(&client, e, SETTLE_LIMIT).await;
+            gen.settle(e, SETTLE_LIMIT).await?;
         }
     }
     if let Some(max_p99) = o.search_p99 {
@@ -139,7 +162,7 @@ pub async fn run(args: &[String]) -> Result<()> {
             o.search_secs
         );
         for e in &endpoints {
-            let (held, last) = search(&o, &client, e, settings, max_p99).await;
+            let (held, last) = search(&o, &mut gen, e, max_p99).await?;
             let held_text = match held {
                 Some(r) => format!("{r:>6} req/s"),
                 None => format!("below {}", o.search_from),
@@ -168,9 +191,30 @@ pub async fn run(args: &[String]) -> Result<()> {
 
 /// Opens `WARM_CONNECTIONS` connections to `e` (and through it to the
 /// upstream), then waits until `e` answers quickly again.
-async fn warm(client: &reqwest::Client, e: &Endpoint) {
-    load::burst(client, e, WARM_CONNECTIONS).await;
-    load::settle(client, e, SETTLE_LIMIT).await;
+async fn warm(gen: &mut Generator, e: &Endpoint) -> Result<()> {
+    gen.burst(e, WARM_CONNECTIONS).await?;
+    gen.settle(e, SETTLE_LIMIT).await
+}
+
+/// Redis's script calls and CPU microseconds so far.
+async fn commandstats(conn: &mut redis::aio::MultiplexedConnection) -> Result<(u64, u64)> {
+    let mut info = String::new();
+    for section in ["commandstats", "cpu"] {
+        let text: String = redis::cmd("INFO")
+            .arg(section)
+            .query_async(conn)
+            .await
+            .with_context(|| format!("INFO {section}"))?;
+        info.push_str(&text);
+    }
+    Ok(generator::redis_totals(&info))
+}
+
+/// What one run cost: the gateway process's CPU time, and Redis's script calls
+/// and CPU microseconds (for runs through the Redis store).
+struct Cost {
+    cpu: Option<Duration>,
+    redis: Option<(u64, u64)>,
 }
 
 fn wanted(o: &Options, name: &str) -> bool {
@@ -202,7 +246,7 @@ fn gateway_config(upstream: &str, store: &str) -> tollgate_gateway::Config {
     config
 }
 
-async fn check_limits(o: &Options, client: &reqwest::Client, gateways: &[Endpoint]) {
+async fn check_limits(o: &Options, gen: &mut Generator, gateways: &[Endpoint]) -> Result<()> {
     println!(
         "\nlimits check: {CHECK_REQUESTS} requests at once with key {} (rpm=10, tpm=20000 on every gateway)",
         o.limited_key
@@ -212,12 +256,13 @@ async fn check_limits(o: &Options, client: &reqwest::Client, gateways: &[Endpoin
             key: o.limited_key.as_str().into(),
             ..e.clone()
         };
-        let t = load::burst(client, &limited, CHECK_REQUESTS).await;
+        let t = gen.burst(&limited, CHECK_REQUESTS).await?;
         println!(
             "  {:<16} {:>3} ok  {:>3} × 429  {:>3} other errors  {:>3} timed out",
             e.name, t.ok, t.limited, t.failed, t.timed_out
         );
     }
+    Ok(())
 }
 
 /// Doubles the rate from `--search-from` while `e` holds it, then bisects
@@ -225,25 +270,24 @@ async fn check_limits(o: &Options, client: &reqwest::Client, gateways: &[Endpoin
 /// highest rate held and the lowest failed run.
 async fn search(
     o: &Options,
-    client: &reqwest::Client,
+    gen: &mut Generator,
     e: &Endpoint,
-    settings: Settings,
     max_p99: Duration,
-) -> (Option<u64>, Option<Run>) {
+) -> Result<(Option<u64>, Option<Run>)> {
     let mut held = None;
     let mut failed: Option<Run> = None;
-    let try_rate = |rate: u64| async move {
+    async fn try_rate(o: &Options, gen: &mut Generator, e: &Endpoint, rate: u64) -> Result<Run> {
         // At least 200 requests per step, so that a p99 is not just the
         // slowest of a handful.
         let secs = o.search_secs.max(SEARCH_MIN_REQUESTS / rate as f64);
-        warm(client, e).await;
-        let r = load::run(client, e, rate, secs, settings).await;
-        load::settle(client, e, SETTLE_LIMIT).await;
-        r
-    };
+        warm(gen, e).await?;
+        let r = gen.run(e, rate, secs).await?;
+        gen.settle(e, SETTLE_LIMIT).await?;
+        Ok(r)
+    }
     let mut rate = o.search_from;
     loop {
-        let r = try_rate(rate).await;
+        let r = try_rate(o, gen, e, rate).await?;
         if !r.holds(max_p99) {
             failed = Some(r);
             break;
@@ -262,14 +306,14 @@ async fn search(
         if mid <= lo {
             break;
         }
-        let r = try_rate(mid).await;
+        let r = try_rate(o, gen, e, mid).await?;
         if r.holds(max_p99) {
             held = Some(mid);
         } else {
             failed = Some(r);
         }
     }
-    (held, failed)
+    Ok((held, failed))
 }
 
 fn ms(d: Duration) -> f64 {
@@ -278,7 +322,7 @@ fn ms(d: Duration) -> f64 {
 
 fn header() -> String {
     format!(
-        "{:>7}  {:<16} {:>9} {:>9}  {:>9} {:>9}  {:>7} {:>6} {:>6} {:>7} {:>6}  {:>9}",
+        "{:>7}  {:<16} {:>9} {:>9}  {:>9} {:>9}  {:>7} {:>6} {:>6} {:>7} {:>6}  {:>9}  {:>10} {:>11} {:>12}",
         "rate/s",
         "endpoint",
         "p50 ms",
@@ -290,11 +334,16 @@ fn header() -> String {
         "errors",
         "timeout",
         "shed",
-        "done/s"
+        "done/s",
+        "gw cpu µs",
+        "redis calls",
+        "redis cpu µs"
     )
 }
 
-fn row(name: &str, r: &Run, direct: &Run) -> String {
+/// One run's line; the cost columns per successful request (`-` where not
+/// measured).
+fn row(name: &str, r: &Run, direct: &Run, cost: &Cost) -> String {
     let added = |x: Duration, d: Duration| {
         if name == "direct" {
             "-".to_string()
@@ -317,6 +366,23 @@ fn row(name: &str, r: &Run, direct: &Run) -> String {
         r.tally.shed,
         r.achieved
     );
+    let per = |total: f64| total / r.tally.ok.max(1) as f64;
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
+    s.push_str(&format!(
+        "  {:>10} {:>11} {:>12}",
+        or_dash(
+            cost.cpu
+                .map(|c| format!("{:.1}", per(c.as_secs_f64() * 1e6)))
+        ),
+        or_dash(
+            cost.redis
+                .map(|(calls, _)| format!("{:.2}", per(calls as f64)))
+        ),
+        or_dash(
+            cost.redis
+                .map(|(_, usec)| format!("{:.1}", per(usec as f64)))
+        ),
+    ));
     if r.lag > Duration::from_millis(50) {
         s.push_str(&format!(
             "  (generator {:.0} ms behind schedule)",

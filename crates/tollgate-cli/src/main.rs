@@ -94,6 +94,13 @@ fn run() -> Result<()> {
                 .build()?;
             runtime.block_on(bench::run(&args[1..]))
         }
+        Some("bench-generator") => {
+            // The load generator `bench` starts in a process of its own.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(bench::generator::serve(&args[1..]))
+        }
         Some("upstream-sim") => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -60,3 +60,47 @@ fn unknown_commands_and_options_fail_with_a_message_naming_them() {
         assert!(!stderr(&o).contains("panicked"), "{args:?}: {}", stderr(&o));
     }
 }
+
+/// `bench` sends its load from a process of its own (with the simulated
+/// upstream), and reports the gateway process's CPU time per request.
+#[test]
+fn bench_runs_its_load_generator_in_a_process_of_its_own() {
+    let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args([
+            "bench",
+            "--rates",
+            "200",
+            "--secs",
+            "0.5",
+            "--only",
+            "tollgate-memory",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the tollgate binary runs");
+    let bench_pid = child.id();
+    let o = child.wait_with_output().unwrap();
+    let out = stdout(&o);
+    assert!(o.status.success(), "{}{}", out, stderr(&o));
+    let generator_pid: u32 = out
+        .split("load generator: process ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no generator process in:\n{out}"));
+    assert_ne!(generator_pid, bench_pid, "{out}");
+    let row = out
+        .lines()
+        .find(|l| l.contains("tollgate-memory") && l.trim_start().starts_with("200"))
+        .unwrap_or_else(|| panic!("no tollgate-memory row in:\n{out}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    // ok, then the gateway's CPU µs per request (a number), then the Redis
+    // columns (not measured without a Redis store).
+    assert_eq!(cols[6], "100", "{row}");
+    let cpu: f64 = cols[cols.len() - 3]
+        .parse()
+        .unwrap_or_else(|_| panic!("{row}"));
+    assert!(cpu > 0.0, "{row}");
+    assert_eq!(&cols[cols.len() - 2..], ["-", "-"], "{row}");
+}

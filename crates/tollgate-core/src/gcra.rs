@@ -78,6 +78,7 @@ pub struct Grant {
 ///
 /// All limited dimensions are checked and charged together; on error nothing is
 /// charged (the caller keeps `state`).
+#[inline]
 pub fn reserve(
     policy: &Policy,
     state: &KeyState,

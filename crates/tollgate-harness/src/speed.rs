@@ -17,7 +17,10 @@ use crate::quantile;
 use crate::table::Table;
 
 /// tollgate's reservation script, benchmarked as it is.
-const RESERVE_LUA: &str = include_str!("../../tollgate/src/store/redis/reserve.lua");
+const RESERVE_LUA: &str = concat!(
+    include_str!("../../tollgate/src/store/redis/state.lua"),
+    include_str!("../../tollgate/src/store/redis/reserve.lua")
+);
 
 /// Settings of the speed run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -429,6 +432,7 @@ async fn tollgate_fill(
     let limiter = Arc::new(RateLimiter::new(url, &key, limits).await?);
     let options = AcquireOptions::default();
     let per_task = n.div_ceil(64);
+    let filling = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for t in 0..64 {
         let limiter = limiter.clone();
@@ -446,9 +450,9 @@ async fn tollgate_fill(
     }
     if queued {
         let depth = limiter.status().await?.queue_depth;
-        // The first 60 fit the bucket at once; the rest wait.
-        if depth + 61 < n as u64 {
-            bail!("expected {n} queued reservations, found {depth}");
+        let least = least_queued(n as u64, filling.elapsed().as_secs_f64());
+        if depth < least {
+            bail!("expected at least {least} of {n} reservations queued, found {depth}");
         }
     }
     let mut lat = Vec::with_capacity(samples);
@@ -459,6 +463,14 @@ async fn tollgate_fill(
     }
     lat.sort_by(f64::total_cmp);
     Ok((quantile(&lat, 0.5), quantile(&lat, 0.99)))
+}
+
+/// The fewest of `n` reservations of the queued fill (one request a second,
+/// 60 at once) still queued `secs` after the fill began: the first 60 (and
+/// one more at the start) fit the bucket at once, and one reservation's slot
+/// comes each second, leaving the queue; a fill of 50,000 takes seconds.
+fn least_queued(n: u64, secs: f64) -> u64 {
+    n.saturating_sub(61 + secs.ceil() as u64)
 }
 
 /// Loads tollgate's reserve script and runs `redis-benchmark` on it.
@@ -529,4 +541,20 @@ fn evalsha_bench(
         .nth(1)
         .and_then(|v| v.trim_matches('"').parse::<f64>().ok())
         .with_context(|| format!("parsing redis-benchmark output: {text}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The run that stopped at the 50,000 fill: its fill took a few seconds,
+    /// in which that many slots came and left the queue.
+    #[test]
+    fn a_queued_fill_that_takes_seconds_still_counts() {
+        assert!(49_937 >= least_queued(50_000, 2.6));
+        assert_eq!(least_queued(50_000, 0.2), 50_000 - 62);
+        // A queue that lost more than time explains is still an error.
+        assert!(49_000 < least_queued(50_000, 2.6));
+        assert_eq!(least_queued(10, 1.0), 0);
+    }
 }

@@ -529,3 +529,39 @@ async fn a_second_cancel_of_a_queued_reservation_writes_nothing() {
         assert_eq!(after_first, after_second, "{store:?}");
     }
 }
+
+/// Bytes Redis holds for one limiter key (`MEMORY USAGE` of each of its
+/// keys, the store-wide epoch aside).
+fn key_bytes(server: &RedisServer, key: &str) -> (u64, Vec<String>) {
+    let names = server.cli(&["--scan", "--pattern", &format!("tollgate:{{{key}}}:*")]);
+    let names: Vec<String> = names.lines().map(str::to_string).collect();
+    let total = names
+        .iter()
+        .map(|n| {
+            server
+                .cli(&["MEMORY", "USAGE", n, "SAMPLES", "0"])
+                .trim()
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("MEMORY USAGE of {n}"))
+        })
+        .sum();
+    (total, names)
+}
+
+/// A key that admitted and settled a request (below its estimate, so a
+/// refund is recorded) takes at most 200 bytes of Redis memory.
+#[tokio::test]
+async fn a_busy_key_takes_at_most_200_bytes() {
+    let server = RedisServer::start();
+    let store = Store::redis(&server.url()).await.unwrap();
+    let key = "openai/gpt-4o-mini";
+    let limiter =
+        RateLimiter::with_store(&store, key, Limits::new().rpm(10_000).tpm(2_000_000)).unwrap();
+    for _ in 0..3 {
+        let permit = limiter.acquire(Cost::split(500, 200)).await.unwrap();
+        limiter.settle(permit, Cost::split(500, 50)).await.unwrap();
+    }
+    let (bytes, names) = key_bytes(&server, key);
+    println!("{bytes} B in {names:?}");
+    assert!(bytes <= 200, "{bytes} B in {names:?}");
+}

@@ -31,7 +31,7 @@ pub struct Settings {
 }
 
 /// What happened to the requests of one run.
-#[derive(Default, Debug, Clone, Copy)]
+#[derive(Default, Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Tally {
     /// 2xx with the whole body read.
     pub ok: u64,

@@ -11,13 +11,17 @@ pub const USAGE: &str = "usage: tollgate bench [options]
 Open-loop load, at each rate in turn: straight to the simulated upstream
 (\"direct\"), through tollgate with the memory store, through tollgate with
 --store (if given), and through each --target. \"added\" = target − direct
-at the same rate and percentile.
+at the same rate and percentile. The load comes from a process of its own
+(with the simulated upstream), alone on a core where three or more are
+allowed; each row gives this process's CPU time per request (the gateway's)
+and, through a Redis --store, Redis's script calls (INFO commandstats) and
+CPU time (INFO cpu) per request.
 
   --rates 1000,5000       offered rates, requests/s
   --secs 5                length of each run
   --store URL             also measure tollgate with this store (redis://...)
   --upstream URL          use this simulated upstream (http://ADDR/v1) instead
-                          of one started in this process
+                          of one started beside the load generator
   --target NAME=URL       also measure this OpenAI-compatible base URL
                           (http://ADDR/v1); repeatable
   --key KEY               bearer key for the load (tg-demo-enterprise)

@@ -280,27 +280,38 @@ impl Entry {
 
 #[derive(Debug, Default)]
 struct Shard {
-    keys: HashMap<Box<str>, Entry, ahash::RandomState>,
+    /// Keys by the hash the store computed once per call (it also chose the
+    /// shard), so a call hashes its key once.
+    keys: hashbrown::HashTable<(Box<str>, Entry)>,
+    /// The store's hasher, to grow the table.
+    hasher: ahash::RandomState,
     ops_since_sweep: usize,
     /// Permit tokens settled, (key, id) → when the mark may go.
     claimed: HashMap<(Box<str>, u64), f64, ahash::RandomState>,
 }
 
 impl Shard {
-    fn entry(&mut self, key: &str, now: f64) -> &mut Entry {
+    /// The entry of `key`, whose hash is `hash`; a new one when missing.
+    fn entry(&mut self, key: &str, hash: u64, now: f64) -> &mut Entry {
         self.ops_since_sweep += 1;
         if self.ops_since_sweep > 1024 + 2 * self.keys.len() {
             self.ops_since_sweep = 0;
-            self.keys.retain(|_, e| !e.idle(now));
+            self.keys.retain(|(_, e)| !e.idle(now));
         }
-        if !self.keys.contains_key(key) {
-            let entry = Entry {
-                seq: (now * 1e6) as u64,
-                ..Entry::default()
-            };
-            self.keys.insert(key.into(), entry);
+        let hasher = &self.hasher;
+        match self
+            .keys
+            .entry(hash, |(k, _)| **k == *key, |(k, _)| hasher.hash_one(&**k))
+        {
+            hashbrown::hash_table::Entry::Occupied(o) => &mut o.into_mut().1,
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                let entry = Entry {
+                    seq: (now * 1e6) as u64,
+                    ..Entry::default()
+                };
+                &mut v.insert((key.into(), entry)).into_mut().1
+            }
         }
-        self.keys.get_mut(key).expect("inserted above")
     }
 }
 
@@ -337,9 +348,17 @@ impl MemoryStore {
 
     /// A store on the given clock.
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        let hasher = ahash::RandomState::new();
         MemoryStore {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            hasher: ahash::RandomState::new(),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        hasher: hasher.clone(),
+                        ..Shard::default()
+                    })
+                })
+                .collect(),
+            hasher,
             clock,
         }
     }
@@ -349,67 +368,50 @@ impl MemoryStore {
         self.clock.now()
     }
 
-    fn shard(&self, key: &str) -> &Mutex<Shard> {
-        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    /// The shard of `key` and the key's hash. The shard comes from bits the
+    /// shard's table uses for neither its slots (the low ones) nor its tags
+    /// (the top seven).
+    fn shard(&self, key: &str) -> (&Mutex<Shard>, u64) {
+        let hash = self.hasher.hash_one(key);
+        (&self.shards[(hash >> 32) as usize % SHARDS], hash)
     }
 
     /// [`Backend::reserve`] without the future: what the async method runs.
     pub fn reserve_now(&self, call: &ReserveCall<'_>) -> Result<Reserved, ReserveError> {
         // The clock is read under the shard's lock, so that reservations
         // taken in one order have slots in that order.
-        let mut shard = self.shard(call.key).lock();
+        let (shard, hash) = self.shard(call.key);
+        let mut shard = shard.lock();
         let now = self.clock.now();
-        let entry = shard.entry(call.key, now);
-        let queue = entry.queue(call.class, now);
-        let request = ReserveRequest {
-            cost: call.cost,
-            headroom: call.headroom,
-            tail: queue
-                .slots
-                .last()
-                .map_or(f64::NEG_INFINITY, |&(s, _)| f64::from_bits(s)),
-            max_wait: call.max_wait,
-            queued: queue.slots.len() as u64,
-            max_queue: call.max_queue,
-        };
-        let refunded = entry.state.refunded;
-        let grant = reserve(call.policy, &entry.state, now, &request)?;
-        entry.state = grant.state;
-        entry.seq += 1;
-        let id = entry.seq;
-        let queue = &mut entry.queues[call.class as usize];
-        let position = queue.slots.len() as u64;
-        if grant.slot > now {
-            let mut values = grant.headroom;
-            for (v, r) in values.iter_mut().zip(refunded) {
-                *v += r;
-            }
-            queue.push(id, grant.slot, &values);
-        }
-        Ok(Reserved {
-            id,
-            now,
-            slot: grant.slot,
-            position,
-            mark: Mark {
-                // Only a queued reservation needs them (to start earlier).
-                class_refunds_at: if grant.slot > now {
-                    queue.started_refunds
-                } else {
-                    [0.0; DIMENSIONS]
-                },
-                ..grant.mark
-            },
-        })
+        reserve_in(&mut shard, hash, now, call)
+    }
+
+    /// Several reservations at one time, placed in the order given, each
+    /// exactly as [`MemoryStore::reserve_now`] would place it alone at that
+    /// time (what a batch of the Redis store does in one script call; see
+    /// [`RedisStore::reserve_many`](crate::store::RedisStore::reserve_many)).
+    pub fn reserve_many_now(
+        &self,
+        calls: &[ReserveCall<'_>],
+    ) -> Vec<Result<Reserved, ReserveError>> {
+        let now = self.clock.now();
+        calls
+            .iter()
+            .map(|call| {
+                let (shard, hash) = self.shard(call.key);
+                reserve_in(&mut shard.lock(), hash, now, call)
+            })
+            .collect()
     }
 
     /// [`Backend::settle`] without the future.
     pub fn settle_now(&self, call: &SettleCall<'_>) -> Settled {
         // The clock is read under the shard's lock, so that reservations
         // taken in one order have slots in that order.
-        let mut shard = self.shard(call.key).lock();
+        let (shard, hash) = self.shard(call.key);
+        let mut shard = shard.lock();
         let now = self.clock.now();
-        let entry = shard.entry(call.key, now);
+        let entry = shard.entry(call.key, hash, now);
         let queue = entry.queue(call.class, now);
         let was_queued = queue.slots.remove(&(call.slot.to_bits(), call.id));
         if call.slot > now && !was_queued {
@@ -452,9 +454,10 @@ impl MemoryStore {
     pub fn advance_now(&self, call: &AdvanceCall<'_>) -> Option<Advanced> {
         // The clock is read under the shard's lock, so that reservations
         // taken in one order have slots in that order.
-        let mut shard = self.shard(call.key).lock();
+        let (shard, hash) = self.shard(call.key);
+        let mut shard = shard.lock();
         let now = self.clock.now();
-        let entry = shard.entry(call.key, now);
+        let entry = shard.entry(call.key, hash, now);
         let queue = entry.queue(call.class, now);
         let me = (call.slot.to_bits(), call.id);
         if !queue.slots.contains(&me) {
@@ -498,7 +501,7 @@ impl MemoryStore {
         if now > reserved_at + lifetime {
             return Claim::Expired;
         }
-        let mut shard = self.shard(key).lock();
+        let mut shard = self.shard(key).0.lock();
         if shard.claimed.len() >= 1024 && shard.claimed.len().is_power_of_two() {
             shard.claimed.retain(|_, until| *until > now);
         }
@@ -515,9 +518,10 @@ impl MemoryStore {
     pub fn snapshot_now(&self, key: &str) -> KeySnapshot {
         // The clock is read under the shard's lock, so that reservations
         // taken in one order have slots in that order.
-        let mut shard = self.shard(key).lock();
+        let (shard, hash) = self.shard(key);
+        let mut shard = shard.lock();
         let now = self.clock.now();
-        let entry = shard.entry(key, now);
+        let entry = shard.entry(key, hash, now);
         let classes = entry.queues.len();
         let queue_depth = (0..classes)
             .map(|c| entry.queue(c as u8, now).slots.len() as u64)
@@ -538,6 +542,58 @@ impl MemoryStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// One reservation on a locked shard (`hash`: its key's) at store time `now`.
+#[inline]
+fn reserve_in(
+    shard: &mut Shard,
+    hash: u64,
+    now: f64,
+    call: &ReserveCall<'_>,
+) -> Result<Reserved, ReserveError> {
+    let entry = shard.entry(call.key, hash, now);
+    let queue = entry.queue(call.class, now);
+    let request = ReserveRequest {
+        cost: call.cost,
+        headroom: call.headroom,
+        tail: queue
+            .slots
+            .last()
+            .map_or(f64::NEG_INFINITY, |&(s, _)| f64::from_bits(s)),
+        max_wait: call.max_wait,
+        queued: queue.slots.len() as u64,
+        max_queue: call.max_queue,
+    };
+    let refunded = entry.state.refunded;
+    let grant = reserve(call.policy, &entry.state, now, &request)?;
+    entry.state = grant.state;
+    entry.seq += 1;
+    let id = entry.seq;
+    let queue = &mut entry.queues[call.class as usize];
+    let position = queue.slots.len() as u64;
+    if grant.slot > now {
+        let mut values = grant.headroom;
+        for (v, r) in values.iter_mut().zip(refunded) {
+            *v += r;
+        }
+        queue.push(id, grant.slot, &values);
+    }
+    Ok(Reserved {
+        id,
+        now,
+        slot: grant.slot,
+        position,
+        mark: Mark {
+            // Only a queued reservation needs them (to start earlier).
+            class_refunds_at: if grant.slot > now {
+                queue.started_refunds
+            } else {
+                [0.0; DIMENSIONS]
+            },
+            ..grant.mark
+        },
+    })
 }
 
 impl Backend for MemoryStore {

@@ -3,9 +3,11 @@
 //! file, and the token claim of `claim.rs`) that port the arithmetic of
 //! `tollgate-core` and read the time from Redis itself.
 //!
-//! Per limiter key `K` there are a hash `<prefix>:{K}:s` (TAT and refunds per
-//! dimension, the id sequence: binary doubles in one field, see
-//! `reserve.lua`), one sorted set `<prefix>:{K}:q<class>` per priority class
+//! Per limiter key `K` there are a hash `<prefix>:{K}:s` (the id sequence,
+//! expiry and classes as integers, TAT and refunds of the dimensions in use
+//! as binary doubles, all in one field of at most 64 bytes for three
+//! dimensions, so that Redis keeps the hash as a listpack; see `state.lua`),
+//! one sorted set `<prefix>:{K}:q<class>` per priority class
 //! (queued reservation ids scored by slot) and its headroom index
 //! `<prefix>:{K}:h<class>`. All carry the hash
 //! tag `{K}`, so the same scripts run on Redis Cluster, and all expire one to
@@ -18,6 +20,12 @@
 //! `FINGERPRINT_TTL`). One more key,
 //! `<prefix>:epoch`, never expires: it tells a key that expired while idle
 //! from a store that lost everything (see [`AfterReset`]).
+//!
+//! Concurrent reservations of one key and class travel together: while one
+//! call of `reserve.lua` is on its way, those that come meanwhile wait for it
+//! and then go as one call (at most [`MAX_BATCH`]), which places each in its
+//! turn, in arrival order, as if it had come alone. A lone caller goes at
+//! once and waits for nothing.
 
 mod claim;
 mod connection;
@@ -30,9 +38,9 @@ mod scripts;
 pub use self::connection::RedisConnection;
 pub use self::options::{AfterReset, RedisOptions, TlsOptions};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,7 +49,7 @@ use tollgate_core::{Dims, Policy, ReserveError, Settled, DIMENSIONS};
 
 use self::error::{store_error, timed_out};
 use self::handover::InFlight;
-use self::scripts::{Keys, ReserveContext, ReserveNews, SettleReply};
+use self::scripts::{Keys, ReserveArgs, ReserveContext, ReserveNews};
 use super::{
     Advance, AdvanceCall, Backend, Claim, KeySnapshot, ReserveCall, Reserved, SettleCall,
     StoreError,
@@ -86,11 +94,12 @@ struct Settings {
     own: tokio::sync::OnceCell<RedisConnection>,
     /// Reservations nobody owns any more, to cancel (see `cancel_soon`).
     cancels: parking_lot::Mutex<Vec<Cancel>>,
+    /// Per key and class whose call of `reserve.lua` is on its way, the
+    /// reservations that came meanwhile, in arrival order: they travel
+    /// together in the next call (see `Backend::reserve`).
+    lanes: parking_lot::Mutex<HashMap<Lane, VecDeque<Waiting>>>,
     /// What this process knows of the store's state: epochs and TATs.
     seen: parking_lot::Mutex<Seen>,
-    /// Bit set of the priority classes known to have queued on some key: a
-    /// settlement passes the headroom indexes of classes up to the highest.
-    classes: AtomicU32,
     /// Times the store was found to have lost its state.
     resets: AtomicU64,
 }
@@ -113,6 +122,28 @@ pub(crate) struct Cancel {
 /// reservation first: a cancellation gives back only what the reservations
 /// queued after it leave room for, so cancelling from the back loses nothing.
 const CANCEL_GATHER: Duration = Duration::from_millis(5);
+
+/// Most reservations one call of `reserve.lua` carries: a bigger batch waits
+/// for the next call.
+const MAX_BATCH: usize = 64;
+
+/// A key and class: the reservations of one call of `reserve.lua`.
+type Lane = (Box<str>, u8);
+
+/// A reservation waiting for the call ahead of it on its key and class.
+struct Waiting {
+    args: ReserveArgs,
+    reply: tokio::sync::oneshot::Sender<Result<Value, StoreError>>,
+    owner: Orphan,
+}
+
+impl std::fmt::Debug for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiting")
+            .field("key", &self.owner.key)
+            .finish()
+    }
+}
 
 /// Where a store's connection came from.
 #[derive(Debug, Clone)]
@@ -154,19 +185,26 @@ impl Settings {
         *self.clock.lock() = Some((server_now, Instant::now()));
     }
 
-    /// How many headroom indexes (of classes 0, 1, …) a settlement of
-    /// `class` passes: up to the highest class known to have queued here.
-    fn classes_for(&self, class: u8) -> u8 {
-        let bits = self.classes.load(Ordering::Relaxed) | (1 << class);
-        (32 - bits.leading_zeros()) as u8
+    /// Reads a reservation's reply and records what it tells.
+    fn took(
+        &self,
+        reply: &Value,
+        call: &ReserveCall<'_>,
+        epoch_key: &str,
+    ) -> Result<Result<Reserved, ReserveError>, StoreError> {
+        Ok(match scripts::reserve_reply(reply, call)? {
+            Ok((r, news)) => {
+                self.saw(r.now);
+                self.granted(call.key, epoch_key, &r, &news);
+                Ok(r)
+            }
+            Err(e) => Err(e),
+        })
     }
 
     /// Records what a granted reservation was told; reports a reset (an
     /// epoch other than the one seen before).
     fn granted(&self, key: &str, epoch_key: &str, r: &Reserved, news: &ReserveNews) {
-        if news.classes != 0 {
-            self.classes.fetch_or(news.classes, Ordering::Relaxed);
-        }
         let mut seen = self.seen.lock();
         if seen.tat.len() >= MAX_KNOWN_KEYS {
             seen.tat.retain(|_, t| t.iter().any(|&t| t > r.now));
@@ -292,8 +330,8 @@ impl RedisStore {
                 origin: None,
                 own: tokio::sync::OnceCell::new(),
                 cancels: parking_lot::Mutex::new(Vec::new()),
+                lanes: parking_lot::Mutex::new(HashMap::new()),
                 seen: parking_lot::Mutex::new(Seen::default()),
-                classes: AtomicU32::new(0),
                 resets: AtomicU64::new(0),
             }),
         }
@@ -501,64 +539,116 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Several reservations of one key and class in one script call, placed
+    /// in the order given, each exactly as if it had come alone at the time
+    /// of the call: its own slot, queue position or refusal. Concurrent
+    /// [`Backend::reserve`] calls on one key and class travel together this
+    /// way by themselves; this is the same call made explicitly.
+    ///
+    /// The outer error is the store's (nothing was placed, or the call may
+    /// have been applied when it did not answer in time); a call with more
+    /// than one key or class is refused with [`StoreError::Failed`].
+    pub async fn reserve_many(
+        &self,
+        calls: &[ReserveCall<'_>],
+    ) -> Result<Vec<Result<Reserved, ReserveError>>, StoreError> {
+        let Some(first) = calls.first() else {
+            return Ok(Vec::new());
+        };
+        if let Some(other) = calls
+            .iter()
+            .find(|c| c.key != first.key || c.class != first.class)
+        {
+            return Err(StoreError::Failed(format!(
+                "reserve_many takes one key and class; got {:?} class {} and {:?} class {}",
+                first.key, first.class, other.key, other.class
+            )));
+        }
+        let settings = &*self.settings;
+        let at = self.reserving(first.key);
+        let (keys, cluster, epoch_key) = (&at.keys, at.cluster, &at.epoch_key);
+        let ctx = at.context();
+        // Too large to ever fit: refused here, not sent.
+        let mut sent = Vec::new();
+        let mut owners = Vec::new();
+        for call in calls {
+            if scripts::too_large_for(call).is_none() {
+                sent.push(scripts::reserve_args(&ctx, call)?);
+                owners.push(Orphan::of(self, call));
+            }
+        }
+        let replies = if sent.is_empty() {
+            Value::Array(Vec::new())
+        } else {
+            let inv = scripts::reserve_invocation(keys, first.class, cluster, &sent);
+            let store = self.clone();
+            // Reservations whose reply comes after the caller stopped waiting
+            // have no owner: they are cancelled then.
+            let count = sent.len();
+            let in_flight = InFlight::new(async move { store.run_unbounded(inv).await }, {
+                move |reply| async move {
+                    if let Ok(v) = reply {
+                        if let Ok(items) = scripts::reserve_replies(&v, count) {
+                            for (owner, item) in owners.into_iter().zip(items) {
+                                owner.cancel(item);
+                            }
+                        }
+                    }
+                }
+            });
+            self.bounded("reserve", in_flight).await?
+        };
+        let mut replies = scripts::reserve_replies(&replies, sent.len())?.iter();
+        calls
+            .iter()
+            .map(|call| match scripts::too_large_for(call) {
+                Some(e) => Ok(Err(e)),
+                None => {
+                    let reply = replies.next().expect("one reply per call sent");
+                    settings.took(reply, call, epoch_key)
+                }
+            })
+            .collect()
+    }
+
     /// [`Backend::settle`] that also tells the store time (seconds) the
     /// settlement was made at: what the refund caps were computed with.
     pub async fn settle_timed(&self, call: &SettleCall<'_>) -> Result<(Settled, f64), StoreError> {
         let keys = Keys::new(&self.settings.prefix, call.key);
-        let mut classes = self.settings.classes_for(call.class);
-        let key = call.key.to_string();
-        let id = call.id;
+        let (key, id) = (call.key.to_string(), call.id);
         let limit = self.settings.timeout;
-        // A class that queued on the key but is unknown here asks for its
-        // index; after two tries every class's is passed.
-        for attempt in 0.. {
-            // No deadline: a settlement is sent once and never again after a
-            // time out (it is still on its way), so it cannot be applied
-            // twice, and when it arrives late it must still be applied.
-            let inv =
-                scripts::settle_invocation(&keys, call, self.settings.idle_ms, None, classes)?;
-            let store = self.clone();
-            let (key, id) = (key.clone(), id);
-            let sent = InFlight::new(
-                async move { store.run_unbounded(inv).await },
-                move |reply| async move {
-                    match reply {
-                        Ok(_) => tracing::info!(
-                            key,
-                            id,
-                            "a settlement that timed out reached Redis when it answered"
-                        ),
-                        Err(e) => {
-                            tracing::warn!(key, id, error = %store_error(e), "a settlement that timed out failed")
-                        }
+        // No deadline: a settlement is sent once and never again after a
+        // time out (it is still on its way), so it cannot be applied twice,
+        // and when it arrives late it must still be applied.
+        let inv = scripts::settle_invocation(&keys, call, self.settings.idle_ms, None)?;
+        let store = self.clone();
+        let sent = InFlight::new(
+            async move { store.run_unbounded(inv).await },
+            move |reply| async move {
+                match reply {
+                    Ok(_) => tracing::info!(
+                        key,
+                        id,
+                        "a settlement that timed out reached Redis when it answered"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(key, id, error = %store_error(e), "a settlement that timed out failed")
                     }
-                },
-            );
-            let reply = match tokio::time::timeout(limit, sent).await {
-                Ok(reply) => reply.map_err(settle_error)?,
-                Err(_) => {
-                    return Err(StoreError::Pending(format!(
-                        "redis did not answer the settlement within {} ms; it stays on its way and is applied once when Redis answers",
-                        limit.as_millis()
-                    )))
                 }
-            };
-            match scripts::settle_reply(&reply, call)? {
-                SettleReply::Done(settled, now) => {
-                    self.settings.saw(now);
-                    return Ok((settled, now));
-                }
-                SettleReply::NeedClasses(bits) => {
-                    self.settings.classes.fetch_or(bits, Ordering::Relaxed);
-                    classes = if attempt < 2 {
-                        self.settings.classes_for(call.class)
-                    } else {
-                        scripts::MAX_CLASSES
-                    };
-                }
+            },
+        );
+        let reply = match tokio::time::timeout(limit, sent).await {
+            Ok(reply) => reply.map_err(settle_error)?,
+            Err(_) => {
+                return Err(StoreError::Pending(format!(
+                    "redis did not answer the settlement within {} ms; it stays on its way and is applied once when Redis answers",
+                    limit.as_millis()
+                )))
             }
-        }
-        unreachable!("the loop returns")
+        };
+        let (settled, now) = scripts::settle_reply(&reply, call)?;
+        self.settings.saw(now);
+        Ok((settled, now))
     }
 
     /// Runs a script by SHA (`EVALSHA`); after `NOSCRIPT` (Redis restarted,
@@ -593,6 +683,47 @@ impl RedisStore {
     }
 }
 
+/// What reservations of one key need from the store's settings.
+struct Reserving<'a> {
+    settings: &'a Settings,
+    keys: Keys<'a>,
+    cluster: bool,
+    epoch_key: String,
+    epoch: String,
+    known: Option<Dims>,
+}
+
+impl Reserving<'_> {
+    fn context(&self) -> ReserveContext<'_> {
+        ReserveContext {
+            idle_ms: self.settings.idle_ms,
+            deadline: self.settings.deadline(),
+            drained: self.settings.after_reset == AfterReset::Drained,
+            epoch: &self.epoch,
+            known: self.known,
+        }
+    }
+}
+
+impl RedisStore {
+    /// The names and what this process knows of `key`, to reserve on it.
+    fn reserving<'a>(&'a self, key: &'a str) -> Reserving<'a> {
+        let settings = &*self.settings;
+        let keys = Keys::new(&settings.prefix, key);
+        let cluster = matches!(self.conn, RedisConnection::Cluster(_));
+        let epoch_key = keys.epoch(cluster);
+        let seen = settings.seen.lock();
+        Reserving {
+            settings,
+            epoch: seen.epochs.get(&epoch_key).cloned().unwrap_or_default(),
+            known: seen.tat.get(key).copied(),
+            keys,
+            cluster,
+            epoch_key,
+        }
+    }
+}
+
 impl Backend for RedisStore {
     async fn reserve(
         &self,
@@ -602,54 +733,68 @@ impl Backend for RedisStore {
             return Ok(Err(e));
         }
         let settings = &*self.settings;
-        let keys = Keys::new(&settings.prefix, call.key);
-        let cluster = matches!(self.conn, RedisConnection::Cluster(_));
-        let epoch_key = keys.epoch(cluster);
-        let (epoch, known) = {
-            let seen = settings.seen.lock();
-            (
-                seen.epochs.get(&epoch_key).cloned().unwrap_or_default(),
-                seen.tat.get(call.key).copied(),
-            )
-        };
-        let ctx = ReserveContext {
-            keys: &keys,
-            cluster,
-            idle_ms: settings.idle_ms,
-            deadline: settings.deadline(),
-            drained: settings.after_reset == AfterReset::Drained,
-            epoch: &epoch,
-            known,
-        };
-        let inv = scripts::reserve_invocation(&ctx, call)?;
+        let at = self.reserving(call.key);
+        let (keys, cluster, epoch_key) = (&at.keys, at.cluster, &at.epoch_key);
+        let args = scripts::reserve_args(&at.context(), call)?;
         // A reservation whose reply nobody waits for any more (the caller's
         // time limit passed or its future was dropped) is cancelled when the
         // reply comes: it has no owner.
-        let owner = Orphan {
-            store: self.clone(),
-            key: call.key.to_string(),
-            policy: call.policy.clone(),
-            class: call.class,
-            cost: call.cost,
-        };
-        let store = self.clone();
-        let sent = InFlight::new(async move { store.run_unbounded(inv).await }, |reply| {
-            owner.cancel(reply)
-        });
-        let reply = self.bounded("reserve", sent).await?;
-        Ok(match scripts::reserve_reply(&reply, call)? {
-            Ok((r, news)) => {
-                settings.saw(r.now);
-                if r.slot > r.now {
-                    settings
-                        .classes
-                        .fetch_or(1 << call.class, Ordering::Relaxed);
+        let owner = Orphan::of(self, call);
+        // Alone on its key and class, a reservation goes at once; while one
+        // is on its way, those that come meanwhile wait for it and then
+        // travel together, each placed in its turn as if it came alone.
+        let lane: Lane = (call.key.into(), call.class);
+        let queued = {
+            let mut lanes = settings.lanes.lock();
+            match lanes.get_mut(&lane) {
+                Some(waiting) => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    waiting.push_back(Waiting {
+                        args,
+                        reply: tx,
+                        owner,
+                    });
+                    Err(rx)
                 }
-                settings.granted(call.key, &epoch_key, &r, &news);
-                Ok(r)
+                None => {
+                    lanes.insert(lane.clone(), VecDeque::new());
+                    Ok((args, owner))
+                }
             }
-            Err(e) => Err(e),
-        })
+        };
+        let reply = match queued {
+            Ok((args, owner)) => {
+                let inv = scripts::reserve_invocation(keys, call.class, cluster, [&args]);
+                let store = self.clone();
+                let release = Release(Some((self.clone(), lane)));
+                let sent = InFlight::new(
+                    async move {
+                        let reply = store.run_unbounded(inv).await;
+                        drop(release);
+                        reply
+                    },
+                    |reply| async move {
+                        if let Ok(v) = reply {
+                            if let Ok([item]) = scripts::reserve_replies(&v, 1) {
+                                owner.cancel(item);
+                            }
+                        }
+                    },
+                );
+                let reply = self.bounded("reserve", sent).await?;
+                scripts::reserve_replies(&reply, 1)?[0].clone()
+            }
+            Err(rx) => match tokio::time::timeout(settings.timeout, rx).await {
+                Ok(Ok(reply)) => reply?,
+                Ok(Err(_)) => {
+                    return Err(StoreError::Unavailable(
+                        "the call carrying the reservation was dropped before it was sent (its runtime shut down); nothing was written".into(),
+                    ))
+                }
+                Err(_) => return Err(timed_out("reserve", settings.timeout)),
+            },
+        };
+        settings.took(&reply, call, epoch_key)
     }
 
     async fn settle(&self, call: &SettleCall<'_>) -> Result<Settled, StoreError> {
@@ -718,8 +863,19 @@ struct Orphan {
 }
 
 impl Orphan {
+    /// The owner-to-be of a reservation `call` asks for.
+    fn of(store: &RedisStore, call: &ReserveCall<'_>) -> Self {
+        Orphan {
+            store: store.clone(),
+            key: call.key.to_string(),
+            policy: call.policy.clone(),
+            class: call.class,
+            cost: call.cost,
+        }
+    }
+
     /// Cancels the reservation a reply reports, if it reports one.
-    async fn cancel(self, reply: redis::RedisResult<Value>) {
+    fn cancel(self, reply: &Value) {
         let call = ReserveCall {
             key: &self.key,
             policy: &self.policy,
@@ -730,8 +886,8 @@ impl Orphan {
             max_queue: None,
             lease: None,
         };
-        let Ok(Ok(Ok((r, _)))) = reply.map(|v| scripts::reserve_reply(&v, &call)) else {
-            return; // nothing was written (refused, too late) or no reply came
+        let Ok(Ok((r, _))) = scripts::reserve_reply(reply, &call) else {
+            return; // nothing was written (refused, too late)
         };
         self.store.cancel_soon(Cancel {
             key: self.key.clone(),
@@ -741,6 +897,111 @@ impl Orphan {
             slot: r.slot,
             mark: r.mark,
         });
+    }
+}
+
+impl RedisStore {
+    /// Sends the reservations waiting on `lane`, at most [`MAX_BATCH`] a
+    /// call, one call at a time, until none are left.
+    async fn send_waiting(self, lane: Lane, place: Place) {
+        // Dropped before it is done (its runtime shut down), it hands the
+        // lane to the library's own runtime.
+        let mut release = Release(Some((self.clone(), lane.clone())));
+        let store = match place {
+            Place::Caller => self.clone(),
+            Place::Own => match self.on_own_connection().await {
+                Ok(own) => own,
+                Err(e) => {
+                    let waiting = self.settings.lanes.lock().remove(&lane);
+                    release.0 = None;
+                    for w in waiting.into_iter().flatten() {
+                        let _ = w.reply.send(Err(e.clone()));
+                    }
+                    return;
+                }
+            },
+        };
+        let cluster = matches!(store.conn, RedisConnection::Cluster(_));
+        loop {
+            let batch: Vec<Waiting> = {
+                let mut lanes = self.settings.lanes.lock();
+                let Some(waiting) = lanes.get_mut(&lane) else {
+                    break;
+                };
+                let mut batch = Vec::with_capacity(waiting.len().min(MAX_BATCH));
+                while batch.len() < MAX_BATCH {
+                    match waiting.pop_front() {
+                        // A caller that stopped waiting is not sent.
+                        Some(w) if w.reply.is_closed() => {}
+                        Some(w) => batch.push(w),
+                        None => break,
+                    }
+                }
+                if batch.is_empty() {
+                    lanes.remove(&lane);
+                    release.0 = None;
+                    return;
+                }
+                batch
+            };
+            let keys = Keys::new(&self.settings.prefix, &lane.0);
+            let inv =
+                scripts::reserve_invocation(&keys, lane.1, cluster, batch.iter().map(|w| &w.args));
+            let sender = store.clone();
+            // Once sent, the batch's replies are handed out even if this task
+            // is dropped meanwhile.
+            InFlight::new(
+                async move { hand_out(sender.run_unbounded(inv).await, batch) },
+                |()| async {},
+            )
+            .await;
+        }
+        release.0 = None;
+    }
+}
+
+/// Gives each waiting reservation its reply; one whose caller stopped
+/// waiting is cancelled.
+fn hand_out(reply: redis::RedisResult<Value>, batch: Vec<Waiting>) {
+    let failed = |e: StoreError, batch: Vec<Waiting>| {
+        for w in batch {
+            let _ = w.reply.send(Err(e.clone()));
+        }
+    };
+    let value = match reply {
+        Ok(value) => value,
+        Err(e) => return failed(store_error(e), batch),
+    };
+    let items = match scripts::reserve_replies(&value, batch.len()) {
+        Ok(items) => items,
+        Err(e) => return failed(e, batch),
+    };
+    for (w, item) in batch.into_iter().zip(items) {
+        if w.reply.send(Ok(item.clone())).is_err() {
+            w.owner.cancel(item);
+        }
+    }
+}
+
+/// Frees a lane when its call has come back: the reservations that came
+/// meanwhile are sent next, else the lane goes.
+struct Release(Option<(RedisStore, Lane)>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let Some((store, lane)) = self.0.take() else {
+            return;
+        };
+        {
+            let mut lanes = store.settings.lanes.lock();
+            if lanes.get(&lane).is_none_or(|w| w.is_empty()) {
+                lanes.remove(&lane);
+                return;
+            }
+        }
+        background::run(Box::new(move |place| {
+            Box::pin(async move { store.send_waiting(lane, place).await })
+        }));
     }
 }
 

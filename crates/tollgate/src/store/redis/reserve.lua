@@ -1,8 +1,11 @@
--- reserve.lua: one GCRA reservation over up to four dimensions, atomically.
--- The same arithmetic, in the same order of operations, as tollgate_core::reserve.
+-- reserve.lua: GCRA reservations over up to four dimensions on one key and
+-- class, atomically: one or more (a batch of calls that came together), each
+-- placed in turn in the order given, exactly as if it had come alone at the
+-- same time. The same arithmetic, in the same order of operations, as
+-- tollgate_core::reserve.
 --
--- KEYS[1]  the key's state hash. Field s: eleven little-endian doubles
---          (struct '<ddddddddddd'): n (last reservation id, 0 for none), x
+-- KEYS[1]  the key's state hash. Field s (its layout below, at `load`):
+--          n (last reservation id, 0 for none), x
 --          (when the keys expire, Unix milliseconds), c (bit set of the
 --          classes that ever queued), t0..t3 (TAT per dimension, seconds),
 --          r0..r3 (refunds so far per dimension, seconds). Fields
@@ -18,6 +21,7 @@
 --          key of an empty store is created; lost_at (seconds) is when the
 --          store was found to have lost its state, 0 for a store that was new.
 --          A store that restarted empty has lost it too.
+-- ARGV     three per reservation; for the first, ARGV[1..3]:
 -- ARGV[1]  the numbers, as little-endian doubles (parsing decimal text was
 --          most of what a call cost): the class's tolerance, tau * headroom
 --          (seconds); the longest acceptable wait in seconds (-1 for none);
@@ -48,7 +52,8 @@
 -- without state starts drained: its TAT is lost_at + tau, or the TAT the
 -- caller was told if that is later (its own reservations still waiting).
 --
--- Reply, computed floats as '%.17g' strings (Redis would truncate Lua numbers to
+-- Reply: one reply per reservation, in order, each:
+-- computed floats as '%.17g' strings (Redis would truncate Lua numbers to
 -- integers):
 --   {1, slot ("" when it is the time of the call), time_sec, time_usec, id, position,
 --    epoch ("" unless read), state (field s before the charge; nil for none)}
@@ -66,191 +71,242 @@
 -- Redis 5 or later: a script that reads TIME may write (effects replication).
 -- A key's numbers live in one field as binary doubles: exact, one read and
 -- one write, no decimal formatting or parsing (which was most of the cost).
-local STATE = '<ddddddddddd'
+-- However many reservations a call places, the field is read once and written
+-- once, the class's queue is looked at once and each key's expiry set once.
+-- `load` and `store` (state.lua, run ahead of this script) read and write it.
 local unpack_d = struct.unpack
 local tonumber, max = tonumber, math.max
 
 local time = redis.call('TIME')
 local sec, usec = tonumber(time[1]), tonumber(time[2])
 local now = sec + usec / 1000000
--- The numbers of ARGV[1]: eight, then three per limited dimension.
-local A = {struct.unpack('<' .. string.rep('d', #ARGV[1] / 8), ARGV[1])}
-if A[6] >= 0 and now > A[6] then return {5} end
-local dims = (#ARGV[1] / 8 - 8) / 3
 local blob = redis.call('HGET', KEYS[1], 's')
-local st
-if blob then st = {unpack_d(STATE, blob)} else st = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} end
-local classes = st[3]
-local class = A[5]
-
--- The queue holds reservations whose slot is still ahead; drop the rest and
--- start no earlier than the last one (FIFO within the class). A class that
--- never queued has nothing to look at.
-local slot = now
-local queued = 0
-local class_bit, class_used = 0, false
-if classes > 0 then
-  class_bit = 2 ^ tonumber(class)
-  class_used = classes % (2 * class_bit) >= class_bit
-end
-if class_used then queued = redis.call('ZCARD', KEYS[2]) end
-if queued > 0 then
-  queued = queued - redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%.17g', now))
-  if queued > 0 then
-    local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-    slot = max(now, tonumber(last[2]))
-  end
-end
-
--- A key without an id sequence: is it new, idle, or lost with the whole store?
-local epoch = ''
-local floor = nil
-if st[1] == 0 then
-  epoch = redis.call('GET', KEYS[4])
-  if not epoch then
-    local lost = '0'
-    if ARGV[2] ~= '' then lost = string.format('%.17g', now) end
-    epoch = string.format('%s%06d %s', time[1], usec, lost)
-    redis.call('SET', KEYS[4], epoch)
-  end
-  local lost = tonumber(string.match(epoch, ' (%S+)$')) or 0
-  local tau = A[7]
-  if lost > 0 and tau > 0 and lost + tau > now then floor = lost + tau end
-end
-
-local tolerance = A[1]
--- Sized for four dimensions up front: growing a table costs more than this.
-local index, tat, charge = {0, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 0, 0}
-local floored = false
-for k = 1, dims do
-  local a = 3 * k + 6
-  local i = A[a]
-  index[k] = i
-  local t = st[4 + i]
-  if floor then
-    -- Drained: as if the last window had been used in full, or as far as
-    -- the caller's own reservations reach.
-    local known = A[a + 2]
-    local drained = floor
-    if known and known > drained then drained = known end
-    if drained > t then
-      t = drained
-      st[4 + i] = t
-      floored = true
-    end
-  end
-  tat[k] = t
-  local c = A[a + 1]
-  charge[k] = c
-  slot = max(slot, t + c - tolerance)
-end
-
-local wait = slot - now
-if wait > 0 then
-  local max_wait = A[2]
-  if max_wait >= 0 and wait > max_wait then
-    return {3, string.format('%.17g', wait)}
-  end
-  local max_queue = A[3]
-  if max_queue >= 0 and queued >= max_queue then
-    return {4, string.format('%.17g', wait), queued}
-  end
-end
-
--- The state before the charge goes back as read (drained, if it was).
-if floored then blob = struct.pack(STATE, unpack(st, 1, 11)) end
-local reply = {1, '', time[1], time[2], 0, queued, epoch, blob or false}
-
--- A new (or expired) key: ids continue from the clock in microseconds, so
--- they never repeat.
-local id = st[1]
-if id == 0 then id = sec * 1000000 + usec end
-id = id + 1
-st[1] = id
-reply[5] = id
-local full = slot
-for k = 1, dims do
-  local next_tat = max(tat[k], slot) + charge[k]
-  st[4 + index[k]] = next_tat
-  if next_tat > full then full = next_tat end
-end
-
-local queue_it = slot > now
-if queue_it and not class_used then
-  if class_bit == 0 then class_bit = 2 ^ tonumber(class) end
-  st[3] = classes + class_bit
-end
--- Keep the keys until the backlog has drained plus the margin; the queues
--- below expire with the hash.
-local margin = A[4]
-local needed = sec * 1000 + math.floor(usec / 1000) + math.ceil((full - now) * 1000) + margin
+local st = load(blob)
+-- `blob`: the stored form of `st` as it stands (nil for no state); `dirty`:
+-- it differs from what Redis holds.
+local dirty = false
+-- The class's queue (reservations whose slot is still ahead): its length and
+-- last slot, read on first need and then kept up to date here.
+local looked, queued, tail = false, 0, nil
 local expire_at = st[2]
-local extend = expire_at == 0 or expire_at < needed
-if extend then
-  expire_at = needed + margin
-  st[2] = expire_at
-end
-redis.call('HSET', KEYS[1], 's', struct.pack(STATE, unpack(st, 1, 11)))
-if extend then redis.call('PEXPIREAT', KEYS[1], expire_at) end
+local extended, any_queued, any_lease = false, false, false
 
-if queue_it then
-  -- Removes entries from one end of a range of a headroom index while `gone`
-  -- says so: two at first (one look and at most one removal in the usual
-  -- case), then sixteen at a time.
-  local function trim(key, cmd, from, to, gone)
-    local n, removed = 2, 0
-    while true do
-      local batch = redis.call(cmd, key, from, to, 'LIMIT', 0, n)
-      local out = {}
-      for _, e in ipairs(batch) do
-        if not gone(e) then break end
-        out[#out + 1] = e
+-- Places one reservation on `st` (see the reply above).
+local function place(A, seen_epoch, costs)
+  if A[6] >= 0 and now > A[6] then return {5} end
+  local dims = (#A - 8) / 3
+  local classes = st[3]
+  local class = A[5]
+
+  -- The queue holds reservations whose slot is still ahead; drop the rest and
+  -- start no earlier than the last one (FIFO within the class). A class that
+  -- never queued has nothing to look at.
+  local slot = now
+  local class_bit, class_used = 0, false
+  if classes > 0 then
+    class_bit = 2 ^ tonumber(class)
+    class_used = classes % (2 * class_bit) >= class_bit
+  end
+  local ahead = 0
+  if class_used then
+    if not looked then
+      looked = true
+      queued = redis.call('ZCARD', KEYS[2])
+      if queued > 0 then
+        queued = queued - redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%.17g', now))
+        if queued > 0 then
+          local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+          tail = tonumber(last[2])
+        end
       end
-      if #out > 0 then
-        redis.call('ZREM', key, unpack(out))
-        removed = removed + #out
+    end
+    ahead = queued
+    if ahead > 0 then slot = max(now, tail) end
+  end
+
+  -- A key without an id sequence: is it new, idle, or lost with the whole store?
+  local epoch = ''
+  local floor = nil
+  if st[1] == 0 then
+    epoch = redis.call('GET', KEYS[4])
+    if not epoch then
+      local lost = '0'
+      if seen_epoch ~= '' then lost = string.format('%.17g', now) end
+      epoch = string.format('%s%06d %s', time[1], usec, lost)
+      redis.call('SET', KEYS[4], epoch)
+    end
+    local lost = tonumber(string.match(epoch, ' (%S+)$')) or 0
+    local tau = A[7]
+    if lost > 0 and tau > 0 and lost + tau > now then floor = lost + tau end
+  end
+
+  local tolerance = A[1]
+  -- Sized for four dimensions up front: growing a table costs more than this.
+  local index, tat, charge = {0, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 0, 0}
+  -- TATs drained here, as they were: a refusal puts them back.
+  local undrained = nil
+  for k = 1, dims do
+    local a = 3 * k + 6
+    local i = A[a]
+    index[k] = i
+    local t = st[4 + i]
+    if floor then
+      -- Drained: as if the last window had been used in full, or as far as
+      -- the caller's own reservations reach.
+      local known = A[a + 2]
+      local drained = floor
+      if known and known > drained then drained = known end
+      if drained > t then
+        undrained = undrained or {}
+        undrained[4 + i] = t
+        t = drained
+        st[4 + i] = t
       end
-      if #out < n then return removed end
-      n = 16
+    end
+    tat[k] = t
+    local c = A[a + 1]
+    charge[k] = c
+    slot = max(slot, t + c - tolerance)
+  end
+
+  local wait = slot - now
+  if wait > 0 then
+    local max_wait = A[2]
+    local refusal = nil
+    if max_wait >= 0 and wait > max_wait then
+      refusal = {3, string.format('%.17g', wait)}
+    else
+      local max_queue = A[3]
+      if max_queue >= 0 and ahead >= max_queue then
+        refusal = {4, string.format('%.17g', wait), ahead}
+      end
+    end
+    if refusal then
+      if undrained then
+        for f, t in pairs(undrained) do st[f] = t end
+      end
+      return refusal
     end
   end
-  local slot_s = string.format('%.17g', slot)
-  reply[2] = slot_s
-  redis.call('ZADD', KEYS[2], slot_s, id)
-  redis.call('PEXPIREAT', KEYS[2], expire_at)
-  local id_w = string.format('%020.0f', id)
-  local a = {KEYS[1]}
+
+  -- The state before the charge goes back as it stands (drained, if it was).
+  local before = blob
+  if undrained then before = store(st) end
+  local reply = {1, '', time[1], time[2], 0, ahead, epoch, before or false}
+
+  -- A new (or expired) key: ids continue from the clock in microseconds, so
+  -- they never repeat.
+  local id = st[1]
+  if id == 0 then id = sec * 1000000 + usec end
+  id = id + 1
+  st[1] = id
+  reply[5] = id
+  local full = slot
   for k = 1, dims do
-    local i = A[3 * k + 6]
-    local lo, hi = '[' .. i .. ':', '[' .. i .. ';'
-    -- Entries whose slot has passed leave from the front...
-    trim(KEYS[3], 'ZRANGEBYLEX', lo, hi, function(e)
-      return tonumber(string.match(e, '^%d+:%d+:([^:]+):')) <= now
-    end)
-    -- ...and entries with more headroom from the back. An entry that
-    -- removed others stands for them too: it says so (":p"), and stays even
-    -- when its reservation is cancelled (see settle.lua).
-    local value = tat[k] - slot + st[8 + index[k]]
-    local popped = trim(KEYS[3], 'ZREVRANGEBYLEX', hi, lo, function(e)
-      return tonumber(string.match(e, '^%d+:%d+:[^:]+:([^:]+)')) > value
-    end)
-    local member = i .. ':' .. id_w .. ':' .. slot_s .. ':' .. string.format('%.17g', value)
-    if popped > 0 then member = member .. ':p' end
-    redis.call('ZADD', KEYS[3], 0, member)
-    a[k + 1] = 'a' .. class .. ':' .. i
+    local next_tat = max(tat[k], slot) + charge[k]
+    st[4 + index[k]] = next_tat
+    if next_tat > full then full = next_tat end
   end
-  redis.call('PEXPIREAT', KEYS[3], expire_at)
-  local lease = A[8]
-  if lease >= 0 and slot - now > lease then
-    local base = string.sub(KEYS[1], 1, -2)
-    redis.call('ZADD', base .. 'l', now + lease, id)
-    redis.call('HSET', base .. 'm', id, class .. ' ' .. slot_s .. ' ' .. ARGV[3] .. '\n' .. (blob or ''))
-    redis.call('PEXPIREAT', base .. 'l', expire_at)
-    redis.call('PEXPIREAT', base .. 'm', expire_at)
+
+  local queue_it = slot > now
+  if queue_it and not class_used then
+    if class_bit == 0 then class_bit = 2 ^ tonumber(class) end
+    st[3] = classes + class_bit
   end
-  -- A queued reservation remembers its class's refunds by started
-  -- reservations (see advance.lua).
-  a = redis.call('HMGET', unpack(a))
-  for k = 1, dims do reply[8 + k] = a[k] or false end
+  -- Keep the keys until the backlog has drained plus the margin; the queues
+  -- below expire with the hash.
+  local margin = A[4]
+  local needed = sec * 1000 + math.floor(usec / 1000) + math.ceil((full - now) * 1000) + margin
+  if expire_at == 0 or expire_at < needed then
+    expire_at = needed + margin
+    st[2] = expire_at
+    extended = true
+  end
+  blob = store(st)
+  dirty = true
+
+  if queue_it then
+    -- Removes entries from one end of a range of a headroom index while `gone`
+    -- says so: two at first (one look and at most one removal in the usual
+    -- case), then sixteen at a time.
+    local function trim(key, cmd, from, to, gone)
+      local n, removed = 2, 0
+      while true do
+        local batch = redis.call(cmd, key, from, to, 'LIMIT', 0, n)
+        local out = {}
+        for _, e in ipairs(batch) do
+          if not gone(e) then break end
+          out[#out + 1] = e
+        end
+        if #out > 0 then
+          redis.call('ZREM', key, unpack(out))
+          removed = removed + #out
+        end
+        if #out < n then return removed end
+        n = 16
+      end
+    end
+    local slot_s = string.format('%.17g', slot)
+    reply[2] = slot_s
+    redis.call('ZADD', KEYS[2], slot_s, id)
+    any_queued = true
+    if looked then
+      queued = queued + 1
+      tail = slot
+    end
+    local id_w = string.format('%020.0f', id)
+    for k = 1, dims do
+      local i = A[3 * k + 6]
+      local lo, hi = '[' .. i .. ':', '[' .. i .. ';'
+      -- Entries whose slot has passed leave from the front...
+      trim(KEYS[3], 'ZRANGEBYLEX', lo, hi, function(e)
+        return tonumber(string.match(e, '^%d+:%d+:([^:]+):')) <= now
+      end)
+      -- ...and entries with more headroom from the back. An entry that
+      -- removed others stands for them too: it says so (":p"), and stays even
+      -- when its reservation is cancelled (see settle.lua).
+      local value = tat[k] - slot + st[8 + index[k]]
+      local popped = trim(KEYS[3], 'ZREVRANGEBYLEX', hi, lo, function(e)
+        return tonumber(string.match(e, '^%d+:%d+:[^:]+:([^:]+)')) > value
+      end)
+      local member = i .. ':' .. id_w .. ':' .. slot_s .. ':' .. string.format('%.17g', value)
+      if popped > 0 then member = member .. ':p' end
+      redis.call('ZADD', KEYS[3], 0, member)
+    end
+    local lease = A[8]
+    if lease >= 0 and slot - now > lease then
+      local base = string.sub(KEYS[1], 1, -2)
+      redis.call('ZADD', base .. 'l', now + lease, id)
+      redis.call('HSET', base .. 'm', id, class .. ' ' .. slot_s .. ' ' .. costs .. '\n' .. (before or ''))
+      any_lease = true
+    end
+    -- A queued reservation remembers its class's refunds by started
+    -- reservations (see advance.lua).
+    local a = {KEYS[1]}
+    for k = 1, dims do a[k + 1] = 'a' .. class .. ':' .. A[3 * k + 6] end
+    a = redis.call('HMGET', unpack(a))
+    for k = 1, dims do reply[8 + k] = a[k] or false end
+  end
+  return reply
 end
-return reply
+
+-- The numbers of each reservation: eight, then three per limited dimension.
+local replies = {}
+for j = 1, #ARGV / 3 do
+  local nums = ARGV[3 * j - 2]
+  local A = {unpack_d('<' .. string.rep('d', #nums / 8), nums)}
+  replies[j] = place(A, ARGV[3 * j - 1], ARGV[3 * j])
+end
+
+if dirty then redis.call('HSET', KEYS[1], 's', blob) end
+if extended then redis.call('PEXPIREAT', KEYS[1], expire_at) end
+if any_queued then
+  redis.call('PEXPIREAT', KEYS[2], expire_at)
+  redis.call('PEXPIREAT', KEYS[3], expire_at)
+end
+if any_lease then
+  local base = string.sub(KEYS[1], 1, -2)
+  redis.call('PEXPIREAT', base .. 'l', expire_at)
+  redis.call('PEXPIREAT', base .. 'm', expire_at)
+end
+return replies

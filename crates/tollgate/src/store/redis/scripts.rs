@@ -14,10 +14,17 @@ use tollgate_core::{
 
 use crate::store::{Advance, AdvanceCall, Advanced, ReserveCall, Reserved, SettleCall, StoreError};
 
-pub(crate) static RESERVE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("reserve.lua")));
-pub(crate) static SETTLE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("settle.lua")));
+/// `reserve.lua` with the reading and writing of a key's state ahead of it.
+pub(crate) const RESERVE_LUA: &str =
+    concat!(include_str!("state.lua"), include_str!("reserve.lua"));
+
+pub(crate) static RESERVE: LazyLock<Script> = LazyLock::new(|| Script::new(RESERVE_LUA));
+pub(crate) static SETTLE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("state.lua"),
+        include_str!("settle.lua")
+    ))
+});
 pub(crate) static SNAPSHOT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("snapshot.lua")));
 pub(crate) static ADVANCE: LazyLock<Script> =
@@ -100,10 +107,6 @@ fn check_class(class: u8) -> Result<(), StoreError> {
 
 /// What a reservation's invocation needs besides the call.
 pub(crate) struct ReserveContext<'a> {
-    /// The key's names.
-    pub(crate) keys: &'a Keys<'a>,
-    /// Whether the store is a Cluster (where the epoch key is).
-    pub(crate) cluster: bool,
     /// Idle margin, ms.
     pub(crate) idle_ms: u64,
     /// The caller's deadline on the server's clock.
@@ -126,19 +129,20 @@ pub(crate) fn too_large_for(call: &ReserveCall<'_>) -> Option<ReserveError> {
         .map(|d| too_large(policy, d, call.cost[d.index()]))
 }
 
-/// The invocation of `reserve.lua` for a call.
-pub(crate) fn reserve_invocation(
+/// The three arguments of one reservation in a call of `reserve.lua`.
+pub(crate) struct ReserveArgs {
+    nums: Vec<u8>,
+    epoch: String,
+    costs: String,
+}
+
+/// The arguments of `reserve.lua` for a call.
+pub(crate) fn reserve_args(
     ctx: &ReserveContext<'_>,
     call: &ReserveCall<'_>,
-) -> Result<Invocation, StoreError> {
+) -> Result<ReserveArgs, StoreError> {
     check_class(call.class)?;
     let policy = call.policy;
-    let keys = ctx.keys;
-    let mut inv = Invocation::new(&RESERVE, 4);
-    inv.arg(keys.state())
-        .arg(keys.queue(call.class))
-        .arg(keys.headroom(call.class))
-        .arg(keys.epoch(ctx.cluster));
     let mut nums = Doubles::default();
     nums.push(policy.tau * call.headroom)
         .push(call.max_wait.unwrap_or(-1.0))
@@ -156,16 +160,48 @@ pub(crate) fn reserve_invocation(
                 .push(ctx.known.map_or(-1.0, |k| k[i]));
         }
     }
-    inv.arg(nums.0)
-        .arg(ctx.epoch)
-        .arg(call.lease.map_or(String::new(), |_| {
-            let costs: Vec<String> = (0..DIMENSIONS)
-                .filter(|&i| policy.increment[i] > 0.0)
-                .map(|i| call.cost[i].to_string())
-                .collect();
-            costs.join(" ")
-        }));
-    Ok(inv)
+    let costs = call.lease.map_or(String::new(), |_| {
+        let costs: Vec<String> = (0..DIMENSIONS)
+            .filter(|&i| policy.increment[i] > 0.0)
+            .map(|i| call.cost[i].to_string())
+            .collect();
+        costs.join(" ")
+    });
+    Ok(ReserveArgs {
+        nums: nums.0,
+        epoch: ctx.epoch.to_string(),
+        costs,
+    })
+}
+
+/// The invocation of `reserve.lua` placing reservations of one class of one
+/// key, in the order given (one reply each, see [`reserve_replies`]).
+pub(crate) fn reserve_invocation<'a>(
+    keys: &Keys<'_>,
+    class: u8,
+    cluster: bool,
+    items: impl IntoIterator<Item = &'a ReserveArgs>,
+) -> Invocation {
+    let mut inv = Invocation::new(&RESERVE, 4);
+    inv.arg(keys.state())
+        .arg(keys.queue(class))
+        .arg(keys.headroom(class))
+        .arg(keys.epoch(cluster));
+    for item in items {
+        inv.arg(&item.nums[..]).arg(&item.epoch).arg(&item.costs);
+    }
+    inv
+}
+
+/// The replies of a call of `reserve.lua` that placed `count` reservations:
+/// one per reservation, in order, each read by [`reserve_reply`].
+pub(crate) fn reserve_replies(value: &Value, count: usize) -> Result<&[Value], StoreError> {
+    match value {
+        Value::Array(items) if items.len() == count => Ok(items),
+        other => Err(StoreError::Failed(format!(
+            "reserve.lua answered {other:?} instead of {count} replies; is another program (or another version of tollgate) using the key prefix?"
+        ))),
+    }
 }
 
 /// Numbers for a script, as little-endian doubles in one argument: exact,
@@ -180,23 +216,17 @@ impl Doubles {
     }
 }
 
-/// The invocation of `settle.lua` for a call, with the headroom indexes of
-/// classes `0..classes`.
+/// The invocation of `settle.lua` for a call.
 pub(crate) fn settle_invocation(
     keys: &Keys<'_>,
     call: &SettleCall<'_>,
     idle_ms: u64,
     deadline: Option<f64>,
-    classes: u8,
 ) -> Result<Invocation, StoreError> {
     check_class(call.class)?;
     let policy = call.policy;
-    let classes = classes.clamp(1, MAX_CLASSES);
-    let mut inv = Invocation::new(&SETTLE, 2 + classes as usize);
+    let mut inv = Invocation::new(&SETTLE, 2);
     inv.arg(keys.state()).arg(keys.queue(call.class));
-    for class in 0..classes {
-        inv.arg(keys.headroom(class));
-    }
     let cancelled = call.actual.iter().all(|&a| a == 0.0);
     inv.arg(call.id);
     let mut nums = Doubles::default();
@@ -327,8 +357,7 @@ fn lapsed(r: &Reply<'_>, at: usize, policy: &Policy) -> Result<Lapsed, StoreErro
         items: &items,
         script: "advance",
     }
-    .state(0)?
-    .state;
+    .state(0)?;
     // The mark follows from the slot it was given; it is cancelled at the
     // slot it has now (it may have moved earlier).
     Ok(Lapsed {
@@ -376,12 +405,6 @@ pub(crate) fn snapshot_invocation(keys: &Keys<'_>) -> Invocation {
         inv.arg(keys.queue(class));
     }
     inv
-}
-
-/// A key's state as stored, with the bit set of its classes that queued.
-struct Stored {
-    classes: u32,
-    state: KeyState,
 }
 
 /// A script reply, read field by field.
@@ -455,37 +478,38 @@ impl<'v> Reply<'v> {
         }
     }
 
-    /// A key's state as the scripts store it (field `s`, see `reserve.lua`):
+    /// A key's state as the scripts store it (field `s`, see `state.lua`):
     /// id sequence, expiry, classes, TATs and refunds; all zeros for nil.
-    fn state(&self, at: usize) -> Result<Stored, StoreError> {
-        let mut n = [0.0; 11];
+    fn state(&self, at: usize) -> Result<KeyState, StoreError> {
         match self.items.get(at) {
-            Some(Value::Nil) => {}
-            Some(Value::BulkString(b)) if b.len() == 88 => {
-                for (v, chunk) in n.iter_mut().zip(b.chunks_exact(8)) {
-                    let mut bytes = [0u8; 8];
-                    bytes.copy_from_slice(chunk);
-                    *v = f64::from_le_bytes(bytes);
-                }
-            }
-            _ => return Err(self.bad(at)),
+            Some(Value::Nil) => Ok(KeyState::default()),
+            Some(Value::BulkString(b)) => decode_state(b).ok_or_else(|| self.bad(at)),
+            _ => Err(self.bad(at)),
         }
-        let mut tat = [0.0; DIMENSIONS];
-        let mut refunded = [0.0; DIMENSIONS];
-        tat.copy_from_slice(&n[3..7]);
-        refunded.copy_from_slice(&n[7..11]);
-        Ok(Stored {
-            classes: n[2] as u32,
-            state: KeyState { tat, refunded },
-        })
     }
+}
+
+/// Reads field `s` as `state.lua` writes it: seven bytes of id sequence,
+/// six of expiry, two of classes (little-endian integers), a byte of the
+/// dimensions that follow, then TAT and refunds (doubles) of each.
+fn decode_state(b: &[u8]) -> Option<KeyState> {
+    let (head, mut rest) = (b.get(..16)?, b.get(16..)?);
+    let dims = head[15];
+    let mut state = KeyState::default();
+    for i in 0..DIMENSIONS {
+        if dims & (1 << i) != 0 {
+            let (pair, more) = (rest.get(..16)?, rest.get(16..)?);
+            state.tat[i] = f64::from_le_bytes(pair[..8].try_into().ok()?);
+            state.refunded[i] = f64::from_le_bytes(pair[8..].try_into().ok()?);
+            rest = more;
+        }
+    }
+    (rest.is_empty() && dims < 1 << DIMENSIONS).then_some(state)
 }
 
 /// What a granted reservation's reply tells besides the reservation.
 #[derive(Debug, Default)]
 pub(crate) struct ReserveNews {
-    /// The bit set of the key's classes that ever queued.
-    pub(crate) classes: u32,
     /// The store's epoch, when the script read it (a key without state).
     pub(crate) epoch: Option<String>,
 }
@@ -518,9 +542,8 @@ pub(crate) fn reserve_reply(
                 }
             }
             // The mark follows from them exactly as in `tollgate_core::reserve`.
-            let mark = mark_of(policy, &call.cost, slot, &stored.state, class_refunds_at);
+            let mark = mark_of(policy, &call.cost, slot, &stored, class_refunds_at);
             let news = ReserveNews {
-                classes: stored.classes,
                 epoch: r.text(6).filter(|e| !e.is_empty()).map(str::to_string),
             };
             let reserved = Reserved {
@@ -564,39 +587,26 @@ fn too_large(policy: &Policy, dimension: Dimension, needed: f64) -> ReserveError
     }
 }
 
-/// What `settle.lua` answers.
-pub(crate) enum SettleReply {
-    /// Settled at this store time.
-    Done(Settled, f64),
-    /// A class in this bit set queued on the key but its headroom index was
-    /// not passed: call again with more.
-    NeedClasses(u32),
-}
-
 /// Reads the reply of `settle.lua`: the key's state before and the headroom
 /// the reservations queued behind need, from which `tollgate_core::settle`
 /// gives the outcome the script wrote.
 pub(crate) fn settle_reply(
     value: &Value,
     call: &SettleCall<'_>,
-) -> Result<SettleReply, StoreError> {
+) -> Result<(Settled, f64), StoreError> {
     let r = Reply::new(value, "settle")?;
     if r.items.len() == 3 && r.u64(0)? == 7 {
         // Cancelled already: nothing was written.
-        return Ok(SettleReply::Done(
-            Settled::unchanged(KeyState::default()),
-            r.time(1)?,
-        ));
+        return Ok((Settled::unchanged(KeyState::default()), r.time(1)?));
     }
     if r.items.len() <= 2 {
         return match r.u64(0)? {
             5 => Err(late()),
-            6 => Ok(SettleReply::NeedClasses(r.u64(1)? as u32)),
             _ => Err(r.bad(0)),
         };
     }
     let now = r.time(0)?;
-    let state = r.state(2)?.state;
+    let state = r.state(2)?;
     // Per dimension the headroom of those queued behind.
     let mut later = [f64::INFINITY; DIMENSIONS];
     for (i, l) in later.iter_mut().enumerate() {
@@ -633,13 +643,13 @@ pub(crate) fn settle_reply(
         &later,
         &vacated,
     );
-    Ok(SettleReply::Done(settled, now))
+    Ok((settled, now))
 }
 
 /// Reads the reply of `snapshot.lua`: store time, state, queue depth.
 pub(crate) fn snapshot_reply(value: &Value) -> Result<(f64, KeyState, u64), StoreError> {
     let r = Reply::new(value, "snapshot")?;
-    Ok((r.time(0)?, r.state(2)?.state, r.u64(3)?))
+    Ok((r.time(0)?, r.state(2)?, r.u64(3)?))
 }
 
 #[cfg(test)]
@@ -658,12 +668,12 @@ mod tests {
         let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
         // The state: id 5, expiry, no classes; tokens: tat 1700000001.1,
         // refunded 0.1; the rest 0.
-        let mut state = [0.0_f64; 11];
-        state[0] = 5.0;
-        state[1] = 1_700_000_060_000.0;
-        state[4] = 1_700_000_001.1;
-        state[8] = 0.1;
-        let blob: Vec<u8> = state.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut blob = Vec::new();
+        blob.extend_from_slice(&5u64.to_le_bytes()[..7]);
+        blob.extend_from_slice(&1_700_000_060_000u64.to_le_bytes()[..6]);
+        blob.extend_from_slice(&[0, 0, 0b10]);
+        blob.extend_from_slice(&1_700_000_001.1f64.to_le_bytes());
+        blob.extend_from_slice(&0.1f64.to_le_bytes());
         let items = vec![
             Value::Int(1),
             bulk(""),
@@ -690,7 +700,6 @@ mod tests {
             lease: None,
         };
         let (r, news) = reserve_reply(&Value::Array(items), &call).unwrap().unwrap();
-        assert_eq!(news.classes, 0);
         assert_eq!(
             news.epoch, None,
             "an empty epoch: the script did not read it"

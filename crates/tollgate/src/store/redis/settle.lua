@@ -2,10 +2,10 @@
 -- The same arithmetic, in the same order of operations, as tollgate_core::settle.
 --
 -- KEYS[1]  the key's state hash (see reserve.lua)
--- KEYS[2]  the reservation's class queue; the reservation leaves it
--- KEYS[3..] the headroom indexes of classes 0, 1, ... (see reserve.lua): at
---          least those of the classes that ever queued on the key, or the
---          reply asks for more
+-- KEYS[2]  the reservation's class queue; the reservation leaves it. The
+--          other classes' queues and the headroom indexes (<prefix>:{K}:h<class>,
+--          see reserve.lua) of the classes that queued on the key (the bit set
+--          c of its state) are named from these: they share the key's hash tag.
 -- ARGV[1]  the reservation's id
 -- ARGV[2]  the numbers, as little-endian doubles: the idle margin in
 --          milliseconds (see reserve.lua); the reservation's class; its slot
@@ -39,14 +39,12 @@
 -- this one ("" when none, or when it could not matter), 1 when it was queued
 -- (else 0), and the vacated seconds it took (four doubles; nil for none): the caller
 -- computes the outcome from these with tollgate_core::settle_vacated, as this script
--- does. {5} when past the caller's deadline; {6, classes} when a class that
--- queued on the key has no headroom index in KEYS (nothing written: call
--- again with more keys); {7, time_sec, time_usec} when the reservation was
--- cancelled already (nothing written).
+-- does. {5} when past the caller's deadline; {7, time_sec, time_usec} when
+-- the reservation was cancelled already (nothing written).
 
 -- Redis 5 or later: a script that reads TIME may write (effects replication).
 -- A key's numbers live in one field as binary doubles (see reserve.lua).
-local STATE = '<ddddddddddd'
+-- `load` and `store` (state.lua, run ahead of this script) read and write it.
 local unpack_d, pack = struct.unpack, struct.pack
 local tonumber, min = tonumber, math.min
 
@@ -80,13 +78,10 @@ end
 local h
 if #fields == 2 then h = {redis.call('HGET', KEYS[1], 's')} else h = redis.call('HMGET', unpack(fields)) end
 local blob = h[1]
-local st
-if blob then st = {unpack_d(STATE, blob)} else st = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} end
+local st = load(blob)
 local classes = st[3]
--- Reservations charged after this one exist only when it is not the last;
--- their classes' indexes must all be here before anything is written.
+-- Reservations charged after this one exist only when it is not the last.
 local later_ones = classes > 0 and id < st[1]
-if later_ones and classes >= 2 ^ (#KEYS - 2) then return {6, classes} end
 -- Only a class that ever queued has a queue to leave. A reservation whose
 -- slot is still ahead was queued: it leaves its queue now, or had left it
 -- when its lease ran out (advance.lua marked it in <prefix>:{K}:r); if
@@ -106,13 +101,11 @@ local ahead = nil
 local id_w = nil
 if queued then
   id_w = string.format('%020.0f', id)
-  local own = KEYS[3 + tonumber(class)]
-  if own then
-    for k = 1, n do
-      local i = A[7 * k - 1]
-      local e = redis.call('ZRANGEBYLEX', own, '[' .. i .. ':' .. id_w .. ':', '[' .. i .. ':' .. id_w .. ';', 'LIMIT', 0, 1)[1]
-      if e and string.sub(e, -2) ~= ':p' then redis.call('ZREM', own, e) end
-    end
+  local own = base .. 'h' .. class
+  for k = 1, n do
+    local i = A[7 * k - 1]
+    local e = redis.call('ZRANGEBYLEX', own, '[' .. i .. ':' .. id_w .. ':', '[' .. i .. ':' .. id_w .. ';', 'LIMIT', 0, 1)[1]
+    if e and string.sub(e, -2) ~= ':p' then redis.call('ZREM', own, e) end
   end
   local got = redis.call('HGET', base .. 'v', 'k' .. ARGV[1])
   if got then
@@ -157,10 +150,8 @@ if later_ones then
   end
 
   -- The least headroom, in dimension i, of the reservations still queued (in any
-  -- class) that were charged after this one, as its string; nil when none;
-  -- false when a class that queued has no index among KEYS.
+  -- class) that were charged after this one, as its string; nil when none.
   later_headroom = function(i)
-    if classes >= 2 ^ (#KEYS - 2) then return false end
     local least, least_s = math.huge, nil
     local lo, hi = '[' .. i .. ':', '[' .. i .. ';'
     id_w = id_w or string.format('%020.0f', id)
@@ -169,7 +160,7 @@ if later_ones then
     local c = 0
     while classes >= 2 ^ c do
       if classes % (2 ^ (c + 1)) >= 2 ^ c and queues_after(c) then
-        local key = KEYS[3 + c]
+        local key = base .. 'h' .. c
         local next_one = redis.call('ZRANGEBYLEX', key, from, hi, 'LIMIT', 0, 1)[1]
         -- An entry whose slot has passed may sit in the expired front of the
         -- index (which leaves first, as in reserve.lua): then look again.
@@ -229,7 +220,6 @@ for k = 1, n do
     -- The reservations behind can only lower a refund there is.
     if later_ones and min(wanted, undrained) > 0 then
       local later_s = later_headroom(i)
-      if later_s == false then return {6, classes} end
       if later_s then
         out[4 + i] = later_s
         undrained = min(undrained, tonumber(later_s) - refunded)
@@ -299,7 +289,7 @@ if charged then
   end
 end
 if changed then
-  set[3] = pack(STATE, unpack(st, 1, 11))
+  set[3] = store(st)
   redis.call('HSET', unpack(set))
   if expire_at then redis.call('PEXPIREAT', KEYS[1], expire_at) end
 end

@@ -1,0 +1,315 @@
+//! Coalesced calls: reservations of one key and class that travel together in
+//! one store call get exactly what each would have got alone at that time —
+//! the same slot, queue position, mark and refusal, to the bit — on the memory
+//! store and on Redis (whose batch runs in one call of `reserve.lua`), and
+//! concurrent acquires on Redis do travel together.
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+
+use proptest::prelude::*;
+use tollgate::store::{Backend, ManualClock, MemoryStore, RedisOptions, RedisStore, ReserveCall};
+use tollgate::{Cost, Limits, Policy};
+use tollgate_core::ReserveError;
+
+use support::RedisServer;
+
+/// Headroom of each priority class.
+const HEADROOMS: [f64; 3] = [1.0, 0.6, 0.3];
+
+/// One reservation asked for: input and output tokens, longest wait, queue cap.
+#[derive(Debug, Clone)]
+struct Ask {
+    input: u64,
+    output: u64,
+    max_wait: Option<f64>,
+    max_queue: Option<u64>,
+}
+
+fn ask() -> impl Strategy<Value = Ask> {
+    (
+        1u64..400,
+        0u64..200,
+        prop_oneof![3 => Just(None), 1 => (0.0..3.0f64).prop_map(Some)],
+        prop_oneof![3 => Just(None), 1 => (0u64..6).prop_map(Some)],
+    )
+        .prop_map(|(input, output, max_wait, max_queue)| Ask {
+            input,
+            output,
+            max_wait,
+            max_queue,
+        })
+}
+
+/// Small limits, so that a batch fills the bucket and queues.
+fn limits() -> impl Strategy<Value = Limits> {
+    (
+        prop_oneof![Just(None), (2u64..12).prop_map(Some)],
+        prop_oneof![Just(None), (600u64..2500).prop_map(Some)],
+        prop_oneof![Just(None), (300u64..1500).prop_map(Some)],
+        prop_oneof![Just(1.0), 0.5..2.0f64],
+        prop_oneof![Just(1.0), 0.5..3.0f64],
+    )
+        .prop_filter("at least one limit", |(r, t, i, _, _)| {
+            r.is_some() || t.is_some() || i.is_some()
+        })
+        .prop_map(|(r, t, i, burst, window)| Limits {
+            requests: r,
+            tokens: t,
+            input_tokens: i,
+            output_tokens: None,
+            window_secs: window,
+            burst,
+            burndown: 1.0,
+        })
+}
+
+fn call<'a>(key: &'a str, policy: &'a Policy, class: u8, a: &Ask) -> ReserveCall<'a> {
+    ReserveCall {
+        key,
+        policy,
+        class,
+        headroom: HEADROOMS[class as usize],
+        cost: policy.units(Cost::split(a.input, a.output)),
+        max_wait: a.max_wait,
+        max_queue: a.max_queue,
+        lease: None,
+    }
+}
+
+/// Two outcomes of one reservation agree: slot, position and mark to the bit
+/// (ids are per store), or the same refusal.
+fn same(
+    got: &Result<tollgate::store::Reserved, ReserveError>,
+    want: &Result<tollgate::store::Reserved, ReserveError>,
+    what: &str,
+) -> Result<(), TestCaseError> {
+    match (got, want) {
+        (Ok(g), Ok(w)) => {
+            prop_assert_eq!(g.slot.to_bits(), w.slot.to_bits(), "{}: slot", what);
+            prop_assert_eq!(g.position, w.position, "{}: position", what);
+            prop_assert_eq!(g.mark, w.mark, "{}: mark", what);
+            prop_assert_eq!(g.now.to_bits(), w.now.to_bits(), "{}: time", what);
+        }
+        (Err(g), Err(w)) => prop_assert_eq!(g, w, "{}: refusal", what),
+        _ => prop_assert!(false, "{}: {:?} against {:?}", what, got, want),
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// On the memory store: a batch after some history gives each
+    /// reservation what it gets one by one at the same time, and leaves the
+    /// same state.
+    #[test]
+    fn a_memory_batch_gives_the_same_slots_as_one_by_one(
+        limits in limits(),
+        history in prop::collection::vec((ask(), 0u8..3, prop_oneof![Just(0.0), 0.0..0.7f64]), 0..12),
+        batch in prop::collection::vec(ask(), 1..24),
+        class in 0u8..3,
+    ) {
+        let policy = limits.validate().unwrap();
+        let clock = ManualClock::new(1_000.0);
+        let alone = MemoryStore::with_clock(Arc::new(clock.clone()));
+        let together = MemoryStore::with_clock(Arc::new(clock.clone()));
+        for (a, c, pause) in &history {
+            clock.advance(*pause);
+            let one = call("k", &policy, *c, a);
+            same(&together.reserve_now(&one), &alone.reserve_now(&one), "history")?;
+        }
+        let calls: Vec<ReserveCall> = batch.iter().map(|a| call("k", &policy, class, a)).collect();
+        let got = together.reserve_many_now(&calls);
+        prop_assert_eq!(got.len(), calls.len());
+        for (i, (g, c)) in got.iter().zip(&calls).enumerate() {
+            let want = alone.reserve_now(c);
+            same(g, &want, &format!("batch item {i}"))?;
+            if let (Ok(g), Ok(w)) = (g, &want) {
+                prop_assert_eq!(g.id, w.id, "batch item {}: id", i);
+            }
+        }
+        prop_assert_eq!(together.snapshot_now("k"), alone.snapshot_now("k"));
+    }
+}
+
+/// One Redis server and runtime for all cases of the Redis property test.
+struct Shared {
+    runtime: tokio::runtime::Runtime,
+    store: RedisStore,
+    _server: RedisServer,
+}
+
+static SHARED: LazyLock<Shared> = LazyLock::new(|| {
+    let server = RedisServer::start();
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let store = runtime
+        .block_on(RedisStore::connect(&server.url(), RedisOptions::default()))
+        .expect("connect to the test redis-server");
+    Shared {
+        runtime,
+        store,
+        _server: server,
+    }
+});
+
+static CASE: AtomicU64 = AtomicU64::new(0);
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// On Redis: one call of `reserve.lua` with a batch of reservations (after
+    /// some history, mirrored on a memory store set to each script's clock)
+    /// gives each what the memory store gives it one by one at the batch's
+    /// time, to the bit, and leaves the same state.
+    #[test]
+    fn a_redis_batch_gives_the_same_slots_as_one_by_one(
+        limits in limits(),
+        history in prop::collection::vec((ask(), 0u8..3), 0..10),
+        batch in prop::collection::vec(ask(), 1..24),
+        class in 0u8..3,
+    ) {
+        let shared = &*SHARED;
+        let key = format!("batch-{}", CASE.fetch_add(1, Ordering::Relaxed));
+        let policy = limits.validate().unwrap();
+        let clock = ManualClock::new(0.0);
+        let memory = MemoryStore::with_clock(Arc::new(clock.clone()));
+        shared.runtime.block_on(async {
+            let redis = &shared.store;
+            for (a, c) in &history {
+                let one = call(&key, &policy, *c, a);
+                // A refusal writes nothing, and its time is unknown: only
+                // grants are mirrored.
+                if let Ok(r) = redis.reserve(&one).await.unwrap() {
+                    clock.set(r.now);
+                    same(&Ok(r), &memory.reserve_now(&one), "history")?;
+                }
+            }
+            let calls: Vec<ReserveCall> =
+                batch.iter().map(|a| call(&key, &policy, class, a)).collect();
+            let got = redis.reserve_many(&calls).await.unwrap();
+            prop_assert_eq!(got.len(), calls.len());
+            let grants: Vec<_> = got.iter().filter_map(|g| g.as_ref().ok()).collect();
+            // One script call: one clock, ids in order.
+            prop_assert!(grants.windows(2).all(|w| w[0].now == w[1].now && w[1].id == w[0].id + 1));
+            let now = match grants.first() {
+                Some(r) => r.now,
+                // Nothing granted: the refusals' waits depend on the time.
+                None => {
+                    for g in &got {
+                        prop_assert!(g.is_err());
+                    }
+                    return Ok(());
+                }
+            };
+            clock.set(now);
+            for (i, (g, c)) in got.iter().zip(&calls).enumerate() {
+                same(g, &memory.reserve_now(c), &format!("batch item {i}"))?;
+            }
+            let after = redis.snapshot(&key, &policy).await.unwrap();
+            prop_assert_eq!(after.state, memory.snapshot_now(&key).state);
+            Ok(())
+        })?;
+    }
+}
+
+/// Calls of `reserve.lua` Redis has run so far.
+fn reserve_calls(server: &RedisServer) -> u64 {
+    let stats = server.cli(&["INFO", "commandstats"]);
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// 200 concurrent reservations on one key through [`Backend::reserve`]
+/// travel in far fewer script calls than reservations, and each gets what
+/// the memory store gives it one by one at the time of its call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reservations_travel_together_and_get_what_they_would_alone() {
+    let server = RedisServer::start();
+    let redis = RedisStore::connect(&server.url(), RedisOptions::default())
+        .await
+        .unwrap();
+    let policy = Limits::new()
+        .requests(20)
+        .tokens(3_000)
+        .window_secs(2.0)
+        .validate()
+        .unwrap();
+    let before = reserve_calls(&server);
+    let n = 200;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (redis, policy) = (redis.clone(), policy.clone());
+        tasks.spawn(async move {
+            let ask = Ask {
+                input: 1 + i * 7 % 90,
+                output: i * 3 % 40,
+                max_wait: (i % 11 == 0).then_some(2.0),
+                max_queue: (i % 13 == 0).then_some(150),
+            };
+            let c = call("together", &policy, 0, &ask);
+            (ask, redis.reserve(&c).await.unwrap())
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        results.push(r.unwrap());
+    }
+    let calls = reserve_calls(&server) - before;
+    assert!(
+        calls * 4 <= n,
+        "{n} concurrent reservations took {calls} script calls"
+    );
+    // In the order Redis placed them (ids), each one is what the memory store
+    // gives it alone at the time of its call.
+    let mut grants: Vec<_> = results
+        .iter()
+        .filter_map(|(a, r)| r.as_ref().ok().map(|r| (a, r)))
+        .collect();
+    assert!(grants.len() > n as usize / 2, "most are granted");
+    grants.sort_by_key(|(_, r)| r.id);
+    let clock = ManualClock::new(0.0);
+    let memory = MemoryStore::with_clock(Arc::new(clock.clone()));
+    for (i, (a, r)) in grants.iter().enumerate() {
+        clock.set(r.now);
+        let m = memory
+            .reserve_now(&call("together", &policy, 0, a))
+            .unwrap_or_else(|e| panic!("grant {i}: memory refused ({e}), redis granted {r:?}"));
+        assert_eq!(r.slot.to_bits(), m.slot.to_bits(), "grant {i}: slot");
+        assert_eq!(r.position, m.position, "grant {i}: position");
+        assert_eq!(r.mark, m.mark, "grant {i}: mark");
+    }
+    assert!(
+        grants.iter().any(|(_, r)| r.slot > r.now),
+        "the sequence must queue"
+    );
+}
+
+/// A batch with two keys is refused with a clear error, and nothing is
+/// written.
+#[tokio::test]
+async fn a_batch_of_two_keys_is_refused() {
+    let server = RedisServer::start();
+    let redis = RedisStore::connect(&server.url(), RedisOptions::default())
+        .await
+        .unwrap();
+    let policy = Limits::new().rpm(10).validate().unwrap();
+    let a = Ask {
+        input: 1,
+        output: 0,
+        max_wait: None,
+        max_queue: None,
+    };
+    let err = redis
+        .reserve_many(&[call("one", &policy, 0, &a), call("two", &policy, 0, &a)])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("one key and class"), "{err}");
+    assert_eq!(server.cli(&["DBSIZE"]).trim(), "0");
+}
