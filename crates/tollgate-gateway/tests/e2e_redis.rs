@@ -90,3 +90,44 @@ async fn a_live_tier_change_reaches_the_other_instance_within_a_second() {
     let late = gateway(shared_config(&sim.base_url(), &redis.url, &tiers)).await;
     assert_eq!(rpm_limit(&c, &late, "free").await.as_deref(), Some("700"));
 }
+
+/// A client that leaves while its admission is still on its way to Redis
+/// (the store paused, the budget's reservation sent but not answered) is
+/// charged nothing once the store answers: the admission finishes without
+/// it and gives back what it took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_during_admission_is_charged_nothing() {
+    let redis = Redis::start().await;
+    let mut t = tier(1_000_000, 100_000_000, 0, 0);
+    t.daily_budget_usd = Some(10.0);
+    let (_sim, [a, _b], c) = two_instances(&redis.url, &[("acme", t)]).await;
+    // One request first, so that every connection is open and warm.
+    let r = chat_at(&c, &a.url(), "acme", &chat_body("hello world", 100)).await;
+    assert_eq!(r.status(), 200);
+    // Settled: the usage ($0.000041) replaced the estimate ($0.000209).
+    let before = settled_spend(&a, "acme", |s| s > 0.0 && s < 0.0001).await;
+    assert!(before > 0.0 && before < 0.0001, "{before}");
+
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .expect("client");
+    redis.pause();
+    let gone = impatient
+        .post(format!("{}/v1/chat/completions", a.url()))
+        .bearer_auth("key-acme")
+        .json(&chat_body("hello world", 4_000))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the paused store cannot have answered");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    redis.resume();
+    // What the gone request reserved (about $0.008 of estimated output) must
+    // come back; read the spend until it settles for a few seconds.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = spend(&a, "acme").await;
+    assert!(
+        (after - before).abs() < 1e-9,
+        "spend {before} before, {after} after a request that never reached the upstream"
+    );
+}

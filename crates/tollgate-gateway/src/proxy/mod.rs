@@ -143,10 +143,24 @@ async fn serve(
         ..
     } = checked;
     let started = Instant::now();
-    let (admitted, paused) = tokio::join!(
-        Admission::admit(gw, client, &model, input, output),
-        model.hold.check(&gw.store, store_timeout(gw))
-    );
+    // Admission runs as a task of its own: a client that leaves while its
+    // reservations are on their way to the store drops this future, not the
+    // admission, which then finishes and (dropped unused) gives back
+    // everything it took, the budget's hold included.
+    let admitting = tokio::spawn({
+        let (gw, client, model) = (gw.clone(), client.clone(), model.clone());
+        async move { Admission::admit(&gw, &client, &model, input, output).await }
+    });
+    let (admitted, paused) =
+        tokio::join!(admitting, model.hold.check(&gw.store, store_timeout(gw)));
+    let admitted = admitted.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "admission task failed");
+        Err(ApiError::internal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the gateway could not admit this request; try again",
+        ))
+    });
     let mut admission = match admitted {
         Ok(a) => a,
         Err(mut e) => {
