@@ -140,6 +140,22 @@ pub struct SetTier {
     pub tier: String,
 }
 
+/// The most an admin request body may hold.
+const ADMIN_BODY_LIMIT: usize = 64 * 1024;
+
+/// The body of an admin request, read only once its token was checked and
+/// within the server's body-read timeout: a connection without the token,
+/// or one that sends half a body, cannot hold the gateway's connections.
+async fn authorized_body(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<axum::body::Bytes, ApiError> {
+    authorize(gw, headers)?;
+    let timeout = std::time::Duration::from_secs_f64(gw.config.server.body_read_timeout_secs);
+    crate::proxy::read_body(headers, body, ADMIN_BODY_LIMIT, timeout).await
+}
+
 fn bad_body(e: impl std::fmt::Display) -> Response {
     ApiError::invalid(
         "invalid_body",
@@ -154,11 +170,12 @@ pub async fn set_client_tier(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
-    if let Err(e) = authorize(&gw, &headers) {
-        return e.into_response();
-    }
+    let body = match authorized_body(&gw, &headers, body).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
     let req: SetTier = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return bad_body(e),
@@ -203,11 +220,12 @@ pub async fn patch_tier(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
-    if let Err(e) = authorize(&gw, &headers) {
-        return e.into_response();
-    }
+    let body = match authorized_body(&gw, &headers, body).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
     let patch: TierPatch = match serde_json::from_slice(&body) {
         Ok(p) => p,
         Err(e) => return bad_body(e),

@@ -29,6 +29,12 @@ use serde_json::{json, Value};
 
 use crate::estimate::Tokenizer;
 
+/// The longest completion the simulator writes (`[sim:tokens=N]` above it
+/// is cut to this).
+pub const MAX_COMPLETION_TOKENS: u64 = 16_384;
+
+/// The most choices (`n`) the simulator writes, as OpenAI's API allows.
+pub const MAX_CHOICES: u64 = 128;
 /// How the simulated upstream behaves.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -223,7 +229,11 @@ async fn chat(State(s): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -
         .get("max_completion_tokens")
         .or_else(|| req.get("max_tokens"))
         .and_then(Value::as_u64);
-    let choices = req.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
+    let choices = req
+        .get("n")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .clamp(1, MAX_CHOICES);
     let (n, finish) = s.completion(&text, cap);
     let total = n * choices;
     s.stats
@@ -289,9 +299,12 @@ impl SimState {
     /// (`[sim:tokens=N]` or the configured one), cut at `cap` (then
     /// `"length"`, as OpenAI says when `max_tokens` cut the answer).
     fn completion(&self, text: &str, cap: Option<u64>) -> (u64, &'static str) {
+        // Bounded: the simulator runs inside `serve --demo`, and a prompt
+        // must not make it allocate without limit.
         let wanted = directive(text, "tokens")
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(self.config.completion_tokens);
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(self.config.completion_tokens)
+            .min(MAX_COMPLETION_TOKENS);
         match cap {
             Some(cap) if cap < wanted => (cap, "length"),
             _ => (wanted, "stop"),

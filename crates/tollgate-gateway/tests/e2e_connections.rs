@@ -165,3 +165,37 @@ async fn past_max_connections_a_connection_gets_503_with_retry_after() {
     .await;
     assert_eq!(status, 200, "served again once the idle connections left");
 }
+
+/// The admin API takes a body too: one without the admin token is refused
+/// before its body is read, and one with the token that sends half its body
+/// gets its 408 within the body-read timeout, as the proxied paths do; so
+/// neither can hold connections open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_requests_with_half_a_body_are_closed_within_the_timeouts() {
+    let sim = sim().await;
+    let mut config = common::config(
+        &sim.base_url(),
+        model(100_000, 100_000_000),
+        &[("pro", tier(1_000_000, 100_000_000, 0, 0))],
+    );
+    config.server.idle_timeout_secs = 1.0;
+    config.server.header_read_timeout_secs = 1.0;
+    config.server.body_read_timeout_secs = 1.0;
+    let gw = gateway(config).await;
+    const NO_TOKEN: &[u8] = b"PATCH /admin/tiers/pro HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"rpm\": ";
+    let with_token: &'static [u8] = Box::leak(
+        format!("PATCH /admin/tiers/pro HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {ADMIN}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"rpm\": ")
+            .into_bytes()
+            .into_boxed_slice(),
+    );
+    let (no_token, with_token) = tokio::join!(hold(gw.addr, NO_TOKEN), hold(gw.addr, with_token));
+    let (held, answer) = no_token;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(held < Duration::from_secs(4), "closed after {held:?}");
+    let (held, answer) = with_token;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        held < Duration::from_secs(4),
+        "closed after {held:?}, timeouts are 1 s"
+    );
+}

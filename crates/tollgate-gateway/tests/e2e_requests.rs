@@ -102,11 +102,17 @@ async fn non_streamed_call_forwards_with_the_provider_key_settles_usage_and_send
 #[tokio::test]
 async fn streamed_call_passes_events_through_and_settles_the_final_usage() {
     let (sim, gw, c) = start(model(1000, 1_000_000), &[("pro", pro_tier())]).await;
-    for client_wants_usage in [false, true] {
+    // Without stream_options, with `null` (as if left out) and asking for usage.
+    let asks = [
+        (None, false),
+        (Some(json!(null)), false),
+        (Some(json!({"include_usage": true})), true),
+    ];
+    for (options, client_wants_usage) in asks {
         let mut body = chat_body("hello world", 1000);
         body["stream"] = json!(true);
-        if client_wants_usage {
-            body["stream_options"] = json!({"include_usage": true});
+        if let Some(options) = options {
+            body["stream_options"] = options;
         }
         let before = spend(&gw, "pro").await;
         let r = chat(&c, &gw, "pro", &body).await;
@@ -140,6 +146,10 @@ async fn streamed_call_passes_events_through_and_settles_the_final_usage() {
         .await;
         assert!((got - want).abs() < 1e-9, "spend {got} want {want}");
     }
+    let mut body = chat_body("hello world", 1000);
+    body["stream"] = json!(true);
+    body["stream_options"] = json!("include_usage");
+    expect_error(chat(&c, &gw, "pro", &body).await, 400, "invalid_type").await;
 }
 
 #[tokio::test]

@@ -84,7 +84,9 @@ pub(super) async fn forward(
     );
     let resp = match sent {
         Ok(r) => r,
-        Err(e) if e.is_timeout() => {
+        // A connection that could not be made in time never reached the
+        // upstream: unreachable, not timed out, and nothing used.
+        Err(e) if e.is_timeout() && !e.is_connect() => {
             return Err(timed_out(gw, model, admission, &t).await);
         }
         Err(e) => {

@@ -17,6 +17,7 @@ mod tally;
 mod usage;
 mod validate;
 
+pub(crate) use body::read as read_body;
 pub use forward::penalize;
 pub use headers::{format_reset, ratelimit_headers, upstream_backoff, BUCKET_HEADER};
 pub use hold::{asked_pause, Hold, Paused, MAX_HOLD};

@@ -131,9 +131,19 @@ pub fn check(
         let opts = obj
             .entry("stream_options")
             .or_insert_with(|| Value::Object(Default::default()));
-        if let Some(o) = opts.as_object_mut() {
-            o.insert("include_usage".into(), Value::Bool(true));
+        // `null` is as if it were left out; anything but an object is refused
+        // (else the upstream would not be asked for usage).
+        if opts.is_null() {
+            *opts = Value::Object(Default::default());
         }
+        let Some(o) = opts.as_object_mut() else {
+            return Err(ApiError::invalid(
+                "invalid_type",
+                "stream_options",
+                "`stream_options` must be an object, such as {\"include_usage\": true}.",
+            ));
+        };
+        o.insert("include_usage".into(), Value::Bool(true));
     }
     let upstream_body = if unchanged {
         bytes.clone()
