@@ -48,6 +48,20 @@ async fn hold(addr: std::net::SocketAddr, first: &'static [u8]) -> (Duration, St
     )
 }
 
+/// One client tier `pro` in front of `sim_url`, with every connection
+/// timeout at 1 s.
+fn one_second_timeouts(sim_url: &str) -> tollgate_gateway::Config {
+    let mut config = common::config(
+        sim_url,
+        model(100_000, 100_000_000),
+        &[("pro", tier(1_000_000, 100_000_000, 0, 0))],
+    );
+    config.server.idle_timeout_secs = 1.0;
+    config.server.header_read_timeout_secs = 1.0;
+    config.server.body_read_timeout_secs = 1.0;
+    config
+}
+
 const HALF_HEAD: &[u8] =
     b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer key-pro\r\nContent-";
 const HALF_BODY: &[u8] = b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer key-pro\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{\"model\": \"gpt-";
@@ -55,14 +69,7 @@ const HALF_BODY: &[u8] = b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAut
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slowloris_crowd_is_closed_within_the_timeouts_while_requests_are_served() {
     let sim = sim().await;
-    let mut config = common::config(
-        &sim.base_url(),
-        model(100_000, 100_000_000),
-        &[("pro", tier(1_000_000, 100_000_000, 0, 0))],
-    );
-    config.server.idle_timeout_secs = 1.0;
-    config.server.header_read_timeout_secs = 1.0;
-    config.server.body_read_timeout_secs = 1.0;
+    let mut config = one_second_timeouts(&sim.base_url());
     config.server.max_connections = 1_000;
     let gw = gateway(config).await;
     let c = http();
@@ -173,14 +180,7 @@ async fn past_max_connections_a_connection_gets_503_with_retry_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_requests_with_half_a_body_are_closed_within_the_timeouts() {
     let sim = sim().await;
-    let mut config = common::config(
-        &sim.base_url(),
-        model(100_000, 100_000_000),
-        &[("pro", tier(1_000_000, 100_000_000, 0, 0))],
-    );
-    config.server.idle_timeout_secs = 1.0;
-    config.server.header_read_timeout_secs = 1.0;
-    config.server.body_read_timeout_secs = 1.0;
+    let config = one_second_timeouts(&sim.base_url());
     let gw = gateway(config).await;
     const NO_TOKEN: &[u8] = b"PATCH /admin/tiers/pro HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"rpm\": ";
     let with_token: &'static [u8] = Box::leak(
