@@ -754,7 +754,10 @@ impl Backend for RedisStore {
                         reply: tx,
                         owner,
                     });
-                    Err(rx)
+                    Err(Awaiting {
+                        rx: Some(rx),
+                        owner: Some(Orphan::of(self, call)),
+                    })
                 }
                 None => {
                     lanes.insert(lane.clone(), VecDeque::new());
@@ -784,7 +787,7 @@ impl Backend for RedisStore {
                 let reply = self.bounded("reserve", sent).await?;
                 scripts::reserve_replies(&reply, 1)?[0].clone()
             }
-            Err(rx) => match tokio::time::timeout(settings.timeout, rx).await {
+            Err(mut awaiting) => match tokio::time::timeout(settings.timeout, awaiting.recv()).await {
                 Ok(Ok(reply)) => reply?,
                 Ok(Err(_)) => {
                     return Err(StoreError::Unavailable(
@@ -957,6 +960,42 @@ impl RedisStore {
             .await;
         }
         release.0 = None;
+    }
+}
+
+/// The receiving end of a reservation that waits for its batch. Dropped
+/// before its reply was taken (the caller's future dropped or timed out), it
+/// closes the channel: a reply not sent yet is then cancelled by
+/// [`hand_out`], one already sent is cancelled here, so a reservation that
+/// nobody received is always undone, and only once.
+struct Awaiting {
+    rx: Option<tokio::sync::oneshot::Receiver<Result<Value, StoreError>>>,
+    owner: Option<Orphan>,
+}
+
+impl Awaiting {
+    /// The reply, once it comes (taken: dropping `self` then undoes nothing).
+    async fn recv(
+        &mut self,
+    ) -> Result<Result<Value, StoreError>, tokio::sync::oneshot::error::RecvError> {
+        let rx = self.rx.as_mut().expect("received once");
+        let reply = rx.await;
+        self.rx = None;
+        reply
+    }
+}
+
+impl Drop for Awaiting {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        rx.close();
+        if let Ok(Ok(item)) = rx.try_recv() {
+            if let Some(owner) = self.owner.take() {
+                owner.cancel(&item);
+            }
+        }
     }
 }
 
