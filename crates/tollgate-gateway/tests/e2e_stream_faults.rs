@@ -209,3 +209,24 @@ async fn a_client_that_leaves_while_queued_is_counted_and_charged_nothing() {
     assert_eq!(k.outcomes("ok"), 1.0);
     assert!(logged("queued", &["client went away", "stage=\"queued\""]));
 }
+
+#[tokio::test]
+async fn an_error_whose_body_stops_coming_is_answered_within_the_idle_timeout() {
+    // A 503 whose body starts and then never ends: the client gets its
+    // error once the 0.5 s between chunks have passed, not after the
+    // upstream's read timeout, and nothing stays reserved or charged.
+    let k = case(Fault::StatusThenSilence(503), "errsilent").await;
+    for body in [streamed(16_000, false), chat_body("hello world", 16_000)] {
+        let t = Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(10), k.chat(&body))
+            .await
+            .expect("an answer within 10 s");
+        let waited = t.elapsed();
+        assert!(r.status().is_server_error(), "{}", r.status());
+        assert!(
+            waited < Duration::from_millis(1_500),
+            "answered after {waited:?}"
+        );
+    }
+    k.charged("upstream_error", 2.0, (0, 0)).await;
+}

@@ -286,6 +286,28 @@ async fn timed_out(gw: &Gateway, model: &Model, admission: Admission, t: &Timeou
 /// An upstream error status passed on in OpenAI's shape; nothing charged.
 /// A 429 slows the provider bucket; a 429 or 503 that says how long to wait
 /// (`Retry-After`) also pauses the model that long on every instance.
+/// The most of an upstream's error body the gateway reads (its message is
+/// passed on; the rest is dropped).
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// An upstream error's body: what arrives within `wait`, at most
+/// [`ERROR_BODY_LIMIT`] bytes, so that a body that trickles or never ends
+/// holds neither the client nor its reservations.
+async fn error_body(mut resp: reqwest::Response, wait: Duration) -> Vec<u8> {
+    let mut out = Vec::new();
+    let read = async {
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            out.extend_from_slice(&chunk);
+            if out.len() >= ERROR_BODY_LIMIT {
+                out.truncate(ERROR_BODY_LIMIT);
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(wait, read).await;
+    out
+}
+
 async fn refused_upstream(
     gw: &Gateway,
     model: &Model,
@@ -295,7 +317,8 @@ async fn refused_upstream(
     let status = resp.status().as_u16();
     let asked = asked_pause(resp.headers());
     let backoff = upstream_backoff(resp.headers());
-    let bytes = resp.bytes().await.unwrap_or_default();
+    let wait = Duration::from_secs_f64(gw.config.server.upstream_idle_timeout_secs);
+    let bytes = error_body(resp, wait).await;
     admission.settle(0, 0).await;
     let mut err = upstream_error(status, &bytes, &model.provider);
     if status == 429 {

@@ -61,6 +61,8 @@ pub enum Fault {
     NoDone,
     /// Headers of a stream, then nothing.
     Silent,
+    /// An error status whose body starts and then stops coming.
+    StatusThenSilence(u16),
     /// Reads the request and never answers.
     NoHeaders,
     /// A correct stream with this pause before each event.
@@ -242,6 +244,12 @@ async fn serve(mut conn: TcpStream, stats: &Stats, fault: &Mutex<Fault>) -> std:
             let head = format!("HTTP/1.1 {status} Error\r\nContent-Type: application/json\r\n{retry}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len());
             conn.write_all(head.as_bytes()).await?;
             conn.write_all(body.as_bytes()).await?;
+            return Ok(());
+        }
+        Fault::StatusThenSilence(status) => {
+            let head = format!("HTTP/1.1 {status} Error\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"error\": {{\"message\": ");
+            conn.write_all(head.as_bytes()).await?;
+            note_close(closed_within(&mut conn, forever).await);
             return Ok(());
         }
         Fault::Slow(d) if closed_within(&mut conn, d).await => {
