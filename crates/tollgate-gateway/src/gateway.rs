@@ -105,7 +105,10 @@ impl Gateway {
                 .ok_or_else(|| StartError::Store("not a Redis store".into()))?;
             (
                 store,
-                Budgets::Redis(Box::new(RedisBudgets::new(conn.clone(), timeout))),
+                Budgets::Redis(Box::new(
+                    RedisBudgets::new(conn.clone(), timeout)
+                        .with_hold_ttl(crate::budget::hold_lifetime(longest_request(&config))),
+                )),
                 LiveSync::Redis(conn, timeout),
             )
         };
@@ -293,4 +296,18 @@ impl Gateway {
         tracing::info!(version, "applied a live configuration change");
         Ok(true)
     }
+}
+
+/// The longest a request may take under `config`: the longest wait of any
+/// tier, an upstream pause, and the whole upstream call.
+fn longest_request(config: &Config) -> Duration {
+    let wait = config
+        .tiers
+        .values()
+        .map(|t| t.max_wait_ms)
+        .max()
+        .unwrap_or(0);
+    Duration::from_millis(wait)
+        + crate::proxy::MAX_HOLD
+        + Duration::from_secs_f64(config.server.upstream_timeout_secs)
 }

@@ -21,7 +21,7 @@ pub use self::memory::MemoryBudgets;
 pub(crate) use self::period::civil_from_days;
 pub(crate) use self::period::days_from_civil;
 pub use self::period::Period;
-pub use self::redis::{RedisBudgets, SETTLE_RETRY_WINDOW};
+pub use self::redis::{hold_lifetime, RedisBudgets, SETTLE_RETRY_WINDOW};
 
 /// Nano-USD in one USD.
 pub const NANO_PER_USD: f64 = 1e9;

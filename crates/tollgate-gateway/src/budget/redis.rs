@@ -21,10 +21,19 @@ const RESERVE: &str = include_str!("reserve.lua");
 const SETTLE: &str = include_str!("settle.lua");
 const DAY_TTL_SECS: u64 = 3 * 86_400;
 const MONTH_TTL_SECS: u64 = 62 * 86_400;
-/// How long a hold key lives: longer than any request (the upstream timeout
-/// is at most 600 s by default). A request still running after it is
-/// charged its estimate, never less.
+/// How long a hold key lives at least; longer when the configuration lets a
+/// request live longer (see [`hold_lifetime`]). A request still running
+/// after its hold expired would be charged its estimate.
 const HOLD_TTL_SECS: u64 = 3_600;
+
+/// How long a hold key must live for a request that may take up to
+/// `longest_request` (its wait, any upstream pause and its upstream call):
+/// past the request's end and every retry of its settlement, and never
+/// less than [`HOLD_TTL_SECS`].
+pub fn hold_lifetime(longest_request: Duration) -> Duration {
+    let needed = longest_request + SETTLE_RETRY_WINDOW + Duration::from_secs(600);
+    needed.max(Duration::from_secs(HOLD_TTL_SECS))
+}
 /// How long a settled mark lives (a budget-free client's settlement, or the
 /// cancellation of a reservation that got no answer), so that a retry or a
 /// late reservation finds it: longer than [`SETTLE_RETRY_WINDOW`]. A
@@ -54,6 +63,8 @@ pub struct RedisBudgets {
     settle: redis::Script,
     timeout: Duration,
     settle_timeout: Duration,
+    /// How long a hold key lives (see [`hold_lifetime`]).
+    hold_ttl: Duration,
     /// When the store last answered a call of this process (ms since
     /// `epoch`): tells a busy store from a silent one.
     last_answer: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -93,9 +104,16 @@ impl RedisBudgets {
             settle: redis::Script::new(SETTLE),
             timeout,
             settle_timeout: timeout * SETTLE_TIMEOUT_FACTOR,
+            hold_ttl: Duration::from_secs(HOLD_TTL_SECS),
             last_answer: Default::default(),
             epoch: Instant::now(),
         }
+    }
+
+    /// Holds that live `ttl` (see [`hold_lifetime`]) instead of the default.
+    pub fn with_hold_ttl(mut self, ttl: Duration) -> Self {
+        self.hold_ttl = ttl;
+        self
     }
 
     fn now_ms(&self) -> u64 {
@@ -157,7 +175,7 @@ impl RedisBudgets {
                 .arg(limits.monthly.unwrap_or(-1))
                 .arg(DAY_TTL_SECS)
                 .arg(MONTH_TTL_SECS)
-                .arg(HOLD_TTL_SECS);
+                .arg(self.hold_ttl.as_secs());
             let called = self
                 .call("reserving spend", self.timeout, inv.invoke_async(&mut conn))
                 .await;
@@ -281,5 +299,21 @@ impl RedisBudgets {
             today: today.unwrap_or(0),
             month: month.unwrap_or(0),
         })
+    }
+}
+
+#[cfg(test)]
+mod hold_tests {
+    use super::*;
+
+    #[test]
+    fn a_hold_outlives_the_longest_request_and_its_settlement_retries() {
+        // The default configuration: an hour.
+        let default = Duration::from_secs(600 + 60);
+        assert_eq!(hold_lifetime(default), Duration::from_secs(HOLD_TTL_SECS));
+        // A day-long upstream timeout: the hold lives past it and past
+        // every retry of the settlement.
+        let day = Duration::from_secs(86_400 + 600 + 60);
+        assert!(hold_lifetime(day) > day + SETTLE_RETRY_WINDOW);
     }
 }
