@@ -17,7 +17,6 @@ mod period;
 mod redis;
 
 pub use self::memory::MemoryBudgets;
-#[cfg(test)]
 pub(crate) use self::period::civil_from_days;
 pub(crate) use self::period::days_from_civil;
 pub use self::period::Period;
