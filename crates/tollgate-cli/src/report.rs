@@ -47,13 +47,19 @@ pub async fn run(args: &[String]) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}\n\n{USAGE}"))?;
     let cfg = tollgate_gateway::Config::load(&path)?;
     let Some(settings) = cfg.ledger_settings() else {
-        bail!("{}: ledger.url is \"off\": there is no ledger to report on", path.display());
+        bail!(
+            "{}: ledger.url is \"off\": there is no ledger to report on",
+            path.display()
+        );
     };
     if settings.url == "sqlite::memory:" {
         bail!("{}: the ledger is in the gateway's memory; give ledger.url a file or a postgres:// URL", path.display());
     }
     if !settings.url.starts_with("postgres") && !std::path::Path::new(&settings.url).exists() {
-        bail!("no ledger at {}: has the gateway run with this configuration?", settings.url);
+        bail!(
+            "no ledger at {}: has the gateway run with this configuration?",
+            settings.url
+        );
     }
     let store = Store::open(&settings.url).await?;
     let report = Report::run(&store, query).await?;

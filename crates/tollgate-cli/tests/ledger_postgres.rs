@@ -6,9 +6,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use tollgate_gateway::ledger::{
-    GroupBy, LedgerSettings, Row, Store, UsageLedger, WriterConfig,
-};
+use tollgate_gateway::ledger::{GroupBy, LedgerSettings, Row, Store, UsageLedger, WriterConfig};
 use tollgate_harness::postgres::PostgresServer;
 
 fn row(client: &str, cost: i64) -> Row {
@@ -45,9 +43,15 @@ async fn postgres_keeps_each_row_once_and_sums_them() {
     let store = Store::open(&pg.url()).await.expect("open");
     // A second open (another instance starting) applies no migration twice.
     let other = Store::open(&pg.url()).await.expect("open again");
-    let rows: Vec<Row> = (0..1_500).map(|i| row(if i % 3 == 0 { "a" } else { "b" }, i)).collect();
+    let rows: Vec<Row> = (0..1_500)
+        .map(|i| row(if i % 3 == 0 { "a" } else { "b" }, i))
+        .collect();
     assert_eq!(store.insert(&rows[..1_000]).await.unwrap(), 1_000);
-    assert_eq!(other.insert(&rows[500..]).await.unwrap(), 500, "overlap kept once");
+    assert_eq!(
+        other.insert(&rows[500..]).await.unwrap(),
+        500,
+        "overlap kept once"
+    );
     let back = store.rows().await.unwrap();
     assert_eq!(back.len(), 1_500);
     let mut want = rows.clone();
@@ -97,7 +101,10 @@ async fn postgres_stopped_under_load_loses_and_doubles_nothing() {
     pg.stop().expect("stop PostgreSQL");
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     let spooled = ledger.spooled();
-    assert!(spooled > 0, "rows went to the spool while the database was down");
+    assert!(
+        spooled > 0,
+        "rows went to the spool while the database was down"
+    );
     pg.start_again().expect("start PostgreSQL again");
     let sent = load.await.unwrap();
     ledger.flush().await;
@@ -113,7 +120,11 @@ async fn postgres_stopped_under_load_loses_and_doubles_nothing() {
     assert_eq!(s.lost.load(Relaxed), 0);
     let store = Store::open(&pg.url()).await.unwrap();
     let rows = store.rows().await.unwrap();
-    assert_eq!(rows.len() as u64, sent, "every row once: none lost, none doubled");
+    assert_eq!(
+        rows.len() as u64,
+        sent,
+        "every row once: none lost, none doubled"
+    );
     ledger.close().await;
     let _ = std::fs::remove_dir_all(dir);
 }

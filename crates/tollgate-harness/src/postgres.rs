@@ -159,7 +159,9 @@ impl PostgresServer {
         );
         self.run(
             "pg_ctl",
-            &["-D", &data, "-l", &log, "-o", &opts, "-w", "-t", "60", "start"],
+            &[
+                "-D", &data, "-l", &log, "-o", &opts, "-w", "-t", "60", "start",
+            ],
         )?;
         self.running = true;
         Ok(())

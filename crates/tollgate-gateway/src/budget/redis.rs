@@ -159,7 +159,12 @@ impl RedisBudgets {
             .call("seeding spend", self.timeout, inv.invoke_async(&mut conn))
             .await?;
         if seeded == 1 {
-            tracing::info!(client, today_nano_usd = spend.today, month_nano_usd = spend.month, "spend rebuilt from the ledger");
+            tracing::info!(
+                client,
+                today_nano_usd = spend.today,
+                month_nano_usd = spend.month,
+                "spend rebuilt from the ledger"
+            );
         }
         Ok(())
     }

@@ -126,7 +126,10 @@ mod tests {
         c.ledger.url = "postgres://u@127.0.0.1:5432/db".into();
         c.ledger.instance = Some("gw-1".into());
         let pg = c.ledger_settings().unwrap();
-        assert_eq!(pg.spool, Path::new("/etc/tollgate/tollgate-ledger-gw-1.spool"));
+        assert_eq!(
+            pg.spool,
+            Path::new("/etc/tollgate/tollgate-ledger-gw-1.spool")
+        );
         c.ledger.url = "off".into();
         assert!(c.ledger_settings().is_none());
     }
@@ -134,7 +137,10 @@ mod tests {
     #[test]
     fn bad_ledger_settings_name_their_field() {
         for (toml, field) in [
-            ("[ledger]\nflush_interval_ms = 0", "ledger.flush_interval_ms"),
+            (
+                "[ledger]\nflush_interval_ms = 0",
+                "ledger.flush_interval_ms",
+            ),
             ("[ledger]\nbatch_rows = 5000", "ledger.batch_rows"),
             ("[ledger]\nqueue_rows = 0", "ledger.queue_rows"),
             ("[ledger]\nurl = \"postgres:db\"", "ledger.url"),

@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod http;
 mod legacy;
 pub mod report;
 pub mod row;
@@ -73,10 +74,8 @@ impl LedgerSettings {
     pub fn memory() -> LedgerSettings {
         LedgerSettings {
             url: "sqlite::memory:".into(),
-            spool: std::env::temp_dir().join(format!(
-                "tollgate-ledger-{}.spool",
-                uuid::Uuid::now_v7()
-            )),
+            spool: std::env::temp_dir()
+                .join(format!("tollgate-ledger-{}.spool", uuid::Uuid::now_v7())),
             temporary_spool: true,
             instance: "local".into(),
             writer: WriterConfig::default(),

@@ -41,7 +41,9 @@ impl UsageQuery {
             None => i64::MAX,
         };
         if to_ms <= from_ms {
-            return Err(format!("`to` ({to_ms} ms) must be after `from` ({from_ms} ms)"));
+            return Err(format!(
+                "`to` ({to_ms} ms) must be after `from` ({from_ms} ms)"
+            ));
         }
         let group_by = match group_by.filter(|s| !s.is_empty()) {
             Some(g) => GroupBy::parse(g).ok_or_else(|| {
@@ -82,7 +84,7 @@ fn parse_time(s: &str, end: bool) -> Option<i64> {
         Some(t) => {
             let mut p = t.splitn(3, ':').map(|p| p.parse::<i64>().ok());
             let (h, min) = (p.next()??, p.next()??);
-            let sec = p.next().map(|s| s).unwrap_or(Some(0))?;
+            let sec = p.next().unwrap_or(Some(0))?;
             if !(0..24).contains(&h) || !(0..60).contains(&min) || !(0..61).contains(&sec) {
                 return None;
             }
@@ -249,7 +251,11 @@ impl Report {
     /// micro-USD, waits in µs.
     pub fn to_csv(&self) -> String {
         let (refusals, failures) = self.reasons();
-        let mut head = vec![self.group_by.as_str().to_string(), "requests".into(), "ok".into()];
+        let mut head = vec![
+            self.group_by.as_str().to_string(),
+            "requests".into(),
+            "ok".into(),
+        ];
         head.push("refused".into());
         head.extend(refusals.iter().map(|r| format!("refused_{r}")));
         head.push("failed".into());
@@ -270,9 +276,17 @@ impl Report {
         for g in self.groups.iter().chain(std::iter::once(&self.total)) {
             let mut cells = vec![csv_cell(&g.key), g.requests.to_string(), g.ok.to_string()];
             cells.push(g.refused_total().to_string());
-            cells.extend(refusals.iter().map(|r| g.refused.get(*r).copied().unwrap_or(0).to_string()));
+            cells.extend(
+                refusals
+                    .iter()
+                    .map(|r| g.refused.get(*r).copied().unwrap_or(0).to_string()),
+            );
             cells.push(g.failed_total().to_string());
-            cells.extend(failures.iter().map(|f| g.failed.get(*f).copied().unwrap_or(0).to_string()));
+            cells.extend(
+                failures
+                    .iter()
+                    .map(|f| g.failed.get(*f).copied().unwrap_or(0).to_string()),
+            );
             for v in [
                 g.input_tokens,
                 g.output_tokens,
@@ -332,7 +346,13 @@ impl Report {
             ]);
         }
         let widths: Vec<usize> = (0..head.len())
-            .map(|c| lines.iter().map(|l| l[c].chars().count()).max().unwrap_or(0))
+            .map(|c| {
+                lines
+                    .iter()
+                    .map(|l| l[c].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
             .collect();
         let mut out = String::new();
         let n = lines.len();
@@ -434,8 +454,15 @@ mod tests {
             lines[0],
             "client,requests,ok,refused,refused_rate_limited,refused_budget_exceeded,failed,failed_upstream_error,input_tokens,output_tokens,spend_micro_usd,baseline_micro_usd,savings_micro_usd,wait_mean_us,wait_max_us"
         );
-        assert_eq!(lines[1], "\"a,b\",5,3,2,0,2,0,0,50,100,1500000,3000000,1500000,1000,3000");
-        assert!(lines[3].starts_with("total,10,3,3,1,2,4,4,"), "{}", lines[3]);
+        assert_eq!(
+            lines[1],
+            "\"a,b\",5,3,2,0,2,0,0,50,100,1500000,3000000,1500000,1000,3000"
+        );
+        assert!(
+            lines[3].starts_with("total,10,3,3,1,2,4,4,"),
+            "{}",
+            lines[3]
+        );
         let table = r.to_table();
         assert!(table.contains("1.500000"), "{table}");
         assert!(table.contains("budget_exceeded 2"), "{table}");
@@ -446,8 +473,8 @@ mod tests {
         let q = UsageQuery::parse(Some("2026-12-01"), Some("2026-12-01"), Some("day")).unwrap();
         assert_eq!(q.from_ms, 1_796_083_200_000);
         assert_eq!(q.to_ms - q.from_ms, 86_400_000);
-        let t = UsageQuery::parse(Some("2026-12-01T13:30:00Z"), Some("1796140800000"), None)
-            .unwrap();
+        let t =
+            UsageQuery::parse(Some("2026-12-01T13:30:00Z"), Some("1796140800000"), None).unwrap();
         assert_eq!(t.from_ms, 1_796_083_200_000 + 13 * 3_600_000 + 30 * 60_000);
         assert_eq!(t.group_by, GroupBy::Client);
         let e = UsageQuery::parse(Some("yesterday"), None, None).unwrap_err();

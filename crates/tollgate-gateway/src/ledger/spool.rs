@@ -67,7 +67,11 @@ impl Spool {
         }
         spool.rows.store(left, Relaxed);
         // Fail at start, not at the first outage, when the folder is wrong.
-        drop(spool.file().map_err(|source| spool.err(&spool.path, source))?);
+        drop(
+            spool
+                .file()
+                .map_err(|source| spool.err(&spool.path, source))?,
+        );
         Ok(spool)
     }
 
@@ -152,9 +156,7 @@ impl Spool {
                 let _ = dir.sync_all();
             }
         }
-        let (rows, skipped) = self
-            .read_replay()
-            .map_err(|e| self.err(&self.replay, e))?;
+        let (rows, skipped) = self.read_replay().map_err(|e| self.err(&self.replay, e))?;
         Ok(Some(Replay { rows, skipped }))
     }
 

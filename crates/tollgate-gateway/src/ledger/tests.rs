@@ -103,7 +103,7 @@ async fn a_spool_left_by_a_previous_run_is_replayed_at_open() {
         let spool = Spool::open(&set.spool).unwrap();
         spool.append(&left[..200], true).unwrap();
         spool.append(&left[100..], false).unwrap(); // overlapping: kept once
-        // A line cut off by a crash mid-append.
+                                                    // A line cut off by a crash mid-append.
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
             .append(true)

@@ -269,7 +269,10 @@ impl Task {
 
     fn up(&self) {
         if !self.stats.database_up.swap(true, Relaxed) {
-            tracing::info!(database = self.store.kind(), "ledger database reachable again");
+            tracing::info!(
+                database = self.store.kind(),
+                "ledger database reachable again"
+            );
         }
     }
 

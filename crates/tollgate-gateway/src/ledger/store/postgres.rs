@@ -24,7 +24,7 @@ const MIGRATION_LOCK: i64 = 0x7011_6a7e;
 /// An open PostgreSQL ledger.
 #[derive(Clone)]
 pub struct PostgresStore {
-    config: tokio_postgres::Config,
+    config: Arc<tokio_postgres::Config>,
     client: Arc<Mutex<Option<Client>>>,
 }
 
@@ -46,13 +46,11 @@ impl PostgresStore {
     /// Connects to `url` and applies the migrations the database lacks.
     pub async fn open(url: &str) -> Result<PostgresStore, StoreError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
-            StoreError::Unavailable(format!(
-                "ledger.url {url:?} is not a PostgreSQL URL: {e}"
-            ))
+            StoreError::Unavailable(format!("ledger.url {url:?} is not a PostgreSQL URL: {e}"))
         })?;
         config.connect_timeout(CONNECT_TIMEOUT);
         let store = PostgresStore {
-            config,
+            config: Arc::new(config),
             client: Arc::new(Mutex::new(None)),
         };
         store.migrate().await?;

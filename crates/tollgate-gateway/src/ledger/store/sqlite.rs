@@ -229,9 +229,7 @@ fn sqlite_sql(sql: &str) -> String {
 
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    tx.execute_batch(
-        "CREATE TABLE IF NOT EXISTS ledger_migrations (version BIGINT PRIMARY KEY)",
-    )?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS ledger_migrations (version BIGINT PRIMARY KEY)")?;
     for (version, sql) in MIGRATIONS {
         let done: bool = tx.query_row(
             "SELECT EXISTS (SELECT 1 FROM ledger_migrations WHERE version = ?1)",
@@ -240,7 +238,10 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         )?;
         if !done {
             tx.execute_batch(sql)?;
-            tx.execute("INSERT INTO ledger_migrations (version) VALUES (?1)", [version])?;
+            tx.execute(
+                "INSERT INTO ledger_migrations (version) VALUES (?1)",
+                [version],
+            )?;
         }
     }
     tx.commit()
