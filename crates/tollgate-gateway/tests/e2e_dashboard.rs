@@ -38,6 +38,22 @@ async fn sign_in(b: &mut Browser, url: &str) {
     .await;
 }
 
+/// Types `q` into the client search and waits for the page to show its
+/// answer.
+async fn search(b: &mut Browser, q: &str) {
+    b.eval(&format!(
+        "{{ const s = document.getElementById('search'); s.value = {}; s.dispatchEvent(new Event('input')); }} true",
+        json!(q)
+    ))
+    .await;
+    b.wait_for(
+        &format!("document.body.dataset.query === {}", json!(q)),
+        Duration::from_secs(10),
+        "the search's answer",
+    )
+    .await;
+}
+
 /// Every `[data-field]` cell of the rows matching `rows`, keyed by the
 /// row's `key` attribute: `{row: {field: {text, value, limit, budget}}}`.
 async fn table(b: &mut Browser, rows: &str, key: &str) -> Value {
@@ -453,14 +469,12 @@ async fn a_thousand_clients_are_paged_and_searched_on_the_server() {
             .await,
         25
     );
-    b.eval("{ const s = document.getElementById('search'); s.value = 'client-0737'; s.dispatchEvent(new Event('input')); } true")
-        .await;
-    b.wait_for(
-        "document.body.dataset.query === 'client-0737' && document.querySelectorAll('#clients tbody tr[data-client]').length === 1",
-        Duration::from_secs(10),
-        "the search's answer",
-    )
-    .await;
+    search(&mut b, "client-0737").await;
+    assert_eq!(
+        b.eval("document.querySelectorAll('#clients tbody tr[data-client]').length")
+            .await,
+        1
+    );
     let rows = table(&mut b, "#clients tbody tr[data-client]", "data-client").await;
     assert_eq!(value(&rows["client-0737"]["requests"]), 3.0);
     assert_eq!(rows["client-0737"]["tier"]["text"], "free");
@@ -470,27 +484,13 @@ async fn a_thousand_clients_are_paged_and_searched_on_the_server() {
         "1 of 1,000 clients"
     );
     // A search that finds nothing says so.
-    b.eval("{ const s = document.getElementById('search'); s.value = 'nobody-here'; s.dispatchEvent(new Event('input')); } true")
-        .await;
-    b.wait_for(
-        "document.body.dataset.query === 'nobody-here'",
-        Duration::from_secs(10),
-        "the empty search's answer",
-    )
-    .await;
+    search(&mut b, "nobody-here").await;
     assert_eq!(
         b.eval("document.querySelector('#clients tbody').textContent")
             .await,
         "No client matches."
     );
-    b.eval("{ const s = document.getElementById('search'); s.value = '07'; s.dispatchEvent(new Event('input')); } true")
-        .await;
-    b.wait_for(
-        "document.body.dataset.query === '07'",
-        Duration::from_secs(10),
-        "the search's answer",
-    )
-    .await;
+    search(&mut b, "07").await;
     keep_screenshot("dashboard-search.png", &b.screenshot().await);
 }
 

@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
-use tollgate::{Dimension, Status};
+use tollgate::Status;
 
 use super::{assets, session};
 use crate::activity::Counts;
@@ -25,14 +25,10 @@ use crate::metrics::names;
 pub(crate) fn bucket(status: &Status) -> Value {
     let mut out = serde_json::Map::new();
     for d in &status.dimensions {
-        let name = match d.dimension {
-            Dimension::Requests => "requests",
-            Dimension::Tokens => "tokens",
-            Dimension::InputTokens => "input_tokens",
-            Dimension::OutputTokens => "output_tokens",
-        };
+        // requests, tokens, input_tokens, output_tokens: as in /admin/clients.
+        let name = d.dimension.unit().replace(' ', "_");
         out.insert(
-            name.into(),
+            name,
             json!({"limit": d.limit, "in_use": d.in_use.round(), "use": use_of(d.in_use, d.capacity)}),
         );
     }
