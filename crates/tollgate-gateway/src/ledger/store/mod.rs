@@ -177,6 +177,71 @@ pub(crate) fn rows_sql() -> String {
     format!("SELECT {COLUMNS} FROM ledger_rows ORDER BY request_id")
 }
 
+/// A result row of either database, read by column number.
+pub(crate) trait Columns {
+    fn text(&self, i: usize) -> Result<String, StoreError>;
+    fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError>;
+    fn int(&self, i: usize) -> Result<i64, StoreError>;
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError>;
+}
+
+/// A whole row, its columns in the order of [`COLUMNS`].
+pub(crate) fn row_from(c: &impl Columns) -> Result<Row, StoreError> {
+    let id = c.text(0)?;
+    Ok(Row {
+        request_id: id
+            .parse()
+            .map_err(|e| StoreError::Query(format!("request id {id:?}: {e}")))?,
+        started_at_ms: c.int(1)?,
+        finished_at_ms: c.int(2)?,
+        client: c.text(3)?,
+        tier: c.text(4)?,
+        route: c.text(5)?,
+        requested_model: c.text(6)?,
+        served_model: c.text(7)?,
+        baseline_model: c.text(8)?,
+        attempts: u32::try_from(c.int(9)?).unwrap_or(u32::MAX),
+        est_input_tokens: c.int(10)?,
+        est_output_tokens: c.int(11)?,
+        input_tokens: c.int(12)?,
+        output_tokens: c.int(13)?,
+        cost_micro_usd: c.int(14)?,
+        baseline_cost_micro_usd: c.int(15)?,
+        queue_wait_us: c.int(16)?,
+        upstream_latency_us: c.opt_int(17)?,
+        first_token_us: c.opt_int(18)?,
+        outcome: c.text(19)?,
+        error_code: c.opt_text(20)?,
+        instance: c.text(21)?,
+    })
+}
+
+/// One answer of [`usage_sql`].
+pub(crate) fn sums_from(c: &impl Columns) -> Result<GroupSums, StoreError> {
+    Ok(GroupSums {
+        key: c.text(0)?,
+        outcome: c.text(1)?,
+        requests: c.int(2)?,
+        input_tokens: c.int(3)?,
+        output_tokens: c.int(4)?,
+        cost_micro_usd: c.int(5)?,
+        baseline_cost_micro_usd: c.int(6)?,
+        queue_wait_us: c.int(7)?,
+        max_queue_wait_us: c.int(8)?,
+    })
+}
+
+/// One answer of [`ALL_SPEND_SQL`].
+pub(crate) fn client_spend_from(c: &impl Columns) -> Result<(String, SpendSince), StoreError> {
+    Ok((
+        c.text(0)?,
+        SpendSince {
+            day: c.int(1)?,
+            month: c.int(2)?,
+        },
+    ))
+}
+
 /// One client's spend, micro-USD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SpendSince {

@@ -198,20 +198,7 @@ impl PostgresStore {
         let rows = self
             .with(async |client| client.query(&sql, &[&from_ms, &to_ms]).await)
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| GroupSums {
-                key: r.get(0),
-                outcome: r.get(1),
-                requests: r.get(2),
-                input_tokens: r.get(3),
-                output_tokens: r.get(4),
-                cost_micro_usd: r.get(5),
-                baseline_cost_micro_usd: r.get(6),
-                queue_wait_us: r.get(7),
-                max_queue_wait_us: r.get(8),
-            })
-            .collect())
+        rows.iter().map(super::sums_from).collect()
     }
 
     pub(crate) async fn spend(
@@ -227,8 +214,8 @@ impl PostgresStore {
             })
             .await?;
         Ok(SpendSince {
-            day: row.get(0),
-            month: row.get(1),
+            day: row.try_get(0).map_err(column_err)?,
+            month: row.try_get(1).map_err(column_err)?,
         })
     }
 
@@ -240,54 +227,32 @@ impl PostgresStore {
         let rows = self
             .with(async |c| c.query(super::ALL_SPEND_SQL, &[&day_ms, &month_ms]).await)
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                (
-                    r.get(0),
-                    SpendSince {
-                        day: r.get(1),
-                        month: r.get(2),
-                    },
-                )
-            })
-            .collect())
+        rows.iter().map(super::client_spend_from).collect()
     }
 
     pub(crate) async fn rows(&self) -> Result<Vec<Row>, StoreError> {
         let rows = self
             .with(async |c| c.query(&super::rows_sql(), &[]).await)
             .await?;
-        rows.iter()
-            .map(|r| {
-                let id: String = r.get(0);
-                Ok(Row {
-                    request_id: id
-                        .parse()
-                        .map_err(|e| StoreError::Query(format!("request id {id:?}: {e}")))?,
-                    started_at_ms: r.get(1),
-                    finished_at_ms: r.get(2),
-                    client: r.get(3),
-                    tier: r.get(4),
-                    route: r.get(5),
-                    requested_model: r.get(6),
-                    served_model: r.get(7),
-                    baseline_model: r.get(8),
-                    attempts: r.get::<_, i64>(9) as u32,
-                    est_input_tokens: r.get(10),
-                    est_output_tokens: r.get(11),
-                    input_tokens: r.get(12),
-                    output_tokens: r.get(13),
-                    cost_micro_usd: r.get(14),
-                    baseline_cost_micro_usd: r.get(15),
-                    queue_wait_us: r.get(16),
-                    upstream_latency_us: r.get(17),
-                    first_token_us: r.get(18),
-                    outcome: r.get(19),
-                    error_code: r.get(20),
-                    instance: r.get(21),
-                })
-            })
-            .collect()
+        rows.iter().map(super::row_from).collect()
+    }
+}
+
+fn column_err(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Query(e.to_string())
+}
+
+impl super::Columns for tokio_postgres::Row {
+    fn text(&self, i: usize) -> Result<String, StoreError> {
+        self.try_get(i).map_err(column_err)
+    }
+    fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        self.try_get(i).map_err(column_err)
+    }
+    fn int(&self, i: usize) -> Result<i64, StoreError> {
+        self.try_get(i).map_err(column_err)
+    }
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        self.try_get(i).map_err(column_err)
     }
 }

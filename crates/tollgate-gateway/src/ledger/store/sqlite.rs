@@ -29,10 +29,6 @@ fn unavailable(path: &str, e: impl std::fmt::Display) -> StoreError {
     ))
 }
 
-fn query_err(e: rusqlite::Error) -> StoreError {
-    StoreError::Query(e.to_string())
-}
-
 impl SqliteStore {
     /// Opens (or creates) the file at `path` (`:memory:` for one in this
     /// process only) and applies the migrations it lacks. Blocking.
@@ -53,12 +49,12 @@ impl SqliteStore {
 
     async fn run<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut conn).map_err(query_err)
+            f(&mut conn)
         })
         .await
         .map_err(|e| StoreError::Query(e.to_string()))?
@@ -120,24 +116,8 @@ impl SqliteStore {
         to_ms: i64,
     ) -> Result<Vec<GroupSums>, StoreError> {
         let sql = sqlite_sql(&super::usage_sql(group));
-        self.run(move |conn| {
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let rows = stmt.query_map([from_ms, to_ms], |r| {
-                Ok(GroupSums {
-                    key: r.get(0)?,
-                    outcome: r.get(1)?,
-                    requests: r.get(2)?,
-                    input_tokens: r.get(3)?,
-                    output_tokens: r.get(4)?,
-                    cost_micro_usd: r.get(5)?,
-                    baseline_cost_micro_usd: r.get(6)?,
-                    queue_wait_us: r.get(7)?,
-                    max_queue_wait_us: r.get(8)?,
-                })
-            })?;
-            rows.collect()
-        })
-        .await
+        self.run(move |conn| collect(conn, &sql, &[from_ms, to_ms], |r| super::sums_from(r)))
+            .await
     }
 
     pub(crate) async fn spend(
@@ -149,12 +129,14 @@ impl SqliteStore {
         let client = client.to_string();
         self.run(move |conn| {
             let mut stmt = conn.prepare_cached(&sqlite_sql(super::SPEND_SQL))?;
-            stmt.query_row(rusqlite::params![client, day_ms, month_ms], |r| {
-                Ok(SpendSince {
-                    day: r.get(0)?,
-                    month: r.get(1)?,
-                })
-            })
+            Ok(
+                stmt.query_row(rusqlite::params![client, day_ms, month_ms], |r| {
+                    Ok(SpendSince {
+                        day: r.get(0)?,
+                        month: r.get(1)?,
+                    })
+                })?,
+            )
         })
         .await
     }
@@ -164,61 +146,55 @@ impl SqliteStore {
         day_ms: i64,
         month_ms: i64,
     ) -> Result<Vec<(String, SpendSince)>, StoreError> {
+        let sql = sqlite_sql(super::ALL_SPEND_SQL);
         self.run(move |conn| {
-            let mut stmt = conn.prepare_cached(&sqlite_sql(super::ALL_SPEND_SQL))?;
-            let rows = stmt.query_map([day_ms, month_ms], |r| {
-                Ok((
-                    r.get(0)?,
-                    SpendSince {
-                        day: r.get(1)?,
-                        month: r.get(2)?,
-                    },
-                ))
-            })?;
-            rows.collect()
+            collect(conn, &sql, &[day_ms, month_ms], |r| {
+                super::client_spend_from(r)
+            })
         })
         .await
     }
 
     pub(crate) async fn rows(&self) -> Result<Vec<Row>, StoreError> {
-        self.run(|conn| {
-            let mut stmt = conn.prepare(&super::rows_sql())?;
-            let rows = stmt.query_map([], |r| {
-                let id: String = r.get(0)?;
-                Ok(Row {
-                    request_id: id.parse().map_err(|e| {
-                        rusqlite::Error::FromSqlConversionFailure(
-                            0,
-                            rusqlite::types::Type::Text,
-                            Box::new(e),
-                        )
-                    })?,
-                    started_at_ms: r.get(1)?,
-                    finished_at_ms: r.get(2)?,
-                    client: r.get(3)?,
-                    tier: r.get(4)?,
-                    route: r.get(5)?,
-                    requested_model: r.get(6)?,
-                    served_model: r.get(7)?,
-                    baseline_model: r.get(8)?,
-                    attempts: r.get::<_, i64>(9)? as u32,
-                    est_input_tokens: r.get(10)?,
-                    est_output_tokens: r.get(11)?,
-                    input_tokens: r.get(12)?,
-                    output_tokens: r.get(13)?,
-                    cost_micro_usd: r.get(14)?,
-                    baseline_cost_micro_usd: r.get(15)?,
-                    queue_wait_us: r.get(16)?,
-                    upstream_latency_us: r.get(17)?,
-                    first_token_us: r.get(18)?,
-                    outcome: r.get(19)?,
-                    error_code: r.get(20)?,
-                    instance: r.get(21)?,
-                })
-            })?;
-            rows.collect()
-        })
-        .await
+        self.run(|conn| collect(conn, &super::rows_sql(), &[], |r| super::row_from(r)))
+            .await
+    }
+}
+
+/// Every answer of `sql`, each read by `read`.
+fn collect<T>(
+    conn: &Connection,
+    sql: &str,
+    params: &[i64],
+    read: impl Fn(&rusqlite::Row<'_>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(read(r)?);
+    }
+    Ok(out)
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Query(e.to_string())
+    }
+}
+
+impl super::Columns for rusqlite::Row<'_> {
+    fn text(&self, i: usize) -> Result<String, StoreError> {
+        Ok(self.get(i)?)
+    }
+    fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        Ok(self.get(i)?)
+    }
+    fn int(&self, i: usize) -> Result<i64, StoreError> {
+        Ok(self.get(i)?)
+    }
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        Ok(self.get(i)?)
     }
 }
 
