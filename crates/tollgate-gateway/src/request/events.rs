@@ -84,30 +84,10 @@ impl EventScanner {
     /// Reads one event and appends to `out` what of it goes to the client.
     fn inspect(&mut self, event: &[u8], out: &mut BytesMut) {
         let text = String::from_utf8_lossy(event);
-        let mut data: Option<String> = None;
-        for line in text.lines() {
-            if let Some(d) = line.strip_prefix("data:") {
-                let d = d.strip_prefix(' ').unwrap_or(d);
-                match &mut data {
-                    Some(acc) => {
-                        acc.push('\n');
-                        acc.push_str(d);
-                    }
-                    None => data = Some(d.to_string()),
-                }
-            }
-        }
         // Comments and events without data pass as they are; lines that are
         // no SSE field at all are dropped like malformed data.
-        let Some(data) = data else {
-            let sse = text.lines().all(|l| {
-                l.is_empty()
-                    || l.starts_with(':')
-                    || ["event", "id", "retry"]
-                        .iter()
-                        .any(|f| l == *f || l.starts_with(&format!("{f}:")))
-            });
-            if sse {
+        let Some(data) = data_of(&text) else {
+            if is_sse(&text) {
                 out.extend_from_slice(event);
             } else {
                 self.malformed += 1;
@@ -123,7 +103,7 @@ impl EventScanner {
         if data.is_empty() {
             return;
         }
-        let Ok(mut v) = serde_json::from_str::<Value>(data) else {
+        let Ok(v) = serde_json::from_str::<Value>(data) else {
             self.malformed += 1;
             // The line still carried something: count it as output text.
             self.text.push_str(data);
@@ -138,9 +118,19 @@ impl EventScanner {
             return;
         }
         output_text(&v, Part::Delta, &mut self.text);
+        self.track_choices(&v);
+        // The Responses API has no `[DONE]`: its last event ends it.
+        if matches!(kind, "response.completed" | "response.incomplete") {
+            self.finished = true;
+            self.done = true;
+        }
+        self.pass_on(v, event, out);
+    }
+
+    /// Each chat choice ends with its `finish_reason` (`n` of them run side
+    /// by side).
+    fn track_choices(&mut self, v: &Value) {
         let choices = v.get("choices").and_then(Value::as_array);
-        // Each chat choice ends with its `finish_reason` (`n` of them run
-        // side by side); a response with its last event.
         for c in choices.into_iter().flatten() {
             let index = c.get("index").and_then(Value::as_u64).unwrap_or(0);
             if c.get("finish_reason").is_some_and(|f| !f.is_null()) {
@@ -151,18 +141,18 @@ impl EventScanner {
                 self.finished = false;
             }
         }
-        if matches!(kind, "response.completed" | "response.incomplete") {
-            self.finished = true;
-        }
-        // The Responses API has no `[DONE]`: its last event ends it.
-        if matches!(kind, "response.completed" | "response.incomplete") {
-            self.done = true;
-        }
+    }
+
+    /// Appends to `out` what of the JSON event `v` goes to the client: all
+    /// of it, unless it is a chat chunk's usage that the client did not ask
+    /// for (then none of it, or its content alone).
+    fn pass_on(&mut self, mut v: Value, event: &[u8], out: &mut BytesMut) {
         let Some(usage) = usage_of(&v) else {
             out.extend_from_slice(event);
             return;
         };
         self.usage = Some(usage);
+        let choices = v.get("choices").and_then(Value::as_array);
         // Only a chat chunk's usage is the client's to ask for.
         let chat_chunk = choices.is_some()
             || v.get("object").and_then(Value::as_str) == Some("chat.completion.chunk");
@@ -181,6 +171,35 @@ impl EventScanner {
         out.extend_from_slice(v.to_string().as_bytes());
         out.extend_from_slice(b"\n\n");
     }
+}
+
+/// An event's `data:` lines joined by `\n`, if it has any.
+fn data_of(text: &str) -> Option<String> {
+    let mut data: Option<String> = None;
+    for line in text.lines() {
+        if let Some(d) = line.strip_prefix("data:") {
+            let d = d.strip_prefix(' ').unwrap_or(d);
+            match &mut data {
+                Some(acc) => {
+                    acc.push('\n');
+                    acc.push_str(d);
+                }
+                None => data = Some(d.to_string()),
+            }
+        }
+    }
+    data
+}
+
+/// Whether every line of an event without data is an SSE comment or field.
+fn is_sse(text: &str) -> bool {
+    text.lines().all(|l| {
+        l.is_empty()
+            || l.starts_with(':')
+            || ["event", "id", "retry"]
+                .iter()
+                .any(|f| l == *f || l.starts_with(&format!("{f}:")))
+    })
 }
 
 /// The end (exclusive) of the first complete event: after a blank line.
