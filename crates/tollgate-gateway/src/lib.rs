@@ -19,10 +19,12 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod activity;
 pub mod admin;
 pub mod auth;
 pub mod budget;
 pub mod config;
+pub mod dashboard;
 pub mod demo;
 pub mod error;
 pub mod gateway;
