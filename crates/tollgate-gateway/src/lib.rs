@@ -17,11 +17,13 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod activity;
 pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod budget;
 pub mod config;
+pub mod dashboard;
 pub mod demo;
 pub mod error;
 pub mod estimate;

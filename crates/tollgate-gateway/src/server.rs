@@ -32,6 +32,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .merge(crate::dashboard::routes())
         .route("/admin/tiers", get(admin::tiers))
         .route("/admin/clients", get(admin::clients))
         .route("/admin/clients/{id}/tier", put(admin::set_client_tier))
@@ -173,6 +174,7 @@ async fn metrics_text(gw: &Gateway) -> Response {
     );
     let mut store_up = gw.sync.ping().await.is_ok();
     let mut left = Vec::new();
+    let mut whole = Vec::new();
     let registry = gw.registry();
     for client in registry.clients.values() {
         let budget = client.tier.budget;
@@ -190,18 +192,18 @@ async fn metrics_text(gw: &Gateway) -> Response {
         ] {
             if let Some(limit) = limit {
                 let usd = crate::budget::nano_to_usd((limit - spent).max(0));
-                left.push((
-                    vec![
-                        ("client", client.id.as_str()),
-                        ("tier", tier),
-                        ("period", period),
-                    ],
-                    usd,
-                ));
+                let pairs = vec![
+                    ("client", client.id.as_str()),
+                    ("tier", tier),
+                    ("period", period),
+                ];
+                whole.push((pairs.clone(), crate::budget::nano_to_usd(limit)));
+                left.push((pairs, usd));
             }
         }
     }
     m.gauge_replace(names::BUDGET_LEFT, &left);
+    m.gauge_replace(names::BUDGET, &whole);
     m.gauge_set(names::STORE_UP, &[], if store_up { 1.0 } else { 0.0 });
     let mut text = m.render();
     // The limiters' own counters: store errors and outage decisions.
