@@ -539,6 +539,10 @@ async fn the_dashboard_needs_the_admin_token() {
         !cookie.contains(ADMIN),
         "the token is not in the cookie as typed: {cookie}"
     );
+    assert!(!cookie.contains("Secure"), "plain HTTP: {cookie}");
+    let r = send(login(ADMIN).header("x-forwarded-proto", "https")).await;
+    let behind_tls = header(&r, "set-cookie").unwrap().to_string();
+    assert!(behind_tls.ends_with("; Secure"), "{behind_tls}");
     let pair = cookie.split(';').next().unwrap().to_string();
     let r = send(
         c.get(format!("{}/dashboard/api/overview", gw.url()))
@@ -576,6 +580,72 @@ async fn the_dashboard_needs_the_admin_token() {
         get(&c, &off, "/dashboard/api/clients").await,
         403,
         "admin_disabled",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_dashboard_shows_the_store_going_down_and_coming_back() {
+    let redis = common::redis::Redis::start().await;
+    let sim = sim().await;
+    let mut pro = pro_tier();
+    pro.daily_budget_usd = Some(2.0);
+    let mut cfg = shared_config(&sim.base_url(), &redis.url, &[("pro", pro)]);
+    cfg.store.timeout_ms = 200;
+    let gw = gateway(cfg).await;
+    let c = http();
+    for _ in 0..3 {
+        assert_eq!(
+            chat(&c, &gw, "pro", &chat_body("on redis", 16))
+                .await
+                .status(),
+            200
+        );
+    }
+    let spent = settled_spend(&gw, "pro", |s| s > 0.0).await;
+    let mut b = Browser::start(1400, 900).await;
+    sign_in(&mut b, &gw.url()).await;
+    assert_eq!(
+        b.eval("document.getElementById('store-state').textContent")
+            .await,
+        "redis · up"
+    );
+    let rows = table(&mut b, "#clients tbody tr[data-client]", "data-client").await;
+    assert_eq!(
+        value(&rows["pro"]["spend-today"]),
+        spent,
+        "spend read from Redis"
+    );
+
+    // Redis stops answering: the page says so, and keeps what it can show.
+    redis.pause();
+    b.wait_for(
+        "document.getElementById('store-state').dataset.up === '0'",
+        Duration::from_secs(20),
+        "the store shown down",
+    )
+    .await;
+    assert_eq!(
+        b.eval("document.getElementById('store-state').textContent")
+            .await,
+        "redis · DOWN"
+    );
+    assert_eq!(
+        b.eval("document.querySelector(\"tr[data-client='pro'] [data-field='requests']\").dataset.value").await,
+        "3",
+        "the instance's own counts are still shown"
+    );
+    assert_eq!(
+        b.eval("document.getElementById('client-count').textContent.includes('store:')")
+            .await,
+        true
+    );
+    keep_screenshot("dashboard-store-down.png", &b.screenshot().await);
+    redis.resume();
+    b.wait_for(
+        "document.getElementById('store-state').dataset.up === '1'",
+        Duration::from_secs(20),
+        "the store shown up again",
     )
     .await;
 }

@@ -120,8 +120,12 @@ pub async fn overview(gw: &Gateway) -> Value {
 
     let mut store_error = None;
     let mut models = Vec::new();
-    for model in gw.models.values() {
-        let status = match model.limiter.status().await {
+    // Every model's bucket at once: with the store down, each waits its
+    // retries out.
+    let statuses =
+        futures_util::future::join_all(gw.models.values().map(|m| m.limiter.status())).await;
+    for (model, status) in gw.models.values().zip(statuses) {
+        let status = match status {
             Ok(s) => Some(s),
             Err(e) => {
                 store_error.get_or_insert_with(|| e.to_string());
