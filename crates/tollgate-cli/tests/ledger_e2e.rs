@@ -13,6 +13,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,14 +23,7 @@ use tollgate_gateway::upstream_sim::{self, SimConfig};
 use tollgate_harness::postgres::PostgresServer;
 use tollgate_harness::procs::{RedisServer, RedisSpec};
 
-fn http() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
+use common::client as http;
 
 async fn sim() -> upstream_sim::SimUpstream {
     upstream_sim::start(
@@ -64,17 +58,27 @@ async fn load(
     concurrency: usize,
     pick: impl Fn(usize) -> (String, &'static str, serde_json::Value) + Send + Sync + 'static,
 ) -> Vec<Answer> {
+    load_until(n, concurrency, Arc::default(), pick).await
+}
+
+/// [`load`] that stops early once `stop` is set.
+async fn load_until(
+    n: usize,
+    concurrency: usize,
+    stop: Arc<AtomicBool>,
+    pick: impl Fn(usize) -> (String, &'static str, serde_json::Value) + Send + Sync + 'static,
+) -> Vec<Answer> {
     let c = http();
     let pick = Arc::new(pick);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (c, pick, next) = (c.clone(), pick.clone(), next.clone());
+        let (c, pick, next, stop) = (c.clone(), pick.clone(), next.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
             loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= n {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n || stop.load(Ordering::Relaxed) {
                     return out;
                 }
                 let (url, who, body) = pick(i);
@@ -97,12 +101,23 @@ fn price() -> MicroPrice {
 /// has an id that was not answered.
 fn one_row_per_answer(answers: &[Answer], rows: &[Row]) {
     let answered: HashSet<&str> = answers.iter().filter_map(|a| a.id.as_deref()).collect();
-    assert_eq!(answered.len(), answers.len(), "every answer carries its own id");
+    assert_eq!(
+        answered.len(),
+        answers.len(),
+        "every answer carries its own id"
+    );
     let ids: Vec<String> = rows.iter().map(|r| r.request_id.to_string()).collect();
     let unique: HashSet<&str> = ids.iter().map(String::as_str).collect();
     assert_eq!(unique.len(), rows.len(), "no row twice");
-    let missing: Vec<&&str> = answered.iter().filter(|id| !unique.contains(**id)).take(5).collect();
-    assert!(missing.is_empty(), "answers without a row, e.g. {missing:?}");
+    let missing: Vec<&&str> = answered
+        .iter()
+        .filter(|id| !unique.contains(**id))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "answers without a row, e.g. {missing:?}"
+    );
     assert_eq!(rows.len(), answers.len(), "rows equal requests exactly");
 }
 
@@ -172,13 +187,16 @@ async fn ten_thousand_requests_over_two_instances_leave_one_row_each_and_reports
     };
     assert!(count(429, "rate_limited") > 0, "{statuses:?}");
     assert!(count(429, "budget_exceeded") > 0, "{statuses:?}");
-    assert!(count(502, "upstream_error") + count(503, "upstream_error") > 0, "{statuses:?}");
+    assert!(
+        count(502, "upstream_error") + count(503, "upstream_error") > 0,
+        "{statuses:?}"
+    );
     assert!(count(200, "ok") > N / 2, "{statuses:?}");
     let instances: HashSet<&str> = rows.iter().map(|r| r.instance.as_str()).collect();
     assert_eq!(instances, HashSet::from(["a", "b"]));
 
     // The report's totals are the rows' sums and the upstream's usage × prices.
-    let report = reqwest::Client::new()
+    let report = http()
         .get(format!("{}/admin/usage?group_by=client", a.url))
         .bearer_auth(ADMIN)
         .send()
@@ -201,7 +219,7 @@ async fn ten_thousand_requests_over_two_instances_leave_one_row_each_and_reports
     assert_eq!(reported_refused, refused);
     let groups = report["groups"].as_array().unwrap();
     assert_eq!(groups.len(), 3, "{groups:?}");
-    let csv = reqwest::Client::new()
+    let csv = http()
         .get(format!("{}/admin/usage?group_by=model", b.url))
         .bearer_auth(ADMIN)
         .header("accept", "text/csv")
@@ -221,7 +239,11 @@ async fn ten_thousand_requests_over_two_instances_leave_one_row_each_and_reports
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dollars = tollgate_gateway::ledger::report::dollars(expected_spend);
     assert!(table.lines().last().unwrap().contains(&dollars), "{table}");
     let _ = store.usage(GroupBy::Day, 0, i64::MAX).await.unwrap();
@@ -248,7 +270,7 @@ async fn postgres_stopped_under_load_and_started_again_loses_and_doubles_no_row(
     let store = Store::open(&pg.url()).await.unwrap();
     let rows = rows_when(&store, answers.len(), Duration::from_secs(20)).await;
     one_row_per_answer(&answers, &rows);
-    let metrics = reqwest::Client::new()
+    let metrics = http()
         .get(format!("{}/metrics", gw.url))
         .bearer_auth(ADMIN)
         .send()
@@ -282,7 +304,8 @@ async fn a_gateway_killed_mid_load_loses_at_most_its_flush_window_and_replays_it
     config.ledger.flush_interval_ms = FLUSH_MS;
     let mut gw = Gateway::start(&dir.0, "a", config).await;
     let url = gw.url.clone();
-    let run = tokio::spawn(load(100_000, 8, move |i| {
+    let stop = Arc::new(AtomicBool::new(false));
+    let run = tokio::spawn(load_until(100_000, 8, stop.clone(), move |i| {
         (url.clone(), "pro", chat("gpt-4o-mini", i, 16))
     }));
     // Load with the database up, then down (rows go to the spool), then the
@@ -292,20 +315,24 @@ async fn a_gateway_killed_mid_load_loses_at_most_its_flush_window_and_replays_it
     tokio::time::sleep(Duration::from_millis(800)).await;
     gw.kill();
     let killed = Instant::now();
+    stop.store(true, Ordering::Relaxed);
     let answers: Vec<Answer> = run
         .await
         .unwrap()
         .into_iter()
         .filter(|a| a.status == 200)
         .collect();
-    assert!(answers.len() > 200, "load ran: {} answers", answers.len());
+    assert!(answers.len() > 50, "load ran: {} answers", answers.len());
     pg.start_again().unwrap();
     let store = Store::open(&pg.url()).await.unwrap();
     let before = store.rows().await.unwrap().len();
     // The restart replays what the killed process spooled.
     let _gw = Gateway::start_file(&gw.config_path, "a-again").await;
     let rows = rows_when(&store, answers.len(), Duration::from_secs(10)).await;
-    assert!(rows.len() > before, "the restart replayed the spool ({before} before)");
+    assert!(
+        rows.len() > before,
+        "the restart replayed the spool ({before} before)"
+    );
     let ids: HashSet<String> = rows.iter().map(|r| r.request_id.to_string()).collect();
     assert_eq!(ids.len(), rows.len(), "no row twice");
     let lost: Vec<&Answer> = answers
@@ -327,7 +354,9 @@ async fn a_gateway_killed_mid_load_loses_at_most_its_flush_window_and_replays_it
         "killed after {} answers: {} rows lost, the oldest answered {:?} before the kill",
         answers.len(),
         lost.len(),
-        lost.iter().map(|a| killed.saturating_duration_since(a.at)).max()
+        lost.iter()
+            .map(|a| killed.saturating_duration_since(a.at))
+            .max()
     );
 }
 
@@ -357,7 +386,10 @@ async fn a_client_that_spent_its_budget_is_still_refused_after_redis_restarts_em
             s => panic!("status {s}"),
         }
     }
-    assert!(ok > 0 && refused.is_some(), "{ok} answered, then refused at {refused:?}");
+    assert!(
+        ok > 0 && refused.is_some(),
+        "{ok} answered, then refused at {refused:?}"
+    );
     redis.restart().unwrap();
     // The gateway's connection comes back; the budget must hold at once.
     let mut seen = Vec::new();
@@ -366,6 +398,9 @@ async fn a_client_that_spent_its_budget_is_still_refused_after_redis_restarts_em
         seen.push(a.status);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(!seen.contains(&200), "spent budget granted again after the reset: {seen:?}");
+    assert!(
+        !seen.contains(&200),
+        "spent budget granted again after the reset: {seen:?}"
+    );
     assert!(seen.contains(&429), "{seen:?}");
 }

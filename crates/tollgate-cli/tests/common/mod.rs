@@ -86,6 +86,16 @@ pub fn config(sim_url: &str, tiers: &[(&str, TierConfig)]) -> Config {
     c
 }
 
+/// An HTTP client (rustls' provider installed first).
+pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
 /// A temporary directory, removed when dropped.
 pub struct Dir(pub PathBuf);
 
@@ -150,7 +160,7 @@ impl Gateway {
             config_path: path.to_path_buf(),
             log,
         };
-        let c = reqwest::Client::new();
+        let c = client();
         let started = Instant::now();
         loop {
             if let Ok(r) = c.get(format!("{}/healthz", gw.url)).send().await {

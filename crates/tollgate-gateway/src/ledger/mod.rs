@@ -20,14 +20,12 @@
 //! ```
 
 pub mod http;
-mod legacy;
 pub mod report;
 pub mod row;
 pub mod spool;
 pub mod store;
 pub mod writer;
 
-pub use self::legacy::{Ledger, LogLedger, UsageRecord};
 pub use self::report::{Report, UsageQuery};
 pub use self::row::{MicroPrice, Row};
 pub use self::store::{GroupBy, SpendSince, Store, StoreError};

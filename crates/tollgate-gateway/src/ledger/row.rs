@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::budget::Price;
+use crate::model::Price;
 use crate::outcome::Outcome;
 
 /// One request that reached admission (answered, refused or failed).
@@ -100,7 +100,7 @@ impl MicroPrice {
     /// The integer price of a configured price (USD per million tokens).
     ///
     /// ```
-    /// use tollgate_gateway::budget::Price;
+    /// use tollgate_gateway::model::Price;
     /// use tollgate_gateway::ledger::MicroPrice;
     /// let p = MicroPrice::from(Price { input_usd_per_mtok: 0.15, output_usd_per_mtok: 0.6 });
     /// // 1000 × 0.15 µUSD + 1000 × 0.6 µUSD = 750 µUSD.

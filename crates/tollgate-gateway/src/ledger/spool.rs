@@ -66,12 +66,25 @@ impl Spool {
             left += count_lines(p).map_err(|source| spool.err(p, source))?;
         }
         spool.rows.store(left, Relaxed);
-        // Fail at start, not at the first outage, when the folder is wrong.
-        drop(
-            spool
-                .file()
-                .map_err(|source| spool.err(&spool.path, source))?,
-        );
+        // Fail at start, not at the first outage, when the folder is wrong
+        // (the file itself is made at the first append).
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() && !m.permissions().readonly() => {}
+            Ok(_) => {
+                return Err(spool.err(
+                    dir,
+                    std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        "not a writable folder",
+                    ),
+                ))
+            }
+            Err(e) => return Err(spool.err(dir, e)),
+        }
         Ok(spool)
     }
 

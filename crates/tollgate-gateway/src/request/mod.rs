@@ -216,7 +216,7 @@ async fn serve(req: &Req<'_>, body: Body, tally: &mut Tally) -> Result<Response,
         .await
         .map_err(|f| respond::failure(req.client, None, &req.path.upstream, f))?;
     let started = Instant::now();
-    let (admission, paused) = admit(req, &model, estimate).await?;
+    let (mut admission, paused) = admit(req, &model, &parsed.model, estimate).await?;
     tally.stage(Stage::Queued);
     // The headers describe the client's bucket right after this request was
     // let in, known from its permit: no store round trip.
@@ -229,9 +229,10 @@ async fn serve(req: &Req<'_>, body: Body, tally: &mut Tally) -> Result<Response,
         reply.error.headers.extend(rl_headers.clone());
         reply
     };
-    wait(req, &model, &admission, paused, started)
-        .await
-        .map_err(with_headers)?;
+    if let Err(reply) = wait(req, &model, &admission, paused, started).await {
+        admission.ended(reply.outcome, Some(&reply.error.code));
+        return Err(with_headers(reply));
+    }
     tally.stage(Stage::Upstream);
     let mut r = upstream(req, &model, &parsed, estimate, admission, tally)
         .await
@@ -264,6 +265,7 @@ async fn prepare(
 async fn admit(
     req: &Req<'_>,
     model: &Arc<Model>,
+    requested: &str,
     estimate: Estimate,
 ) -> Result<(Admission, Option<Paused>), Reply> {
     let up = &req.path.upstream;
@@ -278,10 +280,21 @@ async fn admit(
     let (admitted, paused) = tokio::join!(admitting, model.hold.check(&up.store, up.store_timeout));
     match admitted {
         Ok(Ok(mut a)) => {
-            a.set_request_id(req.request_id.0);
+            a.set_request(req.request_id.0, requested);
             Ok((a, paused))
         }
-        Ok(Err(refusal)) => Err(respond::refusal(req.client, model, refusal).await),
+        Ok(Err(refusal)) => {
+            let reply = respond::refusal(req.client, model, refusal).await;
+            req.path.books.record_refusal(
+                req.request_id.0,
+                req.client,
+                requested,
+                estimate.tokens,
+                reply.outcome,
+                &reply.error.code,
+            );
+            Err(reply)
+        }
         Err(e) => {
             tracing::error!(error = %e, "admission task failed");
             Err(respond::failure(
@@ -351,10 +364,13 @@ async fn upstream(
     let mut answered = match forwarded.result {
         Ok(Answer::Whole { bytes, charge }) => {
             stream::note_charge(&up.metrics, model, &req.client.id, &charge);
+            admission.answered();
+            admission.ended(Outcome::Ok, None);
             admission.settle(charge.usage()).await;
             Ok(respond::json(bytes))
         }
         Ok(Answer::Stream { body, sent }) => {
+            admission.answered();
             let relay = stream::SseRelay::new(
                 body,
                 stream::Relayed {
@@ -372,14 +388,12 @@ async fn upstream(
             Ok(respond::event_stream(relay))
         }
         Err(f) => {
-            admission.settle(f.used(estimate.tokens.input)).await;
+            let used = f.used(estimate.tokens.input);
             forward::slow_down(up, model, &f).await;
-            Err(respond::failure(
-                req.client,
-                Some(model),
-                up,
-                Failure::Upstream(f),
-            ))
+            let reply = respond::failure(req.client, Some(model), up, Failure::Upstream(f));
+            admission.ended(reply.outcome, Some(&reply.error.code));
+            admission.settle(used).await;
+            Err(reply)
         }
     };
     if let Some(id) = upstream_id {

@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 use tollgate::{Cost, DimensionStatus, OutagePolicy, Permit, RateLimiter};
 
 use crate::budget::{nano_to_usd, Budgets, Hold};
-use crate::ledger::{Ledger, UsageRecord};
+use crate::ledger::{MicroPrice, Row, UsageLedger};
 use crate::metrics::Metrics;
 use crate::model::Model;
+use crate::outcome::Outcome;
 use crate::registry::Client;
 
 /// Where a request's use is written down: spend and budgets, metrics and
@@ -33,8 +34,8 @@ pub(crate) struct Books {
     pub(crate) budgets: Arc<Budgets>,
     /// Metrics.
     pub(crate) metrics: Arc<Metrics>,
-    /// Usage records.
-    pub(crate) ledger: Arc<dyn Ledger>,
+    /// The usage ledger (`None`: `ledger.url = "off"`).
+    pub(crate) ledger: Option<Arc<UsageLedger>>,
     /// What to do when the spend store cannot be reached.
     pub(crate) outage: OutagePolicy,
     /// Settle before the answer goes out (the memory store: it costs
@@ -153,11 +154,28 @@ impl Admission {
     /// it, so a client that leaves is charged its input at least.
     pub(crate) fn sent(&mut self) {
         self.used = Some(Usage::new(self.estimate.input, 0));
+        self.parts.notes.attempts += 1;
+        self.parts.notes.sent_at = Some(Instant::now());
     }
 
-    /// The request's id, for its ledger row.
-    pub(crate) fn set_request_id(&mut self, id: uuid::Uuid) {
+    /// The upstream's answer began (its headers, or the whole answer).
+    pub(crate) fn answered(&mut self) {
+        let n = &mut self.parts.notes;
+        n.first_byte = n.sent_at.map(|t| t.elapsed());
+    }
+
+    /// The request's id and the model it named, for its ledger row.
+    pub(crate) fn set_request(&mut self, id: uuid::Uuid, requested: &str) {
         self.parts.request_id = id;
+        self.parts.notes.requested = requested.to_string();
+        self.parts.recorded = false;
+    }
+
+    /// How the request ended, for its ledger row (left unsaid: the client
+    /// went away).
+    pub(crate) fn ended(&mut self, outcome: Outcome, error_code: Option<&str>) {
+        self.parts.notes.outcome = outcome;
+        self.parts.notes.error_code = error_code.map(String::from);
     }
 
     /// Cancels every reservation made so far (the request never ran);
@@ -195,13 +213,19 @@ impl Admission {
         let p = &self.parts;
         let mut empty = Parts::new(p.books.clone(), p.client.clone(), p.model.clone());
         empty.request_id = p.request_id;
-        std::mem::replace(&mut self.parts, empty)
+        empty.estimate = p.estimate;
+        empty.recorded = true;
+        let mut parts = std::mem::replace(&mut self.parts, empty);
+        parts.estimate = self.estimate;
+        let n = &mut parts.notes;
+        n.latency = n.sent_at.map(|t| t.elapsed());
+        parts
     }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        if self.parts.is_empty() {
+        if self.parts.is_empty() && self.parts.recorded {
             return;
         }
         let parts = self.take();
@@ -224,6 +248,42 @@ struct Parts {
     model_permit: Option<Permit>,
     hold: Option<Hold>,
     request_id: uuid::Uuid,
+    /// The estimate admitted.
+    estimate: Usage,
+    /// What the ledger row says besides the usage.
+    notes: Notes,
+    /// Whether this request's row is written, or is not this admission's
+    /// to write (one the request path has not taken on: its refusal is
+    /// recorded by the path).
+    recorded: bool,
+}
+
+/// What the request path learns of a request on its way, for its ledger
+/// row.
+#[derive(Debug, Clone)]
+struct Notes {
+    requested: String,
+    outcome: Outcome,
+    error_code: Option<String>,
+    attempts: u32,
+    sent_at: Option<Instant>,
+    first_byte: Option<Duration>,
+    latency: Option<Duration>,
+}
+
+impl Default for Notes {
+    fn default() -> Self {
+        Notes {
+            requested: String::new(),
+            // Unless the path says otherwise: dropped, the client went away.
+            outcome: Outcome::ClientGone,
+            error_code: None,
+            attempts: 0,
+            sent_at: None,
+            first_byte: None,
+            latency: None,
+        }
+    }
 }
 
 impl Parts {
@@ -237,6 +297,10 @@ impl Parts {
             model_permit: None,
             hold: None,
             request_id: uuid::Uuid::nil(),
+            estimate: Usage::NONE,
+            notes: Notes::default(),
+            // Until the request path takes the admission on (with its id).
+            recorded: true,
         }
     }
 
@@ -257,13 +321,57 @@ impl Parts {
             settle_budget(&self.books, &self.client, self.hold.as_ref(), cost)
         );
         if usage.is_some() {
-            self.record(used, cost, waited);
+            self.count(used, cost);
         }
+        self.write_row(used, waited);
         cost
     }
 
-    /// The metrics and the ledger row of a request that was settled.
-    fn record(&self, used: Usage, cost: i64, waited: Duration) {
+    /// The request's ledger row, once.
+    fn write_row(&mut self, used: Usage, waited: Duration) {
+        if std::mem::replace(&mut self.recorded, true) {
+            return;
+        }
+        let Some(ledger) = &self.books.ledger else {
+            return;
+        };
+        let n = &self.notes;
+        let price = MicroPrice::from(self.model.price);
+        let cost = price.cost_micro_usd(used.input, used.output);
+        let requested = if n.requested.is_empty() {
+            self.model.name.clone()
+        } else {
+            n.requested.clone()
+        };
+        let us = |d: Duration| d.as_micros().min(i64::MAX as u128) as i64;
+        let mut row = refused_row(
+            ledger,
+            self.request_id,
+            &self.client,
+            &requested,
+            self.estimate,
+        );
+        row.served_model = if n.first_byte.is_some() {
+            self.model.name.clone()
+        } else {
+            String::new()
+        };
+        row.attempts = n.attempts;
+        row.input_tokens = used.input as i64;
+        row.output_tokens = used.output as i64;
+        row.cost_micro_usd = cost;
+        // Until routing lands the baseline is the model served: no savings.
+        row.baseline_cost_micro_usd = cost;
+        row.queue_wait_us = us(waited);
+        row.upstream_latency_us = n.latency.map(us);
+        row.first_token_us = n.first_byte.map(us);
+        row.outcome = n.outcome.as_str().to_string();
+        row.error_code = n.error_code.clone();
+        ledger.record(row);
+    }
+
+    /// The token and spend metrics of a request that was settled.
+    fn count(&self, used: Usage, cost: i64) {
         let metrics = &self.books.metrics;
         let client = self.client.id.as_str();
         let model = self.model.name.as_str();
@@ -283,16 +391,63 @@ impl Parts {
             &[("client", client), ("model", model)],
             nano_to_usd(cost),
         );
-        self.books.ledger.record(&UsageRecord {
-            request_id: self.request_id,
-            client,
-            tier: &self.client.tier.name,
-            model,
-            input_tokens: used.input,
-            output_tokens: used.output,
-            cost_usd: nano_to_usd(cost),
-            waited,
-        });
+    }
+}
+
+/// The row of a request of `client` for `requested` that was refused at
+/// admission: nothing sent, nothing charged. (A settled request's row starts
+/// from it.)
+fn refused_row(
+    ledger: &UsageLedger,
+    request_id: uuid::Uuid,
+    client: &Client,
+    requested: &str,
+    estimate: Usage,
+) -> Row {
+    let now = crate::ledger::row::now_ms();
+    Row {
+        request_id,
+        started_at_ms: crate::ledger::row::id_time_ms(&request_id).unwrap_or(now),
+        finished_at_ms: now,
+        client: client.id.clone(),
+        tier: client.tier.name.clone(),
+        route: requested.to_string(),
+        requested_model: requested.to_string(),
+        served_model: String::new(),
+        baseline_model: requested.to_string(),
+        attempts: 0,
+        est_input_tokens: estimate.input as i64,
+        est_output_tokens: estimate.output as i64,
+        input_tokens: 0,
+        output_tokens: 0,
+        cost_micro_usd: 0,
+        baseline_cost_micro_usd: 0,
+        queue_wait_us: 0,
+        upstream_latency_us: None,
+        first_token_us: None,
+        outcome: Outcome::Internal.as_str().to_string(),
+        error_code: None,
+        instance: ledger.instance().to_string(),
+    }
+}
+
+impl Books {
+    /// Writes the row of a request refused at admission (no admission was
+    /// left to settle).
+    pub(crate) fn record_refusal(
+        &self,
+        request_id: uuid::Uuid,
+        client: &Client,
+        requested: &str,
+        estimate: Usage,
+        outcome: Outcome,
+        error_code: &str,
+    ) {
+        let Some(ledger) = &self.ledger else { return };
+        let mut row = refused_row(ledger, request_id, client, requested, estimate);
+        row.outcome = outcome.as_str().to_string();
+        row.error_code = Some(error_code.to_string());
+        ledger.record(row);
     }
 }
 
