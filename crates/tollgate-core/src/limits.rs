@@ -1,6 +1,6 @@
 //! Limits as a user writes them, and the validated [`Policy`] the arithmetic uses.
 
-use crate::{Cost, CostError, Dimension, Dims, LimitsError, DIMENSIONS};
+use crate::{Cost, CostError, Dimension, Dims, LimitsError, ReserveError, DIMENSIONS};
 
 /// The default window: limits are per minute.
 pub const DEFAULT_WINDOW_SECS: f64 = 60.0;
@@ -252,7 +252,9 @@ impl Policy {
     pub fn lane(&self, share: f64) -> Policy {
         Policy {
             limits: self.limits.clone(),
-            increment: self.increment.map(|t| if t > 0.0 { t / share } else { 0.0 }),
+            increment: self
+                .increment
+                .map(|t| if t > 0.0 { t / share } else { 0.0 }),
             tau: self.tau,
             share: self.share * share,
         }
@@ -268,6 +270,27 @@ impl Policy {
         self.limit(d)
             .map(|l| l as f64 * self.limits.burst * self.share)
             .unwrap_or(f64::INFINITY)
+    }
+
+    /// The error for a request that can never fit: the first limited
+    /// dimension whose bucket cannot hold `cost`, if any.
+    pub fn too_large(&self, cost: &Dims) -> Option<ReserveError> {
+        Dimension::ALL
+            .into_iter()
+            .find(|&d| self.is_limited(d) && cost[d.index()] > self.capacity(d))
+            .map(|d| self.too_large_in(d, cost[d.index()]))
+    }
+
+    /// The error for a request needing `needed` units of `d`, more than its
+    /// bucket holds.
+    pub(crate) fn too_large_in(&self, d: Dimension, needed: f64) -> ReserveError {
+        ReserveError::TooLarge {
+            dimension: d,
+            needed,
+            capacity: self.capacity(d),
+            limit: self.limit(d).unwrap_or(0),
+            burst: self.limits.burst,
+        }
     }
 
     /// The cost of a request in units of each dimension, unchecked.
