@@ -144,7 +144,10 @@ async fn shared(
         .url(url)
         .limits(Limits::new().rpm(1_000_000_000).tpm(tpm).window_secs(1e7))
         .priority_classes(vec![class; classes])
-        .class_shares(vec![tollgate::ClassShare::new(0.5 / classes as f64, 1.0); classes])
+        .class_shares(vec![
+            tollgate::ClassShare::new(0.5 / classes as f64, 1.0);
+            classes
+        ])
         .build()
         .await?;
     // Lanes filled for the whole run by calls never settled.
@@ -156,7 +159,9 @@ async fn shared(
     };
     for k in fill {
         let opts = tollgate::AcquireOptions::class(k as u8).max_wait(std::time::Duration::ZERO);
-        let permit = limiter.acquire_with(Cost::tokens(lane as u64), opts).await?;
+        let permit = limiter
+            .acquire_with(Cost::tokens(lane as u64), opts)
+            .await?;
         std::mem::forget(permit);
     }
     // The new limiter's first calls (its limits fingerprint) may find their
@@ -195,11 +200,14 @@ async fn shared(
     reserve.calls = acquires;
     let _ = settles;
     Ok(ScriptCost {
-        workload: format!("shared, {classes} classes: {}", match case {
-            Lanes::Own => "own lane",
-            Lanes::Borrow => "borrows",
-            Lanes::AllFull => "all lanes full",
-        }),
+        workload: format!(
+            "shared, {classes} classes: {}",
+            match case {
+                Lanes::Own => "own lane",
+                Lanes::Borrow => "borrows",
+                Lanes::AllFull => "all lanes full",
+            }
+        ),
         reserves: reserve.calls,
         reserve_usec: reserve.per_call(),
         settles: settle.calls,

@@ -152,7 +152,7 @@ async fn simulate(s: &Scenario) -> Run {
                 (limiter.clone(), order.clone(), calls.clone(), load.clone());
             let now = now.clone();
             let duration = s.duration;
-            let mut seed = s.seed ^ ((class as u64 + 1) << 32) ^ (caller as u64 + 1) * 0x9E37;
+            let mut seed = s.seed ^ ((class as u64 + 1) << 32) ^ ((caller as u64 + 1) * 0x9E37);
             tasks.push(tokio::spawn(async move {
                 while now() < duration {
                     let r = xorshift(&mut seed);
@@ -171,7 +171,9 @@ async fn simulate(s: &Scenario) -> Run {
                     };
                     let acquire = limiter
                         .acquire_with(Cost::tokens(tokens), AcquireOptions::class(class as u8));
-                    let give_up = load.give_up.filter(|_| xorshift(&mut seed) % 4 == 0);
+                    let give_up = load
+                        .give_up
+                        .filter(|_| xorshift(&mut seed).is_multiple_of(4));
                     let permit = match give_up {
                         Some(secs) => {
                             match tokio::time::timeout(Duration::from_secs_f64(secs), acquire).await
