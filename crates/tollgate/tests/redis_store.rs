@@ -176,14 +176,7 @@ async fn reserve_script_matches_the_core_bit_for_bit() {
 /// every grant, settlement and stored state must be identical to the bit.
 #[tokio::test]
 async fn redis_and_memory_agree_on_every_call() {
-    let all_dimensions = Limits::new()
-        .requests(11)
-        .tokens(1_500)
-        .input_tokens(900)
-        .output_tokens(400)
-        .window_secs(2.3)
-        .burst(1.4)
-        .burndown(3.0);
+    let all_dimensions = all_dimensions();
     mirror(all_dimensions, 0).await;
     // Tokens only, so that refunds ahead let waiting reservations move.
     mirror(Limits::new().tokens(2_000).window_secs(1.1), 1).await;
@@ -194,14 +187,7 @@ async fn redis_and_memory_agree_on_every_call() {
 /// limits, charged by the same scripts with the lane's increments.
 #[tokio::test]
 async fn redis_and_memory_agree_on_the_lanes_of_a_shared_bucket() {
-    let all_dimensions = Limits::new()
-        .requests(11)
-        .tokens(1_500)
-        .input_tokens(900)
-        .output_tokens(400)
-        .window_secs(2.3)
-        .burst(1.4)
-        .burndown(3.0);
+    let all_dimensions = all_dimensions();
     let shares = tollgate::ClassShare::new(0.3, 2.0);
     let shares =
         tollgate_core::Shares::new(vec![shares, tollgate::ClassShare::new(0.1, 1.0)]).unwrap();
@@ -212,6 +198,18 @@ async fn redis_and_memory_agree_on_the_lanes_of_a_shared_bucket() {
         .validate()
         .unwrap();
     mirror_policy(shares.lane(&tokens, 1), 1).await;
+}
+
+/// Limits on every dimension, with an odd window, burst and burndown.
+fn all_dimensions() -> Limits {
+    Limits::new()
+        .requests(11)
+        .tokens(1_500)
+        .input_tokens(900)
+        .output_tokens(400)
+        .window_secs(2.3)
+        .burst(1.4)
+        .burndown(3.0)
 }
 
 /// Runs the same random calls on Redis and on a memory store set to the
