@@ -12,6 +12,8 @@ use std::fmt::Write;
 
 use parking_lot::Mutex;
 
+use crate::activity::Activity;
+
 /// Every metric: name, type, help. Rendered in this order.
 const METRICS: &[(&str, &str, &str)] = &[
     ("tollgate_requests_total", "counter", "Requests by client, tier, model and outcome."),
@@ -30,6 +32,7 @@ const METRICS: &[(&str, &str, &str)] = &[
     ("tollgate_connections_open", "gauge", "Client connections open now."),
     ("tollgate_connections_refused_total", "counter", "Client connections refused at the connection limit."),
     ("tollgate_connections_timed_out_total", "counter", "Client connections closed by the idle or header-read timeout."),
+    ("tollgate_budget_usd", "gauge", "Budget in USD by tier and period (day, month), summed over the tier's clients with a budget; by client too where metrics.client_labels is on."),
     ("tollgate_budget_left_usd", "gauge", "Budget left in USD by tier and period (day, month), summed over the tier's clients with a budget; by client too where metrics.client_labels is on."),
     ("tollgate_store_up", "gauge", "Whether the limit and spend store answered a ping at this scrape (1) or not (0)."),
 ];
@@ -48,6 +51,14 @@ pub mod names {
     pub const CONNECTIONS_REFUSED: &str = "tollgate_connections_refused_total";
     /// Client connections timed out.
     pub const CONNECTIONS_TIMED_OUT: &str = "tollgate_connections_timed_out_total";
+    /// Tokens settled.
+    pub const TOKENS: &str = "tollgate_tokens_total";
+    /// Time waited in the queue.
+    pub const QUEUE_WAIT: &str = "tollgate_queue_wait_seconds";
+    /// Store errors by component.
+    pub const STORE_ERRORS: &str = "tollgate_store_errors_total";
+    /// Budget.
+    pub const BUDGET: &str = "tollgate_budget_usd";
     /// Budget left.
     pub const BUDGET_LEFT: &str = "tollgate_budget_left_usd";
     /// Store health.
@@ -77,6 +88,7 @@ struct Inner {
 pub struct Metrics {
     inner: Mutex<Inner>,
     client_labels: bool,
+    activity: Activity,
 }
 
 fn labels(pairs: &[(&str, &str)]) -> String {
@@ -145,6 +157,7 @@ impl Metrics {
         Metrics {
             inner: Mutex::default(),
             client_labels,
+            activity: Activity::default(),
         }
     }
 
@@ -193,8 +206,19 @@ impl Metrics {
             .unwrap_or(0.0)
     }
 
+    /// Per-client and per-(model, tier) counts, kept whatever
+    /// `client_labels` says (for the dashboard).
+    pub fn activity(&self) -> &Activity {
+        &self.activity
+    }
+
     /// Adds `v` to a counter.
     pub fn add(&self, name: &'static str, pairs: &[(&str, &str)], v: f64) {
+        match name {
+            names::REQUESTS => self.activity.requests(pairs, v as u64),
+            names::TOKENS => self.activity.tokens(pairs, v as u64),
+            _ => {}
+        }
         with_key(pairs, self.client_labels, |key| {
             let mut inner = self.inner.lock();
             *entry(inner.counters.entry(name).or_default(), key) += v;
@@ -235,6 +259,30 @@ impl Metrics {
             .unwrap_or(0.0)
     }
 
+    /// The `q`-quantile (0..=1) of a histogram's series with exactly the
+    /// labels `pairs` (as rendered: no `client` label unless client labels
+    /// are on), interpolated within its bucket as Prometheus'
+    /// `histogram_quantile` does; `None` when it has no observations. An
+    /// answer in the last, open bucket is that bucket's lower bound.
+    pub fn quantile(&self, name: &'static str, pairs: &[(&str, &str)], q: f64) -> Option<f64> {
+        let key = with_key(pairs, self.client_labels, str::to_string);
+        let inner = self.inner.lock();
+        let h = inner.histograms.get(name)?.get(&key)?;
+        quantile(&h.counts, h.count, q)
+    }
+
+    /// The number of observations in a histogram's series (see
+    /// [`Metrics::quantile`] for `pairs`).
+    pub fn observations(&self, name: &'static str, pairs: &[(&str, &str)]) -> u64 {
+        let key = with_key(pairs, self.client_labels, str::to_string);
+        let inner = self.inner.lock();
+        inner
+            .histograms
+            .get(name)
+            .and_then(|m| m.get(&key))
+            .map_or(0, |h| h.count)
+    }
+
     /// The text exposition.
     pub fn render(&self) -> String {
         let inner = self.inner.lock();
@@ -267,6 +315,25 @@ impl Metrics {
     }
 }
 
+/// The `q`-quantile of a histogram with per-bucket `counts` (of
+/// [`BUCKETS`], not cumulative) and `total` observations, as Prometheus'
+/// `histogram_quantile` computes it.
+fn quantile(counts: &[u64], total: u64, q: f64) -> Option<f64> {
+    if total == 0 {
+        return None;
+    }
+    let rank = q.clamp(0.0, 1.0) * total as f64;
+    let mut below = 0u64;
+    for (i, (&upper, &c)) in BUCKETS.iter().zip(counts).enumerate() {
+        if c > 0 && (below + c) as f64 >= rank {
+            let lower = if i == 0 { 0.0 } else { BUCKETS[i - 1] };
+            return Some(lower + (upper - lower) * (rank - below as f64) / c as f64);
+        }
+        below += c;
+    }
+    BUCKETS.last().copied()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,6 +358,27 @@ mod tests {
         assert!(
             text.contains("tollgate_queue_wait_seconds_count{tier=\"free\"} 1"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_the_bucket() {
+        let m = Metrics::new(false);
+        let tier = [("tier", "pro")];
+        assert_eq!(m.quantile(names::QUEUE_WAIT, &tier, 0.5), None);
+        // Four in (0.001, 0.005], four in (0.01, 0.025].
+        for v in [0.002, 0.003, 0.004, 0.005, 0.02, 0.02, 0.02, 0.02] {
+            m.observe(names::QUEUE_WAIT, &tier, v);
+        }
+        assert_eq!(m.observations(names::QUEUE_WAIT, &tier), 8);
+        let p50 = m.quantile(names::QUEUE_WAIT, &tier, 0.5).unwrap();
+        assert!((p50 - 0.005).abs() < 1e-12, "{p50}");
+        let p75 = m.quantile(names::QUEUE_WAIT, &tier, 0.75).unwrap();
+        assert!((p75 - 0.0175).abs() < 1e-12, "{p75}");
+        m.observe(names::QUEUE_WAIT, &[("tier", "slow")], 1000.0);
+        assert_eq!(
+            m.quantile(names::QUEUE_WAIT, &[("tier", "slow")], 0.99),
+            Some(60.0)
         );
     }
 

@@ -262,6 +262,102 @@ impl Overrides {
     }
 }
 
+/// The overrides as the store holds them, in the format of today's release
+/// or of the previous one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stored {
+    /// Today's format ([`Overrides`]).
+    Current(Overrides),
+    /// The previous release's format (before overrides carried versions),
+    /// read into today's: see [`Overrides::from_stored`].
+    Previous(Overrides),
+}
+
+/// A tier override as the previous release stored it: the whole tier, every
+/// field (it replaced the file's tier). Its fields and defaults are frozen
+/// here, apart from [`TierConfig`], so that the format read stays the one
+/// that release wrote however the config grows.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreviousTier {
+    #[serde(default)]
+    rpm: Option<u64>,
+    #[serde(default)]
+    tpm: Option<u64>,
+    #[serde(default = "one")]
+    burst: f64,
+    #[serde(default)]
+    priority: u8,
+    #[serde(default)]
+    max_wait_ms: u64,
+    #[serde(default)]
+    daily_budget_usd: Option<f64>,
+    #[serde(default)]
+    monthly_budget_usd: Option<f64>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// The previous release's overrides: whole tiers by name, and client id →
+/// tier name.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreviousOverrides {
+    #[serde(default)]
+    tiers: BTreeMap<String, PreviousTier>,
+    #[serde(default)]
+    client_tiers: BTreeMap<String, String>,
+}
+
+impl PreviousTier {
+    /// Every field set, as the previous release enforced it: its API took
+    /// `rpm`/`tpm` 0 as no limit, which today is said with `null`.
+    fn into_patch(self) -> TierPatch {
+        let limit = |v: Option<u64>| Some(v.filter(|&n| n > 0));
+        TierPatch {
+            rpm: limit(self.rpm),
+            tpm: limit(self.tpm),
+            burst: Some(self.burst),
+            priority: Some(self.priority),
+            max_wait_ms: Some(self.max_wait_ms),
+            daily_budget_usd: Some(self.daily_budget_usd),
+            monthly_budget_usd: Some(self.monthly_budget_usd),
+        }
+    }
+}
+
+impl Overrides {
+    /// Reads the overrides stored at `version`: today's format, else the
+    /// previous release's (whole tiers and bare client → tier names, no
+    /// versions), read as overrides of every field of each tier it names,
+    /// each with `version`, so they hold exactly as they did. The next change
+    /// through the admin API stores them in today's format. The error is
+    /// today's format's, when neither fits.
+    pub fn from_stored(json: &str, version: u64) -> Result<Stored, serde_json::Error> {
+        let current_error = match serde_json::from_str::<Overrides>(json) {
+            Ok(o) => return Ok(Stored::Current(o)),
+            Err(e) => e,
+        };
+        let Ok(previous) = serde_json::from_str::<PreviousOverrides>(json) else {
+            return Err(current_error);
+        };
+        let tiers = previous.tiers.into_iter().map(|(name, t)| {
+            let fields = t.into_patch();
+            (name, TierOverride { fields, version })
+        });
+        let client_tiers = previous
+            .client_tiers
+            .into_iter()
+            .map(|(id, tier)| (id, ClientOverride { tier, version }));
+        Ok(Stored::Previous(Overrides {
+            tiers: tiers.collect(),
+            client_tiers: client_tiers.collect(),
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,5 +373,43 @@ mod tests {
         assert_eq!(back, p);
         assert!(serde_json::from_str::<TierPatch>(r#"{"burst": null}"#).is_err());
         assert!(serde_json::from_str::<TierPatch>(r#"{"rpn": 1}"#).is_err());
+    }
+
+    /// As the previous release wrote them: tier pro at rpm 20 and tpm 0
+    /// (which it took as no limit), client free moved to pro.
+    const PREVIOUS: &str = r#"{"tiers":{"pro":{"rpm":20,"tpm":0,"burst":1.0,"priority":0,"max_wait_ms":0,"daily_budget_usd":null,"monthly_budget_usd":null}},"client_tiers":{"free":"pro"}}"#;
+
+    #[test]
+    fn the_previous_format_is_read_as_every_field_of_the_tier() {
+        let Ok(Stored::Previous(o)) = Overrides::from_stored(PREVIOUS, 7) else {
+            panic!("not read as the previous format");
+        };
+        let pro = &o.tiers["pro"];
+        assert_eq!(pro.version, 7);
+        assert_eq!(
+            (pro.fields.rpm, pro.fields.tpm, pro.fields.burst),
+            (Some(Some(20)), Some(None), Some(1.0))
+        );
+        assert_eq!(pro.fields.daily_budget_usd, Some(None));
+        assert_eq!(
+            o.client_tiers["free"],
+            ClientOverride {
+                tier: "pro".into(),
+                version: 7
+            }
+        );
+        // Written back, it is today's format, read as such.
+        let json = serde_json::to_string(&o).unwrap();
+        assert_eq!(
+            Overrides::from_stored(&json, 8).unwrap(),
+            Stored::Current(o)
+        );
+    }
+
+    #[test]
+    fn neither_format_is_an_error_of_todays() {
+        let e = Overrides::from_stored(r#"{"tiers": {"pro": {"rpn": 1}}}"#, 1).unwrap_err();
+        assert!(e.to_string().contains("fields"), "{e}");
+        assert!(Overrides::from_stored("not json", 1).is_err());
     }
 }

@@ -17,7 +17,8 @@ use crate::admin;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::gateway::{Gateway, StartError};
-use crate::proxy::{self, Endpoint};
+use crate::model::Endpoint;
+use crate::request;
 use crate::request_id::{self, RequestId};
 
 /// Every route of the gateway.
@@ -32,6 +33,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .merge(crate::dashboard::routes())
         .route("/admin/tiers", get(admin::tiers))
         .route("/admin/clients", get(admin::clients))
         .route("/admin/clients/{id}/tier", put(admin::set_client_tier))
@@ -82,17 +84,19 @@ async fn legacy_completions() -> ApiError {
     )
 }
 
-/// The route of a proxied endpoint: `POST`, handled by [`proxy::handle`].
+/// The route of a proxied endpoint: `POST`, handled by the request pipeline.
 fn proxied(endpoint: Endpoint) -> MethodRouter<Arc<Gateway>> {
     post(
         move |State(gw): State<Arc<Gateway>>,
               Extension(id): Extension<RequestId>,
               headers: HeaderMap,
-              body: Body| async move { proxy::handle(gw, headers, body, endpoint, id).await },
+              body: Body| async move {
+            request::handle(&gw.pipeline, gw.registry(), headers, body, endpoint, id).await
+        },
     )
 }
 
-fn model_object(m: &crate::routing::Model) -> serde_json::Value {
+fn model_object(m: &crate::model::Model) -> serde_json::Value {
     json!({"id": m.name, "object": "model", "created": 0, "owned_by": m.provider})
 }
 
@@ -101,7 +105,7 @@ async fn model(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(e) = proxy::authenticate(&gw, &headers) {
+    if let Err(e) = request::client_of(&gw.registry(), &headers) {
         return e.into_response();
     }
     match gw.models.get(&id) {
@@ -119,7 +123,7 @@ async fn model(
 }
 
 async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    if let Err(e) = proxy::authenticate(&gw, &headers) {
+    if let Err(e) = request::client_of(&gw.registry(), &headers) {
         return e.into_response();
     }
     let data: Vec<_> = gw.models.values().map(|m| model_object(m)).collect();
@@ -173,6 +177,7 @@ async fn metrics_text(gw: &Gateway) -> Response {
     );
     let mut store_up = gw.sync.ping().await.is_ok();
     let mut left = Vec::new();
+    let mut whole = Vec::new();
     let registry = gw.registry();
     for client in registry.clients.values() {
         let budget = client.tier.budget;
@@ -190,18 +195,18 @@ async fn metrics_text(gw: &Gateway) -> Response {
         ] {
             if let Some(limit) = limit {
                 let usd = crate::budget::nano_to_usd((limit - spent).max(0));
-                left.push((
-                    vec![
-                        ("client", client.id.as_str()),
-                        ("tier", tier),
-                        ("period", period),
-                    ],
-                    usd,
-                ));
+                let pairs = vec![
+                    ("client", client.id.as_str()),
+                    ("tier", tier),
+                    ("period", period),
+                ];
+                whole.push((pairs.clone(), crate::budget::nano_to_usd(limit)));
+                left.push((pairs, usd));
             }
         }
     }
     m.gauge_replace(names::BUDGET_LEFT, &left);
+    m.gauge_replace(names::BUDGET, &whole);
     m.gauge_set(names::STORE_UP, &[], if store_up { 1.0 } else { 0.0 });
     let mut text = m.render();
     // The limiters' own counters: store errors and outage decisions.

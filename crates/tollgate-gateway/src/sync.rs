@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tollgate::store::RedisConnection;
 
+use crate::overrides::Stored;
 use crate::registry::Overrides;
 
 const OVERRIDES_KEY: &str = "tollgate:{config}:overrides";
@@ -79,14 +80,12 @@ impl LiveSync {
                         .query_async(&mut conn),
                 )
                 .await?;
+                let version = version.unwrap_or(0);
                 let overrides = match json {
-                    Some(j) => Some(
-                        serde_json::from_str(&j)
-                            .map_err(|e| format!("bad overrides in {OVERRIDES_KEY}: {e}"))?,
-                    ),
+                    Some(j) => Some(read_stored(&j, version)?),
                     None => None,
                 };
-                Ok((version.unwrap_or(0), overrides))
+                Ok((version, overrides))
             }
         }
     }
@@ -124,5 +123,29 @@ impl LiveSync {
                     .map(|_| ())
             }
         }
+    }
+}
+
+/// The overrides stored at `version`. Those of the previous release are read
+/// (and said so: the next admin change rewrites them); an unreadable value
+/// is an error that names the key and how to remove it.
+fn read_stored(json: &str, version: u64) -> Result<Overrides, String> {
+    match Overrides::from_stored(json, version) {
+        Ok(Stored::Current(o)) => Ok(o),
+        Ok(Stored::Previous(o)) => {
+            tracing::warn!(
+                key = OVERRIDES_KEY,
+                version,
+                "live overrides stored by the previous release (whole tiers, no versions): \
+                 read as overrides of every field of each tier they name; the next admin \
+                 change stores them in today's format"
+            );
+            Ok(o)
+        }
+        Err(e) => Err(format!(
+            "cannot read the live overrides in Redis key {OVERRIDES_KEY} ({e}); \
+             to drop them and start from the config file alone: \
+             redis-cli -u REDIS_URL DEL '{OVERRIDES_KEY}'"
+        )),
     }
 }

@@ -27,7 +27,7 @@ use axum::{Json, Router};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use crate::estimate::Tokenizer;
+use crate::tokenizer::Tokenizer;
 
 /// The longest completion the simulator writes (`[sim:tokens=N]` above it
 /// is cut to this).

@@ -171,3 +171,96 @@ async fn during_a_store_outage_the_admin_api_answers_503() {
     let pro = tier_of(&admin_json(&c, &gw, "/admin/tiers").await, "pro");
     assert_eq!(pro["rpm"].as_u64(), Some(100));
 }
+
+const OVERRIDES_KEY: &str = "tollgate:{config}:overrides";
+const VERSION_KEY: &str = "tollgate:{config}:version";
+
+/// What the previous release (`3204835`) stored under [`OVERRIDES_KEY`],
+/// read back from its Redis, after `PATCH /admin/tiers/pro {"rpm": 20}` and
+/// `PUT /admin/clients/free/tier {"tier": "pro"}` with the file's tiers pro
+/// (10 rpm, 100,000 tpm) and free (5 rpm, 1,000 tpm); [`VERSION_KEY`] then
+/// held 2.
+const PREVIOUS_RELEASE_OVERRIDES: &str = r#"{"tiers":{"pro":{"rpm":20,"tpm":100000,"burst":1.0,"priority":0,"max_wait_ms":0,"daily_budget_usd":null,"monthly_budget_usd":null}},"client_tiers":{"free":"pro"}}"#;
+
+#[tokio::test]
+async fn overrides_stored_by_the_previous_release_hold_at_start_and_the_next_change_rewrites_them()
+{
+    let redis = Redis::start().await;
+    redis.set(OVERRIDES_KEY, PREVIOUS_RELEASE_OVERRIDES).await;
+    redis.set(VERSION_KEY, "2").await;
+    let sim = sim().await;
+    // The file has moved on since (pro's tpm): the previous release's
+    // override replaced the whole tier, and still does.
+    let config = shared_config(
+        &sim.base_url(),
+        &redis.url,
+        &[
+            ("pro", tier(10, 200_000, 0, 0)),
+            ("free", tier(5, 1_000, 0, 0)),
+        ],
+    );
+    let c = http();
+    let gw = gateway(config.clone()).await;
+    let pro = tier_of(&admin_json(&c, &gw, "/admin/tiers").await, "pro");
+    assert_eq!(
+        (pro["rpm"].as_u64(), pro["tpm"].as_u64()),
+        (Some(20), Some(100_000))
+    );
+    assert_eq!(rpm_limit(&c, &gw, "free").await.as_deref(), Some("20"));
+    let listed = admin_json(&c, &gw, "/admin/overrides").await;
+    assert_eq!(
+        listed["tiers"]["pro"]["version"].as_u64(),
+        Some(2),
+        "{listed}"
+    );
+    assert_eq!(listed["tiers"]["pro"]["fields"]["rpm"], 20, "{listed}");
+    assert_eq!(listed["clients"]["free"]["tier"], "pro", "{listed}");
+    assert_eq!(listed["clients"]["free"]["version"].as_u64(), Some(2));
+    let (_, overrides) = gw.gateway.overrides().await;
+    let said = overrides.describe(&config).join("\n");
+    assert!(said.contains("tpm = 100000 (file: 200000)"), "{said}");
+
+    // The next change stores everything in today's format, the previous
+    // release's overrides kept.
+    let r = patch_tier(&c, &gw, "free", &json!({"rpm": 7})).await;
+    assert_eq!(r.status(), 200);
+    let stored: Value = serde_json::from_str(&redis.get(OVERRIDES_KEY).await.unwrap()).unwrap();
+    assert_eq!(
+        stored["tiers"]["free"]["fields"],
+        json!({"rpm": 7}),
+        "{stored}"
+    );
+    assert_eq!(stored["tiers"]["pro"]["fields"]["tpm"], 100_000, "{stored}");
+    assert_eq!(stored["tiers"]["pro"]["version"], 2, "{stored}");
+    assert_eq!(
+        stored["client_tiers"]["free"],
+        json!({"tier": "pro", "version": 2})
+    );
+    drop(gw);
+    let again = gateway(config).await;
+    assert_eq!(rpm_limit(&c, &again, "pro").await.as_deref(), Some("20"));
+}
+
+#[tokio::test]
+async fn unreadable_overrides_stop_the_start_with_the_key_and_how_to_remove_it() {
+    let redis = Redis::start().await;
+    // Cut short, as by a hand edit gone wrong.
+    redis
+        .set(
+            OVERRIDES_KEY,
+            r#"{"tiers":{"pro":{"fields":{"rpm":20},"vers"#,
+        )
+        .await;
+    let sim = sim().await;
+    let config = shared_config(&sim.base_url(), &redis.url, &[("pro", pro_tier())]);
+    let Err(e) = tollgate_gateway::start(config.clone()).await else {
+        panic!("started on overrides it cannot read");
+    };
+    let said = e.to_string();
+    assert!(said.contains(OVERRIDES_KEY), "{said}");
+    assert!(said.contains(&format!("DEL '{OVERRIDES_KEY}'")), "{said}");
+    // Removed as it says, the gateway starts from the file alone.
+    redis.del(OVERRIDES_KEY).await;
+    let gw = gateway(config).await;
+    assert_eq!(rpm_limit(&http(), &gw, "pro").await.as_deref(), Some("100"));
+}

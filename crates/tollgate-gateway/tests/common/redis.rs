@@ -75,3 +75,45 @@ impl Redis {
         assert!(ok, "kill {sig} redis-server");
     }
 }
+
+impl Redis {
+    /// A connection of the test's own, to read or seed keys directly.
+    pub async fn connection(&self) -> ::redis::aio::MultiplexedConnection {
+        ::redis::Client::open(self.url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the test's redis-server")
+    }
+
+    /// `SET key value`.
+    pub async fn set(&self, key: &str, value: &str) {
+        let mut conn = self.connection().await;
+        ::redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    /// `GET key`.
+    pub async fn get(&self, key: &str) -> Option<String> {
+        let mut conn = self.connection().await;
+        ::redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    /// `DEL key`.
+    pub async fn del(&self, key: &str) {
+        let mut conn = self.connection().await;
+        ::redis::cmd("DEL")
+            .arg(key)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+    }
+}
