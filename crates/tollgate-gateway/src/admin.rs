@@ -153,7 +153,9 @@ async fn authorized_body(
 ) -> Result<axum::body::Bytes, ApiError> {
     authorize(gw, headers)?;
     let timeout = std::time::Duration::from_secs_f64(gw.config.server.body_read_timeout_secs);
-    crate::proxy::read_body(headers, body, ADMIN_BODY_LIMIT, timeout).await
+    crate::request::body::read(headers, body, ADMIN_BODY_LIMIT, timeout)
+        .await
+        .map_err(ApiError::from)
 }
 
 fn bad_body(e: impl std::fmt::Display) -> Response {

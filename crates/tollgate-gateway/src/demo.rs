@@ -179,7 +179,7 @@ pub fn banner(gateway_url: &str) -> String {
     for (id, tier, key) in CLIENTS {
         s.push_str(&format!("  {id:<16} tier {tier:<13} key {key}\n"));
     }
-    s.push_str(&format!("admin token: {ADMIN_TOKEN}   (GET {gateway_url}/admin/clients)\nmetrics:     {gateway_url}/metrics   (with the admin token: curl -H 'Authorization: Bearer {ADMIN_TOKEN}')\n\ntry:\n"));
+    s.push_str(&format!("admin token: {ADMIN_TOKEN}   (GET {gateway_url}/admin/clients)\nmetrics:     {gateway_url}/metrics   (with the admin token: curl -H 'Authorization: Bearer {ADMIN_TOKEN}')\ndashboard:   {gateway_url}/dashboard   (sign in with the admin token)\n\ntry:\n"));
     s.push_str(&format!(
         "  curl -s {gateway_url}/v1/chat/completions -H 'Authorization: Bearer tg-demo-free' -H 'Content-Type: application/json' -d '{{\"model\": \"gpt-4o-mini\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}], \"max_tokens\": 50}}' -i\n"
     ));

@@ -7,15 +7,19 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use tollgate::{OutagePolicy, PriorityClass, RateLimiter, Store};
 
-use crate::budget::{Budgets, MemoryBudgets, Price, RedisBudgets};
+use crate::budget::{Budgets, MemoryBudgets, RedisBudgets};
 use crate::config::{model_limits, Config, ConfigError};
-use crate::estimate::Tokenizer;
-use crate::ledger::{Ledger, LogLedger};
+use crate::ledger::LogLedger;
 use crate::metrics::Metrics;
-use crate::proxy::Endpoint;
+use crate::model::{Endpoint, Model, Price};
+use crate::pause::Hold;
 use crate::registry::{Overrides, Registry, RegistryError};
-use crate::routing::Model;
+use crate::request::forward::Upstream;
+use crate::request::settle::Books;
+use crate::request::stream::Timeouts;
+use crate::request::Pipeline;
 use crate::sync::LiveSync;
+use crate::tokenizer::Tokenizer;
 
 /// Why the gateway could not start. Each says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -57,19 +61,17 @@ pub struct Gateway {
     /// The outage policy of every limiter.
     pub outage: OutagePolicy,
     /// Spend and budgets.
-    pub budgets: Budgets,
+    pub budgets: Arc<Budgets>,
     /// Live changes across instances.
     pub sync: LiveSync,
     /// Models by the name clients use.
-    pub models: BTreeMap<String, Arc<Model>>,
-    /// Upstream HTTP client.
-    pub http: reqwest::Client,
+    pub models: Arc<BTreeMap<String, Arc<Model>>>,
     /// Metrics.
-    pub metrics: Metrics,
-    /// Usage records.
-    pub ledger: Arc<dyn Ledger>,
+    pub metrics: Arc<Metrics>,
     /// Client connections open, refused and timed out.
     pub connections: Arc<crate::listener::ConnectionStats>,
+    /// What the request path needs of all this.
+    pub(crate) pipeline: Pipeline,
     pub(crate) admin_hash: Option<[u8; 32]>,
     registry: RwLock<Arc<Registry>>,
     /// The overrides in force and the version they came with.
@@ -81,117 +83,8 @@ impl Gateway {
     pub async fn new(config: Config) -> Result<Arc<Gateway>, StartError> {
         config.validate()?;
         let outage = config.outage_policy()?;
-        let url = config.store.url.clone();
-        let (store, budgets, sync) = if url.starts_with("memory://") {
-            (
-                Store::memory(),
-                Budgets::Memory(MemoryBudgets::new()),
-                LiveSync::Local,
-            )
-        } else {
-            let timeout = Duration::from_millis(config.store.timeout_ms);
-            let defaults = tollgate::store::RedisOptions::default();
-            let late = defaults
-                .late_reply_timeout
-                .max(defaults.connect_timeout + timeout);
-            let options = defaults.response_timeout(timeout).late_reply_timeout(late);
-            let store = Store::redis_with(&url, options).await.map_err(|e| {
-                StartError::Store(format!("{e}; is redis-server running and store.url right?"))
-            })?;
-            // Spend and live changes share the store's multiplexed
-            // connection (standalone or Cluster): their keys carry hash tags.
-            let conn = store
-                .redis_connection()
-                .ok_or_else(|| StartError::Store("not a Redis store".into()))?;
-            (
-                store,
-                Budgets::Redis(Box::new(
-                    RedisBudgets::new(conn.clone(), timeout)
-                        .with_hold_ttl(crate::budget::hold_lifetime(longest_request(&config))),
-                )),
-                LiveSync::Redis(conn, timeout),
-            )
-        };
-        let classes: Vec<PriorityClass> = config
-            .priority
-            .headroom
-            .iter()
-            .map(|&headroom| PriorityClass {
-                headroom,
-                max_wait: None,
-            })
-            .collect();
-        let mut models = BTreeMap::new();
-        for (pname, p) in &config.providers {
-            let api_key = match &p.api_key_env {
-                Some(env) => Some(std::env::var(env).map_err(|_| StartError::MissingKey {
-                    provider: pname.clone(),
-                    env: env.clone(),
-                })?),
-                None => None,
-            };
-            for (mname, m) in &p.models {
-                let limiter = RateLimiter::builder(&format!("model:{pname}/{mname}"))
-                    .store(store.clone())
-                    .limits(model_limits(m))
-                    .priority_classes(classes.clone())
-                    .outage(outage)
-                    // The configuration (and its live changes) decides the limits.
-                    .replace_stored_limits(true)
-                    .build()
-                    .await
-                    .map_err(|e| {
-                        crate::config::invalid(
-                            format!("providers.{pname}.models.{mname:?}"),
-                            e.to_string(),
-                        )
-                    })?;
-                let tokenizer = m
-                    .tokenizer
-                    .as_deref()
-                    .and_then(Tokenizer::from_name)
-                    .unwrap_or_else(|| {
-                        Tokenizer::for_model(m.upstream_name.as_deref().unwrap_or(mname))
-                    });
-                tokenizer.warm_up();
-                let base_url = p.base_url.trim_end_matches('/').to_string();
-                let url = |endpoint: Endpoint| {
-                    reqwest::Url::parse(&format!("{base_url}/{}", endpoint.upstream_path()))
-                        .map_err(|e| {
-                            crate::config::invalid(
-                                format!("providers.{pname}.base_url"),
-                                format!("{:?} is not a valid URL: {e}", p.base_url),
-                            )
-                        })
-                };
-                let urls = [
-                    url(Endpoint::Chat)?,
-                    url(Endpoint::Embeddings)?,
-                    url(Endpoint::Responses)?,
-                ];
-                models.insert(
-                    mname.clone(),
-                    Arc::new(Model {
-                        name: mname.clone(),
-                        provider: pname.clone(),
-                        kind: m.kind,
-                        upstream_name: m.upstream_name.clone().unwrap_or_else(|| mname.clone()),
-                        base_url,
-                        urls,
-                        api_key: api_key.clone(),
-                        limiter,
-                        price: Price {
-                            input_usd_per_mtok: m.input_usd_per_mtok,
-                            output_usd_per_mtok: m.output_usd_per_mtok,
-                        },
-                        context_window: m.context_window,
-                        default_max_tokens: m.default_max_tokens,
-                        tokenizer,
-                        hold: crate::proxy::Hold::new(&format!("model:{pname}/{mname}")),
-                    }),
-                );
-            }
-        }
+        let (store, budgets, sync) = connect(&config).await?;
+        let models = Arc::new(build_models(&config, &store, outage).await?);
         let (version, overrides) = sync.load().await.map_err(StartError::Store)?;
         let overrides = overrides.unwrap_or_default();
         let registry = Registry::build(&config, &overrides, &store, outage)
@@ -205,19 +98,21 @@ impl Gateway {
         for line in overrides.describe(&config) {
             tracing::warn!(version, "live override in force: {line}");
         }
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs_f64(config.server.upstream_timeout_secs))
-            .pool_max_idle_per_host(1024)
-            .build()
-            .map_err(|e| StartError::Http(e.to_string()))?;
         let admin_hash = config
             .admin
             .token_sha256
             .as_deref()
             .and_then(|h| crate::auth::parse_hash(&h.to_ascii_lowercase()));
-        let metrics = Metrics::new(config.metrics.client_labels);
+        let budgets = Arc::new(budgets);
+        let metrics = Arc::new(Metrics::new(config.metrics.client_labels));
+        let books = Arc::new(Books {
+            budgets: budgets.clone(),
+            metrics: metrics.clone(),
+            ledger: Arc::new(LogLedger),
+            outage,
+            inline: store.is_memory(),
+        });
+        let pipeline = pipeline(&config, books, &store, models.clone())?;
         Ok(Arc::new(Gateway {
             config,
             store,
@@ -225,10 +120,9 @@ impl Gateway {
             budgets,
             sync,
             models,
-            http,
             metrics,
-            ledger: Arc::new(LogLedger),
             connections: Arc::default(),
+            pipeline,
             admin_hash,
             registry: RwLock::new(Arc::new(registry)),
             live: tokio::sync::Mutex::new((version, overrides)),
@@ -298,6 +192,184 @@ impl Gateway {
     }
 }
 
+/// The store, the spend and the live-change channel `store.url` names.
+async fn connect(config: &Config) -> Result<(Store, Budgets, LiveSync), StartError> {
+    let url = &config.store.url;
+    if url.starts_with("memory://") {
+        return Ok((
+            Store::memory(),
+            Budgets::Memory(MemoryBudgets::new()),
+            LiveSync::Local,
+        ));
+    }
+    let timeout = Duration::from_millis(config.store.timeout_ms);
+    let defaults = tollgate::store::RedisOptions::default();
+    let late = defaults
+        .late_reply_timeout
+        .max(defaults.connect_timeout + timeout);
+    let options = defaults.response_timeout(timeout).late_reply_timeout(late);
+    let store = Store::redis_with(url, options).await.map_err(|e| {
+        StartError::Store(format!("{e}; is redis-server running and store.url right?"))
+    })?;
+    // Spend and live changes share the store's multiplexed connection
+    // (standalone or Cluster): their keys carry hash tags.
+    let conn = store
+        .redis_connection()
+        .ok_or_else(|| StartError::Store("not a Redis store".into()))?;
+    let budgets = RedisBudgets::new(conn.clone(), timeout)
+        .with_hold_ttl(crate::budget::hold_lifetime(longest_request(config)));
+    Ok((
+        store,
+        Budgets::Redis(Box::new(budgets)),
+        LiveSync::Redis(conn, timeout),
+    ))
+}
+
+/// Every provider's models, by the name clients use.
+pub(crate) async fn build_models(
+    config: &Config,
+    store: &Store,
+    outage: OutagePolicy,
+) -> Result<BTreeMap<String, Arc<Model>>, StartError> {
+    let classes: Vec<PriorityClass> = config
+        .priority
+        .headroom
+        .iter()
+        .map(|&headroom| PriorityClass {
+            headroom,
+            max_wait: None,
+        })
+        .collect();
+    let mut models = BTreeMap::new();
+    for (pname, p) in &config.providers {
+        let api_key = match &p.api_key_env {
+            Some(env) => Some(std::env::var(env).map_err(|_| StartError::MissingKey {
+                provider: pname.clone(),
+                env: env.clone(),
+            })?),
+            None => None,
+        };
+        for (mname, m) in &p.models {
+            let at = ModelAt {
+                provider: pname,
+                name: mname,
+                config: p,
+                api_key: &api_key,
+            };
+            let model = build_model(at, m, store, &classes, outage).await?;
+            models.insert(mname.clone(), Arc::new(model));
+        }
+    }
+    Ok(models)
+}
+
+/// Where a model is configured.
+struct ModelAt<'a> {
+    provider: &'a str,
+    name: &'a str,
+    config: &'a crate::config::ProviderConfig,
+    api_key: &'a Option<String>,
+}
+
+/// One model with its provider bucket, tokenizer and upstream URLs.
+async fn build_model(
+    at: ModelAt<'_>,
+    m: &crate::config::ModelConfig,
+    store: &Store,
+    classes: &[PriorityClass],
+    outage: OutagePolicy,
+) -> Result<Model, StartError> {
+    let (pname, mname) = (at.provider, at.name);
+    let key = format!("model:{pname}/{mname}");
+    let limiter = RateLimiter::builder(&key)
+        .store(store.clone())
+        .limits(model_limits(m))
+        .priority_classes(classes.to_vec())
+        .outage(outage)
+        // The configuration (and its live changes) decides the limits.
+        .replace_stored_limits(true)
+        .build()
+        .await
+        .map_err(|e| {
+            crate::config::invalid(format!("providers.{pname}.models.{mname:?}"), e.to_string())
+        })?;
+    let tokenizer = m
+        .tokenizer
+        .as_deref()
+        .and_then(Tokenizer::from_name)
+        .unwrap_or_else(|| Tokenizer::for_model(m.upstream_name.as_deref().unwrap_or(mname)));
+    tokenizer.warm_up();
+    let base_url = at.config.base_url.trim_end_matches('/').to_string();
+    let url = |endpoint: Endpoint| {
+        reqwest::Url::parse(&format!("{base_url}/{}", endpoint.upstream_path())).map_err(|e| {
+            crate::config::invalid(
+                format!("providers.{pname}.base_url"),
+                format!("{:?} is not a valid URL: {e}", at.config.base_url),
+            )
+        })
+    };
+    let urls = [
+        url(Endpoint::Chat)?,
+        url(Endpoint::Embeddings)?,
+        url(Endpoint::Responses)?,
+    ];
+    Ok(Model {
+        name: mname.to_string(),
+        provider: pname.to_string(),
+        kind: m.kind,
+        upstream_name: m.upstream_name.clone().unwrap_or_else(|| mname.to_string()),
+        base_url,
+        urls,
+        api_key: at.api_key.clone(),
+        limiter,
+        price: Price {
+            input_usd_per_mtok: m.input_usd_per_mtok,
+            output_usd_per_mtok: m.output_usd_per_mtok,
+        },
+        context_window: m.context_window,
+        default_max_tokens: m.default_max_tokens,
+        tokenizer,
+        hold: Hold::new(&key),
+    })
+}
+
+/// What the request path needs: the books, the upstream client and its
+/// timeouts, the models and the body limits.
+fn pipeline(
+    config: &Config,
+    books: Arc<Books>,
+    store: &Store,
+    models: Arc<BTreeMap<String, Arc<Model>>>,
+) -> Result<Pipeline, StartError> {
+    let s = &config.server;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs_f64(s.upstream_timeout_secs))
+        .pool_max_idle_per_host(1024)
+        .build()
+        .map_err(|e| StartError::Http(e.to_string()))?;
+    let upstream = Upstream {
+        http,
+        timeouts: Timeouts {
+            first_byte: Duration::from_secs_f64(s.upstream_first_byte_timeout_secs),
+            idle: Duration::from_secs_f64(s.upstream_idle_timeout_secs),
+            total: Duration::from_secs_f64(s.upstream_timeout_secs),
+        },
+        store: store.clone(),
+        store_timeout: Duration::from_millis(config.store.timeout_ms),
+        metrics: books.metrics.clone(),
+    };
+    Ok(Pipeline {
+        books,
+        upstream,
+        models,
+        body_limit: s.max_body_bytes,
+        body_timeout: Duration::from_secs_f64(s.body_read_timeout_secs),
+        log_prompts: s.log_prompts,
+    })
+}
+
 /// The longest a request may take under `config`: the longest wait of any
 /// tier, an upstream pause, and the whole upstream call.
 fn longest_request(config: &Config) -> Duration {
@@ -308,6 +380,6 @@ fn longest_request(config: &Config) -> Duration {
         .max()
         .unwrap_or(0);
     Duration::from_millis(wait)
-        + crate::proxy::MAX_HOLD
+        + crate::pause::MAX_HOLD
         + Duration::from_secs_f64(config.server.upstream_timeout_secs)
 }

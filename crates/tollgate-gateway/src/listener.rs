@@ -12,7 +12,7 @@
 //!   it);
 //! - **body read**: the request body must be in within
 //!   `server.body_read_timeout_secs` of its headers (408, see
-//!   [`crate::proxy`]).
+//!   the request pipeline).
 //!
 //! While a request is being served (waiting for its slot, for the upstream,
 //! or streaming) no timeout of this module applies: those have their own.

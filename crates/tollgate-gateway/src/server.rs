@@ -17,7 +17,8 @@ use crate::admin;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::gateway::{Gateway, StartError};
-use crate::proxy::{self, Endpoint};
+use crate::model::Endpoint;
+use crate::request;
 use crate::request_id::{self, RequestId};
 
 /// Every route of the gateway.
@@ -83,17 +84,19 @@ async fn legacy_completions() -> ApiError {
     )
 }
 
-/// The route of a proxied endpoint: `POST`, handled by [`proxy::handle`].
+/// The route of a proxied endpoint: `POST`, handled by the request pipeline.
 fn proxied(endpoint: Endpoint) -> MethodRouter<Arc<Gateway>> {
     post(
         move |State(gw): State<Arc<Gateway>>,
               Extension(id): Extension<RequestId>,
               headers: HeaderMap,
-              body: Body| async move { proxy::handle(gw, headers, body, endpoint, id).await },
+              body: Body| async move {
+            request::handle(&gw.pipeline, gw.registry(), headers, body, endpoint, id).await
+        },
     )
 }
 
-fn model_object(m: &crate::routing::Model) -> serde_json::Value {
+fn model_object(m: &crate::model::Model) -> serde_json::Value {
     json!({"id": m.name, "object": "model", "created": 0, "owned_by": m.provider})
 }
 
@@ -102,7 +105,7 @@ async fn model(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(e) = proxy::authenticate(&gw, &headers) {
+    if let Err(e) = request::client_of(&gw.registry(), &headers) {
         return e.into_response();
     }
     match gw.models.get(&id) {
@@ -120,7 +123,7 @@ async fn model(
 }
 
 async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    if let Err(e) = proxy::authenticate(&gw, &headers) {
+    if let Err(e) = request::client_of(&gw.registry(), &headers) {
         return e.into_response();
     }
     let data: Vec<_> = gw.models.values().map(|m| model_object(m)).collect();

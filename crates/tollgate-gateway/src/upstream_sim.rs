@@ -36,7 +36,7 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use crate::estimate::Tokenizer;
+use crate::tokenizer::Tokenizer;
 
 /// The longest completion the simulator writes (`[sim:tokens=N]` above it
 /// is cut to this).

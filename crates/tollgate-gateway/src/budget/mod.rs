@@ -22,6 +22,7 @@ pub(crate) use self::period::civil_from_days;
 pub(crate) use self::period::days_from_civil;
 pub use self::period::Period;
 pub use self::redis::{hold_lifetime, RedisBudgets, SETTLE_RETRY_WINDOW};
+pub use crate::model::Price;
 
 /// Nano-USD in one USD.
 pub const NANO_PER_USD: f64 = 1e9;
@@ -34,25 +35,6 @@ pub fn usd_to_nano(usd: f64) -> i64 {
 /// Nano-USD as USD.
 pub fn nano_to_usd(nano: i64) -> f64 {
     nano as f64 / NANO_PER_USD
-}
-
-/// A model's prices.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Price {
-    /// USD per million input tokens.
-    pub input_usd_per_mtok: f64,
-    /// USD per million output tokens.
-    pub output_usd_per_mtok: f64,
-}
-
-impl Price {
-    /// The cost of a call in nano-USD (rounded up).
-    pub fn cost_nano(&self, input: u64, output: u64) -> i64 {
-        // USD per Mtok × tokens = µUSD; × 1000 = nano-USD.
-        (input as f64 * self.input_usd_per_mtok * 1000.0
-            + output as f64 * self.output_usd_per_mtok * 1000.0)
-            .ceil() as i64
-    }
 }
 
 /// A client's budgets in nano-USD (`None`: unlimited).

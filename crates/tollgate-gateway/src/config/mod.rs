@@ -65,6 +65,18 @@ impl Config {
 
     /// Checks every rule; the first broken one is returned, naming its field.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_server()?;
+        self.validate_store()?;
+        self.validate_priority()?;
+        self.validate_providers()?;
+        for (name, t) in &self.tiers {
+            validate_tier(&format!("tiers.{name}"), t, self.priority.headroom.len())?;
+        }
+        self.validate_clients()
+    }
+
+    /// `[server]`.
+    fn validate_server(&self) -> Result<(), ConfigError> {
         self.server.listen.parse::<SocketAddr>().map_err(|_| {
             invalid(
                 "server.listen",
@@ -116,6 +128,11 @@ impl Config {
                 return Err(invalid(field, "must be a number of seconds in (0, 3600]"));
             }
         }
+        Ok(())
+    }
+
+    /// `[store]`, `[metrics]` and `[admin]`.
+    fn validate_store(&self) -> Result<(), ConfigError> {
         let url = &self.store.url;
         if ![
             "memory://",
@@ -158,6 +175,11 @@ impl Config {
         if let Some(h) = &self.admin.token_sha256 {
             check_hash("admin.token_sha256", h)?;
         }
+        Ok(())
+    }
+
+    /// `[priority]`.
+    fn validate_priority(&self) -> Result<(), ConfigError> {
         let classes = &self.priority.headroom;
         if classes.is_empty() || classes.len() > 16 {
             return Err(invalid(
@@ -173,6 +195,11 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// `[providers]` and their models.
+    fn validate_providers(&self) -> Result<(), ConfigError> {
         let mut models = HashSet::new();
         for (pname, p) in &self.providers {
             let at = format!("providers.{pname}");
@@ -201,9 +228,11 @@ impl Config {
                 validate_model(&at, m)?;
             }
         }
-        for (name, t) in &self.tiers {
-            validate_tier(&format!("tiers.{name}"), t, classes.len())?;
-        }
+        Ok(())
+    }
+
+    /// `[[clients]]`.
+    fn validate_clients(&self) -> Result<(), ConfigError> {
         let mut ids = HashSet::new();
         let mut hashes: HashMap<String, &str> = HashMap::new();
         for (i, c) in self.clients.iter().enumerate() {
@@ -302,7 +331,7 @@ fn validate_model(at: &str, m: &ModelConfig) -> Result<(), ConfigError> {
         ));
     }
     if let Some(t) = &m.tokenizer {
-        if crate::estimate::Tokenizer::from_name(t).is_none() {
+        if crate::tokenizer::Tokenizer::from_name(t).is_none() {
             return Err(invalid(
                 format!("{at}.tokenizer"),
                 format!("{t:?}: use \"o200k_base\", \"cl100k_base\" or \"approx\""),

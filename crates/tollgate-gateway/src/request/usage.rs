@@ -4,15 +4,15 @@
 //! model's tokenizer (never zero for an answer with text); and never more
 //! output than the request allowed (`max_tokens` × `n`).
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-use super::Endpoint;
-use crate::estimate::Tokenizer;
+use crate::model::Endpoint;
+use crate::tokenizer::Tokenizer;
 
 /// `(prompt_tokens, completion_tokens)` of a response body, read without
 /// building the whole document (the rest of it is skipped, not stored).
 /// The Responses API names them `input_tokens` and `output_tokens`.
-pub fn usage_in(body: &[u8]) -> Option<(u64, u64)> {
+pub(crate) fn usage_in(body: &[u8]) -> Option<(u64, u64)> {
     #[derive(serde::Deserialize)]
     struct Body {
         usage: Option<Usage>,
@@ -32,7 +32,7 @@ pub fn usage_in(body: &[u8]) -> Option<(u64, u64)> {
 /// also of the Responses API's final event (`response.usage`, with
 /// `input_tokens` and `output_tokens`); `None` when `usage` is absent,
 /// `null` or lacks its input count.
-pub fn usage_of(v: &Value) -> Option<(u64, u64)> {
+pub(crate) fn usage_of(v: &Value) -> Option<(u64, u64)> {
     let u = v
         .get("usage")
         .filter(|u| u.is_object())
@@ -56,7 +56,7 @@ pub enum Part {
 
 /// Output tokens carried by `v`: text, refusals, reasoning text and tool
 /// calls (name and arguments), counted with `tokenizer`.
-pub fn output_tokens(tokenizer: Tokenizer, v: &Value, part: Part) -> u64 {
+pub(crate) fn output_tokens(tokenizer: Tokenizer, v: &Value, part: Part) -> u64 {
     let mut text = String::new();
     output_text(v, part, &mut text);
     tokenizer.count(&text)
@@ -65,7 +65,7 @@ pub fn output_tokens(tokenizer: Tokenizer, v: &Value, part: Part) -> u64 {
 /// Appends to `out` the output text `v` carries (see [`output_tokens`]), so
 /// that a stream's pieces are counted once, together, and only when the
 /// upstream reported no usage.
-pub fn output_text(v: &Value, part: Part, out: &mut String) {
+pub(crate) fn output_text(v: &Value, part: Part, out: &mut String) {
     let mut push = |v: Option<&Value>| {
         if let Some(s) = v.and_then(Value::as_str) {
             out.push_str(s);
@@ -133,9 +133,19 @@ pub struct Charge {
 }
 
 impl Charge {
+    /// The tokens charged.
+    pub(crate) fn usage(&self) -> super::settle::Usage {
+        super::settle::Usage::new(self.input, self.output)
+    }
+
     /// The charge of an answer: `reported` usage if any, else the estimated
     /// input and the `counted` output; output at most `cap`.
-    pub fn of(reported: Option<(u64, u64)>, counted: u64, estimate_input: u64, cap: u64) -> Self {
+    pub(crate) fn of(
+        reported: Option<(u64, u64)>,
+        counted: u64,
+        estimate_input: u64,
+        cap: u64,
+    ) -> Self {
         let (input, output) = reported.unwrap_or((estimate_input, counted));
         Charge {
             input,
@@ -150,9 +160,9 @@ impl Charge {
 /// or `max_completion_tokens` × `n` for a chat, `max_output_tokens` for a
 /// response; that is the estimate `output` — else what the context window
 /// leaves after the input (× `n`). Embeddings produce no output.
-pub fn output_cap(
+pub(crate) fn output_cap(
     endpoint: Endpoint,
-    body: &Value,
+    body: &Map<String, Value>,
     context_window: u64,
     input: u64,
     output: u64,
@@ -228,17 +238,41 @@ mod tests {
         assert_eq!((c.output, c.over_cap), (10, Some(50_000)));
         let msgs = json!([{"role": "user", "content": "hi"}]);
         let with = json!({"messages": msgs, "max_tokens": 10, "n": 2});
-        assert_eq!(output_cap(Endpoint::Chat, &with, 4096, 9, 20), 20);
+        assert_eq!(
+            output_cap(Endpoint::Chat, with.as_object().unwrap(), 4096, 9, 20),
+            20
+        );
         let without = json!({"messages": msgs, "n": 2});
-        assert_eq!(output_cap(Endpoint::Chat, &without, 4096, 96, 512), 8000);
+        assert_eq!(
+            output_cap(Endpoint::Chat, without.as_object().unwrap(), 4096, 96, 512),
+            8000
+        );
         let response = json!({"input": "hi", "max_output_tokens": 30});
-        assert_eq!(output_cap(Endpoint::Responses, &response, 4096, 9, 30), 30);
+        assert_eq!(
+            output_cap(
+                Endpoint::Responses,
+                response.as_object().unwrap(),
+                4096,
+                9,
+                30
+            ),
+            30
+        );
         let response = json!({"input": "hi"});
         assert_eq!(
-            output_cap(Endpoint::Responses, &response, 4096, 96, 512),
+            output_cap(
+                Endpoint::Responses,
+                response.as_object().unwrap(),
+                4096,
+                96,
+                512
+            ),
             4000
         );
         let embed = json!({"input": "x"});
-        assert_eq!(output_cap(Endpoint::Embeddings, &embed, 4096, 1, 0), 0);
+        assert_eq!(
+            output_cap(Endpoint::Embeddings, embed.as_object().unwrap(), 4096, 1, 0),
+            0
+        );
     }
 }

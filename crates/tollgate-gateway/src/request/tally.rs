@@ -5,13 +5,13 @@
 
 use std::sync::Arc;
 
-use crate::gateway::Gateway;
+use crate::metrics::Metrics;
 use crate::outcome::Outcome;
 use crate::registry::Client;
 
 /// Where a request was when its client left (for the log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
+pub(crate) enum Stage {
     /// Reading and checking the body, or being admitted.
     Admitting,
     /// Admitted, waiting for its slot.
@@ -34,12 +34,12 @@ impl Stage {
 }
 
 /// One request's entry in `tollgate_requests_total`, written once.
-pub struct Tally {
+pub(crate) struct Tally {
     inner: Option<Inner>,
 }
 
 struct Inner {
-    gw: Arc<Gateway>,
+    metrics: Arc<Metrics>,
     client: Arc<Client>,
     model: String,
     stage: Stage,
@@ -47,10 +47,10 @@ struct Inner {
 
 impl Tally {
     /// A request of `client`, model not known yet.
-    pub fn new(gw: Arc<Gateway>, client: Arc<Client>) -> Tally {
+    pub(crate) fn new(metrics: Arc<Metrics>, client: Arc<Client>) -> Tally {
         Tally {
             inner: Some(Inner {
-                gw,
+                metrics,
                 client,
                 model: String::new(),
                 stage: Stage::Admitting,
@@ -88,7 +88,7 @@ impl Tally {
     /// Counts the request with `outcome` (once: later calls do nothing).
     pub fn record(&mut self, outcome: Outcome) {
         let Some(i) = self.inner.take() else { return };
-        i.gw.metrics.inc(
+        i.metrics.inc(
             "tollgate_requests_total",
             &[
                 ("client", &i.client.id),

@@ -15,12 +15,8 @@
 
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
 use parking_lot::Mutex;
 use tollgate::Store;
-
-use crate::error::ApiError;
-use crate::routing::Model;
 
 /// The longest pause honoured, whatever the upstream asks.
 pub const MAX_HOLD: Duration = Duration::from_secs(60);
@@ -174,23 +170,6 @@ impl Hold {
             tracing::warn!(key = %self.key, error = %e, "could not share the upstream pause; it holds on this instance only");
         }
     }
-}
-
-/// The answer to a request that came while its model is paused.
-pub(crate) fn refusal(model: &Model, p: Paused) -> ApiError {
-    let message = format!(
-        "The upstream provider {:?} asked to wait before more requests to {:?}; retry after {} s.",
-        model.provider,
-        model.name,
-        p.left.as_secs_f64().ceil()
-    );
-    let mut e = if p.status == 503 {
-        ApiError::internal(StatusCode::SERVICE_UNAVAILABLE, "upstream_paused", message)
-    } else {
-        ApiError::rate_limited("rate_limit_error", "upstream_paused", message, p.left)
-    };
-    e.retry_after = Some(p.left);
-    e
 }
 
 /// The pause an upstream answer asks for: `retry-after-ms`, else

@@ -10,10 +10,10 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
 use bytes::Bytes;
 
-use crate::error::ApiError;
+use super::Invalid;
 
 /// Refuses a body that is not `application/json`.
-pub fn check_media_type(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn check_media_type(headers: &HeaderMap) -> Result<(), Invalid> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -33,30 +33,27 @@ pub fn check_media_type(headers: &HeaderMap) -> Result<(), ApiError> {
     ))
 }
 
-fn unsupported(code: &str, message: String) -> ApiError {
-    let mut e = ApiError::invalid(code, "body", message);
-    e.status = StatusCode::UNSUPPORTED_MEDIA_TYPE;
-    e
+fn unsupported(code: &'static str, message: String) -> Invalid {
+    Invalid::new(code, "body", message).with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE)
 }
 
-fn too_large(limit: usize) -> ApiError {
-    let mut e = ApiError::invalid(
+fn too_large(limit: usize) -> Invalid {
+    Invalid::new(
         "request_too_large",
         "body",
         format!("The request body is larger than this gateway accepts ({limit} bytes). Shorten the request."),
-    );
-    e.status = StatusCode::PAYLOAD_TOO_LARGE;
-    e
+    )
+    .with_status(StatusCode::PAYLOAD_TOO_LARGE)
 }
 
 /// The body's bytes, decoded, at most `limit` of them, read within
 /// `timeout`.
-pub async fn read(
+pub(crate) async fn read(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
     timeout: std::time::Duration,
-) -> Result<Bytes, ApiError> {
+) -> Result<Bytes, Invalid> {
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
@@ -70,16 +67,15 @@ pub async fn read(
     let bytes = match read {
         Ok(read) => read.map_err(|_| too_large(limit))?,
         Err(_) => {
-            let mut e = ApiError::invalid(
+            return Err(Invalid::new(
                 "request_timeout",
                 "body",
                 format!(
                     "The request body did not arrive within {} s of its headers; send it whole, without pauses.",
                     timeout.as_secs_f64()
                 ),
-            );
-            e.status = StatusCode::REQUEST_TIMEOUT;
-            return Err(e);
+            )
+            .with_status(StatusCode::REQUEST_TIMEOUT));
         }
     };
     match encoding.as_str() {
@@ -95,13 +91,13 @@ pub async fn read(
 
 /// Inflates at most `limit` bytes: a small body that expands past it is
 /// refused like a large one (no decompression bomb gets through).
-fn decode(reader: impl Read, limit: usize) -> Result<Bytes, ApiError> {
+fn decode(reader: impl Read, limit: usize) -> Result<Bytes, Invalid> {
     let mut out = Vec::new();
     reader
         .take(limit as u64 + 1)
         .read_to_end(&mut out)
         .map_err(|e| {
-            ApiError::invalid(
+            Invalid::new(
                 "invalid_content_encoding",
                 "body",
                 format!("The compressed request body could not be decoded ({e}); check its Content-Encoding."),

@@ -1,0 +1,556 @@
+//! Admission: the client's tier bucket and its budget (asked together), and
+//! the provider bucket of the model in the tier's priority class (asked with
+//! them while the client has plenty of room, else after them). Each step is a
+//! reservation; a refusal undoes the others before it is returned, so the
+//! refusing bucket's status (read then) no longer counts this request.
+//!
+//! The result is an [`Admission`] (settled by [`super::settle`]) or a typed
+//! [`Refusal`]; the HTTP layer turns the latter into the client's answer.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tollgate::{
+    AcquireOptions, Cost, Dimension, Error as LimitError, OutagePolicy, RateLimiter, Status,
+};
+
+use super::settle::{Admission, Books, Usage};
+use crate::budget::BudgetError;
+use crate::model::Model;
+use crate::outcome::Outcome;
+use crate::registry::Client;
+
+/// The share of the client bucket's capacity (every dimension) that must
+/// have been left by the client's last admission for the next one to ask the
+/// provider bucket at the same time as the client bucket.
+const ROOMY: f64 = 0.25;
+
+/// Which bucket refused, for error codes and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bucket {
+    /// The client's tier bucket.
+    Client,
+    /// The provider bucket of the model.
+    Model,
+}
+
+impl Bucket {
+    /// The name in error codes, metrics and `x-tollgate-ratelimit-bucket`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Bucket::Client => "client",
+            Bucket::Model => "model",
+        }
+    }
+}
+
+/// Why a request was not admitted.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// A bucket cannot take it within the tier's maximum wait, its queue is
+    /// full, or the request can never fit it.
+    Bucket(Box<BucketRefusal>),
+    /// The client's daily or monthly budget cannot take the estimate.
+    Budget(BudgetError),
+    /// The limit or spend store failed and the outage policy refuses.
+    StoreUnavailable(StoreKind),
+}
+
+/// Which store failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreKind {
+    /// The rate-limit store.
+    Limits,
+    /// The spend store.
+    Spend,
+}
+
+/// A bucket's refusal.
+#[derive(Debug)]
+pub(crate) struct BucketRefusal {
+    /// Which bucket.
+    pub(crate) bucket: Bucket,
+    /// The limiter's answer (`RateLimited`, `QueueFull` or `TooLarge`).
+    pub(crate) error: LimitError,
+    /// The bucket's state after the refusal (for a rate limit or a full
+    /// queue), read after this request's reservations were given back.
+    pub(crate) status: Option<Status>,
+    /// The dimension that keeps it waiting longest, and its limit.
+    pub(crate) culprit: (Dimension, u64),
+}
+
+impl Refusal {
+    /// How the request ended, for metrics and logs.
+    pub(crate) fn outcome(&self) -> Outcome {
+        match self {
+            Refusal::Bucket(b) if matches!(b.error, LimitError::TooLarge(_)) => Outcome::BadRequest,
+            Refusal::Bucket(_) => Outcome::RateLimited,
+            Refusal::Budget(_) => Outcome::BudgetExceeded,
+            Refusal::StoreUnavailable(_) => Outcome::StoreUnavailable,
+        }
+    }
+}
+
+/// Reserves the client bucket, the budget and the provider bucket for a
+/// request of `estimate` tokens of `client` on `model`.
+pub(crate) async fn admit(
+    books: &Arc<Books>,
+    client: &Arc<Client>,
+    model: &Arc<Model>,
+    estimate: Usage,
+) -> Result<Admission, Refusal> {
+    let mut adm = Admission::new(books, client, model, estimate);
+    let ask = Ask::new(client, estimate);
+    let early = match client_side(books, &mut adm, &ask).await {
+        Ok(early) => early,
+        Err(refusal) => {
+            adm.release().await;
+            return Err(refusal);
+        }
+    };
+    let model_res = match early {
+        Early::Held(waited) => Ok(waited),
+        Early::Refused(e) => Err(e),
+        Early::NotAsked => match model.limiter.reserve(ask.cost, &ask.model_opts).await {
+            Ok(p) => {
+                let waited = p.waited();
+                adm.hold_model(p);
+                Ok(waited)
+            }
+            Err(e) => Err(e),
+        },
+    };
+    match model_res {
+        Ok(waited) => decision(books, Bucket::Model, &client.tier.name, waited),
+        Err(e) => {
+            // Release the client's reservation and budget first, so the
+            // status behind the 429's headers no longer counts them.
+            adm.release().await;
+            return Err(refused(books, Bucket::Model, &model.limiter, &ask, e, client).await);
+        }
+    }
+    client.roomy.store(
+        adm.client_status
+            .as_deref()
+            .is_some_and(|dims| dims.iter().all(|d| d.available >= ROOMY * d.capacity)),
+        Ordering::Relaxed,
+    );
+    adm.wait = adm.granted_wait();
+    Ok(adm)
+}
+
+/// One request's reservation, as each bucket is asked it.
+struct Ask {
+    cost: Cost,
+    client_opts: AcquireOptions,
+    model_opts: AcquireOptions,
+}
+
+impl Ask {
+    fn new(client: &Client, estimate: Usage) -> Ask {
+        let tier = &client.tier;
+        Ask {
+            cost: Cost::split(estimate.input, estimate.output),
+            client_opts: AcquireOptions {
+                class: 0,
+                max_wait: Some(tier.max_wait),
+            },
+            model_opts: AcquireOptions {
+                class: tier.config.priority,
+                max_wait: Some(tier.max_wait),
+            },
+        }
+    }
+}
+
+/// The provider bucket's answer when it was asked with the client's.
+enum Early {
+    /// Granted (the permit is in the admission), with its wait.
+    Held(Duration),
+    /// Refused.
+    Refused(LimitError),
+    /// Not asked yet.
+    NotAsked,
+}
+
+/// Asks the client's bucket and its budget at once (one store round trip
+/// instead of two), and the provider bucket with them while the client's
+/// last admission left plenty of room (a refusal is then unlikely);
+/// otherwise the provider bucket is asked only after both said yes, so a
+/// client over its own limit does not churn the shared provider bucket with
+/// reservations that are cancelled at once. Grants go into `adm` (the
+/// caller gives them back on a refusal).
+async fn client_side(books: &Books, adm: &mut Admission, ask: &Ask) -> Result<Early, Refusal> {
+    let client = adm.client().clone();
+    let model = adm.model().clone();
+    let tier = &client.tier;
+    let estimate = model
+        .price
+        .cost_nano(adm.estimate.input, adm.estimate.output);
+    let speculate = client.roomy.load(Ordering::Relaxed);
+    let (client_res, budget_res, early) = tokio::join!(
+        client.limiter.reserve(ask.cost, &ask.client_opts),
+        books.budgets.reserve(&client.id, estimate, tier.budget),
+        async {
+            if speculate {
+                Some(model.limiter.reserve(ask.cost, &ask.model_opts).await)
+            } else {
+                None
+            }
+        }
+    );
+    let early = match early {
+        Some(Ok(p)) => {
+            let waited = p.waited();
+            adm.hold_model(p);
+            Early::Held(waited)
+        }
+        Some(Err(e)) => Early::Refused(e),
+        None => Early::NotAsked,
+    };
+    let client_refusal = match client_res {
+        Ok(p) => {
+            decision(books, Bucket::Client, &tier.name, p.waited());
+            let status = client.limiter.status_at_grant(&p);
+            adm.hold_client(p, status);
+            None
+        }
+        Err(e) => Some(e),
+    };
+    let budget = budget_answer(books, adm, &client, budget_res, client_refusal.is_none());
+    if client_refusal.is_some() || budget.is_err() {
+        client.roomy.store(false, Ordering::Relaxed);
+    }
+    if let Some(e) = client_refusal {
+        adm.release().await;
+        return Err(refused(books, Bucket::Client, &client.limiter, ask, e, &client).await);
+    }
+    budget?;
+    Ok(early)
+}
+
+/// Takes the budget's answer: a hold goes into `adm`; a spend store that
+/// is down admits without a budget check unless the outage policy is
+/// `closed`. Counted in the metrics only when the client bucket let the
+/// request in (`counted`), as when the two were asked one after the other.
+fn budget_answer(
+    books: &Books,
+    adm: &mut Admission,
+    client: &Client,
+    answer: Result<crate::budget::Hold, BudgetError>,
+    counted: bool,
+) -> Result<(), Refusal> {
+    let count = |decision: &str| {
+        if counted {
+            books.metrics.inc(
+                "tollgate_limiter_decisions_total",
+                &[
+                    ("bucket", "budget"),
+                    ("tier", client.tier.name.as_str()),
+                    ("decision", decision),
+                ],
+            );
+        }
+    };
+    match answer {
+        Ok(h) => {
+            count("granted");
+            adm.hold_budget(h);
+            Ok(())
+        }
+        Err(BudgetError::Store(msg)) if !matches!(books.outage, OutagePolicy::Closed) => {
+            // The spend store is down and the outage policy lets requests
+            // through: this request's spend goes unrecorded.
+            store_error(books, "budget");
+            tracing::warn!(client = %client.id, error = %msg, policy = books.outage.name(), "spend store unavailable; admitting without a budget check");
+            Ok(())
+        }
+        Err(BudgetError::Store(msg)) => {
+            count("refused");
+            store_error(books, "budget");
+            tracing::error!(error = %msg, "spend store failed");
+            Err(Refusal::StoreUnavailable(StoreKind::Spend))
+        }
+        Err(e) => {
+            count("refused");
+            Err(Refusal::Budget(e))
+        }
+    }
+}
+
+fn store_error(books: &Books, component: &str) {
+    books
+        .metrics
+        .inc("tollgate_store_errors_total", &[("component", component)]);
+}
+
+fn decision(books: &Books, bucket: Bucket, tier: &str, waited: Duration) {
+    let d = if waited > Duration::ZERO {
+        "waited"
+    } else {
+        "granted"
+    };
+    books.metrics.inc(
+        "tollgate_limiter_decisions_total",
+        &[("bucket", bucket.name()), ("tier", tier), ("decision", d)],
+    );
+}
+
+/// The dimension that keeps a request of `cost` waiting longest, in the
+/// bucket's `status`.
+fn culprit(limiter: &RateLimiter, status: &Status, cost: Cost) -> Option<Dimension> {
+    let units = limiter.policy().units(cost);
+    let window = limiter.policy().limits().window_secs;
+    status
+        .dimensions
+        .iter()
+        .map(|d| {
+            let rate = d.limit as f64 / window;
+            let deficit = units[d.dimension.index()] - d.available;
+            (deficit / rate, d.dimension)
+        })
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, d)| d)
+}
+
+/// A bucket's refusal, counted; the bucket's status read for the headers
+/// of a rate limit or a full queue. A store failure is not the bucket's
+/// refusal: counted apart.
+async fn refused(
+    books: &Books,
+    bucket: Bucket,
+    limiter: &RateLimiter,
+    ask: &Ask,
+    e: LimitError,
+    client: &Client,
+) -> Refusal {
+    let limited = matches!(
+        e,
+        LimitError::RateLimited { .. } | LimitError::QueueFull { .. }
+    );
+    let decision = if limited || matches!(e, LimitError::TooLarge(_)) {
+        "refused"
+    } else {
+        "store_unavailable"
+    };
+    books.metrics.inc(
+        "tollgate_limiter_decisions_total",
+        &[
+            ("bucket", bucket.name()),
+            ("tier", &client.tier.name),
+            ("decision", decision),
+        ],
+    );
+    if decision == "store_unavailable" {
+        store_error(books, "limiter");
+        tracing::error!(error = %e, "limiter failed");
+        return Refusal::StoreUnavailable(StoreKind::Limits);
+    }
+    let status = if limited {
+        limiter.status().await.ok()
+    } else {
+        None
+    };
+    let dim = status
+        .as_ref()
+        .and_then(|s| culprit(limiter, s, ask.cost))
+        .unwrap_or(Dimension::Requests);
+    let limit = limiter.policy().limit(dim).unwrap_or(0);
+    Refusal::Bucket(Box::new(BucketRefusal {
+        bucket,
+        error: e,
+        status,
+        culprit: (dim, limit),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::fixture::{model, tier, Fixture};
+
+    async fn in_use(limiter: &RateLimiter) -> (f64, f64) {
+        let st = limiter.status().await.expect("status");
+        let get = |d| st.dimension(d).map(|s| s.in_use).unwrap_or(0.0);
+        (get(Dimension::Requests), get(Dimension::Tokens))
+    }
+
+    /// `got` is `want` less what drained since (the buckets refill as the
+    /// test runs): at most 0.15 requests and 10 tokens off.
+    #[track_caller]
+    fn near(got: (f64, f64), want: (f64, f64)) {
+        let ok = got.0 <= want.0 + 1e-9
+            && got.0 >= want.0 - 0.15
+            && got.1 <= want.1 + 1e-9
+            && got.1 >= want.1 - 10.0;
+        assert!(ok, "in use {got:?}, want about {want:?}");
+    }
+
+    fn bucket_of(r: &Refusal) -> Option<Bucket> {
+        match r {
+            Refusal::Bucket(b) => Some(b.bucket),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_within_every_limit_is_admitted_and_settles_what_it_used() {
+        let f = Fixture::new(
+            &[("m", model(100, 100_000))],
+            &[("pro", tier(100, 10_000, 0))],
+        )
+        .await;
+        let (client, m) = (f.client("pro"), f.model("m"));
+        let adm = admit(&f.books, &client, &m, Usage::new(100, 900))
+            .await
+            .expect("admitted");
+        assert_eq!(adm.wait, Duration::ZERO);
+        assert!(adm.client_status.is_some());
+        near(in_use(&client.limiter).await, (1.0, 1000.0));
+        near(in_use(&m.limiter).await, (1.0, 1000.0));
+        adm.settle(Usage::new(100, 50)).await;
+        near(in_use(&client.limiter).await, (1.0, 150.0));
+        near(in_use(&m.limiter).await, (1.0, 150.0));
+        let spend = f.books.budgets.spend("pro").await.expect("spend");
+        assert_eq!(spend.today, m.price.cost_nano(100, 50));
+    }
+
+    #[tokio::test]
+    async fn the_client_bucket_refuses_and_nothing_stays_reserved() {
+        let f = Fixture::new(
+            &[("m", model(100, 100_000))],
+            &[("pro", tier(100, 1_000, 0))],
+        )
+        .await;
+        let (client, m) = (f.client("pro"), f.model("m"));
+        let first = admit(&f.books, &client, &m, Usage::new(100, 800))
+            .await
+            .expect("first");
+        let r = admit(&f.books, &client, &m, Usage::new(100, 800))
+            .await
+            .unwrap_err();
+        assert_eq!(bucket_of(&r), Some(Bucket::Client));
+        assert_eq!(r.outcome(), Outcome::RateLimited);
+        let Refusal::Bucket(b) = &r else {
+            unreachable!()
+        };
+        assert_eq!(b.culprit, (Dimension::Tokens, 1_000));
+        assert!(
+            b.status.is_some(),
+            "a rate limit carries the bucket's status"
+        );
+        // Only the first request holds anything.
+        near(in_use(&client.limiter).await, (1.0, 900.0));
+        near(in_use(&m.limiter).await, (1.0, 900.0));
+        let mut first = first;
+        first.release().await;
+        near(in_use(&client.limiter).await, (0.0, 0.0));
+        near(in_use(&m.limiter).await, (0.0, 0.0));
+    }
+
+    #[tokio::test]
+    async fn the_provider_bucket_refuses_and_the_client_bucket_is_given_back() {
+        let f = Fixture::new(
+            &[("m", model(100, 1_000))],
+            &[("pro", tier(100, 100_000, 0))],
+        )
+        .await;
+        let (client, m) = (f.client("pro"), f.model("m"));
+        let _first = admit(&f.books, &client, &m, Usage::new(100, 800))
+            .await
+            .expect("first");
+        // The first admission left the client plenty of room: the second asks
+        // the provider bucket at the same time, and is refused by it.
+        let r = admit(&f.books, &client, &m, Usage::new(100, 800))
+            .await
+            .unwrap_err();
+        assert_eq!(bucket_of(&r), Some(Bucket::Model));
+        near(in_use(&client.limiter).await, (1.0, 900.0));
+        near(in_use(&m.limiter).await, (1.0, 900.0));
+    }
+
+    #[tokio::test]
+    async fn a_request_that_can_never_fit_is_a_bad_request() {
+        let f = Fixture::new(
+            &[("m", model(100, 1_000))],
+            &[("pro", tier(100, 100_000, 0))],
+        )
+        .await;
+        let (client, m) = (f.client("pro"), f.model("m"));
+        let r = admit(&f.books, &client, &m, Usage::new(100, 2_000))
+            .await
+            .unwrap_err();
+        assert_eq!(r.outcome(), Outcome::BadRequest);
+        near(in_use(&client.limiter).await, (0.0, 0.0));
+    }
+
+    #[tokio::test]
+    async fn a_budget_that_cannot_take_the_estimate_refuses_and_reserves_nothing() {
+        let mut t = tier(100, 100_000, 0);
+        // $1/M in, $2/M out: 100 in + 900 out cost $0.0019.
+        t.daily_budget_usd = Some(0.001);
+        let f = Fixture::new(&[("m", model(100, 100_000))], &[("pro", t)]).await;
+        let (client, m) = (f.client("pro"), f.model("m"));
+        let r = admit(&f.books, &client, &m, Usage::new(100, 900))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(r, Refusal::Budget(BudgetError::Daily { .. })),
+            "{r:?}"
+        );
+        assert_eq!(r.outcome(), Outcome::BudgetExceeded);
+        near(in_use(&client.limiter).await, (0.0, 0.0));
+        near(in_use(&m.limiter).await, (0.0, 0.0));
+        assert_eq!(f.books.budgets.spend("pro").await.expect("spend").today, 0);
+        // One that fits is admitted.
+        admit(&f.books, &client, &m, Usage::new(100, 100))
+            .await
+            .expect("fits");
+    }
+
+    #[tokio::test]
+    async fn a_full_bucket_queues_within_the_tiers_wait() {
+        // 600 TPM refill 10 tokens a second: 200 tokens more wait 20 s.
+        let f = Fixture::new(
+            &[("m", model(100, 600))],
+            &[("pro", tier(100, 100_000, 60_000))],
+        )
+        .await;
+        let (client, m) = (f.client("pro"), f.model("m"));
+        let _first = admit(&f.books, &client, &m, Usage::new(100, 500))
+            .await
+            .expect("first");
+        let second = admit(&f.books, &client, &m, Usage::new(100, 100))
+            .await
+            .expect("queued");
+        assert!(
+            second.wait > Duration::from_secs(15) && second.wait <= Duration::from_secs(20),
+            "{:?}",
+            second.wait
+        );
+        // Dropped while it waits, it gives everything back.
+        drop(second);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        near(in_use(&m.limiter).await, (1.0, 600.0));
+    }
+
+    #[tokio::test]
+    async fn dropped_after_it_was_sent_it_is_charged_its_input() {
+        let f = Fixture::new(
+            &[("m", model(100, 6_000))],
+            &[("pro", tier(100, 100_000, 0))],
+        )
+        .await;
+        let (client, m) = (f.client("pro"), f.model("m"));
+        let mut adm = admit(&f.books, &client, &m, Usage::new(100, 900))
+            .await
+            .expect("admitted");
+        adm.sent();
+        drop(adm);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        near(in_use(&m.limiter).await, (1.0, 100.0));
+        let spend = f.books.budgets.spend("pro").await.expect("spend");
+        assert_eq!(spend.today, m.price.cost_nano(100, 0));
+    }
+}

@@ -1,0 +1,30 @@
+//! The first step: the request's bearer key → its client (and so its tier),
+//! looked up by the key's hash in the registry in force.
+
+use std::sync::Arc;
+
+use axum::http::HeaderMap;
+
+use crate::registry::{Client, Registry};
+
+/// Why a request has no client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuthError {
+    /// No `Authorization: Bearer` key.
+    Missing,
+    /// A key no client has.
+    Unknown,
+}
+
+/// The client a request's bearer key belongs to.
+pub(crate) fn authenticate(
+    registry: &Registry,
+    headers: &HeaderMap,
+) -> Result<Arc<Client>, AuthError> {
+    let key = crate::auth::bearer(headers).ok_or(AuthError::Missing)?;
+    registry
+        .keys
+        .lookup(key)
+        .and_then(|id| registry.clients.get(id).cloned())
+        .ok_or(AuthError::Unknown)
+}

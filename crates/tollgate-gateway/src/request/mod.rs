@@ -1,0 +1,393 @@
+//! The request path of `/v1/chat/completions`, `/v1/embeddings` and
+//! `/v1/responses`, one way through. The modules follow the request:
+//!
+//! 1. [`auth`]: the bearer key → client → tier;
+//! 2. [`parse`]: the body read ([`body`]) and checked;
+//! 3. [`route`]: the ordered, non-empty list of candidate models;
+//! 4. [`estimate`]: the tokens it is admitted on, on the candidate;
+//! 5. [`admit`]: the client bucket, the budget and the provider bucket
+//!    reserved, or a typed refusal;
+//! 6. [`wait`]: for the slot, and out of an upstream's pause;
+//! 7. [`forward`]: sent upstream, its answer read, or a typed failure;
+//! 8. [`stream`]: a streamed answer relayed ([`events`] read on the way);
+//! 9. [`settle`]: the actual usage settled, exactly once, and recorded.
+//!
+//! Each step takes the few things it needs and returns a typed outcome;
+//! this module, the HTTP layer, alone turns outcomes into responses
+//! ([`respond`]) and counts each request once ([`tally`]).
+
+pub(crate) mod admit;
+pub(crate) mod auth;
+pub(crate) mod body;
+pub(crate) mod estimate;
+pub(crate) mod events;
+pub(crate) mod forward;
+pub(crate) mod headers;
+pub(crate) mod parse;
+mod respond;
+pub(crate) mod route;
+pub(crate) mod settle;
+pub(crate) mod stream;
+pub(crate) mod tally;
+pub(crate) mod usage;
+pub(crate) mod wait;
+
+#[cfg(test)]
+mod fixture;
+
+pub(crate) use headers::{ratelimit_headers, BUCKET_HEADER};
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use self::estimate::Estimate;
+use self::forward::{Answer, Ask, Upstream, UpstreamFailure};
+use self::parse::Parsed;
+use self::route::RouteError;
+use self::settle::{Admission, Books};
+use self::tally::{Stage, Tally};
+use crate::model::{Endpoint, Model};
+use crate::outcome::Outcome;
+use crate::pause::Paused;
+use crate::registry::{Client, Registry};
+use crate::request_id::RequestId;
+
+/// A request the gateway refuses as it is: a 4xx about one field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Invalid {
+    /// The status (400 unless said otherwise).
+    pub(crate) status: StatusCode,
+    /// The machine-readable code.
+    pub(crate) code: &'static str,
+    /// The field at fault.
+    pub(crate) param: &'static str,
+    /// What is wrong and what to do.
+    pub(crate) message: String,
+}
+
+impl Invalid {
+    /// 400 about `param`.
+    pub(crate) fn new(code: &'static str, param: &'static str, message: impl Into<String>) -> Self {
+        Invalid {
+            status: StatusCode::BAD_REQUEST,
+            code,
+            param,
+            message: message.into(),
+        }
+    }
+
+    /// The same with another status.
+    pub(crate) fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+}
+
+/// Why a request was not answered by an upstream.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// No or unknown API key.
+    Unauthorized(auth::AuthError),
+    /// The request itself is wrong.
+    Invalid(Invalid),
+    /// It names no model that can serve it.
+    Route(RouteError),
+    /// Its model is paused longer than its tier may wait.
+    Paused(Paused),
+    /// The upstream failed it.
+    Upstream(UpstreamFailure),
+    /// The gateway itself failed.
+    Internal,
+}
+
+impl Failure {
+    /// How the request ended.
+    pub(crate) fn outcome(&self) -> Outcome {
+        match self {
+            Failure::Unauthorized(_) => Outcome::Unauthorized,
+            Failure::Invalid(_) | Failure::Route(_) => Outcome::BadRequest,
+            Failure::Paused(p) if p.status == 503 => Outcome::UpstreamError,
+            Failure::Paused(_) => Outcome::UpstreamRateLimited,
+            Failure::Upstream(f) => f.outcome(),
+            Failure::Internal => Outcome::Internal,
+        }
+    }
+}
+
+impl From<Invalid> for Failure {
+    fn from(e: Invalid) -> Self {
+        Failure::Invalid(e)
+    }
+}
+
+impl From<RouteError> for Failure {
+    fn from(e: RouteError) -> Self {
+        Failure::Route(e)
+    }
+}
+
+/// Everything the request path needs of the gateway.
+#[derive(Debug)]
+pub(crate) struct Pipeline {
+    /// Spend, metrics, ledger.
+    pub(crate) books: Arc<Books>,
+    /// The upstream HTTP client, its timeouts, the pause store.
+    pub(crate) upstream: Upstream,
+    /// Models by the name clients use.
+    pub(crate) models: Arc<BTreeMap<String, Arc<Model>>>,
+    /// `server.max_body_bytes`.
+    pub(crate) body_limit: usize,
+    /// `server.body_read_timeout_secs`.
+    pub(crate) body_timeout: Duration,
+    /// `server.log_prompts`.
+    pub(crate) log_prompts: bool,
+}
+
+/// Serves one proxied request end to end.
+pub(crate) async fn handle(
+    path: &Pipeline,
+    registry: Arc<Registry>,
+    headers: HeaderMap,
+    body: Body,
+    endpoint: Endpoint,
+    request_id: RequestId,
+) -> Response {
+    let metrics = &path.books.metrics;
+    let client = match auth::authenticate(&registry, &headers) {
+        Ok(c) => c,
+        Err(e) => return respond::unknown_client(metrics, Failure::Unauthorized(e)),
+    };
+    if let Err(e) = body::check_media_type(&headers) {
+        return respond::unknown_client(metrics, e.into());
+    }
+    // Dropped unrecorded (the client left before the answer), it counts the
+    // request as `client_gone`; a stream takes it over.
+    let mut tally = Tally::new(metrics.clone(), client.clone());
+    let req = Req {
+        path,
+        client: &client,
+        headers: &headers,
+        endpoint,
+        request_id,
+    };
+    match serve(&req, body, &mut tally).await {
+        Ok(r) => {
+            tally.record(Outcome::Ok);
+            r
+        }
+        Err(reply) => {
+            tally.record(reply.outcome);
+            reply.error.into_response()
+        }
+    }
+}
+
+/// The client of a request to the client API that is not proxied (`GET
+/// /v1/models`), or the error to answer.
+pub(crate) fn client_of(
+    registry: &Registry,
+    headers: &HeaderMap,
+) -> Result<Arc<Client>, crate::error::ApiError> {
+    auth::authenticate(registry, headers).map_err(respond::unauthorized)
+}
+
+/// One request as it goes through.
+struct Req<'a> {
+    path: &'a Pipeline,
+    client: &'a Arc<Client>,
+    headers: &'a HeaderMap,
+    endpoint: Endpoint,
+    request_id: RequestId,
+}
+
+/// A failure as answered: the client's error and the outcome counted.
+struct Reply {
+    error: crate::error::ApiError,
+    outcome: Outcome,
+}
+
+async fn serve(req: &Req<'_>, body: Body, tally: &mut Tally) -> Result<Response, Reply> {
+    let (parsed, model, estimate) = prepare(req, body, tally)
+        .await
+        .map_err(|f| respond::failure(req.client, None, &req.path.upstream, f))?;
+    let started = Instant::now();
+    let (admission, paused) = admit(req, &model, estimate).await?;
+    tally.stage(Stage::Queued);
+    // The headers describe the client's bucket right after this request was
+    // let in, known from its permit: no store round trip.
+    let rl_headers = admission
+        .client_status
+        .as_deref()
+        .map(ratelimit_headers)
+        .unwrap_or_default();
+    let with_headers = |mut reply: Reply| {
+        reply.error.headers.extend(rl_headers.clone());
+        reply
+    };
+    wait(req, &model, &admission, paused, started)
+        .await
+        .map_err(with_headers)?;
+    tally.stage(Stage::Upstream);
+    let mut r = upstream(req, &model, &parsed, estimate, admission, tally)
+        .await
+        .map_err(with_headers)?;
+    r.headers_mut().extend(rl_headers);
+    Ok(r)
+}
+
+/// Reads, parses, routes and estimates the request.
+async fn prepare(
+    req: &Req<'_>,
+    body: Body,
+    tally: &mut Tally,
+) -> Result<(Parsed, Arc<Model>, Estimate), Failure> {
+    let path = req.path;
+    let bytes = body::read(req.headers, body, path.body_limit, path.body_timeout).await?;
+    let parsed = parse::parse(req.endpoint, &bytes)?;
+    let candidates = route::route(&path.models, &parsed.model, req.endpoint)?;
+    let model = candidates.first().clone();
+    tally.model(&model.name);
+    if path.log_prompts {
+        tracing::debug!(client = %req.client.id, body = ?parsed.body, "request");
+    }
+    let estimate = estimate::estimate(&parsed, &model)?;
+    Ok((parsed, model, estimate))
+}
+
+/// Admits the request on `model`, asking the store about an upstream pause
+/// meanwhile; a pause seen is waited out or refused by [`wait`].
+async fn admit(
+    req: &Req<'_>,
+    model: &Arc<Model>,
+    estimate: Estimate,
+) -> Result<(Admission, Option<Paused>), Reply> {
+    let up = &req.path.upstream;
+    // Admission runs as a task of its own: a client that leaves while its
+    // reservations are on their way to the store drops this future, not the
+    // admission, which then finishes and (dropped unused) gives back
+    // everything it took, the budget's hold included.
+    let admitting = tokio::spawn({
+        let (books, client, model) = (req.path.books.clone(), req.client.clone(), model.clone());
+        async move { admit::admit(&books, &client, &model, estimate.tokens).await }
+    });
+    let (admitted, paused) = tokio::join!(admitting, model.hold.check(&up.store, up.store_timeout));
+    match admitted {
+        Ok(Ok(mut a)) => {
+            a.set_request_id(req.request_id.0);
+            Ok((a, paused))
+        }
+        Ok(Err(refusal)) => Err(respond::refusal(req.client, model, refusal).await),
+        Err(e) => {
+            tracing::error!(error = %e, "admission task failed");
+            Err(respond::failure(
+                req.client,
+                Some(model),
+                up,
+                Failure::Internal,
+            ))
+        }
+    }
+}
+
+/// Waits out a pause asked by the upstream, seen at admission or begun
+/// while this request waited for its slot, when the tier may wait that
+/// long, else refuses it (dropping the admission gives everything back).
+async fn wait(
+    req: &Req<'_>,
+    model: &Model,
+    admission: &Admission,
+    paused: Option<Paused>,
+    started: Instant,
+) -> Result<(), Reply> {
+    let up = &req.path.upstream;
+    let out_pause = |paused| {
+        wait::out_pause(
+            &up.store,
+            up.store_timeout,
+            req.client,
+            model,
+            started,
+            paused,
+        )
+    };
+    let refuse = |p| respond::failure(req.client, Some(model), up, Failure::Paused(p));
+    out_pause(paused).await.map_err(refuse)?;
+    wait::for_slot(&req.path.books.metrics, admission).await;
+    if admission.wait > Duration::ZERO {
+        let paused = model.hold.check(&up.store, up.store_timeout).await;
+        out_pause(paused).await.map_err(refuse)?;
+    }
+    Ok(())
+}
+
+/// Forwards the request to `model`, settles what the answer used (a
+/// stream settles when it ends) and answers.
+async fn upstream(
+    req: &Req<'_>,
+    model: &Arc<Model>,
+    parsed: &Parsed,
+    estimate: Estimate,
+    mut admission: Admission,
+    tally: &mut Tally,
+) -> Result<Response, Reply> {
+    let up = &req.path.upstream;
+    let ask = Ask {
+        endpoint: req.endpoint,
+        payload: forward::payload(parsed, model),
+        stream: parsed.stream,
+        cap: estimate.cap,
+        input: estimate.tokens.input,
+    };
+    // From here on the upstream may have the request: a client that leaves
+    // is charged its input at least (the admission settles that when dropped).
+    admission.sent();
+    let forwarded = forward::forward(up, model, ask).await;
+    let upstream_id = forwarded.upstream_id;
+    let mut answered = match forwarded.result {
+        Ok(Answer::Whole { bytes, charge }) => {
+            stream::note_charge(&up.metrics, model, &req.client.id, &charge);
+            admission.settle(charge.usage()).await;
+            Ok(respond::json(bytes))
+        }
+        Ok(Answer::Stream { body, sent }) => {
+            let relay = stream::SseRelay::new(
+                body,
+                stream::Relayed {
+                    metrics: up.metrics.clone(),
+                    model: model.clone(),
+                    admission,
+                    tally: tally.take(),
+                    cap: estimate.cap,
+                    // Only chat streams carry a usage chunk that was asked for.
+                    strip_usage: req.endpoint == Endpoint::Chat && !parsed.client_wants_usage,
+                    sent,
+                    timeouts: up.timeouts,
+                },
+            );
+            Ok(respond::event_stream(relay))
+        }
+        Err(f) => {
+            admission.settle(f.used(estimate.tokens.input)).await;
+            forward::slow_down(up, model, &f).await;
+            Err(respond::failure(
+                req.client,
+                Some(model),
+                up,
+                Failure::Upstream(f),
+            ))
+        }
+    };
+    if let Some(id) = upstream_id {
+        let headers = match &mut answered {
+            Ok(r) => r.headers_mut(),
+            Err(reply) => &mut reply.error.headers,
+        };
+        headers.insert(crate::request_id::UPSTREAM_HEADER, id);
+    }
+    answered
+}

@@ -1,0 +1,323 @@
+//! Settlement, in one place: an [`Admission`] holds a request's
+//! reservations (client bucket, provider bucket, budget hold) and is
+//! finished exactly once, by one of
+//!
+//! - [`Admission::settle`] with the [`Usage`] the answer was charged
+//!   (what the request used; nothing for an answer the upstream never
+//!   started, the input for one it may have read);
+//! - [`Admission::release`] when it never went upstream (a refusal);
+//! - dropping it (the client went away while it waited or streamed): then
+//!   it settles in the background with what was used so far, or releases
+//!   everything if it had not been sent, so an abandoned request never keeps
+//!   capacity or budget it did not use.
+//!
+//! Finishing writes the spend, the token and spend metrics and the ledger
+//! row: the [`Books`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tollgate::{Cost, DimensionStatus, OutagePolicy, Permit, RateLimiter};
+
+use crate::budget::{nano_to_usd, Budgets, Hold};
+use crate::ledger::{Ledger, UsageRecord};
+use crate::metrics::Metrics;
+use crate::model::Model;
+use crate::registry::Client;
+
+/// Where a request's use is written down: spend and budgets, metrics and
+/// the usage ledger, and the policy when the spend store is down.
+#[derive(Debug)]
+pub(crate) struct Books {
+    /// Spend and budgets.
+    pub(crate) budgets: Arc<Budgets>,
+    /// Metrics.
+    pub(crate) metrics: Arc<Metrics>,
+    /// Usage records.
+    pub(crate) ledger: Arc<dyn Ledger>,
+    /// What to do when the spend store cannot be reached.
+    pub(crate) outage: OutagePolicy,
+    /// Settle before the answer goes out (the memory store: it costs
+    /// microseconds and no I/O, and a client's next request then sees its
+    /// refund); else in a task of its own after it (Redis round trips).
+    pub(crate) inline: bool,
+}
+
+/// Estimated or actual tokens of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Usage {
+    /// Input tokens.
+    pub(crate) input: u64,
+    /// Output tokens.
+    pub(crate) output: u64,
+}
+
+impl Usage {
+    /// `input` + `output` tokens.
+    pub(crate) fn new(input: u64, output: u64) -> Usage {
+        Usage { input, output }
+    }
+
+    /// Nothing used (the upstream never had the request).
+    pub(crate) const NONE: Usage = Usage {
+        input: 0,
+        output: 0,
+    };
+}
+
+/// A request that was let in: its reservations, to settle when it ends.
+pub(crate) struct Admission {
+    /// The reservations not finished yet; emptied when finished.
+    parts: Parts,
+    /// The client bucket's state right after this request's grant (for the
+    /// rate-limit headers); `None` when the outage policy decided.
+    pub(crate) client_status: Option<Vec<DimensionStatus>>,
+    /// The estimate the reservations were made for.
+    pub(crate) estimate: Usage,
+    /// How long the request must wait for its slot.
+    pub(crate) wait: Duration,
+    /// What was used so far once the request was sent upstream (dropping
+    /// then settles that instead of cancelling everything).
+    used: Option<Usage>,
+    /// When admission began.
+    pub(crate) started: Instant,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("client", &self.parts.client.id)
+            .field("model", &self.parts.model.name)
+            .field("estimate", &self.estimate)
+            .field("wait", &self.wait)
+            .finish()
+    }
+}
+
+impl Admission {
+    /// Nothing reserved yet, for `estimate` tokens of `client` on `model`.
+    pub(crate) fn new(
+        books: &Arc<Books>,
+        client: &Arc<Client>,
+        model: &Arc<Model>,
+        estimate: Usage,
+    ) -> Admission {
+        Admission {
+            parts: Parts::new(books.clone(), client.clone(), model.clone()),
+            client_status: None,
+            estimate,
+            wait: Duration::ZERO,
+            used: None,
+            started: Instant::now(),
+        }
+    }
+
+    /// The client bucket's reservation was granted.
+    pub(crate) fn hold_client(&mut self, p: Permit, status: Option<Vec<DimensionStatus>>) {
+        self.client_status = status;
+        self.parts.client_permit = Some(p);
+    }
+
+    /// The provider bucket's reservation was granted.
+    pub(crate) fn hold_model(&mut self, p: Permit) {
+        self.parts.model_permit = Some(p);
+    }
+
+    /// The budget's hold was granted.
+    pub(crate) fn hold_budget(&mut self, h: Hold) {
+        self.parts.hold = Some(h);
+    }
+
+    /// The longest of the granted reservations' waits for their slots.
+    pub(crate) fn granted_wait(&self) -> Duration {
+        let p = &self.parts;
+        p.client_permit
+            .iter()
+            .chain(p.model_permit.iter())
+            .map(|p| p.waited())
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// The client and the model this admission is for.
+    pub(crate) fn client(&self) -> &Arc<Client> {
+        &self.parts.client
+    }
+
+    /// The model this admission is for.
+    pub(crate) fn model(&self) -> &Arc<Model> {
+        &self.parts.model
+    }
+
+    /// The request goes upstream now: from here on the upstream may have
+    /// it, so a client that leaves is charged its input at least.
+    pub(crate) fn sent(&mut self) {
+        self.used = Some(Usage::new(self.estimate.input, 0));
+    }
+
+    /// The request's id, for its ledger row.
+    pub(crate) fn set_request_id(&mut self, id: uuid::Uuid) {
+        self.parts.request_id = id;
+    }
+
+    /// Cancels every reservation made so far (the request never ran);
+    /// what is left of the admission then holds nothing.
+    pub(crate) async fn release(&mut self) {
+        let waited = self.wait;
+        self.take().finish(None, waited).await;
+    }
+
+    /// Settles with the actual `usage`: before this returns when the books
+    /// say so, else in a task of its own after the answer has gone out
+    /// (still exactly once).
+    pub(crate) async fn settle(mut self, usage: Usage) {
+        let parts = self.take();
+        let waited = self.wait;
+        if parts.books.inline {
+            parts.finish(Some(usage), waited).await;
+        } else {
+            tokio::spawn(parts.finish(Some(usage), waited));
+        }
+    }
+
+    /// Settles with `usage` from code that cannot wait (a stream's end):
+    /// in a task of its own.
+    pub(crate) fn settle_soon(self, usage: Usage) {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(self.settle(usage));
+        }
+    }
+
+    /// Moves the reservations out to be finished, leaving an empty `Parts`
+    /// behind so that they are finished exactly once (`Drop` then finds
+    /// nothing left to do).
+    fn take(&mut self) -> Parts {
+        let p = &self.parts;
+        let mut empty = Parts::new(p.books.clone(), p.client.clone(), p.model.clone());
+        empty.request_id = p.request_id;
+        std::mem::replace(&mut self.parts, empty)
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if self.parts.is_empty() {
+            return;
+        }
+        let parts = self.take();
+        let usage = self.used;
+        let waited = self.wait;
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(parts.finish(usage, waited));
+        }
+    }
+}
+
+/// What is left to settle of an admission: its reservations (each `None`
+/// until granted, and again once moved out to be finished), and what
+/// finishing them needs.
+struct Parts {
+    books: Arc<Books>,
+    client: Arc<Client>,
+    model: Arc<Model>,
+    client_permit: Option<Permit>,
+    model_permit: Option<Permit>,
+    hold: Option<Hold>,
+    request_id: uuid::Uuid,
+}
+
+impl Parts {
+    /// Nothing reserved yet.
+    fn new(books: Arc<Books>, client: Arc<Client>, model: Arc<Model>) -> Parts {
+        Parts {
+            books,
+            client,
+            model,
+            client_permit: None,
+            model_permit: None,
+            hold: None,
+            request_id: uuid::Uuid::nil(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.client_permit.is_none() && self.model_permit.is_none() && self.hold.is_none()
+    }
+
+    /// Settles with `usage`, or with `None` cancels everything (the request
+    /// never went upstream). `waited` (the request's wait for its slot) goes
+    /// into the usage ledger. Returns the cost in nano-USD.
+    async fn finish(mut self, usage: Option<Usage>, waited: Duration) -> i64 {
+        let used = usage.unwrap_or_default();
+        let cost = self.model.price.cost_nano(used.input, used.output);
+        let (client_permit, model_permit) = (self.client_permit.take(), self.model_permit.take());
+        tokio::join!(
+            settle_permit(self.client.limiter.clone(), client_permit, usage),
+            settle_permit(self.model.limiter.clone(), model_permit, usage),
+            settle_budget(&self.books, &self.client, self.hold.as_ref(), cost)
+        );
+        if usage.is_some() {
+            self.record(used, cost, waited);
+        }
+        cost
+    }
+
+    /// The metrics and the ledger row of a request that was settled.
+    fn record(&self, used: Usage, cost: i64, waited: Duration) {
+        let metrics = &self.books.metrics;
+        let client = self.client.id.as_str();
+        let model = self.model.name.as_str();
+        for (direction, tokens) in [("input", used.input), ("output", used.output)] {
+            metrics.add(
+                "tollgate_tokens_total",
+                &[
+                    ("client", client),
+                    ("model", model),
+                    ("direction", direction),
+                ],
+                tokens as f64,
+            );
+        }
+        metrics.add(
+            "tollgate_spend_usd_total",
+            &[("client", client), ("model", model)],
+            nano_to_usd(cost),
+        );
+        self.books.ledger.record(&UsageRecord {
+            request_id: self.request_id,
+            client,
+            tier: &self.client.tier.name,
+            model,
+            input_tokens: used.input,
+            output_tokens: used.output,
+            cost_usd: nano_to_usd(cost),
+            waited,
+        });
+    }
+}
+
+/// Settles a bucket's reservation with `usage`, or cancels it (`None`).
+async fn settle_permit(limiter: RateLimiter, permit: Option<Permit>, usage: Option<Usage>) {
+    let Some(permit) = permit else { return };
+    let result = match usage {
+        Some(u) => limiter
+            .settle(permit, Cost::split(u.input, u.output))
+            .await
+            .map(|_| ()),
+        None => limiter.cancel(permit).await.map(|_| ()),
+    };
+    if let Err(e) = result {
+        tracing::warn!(key = %limiter.key(), error = %e, "could not settle a reservation");
+    }
+}
+
+/// Replaces a budget hold's estimate by the actual `cost`.
+async fn settle_budget(books: &Books, client: &Client, hold: Option<&Hold>, cost: i64) {
+    let Some(hold) = hold else { return };
+    if let Err(e) = books.budgets.settle(hold, cost).await {
+        books
+            .metrics
+            .inc("tollgate_store_errors_total", &[("component", "budget")]);
+        tracing::warn!(client = %client.id, error = %e, "could not settle spend");
+    }
+}
