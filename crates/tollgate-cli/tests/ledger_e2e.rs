@@ -31,6 +31,7 @@ async fn sim() -> upstream_sim::SimUpstream {
             latency: Duration::from_millis(1),
             chunk_interval: Duration::ZERO,
             completion_tokens: 16,
+            faults: Default::default(),
         },
         0,
     )
