@@ -405,3 +405,45 @@ async fn a_client_that_spent_its_budget_is_still_refused_after_redis_restarts_em
     );
     assert!(seen.contains(&429), "{seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_falls_back_leaves_one_row_with_every_attempt() {
+    let dir = Dir::new("ledger-fallback");
+    let sim = sim().await;
+    let mut config = common::config(&sim.base_url(), &[("pro", common::tier(10_000_000, None))]);
+    // `broken` fails before the first byte; its fallback answers.
+    config
+        .providers
+        .get_mut("down")
+        .unwrap()
+        .models
+        .get_mut("broken")
+        .unwrap()
+        .fallbacks = vec!["gpt-4o-mini".into()];
+    let ledger = dir.0.join("ledger.sqlite");
+    config.ledger.url = ledger.display().to_string();
+    let gw = Gateway::start(&dir.0, "a", config).await;
+    let answers = load(20, 4, {
+        let url = gw.url.clone();
+        move |i| (url.clone(), "pro", chat("broken", i, 16))
+    })
+    .await;
+    assert!(answers.iter().all(|a| a.status == 200), "{answers:?}");
+    let store = Store::open(ledger.to_str().unwrap()).await.unwrap();
+    let rows = rows_when(&store, answers.len(), Duration::from_secs(10)).await;
+    one_row_per_answer(&answers, &rows);
+    for (r, a) in rows.iter().map(|r| {
+        let a = answers
+            .iter()
+            .find(|a| a.id.as_deref() == Some(&r.request_id.to_string()))
+            .unwrap();
+        (r, a)
+    }) {
+        assert_eq!(r.attempts, 2, "{r:?}");
+        assert_eq!(r.outcome, "ok");
+        assert_eq!(r.requested_model, "broken");
+        assert_eq!(r.served_model, "gpt-4o-mini");
+        let (i, o) = a.usage.unwrap();
+        assert_eq!(r.cost_micro_usd, price().cost_micro_usd(i, o), "{r:?}");
+    }
+}

@@ -33,6 +33,7 @@ pub fn model(rpm: u64) -> ModelConfig {
         context_window: 128_000,
         default_max_tokens: 64,
         tokenizer: Some("approx".into()),
+        fallbacks: Vec::new(),
     }
 }
 

@@ -14,7 +14,7 @@ use crate::outcome::Outcome;
 ///
 /// The request id is the primary key: writing the same row twice (a retry,
 /// a spool replayed after a crash) leaves one row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Row {
     /// The gateway's id of the request (UUIDv7), as answered in `x-request-id`.
     pub request_id: uuid::Uuid,

@@ -8,7 +8,10 @@
 //! 5. [`admit`]: the client bucket, the budget and the provider bucket
 //!    reserved, or a typed refusal;
 //! 6. [`wait`]: for the slot, and out of an upstream's pause;
-//! 7. [`forward`]: sent upstream, its answer read, or a typed failure;
+//! 7. [`forward`]: sent upstream, its answer read, or a typed failure; a
+//!    failure before the first byte (connection error, timeout, 5xx, 429)
+//!    goes back to step 4 on the next candidate, within one attempt budget
+//!    and one deadline;
 //! 8. [`stream`]: a streamed answer relayed ([`events`] read on the way);
 //! 9. [`settle`]: the actual usage settled, exactly once, and recorded.
 //!
@@ -49,7 +52,7 @@ use self::estimate::Estimate;
 use self::forward::{Answer, Ask, Upstream, UpstreamFailure};
 use self::parse::Parsed;
 use self::route::RouteError;
-use self::settle::{Admission, Books};
+use self::settle::{Admission, Books, RowDraft};
 use self::tally::{Stage, Tally};
 use crate::model::{Endpoint, Model};
 use crate::outcome::Outcome;
@@ -146,6 +149,19 @@ pub(crate) struct Pipeline {
     pub(crate) body_timeout: Duration,
     /// `server.log_prompts`.
     pub(crate) log_prompts: bool,
+    /// `server.max_attempts` and `server.request_deadline_secs`.
+    pub(crate) attempts: Attempts,
+}
+
+/// How many upstream calls one request may make, and how long it may take
+/// until its answer's first byte, whatever the mix of fallbacks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Attempts {
+    /// At most this many upstream calls.
+    pub(crate) max: u32,
+    /// No attempt starts, and none waits for its answer, past this long
+    /// after the request was routed.
+    pub(crate) deadline: Duration,
 }
 
 /// Serves one proxied request end to end.
@@ -212,11 +228,119 @@ struct Reply {
 }
 
 async fn serve(req: &Req<'_>, body: Body, tally: &mut Tally) -> Result<Response, Reply> {
-    let (parsed, model, estimate) = prepare(req, body, tally)
+    let (parsed, candidates) = prepare(req, body, tally)
         .await
         .map_err(|f| respond::failure(req.client, None, &req.path.upstream, f))?;
+    // The request reached admission: its ledger row, written once every
+    // attempt has settled (see `settle::RowDraft`).
+    let draft = req.path.books.draft(
+        req.request_id.0,
+        req.client,
+        &parsed.model,
+        req.path.models.get(&parsed.model),
+    );
+    let mut trail = Trail {
+        route: parsed.model.clone(),
+        model: candidates.first().name.clone(),
+        attempts: 0,
+        draft,
+    };
     let started = Instant::now();
-    let (mut admission, paused) = admit(req, &model, &parsed.model, estimate).await?;
+    let deadline = started + req.path.attempts.deadline;
+    let mut last = None;
+    for model in candidates.iter() {
+        if trail.attempts >= req.path.attempts.max || Instant::now() >= deadline {
+            break;
+        }
+        trail.model = model.name.clone();
+        tally.model(&model.name);
+        match attempt(req, &parsed, model, started, deadline, tally, &mut trail).await {
+            Ok(mut r) => {
+                trail.mark(r.headers_mut());
+                return Ok(r);
+            }
+            Err(Attempted::Final(reply)) => {
+                last = Some(reply);
+                break;
+            }
+            Err(Attempted::Next(reply)) => last = Some(reply),
+        }
+    }
+    // The first candidate is always tried: `last` is set.
+    let mut reply = last.unwrap_or_else(|| {
+        respond::failure(req.client, None, &req.path.upstream, Failure::Internal)
+    });
+    trail.mark(&mut reply.error.headers);
+    if let Some(d) = &trail.draft {
+        d.ended(reply.outcome, Some(&reply.error.code));
+    }
+    Err(reply)
+}
+
+/// What the answer says about how it was served.
+struct Trail {
+    /// The model or route the request named.
+    route: String,
+    /// The model that answered, or the last one tried.
+    model: String,
+    /// Upstream calls made.
+    attempts: u32,
+    /// The request's ledger row, which every attempt adds to.
+    draft: Option<Arc<RowDraft>>,
+}
+
+/// `x-tollgate-model`: the model that answered (or the last one tried).
+pub(crate) const MODEL_HEADER: &str = "x-tollgate-model";
+/// `x-tollgate-route`: the model or route the request named.
+pub(crate) const ROUTE_HEADER: &str = "x-tollgate-route";
+/// `x-tollgate-attempts`: the upstream calls the request made.
+pub(crate) const ATTEMPTS_HEADER: &str = "x-tollgate-attempts";
+
+impl Trail {
+    fn mark(&self, h: &mut HeaderMap) {
+        for (name, value) in [
+            (MODEL_HEADER, self.model.clone()),
+            (ROUTE_HEADER, self.route.clone()),
+            (ATTEMPTS_HEADER, self.attempts.to_string()),
+        ] {
+            if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+                h.insert(name, v);
+            }
+        }
+    }
+}
+
+/// How an attempt on one candidate failed.
+enum Attempted {
+    /// Nothing reached the client and the next candidate may serve it
+    /// (connection error, timeout, 5xx, 429, a pause, a prompt this model
+    /// cannot take).
+    Next(Reply),
+    /// The answer to give: another candidate would fail it the same way.
+    Final(Reply),
+}
+
+/// One attempt on `model`: estimate, admit, wait, forward. Each attempt
+/// settles or gives back its own reservations before the next begins.
+async fn attempt(
+    req: &Req<'_>,
+    parsed: &Parsed,
+    model: &Arc<Model>,
+    started: Instant,
+    deadline: Instant,
+    tally: &mut Tally,
+    trail: &mut Trail,
+) -> Result<Response, Attempted> {
+    let up = &req.path.upstream;
+    let estimate = estimate::estimate(parsed, model)
+        .map_err(|e| Attempted::Next(respond::failure(req.client, Some(model), up, e.into())))?;
+    if let Some(d) = &trail.draft {
+        d.estimated(estimate.tokens);
+    }
+    let (mut admission, paused) = admit(req, model, estimate)
+        .await
+        .map_err(Attempted::Final)?;
+    admission.set_request(req.request_id.0, trail.draft.clone());
     tally.stage(Stage::Queued);
     // The headers describe the client's bucket right after this request was
     // let in, known from its permit: no store round trip.
@@ -229,35 +353,54 @@ async fn serve(req: &Req<'_>, body: Body, tally: &mut Tally) -> Result<Response,
         reply.error.headers.extend(rl_headers.clone());
         reply
     };
-    if let Err(reply) = wait(req, &model, &admission, paused, started).await {
-        admission.ended(reply.outcome, Some(&reply.error.code));
-        return Err(with_headers(reply));
+    if let Err(r) = wait(req, model, &admission, paused, started).await {
+        admission.ended(r.outcome, Some(&r.error.code));
+        return Err(Attempted::Next(with_headers(r)));
     }
+    let Some(within) = deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+    else {
+        // Dropped unsent, the admission gives everything back.
+        let f = Failure::Upstream(UpstreamFailure::Timeout);
+        return Err(Attempted::Final(with_headers(respond::failure(
+            req.client,
+            Some(model),
+            up,
+            f,
+        ))));
+    };
     tally.stage(Stage::Upstream);
-    let mut r = upstream(req, &model, &parsed, estimate, admission, tally)
+    trail.attempts += 1;
+    let mut r = upstream(req, model, parsed, estimate, admission, tally, within)
         .await
-        .map_err(with_headers)?;
+        .map_err(|(reply, next)| {
+            let reply = with_headers(reply);
+            if next {
+                Attempted::Next(reply)
+            } else {
+                Attempted::Final(reply)
+            }
+        })?;
     r.headers_mut().extend(rl_headers);
     Ok(r)
 }
 
-/// Reads, parses, routes and estimates the request.
+/// Reads, parses and routes the request.
 async fn prepare(
     req: &Req<'_>,
     body: Body,
     tally: &mut Tally,
-) -> Result<(Parsed, Arc<Model>, Estimate), Failure> {
+) -> Result<(Parsed, route::Candidates), Failure> {
     let path = req.path;
     let bytes = body::read(req.headers, body, path.body_limit, path.body_timeout).await?;
     let parsed = parse::parse(req.endpoint, &bytes)?;
     let candidates = route::route(&path.models, &parsed.model, req.endpoint)?;
-    let model = candidates.first().clone();
-    tally.model(&model.name);
+    tally.model(&candidates.first().name);
     if path.log_prompts {
         tracing::debug!(client = %req.client.id, body = ?parsed.body, "request");
     }
-    let estimate = estimate::estimate(&parsed, &model)?;
-    Ok((parsed, model, estimate))
+    Ok((parsed, candidates))
 }
 
 /// Admits the request on `model`, asking the store about an upstream pause
@@ -265,7 +408,6 @@ async fn prepare(
 async fn admit(
     req: &Req<'_>,
     model: &Arc<Model>,
-    requested: &str,
     estimate: Estimate,
 ) -> Result<(Admission, Option<Paused>), Reply> {
     let up = &req.path.upstream;
@@ -279,22 +421,8 @@ async fn admit(
     });
     let (admitted, paused) = tokio::join!(admitting, model.hold.check(&up.store, up.store_timeout));
     match admitted {
-        Ok(Ok(mut a)) => {
-            a.set_request(req.request_id.0, requested);
-            Ok((a, paused))
-        }
-        Ok(Err(refusal)) => {
-            let reply = respond::refusal(req.client, model, refusal).await;
-            req.path.books.record_refusal(
-                req.request_id.0,
-                req.client,
-                requested,
-                estimate.tokens,
-                reply.outcome,
-                &reply.error.code,
-            );
-            Err(reply)
-        }
+        Ok(Ok(a)) => Ok((a, paused)),
+        Ok(Err(refusal)) => Err(respond::refusal(req.client, model, refusal).await),
         Err(e) => {
             tracing::error!(error = %e, "admission task failed");
             Err(respond::failure(
@@ -347,7 +475,8 @@ async fn upstream(
     estimate: Estimate,
     mut admission: Admission,
     tally: &mut Tally,
-) -> Result<Response, Reply> {
+    within: Duration,
+) -> Result<Response, (Reply, bool)> {
     let up = &req.path.upstream;
     let ask = Ask {
         endpoint: req.endpoint,
@@ -355,6 +484,7 @@ async fn upstream(
         stream: parsed.stream,
         cap: estimate.cap,
         input: estimate.tokens.input,
+        within,
     };
     // From here on the upstream may have the request: a client that leaves
     // is charged its input at least (the admission settles that when dropped).
@@ -388,18 +518,21 @@ async fn upstream(
             Ok(respond::event_stream(relay))
         }
         Err(f) => {
-            let used = f.used(estimate.tokens.input);
+            admission.ended(f.outcome(), None);
+            admission.settle(f.used(estimate.tokens.input)).await;
             forward::slow_down(up, model, &f).await;
+            let next = f.falls_back();
+            if next {
+                tracing::info!(model = %model.name, outcome = f.outcome().as_str(), "upstream failed before the first byte: next candidate");
+            }
             let reply = respond::failure(req.client, Some(model), up, Failure::Upstream(f));
-            admission.ended(reply.outcome, Some(&reply.error.code));
-            admission.settle(used).await;
-            Err(reply)
+            Err((reply, next))
         }
     };
     if let Some(id) = upstream_id {
         let headers = match &mut answered {
             Ok(r) => r.headers_mut(),
-            Err(reply) => &mut reply.error.headers,
+            Err((reply, _)) => &mut reply.error.headers,
         };
         headers.insert(crate::request_id::UPSTREAM_HEADER, id);
     }

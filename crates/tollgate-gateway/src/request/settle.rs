@@ -164,17 +164,16 @@ impl Admission {
         n.first_byte = n.sent_at.map(|t| t.elapsed());
     }
 
-    /// The request's id and the model it named, for its ledger row.
-    pub(crate) fn set_request(&mut self, id: uuid::Uuid, requested: &str) {
+    /// The request's id, and the ledger row this attempt adds to.
+    pub(crate) fn set_request(&mut self, id: uuid::Uuid, draft: Option<Arc<RowDraft>>) {
         self.parts.request_id = id;
-        self.parts.notes.requested = requested.to_string();
-        self.parts.recorded = false;
+        self.parts.draft = draft;
     }
 
     /// How the request ended, for its ledger row (left unsaid: the client
     /// went away).
     pub(crate) fn ended(&mut self, outcome: Outcome, error_code: Option<&str>) {
-        self.parts.notes.outcome = outcome;
+        self.parts.notes.outcome = Some(outcome);
         self.parts.notes.error_code = error_code.map(String::from);
     }
 
@@ -213,10 +212,7 @@ impl Admission {
         let p = &self.parts;
         let mut empty = Parts::new(p.books.clone(), p.client.clone(), p.model.clone());
         empty.request_id = p.request_id;
-        empty.estimate = p.estimate;
-        empty.recorded = true;
         let mut parts = std::mem::replace(&mut self.parts, empty);
-        parts.estimate = self.estimate;
         let n = &mut parts.notes;
         n.latency = n.sent_at.map(|t| t.elapsed());
         parts
@@ -225,7 +221,7 @@ impl Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        if self.parts.is_empty() && self.parts.recorded {
+        if self.parts.is_empty() && self.parts.draft.is_none() {
             return;
         }
         let parts = self.take();
@@ -248,42 +244,23 @@ struct Parts {
     model_permit: Option<Permit>,
     hold: Option<Hold>,
     request_id: uuid::Uuid,
-    /// The estimate admitted.
-    estimate: Usage,
-    /// What the ledger row says besides the usage.
+    /// What this attempt tells its request's ledger row.
     notes: Notes,
-    /// Whether this request's row is written, or is not this admission's
-    /// to write (one the request path has not taken on: its refusal is
-    /// recorded by the path).
-    recorded: bool,
+    /// The request's ledger row (shared by its attempts).
+    draft: Option<Arc<RowDraft>>,
 }
 
-/// What the request path learns of a request on its way, for its ledger
-/// row.
-#[derive(Debug, Clone)]
+/// What the request path learns of one attempt on its way, for the
+/// request's ledger row.
+#[derive(Debug, Clone, Default)]
 struct Notes {
-    requested: String,
-    outcome: Outcome,
+    /// How it ended, when the path said (else: the client went away).
+    outcome: Option<Outcome>,
     error_code: Option<String>,
     attempts: u32,
     sent_at: Option<Instant>,
     first_byte: Option<Duration>,
     latency: Option<Duration>,
-}
-
-impl Default for Notes {
-    fn default() -> Self {
-        Notes {
-            requested: String::new(),
-            // Unless the path says otherwise: dropped, the client went away.
-            outcome: Outcome::ClientGone,
-            error_code: None,
-            attempts: 0,
-            sent_at: None,
-            first_byte: None,
-            latency: None,
-        }
-    }
 }
 
 impl Parts {
@@ -297,10 +274,8 @@ impl Parts {
             model_permit: None,
             hold: None,
             request_id: uuid::Uuid::nil(),
-            estimate: Usage::NONE,
             notes: Notes::default(),
-            // Until the request path takes the admission on (with its id).
-            recorded: true,
+            draft: None,
         }
     }
 
@@ -323,51 +298,10 @@ impl Parts {
         if usage.is_some() {
             self.count(used, cost);
         }
-        self.write_row(used, waited);
-        cost
-    }
-
-    /// The request's ledger row, once.
-    fn write_row(&mut self, used: Usage, waited: Duration) {
-        if std::mem::replace(&mut self.recorded, true) {
-            return;
+        if let Some(draft) = self.draft.take() {
+            draft.attempt(&self.model, used, &self.notes, waited);
         }
-        let Some(ledger) = &self.books.ledger else {
-            return;
-        };
-        let n = &self.notes;
-        let price = MicroPrice::from(self.model.price);
-        let cost = price.cost_micro_usd(used.input, used.output);
-        let requested = if n.requested.is_empty() {
-            self.model.name.clone()
-        } else {
-            n.requested.clone()
-        };
-        let us = |d: Duration| d.as_micros().min(i64::MAX as u128) as i64;
-        let mut row = refused_row(
-            ledger,
-            self.request_id,
-            &self.client,
-            &requested,
-            self.estimate,
-        );
-        row.served_model = if n.first_byte.is_some() {
-            self.model.name.clone()
-        } else {
-            String::new()
-        };
-        row.attempts = n.attempts;
-        row.input_tokens = used.input as i64;
-        row.output_tokens = used.output as i64;
-        row.cost_micro_usd = cost;
-        // Until routing lands the baseline is the model served: no savings.
-        row.baseline_cost_micro_usd = cost;
-        row.queue_wait_us = us(waited);
-        row.upstream_latency_us = n.latency.map(us);
-        row.first_token_us = n.first_byte.map(us);
-        row.outcome = n.outcome.as_str().to_string();
-        row.error_code = n.error_code.clone();
-        ledger.record(row);
+        cost
     }
 
     /// The token and spend metrics of a request that was settled.
@@ -394,60 +328,116 @@ impl Parts {
     }
 }
 
-/// The row of a request of `client` for `requested` that was refused at
-/// admission: nothing sent, nothing charged. (A settled request's row starts
-/// from it.)
-fn refused_row(
-    ledger: &UsageLedger,
-    request_id: uuid::Uuid,
-    client: &Client,
-    requested: &str,
-    estimate: Usage,
-) -> Row {
-    let now = crate::ledger::row::now_ms();
-    Row {
-        request_id,
-        started_at_ms: crate::ledger::row::id_time_ms(&request_id).unwrap_or(now),
-        finished_at_ms: now,
-        client: client.id.clone(),
-        tier: client.tier.name.clone(),
-        route: requested.to_string(),
-        requested_model: requested.to_string(),
-        served_model: String::new(),
-        baseline_model: requested.to_string(),
-        attempts: 0,
-        est_input_tokens: estimate.input as i64,
-        est_output_tokens: estimate.output as i64,
-        input_tokens: 0,
-        output_tokens: 0,
-        cost_micro_usd: 0,
-        baseline_cost_micro_usd: 0,
-        queue_wait_us: 0,
-        upstream_latency_us: None,
-        first_token_us: None,
-        outcome: Outcome::Internal.as_str().to_string(),
-        error_code: None,
-        instance: ledger.instance().to_string(),
-    }
+/// A request's ledger row while its attempts run: each adds what it used
+/// and cost; the row is written when the last holder lets go (the request
+/// path, and every attempt's admission, which may settle after the answer).
+/// So a request leaves exactly one row, however many candidates it tried.
+#[derive(Debug)]
+pub(crate) struct RowDraft {
+    ledger: Arc<UsageLedger>,
+    /// The route's baseline model's price (until rules route a request to
+    /// another model: the requested one).
+    baseline: Option<MicroPrice>,
+    row: parking_lot::Mutex<Row>,
 }
 
 impl Books {
-    /// Writes the row of a request refused at admission (no admission was
-    /// left to settle).
-    pub(crate) fn record_refusal(
+    /// The row of a request of `client` that names `requested` (`None`
+    /// when the ledger is off); `baseline` is the model it named, if one.
+    pub(crate) fn draft(
         &self,
         request_id: uuid::Uuid,
         client: &Client,
         requested: &str,
-        estimate: Usage,
-        outcome: Outcome,
-        error_code: &str,
-    ) {
-        let Some(ledger) = &self.ledger else { return };
-        let mut row = refused_row(ledger, request_id, client, requested, estimate);
+        baseline: Option<&Arc<Model>>,
+    ) -> Option<Arc<RowDraft>> {
+        let ledger = self.ledger.clone()?;
+        let now = crate::ledger::row::now_ms();
+        let row = Row {
+            request_id,
+            started_at_ms: crate::ledger::row::id_time_ms(&request_id).unwrap_or(now),
+            finished_at_ms: now,
+            client: client.id.clone(),
+            tier: client.tier.name.clone(),
+            route: requested.to_string(),
+            requested_model: requested.to_string(),
+            served_model: String::new(),
+            baseline_model: baseline.map(|m| m.name.clone()).unwrap_or_default(),
+            attempts: 0,
+            est_input_tokens: 0,
+            est_output_tokens: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_micro_usd: 0,
+            baseline_cost_micro_usd: 0,
+            queue_wait_us: 0,
+            upstream_latency_us: None,
+            first_token_us: None,
+            // Unless told otherwise: the client went away.
+            outcome: Outcome::ClientGone.as_str().to_string(),
+            error_code: None,
+            instance: ledger.instance().to_string(),
+        };
+        Some(Arc::new(RowDraft {
+            ledger,
+            baseline: baseline.map(|m| MicroPrice::from(m.price)),
+            row: parking_lot::Mutex::new(row),
+        }))
+    }
+}
+
+fn micros(d: Duration) -> i64 {
+    d.as_micros().min(i64::MAX as u128) as i64
+}
+
+impl RowDraft {
+    /// The estimate of the attempt being admitted.
+    pub(crate) fn estimated(&self, estimate: Usage) {
+        let mut row = self.row.lock();
+        row.est_input_tokens = estimate.input as i64;
+        row.est_output_tokens = estimate.output as i64;
+    }
+
+    /// How the request ended.
+    pub(crate) fn ended(&self, outcome: Outcome, error_code: Option<&str>) {
+        let mut row = self.row.lock();
         row.outcome = outcome.as_str().to_string();
-        row.error_code = Some(error_code.to_string());
-        ledger.record(row);
+        row.error_code = error_code.map(String::from);
+    }
+
+    /// What one attempt on `model` used, cost and took.
+    fn attempt(&self, model: &Model, used: Usage, notes: &Notes, waited: Duration) {
+        let price = MicroPrice::from(model.price);
+        let baseline = self.baseline.unwrap_or(price);
+        let mut row = self.row.lock();
+        row.attempts += notes.attempts;
+        row.input_tokens += used.input as i64;
+        row.output_tokens += used.output as i64;
+        row.cost_micro_usd += price.cost_micro_usd(used.input, used.output);
+        row.baseline_cost_micro_usd += baseline.cost_micro_usd(used.input, used.output);
+        row.queue_wait_us += micros(waited);
+        if row.baseline_model.is_empty() {
+            row.baseline_model = model.name.clone();
+        }
+        if notes.first_byte.is_some() {
+            row.served_model = model.name.clone();
+            row.first_token_us = notes.first_byte.map(micros);
+        }
+        if notes.latency.is_some() {
+            row.upstream_latency_us = notes.latency.map(micros);
+        }
+        if let Some(o) = notes.outcome {
+            row.outcome = o.as_str().to_string();
+            row.error_code = notes.error_code.clone();
+        }
+    }
+}
+
+impl Drop for RowDraft {
+    fn drop(&mut self) {
+        let mut row = std::mem::take(self.row.get_mut());
+        row.finished_at_ms = crate::ledger::row::now_ms();
+        self.ledger.record(row);
     }
 }
 
