@@ -219,7 +219,9 @@ pub async fn overview(gw: &Gateway) -> Value {
 
 /// The ledger's health. Today settled requests go to the log only (target
 /// `tollgate::usage`): the page says so rather than show figures it does
-/// not have.
+/// not have. When the gateway holds the usage ledger, this is where its
+/// writer's counts (backlog, spool, lost) and today's report belong, and
+/// this "off" must go with the log-only ledger.
 fn ledger(_gw: &Gateway) -> Value {
     json!({
         "enabled": false,
