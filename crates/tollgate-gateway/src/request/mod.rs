@@ -216,7 +216,7 @@ async fn serve(req: &Req<'_>, body: Body, tally: &mut Tally) -> Result<Response,
         .await
         .map_err(|f| respond::failure(req.client, None, &req.path.upstream, f))?;
     let started = Instant::now();
-    let (admission, paused) = admit(req, &model, estimate).await?;
+    let (mut admission, paused) = admit(req, &model, estimate).await?;
     tally.stage(Stage::Queued);
     // The headers describe the client's bucket right after this request was
     // let in, known from its permit: no store round trip.
@@ -229,7 +229,7 @@ async fn serve(req: &Req<'_>, body: Body, tally: &mut Tally) -> Result<Response,
         reply.error.headers.extend(rl_headers.clone());
         reply
     };
-    wait(req, &model, &admission, paused, started)
+    wait(req, &model, &mut admission, paused, started)
         .await
         .map_err(with_headers)?;
     tally.stage(Stage::Upstream);
@@ -300,7 +300,7 @@ async fn admit(
 async fn wait(
     req: &Req<'_>,
     model: &Model,
-    admission: &Admission,
+    admission: &mut Admission,
     paused: Option<Paused>,
     started: Instant,
 ) -> Result<(), Reply> {
