@@ -17,15 +17,19 @@ const USAGE: &str = "tollgate: keep LLM API traffic inside its limits
 
 usage:
   tollgate serve --config FILE     run the gateway with a config file
-  tollgate serve --demo            run a self-contained demo (memory store,
-                                   simulated upstream, demo keys printed)
+  tollgate serve --demo [--fault MODEL=MODE@RATE]... [--seed N]
+                                   run a self-contained demo (memory store,
+                                   simulated upstream, demo keys printed);
+                                   --fault replaces the demo's failure modes
+                                   (MODE: 5xx status, 429[:SECS], hang,
+                                   slow:MS, close:EVENTS; --fault none: none)
   tollgate hash-key KEY            print the SHA-256 of an API key for the config
   tollgate bench [--rates 1000,5000] [--secs 5] [--store URL]
                  [--target NAME=URL] [--key KEY] [--search-p99-ms MS]
                                    latency the gateway (and other proxies)
                                    add over the upstream; `tollgate bench
                                    --help` for every option
-  tollgate upstream-sim [--port PORT] [--latency-ms MS]
+  tollgate upstream-sim [--port PORT] [--latency-ms MS] [--fault ...] [--seed N]
                                    run the simulated OpenAI-compatible
                                    upstream alone on 127.0.0.1
   tollgate help                    this text
@@ -130,6 +134,8 @@ async fn serve(args: &[String]) -> Result<()> {
     let mut config_path: Option<PathBuf> = None;
     let mut demo = false;
     let mut listen: Option<String> = None;
+    let mut faults: Option<tollgate_gateway::upstream_sim::Faults> = None;
+    let mut seed: Option<u64> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -137,6 +143,23 @@ async fn serve(args: &[String]) -> Result<()> {
                 config_path = Some(it.next().context("--config needs a file path")?.into())
             }
             "--demo" => demo = true,
+            "--fault" => {
+                let spec = it
+                    .next()
+                    .context("--fault needs MODEL=MODE@RATE, e.g. gpt-4o=503@0.1")?;
+                let f = faults.get_or_insert_with(Default::default);
+                if spec != "none" {
+                    f.add(spec)?;
+                }
+            }
+            "--seed" => {
+                seed = Some(
+                    it.next()
+                        .context("--seed needs a whole number")?
+                        .parse()
+                        .context("--seed takes a whole number")?,
+                )
+            }
             "--help" | "-h" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -151,19 +174,22 @@ async fn serve(args: &[String]) -> Result<()> {
             other => bail!("unknown option {other:?} for serve\n\n{USAGE}"),
         }
     }
+    if !demo && (faults.is_some() || seed.is_some()) {
+        bail!("--fault and --seed set the demo's simulated upstream: use them with --demo");
+    }
     let mut _upstream = None;
     let config = match (demo, config_path) {
         (true, None) => {
-            let sim = tollgate_gateway::upstream_sim::start(
-                tollgate_gateway::upstream_sim::SimConfig {
-                    latency: std::time::Duration::from_millis(150),
-                    chunk_interval: std::time::Duration::from_millis(15),
-                    completion_tokens: 40,
-                },
-                0,
-            )
-            .await
-            .context("cannot start the simulated upstream on 127.0.0.1")?;
+            let mut sim_config = tollgate_gateway::demo::sim_config();
+            if let Some(f) = faults.take() {
+                sim_config.faults.by_model = f.by_model;
+            }
+            if let Some(seed) = seed {
+                sim_config.faults.seed = seed;
+            }
+            let sim = tollgate_gateway::upstream_sim::start(sim_config, 0)
+                .await
+                .context("cannot start the simulated upstream on 127.0.0.1")?;
             let cfg = tollgate_gateway::demo::config(
                 listen.as_deref().unwrap_or("127.0.0.1:8080"),
                 &sim.base_url(),

@@ -8,8 +8,11 @@ use anyhow::{bail, Context, Result};
 use tollgate_gateway::upstream_sim::{self, SimConfig};
 
 /// What `tollgate upstream-sim` accepts.
-pub const USAGE: &str =
-    "usage: tollgate upstream-sim [--port PORT] [--latency-ms MS] [--completion-tokens N]";
+pub const USAGE: &str = "usage: tollgate upstream-sim [--port PORT] [--latency-ms MS] [--completion-tokens N] [--fault MODEL=MODE@RATE]... [--seed N]
+
+  --fault gpt-4o=503@0.1   a share of a model's requests fails: MODE is a 5xx status,
+                           429[:RETRY_AFTER_SECS], hang, slow:MS or close:EVENTS
+  --seed N                 which requests fail (the same seed fails the same ones)";
 
 /// Starts the simulated upstream on `127.0.0.1:PORT` and runs it until
 /// `shutdown` completes. With `--latency-ms 0` (the default) it answers at
@@ -20,6 +23,7 @@ pub async fn run(args: &[String], shutdown: impl std::future::Future<Output = ()
         latency: Duration::ZERO,
         chunk_interval: Duration::ZERO,
         completion_tokens: 16,
+        ..Default::default()
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -36,6 +40,8 @@ pub async fn run(args: &[String], shutdown: impl std::future::Future<Output = ()
                 let ms: u64 = v.parse().context("--latency-ms takes milliseconds")?;
                 config.latency = Duration::from_millis(ms);
             }
+            "--fault" => config.faults.add(v)?,
+            "--seed" => config.faults.seed = v.parse().context("--seed takes a whole number")?,
             "--completion-tokens" => {
                 config.completion_tokens = v
                     .parse()

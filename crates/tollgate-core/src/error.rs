@@ -82,3 +82,47 @@ pub enum CostError {
         limit: u64,
     },
 }
+
+/// Class shares that cannot split a bucket. Each names the class and field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ShareError {
+    /// Too few or too many classes.
+    #[error("class shares: {0} classes given; give between 1 and {max}", max = crate::MAX_CLASSES)]
+    Count(usize),
+    /// A floor outside [0, 1] or not a number.
+    #[error("class {class}: floor must be a share of the bucket in [0, 1], got {value}")]
+    BadFloor {
+        /// The class (0 = top).
+        class: usize,
+        /// The floor given.
+        value: f64,
+    },
+    /// A weight that is not positive.
+    #[error("class {class}: weight must be a number > 0, got {value}")]
+    BadWeight {
+        /// The class (0 = top).
+        class: usize,
+        /// The weight given.
+        value: f64,
+    },
+    /// A lendable part outside [0, 1].
+    #[error("class {class}: lendable must be a part of its lane in [0, 1], got {value}")]
+    BadLendable {
+        /// The class (0 = top).
+        class: usize,
+        /// The value given.
+        value: f64,
+    },
+    /// The floors add up to more than the whole bucket.
+    #[error("the floors of the classes sum to {sum}, more than the whole bucket (1.0); lower some floor")]
+    FloorsAboveOne {
+        /// Their sum.
+        sum: f64,
+    },
+    /// The other floors take the whole bucket and leave this class nothing.
+    #[error("class {class} would have no share: its floor is 0 and the other floors sum to 1; lower a floor or give it one")]
+    NoShare {
+        /// The class (0 = top).
+        class: usize,
+    },
+}

@@ -94,15 +94,8 @@ pub fn reserve(
         if inc == 0.0 {
             continue;
         }
-        let capacity = policy.capacity(d);
-        if req.cost[i] > capacity {
-            return Err(ReserveError::TooLarge {
-                dimension: d,
-                needed: req.cost[i],
-                capacity,
-                limit: policy.limit(d).unwrap_or(0),
-                burst: policy.limits().burst,
-            });
+        if req.cost[i] > policy.capacity(d) {
+            return Err(policy.too_large_in(d, req.cost[i]));
         }
         charge[i] = req.cost[i] * inc;
         slot = slot.max(state.tat[i] + charge[i] - tolerance);

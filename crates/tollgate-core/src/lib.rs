@@ -32,14 +32,16 @@ mod error;
 mod gcra;
 mod limits;
 mod settle;
+mod share;
 
 pub use advance::advance;
 pub use cost::{Cost, Usage};
 pub use dims::{Dimension, Dims, DIMENSIONS};
-pub use error::{CostError, LimitsError, ReserveError};
+pub use error::{CostError, LimitsError, ReserveError, ShareError};
 pub use gcra::{reserve, Grant, KeyState, ReserveRequest};
 pub use limits::{Limits, Policy, DEFAULT_WINDOW_SECS, MAX_BURST};
 pub use settle::{settle, settle_vacated, Mark, Settled, Vacated};
+pub use share::{ClassShare, Shares, MAX_CLASSES};
 
 #[cfg(test)]
 pub(crate) mod testing {

@@ -1,6 +1,6 @@
 //! Limits as a user writes them, and the validated [`Policy`] the arithmetic uses.
 
-use crate::{Cost, CostError, Dimension, Dims, LimitsError, DIMENSIONS};
+use crate::{Cost, CostError, Dimension, Dims, LimitsError, ReserveError, DIMENSIONS};
 
 /// The default window: limits are per minute.
 pub const DEFAULT_WINDOW_SECS: f64 = 60.0;
@@ -202,6 +202,7 @@ impl Limits {
             limits: self.clone(),
             increment,
             tau: self.burst * self.window_secs,
+            share: 1.0,
         })
     }
 }
@@ -215,6 +216,9 @@ pub struct Policy {
     /// The tolerance `τ = burst × window` in seconds: the TAT may lie at most
     /// this far ahead of a request's start.
     pub tau: f64,
+    /// The part of the key's bucket this policy limits: 1.0, or a lane's
+    /// share `a_k` (see [`Policy::lane`]).
+    share: f64,
 }
 
 impl Policy {
@@ -228,6 +232,34 @@ impl Policy {
         self.limits.limit(d)
     }
 
+    /// The part of the key's bucket this policy limits (1.0 unless it is a
+    /// lane's, see [`Policy::lane`]).
+    pub fn share(&self) -> f64 {
+        self.share
+    }
+
+    /// The policy of a lane holding `share` (in (0, 1]) of this bucket: rate
+    /// and capacity scaled by it (each unit costs `T / share` seconds), the
+    /// tolerance `τ` unchanged. See [`Shares`](crate::Shares).
+    ///
+    /// ```
+    /// use tollgate_core::{Dimension, Limits};
+    /// let p = Limits::new().tpm(10_000).validate().unwrap();
+    /// let lane = p.lane(0.25);
+    /// assert_eq!(lane.capacity(Dimension::Tokens), 2_500.0);
+    /// assert_eq!(lane.limit(Dimension::Tokens), Some(10_000)); // the key's limit
+    /// ```
+    pub fn lane(&self, share: f64) -> Policy {
+        Policy {
+            limits: self.limits.clone(),
+            increment: self
+                .increment
+                .map(|t| if t > 0.0 { t / share } else { 0.0 }),
+            tau: self.tau,
+            share: self.share * share,
+        }
+    }
+
     /// Whether a dimension is limited.
     pub fn is_limited(&self, d: Dimension) -> bool {
         self.increment[d.index()] > 0.0
@@ -236,8 +268,29 @@ impl Policy {
     /// The most a dimension's bucket holds (`burst × limit`), in units.
     pub fn capacity(&self, d: Dimension) -> f64 {
         self.limit(d)
-            .map(|l| l as f64 * self.limits.burst)
+            .map(|l| l as f64 * self.limits.burst * self.share)
             .unwrap_or(f64::INFINITY)
+    }
+
+    /// The error for a request that can never fit: the first limited
+    /// dimension whose bucket cannot hold `cost`, if any.
+    pub fn too_large(&self, cost: &Dims) -> Option<ReserveError> {
+        Dimension::ALL
+            .into_iter()
+            .find(|&d| self.is_limited(d) && cost[d.index()] > self.capacity(d))
+            .map(|d| self.too_large_in(d, cost[d.index()]))
+    }
+
+    /// The error for a request needing `needed` units of `d`, more than its
+    /// bucket holds.
+    pub(crate) fn too_large_in(&self, d: Dimension, needed: f64) -> ReserveError {
+        ReserveError::TooLarge {
+            dimension: d,
+            needed,
+            capacity: self.capacity(d),
+            limit: self.limit(d).unwrap_or(0),
+            burst: self.limits.burst,
+        }
     }
 
     /// The cost of a request in units of each dimension, unchecked.

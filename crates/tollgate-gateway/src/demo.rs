@@ -1,10 +1,13 @@
 //! `tollgate serve --demo`: a complete setup on loopback with no network and
-//! no Redis: the simulated upstream, the four tiers, one client per tier.
+//! no Redis: the simulated upstream, the four tiers, one client per tier, and
+//! a catalogue of a premium, a balanced and a cheap model from three
+//! providers, each failing now and then as real providers do.
 
 use std::collections::BTreeMap;
 
 use crate::auth::hash_key;
 use crate::config::{ClientConfig, Config, ModelConfig, ModelKind, ProviderConfig, TierConfig};
+use crate::upstream_sim::{Faults, SimConfig};
 
 /// The demo's admin token (loopback only).
 pub const ADMIN_TOKEN: &str = "tg-admin-demo";
@@ -16,6 +19,13 @@ pub const CLIENTS: &[(&str, &str, &str)] = &[
     ("acme-pro", "professional", "tg-demo-pro"),
     ("acme-enterprise", "enterprise", "tg-demo-enterprise"),
 ];
+
+/// The premium model: the dearest, the widest context, the tightest limits.
+pub const PREMIUM: &str = "claude-opus-4";
+/// The balanced model.
+pub const BALANCED: &str = "gpt-4o";
+/// The cheap model: the cheapest, a million-token context, the widest limits.
+pub const CHEAP: &str = "gemini-2.0-flash";
 
 fn model(rpm: u64, tpm: u64, input_price: f64, output_price: f64, kind: ModelKind) -> ModelConfig {
     ModelConfig {
@@ -69,33 +79,88 @@ pub fn tiers() -> BTreeMap<String, TierConfig> {
     ])
 }
 
-/// The demo configuration, with the simulated upstream at `upstream_base_url`.
-pub fn config(listen: &str, upstream_base_url: &str) -> Config {
-    let models = BTreeMap::from([
+/// The demo's catalogue by provider: (provider, model, config).
+fn catalogue() -> Vec<(&'static str, &'static str, ModelConfig)> {
+    let with_context = |mut m: ModelConfig, tokens| {
+        m.context_window = tokens;
+        m
+    };
+    vec![
         (
-            "gpt-4o-mini".to_string(),
-            model(500, 200_000, 0.15, 0.60, ModelKind::Chat),
+            "anthropic",
+            PREMIUM,
+            with_context(model(50, 40_000, 15.0, 75.0, ModelKind::Chat), 200_000),
         ),
         (
-            "gpt-4o".to_string(),
+            "openai",
+            BALANCED,
             model(100, 30_000, 2.50, 10.0, ModelKind::Chat),
         ),
         (
-            "text-embedding-3-small".to_string(),
+            "google",
+            CHEAP,
+            with_context(
+                model(2_000, 4_000_000, 0.10, 0.40, ModelKind::Chat),
+                1_048_576,
+            ),
+        ),
+        (
+            "openai",
+            "gpt-4o-mini",
+            model(500, 200_000, 0.15, 0.60, ModelKind::Chat),
+        ),
+        (
+            "openai",
+            "text-embedding-3-small",
             model(1_000, 1_000_000, 0.02, 0.0, ModelKind::Embeddings),
         ),
-    ]);
+    ]
+}
+
+/// How the demo's simulated upstream behaves: answers take 150 ms and
+/// stream a chunk every 15 ms; the premium model is sometimes over its
+/// limits (429), the balanced one sometimes fails (503) or drops the
+/// stream, the cheap one is sometimes slow. Seeded, so a demo run repeats.
+pub fn sim_config() -> SimConfig {
+    let mut faults = Faults {
+        seed: 1,
+        ..Faults::default()
+    };
+    for spec in [
+        "claude-opus-4=429:2@0.05",
+        "gpt-4o=503@0.05",
+        "gpt-4o=close:5@0.02",
+        "gemini-2.0-flash=slow:1500@0.05",
+    ] {
+        // The specs above are fixed; a typo is caught by the demo's tests.
+        if let Err(e) = faults.add(spec) {
+            tracing::error!("demo fault {spec}: {e}");
+        }
+    }
+    SimConfig {
+        latency: std::time::Duration::from_millis(150),
+        chunk_interval: std::time::Duration::from_millis(15),
+        completion_tokens: 40,
+        faults,
+    }
+}
+
+/// The demo configuration, with the simulated upstream at `upstream_base_url`.
+pub fn config(listen: &str, upstream_base_url: &str) -> Config {
     let mut c = Config::default();
     c.server.listen = listen.to_string();
     c.admin.token_sha256 = Some(hash_key(ADMIN_TOKEN));
-    c.providers.insert(
-        "simulated".into(),
-        ProviderConfig {
-            base_url: upstream_base_url.to_string(),
-            api_key_env: None,
-            models,
-        },
-    );
+    for (provider, name, m) in catalogue() {
+        c.providers
+            .entry(provider.to_string())
+            .or_insert_with(|| ProviderConfig {
+                base_url: upstream_base_url.to_string(),
+                api_key_env: None,
+                models: BTreeMap::new(),
+            })
+            .models
+            .insert(name.to_string(), m);
+    }
     c.tiers = tiers();
     c.clients = CLIENTS
         .iter()
@@ -114,9 +179,50 @@ pub fn banner(gateway_url: &str) -> String {
     for (id, tier, key) in CLIENTS {
         s.push_str(&format!("  {id:<16} tier {tier:<13} key {key}\n"));
     }
-    s.push_str(&format!("admin token: {ADMIN_TOKEN}   (GET {gateway_url}/admin/clients)\nmetrics:     {gateway_url}/metrics   (with the admin token: curl -H 'Authorization: Bearer {ADMIN_TOKEN}')\n\ntry:\n"));
+    s.push_str(&format!("admin token: {ADMIN_TOKEN}   (GET {gateway_url}/admin/clients)\nmetrics:     {gateway_url}/metrics   (with the admin token: curl -H 'Authorization: Bearer {ADMIN_TOKEN}')\ndashboard:   {gateway_url}/dashboard   (sign in with the admin token)\n\ntry:\n"));
     s.push_str(&format!(
         "  curl -s {gateway_url}/v1/chat/completions -H 'Authorization: Bearer tg-demo-free' -H 'Content-Type: application/json' -d '{{\"model\": \"gpt-4o-mini\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}], \"max_tokens\": 50}}' -i\n"
     ));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_catalogue_has_a_premium_a_balanced_and_a_cheap_model_from_three_providers() {
+        let c = config("127.0.0.1:0", "http://127.0.0.1:1/v1");
+        let find = |name: &str| {
+            c.providers
+                .iter()
+                .find_map(|(p, pc)| pc.models.get(name).map(|m| (p.clone(), m.clone())))
+                .unwrap_or_else(|| panic!("{name} missing"))
+        };
+        let (pp, premium) = find(PREMIUM);
+        let (bp, balanced) = find(BALANCED);
+        let (cp, cheap) = find(CHEAP);
+        assert!(pp != bp && bp != cp && pp != cp, "{pp} {bp} {cp}");
+        assert!(premium.output_usd_per_mtok > balanced.output_usd_per_mtok);
+        assert!(balanced.output_usd_per_mtok > cheap.output_usd_per_mtok);
+        assert!(premium.input_usd_per_mtok > balanced.input_usd_per_mtok);
+        assert!(balanced.input_usd_per_mtok > cheap.input_usd_per_mtok);
+        assert!(cheap.context_window > premium.context_window);
+        assert!(premium.context_window > balanced.context_window);
+        assert!(premium.rpm < balanced.rpm && balanced.rpm < cheap.rpm);
+        c.validate().expect("the demo config is valid");
+    }
+
+    #[test]
+    fn the_demo_faults_parse_and_touch_catalogue_models() {
+        let sim = sim_config();
+        assert_eq!(sim.faults.by_model.len(), 3, "{:?}", sim.faults);
+        let c = config("127.0.0.1:0", "http://127.0.0.1:1/v1");
+        for m in sim.faults.by_model.keys() {
+            assert!(
+                c.providers.values().any(|p| p.models.contains_key(m)),
+                "{m}"
+            );
+        }
+    }
 }

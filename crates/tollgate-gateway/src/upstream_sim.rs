@@ -12,6 +12,14 @@
 //! The last message's text may steer it: `[sim:429]` answers 429 with
 //! `retry-after: 1`, `[sim:500]` / `[sim:503]` answer those errors,
 //! `[sim:tokens=N]` makes each completion N tokens long.
+//!
+//! Each model may also fail at a given rate ([`Faults`]: 5xx, 429 with
+//! `retry-after`, hang, slow, close mid-stream), drawn from a seed so that a
+//! test knows exactly which requests fail.
+
+mod faults;
+
+pub use faults::{draw, Fault, FaultRule, FaultSpecError, Faults, FaultsError};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +32,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::StreamExt;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
@@ -44,6 +53,8 @@ pub struct SimConfig {
     pub chunk_interval: Duration,
     /// Completion length when `max_tokens` allows it.
     pub completion_tokens: u64,
+    /// Failure modes per model (none by default).
+    pub faults: Faults,
 }
 
 impl Default for SimConfig {
@@ -52,6 +63,7 @@ impl Default for SimConfig {
             latency: Duration::from_millis(2),
             chunk_interval: Duration::from_millis(1),
             completion_tokens: 16,
+            faults: Faults::default(),
         }
     }
 }
@@ -67,11 +79,24 @@ pub struct SimStats {
     pub last_authorization: Mutex<Option<String>>,
     /// The last request body received.
     pub last_body: Mutex<Option<Value>>,
+    /// Requests that met one of the configured faults.
+    pub faults: AtomicU64,
+    by_model: faults::Counters,
+}
+
+impl SimStats {
+    /// Requests received for `model` (the name the upstream was sent),
+    /// counted before any fault.
+    pub fn requests_for(&self, model: &str) -> u64 {
+        self.by_model.get(model)
+    }
 }
 
 struct SimState {
     config: SimConfig,
     stats: Arc<SimStats>,
+    /// Ends when the simulator stops, so that a hanging answer ends too.
+    stopped: tokio::sync::watch::Receiver<()>,
 }
 
 /// A running simulated upstream.
@@ -81,6 +106,7 @@ pub struct SimUpstream {
     /// What it saw.
     pub stats: Arc<SimStats>,
     task: tokio::task::JoinHandle<()>,
+    _stop: tokio::sync::watch::Sender<()>,
 }
 
 impl SimUpstream {
@@ -101,9 +127,11 @@ pub async fn start(config: SimConfig, port: u16) -> std::io::Result<SimUpstream>
     let listener = crate::server::bind(("127.0.0.1", port)).await?;
     let addr = listener.local_addr()?;
     let stats = Arc::new(SimStats::default());
+    let (stop, stopped) = tokio::sync::watch::channel(());
     let state = Arc::new(SimState {
         config,
         stats: stats.clone(),
+        stopped,
     });
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
@@ -118,7 +146,12 @@ pub async fn start(config: SimConfig, port: u16) -> std::io::Result<SimUpstream>
     let task = tokio::spawn(async move {
         let _ = axum::serve(crate::server::no_delay(listener), app).await;
     });
-    Ok(SimUpstream { addr, stats, task })
+    Ok(SimUpstream {
+        addr,
+        stats,
+        task,
+        _stop: stop,
+    })
 }
 
 /// The upstream's own request id on every answer, as OpenAI's.
@@ -193,15 +226,24 @@ async fn chat(State(s): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -
         .and_then(Value::as_str)
         .unwrap_or("sim")
         .to_string();
+    if !s.config.latency.is_zero() {
+        tokio::time::sleep(s.config.latency).await;
+    }
+    let cut = match s.meet(&model).await {
+        Ok(cut) => cut,
+        Err(r) => return r,
+    };
+    cut_after(cut, chat_answer(&s, req, model))
+}
+
+/// The chat answer once faults are met: a steered error or the completion.
+fn chat_answer(s: &SimState, req: Value, model: String) -> Response {
     let messages = req
         .get("messages")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
     let text = last_text(&messages);
-    if !s.config.latency.is_zero() {
-        tokio::time::sleep(s.config.latency).await;
-    }
     if directive(&text, "429").is_some() {
         let mut r = error(
             StatusCode::TOO_MANY_REQUESTS,
@@ -335,9 +377,10 @@ fn sse(events: Vec<String>, interval: Duration) -> Response {
 /// `POST /v1/responses`: OpenAI's Responses API, streamed (typed events,
 /// usage in `response.completed`) or not.
 impl SimState {
-    /// Counts and parses a request, remembers it, waits the latency; the
-    /// body and its model, or the 400 to answer.
-    async fn take(&self, body: &[u8]) -> Result<(Value, String), Response> {
+    /// Counts and parses a request, remembers it, waits the latency and
+    /// meets its model's faults; the body, its model and where to cut the
+    /// answer, or what to answer instead.
+    async fn take(&self, body: &[u8]) -> Result<(Value, String, Option<u32>), Response> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let req = serde_json::from_slice::<Value>(body).map_err(|_| not_json())?;
         *self.stats.last_body.lock() = Some(req.clone());
@@ -349,15 +392,108 @@ impl SimState {
             .and_then(Value::as_str)
             .unwrap_or("sim")
             .to_string();
-        Ok((req, model))
+        let cut = self.meet(&model).await?;
+        Ok((req, model, cut))
+    }
+
+    /// Draws this request's fault for `model` and meets it: an error to
+    /// answer instead, a wait, or how many events to send before closing.
+    async fn meet(&self, model: &str) -> Result<Option<u32>, Response> {
+        let n = self.stats.by_model.next(model);
+        let Some(fault) = self.config.faults.pick(model, n) else {
+            return Ok(None);
+        };
+        self.stats.faults.fetch_add(1, Ordering::Relaxed);
+        match fault {
+            Fault::ServerError { status } => Err(error(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                "server_error",
+                "server_error",
+                "The server had an error while processing your request (simulated).",
+            )),
+            Fault::RateLimited { retry_after_secs } => {
+                let mut r = error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "requests",
+                    "rate_limit_exceeded",
+                    "Rate limit reached (simulated).",
+                );
+                if let Ok(v) = header::HeaderValue::from_str(&retry_after_secs.to_string()) {
+                    r.headers_mut().insert("retry-after", v);
+                }
+                Err(r)
+            }
+            Fault::Hang => {
+                let mut stopped = self.stopped.clone();
+                // Returns once the simulator stops (its sender dropped).
+                let _ = stopped.changed().await;
+                Err(StatusCode::SERVICE_UNAVAILABLE.into_response())
+            }
+            Fault::Slow { delay_ms } => {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                Ok(None)
+            }
+            Fault::CloseMidStream { after_events } => Ok(Some(after_events)),
+        }
     }
 }
 
+/// How long after its last bytes a cut answer's connection closes.
+const CLOSE_AFTER: Duration = Duration::from_millis(20);
+
+/// With `Some(k)`, the answer's connection closes part-way: a stream after
+/// `k` events, any other body after half its bytes.
+fn cut_after(cut: Option<u32>, r: Response) -> Response {
+    let Some(k) = cut else {
+        return r;
+    };
+    let streamed = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let (mut parts, body) = r.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    // The close comes a moment after the last bytes, so that they are
+    // written out first (hyper drops unflushed bytes on a body error).
+    let closed = || {
+        futures_util::stream::once(async {
+            tokio::time::sleep(CLOSE_AFTER).await;
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "closed (simulated)",
+            ))
+        })
+    };
+    let body = if streamed {
+        // `sse` sends one event per frame.
+        let head = body
+            .into_data_stream()
+            .take(k as usize)
+            .map(|f| f.map_err(std::io::Error::other));
+        Body::from_stream(head.chain(closed()))
+    } else {
+        Body::from_stream(
+            futures_util::stream::once(async move {
+                let all = axum::body::to_bytes(body, usize::MAX)
+                    .await
+                    .map_err(std::io::Error::other)?;
+                Ok::<_, std::io::Error>(all.slice(..all.len() / 2))
+            })
+            .chain(closed()),
+        )
+    };
+    Response::from_parts(parts, body)
+}
+
 async fn responses(State(s): State<Arc<SimState>>, body: Bytes) -> Response {
-    let (req, model) = match s.take(&body).await {
+    let (req, model, cut) = match s.take(&body).await {
         Ok(r) => r,
         Err(r) => return r,
     };
+    cut_after(cut, responses_answer(&s, req, model))
+}
+
+fn responses_answer(s: &SimState, req: Value, model: String) -> Response {
     let input = req.get("input").cloned().unwrap_or(Value::Null);
     let text = match &input {
         Value::String(t) => t.clone(),
@@ -417,10 +553,14 @@ async fn responses(State(s): State<Arc<SimState>>, body: Bytes) -> Response {
 }
 
 async fn embeddings(State(s): State<Arc<SimState>>, body: Bytes) -> Response {
-    let (req, model) = match s.take(&body).await {
+    let (req, model, cut) = match s.take(&body).await {
         Ok(r) => r,
         Err(r) => return r,
     };
+    cut_after(cut, embeddings_answer(req, model))
+}
+
+fn embeddings_answer(req: Value, model: String) -> Response {
     let input = req.get("input").cloned().unwrap_or(Value::Null);
     let tokens = Tokenizer::for_model(&model)
         .embeddings_input(&input)

@@ -25,6 +25,7 @@ async fn two_thousand_concurrent_requests_on_redis_are_all_served_and_charged_ex
         latency: Duration::from_millis(400),
         chunk_interval: Duration::ZERO,
         completion_tokens: 16,
+        ..Default::default()
     })
     .await;
     let mut t = tier(1_000_000, 100_000_000, 0, 0);
@@ -96,6 +97,7 @@ async fn short_timeouts(redis: &Redis, latency: Duration) -> (SimUpstream, Runni
         latency,
         chunk_interval: Duration::ZERO,
         completion_tokens: 16,
+        ..Default::default()
     })
     .await;
     let mut t = tier(1_000_000, 100_000_000, 0, 0);

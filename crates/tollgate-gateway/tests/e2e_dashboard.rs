@@ -539,6 +539,10 @@ async fn the_dashboard_needs_the_admin_token() {
         !cookie.contains(ADMIN),
         "the token is not in the cookie as typed: {cookie}"
     );
+    assert!(!cookie.contains("Secure"), "plain HTTP: {cookie}");
+    let r = send(login(ADMIN).header("x-forwarded-proto", "https")).await;
+    let behind_tls = header(&r, "set-cookie").unwrap().to_string();
+    assert!(behind_tls.ends_with("; Secure"), "{behind_tls}");
     let pair = cookie.split(';').next().unwrap().to_string();
     let r = send(
         c.get(format!("{}/dashboard/api/overview", gw.url()))

@@ -150,6 +150,7 @@ async fn gauges_show_the_queue_requests_in_flight_and_budget_left() {
         latency: Duration::from_secs(3),
         chunk_interval: Duration::ZERO,
         completion_tokens: 16,
+        ..Default::default()
     })
     .await;
     let mut t = tier(1_000, 1_000_000, 0, 5_000);

@@ -22,6 +22,7 @@ async fn setup(
         latency,
         chunk_interval: Duration::ZERO,
         completion_tokens: 16,
+        ..Default::default()
     })
     .await;
     let tiers = [("acme", tier(10_000, 10_000_000, 0, 30_000))];

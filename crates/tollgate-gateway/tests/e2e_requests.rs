@@ -158,6 +158,7 @@ async fn client_disconnect_mid_stream_settles_what_was_used_and_releases_the_res
         latency: Duration::from_millis(1),
         chunk_interval: Duration::from_millis(20),
         completion_tokens: 16,
+        ..Default::default()
     })
     .await;
     let (_sim, gw, c) =

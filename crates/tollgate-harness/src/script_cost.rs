@@ -99,10 +99,120 @@ pub fn run(opts: &ScriptCostOptions) -> anyhow::Result<Vec<ScriptCost>> {
         let store = RedisStore::connect(&redis.url(), RedisOptions::default())
             .await
             .context("connecting to the fresh redis-server")?;
-        Ok(vec![
+        let mut rows = vec![
             grant(&store, opts.pairs).await?,
             queued(&store, opts.pairs).await?,
+        ];
+        for classes in [4, 16] {
+            for case in [Lanes::Own, Lanes::Borrow, Lanes::AllFull] {
+                rows.push(shared(&store, &redis.url(), classes, case, opts.pairs).await?);
+            }
+        }
+        Ok(rows)
+    })
+}
+
+/// Where a reservation of a shared bucket (`Builder::class_shares`) lands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Lanes {
+    /// Its class's own lane has room: one script call.
+    Own,
+    /// Its own lane is full, another lends: two calls (a refusal, a grant).
+    Borrow,
+    /// Every lane is full: refused.
+    AllFull,
+}
+
+/// `try_acquire` on a limiter whose `classes` classes share its bucket,
+/// then a settlement below the estimate; "reserve" is everything one
+/// acquire costs Redis (every script call it makes), per acquire.
+async fn shared(
+    store: &RedisStore,
+    url: &str,
+    classes: usize,
+    case: Lanes,
+    pairs: usize,
+) -> anyhow::Result<ScriptCost> {
+    let key = format!("cost/shared-{classes}-{case:?}");
+    let class = tollgate::PriorityClass {
+        headroom: 1.0,
+        max_wait: None,
+    };
+    // A window so long that a filled lane stays full for the run.
+    let tpm = 1_000_000_000u64;
+    let limiter = tollgate::RateLimiter::builder(&key)
+        .url(url)
+        .limits(Limits::new().rpm(1_000_000_000).tpm(tpm).window_secs(1e7))
+        .priority_classes(vec![class; classes])
+        .class_shares(vec![
+            tollgate::ClassShare::new(0.5 / classes as f64, 1.0);
+            classes
         ])
+        .build()
+        .await?;
+    // Lanes filled for the whole run by calls never settled.
+    let lane = tpm as f64 / classes as f64;
+    let fill = match case {
+        Lanes::Own => 0..0,
+        Lanes::Borrow => 0..1,
+        Lanes::AllFull => 0..classes,
+    };
+    for k in fill {
+        let opts = tollgate::AcquireOptions::class(k as u8).max_wait(std::time::Duration::ZERO);
+        let permit = limiter
+            .acquire_with(Cost::tokens(lane as u64), opts)
+            .await?;
+        std::mem::forget(permit);
+    }
+    // The new limiter's first calls (its limits fingerprint) may find their
+    // script not loaded yet: a NOSCRIPT counts as a failed call.
+    let mut conn = store.connection().clone();
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async::<()>(&mut conn)
+        .await?;
+    let started = Instant::now();
+    let (mut reserve, mut settle) = (Tally::default(), Tally::default());
+    let (mut acquires, mut settles) = (0, 0);
+    let mut done = 0;
+    while done < pairs {
+        let n = BATCH.min(pairs - done);
+        let at = evalsha(store).await?;
+        let mut held = Vec::with_capacity(n);
+        for _ in 0..n {
+            match limiter.try_acquire(Cost::tokens(1_000)).await {
+                Ok(p) => held.push(p),
+                Err(e) if case == Lanes::AllFull && e.retry_after().is_some() => {}
+                Err(e) => bail!("{case:?}: {e}"),
+            }
+        }
+        let mid = evalsha(store).await?;
+        reserve.usec += mid.1 - at.1;
+        acquires += n as u64;
+        for p in held {
+            limiter.settle(p, Cost::tokens(400)).await?;
+        }
+        let end = evalsha(store).await?;
+        settle.add(mid, end);
+        settles += end.0 - mid.0;
+        done += n;
+    }
+    reserve.calls = acquires;
+    let _ = settles;
+    Ok(ScriptCost {
+        workload: format!(
+            "shared, {classes} classes: {}",
+            match case {
+                Lanes::Own => "own lane",
+                Lanes::Borrow => "borrows",
+                Lanes::AllFull => "all lanes full",
+            }
+        ),
+        reserves: reserve.calls,
+        reserve_usec: reserve.per_call(),
+        settles: settle.calls,
+        settle_usec: settle.per_call(),
+        secs: started.elapsed().as_secs_f64(),
     })
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tollgate::store::{ManualClock, MemoryStore, ReserveCall, SettleCall};
-use tollgate::{Cost, Limits, RateLimiter};
+use tollgate::{ClassShare, Cost, Limits, PriorityClass, RateLimiter};
 
 fn call<'a>(
     key: &'a str,
@@ -128,5 +128,64 @@ fn queue_depth(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decisions, queue_depth);
+/// `try_acquire` on a limiter whose classes share its bucket
+/// (`Builder::class_shares`), with 4 and 16 classes: the call's own lane has
+/// room (one store operation), or it is full and another lane lends (two),
+/// beside the same limits without shares.
+fn shared_bucket(c: &mut Criterion) {
+    let mut g = c.benchmark_group("shared_bucket");
+    g.throughput(Throughput::Elements(1));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // So long a window that a filled lane stays full, so large a limit that
+    // the others never fill.
+    let tpm = u64::MAX / 4;
+    let limits = Limits::new().requests(tpm).tokens(tpm).window_secs(1e9);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut run = |g: &mut criterion::BenchmarkGroup<'_, _>, name: &str, limiter: &RateLimiter| {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let fut = std::pin::pin!(limiter.try_acquire(Cost::tokens(1_000)));
+                match fut.poll(&mut cx) {
+                    std::task::Poll::Ready(r) => black_box(r.is_ok()),
+                    std::task::Poll::Pending => unreachable!("the memory store never waits here"),
+                }
+            })
+        });
+    };
+    let plain = RateLimiter::memory("plain", limits.clone()).unwrap();
+    run(&mut g, "no_shares", &plain);
+    for classes in [4usize, 16] {
+        let class = PriorityClass {
+            headroom: 1.0,
+            max_wait: None,
+        };
+        let build = |key: &str| {
+            rt.block_on(
+                RateLimiter::builder(key)
+                    .limits(limits.clone())
+                    .priority_classes(vec![class.clone(); classes])
+                    .class_shares(vec![ClassShare::new(0.5 / classes as f64, 1.0); classes])
+                    .store(tollgate::Store::memory())
+                    .build(),
+            )
+            .unwrap()
+        };
+        let own = build("own");
+        run(&mut g, &format!("own_lane/{classes}"), &own);
+        let borrow = build("borrow");
+        let lane = tpm as f64 / classes as f64;
+        let fill = rt
+            .block_on(borrow.try_acquire(Cost::split(lane as u64, 0)))
+            .expect("the lane holds its capacity");
+        assert_eq!(fill.lane(), Some(0));
+        std::mem::forget(fill);
+        run(&mut g, &format!("borrows/{classes}"), &borrow);
+    }
+    g.finish();
+}
+
+criterion_group!(benches, decisions, queue_depth, shared_bucket);
 criterion_main!(benches);

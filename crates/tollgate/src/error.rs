@@ -18,6 +18,16 @@ pub enum Error {
         #[source]
         source: LimitsError,
     },
+    /// The class shares cannot split the bucket (names the class and the
+    /// field).
+    #[error("invalid class_shares for key {key:?}: {source}")]
+    Shares {
+        /// The limiter's key.
+        key: String,
+        /// What is wrong.
+        #[source]
+        source: tollgate_core::ShareError,
+    },
     /// Another setting is not valid (names the field and the value).
     #[error("invalid setting {field} = {value}: {reason}")]
     Config {
@@ -49,6 +59,28 @@ pub enum Error {
     /// The request can never fit the bucket; nothing was reserved.
     #[error(transparent)]
     TooLarge(ReserveError),
+    /// The request does not fit its class's share of a shared bucket, and
+    /// no other class's lane could lend it room at once; nothing was
+    /// reserved.
+    #[error("request needs {needed} {unit} but class {class}'s share of {key:?} holds at most {capacity} (share {share:.4} of the bucket, from floor={floor}, weight={weight}) and no other class could lend it room now; raise class {class}'s floor or weight, or burst, or split the request", unit = dimension.unit())]
+    TooLargeForShare {
+        /// The limiter's key.
+        key: String,
+        /// The class.
+        class: u8,
+        /// The dimension its lane cannot hold the request in.
+        dimension: tollgate_core::Dimension,
+        /// What the request costs there.
+        needed: f64,
+        /// The most the class's lane holds there.
+        capacity: f64,
+        /// The class's share of the bucket.
+        share: f64,
+        /// The class's floor.
+        floor: f64,
+        /// The class's weight.
+        weight: f64,
+    },
     /// The slot lies further away than the allowed wait; nothing was reserved.
     #[error("rate limited on {key:?}: retry after {:.3} s (allowed wait {:.3} s)", retry_after.as_secs_f64(), max_wait.as_secs_f64())]
     RateLimited {

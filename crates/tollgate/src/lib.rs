@@ -28,10 +28,13 @@ pub mod store;
 
 pub use error::Error;
 pub use limiter::{
-    AcquireOptions, Builder, DimensionStatus, Permit, PriorityClass, RateLimiter, Settlement,
-    Status, TokenError, DEFAULT_LEASE, FINGERPRINT_TTL, MAX_ADVANCE_CHECK, TOKEN_LIFETIME,
+    AcquireOptions, Builder, ClassStatus, DimensionStatus, Permit, PriorityClass, RateLimiter,
+    Settlement, Status, TokenError, DEFAULT_LEASE, FINGERPRINT_TTL, MAX_ADVANCE_CHECK,
+    TOKEN_LIFETIME,
 };
 pub use outage::{OutagePolicy, Source, Stats, StatsSnapshot};
 pub use retry::RetryConfig;
 pub use store::{Store, StoreError};
-pub use tollgate_core::{Cost, CostError, Dimension, Limits, Policy, Usage};
+pub use tollgate_core::{
+    ClassShare, Cost, CostError, Dimension, Limits, Policy, ShareError, Usage,
+};

@@ -80,6 +80,7 @@ pub struct Stats {
     pub(crate) outage_closed: AtomicU64,
     pub(crate) cancelled: AtomicU64,
     pub(crate) advanced: AtomicU64,
+    pub(crate) borrowed: AtomicU64,
     pub(crate) leases_lost: AtomicU64,
     in_outage: AtomicBool,
     /// When the store was last tried during an outage (ms since `origin()`).
@@ -115,6 +116,9 @@ pub struct StatsSnapshot {
     pub cancelled: u64,
     /// Times a waiting permit moved to an earlier slot after refunds ahead of it.
     pub advanced: u64,
+    /// Permits that started at once in another class's lane of a shared
+    /// bucket (see [`Builder::class_shares`](crate::Builder::class_shares)).
+    pub borrowed: u64,
     /// Times a waiting `acquire` found its reservation cancelled because it
     /// had not confirmed it within its lease, and queued again.
     pub leases_lost: u64,
@@ -184,6 +188,7 @@ impl Stats {
             outage_closed: g(&self.outage_closed),
             cancelled: g(&self.cancelled),
             advanced: g(&self.advanced),
+            borrowed: g(&self.borrowed),
             leases_lost: g(&self.leases_lost),
             store_resets: 0,
         }

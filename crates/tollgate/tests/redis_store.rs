@@ -176,27 +176,53 @@ async fn reserve_script_matches_the_core_bit_for_bit() {
 /// every grant, settlement and stored state must be identical to the bit.
 #[tokio::test]
 async fn redis_and_memory_agree_on_every_call() {
-    let all_dimensions = Limits::new()
+    let all_dimensions = all_dimensions();
+    mirror(all_dimensions, 0).await;
+    // Tokens only, so that refunds ahead let waiting reservations move.
+    mirror(Limits::new().tokens(2_000).window_secs(1.1), 1).await;
+}
+
+/// The same agreement on the lanes of a shared bucket
+/// (`Builder::class_shares`): each lane is a bucket of a share of the key's
+/// limits, charged by the same scripts with the lane's increments.
+#[tokio::test]
+async fn redis_and_memory_agree_on_the_lanes_of_a_shared_bucket() {
+    let all_dimensions = all_dimensions();
+    let shares = tollgate::ClassShare::new(0.3, 2.0);
+    let shares =
+        tollgate_core::Shares::new(vec![shares, tollgate::ClassShare::new(0.1, 1.0)]).unwrap();
+    mirror_policy(shares.lane(&all_dimensions.validate().unwrap(), 0), 0).await;
+    let tokens = Limits::new()
+        .tokens(4_000)
+        .window_secs(1.1)
+        .validate()
+        .unwrap();
+    mirror_policy(shares.lane(&tokens, 1), 1).await;
+}
+
+/// Limits on every dimension, with an odd window, burst and burndown.
+fn all_dimensions() -> Limits {
+    Limits::new()
         .requests(11)
         .tokens(1_500)
         .input_tokens(900)
         .output_tokens(400)
         .window_secs(2.3)
         .burst(1.4)
-        .burndown(3.0);
-    mirror(all_dimensions, 0).await;
-    // Tokens only, so that refunds ahead let waiting reservations move.
-    mirror(Limits::new().tokens(2_000).window_secs(1.1), 1).await;
+        .burndown(3.0)
 }
 
 /// Runs the same random calls on Redis and on a memory store set to the
 /// script's clock; every answer and state must agree to the bit.
 async fn mirror(limits: Limits, least_moves: u32) {
+    mirror_policy(limits.validate().unwrap(), least_moves).await
+}
+
+async fn mirror_policy(policy: tollgate::Policy, least_moves: u32) {
     let server = RedisServer::start();
     let redis = redis_store(&server).await;
     let clock = ManualClock::new(0.0);
     let memory = MemoryStore::with_clock(Arc::new(clock.clone()));
-    let policy = limits.validate().unwrap();
     let headrooms = [1.0, 0.7, 0.4];
     let key = "mirror";
     let mut seed = 0x9E37_79B9_7F4A_7C15_u64;

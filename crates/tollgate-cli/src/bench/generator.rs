@@ -224,6 +224,7 @@ pub async fn serve(args: &[String]) -> Result<()> {
                     latency: Duration::ZERO,
                     chunk_interval: Duration::ZERO,
                     completion_tokens: 16,
+                    ..Default::default()
                 },
                 0,
             )

@@ -3,7 +3,9 @@
 //!
 //! The cookie holds the token itself (base64url), `HttpOnly` (scripts cannot
 //! read it), `SameSite=Strict` (other sites cannot send it) and scoped to
-//! `/dashboard`, for [`SESSION_SECS`]. Every request checks it against the
+//! `/dashboard`, for [`SESSION_SECS`], and `Secure` when a proxy in front
+//! says the browser came over TLS (`X-Forwarded-Proto: https`). Every
+//! request checks it against the
 //! configured hash in constant time, as the admin API does; a token changed
 //! in the config ends every session. Serve the gateway behind TLS when the
 //! dashboard is reached over a network: the cookie is a bearer credential.
@@ -136,7 +138,7 @@ fn form_token(body: &[u8]) -> Option<String> {
 
 /// `POST /dashboard/login`: a right token sets the cookie and goes to the
 /// dashboard (303); a wrong one shows the form again (401).
-pub async fn login(State(gw): State<Arc<Gateway>>, body: Body) -> Response {
+pub async fn login(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
     if gw.admin_hash.is_none() {
         return login_page(StatusCode::FORBIDDEN, Denied::AdminOff.message());
     }
@@ -166,8 +168,14 @@ pub async fn login(State(gw): State<Arc<Gateway>>, body: Body) -> Response {
         );
     }
     let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.as_bytes());
+    // Behind a TLS-terminating proxy the browser must never send the
+    // cookie over plain HTTP.
+    let secure = headers
+        .get("x-forwarded-proto")
+        .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
     see_dashboard(format!(
-        "{COOKIE}={value}; Path=/dashboard; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}"
+        "{COOKIE}={value}; Path=/dashboard; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}{}",
+        if secure { "; Secure" } else { "" }
     ))
 }
 

@@ -31,6 +31,7 @@ pub async fn sim() -> SimUpstream {
         latency: Duration::from_millis(1),
         chunk_interval: Duration::ZERO,
         completion_tokens: 16,
+        ..Default::default()
     })
     .await
 }

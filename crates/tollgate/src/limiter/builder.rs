@@ -3,12 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tollgate_core::Limits;
+use tollgate_core::{ClassShare, Limits, Shares, MAX_CLASSES};
 
 use crate::store::{MemoryStore, RedisOptions, RedisStore, Store};
 use crate::{Error, OutagePolicy, RateLimiter, RetryConfig};
 
 use super::fingerprint;
+use super::lanes::Lanes;
 use super::rate_limiter::{Inner, LocalFallback, MAX_ADVANCE_CHECK};
 
 /// The store URLs [`Builder::url`] knows, for messages.
@@ -85,6 +86,7 @@ pub struct Builder {
     max_queue: Option<u64>,
     advance_check: Option<Duration>,
     classes: Vec<PriorityClass>,
+    shares: Option<Vec<ClassShare>>,
     replace_stored_limits: bool,
     margin: Duration,
     lease: Option<Duration>,
@@ -107,6 +109,7 @@ impl Builder {
                 headroom: 1.0,
                 max_wait: None,
             }],
+            shares: None,
             replace_stored_limits: false,
             margin: Duration::ZERO,
             lease: Some(DEFAULT_LEASE),
@@ -211,6 +214,43 @@ impl Builder {
     /// class with headroom 1.0.
     pub fn priority_classes(mut self, classes: Vec<PriorityClass>) -> Self {
         self.classes = classes;
+        self
+    }
+
+    /// Shares the bucket between the priority classes by floor and weight,
+    /// one [`ClassShare`] per class of [`Builder::priority_classes`] (in the
+    /// same order): each class is guaranteed its floor of the bucket
+    /// whenever it has demand, the rest is split by weight, and what a class
+    /// leaves idle the others borrow at once. A class's priority headroom
+    /// then only orders borrowing (higher classes borrow first). See
+    /// "Sharing one provider model between tiers" in the design.
+    ///
+    /// Each class's lane is a key of its own in the store (`<key>#lane<k>`).
+    /// Every limiter of the key must be given the same shares. Default: none
+    /// (the classes share one bucket by headroom alone).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tollgate::Error> {
+    /// use tollgate::{AcquireOptions, ClassShare, Cost, Limits, PriorityClass, RateLimiter};
+    ///
+    /// let class = |headroom| PriorityClass { headroom, max_wait: None };
+    /// let limiter = RateLimiter::builder("gpt-4o")
+    ///     .limits(Limits::new().rpm(600).tpm(100_000))
+    ///     // interactive: at least 70%; batch: at least 10%; the rest 1:1.
+    ///     .priority_classes(vec![class(1.0), class(1.0)])
+    ///     .class_shares(vec![ClassShare::new(0.7, 1.0), ClassShare::new(0.1, 1.0)])
+    ///     .build()
+    ///     .await?;
+    /// let batch = limiter.acquire_with(Cost::tokens(2_000), AcquireOptions::class(1)).await?;
+    /// assert_eq!(batch.lane(), Some(1));
+    /// let status = limiter.status().await?;
+    /// assert!((status.classes[0].share - 0.8).abs() < 1e-9);
+    /// # limiter.settle(batch, Cost::tokens(2_000)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn class_shares(mut self, shares: Vec<ClassShare>) -> Self {
+        self.shares = Some(shares);
         self
     }
 
@@ -319,13 +359,34 @@ impl Builder {
                 reason: "at least 1 ms, or None to sleep straight to the slot",
             });
         }
-        if self.classes.is_empty() || self.classes.len() > 16 {
+        if self.classes.is_empty() || self.classes.len() > MAX_CLASSES {
             return Err(Error::Config {
                 field: "priority_classes",
                 value: self.classes.len().to_string(),
-                reason: "between 1 and 16 classes",
+                reason: "between 1 and 16 classes (tollgate_core::MAX_CLASSES)",
             });
         }
+        let lanes = match self.shares {
+            None => None,
+            Some(shares) => {
+                if shares.len() != self.classes.len() {
+                    return Err(Error::Config {
+                        field: "class_shares",
+                        value: format!(
+                            "{} shares for {} priority classes",
+                            shares.len(),
+                            self.classes.len()
+                        ),
+                        reason: "one share per priority class, in the same order",
+                    });
+                }
+                let shares = Shares::new(shares).map_err(|source| Error::Shares {
+                    key: self.key.clone(),
+                    source,
+                })?;
+                Some(Lanes::new(&self.key, &policy, shares))
+            }
+        };
         for (i, c) in self.classes.iter().enumerate() {
             let top = i == 0;
             if !(c.headroom > 0.0 && c.headroom <= 1.0) || (top && c.headroom != 1.0) {
@@ -383,6 +444,7 @@ impl Builder {
             lease: self.lease,
             local,
             stats: Default::default(),
+            lanes,
         }))
     }
 }

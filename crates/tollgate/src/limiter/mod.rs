@@ -2,6 +2,7 @@
 
 mod builder;
 mod fingerprint;
+mod lanes;
 mod permit;
 mod rate_limiter;
 mod status;
@@ -11,5 +12,5 @@ pub use builder::{Builder, PriorityClass, DEFAULT_LEASE};
 pub use fingerprint::FINGERPRINT_TTL;
 pub use permit::{AcquireOptions, Permit, Settlement};
 pub use rate_limiter::{RateLimiter, MAX_ADVANCE_CHECK};
-pub use status::{DimensionStatus, Status};
+pub use status::{ClassStatus, DimensionStatus, Status};
 pub use token::{TokenError, TOKEN_LIFETIME};

@@ -51,6 +51,8 @@ pub struct Permit {
     pub(crate) queue_position: u64,
     pub(crate) source: Source,
     pub(crate) class: u8,
+    /// The lane its reservation lives in, when the classes share the bucket.
+    pub(crate) lane: Option<u8>,
     pub(crate) mark: Mark,
     /// Store time of the reservation, seconds (what `mark.end` is relative to).
     pub(crate) reserved_at: f64,
@@ -92,6 +94,14 @@ impl Permit {
     /// The priority class it was taken in.
     pub fn class(&self) -> u8 {
         self.class
+    }
+
+    /// The class whose lane of a shared bucket it was taken in: its own
+    /// class's, or another's it borrowed from (see
+    /// [`Builder::class_shares`](crate::Builder::class_shares)); `None`
+    /// without class shares.
+    pub fn lane(&self) -> Option<u8> {
+        self.lane
     }
 
     /// Whether the shared store was reachable for this decision.

@@ -2,7 +2,10 @@
 //! policy, waiting for the slot and cancelling on drop.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, so that tests may run the limiter on paused time.
+use tokio::time::Instant;
 
 use tollgate_core::{Cost, CostError, Dimension, Limits, Mark, Policy, ReserveError, DIMENSIONS};
 
@@ -14,8 +17,12 @@ use crate::store::{
 };
 use crate::{Error, OutagePolicy, RetryConfig, Source, StatsSnapshot};
 
+use super::lanes::Lanes;
 use super::token;
-use super::{AcquireOptions, Builder, DimensionStatus, Permit, PriorityClass, Settlement, Status};
+use super::{
+    AcquireOptions, Builder, ClassStatus, DimensionStatus, Permit, PriorityClass, Settlement,
+    Status,
+};
 
 /// The longest a waiting caller sleeps between two checks for an earlier slot
 /// (see [`Builder::advance_check`]).
@@ -47,12 +54,53 @@ pub(crate) struct Inner {
     pub(crate) lease: Option<Duration>,
     pub(crate) local: Option<LocalFallback>,
     pub(crate) stats: Stats,
+    /// The lanes, when the classes share the bucket by floor and weight.
+    pub(crate) lanes: Option<Lanes>,
+}
+
+/// Where a permit's reservation lives: its key, limits and class in the
+/// store, and the class's headroom there.
+pub(crate) struct Placement<'a> {
+    pub(crate) key: &'a str,
+    pub(crate) policy: &'a Policy,
+    pub(crate) class: u8,
+    pub(crate) headroom: f64,
 }
 
 impl Inner {
     /// A class's share of the tolerance on `policy`, less the safety margin.
     fn headroom(&self, class: &PriorityClass, policy: &Policy) -> f64 {
         class.headroom - self.margin / policy.tau
+    }
+
+    /// Where `permit`'s reservation lives; `None` for one nothing was
+    /// written for (the `open` outage policy, or a class this limiter lacks).
+    pub(crate) fn placement(&self, permit: &Permit) -> Option<Placement<'_>> {
+        let class = self.classes.get(permit.class as usize)?;
+        match (permit.source, &self.local, permit.lane, &self.lanes) {
+            (Source::Local, Some(local), _, _) => Some(Placement {
+                key: &self.key,
+                policy: &local.policy,
+                class: permit.class,
+                headroom: self.headroom(class, &local.policy),
+            }),
+            (Source::Store, _, Some(lane), Some(lanes)) => {
+                let lane = lanes.lanes.get(lane as usize)?;
+                Some(Placement {
+                    key: &lane.key,
+                    policy: &lane.policy,
+                    class: 0,
+                    headroom: 1.0 - self.margin / lane.policy.tau,
+                })
+            }
+            (Source::Store, _, None, _) => Some(Placement {
+                key: &self.key,
+                policy: &self.policy,
+                class: permit.class,
+                headroom: self.headroom(class, &self.policy),
+            }),
+            _ => None,
+        }
     }
 }
 
@@ -107,6 +155,10 @@ impl RateLimiter {
 
     pub(crate) fn from_inner(inner: Arc<Inner>) -> Self {
         RateLimiter { inner }
+    }
+
+    pub(super) fn inner(&self) -> &Inner {
+        &self.inner
     }
 
     /// The limiter's key.
@@ -199,15 +251,29 @@ impl RateLimiter {
                     if outcome.is_some_and(|o| o != Advance::Lost) {
                         confirmed = Instant::now();
                     }
-                    if outcome == Some(Advance::Lost) {
-                        deadline = self.requeue(&mut guard, cost, &options, lease).await?;
-                        confirmed = Instant::now();
+                    match outcome {
+                        Some(Advance::First) => {
+                            // Next of its class: another class's lane may
+                            // take it at once.
+                            if let Some(mut borrowed) = self.borrow_for(permit).await {
+                                if let Some(own) = guard.permit.take() {
+                                    self.give_back(own).await;
+                                }
+                                borrowed.waited = started.elapsed();
+                                return Ok(borrowed);
+                            }
+                        }
+                        Some(Advance::Lost) => {
+                            deadline = self.requeue(&mut guard, cost, &options, lease).await?;
+                            confirmed = Instant::now();
+                        }
+                        _ => {}
                     }
                 }
                 _ => {
                     // Back through the check above: a stall in this last
                     // sleep must not start a reservation that was taken out.
-                    tokio::time::sleep_until(deadline.into()).await;
+                    tokio::time::sleep_until(deadline).await;
                 }
             }
         }
@@ -232,12 +298,21 @@ impl RateLimiter {
         {
             match self.inner.advance_check {
                 Some(min) if remaining > min => {
-                    // Without a lease nothing can take the place away: an
-                    // answer other than "moved" keeps the slot.
-                    self.look_earlier(permit, &mut deadline, remaining, min, None)
+                    // Without a lease nothing can take the place away.
+                    let outcome = self
+                        .look_earlier(permit, &mut deadline, remaining, min, None)
                         .await;
+                    if outcome == Some(Advance::First) {
+                        // Next of its class: another class's lane may take
+                        // it at once; the borrowed permit replaces its own.
+                        if let Some(borrowed) = self.borrow_for(permit).await {
+                            let own = std::mem::replace(permit, borrowed);
+                            self.give_back(own).await;
+                            break;
+                        }
+                    }
                 }
-                _ => tokio::time::sleep_until(deadline.into()).await,
+                _ => tokio::time::sleep_until(deadline).await,
             }
         }
         permit.waited = started.elapsed();
@@ -290,12 +365,12 @@ impl RateLimiter {
     /// its lease (errors only mean it keeps its slot).
     async fn try_advance(&self, permit: &Permit, lease: Option<Duration>) -> Option<Advance> {
         let inner = &*self.inner;
-        let class = inner.classes.get(permit.class as usize)?;
+        let at = inner.placement(permit)?;
         let call = AdvanceCall {
-            key: &inner.key,
-            policy: &inner.policy,
-            class: permit.class,
-            headroom: inner.headroom(class, &inner.policy),
+            key: at.key,
+            policy: at.policy,
+            class: at.class,
+            headroom: at.headroom,
             id: permit.id,
             slot: permit.slot,
             mark: permit.mark,
@@ -303,14 +378,7 @@ impl RateLimiter {
         };
         let outcome = match (permit.source, &inner.local) {
             (Source::Store, _) => inner.store.advance(&call).await.ok()?,
-            (Source::Local, Some(local)) => local
-                .store
-                .advance_now(&AdvanceCall {
-                    policy: &local.policy,
-                    headroom: inner.headroom(class, &local.policy),
-                    ..call
-                })
-                .map_or(Advance::Stays, Advance::Moved),
+            (Source::Local, Some(local)) => local.store.advance_outcome_now(&call),
             _ => Advance::Stays,
         };
         if matches!(outcome, Advance::Moved(_)) {
@@ -352,14 +420,26 @@ impl RateLimiter {
             max_queue: inner.max_queue,
             lease: lease.map(|d| d.as_secs_f64()),
         };
+        if let Some(lanes) = &inner.lanes {
+            return self.reserve_in_lanes(lanes, call).await;
+        }
         match self.with_retry(|| inner.store.reserve(&call)).await {
-            Ok(Ok(r)) => Ok(self.granted(r, options.class, Source::Store)),
+            Ok(Ok(r)) => Ok(self.granted(r, options.class, Source::Store, None)),
             Ok(Err(e)) => Err(self.refused(e)),
             Err(failure) => self.on_outage(failure, call).await,
         }
     }
 
-    async fn on_outage(
+    /// [`RateLimiter::borrow`] for a permit waiting in its own lane.
+    async fn borrow_for(&self, permit: &Permit) -> Option<Permit> {
+        let lanes = self.inner.lanes.as_ref()?;
+        if permit.source != Source::Store || permit.lane != Some(permit.class) {
+            return None;
+        }
+        self.borrow(lanes, permit.class, &permit.mark.cost).await
+    }
+
+    pub(super) async fn on_outage(
         &self,
         failure: RetryFailure,
         call: ReserveCall<'_>,
@@ -376,6 +456,7 @@ impl RateLimiter {
                     queue_position: 0,
                     source: Source::Open,
                     class: call.class,
+                    lane: None,
                     mark: Mark {
                         cost: call.cost,
                         end: [0.0; DIMENSIONS],
@@ -396,7 +477,7 @@ impl RateLimiter {
                     ..call
                 };
                 match local.store.reserve_now(&local_call) {
-                    Ok(r) => Ok(self.granted(r, local_call.class, Source::Local)),
+                    Ok(r) => Ok(self.granted(r, local_call.class, Source::Local, None)),
                     Err(e) => Err(self.refused(e)),
                 }
             }
@@ -411,7 +492,13 @@ impl RateLimiter {
         }
     }
 
-    fn granted(&self, r: Reserved, class: u8, source: Source) -> Permit {
+    pub(super) fn granted(
+        &self,
+        r: Reserved,
+        class: u8,
+        source: Source,
+        lane: Option<usize>,
+    ) -> Permit {
         let stats = &self.inner.stats;
         Stats::bump(&stats.granted);
         let waited = secs(r.slot - r.now);
@@ -426,12 +513,13 @@ impl RateLimiter {
             queue_position: r.position,
             source,
             class,
+            lane: lane.map(|l| l as u8),
             mark: r.mark,
             reserved_at: r.now,
         }
     }
 
-    fn refused(&self, e: ReserveError) -> Error {
+    pub(super) fn refused(&self, e: ReserveError) -> Error {
         Stats::bump(&self.inner.stats.refused);
         Error::from_reserve(&self.inner.key, e)
     }
@@ -520,7 +608,10 @@ impl RateLimiter {
                 )))
             }
             (Source::Store, _) => self
-                .with_retry(|| inner.store.claim(&inner.key, permit.id, permit.reserved_at))
+                .with_retry(|| {
+                    let key = inner.placement(&permit).map_or(&*inner.key, |at| at.key);
+                    inner.store.claim(key, permit.id, permit.reserved_at)
+                })
                 .await
                 .map_err(RetryFailure::unavailable)?,
         };
@@ -532,7 +623,7 @@ impl RateLimiter {
         }
     }
 
-    async fn settle_units(
+    pub(super) async fn settle_units(
         &self,
         permit: &Permit,
         actual: [f64; DIMENSIONS],
@@ -551,20 +642,11 @@ impl RateLimiter {
         if permit.slot <= permit.reserved_at && exact {
             return Ok(Settlement::default());
         }
-        let call = SettleCall {
-            key: &inner.key,
-            policy: &inner.policy,
-            class: permit.class,
-            id: permit.id,
-            slot: permit.slot,
-            mark: permit.mark,
-            actual,
+        let Some(call) = settle_call(inner, permit, actual) else {
+            return Ok(Settlement::default());
         };
         let settled = match (written, &inner.local) {
-            (Written::Local, Some(local)) => local.store.settle_now(&SettleCall {
-                policy: &local.policy,
-                ..call
-            }),
+            (Written::Local, Some(local)) => local.store.settle_now(&call),
             _ => self
                 .with_retry(|| inner.store.settle(&call))
                 .await
@@ -587,12 +669,43 @@ impl RateLimiter {
             .with_retry(|| inner.store.snapshot(&inner.key, &inner.policy))
             .await
             .map_err(RetryFailure::unavailable)?;
-        let dimensions = dimension_status(&inner.policy, &snap.state.tat, snap.now);
-        Ok(Status {
+        let mut status = Status {
             key: inner.key.to_string(),
-            dimensions,
+            dimensions: dimension_status(&inner.policy, &snap.state.tat, snap.now),
             queue_depth: snap.queue_depth,
-        })
+            classes: Vec::new(),
+        };
+        if let Some(lanes) = &inner.lanes {
+            for (k, lane) in lanes.lanes.iter().enumerate() {
+                let snap = self
+                    .with_retry(|| inner.store.snapshot(&lane.key, &lane.policy))
+                    .await
+                    .map_err(RetryFailure::unavailable)?;
+                let set = lanes.shares.class(k);
+                status.queue_depth += snap.queue_depth;
+                status.classes.push(ClassStatus {
+                    class: k as u8,
+                    floor: set.floor,
+                    weight: set.weight,
+                    share: lanes.shares.share(k),
+                    dimensions: dimension_status(&lane.policy, &snap.state.tat, snap.now),
+                    queue_depth: snap.queue_depth,
+                });
+            }
+            // The bucket's use is the lanes' together.
+            for d in &mut status.dimensions {
+                let lanes_use = status
+                    .classes
+                    .iter()
+                    .filter_map(|c| c.dimensions.iter().find(|l| l.dimension == d.dimension));
+                d.in_use += lanes_use.clone().map(|l| l.in_use).sum::<f64>();
+                d.available = (d.capacity - d.in_use).max(0.0);
+                d.full_in = d
+                    .full_in
+                    .max(lanes_use.map(|l| l.full_in).max().unwrap_or_default());
+            }
+        }
+        Ok(status)
     }
 
     /// Per limited dimension, the key's state right after `permit` was
@@ -619,13 +732,9 @@ impl RateLimiter {
     /// # Ok(()) }
     /// ```
     pub fn status_at_grant(&self, permit: &Permit) -> Option<Vec<DimensionStatus>> {
-        let policy = match (permit.source, &self.inner.local) {
-            (Source::Open, _) => return None,
-            (Source::Local, Some(local)) => &local.policy,
-            _ => &self.inner.policy,
-        };
+        let at = self.inner.placement(permit)?;
         Some(dimension_status(
-            policy,
+            at.policy,
             &permit.mark.end,
             permit.reserved_at,
         ))
@@ -635,7 +744,7 @@ impl RateLimiter {
     /// While an outage is on, only one call per `retry.probe_interval` tries the
     /// store, once; the others fail over at once. The first success ends the
     /// outage.
-    async fn with_retry<T, F, Fut>(&self, mut op: F) -> Result<T, RetryFailure>
+    pub(super) async fn with_retry<T, F, Fut>(&self, mut op: F) -> Result<T, RetryFailure>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
@@ -680,7 +789,7 @@ impl RateLimiter {
     }
 }
 
-struct RetryFailure {
+pub(super) struct RetryFailure {
     attempts: u32,
     error: StoreError,
 }
@@ -704,45 +813,40 @@ struct CancelOnDrop<'a> {
 
 impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
-        let Some(permit) = self.permit.take() else {
+        if let Some(permit) = self.permit.take() {
+            Stats::bump(&self.limiter.inner.stats.cancelled);
+            self.limiter.cancel_later(permit);
+        }
+    }
+}
+
+impl RateLimiter {
+    /// Cancels a reservation without waiting for the store: right here on
+    /// the memory stores, in the background on Redis.
+    pub(super) fn cancel_later(&self, permit: Permit) {
+        let inner = &*self.inner;
+        let actual = [0.0; DIMENSIONS];
+        let Some(call) = settle_call(inner, &permit, actual) else {
             return;
         };
-        let limiter = self.limiter.clone();
-        let inner = &*limiter.inner;
-        Stats::bump(&inner.stats.cancelled);
-        // The memory stores cancel right here; Redis needs a task.
-        let actual = [0.0; DIMENSIONS];
         let settled = match (permit.source, &inner.store, &inner.local) {
-            (Source::Local, _, Some(local)) => Some(local.store.settle_now(&settle_call(
-                inner,
-                &local.policy,
-                &permit,
-                actual,
-            ))),
-            (Source::Store, Store::Memory(m), _) => {
-                Some(m.settle_now(&settle_call(inner, &inner.policy, &permit, actual)))
+            (Source::Local, _, Some(local)) => local.store.settle_now(&call),
+            (Source::Store, Store::Memory(m), _) => m.settle_now(&call),
+            (Source::Store, Store::Redis(redis), _) => {
+                redis.cancel_soon(Cancel {
+                    key: call.key.to_string(),
+                    policy: call.policy.clone(),
+                    class: call.class,
+                    id: permit.id,
+                    slot: permit.slot,
+                    mark: permit.mark,
+                });
+                return;
             }
-            (Source::Store, Store::Redis(_), _) => None,
             _ => return,
         };
-        match settled {
-            Some(settled) => {
-                if made_room(&settled) {
-                    inner.refunded.notify_waiters();
-                }
-            }
-            None => {
-                if let Store::Redis(redis) = &inner.store {
-                    redis.cancel_soon(Cancel {
-                        key: inner.key.to_string(),
-                        policy: inner.policy.clone(),
-                        class: permit.class,
-                        id: permit.id,
-                        slot: permit.slot,
-                        mark: permit.mark,
-                    });
-                }
-            }
+        if made_room(&settled) {
+            inner.refunded.notify_waiters();
         }
     }
 }
@@ -768,21 +872,22 @@ fn dimension_status(policy: &Policy, tat: &[f64; DIMENSIONS], now: f64) -> Vec<D
         .collect()
 }
 
+/// The settlement of `permit` with `actual`, where its reservation lives.
 fn settle_call<'a>(
     inner: &'a Inner,
-    policy: &'a Policy,
     permit: &Permit,
     actual: [f64; DIMENSIONS],
-) -> SettleCall<'a> {
-    SettleCall {
-        key: &inner.key,
-        policy,
-        class: permit.class,
+) -> Option<SettleCall<'a>> {
+    let at = inner.placement(permit)?;
+    Some(SettleCall {
+        key: at.key,
+        policy: at.policy,
+        class: at.class,
         id: permit.id,
         slot: permit.slot,
         mark: permit.mark,
         actual,
-    }
+    })
 }
 
 /// Whether a settlement may let waiters start earlier: it gave capacity back,

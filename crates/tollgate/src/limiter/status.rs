@@ -29,7 +29,32 @@ pub struct Status {
     pub key: String,
     /// Each limited dimension.
     pub dimensions: Vec<DimensionStatus>,
-    /// Reservations waiting for their slot.
+    /// Reservations waiting for their slot (in every class's lane, when the
+    /// classes share the bucket).
+    pub queue_depth: u64,
+    /// Each class's lane, when the classes share the bucket by floor and
+    /// weight ([`Builder::class_shares`](crate::Builder::class_shares));
+    /// empty otherwise.
+    pub classes: Vec<ClassStatus>,
+}
+
+/// One class's lane of a shared bucket, in [`Status::classes`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassStatus {
+    /// The class (0 = top).
+    pub class: u8,
+    /// Its guaranteed share of the bucket, as set.
+    pub floor: f64,
+    /// Its weight in the part above the floors, as set.
+    pub weight: f64,
+    /// Its lane's share of the bucket (floor plus its weighted part of the
+    /// rest): the rate and capacity of its lane, relative to the bucket's.
+    pub share: f64,
+    /// Each limited dimension of its lane: what is in use there (the
+    /// class's own calls and what other classes borrowed from it) and what
+    /// is available.
+    pub dimensions: Vec<DimensionStatus>,
+    /// The class's calls waiting for their slot in its lane.
     pub queue_depth: u64,
 }
 

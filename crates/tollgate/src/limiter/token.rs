@@ -2,6 +2,8 @@
 //! settle it (`Permit::into_token`, `RateLimiter::settle_token`).
 //!
 //! The form is `tg1:<key hash>:<id>:<class>:<source>:<slot>:<reserved at>`
+//! (source `s`, `s<lane>` for a reservation in a lane of a shared bucket,
+//! `l` or `o`)
 //! followed by `:<dimension>,<cost>,<end>,<refunded at>,<gap>` for each
 //! dimension the reservation charged. Numbers are written in Rust's shortest
 //! form that reads back to the same `f64`, so a token settles exactly as the
@@ -59,10 +61,11 @@ pub(crate) fn key_hash(key: &str) -> u64 {
 }
 
 pub(crate) fn encode(p: &Permit) -> String {
-    let source = match p.source {
-        Source::Store => 's',
-        Source::Local => 'l',
-        Source::Open => 'o',
+    let source = match (p.source, p.lane) {
+        (Source::Store, Some(lane)) => format!("s{lane}"),
+        (Source::Store, None) => "s".into(),
+        (Source::Local, _) => "l".into(),
+        (Source::Open, _) => "o".into(),
     };
     let mut out = format!(
         "{VERSION}:{:x}:{}:{}:{source}:{}:{}",
@@ -94,11 +97,14 @@ pub(crate) fn decode(token: &str, key: &Arc<str>) -> Result<Permit, TokenError> 
         .map_err(|_| TokenError::Malformed("bad key hash"))?;
     let id = number(field("no id")?)?;
     let class = number(field("no class")?)?;
-    let source = match field("no source")? {
-        "s" => Source::Store,
-        "l" => Source::Local,
-        "o" => Source::Open,
-        _ => return Err(TokenError::Malformed("bad source")),
+    let (source, lane) = match field("no source")? {
+        "s" => (Source::Store, None),
+        "l" => (Source::Local, None),
+        "o" => (Source::Open, None),
+        s => match s.strip_prefix('s').map(str::parse::<u8>) {
+            Some(Ok(lane)) => (Source::Store, Some(lane)),
+            _ => return Err(TokenError::Malformed("bad source")),
+        },
     };
     let slot = number(field("no slot")?)?;
     let reserved_at = number(field("no reservation time")?)?;
@@ -137,6 +143,7 @@ pub(crate) fn decode(token: &str, key: &Arc<str>) -> Result<Permit, TokenError> 
         queue_position: 0,
         source,
         class,
+        lane,
         mark,
         reserved_at,
     })
@@ -159,6 +166,7 @@ mod tests {
             queue_position: 3,
             source: Source::Store,
             class: 2,
+            lane: None,
             mark: Mark {
                 cost: [1.0, 1234.0, 0.0, 0.0],
                 end: [1_764_582_000.4, 1_764_582_007.404, 0.0, 0.0],

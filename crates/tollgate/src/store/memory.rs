@@ -450,8 +450,17 @@ impl MemoryStore {
         settled
     }
 
-    /// [`Backend::advance`] without the future.
+    /// [`Backend::advance`] without the future: the new slot, if it moved.
     pub fn advance_now(&self, call: &AdvanceCall<'_>) -> Option<Advanced> {
+        match self.advance_outcome_now(call) {
+            Advance::Moved(moved) => Some(moved),
+            _ => None,
+        }
+    }
+
+    /// [`Backend::advance`] without the future, with every outcome (a lease
+    /// never runs out in one process: never [`Advance::Lost`]).
+    pub fn advance_outcome_now(&self, call: &AdvanceCall<'_>) -> Advance {
         // The clock is read under the shard's lock, so that reservations
         // taken in one order have slots in that order.
         let (shard, hash) = self.shard(call.key);
@@ -461,7 +470,7 @@ impl MemoryStore {
         let queue = entry.queue(call.class, now);
         let me = (call.slot.to_bits(), call.id);
         if !queue.slots.contains(&me) {
-            return None; // started, cancelled, or the key expired
+            return Advance::Stays; // started, cancelled, or the key expired
         }
         let predecessor = queue
             .slots
@@ -478,7 +487,7 @@ impl MemoryStore {
             }
         }
         let tolerance = call.policy.tau * call.headroom;
-        let slot = advance(
+        let Some(slot) = advance(
             call.policy,
             now,
             call.slot,
@@ -486,12 +495,19 @@ impl MemoryStore {
             tolerance,
             &since,
             predecessor,
-        )?;
+        ) else {
+            // What is left in the queue is still ahead (it was purged).
+            return if predecessor == f64::NEG_INFINITY {
+                Advance::First
+            } else {
+                Advance::Stays
+            };
+        };
         queue.slots.remove(&me);
         if slot > now {
             queue.slots.insert((slot.to_bits(), call.id));
         }
-        Some(Advanced { slot, now })
+        Advance::Moved(Advanced { slot, now })
     }
 
     /// [`Backend::claim`] without the future.
@@ -614,9 +630,7 @@ impl Backend for MemoryStore {
 
     async fn advance(&self, call: &AdvanceCall<'_>) -> Result<Advance, StoreError> {
         // One process: a lease has nobody to outlive.
-        Ok(self
-            .advance_now(call)
-            .map_or(Advance::Stays, Advance::Moved))
+        Ok(self.advance_outcome_now(call))
     }
 
     async fn claim(&self, key: &str, id: u64, reserved_at: f64) -> Result<Claim, StoreError> {

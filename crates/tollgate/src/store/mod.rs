@@ -105,6 +105,10 @@ pub struct AdvanceCall<'a> {
 pub enum Advance {
     /// The reservation keeps its slot (or has started).
     Stays,
+    /// It keeps its slot, and nothing of its class is queued ahead of it:
+    /// it is the next of its class to start (a class sharing a bucket may
+    /// then try to start at once in another class's lane).
+    First,
     /// It may start earlier.
     Moved(Advanced),
     /// Its lease ran out and it was cancelled: the owner must reserve again.

@@ -24,6 +24,8 @@
 -- settle.lua) and go back in the reply for the caller to cancel.
 --
 -- Reply: {0, lapsed...} when it stays (or has started);
+--        {3, lapsed...} when it stays and nothing of its class is queued
+--        ahead of it (what lies before it in its queue has started);
 --        {1, slot, time_sec, time_usec, lapsed...} when it moved (slot as '%.17g');
 --        {2, lapsed...} when it is no longer queued though its slot is
 --        still ahead: its lease ran out and it was taken out;
@@ -90,7 +92,11 @@ for _, other in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], score, score)) do
 end
 local earliest = now
 local prev = redis.call('ZREVRANGEBYSCORE', KEYS[2], '(' .. score, '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
-if prev[2] then earliest = math.max(earliest, tonumber(prev[2])) end
+local stays = {3}
+if prev[2] then
+  earliest = math.max(earliest, tonumber(prev[2]))
+  if tonumber(prev[2]) > now then stays = {0} end
+end
 
 local tolerance = tonumber(ARGV[2])
 local c = ARGV[3]
@@ -103,7 +109,7 @@ for a = 6, #ARGV, 5 do
   if vacated then since = since + vacated[tonumber(i) + 1] end
   earliest = math.max(earliest, before - since + cost * inc - tolerance)
 end
-if earliest >= slot then return answer({0}) end
+if earliest >= slot then return answer(stays) end
 
 local slot_s = string.format('%.17g', earliest)
 if earliest > now then

@@ -316,6 +316,7 @@ pub(crate) fn advance_reply(
             4,
         ),
         2 => (Advance::Lost, 1),
+        3 => (Advance::First, 1),
         _ => return Err(r.bad(0)),
     };
     let lapsed = (rest..r.items.len())

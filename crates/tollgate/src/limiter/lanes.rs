@@ -1,0 +1,219 @@
+//! Classes sharing one bucket (see "Sharing one provider model between
+//! tiers" in the design): one lane per class, a key of its own in the store
+//! holding the class's share of the bucket, and borrowing at once.
+//!
+//! A class queues only in its own lane, FIFO. A call whose lane cannot take
+//! it now, and that has nothing of its class queued ahead of it, tries the
+//! other lanes with `max_wait` zero and the lender's lendable part as its
+//! headroom (scaled by its priority class's headroom, so that higher classes
+//! borrow first): a lane takes it only if it has room now, and never behind
+//! its owner's queue (a lane whose owner waits has no room). What it took
+//! in its own lane meanwhile is cancelled.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+use tollgate_core::{Dims, Policy, ReserveError, Shares};
+
+use crate::error::secs;
+use crate::outage::Stats;
+use crate::store::{Backend, ReserveCall};
+use crate::{Error, RateLimiter, Source, MAX_ADVANCE_CHECK};
+
+use super::Permit;
+
+/// One class's lane: its key in the store and its part of the bucket.
+#[derive(Debug)]
+pub(crate) struct Lane {
+    pub(crate) key: Arc<str>,
+    pub(crate) policy: Policy,
+}
+
+/// A lane found without room for a cost, until when this process does not
+/// ask it again for as much.
+#[derive(Debug, Clone, Copy)]
+struct Full {
+    until: Instant,
+    cost: Dims,
+}
+
+/// The lanes of a limiter whose classes share its bucket.
+#[derive(Debug)]
+pub(crate) struct Lanes {
+    pub(crate) shares: Shares,
+    pub(crate) lanes: Vec<Lane>,
+    full: Mutex<Vec<Option<Full>>>,
+    /// Where the next search for a lender starts, so that borrowers do not
+    /// all ask the same lane first.
+    next: AtomicUsize,
+}
+
+/// The store key of class `class`'s lane of `key`.
+pub(crate) fn lane_key(key: &str, class: usize) -> String {
+    format!("{key}#lane{class}")
+}
+
+impl Lanes {
+    pub(crate) fn new(key: &str, policy: &Policy, shares: Shares) -> Self {
+        let lanes = (0..shares.len())
+            .map(|k| Lane {
+                key: lane_key(key, k).into(),
+                policy: shares.lane(policy, k),
+            })
+            .collect();
+        Lanes {
+            full: Mutex::new(vec![None; shares.len()]),
+            shares,
+            lanes,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The lanes class `class` may borrow from, in the order to ask them.
+    fn lenders(&self, class: usize) -> impl Iterator<Item = usize> + '_ {
+        let n = self.lanes.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(move |i| (start + i) % n)
+            .filter(move |&j| j != class && self.shares.class(j).lendable > 0.0)
+    }
+
+    /// Whether lane `lane` was found too full for `cost` (or less) a moment
+    /// ago.
+    fn known_full(&self, lane: usize, cost: &Dims) -> bool {
+        self.full.lock()[lane].is_some_and(|f| {
+            Instant::now() < f.until && cost.iter().zip(f.cost).all(|(c, f)| *c >= f)
+        })
+    }
+
+    /// Lane `lane` has no room for `cost` for `retry_after` seconds; not
+    /// asked again for as much within that (at most `MAX_ADVANCE_CHECK`: a
+    /// refund elsewhere may make room sooner).
+    fn found_full(&self, lane: usize, cost: &Dims, retry_after: f64) {
+        let until = Instant::now() + secs(retry_after).min(MAX_ADVANCE_CHECK);
+        self.full.lock()[lane] = Some(Full { until, cost: *cost });
+    }
+}
+
+impl RateLimiter {
+    /// Reserves in the class's own lane; borrows at once from another when
+    /// it would wait with nobody of its class ahead of it, or is refused.
+    pub(super) async fn reserve_in_lanes(
+        &self,
+        lanes: &Lanes,
+        main: ReserveCall<'_>,
+    ) -> Result<Permit, Error> {
+        let inner = self.inner();
+        // Beyond the whole bucket, no lane can ever hold it.
+        if let Some(e) = inner.policy.too_large(&main.cost) {
+            return Err(self.refused(e));
+        }
+        let class = main.class as usize;
+        let own = &lanes.lanes[class];
+        let call = ReserveCall {
+            key: &own.key,
+            policy: &own.policy,
+            class: 0,
+            headroom: 1.0 - inner.margin / own.policy.tau,
+            ..main.clone()
+        };
+        match self.with_retry(|| inner.store.reserve(&call)).await {
+            Ok(Ok(r)) if r.slot <= r.now => {
+                Ok(self.granted(r, main.class, Source::Store, Some(class)))
+            }
+            Ok(Ok(r)) => {
+                let first = r.position == 0;
+                let queued = self.granted(r, main.class, Source::Store, Some(class));
+                if first {
+                    if let Some(borrowed) = self.borrow(lanes, main.class, &main.cost).await {
+                        self.give_back(queued).await;
+                        return Ok(borrowed);
+                    }
+                }
+                Ok(queued)
+            }
+            Ok(Err(e)) => match self.borrow(lanes, main.class, &main.cost).await {
+                Some(borrowed) => Ok(borrowed),
+                None => Err(self.refused_in_lane(lanes, class, e)),
+            },
+            Err(failure) => self.on_outage(failure, main).await,
+        }
+    }
+
+    /// Tries to start a call of class `class` and cost `cost` at once in
+    /// another class's lane.
+    pub(super) async fn borrow(&self, lanes: &Lanes, class: u8, cost: &Dims) -> Option<Permit> {
+        let inner = self.inner();
+        let priority = inner.classes.get(class as usize)?.headroom;
+        for lane in lanes.lenders(class as usize) {
+            let lender = &lanes.lanes[lane];
+            let headroom =
+                lanes.shares.class(lane).lendable * priority - inner.margin / lender.policy.tau;
+            if headroom <= 0.0 || lanes.known_full(lane, cost) {
+                continue;
+            }
+            let call = ReserveCall {
+                key: &lender.key,
+                policy: &lender.policy,
+                class: 0,
+                headroom,
+                cost: *cost,
+                max_wait: Some(0.0),
+                max_queue: None,
+                lease: None,
+            };
+            // Not retried: a lender that cannot be asked now is passed over.
+            match inner.store.reserve(&call).await {
+                Ok(Ok(r)) => {
+                    Stats::bump(&inner.stats.borrowed);
+                    // The next waiter of the class is now first: let this
+                    // process's waiters look at once.
+                    inner.refunded.notify_waiters();
+                    return Some(self.granted(r, class, Source::Store, Some(lane)));
+                }
+                Ok(Err(ReserveError::WouldWait { retry_after, .. })) => {
+                    lanes.found_full(lane, cost, retry_after)
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Cancels a reservation the caller no longer needs (it borrowed).
+    pub(super) async fn give_back(&self, permit: Permit) {
+        let zero = [0.0; tollgate_core::DIMENSIONS];
+        if self.settle_units(&permit, zero).await.is_err() {
+            // The background cancels it when the store answers again.
+            self.cancel_later(permit);
+        }
+    }
+
+    /// The error for a call its own lane refused and no lane could lend to.
+    fn refused_in_lane(&self, lanes: &Lanes, class: usize, e: ReserveError) -> Error {
+        match e {
+            ReserveError::TooLarge {
+                dimension,
+                needed,
+                capacity,
+                ..
+            } => {
+                Stats::bump(&self.inner().stats.refused);
+                let c = lanes.shares.class(class);
+                Error::TooLargeForShare {
+                    key: self.key().to_string(),
+                    class: class as u8,
+                    dimension,
+                    needed,
+                    capacity,
+                    share: lanes.shares.share(class),
+                    floor: c.floor,
+                    weight: c.weight,
+                }
+            }
+            e => self.refused(e),
+        }
+    }
+}

@@ -1,0 +1,643 @@
+//! Classes sharing one bucket by floor and weight (`Builder::class_shares`),
+//! proven against a discrete-event reference.
+//!
+//! Each case runs the real limiter on the memory store on paused tokio time
+//! (the store's clock reads tokio's, so virtual seconds pass in microseconds):
+//! closed-loop callers per class acquire, run, settle (below, at or above the
+//! estimate) or give up while waiting. The record of every call is then
+//! replayed through the reference:
+//!
+//! 1. **safety**: the admitted usage replayed through a plain token bucket of
+//!    the whole key's limits never overdraws it (usage above an estimate
+//!    counts from its settlement, as in `properties.rs`);
+//! 2. **floor**: a backlogged class gets at least `floor × L × T − C`;
+//! 3. **weighted excess**: with every class backlogged, each one's part above
+//!    its floor is within 10% of its weight's part of the excess;
+//! 4. **work conserving**: one class alone gets at least 95% of `L`, and so
+//!    do several together;
+//! 5. **FIFO within a class**, and a class whose demand stays within its
+//!    floor waits at most one emission interval of its own lane.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use proptest::prelude::*;
+use tollgate::store::{Clock, MemoryStore};
+use tollgate::{
+    AcquireOptions, ClassShare, Cost, Error, Limits, PriorityClass, RateLimiter, Store,
+};
+
+/// The store's clock: tokio's, which a paused runtime moves by itself.
+#[derive(Debug)]
+struct TokioClock(tokio::time::Instant);
+
+impl Clock for TokioClock {
+    fn now(&self) -> f64 {
+        1000.0 + self.0.elapsed().as_secs_f64()
+    }
+}
+
+/// What one class's callers do.
+#[derive(Debug, Clone)]
+struct Load {
+    /// Closed-loop callers (0: the class is idle).
+    callers: usize,
+    /// Token estimates, drawn in this range.
+    tokens: (u64, u64),
+    /// Longest a call runs after its start, seconds.
+    run: f64,
+    /// Settle below the estimate now and then (refunds).
+    refunds: bool,
+    /// Give up (drop the waiting future) after this many seconds, for some
+    /// calls.
+    give_up: Option<f64>,
+    /// Seconds between two calls of one caller after its settlement (0:
+    /// backlogged).
+    pause: f64,
+}
+
+impl Load {
+    fn backlogged(callers: usize, tokens: (u64, u64)) -> Self {
+        Load {
+            callers,
+            tokens,
+            run: 0.2,
+            refunds: false,
+            give_up: None,
+            pause: 0.0,
+        }
+    }
+
+    fn idle() -> Self {
+        Load::backlogged(0, (1, 1))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Scenario {
+    limits: Limits,
+    shares: Vec<ClassShare>,
+    headrooms: Vec<f64>,
+    loads: Vec<Load>,
+    /// Virtual seconds the callers run.
+    duration: f64,
+    seed: u64,
+}
+
+/// One call as it happened (store-clock seconds from the start).
+#[derive(Debug, Clone)]
+struct Call {
+    class: usize,
+    /// Order of asking, over every class.
+    asked: u64,
+    arrived: f64,
+    estimate: [f64; 2],
+    /// When it started, and in which lane.
+    started: Option<(f64, u8)>,
+    /// When it was settled (or its future dropped), the order of that, and
+    /// the actual usage.
+    settled: Option<(f64, u64, [f64; 2])>,
+}
+
+struct Run {
+    calls: Vec<Call>,
+    borrowed: u64,
+}
+
+fn xorshift(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+fn run(s: &Scenario) -> Run {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(simulate(s))
+}
+
+async fn simulate(s: &Scenario) -> Run {
+    let origin = tokio::time::Instant::now();
+    let clock = Arc::new(TokioClock(origin));
+    let store = Store::Memory(MemoryStore::with_clock(clock.clone()));
+    let classes = s
+        .headrooms
+        .iter()
+        .map(|&headroom| PriorityClass {
+            headroom,
+            max_wait: None,
+        })
+        .collect();
+    let limiter = RateLimiter::builder("shared")
+        .limits(s.limits.clone())
+        .priority_classes(classes)
+        .class_shares(s.shares.clone())
+        .store(store)
+        .build()
+        .await
+        .unwrap();
+    let order = Arc::new(AtomicU64::new(0));
+    let calls = Arc::new(Mutex::new(Vec::<Call>::new()));
+    let now = move || clock.now() - 1000.0;
+    let mut tasks = Vec::new();
+    for (class, load) in s.loads.iter().enumerate() {
+        for caller in 0..load.callers {
+            let (limiter, order, calls, load) =
+                (limiter.clone(), order.clone(), calls.clone(), load.clone());
+            let now = now.clone();
+            let duration = s.duration;
+            let mut seed = s.seed ^ ((class as u64 + 1) << 32) ^ ((caller as u64 + 1) * 0x9E37);
+            tasks.push(tokio::spawn(async move {
+                while now() < duration {
+                    let r = xorshift(&mut seed);
+                    let tokens = load.tokens.0 + r % (load.tokens.1 - load.tokens.0 + 1);
+                    let at = {
+                        let mut calls = calls.lock();
+                        calls.push(Call {
+                            class,
+                            asked: order.fetch_add(1, Ordering::SeqCst),
+                            arrived: now(),
+                            estimate: [1.0, tokens as f64],
+                            started: None,
+                            settled: None,
+                        });
+                        calls.len() - 1
+                    };
+                    let acquire = limiter
+                        .acquire_with(Cost::tokens(tokens), AcquireOptions::class(class as u8));
+                    let give_up = load
+                        .give_up
+                        .filter(|_| xorshift(&mut seed).is_multiple_of(4));
+                    let permit = match give_up {
+                        Some(secs) => {
+                            match tokio::time::timeout(Duration::from_secs_f64(secs), acquire).await
+                            {
+                                Ok(p) => p,
+                                Err(_) => {
+                                    let t = now();
+                                    calls.lock()[at].settled =
+                                        Some((t, order.fetch_add(1, Ordering::SeqCst), [0.0; 2]));
+                                    continue;
+                                }
+                            }
+                        }
+                        None => acquire.await,
+                    }
+                    .expect("every call fits some lane");
+                    calls.lock()[at].started =
+                        Some((permit.slot() - 1000.0, permit.lane().unwrap()));
+                    let run = load.run * (xorshift(&mut seed) % 1000) as f64 / 1000.0;
+                    tokio::time::sleep(Duration::from_secs_f64(run)).await;
+                    let percent = match xorshift(&mut seed) % 10 {
+                        0..=3 if load.refunds => 20 + xorshift(&mut seed) % 80,
+                        _ => 100,
+                    };
+                    let used = tokens * percent / 100;
+                    let t = now();
+                    let o = order.fetch_add(1, Ordering::SeqCst);
+                    limiter.settle(permit, Cost::tokens(used)).await.unwrap();
+                    calls.lock()[at].settled = Some((t, o, [1.0, used as f64]));
+                    if load.pause > 0.0 {
+                        tokio::time::sleep(Duration::from_secs_f64(load.pause)).await;
+                    }
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let borrowed = limiter.stats().borrowed;
+    let calls = calls.lock().clone();
+    Run { calls, borrowed }
+}
+
+const EPS: f64 = 1e-6;
+
+/// Property 1: the usage of every call that started, charged at its start
+/// (what it really used, or its estimate while it runs), replayed through a
+/// token bucket of the key's whole limits (requests and tokens), never
+/// overdraws it. Refunds only give back what has not drained, so the real
+/// usage must fit whatever was given back.
+fn check_safety(s: &Scenario, calls: &[Call]) -> Result<(), TestCaseError> {
+    let policy = s.limits.validate().unwrap();
+    let dims = [tollgate::Dimension::Requests, tollgate::Dimension::Tokens];
+    let mut events: Vec<(f64, [f64; 2], usize)> = calls
+        .iter()
+        .enumerate()
+        .filter_map(|(n, c)| {
+            let (start, _) = c.started?;
+            let used = c.settled.map_or(c.estimate, |(_, _, actual)| actual);
+            Some((start, used, n))
+        })
+        .collect();
+    events.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut level = dims.map(|d| policy.capacity(d));
+    let mut last: Option<f64> = None;
+    for (t, used, n) in events {
+        for (i, d) in dims.iter().enumerate() {
+            let cap = policy.capacity(*d);
+            if !cap.is_finite() {
+                continue;
+            }
+            if let Some(prev) = last {
+                level[i] = (level[i] + (t - prev) / policy.increment[d.index()]).min(cap);
+            }
+            level[i] -= used[i];
+            prop_assert!(
+                level[i] >= -EPS * cap.max(1.0),
+                "call {n} (class {}) overdraws {d} to {} at {t}",
+                calls[n].class,
+                level[i]
+            );
+        }
+        last = Some(t);
+    }
+    Ok(())
+}
+
+/// Property 5, first half: within a class, calls start in the order they
+/// asked (among those not given up).
+fn check_fifo(calls: &[Call]) -> Result<(), TestCaseError> {
+    let classes = calls.iter().map(|c| c.class).max().map_or(0, |m| m + 1);
+    for class in 0..classes {
+        let mut last = f64::NEG_INFINITY;
+        let mut mine: Vec<&Call> = calls
+            .iter()
+            .filter(|c| c.class == class && c.started.is_some())
+            .collect();
+        mine.sort_by_key(|c| c.asked);
+        for c in mine {
+            let (start, _) = c.started.unwrap();
+            prop_assert!(
+                start >= last - EPS,
+                "class {class}: call asked {} started at {start}, before one asked earlier ({last})",
+                c.asked
+            );
+            last = start;
+        }
+    }
+    Ok(())
+}
+
+/// Tokens each class used in the calls it started within `[from, to)`.
+fn served(calls: &[Call], classes: usize, from: f64, to: f64) -> Vec<f64> {
+    let mut out = vec![0.0; classes];
+    for c in calls {
+        if let Some((t, _)) = c.started {
+            if t >= from && t < to {
+                out[c.class] += c.settled.map_or(c.estimate, |(_, _, a)| a)[1];
+            }
+        }
+    }
+    out
+}
+
+fn shares(n: usize) -> impl Strategy<Value = Vec<ClassShare>> {
+    (
+        prop::collection::vec(0.0..1.0f64, n),
+        prop::collection::vec(1u32..5, n),
+        0.3..0.9f64,
+    )
+        .prop_map(|(raw, weights, floors)| {
+            let sum: f64 = raw.iter().sum::<f64>().max(1e-9);
+            raw.iter()
+                .zip(weights)
+                .map(|(r, w)| ClassShare::new(r / sum * floors, w as f64))
+                .collect()
+        })
+}
+
+fn headrooms(n: usize) -> impl Strategy<Value = Vec<f64>> {
+    prop::collection::vec(prop_oneof![Just(1.0), 0.3..1.0f64], n).prop_map(|mut h| {
+        h[0] = 1.0;
+        h
+    })
+}
+
+/// Random mixes: limits, shares, priorities, loads with cancellations,
+/// refunds and overuse.
+fn mixed() -> impl Strategy<Value = Scenario> {
+    (2usize..=4).prop_flat_map(|n| {
+        let load = (
+            0usize..4,
+            20u64..400,
+            0.0..2.0f64,
+            any::<bool>(),
+            prop_oneof![Just(None), (0.1..3.0f64).prop_map(Some)],
+            prop_oneof![Just(0.0), 0.0..2.0f64],
+        )
+            .prop_map(|(callers, top, run, refunds, give_up, pause)| Load {
+                callers,
+                tokens: (1, top),
+                run,
+                refunds,
+                give_up,
+                pause,
+            });
+        (
+            prop_oneof![Just(None), (30u64..300).prop_map(Some)],
+            3_000u64..30_000,
+            prop_oneof![Just(1.0), 0.2..1.5f64],
+            shares(n),
+            headrooms(n),
+            prop::collection::vec(load, n),
+            any::<u64>(),
+        )
+            .prop_map(|(rpm, tpm, burst, shares, headrooms, loads, seed)| {
+                let mut limits = Limits::new().tpm(tpm).burst(burst);
+                limits.requests = rpm;
+                Scenario {
+                    limits,
+                    shares,
+                    headrooms,
+                    loads,
+                    duration: 40.0,
+                    seed: seed | 1,
+                }
+            })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Properties 1 and 5 (FIFO) for random mixes of classes, costs,
+    /// settlements and cancellations.
+    #[test]
+    fn shared_buckets_are_safe_and_fifo_per_class(s in mixed()) {
+        let r = run(&s);
+        check_safety(&s, &r.calls)?;
+        check_fifo(&r.calls)?;
+    }
+
+    /// Properties 2, 3 and 4: every class backlogged, each gets its floor
+    /// and its weight's part of the rest, and the bucket is used in full.
+    #[test]
+    fn backlogged_classes_get_their_floor_and_weighted_excess(
+        (shares, headrooms, seed) in (2usize..=4).prop_flat_map(|n| (shares(n), headrooms(n), any::<u64>()))
+    ) {
+        let n = shares.len();
+        let tpm = 6_000.0;
+        let s = Scenario {
+            limits: Limits::new().tpm(tpm as u64),
+            loads: vec![Load::backlogged(4, (20, 120)); n],
+            shares: shares.clone(),
+            headrooms,
+            duration: 300.0,
+            seed: seed | 1,
+        };
+        let r = run(&s);
+        check_fifo(&r.calls)?;
+        // After the first window's burst has drained.
+        let (from, to) = (90.0, 290.0);
+        let got = served(&r.calls, n, from, to);
+        let ideal = tpm / 60.0 * (to - from);
+        let total: f64 = got.iter().sum();
+        prop_assert!(total >= 0.95 * ideal, "used {total} of {ideal}: {got:?}");
+        let floors: f64 = shares.iter().map(|c| c.floor).sum();
+        let weights: f64 = shares.iter().map(|c| c.weight).sum();
+        let excess = total - floors * ideal;
+        for (k, c) in shares.iter().enumerate() {
+            prop_assert!(got[k] >= c.floor * ideal - tpm, "class {k} got {} below its floor {}", got[k], c.floor * ideal);
+            let want = c.weight / weights * excess;
+            let extra = got[k] - c.floor * ideal;
+            prop_assert!(
+                (extra - want).abs() <= 0.1 * want + 0.01 * ideal,
+                "class {k}: {extra} above its floor, {want} by weight ({got:?})"
+            );
+        }
+    }
+
+    /// Property 4 and 2 with idle classes: the busy ones use what the idle
+    /// ones leave (one alone gets at least 95% of the bucket), each keeps
+    /// its floor, and nothing waits for ever.
+    #[test]
+    fn idle_classes_lend_their_share(
+        (shares, headrooms, busy, seed) in (2usize..=4).prop_flat_map(|n| (shares(n), headrooms(n), prop::collection::vec(any::<bool>(), n), any::<u64>()))
+    ) {
+        let n = shares.len();
+        let busy: Vec<bool> = if busy.iter().any(|&b| b) { busy } else { (0..n).map(|k| k == 0).collect() };
+        let tpm = 6_000.0;
+        let s = Scenario {
+            limits: Limits::new().tpm(tpm as u64),
+            loads: busy.iter().map(|&b| if b { Load::backlogged(4, (20, 120)) } else { Load::idle() }).collect(),
+            shares: shares.clone(),
+            headrooms,
+            duration: 240.0,
+            seed: seed | 1,
+        };
+        let r = run(&s);
+        check_safety(&s, &r.calls)?;
+        check_fifo(&r.calls)?;
+        let (from, to) = (90.0, 230.0);
+        let got = served(&r.calls, n, from, to);
+        let ideal = tpm / 60.0 * (to - from);
+        let total: f64 = got.iter().sum();
+        prop_assert!(total >= 0.95 * ideal, "used {total} of {ideal}: {got:?}, busy {busy:?}");
+        for (k, c) in shares.iter().enumerate() {
+            if busy[k] {
+                prop_assert!(got[k] >= c.floor * ideal - tpm, "class {k} got {} below its floor", got[k]);
+            }
+        }
+        if busy.iter().filter(|&&b| b).count() < n {
+            prop_assert!(r.borrowed > 0, "idle lanes were never borrowed");
+        }
+    }
+}
+
+/// Property 5, second half: a class whose demand stays within its floor
+/// waits at most one emission interval of its lane for its cost, however
+/// hard the other classes push (and borrow its lane while it is quiet).
+#[test]
+fn a_class_within_its_floor_waits_at_most_one_emission_interval() {
+    let tpm = 6_000.0;
+    let shares = vec![
+        ClassShare::new(0.3, 1.0),
+        ClassShare::new(0.2, 1.0),
+        ClassShare::new(0.1, 1.0),
+    ];
+    // Class 1's lane: 0.2 + 0.4 / 3 of the bucket. One caller, 100 tokens,
+    // a pause that keeps it at 80% of its lane.
+    let share = 0.2 + 0.4 / 3.0;
+    let interval = 100.0 * 60.0 / (tpm * share);
+    let quiet = Load {
+        callers: 1,
+        tokens: (100, 100),
+        run: 0.0,
+        refunds: false,
+        give_up: None,
+        pause: interval / 0.8,
+    };
+    let s = Scenario {
+        limits: Limits::new().tpm(tpm as u64),
+        loads: vec![
+            Load::backlogged(6, (50, 200)),
+            quiet,
+            Load::backlogged(6, (50, 200)),
+        ],
+        shares,
+        headrooms: vec![1.0, 1.0, 1.0],
+        duration: 300.0,
+        seed: 7,
+    };
+    let r = run(&s);
+    let waits: Vec<f64> = r
+        .calls
+        .iter()
+        .filter(|c| c.class == 1)
+        .filter_map(|c| c.started.map(|(t, _)| t - c.arrived))
+        .collect();
+    assert!(waits.len() > 50, "{}", waits.len());
+    let worst = waits.iter().cloned().fold(0.0, f64::max);
+    assert!(
+        worst <= interval + 1e-6,
+        "class 1 waited {worst} s, more than one emission interval ({interval} s)"
+    );
+    assert!(
+        r.borrowed > 0,
+        "the others borrowed its lane while it was quiet"
+    );
+}
+
+fn two_classes() -> Vec<PriorityClass> {
+    let class = PriorityClass {
+        headroom: 1.0,
+        max_wait: None,
+    };
+    vec![class.clone(), class]
+}
+
+async fn limiter_of(shares: Vec<ClassShare>, limits: Limits) -> Result<RateLimiter, Error> {
+    let classes = vec![two_classes()[0].clone(); shares.len()];
+    RateLimiter::builder("k")
+        .limits(limits)
+        .priority_classes(classes)
+        .class_shares(shares)
+        .store(Store::memory())
+        .build()
+        .await
+}
+
+#[tokio::test]
+async fn bad_shares_are_refused_naming_the_setting() {
+    let limits = Limits::new().tpm(1_000);
+    let err = |shares| {
+        let limits = limits.clone();
+        async move { limiter_of(shares, limits).await.unwrap_err().to_string() }
+    };
+    let e = err(vec![ClassShare::new(0.6, 1.0), ClassShare::new(0.6, 1.0)]).await;
+    assert!(
+        e.contains("class_shares") && e.contains("floors") && e.contains("1.2"),
+        "{e}"
+    );
+    let e = err(vec![ClassShare::new(0.1, 1.0), ClassShare::new(0.1, -2.0)]).await;
+    assert!(
+        e.contains("class 1: weight must be a number > 0, got -2"),
+        "{e}"
+    );
+    let e = err(vec![ClassShare::new(0.1, 1.0).lendable(2.0)]).await;
+    assert!(e.contains("lendable"), "{e}");
+    let two = RateLimiter::builder("k")
+        .limits(limits)
+        .class_shares(vec![ClassShare::new(0.1, 1.0), ClassShare::new(0.1, 1.0)])
+        .build()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        two.contains("class_shares") && two.contains("one share per priority class"),
+        "{two}"
+    );
+}
+
+#[tokio::test]
+async fn a_call_too_large_for_its_share_borrows_or_is_refused_naming_the_setting() {
+    // Class 1 holds a tenth of 10,000 tokens.
+    let limiter = RateLimiter::builder("k")
+        .limits(Limits::new().tpm(10_000))
+        .priority_classes(two_classes())
+        .class_shares(vec![ClassShare::new(0.9, 1.0), ClassShare::new(0.1, 1.0)])
+        .store(Store::memory())
+        .build()
+        .await
+        .unwrap();
+    let batch = AcquireOptions::class(1);
+    // Class 0 is idle: its lane lends 3,000 tokens at once.
+    let big = limiter
+        .acquire_with(Cost::tokens(3_000), batch.clone())
+        .await
+        .unwrap();
+    assert_eq!(big.lane(), Some(0));
+    assert!(big.waited().is_zero());
+    // Class 0 fills its own lane: nobody can lend now, and class 1's lane
+    // can never hold it.
+    let top = limiter.acquire(Cost::tokens(6_000)).await.unwrap();
+    assert_eq!(top.lane(), Some(0));
+    let err = limiter
+        .acquire_with(Cost::tokens(3_000), batch.clone())
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, Error::TooLargeForShare { class: 1, .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("raise class 1's floor or weight") && msg.contains("floor=0.1"),
+        "{msg}"
+    );
+    // Beyond the whole bucket: the usual error.
+    let err = limiter.acquire(Cost::tokens(10_001)).await.unwrap_err();
+    assert!(matches!(err, Error::TooLarge(_)), "{err}");
+    limiter.settle(big, Cost::tokens(3_000)).await.unwrap();
+    limiter.settle(top, Cost::tokens(6_000)).await.unwrap();
+}
+
+#[tokio::test]
+async fn status_reports_each_class_use_floor_share_and_queue() {
+    let limiter = RateLimiter::builder("k")
+        .limits(Limits::new().tpm(6_000))
+        .priority_classes(two_classes())
+        .class_shares(vec![
+            ClassShare::new(0.5, 1.0).lendable(0.0),
+            ClassShare::new(0.1, 3.0).lendable(0.0),
+        ])
+        .store(Store::memory())
+        .build()
+        .await
+        .unwrap();
+    // Class 1's lane (0.4 of the bucket: 2,400 tokens): one call fills it,
+    // the next waits in its queue.
+    let first = limiter
+        .acquire_with(Cost::tokens(2_400), AcquireOptions::class(1))
+        .await
+        .unwrap();
+    let waiting = limiter
+        .reserve(Cost::tokens(100), &AcquireOptions::class(1))
+        .await
+        .unwrap();
+    assert!(!waiting.waited().is_zero());
+    let status = limiter.status().await.unwrap();
+    assert_eq!(status.classes.len(), 2);
+    let c1 = &status.classes[1];
+    assert_eq!((c1.class, c1.floor, c1.weight), (1, 0.1, 3.0));
+    assert!((c1.share - 0.4).abs() < 1e-9, "{}", c1.share);
+    assert_eq!(c1.queue_depth, 1);
+    assert!(
+        (c1.dimensions[0].in_use - 2_500.0).abs() < 1.0,
+        "{:?}",
+        c1.dimensions
+    );
+    assert_eq!(status.classes[0].queue_depth, 0);
+    assert_eq!(status.queue_depth, 1);
+    assert!((status.dimensions[0].in_use - 2_500.0).abs() < 1.0);
+    limiter.cancel(waiting).await.unwrap();
+    limiter.settle(first, Cost::tokens(2_400)).await.unwrap();
+}

@@ -1,0 +1,104 @@
+//! Classes sharing one bucket (`Builder::class_shares`) across two limiter
+//! instances on real Redis, standalone and Cluster: an idle class's lane is
+//! borrowed by the busy one, and a class that comes back gets its floor.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use support::{RedisCluster, RedisServer};
+use tollgate::{AcquireOptions, ClassShare, Cost, Limits, PriorityClass, RateLimiter};
+
+/// 40 requests per second; class 0: floor 0.5, class 1: floor 0.1, the rest
+/// 1:1 (lanes 0.7 and 0.3).
+async fn instance(url: &str) -> RateLimiter {
+    let class = PriorityClass {
+        headroom: 1.0,
+        max_wait: None,
+    };
+    RateLimiter::builder("shared/model")
+        .url(url)
+        .limits(Limits::new().requests(40).window_secs(1.0))
+        .priority_classes(vec![class.clone(), class])
+        .class_shares(vec![ClassShare::new(0.5, 1.0), ClassShare::new(0.1, 1.0)])
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Class 1 floods from both instances for 4 s; class 0 joins after 1.5 s.
+/// Start times (store clock) per class.
+async fn share_on(url: &str) {
+    let a = instance(url).await;
+    let b = instance(url).await;
+    let starts: Arc<Mutex<Vec<(u8, f64)>>> = Arc::default();
+    let begin = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for (n, limiter) in [a.clone(), b.clone()]
+        .into_iter()
+        .cycle()
+        .take(16)
+        .enumerate()
+    {
+        let class = if n < 8 { 1 } else { 0 };
+        let starts = starts.clone();
+        tasks.push(tokio::spawn(async move {
+            if class == 0 {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+            while begin.elapsed() < Duration::from_secs(4) {
+                let permit = limiter
+                    .acquire_with(Cost::request_only(), AcquireOptions::class(class))
+                    .await
+                    .unwrap();
+                starts.lock().push((class, permit.slot()));
+                limiter.settle(permit, Cost::request_only()).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let starts = starts.lock().clone();
+    let first = starts.iter().map(|s| s.1).fold(f64::INFINITY, f64::min);
+    let count = |class: u8, from: f64, to: f64| {
+        starts
+            .iter()
+            .filter(|(c, t)| *c == class && *t >= first + from && *t < first + to)
+            .count() as f64
+    };
+    // Alone (after the first second's burst), class 1 gets most of the
+    // bucket, not just its 30% lane: it borrows class 0's.
+    let alone = count(1, 1.0, 1.5);
+    assert!(alone >= 0.9 * 40.0 * 0.5, "class 1 alone: {alone} in 0.5 s");
+    // Both busy (after class 0's lane drained what was lent): each keeps its
+    // lane; class 0 gets at least its floor, less one burst of its lane.
+    let (zero, one) = (count(0, 2.0, 3.8), count(1, 2.0, 3.8));
+    assert!(
+        zero >= 0.5 * 40.0 * 1.8 - 0.7 * 40.0,
+        "class 0: {zero}, class 1: {one}"
+    );
+    assert!(
+        zero >= 0.9 * 0.7 * 40.0 * 1.8,
+        "class 0: {zero} of its lane"
+    );
+    // Never more than the bucket: 40 a second plus one burst of 40.
+    let all = starts.len() as f64;
+    let span = starts.iter().map(|s| s.1).fold(0.0, f64::max) - first;
+    assert!(all <= 40.0 * span + 40.0 + 1.0, "{all} in {span} s");
+    assert!(a.stats().borrowed + b.stats().borrowed > 0);
+}
+
+#[tokio::test]
+async fn two_instances_share_a_bucket_by_floor_on_redis() {
+    let server = RedisServer::start();
+    share_on(&server.url()).await;
+}
+
+#[tokio::test]
+async fn two_instances_share_a_bucket_by_floor_on_a_cluster() {
+    let cluster = RedisCluster::start(3);
+    share_on(&cluster.url()).await;
+}
