@@ -42,6 +42,7 @@ fn model(rpm: u64, tpm: u64, input_price: f64, output_price: f64, kind: ModelKin
         context_window: 128_000,
         default_max_tokens: 512,
         tokenizer: None,
+        fallbacks: Vec::new(),
     }
 }
 
@@ -85,16 +86,23 @@ fn catalogue() -> Vec<(&'static str, &'static str, ModelConfig)> {
         m.context_window = tokens;
         m
     };
+    let falling_back = |mut m: ModelConfig, to: &[&str]| {
+        m.fallbacks = to.iter().map(|s| s.to_string()).collect();
+        m
+    };
     vec![
         (
             "anthropic",
             PREMIUM,
-            with_context(model(50, 40_000, 15.0, 75.0, ModelKind::Chat), 200_000),
+            falling_back(
+                with_context(model(50, 40_000, 15.0, 75.0, ModelKind::Chat), 200_000),
+                &[BALANCED, CHEAP],
+            ),
         ),
         (
             "openai",
             BALANCED,
-            model(100, 30_000, 2.50, 10.0, ModelKind::Chat),
+            falling_back(model(100, 30_000, 2.50, 10.0, ModelKind::Chat), &[CHEAP]),
         ),
         (
             "google",
@@ -121,6 +129,8 @@ fn catalogue() -> Vec<(&'static str, &'static str, ModelConfig)> {
 /// stream a chunk every 15 ms; the premium model is sometimes over its
 /// limits (429), the balanced one sometimes fails (503) or drops the
 /// stream, the cheap one is sometimes slow. Seeded, so a demo run repeats.
+/// The premium and balanced models fall back to the cheaper ones
+/// (`x-tollgate-model` and `x-tollgate-attempts` on each answer show it).
 pub fn sim_config() -> SimConfig {
     let mut faults = Faults {
         seed: 1,
@@ -181,6 +191,9 @@ pub fn banner(gateway_url: &str) -> String {
     }
     s.push_str(&format!("admin token: {ADMIN_TOKEN}   (GET {gateway_url}/admin/clients)\nmetrics:     {gateway_url}/metrics   (with the admin token: curl -H 'Authorization: Bearer {ADMIN_TOKEN}')\ndashboard:   {gateway_url}/dashboard   (sign in with the admin token)\n\ntry:\n"));
     s.push_str(&format!(
+        "  curl -s {gateway_url}/v1/chat/completions -H 'Authorization: Bearer tg-demo-pro' -H 'Content-Type: application/json' -d '{{\"model\": \"{PREMIUM}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}], \"max_tokens\": 50}}' -i   # falls back to {BALANCED}, then {CHEAP}, when it fails (see x-tollgate-model)\n"
+    ));
+    s.push_str(&format!(
         "  curl -s {gateway_url}/v1/chat/completions -H 'Authorization: Bearer tg-demo-free' -H 'Content-Type: application/json' -d '{{\"model\": \"gpt-4o-mini\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}], \"max_tokens\": 50}}' -i\n"
     ));
     s
@@ -210,6 +223,9 @@ mod tests {
         assert!(cheap.context_window > premium.context_window);
         assert!(premium.context_window > balanced.context_window);
         assert!(premium.rpm < balanced.rpm && balanced.rpm < cheap.rpm);
+        // Each falls back to the cheaper ones, in order.
+        assert_eq!(premium.fallbacks, [BALANCED, CHEAP]);
+        assert_eq!(balanced.fallbacks, [CHEAP]);
         c.validate().expect("the demo config is valid");
     }
 

@@ -330,6 +330,7 @@ async fn build_model(
         default_max_tokens: m.default_max_tokens,
         tokenizer,
         hold: Hold::new(&key),
+        fallbacks: m.fallbacks.clone(),
     })
 }
 
@@ -367,6 +368,10 @@ fn pipeline(
         body_limit: s.max_body_bytes,
         body_timeout: Duration::from_secs_f64(s.body_read_timeout_secs),
         log_prompts: s.log_prompts,
+        attempts: crate::request::Attempts {
+            max: s.max_attempts,
+            deadline: Duration::from_secs_f64(s.request_deadline_secs),
+        },
     })
 }
 

@@ -89,6 +89,9 @@ pub struct Model {
     pub tokenizer: Tokenizer,
     /// The pause an upstream's `Retry-After` asked for, shared through the store.
     pub hold: Hold,
+    /// The models to try after this one when it fails before its answer's
+    /// first byte, in order (`fallbacks` in its config).
+    pub fallbacks: Vec<String>,
 }
 
 impl Model {

@@ -107,6 +107,19 @@ impl Config {
                 return Err(invalid(field, "must be a number of seconds in (0, 86400]"));
             }
         }
+        if !(1..=MAX_ATTEMPTS).contains(&self.server.max_attempts) {
+            return Err(invalid(
+                "server.max_attempts",
+                format!("must be 1 to {MAX_ATTEMPTS} (1: no fallback)"),
+            ));
+        }
+        let deadline = self.server.request_deadline_secs;
+        if !(deadline > 0.0 && deadline <= 86_400.0) {
+            return Err(invalid(
+                "server.request_deadline_secs",
+                "must be a number of seconds in (0, 86400]",
+            ));
+        }
         if self.server.max_connections == 0 {
             return Err(invalid(
                 "server.max_connections",
@@ -226,6 +239,36 @@ impl Config {
                     ));
                 }
                 validate_model(&at, m)?;
+            }
+        }
+        self.validate_fallbacks()
+    }
+
+    /// Every model's `fallbacks`: other models of its kind, each once.
+    fn validate_fallbacks(&self) -> Result<(), ConfigError> {
+        let kinds: HashMap<&str, ModelKind> = self
+            .providers
+            .values()
+            .flat_map(|p| p.models.iter().map(|(n, m)| (n.as_str(), m.kind)))
+            .collect();
+        for (pname, p) in &self.providers {
+            for (mname, m) in &p.models {
+                let at = format!("providers.{pname}.models.{mname:?}.fallbacks");
+                let mut seen = HashSet::new();
+                for f in &m.fallbacks {
+                    let why = match kinds.get(f.as_str()) {
+                        None => Some(format!("{f:?} is not a model of any provider")),
+                        Some(k) if *k != m.kind => Some(format!(
+                            "{f:?} is not a model of the same kind as {mname:?}"
+                        )),
+                        _ if f == mname => Some(format!("{mname:?} cannot fall back to itself")),
+                        _ if !seen.insert(f.as_str()) => Some(format!("{f:?} is listed twice")),
+                        _ => None,
+                    };
+                    if let Some(why) = why {
+                        return Err(invalid(at, why));
+                    }
+                }
             }
         }
         Ok(())
@@ -424,15 +467,57 @@ pub fn model_limits(m: &ModelConfig) -> Limits {
     l
 }
 
+/// The most upstream calls `server.max_attempts` may allow one request.
+pub const MAX_ATTEMPTS: u32 = 10;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fallbacks_and_attempts_are_checked() {
+        let base = "[providers.p]\nbase_url = \"http://127.0.0.1:1/v1\"\n[providers.p.models.a]\nrpm = 1\n[providers.p.models.b]\nrpm = 1\n[providers.p.models.e]\nrpm = 1\nkind = \"embeddings\"\n";
+        let with = |fallbacks: &str| {
+            format!("{base}[providers.p.models.c]\nrpm = 1\nfallbacks = {fallbacks}\n")
+        };
+        let c = Config::from_toml(&with("[\"b\", \"a\"]")).unwrap();
+        assert_eq!(c.providers["p"].models["c"].fallbacks, ["b", "a"]);
+        assert_eq!(
+            (c.server.max_attempts, c.server.request_deadline_secs),
+            (3, 600.0)
+        );
+        for (bad, says) in [
+            ("[\"x\"]", "not a model"),
+            ("[\"e\"]", "same kind"),
+            ("[\"c\"]", "itself"),
+            ("[\"a\", \"a\"]", "twice"),
+        ] {
+            let e = Config::from_toml(&with(bad)).unwrap_err().to_string();
+            assert!(
+                e.contains("models.\"c\".fallbacks") && e.contains(says),
+                "{bad}: {e}"
+            );
+        }
+        for bad in [
+            "max_attempts = 0",
+            "max_attempts = 11",
+            "request_deadline_secs = 0",
+            "request_deadline_secs = -1",
+        ] {
+            let e = Config::from_toml(&format!("[server]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(bad.split(' ').next().unwrap()), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn example_config_is_valid() {
         let text = include_str!("../../../../config/tollgate.example.toml");
         let c = Config::from_toml(text).unwrap();
         assert_eq!(c.tiers.len(), 4);
+        let premium = &c.providers["anthropic"].models["claude-opus-4"];
+        assert_eq!(premium.fallbacks, ["gpt-4o", "gemini-2.0-flash"]);
     }
 
     #[test]

@@ -72,6 +72,14 @@ pub struct ServerConfig {
     /// Longest time (seconds) for a request's body to arrive once its headers
     /// have; a slower client gets 408. Default 30.
     pub body_read_timeout_secs: f64,
+    /// Most upstream calls one request may make, its fallbacks included.
+    /// Default 3.
+    pub max_attempts: u32,
+    /// Longest one request may take from admission to its answer's first
+    /// byte, in seconds, whatever the mix of fallbacks: no attempt starts
+    /// after it and an attempt's wait for its answer is cut at it. Default
+    /// 600 (the upstream timeout's default).
+    pub request_deadline_secs: f64,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +95,8 @@ impl Default for ServerConfig {
             idle_timeout_secs: 65.0,
             header_read_timeout_secs: 10.0,
             body_read_timeout_secs: 30.0,
+            max_attempts: 3,
+            request_deadline_secs: 600.0,
         }
     }
 }
@@ -244,6 +254,11 @@ pub struct ModelConfig {
     /// token). Default: chosen from the model name.
     #[serde(default)]
     pub tokenizer: Option<String>,
+    /// Models (by the name clients use, of the same kind) to try in this
+    /// order when this one fails before the first byte of its answer
+    /// (connection error, timeout, 5xx, 429). Default none.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
 }
 
 fn one() -> f64 {

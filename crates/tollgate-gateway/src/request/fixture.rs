@@ -32,6 +32,7 @@ pub(crate) fn model(rpm: u64, tpm: u64) -> ModelConfig {
         context_window: 4096,
         default_max_tokens: 256,
         tokenizer: None,
+        fallbacks: Vec::new(),
     }
 }
 

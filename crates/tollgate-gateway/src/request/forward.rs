@@ -48,6 +48,9 @@ pub(crate) struct Ask {
     pub(crate) cap: u64,
     /// The estimated input (charged when the answer does not say).
     pub(crate) input: u64,
+    /// What is left of the request's deadline: the answer (a stream's
+    /// headers) must come within it.
+    pub(crate) within: Duration,
 }
 
 /// An upstream's answer that can be passed on.
@@ -88,6 +91,9 @@ pub(crate) enum UpstreamFailure {
     },
     /// A 200 whose body is not what it claims: it `what`.
     BadBody(&'static str),
+    /// A 200 whose body broke off before its end, before any of it went
+    /// to the client.
+    BrokeOff,
     /// A 200 in an encoding this gateway cannot decode.
     Encoding(String),
 }
@@ -102,6 +108,20 @@ impl UpstreamFailure {
         }
     }
 
+    /// Whether the next candidate may be tried: the upstream could not be
+    /// reached, did not answer in time, failed (5xx) or was over its limits
+    /// (429). Any other status is about the request and would fail the same
+    /// elsewhere; a body that is not what it claims is not retried either.
+    pub(crate) fn falls_back(&self) -> bool {
+        match self {
+            UpstreamFailure::Unreachable | UpstreamFailure::Timeout | UpstreamFailure::BrokeOff => {
+                true
+            }
+            UpstreamFailure::Status { status, .. } => *status == 429 || *status >= 500,
+            UpstreamFailure::BadBody(_) | UpstreamFailure::Encoding(_) => false,
+        }
+    }
+
     /// How the request ended.
     pub(crate) fn outcome(&self) -> Outcome {
         match self {
@@ -109,7 +129,9 @@ impl UpstreamFailure {
             UpstreamFailure::Timeout => Outcome::UpstreamTimeout,
             UpstreamFailure::Status { status: 429, .. } => Outcome::UpstreamRateLimited,
             UpstreamFailure::Status { .. } => Outcome::UpstreamError,
-            UpstreamFailure::BadBody(_) | UpstreamFailure::Encoding(_) => Outcome::UpstreamBadBody,
+            UpstreamFailure::BadBody(_)
+            | UpstreamFailure::BrokeOff
+            | UpstreamFailure::Encoding(_) => Outcome::UpstreamBadBody,
         }
     }
 }
@@ -165,12 +187,12 @@ async fn send(
         req = req.bearer_auth(key);
     }
     if !ask.stream {
-        req = req.timeout(t.total);
+        req = req.timeout(t.total.min(ask.within));
     }
     let sent_at = tokio::time::Instant::now();
     let started = Instant::now();
     let sent = if ask.stream {
-        match tokio::time::timeout(t.first_byte.min(t.total), req.send()).await {
+        match tokio::time::timeout(t.first_byte.min(t.total).min(ask.within), req.send()).await {
             Ok(r) => r,
             Err(_) => return Err(no_answer(up, model, UpstreamFailure::Timeout)),
         }
@@ -234,11 +256,13 @@ async fn read_answer(
         Err(e) if e.is_timeout() => {
             return Err(no_answer(up, model, UpstreamFailure::Timeout));
         }
+        Err(e) if e.is_decode() && !broke_off(&e) => {
+            tracing::warn!(model = %model.name, error = %e, "upstream body could not be decoded");
+            return Err(UpstreamFailure::BadBody("could not be decoded"));
+        }
         Err(e) => {
-            tracing::warn!(model = %model.name, error = %e, "upstream body failed");
-            return Err(UpstreamFailure::BadBody(
-                "broke off or could not be decoded",
-            ));
+            tracing::warn!(model = %model.name, error = %e, "upstream body broke off");
+            return Err(UpstreamFailure::BrokeOff);
         }
     };
     // The usual answer reports its usage: read it without building the
@@ -255,6 +279,22 @@ async fn read_answer(
     };
     let charge = Charge::of(usage, counted, ask.input, ask.cap);
     Ok(Answer::Whole { bytes, charge })
+}
+
+/// Whether a body error is the connection breaking off (the decoder
+/// passes it on as its own error) rather than bytes that do not decode.
+fn broke_off(e: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<hyper::Error>().is_some_and(|h| {
+            h.is_incomplete_message() || h.is_body_write_aborted() || h.is_closed()
+        }) || s.downcast_ref::<std::io::Error>().is_some()
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// A `Content-Encoding` still on an answer after the client decoded what it
@@ -387,11 +427,15 @@ pub async fn penalize(model: &Model, d: Duration) {
 /// upstream name and, for a chat stream, the usage chunk asked for (the
 /// Responses API reports usage in its final event by itself).
 pub(crate) fn payload(req: &super::parse::Parsed, model: &Model) -> Bytes {
-    if !req.stream && model.upstream_name == req.model {
+    let gateway_fields = gateway_only(&req.body);
+    if !req.stream && model.upstream_name == req.model && !gateway_fields {
         return req.bytes.clone();
     }
     let mut body = req.body.clone();
     body.insert("model".into(), Value::String(model.upstream_name.clone()));
+    if gateway_fields {
+        strip_gateway_fields(&mut body);
+    }
     if req.stream && req.endpoint == Endpoint::Chat {
         let opts = body
             .entry("stream_options")
@@ -404,4 +448,27 @@ pub(crate) fn payload(req: &super::parse::Parsed, model: &Model) -> Bytes {
         }
     }
     Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+}
+
+/// Keys of a request's `metadata` that are the gateway's (route hints) and
+/// never go upstream begin with this.
+pub(crate) const GATEWAY_METADATA_PREFIX: &str = "tollgate_";
+
+/// Whether `body`'s `metadata` holds gateway-only keys.
+fn gateway_only(body: &serde_json::Map<String, Value>) -> bool {
+    body.get("metadata")
+        .and_then(Value::as_object)
+        .is_some_and(|m| m.keys().any(|k| k.starts_with(GATEWAY_METADATA_PREFIX)))
+}
+
+/// Removes the gateway-only keys of `metadata`, and `metadata` itself when
+/// nothing else was in it.
+fn strip_gateway_fields(body: &mut serde_json::Map<String, Value>) {
+    let Some(Value::Object(m)) = body.get_mut("metadata") else {
+        return;
+    };
+    m.retain(|k, _| !k.starts_with(GATEWAY_METADATA_PREFIX));
+    if m.is_empty() {
+        body.remove("metadata");
+    }
 }

@@ -8,7 +8,10 @@
 //! 5. [`admit`]: the client bucket, the budget and the provider bucket
 //!    reserved, or a typed refusal;
 //! 6. [`wait`]: for the slot, and out of an upstream's pause;
-//! 7. [`forward`]: sent upstream, its answer read, or a typed failure;
+//! 7. [`forward`]: sent upstream, its answer read, or a typed failure; a
+//!    failure before the first byte (connection error, timeout, 5xx, 429)
+//!    goes back to step 4 on the next candidate, within one attempt budget
+//!    and one deadline;
 //! 8. [`stream`]: a streamed answer relayed ([`events`] read on the way);
 //! 9. [`settle`]: the actual usage settled, exactly once, and recorded.
 //!
@@ -146,6 +149,19 @@ pub(crate) struct Pipeline {
     pub(crate) body_timeout: Duration,
     /// `server.log_prompts`.
     pub(crate) log_prompts: bool,
+    /// `server.max_attempts` and `server.request_deadline_secs`.
+    pub(crate) attempts: Attempts,
+}
+
+/// How many upstream calls one request may make, and how long it may take
+/// until its answer's first byte, whatever the mix of fallbacks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Attempts {
+    /// At most this many upstream calls.
+    pub(crate) max: u32,
+    /// No attempt starts, and none waits for its answer, past this long
+    /// after the request was routed.
+    pub(crate) deadline: Duration,
 }
 
 /// Serves one proxied request end to end.
@@ -212,11 +228,101 @@ struct Reply {
 }
 
 async fn serve(req: &Req<'_>, body: Body, tally: &mut Tally) -> Result<Response, Reply> {
-    let (parsed, model, estimate) = prepare(req, body, tally)
+    let (parsed, candidates) = prepare(req, body, tally)
         .await
         .map_err(|f| respond::failure(req.client, None, &req.path.upstream, f))?;
+    let mut trail = Trail {
+        route: parsed.model.clone(),
+        model: candidates.first().name.clone(),
+        attempts: 0,
+    };
     let started = Instant::now();
-    let (mut admission, paused) = admit(req, &model, estimate).await?;
+    let deadline = started + req.path.attempts.deadline;
+    let mut last = None;
+    for model in candidates.iter() {
+        if trail.attempts >= req.path.attempts.max || Instant::now() >= deadline {
+            break;
+        }
+        trail.model = model.name.clone();
+        tally.model(&model.name);
+        match attempt(req, &parsed, model, started, deadline, tally, &mut trail).await {
+            Ok(mut r) => {
+                trail.mark(r.headers_mut());
+                return Ok(r);
+            }
+            Err(Attempted::Final(reply)) => {
+                last = Some(reply);
+                break;
+            }
+            Err(Attempted::Next(reply)) => last = Some(reply),
+        }
+    }
+    // The first candidate is always tried: `last` is set.
+    let mut reply = last.unwrap_or_else(|| {
+        respond::failure(req.client, None, &req.path.upstream, Failure::Internal)
+    });
+    trail.mark(&mut reply.error.headers);
+    Err(reply)
+}
+
+/// What the answer says about how it was served.
+struct Trail {
+    /// The model or route the request named.
+    route: String,
+    /// The model that answered, or the last one tried.
+    model: String,
+    /// Upstream calls made.
+    attempts: u32,
+}
+
+/// `x-tollgate-model`: the model that answered (or the last one tried).
+pub(crate) const MODEL_HEADER: &str = "x-tollgate-model";
+/// `x-tollgate-route`: the model or route the request named.
+pub(crate) const ROUTE_HEADER: &str = "x-tollgate-route";
+/// `x-tollgate-attempts`: the upstream calls the request made.
+pub(crate) const ATTEMPTS_HEADER: &str = "x-tollgate-attempts";
+
+impl Trail {
+    fn mark(&self, h: &mut HeaderMap) {
+        for (name, value) in [
+            (MODEL_HEADER, self.model.clone()),
+            (ROUTE_HEADER, self.route.clone()),
+            (ATTEMPTS_HEADER, self.attempts.to_string()),
+        ] {
+            if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+                h.insert(name, v);
+            }
+        }
+    }
+}
+
+/// How an attempt on one candidate failed.
+enum Attempted {
+    /// Nothing reached the client and the next candidate may serve it
+    /// (connection error, timeout, 5xx, 429, a pause, a prompt this model
+    /// cannot take).
+    Next(Reply),
+    /// The answer to give: another candidate would fail it the same way.
+    Final(Reply),
+}
+
+/// One attempt on `model`: estimate, admit, wait, forward. Each attempt
+/// settles or gives back its own reservations before the next begins.
+async fn attempt(
+    req: &Req<'_>,
+    parsed: &Parsed,
+    model: &Arc<Model>,
+    started: Instant,
+    deadline: Instant,
+    tally: &mut Tally,
+    trail: &mut Trail,
+) -> Result<Response, Attempted> {
+    let up = &req.path.upstream;
+    let estimate = estimate::estimate(parsed, model)
+        .map_err(|e| Attempted::Next(respond::failure(req.client, Some(model), up, e.into())))?;
+    let (mut admission, paused) = admit(req, model, estimate)
+        .await
+        .map_err(Attempted::Final)?;
     tally.stage(Stage::Queued);
     // The headers describe the client's bucket right after this request was
     // let in, known from its permit: no store round trip.
@@ -229,34 +335,53 @@ async fn serve(req: &Req<'_>, body: Body, tally: &mut Tally) -> Result<Response,
         reply.error.headers.extend(rl_headers.clone());
         reply
     };
-    wait(req, &model, &mut admission, paused, started)
+    wait(req, model, &mut admission, paused, started)
         .await
-        .map_err(with_headers)?;
+        .map_err(|r| Attempted::Next(with_headers(r)))?;
+    let Some(within) = deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+    else {
+        // Dropped unsent, the admission gives everything back.
+        let f = Failure::Upstream(UpstreamFailure::Timeout);
+        return Err(Attempted::Final(with_headers(respond::failure(
+            req.client,
+            Some(model),
+            up,
+            f,
+        ))));
+    };
     tally.stage(Stage::Upstream);
-    let mut r = upstream(req, &model, &parsed, estimate, admission, tally)
+    trail.attempts += 1;
+    let mut r = upstream(req, model, parsed, estimate, admission, tally, within)
         .await
-        .map_err(with_headers)?;
+        .map_err(|(reply, next)| {
+            let reply = with_headers(reply);
+            if next {
+                Attempted::Next(reply)
+            } else {
+                Attempted::Final(reply)
+            }
+        })?;
     r.headers_mut().extend(rl_headers);
     Ok(r)
 }
 
-/// Reads, parses, routes and estimates the request.
+/// Reads, parses and routes the request.
 async fn prepare(
     req: &Req<'_>,
     body: Body,
     tally: &mut Tally,
-) -> Result<(Parsed, Arc<Model>, Estimate), Failure> {
+) -> Result<(Parsed, route::Candidates), Failure> {
     let path = req.path;
     let bytes = body::read(req.headers, body, path.body_limit, path.body_timeout).await?;
     let parsed = parse::parse(req.endpoint, &bytes)?;
     let candidates = route::route(&path.models, &parsed.model, req.endpoint)?;
-    let model = candidates.first().clone();
-    tally.model(&model.name);
+    tally.model(&candidates.first().name);
     if path.log_prompts {
         tracing::debug!(client = %req.client.id, body = ?parsed.body, "request");
     }
-    let estimate = estimate::estimate(&parsed, &model)?;
-    Ok((parsed, model, estimate))
+    Ok((parsed, candidates))
 }
 
 /// Admits the request on `model`, asking the store about an upstream pause
@@ -334,7 +459,8 @@ async fn upstream(
     estimate: Estimate,
     mut admission: Admission,
     tally: &mut Tally,
-) -> Result<Response, Reply> {
+    within: Duration,
+) -> Result<Response, (Reply, bool)> {
     let up = &req.path.upstream;
     let ask = Ask {
         endpoint: req.endpoint,
@@ -342,6 +468,7 @@ async fn upstream(
         stream: parsed.stream,
         cap: estimate.cap,
         input: estimate.tokens.input,
+        within,
     };
     // From here on the upstream may have the request: a client that leaves
     // is charged its input at least (the admission settles that when dropped).
@@ -374,18 +501,18 @@ async fn upstream(
         Err(f) => {
             admission.settle(f.used(estimate.tokens.input)).await;
             forward::slow_down(up, model, &f).await;
-            Err(respond::failure(
-                req.client,
-                Some(model),
-                up,
-                Failure::Upstream(f),
-            ))
+            let next = f.falls_back();
+            if next {
+                tracing::info!(model = %model.name, outcome = f.outcome().as_str(), "upstream failed before the first byte: next candidate");
+            }
+            let reply = respond::failure(req.client, Some(model), up, Failure::Upstream(f));
+            Err((reply, next))
         }
     };
     if let Some(id) = upstream_id {
         let headers = match &mut answered {
             Ok(r) => r.headers_mut(),
-            Err(reply) => &mut reply.error.headers,
+            Err((reply, _)) => &mut reply.error.headers,
         };
         headers.insert(crate::request_id::UPSTREAM_HEADER, id);
     }

@@ -262,6 +262,7 @@ fn upstream(model: &Model, f: &UpstreamFailure, up: Option<&Upstream>) -> ApiErr
             err
         }
         UpstreamFailure::BadBody(what) => bad_body(provider, what),
+        UpstreamFailure::BrokeOff => bad_body(provider, "broke off before its end"),
         UpstreamFailure::Encoding(enc) => bad_body(
             provider,
             &format!("was encoded as {enc:?}, which this gateway cannot decode"),

@@ -1,6 +1,7 @@
 //! Where a request goes: an ordered, non-empty list of candidate models,
-//! tried in that order. Today a request goes to the model it names, so the
-//! list holds that one model.
+//! tried in that order. A request goes to the model it names, then to that
+//! model's `fallbacks` (those that serve the endpoint) when it fails before
+//! the first byte of its answer.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,7 +26,6 @@ impl Candidates {
     }
 
     /// The list `models`, or `None` when it is empty.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn of(models: Vec<Arc<Model>>) -> Option<Candidates> {
         let mut it = models.into_iter();
         let first = it.next()?;
@@ -41,7 +41,6 @@ impl Candidates {
     }
 
     /// Every candidate, in order (what fallback goes through).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Model>> {
         std::iter::once(&self.first).chain(self.rest.iter())
     }
@@ -82,7 +81,13 @@ pub(crate) fn route(
             kind: model.kind,
         });
     }
-    Ok(Candidates::one(model.clone()))
+    let fallbacks = model
+        .fallbacks
+        .iter()
+        .filter_map(|name| models.get(name))
+        .filter(|m| m.kind == endpoint.kind());
+    let list = std::iter::once(model).chain(fallbacks).cloned().collect();
+    Ok(Candidates::of(list).unwrap_or_else(|| Candidates::one(model.clone())))
 }
 
 #[cfg(test)]
@@ -120,6 +125,23 @@ mod tests {
             }
         );
         assert!(route(&f.models, "embed", Endpoint::Embeddings).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_model_is_followed_by_its_fallbacks_in_their_order() {
+        let mut first = model(10, 1000);
+        first.fallbacks = vec!["c".into(), "b".into()];
+        let f = Fixture::new(
+            &[("a", first), ("b", model(10, 1000)), ("c", model(10, 1000))],
+            &[("pro", tier(10, 1000, 0))],
+        )
+        .await;
+        let c = route(&f.models, "a", Endpoint::Chat).expect("routed");
+        let names: Vec<_> = c.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["a", "c", "b"]);
+        // A fallback's own fallbacks are not followed: the list is the named model's.
+        let b = route(&f.models, "b", Endpoint::Chat).expect("routed");
+        assert_eq!(b.len(), 1);
     }
 
     #[tokio::test]
