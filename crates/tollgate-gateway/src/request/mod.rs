@@ -320,7 +320,7 @@ async fn attempt(
     let up = &req.path.upstream;
     let estimate = estimate::estimate(parsed, model)
         .map_err(|e| Attempted::Next(respond::failure(req.client, Some(model), up, e.into())))?;
-    let (admission, paused) = admit(req, model, estimate)
+    let (mut admission, paused) = admit(req, model, estimate)
         .await
         .map_err(Attempted::Final)?;
     tally.stage(Stage::Queued);
@@ -335,7 +335,7 @@ async fn attempt(
         reply.error.headers.extend(rl_headers.clone());
         reply
     };
-    wait(req, model, &admission, paused, started)
+    wait(req, model, &mut admission, paused, started)
         .await
         .map_err(|r| Attempted::Next(with_headers(r)))?;
     let Some(within) = deadline
@@ -425,7 +425,7 @@ async fn admit(
 async fn wait(
     req: &Req<'_>,
     model: &Model,
-    admission: &Admission,
+    admission: &mut Admission,
     paused: Option<Paused>,
     started: Instant,
 ) -> Result<(), Reply> {
