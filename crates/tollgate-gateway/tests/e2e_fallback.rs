@@ -114,6 +114,18 @@ async fn nothing_reserved(gw: &RunningGateway, what: &str) {
     let (_, client) = client_in_use(gw, "pro").await;
     let (_, primary) = model_in_use(gw, PRIMARY).await;
     assert!(client < 500.0, "{what}: client {client}");
+    // The admin API shows the same.
+    let clients = admin_json(&http(), gw, "/admin/clients").await;
+    let pro = clients["clients"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["id"] == "pro"))
+        .cloned()
+        .unwrap_or_else(|| panic!("{clients}"));
+    let shown = pro["usage"]["tokens"]["in_use"].as_f64().unwrap();
+    assert!(
+        shown < 500.0,
+        "{what}: /admin/clients shows {shown} tokens in use"
+    );
     if what.starts_with("429") {
         assert!(
             primary > 1_000.0,

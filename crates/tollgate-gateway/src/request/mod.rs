@@ -353,7 +353,7 @@ async fn attempt(
         reply.error.headers.extend(rl_headers.clone());
         reply
     };
-    if let Err(r) = wait(req, model, &admission, paused, started).await {
+    if let Err(r) = wait(req, model, &mut admission, paused, started).await {
         admission.ended(r.outcome, Some(&r.error.code));
         return Err(Attempted::Next(with_headers(r)));
     }
@@ -441,7 +441,7 @@ async fn admit(
 async fn wait(
     req: &Req<'_>,
     model: &Model,
-    admission: &Admission,
+    admission: &mut Admission,
     paused: Option<Paused>,
     started: Instant,
 ) -> Result<(), Reply> {

@@ -140,7 +140,22 @@ impl Admission {
             .unwrap_or_default()
     }
 
-    /// The client and the model this admission is for.
+    /// The granted bucket reservations with their limiters, to wait for
+    /// their slots (they stay this admission's).
+    pub(crate) fn reservations_mut(&mut self) -> impl Iterator<Item = (&RateLimiter, &mut Permit)> {
+        let Parts {
+            client,
+            model,
+            client_permit,
+            model_permit,
+            ..
+        } = &mut self.parts;
+        let client = client_permit.as_mut().map(|p| (&client.limiter, p));
+        let model = model_permit.as_mut().map(|p| (&model.limiter, p));
+        client.into_iter().chain(model)
+    }
+
+    /// The client this admission is for.
     pub(crate) fn client(&self) -> &Arc<Client> {
         &self.parts.client
     }
