@@ -220,16 +220,7 @@ async fn ten_thousand_requests_over_two_instances_leave_one_row_each_and_reports
     assert_eq!(reported_refused, refused);
     let groups = report["groups"].as_array().unwrap();
     assert_eq!(groups.len(), 3, "{groups:?}");
-    let csv = http()
-        .get(format!("{}/admin/usage?group_by=model", b.url))
-        .bearer_auth(ADMIN)
-        .header("accept", "text/csv")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let csv = admin_text(&format!("{}/admin/usage?group_by=model", b.url), "text/csv").await;
     let last = csv.lines().last().unwrap();
     assert!(last.starts_with(&format!("total,{N},")), "{csv}");
     assert!(csv.lines().any(|l| l.starts_with("broken,")), "{csv}");
@@ -271,19 +262,25 @@ async fn postgres_stopped_under_load_and_started_again_loses_and_doubles_no_row(
     let store = Store::open(&pg.url()).await.unwrap();
     let rows = rows_when(&store, answers.len(), Duration::from_secs(20)).await;
     one_row_per_answer(&answers, &rows);
-    let metrics = http()
-        .get(format!("{}/metrics", gw.url))
+    let metrics = admin_text(&format!("{}/metrics", gw.url), "text/plain").await;
+    let spooled = metric(&metrics, "tollgate_ledger_spooled_total");
+    assert!(spooled > 0.0, "rows went through the spool: {metrics}");
+    assert_eq!(metric(&metrics, "tollgate_ledger_spool_rows"), 0.0);
+    assert_eq!(metric(&metrics, "tollgate_ledger_lost_total"), 0.0);
+}
+
+/// The body of an admin GET of `url`, accepting `accept`.
+async fn admin_text(url: &str, accept: &str) -> String {
+    http()
+        .get(url)
         .bearer_auth(ADMIN)
+        .header("accept", accept)
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    let spooled = metric(&metrics, "tollgate_ledger_spooled_total");
-    assert!(spooled > 0.0, "rows went through the spool: {metrics}");
-    assert_eq!(metric(&metrics, "tollgate_ledger_spool_rows"), 0.0);
-    assert_eq!(metric(&metrics, "tollgate_ledger_lost_total"), 0.0);
+        .unwrap()
 }
 
 fn metric(text: &str, name: &str) -> f64 {
