@@ -73,16 +73,27 @@ pub async fn run(args: &[String]) -> Result<()> {
     let mut gateways = Vec::new();
     let mut bases = vec![("direct".to_string(), upstream.clone())];
     let stores = std::iter::once("memory://".to_string()).chain(o.store.clone());
+    // Each gateway's usage ledger: a SQLite file here (as by default beside
+    // a configuration file), or off for the `-noledger` variants.
+    let ledgers = LedgerDir::new()?;
     for store in stores {
-        let name = format!("tollgate-{}", store.split(':').next().unwrap_or("store"));
-        if !wanted(&o, &name) {
-            continue;
+        let base = format!("tollgate-{}", store.split(':').next().unwrap_or("store"));
+        let mut variants = vec![(base.clone(), ledgers.file(&base))];
+        if o.ledger_off {
+            variants.push((format!("{base}-noledger"), "off".to_string()));
         }
-        let gw = tollgate_gateway::start(gateway_config(&upstream, &store))
-            .await
-            .with_context(|| format!("cannot start tollgate with store {store}"))?;
-        bases.push((name, format!("{}/v1", gw.url())));
-        gateways.push(gw);
+        for (name, ledger) in variants {
+            if !wanted(&o, &name) {
+                continue;
+            }
+            let mut config = gateway_config(&upstream, &store);
+            config.ledger.url = ledger;
+            let gw = tollgate_gateway::start(config)
+                .await
+                .with_context(|| format!("cannot start tollgate with store {store}"))?;
+            bases.push((name, format!("{}/v1", gw.url())));
+            gateways.push(gw);
+        }
     }
     bases.extend(o.targets.iter().filter(|(n, _)| wanted(&o, n)).cloned());
     let endpoints: Vec<Endpoint> = bases
@@ -215,6 +226,28 @@ async fn commandstats(conn: &mut redis::aio::MultiplexedConnection) -> Result<(u
 struct Cost {
     cpu: Option<Duration>,
     redis: Option<(u64, u64)>,
+}
+
+/// A temporary folder for the benchmarked gateways' ledgers, removed when
+/// dropped.
+struct LedgerDir(std::path::PathBuf);
+
+impl LedgerDir {
+    fn new() -> Result<LedgerDir> {
+        let dir = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(LedgerDir(dir))
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.0.join(format!("{name}.sqlite")).display().to_string()
+    }
+}
+
+impl Drop for LedgerDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn wanted(o: &Options, name: &str) -> bool {

@@ -1,6 +1,7 @@
 //! The `tollgate` command: `serve` the gateway, `hash-key` for the config.
 
 mod bench;
+mod report;
 mod upstream;
 
 use std::path::PathBuf;
@@ -24,6 +25,10 @@ usage:
                                    (MODE: 5xx status, 429[:SECS], hang,
                                    slow:MS, close:EVENTS; --fault none: none)
   tollgate hash-key KEY            print the SHA-256 of an API key for the config
+  tollgate report --config FILE [--from WHEN] [--to WHEN] [--group-by G]
+                                   the usage ledger's requests, refusals,
+                                   tokens, spend, waits and savings as a
+                                   table; `tollgate report --help`
   tollgate bench [--rates 1000,5000] [--secs 5] [--store URL]
                  [--target NAME=URL] [--key KEY] [--search-p99-ms MS]
                                    latency the gateway (and other proxies)
@@ -104,6 +109,12 @@ fn run() -> Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(bench::generator::serve(&args[1..]))
+        }
+        Some("report") => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(report::run(&args[1..]))
         }
         Some("upstream-sim") => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -190,10 +201,17 @@ async fn serve(args: &[String]) -> Result<()> {
             let sim = tollgate_gateway::upstream_sim::start(sim_config, 0)
                 .await
                 .context("cannot start the simulated upstream on 127.0.0.1")?;
-            let cfg = tollgate_gateway::demo::config(
+            let mut cfg = tollgate_gateway::demo::config(
                 listen.as_deref().unwrap_or("127.0.0.1:8080"),
                 &sim.base_url(),
             );
+            // The demo's ledger: a temporary file, reported on at start.
+            let ledger = std::env::temp_dir().join(format!(
+                "tollgate-demo-ledger-{}.sqlite",
+                std::process::id()
+            ));
+            cfg.ledger.url = ledger.display().to_string();
+            tracing::info!(path = %ledger.display(), "demo ledger (SQLite, temporary)");
             _upstream = Some(sim);
             cfg
         }

@@ -7,6 +7,8 @@
 //!   (validated as the file is; `null` removes a limit, 0 is refused);
 //! - `GET /admin/overrides`: the changes in force over the config file,
 //!   with their versions and the file's values they shadow;
+//! - `GET /admin/usage?from=&to=&group_by=client|tier|model|route|day`: the
+//!   usage ledger's report (JSON, or CSV for `Accept: text/csv`);
 //! - `DELETE /admin/overrides/tiers/{name}`, `DELETE
 //!   /admin/overrides/clients/{id}`: remove one (the file's values apply
 //!   again).
@@ -392,4 +394,16 @@ pub async fn remove_client_override(
         },
     )
     .await
+}
+
+/// `GET /admin/usage?from=&to=&group_by=`: the usage ledger's report.
+pub async fn usage(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    axum::extract::Query(params): axum::extract::Query<crate::ledger::http::UsageParams>,
+) -> Response {
+    if let Err(e) = authorize(&gw, &headers) {
+        return e.into_response();
+    }
+    crate::ledger::http::usage_response(gw.ledger.as_deref(), &params, &headers).await
 }

@@ -9,7 +9,7 @@ use tollgate::{OutagePolicy, PriorityClass, RateLimiter, Store};
 
 use crate::budget::{Budgets, MemoryBudgets, RedisBudgets};
 use crate::config::{model_limits, Config, ConfigError};
-use crate::ledger::LogLedger;
+use crate::ledger::UsageLedger;
 use crate::metrics::Metrics;
 use crate::model::{Endpoint, Model, Price};
 use crate::pause::Hold;
@@ -49,6 +49,9 @@ pub enum StartError {
     /// The HTTP client could not be built.
     #[error("cannot build the upstream HTTP client: {0}")]
     Http(String),
+    /// The usage ledger could not be opened.
+    #[error("cannot open the usage ledger: {0}")]
+    Ledger(String),
 }
 
 /// The state every request handler shares.
@@ -70,6 +73,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// Client connections open, refused and timed out.
     pub connections: Arc<crate::listener::ConnectionStats>,
+    /// The usage ledger (`None`: `ledger.url = "off"`).
+    pub ledger: Option<Arc<UsageLedger>>,
     /// What the request path needs of all this.
     pub(crate) pipeline: Pipeline,
     pub(crate) admin_hash: Option<[u8; 32]>,
@@ -84,6 +89,21 @@ impl Gateway {
         config.validate()?;
         let outage = config.outage_policy()?;
         let (store, budgets, sync) = connect(&config).await?;
+        let ledger = match config.ledger_settings() {
+            Some(settings) => Some(Arc::new(
+                UsageLedger::open(&settings)
+                    .await
+                    .map_err(|e| StartError::Ledger(e.to_string()))?,
+            )),
+            None => None,
+        };
+        let budgets = match &ledger {
+            Some(l) => budgets
+                .rebuilt_from(l)
+                .await
+                .map_err(|e| StartError::Ledger(format!("rebuilding spend: {e}")))?,
+            None => budgets,
+        };
         let models = Arc::new(build_models(&config, &store, outage).await?);
         let (version, overrides) = sync.load().await.map_err(StartError::Store)?;
         let overrides = overrides.unwrap_or_default();
@@ -108,7 +128,7 @@ impl Gateway {
         let books = Arc::new(Books {
             budgets: budgets.clone(),
             metrics: metrics.clone(),
-            ledger: Arc::new(LogLedger),
+            ledger: ledger.clone(),
             outage,
             inline: store.is_memory(),
         });
@@ -122,6 +142,7 @@ impl Gateway {
             models,
             metrics,
             connections: Arc::default(),
+            ledger,
             pipeline,
             admin_hash,
             registry: RwLock::new(Arc::new(registry)),

@@ -35,6 +35,17 @@ const METRICS: &[(&str, &str, &str)] = &[
     ("tollgate_budget_usd", "gauge", "Budget in USD by tier and period (day, month), summed over the tier's clients with a budget; by client too where metrics.client_labels is on."),
     ("tollgate_budget_left_usd", "gauge", "Budget left in USD by tier and period (day, month), summed over the tier's clients with a budget; by client too where metrics.client_labels is on."),
     ("tollgate_store_up", "gauge", "Whether the limit and spend store answered a ping at this scrape (1) or not (0)."),
+    ("tollgate_ledger_backlog", "gauge", "Ledger rows recorded and not yet in the database or the spool."),
+    ("tollgate_ledger_spool_rows", "gauge", "Ledger rows waiting in the local spool for the database."),
+    ("tollgate_ledger_up", "gauge", "Whether the ledger database took the last write (1) or not (0)."),
+    ("tollgate_ledger_rows_written_total", "counter", "Ledger rows inserted into the database (replays included)."),
+    ("tollgate_ledger_duplicates_total", "counter", "Ledger rows already in the database when written again (a replay after a crash), kept once."),
+    ("tollgate_ledger_overflow_total", "counter", "Ledger rows that found the writer's queue full and went straight to the spool."),
+    ("tollgate_ledger_spooled_total", "counter", "Ledger rows spooled because the database failed."),
+    ("tollgate_ledger_replayed_total", "counter", "Ledger rows replayed from the spool into the database."),
+    ("tollgate_ledger_write_errors_total", "counter", "Failed ledger database writes."),
+    ("tollgate_ledger_lost_total", "counter", "Ledger rows neither the database nor the spool could take (logged as errors)."),
+    ("tollgate_ledger_spool_corrupt_total", "counter", "Spool lines that could not be read back (cut off by a crash mid-write)."),
 ];
 
 /// Names of the metrics, so that a typo cannot open a new series.
@@ -63,6 +74,28 @@ pub mod names {
     pub const BUDGET_LEFT: &str = "tollgate_budget_left_usd";
     /// Store health.
     pub const STORE_UP: &str = "tollgate_store_up";
+    /// Ledger rows not yet written.
+    pub const LEDGER_BACKLOG: &str = "tollgate_ledger_backlog";
+    /// Ledger rows in the spool.
+    pub const LEDGER_SPOOL_ROWS: &str = "tollgate_ledger_spool_rows";
+    /// Ledger database health.
+    pub const LEDGER_UP: &str = "tollgate_ledger_up";
+    /// Ledger rows inserted.
+    pub const LEDGER_WRITTEN: &str = "tollgate_ledger_rows_written_total";
+    /// Ledger rows written twice, kept once.
+    pub const LEDGER_DUPLICATES: &str = "tollgate_ledger_duplicates_total";
+    /// Ledger rows spooled at a full queue.
+    pub const LEDGER_OVERFLOW: &str = "tollgate_ledger_overflow_total";
+    /// Ledger rows spooled at a database failure.
+    pub const LEDGER_SPOOLED: &str = "tollgate_ledger_spooled_total";
+    /// Ledger rows replayed.
+    pub const LEDGER_REPLAYED: &str = "tollgate_ledger_replayed_total";
+    /// Failed ledger writes.
+    pub const LEDGER_WRITE_ERRORS: &str = "tollgate_ledger_write_errors_total";
+    /// Ledger rows lost.
+    pub const LEDGER_LOST: &str = "tollgate_ledger_lost_total";
+    /// Unreadable spool lines.
+    pub const LEDGER_SPOOL_CORRUPT: &str = "tollgate_ledger_spool_corrupt_total";
 }
 
 const BUCKETS: &[f64] = &[

@@ -39,6 +39,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/admin/clients/{id}/tier", put(admin::set_client_tier))
         .route("/admin/tiers/{name}", patch(admin::patch_tier))
         .route("/admin/overrides", get(admin::overrides))
+        .route("/admin/usage", get(admin::usage))
         .route(
             "/admin/overrides/tiers/{name}",
             delete(admin::remove_tier_override),
@@ -158,6 +159,9 @@ async fn metrics_text(gw: &Gateway) -> Response {
     use crate::metrics::names;
     use std::sync::atomic::Ordering::Relaxed;
     let m = &gw.metrics;
+    if let Some(ledger) = &gw.ledger {
+        crate::ledger::http::publish_metrics(m, ledger);
+    }
     let c = &gw.connections;
     m.gauge_set(
         names::IN_FLIGHT,
@@ -293,9 +297,15 @@ impl RunningGateway {
             _ = signal => {}
         }
         self.stop();
-        server
+        let served = server
             .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        // The ledger's queue goes to the database (or the spool) before the
+        // process ends.
+        if let Some(ledger) = &self.gateway.ledger {
+            ledger.close().await;
+        }
+        served
     }
 
     /// Stops accepting connections; running requests finish.

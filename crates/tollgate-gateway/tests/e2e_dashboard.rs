@@ -314,15 +314,16 @@ async fn the_dashboard_shows_what_the_gateway_reports() {
             .await,
         "memory · up"
     );
+    // The test configuration keeps its usage ledger in SQLite (in memory).
     assert_eq!(
         b.eval("document.getElementById('ledger-state').dataset.enabled")
             .await,
-        "0"
+        "1"
     );
     assert_eq!(
         b.eval("document.getElementById('ledger-state').textContent")
             .await,
-        "off"
+        "sqlite · up"
     );
     assert_eq!(
         b.eval("Number(document.getElementById('totals-requests').dataset.value)")
@@ -552,7 +553,8 @@ async fn the_dashboard_needs_the_admin_token() {
     assert_eq!(r.status(), 200);
     let o: Value = r.json().await.unwrap();
     assert_eq!(o["store"]["up"], true);
-    assert_eq!(o["ledger"]["enabled"], false);
+    assert_eq!(o["ledger"]["enabled"], true);
+    assert_eq!(o["ledger"]["kind"], "sqlite");
     // A cookie of another token is no way in.
     let r = send(
         c.get(format!("{}/dashboard/api/overview", gw.url()))

@@ -25,6 +25,8 @@ pub mod client;
 pub mod cluster;
 pub mod faults;
 pub mod fleet;
+pub mod ledger_writer;
+pub mod postgres;
 pub mod procs;
 pub mod python;
 pub mod script_cost;

@@ -101,6 +101,22 @@ impl LoadArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The usage ledger's writer: rows/s into SQLite and PostgreSQL (a
+    /// server of its own), batched and one row per transaction.
+    LedgerWriter {
+        /// Rows per batched run.
+        #[arg(long, default_value_t = 100_000)]
+        rows: usize,
+        /// Rows per one-row-per-transaction run.
+        #[arg(long, default_value_t = 2_000)]
+        single_rows: usize,
+        /// Runs of each (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the provider stand-in alone (for manual tests) for a while.
     Standin {
         /// Port on 127.0.0.1 (0: any free one).
@@ -257,6 +273,20 @@ fn main() {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Worker { config, out } => worker_main(&config, &out),
+        Command::LedgerWriter {
+            rows,
+            single_rows,
+            runs,
+            json,
+        } => {
+            let opts = tollgate_harness::ledger_writer::WriterBenchOptions {
+                rows,
+                single_rows,
+                runs: runs.max(1),
+            };
+            let result = tollgate_harness::ledger_writer::run(&opts)?;
+            print_report(json, &result, |r| tollgate_harness::ledger_writer::table(r))
+        }
         Command::Scripts { pairs, json } => {
             let rows = script_cost::run(&ScriptCostOptions { pairs })?;
             print_report(json, &rows, |r| script_cost::table(r))

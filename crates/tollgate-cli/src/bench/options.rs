@@ -35,6 +35,9 @@ CPU time (INFO cpu) per request.
   --search-secs 2         length of each search run (at least 200 requests)
   --timeout-secs 5        a request unanswered for this long is timed out
   --max-in-flight 2000    requests due beyond this many in flight are shed
+  --ledger-off            also measure each tollgate endpoint with the usage
+                          ledger off (NAME-noledger), beside the same gateway
+                          with its ledger in a temporary SQLite file
   --only NAME,NAME        measure only these endpoints (direct is always kept)
   --tsv FILE              append one line per run to FILE";
 
@@ -70,6 +73,8 @@ pub struct Options {
     pub max_in_flight: usize,
     /// Endpoint names to keep (empty: all).
     pub only: Vec<String>,
+    /// Also measure each tollgate endpoint with the ledger off.
+    pub ledger_off: bool,
     /// Where to append machine-readable results.
     pub tsv: Option<PathBuf>,
 }
@@ -102,6 +107,7 @@ pub fn parse(args: &[String]) -> Result<Option<Options>> {
         timeout: Duration::from_secs(5),
         max_in_flight: 2000,
         only: Vec::new(),
+        ledger_off: false,
         tsv: None,
     };
     let mut it = args.iter();
@@ -110,6 +116,10 @@ pub fn parse(args: &[String]) -> Result<Option<Options>> {
             "--help" | "-h" => return Ok(None),
             "--check-limits" => {
                 o.check_limits = true;
+                continue;
+            }
+            "--ledger-off" => {
+                o.ledger_off = true;
                 continue;
             }
             _ => {}

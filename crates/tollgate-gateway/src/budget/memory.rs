@@ -90,6 +90,16 @@ impl MemoryBudgets {
         }
     }
 
+    /// Raises `client`'s spend in `p` to at least `spend` (what the ledger
+    /// holds): a process that starts again does not start from zero.
+    pub fn seed(&self, client: &str, p: Period, spend: Spend) {
+        let mut accounts = self.accounts.lock();
+        let a = accounts.entry(client.to_string()).or_default();
+        a.roll(p);
+        a.day_spent = a.day_spent.max(spend.today);
+        a.month_spent = a.month_spent.max(spend.month);
+    }
+
     pub(crate) fn spend(&self, client: &str, p: Period) -> Spend {
         let accounts = self.accounts.lock();
         match accounts.get(client) {

@@ -17,7 +17,6 @@ mod period;
 mod redis;
 
 pub use self::memory::MemoryBudgets;
-#[cfg(test)]
 pub(crate) use self::period::civil_from_days;
 pub(crate) use self::period::days_from_civil;
 pub use self::period::Period;
@@ -110,6 +109,27 @@ pub enum Budgets {
 }
 
 impl Budgets {
+    /// These budgets, rebuilt from `ledger` when the store loses them: on
+    /// Redis, each client's month is seeded from the ledger before its
+    /// first reservation (see [`RedisBudgets::with_ledger`]); in memory,
+    /// every client's spend today and this month is read from it now (a
+    /// process that starts again does not start from zero).
+    pub async fn rebuilt_from(
+        self,
+        ledger: &std::sync::Arc<crate::ledger::UsageLedger>,
+    ) -> Result<Budgets, crate::ledger::StoreError> {
+        match self {
+            Budgets::Redis(r) => Ok(Budgets::Redis(Box::new(r.with_ledger(ledger.clone())))),
+            Budgets::Memory(m) => {
+                let period = Period::now();
+                for (client, spend) in ledger.all_spend(period).await? {
+                    m.seed(&client, period, spend);
+                }
+                Ok(Budgets::Memory(m))
+            }
+        }
+    }
+
     /// Reserves `amount` nano-USD against the client's budgets. A client
     /// without budgets has nothing to protect: nothing is reserved (no store
     /// round trip) and the settlement records the actual cost.

@@ -19,6 +19,7 @@ use super::{BudgetError, BudgetLimits, Hold, Period, Spend};
 
 const RESERVE: &str = include_str!("reserve.lua");
 const SETTLE: &str = include_str!("settle.lua");
+const SEED: &str = include_str!("seed.lua");
 const DAY_TTL_SECS: u64 = 3 * 86_400;
 const MONTH_TTL_SECS: u64 = 62 * 86_400;
 /// How long a hold key lives at least; longer when the configuration lets a
@@ -61,6 +62,9 @@ pub struct RedisBudgets {
     conn: RedisConnection,
     reserve: redis::Script,
     settle: redis::Script,
+    seed: redis::Script,
+    /// Where spend is rebuilt from when the counters were lost.
+    ledger: Option<std::sync::Arc<crate::ledger::UsageLedger>>,
     timeout: Duration,
     settle_timeout: Duration,
     /// How long a hold key lives (see [`hold_lifetime`]).
@@ -84,6 +88,10 @@ fn keys(client: &str, p: Period) -> (String, String) {
     )
 }
 
+fn seed_key(client: &str, p: Period) -> String {
+    format!("tollgate:spend:{{{client}}}:seeded:{}", p.month)
+}
+
 fn hold_key(hold: &Hold) -> String {
     format!("tollgate:spend:{{{}}}:h:{:032x}", hold.client, hold.id)
 }
@@ -102,6 +110,8 @@ impl RedisBudgets {
             conn,
             reserve: redis::Script::new(RESERVE),
             settle: redis::Script::new(SETTLE),
+            seed: redis::Script::new(SEED),
+            ledger: None,
             timeout,
             settle_timeout: timeout * SETTLE_TIMEOUT_FACTOR,
             hold_ttl: Duration::from_secs(HOLD_TTL_SECS),
@@ -114,6 +124,49 @@ impl RedisBudgets {
     pub fn with_hold_ttl(mut self, ttl: Duration) -> Self {
         self.hold_ttl = ttl;
         self
+    }
+
+    /// Rebuilds spend from `ledger` whenever the store lost it (a Redis
+    /// restarted empty, a new month): a reservation first finds the month's
+    /// seed mark, and without it the client's day and month are raised to
+    /// what the ledger holds before anything is reserved.
+    pub fn with_ledger(mut self, ledger: std::sync::Arc<crate::ledger::UsageLedger>) -> Self {
+        self.ledger = Some(ledger);
+        self
+    }
+
+    /// Seeds `client`'s counters of `p` from the ledger (idempotent: the
+    /// first seed of a month wins, later ones change nothing).
+    async fn seed_from_ledger(&self, client: &str, p: Period) -> Result<(), BudgetError> {
+        let Some(ledger) = &self.ledger else {
+            return Ok(());
+        };
+        let spend = ledger.spend(client, p).await.map_err(|e| {
+            BudgetError::Store(format!(
+                "spend must be rebuilt from the ledger after the store lost it, and {e}"
+            ))
+        })?;
+        let (day, month) = keys(client, p);
+        let mut conn = self.conn.clone();
+        let mut inv = self.seed.key(&day);
+        inv.key(&month)
+            .key(seed_key(client, p))
+            .arg(spend.today)
+            .arg(spend.month)
+            .arg(DAY_TTL_SECS)
+            .arg(MONTH_TTL_SECS);
+        let seeded: i64 = self
+            .call("seeding spend", self.timeout, inv.invoke_async(&mut conn))
+            .await?;
+        if seeded == 1 {
+            tracing::info!(
+                client,
+                today_nano_usd = spend.today,
+                month_nano_usd = spend.month,
+                "spend rebuilt from the ledger"
+            );
+        }
+        Ok(())
     }
 
     fn now_ms(&self) -> u64 {
@@ -164,18 +217,24 @@ impl RedisBudgets {
     ) -> Result<Hold, BudgetError> {
         let (day, month) = keys(&hold.client, hold.period);
         let hkey = hold_key(&hold);
+        let seed = seed_key(&hold.client, hold.period);
         let mut last = None;
-        for _ in 0..RESERVE_TRIES {
+        let mut seeded = false;
+        let mut tries = 0;
+        while tries < RESERVE_TRIES {
+            tries += 1;
             let mut conn = self.conn.clone();
             let mut inv = self.reserve.key(&day);
             inv.key(&month)
                 .key(&hkey)
+                .key(&seed)
                 .arg(hold.amount)
                 .arg(limits.daily.unwrap_or(-1))
                 .arg(limits.monthly.unwrap_or(-1))
                 .arg(DAY_TTL_SECS)
                 .arg(MONTH_TTL_SECS)
-                .arg(self.hold_ttl.as_secs());
+                .arg(self.hold_ttl.as_secs())
+                .arg(u8::from(self.ledger.is_some()));
             let called = self
                 .call("reserving spend", self.timeout, inv.invoke_async(&mut conn))
                 .await;
@@ -186,6 +245,13 @@ impl RedisBudgets {
                     continue;
                 }
             };
+            if status == 4 && !seeded {
+                // Not counted as a try: the store answered.
+                self.seed_from_ledger(&hold.client, hold.period).await?;
+                seeded = true;
+                tries -= 1;
+                continue;
+            }
             return match status {
                 0 => Ok(hold),
                 1 => Err(BudgetError::Daily {

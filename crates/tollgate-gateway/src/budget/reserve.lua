@@ -8,15 +8,19 @@
 -- KEYS[2]  spend of the month  (integer nano-USD), e.g. tollgate:spend:{acme}:m:202406
 -- KEYS[3]  the hold,           e.g. tollgate:spend:{acme}:h:0192f0c1...: the amount
 --          reserved, or 's' once settled or cancelled
+-- KEYS[4]  the month's seed mark (see seed.lua), e.g. tollgate:spend:{acme}:seeded:202406
 -- ARGV[1]  amount to reserve (nano-USD, >= 0)
 -- ARGV[2]  daily limit (nano-USD), -1 for none
 -- ARGV[3]  monthly limit (nano-USD), -1 for none
 -- ARGV[4]  TTL of the day key, seconds
 -- ARGV[5]  TTL of the month key, seconds
 -- ARGV[6]  TTL of the hold key, seconds
+-- ARGV[7]  1 when spend is rebuilt from a ledger: without the seed mark the
+--          counters may have been lost, and nothing is reserved (status 4)
 -- Returns {status, day_spent, month_spent}: status 0 = reserved (now or by
 -- an earlier try), 1 = daily budget refused, 2 = monthly budget refused,
--- 3 = already settled or cancelled (spent values before the call).
+-- 3 = already settled or cancelled (spent values before the call), 4 = the
+-- month is not seeded from the ledger yet (nothing written).
 local day = tonumber(redis.call('GET', KEYS[1]) or '0')
 local month = tonumber(redis.call('GET', KEYS[2]) or '0')
 local held = redis.call('GET', KEYS[3])
@@ -25,6 +29,9 @@ if held == 's' then
 end
 if held then
   return {0, day, month}
+end
+if ARGV[7] == '1' and redis.call('EXISTS', KEYS[4]) == 0 then
+  return {4, day, month}
 end
 local amount = tonumber(ARGV[1])
 local daily = tonumber(ARGV[2])

@@ -1,11 +1,12 @@
 //! The configuration: the file's types ([`types`]), loading with errors that
 //! name the line or field, and validation (one place for every rule).
 
+mod ledger;
 mod types;
 
 pub use types::{
-    AdminConfig, ClientConfig, Config, MetricsConfig, ModelConfig, ModelKind, PriorityConfig,
-    ProviderConfig, ServerConfig, StoreConfig, TierConfig,
+    AdminConfig, ClientConfig, Config, LedgerConfig, MetricsConfig, ModelConfig, ModelKind,
+    PriorityConfig, ProviderConfig, ServerConfig, StoreConfig, TierConfig,
 };
 
 use std::collections::{HashMap, HashSet};
@@ -53,7 +54,14 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Config::from_toml(&text)
+        let mut config = Config::from_toml(&text)?;
+        config.ledger.base_dir = Some(
+            path.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf(),
+        );
+        Ok(config)
     }
 
     /// Parses and validates a configuration from TOML text.
@@ -177,6 +185,7 @@ impl Config {
                 "must be between 10 and 60000 milliseconds",
             ));
         }
+        self.validate_ledger()?;
         if let Some(addr) = &self.metrics.listen {
             addr.parse::<SocketAddr>().map_err(|_| {
                 invalid(

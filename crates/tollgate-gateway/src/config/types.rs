@@ -33,6 +33,53 @@ pub struct Config {
     /// Clients (tenants).
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
+    /// The usage ledger.
+    #[serde(default)]
+    pub ledger: LedgerConfig,
+}
+
+/// `[ledger]`: where every request's row is kept (see `ledger`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// The database: a SQLite file (`"sqlite:PATH"` or a plain path,
+    /// relative to the configuration file's folder), `"postgres://…"` for
+    /// several instances sharing one ledger, or `"off"`. Default: the SQLite
+    /// file `tollgate-ledger.sqlite` beside the configuration file (in
+    /// memory for a configuration given as text).
+    pub url: String,
+    /// The spool file rows wait in while the database is unreachable
+    /// (relative to the configuration file's folder). Default: beside the
+    /// SQLite file (`….sqlite.spool`), or `tollgate-ledger-INSTANCE.spool`
+    /// beside the configuration for PostgreSQL. Each instance needs its own.
+    pub spool_path: Option<String>,
+    /// This instance's name in its rows. Default: `server.listen`.
+    pub instance: Option<String>,
+    /// Longest a row waits before its batch is written, milliseconds: the
+    /// most a SIGKILL of the gateway can lose (plus one write). Default 100.
+    pub flush_interval_ms: u64,
+    /// Most rows in one insert. Default 500.
+    pub batch_rows: usize,
+    /// Rows the writer's queue holds; beyond it, rows go straight to the
+    /// spool (counted in `tollgate_ledger_overflow_total`). Default 65536.
+    pub queue_rows: usize,
+    /// The folder of the configuration file, set when it is loaded.
+    #[serde(skip)]
+    pub base_dir: Option<std::path::PathBuf>,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            url: String::new(),
+            spool_path: None,
+            instance: None,
+            flush_interval_ms: 100,
+            batch_rows: 500,
+            queue_rows: 65_536,
+            base_dir: None,
+        }
+    }
 }
 
 /// `[server]`.

@@ -217,13 +217,33 @@ pub async fn overview(gw: &Gateway) -> Value {
     })
 }
 
-/// The ledger's health. Today settled requests go to the log only (target
-/// `tollgate::usage`): the page says so rather than show figures it does
-/// not have.
-fn ledger(_gw: &Gateway) -> Value {
+/// The ledger's health: its database, whether the last write went in, the
+/// rows queued and spooled (what `/metrics` says as `tollgate_ledger_*`).
+fn ledger(gw: &Gateway) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(l) = &gw.ledger else {
+        return json!({
+            "enabled": false,
+            "kind": "off",
+            "detail": "The usage ledger is off (ledger.url = \"off\"): no rows are kept.",
+        });
+    };
+    let s = l.stats();
+    let healthy = s.database_up.load(Relaxed);
+    let (backlog, spooled) = (s.backlog.load(Relaxed), l.spooled());
     json!({
-        "enabled": false,
-        "kind": "log",
-        "detail": "No usage ledger is configured: settled requests are written to the log (target tollgate::usage) only, so there is no backlog or spool to watch.",
+        "enabled": true,
+        "kind": l.store().kind(),
+        "healthy": healthy,
+        "backlog": backlog,
+        "spool_rows": spooled,
+        "written": s.written.load(Relaxed),
+        "lost": s.lost.load(Relaxed),
+        "detail": format!(
+            "{backlog} rows queued, {spooled} in the spool, {} written, {} lost{}",
+            s.written.load(Relaxed),
+            s.lost.load(Relaxed),
+            if healthy { "" } else { "; the database is unreachable: rows wait in the spool" }
+        ),
     })
 }

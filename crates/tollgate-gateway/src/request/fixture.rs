@@ -10,7 +10,6 @@ use tollgate::{OutagePolicy, Store};
 use super::settle::Books;
 use crate::budget::{Budgets, MemoryBudgets};
 use crate::config::{ClientConfig, Config, ModelConfig, ModelKind, ProviderConfig, TierConfig};
-use crate::ledger::LogLedger;
 use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::registry::{Client, Overrides, Registry};
@@ -91,7 +90,7 @@ impl Fixture {
         let books = Arc::new(Books {
             budgets: Arc::new(Budgets::Memory(MemoryBudgets::new())),
             metrics: Arc::new(Metrics::new(true)),
-            ledger: Arc::new(LogLedger),
+            ledger: None,
             outage,
             inline: true,
         });

@@ -52,7 +52,7 @@ use self::estimate::Estimate;
 use self::forward::{Answer, Ask, Upstream, UpstreamFailure};
 use self::parse::Parsed;
 use self::route::RouteError;
-use self::settle::{Admission, Books};
+use self::settle::{Admission, Books, RowDraft};
 use self::tally::{Stage, Tally};
 use crate::model::{Endpoint, Model};
 use crate::outcome::Outcome;
@@ -231,10 +231,19 @@ async fn serve(req: &Req<'_>, body: Body, tally: &mut Tally) -> Result<Response,
     let (parsed, candidates) = prepare(req, body, tally)
         .await
         .map_err(|f| respond::failure(req.client, None, &req.path.upstream, f))?;
+    // The request reached admission: its ledger row, written once every
+    // attempt has settled (see `settle::RowDraft`).
+    let draft = req.path.books.draft(
+        req.request_id.0,
+        req.client,
+        &parsed.model,
+        req.path.models.get(&parsed.model),
+    );
     let mut trail = Trail {
         route: parsed.model.clone(),
         model: candidates.first().name.clone(),
         attempts: 0,
+        draft,
     };
     let started = Instant::now();
     let deadline = started + req.path.attempts.deadline;
@@ -262,6 +271,9 @@ async fn serve(req: &Req<'_>, body: Body, tally: &mut Tally) -> Result<Response,
         respond::failure(req.client, None, &req.path.upstream, Failure::Internal)
     });
     trail.mark(&mut reply.error.headers);
+    if let Some(d) = &trail.draft {
+        d.ended(reply.outcome, Some(&reply.error.code));
+    }
     Err(reply)
 }
 
@@ -273,6 +285,8 @@ struct Trail {
     model: String,
     /// Upstream calls made.
     attempts: u32,
+    /// The request's ledger row, which every attempt adds to.
+    draft: Option<Arc<RowDraft>>,
 }
 
 /// `x-tollgate-model`: the model that answered (or the last one tried).
@@ -320,9 +334,13 @@ async fn attempt(
     let up = &req.path.upstream;
     let estimate = estimate::estimate(parsed, model)
         .map_err(|e| Attempted::Next(respond::failure(req.client, Some(model), up, e.into())))?;
-    let (admission, paused) = admit(req, model, estimate)
+    if let Some(d) = &trail.draft {
+        d.estimated(estimate.tokens);
+    }
+    let (mut admission, paused) = admit(req, model, estimate)
         .await
         .map_err(Attempted::Final)?;
+    admission.set_request(req.request_id.0, trail.draft.clone());
     tally.stage(Stage::Queued);
     // The headers describe the client's bucket right after this request was
     // let in, known from its permit: no store round trip.
@@ -335,9 +353,10 @@ async fn attempt(
         reply.error.headers.extend(rl_headers.clone());
         reply
     };
-    wait(req, model, &admission, paused, started)
-        .await
-        .map_err(|r| Attempted::Next(with_headers(r)))?;
+    if let Err(r) = wait(req, model, &mut admission, paused, started).await {
+        admission.ended(r.outcome, Some(&r.error.code));
+        return Err(Attempted::Next(with_headers(r)));
+    }
     let Some(within) = deadline
         .checked_duration_since(Instant::now())
         .filter(|d| !d.is_zero())
@@ -402,10 +421,7 @@ async fn admit(
     });
     let (admitted, paused) = tokio::join!(admitting, model.hold.check(&up.store, up.store_timeout));
     match admitted {
-        Ok(Ok(mut a)) => {
-            a.set_request_id(req.request_id.0);
-            Ok((a, paused))
-        }
+        Ok(Ok(a)) => Ok((a, paused)),
         Ok(Err(refusal)) => Err(respond::refusal(req.client, model, refusal).await),
         Err(e) => {
             tracing::error!(error = %e, "admission task failed");
@@ -425,7 +441,7 @@ async fn admit(
 async fn wait(
     req: &Req<'_>,
     model: &Model,
-    admission: &Admission,
+    admission: &mut Admission,
     paused: Option<Paused>,
     started: Instant,
 ) -> Result<(), Reply> {
@@ -478,10 +494,13 @@ async fn upstream(
     let mut answered = match forwarded.result {
         Ok(Answer::Whole { bytes, charge }) => {
             stream::note_charge(&up.metrics, model, &req.client.id, &charge);
+            admission.answered();
+            admission.ended(Outcome::Ok, None);
             admission.settle(charge.usage()).await;
             Ok(respond::json(bytes))
         }
         Ok(Answer::Stream { body, sent }) => {
+            admission.answered();
             let relay = stream::SseRelay::new(
                 body,
                 stream::Relayed {
@@ -499,6 +518,7 @@ async fn upstream(
             Ok(respond::event_stream(relay))
         }
         Err(f) => {
+            admission.ended(f.outcome(), None);
             admission.settle(f.used(estimate.tokens.input)).await;
             forward::slow_down(up, model, &f).await;
             let next = f.falls_back();

@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 use tollgate::{Cost, DimensionStatus, OutagePolicy, Permit, RateLimiter};
 
 use crate::budget::{nano_to_usd, Budgets, Hold};
-use crate::ledger::{Ledger, UsageRecord};
+use crate::ledger::{MicroPrice, Row, UsageLedger};
 use crate::metrics::Metrics;
 use crate::model::Model;
+use crate::outcome::Outcome;
 use crate::registry::Client;
 
 /// Where a request's use is written down: spend and budgets, metrics and
@@ -33,8 +34,8 @@ pub(crate) struct Books {
     pub(crate) budgets: Arc<Budgets>,
     /// Metrics.
     pub(crate) metrics: Arc<Metrics>,
-    /// Usage records.
-    pub(crate) ledger: Arc<dyn Ledger>,
+    /// The usage ledger (`None`: `ledger.url = "off"`).
+    pub(crate) ledger: Option<Arc<UsageLedger>>,
     /// What to do when the spend store cannot be reached.
     pub(crate) outage: OutagePolicy,
     /// Settle before the answer goes out (the memory store: it costs
@@ -139,7 +140,22 @@ impl Admission {
             .unwrap_or_default()
     }
 
-    /// The client and the model this admission is for.
+    /// The granted bucket reservations with their limiters, to wait for
+    /// their slots (they stay this admission's).
+    pub(crate) fn reservations_mut(&mut self) -> impl Iterator<Item = (&RateLimiter, &mut Permit)> {
+        let Parts {
+            client,
+            model,
+            client_permit,
+            model_permit,
+            ..
+        } = &mut self.parts;
+        let client = client_permit.as_mut().map(|p| (&client.limiter, p));
+        let model = model_permit.as_mut().map(|p| (&model.limiter, p));
+        client.into_iter().chain(model)
+    }
+
+    /// The client this admission is for.
     pub(crate) fn client(&self) -> &Arc<Client> {
         &self.parts.client
     }
@@ -153,11 +169,27 @@ impl Admission {
     /// it, so a client that leaves is charged its input at least.
     pub(crate) fn sent(&mut self) {
         self.used = Some(Usage::new(self.estimate.input, 0));
+        self.parts.notes.attempts += 1;
+        self.parts.notes.sent_at = Some(Instant::now());
     }
 
-    /// The request's id, for its ledger row.
-    pub(crate) fn set_request_id(&mut self, id: uuid::Uuid) {
+    /// The upstream's answer began (its headers, or the whole answer).
+    pub(crate) fn answered(&mut self) {
+        let n = &mut self.parts.notes;
+        n.first_byte = n.sent_at.map(|t| t.elapsed());
+    }
+
+    /// The request's id, and the ledger row this attempt adds to.
+    pub(crate) fn set_request(&mut self, id: uuid::Uuid, draft: Option<Arc<RowDraft>>) {
         self.parts.request_id = id;
+        self.parts.draft = draft;
+    }
+
+    /// How the request ended, for its ledger row (left unsaid: the client
+    /// went away).
+    pub(crate) fn ended(&mut self, outcome: Outcome, error_code: Option<&str>) {
+        self.parts.notes.outcome = Some(outcome);
+        self.parts.notes.error_code = error_code.map(String::from);
     }
 
     /// Cancels every reservation made so far (the request never ran);
@@ -195,13 +227,16 @@ impl Admission {
         let p = &self.parts;
         let mut empty = Parts::new(p.books.clone(), p.client.clone(), p.model.clone());
         empty.request_id = p.request_id;
-        std::mem::replace(&mut self.parts, empty)
+        let mut parts = std::mem::replace(&mut self.parts, empty);
+        let n = &mut parts.notes;
+        n.latency = n.sent_at.map(|t| t.elapsed());
+        parts
     }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        if self.parts.is_empty() {
+        if self.parts.is_empty() && self.parts.draft.is_none() {
             return;
         }
         let parts = self.take();
@@ -224,6 +259,23 @@ struct Parts {
     model_permit: Option<Permit>,
     hold: Option<Hold>,
     request_id: uuid::Uuid,
+    /// What this attempt tells its request's ledger row.
+    notes: Notes,
+    /// The request's ledger row (shared by its attempts).
+    draft: Option<Arc<RowDraft>>,
+}
+
+/// What the request path learns of one attempt on its way, for the
+/// request's ledger row.
+#[derive(Debug, Clone, Default)]
+struct Notes {
+    /// How it ended, when the path said (else: the client went away).
+    outcome: Option<Outcome>,
+    error_code: Option<String>,
+    attempts: u32,
+    sent_at: Option<Instant>,
+    first_byte: Option<Duration>,
+    latency: Option<Duration>,
 }
 
 impl Parts {
@@ -237,6 +289,8 @@ impl Parts {
             model_permit: None,
             hold: None,
             request_id: uuid::Uuid::nil(),
+            notes: Notes::default(),
+            draft: None,
         }
     }
 
@@ -257,13 +311,16 @@ impl Parts {
             settle_budget(&self.books, &self.client, self.hold.as_ref(), cost)
         );
         if usage.is_some() {
-            self.record(used, cost, waited);
+            self.count(used, cost);
+        }
+        if let Some(draft) = self.draft.take() {
+            draft.attempt(&self.model, used, &self.notes, waited);
         }
         cost
     }
 
-    /// The metrics and the ledger row of a request that was settled.
-    fn record(&self, used: Usage, cost: i64, waited: Duration) {
+    /// The token and spend metrics of a request that was settled.
+    fn count(&self, used: Usage, cost: i64) {
         let metrics = &self.books.metrics;
         let client = self.client.id.as_str();
         let model = self.model.name.as_str();
@@ -283,16 +340,119 @@ impl Parts {
             &[("client", client), ("model", model)],
             nano_to_usd(cost),
         );
-        self.books.ledger.record(&UsageRecord {
-            request_id: self.request_id,
-            client,
-            tier: &self.client.tier.name,
-            model,
-            input_tokens: used.input,
-            output_tokens: used.output,
-            cost_usd: nano_to_usd(cost),
-            waited,
-        });
+    }
+}
+
+/// A request's ledger row while its attempts run: each adds what it used
+/// and cost; the row is written when the last holder lets go (the request
+/// path, and every attempt's admission, which may settle after the answer).
+/// So a request leaves exactly one row, however many candidates it tried.
+#[derive(Debug)]
+pub(crate) struct RowDraft {
+    ledger: Arc<UsageLedger>,
+    /// The route's baseline model's price (until rules route a request to
+    /// another model: the requested one).
+    baseline: Option<MicroPrice>,
+    row: parking_lot::Mutex<Row>,
+}
+
+impl Books {
+    /// The row of a request of `client` that names `requested` (`None`
+    /// when the ledger is off); `baseline` is the model it named, if one.
+    pub(crate) fn draft(
+        &self,
+        request_id: uuid::Uuid,
+        client: &Client,
+        requested: &str,
+        baseline: Option<&Arc<Model>>,
+    ) -> Option<Arc<RowDraft>> {
+        let ledger = self.ledger.clone()?;
+        let now = crate::ledger::row::now_ms();
+        let row = Row {
+            request_id,
+            started_at_ms: crate::ledger::row::id_time_ms(&request_id).unwrap_or(now),
+            finished_at_ms: now,
+            client: client.id.clone(),
+            tier: client.tier.name.clone(),
+            route: requested.to_string(),
+            requested_model: requested.to_string(),
+            served_model: String::new(),
+            baseline_model: baseline.map(|m| m.name.clone()).unwrap_or_default(),
+            attempts: 0,
+            est_input_tokens: 0,
+            est_output_tokens: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_micro_usd: 0,
+            baseline_cost_micro_usd: 0,
+            queue_wait_us: 0,
+            upstream_latency_us: None,
+            first_token_us: None,
+            // Unless told otherwise: the client went away.
+            outcome: Outcome::ClientGone.as_str().to_string(),
+            error_code: None,
+            instance: ledger.instance().to_string(),
+        };
+        Some(Arc::new(RowDraft {
+            ledger,
+            baseline: baseline.map(|m| MicroPrice::from(m.price)),
+            row: parking_lot::Mutex::new(row),
+        }))
+    }
+}
+
+fn micros(d: Duration) -> i64 {
+    d.as_micros().min(i64::MAX as u128) as i64
+}
+
+impl RowDraft {
+    /// The estimate of the attempt being admitted.
+    pub(crate) fn estimated(&self, estimate: Usage) {
+        let mut row = self.row.lock();
+        row.est_input_tokens = estimate.input as i64;
+        row.est_output_tokens = estimate.output as i64;
+    }
+
+    /// How the request ended.
+    pub(crate) fn ended(&self, outcome: Outcome, error_code: Option<&str>) {
+        let mut row = self.row.lock();
+        row.outcome = outcome.as_str().to_string();
+        row.error_code = error_code.map(String::from);
+    }
+
+    /// What one attempt on `model` used, cost and took.
+    fn attempt(&self, model: &Model, used: Usage, notes: &Notes, waited: Duration) {
+        let price = MicroPrice::from(model.price);
+        let baseline = self.baseline.unwrap_or(price);
+        let mut row = self.row.lock();
+        row.attempts += notes.attempts;
+        row.input_tokens += used.input as i64;
+        row.output_tokens += used.output as i64;
+        row.cost_micro_usd += price.cost_micro_usd(used.input, used.output);
+        row.baseline_cost_micro_usd += baseline.cost_micro_usd(used.input, used.output);
+        row.queue_wait_us += micros(waited);
+        if row.baseline_model.is_empty() {
+            row.baseline_model = model.name.clone();
+        }
+        if notes.first_byte.is_some() {
+            row.served_model = model.name.clone();
+            row.first_token_us = notes.first_byte.map(micros);
+        }
+        if notes.latency.is_some() {
+            row.upstream_latency_us = notes.latency.map(micros);
+        }
+        if let Some(o) = notes.outcome {
+            row.outcome = o.as_str().to_string();
+            row.error_code = notes.error_code.clone();
+        }
+    }
+}
+
+impl Drop for RowDraft {
+    fn drop(&mut self) {
+        let mut row = std::mem::take(self.row.get_mut());
+        row.finished_at_ms = crate::ledger::row::now_ms();
+        self.ledger.record(row);
     }
 }
 

@@ -176,6 +176,7 @@ impl SseRelay {
             );
             tracing::warn!(model = %model.name, client = %client, lines = s.malformed, "upstream stream had data: lines that are not JSON; dropped");
         }
+        req.admission.ended(how.outcome(), None);
         req.admission.settle_soon(charge.usage());
         req.tally.record(how.outcome());
         let tail = how.event(&self.provider, &self.timeouts);

@@ -13,13 +13,22 @@ use crate::pause::Paused;
 use crate::registry::Client;
 
 /// Waits for the admission's slot, counted in `tollgate_queue_depth`
-/// meanwhile. Dropping this future (the client left) drops nothing by
-/// itself; dropping the `Admission` cancels the reservations.
-pub(crate) async fn for_slot(metrics: &Metrics, admission: &Admission) {
+/// meanwhile: each bucket's reservation waits through its limiter, so it
+/// moves earlier when calls ahead settle below their estimates or are
+/// cancelled, and the request goes when both may. `admission.wait` then
+/// says how long it waited. Dropping this future (the client left) drops
+/// nothing by itself; dropping the `Admission` cancels the reservations.
+pub(crate) async fn for_slot(metrics: &Metrics, admission: &mut Admission) {
     if admission.wait > Duration::ZERO {
         let class = admission.client().tier.config.priority.to_string();
-        let _queued = Queued::enter(metrics, &admission.model().name, &class);
-        tokio::time::sleep(admission.wait).await;
+        let model = admission.model().clone();
+        let _queued = Queued::enter(metrics, &model.name, &class);
+        let waited = Instant::now();
+        let waits = admission
+            .reservations_mut()
+            .map(|(limiter, permit)| limiter.wait_for_slot(permit));
+        futures_util::future::join_all(waits).await;
+        admission.wait = waited.elapsed();
     }
     metrics.observe(
         "tollgate_queue_wait_seconds",
@@ -77,5 +86,46 @@ impl<'a> Queued<'a> {
 impl Drop for Queued<'_> {
     fn drop(&mut self) {
         self.add(-1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::admit::admit;
+    use crate::request::fixture::{model, tier, Fixture};
+    use crate::request::settle::Usage;
+
+    /// A provider model of 4,800 TPM (80 tokens a second) and a tier that
+    /// waits up to 30 s.
+    async fn fixture() -> Fixture {
+        Fixture::new(
+            &[("m", model(10_000, 4_800))],
+            &[("pro", tier(10_000, 10_000_000, 30_000))],
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_queued_request_moves_up_when_the_call_ahead_settles_below_its_estimate() {
+        let f = fixture().await;
+        let (client, m) = (f.client("pro"), f.model("m"));
+        let first = admit(&f.books, &client, &m, Usage::new(10, 3_000))
+            .await
+            .unwrap();
+        let mut second = admit(&f.books, &client, &m, Usage::new(10, 3_000))
+            .await
+            .unwrap();
+        assert!(second.wait > Duration::from_secs(10), "{:?}", second.wait);
+        first.settle(Usage::new(10, 16)).await;
+        let t = Instant::now();
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            for_slot(&f.books.metrics, &mut second),
+        )
+        .await
+        .expect("moved up");
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        assert!(second.wait < Duration::from_secs(1), "{:?}", second.wait);
     }
 }

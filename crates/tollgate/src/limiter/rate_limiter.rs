@@ -243,19 +243,16 @@ impl RateLimiter {
             };
             match self.inner.advance_check {
                 Some(min) if remaining > min => {
-                    // A settlement in this process may have made room: look then.
-                    tokio::select! {
-                        _ = tokio::time::sleep((remaining / 4).clamp(min, MAX_ADVANCE_CHECK)) => {}
-                        _ = self.inner.refunded.notified() => {}
-                    }
                     let permit = guard.permit.as_mut().expect("held until the slot");
+                    let outcome = self
+                        .look_earlier(permit, &mut deadline, remaining, min, lease)
+                        .await;
                     // Only an answer of the store confirms the lease.
-                    let outcome = self.try_advance(permit, lease).await;
                     if outcome.is_some_and(|o| o != Advance::Lost) {
                         confirmed = Instant::now();
                     }
-                    match outcome.unwrap_or(Advance::Stays) {
-                        Advance::First => {
+                    match outcome {
+                        Some(Advance::First) => {
                             // Next of its class: another class's lane may
                             // take it at once.
                             if let Some(mut borrowed) = self.borrow_for(permit).await {
@@ -266,15 +263,11 @@ impl RateLimiter {
                                 return Ok(borrowed);
                             }
                         }
-                        Advance::Moved(moved) => {
-                            permit.slot = moved.slot;
-                            deadline = Instant::now() + secs(moved.slot - moved.now);
-                        }
-                        Advance::Lost => {
+                        Some(Advance::Lost) => {
                             deadline = self.requeue(&mut guard, cost, &options, lease).await?;
                             confirmed = Instant::now();
                         }
-                        Advance::Stays => {}
+                        _ => {}
                     }
                 }
                 _ => {
@@ -287,6 +280,67 @@ impl RateLimiter {
         let mut permit = guard.permit.take().expect("held until the slot");
         permit.waited = started.elapsed();
         Ok(permit)
+    }
+
+    /// Waits until the slot of a permit from [`RateLimiter::reserve`],
+    /// moving it earlier whenever calls ahead settle below their estimates
+    /// or are cancelled — the same looks at the store that `acquire` makes
+    /// while it waits (see [`Builder::advance_check`](crate::Builder::advance_check)).
+    /// The permit stays the caller's: dropping this future leaves it
+    /// reserved (settle or cancel it as usual). On return the call may run,
+    /// and [`Permit::waited`] says how long this waited.
+    pub async fn wait_for_slot(&self, permit: &mut Permit) {
+        let started = Instant::now();
+        let mut deadline = started + permit.waited;
+        while let Some(remaining) = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+        {
+            match self.inner.advance_check {
+                Some(min) if remaining > min => {
+                    // Without a lease nothing can take the place away.
+                    let outcome = self
+                        .look_earlier(permit, &mut deadline, remaining, min, None)
+                        .await;
+                    if outcome == Some(Advance::First) {
+                        // Next of its class: another class's lane may take
+                        // it at once; the borrowed permit replaces its own.
+                        if let Some(borrowed) = self.borrow_for(permit).await {
+                            let own = std::mem::replace(permit, borrowed);
+                            self.give_back(own).await;
+                            break;
+                        }
+                    }
+                }
+                _ => tokio::time::sleep_until(deadline).await,
+            }
+        }
+        permit.waited = started.elapsed();
+    }
+
+    /// Sleeps towards the slot (`remaining` away) for a while — a quarter of
+    /// it, from `min` to [`MAX_ADVANCE_CHECK`], or until a settlement in this
+    /// process may have made room — then asks the store whether `permit` may
+    /// start earlier, and moves it and its `deadline` if so. `None` when the
+    /// store could not say.
+    async fn look_earlier(
+        &self,
+        permit: &mut Permit,
+        deadline: &mut Instant,
+        remaining: Duration,
+        min: Duration,
+        lease: Option<Duration>,
+    ) -> Option<Advance> {
+        tokio::select! {
+            _ = tokio::time::sleep((remaining / 4).clamp(min, MAX_ADVANCE_CHECK)) => {}
+            _ = self.inner.refunded.notified() => {}
+        }
+        let outcome = self.try_advance(permit, lease).await;
+        if let Some(Advance::Moved(moved)) = &outcome {
+            permit.slot = moved.slot;
+            *deadline = Instant::now() + secs(moved.slot - moved.now);
+        }
+        outcome
     }
 
     /// Queues a waiter again whose reservation another process cancelled

@@ -37,6 +37,7 @@ macro_rules! suite {
             keys_are_independent, cancel_gives_the_slot_back, acquire_waits_for_the_slot,
             status_at_grant_matches_status, settling_the_exact_estimate_changes_nothing,
             refunds_ahead_let_a_waiting_caller_start_earlier,
+            a_reserved_permit_waits_and_moves_earlier_on_refunds_ahead,
             a_cancelled_waiter_lets_the_next_start_earlier, dropped_waiters_give_their_slots_back,
             a_permit_token_settles_once, a_permit_of_another_key_is_handed_back,
             a_margin_sees_the_bucket_full_earlier);
@@ -590,6 +591,64 @@ pub async fn refunds_ahead_let_a_waiting_caller_start_earlier(store: Store) {
     // And the bucket holds: 100 + 500 used, at most ~500 left (full at 1000).
     assert!(l.try_acquire(Cost::tokens(600)).await.is_err());
     l.settle(p, Cost::tokens(500)).await.unwrap();
+}
+
+/// A permit taken with `reserve` (a caller with its own scheduling, such as
+/// the gateway's two buckets) waits through `wait_for_slot` and moves
+/// earlier as `acquire` does when the call ahead settles below its estimate;
+/// the permit stays reserved until it is settled.
+pub async fn a_reserved_permit_waits_and_moves_earlier_on_refunds_ahead(store: Store) {
+    // 1000 tokens per 2 s: 500 tokens refill per second.
+    let l = limiter(
+        &store,
+        "reserve-advance",
+        Limits::new().tokens(1000).window_secs(2.0),
+    )
+    .await;
+    let first = l.acquire(Cost::tokens(1000)).await.unwrap();
+    let opts = AcquireOptions::default();
+    let mut waiting = l.reserve(Cost::tokens(500), &opts).await.unwrap();
+    assert!(
+        waiting.waited() > Duration::from_millis(800),
+        "{:?}",
+        waiting.waited()
+    );
+    let waiter = {
+        let l = l.clone();
+        tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            l.wait_for_slot(&mut waiting).await;
+            (waiting, start.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The first call used 100 of its 1000: the waiter (due at ~1 s) may go now.
+    l.settle(first, Cost::tokens(100)).await.unwrap();
+    let (p, took) = waiter.await.unwrap();
+    assert!(
+        took < Duration::from_millis(700),
+        "waited {took:?} for a slot that was free after 100 ms"
+    );
+    assert!(
+        took >= Duration::from_millis(90),
+        "started before the refund: {took:?}"
+    );
+    assert!(p.waited() >= Duration::from_millis(90) && p.waited() < Duration::from_millis(700));
+    // Still reserved: 100 + 500 in use.
+    assert!(l.try_acquire(Cost::tokens(600)).await.is_err());
+    l.settle(p, Cost::tokens(500)).await.unwrap();
+    // Without anything ahead settling, it waits for its slot.
+    let full = l.acquire(Cost::tokens(1000)).await.unwrap();
+    let mut late = l.reserve(Cost::tokens(250), &opts).await.unwrap();
+    let start = std::time::Instant::now();
+    l.wait_for_slot(&mut late).await;
+    assert!(
+        start.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        start.elapsed()
+    );
+    l.settle(full, Cost::tokens(1000)).await.unwrap();
+    l.settle(late, Cost::tokens(250)).await.unwrap();
 }
 
 /// A waiter that gives up moves the one behind it up: A's slot at 1 s, B's at
