@@ -444,3 +444,46 @@ async fn a_request_that_falls_back_leaves_one_row_with_every_attempt() {
         assert_eq!(r.cost_micro_usd, price().cost_micro_usd(i, o), "{r:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_during_admission_leaves_one_row_charged_nothing() {
+    let dir = Dir::new("ledger-gone");
+    let redis = RedisServer::start(RedisSpec::default()).expect("redis-server");
+    let sim = sim().await;
+    let mut config = common::config(
+        &sim.base_url(),
+        &[("pro", common::tier(10_000_000, Some(10.0)))],
+    );
+    config.store.url = redis.url();
+    let ledger = dir.0.join("ledger.sqlite");
+    config.ledger.url = ledger.display().to_string();
+    let gw = Gateway::start(&dir.0, "a", config).await;
+    let c = http();
+    // One answered request first, so that every connection is open and warm.
+    let first = send(&c, &gw.url, "pro", &chat("gpt-4o-mini", 0, 16)).await;
+    assert_eq!(first.status, 200);
+    // The store is frozen while the next request is admitted, and its client
+    // gives up before the gateway can answer.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    redis.pause();
+    let gone = send(&impatient, &gw.url, "pro", &chat("gpt-4o-mini", 1, 4_000)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    redis.resume();
+    assert_eq!(gone.status, 0, "the frozen store cannot have let it answer");
+    let store = Store::open(ledger.to_str().unwrap()).await.unwrap();
+    // Exactly two rows: a third, if the gone request's admission finishing
+    // in the background wrote one of its own, is given 3 s to show.
+    let rows = rows_when(&store, 3, Duration::from_secs(3)).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let left: Vec<&Row> = rows
+        .iter()
+        .filter(|r| Some(r.request_id.to_string()) != first.id)
+        .collect();
+    assert_eq!(left.len(), 1, "{rows:?}");
+    assert_eq!(left[0].outcome, "client_gone", "{:?}", left[0]);
+    assert_eq!(left[0].cost_micro_usd, 0, "{:?}", left[0]);
+    assert_eq!(left[0].output_tokens, 0, "{:?}", left[0]);
+}

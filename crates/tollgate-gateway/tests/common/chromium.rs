@@ -117,8 +117,17 @@ impl Browser {
     }
 
     /// Sends one DevTools command and returns its result (events in between
-    /// are skipped).
+    /// are skipped); an error answer fails the test.
     pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        match self.try_call(method, params).await {
+            Ok(result) => result,
+            Err(error) => panic!("{method} failed: {error}"),
+        }
+    }
+
+    /// Sends one DevTools command and returns its result, or the error it
+    /// was answered with.
+    async fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let msg = json!({"id": id, "method": method, "params": params}).to_string();
@@ -137,8 +146,10 @@ impl Browser {
             let Message::Text(text) = msg else { continue };
             let v: Value = serde_json::from_str(&text).expect("DevTools JSON");
             if v["id"] == id {
-                assert!(v.get("error").is_none(), "{method} failed: {}", v["error"]);
-                return v["result"].clone();
+                return match v.get("error") {
+                    Some(error) => Err(error.clone()),
+                    None => Ok(v["result"].clone()),
+                };
             }
         }
     }
@@ -165,19 +176,21 @@ impl Browser {
     pub async fn wait_for(&mut self, expression: &str, within: Duration, what: &str) {
         let deadline = Instant::now() + within;
         loop {
-            // A navigation in progress destroys the context: try again.
+            // A navigation in progress destroys the context ("Inspected
+            // target navigated or closed"): try again.
             let r = self
-                .call(
+                .try_call(
                     "Runtime.evaluate",
                     json!({"expression": format!("Boolean({expression})"), "returnByValue": true}),
                 )
                 .await;
-            if r["result"]["value"] == true {
-                return;
+            match &r {
+                Ok(r) if r["result"]["value"] == true => return,
+                _ => {}
             }
             assert!(
                 Instant::now() < deadline,
-                "{what}: `{expression}` not true within {within:?}"
+                "{what}: `{expression}` not true within {within:?} (last answer {r:?})"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
