@@ -39,6 +39,7 @@ pub mod registry;
 pub(crate) mod request;
 pub mod request_id;
 pub mod server;
+pub(crate) mod shares;
 pub mod sync;
 pub mod tokenizer;
 pub mod upstream_sim;

@@ -35,6 +35,9 @@ pub struct Tier {
     pub name: String,
     /// Its settings (file + overrides).
     pub config: TierConfig,
+    /// Its class on every provider bucket: its own lane when the tiers
+    /// share the buckets by floor and weight, else its priority.
+    pub class: u8,
     /// Longest wait in a queue.
     pub max_wait: Duration,
     /// Budgets in nano-USD.
@@ -99,6 +102,7 @@ impl Registry {
                 Arc::new(Tier {
                     name: name.clone(),
                     config: t.clone(),
+                    class: config.tier_class(name, t),
                     max_wait: Duration::from_millis(t.max_wait_ms),
                     budget: BudgetLimits {
                         daily: t.daily_budget_usd.map(usd_to_nano),
