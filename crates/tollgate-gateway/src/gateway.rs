@@ -298,8 +298,12 @@ async fn build_model(
         .store(store.clone())
         .limits(model_limits(m))
         .priority_classes(classes.classes);
+    let mut lanes = Vec::new();
     if let Some(shares) = classes.shares {
-        // One lane per tier (see `config::share`).
+        // One lane per tier (see `config::share`); validated with the config.
+        if let Ok(s) = tollgate::Shares::new(shares.clone()) {
+            lanes = (0..s.len()).map(|k| s.share(k)).collect();
+        }
         builder = builder.class_shares(shares);
     }
     let limiter = builder
@@ -340,6 +344,7 @@ async fn build_model(
         urls,
         api_key: at.api_key.clone(),
         limiter,
+        lanes,
         price: Price {
             input_usd_per_mtok: m.input_usd_per_mtok,
             output_usd_per_mtok: m.output_usd_per_mtok,

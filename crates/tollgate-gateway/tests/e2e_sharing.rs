@@ -169,3 +169,35 @@ async fn a_request_too_large_for_its_tiers_share_borrows_or_names_the_setting_to
     let (_sim, gw, c) = start(m(), &tiers).await;
     assert_eq!(chat(&c, &gw, "free", &big).await.status(), 200);
 }
+
+#[tokio::test]
+async fn an_upstream_429_backs_off_every_tiers_lane() {
+    // 60,000 TPM, 1,000 tokens a second; ent's lane is 0.7, free's 0.3.
+    let tiers = [
+        ("ent", shared(0, 0, 0.6, 1.0)),
+        ("free", shared(3, 0, 0.2, 1.0)),
+    ];
+    let (_sim, gw, c) = start(model(600, 60_000), &tiers).await;
+    let r = chat(&c, &gw, "free", &chat_body("hi [sim:429]", 10)).await;
+    expect_error(r, 429, "rate_limit_exceeded").await;
+    // The provider asked for 1 s: each lane holds about 1 s of its own
+    // rate, not only the lane of the tier that met the 429.
+    let models = admin_json(&c, &gw, "/admin/models").await;
+    let chat = models["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "gpt-4o-mini")
+        .expect("the chat model")
+        .clone();
+    for (i, share) in [(0, 0.7), (1, 0.3)] {
+        let used = chat["tiers"][i]["usage"]["tokens"]["in_use"]
+            .as_f64()
+            .unwrap();
+        assert!(
+            used > 0.9 * share * 1_000.0,
+            "tier {}'s lane backs off: {used} tokens in use",
+            chat["tiers"][i]["tier"]
+        );
+    }
+}
