@@ -2,7 +2,12 @@
 //! name the line or field, and validation (one place for every rule).
 
 mod ledger;
+mod routes;
 mod types;
+
+pub use routes::{
+    validate_route, ClassifierConfig, ClassifierRule, RouteConfig, RouteRule, TaskClass,
+};
 
 pub use types::{
     AdminConfig, ClientConfig, Config, LedgerConfig, MetricsConfig, ModelConfig, ModelKind,
@@ -80,6 +85,7 @@ impl Config {
         for (name, t) in &self.tiers {
             validate_tier(&format!("tiers.{name}"), t, self.priority.headroom.len())?;
         }
+        self.validate_routes()?;
         self.validate_clients()
     }
 
