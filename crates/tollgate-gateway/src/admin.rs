@@ -32,10 +32,10 @@ use serde_json::{json, Value};
 use tollgate::Dimension;
 
 use crate::budget::nano_to_usd;
+use crate::config::RouteConfig;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 pub use crate::overrides::TierPatch;
-use crate::config::RouteConfig;
 use crate::overrides::{ClientOverride, Overrides, RouteOverride, TierOverride};
 use crate::registry::RegistryError;
 
@@ -295,7 +295,11 @@ pub async fn routes(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Respo
         .iter()
         .map(|(name, r)| {
             let version = live.routes.get(name).map(|o| o.version);
-            let source = if version.is_some() { "override" } else { "file" };
+            let source = if version.is_some() {
+                "override"
+            } else {
+                "file"
+            };
             (
                 name.clone(),
                 json!({"rules": r.rules, "source": source, "version": version}),
@@ -327,8 +331,13 @@ pub async fn put_route(
     let set = route.clone();
     match gw
         .change(|o, version| {
-            o.routes
-                .insert(name.clone(), RouteOverride { route: set, version });
+            o.routes.insert(
+                name.clone(),
+                RouteOverride {
+                    route: set,
+                    version,
+                },
+            );
         })
         .await
     {

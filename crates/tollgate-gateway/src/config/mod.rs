@@ -533,6 +533,19 @@ mod tests {
         assert_eq!(c.tiers.len(), 4);
         let premium = &c.providers["anthropic"].models["claude-opus-4"];
         assert_eq!(premium.fallbacks, ["gpt-4o", "gemini-2.0-flash"]);
+        let auto = &c.routes["auto"];
+        let names: Vec<_> = auto.rules.iter().map(|r| r.name.as_deref()).collect();
+        assert_eq!(
+            names,
+            [
+                Some("hint-cheap"),
+                Some("long-context"),
+                Some("premium"),
+                Some("balanced"),
+                Some("cheap")
+            ]
+        );
+        assert_eq!(c.classifier.long_context_tokens, 16_000);
     }
 
     #[test]

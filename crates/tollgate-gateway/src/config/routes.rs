@@ -160,7 +160,9 @@ impl Config {
         }
         for (i, r) in c.rules.iter().enumerate() {
             let at = format!("classifier.rules[{i}]");
-            if r.keywords.is_empty() && r.min_prompt_tokens.is_none() && r.max_prompt_tokens.is_none()
+            if r.keywords.is_empty()
+                && r.min_prompt_tokens.is_none()
+                && r.max_prompt_tokens.is_none()
             {
                 return Err(invalid(
                     at,
@@ -244,9 +246,9 @@ fn check_models(
     for (j, m) in rule.models.iter().enumerate() {
         let why = match kinds.get(m.as_str()) {
             None => Some(format!("{m:?} is not a model of any provider")),
-            Some(k) if kind.is_some_and(|first| first != *k) => {
-                Some(format!("{m:?} is not of the same kind as the rule's first model"))
-            }
+            Some(k) if kind.is_some_and(|first| first != *k) => Some(format!(
+                "{m:?} is not of the same kind as the rule's first model"
+            )),
             _ if !seen.insert(m.as_str()) => Some(format!("{m:?} is listed twice")),
             Some(k) => {
                 kind = Some(*k);
@@ -286,7 +288,10 @@ mod tests {
         let c = Config::from_toml(&text).unwrap();
         let auto = &c.routes["auto"];
         assert_eq!(auto.rules.len(), 2);
-        assert_eq!(auto.rules[0].tasks, [TaskClass::Code, TaskClass::LongContext]);
+        assert_eq!(
+            auto.rules[0].tasks,
+            [TaskClass::Code, TaskClass::LongContext]
+        );
         assert_eq!(auto.rules[0].models, ["b", "a"]);
         assert_eq!(auto.rules[0].label(0), "code");
         assert_eq!(auto.rules[1].label(1), "2");
@@ -299,18 +304,42 @@ mod tests {
     fn a_bad_route_is_refused_naming_its_field() {
         let rule = |body: &str| format!("{BASE}[[routes.auto.rules]]\n{body}\n");
         for (body, field, says) in [
-            ("models = [\"x\"]", "routes.auto.rules[0].models[0]", "not a model"),
+            (
+                "models = [\"x\"]",
+                "routes.auto.rules[0].models[0]",
+                "not a model",
+            ),
             ("models = []", "routes.auto.rules[0].models", "at least one"),
-            ("models = [\"a\", \"e\"]", "routes.auto.rules[0].models[1]", "same kind"),
-            ("models = [\"a\", \"a\"]", "routes.auto.rules[0].models[1]", "twice"),
-            ("models = [\"a\"]\ntiers = [\"gold\"]", "routes.auto.rules[0].tiers[0]", "not a tier"),
-            ("models = [\"a\"]\nhint = \"\"", "routes.auto.rules[0].hint", "empty"),
+            (
+                "models = [\"a\", \"e\"]",
+                "routes.auto.rules[0].models[1]",
+                "same kind",
+            ),
+            (
+                "models = [\"a\", \"a\"]",
+                "routes.auto.rules[0].models[1]",
+                "twice",
+            ),
+            (
+                "models = [\"a\"]\ntiers = [\"gold\"]",
+                "routes.auto.rules[0].tiers[0]",
+                "not a tier",
+            ),
+            (
+                "models = [\"a\"]\nhint = \"\"",
+                "routes.auto.rules[0].hint",
+                "empty",
+            ),
             (
                 "models = [\"a\"]\nmin_prompt_tokens = 5\nmax_prompt_tokens = 4",
                 "routes.auto.rules[0].min_prompt_tokens",
                 "above",
             ),
-            ("models = [\"a\"]\ntasks = [\"poetry\"]", "tasks", "unknown variant"),
+            (
+                "models = [\"a\"]\ntasks = [\"poetry\"]",
+                "tasks",
+                "unknown variant",
+            ),
         ] {
             let e = Config::from_toml(&rule(body)).unwrap_err().to_string();
             assert!(e.contains(field) && e.contains(says), "{body}: {e}");

@@ -258,7 +258,7 @@ async fn serve(req: &Req<'_>, body: Body, tally: &mut Tally) -> Result<Response,
         if trail.attempts >= req.path.attempts.max || Instant::now() >= deadline {
             break;
         }
-        trail.model = model.name.clone();
+        let before = std::mem::replace(&mut trail.model, model.name.clone());
         tally.model(&model.name);
         match attempt(req, &parsed, model, started, deadline, tally, &mut trail).await {
             Ok(mut r) => {
@@ -270,7 +270,10 @@ async fn serve(req: &Req<'_>, body: Body, tally: &mut Tally) -> Result<Response,
                 break;
             }
             Err(Attempted::Next(reply)) => last = Some(reply),
-            Err(Attempted::Skipped) => {}
+            Err(Attempted::Skipped) => {
+                tally.model(&before);
+                trail.model = before;
+            }
         }
     }
     // The first candidate is always tried: `last` is set.

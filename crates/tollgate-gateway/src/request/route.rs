@@ -334,7 +334,11 @@ mod tests {
                 ("c", model(10, 1000)),
                 ("embed", embed),
             ],
-            &[("pro", tier(10, 1000, 0)), ("free", tier(10, 1000, 0)), ("x", tier(10, 1000, 0))],
+            &[
+                ("pro", tier(10, 1000, 0)),
+                ("free", tier(10, 1000, 0)),
+                ("x", tier(10, 1000, 0)),
+            ],
         )
         .await;
         let routes = auto();
@@ -352,7 +356,13 @@ mod tests {
         };
         let long = "word ".repeat(900);
         for (tier, text, hint, want_route, want) in [
-            ("pro", "fix this bug", None, "auto/pro-code", &["a", "b"][..]),
+            (
+                "pro",
+                "fix this bug",
+                None,
+                "auto/pro-code",
+                &["a", "b"][..],
+            ),
             ("pro", "fix this bug", Some("cheap"), "auto/hinted", &["c"]),
             ("pro", "hello", None, "auto/5", &["b"]),
             ("free", "fix this bug", None, "auto/5", &["b"]),
@@ -368,7 +378,11 @@ mod tests {
             };
             let r = route(table, asked).expect("routed");
             let names: Vec<_> = r.candidates.iter().map(|m| m.name.as_str()).collect();
-            assert_eq!((r.route.as_str(), names.as_slice()), (want_route, want), "{tier} {text:.20} {hint:?}");
+            assert_eq!(
+                (r.route.as_str(), names.as_slice()),
+                (want_route, want),
+                "{tier} {text:.20} {hint:?}"
+            );
         }
         let b = body("analyse this");
         let asked = |tier| Asked {
@@ -393,7 +407,14 @@ mod tests {
             "{e:?}"
         );
         // A model's name is not a route's.
-        let named = route(table, Asked { name: "a", ..asked("pro") }).expect("named");
+        let named = route(
+            table,
+            Asked {
+                name: "a",
+                ..asked("pro")
+            },
+        )
+        .expect("named");
         assert_eq!((named.route.as_str(), named.task), ("a", None));
     }
 

@@ -249,9 +249,7 @@ impl Classifier {
                 }
             }
         }
-        self.rules
-            .get(best)
-            .map_or(TaskClass::General, |r| r.task)
+        self.rules.get(best).map_or(TaskClass::General, |r| r.task)
     }
 }
 
@@ -269,13 +267,28 @@ mod tests {
         let c = Classifier::default();
         let long = "word ".repeat(16_000);
         for (text, want) in [
-            ("Write a Python function that reverses a list", TaskClass::Code),
-            ("Why does this panic?\n```rust\nlet v = vec![];\n```", TaskClass::Code),
+            (
+                "Write a Python function that reverses a list",
+                TaskClass::Code,
+            ),
+            (
+                "Why does this panic?\n```rust\nlet v = vec![];\n```",
+                TaskClass::Code,
+            ),
             ("I get a Traceback when I run it", TaskClass::Code),
-            ("Please SUMMARISE the meeting notes below", TaskClass::Summarisation),
+            (
+                "Please SUMMARISE the meeting notes below",
+                TaskClass::Summarisation,
+            ),
             ("tl;dr of this article?", TaskClass::Summarisation),
-            ("Give me the key points of the report", TaskClass::Summarisation),
-            ("Compare the two offers and list the pros and cons", TaskClass::Analysis),
+            (
+                "Give me the key points of the report",
+                TaskClass::Summarisation,
+            ),
+            (
+                "Compare the two offers and list the pros and cons",
+                TaskClass::Analysis,
+            ),
             ("Evaluate this business plan", TaskClass::Analysis),
             ("What is the root cause of the outage?", TaskClass::Analysis),
             ("Hello! How are you today?", TaskClass::General),
@@ -314,7 +327,10 @@ mod tests {
         for (text, want) in [
             ("audit this code", TaskClass::Analysis),
             ("a digest please", TaskClass::General),
-            ("a digest of the week's news, in plain words", TaskClass::Summarisation),
+            (
+                "a digest of the week's news, in plain words",
+                TaskClass::Summarisation,
+            ),
             ("fix this code", TaskClass::Code),
             (&"x".repeat(400), TaskClass::LongContext),
         ] {
@@ -337,7 +353,8 @@ mod tests {
         let p = Prompt::of(chat.as_object().unwrap());
         assert_eq!(p.tokens(), 4 + 3);
         assert_eq!(Classifier::default().classify(&p), TaskClass::Summarisation);
-        let responses = json!({"instructions": "abcd", "input": [{"role": "user", "content": "debug it"}]});
+        let responses =
+            json!({"instructions": "abcd", "input": [{"role": "user", "content": "debug it"}]});
         let p = Prompt::of(responses.as_object().unwrap());
         assert_eq!(p.tokens(), 1 + 2);
         assert_eq!(Classifier::default().classify(&p), TaskClass::Code);
