@@ -219,7 +219,6 @@ async fn metrics_text(gw: &Gateway) -> Response {
     m.gauge_replace(names::BUDGET_LEFT, &left);
     m.gauge_replace(names::BUDGET, &whole);
     let models = crate::shares::statuses(gw.models.values()).await;
-    store_up &= models.iter().all(|(_, s)| s.is_ok());
     crate::shares::publish(m, &gw.config, &models);
     m.gauge_set(names::STORE_UP, &[], if store_up { 1.0 } else { 0.0 });
     let mut text = m.render();

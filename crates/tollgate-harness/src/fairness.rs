@@ -373,8 +373,7 @@ fn analyse(
     let held = |at: f64| -> f64 {
         records
             .iter()
-            .filter(|r| r.arrival - t0 < at)
-            .last()
+            .rfind(|r| r.arrival - t0 < at)
             .map(|r| (r.level_after + (at - (r.arrival - t0)) * rate).min(capacity))
             .unwrap_or(capacity)
     };
@@ -534,7 +533,7 @@ pub fn render(r: &FairnessReport) -> String {
         "floor",
         "weighted share expected",
         "share got",
-        "utilisation",
+        "used (of the rate)",
     ]);
     for (i, p) in r.phases.iter().enumerate() {
         for (j, tp) in p.tiers.iter().enumerate() {
