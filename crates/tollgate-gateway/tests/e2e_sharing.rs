@@ -61,6 +61,21 @@ async fn callers(
     (all, other)
 }
 
+/// The chat model in `GET /admin/models`.
+async fn chat_model(
+    c: &reqwest::Client,
+    gw: &tollgate_gateway::RunningGateway,
+) -> serde_json::Value {
+    let models = admin_json(c, gw, "/admin/models").await;
+    models["models"]
+        .as_array()
+        .expect("a list of models")
+        .iter()
+        .find(|m| m["name"] == "gpt-4o-mini")
+        .expect("the chat model")
+        .clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_higher_tier_flooding_a_model_leaves_a_lower_tier_its_floor() {
     // 600 RPM (10 a second), a bucket of 12 requests; tokens plenty.
@@ -100,14 +115,7 @@ async fn a_higher_tier_flooding_a_model_leaves_a_lower_tier_its_floor() {
     };
     assert!((req("tollgate_model_share_capacity", "ent") - 0.65 * 12.0).abs() < 1e-6);
     assert!(req("tollgate_model_share_in_use", "ent") > 0.0);
-    let models = admin_json(&c, &gw, "/admin/models").await;
-    let chat = models["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "gpt-4o-mini")
-        .expect("the chat model")
-        .clone();
+    let chat = chat_model(&c, &gw).await;
     assert_eq!(chat["shared"], true);
     let free = &chat["tiers"][1];
     assert_eq!(
@@ -182,14 +190,7 @@ async fn an_upstream_429_backs_off_every_tiers_lane() {
     expect_error(r, 429, "rate_limit_exceeded").await;
     // The provider asked for 1 s: each lane holds about 1 s of its own
     // rate, not only the lane of the tier that met the 429.
-    let models = admin_json(&c, &gw, "/admin/models").await;
-    let chat = models["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "gpt-4o-mini")
-        .expect("the chat model")
-        .clone();
+    let chat = chat_model(&c, &gw).await;
     for (i, share) in [(0, 0.7), (1, 0.3)] {
         let used = chat["tiers"][i]["usage"]["tokens"]["in_use"]
             .as_f64()
