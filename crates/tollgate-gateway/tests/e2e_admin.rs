@@ -197,7 +197,7 @@ async fn overrides_an_earlier_release_kept_in_the_store_move_into_the_database_a
     let sim = sim().await;
     // The file has moved on since (pro's tpm): the previous release's
     // override replaced the whole tier, and still does.
-    let config = shared_config(
+    let mut config = shared_config(
         &sim.base_url(),
         &redis.url,
         &[
@@ -205,6 +205,7 @@ async fn overrides_an_earlier_release_kept_in_the_store_move_into_the_database_a
             ("free", tier(5, 1_000, 0, 0)),
         ],
     );
+    config.ledger.url = fresh_database();
     let c = http();
     let gw = gateway(config.clone()).await;
     let pro = tier_of(&admin_json(&c, &gw, "/admin/tiers").await, "pro");

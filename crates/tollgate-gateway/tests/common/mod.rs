@@ -116,14 +116,13 @@ pub fn pro_tier() -> TierConfig {
     tier(100, 100_000, 0, 0)
 }
 
-/// [`config`] with `model(100_000, 100_000_000)`, the limits and spend
-/// kept in the store at `store_url` and the ledger and registry in a
-/// database file of its own ([`fresh_database`]), so that gateways started
-/// from it (or from clones of it) share them all.
+/// [`config`] with `model(100_000, 100_000_000)` and the limits and spend
+/// kept in the store at `store_url`, so that gateways started from it
+/// share them. The ledger and registry are each instance's own, in memory,
+/// unless the test gives them a database ([`fresh_database`]).
 pub fn shared_config(sim_url: &str, store_url: &str, tiers: &[(&str, TierConfig)]) -> Config {
     let mut c = config(sim_url, model(100_000, 100_000_000), tiers);
     c.store.url = store_url.to_string();
-    c.ledger.url = fresh_database();
     c
 }
 
@@ -172,7 +171,8 @@ pub async fn start_behind(
     (sim, gw, http())
 }
 
-/// Two gateways sharing the store at `store_url` and one database ([`shared_config`]) in
+/// Two gateways sharing the store at `store_url` ([`shared_config`]) and
+/// one database ([`fresh_database`]) in
 /// front of one simulated upstream, and an HTTP client. Keep the upstream in
 /// a variable: dropping it stops it.
 pub async fn two_instances(
@@ -180,7 +180,8 @@ pub async fn two_instances(
     tiers: &[(&str, TierConfig)],
 ) -> (SimUpstream, [RunningGateway; 2], Client) {
     let sim = sim().await;
-    let config = shared_config(&sim.base_url(), store_url, tiers);
+    let mut config = shared_config(&sim.base_url(), store_url, tiers);
+    config.ledger.url = fresh_database();
     let a = gateway(config.clone()).await;
     let b = gateway(config).await;
     (sim, [a, b], http())
