@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::redis::Redis;
 use common::*;
+use reqwest::Method;
 use serde_json::json;
 
 #[tokio::test]
@@ -107,6 +108,9 @@ async fn a_redis_restarted_empty_loses_no_registry_change() {
     assert_eq!(set_client_tier(&c, &a, "free", "pro").await.status(), 200);
     let r = patch_tier(&c, &a, "pro", &json!({"rpm": 700})).await;
     assert_eq!(r.status(), 200);
+    let route = json!({"rules": [{"models": ["gpt-4o-mini"]}]});
+    let r = send(admin(&c, &a, Method::PUT, "/admin/routes/chat").json(&route)).await;
+    assert_eq!(r.status(), 200);
     await_rpm_limit(
         &c,
         &b,
@@ -128,6 +132,17 @@ async fn a_redis_restarted_empty_loses_no_registry_change() {
     assert_eq!(rpm_limit(&c, &late, "free").await.as_deref(), Some("700"));
     let listed = admin_json(&c, &late, "/admin/overrides").await;
     assert_eq!(listed["clients"]["free"]["tier"], "pro", "{listed}");
+    let mut body = chat_body("hi", 5);
+    body["model"] = json!("chat");
+    for gw in [&b, &late] {
+        let r = chat(&c, gw, "free", &body).await;
+        assert_eq!(
+            header(&r, "x-tollgate-route"),
+            Some("chat/1"),
+            "{:?}",
+            r.status()
+        );
+    }
 
     let changed = Instant::now();
     let r = patch_tier(&c, &b, "pro", &json!({"rpm": 900})).await;

@@ -9,9 +9,10 @@
 
 use std::collections::BTreeMap;
 
+use crate::config::RouteConfig;
 use crate::ledger::store::sql::{Rows, Statement, Value};
 use crate::ledger::{Store, StoreError};
-use crate::overrides::{ClientOverride, TierOverride, TierPatch};
+use crate::overrides::{ClientOverride, RouteOverride, TierOverride, TierPatch};
 
 /// What one change touched.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -26,6 +27,8 @@ pub enum Entity {
     Key(String),
     /// An organisation (`registry_orgs`).
     Org(String),
+    /// A route set through the admin API (`registry_routes`).
+    Route(String),
 }
 
 impl Entity {
@@ -37,6 +40,7 @@ impl Entity {
             Entity::Client(_) => "client",
             Entity::Key(_) => "key",
             Entity::Org(_) => "org",
+            Entity::Route(_) => "route",
         }
     }
 
@@ -47,7 +51,8 @@ impl Entity {
             | Entity::Assignment(id)
             | Entity::Client(id)
             | Entity::Key(id)
-            | Entity::Org(id) => id,
+            | Entity::Org(id)
+            | Entity::Route(id) => id,
         }
     }
 
@@ -58,6 +63,7 @@ impl Entity {
             "client" => Entity::Client(id),
             "key" => Entity::Key(id),
             "org" => Entity::Org(id),
+            "route" => Entity::Route(id),
             _ => return None,
         })
     }
@@ -112,6 +118,8 @@ pub enum Current {
     Key(String, Option<KeyRow>),
     /// An organisation (read by the budgets, not yet by the index).
     Org(String),
+    /// A route's override.
+    Route(String, Option<RouteOverride>),
 }
 
 /// Everything the registry's tables hold, and the last change it includes.
@@ -123,6 +131,8 @@ pub struct Snapshot {
     pub tiers: BTreeMap<String, TierOverride>,
     /// File clients' tiers.
     pub assignments: BTreeMap<String, ClientOverride>,
+    /// Routes set through the API, by name.
+    pub routes: BTreeMap<String, RouteOverride>,
     /// API clients.
     pub clients: Vec<ClientRow>,
     /// Issued keys (revoked ones included).
@@ -142,6 +152,7 @@ fn query_err(what: &str, e: impl std::fmt::Display) -> StoreError {
 }
 
 const TIER_SQL: &str = "SELECT name, fields, version FROM registry_tiers";
+const ROUTE_SQL: &str = "SELECT name, route, version FROM registry_routes";
 const ASSIGNMENT_SQL: &str = "SELECT client, tier, version FROM registry_tier_assignments";
 const CLIENT_SQL: &str = "SELECT id, tier, org, disabled, version FROM registry_clients";
 const KEY_SQL: &str =
@@ -154,6 +165,14 @@ fn tier_from(r: &[Value]) -> Result<(String, TierOverride), StoreError> {
         .map_err(|e| query_err(&format!("tier {name:?}'s fields"), e))?;
     let version = version_of(&r[2]);
     Ok((name, TierOverride { fields, version }))
+}
+
+fn route_from(r: &[Value]) -> Result<(String, RouteOverride), StoreError> {
+    let name = text(&r[0]);
+    let route: RouteConfig = serde_json::from_str(r[1].text().unwrap_or("{}"))
+        .map_err(|e| query_err(&format!("route {name:?}"), e))?;
+    let version = version_of(&r[2]);
+    Ok((name, RouteOverride { route, version }))
 }
 
 fn assignment_from(r: &[Value]) -> (String, ClientOverride) {
@@ -212,6 +231,10 @@ pub async fn load(db: &Store) -> Result<Snapshot, StoreError> {
     for r in db.query(Statement::new(TIER_SQL, vec![])).await? {
         let (name, o) = tier_from(&r)?;
         s.tiers.insert(name, o);
+    }
+    for r in db.query(Statement::new(ROUTE_SQL, vec![])).await? {
+        let (name, o) = route_from(&r)?;
+        s.routes.insert(name, o);
     }
     for r in db.query(Statement::new(ASSIGNMENT_SQL, vec![])).await? {
         let (client, o) = assignment_from(&r);
@@ -289,6 +312,11 @@ pub async fn read(db: &Store, entity: &Entity) -> Result<Current, StoreError> {
             Current::Key(id, rows.first().map(|r| key_from(r)))
         }
         Entity::Org(_) => Current::Org(id),
+        Entity::Route(_) => {
+            let rows = db.query(by_id(ROUTE_SQL, "name")).await?;
+            let o = rows.first().map(|r| route_from(r)).transpose()?;
+            Current::Route(id, o.map(|(_, o)| o))
+        }
     })
 }
 
@@ -385,13 +413,33 @@ pub async fn set_assignment(db: &Store, client: &str, tier: &str) -> Result<u64,
     Ok(version)
 }
 
-/// Removes a tier's override (`Entity::Tier`) or a file client's tier
-/// (`Entity::Assignment`); answers the change's number, or `None` when there
+/// Sets route `name` (the whole route); answers the change's number.
+pub async fn set_route(db: &Store, name: &str, route: &RouteConfig) -> Result<u64, StoreError> {
+    let json = serde_json::to_string(route).map_err(|e| query_err("route", e))?;
+    let entity = Entity::Route(name.to_string());
+    let (version, _) = write(
+        db,
+        &entity,
+        vec![Statement::new(
+            format!(
+                "INSERT INTO registry_routes (name, route, version) VALUES ($1, $2, {THIS_VERSION}) \
+                 ON CONFLICT (name) DO UPDATE SET route = excluded.route, version = excluded.version"
+            ),
+            vec![name.into(), json.into()],
+        )],
+    )
+    .await?;
+    Ok(version)
+}
+
+/// Removes a tier's override (`Entity::Tier`), a file client's tier
+/// (`Entity::Assignment`) or a route (`Entity::Route`); answers the change's number, or `None` when there
 /// was none (then nothing is written).
 pub async fn remove_override(db: &Store, entity: &Entity) -> Result<Option<u64>, StoreError> {
     let (table, column) = match entity {
         Entity::Tier(_) => ("registry_tiers", "name"),
         Entity::Assignment(_) => ("registry_tier_assignments", "client"),
+        Entity::Route(_) => ("registry_routes", "name"),
         other => {
             return Err(query_err(
                 "removing an override",

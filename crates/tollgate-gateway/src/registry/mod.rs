@@ -16,7 +16,9 @@
 //!   one with the id of a file client shadows it (logged at start), the
 //!   file's keys still working;
 //! - keys: the file's `key_sha256` and the keys issued by the API
-//!   (`registry_keys`) both work.
+//!   (`registry_keys`) both work;
+//! - a route set through the API (`registry_routes`) is the whole route, in
+//!   place of the file's of that name or beside the file's routes.
 //!
 //! Every override is logged at start with the file's value it shadows, and
 //! listed by `GET /admin/overrides`; deleting it returns to the file. An
@@ -46,7 +48,9 @@ use tollgate::{OutagePolicy, RateLimiter, Store};
 use self::db::{ClientRow, Current, Entity, KeyRow};
 use crate::auth::{KeyEntry, KeyIndex};
 use crate::budget::{usd_to_nano, BudgetLimits};
-use crate::config::{tier_limits, validate_tier, Config, ConfigError, TierConfig};
+use crate::config::{
+    tier_limits, validate_route, validate_tier, Config, ConfigError, RouteConfig, TierConfig,
+};
 use crate::ledger::StoreError;
 use crate::overrides::{TierOverride, TierPatch};
 
@@ -147,6 +151,9 @@ struct State {
     key_hashes: HashMap<String, String>,
     /// Clients the API created.
     api_clients: HashMap<String, ClientRow>,
+    /// Routes by name: the file's, with the database's on top (replaced
+    /// whole on a change: there are few).
+    routes: Arc<BTreeMap<String, RouteConfig>>,
     overrides: Overrides,
     /// The last change applied.
     version: u64,
@@ -155,6 +162,9 @@ struct State {
 /// What the config file declares.
 #[derive(Debug)]
 struct File {
+    /// The file without its clients (which are below), to check routes
+    /// against its models and tiers.
+    config: Config,
     tiers: BTreeMap<String, TierConfig>,
     /// Client id → its tier in the file.
     clients: HashMap<String, String>,
@@ -190,6 +200,10 @@ impl Registry {
             validate_tier(&format!("tiers.{name}"), t, classes)?;
         }
         let file = File {
+            config: Config {
+                clients: Vec::new(),
+                ..config.clone()
+            },
             tiers: config.tiers.clone(),
             clients: config
                 .clients
@@ -243,6 +257,7 @@ impl Registry {
             overrides: Overrides {
                 tiers: snapshot.tiers,
                 client_tiers: snapshot.assignments,
+                routes: snapshot.routes,
             },
             version: snapshot.version,
             api_clients: snapshot
@@ -274,6 +289,7 @@ impl Registry {
         for (hash, client) in &self.file.keys {
             st.keys.insert(hash, client);
         }
+        st.routes = Arc::new(self.effective_routes(&st.overrides));
         for row in snapshot.keys {
             apply_key(&mut st, &row.id.clone(), Some(row));
         }
@@ -296,6 +312,23 @@ impl Registry {
                 Tier::new(name, file.clone())
             }
         }
+    }
+
+    /// The file's routes with the database's on top; one that no longer
+    /// fits the file (a model or tier gone) is skipped with a warning.
+    fn effective_routes(&self, overrides: &Overrides) -> BTreeMap<String, RouteConfig> {
+        let mut routes = self.file.config.routes.clone();
+        for (name, o) in &overrides.routes {
+            match validate_route(&self.file.config, name, &o.route) {
+                Ok(()) => {
+                    routes.insert(name.clone(), o.route.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(route = %name, version = o.version, error = %e, "registry route no longer fits the config file; using the file's")
+                }
+            }
+        }
+        routes
     }
 
     /// The tier client `id` is on, when it exists.
@@ -413,6 +446,20 @@ impl Registry {
         self.state.read().clients.len()
     }
 
+    /// The routes in force, by name.
+    pub fn routes(&self) -> Arc<BTreeMap<String, RouteConfig>> {
+        self.state.read().routes.clone()
+    }
+
+    /// Sets route `name` (validated as the file's routes are); answers the
+    /// change's number.
+    pub async fn set_route(&self, name: &str, route: &RouteConfig) -> Result<u64, RegistryError> {
+        validate_route(&self.file.config, name, route)?;
+        let version = db::set_route(&self.db, name, route).await?;
+        self.catch_up().await?;
+        Ok(version)
+    }
+
     /// Tier `name`.
     pub fn tier(&self, name: &str) -> Option<Arc<Tier>> {
         self.state.read().tiers.get(name).cloned()
@@ -525,6 +572,13 @@ impl Registry {
                 self.rebuild_client(&mut st, &id)?;
             }
             Current::Key(id, row) => apply_key(&mut st, &id, row),
+            Current::Route(name, o) => {
+                match o {
+                    Some(o) => st.overrides.routes.insert(name, o),
+                    None => st.overrides.routes.remove(&name),
+                };
+                st.routes = Arc::new(self.effective_routes(&st.overrides));
+            }
             Current::Org(_) => {}
         }
         Ok(())
@@ -570,7 +624,8 @@ impl Registry {
         Ok(version)
     }
 
-    /// Removes an override (`Entity::Tier` or `Entity::Assignment`):
+    /// Removes an override (`Entity::Tier`, `Entity::Assignment` or
+    /// `Entity::Route`):
     /// answers the change's number, or `None` when there was none.
     pub async fn remove_override(&self, entity: &Entity) -> Result<Option<u64>, RegistryError> {
         let version = db::remove_override(&self.db, entity).await?;
@@ -595,6 +650,12 @@ impl Registry {
         for (id, o) in &legacy.client_tiers {
             if !have.client_tiers.contains_key(id) {
                 db::set_assignment(&self.db, id, &o.tier).await?;
+                n += 1;
+            }
+        }
+        for (name, o) in &legacy.routes {
+            if !have.routes.contains_key(name) {
+                db::set_route(&self.db, name, &o.route).await?;
                 n += 1;
             }
         }

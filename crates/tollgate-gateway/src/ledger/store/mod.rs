@@ -72,6 +72,11 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
         fields TEXT NOT NULL,
         version BIGINT NOT NULL
     );
+    CREATE TABLE registry_routes (
+        name TEXT PRIMARY KEY,
+        route TEXT NOT NULL,
+        version BIGINT NOT NULL
+    );
     CREATE TABLE registry_tier_assignments (
         client TEXT PRIMARY KEY,
         tier TEXT NOT NULL,
