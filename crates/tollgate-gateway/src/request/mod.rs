@@ -237,11 +237,16 @@ async fn serve(req: &Req<'_>, body: Body, tally: &mut Tally) -> Result<Response,
         .map_err(|f| respond::failure(req.client, None, &req.path.upstream, f))?;
     // The request reached admission: its ledger row, written once every
     // attempt has settled (see `settle::RowDraft`).
+    // The baseline is the model named, or the route's first choice: what
+    // the request would have cost without a downgrade or a fallback.
     let draft = req.path.books.draft(
         req.request_id.0,
         req.client,
-        &parsed.model,
-        req.path.models.get(&parsed.model),
+        (&parsed.model, &routed.route),
+        req.path
+            .models
+            .get(&parsed.model)
+            .or(Some(routed.candidates.first())),
     );
     let candidates = routed.candidates;
     let mut trail = Trail {
