@@ -12,7 +12,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::{json, Map, Value};
 use tollgate_gateway::config::TaskClass;
-use tollgate_gateway::routing::{Classifier, Facts, Prompt};
+use tollgate_gateway::routing::{Classifier, Facts, Prompt, DEFAULT_KEYWORDS};
 
 /// About `tokens` tokens (4 bytes each) of prose that no keyword matches:
 /// the classifier reads all of it.
@@ -40,71 +40,10 @@ fn naive(text: &str, rules: &[(TaskClass, Vec<String>)]) -> TaskClass {
 
 /// The built-in keyword lists, as the naive classifier holds them.
 fn naive_rules() -> Vec<(TaskClass, Vec<String>)> {
-    let words = |ws: &[&str]| ws.iter().map(|w| w.to_string()).collect();
-    vec![
-        (
-            TaskClass::Code,
-            words(&[
-                "```",
-                "def ",
-                "fn ",
-                "function ",
-                "function(",
-                "class ",
-                "import ",
-                "#include",
-                "traceback",
-                "stack trace",
-                "compile",
-                "refactor",
-                "debug",
-                "unit test",
-                "regex",
-                "sql",
-                "python",
-                "javascript",
-                "typescript",
-                "source code",
-                "code",
-                "bug",
-            ]),
-        ),
-        (
-            TaskClass::Summarisation,
-            words(&[
-                "summarise",
-                "summarize",
-                "summary",
-                "summarisation",
-                "summarization",
-                "tl;dr",
-                "tldr",
-                "key points",
-                "condense",
-                "in a nutshell",
-                "recap",
-            ]),
-        ),
-        (
-            TaskClass::Analysis,
-            words(&[
-                "analyse",
-                "analyze",
-                "analysis",
-                "compare",
-                "comparison",
-                "evaluate",
-                "assess",
-                "pros and cons",
-                "trade-off",
-                "tradeoff",
-                "explain why",
-                "root cause",
-                "implications",
-                "critique",
-            ]),
-        ),
-    ]
+    DEFAULT_KEYWORDS
+        .iter()
+        .map(|(task, words)| (*task, words.iter().map(|w| w.to_string()).collect()))
+        .collect()
 }
 
 fn bench(c: &mut Criterion) {

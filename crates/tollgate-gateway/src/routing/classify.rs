@@ -10,7 +10,7 @@ use crate::config::{ClassifierConfig, ClassifierRule, TaskClass};
 
 /// The built-in keyword rules, in the order they are tried (after the
 /// long-context rule, and before `general`).
-const DEFAULT_KEYWORDS: &[(TaskClass, &[&str])] = &[
+pub const DEFAULT_KEYWORDS: &[(TaskClass, &[&str])] = &[
     (
         TaskClass::Code,
         &[
