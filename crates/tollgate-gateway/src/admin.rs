@@ -5,13 +5,16 @@
 //! - `PUT /admin/clients/{id}/tier` `{"tier": "pro"}`: move a client;
 //! - `PATCH /admin/tiers/{name}` `{"rpm": 100, ...}`: change a tier's limits
 //!   (validated as the file is; `null` removes a limit, 0 is refused);
+//! - `GET /admin/routes`: the routes in force, each with where it comes from;
+//! - `PUT /admin/routes/{name}` `{"rules": [...]}`: set a route (validated as
+//!   the file's routes are), in place of the file's of that name or beside them;
 //! - `GET /admin/overrides`: the changes in force over the config file,
 //!   with their versions and the file's values they shadow;
 //! - `GET /admin/usage?from=&to=&group_by=client|tier|model|route|day`: the
 //!   usage ledger's report (JSON, or CSV for `Accept: text/csv`);
 //! - `DELETE /admin/overrides/tiers/{name}`, `DELETE
-//!   /admin/overrides/clients/{id}`: remove one (the file's values apply
-//!   again).
+//!   /admin/overrides/clients/{id}`, `DELETE /admin/overrides/routes/{name}`:
+//!   remove one (the file's values apply again).
 //!
 //! Changes apply at once here and, through the store, on every other instance
 //! within `store.sync_interval_ms`; how they combine with the file is in
@@ -29,10 +32,11 @@ use serde_json::{json, Value};
 use tollgate::Dimension;
 
 use crate::budget::nano_to_usd;
+use crate::config::RouteConfig;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 pub use crate::overrides::TierPatch;
-use crate::overrides::{ClientOverride, Overrides, TierOverride};
+use crate::overrides::{ClientOverride, Overrides, RouteOverride, TierOverride};
 use crate::registry::RegistryError;
 
 fn store_unavailable(e: impl std::fmt::Display) -> Response {
@@ -279,6 +283,72 @@ pub async fn patch_tier(
     }
 }
 
+/// `GET /admin/routes`.
+pub async fn routes(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&gw, &headers) {
+        return e.into_response();
+    }
+    let (_, live) = gw.overrides().await;
+    let routes: serde_json::Map<String, Value> = gw
+        .registry()
+        .routes
+        .iter()
+        .map(|(name, r)| {
+            let version = live.routes.get(name).map(|o| o.version);
+            let source = if version.is_some() {
+                "override"
+            } else {
+                "file"
+            };
+            (
+                name.clone(),
+                json!({"rules": r.rules, "source": source, "version": version}),
+            )
+        })
+        .collect();
+    Json(json!({ "routes": routes })).into_response()
+}
+
+/// `PUT /admin/routes/{name}`.
+pub async fn put_route(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: axum::body::Body,
+) -> Response {
+    let body = match authorized_body(&gw, &headers, body).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let route: RouteConfig = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_body(e),
+    };
+    // The file's own rules, so the API accepts exactly what the file would.
+    if let Err(e) = crate::config::validate_route(&gw.config, &name, &route) {
+        return ApiError::invalid("invalid_route", "body", e.to_string()).into_response();
+    }
+    let set = route.clone();
+    match gw
+        .change(|o, version| {
+            o.routes.insert(
+                name.clone(),
+                RouteOverride {
+                    route: set,
+                    version,
+                },
+            );
+        })
+        .await
+    {
+        Ok((version, _)) => {
+            tracing::info!(route = %name, version, "route changed");
+            Json(json!({"name": name, "rules": route.rules, "version": version})).into_response()
+        }
+        Err(e) => change_failed(e, "invalid_route", "body"),
+    }
+}
+
 /// The overrides as listed: each with its version, the fields it sets and
 /// the file's tier (or client's tier) it shadows.
 fn listing(gw: &Gateway, version: u64, o: &Overrides) -> Value {
@@ -310,8 +380,20 @@ fn listing(gw: &Gateway, version: u64, o: &Overrides) -> Value {
             )
         })
         .collect();
+    let routes: serde_json::Map<String, Value> = o
+        .routes
+        .iter()
+        .map(|(name, r)| {
+            let file = gw.config.routes.get(name);
+            (
+                name.clone(),
+                json!({"version": r.version, "rules": r.route.rules, "file": file}),
+            )
+        })
+        .collect();
     json!({
         "version": version,
+        "routes": routes,
         "precedence": "field by field: a field an override sets wins over the config file; every other field is the file's. DELETE an override to return to the file.",
         "tiers": tiers,
         "clients": clients,
@@ -391,6 +473,25 @@ pub async fn remove_client_override(
         |o| o.client_tiers.contains_key(&id),
         |o| {
             o.client_tiers.remove(&id);
+        },
+    )
+    .await
+}
+
+/// `DELETE /admin/overrides/routes/{name}`.
+pub async fn remove_route_override(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    let what = format!("route {name:?}");
+    remove_override(
+        &gw,
+        &headers,
+        &what,
+        |o| o.routes.contains_key(&name),
+        |o| {
+            o.routes.remove(&name);
         },
     )
     .await

@@ -1,12 +1,17 @@
 //! `tollgate serve --demo`: a complete setup on loopback with no network and
 //! no Redis: the simulated upstream, the four tiers, one client per tier, and
 //! a catalogue of a premium, a balanced and a cheap model from three
-//! providers, each failing now and then as real providers do.
+//! providers, each failing now and then as real providers do, and the
+//! example configuration's routes (`model: "auto"`, `"chat-cheap"`,
+//! `"chat-best"`) over them.
 
 use std::collections::BTreeMap;
 
 use crate::auth::hash_key;
-use crate::config::{ClientConfig, Config, ModelConfig, ModelKind, ProviderConfig, TierConfig};
+use crate::config::{
+    ClassifierConfig, ClientConfig, Config, ModelConfig, ModelKind, ProviderConfig, RouteConfig,
+    TierConfig,
+};
 use crate::upstream_sim::{Faults, SimConfig};
 
 /// The demo's admin token (loopback only).
@@ -155,6 +160,25 @@ pub fn sim_config() -> SimConfig {
     }
 }
 
+/// The example configuration, whose routes and classifier the demo uses
+/// (one source for both).
+const EXAMPLE: &str = include_str!("../../../config/tollgate.example.toml");
+
+/// The routes (per tier: premium for enterprise code and analysis, balanced
+/// for professional and enterprise, cheap for the rest; a wide context for
+/// long prompts; the hint `cheap`) and the classifier of the example
+/// configuration.
+pub fn routes() -> (BTreeMap<String, RouteConfig>, ClassifierConfig) {
+    match toml::from_str::<Config>(EXAMPLE) {
+        Ok(c) => (c.routes, c.classifier),
+        Err(e) => {
+            // The example is checked by the config's tests.
+            tracing::error!(error = %e, "the example configuration does not parse");
+            Default::default()
+        }
+    }
+}
+
 /// The demo configuration, with the simulated upstream at `upstream_base_url`.
 pub fn config(listen: &str, upstream_base_url: &str) -> Config {
     let mut c = Config::default();
@@ -172,6 +196,7 @@ pub fn config(listen: &str, upstream_base_url: &str) -> Config {
             .insert(name.to_string(), m);
     }
     c.tiers = tiers();
+    (c.routes, c.classifier) = routes();
     c.clients = CLIENTS
         .iter()
         .map(|(id, tier, key)| ClientConfig {
@@ -195,6 +220,9 @@ pub fn banner(gateway_url: &str) -> String {
     ));
     s.push_str(&format!(
         "  curl -s {gateway_url}/v1/chat/completions -H 'Authorization: Bearer tg-demo-free' -H 'Content-Type: application/json' -d '{{\"model\": \"gpt-4o-mini\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}], \"max_tokens\": 50}}' -i\n"
+    ));
+    s.push_str(&format!(
+        "  curl -s {gateway_url}/v1/chat/completions -H 'Authorization: Bearer tg-demo-enterprise' -H 'Content-Type: application/json' -d '{{\"model\": \"auto\", \"messages\": [{{\"role\": \"user\", \"content\": \"Fix this Python bug\"}}], \"max_tokens\": 50}}' -i   # routed by tier and task (see x-tollgate-route and x-tollgate-model)\n"
     ));
     s
 }
@@ -227,6 +255,32 @@ mod tests {
         assert_eq!(premium.fallbacks, [BALANCED, CHEAP]);
         assert_eq!(balanced.fallbacks, [CHEAP]);
         c.validate().expect("the demo config is valid");
+    }
+
+    #[test]
+    fn the_demo_routes_each_tier_to_its_models() {
+        use crate::config::TaskClass;
+        use crate::routing::Facts;
+        let c = config("127.0.0.1:0", "http://127.0.0.1:1/v1");
+        let auto = &c.routes["auto"];
+        let first = |tier, task, hint| {
+            let f = Facts {
+                tier,
+                task,
+                prompt_tokens: 100,
+                hint,
+            };
+            let (_, rule) = auto.select(&f).expect("a rule");
+            rule.models[0].clone()
+        };
+        assert_eq!(first("enterprise", TaskClass::Code, None), PREMIUM);
+        assert_eq!(first("enterprise", TaskClass::General, None), BALANCED);
+        assert_eq!(first("professional", TaskClass::Code, None), BALANCED);
+        assert_eq!(first("free", TaskClass::Analysis, None), CHEAP);
+        assert_eq!(first("starter", TaskClass::General, None), CHEAP);
+        assert_eq!(first("enterprise", TaskClass::LongContext, None), CHEAP);
+        assert_eq!(first("enterprise", TaskClass::Code, Some("cheap")), CHEAP);
+        assert!(c.routes.contains_key("chat-cheap") && c.routes.contains_key("chat-best"));
     }
 
     #[test]

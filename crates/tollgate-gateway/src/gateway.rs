@@ -393,6 +393,7 @@ fn pipeline(
             max: s.max_attempts,
             deadline: Duration::from_secs_f64(s.request_deadline_secs),
         },
+        classifier: crate::routing::Classifier::new(&config.classifier),
     })
 }
 

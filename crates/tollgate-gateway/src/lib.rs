@@ -38,6 +38,7 @@ pub mod pause;
 pub mod registry;
 pub(crate) mod request;
 pub mod request_id;
+pub mod routing;
 pub mod server;
 pub mod sync;
 pub mod tokenizer;

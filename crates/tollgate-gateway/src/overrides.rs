@@ -6,7 +6,9 @@
 //! the file to a field no override touches takes effect at the next start,
 //! and one to a field an override touches does not until the override is
 //! removed (`DELETE /admin/overrides/tiers/{name}` or
-//! `/admin/overrides/clients/{id}`). Every override carries the version of
+//! `/admin/overrides/clients/{id}`). A route's override is the whole route
+//! (its rules), in place of the file's route of that name or beside the
+//! file's routes (`DELETE /admin/overrides/routes/{name}` removes it). Every override carries the version of
 //! the change that made it, is listed by `GET /admin/overrides`, and is
 //! logged at start with the file's value it shadows. An override that no
 //! longer fits the file (its tier or client is gone, or the result is
@@ -16,7 +18,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::config::{Config, TierConfig};
+use crate::config::{Config, RouteConfig, TierConfig};
 
 /// A field given explicitly, possibly as `null`: `Some(None)` is an explicit
 /// null (remove the limit), `None` the field left out (unchanged).
@@ -211,6 +213,15 @@ pub struct ClientOverride {
     pub version: u64,
 }
 
+/// A route's override: the whole route, as the admin API set it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteOverride {
+    /// The route.
+    pub route: RouteConfig,
+    /// The version of the change that made it.
+    pub version: u64,
+}
+
 /// Every override in force.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Overrides {
@@ -220,12 +231,15 @@ pub struct Overrides {
     /// Client id → tier.
     #[serde(default)]
     pub client_tiers: BTreeMap<String, ClientOverride>,
+    /// Routes that replace (or join) the file's, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub routes: BTreeMap<String, RouteOverride>,
 }
 
 impl Overrides {
     /// No overrides at all.
     pub fn is_empty(&self) -> bool {
-        self.tiers.is_empty() && self.client_tiers.is_empty()
+        self.tiers.is_empty() && self.client_tiers.is_empty() && self.routes.is_empty()
     }
 
     /// One line per override, saying what it shadows in `config` (logged at
@@ -257,6 +271,17 @@ impl Overrides {
                     o.version
                 ),
             });
+        }
+        for (name, o) in &self.routes {
+            let file = match config.routes.get(name) {
+                Some(f) => format!("{} rules", f.rules.len()),
+                None => "none".into(),
+            };
+            out.push(format!(
+                "route {name:?} (override v{}): {} rules (file: {file})",
+                o.version,
+                o.route.rules.len()
+            ));
         }
         out
     }
@@ -354,6 +379,7 @@ impl Overrides {
         Ok(Stored::Previous(Overrides {
             tiers: tiers.collect(),
             client_tiers: client_tiers.collect(),
+            routes: BTreeMap::new(),
         }))
     }
 }

@@ -13,7 +13,9 @@ use tollgate::{Error as LimitError, OutagePolicy, RateLimiter, Store};
 
 use crate::auth::KeyIndex;
 use crate::budget::{usd_to_nano, BudgetLimits};
-use crate::config::{tier_limits, validate_tier, Config, ConfigError, TierConfig};
+use crate::config::{
+    tier_limits, validate_route, validate_tier, Config, ConfigError, RouteConfig, TierConfig,
+};
 
 pub use crate::overrides::Overrides;
 
@@ -64,6 +66,8 @@ pub struct Registry {
     pub clients: BTreeMap<String, Arc<Client>>,
     /// Key hash → client id.
     pub keys: KeyIndex,
+    /// Routes by name: the file's, with the live ones on top.
+    pub routes: BTreeMap<String, RouteConfig>,
 }
 
 impl Registry {
@@ -155,6 +159,24 @@ impl Registry {
             tiers,
             clients,
             keys,
+            routes: routes(config, overrides),
         })
     }
+}
+
+/// The file's routes with the live ones on top; a live route that no longer
+/// fits the file (a model or tier gone) is skipped with a warning.
+fn routes(config: &Config, overrides: &Overrides) -> BTreeMap<String, RouteConfig> {
+    let mut routes = config.routes.clone();
+    for (name, o) in &overrides.routes {
+        match validate_route(config, name, &o.route) {
+            Ok(()) => {
+                routes.insert(name.clone(), o.route.clone());
+            }
+            Err(e) => {
+                tracing::warn!(route = %name, version = o.version, error = %e, "live route no longer fits the config file; using the file's")
+            }
+        }
+    }
+    routes
 }

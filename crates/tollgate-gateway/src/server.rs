@@ -38,6 +38,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/admin/clients", get(admin::clients))
         .route("/admin/clients/{id}/tier", put(admin::set_client_tier))
         .route("/admin/tiers/{name}", patch(admin::patch_tier))
+        .route("/admin/routes", get(admin::routes))
+        .route("/admin/routes/{name}", put(admin::put_route))
         .route("/admin/overrides", get(admin::overrides))
         .route("/admin/usage", get(admin::usage))
         .route(
@@ -47,6 +49,10 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route(
             "/admin/overrides/clients/{id}",
             delete(admin::remove_client_override),
+        )
+        .route(
+            "/admin/overrides/routes/{name}",
+            delete(admin::remove_route_override),
         )
         .fallback(|| async {
             ApiError::new(

@@ -2,7 +2,12 @@
 //! name the line or field, and validation (one place for every rule).
 
 mod ledger;
+mod routes;
 mod types;
+
+pub use routes::{
+    validate_route, ClassifierConfig, ClassifierRule, RouteConfig, RouteRule, TaskClass,
+};
 
 pub use types::{
     AdminConfig, ClientConfig, Config, LedgerConfig, MetricsConfig, ModelConfig, ModelKind,
@@ -80,6 +85,7 @@ impl Config {
         for (name, t) in &self.tiers {
             validate_tier(&format!("tiers.{name}"), t, self.priority.headroom.len())?;
         }
+        self.validate_routes()?;
         self.validate_clients()
     }
 
@@ -527,6 +533,19 @@ mod tests {
         assert_eq!(c.tiers.len(), 4);
         let premium = &c.providers["anthropic"].models["claude-opus-4"];
         assert_eq!(premium.fallbacks, ["gpt-4o", "gemini-2.0-flash"]);
+        let auto = &c.routes["auto"];
+        let names: Vec<_> = auto.rules.iter().map(|r| r.name.as_deref()).collect();
+        assert_eq!(
+            names,
+            [
+                Some("hint-cheap"),
+                Some("long-context"),
+                Some("premium"),
+                Some("balanced"),
+                Some("cheap")
+            ]
+        );
+        assert_eq!(c.classifier.long_context_tokens, 16_000);
     }
 
     #[test]

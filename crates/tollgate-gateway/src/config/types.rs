@@ -36,6 +36,12 @@ pub struct Config {
     /// The usage ledger.
     #[serde(default)]
     pub ledger: LedgerConfig,
+    /// Routes by the name requests give as their `model` (see `routes`).
+    #[serde(default)]
+    pub routes: BTreeMap<String, super::RouteConfig>,
+    /// How a request's task class is told, for the routes.
+    #[serde(default)]
+    pub classifier: super::ClassifierConfig,
 }
 
 /// `[ledger]`: where every request's row is kept (see `ledger`).

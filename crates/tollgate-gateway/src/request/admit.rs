@@ -81,6 +81,29 @@ pub(crate) struct BucketRefusal {
 }
 
 impl Refusal {
+    /// Whether another candidate model may admit what this one refused:
+    /// its provider bucket was full (or too small), or the budget could not
+    /// take this model's price. The client's own bucket and a store
+    /// failure would refuse it on any model.
+    pub(crate) fn another_model_may_take_it(&self) -> bool {
+        match self {
+            Refusal::Bucket(b) => b.bucket == Bucket::Model,
+            Refusal::Budget(BudgetError::Daily { .. } | BudgetError::Monthly { .. }) => true,
+            Refusal::Budget(BudgetError::Store(_)) | Refusal::StoreUnavailable(_) => false,
+        }
+    }
+
+    /// What the budget that refused had left, in nano-USD: a candidate
+    /// whose estimate costs more is not worth asking.
+    pub(crate) fn budget_room(&self) -> Option<i64> {
+        match self {
+            Refusal::Budget(
+                BudgetError::Daily { spent, limit, .. } | BudgetError::Monthly { spent, limit, .. },
+            ) => Some((limit - spent).max(0)),
+            _ => None,
+        }
+    }
+
     /// How the request ended, for metrics and logs.
     pub(crate) fn outcome(&self) -> Outcome {
         match self {

@@ -151,6 +151,8 @@ pub(crate) struct Pipeline {
     pub(crate) log_prompts: bool,
     /// `server.max_attempts` and `server.request_deadline_secs`.
     pub(crate) attempts: Attempts,
+    /// `[classifier]`: a prompt's task class, for the routes.
+    pub(crate) classifier: crate::routing::Classifier,
 }
 
 /// How many upstream calls one request may make, and how long it may take
@@ -186,6 +188,7 @@ pub(crate) async fn handle(
     let mut tally = Tally::new(metrics.clone(), client.clone());
     let req = Req {
         path,
+        registry: &registry,
         client: &client,
         headers: &headers,
         endpoint,
@@ -215,6 +218,7 @@ pub(crate) fn client_of(
 /// One request as it goes through.
 struct Req<'a> {
     path: &'a Pipeline,
+    registry: &'a Registry,
     client: &'a Arc<Client>,
     headers: &'a HeaderMap,
     endpoint: Endpoint,
@@ -228,7 +232,7 @@ struct Reply {
 }
 
 async fn serve(req: &Req<'_>, body: Body, tally: &mut Tally) -> Result<Response, Reply> {
-    let (parsed, candidates) = prepare(req, body, tally)
+    let (parsed, routed) = prepare(req, body, tally)
         .await
         .map_err(|f| respond::failure(req.client, None, &req.path.upstream, f))?;
     // The request reached admission: its ledger row, written once every
@@ -239,11 +243,13 @@ async fn serve(req: &Req<'_>, body: Body, tally: &mut Tally) -> Result<Response,
         &parsed.model,
         req.path.models.get(&parsed.model),
     );
+    let candidates = routed.candidates;
     let mut trail = Trail {
-        route: parsed.model.clone(),
+        route: routed.route,
         model: candidates.first().name.clone(),
         attempts: 0,
         draft,
+        budget_room: None,
     };
     let started = Instant::now();
     let deadline = started + req.path.attempts.deadline;
@@ -252,7 +258,7 @@ async fn serve(req: &Req<'_>, body: Body, tally: &mut Tally) -> Result<Response,
         if trail.attempts >= req.path.attempts.max || Instant::now() >= deadline {
             break;
         }
-        trail.model = model.name.clone();
+        let before = std::mem::replace(&mut trail.model, model.name.clone());
         tally.model(&model.name);
         match attempt(req, &parsed, model, started, deadline, tally, &mut trail).await {
             Ok(mut r) => {
@@ -264,6 +270,10 @@ async fn serve(req: &Req<'_>, body: Body, tally: &mut Tally) -> Result<Response,
                 break;
             }
             Err(Attempted::Next(reply)) => last = Some(reply),
+            Err(Attempted::Skipped) => {
+                tally.model(&before);
+                trail.model = before;
+            }
         }
     }
     // The first candidate is always tried: `last` is set.
@@ -287,6 +297,9 @@ struct Trail {
     attempts: u32,
     /// The request's ledger row, which every attempt adds to.
     draft: Option<Arc<RowDraft>>,
+    /// What the client's budget had left (nano-USD) when it refused an
+    /// estimate: a later candidate is tried only if it costs no more.
+    budget_room: Option<i64>,
 }
 
 /// `x-tollgate-model`: the model that answered (or the last one tried).
@@ -318,6 +331,9 @@ enum Attempted {
     Next(Reply),
     /// The answer to give: another candidate would fail it the same way.
     Final(Reply),
+    /// Not tried: its estimate costs more than the budget was seen to have
+    /// left (the answer, if no candidate is left, is that refusal's).
+    Skipped,
 }
 
 /// One attempt on `model`: estimate, admit, wait, forward. Each attempt
@@ -334,12 +350,25 @@ async fn attempt(
     let up = &req.path.upstream;
     let estimate = estimate::estimate(parsed, model)
         .map_err(|e| Attempted::Next(respond::failure(req.client, Some(model), up, e.into())))?;
+    let cost = model
+        .price
+        .cost_nano(estimate.tokens.input, estimate.tokens.output);
+    if trail.budget_room.is_some_and(|room| cost > room) {
+        return Err(Attempted::Skipped);
+    }
     if let Some(d) = &trail.draft {
         d.estimated(estimate.tokens);
     }
-    let (mut admission, paused) = admit(req, model, estimate)
-        .await
-        .map_err(Attempted::Final)?;
+    let (mut admission, paused) = admit(req, model, estimate).await.map_err(|(reply, next)| {
+        if let Some(room) = next.budget_room {
+            trail.budget_room = Some(trail.budget_room.map_or(room, |r| r.min(room)));
+        }
+        if next.another_model_may {
+            Attempted::Next(reply)
+        } else {
+            Attempted::Final(reply)
+        }
+    })?;
     admission.set_request(req.request_id.0, trail.draft.clone());
     tally.stage(Stage::Queued);
     // The headers describe the client's bucket right after this request was
@@ -391,16 +420,37 @@ async fn prepare(
     req: &Req<'_>,
     body: Body,
     tally: &mut Tally,
-) -> Result<(Parsed, route::Candidates), Failure> {
+) -> Result<(Parsed, route::Routed), Failure> {
     let path = req.path;
     let bytes = body::read(req.headers, body, path.body_limit, path.body_timeout).await?;
     let parsed = parse::parse(req.endpoint, &bytes)?;
-    let candidates = route::route(&path.models, &parsed.model, req.endpoint)?;
-    tally.model(&candidates.first().name);
+    let table = route::Table {
+        models: &path.models,
+        routes: &req.registry.routes,
+        classifier: &path.classifier,
+    };
+    let asked = route::Asked {
+        name: &parsed.model,
+        endpoint: req.endpoint,
+        tier: &req.client.tier.name,
+        hint: route::hint(req.headers, &parsed.body),
+        body: &parsed.body,
+    };
+    let routed = route::route(table, asked)?;
+    tally.model(&routed.candidates.first().name);
     if path.log_prompts {
-        tracing::debug!(client = %req.client.id, body = ?parsed.body, "request");
+        tracing::debug!(client = %req.client.id, body = ?parsed.body, route = %routed.route, task = ?routed.task, "request");
     }
-    Ok((parsed, candidates))
+    Ok((parsed, routed))
+}
+
+/// What an admission's refusal leaves open for the next candidate.
+struct Onward {
+    /// Another model may take it: its provider bucket may start it in
+    /// time (congestion), or its price may fit the budget.
+    another_model_may: bool,
+    /// What the budget had left, when it was the budget that refused.
+    budget_room: Option<i64>,
 }
 
 /// Admits the request on `model`, asking the store about an upstream pause
@@ -409,7 +459,7 @@ async fn admit(
     req: &Req<'_>,
     model: &Arc<Model>,
     estimate: Estimate,
-) -> Result<(Admission, Option<Paused>), Reply> {
+) -> Result<(Admission, Option<Paused>), (Reply, Onward)> {
     let up = &req.path.upstream;
     // Admission runs as a task of its own: a client that leaves while its
     // reservations are on their way to the store drops this future, not the
@@ -422,15 +472,21 @@ async fn admit(
     let (admitted, paused) = tokio::join!(admitting, model.hold.check(&up.store, up.store_timeout));
     match admitted {
         Ok(Ok(a)) => Ok((a, paused)),
-        Ok(Err(refusal)) => Err(respond::refusal(req.client, model, refusal).await),
+        Ok(Err(refusal)) => {
+            let onward = Onward {
+                another_model_may: refusal.another_model_may_take_it(),
+                budget_room: refusal.budget_room(),
+            };
+            Err((respond::refusal(req.client, model, refusal).await, onward))
+        }
         Err(e) => {
             tracing::error!(error = %e, "admission task failed");
-            Err(respond::failure(
-                req.client,
-                Some(model),
-                up,
-                Failure::Internal,
-            ))
+            let reply = respond::failure(req.client, Some(model), up, Failure::Internal);
+            let onward = Onward {
+                another_model_may: false,
+                budget_room: None,
+            };
+            Err((reply, onward))
         }
     }
 }

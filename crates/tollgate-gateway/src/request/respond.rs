@@ -134,6 +134,21 @@ fn route_error(e: &RouteError) -> ApiError {
             format!("The model {name:?} is a {kind:?} model and cannot serve this endpoint.")
                 .to_lowercase(),
         ),
+        RouteError::NoRule {
+            route,
+            tier,
+            task,
+            prompt_tokens,
+            hint,
+        } => {
+            let task = task.map_or("not read", |t| t.as_str());
+            let hint = hint.as_deref().unwrap_or("none");
+            ApiError::invalid(
+                "no_route",
+                "model",
+                format!("No rule of route {route:?} matches this request (tier {tier:?}, task {task}, about {prompt_tokens} prompt tokens, hint {hint:?}); name a model, or ask the operator for a rule that matches (GET /admin/routes lists them)."),
+            )
+        }
     }
 }
 

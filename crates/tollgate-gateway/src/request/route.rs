@@ -1,13 +1,20 @@
 //! Where a request goes: an ordered, non-empty list of candidate models,
-//! tried in that order. A request goes to the model it names, then to that
-//! model's `fallbacks` (those that serve the endpoint) when it fails before
-//! the first byte of its answer.
+//! tried in that order. A request that names a model goes to it, then to
+//! that model's `fallbacks` (those that serve the endpoint); one that names
+//! a route (`[routes.NAME]`) goes to the models of the route's first rule
+//! that matches it (see [`crate::routing`]). Admission then skips the
+//! candidates that cannot take it: a context window too small, a budget
+//! that only a cheaper model fits, a provider bucket that cannot start it
+//! within the tier's wait.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::config::ModelKind;
+use serde_json::{Map, Value};
+
+use crate::config::{ModelKind, RouteConfig, TaskClass};
 use crate::model::{Endpoint, Model};
+use crate::routing::{Classifier, Facts, Prompt};
 
 /// The models a request may go to, in the order to try them; never empty.
 #[derive(Debug, Clone)]
@@ -57,17 +64,147 @@ impl Candidates {
 pub(crate) enum RouteError {
     /// No model (or route) has the name asked.
     NotFound(String),
-    /// The model named cannot serve the endpoint.
+    /// The model (or route's models) named cannot serve the endpoint.
     WrongKind {
         /// The name asked.
         name: String,
         /// The model's kind.
         kind: ModelKind,
     },
+    /// No rule of the route named matches the request.
+    NoRule {
+        /// The route.
+        route: String,
+        /// The client's tier.
+        tier: String,
+        /// The task class, if the rules read it.
+        task: Option<TaskClass>,
+        /// The prompt's size.
+        prompt_tokens: u64,
+        /// The request's hint.
+        hint: Option<String>,
+    },
 }
 
-/// The candidates of a request for `requested` at `endpoint`.
-pub(crate) fn route(
+/// What the route step reads: the models, the routes in force and the
+/// classifier.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Table<'a> {
+    /// Models by the name clients use.
+    pub(crate) models: &'a BTreeMap<String, Arc<Model>>,
+    /// Routes by name (the file's, with the live changes).
+    pub(crate) routes: &'a BTreeMap<String, RouteConfig>,
+    /// Tells a prompt's task class.
+    pub(crate) classifier: &'a Classifier,
+}
+
+/// What is known of a request when it is routed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Asked<'a> {
+    /// The model or route its body names.
+    pub(crate) name: &'a str,
+    /// The endpoint it came to.
+    pub(crate) endpoint: Endpoint,
+    /// The client's tier.
+    pub(crate) tier: &'a str,
+    /// Its hint (header `x-tollgate-route`, else `metadata.tollgate_route`).
+    pub(crate) hint: Option<&'a str>,
+    /// Its body.
+    pub(crate) body: &'a Map<String, Value>,
+}
+
+/// The hint of a request: its `x-tollgate-route` header, else its
+/// `metadata.tollgate_route` (a gateway-only field, never sent upstream).
+pub(crate) fn hint<'a>(
+    headers: &'a axum::http::HeaderMap,
+    body: &'a Map<String, Value>,
+) -> Option<&'a str> {
+    headers
+        .get(super::ROUTE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            body.get("metadata")
+                .and_then(|m| m.get(HINT_METADATA))
+                .and_then(Value::as_str)
+        })
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+}
+
+/// The key of `metadata` that carries a route hint.
+pub(crate) const HINT_METADATA: &str = "tollgate_route";
+
+/// A request's candidates and what the answer says of its route.
+#[derive(Debug)]
+pub(crate) struct Routed {
+    /// The models to try.
+    pub(crate) candidates: Candidates,
+    /// `x-tollgate-route`: the model named, or `ROUTE/RULE` (the route and
+    /// the name of its rule that matched).
+    pub(crate) route: String,
+    /// The task class the route's rules were matched on, if they read it.
+    pub(crate) task: Option<TaskClass>,
+}
+
+/// The candidates of the request `asked`.
+pub(crate) fn route(table: Table<'_>, asked: Asked<'_>) -> Result<Routed, RouteError> {
+    match table.routes.get(asked.name) {
+        Some(r) => by_route(table, asked, r),
+        None => Ok(Routed {
+            candidates: named(table.models, asked.name, asked.endpoint)?,
+            route: asked.name.to_string(),
+            task: None,
+        }),
+    }
+}
+
+/// The models of the first rule of `route` that matches the request, those
+/// that serve its endpoint.
+fn by_route(table: Table<'_>, asked: Asked<'_>, route: &RouteConfig) -> Result<Routed, RouteError> {
+    let prompt = Prompt::of(asked.body);
+    let task = route
+        .reads_task()
+        .then(|| table.classifier.classify(&prompt));
+    let facts = Facts {
+        tier: asked.tier,
+        task: task.unwrap_or(TaskClass::General),
+        prompt_tokens: prompt.tokens(),
+        hint: asked.hint,
+    };
+    let Some((i, rule)) = route.select(&facts) else {
+        return Err(RouteError::NoRule {
+            route: asked.name.to_string(),
+            tier: asked.tier.to_string(),
+            task,
+            prompt_tokens: facts.prompt_tokens,
+            hint: asked.hint.map(str::to_string),
+        });
+    };
+    let models: Vec<Arc<Model>> = rule
+        .models
+        .iter()
+        .filter_map(|name| table.models.get(name))
+        .filter(|m| m.kind == asked.endpoint.kind())
+        .cloned()
+        .collect();
+    let kind = rule
+        .models
+        .first()
+        .and_then(|m| table.models.get(m))
+        .map_or(ModelKind::Chat, |m| m.kind);
+    let candidates = Candidates::of(models).ok_or_else(|| RouteError::WrongKind {
+        name: asked.name.to_string(),
+        kind,
+    })?;
+    Ok(Routed {
+        candidates,
+        route: format!("{}/{}", asked.name, rule.label(i)),
+        task,
+    })
+}
+
+/// The model named `requested`, then its fallbacks, that serve `endpoint`.
+fn named(
     models: &BTreeMap<String, Arc<Model>>,
     requested: &str,
     endpoint: Endpoint,
@@ -104,27 +241,27 @@ mod tests {
             &[("pro", tier(10, 1000, 0))],
         )
         .await;
-        let c = route(&f.models, "chat", Endpoint::Chat).expect("routed");
+        let c = named(&f.models, "chat", Endpoint::Chat).expect("routed");
         assert_eq!(c.first().name, "chat");
         assert_eq!(c.len(), 1);
         assert_eq!(
             c.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
             ["chat"]
         );
-        let r = route(&f.models, "chat", Endpoint::Responses).expect("routed");
+        let r = named(&f.models, "chat", Endpoint::Responses).expect("routed");
         assert_eq!(r.first().name, "chat");
         assert_eq!(
-            route(&f.models, "nope", Endpoint::Chat).unwrap_err(),
+            named(&f.models, "nope", Endpoint::Chat).unwrap_err(),
             RouteError::NotFound("nope".into())
         );
         assert_eq!(
-            route(&f.models, "embed", Endpoint::Chat).unwrap_err(),
+            named(&f.models, "embed", Endpoint::Chat).unwrap_err(),
             RouteError::WrongKind {
                 name: "embed".into(),
                 kind: ModelKind::Embeddings
             }
         );
-        assert!(route(&f.models, "embed", Endpoint::Embeddings).is_ok());
+        assert!(named(&f.models, "embed", Endpoint::Embeddings).is_ok());
     }
 
     #[tokio::test]
@@ -136,11 +273,11 @@ mod tests {
             &[("pro", tier(10, 1000, 0))],
         )
         .await;
-        let c = route(&f.models, "a", Endpoint::Chat).expect("routed");
+        let c = named(&f.models, "a", Endpoint::Chat).expect("routed");
         let names: Vec<_> = c.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["a", "c", "b"]);
         // A fallback's own fallbacks are not followed: the list is the named model's.
-        let b = route(&f.models, "b", Endpoint::Chat).expect("routed");
+        let b = named(&f.models, "b", Endpoint::Chat).expect("routed");
         assert_eq!(b.len(), 1);
     }
 
@@ -157,5 +294,139 @@ mod tests {
         assert_eq!(c.first().name, "b");
         let names: Vec<_> = c.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["b", "a"]);
+    }
+
+    fn auto() -> BTreeMap<String, RouteConfig> {
+        let text = r#"
+            [[rules]]
+            name = "hinted"
+            hint = "cheap"
+            models = ["c"]
+            [[rules]]
+            name = "pro-code"
+            tiers = ["pro"]
+            tasks = ["code"]
+            models = ["a", "embed", "b"]
+            [[rules]]
+            name = "long"
+            min_prompt_tokens = 1000
+            models = ["c", "a"]
+            [[rules]]
+            name = "embed-only"
+            tiers = ["free"]
+            tasks = ["analysis"]
+            models = ["embed"]
+            [[rules]]
+            tiers = ["pro", "free"]
+            models = ["b"]
+        "#;
+        BTreeMap::from([("auto".to_string(), toml::from_str(text).expect("route"))])
+    }
+
+    #[tokio::test]
+    async fn a_route_gives_the_models_of_its_first_matching_rule() {
+        let mut embed = model(10, 1000);
+        embed.kind = ModelKind::Embeddings;
+        let f = Fixture::new(
+            &[
+                ("a", model(10, 1000)),
+                ("b", model(10, 1000)),
+                ("c", model(10, 1000)),
+                ("embed", embed),
+            ],
+            &[
+                ("pro", tier(10, 1000, 0)),
+                ("free", tier(10, 1000, 0)),
+                ("x", tier(10, 1000, 0)),
+            ],
+        )
+        .await;
+        let routes = auto();
+        let classifier = Classifier::default();
+        let table = Table {
+            models: &f.models,
+            routes: &routes,
+            classifier: &classifier,
+        };
+        let body = |text: &str| {
+            serde_json::json!({"model": "auto", "messages": [{"role": "user", "content": text}]})
+                .as_object()
+                .cloned()
+                .unwrap()
+        };
+        let long = "word ".repeat(900);
+        for (tier, text, hint, want_route, want) in [
+            (
+                "pro",
+                "fix this bug",
+                None,
+                "auto/pro-code",
+                &["a", "b"][..],
+            ),
+            ("pro", "fix this bug", Some("cheap"), "auto/hinted", &["c"]),
+            ("pro", "hello", None, "auto/5", &["b"]),
+            ("free", "fix this bug", None, "auto/5", &["b"]),
+            ("free", long.as_str(), None, "auto/long", &["c", "a"]),
+        ] {
+            let b = body(text);
+            let asked = Asked {
+                name: "auto",
+                endpoint: Endpoint::Chat,
+                tier,
+                hint,
+                body: &b,
+            };
+            let r = route(table, asked).expect("routed");
+            let names: Vec<_> = r.candidates.iter().map(|m| m.name.as_str()).collect();
+            assert_eq!(
+                (r.route.as_str(), names.as_slice()),
+                (want_route, want),
+                "{tier} {text:.20} {hint:?}"
+            );
+        }
+        let b = body("analyse this");
+        let asked = |tier| Asked {
+            name: "auto",
+            endpoint: Endpoint::Chat,
+            tier,
+            hint: None,
+            body: &b,
+        };
+        // A rule whose models cannot serve the endpoint.
+        assert_eq!(
+            route(table, asked("free")).unwrap_err(),
+            RouteError::WrongKind {
+                name: "auto".into(),
+                kind: ModelKind::Embeddings
+            }
+        );
+        // No rule for this tier.
+        let e = route(table, asked("x")).unwrap_err();
+        assert!(
+            matches!(&e, RouteError::NoRule { route, tier, task: Some(TaskClass::Analysis), .. } if route == "auto" && tier == "x"),
+            "{e:?}"
+        );
+        // A model's name is not a route's.
+        let named = route(
+            table,
+            Asked {
+                name: "a",
+                ..asked("pro")
+            },
+        )
+        .expect("named");
+        assert_eq!((named.route.as_str(), named.task), ("a", None));
+    }
+
+    #[test]
+    fn the_hint_is_the_header_else_the_metadata() {
+        let mut h = axum::http::HeaderMap::new();
+        let body = serde_json::json!({"metadata": {"tollgate_route": " fast ", "user": "u"}});
+        let body = body.as_object().unwrap();
+        assert_eq!(hint(&h, body), Some("fast"));
+        h.insert(super::super::ROUTE_HEADER, "cheap".parse().unwrap());
+        assert_eq!(hint(&h, body), Some("cheap"));
+        let empty = serde_json::Map::new();
+        assert_eq!(hint(&axum::http::HeaderMap::new(), &empty), None);
     }
 }
