@@ -578,7 +578,7 @@ impl RedisStore {
             }
         }
         let replies = if sent.is_empty() {
-            Value::Array(Vec::new())
+            Value::BulkString(Vec::new())
         } else {
             let inv = scripts::reserve_invocation(keys, first.class, cluster, &sent);
             let store = self.clone();
@@ -589,7 +589,7 @@ impl RedisStore {
                 move |reply| async move {
                     if let Ok(v) = reply {
                         if let Ok(items) = scripts::reserve_replies(&v, count) {
-                            for (owner, item) in owners.into_iter().zip(items) {
+                            for (owner, item) in owners.into_iter().zip(&items) {
                                 owner.cancel(item);
                             }
                         }
@@ -598,7 +598,8 @@ impl RedisStore {
             });
             self.bounded("reserve", in_flight).await?
         };
-        let mut replies = scripts::reserve_replies(&replies, sent.len())?.iter();
+        let replies = scripts::reserve_replies(&replies, sent.len())?;
+        let mut replies = replies.iter();
         calls
             .iter()
             .map(|call| match scripts::too_large_for(call) {
@@ -778,14 +779,14 @@ impl Backend for RedisStore {
                     },
                     |reply| async move {
                         if let Ok(v) = reply {
-                            if let Ok([item]) = scripts::reserve_replies(&v, 1) {
-                                owner.cancel(item);
+                            if let Ok(items) = scripts::reserve_replies(&v, 1) {
+                                owner.cancel(&items[0]);
                             }
                         }
                     },
                 );
                 let reply = self.bounded("reserve", sent).await?;
-                scripts::reserve_replies(&reply, 1)?[0].clone()
+                scripts::reserve_replies(&reply, 1)?.swap_remove(0)
             }
             Err(mut awaiting) => match tokio::time::timeout(settings.timeout, awaiting.recv()).await {
                 Ok(Ok(reply)) => reply?,
@@ -1016,8 +1017,8 @@ fn hand_out(reply: redis::RedisResult<Value>, batch: Vec<Waiting>) {
         Err(e) => return failed(e, batch),
     };
     for (w, item) in batch.into_iter().zip(items) {
-        if w.reply.send(Ok(item.clone())).is_err() {
-            w.owner.cancel(item);
+        if let Err(Ok(item)) = w.reply.send(Ok(item)) {
+            w.owner.cancel(&item);
         }
     }
 }

@@ -52,18 +52,20 @@
 -- without state starts drained: its TAT is lost_at + tau, or the TAT the
 -- caller was told if that is later (its own reservations still waiting).
 --
--- Reply: one reply per reservation, in order, each:
--- computed floats as '%.17g' strings (Redis would truncate Lua numbers to
--- integers):
---   {1, slot ("" when it is the time of the call), time_sec, time_usec, id, position,
---    epoch ("" unless read), state (field s before the charge; nil for none)}
---   The caller derives the mark's end (max(tat, slot) + cost * T, the new TAT)
---   and gap (max(slot - tat, 0)) from the state with the same operations.
---   followed, when the reservation is queued, by the class's refund counters
---   a<class>:<dimension> for each limited dimension (see advance.lua)
---   {3, wait}               the slot is further than the longest acceptable wait
---   {4, wait, queued}       the class's queue is full
---   {5}                     past the caller's deadline
+-- Reply: one string, one record per reservation in order, each a code byte
+-- then little-endian doubles (d) and bytes (B) (Redis turning a table reply
+-- into its answer cost about a sixth of a lone call; a string costs little):
+--   1, slot, time_sec, time_usec, id, position (d each); the lengths (B each)
+--      of the epoch ("" unless read), of the state (field s before the
+--      charge; 0 for none) and the count of refund counters; then the epoch,
+--      the state, and, when the reservation is queued, the class's refund
+--      counters a<class>:<dimension> for each limited dimension (see
+--      advance.lua; zero bytes for none). The caller derives the mark's end
+--      (max(tat, slot) + cost * T, the new TAT) and gap (max(slot - tat, 0))
+--      from the state with the same operations.
+--   3, wait (d)            the slot is further than the longest acceptable wait
+--   4, wait, queued (d)    the class's queue is full
+--   5                      past the caller's deadline
 -- Nothing is written unless the reply is 1 (but a missing epoch).
 -- (A request that costs more than the bucket holds never gets here: the
 -- caller refuses it.)
@@ -74,8 +76,10 @@
 -- However many reservations a call places, the field is read once and written
 -- once, the class's queue is looked at once and each key's expiry set once.
 -- `load` and `store` (state.lua, run ahead of this script) read and write it.
-local unpack_d = struct.unpack
-local tonumber, max = tonumber, math.max
+-- Each reservation is placed inline in the loop below, not in a function:
+-- a function capturing this script's locals would be made anew on every
+-- call, one allocation per local it captures (about a microsecond here).
+local max = math.max
 
 local time = redis.call('TIME')
 local sec, usec = tonumber(time[1]), tonumber(time[2])
@@ -91,211 +95,219 @@ local looked, queued, tail = false, 0, nil
 local expire_at = st[2]
 local extended, any_queued, any_lease = false, false, false
 
--- Places one reservation on `st` (see the reply above).
-local function place(A, seen_epoch, costs)
-  if A[6] >= 0 and now > A[6] then return {5} end
-  local dims = (#A - 8) / 3
-  local classes = st[3]
-  local class = A[5]
-
-  -- The queue holds reservations whose slot is still ahead; drop the rest and
-  -- start no earlier than the last one (FIFO within the class). A class that
-  -- never queued has nothing to look at.
-  local slot = now
-  local class_bit, class_used = 0, false
-  if classes > 0 then
-    class_bit = 2 ^ tonumber(class)
-    class_used = classes % (2 * class_bit) >= class_bit
-  end
-  local ahead = 0
-  if class_used then
-    if not looked then
-      looked = true
-      queued = redis.call('ZCARD', KEYS[2])
-      if queued > 0 then
-        queued = queued - redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%.17g', now))
-        if queued > 0 then
-          local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-          tail = tonumber(last[2])
-        end
-      end
-    end
-    ahead = queued
-    if ahead > 0 then slot = max(now, tail) end
-  end
-
-  -- A key without an id sequence: is it new, idle, or lost with the whole store?
-  local epoch = ''
-  local floor = nil
-  if st[1] == 0 then
-    epoch = redis.call('GET', KEYS[4])
-    if not epoch then
-      local lost = '0'
-      if seen_epoch ~= '' then lost = string.format('%.17g', now) end
-      epoch = string.format('%s%06d %s', time[1], usec, lost)
-      redis.call('SET', KEYS[4], epoch)
-    end
-    local lost = tonumber(string.match(epoch, ' (%S+)$')) or 0
-    local tau = A[7]
-    if lost > 0 and tau > 0 and lost + tau > now then floor = lost + tau end
-  end
-
-  local tolerance = A[1]
-  -- Sized for four dimensions up front: growing a table costs more than this.
-  local index, tat, charge = {0, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 0, 0}
-  -- TATs drained here, as they were: a refusal puts them back.
-  local undrained = nil
-  for k = 1, dims do
-    local a = 3 * k + 6
-    local i = A[a]
-    index[k] = i
-    local t = st[4 + i]
-    if floor then
-      -- Drained: as if the last window had been used in full, or as far as
-      -- the caller's own reservations reach.
-      local known = A[a + 2]
-      local drained = floor
-      if known and known > drained then drained = known end
-      if drained > t then
-        undrained = undrained or {}
-        undrained[4 + i] = t
-        t = drained
-        st[4 + i] = t
-      end
-    end
-    tat[k] = t
-    local c = A[a + 1]
-    charge[k] = c
-    slot = max(slot, t + c - tolerance)
-  end
-
-  local wait = slot - now
-  if wait > 0 then
-    local max_wait = A[2]
-    local refusal = nil
-    if max_wait >= 0 and wait > max_wait then
-      refusal = {3, string.format('%.17g', wait)}
-    else
-      local max_queue = A[3]
-      if max_queue >= 0 and ahead >= max_queue then
-        refusal = {4, string.format('%.17g', wait), ahead}
-      end
-    end
-    if refusal then
-      if undrained then
-        for f, t in pairs(undrained) do st[f] = t end
-      end
-      return refusal
-    end
-  end
-
-  -- The state before the charge goes back as it stands (drained, if it was).
-  local before = blob
-  if undrained then before = store(st) end
-  local reply = {1, '', time[1], time[2], 0, ahead, epoch, before or false}
-
-  -- A new (or expired) key: ids continue from the clock in microseconds, so
-  -- they never repeat.
-  local id = st[1]
-  if id == 0 then id = sec * 1000000 + usec end
-  id = id + 1
-  st[1] = id
-  reply[5] = id
-  local full = slot
-  for k = 1, dims do
-    local next_tat = max(tat[k], slot) + charge[k]
-    st[4 + index[k]] = next_tat
-    if next_tat > full then full = next_tat end
-  end
-
-  local queue_it = slot > now
-  if queue_it and not class_used then
-    if class_bit == 0 then class_bit = 2 ^ tonumber(class) end
-    st[3] = classes + class_bit
-  end
-  -- Keep the keys until the backlog has drained plus the margin; the queues
-  -- below expire with the hash.
-  local margin = A[4]
-  local needed = sec * 1000 + math.floor(usec / 1000) + math.ceil((full - now) * 1000) + margin
-  if expire_at == 0 or expire_at < needed then
-    expire_at = needed + margin
-    st[2] = expire_at
-    extended = true
-  end
-  blob = store(st)
-  dirty = true
-
-  if queue_it then
-    -- Removes entries from one end of a range of a headroom index while `gone`
-    -- says so: two at first (one look and at most one removal in the usual
-    -- case), then sixteen at a time.
-    local function trim(key, cmd, from, to, gone)
-      local n, removed = 2, 0
-      while true do
-        local batch = redis.call(cmd, key, from, to, 'LIMIT', 0, n)
-        local out = {}
-        for _, e in ipairs(batch) do
-          if not gone(e) then break end
-          out[#out + 1] = e
-        end
-        if #out > 0 then
-          redis.call('ZREM', key, unpack(out))
-          removed = removed + #out
-        end
-        if #out < n then return removed end
-        n = 16
-      end
-    end
-    local slot_s = string.format('%.17g', slot)
-    reply[2] = slot_s
-    redis.call('ZADD', KEYS[2], slot_s, id)
-    any_queued = true
-    if looked then
-      queued = queued + 1
-      tail = slot
-    end
-    local id_w = string.format('%020.0f', id)
-    for k = 1, dims do
-      local i = A[3 * k + 6]
-      local lo, hi = '[' .. i .. ':', '[' .. i .. ';'
-      -- Entries whose slot has passed leave from the front...
-      trim(KEYS[3], 'ZRANGEBYLEX', lo, hi, function(e)
-        return tonumber(string.match(e, '^%d+:%d+:([^:]+):')) <= now
-      end)
-      -- ...and entries with more headroom from the back. An entry that
-      -- removed others stands for them too: it says so (":p"), and stays even
-      -- when its reservation is cancelled (see settle.lua).
-      local value = tat[k] - slot + st[8 + index[k]]
-      local popped = trim(KEYS[3], 'ZREVRANGEBYLEX', hi, lo, function(e)
-        return tonumber(string.match(e, '^%d+:%d+:[^:]+:([^:]+)')) > value
-      end)
-      local member = i .. ':' .. id_w .. ':' .. slot_s .. ':' .. string.format('%.17g', value)
-      if popped > 0 then member = member .. ':p' end
-      redis.call('ZADD', KEYS[3], 0, member)
-    end
-    local lease = A[8]
-    if lease >= 0 and slot - now > lease then
-      local base = string.sub(KEYS[1], 1, -2)
-      redis.call('ZADD', base .. 'l', now + lease, id)
-      redis.call('HSET', base .. 'm', id, class .. ' ' .. slot_s .. ' ' .. costs .. '\n' .. (before or ''))
-      any_lease = true
-    end
-    -- A queued reservation remembers its class's refunds by started
-    -- reservations (see advance.lua).
-    local a = {KEYS[1]}
-    for k = 1, dims do a[k + 1] = 'a' .. class .. ':' .. A[3 * k + 6] end
-    a = redis.call('HMGET', unpack(a))
-    for k = 1, dims do reply[8 + k] = a[k] or false end
-  end
-  return reply
-end
-
--- The numbers of each reservation: eight, then three per limited dimension.
+-- The numbers of each reservation: eight, then three per limited dimension
+-- (the usual counts' formats written out: building one costs two strings).
 local replies = {}
 for j = 1, #ARGV / 3 do
   local nums = ARGV[3 * j - 2]
-  local A = {unpack_d('<' .. string.rep('d', #nums / 8), nums)}
-  replies[j] = place(A, ARGV[3 * j - 1], ARGV[3 * j])
+  local size, format = #nums, nil
+  if size == 112 then format = '<dddddddddddddd'
+  elseif size == 88 then format = '<ddddddddddd'
+  else format = '<' .. string.rep('d', size / 8) end
+  local A = {struct.unpack(format, nums)}
+  -- Places one reservation on `st` (see the reply above); a refusal leaves
+  -- the loop's body early with its reply.
+  local reply
+  repeat
+    if A[6] >= 0 and now > A[6] then reply = '\5' break end
+    local dims = (#A - 8) / 3
+    local classes = st[3]
+    local class = A[5]
+
+    -- The queue holds reservations whose slot is still ahead; drop the rest and
+    -- start no earlier than the last one (FIFO within the class). A class that
+    -- never queued has nothing to look at.
+    local slot = now
+    local class_bit, class_used = 0, false
+    if classes > 0 then
+      class_bit = 2 ^ class
+      class_used = classes % (2 * class_bit) >= class_bit
+    end
+    local ahead = 0
+    if class_used then
+      if not looked then
+        looked = true
+        queued = redis.call('ZCARD', KEYS[2])
+        if queued > 0 then
+          queued = queued - redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%.17g', now))
+          if queued > 0 then
+            local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+            tail = tonumber(last[2])
+          end
+        end
+      end
+      ahead = queued
+      if ahead > 0 then slot = max(now, tail) end
+    end
+
+    -- A key without an id sequence: is it new, idle, or lost with the whole store?
+    local epoch = ''
+    local floor = nil
+    if st[1] == 0 then
+      epoch = redis.call('GET', KEYS[4])
+      if not epoch then
+        local lost = '0'
+        if ARGV[3 * j - 1] ~= '' then lost = string.format('%.17g', now) end
+        epoch = string.format('%s%06d %s', time[1], usec, lost)
+        redis.call('SET', KEYS[4], epoch)
+      end
+      local lost = tonumber(string.match(epoch, ' (%S+)$')) or 0
+      local tau = A[7]
+      if lost > 0 and tau > 0 and lost + tau > now then floor = lost + tau end
+    end
+
+    local tolerance = A[1]
+    -- The TATs before the charge, by limited dimension (index and charge are
+    -- read from A: A[3k + 6], A[3k + 7]). Sized for four up front: growing a
+    -- table costs more than this.
+    local tat = {0, 0, 0, 0}
+    -- TATs drained here, as they were: a refusal puts them back.
+    local undrained = nil
+    for k = 1, dims do
+      local a = 3 * k + 6
+      local i = A[a]
+      local t = st[4 + i]
+      if floor then
+        -- Drained: as if the last window had been used in full, or as far as
+        -- the caller's own reservations reach.
+        local known = A[a + 2]
+        local drained = floor
+        if known and known > drained then drained = known end
+        if drained > t then
+          undrained = undrained or {}
+          undrained[4 + i] = t
+          t = drained
+          st[4 + i] = t
+        end
+      end
+      tat[k] = t
+      slot = max(slot, t + A[a + 1] - tolerance)
+    end
+
+    local wait = slot - now
+    if wait > 0 then
+      local max_wait = A[2]
+      if max_wait >= 0 and wait > max_wait then
+        reply = struct.pack('<Bd', 3, wait)
+      else
+        local max_queue = A[3]
+        if max_queue >= 0 and ahead >= max_queue then
+          reply = struct.pack('<Bdd', 4, wait, ahead)
+        end
+      end
+      if reply then
+        if undrained then
+          for f, t in pairs(undrained) do st[f] = t end
+        end
+        break
+      end
+    end
+
+    -- The state before the charge goes back as it stands (drained, if it was).
+    local before = blob
+    if undrained then before = store(st) end
+
+    -- A new (or expired) key: ids continue from the clock in microseconds, so
+    -- they never repeat.
+    local id = st[1]
+    if id == 0 then id = sec * 1000000 + usec end
+    id = id + 1
+    st[1] = id
+    local full = slot
+    for k = 1, dims do
+      local a = 3 * k + 6
+      local next_tat = max(tat[k], slot) + A[a + 1]
+      st[4 + A[a]] = next_tat
+      if next_tat > full then full = next_tat end
+    end
+
+    local queue_it = slot > now
+    if queue_it and not class_used then
+      if class_bit == 0 then class_bit = 2 ^ class end
+      st[3] = classes + class_bit
+    end
+    -- Keep the keys until the backlog has drained plus the margin; the queues
+    -- below expire with the hash.
+    local margin = A[4]
+    local needed = sec * 1000 + math.floor(usec / 1000) + math.ceil((full - now) * 1000) + margin
+    if expire_at == 0 or expire_at < needed then
+      expire_at = needed + margin
+      st[2] = expire_at
+      extended = true
+    end
+    blob = store(st)
+    dirty = true
+    -- The class's refund counters, when it is queued.
+    local counters, counted = '', 0
+
+    if queue_it then
+      -- Removes entries from one end of a range of a headroom index while `gone`
+      -- says so: two at first (one look and at most one removal in the usual
+      -- case), then sixteen at a time.
+      local function trim(key, cmd, from, to, gone)
+        local n, removed = 2, 0
+        while true do
+          local batch = redis.call(cmd, key, from, to, 'LIMIT', 0, n)
+          local out = {}
+          for _, e in ipairs(batch) do
+            if not gone(e) then break end
+            out[#out + 1] = e
+          end
+          if #out > 0 then
+            redis.call('ZREM', key, unpack(out))
+            removed = removed + #out
+          end
+          if #out < n then return removed end
+          n = 16
+        end
+      end
+      local slot_s = string.format('%.17g', slot)
+      redis.call('ZADD', KEYS[2], slot_s, id)
+      any_queued = true
+      if looked then
+        queued = queued + 1
+        tail = slot
+      end
+      local id_w = string.format('%020.0f', id)
+      for k = 1, dims do
+        local i = A[3 * k + 6]
+        -- (Formatting a number with .. costs a %.14g; %d is cheaper.)
+        local i_s = string.format('%d', i)
+        local lo, hi = '[' .. i_s .. ':', '[' .. i_s .. ';'
+        -- Entries whose slot has passed leave from the front...
+        trim(KEYS[3], 'ZRANGEBYLEX', lo, hi, function(e)
+          return tonumber(string.match(e, '^%d+:%d+:([^:]+):')) <= now
+        end)
+        -- ...and entries with more headroom from the back. An entry that
+        -- removed others stands for them too: it says so (":p"), and stays even
+        -- when its reservation is cancelled (see settle.lua).
+        local value = tat[k] - slot + st[8 + i]
+        local popped = trim(KEYS[3], 'ZREVRANGEBYLEX', hi, lo, function(e)
+          return tonumber(string.match(e, '^%d+:%d+:[^:]+:([^:]+)')) > value
+        end)
+        local member = i_s .. ':' .. id_w .. ':' .. slot_s .. ':' .. string.format('%.17g', value)
+        if popped > 0 then member = member .. ':p' end
+        redis.call('ZADD', KEYS[3], 0, member)
+      end
+      local lease = A[8]
+      if lease >= 0 and slot - now > lease then
+        local base = string.sub(KEYS[1], 1, -2)
+        redis.call('ZADD', base .. 'l', now + lease, id)
+        redis.call('HSET', base .. 'm', id, class .. ' ' .. slot_s .. ' ' .. ARGV[3 * j] .. '\n' .. (before or ''))
+        any_lease = true
+      end
+      -- A queued reservation remembers its class's refunds by started
+      -- reservations (see advance.lua).
+      local a = {KEYS[1]}
+      for k = 1, dims do a[k + 1] = string.format('a%d:%d', class, A[3 * k + 6]) end
+      a = redis.call('HMGET', unpack(a))
+      for k = 1, dims do counters = counters .. (a[k] or '\0\0\0\0\0\0\0\0') end
+      counted = dims
+    end
+    reply = struct.pack('<BdddddBBB', 1, slot, sec, usec, id, ahead, #epoch, before and #before or 0, counted)
+      .. epoch .. (before or '') .. counters
+  until true
+  replies[j] = reply
 end
 
 if dirty then redis.call('HSET', KEYS[1], 's', blob) end
@@ -309,4 +321,5 @@ if any_lease then
   redis.call('PEXPIREAT', base .. 'l', expire_at)
   redis.call('PEXPIREAT', base .. 'm', expire_at)
 end
-return replies
+if #replies == 1 then return replies[1] end
+return table.concat(replies)

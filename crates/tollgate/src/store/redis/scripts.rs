@@ -1,8 +1,11 @@
 //! The three Lua scripts: their keys and arguments, and reading their replies.
 //!
 //! The scripts (next to this file) port `tollgate_core::reserve` and
-//! `tollgate_core::settle` operation for operation; every float crosses the
-//! wire as a decimal string that converts back to the same `f64`.
+//! `tollgate_core::settle` operation for operation; the numbers of
+//! `reserve.lua` and `settle.lua` cross the wire both ways as little-endian
+//! doubles (their replies are one string of binary records: Redis turns a
+//! table reply into its answer at a cost of about a sixth of a lone call),
+//! the others' as decimal strings that convert back to the same `f64`.
 
 use std::sync::LazyLock;
 
@@ -194,13 +197,131 @@ pub(crate) fn reserve_invocation<'a>(
 }
 
 /// The replies of a call of `reserve.lua` that placed `count` reservations:
-/// one per reservation, in order, each read by [`reserve_reply`].
-pub(crate) fn reserve_replies(value: &Value, count: usize) -> Result<&[Value], StoreError> {
-    match value {
-        Value::Array(items) if items.len() == count => Ok(items),
-        other => Err(StoreError::Failed(format!(
-            "reserve.lua answered {other:?} instead of {count} replies; is another program (or another version of tollgate) using the key prefix?"
-        ))),
+/// one record per reservation, in order (see `reserve.lua`), each as a bulk
+/// string read by [`reserve_reply`].
+pub(crate) fn reserve_replies(value: &Value, count: usize) -> Result<Vec<Value>, StoreError> {
+    let bad = || {
+        StoreError::Failed(format!(
+            "reserve.lua answered {value:?} instead of {count} replies; is another program (or another version of tollgate) using the key prefix?"
+        ))
+    };
+    let Value::BulkString(b) = value else {
+        return Err(bad());
+    };
+    let mut items = Vec::with_capacity(count);
+    let mut rest = &b[..];
+    while !rest.is_empty() {
+        let len = match rest[0] {
+            GRANTED => {
+                let head = rest.get(..GRANTED_HEAD).ok_or_else(bad)?;
+                let (epoch, state, counters) = (head[41], head[42], head[43]);
+                GRANTED_HEAD + usize::from(epoch) + usize::from(state) + 8 * usize::from(counters)
+            }
+            WOULD_WAIT => 9,
+            QUEUE_FULL => 17,
+            LATE => 1,
+            _ => return Err(bad()),
+        };
+        let record = rest.get(..len).ok_or_else(bad)?;
+        items.push(Value::BulkString(record.to_vec()));
+        rest = &rest[len..];
+    }
+    if items.len() != count {
+        return Err(bad());
+    }
+    Ok(items)
+}
+
+/// The codes of `reserve.lua`'s records.
+const GRANTED: u8 = 1;
+const WOULD_WAIT: u8 = 3;
+const QUEUE_FULL: u8 = 4;
+const LATE: u8 = 5;
+/// Bytes of a granted record before its epoch, state and counters: the
+/// code, five doubles, three lengths.
+const GRANTED_HEAD: usize = 44;
+
+/// A record of a script's reply (one string, see `reserve.lua`), read in order.
+struct Record<'v> {
+    bytes: &'v [u8],
+    at: usize,
+    script: &'static str,
+}
+
+impl<'v> Record<'v> {
+    fn new(value: &'v Value, script: &'static str) -> Result<Self, StoreError> {
+        match value {
+            Value::BulkString(bytes) if !bytes.is_empty() => Ok(Record {
+                bytes,
+                at: 0,
+                script,
+            }),
+            other => Err(StoreError::Failed(format!(
+                "{script}.lua answered {other:?} instead of a record; is another program (or another version of tollgate) using the key prefix?"
+            ))),
+        }
+    }
+
+    fn bad(&self) -> StoreError {
+        StoreError::Failed(format!(
+            "{}.lua answered a record that ends early or is malformed at byte {} ({:?}); is another program (or another version of tollgate) using the key prefix?",
+            self.script, self.at, self.bytes
+        ))
+    }
+
+    fn bytes(&mut self, n: usize) -> Result<&'v [u8], StoreError> {
+        let b = self
+            .bytes
+            .get(self.at..self.at + n)
+            .ok_or_else(|| self.bad())?;
+        self.at += n;
+        Ok(b)
+    }
+
+    fn byte(&mut self) -> Result<u8, StoreError> {
+        Ok(self.bytes(1)?[0])
+    }
+
+    fn f64(&mut self) -> Result<f64, StoreError> {
+        let b = self.bytes(8)?;
+        Ok(f64::from_le_bytes(b.try_into().expect("eight bytes")))
+    }
+
+    /// A whole number sent as a double (exact below 2^53).
+    fn u64(&mut self) -> Result<u64, StoreError> {
+        let v = self.f64()?;
+        if v >= 0.0 && v.fract() == 0.0 && v < 9_007_199_254_740_992.0 {
+            Ok(v as u64)
+        } else {
+            self.at -= 8;
+            Err(self.bad())
+        }
+    }
+
+    /// The script's clock, as the scripts add its `TIME` seconds and microseconds.
+    fn time(&mut self) -> Result<f64, StoreError> {
+        Ok(self.f64()? + self.f64()? / 1_000_000.0)
+    }
+
+    /// A key's state of `len` bytes as the scripts store it (0: none).
+    fn state(&mut self, len: u8) -> Result<KeyState, StoreError> {
+        if len == 0 {
+            return Ok(KeyState::default());
+        }
+        let at = self.at;
+        let b = self.bytes(usize::from(len))?;
+        decode_state(b).ok_or_else(|| {
+            self.at = at;
+            self.bad()
+        })
+    }
+
+    fn end(&self) -> Result<(), StoreError> {
+        if self.at == self.bytes.len() {
+            Ok(())
+        } else {
+            Err(self.bad())
+        }
     }
 }
 
@@ -465,20 +586,6 @@ impl<'v> Reply<'v> {
         Ok(self.f64(at)? + self.f64(at + 1)? / 1_000_000.0)
     }
 
-    /// A number of the state hash as the scripts store it: an 8-byte
-    /// little-endian double, or nil for a missing field (0).
-    fn stored(&self, at: usize) -> Result<f64, StoreError> {
-        match self.items.get(at) {
-            Some(Value::Nil) => Ok(0.0),
-            Some(Value::BulkString(b)) if b.len() == 8 => {
-                let mut bytes = [0u8; 8];
-                bytes.copy_from_slice(b);
-                Ok(f64::from_le_bytes(bytes))
-            }
-            _ => Err(self.bad(at)),
-        }
-    }
-
     /// A key's state as the scripts store it (field `s`, see `state.lua`):
     /// id sequence, expiry, classes, TATs and refunds; all zeros for nil.
     fn state(&self, at: usize) -> Result<KeyState, StoreError> {
@@ -515,59 +622,66 @@ pub(crate) struct ReserveNews {
     pub(crate) epoch: Option<String>,
 }
 
-/// Reads the reply of `reserve.lua`.
+/// Reads one record of the reply of `reserve.lua`.
 pub(crate) fn reserve_reply(
     value: &Value,
     call: &ReserveCall<'_>,
 ) -> Result<Result<(Reserved, ReserveNews), ReserveError>, StoreError> {
-    let r = Reply::new(value, "reserve")?;
-    match r.u64(0)? {
-        1 => {
-            let now = r.time(2)?;
-            let slot = match r.text(1) {
-                Some("") => now,
-                _ => r.f64(1)?,
-            };
+    let mut r = Record::new(value, "reserve")?;
+    let outcome = match r.byte()? {
+        GRANTED => {
+            let slot = r.f64()?;
+            let now = r.time()?;
+            let id = r.u64()?;
+            let position = r.u64()?;
+            let (epoch_len, state_len, counters) = (r.byte()?, r.byte()?, r.byte()?);
+            let epoch = std::str::from_utf8(r.bytes(usize::from(epoch_len))?)
+                .map_err(|_| r.bad())?
+                .to_string();
             // The key's state before the charge.
-            let stored = r.state(7)?;
+            let stored = r.state(state_len)?;
             let policy = call.policy;
-            let mut at = 8;
-            let queued = r.items.len() > at;
             let mut class_refunds_at = [0.0; DIMENSIONS];
-            if queued {
+            if counters > 0 {
                 for (i, c) in class_refunds_at.iter_mut().enumerate() {
                     if policy.increment[i] > 0.0 {
-                        *c = r.stored(at)?;
-                        at += 1;
+                        *c = r.f64()?;
                     }
                 }
             }
             // The mark follows from them exactly as in `tollgate_core::reserve`.
             let mark = mark_of(policy, &call.cost, slot, &stored, class_refunds_at);
             let news = ReserveNews {
-                epoch: r.text(6).filter(|e| !e.is_empty()).map(str::to_string),
+                epoch: (!epoch.is_empty()).then_some(epoch),
             };
-            let reserved = Reserved {
-                slot,
-                now,
-                id: r.u64(4)?,
-                position: r.u64(5)?,
-                mark,
-            };
-            Ok(Ok((reserved, news)))
+            Ok((
+                Reserved {
+                    slot,
+                    now,
+                    id,
+                    position,
+                    mark,
+                },
+                news,
+            ))
         }
-        3 => Ok(Err(ReserveError::WouldWait {
-            retry_after: r.f64(1)?,
+        WOULD_WAIT => Err(ReserveError::WouldWait {
+            retry_after: r.f64()?,
             max_wait: call.max_wait.unwrap_or(0.0),
-        })),
-        5 => Err(late()),
-        4 => Ok(Err(ReserveError::QueueFull {
-            retry_after: r.f64(1)?,
-            depth: r.u64(2)?,
+        }),
+        QUEUE_FULL => Err(ReserveError::QueueFull {
+            retry_after: r.f64()?,
+            depth: r.u64()?,
             max_queue: call.max_queue.unwrap_or(0),
-        })),
-        _ => Err(r.bad(0)),
-    }
+        }),
+        LATE => return Err(late()),
+        _ => {
+            r.at = 0;
+            return Err(r.bad());
+        }
+    };
+    r.end()?;
+    Ok(outcome)
 }
 
 /// A call that reached Redis after its caller's deadline: it wrote nothing.
@@ -588,48 +702,61 @@ fn too_large(policy: &Policy, dimension: Dimension, needed: f64) -> ReserveError
     }
 }
 
-/// Reads the reply of `settle.lua`: the key's state before and the headroom
-/// the reservations queued behind need, from which `tollgate_core::settle`
-/// gives the outcome the script wrote.
+/// Reads the reply of `settle.lua` (one record, see there): the key's state
+/// before and the headroom the reservations queued behind need, from which
+/// `tollgate_core::settle` gives the outcome the script wrote.
 pub(crate) fn settle_reply(
     value: &Value,
     call: &SettleCall<'_>,
 ) -> Result<(Settled, f64), StoreError> {
-    let r = Reply::new(value, "settle")?;
-    if r.items.len() == 3 && r.u64(0)? == 7 {
-        // Cancelled already: nothing was written.
-        return Ok((Settled::unchanged(KeyState::default()), r.time(1)?));
-    }
-    if r.items.len() <= 2 {
-        return match r.u64(0)? {
-            5 => Err(late()),
-            _ => Err(r.bad(0)),
-        };
-    }
-    let now = r.time(0)?;
-    let state = r.state(2)?;
-    // Per dimension the headroom of those queued behind.
-    let mut later = [f64::INFINITY; DIMENSIONS];
-    for (i, l) in later.iter_mut().enumerate() {
-        if r.text(3 + i).is_some_and(|s| !s.is_empty()) {
-            // As the memory store: less the refunds made since.
-            *l = r.f64(3 + i)? - state.refunded[i];
+    let mut r = Record::new(value, "settle")?;
+    match r.byte()? {
+        0 => {}
+        5 => return Err(late()),
+        7 => {
+            // Cancelled already: nothing was written.
+            let now = r.time()?;
+            r.end()?;
+            return Ok((Settled::unchanged(KeyState::default()), now));
+        }
+        _ => {
+            r.at = 0;
+            return Err(r.bad());
         }
     }
-    let queued = r.u64(7)? == 1;
-    let ahead = match r.items.get(8) {
-        Some(Value::BulkString(b)) if b.len() == 32 => {
-            let mut d = [0.0; DIMENSIONS];
-            for (v, chunk) in d.iter_mut().zip(b.chunks_exact(8)) {
-                let mut bytes = [0u8; 8];
-                bytes.copy_from_slice(chunk);
-                *v = f64::from_le_bytes(bytes);
-            }
-            d
-        }
-        Some(Value::Nil) | None => [0.0; DIMENSIONS],
-        _ => return Err(r.bad(8)),
+    let now = r.time()?;
+    let queued = match r.byte()? {
+        0 => false,
+        1 => true,
+        _ => return Err(r.bad()),
     };
+    let (later_bits, state_len, ahead_len) = (r.byte()?, r.byte()?, r.byte()?);
+    // Per dimension the headroom of those queued behind.
+    let mut later_at = [f64::INFINITY; DIMENSIONS];
+    for (i, l) in later_at.iter_mut().enumerate() {
+        if later_bits & (1 << i) != 0 {
+            *l = r.f64()?;
+        }
+    }
+    let state = r.state(state_len)?;
+    let mut later = later_at;
+    for (l, refunded) in later.iter_mut().zip(state.refunded) {
+        // As the memory store: less the refunds made since.
+        if l.is_finite() {
+            *l -= refunded;
+        }
+    }
+    let mut ahead = [0.0; DIMENSIONS];
+    match ahead_len {
+        0 => {}
+        32 => {
+            for v in &mut ahead {
+                *v = r.f64()?;
+            }
+        }
+        _ => return Err(r.bad()),
+    }
+    r.end()?;
     let vacated = Vacated {
         queued,
         slot: call.slot,
@@ -666,7 +793,6 @@ mod tests {
 
     #[test]
     fn reads_a_granted_reservation() {
-        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
         // The state: id 5, expiry, no classes; tokens: tat 1700000001.1,
         // refunded 0.1; the rest 0.
         let mut blob = Vec::new();
@@ -675,16 +801,19 @@ mod tests {
         blob.extend_from_slice(&[0, 0, 0b10]);
         blob.extend_from_slice(&1_700_000_001.1f64.to_le_bytes());
         blob.extend_from_slice(&0.1f64.to_le_bytes());
-        let items = vec![
-            Value::Int(1),
-            bulk(""),
-            bulk("1700000000"),
-            bulk("250000"),
-            Value::Int(1_700_000_000_250_001),
-            Value::Int(2),
-            bulk(""),
-            Value::BulkString(blob),
-        ];
+        let now = 1_700_000_000.0 + 250_000.0 / 1e6;
+        let mut record = vec![GRANTED];
+        for v in [
+            now,
+            1_700_000_000.0,
+            250_000.0,
+            1_700_000_000_250_001.0,
+            2.0,
+        ] {
+            record.extend_from_slice(&f64::to_le_bytes(v));
+        }
+        record.extend_from_slice(&[0, blob.len() as u8, 0]);
+        record.extend_from_slice(&blob);
         let policy = tollgate_core::Limits::new()
             .requests(60)
             .tokens(600)
@@ -700,13 +829,19 @@ mod tests {
             max_queue: None,
             lease: None,
         };
-        let (r, news) = reserve_reply(&Value::Array(items), &call).unwrap().unwrap();
+        // Two records in one reply: this one and a refusal.
+        let mut reply = record.clone();
+        reply.push(WOULD_WAIT);
+        reply.extend_from_slice(&1.5f64.to_le_bytes());
+        let items = reserve_replies(&Value::BulkString(reply), 2).unwrap();
+        assert_eq!(items[0], Value::BulkString(record));
+        let (r, news) = reserve_reply(&items[0], &call).unwrap().unwrap();
         assert_eq!(
             news.epoch, None,
             "an empty epoch: the script did not read it"
         );
         assert_eq!(r.now, 1_700_000_000.25);
-        assert_eq!(r.slot, r.now, "an empty slot means the time of the call");
+        assert_eq!(r.slot, r.now);
         assert_eq!(r.id, 1_700_000_000_250_001);
         assert_eq!(r.position, 2);
         assert_eq!(
@@ -719,6 +854,27 @@ mod tests {
         assert_eq!(r.mark.gap[1], 0.0);
         assert_eq!(r.mark.end[2], 0.0, "unlimited dimensions keep their TAT");
         assert_eq!(r.mark.refunded_at[1], 0.1);
+        match reserve_reply(&items[1], &call).unwrap() {
+            Err(ReserveError::WouldWait { retry_after, .. }) => assert_eq!(retry_after, 1.5),
+            other => panic!("a refusal to wait 1.5 s was read as {other:?}"),
+        }
         assert!(reserve_reply(&Value::Int(3), &call).is_err());
+    }
+
+    #[test]
+    fn a_reply_that_ends_early_or_runs_on_is_an_error() {
+        let mut record = vec![GRANTED];
+        record.extend_from_slice(&[0; 43]);
+        // The state's length says 16 bytes follow: none do.
+        record[42] = 16;
+        assert!(reserve_replies(&Value::BulkString(record.clone()), 1).is_err());
+        // A wait of 1 s and a stray byte: not two records.
+        let mut refused = vec![WOULD_WAIT];
+        refused.extend_from_slice(&1.0f64.to_le_bytes());
+        refused.push(9);
+        assert!(reserve_replies(&Value::BulkString(refused), 1).is_err());
+        // One record where two were sent.
+        assert!(reserve_replies(&Value::BulkString(vec![LATE]), 2).is_err());
+        assert!(reserve_replies(&Value::Array(Vec::new()), 0).is_err());
     }
 }

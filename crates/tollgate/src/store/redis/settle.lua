@@ -33,51 +33,67 @@
 -- cancellation's seconds went). A class none of whose queued reservations
 -- came after this one caps nothing. Its lease (<prefix>:{K}:l, :m) goes.
 --
--- Reply: {time_sec, time_usec, state, later0..later3, queued, ahead} with the
--- key's state before the settlement as stored (field s, see reserve.lua; nil
--- for none), per dimension the least headroom of the reservations queued after
--- this one ("" when none, or when it could not matter), 1 when it was queued
--- (else 0), and the vacated seconds it took (four doubles; nil for none): the caller
--- computes the outcome from these with tollgate_core::settle_vacated, as this script
--- does. {5} when past the caller's deadline; {7, time_sec, time_usec} when
--- the reservation was cancelled already (nothing written).
+-- Reply: one string (see reserve.lua): the code 0, time_sec and time_usec
+-- (d), then (B each) 1 when it was queued (else 0), the dimensions whose
+-- headroom follows (bit i for dimension i), the length of the key's state
+-- before the settlement as stored (field s, see reserve.lua; 0 for none)
+-- and of the vacated seconds it took (32 or 0); then, per dimension in that
+-- set, the least headroom of the reservations queued after this one (d; a
+-- dimension is left out when none is queued after it, or when it could not
+-- matter), the state, and the vacated seconds (four doubles): the caller
+-- computes the outcome from these with tollgate_core::settle_vacated, as this
+-- script does. The code 5 alone when past the caller's deadline; 7,
+-- time_sec, time_usec (d) when the reservation was cancelled already
+-- (nothing written).
 
 -- Redis 5 or later: a script that reads TIME may write (effects replication).
 -- A key's numbers live in one field as binary doubles (see reserve.lua).
 -- `load` and `store` (state.lua, run ahead of this script) read and write it.
+-- Only what a settlement needs is made: every table and function costs an
+-- allocation on every call (see reserve.lua).
 local unpack_d, pack = struct.unpack, struct.pack
-local tonumber, min = tonumber, math.min
+local min = math.min
 
 local time = redis.call('TIME')
 local sec, usec = tonumber(time[1]), tonumber(time[2])
 local now = sec + usec / 1000000
 -- The numbers of ARGV[2]: five, then seven per dimension passed.
-local A = {struct.unpack('<' .. string.rep('d', #ARGV[2] / 8), ARGV[2])}
-if A[4] >= 0 and now > A[4] then return {5} end
+local size, format = #ARGV[2], nil
+if size == 96 then format = '<dddddddddddd'
+elseif size == 152 then format = '<ddddddddddddddddddd'
+else format = '<' .. string.rep('d', size / 8) end
+local A = {struct.unpack(format, ARGV[2])}
+if A[4] >= 0 and now > A[4] then return '\5' end
 local class = A[2]
 local slot = A[3]
 local started = slot <= now
 local cancelled = A[5] == 1
-local n = (#ARGV[2] / 8 - 5) / 7
+local n = (size / 8 - 5) / 7
 local id = tonumber(ARGV[1])
-local base = string.sub(KEYS[1], 1, -2)
+local base = nil
 -- The state, then the class's counter of refunds by started reservations
 -- for each dimension refunded (see advance.lua).
-local fields = {KEYS[1], 's'}
-local a_at = {}
+local fields = nil
+local a_at = nil
 if started then
   local m = 2
   for k = 1, n do
     if A[7 * k + 1] > 0 then
+      if m == 2 then fields, a_at = {KEYS[1], 's'}, {} end
       m = m + 1
-      fields[m] = 'a' .. class .. ':' .. A[7 * k - 1]
+      -- (Formatting a number with .. costs a %.14g; %d is cheaper.)
+      fields[m] = string.format('a%d:%d', class, A[7 * k - 1])
       a_at[k] = m - 1
     end
   end
 end
-local h
-if #fields == 2 then h = {redis.call('HGET', KEYS[1], 's')} else h = redis.call('HMGET', unpack(fields)) end
-local blob = h[1]
+local h, blob = nil, nil
+if fields then
+  h = redis.call('HMGET', unpack(fields))
+  blob = h[1]
+else
+  blob = redis.call('HGET', KEYS[1], 's')
+end
 local st = load(blob)
 local classes = st[3]
 -- Reservations charged after this one exist only when it is not the last.
@@ -92,8 +108,9 @@ if classes > 0 then
   local removed = 0
   if classes % (2 * class_bit) >= class_bit then removed = redis.call('ZREM', KEYS[2], ARGV[1]) end
   if not started then
+    base = string.sub(KEYS[1], 1, -2)
     if removed == 0 then removed = redis.call('HDEL', base .. 'r', ARGV[1]) end
-    if removed == 0 then return {7, time[1], time[2]} end
+    if removed == 0 then return pack('<Bdd', 7, sec, usec) end
     queued = true
   end
 end
@@ -103,8 +120,8 @@ if queued then
   id_w = string.format('%020.0f', id)
   local own = base .. 'h' .. class
   for k = 1, n do
-    local i = A[7 * k - 1]
-    local e = redis.call('ZRANGEBYLEX', own, '[' .. i .. ':' .. id_w .. ':', '[' .. i .. ':' .. id_w .. ';', 'LIMIT', 0, 1)[1]
+    local i_s = string.format('%d', A[7 * k - 1])
+    local e = redis.call('ZRANGEBYLEX', own, '[' .. i_s .. ':' .. id_w .. ':', '[' .. i_s .. ':' .. id_w .. ';', 'LIMIT', 0, 1)[1]
     if e and string.sub(e, -2) ~= ':p' then redis.call('ZREM', own, e) end
   end
   local got = redis.call('HGET', base .. 'v', 'k' .. ARGV[1])
@@ -115,13 +132,15 @@ if queued then
   redis.call('ZREM', base .. 'l', ARGV[1])
   redis.call('HDEL', base .. 'm', ARGV[1])
 end
-local out = {time[1], time[2], blob or false, '', '', '', '', queued and 1 or 0, false}
-if ahead then out[9] = pack('<dddd', ahead[1], ahead[2], ahead[3], ahead[4]) end
+-- The headroom of those queued behind, per dimension looked at (bit i of
+-- `later_bits` for dimension i), for the reply.
+local later_bits, later = 0, nil
 
 -- Only a settlement with reservations charged after it looks at them (and
 -- pays for making these functions).
 local later_headroom
 if later_ones then
+  base = base or string.sub(KEYS[1], 1, -2)
   -- Removes entries from the front of a range of a headroom index while
   -- `gone` says so, eight at a time (as in reserve.lua).
   local function trim(key, from, to, gone)
@@ -153,10 +172,11 @@ if later_ones then
   -- class) that were charged after this one, as its string; nil when none.
   later_headroom = function(i)
     local least, least_s = math.huge, nil
-    local lo, hi = '[' .. i .. ':', '[' .. i .. ';'
+    local i_s = string.format('%d', i)
+    local lo, hi = '[' .. i_s .. ':', '[' .. i_s .. ';'
     id_w = id_w or string.format('%020.0f', id)
     -- Just after every member of this reservation in lexicographic order.
-    local from = '(' .. i .. ':' .. id_w .. ';'
+    local from = '(' .. i_s .. ':' .. id_w .. ';'
     local c = 0
     while classes >= 2 ^ c do
       if classes % (2 ^ (c + 1)) >= 2 ^ c and queues_after(c) then
@@ -183,11 +203,14 @@ if later_ones then
 end
 
 local changed = false
-local set = {KEYS[1], 's', ''}
+-- The fields to write: the state, then refund counters (made on first need).
+local set = nil
 local m = 3
 local full = now
 local charged = false
-local left = {0, 0, 0, 0}
+-- What a cancellation could not give back, by dimension.
+local left = nil
+if cancelled then left = {0, 0, 0, 0} end
 local any_left = false
 for k = 1, n do
   local a = 7 * k - 1
@@ -221,7 +244,9 @@ for k = 1, n do
     if later_ones and min(wanted, undrained) > 0 then
       local later_s = later_headroom(i)
       if later_s then
-        out[4 + i] = later_s
+        later = later or {0, 0, 0, 0}
+        later[i + 1] = tonumber(later_s)
+        later_bits = later_bits + 2 ^ i
         undrained = min(undrained, tonumber(later_s) - refunded)
       end
     end
@@ -230,7 +255,8 @@ for k = 1, n do
       st[4 + i] = tat - give
       st[8 + i] = refunded + give
       changed = true
-      if a_at[k] then
+      if a_at and a_at[k] then
+        set = set or {KEYS[1], 's', ''}
         set[m + 1] = fields[a_at[k] + 1]
         local before = h[a_at[k]]
         set[m + 2] = pack('<d', (before and unpack_d('<d', before) or 0) + give)
@@ -289,9 +315,23 @@ if charged then
   end
 end
 if changed then
-  set[3] = store(st)
-  redis.call('HSET', unpack(set))
+  if set then
+    set[3] = store(st)
+    redis.call('HSET', unpack(set))
+  else
+    redis.call('HSET', KEYS[1], 's', store(st))
+  end
   if expire_at then redis.call('PEXPIREAT', KEYS[1], expire_at) end
 end
 
-return out
+-- The reply: the code 0, the time, whether it was queued, which headrooms
+-- follow, the lengths of the state and of the vacated seconds; then those.
+local reply = pack('<BddBBBB', 0, sec, usec, queued and 1 or 0, later_bits, blob and #blob or 0, ahead and 32 or 0)
+if later then
+  for i = 0, 3 do
+    if later_bits % (2 ^ (i + 1)) >= 2 ^ i then reply = reply .. pack('<d', later[i + 1]) end
+  end
+end
+if blob then reply = reply .. blob end
+if ahead then reply = reply .. pack('<dddd', ahead[1], ahead[2], ahead[3], ahead[4]) end
+return reply
