@@ -16,10 +16,14 @@
 //!   /admin/overrides/clients/{id}`, `DELETE /admin/overrides/routes/{name}`:
 //!   remove one (the file's values apply again).
 //!
-//! Changes apply at once here and, through the store, on every other instance
-//! within `store.sync_interval_ms`; how they combine with the file is in
-//! [`crate::overrides`]. While the store cannot be reached, changes and the
-//! client listing answer 503 `store_unavailable`.
+//! Changes are written to the registry's database, apply at once here and,
+//! announced through the store, on every other instance within
+//! `store.sync_interval_ms` (see [`crate::registry`], also for how they
+//! combine with the file). While the database cannot be reached, changes
+//! answer 503 `database_unavailable` and nothing is changed; while the
+//! store cannot be reached, the client listing (bucket use, spend) answers
+//! 503 `store_unavailable`, and changes still apply (other instances find
+//! them in the database).
 
 use std::sync::Arc;
 
@@ -35,8 +39,9 @@ use crate::budget::nano_to_usd;
 use crate::config::RouteConfig;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
+use crate::overrides::Overrides;
 pub use crate::overrides::TierPatch;
-use crate::overrides::{ClientOverride, Overrides, RouteOverride, TierOverride};
+use crate::registry::db::Entity;
 use crate::registry::RegistryError;
 
 fn store_unavailable(e: impl std::fmt::Display) -> Response {
@@ -50,11 +55,27 @@ fn store_unavailable(e: impl std::fmt::Display) -> Response {
 }
 
 /// The answer to a failed change: 400 for an invalid one, 503 when the
-/// store could not be reached.
+/// database could not be reached, 409 when other changes kept coming first.
 fn change_failed(e: RegistryError, code: &str, param: &'static str) -> Response {
     match e {
         RegistryError::Config(e) => ApiError::invalid(code, param, e.to_string()).into_response(),
         RegistryError::Store(e) => store_unavailable(e),
+        RegistryError::Database(e) => {
+            tracing::warn!(error = %e, "admin change failed: database unavailable");
+            ApiError::internal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                format!("The registry's database is unavailable ({e}); nothing was changed. Retry shortly."),
+            )
+            .into_response()
+        }
+        RegistryError::Contended => ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "conflict",
+            e.to_string(),
+        )
+        .into_response(),
     }
 }
 
@@ -76,15 +97,12 @@ pub async fn tiers(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Respon
         return e.into_response();
     }
     let reg = gw.registry();
+    let clients = reg.clients();
     let tiers: Vec<Value> = reg
-        .tiers
-        .values()
+        .tiers()
+        .iter()
         .map(|t| {
-            let clients = reg
-                .clients
-                .values()
-                .filter(|c| c.tier.name == t.name)
-                .count();
+            let clients = clients.iter().filter(|c| c.tier.name == t.name).count();
             json!({"name": t.name, "config": t.config, "clients": clients})
         })
         .collect();
@@ -98,7 +116,7 @@ pub async fn clients(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Resp
     }
     let reg = gw.registry();
     let mut out = Vec::new();
-    for c in reg.clients.values() {
+    for c in reg.clients() {
         let mut usage = serde_json::Map::new();
         // A store outage is a 503, never zeros that look like data.
         let status = match c.limiter.status().await {
@@ -189,7 +207,7 @@ pub async fn set_client_tier(
         Err(e) => return bad_body(e),
     };
     let reg = gw.registry();
-    if !reg.clients.contains_key(&id) {
+    if reg.client(&id).is_none() {
         return ApiError::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
@@ -198,8 +216,8 @@ pub async fn set_client_tier(
         )
         .into_response();
     }
-    if !reg.tiers.contains_key(&req.tier) {
-        let known: Vec<&String> = reg.tiers.keys().collect();
+    if !reg.has_tier(&req.tier) {
+        let known: Vec<String> = reg.tiers().iter().map(|t| t.name.clone()).collect();
         return ApiError::invalid(
             "unknown_tier",
             "tier",
@@ -207,15 +225,9 @@ pub async fn set_client_tier(
         )
         .into_response();
     }
-    let tier = req.tier.clone();
-    match gw
-        .change(|o, version| {
-            o.client_tiers
-                .insert(id.clone(), ClientOverride { tier, version });
-        })
-        .await
-    {
-        Ok((version, _)) => {
+    match reg.assign_tier(&id, &req.tier).await {
+        Ok(version) => {
+            gw.announce(version).await;
             tracing::info!(client = %id, tier = %req.tier, version, "client tier changed");
             Json(json!({"id": id, "tier": req.tier, "version": version})).into_response()
         }
@@ -238,7 +250,8 @@ pub async fn patch_tier(
         Ok(p) => p,
         Err(e) => return bad_body(e),
     };
-    if !gw.config.tiers.contains_key(&name) {
+    let reg = gw.registry();
+    if !reg.has_tier(&name) {
         return ApiError::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
@@ -247,35 +260,11 @@ pub async fn patch_tier(
         )
         .into_response();
     }
-    let (_, live) = gw.overrides().await;
-    let fields = live
-        .tiers
-        .get(&name)
-        .map(|o| o.fields.merged(&patch))
-        .unwrap_or_else(|| patch.clone());
-    let t = fields.apply(&gw.config.tiers[&name]);
-    // The file's own rules, so the API accepts exactly what the file would;
-    // an invalid change is a 400 and changes nothing.
-    if let Err(e) = crate::config::validate_tier(
-        &format!("tiers.{name}"),
-        &t,
-        gw.config.priority.headroom.len(),
-    ) {
-        return ApiError::invalid("invalid_tier", "body", e.to_string()).into_response();
-    }
-    match gw
-        .change(|o, version| {
-            // On top of the newest shared override of this tier.
-            let fields = o
-                .tiers
-                .get(&name)
-                .map_or(fields, |t| t.fields.merged(&patch));
-            o.tiers
-                .insert(name.clone(), TierOverride { fields, version });
-        })
-        .await
-    {
-        Ok((version, _)) => {
+    // Validated by the file's own rules, so the API accepts exactly what
+    // the file would; an invalid change is a 400 and changes nothing.
+    match reg.patch_tier(&name, &patch).await {
+        Ok((version, t)) => {
+            gw.announce(version).await;
             tracing::info!(tier = %name, version, "tier changed");
             Json(json!({"name": name, "config": t, "version": version})).into_response()
         }
@@ -291,7 +280,7 @@ pub async fn routes(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Respo
     let (_, live) = gw.overrides().await;
     let routes: serde_json::Map<String, Value> = gw
         .registry()
-        .routes
+        .routes()
         .iter()
         .map(|(name, r)| {
             let version = live.routes.get(name).map(|o| o.version);
@@ -325,23 +314,9 @@ pub async fn put_route(
         Err(e) => return bad_body(e),
     };
     // The file's own rules, so the API accepts exactly what the file would.
-    if let Err(e) = crate::config::validate_route(&gw.config, &name, &route) {
-        return ApiError::invalid("invalid_route", "body", e.to_string()).into_response();
-    }
-    let set = route.clone();
-    match gw
-        .change(|o, version| {
-            o.routes.insert(
-                name.clone(),
-                RouteOverride {
-                    route: set,
-                    version,
-                },
-            );
-        })
-        .await
-    {
-        Ok((version, _)) => {
+    match gw.registry().set_route(&name, &route).await {
+        Ok(version) => {
+            gw.announce(version).await;
             tracing::info!(route = %name, version, "route changed");
             Json(json!({"name": name, "rules": route.rules, "version": version})).into_response()
         }
@@ -409,33 +384,32 @@ pub async fn overrides(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Re
     Json(listing(&gw, version, &o)).into_response()
 }
 
-async fn remove_override(
-    gw: &Gateway,
-    headers: &HeaderMap,
-    what: &str,
-    present: impl Fn(&Overrides) -> bool,
-    remove: impl FnOnce(&mut Overrides),
-) -> Response {
+async fn remove_override(gw: &Gateway, headers: &HeaderMap, entity: Entity) -> Response {
     if let Err(e) = authorize(gw, headers) {
         return e.into_response();
     }
-    if !present(&gw.overrides().await.1) {
-        return ApiError::new(
+    let what = match &entity {
+        Entity::Tier(name) => format!("tier {name:?}"),
+        Entity::Route(name) => format!("route {name:?}"),
+        other => format!("client {:?}", other.id()),
+    };
+    match gw.registry().remove_override(&entity).await {
+        Ok(Some(version)) => {
+            gw.announce(version).await;
+            tracing::info!(
+                version,
+                "override for {what} removed; the config file applies"
+            );
+            let (version, o) = gw.overrides().await;
+            Json(listing(gw, version, &o)).into_response()
+        }
+        Ok(None) => ApiError::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
             "unknown_override",
             format!("No override for {what}; GET /admin/overrides lists them."),
         )
-        .into_response();
-    }
-    match gw.change(|o, _| remove(o)).await {
-        Ok((version, o)) => {
-            tracing::info!(
-                version,
-                "override for {what} removed; the config file applies"
-            );
-            Json(listing(gw, version, &o)).into_response()
-        }
+        .into_response(),
         Err(e) => change_failed(e, "invalid_change", "body"),
     }
 }
@@ -446,17 +420,7 @@ pub async fn remove_tier_override(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    let what = format!("tier {name:?}");
-    remove_override(
-        &gw,
-        &headers,
-        &what,
-        |o| o.tiers.contains_key(&name),
-        |o| {
-            o.tiers.remove(&name);
-        },
-    )
-    .await
+    remove_override(&gw, &headers, Entity::Tier(name)).await
 }
 
 /// `DELETE /admin/overrides/clients/{id}`.
@@ -465,17 +429,7 @@ pub async fn remove_client_override(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let what = format!("client {id:?}");
-    remove_override(
-        &gw,
-        &headers,
-        &what,
-        |o| o.client_tiers.contains_key(&id),
-        |o| {
-            o.client_tiers.remove(&id);
-        },
-    )
-    .await
+    remove_override(&gw, &headers, Entity::Assignment(id)).await
 }
 
 /// `DELETE /admin/overrides/routes/{name}`.
@@ -484,17 +438,7 @@ pub async fn remove_route_override(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    let what = format!("route {name:?}");
-    remove_override(
-        &gw,
-        &headers,
-        &what,
-        |o| o.routes.contains_key(&name),
-        |o| {
-            o.routes.remove(&name);
-        },
-    )
-    .await
+    remove_override(&gw, &headers, Entity::Route(name)).await
 }
 
 /// `GET /admin/usage?from=&to=&group_by=`: the usage ledger's report.

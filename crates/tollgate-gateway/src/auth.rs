@@ -53,6 +53,16 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// What a key hash leads to: its client, and for a key issued through the
+/// admin API (not one of the config file's), the key itself.
+#[derive(Debug, Clone)]
+pub struct KeyEntry {
+    /// The client's id.
+    pub client: String,
+    /// The issued key (`None`: a `key_sha256` of the config file).
+    pub key: Option<std::sync::Arc<crate::registry::Key>>,
+}
+
 /// Finds the client a key belongs to.
 ///
 /// The presented key is hashed first and the map is indexed by that hash, so
@@ -60,23 +70,56 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// nothing about any stored key; the final comparison is constant-time anyway.
 #[derive(Debug, Default, Clone)]
 pub struct KeyIndex {
-    by_hash: HashMap<[u8; 32], String>,
+    by_hash: HashMap<[u8; 32], KeyEntry>,
 }
 
 impl KeyIndex {
     /// Adds a key hash (hex) for a client; ignores malformed hashes (the
     /// config validation has already refused them).
     pub fn insert(&mut self, hash_hex: &str, client: &str) {
+        self.insert_entry(
+            hash_hex,
+            KeyEntry {
+                client: client.to_string(),
+                key: None,
+            },
+        );
+    }
+
+    /// Adds (or replaces) what a key hash (hex) leads to.
+    pub fn insert_entry(&mut self, hash_hex: &str, entry: KeyEntry) {
         if let Some(h) = parse_hash(&hash_hex.to_ascii_lowercase()) {
-            self.by_hash.insert(h, client.to_string());
+            self.by_hash.insert(h, entry);
         }
+    }
+
+    /// Removes a key hash (hex).
+    pub fn remove(&mut self, hash_hex: &str) {
+        if let Some(h) = parse_hash(&hash_hex.to_ascii_lowercase()) {
+            self.by_hash.remove(&h);
+        }
+    }
+
+    /// How many key hashes it holds.
+    pub fn len(&self) -> usize {
+        self.by_hash.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+
+    /// What a presented key leads to.
+    pub fn entry(&self, key: &str) -> Option<&KeyEntry> {
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let (stored, entry) = self.by_hash.get_key_value(&digest)?;
+        bool::from(stored.ct_eq(&digest)).then_some(entry)
     }
 
     /// The client id of a presented key.
     pub fn lookup(&self, key: &str) -> Option<&str> {
-        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        let (stored, client) = self.by_hash.get_key_value(&digest)?;
-        bool::from(stored.ct_eq(&digest)).then_some(client.as_str())
+        self.entry(key).map(|e| e.client.as_str())
     }
 }
 

@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::RwLock;
 use tollgate::{OutagePolicy, PriorityClass, RateLimiter, Store};
 
 use crate::budget::{Budgets, MemoryBudgets, RedisBudgets};
@@ -78,9 +77,10 @@ pub struct Gateway {
     /// What the request path needs of all this.
     pub(crate) pipeline: Pipeline,
     pub(crate) admin_hash: Option<[u8; 32]>,
-    registry: RwLock<Arc<Registry>>,
-    /// The overrides in force and the version they came with.
-    pub(crate) live: tokio::sync::Mutex<(u64, Overrides)>,
+    registry: Arc<Registry>,
+    /// Checks for registry changes so far (every
+    /// [`REREAD_EVERY`](crate::registry::REREAD_EVERY)th reads the database).
+    checks: std::sync::atomic::AtomicU32,
 }
 
 impl Gateway {
@@ -105,19 +105,7 @@ impl Gateway {
             None => budgets,
         };
         let models = Arc::new(build_models(&config, &store, outage).await?);
-        let (version, overrides) = sync.load().await.map_err(StartError::Store)?;
-        let overrides = overrides.unwrap_or_default();
-        let registry = Registry::build(&config, &overrides, &store, outage)
-            .await
-            .map_err(|e| match e {
-                RegistryError::Config(e) => StartError::Config(e),
-                RegistryError::Store(e) => StartError::Store(e),
-            })?;
-        // Precedence is explicit: say at start what the live overrides
-        // shadow in the file.
-        for line in overrides.describe(&config) {
-            tracing::warn!(version, "live override in force: {line}");
-        }
+        let registry = open_registry(&config, ledger.as_deref(), &store, &sync, outage).await?;
         let admin_hash = config
             .admin
             .token_sha256
@@ -145,71 +133,101 @@ impl Gateway {
             ledger,
             pipeline,
             admin_hash,
-            registry: RwLock::new(Arc::new(registry)),
-            live: tokio::sync::Mutex::new((version, overrides)),
+            registry: Arc::new(registry),
+            checks: std::sync::atomic::AtomicU32::new(0),
         }))
     }
 
     /// The registry in force.
     pub fn registry(&self) -> Arc<Registry> {
-        self.registry.read().clone()
+        self.registry.clone()
     }
 
-    /// Applies a live change: validates it by building a new registry,
-    /// publishes it to the other instances, then swaps it in here. `edit`
-    /// gets the overrides and the version this change will have. Returns
-    /// the overrides now in force and their version.
-    pub async fn change(
-        &self,
-        edit: impl FnOnce(&mut Overrides, u64),
-    ) -> Result<(u64, Overrides), RegistryError> {
-        let mut live = self.live.lock().await;
-        // Start from the newest shared overrides, so two admins on two
-        // instances do not undo each other's changes; without the store, no
-        // change (it could not reach the other instances).
-        let (base, shared) = self.sync.load().await.map_err(RegistryError::Store)?;
-        let mut next = match shared {
-            Some(shared) => shared,
-            None => live.1.clone(),
-        };
-        edit(&mut next, base.max(live.0) + 1);
-        let registry = Registry::build(&self.config, &next, &self.store, self.outage).await?;
-        let version =
-            match &self.sync {
-                LiveSync::Local => live.0 + 1,
-                LiveSync::Redis(..) => self.sync.publish(&next).await.map_err(|e| {
-                    RegistryError::Store(format!("could not publish the change: {e}"))
-                })?,
-            };
-        *self.registry.write() = Arc::new(registry);
-        *live = (version, next.clone());
-        Ok((version, next))
-    }
-
-    /// The overrides in force and their version.
+    /// The overrides in force and the last registry change applied.
     pub async fn overrides(&self) -> (u64, Overrides) {
-        self.live.lock().await.clone()
+        self.registry.overrides()
     }
 
-    /// Picks up changes published by other instances (called periodically).
+    /// Tells the other instances that registry change `version` was made
+    /// (they also find it in the database within a few checks when the
+    /// notice is lost).
+    pub(crate) async fn announce(&self, version: u64) {
+        if let Err(e) = self.sync.announce(version).await {
+            self.metrics
+                .inc("tollgate_store_errors_total", &[("component", "sync")]);
+            tracing::warn!(version, error = %e, "could not announce a registry change; other instances read it from the database within a few seconds");
+        }
+    }
+
+    /// Applies registry changes made by other instances (called every
+    /// `store.sync_interval_ms`): when the store announces a newer one, and
+    /// every [`REREAD_EVERY`](crate::registry::REREAD_EVERY)th call anyway.
+    /// Answers whether any was applied.
     pub async fn refresh(&self) -> Result<bool, String> {
-        if matches!(self.sync, LiveSync::Local) {
-            return Ok(false);
+        let n = self
+            .checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let announced = self.sync.announced().await;
+        let behind = announced
+            .as_ref()
+            .is_ok_and(|&v| v > self.registry.version());
+        if !behind && !n.is_multiple_of(crate::registry::REREAD_EVERY) {
+            return announced.map(|_| false);
         }
-        let current = self.live.lock().await.0;
-        if self.sync.version().await? == current {
-            return Ok(false);
+        let applied = self.registry.catch_up().await.map_err(|e| e.to_string())?;
+        if applied > 0 {
+            tracing::info!(
+                version = self.registry.version(),
+                changes = applied,
+                "applied registry changes"
+            );
         }
-        let mut live = self.live.lock().await;
-        let (version, shared) = self.sync.load().await?;
-        let overrides = shared.unwrap_or_default();
-        let registry = Registry::build(&self.config, &overrides, &self.store, self.outage)
-            .await
-            .map_err(|e| e.to_string())?;
-        *self.registry.write() = Arc::new(registry);
-        *live = (version, overrides);
-        tracing::info!(version, "applied a live configuration change");
-        Ok(true)
+        announced.map(|_| applied > 0)
+    }
+}
+
+/// The registry on the ledger's database (an in-memory one when the ledger
+/// is off), with the overrides earlier releases kept in the store moved
+/// into it.
+async fn open_registry(
+    config: &Config,
+    ledger: Option<&UsageLedger>,
+    store: &Store,
+    sync: &LiveSync,
+    outage: OutagePolicy,
+) -> Result<Registry, StartError> {
+    let db = match ledger {
+        Some(l) => l.store().clone(),
+        None => {
+            tracing::warn!("ledger.url = \"off\": the registry's changes are kept in memory only, lost at restart and not seen by other instances");
+            crate::ledger::Store::open("sqlite::memory:")
+                .await
+                .map_err(|e| StartError::Ledger(e.to_string()))?
+        }
+    };
+    let legacy = sync.legacy().await.map_err(StartError::Store)?;
+    let registry = Registry::open(config, db, store, outage)
+        .await
+        .map_err(start_error)?;
+    if let Some(legacy) = legacy {
+        let n = registry.import(&legacy).await.map_err(start_error)?;
+        sync.forget_legacy().await.map_err(StartError::Store)?;
+        tracing::warn!(
+            imported = n,
+            "moved the overrides an earlier release kept in the store into the registry's database"
+        );
+        for line in registry.overrides().1.describe(config) {
+            tracing::warn!("registry override in force: {line}");
+        }
+    }
+    Ok(registry)
+}
+
+fn start_error(e: RegistryError) -> StartError {
+    match e {
+        RegistryError::Config(e) => StartError::Config(e),
+        RegistryError::Store(e) => StartError::Store(e),
+        e => StartError::Ledger(e.to_string()),
     }
 }
 

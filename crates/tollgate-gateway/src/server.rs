@@ -189,7 +189,8 @@ async fn metrics_text(gw: &Gateway) -> Response {
     let mut left = Vec::new();
     let mut whole = Vec::new();
     let registry = gw.registry();
-    for client in registry.clients.values() {
+    let clients = registry.clients();
+    for client in &clients {
         let budget = client.tier.budget;
         if budget.daily.is_none() && budget.monthly.is_none() {
             continue;
@@ -227,7 +228,7 @@ async fn metrics_text(gw: &Gateway) -> Response {
         store_errors += s.store_errors;
         outage += s.outage_open + s.outage_closed + s.outage_local;
     }
-    for c in gw.registry().clients.values() {
+    for c in gw.registry().clients() {
         let s = c.limiter.stats();
         store_errors += s.store_errors;
         outage += s.outage_open + s.outage_closed + s.outage_local;
@@ -434,7 +435,9 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
         }
         None => (None, None),
     };
-    let sync = matches!(gw.sync, crate::sync::LiveSync::Redis(..)).then(|| {
+    // Every instance checks for registry changes, also without Redis: a
+    // database shared by several instances holds them all.
+    let sync = Some({
         let gw = gw.clone();
         let every = Duration::from_millis(gw.config.store.sync_interval_ms);
         tokio::spawn(async move {
@@ -445,7 +448,7 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
                 if let Err(e) = gw.refresh().await {
                     gw.metrics
                         .inc("tollgate_store_errors_total", &[("component", "sync")]);
-                    tracing::warn!(error = %e, "could not check for live configuration changes");
+                    tracing::warn!(error = %e, "could not check for registry changes");
                 }
             }
         })

@@ -1,13 +1,20 @@
-//! Live changes shared by every instance on one store.
+//! Notices of registry changes, shared by every instance on one store.
 //!
-//! With Redis, the admin API writes the [`Overrides`] as JSON to
-//! `tollgate:{config}:overrides` and bumps `tollgate:{config}:version` in one
-//! transaction (one hash tag: one Cluster slot), over the limit store's own
-//! connection; every instance polls the version (`store.sync_interval_ms`,
-//! 250 ms by default) and rebuilds its registry when it moves, so a change
-//! reaches all instances within that interval plus one round trip. With the
-//! memory store there is one instance and nothing to share. Every store call
-//! waits at most `store.timeout_ms`.
+//! The registry itself lives in the database ([`crate::registry`]); with
+//! Redis, an instance that wrote change N raises `tollgate:{config}:registry`
+//! to N (never lowers it), and every instance reads that number every
+//! `store.sync_interval_ms` (250 ms by default) and applies the changes it
+//! lacks from the database, so a change reaches all instances within that
+//! interval plus the reads. A store restarted empty answers no number, and
+//! instances read the database's change list every
+//! [`REREAD_EVERY`](crate::registry::REREAD_EVERY) checks anyway. With the
+//! memory store there is one instance and no notice. Every store call waits
+//! at most `store.timeout_ms`.
+//!
+//! Releases before the registry kept their overrides in the store, at
+//! `tollgate:{config}:overrides` (with `tollgate:{config}:version`); they
+//! are read once at start ([`LiveSync::legacy`]), written into the
+//! database and removed from the store ([`LiveSync::forget_legacy`]).
 
 use std::future::Future;
 use std::time::Duration;
@@ -17,10 +24,17 @@ use tollgate::store::RedisConnection;
 use crate::overrides::Stored;
 use crate::registry::Overrides;
 
-const OVERRIDES_KEY: &str = "tollgate:{config}:overrides";
-const VERSION_KEY: &str = "tollgate:{config}:version";
+const NOTICE_KEY: &str = "tollgate:{config}:registry";
+const LEGACY_OVERRIDES_KEY: &str = "tollgate:{config}:overrides";
+const LEGACY_VERSION_KEY: &str = "tollgate:{config}:version";
 
-/// Where live changes are published.
+/// Raises KEYS[1] to ARGV[1] unless it is already higher; answers it.
+const RAISE: &str = "local v = tonumber(redis.call('GET', KEYS[1]) or '0') \
+    local n = tonumber(ARGV[1]) \
+    if n > v then redis.call('SET', KEYS[1], ARGV[1]) return n end \
+    return v";
+
+/// Where change notices are published.
 #[derive(Clone)]
 pub enum LiveSync {
     /// This process only.
@@ -49,65 +63,79 @@ impl std::fmt::Debug for LiveSync {
 }
 
 impl LiveSync {
-    /// The current version of the shared overrides (0 when none were published).
-    pub async fn version(&self) -> Result<u64, String> {
+    /// The last change number announced (0 when none was, or the store
+    /// lost it).
+    pub async fn announced(&self) -> Result<u64, String> {
         match self {
             LiveSync::Local => Ok(0),
             LiveSync::Redis(conn, t) => {
                 let mut conn = conn.clone();
-                let v: Option<u64> = timed(
-                    *t,
-                    redis::cmd("GET").arg(VERSION_KEY).query_async(&mut conn),
-                )
-                .await?;
+                let v: Option<u64> =
+                    timed(*t, redis::cmd("GET").arg(NOTICE_KEY).query_async(&mut conn)).await?;
                 Ok(v.unwrap_or(0))
             }
         }
     }
 
-    /// The shared overrides and their version.
-    pub async fn load(&self) -> Result<(u64, Option<Overrides>), String> {
+    /// Announces change `version` to the other instances.
+    pub async fn announce(&self, version: u64) -> Result<(), String> {
         match self {
-            LiveSync::Local => Ok((0, None)),
+            LiveSync::Local => Ok(()),
+            LiveSync::Redis(conn, t) => {
+                let mut conn = conn.clone();
+                let script = redis::Script::new(RAISE);
+                timed(
+                    *t,
+                    script
+                        .key(NOTICE_KEY)
+                        .arg(version)
+                        .invoke_async::<u64>(&mut conn),
+                )
+                .await
+                .map(|_| ())
+            }
+        }
+    }
+
+    /// The overrides a previous release kept in the store, if any.
+    pub async fn legacy(&self) -> Result<Option<Overrides>, String> {
+        match self {
+            LiveSync::Local => Ok(None),
             LiveSync::Redis(conn, t) => {
                 let mut conn = conn.clone();
                 let (version, json): (Option<u64>, Option<String>) = timed(
                     *t,
                     redis::pipe()
                         .atomic()
-                        .get(VERSION_KEY)
-                        .get(OVERRIDES_KEY)
+                        .get(LEGACY_VERSION_KEY)
+                        .get(LEGACY_OVERRIDES_KEY)
                         .query_async(&mut conn),
                 )
                 .await?;
-                let version = version.unwrap_or(0);
-                let overrides = match json {
-                    Some(j) => Some(read_stored(&j, version)?),
-                    None => None,
-                };
-                Ok((version, overrides))
+                match json {
+                    Some(j) => Ok(Some(read_stored(&j, version.unwrap_or(0))?)),
+                    None => Ok(None),
+                }
             }
         }
     }
 
-    /// Publishes new overrides; returns their version.
-    pub async fn publish(&self, overrides: &Overrides) -> Result<u64, String> {
+    /// Removes the previous releases' overrides from the store (once they
+    /// are in the database).
+    pub async fn forget_legacy(&self) -> Result<(), String> {
         match self {
-            LiveSync::Local => Ok(0),
+            LiveSync::Local => Ok(()),
             LiveSync::Redis(conn, t) => {
                 let mut conn = conn.clone();
-                let json = serde_json::to_string(overrides).map_err(|e| e.to_string())?;
-                let (version,): (u64,) = timed(
+                timed(
                     *t,
-                    redis::pipe()
-                        .atomic()
-                        .set(OVERRIDES_KEY, json)
-                        .ignore()
-                        .incr(VERSION_KEY, 1)
-                        .query_async(&mut conn),
+                    redis::cmd("DEL")
+                        .arg(LEGACY_OVERRIDES_KEY)
+                        .arg(LEGACY_VERSION_KEY)
+                        .query_async::<u64>(&mut conn),
                 )
-                .await?;
-                Ok(version)
+                .await
+                .map(|_| ())
             }
         }
     }
@@ -126,26 +154,25 @@ impl LiveSync {
     }
 }
 
-/// The overrides stored at `version`. Those of the previous release are read
-/// (and said so: the next admin change rewrites them); an unreadable value
+/// The overrides stored at `version`, in today's format or the previous
+/// release's (whole tiers and bare client → tier names); an unreadable value
 /// is an error that names the key and how to remove it.
 fn read_stored(json: &str, version: u64) -> Result<Overrides, String> {
     match Overrides::from_stored(json, version) {
         Ok(Stored::Current(o)) => Ok(o),
         Ok(Stored::Previous(o)) => {
             tracing::warn!(
-                key = OVERRIDES_KEY,
+                key = LEGACY_OVERRIDES_KEY,
                 version,
-                "live overrides stored by the previous release (whole tiers, no versions): \
-                 read as overrides of every field of each tier they name; the next admin \
-                 change stores them in today's format"
+                "live overrides stored by an older release (whole tiers, no versions): \
+                 read as overrides of every field of each tier they name"
             );
             Ok(o)
         }
         Err(e) => Err(format!(
-            "cannot read the live overrides in Redis key {OVERRIDES_KEY} ({e}); \
-             to drop them and start from the config file alone: \
-             redis-cli -u REDIS_URL DEL '{OVERRIDES_KEY}'"
+            "cannot read the live overrides an earlier release left in Redis key \
+             {LEGACY_OVERRIDES_KEY} ({e}); to drop them and start from the config file \
+             and the registry's database: redis-cli -u REDIS_URL DEL '{LEGACY_OVERRIDES_KEY}'"
         )),
     }
 }

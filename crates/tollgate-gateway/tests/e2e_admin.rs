@@ -1,7 +1,10 @@
 //! The admin API against the config file: overrides win field by field, are
-//! kept with a version, listed, described at start and removable; the API
-//! accepts exactly what the file would (0 is not "unlimited", null is); a
-//! store outage answers 503, never a 400 or made-up zeros.
+//! kept in the registry's database with a version, listed, described at
+//! start and removable; the API accepts exactly what the file would (0 is
+//! not "unlimited", null is); a store outage changes nothing of the
+//! registry, and the listing that reads the store answers 503, never a 400
+//! or made-up zeros; overrides earlier releases kept in the store move into
+//! the database.
 
 mod common;
 
@@ -26,12 +29,15 @@ fn tier_of(tiers: &Value, name: &str) -> Value {
 async fn overrides_win_field_by_field_are_listed_and_removable_across_a_restart() {
     let redis = Redis::start().await;
     let sim = sim().await;
+    let db = fresh_database();
     let file = |tpm| {
-        shared_config(
+        let mut c = shared_config(
             &sim.base_url(),
             &redis.url,
             &[("pro", tier(10, tpm, 0, 0)), ("free", tier(5, 1_000, 0, 0))],
-        )
+        );
+        c.ledger.url = db.clone();
+        c
     };
     let c = http();
     let a = gateway(file(100_000)).await;
@@ -139,7 +145,7 @@ async fn the_api_validates_as_the_file_does_and_zero_is_not_unlimited() {
 }
 
 #[tokio::test]
-async fn during_a_store_outage_the_admin_api_answers_503() {
+async fn during_a_store_outage_changes_still_apply_and_the_listing_answers_503() {
     let redis = Redis::start().await;
     let sim = sim().await;
     let mut config = shared_config(
@@ -157,19 +163,20 @@ async fn during_a_store_outage_the_admin_api_answers_503() {
         200
     );
     redis.pause();
-    let r = set_client_tier(&c, &gw, "pro", "free").await;
-    expect_error(r, 503, "store_unavailable").await;
+    // The registry is the database's: changes are kept and apply here; the
+    // notice to other instances is what waits for the store.
     let r = patch_tier(&c, &gw, "pro", &json!({"rpm": 50})).await;
-    expect_error(r, 503, "store_unavailable").await;
+    assert_eq!(r.status(), 200);
+    let pro = tier_of(&admin_json(&c, &gw, "/admin/tiers").await, "pro");
+    assert_eq!(pro["rpm"].as_u64(), Some(50));
+    // Bucket use and spend are the store's: no made-up zeros.
     let r = send(admin(&c, &gw, Method::GET, "/admin/clients")).await;
     expect_error(r, 503, "store_unavailable").await;
     redis.resume();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let r = set_client_tier(&c, &gw, "pro", "free").await;
     assert_eq!(r.status(), 200);
-    // Nothing of the refused changes was kept.
-    let pro = tier_of(&admin_json(&c, &gw, "/admin/tiers").await, "pro");
-    assert_eq!(pro["rpm"].as_u64(), Some(100));
+    assert_eq!(rpm_limit(&c, &gw, "pro").await.as_deref(), Some("5"));
 }
 
 const OVERRIDES_KEY: &str = "tollgate:{config}:overrides";
@@ -183,15 +190,14 @@ const VERSION_KEY: &str = "tollgate:{config}:version";
 const PREVIOUS_RELEASE_OVERRIDES: &str = r#"{"tiers":{"pro":{"rpm":20,"tpm":100000,"burst":1.0,"priority":0,"max_wait_ms":0,"daily_budget_usd":null,"monthly_budget_usd":null}},"client_tiers":{"free":"pro"}}"#;
 
 #[tokio::test]
-async fn overrides_stored_by_the_previous_release_hold_at_start_and_the_next_change_rewrites_them()
-{
-    let redis = Redis::start().await;
+async fn overrides_an_earlier_release_kept_in_the_store_move_into_the_database_and_hold() {
+    let mut redis = Redis::start().await;
     redis.set(OVERRIDES_KEY, PREVIOUS_RELEASE_OVERRIDES).await;
     redis.set(VERSION_KEY, "2").await;
     let sim = sim().await;
     // The file has moved on since (pro's tpm): the previous release's
     // override replaced the whole tier, and still does.
-    let config = shared_config(
+    let mut config = shared_config(
         &sim.base_url(),
         &redis.url,
         &[
@@ -199,6 +205,7 @@ async fn overrides_stored_by_the_previous_release_hold_at_start_and_the_next_cha
             ("free", tier(5, 1_000, 0, 0)),
         ],
     );
+    config.ledger.url = fresh_database();
     let c = http();
     let gw = gateway(config.clone()).await;
     let pro = tier_of(&admin_json(&c, &gw, "/admin/tiers").await, "pro");
@@ -208,37 +215,30 @@ async fn overrides_stored_by_the_previous_release_hold_at_start_and_the_next_cha
     );
     assert_eq!(rpm_limit(&c, &gw, "free").await.as_deref(), Some("20"));
     let listed = admin_json(&c, &gw, "/admin/overrides").await;
-    assert_eq!(
-        listed["tiers"]["pro"]["version"].as_u64(),
-        Some(2),
-        "{listed}"
-    );
     assert_eq!(listed["tiers"]["pro"]["fields"]["rpm"], 20, "{listed}");
     assert_eq!(listed["clients"]["free"]["tier"], "pro", "{listed}");
-    assert_eq!(listed["clients"]["free"]["version"].as_u64(), Some(2));
     let (_, overrides) = gw.gateway.overrides().await;
     let said = overrides.describe(&config).join("\n");
     assert!(said.contains("tpm = 100000 (file: 200000)"), "{said}");
+    // Moved, not copied: the store no longer holds them.
+    assert_eq!(redis.get(OVERRIDES_KEY).await, None);
+    assert_eq!(redis.get(VERSION_KEY).await, None);
 
-    // The next change stores everything in today's format, the previous
-    // release's overrides kept.
+    // The next change joins them in the database; with the store restarted
+    // empty, a new instance on the database has them all.
     let r = patch_tier(&c, &gw, "free", &json!({"rpm": 7})).await;
     assert_eq!(r.status(), 200);
-    let stored: Value = serde_json::from_str(&redis.get(OVERRIDES_KEY).await.unwrap()).unwrap();
-    assert_eq!(
-        stored["tiers"]["free"]["fields"],
-        json!({"rpm": 7}),
-        "{stored}"
-    );
-    assert_eq!(stored["tiers"]["pro"]["fields"]["tpm"], 100_000, "{stored}");
-    assert_eq!(stored["tiers"]["pro"]["version"], 2, "{stored}");
-    assert_eq!(
-        stored["client_tiers"]["free"],
-        json!({"tier": "pro", "version": 2})
-    );
     drop(gw);
+    redis.restart_empty().await;
     let again = gateway(config).await;
-    assert_eq!(rpm_limit(&c, &again, "pro").await.as_deref(), Some("20"));
+    assert_eq!(rpm_limit(&c, &again, "free").await.as_deref(), Some("20"));
+    let free = tier_of(&admin_json(&c, &again, "/admin/tiers").await, "free");
+    assert_eq!(free["rpm"].as_u64(), Some(7));
+    let pro = tier_of(&admin_json(&c, &again, "/admin/tiers").await, "pro");
+    assert_eq!(pro["rpm"].as_u64(), Some(20));
+    let listed = admin_json(&c, &again, "/admin/overrides").await;
+    assert_eq!(listed["tiers"]["free"]["fields"], json!({"rpm": 7}));
+    assert_eq!(listed["clients"]["free"]["tier"], "pro", "{listed}");
 }
 
 #[tokio::test]

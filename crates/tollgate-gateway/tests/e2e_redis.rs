@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::redis::Redis;
 use common::*;
+use reqwest::Method;
 use serde_json::json;
 
 #[tokio::test]
@@ -71,7 +72,7 @@ async fn a_live_tier_change_reaches_the_other_instance_within_a_second() {
         ("free", tier(10, 100_000, 3, 0)),
         ("pro", tier(500, 1_000_000, 0, 0)),
     ];
-    let (sim, [a, b], c) = two_instances(&redis.url, &tiers).await;
+    let (_sim, [a, b], c) = two_instances(&redis.url, &tiers).await;
     assert_eq!(rpm_limit(&c, &b, "free").await.as_deref(), Some("10"));
     let within = Duration::from_secs(1);
     let changed = Instant::now();
@@ -86,9 +87,67 @@ async fn a_live_tier_change_reaches_the_other_instance_within_a_second() {
         tier_change - changed,
         tier_change.elapsed()
     );
-    // A third instance started later picks up both changes at once.
-    let late = gateway(shared_config(&sim.base_url(), &redis.url, &tiers)).await;
+    // A third instance on the same database started later picks up both
+    // changes at once.
+    let late = gateway(a.gateway.config.clone()).await;
     assert_eq!(rpm_limit(&c, &late, "free").await.as_deref(), Some("700"));
+}
+
+/// The registry is the database's: a Redis restarted empty loses no tier
+/// change and no client move, on the instances running and on one started
+/// after; and the next change still reaches the other instance within a
+/// second.
+#[tokio::test]
+async fn a_redis_restarted_empty_loses_no_registry_change() {
+    let mut redis = Redis::start().await;
+    let tiers = [
+        ("free", tier(10, 100_000, 0, 0)),
+        ("pro", tier(500, 1_000_000, 0, 0)),
+    ];
+    let (_sim, [a, b], c) = two_instances(&redis.url, &tiers).await;
+    assert_eq!(set_client_tier(&c, &a, "free", "pro").await.status(), 200);
+    let r = patch_tier(&c, &a, "pro", &json!({"rpm": 700})).await;
+    assert_eq!(r.status(), 200);
+    let route = json!({"rules": [{"models": ["gpt-4o-mini"]}]});
+    let r = send(admin(&c, &a, Method::PUT, "/admin/routes/chat").json(&route)).await;
+    assert_eq!(r.status(), 200);
+    await_rpm_limit(
+        &c,
+        &b,
+        "free",
+        "700",
+        Instant::now(),
+        Duration::from_secs(1),
+    )
+    .await;
+
+    redis.restart_empty().await;
+    // Past several checks for notices and re-reads of the database.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    for gw in [&a, &b] {
+        assert_eq!(rpm_limit(&c, gw, "free").await.as_deref(), Some("700"));
+        assert_eq!(rpm_limit(&c, gw, "pro").await.as_deref(), Some("700"));
+    }
+    let late = gateway(a.gateway.config.clone()).await;
+    assert_eq!(rpm_limit(&c, &late, "free").await.as_deref(), Some("700"));
+    let listed = admin_json(&c, &late, "/admin/overrides").await;
+    assert_eq!(listed["clients"]["free"]["tier"], "pro", "{listed}");
+    let mut body = chat_body("hi", 5);
+    body["model"] = json!("chat");
+    for gw in [&b, &late] {
+        let r = chat(&c, gw, "free", &body).await;
+        assert_eq!(
+            header(&r, "x-tollgate-route"),
+            Some("chat/1"),
+            "{:?}",
+            r.status()
+        );
+    }
+
+    let changed = Instant::now();
+    let r = patch_tier(&c, &b, "pro", &json!({"rpm": 900})).await;
+    assert_eq!(r.status(), 200);
+    await_rpm_limit(&c, &a, "free", "900", changed, Duration::from_secs(1)).await;
 }
 
 /// A client that leaves while its admission is still on its way to Redis

@@ -412,9 +412,12 @@ async fn a_route_changed_through_the_admin_api_is_checked_and_applies_at_once() 
 async fn two_instances_on_redis_agree_on_routes_and_live_changes() {
     let redis = redis::Redis::start().await;
     let sim = sim().await;
+    // Live routes are the registry's: both instances on one database.
+    let db = fresh_database();
     let shared = |_: ()| {
         let mut c = routed_config(&sim.base_url(), |_| {});
         c.store.url = redis.url.clone();
+        c.ledger.url = db.clone();
         c.store.sync_interval_ms = 50;
         c
     };

@@ -216,11 +216,8 @@ pub async fn handler(State(gw): State<Arc<Gateway>>, headers: HeaderMap, uri: Ur
 /// The page `query` asks for.
 pub async fn page(gw: &Gateway, query: &Query) -> Value {
     let registry = gw.registry();
-    let matched: Vec<&Arc<Client>> = registry
-        .clients
-        .values()
-        .filter(|c| query.matches(c))
-        .collect();
+    let all = registry.clients();
+    let matched: Vec<&Arc<Client>> = all.iter().filter(|c| query.matches(c)).collect();
     let activity = gw
         .metrics
         .activity()
@@ -274,7 +271,7 @@ pub async fn page(gw: &Gateway, query: &Query) -> Value {
         .map(|(c, a, s)| row(c, a, s.as_ref().unwrap_or(&Stored::default())))
         .collect();
     json!({
-        "total": registry.clients.len(),
+        "total": all.len(),
         "matched": matched.len(),
         "offset": query.offset,
         "limit": query.limit,

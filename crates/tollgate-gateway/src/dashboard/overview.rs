@@ -78,6 +78,8 @@ pub async fn handler(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Resp
 pub async fn overview(gw: &Gateway) -> Value {
     let m = &gw.metrics;
     let registry = gw.registry();
+    let all_tiers = registry.tiers();
+    let all_clients = registry.clients();
     let by_model_tier = m.activity().models();
     let tokens = m.activity().model_tokens();
     let mut tier_counts: BTreeMap<&str, Counts> = BTreeMap::new();
@@ -89,16 +91,11 @@ pub async fn overview(gw: &Gateway) -> Value {
         .values()
         .fold(Counts::default(), |a, c| sum(a, *c));
 
-    let tiers: Vec<Value> = registry
-        .tiers
-        .values()
+    let tiers: Vec<Value> = all_tiers
+        .iter()
         .map(|t| {
             let pairs = [("tier", t.name.as_str())];
-            let clients = registry
-                .clients
-                .values()
-                .filter(|c| c.tier.name == t.name)
-                .count();
+            let clients = all_clients.iter().filter(|c| c.tier.name == t.name).count();
             json!({
                 "name": t.name,
                 "class": t.config.priority,
@@ -140,9 +137,8 @@ pub async fn overview(gw: &Gateway) -> Value {
             .enumerate()
             .map(|(class, headroom)| {
                 let class_label = class.to_string();
-                let in_class: Vec<&str> = registry
-                    .tiers
-                    .values()
+                let in_class: Vec<&str> = all_tiers
+                    .iter()
                     .filter(|t| usize::from(t.config.priority) == class)
                     .map(|t| t.name.as_str())
                     .collect();
@@ -178,7 +174,7 @@ pub async fn overview(gw: &Gateway) -> Value {
         .models
         .values()
         .map(|m| m.limiter.stats())
-        .chain(registry.clients.values().map(|c| c.limiter.stats()))
+        .chain(all_clients.iter().map(|c| c.limiter.stats()))
     {
         limiter_errors += s.store_errors;
         outage_decisions += s.outage_open + s.outage_closed + s.outage_local;
@@ -207,7 +203,7 @@ pub async fn overview(gw: &Gateway) -> Value {
         },
         "ledger": ledger(gw),
         "totals": {
-            "clients": registry.clients.len(),
+            "clients": all_clients.len(),
             "counts": counts_json(total),
             "in_flight": c.requests_in_flight.load(Relaxed),
             "connections_open": c.open.load(Relaxed),

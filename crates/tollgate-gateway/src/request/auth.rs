@@ -1,5 +1,6 @@
 //! The first step: the request's bearer key → its client (and so its tier),
-//! looked up by the key's hash in the registry in force.
+//! looked up by the key's hash in the registry in force (one hash map
+//! look-up; a revoked or expired key is unknown).
 
 use std::sync::Arc;
 
@@ -22,9 +23,5 @@ pub(crate) fn authenticate(
     headers: &HeaderMap,
 ) -> Result<Arc<Client>, AuthError> {
     let key = crate::auth::bearer(headers).ok_or(AuthError::Missing)?;
-    registry
-        .keys
-        .lookup(key)
-        .and_then(|id| registry.clients.get(id).cloned())
-        .ok_or(AuthError::Unknown)
+    registry.authenticate(key).ok_or(AuthError::Unknown)
 }

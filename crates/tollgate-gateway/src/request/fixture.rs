@@ -12,7 +12,7 @@ use crate::budget::{Budgets, MemoryBudgets};
 use crate::config::{ClientConfig, Config, ModelConfig, ModelKind, ProviderConfig, TierConfig};
 use crate::metrics::Metrics;
 use crate::model::Model;
-use crate::registry::{Client, Overrides, Registry};
+use crate::registry::{Client, Registry};
 
 /// A chat model limited to `rpm` and `tpm`, at $1/M tokens in and $2/M
 /// out, with a 4096-token context.
@@ -84,7 +84,10 @@ impl Fixture {
         let models = crate::gateway::build_models(&c, &store, outage)
             .await
             .expect("models");
-        let registry = Registry::build(&c, &Overrides::default(), &store, outage)
+        let db = crate::ledger::Store::open("sqlite::memory:")
+            .await
+            .expect("database");
+        let registry = Registry::open(&c, db, &store, outage)
             .await
             .expect("registry");
         let books = Arc::new(Books {
@@ -103,7 +106,7 @@ impl Fixture {
 
     /// The client named `id`.
     pub(crate) fn client(&self, id: &str) -> Arc<Client> {
-        self.registry.clients[id].clone()
+        self.registry.client(id).expect("a client of the fixture")
     }
 
     /// The model named `name`.

@@ -424,9 +424,10 @@ async fn prepare(
     let path = req.path;
     let bytes = body::read(req.headers, body, path.body_limit, path.body_timeout).await?;
     let parsed = parse::parse(req.endpoint, &bytes)?;
+    let routes = req.registry.routes();
     let table = route::Table {
         models: &path.models,
-        routes: &req.registry.routes,
+        routes: &routes,
         classifier: &path.classifier,
     };
     let asked = route::Asked {

@@ -116,13 +116,23 @@ pub fn pro_tier() -> TierConfig {
     tier(100, 100_000, 0, 0)
 }
 
-/// [`config`] with `model(100_000, 100_000_000)` and the limits, spend and
-/// tiers kept in the store at `store_url`, so that gateways started from it
-/// share them.
+/// [`config`] with `model(100_000, 100_000_000)` and the limits and spend
+/// kept in the store at `store_url`, so that gateways started from it
+/// share them. The ledger and registry are each instance's own, in memory,
+/// unless the test gives them a database ([`fresh_database`]).
 pub fn shared_config(sim_url: &str, store_url: &str, tiers: &[(&str, TierConfig)]) -> Config {
     let mut c = config(sim_url, model(100_000, 100_000_000), tiers);
     c.store.url = store_url.to_string();
     c
+}
+
+/// A new SQLite file for a ledger and registry, in cargo's scratch folder
+/// for integration tests.
+pub fn fresh_database() -> String {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("registry-{}.sqlite", uuid::Uuid::now_v7()))
+        .display()
+        .to_string()
 }
 
 /// A gateway serving `config` on a free loopback port.
@@ -161,7 +171,8 @@ pub async fn start_behind(
     (sim, gw, http())
 }
 
-/// Two gateways sharing the store at `store_url` ([`shared_config`]) in
+/// Two gateways sharing the store at `store_url` ([`shared_config`]) and
+/// one database ([`fresh_database`]) in
 /// front of one simulated upstream, and an HTTP client. Keep the upstream in
 /// a variable: dropping it stops it.
 pub async fn two_instances(
@@ -169,8 +180,10 @@ pub async fn two_instances(
     tiers: &[(&str, TierConfig)],
 ) -> (SimUpstream, [RunningGateway; 2], Client) {
     let sim = sim().await;
-    let a = gateway(shared_config(&sim.base_url(), store_url, tiers)).await;
-    let b = gateway(shared_config(&sim.base_url(), store_url, tiers)).await;
+    let mut config = shared_config(&sim.base_url(), store_url, tiers);
+    config.ledger.url = fresh_database();
+    let a = gateway(config.clone()).await;
+    let b = gateway(config).await;
     (sim, [a, b], http())
 }
 
@@ -387,7 +400,13 @@ pub async fn settled_spend(gw: &RunningGateway, client: &str, done: impl Fn(f64)
 /// Units of a client's bucket in use, per dimension (requests, tokens).
 pub async fn client_in_use(gw: &RunningGateway, client: &str) -> (f64, f64) {
     let reg = gw.gateway.registry();
-    let st = reg.clients[client].limiter.status().await.expect("status");
+    let st = reg
+        .client(client)
+        .expect("a client")
+        .limiter
+        .status()
+        .await
+        .expect("status");
     let get = |d| st.dimension(d).map(|s| s.in_use).unwrap_or(0.0);
     (
         get(tollgate::Dimension::Requests),

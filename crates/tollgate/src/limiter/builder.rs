@@ -330,6 +330,27 @@ impl Builder {
         Ok(RateLimiter::from_inner(inner))
     }
 
+    /// Validates everything and builds the limiter at once on
+    /// [`Builder::store`] (a fresh memory store without one): nothing is
+    /// connected and the limits recorded for the key are neither checked
+    /// nor replaced (see [`Builder::build`]). For an application that owns
+    /// its keys, builds many limiters, and rebuilds one whenever its limits
+    /// change: the limits travel with every call, so the new ones apply at
+    /// the next call. A [`Builder::url`] is ignored.
+    ///
+    /// ```
+    /// use tollgate::{Limits, RateLimiter, Store};
+    ///
+    /// let store = Store::memory();
+    /// let a = RateLimiter::builder("doc/unchecked").store(store.clone()).limits(Limits::new().rpm(10)).build_unchecked().unwrap();
+    /// let b = RateLimiter::builder("doc/unchecked").store(store).limits(Limits::new().rpm(20)).build_unchecked().unwrap();
+    /// assert_eq!(a.key(), b.key());
+    /// ```
+    pub fn build_unchecked(self) -> Result<RateLimiter, Error> {
+        let store = self.store.clone().unwrap_or_else(Store::memory);
+        self.build_with(store)
+    }
+
     /// Validates everything; for stores that need no connecting.
     pub(crate) fn build_with(self, store: Store) -> Result<RateLimiter, Error> {
         self.build_inner(store).map(RateLimiter::from_inner)

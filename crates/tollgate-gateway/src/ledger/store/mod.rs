@@ -4,11 +4,13 @@
 //! report reads the same on either.
 
 mod postgres;
+pub mod sql;
 mod sqlite;
 
 pub use self::postgres::PostgresStore;
 pub use self::sqlite::SqliteStore;
 
+use self::sql::{Rows, Statement};
 use super::row::Row;
 
 /// Why the ledger's database could not be used.
@@ -24,9 +26,10 @@ pub enum StoreError {
 
 /// The schema, one step per version. A step is applied once, in a
 /// transaction that also records its version in `ledger_migrations`.
-pub const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE ledger_rows (
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE ledger_rows (
         request_id TEXT PRIMARY KEY,
         started_at_ms BIGINT NOT NULL,
         finished_at_ms BIGINT NOT NULL,
@@ -52,7 +55,66 @@ pub const MIGRATIONS: &[(i64, &str)] = &[(
     );
     CREATE INDEX ledger_rows_time ON ledger_rows (started_at_ms);
     CREATE INDEX ledger_rows_client_time ON ledger_rows (client, started_at_ms);",
-)];
+    ),
+    (
+        2,
+        // The registry (see `crate::registry::db`): what the admin API
+        // creates or changes over the config file, and one row per change,
+        // numbered without gaps, that instances apply in order.
+        "CREATE TABLE registry_changes (
+        version BIGINT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        at_ms BIGINT NOT NULL
+    );
+    CREATE TABLE registry_tiers (
+        name TEXT PRIMARY KEY,
+        fields TEXT NOT NULL,
+        version BIGINT NOT NULL
+    );
+    CREATE TABLE registry_routes (
+        name TEXT PRIMARY KEY,
+        route TEXT NOT NULL,
+        version BIGINT NOT NULL
+    );
+    CREATE TABLE registry_tier_assignments (
+        client TEXT PRIMARY KEY,
+        tier TEXT NOT NULL,
+        version BIGINT NOT NULL
+    );
+    CREATE TABLE registry_orgs (
+        id TEXT PRIMARY KEY,
+        name TEXT,
+        limits TEXT NOT NULL,
+        disabled BIGINT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        version BIGINT NOT NULL
+    );
+    CREATE TABLE registry_clients (
+        id TEXT PRIMARY KEY,
+        tier TEXT NOT NULL,
+        org TEXT,
+        limits TEXT NOT NULL,
+        disabled BIGINT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        version BIGINT NOT NULL
+    );
+    CREATE TABLE registry_keys (
+        id TEXT PRIMARY KEY,
+        hash TEXT NOT NULL UNIQUE,
+        client TEXT NOT NULL,
+        shown TEXT NOT NULL,
+        name TEXT,
+        models TEXT,
+        limits TEXT NOT NULL,
+        expires_at_ms BIGINT,
+        revoked_at_ms BIGINT,
+        created_at_ms BIGINT NOT NULL,
+        version BIGINT NOT NULL
+    );
+    CREATE INDEX registry_keys_client ON registry_keys (client);",
+    ),
+];
 
 /// The columns of `ledger_rows`, in the order inserts bind them.
 pub(crate) const COLUMNS: &str = "request_id, started_at_ms, finished_at_ms, client, tier, route, \
@@ -330,6 +392,24 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.rows().await,
             Store::Postgres(p) => p.rows().await,
+        }
+    }
+
+    /// The rows one statement answers.
+    pub async fn query(&self, statement: Statement) -> Result<Rows, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.query(statement).await,
+            Store::Postgres(p) => p.query(statement).await,
+        }
+    }
+
+    /// Runs `statements` in order in one transaction, one such transaction
+    /// at a time across every process on this database; answers each
+    /// statement's rows. Nothing is kept when one fails.
+    pub async fn transaction(&self, statements: Vec<Statement>) -> Result<Vec<Rows>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.transaction(statements).await,
+            Store::Postgres(p) => p.transaction(statements).await,
         }
     }
 

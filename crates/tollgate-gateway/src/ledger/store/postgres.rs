@@ -11,6 +11,7 @@ use tokio::sync::Mutex;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls};
 
+use super::sql::{Rows, Statement};
 use super::{GroupBy, GroupSums, SpendSince, StoreError, COLUMNS, MIGRATIONS, NCOLUMNS};
 use crate::ledger::row::Row;
 
@@ -20,6 +21,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The advisory lock migrations take (any number, the same on every instance).
 const MIGRATION_LOCK: i64 = 0x7011_6a7e;
+/// The advisory lock every registry write takes (another number).
+const WRITE_LOCK: i64 = 0x7011_6a7f;
 
 /// An open PostgreSQL ledger.
 #[derive(Clone)]
@@ -230,12 +233,48 @@ impl PostgresStore {
         rows.iter().map(super::client_spend_from).collect()
     }
 
+    pub(crate) async fn query(&self, statement: Statement) -> Result<Rows, StoreError> {
+        let rows = self
+            .with(async |c| c.query(&statement.sql, &params(&statement)).await)
+            .await?;
+        rows.iter().map(super::sql::from_postgres).collect()
+    }
+
+    /// One writer at a time across every instance: the transaction takes
+    /// [`WRITE_LOCK`] first, so it reads what the one before it wrote.
+    pub(crate) async fn transaction(
+        &self,
+        statements: Vec<Statement>,
+    ) -> Result<Vec<Rows>, StoreError> {
+        let answers = self
+            .with(async |client| {
+                let tx = client.transaction().await?;
+                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+                    .await?;
+                let mut out = Vec::with_capacity(statements.len());
+                for s in &statements {
+                    out.push(tx.query(&s.sql, &params(s)).await?);
+                }
+                tx.commit().await?;
+                Ok(out)
+            })
+            .await?;
+        answers
+            .iter()
+            .map(|rows| rows.iter().map(super::sql::from_postgres).collect())
+            .collect()
+    }
+
     pub(crate) async fn rows(&self) -> Result<Vec<Row>, StoreError> {
         let rows = self
             .with(async |c| c.query(&super::rows_sql(), &[]).await)
             .await?;
         rows.iter().map(super::row_from).collect()
     }
+}
+
+fn params(s: &Statement) -> Vec<&(dyn ToSql + Sync)> {
+    s.params.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
 }
 
 fn column_err(e: tokio_postgres::Error) -> StoreError {

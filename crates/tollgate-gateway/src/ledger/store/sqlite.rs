@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
 
+use super::sql::{Rows, Statement};
 use super::{GroupBy, GroupSums, SpendSince, StoreError, COLUMNS, MIGRATIONS, NCOLUMNS};
 use crate::ledger::row::Row;
 
@@ -159,6 +160,40 @@ impl SqliteStore {
         self.run(|conn| collect(conn, &super::rows_sql(), &[], |r| super::row_from(r)))
             .await
     }
+
+    pub(crate) async fn query(&self, statement: Statement) -> Result<Rows, StoreError> {
+        self.run(move |conn| answer(conn, &statement)).await
+    }
+
+    /// One writer at a time: `BEGIN IMMEDIATE` takes the file's write lock
+    /// first, so a transaction reads what the one before it wrote.
+    pub(crate) async fn transaction(
+        &self,
+        statements: Vec<Statement>,
+    ) -> Result<Vec<Rows>, StoreError> {
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut out = Vec::with_capacity(statements.len());
+            for s in &statements {
+                out.push(answer(&tx, s)?);
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// Every row `statement` answers (none for most writes).
+fn answer(conn: &Connection, statement: &Statement) -> Result<Rows, StoreError> {
+    let mut stmt = conn.prepare_cached(&sqlite_sql(&statement.sql))?;
+    let columns = stmt.column_count();
+    let mut rows = stmt.query(rusqlite::params_from_iter(&statement.params))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(super::sql::from_sqlite(r, columns)?);
+    }
+    Ok(out)
 }
 
 /// Every answer of `sql`, each read by `read`.

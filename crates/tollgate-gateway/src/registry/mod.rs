@@ -1,0 +1,694 @@
+//! Who may do what, right now: tiers, clients and their keys, kept in an
+//! index in memory that one change at a time updates.
+//!
+//! **Where it comes from, and which wins.** The config file declares the
+//! tiers and its clients with their key hashes; the database (the ledger's,
+//! tables in [`db`]) holds what the admin API created or changed since, and
+//! is the durable record of it: nothing of it lives only in the shared
+//! store, which carries just the notice that something changed.
+//!
+//! - a tier's setting is the database's when the admin API changed that
+//!   field (`registry_tiers`), else the file's (field by field; see
+//!   [`crate::overrides`]);
+//! - a file client's tier is the database's when the API moved it
+//!   (`registry_tier_assignments`), else the file's;
+//! - a client the API created (`registry_clients`) is the database's alone;
+//!   one with the id of a file client shadows it (logged at start), the
+//!   file's keys still working;
+//! - keys: the file's `key_sha256` and the keys issued by the API
+//!   (`registry_keys`) both work;
+//! - a route set through the API (`registry_routes`) is the whole route, in
+//!   place of the file's of that name or beside the file's routes.
+//!
+//! Every override is logged at start with the file's value it shadows, and
+//! listed by `GET /admin/overrides`; deleting it returns to the file. An
+//! override that no longer fits the file (its tier is gone, or the result
+//! is invalid) is skipped with a warning.
+//!
+//! **How a change travels.** A change is written to the database with the
+//! next change number ([`db::write`]), applied here, and announced through
+//! the shared store; every instance then applies the changes after its own
+//! last one, each by re-reading the one entity it names, and re-reads the
+//! change list from the database every [`REREAD_EVERY`] checks anyway, so a
+//! lost notice (a store restarted empty) delays a change, never loses it.
+//! Applying a change replaces one entry of the index: a tier's change
+//! reaches its clients as each is next looked up ([`Registry::client`]
+//! rebuilds a client whose tier is not the one in force).
+
+pub mod db;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use tollgate::{OutagePolicy, RateLimiter, Store};
+
+use self::db::{ClientRow, Current, Entity, KeyRow};
+use crate::auth::{KeyEntry, KeyIndex};
+use crate::budget::{usd_to_nano, BudgetLimits};
+use crate::config::{
+    tier_limits, validate_route, validate_tier, Config, ConfigError, RouteConfig, TierConfig,
+};
+use crate::ledger::StoreError;
+use crate::overrides::{TierOverride, TierPatch};
+
+pub use crate::overrides::Overrides;
+
+/// Every this many checks for notices, an instance reads the change list
+/// from the database even without one (`store.sync_interval_ms` apart).
+pub const REREAD_EVERY: u32 = 4;
+
+/// Most changes read from the database at once.
+const CHANGES_AT_ONCE: u64 = 1_000;
+
+/// How often a change whose tier was changed meanwhile is tried again.
+const ATTEMPTS: usize = 5;
+
+/// Why the registry could not be read or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The configuration (with the overrides) is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store could not be reached to set up a bucket.
+    #[error("the store is unavailable: {0}")]
+    Store(String),
+    /// The database could not be read or written.
+    #[error("the registry's database is unavailable: {0}")]
+    Database(#[from] StoreError),
+    /// Other changes kept coming first.
+    #[error(
+        "the change kept meeting other changes of the same entry; nothing was changed, try again"
+    )]
+    Contended,
+}
+
+/// A tier as the request path uses it.
+#[derive(Debug)]
+pub struct Tier {
+    /// Its name.
+    pub name: String,
+    /// Its settings (file + overrides).
+    pub config: TierConfig,
+    /// Longest wait in a queue.
+    pub max_wait: Duration,
+    /// Budgets in nano-USD.
+    pub budget: BudgetLimits,
+}
+
+impl Tier {
+    fn new(name: &str, config: TierConfig) -> Tier {
+        Tier {
+            name: name.to_string(),
+            max_wait: Duration::from_millis(config.max_wait_ms),
+            budget: BudgetLimits {
+                daily: config.daily_budget_usd.map(usd_to_nano),
+                monthly: config.monthly_budget_usd.map(usd_to_nano),
+            },
+            config,
+        }
+    }
+}
+
+/// A client with its tier and bucket.
+#[derive(Debug)]
+pub struct Client {
+    /// Its id.
+    pub id: String,
+    /// Its tier.
+    pub tier: Arc<Tier>,
+    /// The client's own bucket (the tier's RPM/TPM/burst), key `client:ID`.
+    pub limiter: RateLimiter,
+    /// Whether the client's last admission left its bucket plenty of room
+    /// (then the next one asks the provider bucket at once; see `admission`).
+    pub(crate) roomy: AtomicBool,
+}
+
+/// A key issued through the admin API (the index keeps only its hash).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Key {
+    /// Its id.
+    pub id: String,
+    /// Its client.
+    pub client: String,
+    /// Its name.
+    pub name: Option<String>,
+    /// Its prefix and last characters.
+    pub shown: String,
+    /// When it stops working (ms since 1970).
+    pub expires_at_ms: Option<i64>,
+}
+
+/// The index in force.
+#[derive(Debug, Default)]
+struct State {
+    tiers: HashMap<String, Arc<Tier>>,
+    clients: HashMap<String, Arc<Client>>,
+    keys: KeyIndex,
+    /// An issued key's id → its hash, to remove it.
+    key_hashes: HashMap<String, String>,
+    /// Clients the API created.
+    api_clients: HashMap<String, ClientRow>,
+    /// Routes by name: the file's, with the database's on top (replaced
+    /// whole on a change: there are few).
+    routes: Arc<BTreeMap<String, RouteConfig>>,
+    overrides: Overrides,
+    /// The last change applied.
+    version: u64,
+}
+
+/// What the config file declares.
+#[derive(Debug)]
+struct File {
+    /// The file without its clients (which are below), to check routes
+    /// against its models and tiers.
+    config: Config,
+    tiers: BTreeMap<String, TierConfig>,
+    /// Client id → its tier in the file.
+    clients: HashMap<String, String>,
+    /// (key hash, client) of every file key.
+    keys: Vec<(String, String)>,
+    classes: usize,
+}
+
+/// The registry: the index in memory, the database behind it.
+#[derive(Debug)]
+pub struct Registry {
+    file: File,
+    db: crate::ledger::Store,
+    store: Store,
+    outage: OutagePolicy,
+    state: RwLock<State>,
+    /// One catch-up at a time.
+    applying: tokio::sync::Mutex<()>,
+}
+
+impl Registry {
+    /// Reads the database over the file and builds the index. Overrides
+    /// that no longer fit the file are skipped with a warning; each that
+    /// applies is logged with what it shadows.
+    pub async fn open(
+        config: &Config,
+        db: crate::ledger::Store,
+        store: &Store,
+        outage: OutagePolicy,
+    ) -> Result<Registry, RegistryError> {
+        let classes = config.priority.headroom.len();
+        for (name, t) in &config.tiers {
+            validate_tier(&format!("tiers.{name}"), t, classes)?;
+        }
+        let file = File {
+            config: Config {
+                clients: Vec::new(),
+                ..config.clone()
+            },
+            tiers: config.tiers.clone(),
+            clients: config
+                .clients
+                .iter()
+                .map(|c| (c.id.clone(), c.tier.clone()))
+                .collect(),
+            keys: config
+                .clients
+                .iter()
+                .flat_map(|c| c.key_sha256.iter().map(|h| (h.clone(), c.id.clone())))
+                .collect(),
+            classes,
+        };
+        let snapshot = db::load(&db).await?;
+        let registry = Registry {
+            file,
+            db,
+            store: store.clone(),
+            outage,
+            state: RwLock::new(State::default()),
+            applying: tokio::sync::Mutex::new(()),
+        };
+        registry.install(snapshot)?;
+        let (version, overrides) = registry.overrides();
+        for line in overrides.describe(config) {
+            tracing::warn!(version, "registry override in force: {line}");
+        }
+        {
+            let st = registry.state.read();
+            for id in st.api_clients.keys() {
+                if registry.file.clients.contains_key(id) {
+                    tracing::warn!(client = %id, "client is in the config file and in the registry's database: the database's entry is used, the file's keys still work");
+                }
+            }
+            tracing::info!(
+                version,
+                file_clients = registry.file.clients.len(),
+                database_clients = st.api_clients.len(),
+                keys = st.keys.len(),
+                database = registry.db.kind(),
+                "registry loaded: the config file, then the database's changes over it (field by field)"
+            );
+        }
+        Ok(registry)
+    }
+
+    /// Builds the whole index from `snapshot` (at start, and after a gap in
+    /// the change list).
+    fn install(&self, snapshot: db::Snapshot) -> Result<(), RegistryError> {
+        let mut st = State {
+            overrides: Overrides {
+                tiers: snapshot.tiers,
+                client_tiers: snapshot.assignments,
+                routes: snapshot.routes,
+            },
+            version: snapshot.version,
+            api_clients: snapshot
+                .clients
+                .into_iter()
+                .map(|c| (c.id.clone(), c))
+                .collect(),
+            ..State::default()
+        };
+        for name in st.overrides.tiers.keys() {
+            if !self.file.tiers.contains_key(name) {
+                tracing::warn!(tier = %name, "registry change for a tier that is not in the config file; ignored");
+            }
+        }
+        for name in self.file.tiers.keys() {
+            let tier = self.effective_tier(name, st.overrides.tiers.get(name));
+            st.tiers.insert(name.clone(), Arc::new(tier));
+        }
+        let ids: Vec<String> = self
+            .file
+            .clients
+            .keys()
+            .chain(st.api_clients.keys())
+            .cloned()
+            .collect();
+        for id in ids {
+            self.rebuild_client(&mut st, &id)?;
+        }
+        for (hash, client) in &self.file.keys {
+            st.keys.insert(hash, client);
+        }
+        st.routes = Arc::new(self.effective_routes(&st.overrides));
+        for row in snapshot.keys {
+            apply_key(&mut st, &row.id.clone(), Some(row));
+        }
+        *self.state.write() = st;
+        Ok(())
+    }
+
+    /// The file's tier `name` with `o`'s fields over it, or the file's alone
+    /// when the result is invalid.
+    fn effective_tier(&self, name: &str, o: Option<&TierOverride>) -> Tier {
+        let file = &self.file.tiers[name];
+        let Some(o) = o else {
+            return Tier::new(name, file.clone());
+        };
+        let t = o.fields.apply(file);
+        match validate_tier(&format!("tiers.{name}"), &t, self.file.classes) {
+            Ok(()) => Tier::new(name, t),
+            Err(e) => {
+                tracing::warn!(tier = %name, version = o.version, error = %e, "registry override no longer fits the config file; using the file's tier");
+                Tier::new(name, file.clone())
+            }
+        }
+    }
+
+    /// The file's routes with the database's on top; one that no longer
+    /// fits the file (a model or tier gone) is skipped with a warning.
+    fn effective_routes(&self, overrides: &Overrides) -> BTreeMap<String, RouteConfig> {
+        let mut routes = self.file.config.routes.clone();
+        for (name, o) in &overrides.routes {
+            match validate_route(&self.file.config, name, &o.route) {
+                Ok(()) => {
+                    routes.insert(name.clone(), o.route.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(route = %name, version = o.version, error = %e, "registry route no longer fits the config file; using the file's")
+                }
+            }
+        }
+        routes
+    }
+
+    /// The tier client `id` is on, when it exists.
+    fn tier_of(&self, st: &State, id: &str) -> Option<Arc<Tier>> {
+        let name = match (st.api_clients.get(id), self.file.clients.get(id)) {
+            (Some(row), _) if row.disabled => return None,
+            (Some(row), _) => &row.tier,
+            (None, Some(file_tier)) => match st.overrides.client_tiers.get(id) {
+                Some(o) if st.tiers.contains_key(&o.tier) => &o.tier,
+                Some(o) => {
+                    tracing::warn!(client = %id, tier = %o.tier, "registry tier change names an unknown tier; keeping the file's");
+                    file_tier
+                }
+                None => file_tier,
+            },
+            (None, None) => return None,
+        };
+        match st.tiers.get(name) {
+            Some(t) => Some(t.clone()),
+            None => {
+                tracing::warn!(client = %id, tier = %name, "client of an unknown tier; refused until its tier is set");
+                None
+            }
+        }
+    }
+
+    fn make_client(&self, id: &str, tier: Arc<Tier>) -> Result<Client, RegistryError> {
+        let limiter = RateLimiter::builder(&format!("client:{id}"))
+            .store(self.store.clone())
+            .limits(tier_limits(&tier.config))
+            .outage(self.outage)
+            .build_unchecked()
+            .map_err(|e| crate::config::invalid(format!("tiers.{}", tier.name), e.to_string()))?;
+        Ok(Client {
+            id: id.to_string(),
+            tier,
+            limiter,
+            roomy: AtomicBool::new(false),
+        })
+    }
+
+    /// Puts client `id` in the index as it now is (or takes it out).
+    fn rebuild_client(&self, st: &mut State, id: &str) -> Result<(), RegistryError> {
+        match self.tier_of(st, id) {
+            Some(tier) => {
+                let client = self.make_client(id, tier)?;
+                st.clients.insert(id.to_string(), Arc::new(client));
+            }
+            None => {
+                st.clients.remove(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// `client` under the tier now in force (rebuilt once after its tier
+    /// changed).
+    fn fresh(&self, client: Arc<Client>) -> Arc<Client> {
+        let current = self.state.read().tiers.get(&client.tier.name).cloned();
+        match current {
+            Some(t) if !Arc::ptr_eq(&t, &client.tier) => {
+                let Ok(rebuilt) = self.make_client(&client.id, t) else {
+                    return client;
+                };
+                let rebuilt = Arc::new(rebuilt);
+                let mut st = self.state.write();
+                match st.clients.get(&client.id) {
+                    // Unless another change replaced it meanwhile.
+                    Some(now) if Arc::ptr_eq(now, &client) => {
+                        st.clients.insert(client.id.clone(), rebuilt.clone());
+                        rebuilt
+                    }
+                    Some(now) => now.clone(),
+                    None => client,
+                }
+            }
+            _ => client,
+        }
+    }
+
+    /// The client a presented key belongs to (`None`: unknown, revoked or
+    /// expired key).
+    pub fn authenticate(&self, key: &str) -> Option<Arc<Client>> {
+        let client = {
+            let st = self.state.read();
+            let entry = st.keys.entry(key)?;
+            if entry
+                .key
+                .as_ref()
+                .and_then(|k| k.expires_at_ms)
+                .is_some_and(|at| crate::ledger::row::now_ms() >= at)
+            {
+                return None;
+            }
+            st.clients.get(&entry.client)?.clone()
+        };
+        Some(self.fresh(client))
+    }
+
+    /// Client `id`.
+    pub fn client(&self, id: &str) -> Option<Arc<Client>> {
+        let client = self.state.read().clients.get(id)?.clone();
+        Some(self.fresh(client))
+    }
+
+    /// Every client, by id.
+    pub fn clients(&self) -> Vec<Arc<Client>> {
+        let mut all: Vec<Arc<Client>> = self.state.read().clients.values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all.into_iter().map(|c| self.fresh(c)).collect()
+    }
+
+    /// How many clients there are.
+    pub fn client_count(&self) -> usize {
+        self.state.read().clients.len()
+    }
+
+    /// The routes in force, by name.
+    pub fn routes(&self) -> Arc<BTreeMap<String, RouteConfig>> {
+        self.state.read().routes.clone()
+    }
+
+    /// Sets route `name` (validated as the file's routes are); answers the
+    /// change's number.
+    pub async fn set_route(&self, name: &str, route: &RouteConfig) -> Result<u64, RegistryError> {
+        validate_route(&self.file.config, name, route)?;
+        let version = db::set_route(&self.db, name, route).await?;
+        self.catch_up().await?;
+        Ok(version)
+    }
+
+    /// Tier `name`.
+    pub fn tier(&self, name: &str) -> Option<Arc<Tier>> {
+        self.state.read().tiers.get(name).cloned()
+    }
+
+    /// Every tier, by name.
+    pub fn tiers(&self) -> Vec<Arc<Tier>> {
+        let mut all: Vec<Arc<Tier>> = self.state.read().tiers.values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Whether tier `name` is declared (in the file).
+    pub fn has_tier(&self, name: &str) -> bool {
+        self.file.tiers.contains_key(name)
+    }
+
+    /// The file's tier `name`.
+    pub fn file_tier(&self, name: &str) -> Option<&TierConfig> {
+        self.file.tiers.get(name)
+    }
+
+    /// The file's tier of client `id`, when the file declares it.
+    pub fn file_client_tier(&self, id: &str) -> Option<&str> {
+        self.file.clients.get(id).map(String::as_str)
+    }
+
+    /// The overrides in force and the last change applied.
+    pub fn overrides(&self) -> (u64, Overrides) {
+        let st = self.state.read();
+        (st.version, st.overrides.clone())
+    }
+
+    /// The last change applied here.
+    pub fn version(&self) -> u64 {
+        self.state.read().version
+    }
+
+    /// The database.
+    pub fn db(&self) -> &crate::ledger::Store {
+        &self.db
+    }
+
+    /// Applies the changes after the last one applied here, in order;
+    /// answers how many. After a gap in the numbers (which a write never
+    /// leaves), reads everything again.
+    pub async fn catch_up(&self) -> Result<usize, RegistryError> {
+        let _one = self.applying.lock().await;
+        let mut applied = 0;
+        loop {
+            let from = self.version();
+            let changes = db::changes_since(&self.db, from, CHANGES_AT_ONCE).await?;
+            let Some(&(first, _)) = changes.first() else {
+                return Ok(applied);
+            };
+            if first != from + 1 {
+                tracing::warn!(
+                    from,
+                    first,
+                    "gap in the registry's change list; reading it all again"
+                );
+                self.install(db::load(&self.db).await?)?;
+                return Ok(applied + 1);
+            }
+            let n = changes.len() as u64;
+            // Several changes of one entry are one re-read.
+            let mut seen = std::collections::HashSet::new();
+            let mut last = from;
+            for (version, entity) in changes {
+                last = version;
+                if seen.insert(entity.clone()) {
+                    let now = db::read(&self.db, &entity).await?;
+                    self.apply(now)?;
+                }
+                applied += 1;
+            }
+            self.state.write().version = last;
+            if n < CHANGES_AT_ONCE {
+                return Ok(applied);
+            }
+        }
+    }
+
+    /// Puts one entry as the database now holds it into the index.
+    fn apply(&self, now: Current) -> Result<(), RegistryError> {
+        let mut st = self.state.write();
+        match now {
+            Current::Tier(name, o) => {
+                match o {
+                    Some(o) => st.overrides.tiers.insert(name.clone(), o),
+                    None => st.overrides.tiers.remove(&name),
+                };
+                if self.file.tiers.contains_key(&name) {
+                    let tier = self.effective_tier(&name, st.overrides.tiers.get(&name));
+                    st.tiers.insert(name, Arc::new(tier));
+                }
+            }
+            Current::Assignment(id, o) => {
+                match o {
+                    Some(o) => st.overrides.client_tiers.insert(id.clone(), o),
+                    None => st.overrides.client_tiers.remove(&id),
+                };
+                self.rebuild_client(&mut st, &id)?;
+            }
+            Current::Client(id, row) => {
+                match row {
+                    Some(row) => st.api_clients.insert(id.clone(), row),
+                    None => st.api_clients.remove(&id),
+                };
+                self.rebuild_client(&mut st, &id)?;
+            }
+            Current::Key(id, row) => apply_key(&mut st, &id, row),
+            Current::Route(name, o) => {
+                match o {
+                    Some(o) => st.overrides.routes.insert(name, o),
+                    None => st.overrides.routes.remove(&name),
+                };
+                st.routes = Arc::new(self.effective_routes(&st.overrides));
+            }
+            Current::Org(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Changes tier `name`'s fields by `patch` (over the overrides in
+    /// force), validated as the file is. Answers the change's number and
+    /// the tier now in force.
+    pub async fn patch_tier(
+        &self,
+        name: &str,
+        patch: &TierPatch,
+    ) -> Result<(u64, TierConfig), RegistryError> {
+        let file = self
+            .file
+            .tiers
+            .get(name)
+            .ok_or_else(|| crate::config::invalid(format!("tiers.{name}"), "unknown tier"))?;
+        for _ in 0..ATTEMPTS {
+            let Current::Tier(_, current) = db::read(&self.db, &Entity::Tier(name.into())).await?
+            else {
+                unreachable!("a tier is read as a tier");
+            };
+            let fields = current
+                .as_ref()
+                .map_or_else(|| patch.clone(), |o| o.fields.merged(patch));
+            let t = fields.apply(file);
+            // The file's own rules, so the API accepts exactly what the file would.
+            validate_tier(&format!("tiers.{name}"), &t, self.file.classes)?;
+            let expected = current.map(|o| o.version);
+            if let Some(version) = db::set_tier(&self.db, name, &fields, expected).await? {
+                self.catch_up().await?;
+                return Ok((version, t));
+            }
+        }
+        Err(RegistryError::Contended)
+    }
+
+    /// Moves client `id` to tier `tier` (both known: checked by the caller).
+    pub async fn assign_tier(&self, id: &str, tier: &str) -> Result<u64, RegistryError> {
+        let version = db::set_assignment(&self.db, id, tier).await?;
+        self.catch_up().await?;
+        Ok(version)
+    }
+
+    /// Removes an override (`Entity::Tier`, `Entity::Assignment` or
+    /// `Entity::Route`):
+    /// answers the change's number, or `None` when there was none.
+    pub async fn remove_override(&self, entity: &Entity) -> Result<Option<u64>, RegistryError> {
+        let version = db::remove_override(&self.db, entity).await?;
+        if version.is_some() {
+            self.catch_up().await?;
+        }
+        Ok(version)
+    }
+
+    /// Writes overrides the previous releases kept in the shared store into
+    /// the database, each unless the database already has one for that
+    /// tier or client (the database's is newer). Answers how many.
+    pub async fn import(&self, legacy: &Overrides) -> Result<usize, RegistryError> {
+        let (_, have) = self.overrides();
+        let mut n = 0;
+        for (name, o) in &legacy.tiers {
+            if !have.tiers.contains_key(name) && self.file.tiers.contains_key(name) {
+                db::set_tier(&self.db, name, &o.fields, None).await?;
+                n += 1;
+            }
+        }
+        for (id, o) in &legacy.client_tiers {
+            if !have.client_tiers.contains_key(id) {
+                db::set_assignment(&self.db, id, &o.tier).await?;
+                n += 1;
+            }
+        }
+        for (name, o) in &legacy.routes {
+            if !have.routes.contains_key(name) {
+                db::set_route(&self.db, name, &o.route).await?;
+                n += 1;
+            }
+        }
+        self.catch_up().await?;
+        Ok(n)
+    }
+}
+
+/// Puts issued key `id` as it now is into the index: a revoked or removed
+/// key leaves it.
+fn apply_key(st: &mut State, id: &str, row: Option<KeyRow>) {
+    if let Some(old) = st.key_hashes.remove(id) {
+        st.keys.remove(&old);
+    }
+    let Some(row) = row.filter(|r| r.revoked_at_ms.is_none()) else {
+        return;
+    };
+    let key = Key {
+        id: row.id.clone(),
+        client: row.client.clone(),
+        name: row.name,
+        shown: row.shown,
+        expires_at_ms: row.expires_at_ms,
+    };
+    st.keys.insert_entry(
+        &row.hash,
+        KeyEntry {
+            client: row.client,
+            key: Some(Arc::new(key)),
+        },
+    );
+    st.key_hashes.insert(row.id, row.hash);
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,196 @@
+//! The index against its database: each change replaces one entry, another
+//! instance on the database applies it in order, and the file and the
+//! database combine field by field.
+
+use std::sync::Arc;
+
+use tollgate::{OutagePolicy, Store};
+
+use super::*;
+use crate::config::{ClientConfig, Config};
+use crate::ledger::store::sql::Statement;
+use crate::ledger::store::tests::tempdir;
+
+fn tier(rpm: u64) -> TierConfig {
+    TierConfig {
+        rpm: Some(rpm),
+        tpm: Some(100_000),
+        burst: 1.0,
+        priority: 0,
+        max_wait_ms: 0,
+        daily_budget_usd: None,
+        monthly_budget_usd: None,
+    }
+}
+
+/// Tiers `pro` (`pro_rpm`) and `free` (5 rpm); clients `pro`, `free` and
+/// `other` (on free), each with key `key-ID`.
+fn file(pro_rpm: u64) -> Config {
+    let mut c = Config::default();
+    c.tiers.insert("pro".into(), tier(pro_rpm));
+    c.tiers.insert("free".into(), tier(5));
+    for (id, t) in [("pro", "pro"), ("free", "free"), ("other", "free")] {
+        c.clients.push(ClientConfig {
+            id: id.into(),
+            tier: t.into(),
+            key_sha256: vec![crate::auth::hash_key(&format!("key-{id}"))],
+        });
+    }
+    c
+}
+
+async fn open(config: &Config, db: &crate::ledger::Store) -> Registry {
+    Registry::open(config, db.clone(), &Store::memory(), OutagePolicy::Closed)
+        .await
+        .expect("registry")
+}
+
+fn rpm(r: &Registry, client: &str) -> Option<u64> {
+    r.client(client).unwrap().tier.config.rpm
+}
+
+#[tokio::test]
+async fn a_change_replaces_one_entry_and_leaves_every_other_as_it_was() {
+    let db = crate::ledger::Store::open("sqlite::memory:").await.unwrap();
+    let r = open(&file(10), &db).await;
+    let before: Vec<Arc<Client>> = r.clients();
+    let free_tier = r.tier("free").unwrap();
+
+    // A tier's change replaces that tier; its clients follow when next
+    // looked up, the others are not touched.
+    let patch: TierPatch = serde_json::from_str(r#"{"rpm": 20}"#).unwrap();
+    let (v1, t) = r.patch_tier("pro", &patch).await.unwrap();
+    assert_eq!((v1, t.rpm), (1, Some(20)));
+    assert!(Arc::ptr_eq(&free_tier, &r.tier("free").unwrap()));
+    for id in ["free", "other"] {
+        let now = r.client(id).unwrap();
+        let was = before.iter().find(|c| c.id == id).unwrap();
+        assert!(Arc::ptr_eq(&now, was), "{id} was rebuilt");
+    }
+    assert_eq!(rpm(&r, "pro"), Some(20));
+    assert_eq!(r.authenticate("key-pro").unwrap().tier.config.rpm, Some(20));
+
+    // A client's move replaces that client alone.
+    let other = r.client("other").unwrap();
+    assert_eq!(r.assign_tier("free", "pro").await.unwrap(), 2);
+    assert_eq!(r.client("free").unwrap().tier.name, "pro");
+    assert!(Arc::ptr_eq(&other, &r.client("other").unwrap()));
+    assert_eq!(r.version(), 2);
+
+    // Removing an override returns to the file; removing it again is no
+    // change at all.
+    let entity = Entity::Assignment("free".into());
+    assert_eq!(r.remove_override(&entity).await.unwrap(), Some(3));
+    assert_eq!(r.remove_override(&entity).await.unwrap(), None);
+    assert_eq!(r.client("free").unwrap().tier.name, "free");
+    assert_eq!(db::head(&db).await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn another_instance_on_the_database_applies_the_changes_in_order() {
+    let dir = tempdir();
+    let path = dir.join("registry.sqlite");
+    let url = path.to_str().unwrap();
+    let db_a = crate::ledger::Store::open(url).await.unwrap();
+    let db_b = crate::ledger::Store::open(url).await.unwrap();
+    let a = open(&file(10), &db_a).await;
+    let b = open(&file(10), &db_b).await;
+    let p = |json: &str| serde_json::from_str::<TierPatch>(json).unwrap();
+    a.patch_tier("pro", &p(r#"{"rpm": 20}"#)).await.unwrap();
+    a.patch_tier("pro", &p(r#"{"tpm": 7000}"#)).await.unwrap();
+    a.assign_tier("other", "pro").await.unwrap();
+    assert_eq!(rpm(&b, "pro"), Some(10), "not before it catches up");
+    assert_eq!(b.catch_up().await.unwrap(), 3);
+    assert_eq!(b.version(), 3);
+    let pro = b.client("pro").unwrap();
+    assert_eq!(
+        (pro.tier.config.rpm, pro.tier.config.tpm),
+        (Some(20), Some(7000))
+    );
+    assert_eq!(b.client("other").unwrap().tier.name, "pro");
+    assert_eq!(b.catch_up().await.unwrap(), 0, "nothing new");
+    // B's changes merge over A's, field by field, whichever wrote last.
+    b.patch_tier("pro", &p(r#"{"rpm": 30}"#)).await.unwrap();
+    a.catch_up().await.unwrap();
+    assert_eq!(a.tier("pro").unwrap().config.tpm, Some(7000));
+    assert_eq!(a.tier("pro").unwrap().config.rpm, Some(30));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn the_database_wins_field_by_field_over_a_file_that_moved_on() {
+    let dir = tempdir();
+    let url = dir.join("registry.sqlite").display().to_string();
+    let db = crate::ledger::Store::open(&url).await.unwrap();
+    let r = open(&file(10), &db).await;
+    r.patch_tier("pro", &serde_json::from_str(r#"{"rpm": 20}"#).unwrap())
+        .await
+        .unwrap();
+    drop(r);
+    // The file changes pro's tpm, and the client it names moves.
+    let mut moved = file(10);
+    moved.tiers.get_mut("pro").unwrap().tpm = Some(200_000);
+    let again = open(&moved, &crate::ledger::Store::open(&url).await.unwrap()).await;
+    let pro = again.tier("pro").unwrap();
+    assert_eq!((pro.config.rpm, pro.config.tpm), (Some(20), Some(200_000)));
+    let (version, o) = again.overrides();
+    assert_eq!(version, 1);
+    let said = o.describe(&moved).join("\n");
+    assert!(said.contains("rpm = 20 (file: 10)"), "{said}");
+    // An override the file no longer fits is skipped, the file's tier used.
+    let mut narrower = file(10);
+    narrower.priority.headroom = vec![1.0];
+    narrower.tiers.get_mut("pro").unwrap().priority = 0;
+    let db = crate::ledger::Store::open(&url).await.unwrap();
+    db::set_tier(
+        &db,
+        "pro",
+        &serde_json::from_str(r#"{"priority": 3}"#).unwrap(),
+        Some(1),
+    )
+    .await
+    .unwrap();
+    let skipped = open(&narrower, &db).await;
+    assert_eq!(skipped.tier("pro").unwrap().config.rpm, Some(10));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn issued_keys_work_until_revoked_or_expired() {
+    let db = crate::ledger::Store::open("sqlite::memory:").await.unwrap();
+    let r = open(&file(10), &db).await;
+    let key = |id: &str, secret: &str, expires: Option<i64>| {
+        Statement::new(
+            "INSERT INTO registry_keys (id, hash, client, shown, name, models, limits, \
+             expires_at_ms, revoked_at_ms, created_at_ms, version) \
+             VALUES ($1, $2, 'other', 'tg-…', NULL, NULL, '{}', $3, NULL, 0, 1)",
+            vec![
+                id.into(),
+                crate::auth::hash_key(secret).into(),
+                expires.into(),
+            ],
+        )
+    };
+    let past = crate::ledger::row::now_ms() - 1;
+    for (id, secret, expires) in [("k1", "tg-live", None), ("k2", "tg-old", Some(past))] {
+        db::write(&db, &Entity::Key(id.into()), vec![key(id, secret, expires)])
+            .await
+            .unwrap();
+    }
+    r.catch_up().await.unwrap();
+    assert_eq!(r.authenticate("tg-live").unwrap().id, "other");
+    assert!(r.authenticate("tg-old").is_none(), "an expired key");
+    assert_eq!(r.authenticate("key-other").unwrap().id, "other");
+    db::write(
+        &db,
+        &Entity::Key("k1".into()),
+        vec![Statement::new(
+            "UPDATE registry_keys SET revoked_at_ms = 1 WHERE id = 'k1'",
+            vec![],
+        )],
+    )
+    .await
+    .unwrap();
+    r.catch_up().await.unwrap();
+    assert!(r.authenticate("tg-live").is_none(), "a revoked key");
+}
