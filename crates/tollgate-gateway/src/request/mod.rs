@@ -465,13 +465,16 @@ async fn admit(
     // Admission runs as a task of its own: a client that leaves while its
     // reservations are on their way to the store drops this future, not the
     // admission, which then finishes and (dropped unused) gives back
-    // everything it took, the budget's hold included.
-    let admitting = tokio::spawn({
+    // everything it took, the budget's hold included. The task's future and
+    // its outcome are boxed: both are kilobytes, and a task moves them by
+    // value several times (into the task, out of it); unboxed, those copies
+    // were a third of a request's instructions (docs/BENCHMARKS.md).
+    let admitting = tokio::spawn(Box::pin({
         let (books, client, model) = (req.path.books.clone(), req.client.clone(), model.clone());
-        async move { admit::admit(&books, &client, &model, estimate.tokens).await }
-    });
+        async move { Box::new(admit::admit(&books, &client, &model, estimate.tokens).await) }
+    }));
     let (admitted, paused) = tokio::join!(admitting, model.hold.check(&up.store, up.store_timeout));
-    match admitted {
+    match admitted.map(|outcome| *outcome) {
         Ok(Ok(a)) => Ok((a, paused)),
         Ok(Err(refusal)) => {
             let onward = Onward {
