@@ -30,15 +30,22 @@ enum Job {
     Run {
         url: String,
         key: String,
+        body: String,
         rate: u64,
         secs: f64,
     },
     /// [`load::burst`].
-    Burst { url: String, key: String, n: usize },
+    Burst {
+        url: String,
+        key: String,
+        body: String,
+        n: usize,
+    },
     /// [`load::settle`].
     Settle {
         url: String,
         key: String,
+        body: String,
         limit_secs: f64,
     },
 }
@@ -166,6 +173,7 @@ impl Generator {
         let job = Job::Run {
             url: e.url.to_string(),
             key: e.key.to_string(),
+            body: e.body.to_string(),
             rate,
             secs,
         };
@@ -177,6 +185,7 @@ impl Generator {
         let job = Job::Burst {
             url: e.url.to_string(),
             key: e.key.to_string(),
+            body: e.body.to_string(),
             n,
         };
         self.ask(&job).await
@@ -187,6 +196,7 @@ impl Generator {
         let job = Job::Settle {
             url: e.url.to_string(),
             key: e.key.to_string(),
+            body: e.body.to_string(),
             limit_secs: limit.as_secs_f64(),
         };
         self.ask::<serde_json::Value>(&job).await.map(drop)
@@ -270,36 +280,40 @@ pub async fn serve(args: &[String]) -> Result<()> {
     };
     while let Some(line) = next()? {
         let job: Job = serde_json::from_str(&line).with_context(|| format!("bad job {line}"))?;
-        let endpoint = |url: String, key: String| Endpoint {
+        let endpoint = |url: String, key: String, body: String| Endpoint {
             name: String::new(),
             url: url.into(),
             key: key.into(),
+            body: body.into(),
         };
         let answer = match job {
             Job::Run {
                 url,
                 key,
+                body,
                 rate,
                 secs,
             } => {
                 let before = cpu_time();
-                let mut r = load::run(&client, &endpoint(url, key), rate, secs, settings).await;
+                let mut r =
+                    load::run(&client, &endpoint(url, key, body), rate, secs, settings).await;
                 r.generator_cpu = match (before, cpu_time()) {
                     (Some(a), Some(b)) => Some(b.saturating_sub(a)),
                     _ => None,
                 };
                 serde_json::to_string(&RunWire::from(&r))?
             }
-            Job::Burst { url, key, n } => {
-                serde_json::to_string(&load::burst(&client, &endpoint(url, key), n).await)?
+            Job::Burst { url, key, body, n } => {
+                serde_json::to_string(&load::burst(&client, &endpoint(url, key, body), n).await)?
             }
             Job::Settle {
                 url,
                 key,
+                body,
                 limit_secs,
             } => {
                 let limit = Duration::from_secs_f64(limit_secs);
-                load::settle(&client, &endpoint(url, key), limit).await;
+                load::settle(&client, &endpoint(url, key, body), limit).await;
                 "{}".to_string()
             }
         };
