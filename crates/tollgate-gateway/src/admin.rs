@@ -3,6 +3,7 @@
 //! - `GET /admin/tiers`: tiers with their settings and client counts;
 //! - `GET /admin/clients`: clients with tier, bucket usage and spend;
 //! - `PUT /admin/clients/{id}/tier` `{"tier": "pro"}`: move a client;
+//! - clients and keys: see [`crate::admin_keys`];
 //! - `PATCH /admin/tiers/{name}` `{"rpm": 100, ...}`: change a tier's limits
 //!   (validated as the file is; `null` removes a limit, 0 is refused);
 //! - `GET /admin/routes`: the routes in force, each with where it comes from;
@@ -56,7 +57,7 @@ fn store_unavailable(e: impl std::fmt::Display) -> Response {
 
 /// The answer to a failed change: 400 for an invalid one, 503 when the
 /// database could not be reached, 409 when other changes kept coming first.
-fn change_failed(e: RegistryError, code: &str, param: &'static str) -> Response {
+pub(crate) fn change_failed(e: RegistryError, code: &str, param: &'static str) -> Response {
     match e {
         RegistryError::Config(e) => ApiError::invalid(code, param, e.to_string()).into_response(),
         RegistryError::Store(e) => store_unavailable(e),
@@ -170,7 +171,7 @@ const ADMIN_BODY_LIMIT: usize = 64 * 1024;
 /// The body of an admin request, read only once its token was checked and
 /// within the server's body-read timeout: a connection without the token,
 /// or one that sends half a body, cannot hold the gateway's connections.
-async fn authorized_body(
+pub(crate) async fn authorized_body(
     gw: &Gateway,
     headers: &HeaderMap,
     body: axum::body::Body,
@@ -182,7 +183,7 @@ async fn authorized_body(
         .map_err(ApiError::from)
 }
 
-fn bad_body(e: impl std::fmt::Display) -> Response {
+pub(crate) fn bad_body(e: impl std::fmt::Display) -> Response {
     ApiError::invalid(
         "invalid_body",
         "body",
@@ -225,7 +226,14 @@ pub async fn set_client_tier(
         )
         .into_response();
     }
-    match reg.assign_tier(&id, &req.tier).await {
+    // A client the API made is its own row; one of the file is moved by an
+    // assignment over the file.
+    let moved = if reg.file_client_tier(&id).is_some() {
+        reg.assign_tier(&id, &req.tier).await
+    } else {
+        reg.move_api_client(&id, &req.tier).await
+    };
+    match moved {
         Ok(version) => {
             gw.announce(version).await;
             tracing::info!(client = %id, tier = %req.tier, version, "client tier changed");
