@@ -102,6 +102,7 @@ pub async fn run(args: &[String]) -> Result<()> {
             name: name.clone(),
             url: format!("{base}/chat/completions").into(),
             key: o.key.as_str().into(),
+            body: load::body(&o.model).into(),
         })
         .collect();
 

@@ -2,6 +2,9 @@
 //!
 //! - `GET /admin/tiers`: tiers with their settings and client counts;
 //! - `GET /admin/clients`: clients with tier, bucket usage and spend;
+//! - `GET /admin/models`: each provider model's bucket usage and queue and,
+//!   when the tiers share the models, each tier's floor, weight, share,
+//!   lane usage and queue;
 //! - `PUT /admin/clients/{id}/tier` `{"tier": "pro"}`: move a client;
 //! - clients and keys: see [`crate::admin_keys`];
 //! - `PATCH /admin/tiers/{name}` `{"rpm": 100, ...}`: change a tier's limits
@@ -108,6 +111,21 @@ pub async fn tiers(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Respon
         })
         .collect();
     Json(json!({ "tiers": tiers })).into_response()
+}
+
+/// `GET /admin/models`.
+pub async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&gw, &headers) {
+        return e.into_response();
+    }
+    let mut out = Vec::new();
+    for (m, status) in crate::shares::statuses(gw.models.values()).await {
+        match status {
+            Ok(s) => out.push(crate::shares::model_json(&gw.config, &m, &s)),
+            Err(e) => return store_unavailable(e),
+        }
+    }
+    Json(json!({ "models": out })).into_response()
 }
 
 /// `GET /admin/clients`.

@@ -48,6 +48,7 @@ fn model(rpm: u64, tpm: u64, input_price: f64, output_price: f64, kind: ModelKin
         default_max_tokens: 512,
         tokenizer: None,
         fallbacks: Vec::new(),
+        floors: Default::default(),
     }
 }
 
@@ -63,6 +64,9 @@ pub fn tiers() -> BTreeMap<String, TierConfig> {
                 max_wait_ms,
                 daily_budget_usd: daily,
                 monthly_budget_usd: monthly,
+                floor: None,
+                weight: None,
+                lendable: None,
             }
         };
     BTreeMap::from([

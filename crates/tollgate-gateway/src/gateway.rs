@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tollgate::{OutagePolicy, PriorityClass, RateLimiter, Store};
+use tollgate::{OutagePolicy, RateLimiter, Store};
 
 use crate::budget::{Budgets, MemoryBudgets, RedisBudgets};
-use crate::config::{model_limits, Config, ConfigError};
+use crate::config::{model_limits, Config, ConfigError, ModelClasses};
 use crate::ledger::UsageLedger;
 use crate::metrics::Metrics;
 use crate::model::{Endpoint, Model, Price};
@@ -270,15 +270,6 @@ pub(crate) async fn build_models(
     store: &Store,
     outage: OutagePolicy,
 ) -> Result<BTreeMap<String, Arc<Model>>, StartError> {
-    let classes: Vec<PriorityClass> = config
-        .priority
-        .headroom
-        .iter()
-        .map(|&headroom| PriorityClass {
-            headroom,
-            max_wait: None,
-        })
-        .collect();
     let mut models = BTreeMap::new();
     for (pname, p) in &config.providers {
         let api_key = match &p.api_key_env {
@@ -295,7 +286,8 @@ pub(crate) async fn build_models(
                 config: p,
                 api_key: &api_key,
             };
-            let model = build_model(at, m, store, &classes, outage).await?;
+            let classes = config.model_classes(m);
+            let model = build_model(at, m, store, classes, outage).await?;
             models.insert(mname.clone(), Arc::new(model));
         }
     }
@@ -315,15 +307,24 @@ async fn build_model(
     at: ModelAt<'_>,
     m: &crate::config::ModelConfig,
     store: &Store,
-    classes: &[PriorityClass],
+    classes: ModelClasses,
     outage: OutagePolicy,
 ) -> Result<Model, StartError> {
     let (pname, mname) = (at.provider, at.name);
     let key = format!("model:{pname}/{mname}");
-    let limiter = RateLimiter::builder(&key)
+    let mut builder = RateLimiter::builder(&key)
         .store(store.clone())
         .limits(model_limits(m))
-        .priority_classes(classes.to_vec())
+        .priority_classes(classes.classes);
+    let mut lanes = Vec::new();
+    if let Some(shares) = classes.shares {
+        // One lane per tier (see `config::share`); validated with the config.
+        if let Ok(s) = tollgate::Shares::new(shares.clone()) {
+            lanes = (0..s.len()).map(|k| s.share(k)).collect();
+        }
+        builder = builder.class_shares(shares);
+    }
+    let limiter = builder
         .outage(outage)
         // The configuration (and its live changes) decides the limits.
         .replace_stored_limits(true)
@@ -361,6 +362,7 @@ async fn build_model(
         urls,
         api_key: at.api_key.clone(),
         limiter,
+        lanes,
         price: Price {
             input_usd_per_mtok: m.input_usd_per_mtok,
             output_usd_per_mtok: m.output_usd_per_mtok,

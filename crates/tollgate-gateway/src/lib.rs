@@ -41,6 +41,7 @@ pub(crate) mod request;
 pub mod request_id;
 pub mod routing;
 pub mod server;
+pub(crate) mod shares;
 pub mod sync;
 pub mod tokenizer;
 pub mod upstream_sim;

@@ -28,6 +28,11 @@ const METRICS: &[(&str, &str, &str)] = &[
     ("tollgate_queue_wait_seconds", "histogram", "Time requests waited in the queue before going upstream, by tier."),
     ("tollgate_upstream_latency_seconds", "histogram", "Time to the upstream's response headers, by model."),
     ("tollgate_queue_depth", "gauge", "Requests waiting for their slot now, by model and priority class."),
+    ("tollgate_model_share_floor", "gauge", "Each tier's guaranteed floor of a provider model (share of its limits), by model and tier, when the tiers share the models."),
+    ("tollgate_model_share", "gauge", "Each tier's lane of a provider model (floor plus its weighted part of the rest, share of the model's limits), by model and tier."),
+    ("tollgate_model_share_queue_depth", "gauge", "Requests of a tier waiting for their slot in its lane of a provider model, by model and tier."),
+    ("tollgate_model_share_in_use", "gauge", "Units in use in a tier's lane of a provider model (its own calls and what others borrowed), by model, tier and dimension."),
+    ("tollgate_model_share_capacity", "gauge", "The most a tier's lane of a provider model holds, by model, tier and dimension."),
     ("tollgate_requests_in_flight", "gauge", "HTTP requests being served now (streams until their last byte)."),
     ("tollgate_connections_open", "gauge", "Client connections open now."),
     ("tollgate_connections_refused_total", "counter", "Client connections refused at the connection limit."),
@@ -54,6 +59,16 @@ pub mod names {
     pub const REQUESTS: &str = "tollgate_requests_total";
     /// Requests waiting for their slot.
     pub const QUEUE_DEPTH: &str = "tollgate_queue_depth";
+    /// A tier's floor of a provider model.
+    pub const MODEL_SHARE_FLOOR: &str = "tollgate_model_share_floor";
+    /// A tier's lane share of a provider model.
+    pub const MODEL_SHARE: &str = "tollgate_model_share";
+    /// A tier's queue in its lane of a provider model.
+    pub const MODEL_SHARE_QUEUE: &str = "tollgate_model_share_queue_depth";
+    /// Units in use in a tier's lane.
+    pub const MODEL_SHARE_IN_USE: &str = "tollgate_model_share_in_use";
+    /// Capacity of a tier's lane.
+    pub const MODEL_SHARE_CAPACITY: &str = "tollgate_model_share_capacity";
     /// HTTP requests being served.
     pub const IN_FLIGHT: &str = "tollgate_requests_in_flight";
     /// Client connections open.

@@ -79,6 +79,9 @@ pub struct Model {
     pub(crate) api_key: Option<String>,
     /// The provider bucket, key `model:PROVIDER/NAME`, with the priority classes.
     pub limiter: RateLimiter,
+    /// Each tier's lane share of the bucket, in class order, when the tiers
+    /// share the model by floor and weight (empty otherwise).
+    pub(crate) lanes: Vec<f64>,
     /// Prices.
     pub price: Price,
     /// Context window in tokens.

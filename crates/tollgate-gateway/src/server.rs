@@ -35,6 +35,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/readyz", get(readyz))
         .merge(crate::dashboard::routes())
         .route("/admin/tiers", get(admin::tiers))
+        .route("/admin/models", get(admin::models))
         .route(
             "/admin/clients",
             get(admin::clients).post(crate::admin_keys::create_client),
@@ -230,6 +231,8 @@ async fn metrics_text(gw: &Gateway) -> Response {
     }
     m.gauge_replace(names::BUDGET_LEFT, &left);
     m.gauge_replace(names::BUDGET, &whole);
+    let models = crate::shares::statuses(gw.models.values()).await;
+    crate::shares::publish(m, &gw.config, &models);
     m.gauge_set(names::STORE_UP, &[], if store_up { 1.0 } else { 0.0 });
     let mut text = m.render();
     // The limiters' own counters: store errors and outage decisions.

@@ -3,7 +3,8 @@
 //! and non-streamed calls, embeddings, models, and our 401/400/404/429 seen
 //! as the SDK's exceptions; then Python's and Node's (npm package `openai`,
 //! installed under `target/sdk-node`) against the demo, on their usual
-//! paths, embeddings in their default (base64) encoding.
+//! paths, embeddings in their default (base64) encoding; Python's with
+//! `model="auto"` (routed by the demo's routes), streamed and not.
 
 mod common;
 #[path = "common/sdk.rs"]

@@ -10,6 +10,8 @@
 //!   killed mid-run.
 //! - [`speed`]: acquires per second and latency, tollgate against the Python
 //!   library against Redis's own ceiling.
+//! - [`fairness`]: tiers sharing one provider model through two gateway
+//!   instances on Redis (floors, weights, a tier alone).
 //! - [`script_cost`]: Redis's own time per call of the reserve and settle
 //!   scripts, from `INFO commandstats`.
 //!
@@ -23,6 +25,7 @@ pub mod affinity;
 pub mod bucket;
 pub mod client;
 pub mod cluster;
+pub mod fairness;
 pub mod faults;
 pub mod fleet;
 pub mod ledger_writer;

@@ -101,6 +101,22 @@ impl LoadArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Tiers sharing one provider model through two gateway instances on
+    /// Redis: a free-tier flood, steady professional and bursty enterprise
+    /// traffic against the token-bucket stand-in (docs/FAIRNESS.md). Fails
+    /// when a target is missed.
+    Fairness {
+        /// Seconds of each phase.
+        #[arg(long, default_value_t = 30.0)]
+        phase_secs: f64,
+        /// Phases: free alone, free + professional, then enterprise on
+        /// and off in turn.
+        #[arg(long, default_value_t = 7)]
+        phases: usize,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// The usage ledger's writer: rows/s into SQLite and PostgreSQL (a
     /// server of its own), batched and one row per transaction.
     LedgerWriter {
@@ -286,6 +302,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let result = tollgate_harness::ledger_writer::run(&opts)?;
             print_report(json, &result, |r| tollgate_harness::ledger_writer::table(r))
+        }
+        Command::Fairness {
+            phase_secs,
+            phases,
+            json,
+        } => {
+            let opts = tollgate_harness::fairness::FairnessOptions { phase_secs, phases };
+            let report = tollgate_harness::fairness::run(&opts)?;
+            print_report(json, &report, tollgate_harness::fairness::render)?;
+            anyhow::ensure!(
+                report.missed.is_empty(),
+                "targets missed: {:?}",
+                report.missed
+            );
+            Ok(())
         }
         Command::Scripts { pairs, json } => {
             let rows = script_cost::run(&ScriptCostOptions { pairs })?;

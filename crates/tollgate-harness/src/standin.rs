@@ -7,6 +7,11 @@
 //! after a simulated latency, or 429 with `retry-after`. Every call is recorded
 //! with its arrival time, so a run can be analysed afterwards.
 //!
+//! It also answers OpenAI's `POST /v1/chat/completions`, for runs through
+//! the gateway: each call uses `max_tokens` completion tokens and one prompt
+//! token (so the gateway's estimate is never below it), and its label is
+//! the last message's text.
+//!
 //! The server runs on its own thread and runtime, so the harness that starts it
 //! may block (starting Redis, waiting for processes) without delaying it.
 
@@ -198,6 +203,9 @@ async fn handle(
     window: f64,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let arrival = now_unix();
+    if req.uri().path() == "/v1/chat/completions" {
+        return Ok(chat(req, arrival, state, latency, window).await);
+    }
     let header = |name: &str| {
         req.headers()
             .get(name)
@@ -252,6 +260,75 @@ async fn handle(
         StatusCode::OK,
         format!(r#"{{"usage":{{"total_tokens":{tokens}}}}}"#),
     ))
+}
+
+/// An OpenAI chat completion of `max_tokens` tokens, charged on arrival.
+async fn chat(
+    req: Request<hyper::body::Incoming>,
+    arrival: f64,
+    state: Arc<Mutex<State>>,
+    latency: (u64, u64),
+    window: f64,
+) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return reply(StatusCode::BAD_REQUEST, "{}".into()),
+    };
+    let Ok(body) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return reply(StatusCode::BAD_REQUEST, "{}".into());
+    };
+    let completion = body["max_tokens"].as_u64().unwrap_or(16);
+    let label = body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let tokens = completion + 1;
+    let decision = {
+        let Ok(mut s) = state.lock() else {
+            return reply(StatusCode::INTERNAL_SERVER_ERROR, "{}".into());
+        };
+        let d = s.bucket.take(arrival, tokens as f64);
+        let level_after = s.bucket.tokens.level();
+        s.records.push(CallRecord {
+            arrival,
+            asked: 0.0,
+            tokens,
+            admitted: d.admitted,
+            early_by: d.early_by,
+            client: label,
+            level_after,
+        });
+        d
+    };
+    if !decision.admitted {
+        let mut r = reply(
+            StatusCode::TOO_MANY_REQUESTS,
+            r#"{"error":{"message":"rate limit exceeded","type":"rate_limit_error","param":null,"code":"rate_limit_exceeded"}}"#.into(),
+        );
+        let secs = decision.early_by.min(window).ceil().max(1.0) as u64;
+        if let Ok(v) = secs.to_string().parse() {
+            r.headers_mut().insert("retry-after", v);
+        }
+        return r;
+    }
+    let (lo, hi) = latency;
+    if hi > 0 {
+        let ms = rand::rng().random_range(lo.min(hi)..=hi);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let model = body["model"].as_str().unwrap_or("m");
+    reply(
+        StatusCode::OK,
+        serde_json::json!({
+            "id": "chatcmpl-standin", "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "length"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": completion, "total_tokens": tokens},
+        })
+        .to_string(),
+    )
 }
 
 fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {

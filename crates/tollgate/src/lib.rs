@@ -36,5 +36,5 @@ pub use outage::{OutagePolicy, Source, Stats, StatsSnapshot};
 pub use retry::RetryConfig;
 pub use store::{Store, StoreError};
 pub use tollgate_core::{
-    ClassShare, Cost, CostError, Dimension, Limits, Policy, ShareError, Usage,
+    ClassShare, Cost, CostError, Dimension, Limits, Policy, ShareError, Shares, Usage, MAX_CLASSES,
 };

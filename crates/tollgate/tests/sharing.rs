@@ -657,3 +657,42 @@ async fn status_reports_each_class_use_floor_share_and_queue() {
     limiter.cancel(waiting).await.unwrap();
     limiter.settle(first, Cost::tokens(2_400)).await.unwrap();
 }
+
+#[tokio::test]
+async fn with_shares_any_class_may_be_the_top_one() {
+    // The gateway gives each tier a class in the order of their names, so
+    // the first may have a low priority's headroom: with shares it fills
+    // its own lane whole, and headroom only scales what it borrows.
+    let class = |headroom| PriorityClass {
+        headroom,
+        max_wait: None,
+    };
+    let build = |shares: Option<Vec<ClassShare>>| {
+        let mut b = RateLimiter::builder("k")
+            .limits(Limits::new().rpm(60).burst(1.0))
+            .priority_classes(vec![class(0.4), class(1.0)])
+            .store(Store::memory());
+        if let Some(s) = shares {
+            b = b.class_shares(s);
+        }
+        b.build()
+    };
+    let e = build(None).await.unwrap_err().to_string();
+    assert!(e.contains("exactly 1.0 for class 0"), "{e}");
+    let limiter = build(Some(vec![
+        ClassShare::new(0.5, 1.0),
+        ClassShare::new(0.5, 1.0),
+    ]))
+    .await
+    .expect("built");
+    // Class 0 fills its 30 requests of the lane at once, whatever its headroom.
+    for _ in 0..30 {
+        let p = limiter
+            .acquire_with(Cost::request_only(), AcquireOptions::class(0))
+            .await
+            .expect("within its lane");
+        assert_eq!(p.lane(), Some(0));
+        assert_eq!(p.waited(), Duration::ZERO);
+        limiter.settle(p, Cost::request_only()).await.unwrap();
+    }
+}

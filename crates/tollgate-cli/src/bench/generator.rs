@@ -27,15 +27,22 @@ enum Job {
     Run {
         url: String,
         key: String,
+        body: String,
         rate: u64,
         secs: f64,
     },
     /// [`load::burst`].
-    Burst { url: String, key: String, n: usize },
+    Burst {
+        url: String,
+        key: String,
+        body: String,
+        n: usize,
+    },
     /// [`load::settle`].
     Settle {
         url: String,
         key: String,
+        body: String,
         limit_secs: f64,
     },
 }
@@ -158,6 +165,7 @@ impl Generator {
         let job = Job::Run {
             url: e.url.to_string(),
             key: e.key.to_string(),
+            body: e.body.to_string(),
             rate,
             secs,
         };
@@ -169,6 +177,7 @@ impl Generator {
         let job = Job::Burst {
             url: e.url.to_string(),
             key: e.key.to_string(),
+            body: e.body.to_string(),
             n,
         };
         self.ask(&job).await
@@ -179,6 +188,7 @@ impl Generator {
         let job = Job::Settle {
             url: e.url.to_string(),
             key: e.key.to_string(),
+            body: e.body.to_string(),
             limit_secs: limit.as_secs_f64(),
         };
         self.ask::<serde_json::Value>(&job).await.map(drop)
@@ -262,31 +272,34 @@ pub async fn serve(args: &[String]) -> Result<()> {
     };
     while let Some(line) = next()? {
         let job: Job = serde_json::from_str(&line).with_context(|| format!("bad job {line}"))?;
-        let endpoint = |url: String, key: String| Endpoint {
+        let endpoint = |url: String, key: String, body: String| Endpoint {
             name: String::new(),
             url: url.into(),
             key: key.into(),
+            body: body.into(),
         };
         let answer = match job {
             Job::Run {
                 url,
                 key,
+                body,
                 rate,
                 secs,
             } => {
-                let r = load::run(&client, &endpoint(url, key), rate, secs, settings).await;
+                let r = load::run(&client, &endpoint(url, key, body), rate, secs, settings).await;
                 serde_json::to_string(&RunWire::from(&r))?
             }
-            Job::Burst { url, key, n } => {
-                serde_json::to_string(&load::burst(&client, &endpoint(url, key), n).await)?
+            Job::Burst { url, key, body, n } => {
+                serde_json::to_string(&load::burst(&client, &endpoint(url, key, body), n).await)?
             }
             Job::Settle {
                 url,
                 key,
+                body,
                 limit_secs,
             } => {
                 let limit = Duration::from_secs_f64(limit_secs);
-                load::settle(&client, &endpoint(url, key), limit).await;
+                load::settle(&client, &endpoint(url, key, body), limit).await;
                 "{}".to_string()
             }
         };

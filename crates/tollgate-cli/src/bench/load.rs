@@ -7,8 +7,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-/// The request every run sends: a non-streamed chat of 16 output tokens.
-pub const BODY: &str = r#"{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello in five words."}], "max_tokens": 16}"#;
+/// The request every run sends: a non-streamed chat of 16 output tokens
+/// for `model` (`gpt-4o-mini` unless `--model` says otherwise; `auto` is
+/// routed by the demo's routes).
+pub fn body(model: &str) -> String {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": "Say hello in five words."}], "max_tokens": 16}).to_string()
+}
 
 /// One endpoint under load: a chat completions URL and the key to send.
 #[derive(Clone)]
@@ -19,6 +23,8 @@ pub struct Endpoint {
     pub url: Arc<str>,
     /// Bearer key.
     pub key: Arc<str>,
+    /// The JSON body of every request ([`body`]).
+    pub body: Arc<str>,
 }
 
 /// How each run behaves (the per-request timeout is the client's).
@@ -87,13 +93,13 @@ enum Outcome {
     TimedOut,
 }
 
-async fn one(client: &reqwest::Client, e: &Endpoint, body: &'static str) -> Outcome {
+async fn one(client: &reqwest::Client, e: &Endpoint) -> Outcome {
     let t = Instant::now();
     let sent = client
         .post(&*e.url)
         .header("authorization", format!("Bearer {}", e.key))
         .header("content-type", "application/json")
-        .body(body)
+        .body(e.body.to_string())
         .send()
         .await;
     let response = match sent {
@@ -131,7 +137,7 @@ pub async fn run(client: &reqwest::Client, e: &Endpoint, rate: u64, secs: f64, s
         };
         let (client, e) = (client.clone(), e.clone());
         tasks.push(tokio::spawn(async move {
-            let outcome = one(&client, &e, BODY).await;
+            let outcome = one(&client, &e).await;
             drop(slot);
             outcome
         }));
@@ -170,7 +176,7 @@ pub async fn burst(client: &reqwest::Client, e: &Endpoint, n: usize) -> Tally {
     let tasks: Vec<_> = (0..n)
         .map(|_| {
             let (client, e) = (client.clone(), e.clone());
-            tokio::spawn(async move { one(&client, &e, BODY).await })
+            tokio::spawn(async move { one(&client, &e).await })
         })
         .collect();
     let mut tally = Tally::default();
@@ -192,7 +198,7 @@ pub async fn settle(client: &reqwest::Client, e: &Endpoint, limit: Duration) {
     while start.elapsed() < limit {
         let t = Instant::now();
         let quick = matches!(
-            tokio::time::timeout(Duration::from_secs(2), one(client, e, BODY)).await,
+            tokio::time::timeout(Duration::from_secs(2), one(client, e)).await,
             Ok(Outcome::Ok(_) | Outcome::Limited)
         ) && t.elapsed() < Duration::from_millis(200);
         if quick {

@@ -25,6 +25,8 @@ CPU time (INFO cpu) per request.
   --target NAME=URL       also measure this OpenAI-compatible base URL
                           (http://ADDR/v1); repeatable
   --key KEY               bearer key for the load (tg-demo-enterprise)
+  --model NAME            the model (or route) every request names
+                          (gpt-4o-mini; `auto` is routed by the demo's routes)
   --limited-key KEY       key of the limits check (tg-demo-free)
   --check-limits          first send 20 requests at once with --limited-key
                           to every gateway and count 200s and 429s
@@ -55,6 +57,8 @@ pub struct Options {
     pub targets: Vec<(String, String)>,
     /// Key for the load.
     pub key: String,
+    /// The model or route the requests name.
+    pub model: String,
     /// Key for the limits check.
     pub limited_key: String,
     /// Whether to run the limits check.
@@ -98,6 +102,7 @@ pub fn parse(args: &[String]) -> Result<Option<Options>> {
         upstream: None,
         targets: Vec::new(),
         key: "tg-demo-enterprise".into(),
+        model: "gpt-4o-mini".into(),
         limited_key: "tg-demo-free".into(),
         check_limits: false,
         search_p99: None,
@@ -149,6 +154,7 @@ pub fn parse(args: &[String]) -> Result<Option<Options>> {
                     .push((name.to_string(), url.trim_end_matches('/').to_string()));
             }
             "--key" => o.key = v.clone(),
+            "--model" => o.model = v.clone(),
             "--limited-key" => o.limited_key = v.clone(),
             "--search-p99-ms" => {
                 let ms: f64 = v.parse().context("--search-p99-ms takes milliseconds")?;

@@ -34,6 +34,7 @@ pub fn model(rpm: u64) -> ModelConfig {
         default_max_tokens: 64,
         tokenizer: Some("approx".into()),
         fallbacks: Vec::new(),
+        floors: Default::default(),
     }
 }
 
@@ -46,6 +47,9 @@ pub fn tier(rpm: u64, daily_budget_usd: Option<f64>) -> TierConfig {
         max_wait_ms: 0,
         daily_budget_usd,
         monthly_budget_usd: None,
+        floor: None,
+        weight: None,
+        lendable: None,
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod ledger;
 mod routes;
+mod share;
 mod types;
 
 pub use routes::{
@@ -13,6 +14,8 @@ pub use types::{
     AdminConfig, ClientConfig, Config, LedgerConfig, MetricsConfig, ModelConfig, ModelKind,
     PriorityConfig, ProviderConfig, ServerConfig, StoreConfig, TierConfig,
 };
+
+pub(crate) use share::ModelClasses;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -85,6 +88,7 @@ impl Config {
         for (name, t) in &self.tiers {
             validate_tier(&format!("tiers.{name}"), t, self.priority.headroom.len())?;
         }
+        self.validate_shares()?;
         self.validate_routes()?;
         self.validate_clients()
     }
@@ -531,6 +535,10 @@ mod tests {
         let text = include_str!("../../../../config/tollgate.example.toml");
         let c = Config::from_toml(text).unwrap();
         assert_eq!(c.tiers.len(), 4);
+        assert!(
+            c.shares_providers(),
+            "the example shares its models by floor and weight"
+        );
         let premium = &c.providers["anthropic"].models["claude-opus-4"];
         assert_eq!(premium.fallbacks, ["gpt-4o", "gemini-2.0-flash"]);
         let auto = &c.routes["auto"];

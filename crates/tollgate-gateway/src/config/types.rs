@@ -312,6 +312,11 @@ pub struct ModelConfig {
     /// (connection error, timeout, 5xx, 429). Default none.
     #[serde(default)]
     pub fallbacks: Vec<String>,
+    /// Floors of this model for some tiers (tier name → share of this
+    /// model's limits), instead of their `floor`; only when the tiers share
+    /// the provider buckets (see [`TierConfig::floor`]). Default none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub floors: BTreeMap<String, f64>,
 }
 
 fn one() -> f64 {
@@ -337,9 +342,33 @@ pub struct TierConfig {
     /// Burst factor: the tier's bucket holds `burst × limit`. Default 1.
     #[serde(default = "one")]
     pub burst: f64,
-    /// Priority class on provider buckets (0 = top). Default 0.
+    /// Priority class on provider buckets (0 = top). Default 0. When the
+    /// tiers share the provider buckets by floor and weight, priority only
+    /// orders borrowing: a tier whose own share is full borrows at once
+    /// from the shares other tiers leave idle, up to `priority.headroom` of
+    /// each lender's `lendable` part, so higher tiers borrow first and
+    /// more.
     #[serde(default)]
     pub priority: u8,
+    /// The share of every provider model's limits this tier is guaranteed
+    /// whenever it has demand, in [0, 1] (a model's `floors` may override
+    /// it). Setting `floor` or `weight` on any tier shares every provider
+    /// model between the tiers: each tier gets a lane of `floor + weight /
+    /// Σ weight × (1 − Σ floor)` of the model's limits, queues only in its
+    /// own lane, and borrows at once what other lanes leave idle. The
+    /// floors of all tiers sum to at most 1. Default 0 (when sharing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor: Option<f64>,
+    /// The tier's weight in the part of every provider model above the
+    /// floors (> 0). Default 1 (when sharing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
+    /// The part of the tier's lane other tiers may borrow at once while it
+    /// is idle, in [0, 1]; less keeps a reserve for the tier's own bursts
+    /// (it then waits at most one emission interval for what was lent).
+    /// Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lendable: Option<f64>,
     /// Longest a request may wait in a queue, milliseconds; beyond it, 429.
     /// Default 0 (never wait).
     #[serde(default)]

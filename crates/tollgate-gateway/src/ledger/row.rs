@@ -26,14 +26,15 @@ pub struct Row {
     pub client: String,
     /// The client's tier at the time of the request.
     pub tier: String,
-    /// The route the request named (until routing lands: the requested model).
+    /// How the request was routed: the model it named, or `ROUTE/RULE`
+    /// (as `x-tollgate-route` says).
     pub route: String,
     /// The model the request named.
     pub requested_model: String,
     /// The model that answered ("" when none did).
     pub served_model: String,
-    /// The route's baseline model, against which routing's savings are told
-    /// (until routing lands: the requested model).
+    /// The route's baseline model, against which routing's savings are told:
+    /// the model named, or the first candidate of the route's rule.
     pub baseline_model: String,
     /// Upstream attempts made (0 when refused before forwarding).
     pub attempts: u32,

@@ -93,6 +93,9 @@ pub struct Tier {
     pub name: String,
     /// Its settings (file + overrides).
     pub config: TierConfig,
+    /// Its class on every provider bucket: its own lane when the tiers
+    /// share the buckets by floor and weight, else its priority.
+    pub class: u8,
     /// Longest wait in a queue.
     pub max_wait: Duration,
     /// Budgets in nano-USD.
@@ -100,9 +103,12 @@ pub struct Tier {
 }
 
 impl Tier {
-    fn new(name: &str, config: TierConfig) -> Tier {
+    /// Tier `name` of `file` (whose tiers decide the classes) with these
+    /// settings.
+    fn new(file: &Config, name: &str, config: TierConfig) -> Tier {
         Tier {
             name: name.to_string(),
+            class: file.tier_class(name, &config),
             max_wait: Duration::from_millis(config.max_wait_ms),
             budget: BudgetLimits {
                 daily: config.daily_budget_usd.map(usd_to_nano),
@@ -314,14 +320,14 @@ impl Registry {
     fn effective_tier(&self, name: &str, o: Option<&TierOverride>) -> Tier {
         let file = &self.file.tiers[name];
         let Some(o) = o else {
-            return Tier::new(name, file.clone());
+            return Tier::new(&self.file.config, name, file.clone());
         };
         let t = o.fields.apply(file);
         match validate_tier(&format!("tiers.{name}"), &t, self.file.classes) {
-            Ok(()) => Tier::new(name, t),
+            Ok(()) => Tier::new(&self.file.config, name, t),
             Err(e) => {
                 tracing::warn!(tier = %name, version = o.version, error = %e, "registry override no longer fits the config file; using the file's tier");
-                Tier::new(name, file.clone())
+                Tier::new(&self.file.config, name, file.clone())
             }
         }
     }

@@ -20,6 +20,9 @@ fn tier(rpm: u64) -> TierConfig {
         max_wait_ms: 0,
         daily_budget_usd: None,
         monthly_budget_usd: None,
+        floor: None,
+        weight: None,
+        lendable: None,
     }
 }
 

@@ -71,7 +71,8 @@ pub(crate) enum StoreKind {
 pub(crate) struct BucketRefusal {
     /// Which bucket.
     pub(crate) bucket: Bucket,
-    /// The limiter's answer (`RateLimited`, `QueueFull` or `TooLarge`).
+    /// The limiter's answer (`RateLimited`, `QueueFull`, `TooLarge` or
+    /// `TooLargeForShare`).
     pub(crate) error: LimitError,
     /// The bucket's state after the refusal (for a rate limit or a full
     /// queue), read after this request's reservations were given back.
@@ -107,12 +108,21 @@ impl Refusal {
     /// How the request ended, for metrics and logs.
     pub(crate) fn outcome(&self) -> Outcome {
         match self {
-            Refusal::Bucket(b) if matches!(b.error, LimitError::TooLarge(_)) => Outcome::BadRequest,
+            Refusal::Bucket(b) if too_large(&b.error) => Outcome::BadRequest,
             Refusal::Bucket(_) => Outcome::RateLimited,
             Refusal::Budget(_) => Outcome::BudgetExceeded,
             Refusal::StoreUnavailable(_) => Outcome::StoreUnavailable,
         }
     }
+}
+
+/// Whether the limiter refused a request it can never take as it is (the
+/// whole bucket, or the tier's share of it, cannot hold it).
+fn too_large(e: &LimitError) -> bool {
+    matches!(
+        e,
+        LimitError::TooLarge(_) | LimitError::TooLargeForShare { .. }
+    )
 }
 
 /// Reserves the client bucket, the budget and the provider bucket for a
@@ -180,7 +190,7 @@ impl Ask {
                 max_wait: Some(tier.max_wait),
             },
             model_opts: AcquireOptions {
-                class: tier.config.priority,
+                class: tier.class,
                 max_wait: Some(tier.max_wait),
             },
         }
@@ -352,7 +362,7 @@ async fn refused(
         e,
         LimitError::RateLimited { .. } | LimitError::QueueFull { .. }
     );
-    let decision = if limited || matches!(e, LimitError::TooLarge(_)) {
+    let decision = if limited || too_large(&e) {
         "refused"
     } else {
         "store_unavailable"

@@ -32,6 +32,7 @@ pub(crate) fn model(rpm: u64, tpm: u64) -> ModelConfig {
         default_max_tokens: 256,
         tokenizer: None,
         fallbacks: Vec::new(),
+        floors: Default::default(),
     }
 }
 
@@ -45,6 +46,9 @@ pub(crate) fn tier(rpm: u64, tpm: u64, max_wait_ms: u64) -> TierConfig {
         max_wait_ms,
         daily_budget_usd: None,
         monthly_budget_usd: None,
+        floor: None,
+        weight: None,
+        lendable: None,
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use axum::http::{header, HeaderValue};
 use bytes::Bytes;
 use serde_json::Value;
-use tollgate::{AcquireOptions, Cost, Dimension, Store};
+use tollgate::{AcquireOptions, Cost, Dimension, RateLimiter, Store};
 
 use super::headers::upstream_backoff;
 use super::settle::Usage;
@@ -380,15 +380,29 @@ pub(crate) async fn slow_down(up: &Upstream, model: &Model, f: &UpstreamFailure)
 /// Makes the provider bucket back off for `d` after an upstream 429: charges
 /// every limited token dimension with `d` worth of its rate (at most the
 /// bucket's capacity), plus requests for an RPM-only bucket, so every
-/// instance sharing the store waits.
+/// instance sharing the store waits. When tiers share the model, each
+/// tier's lane is charged `d` worth of its own rate, so every tier backs off.
 pub async fn penalize(model: &Model, d: Duration) {
-    let limiter = &model.limiter;
+    let lanes: Vec<(u8, f64)> = if model.lanes.is_empty() {
+        vec![(0, 1.0)]
+    } else {
+        (0..).zip(model.lanes.iter().copied()).collect()
+    };
+    for (class, part) in lanes {
+        charge_backoff(&model.limiter, d, class, part).await;
+    }
+    tracing::info!(model = %model.name, backoff_ms = d.as_millis() as u64, "upstream 429: provider bucket backs off");
+}
+
+/// Charges class `class`, whose lane is `part` of the bucket, `d` worth of
+/// its rate.
+async fn charge_backoff(limiter: &RateLimiter, d: Duration, class: u8, part: f64) {
     let policy = limiter.policy();
     let secs = d.as_secs_f64().min(policy.tau * 0.99);
     let units = |dim: Dimension| {
         let inc = policy.increment[dim.index()];
         if inc > 0.0 {
-            (secs / inc).floor() as u64
+            (secs / inc * part).floor() as u64
         } else {
             0
         }
@@ -408,7 +422,7 @@ pub async fn penalize(model: &Model, d: Duration) {
     } else {
         0
     };
-    let opts = AcquireOptions::default();
+    let opts = AcquireOptions::class(class);
     let mut charge = vec![cost];
     charge.extend((0..extra_requests).map(|_| Cost::request_only()));
     for c in charge {
@@ -419,7 +433,6 @@ pub async fn penalize(model: &Model, d: Duration) {
             Err(e) => tracing::debug!(error = %e, "upstream backoff charge skipped"),
         }
     }
-    tracing::info!(model = %model.name, backoff_ms = d.as_millis() as u64, "upstream 429: provider bucket backs off");
 }
 
 /// The body sent to `model`: the client's own bytes when nothing has to

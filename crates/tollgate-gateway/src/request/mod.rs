@@ -3,7 +3,8 @@
 //!
 //! 1. [`auth`]: the bearer key → client → tier;
 //! 2. [`parse`]: the body read ([`body`]) and checked;
-//! 3. [`route`]: the ordered, non-empty list of candidate models;
+//! 3. [`route`]: the ordered, non-empty list of candidate models (the
+//!    model named and its fallbacks, or a route's rule's models);
 //! 4. [`estimate`]: the tokens it is admitted on, on the candidate;
 //! 5. [`admit`]: the client bucket, the budget and the provider bucket
 //!    reserved, or a typed refusal;
@@ -11,7 +12,10 @@
 //! 7. [`forward`]: sent upstream, its answer read, or a typed failure; a
 //!    failure before the first byte (connection error, timeout, 5xx, 429)
 //!    goes back to step 4 on the next candidate, within one attempt budget
-//!    and one deadline;
+//!    and one deadline; so does a candidate whose context window cannot
+//!    hold the request (step 4), whose provider bucket cannot start it
+//!    within the tier's wait, or whose price the budget cannot take (step
+//!    5; a dearer candidate after it is then skipped unasked);
 //! 8. [`stream`]: a streamed answer relayed ([`events`] read on the way);
 //! 9. [`settle`]: the actual usage settled, exactly once, and recorded.
 //!
@@ -240,11 +244,16 @@ async fn serve(req: &Req<'_>, body: Body, tally: &mut Tally) -> Result<Response,
         .map_err(|f| respond::failure(req.client, None, &req.path.upstream, f))?;
     // The request reached admission: its ledger row, written once every
     // attempt has settled (see `settle::RowDraft`).
+    // The baseline is the model named, or the route's first choice: what
+    // the request would have cost without a downgrade or a fallback.
     let draft = req.path.books.draft(
         req.request_id.0,
         req.client,
-        &parsed.model,
-        req.path.models.get(&parsed.model),
+        (&parsed.model, &routed.route),
+        req.path
+            .models
+            .get(&parsed.model)
+            .or(Some(routed.candidates.first())),
     );
     let candidates = routed.candidates;
     let mut trail = Trail {

@@ -183,7 +183,7 @@ fn refused(client: &Client, model: &Model, r: Refusal) -> ApiError {
         Bucket::Client => format!("client {:?} (tier {:?})", client.id, client.tier.name),
         Bucket::Model => format!(
             "model {:?} (shared provider limit, priority class {})",
-            model.name, client.tier.config.priority
+            model.name, client.tier.class
         ),
     };
     let mut err = match error {
@@ -202,6 +202,18 @@ fn refused(client: &Client, model: &Model, r: Refusal) -> ApiError {
             "queue_full",
             format!("The queue for {whose} is full ({depth} requests waiting). Retry after the time in the Retry-After header."),
             retry_after,
+        ),
+        LimitError::TooLargeForShare { needed, capacity, dimension, share, .. } => ApiError::invalid(
+            "model_request_too_large_for_share",
+            "max_tokens",
+            format!(
+                "Request too large for tier {tier:?}'s share of model {name:?}: it needs {needed} {unit} but the tier's lane holds at most {capacity} ({pct:.1}% of the model's limits) and no other tier's lane could lend it room now. Raise tiers.{tier}.floor or tiers.{tier}.weight (or providers.{provider}.models.{name:?}.floors.{tier}), or the model's burst; or lower max_tokens or shorten the prompt.",
+                tier = client.tier.name,
+                name = model.name,
+                provider = model.provider,
+                unit = dimension.unit(),
+                pct = share * 100.0,
+            ),
         ),
         LimitError::TooLarge(inner) => ApiError::invalid(
             &format!("{}_request_too_large", bucket.name()),

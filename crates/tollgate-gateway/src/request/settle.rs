@@ -350,20 +350,21 @@ impl Parts {
 #[derive(Debug)]
 pub(crate) struct RowDraft {
     ledger: Arc<UsageLedger>,
-    /// The route's baseline model's price (until rules route a request to
-    /// another model: the requested one).
+    /// The baseline model's price: the model named, or the first
+    /// candidate of the route's rule.
     baseline: Option<MicroPrice>,
     row: parking_lot::Mutex<Row>,
 }
 
 impl Books {
-    /// The row of a request of `client` that names `requested` (`None`
-    /// when the ledger is off); `baseline` is the model it named, if one.
+    /// The row of a request of `client` that names `requested` and went
+    /// by `route` (`None` when the ledger is off); `baseline` is the model
+    /// it named, or its route's first candidate.
     pub(crate) fn draft(
         &self,
         request_id: uuid::Uuid,
         client: &Client,
-        requested: &str,
+        (requested, route): (&str, &str),
         baseline: Option<&Arc<Model>>,
     ) -> Option<Arc<RowDraft>> {
         let ledger = self.ledger.clone()?;
@@ -374,7 +375,7 @@ impl Books {
             finished_at_ms: now,
             client: client.id.clone(),
             tier: client.tier.name.clone(),
-            route: requested.to_string(),
+            route: route.to_string(),
             requested_model: requested.to_string(),
             served_model: String::new(),
             baseline_model: baseline.map(|m| m.name.clone()).unwrap_or_default(),

@@ -3,14 +3,14 @@
 //! and predictable: one pass over the prompt's text (every keyword of every
 //! rule in one Aho-Corasick automaton, ASCII case ignored), no model.
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use serde_json::{Map, Value};
 
 use crate::config::{ClassifierConfig, ClassifierRule, TaskClass};
 
 /// The built-in keyword rules, in the order they are tried (after the
 /// long-context rule, and before `general`).
-const DEFAULT_KEYWORDS: &[(TaskClass, &[&str])] = &[
+pub const DEFAULT_KEYWORDS: &[(TaskClass, &[&str])] = &[
     (
         TaskClass::Code,
         &[
@@ -199,9 +199,12 @@ impl Classifier {
         }
         let keywords = (!patterns.is_empty())
             .then(|| {
+                // A DFA: built once at start, the fastest to run over a
+                // long prompt (see benches/route_selection.rs).
                 AhoCorasickBuilder::new()
                     .ascii_case_insensitive(true)
                     .match_kind(MatchKind::Standard)
+                    .kind(Some(AhoCorasickKind::DFA))
                     .build(&patterns)
                     .map_err(|e| tracing::error!(error = %e, "classifier keywords not built"))
                     .ok()
@@ -235,14 +238,20 @@ impl Classifier {
             .iter()
             .position(|r| !r.keyworded && sized(r))
             .unwrap_or(self.rules.len());
+        // No keyed rule before this one can match: once it has, the
+        // search is over.
+        let first = self.rules[..unkeyed]
+            .iter()
+            .position(sized)
+            .unwrap_or(unkeyed);
         let mut best = unkeyed;
-        if let Some(ac) = &self.keywords {
+        if let Some(ac) = self.keywords.as_ref().filter(|_| first < unkeyed) {
             'parts: for part in &prompt.parts {
                 for m in ac.find_overlapping_iter(*part) {
                     let i = self.rule_of[m.pattern().as_usize()];
                     if i < best && sized(&self.rules[i]) {
                         best = i;
-                        if best == 0 {
+                        if best == first {
                             break 'parts;
                         }
                     }

@@ -20,5 +20,5 @@ mod classify;
 mod rules;
 
 pub use crate::config::{RouteConfig, RouteRule, TaskClass};
-pub use classify::{Classifier, Prompt};
+pub use classify::{Classifier, Prompt, DEFAULT_KEYWORDS};
 pub use rules::Facts;

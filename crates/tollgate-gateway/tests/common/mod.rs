@@ -61,6 +61,7 @@ pub fn model(rpm: u64, tpm: u64) -> ModelConfig {
         default_max_tokens: 256,
         tokenizer: None,
         fallbacks: Vec::new(),
+        floors: Default::default(),
     }
 }
 
@@ -74,6 +75,9 @@ pub fn tier(rpm: u64, tpm: u64, priority: u8, max_wait_ms: u64) -> TierConfig {
         max_wait_ms,
         daily_budget_usd: None,
         monthly_budget_usd: None,
+        floor: None,
+        weight: None,
+        lendable: None,
     }
 }
 

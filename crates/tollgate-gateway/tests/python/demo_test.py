@@ -51,4 +51,40 @@ assert deltas == events[-1].response.output_text, (deltas, events[-1])
 raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=msgs, max_tokens=5)
 assert raw.headers.get("x-request-id"), raw.headers
 
+# model="auto": routed by the example configuration's routes, by tier and
+# task; the answer says which rule and which model served it.
+enterprise = OpenAI(base_url=base, api_key="tg-demo-enterprise", max_retries=0)
+code = [{"role": "user", "content": "Fix this Python bug: def f(): return 1/0"}]
+raw = enterprise.chat.completions.with_raw_response.create(model="auto", messages=code, max_tokens=50)
+assert raw.headers["x-tollgate-route"] == "auto/premium", raw.headers
+assert raw.headers["x-tollgate-model"] == "claude-opus-4", raw.headers
+r = raw.parse()
+assert r.choices[0].message.content and r.usage.completion_tokens > 0, r
+
+raw = enterprise.chat.completions.with_raw_response.create(
+    model="auto", messages=msgs, max_tokens=50, stream=True)
+assert raw.headers["x-tollgate-route"] == "auto/balanced", raw.headers
+assert raw.headers["x-tollgate-model"] == "gpt-4o", raw.headers
+text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+assert len(text) > 10, text
+
+# A hint in metadata (never sent upstream) or in the header.
+raw = client.chat.completions.with_raw_response.create(
+    model="auto", messages=code, max_tokens=50, extra_body={"metadata": {"tollgate_route": "cheap"}})
+assert raw.headers["x-tollgate-route"] == "auto/hint-cheap", raw.headers
+assert raw.headers["x-tollgate-model"] == "gemini-2.0-flash", raw.headers
+assert raw.parse().choices[0].message.content
+text = ""
+for chunk in client.chat.completions.create(
+        model="auto", messages=msgs, max_tokens=50, stream=True,
+        extra_headers={"x-tollgate-route": "cheap"}):
+    text += chunk.choices[0].delta.content or ""
+assert len(text) > 10, text
+
+# An alias: one rule, the cheap models.
+free = OpenAI(base_url=base, api_key="tg-demo-free", max_retries=0)
+raw = free.chat.completions.with_raw_response.create(model="chat-cheap", messages=msgs, max_tokens=5)
+assert raw.headers["x-tollgate-route"] == "chat-cheap/1", raw.headers
+assert raw.headers["x-tollgate-model"] == "gemini-2.0-flash", raw.headers
+
 print("python demo ok", openai.__version__)

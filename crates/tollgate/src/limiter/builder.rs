@@ -210,8 +210,10 @@ impl Builder {
         self
     }
 
-    /// Priority classes, top first (class 0 must have headroom 1.0). Default: one
-    /// class with headroom 1.0.
+    /// Priority classes, top first (class 0 must have headroom 1.0, unless
+    /// [`Builder::class_shares`] are set: then each class fills its own lane
+    /// whole, headroom only scales what it may borrow, and any class may be
+    /// the top one). Default: one class with headroom 1.0.
     pub fn priority_classes(mut self, classes: Vec<PriorityClass>) -> Self {
         self.classes = classes;
         self
@@ -408,13 +410,16 @@ impl Builder {
                 Some(Lanes::new(&self.key, &policy, shares))
             }
         };
+        // With shares, each class fills its own lane whole and headroom
+        // only orders borrowing, so class 0 need not be the top one.
+        let shared = lanes.is_some();
         for (i, c) in self.classes.iter().enumerate() {
-            let top = i == 0;
+            let top = i == 0 && !shared;
             if !(c.headroom > 0.0 && c.headroom <= 1.0) || (top && c.headroom != 1.0) {
                 return Err(Error::Config {
                     field: "priority_classes.headroom",
                     value: c.headroom.to_string(),
-                    reason: "in (0, 1], and exactly 1.0 for class 0",
+                    reason: "in (0, 1], and exactly 1.0 for class 0 (unless class_shares are set)",
                 });
             }
         }
