@@ -201,6 +201,19 @@ pub(crate) async fn authorized_body(
         .map_err(ApiError::from)
 }
 
+/// The JSON body of an admin request ([`authorized_body`]), or the answer
+/// to give instead.
+pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<T, Response> {
+    let body = authorized_body(gw, headers, body)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    serde_json::from_slice(&body).map_err(bad_body)
+}
+
 pub(crate) fn bad_body(e: impl std::fmt::Display) -> Response {
     ApiError::invalid(
         "invalid_body",
@@ -217,13 +230,9 @@ pub async fn set_client_tier(
     Path(id): Path<String>,
     body: axum::body::Body,
 ) -> Response {
-    let body = match authorized_body(&gw, &headers, body).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let req: SetTier = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_body(e),
+    let req: SetTier = match json_body(&gw, &headers, body).await {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     let reg = gw.registry();
     if reg.client(&id).is_none() {
@@ -268,13 +277,9 @@ pub async fn patch_tier(
     Path(name): Path<String>,
     body: axum::body::Body,
 ) -> Response {
-    let body = match authorized_body(&gw, &headers, body).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let patch: TierPatch = match serde_json::from_slice(&body) {
-        Ok(p) => p,
-        Err(e) => return bad_body(e),
+    let patch: TierPatch = match json_body(&gw, &headers, body).await {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     let reg = gw.registry();
     if !reg.has_tier(&name) {
@@ -331,13 +336,9 @@ pub async fn put_route(
     Path(name): Path<String>,
     body: axum::body::Body,
 ) -> Response {
-    let body = match authorized_body(&gw, &headers, body).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let route: RouteConfig = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_body(e),
+    let route: RouteConfig = match json_body(&gw, &headers, body).await {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     // The file's own rules, so the API accepts exactly what the file would.
     match gw.registry().set_route(&name, &route).await {

@@ -23,7 +23,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::admin::{authorize, authorized_body, bad_body, change_failed};
+use crate::admin::{authorize, authorized_body, bad_body, change_failed, json_body};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::registry::issue::{Created, NewKey, Refused};
@@ -67,13 +67,9 @@ pub async fn create_client(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let body = match authorized_body(&gw, &headers, body).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let req: NewClient = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_body(e),
+    let req: NewClient = match json_body(&gw, &headers, body).await {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     match gw.registry().create_client(&req.id, &req.tier).await {
         Ok(Created::New(version)) => {
@@ -140,13 +136,9 @@ pub async fn rotate_key(
     Path(id): Path<String>,
     body: axum::body::Body,
 ) -> Response {
-    let body = match authorized_body(&gw, &headers, body).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let req: Rotate = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_body(e),
+    let req: Rotate = match json_body(&gw, &headers, body).await {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     match gw.registry().rotate_key(&id, req.overlap_secs).await {
         Ok(issued) => {
