@@ -180,7 +180,7 @@ pub(crate) async fn handle(
     request_id: RequestId,
 ) -> Response {
     let metrics = &path.books.metrics;
-    let client = match auth::authenticate(&registry, &headers) {
+    let (client, key) = match auth::authenticate_key(&registry, &headers) {
         Ok(c) => c,
         Err(e) => return respond::unknown_client(metrics, Failure::Unauthorized(e)),
     };
@@ -194,6 +194,7 @@ pub(crate) async fn handle(
         path,
         registry: &registry,
         client: &client,
+        key: key.as_deref(),
         headers: &headers,
         endpoint,
         request_id,
@@ -224,6 +225,8 @@ struct Req<'a> {
     path: &'a Pipeline,
     registry: &'a Registry,
     client: &'a Arc<Client>,
+    /// The key, when the admin API issued it.
+    key: Option<&'a crate::registry::Key>,
     headers: &'a HeaderMap,
     endpoint: Endpoint,
     request_id: RequestId,
@@ -433,6 +436,20 @@ async fn prepare(
     let path = req.path;
     let bytes = body::read(req.headers, body, path.body_limit, path.body_timeout).await?;
     let parsed = parse::parse(req.endpoint, &bytes)?;
+    if let Some(key) = req.key.filter(|k| !k.allows(&parsed.model)) {
+        return Err(Invalid::new(
+            "model_not_allowed",
+            "model",
+            format!(
+                "This API key ({}) may not use {:?}; it may use {:?}.",
+                key.shown,
+                parsed.model,
+                key.models.as_deref().unwrap_or_default()
+            ),
+        )
+        .with_status(StatusCode::FORBIDDEN)
+        .into());
+    }
     let routes = req.registry.routes();
     let table = route::Table {
         models: &path.models,
