@@ -68,33 +68,9 @@ for _ in $(seq 50); do grep -qs "simulated upstream on" "$OUT/upstream.log" && b
 UPSTREAM=$(sed -n 's/^simulated upstream on //p' "$OUT/upstream.log")
 [[ -n $UPSTREAM ]] || { echo "the simulated upstream did not start" >&2; exit 1; }
 
-# A config both builds read: the bench's key on a tier, and a model, with
-# limits far above the load and no budget; everything else at its default.
-config() { # LISTEN STORE
-    cat <<EOF
-[server]
-listen = "$1"
-[store]
-url = "$2"
-[admin]
-token_sha256 = "$("$AFTER" hash-key "$ADMIN_TOKEN")"
-[providers.simulated]
-base_url = "$UPSTREAM"
-[providers.simulated.models."gpt-4o-mini"]
-rpm = 100000000
-tpm = 100000000000
-input_usd_per_mtok = 0.15
-output_usd_per_mtok = 0.60
-[tiers.enterprise]
-rpm = 100000000
-tpm = 100000000000
-burst = 2.0
-[[clients]]
-id = "acme-enterprise"
-tier = "enterprise"
-key_sha256 = ["$("$AFTER" hash-key tg-demo-enterprise)"]
-EOF
-}
+# shellcheck source=scripts/bench/gateway-config.sh
+source scripts/bench/gateway-config.sh
+config() { gateway_config "$@"; }
 
 TSV=$OUT/results.tsv
 COST=$OUT/cost.tsv

@@ -8,7 +8,9 @@
 //! (no artificial latency, unless `--upstream` names one) run in a process of
 //! their own (see `generator`); tollgate runs in this process with the memory
 //! store and, with `--store`, with that store too, so this process's CPU time
-//! per request is the gateway's. Overhead = endpoint percentile − direct
+//! per request is the gateway's; the generator reports its own (the load and
+//! the simulated upstream) beside it, so a reader sees what the bench itself
+//! took from the cores it shares with the gateway. Overhead = endpoint percentile − direct
 //! percentile at the same rate, the runs of one rate following each other.
 //! With a Redis `--store`, each run through it also reports Redis's script
 //! calls (`INFO commandstats`) and CPU time (`INFO cpu`) per request.
@@ -356,7 +358,7 @@ fn ms(d: Duration) -> f64 {
 
 fn header() -> String {
     format!(
-        "{:>7}  {:<16} {:>9} {:>9}  {:>9} {:>9}  {:>7} {:>6} {:>6} {:>7} {:>6}  {:>9}  {:>10} {:>11} {:>12}",
+        "{:>7}  {:<16} {:>9} {:>9}  {:>9} {:>9}  {:>7} {:>6} {:>6} {:>7} {:>6}  {:>9}  {:>11} {:>10} {:>11} {:>12}",
         "rate/s",
         "endpoint",
         "p50 ms",
@@ -369,6 +371,7 @@ fn header() -> String {
         "timeout",
         "shed",
         "done/s",
+        "load cpu µs",
         "gw cpu µs",
         "redis calls",
         "redis cpu µs"
@@ -403,7 +406,11 @@ fn row(name: &str, r: &Run, direct: &Run, cost: &Cost) -> String {
     let per = |total: f64| total / r.tally.ok.max(1) as f64;
     let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
     s.push_str(&format!(
-        "  {:>10} {:>11} {:>12}",
+        "  {:>11} {:>10} {:>11} {:>12}",
+        or_dash(
+            r.generator_cpu
+                .map(|c| format!("{:.1}", per(c.as_secs_f64() * 1e6)))
+        ),
         or_dash(
             cost.cpu
                 .map(|c| format!("{:.1}", per(c.as_secs_f64() * 1e6)))

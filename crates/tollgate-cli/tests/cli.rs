@@ -95,12 +95,17 @@ fn bench_runs_its_load_generator_in_a_process_of_its_own() {
         .find(|l| l.contains("tollgate-memory") && l.trim_start().starts_with("200"))
         .unwrap_or_else(|| panic!("no tollgate-memory row in:\n{out}"));
     let cols: Vec<&str> = row.split_whitespace().collect();
-    // ok, then the gateway's CPU µs per request (a number), then the Redis
-    // columns (not measured without a Redis store).
+    // ok, then the load generator's and the gateway's CPU µs per request
+    // (numbers), then the Redis columns (not measured without a Redis store).
     assert_eq!(cols[6], "100", "{row}");
-    let cpu: f64 = cols[cols.len() - 3]
-        .parse()
-        .unwrap_or_else(|_| panic!("{row}"));
-    assert!(cpu > 0.0, "{row}");
+    for (col, what) in [
+        (cols.len() - 4, "load generator"),
+        (cols.len() - 3, "gateway"),
+    ] {
+        let cpu: f64 = cols[col]
+            .parse()
+            .unwrap_or_else(|_| panic!("no {what} CPU in {row}"));
+        assert!(cpu > 0.0, "{what} CPU: {row}");
+    }
     assert_eq!(&cols[cols.len() - 2..], ["-", "-"], "{row}");
 }

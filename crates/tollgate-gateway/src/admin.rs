@@ -6,6 +6,7 @@
 //!   when the tiers share the models, each tier's floor, weight, share,
 //!   lane usage and queue;
 //! - `PUT /admin/clients/{id}/tier` `{"tier": "pro"}`: move a client;
+//! - clients and keys: see [`crate::admin_keys`];
 //! - `PATCH /admin/tiers/{name}` `{"rpm": 100, ...}`: change a tier's limits
 //!   (validated as the file is; `null` removes a limit, 0 is refused);
 //! - `GET /admin/routes`: the routes in force, each with where it comes from;
@@ -59,7 +60,7 @@ fn store_unavailable(e: impl std::fmt::Display) -> Response {
 
 /// The answer to a failed change: 400 for an invalid one, 503 when the
 /// database could not be reached, 409 when other changes kept coming first.
-fn change_failed(e: RegistryError, code: &str, param: &'static str) -> Response {
+pub(crate) fn change_failed(e: RegistryError, code: &str, param: &'static str) -> Response {
     match e {
         RegistryError::Config(e) => ApiError::invalid(code, param, e.to_string()).into_response(),
         RegistryError::Store(e) => store_unavailable(e),
@@ -188,7 +189,7 @@ const ADMIN_BODY_LIMIT: usize = 64 * 1024;
 /// The body of an admin request, read only once its token was checked and
 /// within the server's body-read timeout: a connection without the token,
 /// or one that sends half a body, cannot hold the gateway's connections.
-async fn authorized_body(
+pub(crate) async fn authorized_body(
     gw: &Gateway,
     headers: &HeaderMap,
     body: axum::body::Body,
@@ -200,7 +201,20 @@ async fn authorized_body(
         .map_err(ApiError::from)
 }
 
-fn bad_body(e: impl std::fmt::Display) -> Response {
+/// The JSON body of an admin request ([`authorized_body`]), or the answer
+/// to give instead.
+pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<T, Response> {
+    let body = authorized_body(gw, headers, body)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    serde_json::from_slice(&body).map_err(bad_body)
+}
+
+pub(crate) fn bad_body(e: impl std::fmt::Display) -> Response {
     ApiError::invalid(
         "invalid_body",
         "body",
@@ -216,13 +230,9 @@ pub async fn set_client_tier(
     Path(id): Path<String>,
     body: axum::body::Body,
 ) -> Response {
-    let body = match authorized_body(&gw, &headers, body).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let req: SetTier = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_body(e),
+    let req: SetTier = match json_body(&gw, &headers, body).await {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     let reg = gw.registry();
     if reg.client(&id).is_none() {
@@ -243,7 +253,14 @@ pub async fn set_client_tier(
         )
         .into_response();
     }
-    match reg.assign_tier(&id, &req.tier).await {
+    // A client the API made is its own row; one of the file is moved by an
+    // assignment over the file.
+    let moved = if reg.file_client_tier(&id).is_some() {
+        reg.assign_tier(&id, &req.tier).await
+    } else {
+        reg.move_api_client(&id, &req.tier).await
+    };
+    match moved {
         Ok(version) => {
             gw.announce(version).await;
             tracing::info!(client = %id, tier = %req.tier, version, "client tier changed");
@@ -260,13 +277,9 @@ pub async fn patch_tier(
     Path(name): Path<String>,
     body: axum::body::Body,
 ) -> Response {
-    let body = match authorized_body(&gw, &headers, body).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let patch: TierPatch = match serde_json::from_slice(&body) {
-        Ok(p) => p,
-        Err(e) => return bad_body(e),
+    let patch: TierPatch = match json_body(&gw, &headers, body).await {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     let reg = gw.registry();
     if !reg.has_tier(&name) {
@@ -323,13 +336,9 @@ pub async fn put_route(
     Path(name): Path<String>,
     body: axum::body::Body,
 ) -> Response {
-    let body = match authorized_body(&gw, &headers, body).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let route: RouteConfig = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_body(e),
+    let route: RouteConfig = match json_body(&gw, &headers, body).await {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     // The file's own rules, so the API accepts exactly what the file would.
     match gw.registry().set_route(&name, &route).await {

@@ -36,7 +36,19 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .merge(crate::dashboard::routes())
         .route("/admin/tiers", get(admin::tiers))
         .route("/admin/models", get(admin::models))
-        .route("/admin/clients", get(admin::clients))
+        .route(
+            "/admin/clients",
+            get(admin::clients).post(crate::admin_keys::create_client),
+        )
+        .route(
+            "/admin/clients/{id}/keys",
+            get(crate::admin_keys::keys).post(crate::admin_keys::issue_key),
+        )
+        .route(
+            "/admin/keys/{id}/rotate",
+            post(crate::admin_keys::rotate_key),
+        )
+        .route("/admin/keys/{id}", delete(crate::admin_keys::revoke_key))
         .route("/admin/clients/{id}/tier", put(admin::set_client_tier))
         .route("/admin/tiers/{name}", patch(admin::patch_tier))
         .route("/admin/routes", get(admin::routes))

@@ -41,57 +41,61 @@ fn cli(port: u16, args: &[&str]) -> String {
 
 impl Cluster {
     fn start() -> Cluster {
-        let nodes: Vec<_> = (0..3)
-            .map(|i| {
-                let port = free_port();
-                let dir = std::env::temp_dir().join(format!(
-                    "tollgate-gw-cluster-{}-{port}-{i}",
-                    std::process::id()
-                ));
-                std::fs::create_dir_all(&dir).unwrap();
-                let child = Command::new("redis-server")
-                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                    .args([
-                        "--cluster-enabled",
-                        "yes",
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                    ])
-                    .arg("--dir")
-                    .arg(&dir)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("redis-server on PATH (scripts/test installs it)");
-                (child, port, dir)
-            })
-            .collect();
-        for (_, port, _) in &nodes {
+        // Each node joins `cluster` as soon as it runs, so that a start that
+        // fails below (a node that never answers, a cluster that never forms)
+        // still stops every node it started.
+        let mut cluster = Cluster { nodes: Vec::new() };
+        for i in 0..3 {
+            let port = free_port();
+            let dir = std::env::temp_dir().join(format!(
+                "tollgate-gw-cluster-{}-{port}-{i}",
+                std::process::id()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .arg("--dir")
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server on PATH (scripts/test installs it)");
+            cluster.nodes.push((child, port, dir));
+        }
+        for (_, port, _) in &cluster.nodes {
             let deadline = Instant::now() + Duration::from_secs(5);
             while !cli(*port, &["PING"]).contains("PONG") {
                 assert!(Instant::now() < deadline, "redis-server did not start");
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        let addrs: Vec<String> = nodes
+        let addrs: Vec<String> = cluster
+            .nodes
             .iter()
             .map(|(_, p, _)| format!("127.0.0.1:{p}"))
             .collect();
         let mut args = vec!["--cluster", "create"];
         args.extend(addrs.iter().map(String::as_str));
         args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
-        cli(nodes[0].1, &args);
+        cli(cluster.nodes[0].1, &args);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !nodes
+        while !cluster
+            .nodes
             .iter()
             .all(|(_, p, _)| cli(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
         {
             assert!(Instant::now() < deadline, "the cluster never formed");
             std::thread::sleep(Duration::from_millis(100));
         }
-        Cluster { nodes }
+        cluster
     }
 
     fn url(&self) -> String {

@@ -95,8 +95,7 @@ async fn a_live_tier_change_reaches_the_other_instance_within_a_second() {
 
 /// The registry is the database's: a Redis restarted empty loses no tier
 /// change and no client move, on the instances running and on one started
-/// after; and the next change still reaches the other instance within a
-/// second.
+/// after; and the next change still reaches the other instance.
 #[tokio::test]
 async fn a_redis_restarted_empty_loses_no_registry_change() {
     let mut redis = Redis::start().await;
@@ -144,10 +143,13 @@ async fn a_redis_restarted_empty_loses_no_registry_change() {
         );
     }
 
+    // The next change reaches the other instance by its notice, or by the
+    // re-read of the database every `REREAD_EVERY` checks (1 s) should the
+    // store's connection still be coming back.
     let changed = Instant::now();
     let r = patch_tier(&c, &b, "pro", &json!({"rpm": 900})).await;
     assert_eq!(r.status(), 200);
-    await_rpm_limit(&c, &a, "free", "900", changed, Duration::from_secs(1)).await;
+    await_rpm_limit(&c, &a, "free", "900", changed, Duration::from_secs(2)).await;
 }
 
 /// A client that leaves while its admission is still on its way to Redis

@@ -1,7 +1,8 @@
 //! Harnesses that prove tollgate under real load, real faults and side by side
 //! with the Python `llmratelimiter` (issue 3).
 //!
-//! - [`standin`]: a provider stand-in on loopback enforcing an exact token bucket.
+//! - [`standin`]: a provider stand-in on loopback enforcing an exact token bucket
+//!   at its requests' arrival ([`arrival`]: the kernel's receive time).
 //! - [`accuracy`]: several worker processes share one Redis and one stand-in;
 //!   counts 429s, utilisation, the largest window and FIFO inversions.
 //! - [`faults`]: Redis killed, flushed, disconnected and paused under load, for
@@ -22,6 +23,7 @@
 
 pub mod accuracy;
 pub mod affinity;
+pub mod arrival;
 pub mod bucket;
 pub mod client;
 pub mod cluster;

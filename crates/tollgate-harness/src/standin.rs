@@ -28,6 +28,7 @@ use hyper_util::rt::TokioIo;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::arrival::Stamped;
 use crate::bucket::{Bucket, CallRecord};
 use crate::now_unix;
 
@@ -181,10 +182,14 @@ async fn serve(
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
+                let (stream, arrivals) = Stamped::new(stream);
                 let state = state.clone();
                 conns.spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
-                        handle(req, state.clone(), latency, window)
+                        // When the request reached the socket, not when this
+                        // thread got to it (see `arrival`).
+                        let arrival = arrivals.take().unwrap_or_else(now_unix);
+                        handle(req, arrival, state.clone(), latency, window)
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -198,11 +203,11 @@ async fn serve(
 
 async fn handle(
     req: Request<hyper::body::Incoming>,
+    arrival: f64,
     state: Arc<Mutex<State>>,
     latency: (u64, u64),
     window: f64,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let arrival = now_unix();
     if req.uri().path() == "/v1/chat/completions" {
         return Ok(chat(req, arrival, state, latency, window).await);
     }

@@ -7,9 +7,10 @@
 mod support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
 use tollgate::store::{Backend, ManualClock, MemoryStore, RedisOptions, RedisStore, ReserveCall};
 use tollgate::{Cost, Limits, Policy};
 use tollgate_core::ReserveError;
@@ -135,49 +136,42 @@ proptest! {
     }
 }
 
-/// One Redis server and runtime for all cases of the Redis property test.
-struct Shared {
-    runtime: tokio::runtime::Runtime,
-    store: RedisStore,
-    _server: RedisServer,
-}
-
-static SHARED: LazyLock<Shared> = LazyLock::new(|| {
+/// On Redis: one call of `reserve.lua` with a batch of reservations (after
+/// some history, mirrored on a memory store set to each script's clock)
+/// gives each what the memory store gives it one by one at the batch's
+/// time, to the bit, and leaves the same state.
+///
+/// One `redis-server` and runtime serve all 48 cases; they belong to this
+/// test and stop with it (in a `static` the server outlived the test
+/// process: statics are never dropped).
+#[test]
+fn a_redis_batch_gives_the_same_slots_as_one_by_one() {
     let server = RedisServer::start();
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let store = runtime
         .block_on(RedisStore::connect(&server.url(), RedisOptions::default()))
         .expect("connect to the test redis-server");
-    Shared {
-        runtime,
-        store,
-        _server: server,
-    }
-});
-
-static CASE: AtomicU64 = AtomicU64::new(0);
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
-
-    /// On Redis: one call of `reserve.lua` with a batch of reservations (after
-    /// some history, mirrored on a memory store set to each script's clock)
-    /// gives each what the memory store gives it one by one at the batch's
-    /// time, to the bit, and leaves the same state.
-    #[test]
-    fn a_redis_batch_gives_the_same_slots_as_one_by_one(
-        limits in limits(),
-        history in prop::collection::vec((ask(), 0u8..3), 0..10),
-        batch in prop::collection::vec(ask(), 1..24),
-        class in 0u8..3,
-    ) {
-        let shared = &*SHARED;
-        let key = format!("batch-{}", CASE.fetch_add(1, Ordering::Relaxed));
+    let cases = AtomicU64::new(0);
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 48,
+        // Seeds of past failures, as `proptest!` keeps them.
+        source_file: Some(file!()),
+        ..ProptestConfig::default()
+    });
+    let strategy = (
+        limits(),
+        prop::collection::vec((ask(), 0u8..3), 0..10),
+        prop::collection::vec(ask(), 1..24),
+        0u8..3,
+    );
+    let outcome = runner.run(&strategy, |(limits, history, batch, class)| {
+        let case = cases.fetch_add(1, Ordering::Relaxed);
+        let key = format!("batch-{}", case);
         let policy = limits.validate().unwrap();
         let clock = ManualClock::new(0.0);
         let memory = MemoryStore::with_clock(Arc::new(clock.clone()));
-        shared.runtime.block_on(async {
-            let redis = &shared.store;
+        runtime.block_on(async {
+            let redis = &store;
             for (a, c) in &history {
                 let one = call(&key, &policy, *c, a);
                 // A refusal writes nothing, and its time is unknown: only
@@ -187,13 +181,17 @@ proptest! {
                     same(&Ok(r), &memory.reserve_now(&one), "history")?;
                 }
             }
-            let calls: Vec<ReserveCall> =
-                batch.iter().map(|a| call(&key, &policy, class, a)).collect();
+            let calls: Vec<ReserveCall> = batch
+                .iter()
+                .map(|a| call(&key, &policy, class, a))
+                .collect();
             let got = redis.reserve_many(&calls).await.unwrap();
             prop_assert_eq!(got.len(), calls.len());
             let grants: Vec<_> = got.iter().filter_map(|g| g.as_ref().ok()).collect();
             // One script call: one clock, ids in order.
-            prop_assert!(grants.windows(2).all(|w| w[0].now == w[1].now && w[1].id == w[0].id + 1));
+            prop_assert!(grants
+                .windows(2)
+                .all(|w| w[0].now == w[1].now && w[1].id == w[0].id + 1));
             let now = match grants.first() {
                 Some(r) => r.now,
                 // Nothing granted: the refusals' waits depend on the time.
@@ -211,7 +209,10 @@ proptest! {
             let after = redis.snapshot(&key, &policy).await.unwrap();
             prop_assert_eq!(after.state, memory.snapshot_now(&key).state);
             Ok(())
-        })?;
+        })
+    });
+    if let Err(e) = outcome {
+        panic!("{e}\n{runner}");
     }
 }
 

@@ -76,6 +76,9 @@ pub struct Run {
     /// How late the generator sent its last request: large values mean the
     /// generator, not the target, was the limit.
     pub lag: Duration,
+    /// CPU time the generator's process (the load and, unless `--upstream`,
+    /// the simulated upstream) used over the run, where it was measured.
+    pub generator_cpu: Option<Duration>,
 }
 
 impl Run {
@@ -167,6 +170,7 @@ pub async fn run(client: &reqwest::Client, e: &Endpoint, rate: u64, secs: f64, s
         p99: pct(0.99),
         achieved: lat.len() as f64 / elapsed,
         lag,
+        generator_cpu: None,
     }
 }
 

@@ -13,9 +13,10 @@ Open-loop load, at each rate in turn: straight to the simulated upstream
 --store (if given), and through each --target. \"added\" = target − direct
 at the same rate and percentile. The load comes from a process of its own
 (with the simulated upstream), alone on a core where three or more are
-allowed; each row gives this process's CPU time per request (the gateway's)
-and, through a Redis --store, Redis's script calls (INFO commandstats) and
-CPU time (INFO cpu) per request.
+allowed (on fewer, it shares them with the gateways); each row gives the
+load process's CPU time per request (load and simulated upstream), this
+process's (the gateway's) and, through a Redis --store, Redis's script
+calls (INFO commandstats) and CPU time (INFO cpu) per request.
 
   --rates 1000,5000       offered rates, requests/s
   --secs 5                length of each run

@@ -97,6 +97,8 @@ pub struct KeyRow {
     pub shown: String,
     /// Its name.
     pub name: Option<String>,
+    /// The models and routes it may ask for (`None`: all).
+    pub models: Option<Vec<String>>,
     /// When it stops working (ms since 1970).
     pub expires_at_ms: Option<i64>,
     /// When it was revoked (ms since 1970).
@@ -156,7 +158,7 @@ const ROUTE_SQL: &str = "SELECT name, route, version FROM registry_routes";
 const ASSIGNMENT_SQL: &str = "SELECT client, tier, version FROM registry_tier_assignments";
 const CLIENT_SQL: &str = "SELECT id, tier, org, disabled, version FROM registry_clients";
 const KEY_SQL: &str =
-    "SELECT id, hash, client, shown, name, expires_at_ms, revoked_at_ms, version \
+    "SELECT id, hash, client, shown, name, expires_at_ms, revoked_at_ms, version, models \
     FROM registry_keys";
 
 fn tier_from(r: &[Value]) -> Result<(String, TierOverride), StoreError> {
@@ -205,6 +207,11 @@ fn key_from(r: &[Value]) -> KeyRow {
         expires_at_ms: r[5].int(),
         revoked_at_ms: r[6].int(),
         version: version_of(&r[7]),
+        // Written by the gateway from a list, so readable; a hand edit that
+        // is not allows nothing rather than everything.
+        models: r[8]
+            .text()
+            .map(|j| serde_json::from_str(j).unwrap_or_default()),
     }
 }
 
@@ -347,16 +354,26 @@ pub async fn write(
     entity: &Entity,
     statements: Vec<Statement>,
 ) -> Result<(u64, Vec<Rows>), StoreError> {
-    let mut all = Vec::with_capacity(statements.len() + 1);
-    all.push(numbered(entity));
+    write_all(db, std::slice::from_ref(entity), statements).await
+}
+
+/// [`write`] of a change that touches several entities: one number each,
+/// in order, then `statements` ([`THIS_VERSION`] is the last number).
+pub async fn write_all(
+    db: &Store,
+    entities: &[Entity],
+    statements: Vec<Statement>,
+) -> Result<(u64, Vec<Rows>), StoreError> {
+    let mut all = Vec::with_capacity(statements.len() + entities.len());
+    all.extend(entities.iter().map(numbered));
     all.extend(statements);
     let mut answers = db.transaction(all).await?;
     let version = answers
-        .first()
+        .get(entities.len().saturating_sub(1))
         .and_then(|rows| rows.first())
         .map(|r| version_of(&r[0]))
         .ok_or_else(|| query_err("numbering a change", "no number came back"))?;
-    answers.remove(0);
+    answers.drain(..entities.len());
     Ok((version, answers))
 }
 

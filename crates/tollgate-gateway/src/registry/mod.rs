@@ -36,6 +36,7 @@
 //! rebuilds a client whose tier is not the one in force).
 
 pub mod db;
+pub mod issue;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicBool;
@@ -143,8 +144,19 @@ pub struct Key {
     pub name: Option<String>,
     /// Its prefix and last characters.
     pub shown: String,
+    /// The models and routes it may ask for (`None`: all).
+    pub models: Option<Vec<String>>,
     /// When it stops working (ms since 1970).
     pub expires_at_ms: Option<i64>,
+}
+
+impl Key {
+    /// Whether this key may ask for `model` (a model's or a route's name).
+    pub fn allows(&self, model: &str) -> bool {
+        self.models
+            .as_ref()
+            .is_none_or(|m| m.iter().any(|x| x == model))
+    }
 }
 
 /// The index in force.
@@ -418,7 +430,12 @@ impl Registry {
     /// The client a presented key belongs to (`None`: unknown, revoked or
     /// expired key).
     pub fn authenticate(&self, key: &str) -> Option<Arc<Client>> {
-        let client = {
+        self.authenticate_key(key).map(|(c, _)| c)
+    }
+
+    /// [`Registry::authenticate`], with the key when the API issued it.
+    pub fn authenticate_key(&self, key: &str) -> Option<(Arc<Client>, Option<Arc<Key>>)> {
+        let (client, issued) = {
             let st = self.state.read();
             let entry = st.keys.entry(key)?;
             if entry
@@ -429,9 +446,9 @@ impl Registry {
             {
                 return None;
             }
-            st.clients.get(&entry.client)?.clone()
+            (st.clients.get(&entry.client)?.clone(), entry.key.clone())
         };
-        Some(self.fresh(client))
+        Some((self.fresh(client), issued))
     }
 
     /// Client `id`.
@@ -684,6 +701,7 @@ fn apply_key(st: &mut State, id: &str, row: Option<KeyRow>) {
         client: row.client.clone(),
         name: row.name,
         shown: row.shown,
+        models: row.models,
         expires_at_ms: row.expires_at_ms,
     };
     st.keys.insert_entry(

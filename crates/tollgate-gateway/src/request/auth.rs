@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::http::HeaderMap;
 
-use crate::registry::{Client, Registry};
+use crate::registry::{Client, Key, Registry};
 
 /// Why a request has no client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +22,15 @@ pub(crate) fn authenticate(
     registry: &Registry,
     headers: &HeaderMap,
 ) -> Result<Arc<Client>, AuthError> {
+    authenticate_key(registry, headers).map(|(c, _)| c)
+}
+
+/// [`authenticate`], with the key when the admin API issued it (its limits
+/// on models apply).
+pub(crate) fn authenticate_key(
+    registry: &Registry,
+    headers: &HeaderMap,
+) -> Result<(Arc<Client>, Option<Arc<Key>>), AuthError> {
     let key = crate::auth::bearer(headers).ok_or(AuthError::Missing)?;
-    registry.authenticate(key).ok_or(AuthError::Unknown)
+    registry.authenticate_key(key).ok_or(AuthError::Unknown)
 }

@@ -180,7 +180,7 @@ pub(crate) async fn handle(
     request_id: RequestId,
 ) -> Response {
     let metrics = &path.books.metrics;
-    let client = match auth::authenticate(&registry, &headers) {
+    let (client, key) = match auth::authenticate_key(&registry, &headers) {
         Ok(c) => c,
         Err(e) => return respond::unknown_client(metrics, Failure::Unauthorized(e)),
     };
@@ -194,6 +194,7 @@ pub(crate) async fn handle(
         path,
         registry: &registry,
         client: &client,
+        key: key.as_deref(),
         headers: &headers,
         endpoint,
         request_id,
@@ -224,6 +225,8 @@ struct Req<'a> {
     path: &'a Pipeline,
     registry: &'a Registry,
     client: &'a Arc<Client>,
+    /// The key, when the admin API issued it.
+    key: Option<&'a crate::registry::Key>,
     headers: &'a HeaderMap,
     endpoint: Endpoint,
     request_id: RequestId,
@@ -433,6 +436,20 @@ async fn prepare(
     let path = req.path;
     let bytes = body::read(req.headers, body, path.body_limit, path.body_timeout).await?;
     let parsed = parse::parse(req.endpoint, &bytes)?;
+    if let Some(key) = req.key.filter(|k| !k.allows(&parsed.model)) {
+        return Err(Invalid::new(
+            "model_not_allowed",
+            "model",
+            format!(
+                "This API key ({}) may not use {:?}; it may use {:?}.",
+                key.shown,
+                parsed.model,
+                key.models.as_deref().unwrap_or_default()
+            ),
+        )
+        .with_status(StatusCode::FORBIDDEN)
+        .into());
+    }
     let routes = req.registry.routes();
     let table = route::Table {
         models: &path.models,
@@ -474,13 +491,16 @@ async fn admit(
     // Admission runs as a task of its own: a client that leaves while its
     // reservations are on their way to the store drops this future, not the
     // admission, which then finishes and (dropped unused) gives back
-    // everything it took, the budget's hold included.
-    let admitting = tokio::spawn({
+    // everything it took, the budget's hold included. The task's future and
+    // its outcome are boxed: both are kilobytes, and a task moves them by
+    // value several times (into the task, out of it); unboxed, those copies
+    // were a third of a request's instructions (docs/BENCHMARKS.md).
+    let admitting = tokio::spawn(Box::pin({
         let (books, client, model) = (req.path.books.clone(), req.client.clone(), model.clone());
-        async move { admit::admit(&books, &client, &model, estimate.tokens).await }
-    });
+        async move { Box::new(admit::admit(&books, &client, &model, estimate.tokens).await) }
+    }));
     let (admitted, paused) = tokio::join!(admitting, model.hold.check(&up.store, up.store_timeout));
-    match admitted {
+    match admitted.map(|outcome| *outcome) {
         Ok(Ok(a)) => Ok((a, paused)),
         Ok(Err(refusal)) => {
             let onward = Onward {

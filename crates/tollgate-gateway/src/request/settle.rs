@@ -208,7 +208,8 @@ impl Admission {
         if parts.books.inline {
             parts.finish(Some(usage), waited).await;
         } else {
-            tokio::spawn(parts.finish(Some(usage), waited));
+            // Boxed: the future is large, and spawning moves it by value.
+            tokio::spawn(Box::pin(parts.finish(Some(usage), waited)));
         }
     }
 

@@ -69,6 +69,8 @@ impl Browser {
                     binary()
                 )
             });
+        // Stopped and its profile removed if the start fails below.
+        let mut starting = Starting(Some((child, profile.clone())));
         // Chromium writes the port it chose into the profile.
         let port_file = profile.join("DevToolsActivePort");
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -102,6 +104,7 @@ impl Browser {
         let (socket, _) = tokio_tungstenite::connect_async(ws.as_str())
             .await
             .expect("DevTools websocket");
+        let (child, profile) = starting.0.take().expect("held until here");
         let mut b = Browser {
             child,
             profile,
@@ -221,6 +224,19 @@ impl Browser {
         base64::engine::general_purpose::STANDARD
             .decode(r["data"].as_str().expect("screenshot data"))
             .expect("screenshot base64")
+    }
+}
+
+/// A Chromium whose start has not finished: killed if it never does.
+struct Starting(Option<(Child, PathBuf)>);
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some((mut child, profile)) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_dir_all(profile);
+        }
     }
 }
 
