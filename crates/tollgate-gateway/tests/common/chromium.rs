@@ -31,13 +31,36 @@ pub struct Browser {
 
 impl Browser {
     /// Starts Chromium on an empty profile, a window of `width` × `height`.
+    /// A start whose DevTools port does not appear within 30 s (seen once
+    /// in a suite run on an idle machine, for two of four browsers started
+    /// together) is stopped and tried again on a new profile, three times
+    /// at most; the last failure shows what Chromium wrote to stderr.
     pub async fn start(width: u32, height: u32) -> Browser {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Browser::launch(width, height).await {
+                Ok(b) => return b,
+                Err(e) => {
+                    eprintln!("{e}");
+                    failures.push(e);
+                }
+            }
+        }
+        panic!("Chromium did not start: {}", failures.join("; "));
+    }
+
+    /// One start of Chromium: the browser, or why it did not open its
+    /// DevTools port within 30 s (with the tail of its stderr).
+    async fn launch(width: u32, height: u32) -> Result<Browser, String> {
         let profile = std::env::temp_dir().join(format!(
             "tollgate-chromium-{}-{}",
             std::process::id(),
             rand::random::<u32>()
         ));
         std::fs::create_dir_all(&profile).expect("profile directory");
+        // Beside the profile, not in it: Chromium's files come and go there.
+        let log_path = profile.with_extension("stderr");
+        let log = std::fs::File::create(&log_path).expect("Chromium's log file");
         // The background-networking flags keep Chromium off the network,
         // which this machine does not reach: without them it fails.
         let child = Command::new(binary())
@@ -61,7 +84,7 @@ impl Browser {
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(log))
             .spawn()
             .unwrap_or_else(|e| {
                 panic!(
@@ -81,10 +104,14 @@ impl Browser {
             {
                 break p;
             }
-            assert!(
-                Instant::now() < deadline,
-                "Chromium did not open its DevTools port within 30 s"
-            );
+            if Instant::now() >= deadline {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let _ = std::fs::remove_file(&log_path);
+                let tail: String = log.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+                return Err(format!(
+                    "Chromium did not open its DevTools port within 30 s (stderr, last lines first: {tail})"
+                ));
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let list: Value = crate::common::http()
@@ -116,7 +143,9 @@ impl Browser {
             json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false}),
         )
         .await;
-        b
+        // Chromium keeps writing to it; unlinked, it goes with the process.
+        let _ = std::fs::remove_file(&log_path);
+        Ok(b)
     }
 
     /// Sends one DevTools command and returns its result (events in between
