@@ -90,7 +90,7 @@ async fn over_estimated_requests_keep_the_providers_bucket_busy_without_a_429() 
     let secs: f64 = std::env::var("TOLLGATE_UTILISATION_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(15.0);
+        .unwrap_or(25.0);
     let standin = Standin {
         bucket: Arc::new(Mutex::new(Bucket {
             start: Instant::now(),
@@ -168,9 +168,11 @@ async fn over_estimated_requests_keep_the_providers_bucket_busy_without_a_429() 
     );
     // The long run (60 s, `scripts/harness/run-all`) holds the provider to
     // ≥ 95% of what it allowed. In a short one the room the bucket held at
-    // the start (what the requests in flight hold beyond their use: ~2,500
-    // tokens here) weighs more, so it holds ≥ 80% of that (sleeping out each
-    // first slot gives 45%) and ≥ 95% of the rate.
+    // the start (what the requests in flight hold beyond their use: 1,700 to
+    // 3,800 tokens here, measured) weighs more, so it holds ≥ 80% of that
+    // (sleeping out each first slot gives 45%) and ≥ 95% of the rate. The
+    // short run measures 20 s: over 10 s the held room alone put two suite
+    // runs at 73% and 75% while each took 100.8% of the rate.
     if secs >= 60.0 {
         assert!(
             utilisation >= 0.95,
