@@ -179,10 +179,26 @@ mod tests {
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let (mut server, arrivals) = Stamped::new(server);
+        // The kernel turns receive timestamps on a moment after the first
+        // socket in the system asks for them (a deferred switch): bytes that
+        // arrive before then carry none. Wait for that, 2 s at most.
+        let mut buf = [0u8; 64];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            client.write_all(b"x").await.unwrap();
+            assert_eq!(server.read(&mut buf).await.unwrap(), 1);
+            if arrivals.take().is_some() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the kernel stamped no bytes within 2 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         let sent = crate::now_unix();
         client.write_all(b"POST /v1/call").await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let mut buf = [0u8; 64];
         let n = server.read(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"POST /v1/call");
         let at = arrivals.take().expect("the kernel stamped the bytes");
