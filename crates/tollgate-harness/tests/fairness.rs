@@ -12,7 +12,7 @@ use tollgate_harness::fairness::FairnessReport;
 #[test]
 fn tiers_sharing_a_model_through_two_gateways_get_their_floors_and_weights() {
     let out = Command::new(env!("CARGO_BIN_EXE_tollgate-harness"))
-        .args(["fairness", "--phase-secs", "15", "--phases", "4", "--json"])
+        .args(["fairness", "--phase-secs", "20", "--phases", "4", "--json"])
         .output()
         .expect("running tollgate-harness");
     let r: FairnessReport = serde_json::from_slice(&out.stdout)
