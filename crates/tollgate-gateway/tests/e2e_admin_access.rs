@@ -148,49 +148,25 @@ async fn every_admin_change_writes_one_audit_row_with_who_before_and_after() {
     )
     .await;
     assert_eq!(s, 201, "{rotated}");
-    let (s, _) = call(
-        &c,
-        &gw,
-        OPS,
-        Method::DELETE,
-        &format!("/admin/keys/{key_id}"),
-        None,
-    )
-    .await;
-    assert_eq!(s, 200);
+    let revoke = format!("/admin/keys/{key_id}");
+    let same = json!({"id": "acme", "tier": "pro"});
+    // A revocation (a change), then the same again (no change, no row),
+    // then a refused change (no row).
+    for (method, path, body, status) in [
+        (Method::DELETE, revoke.as_str(), None, 200),
+        (Method::POST, "/admin/clients", Some(same), 200),
+        (Method::DELETE, revoke.as_str(), None, 200),
+        (
+            Method::PATCH,
+            "/admin/tiers/pro",
+            Some(json!({"rpm": 0})),
+            400,
+        ),
+    ] {
+        let (s, v) = call(&c, &gw, OPS, method.clone(), path, body).await;
+        assert_eq!(s, status, "{method} {path}: {v}");
+    }
     let done = changes.len() + 2;
-    // The same again: no change, no row.
-    let (s, _) = call(
-        &c,
-        &gw,
-        OPS,
-        Method::POST,
-        "/admin/clients",
-        Some(json!({"id": "acme", "tier": "pro"})),
-    )
-    .await;
-    assert_eq!(s, 200);
-    let (s, _) = call(
-        &c,
-        &gw,
-        OPS,
-        Method::DELETE,
-        &format!("/admin/keys/{key_id}"),
-        None,
-    )
-    .await;
-    assert_eq!(s, 200);
-    // Refused: no row.
-    let (s, _) = call(
-        &c,
-        &gw,
-        OPS,
-        Method::PATCH,
-        "/admin/tiers/pro",
-        Some(json!({"rpm": 0})),
-    )
-    .await;
-    assert_eq!(s, 400);
 
     let all = audit(&c, &gw, "?limit=1000").await;
     let entries = all["entries"].as_array().unwrap();
