@@ -66,7 +66,7 @@ impl Denied {
 }
 
 /// The token in the dashboard's cookie, if any.
-fn cookie_token(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn cookie_token(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -84,10 +84,10 @@ fn cookie_token(headers: &HeaderMap) -> Option<String> {
 
 /// Whether the request carries the admin token (header or cookie).
 pub(crate) fn check(gw: &Gateway, headers: &HeaderMap) -> Result<(), Denied> {
-    if gw.admin_hash.is_none() {
+    if gw.admin_tokens.is_empty() {
         return Err(Denied::AdminOff);
     }
-    let ok = |token: Option<&str>| crate::auth::admin_token_ok(gw.admin_hash.as_ref(), token);
+    let ok = |token: Option<&str>| gw.admin_tokens.find(token).is_some();
     if ok(crate::auth::bearer(headers)) || ok(cookie_token(headers).as_deref()) {
         Ok(())
     } else {
@@ -199,7 +199,7 @@ fn form_token(body: &[u8]) -> Option<String> {
 /// `POST /dashboard/login`: a right token sets the cookie and goes to the
 /// dashboard (303); a wrong one shows the form again (401).
 pub async fn login(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
-    if gw.admin_hash.is_none() {
+    if gw.admin_tokens.is_empty() {
         return login_page(StatusCode::FORBIDDEN, Denied::AdminOff.message());
     }
     let timeout = Duration::from_secs_f64(gw.config.server.body_read_timeout_secs);
@@ -220,7 +220,7 @@ pub async fn login(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
             }
         };
     let token = form_token(&body).unwrap_or_default();
-    if token.is_empty() || !crate::auth::admin_token_ok(gw.admin_hash.as_ref(), Some(&token)) {
+    if token.is_empty() || gw.admin_tokens.find(Some(&token)).is_none() {
         tracing::warn!("dashboard sign-in with a wrong admin token");
         return login_page(
             StatusCode::UNAUTHORIZED,

@@ -35,6 +35,7 @@
 //! reaches its clients as each is next looked up ([`Registry::client`]
 //! rebuilds a client whose tier is not the one in force).
 
+pub mod audit;
 pub mod db;
 pub mod issue;
 
