@@ -241,6 +241,31 @@ async fn a_key_issued_on_the_client_page_works_until_revoked_there() {
         401,
         "a revoked key is refused"
     );
+    // Both changes are audited under the session's token, as the page made them.
+    let id = key_id.as_str().unwrap();
+    let audit = admin_json(&c, &gw, &format!("/admin/audit?object=key:{id}")).await;
+    let actions: Vec<(String, String)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["token"].as_str().unwrap().into(),
+                e["action"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let expected = [
+        (
+            "admin".to_string(),
+            format!("DELETE /dashboard/api/keys/{id}"),
+        ),
+        (
+            "admin".to_string(),
+            "POST /dashboard/api/clients/acme/keys".to_string(),
+        ),
+    ];
+    assert_eq!(actions, expected, "{audit}");
     assert_eq!(
         b.eval("document.getElementById('error').hidden").await,
         true
@@ -283,4 +308,113 @@ async fn a_key_issued_on_the_client_page_works_until_revoked_there() {
         .as_str()
         .unwrap()
         .contains("No client \"nobody\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_only_sign_in_sees_the_keys_and_cannot_change_them() {
+    use tollgate_gateway::config::{AdminRole, AdminTokenConfig};
+    const VIEWER: &str = "viewer-token";
+    let sim = sim().await;
+    let mut cfg = config(
+        &sim.base_url(),
+        model(100_000, 10_000_000),
+        &[("pro", pro_tier())],
+    );
+    cfg.admin.tokens = vec![AdminTokenConfig {
+        name: "viewer".into(),
+        sha256: tollgate_gateway::auth::hash_key(VIEWER),
+        role: AdminRole::ReadOnly,
+    }];
+    let gw = gateway(cfg).await;
+    let c = http();
+    let url = gw.url();
+    let issued: Value =
+        send(admin(&c, &gw, Method::POST, "/admin/clients/pro/keys").json(&json!({"name": "ops"})))
+            .await
+            .json()
+            .await
+            .unwrap();
+    let (key, key_id) = (
+        issued["key"].as_str().unwrap(),
+        issued["id"].as_str().unwrap(),
+    );
+
+    let mut b = Browser::start(1300, 900).await;
+    b.sign_in(&url, VIEWER).await;
+    b.open(&format!("{url}/dashboard/clients/pro")).await;
+    b.wait_for(
+        "document.body.dataset.ready === '1'",
+        Duration::from_secs(10),
+        "the page",
+    )
+    .await;
+    // The key is listed; nothing on the page can change it.
+    assert_eq!(
+        b.eval("document.querySelectorAll('#keys tr[data-key]').length")
+            .await,
+        1
+    );
+    assert_eq!(
+        b.eval("document.querySelectorAll('button.revoke').length")
+            .await,
+        0
+    );
+    assert_eq!(
+        b.eval("document.getElementById('issue-section').hidden")
+            .await,
+        true
+    );
+    assert_eq!(
+        b.eval("document.getElementById('read-only').hidden").await,
+        false
+    );
+    // Nor can the session's own requests: the admin API's guard refuses them.
+    for (method, path) in [
+        ("POST", "/dashboard/api/clients/pro/keys".to_string()),
+        ("DELETE", format!("/dashboard/api/keys/{key_id}")),
+    ] {
+        let answer = b
+            .eval(&format!(
+                "fetch({}, {{method: {}, headers: {{'x-tollgate-dashboard': '1', 'content-type': 'application/json'}}, body: {}}}).then(async r => [r.status, (await r.json()).error.code])",
+                json!(path),
+                json!(method),
+                if method == "POST" { "'{}'" } else { "undefined" }
+            ))
+            .await;
+        assert_eq!(answer, json!([403, "read_only_token"]), "{method} {path}");
+    }
+    assert_eq!(chat_with(&c, &url, key).await, 200, "the key still works");
+    let keys = admin_json(&c, &gw, "/admin/clients/pro/keys").await;
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 1, "nothing issued");
+    assert!(
+        keys["keys"][0]["revoked_at_ms"].is_null(),
+        "nothing revoked"
+    );
+    // Signed out, then in with a read-write token: the buttons are there.
+    b.eval("document.querySelector('form[action=\"/dashboard/logout\"]').requestSubmit(); true")
+        .await;
+    b.wait_for(
+        "document.getElementById('login') !== null",
+        Duration::from_secs(10),
+        "the sign-in form",
+    )
+    .await;
+    b.sign_in(&url, ADMIN).await;
+    b.open(&format!("{url}/dashboard/clients/pro")).await;
+    b.wait_for(
+        "document.body.dataset.ready === '1'",
+        Duration::from_secs(10),
+        "the page",
+    )
+    .await;
+    assert_eq!(
+        b.eval("document.querySelectorAll('button.revoke').length")
+            .await,
+        1
+    );
+    assert_eq!(
+        b.eval("document.getElementById('issue-section').hidden")
+            .await,
+        false
+    );
 }

@@ -72,6 +72,10 @@ pub async fn handler(
     body["keys"] = json!(keys);
     body["store_error"] = json!(errors.into_inner());
     body["now_ms"] = json!(crate::ledger::row::now_ms());
+    // A read-only sign-in sees no buttons; the admin API's guard refuses
+    // its changes anyway (403 read_only_token).
+    body["can_change"] = json!(crate::admin_access::token(&gw, &headers)
+        .is_some_and(|t| t.role == crate::config::AdminRole::ReadWrite));
     (
         StatusCode::OK,
         assets::headers("application/json"),

@@ -55,6 +55,9 @@ function revokeButton(k) {
   return b;
 }
 
+// Whether this sign-in may change anything (a read-only token may not).
+let canChange = false;
+
 function drawKeys(keys, now) {
   const rows = keys.map((k) => {
     const state = keyState(k, now);
@@ -65,7 +68,7 @@ function drawKeys(keys, now) {
       el("td", { "data-field": "issued" }, when(k.created_at_ms)),
       el("td", { "data-field": "expires", "data-value": k.expires_at_ms }, when(k.expires_at_ms)),
       el("td", { "data-field": "state" }, state),
-      el("td", {}, state === "active" ? revokeButton(k) : ""));
+      el("td", {}, state === "active" && canChange ? revokeButton(k) : ""));
   });
   if (rows.length === 0) rows.push(el("tr", {}, el("td", { colSpan: 7, class: "muted" }, "No key issued through the gateway yet.")));
   document.querySelector("#keys tbody").replaceChildren(...rows);
@@ -87,6 +90,9 @@ function draw(c) {
   put("rate-requests", dimCell("rate-requests", b.requests));
   put("rate-tokens", dimCell("rate-tokens", b.tokens));
   document.getElementById("file-keys").hidden = !c.in_config_file;
+  canChange = c.can_change === true;
+  document.getElementById("issue-section").hidden = !canChange;
+  document.getElementById("read-only").hidden = canChange;
   drawKeys(c.keys, c.now_ms);
   document.getElementById("updated").textContent = "updated " + new Date(c.now_ms).toLocaleTimeString() + (c.store_error ? " · store: " + c.store_error : "");
 }
