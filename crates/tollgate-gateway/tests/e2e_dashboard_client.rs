@@ -36,6 +36,27 @@ async fn redrawn(b: &mut Browser, before: &Value, what: &str) {
     .await;
 }
 
+/// Opens client `id`'s page and waits for it to draw itself.
+async fn client_page(b: &mut Browser, url: &str, id: &str) {
+    b.open(&format!("{url}/dashboard/clients/{id}")).await;
+    b.wait_for(
+        "document.body.dataset.ready === '1'",
+        Duration::from_secs(10),
+        "the client page",
+    )
+    .await;
+}
+
+/// The page's buttons: (revoke buttons, whether the issue form is hidden).
+async fn buttons(b: &mut Browser) -> (Value, Value) {
+    (
+        b.eval("document.querySelectorAll('button.revoke').length")
+            .await,
+        b.eval("document.getElementById('issue-section').hidden")
+            .await,
+    )
+}
+
 async fn refreshed(b: &mut Browser) -> Value {
     b.eval("Number(document.body.dataset.refreshed || 0)").await
 }
@@ -181,13 +202,7 @@ async fn a_key_issued_on_the_client_page_works_until_revoked_there() {
     assert_eq!(chat_with(&c, &url, &key).await, 200);
 
     // Shown once: the page opened again lists it by its ends only.
-    b.open(&format!("{url}/dashboard/clients/acme")).await;
-    b.wait_for(
-        "document.body.dataset.ready === '1'",
-        Duration::from_secs(10),
-        "the page again",
-    )
-    .await;
+    client_page(&mut b, &url, "acme").await;
     let text = b.eval("document.documentElement.outerHTML").await;
     assert!(
         !text.as_str().unwrap().contains(&key),
@@ -273,13 +288,7 @@ async fn a_key_issued_on_the_client_page_works_until_revoked_there() {
 
     // A file client's page says its file keys are not listed, and issues
     // keys too.
-    b.open(&format!("{url}/dashboard/clients/pro")).await;
-    b.wait_for(
-        "document.body.dataset.ready === '1'",
-        Duration::from_secs(10),
-        "the file client's page",
-    )
-    .await;
+    client_page(&mut b, &url, "pro").await;
     assert_eq!(
         b.eval("document.getElementById('file-keys').hidden").await,
         false
@@ -341,29 +350,14 @@ async fn a_read_only_sign_in_sees_the_keys_and_cannot_change_them() {
 
     let mut b = Browser::start(1300, 900).await;
     b.sign_in(&url, VIEWER).await;
-    b.open(&format!("{url}/dashboard/clients/pro")).await;
-    b.wait_for(
-        "document.body.dataset.ready === '1'",
-        Duration::from_secs(10),
-        "the page",
-    )
-    .await;
+    client_page(&mut b, &url, "pro").await;
     // The key is listed; nothing on the page can change it.
     assert_eq!(
         b.eval("document.querySelectorAll('#keys tr[data-key]').length")
             .await,
         1
     );
-    assert_eq!(
-        b.eval("document.querySelectorAll('button.revoke').length")
-            .await,
-        0
-    );
-    assert_eq!(
-        b.eval("document.getElementById('issue-section').hidden")
-            .await,
-        true
-    );
+    assert_eq!(buttons(&mut b).await, (json!(0), json!(true)));
     assert_eq!(
         b.eval("document.getElementById('read-only').hidden").await,
         false
@@ -400,21 +394,6 @@ async fn a_read_only_sign_in_sees_the_keys_and_cannot_change_them() {
     )
     .await;
     b.sign_in(&url, ADMIN).await;
-    b.open(&format!("{url}/dashboard/clients/pro")).await;
-    b.wait_for(
-        "document.body.dataset.ready === '1'",
-        Duration::from_secs(10),
-        "the page",
-    )
-    .await;
-    assert_eq!(
-        b.eval("document.querySelectorAll('button.revoke').length")
-            .await,
-        1
-    );
-    assert_eq!(
-        b.eval("document.getElementById('issue-section').hidden")
-            .await,
-        false
-    );
+    client_page(&mut b, &url, "pro").await;
+    assert_eq!(buttons(&mut b).await, (json!(1), json!(false)));
 }
