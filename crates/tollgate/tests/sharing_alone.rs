@@ -10,24 +10,17 @@
 //! `wait_for_slot`), run, and settled at 251 of its 258 estimated tokens; a
 //! refused caller pauses before it asks again.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use support::TokioClock;
 use tollgate::store::{Clock, MemoryStore};
 use tollgate::{
     AcquireOptions, ClassShare, Cost, Error, Limits, PriorityClass, RateLimiter, Store,
 };
-
-/// The store's clock: tokio's, which a paused runtime moves by itself.
-#[derive(Debug)]
-struct TokioClock(tokio::time::Instant);
-
-impl Clock for TokioClock {
-    fn now(&self) -> f64 {
-        1000.0 + self.0.elapsed().as_secs_f64()
-    }
-}
 
 const TPM: u64 = 600_000;
 /// Seconds the callers run, and the window measured (after the first
