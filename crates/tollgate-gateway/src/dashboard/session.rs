@@ -95,6 +95,60 @@ pub(crate) fn check(gw: &Gateway, headers: &HeaderMap) -> Result<(), Denied> {
     }
 }
 
+/// The header every change the page makes carries. A page of another site
+/// cannot send it without the browser asking first (a CORS preflight, which
+/// the gateway never grants), so a forged form or link changes nothing even
+/// if the browser sent the cookie.
+pub const CHANGE_HEADER: &str = "x-tollgate-dashboard";
+
+/// The headers of a change the page asks for, turned into an admin API
+/// request: the session's token as `Authorization: Bearer`, so the admin
+/// handler authorises it (token and role) exactly as it would the token
+/// itself. Without a session, or without [`CHANGE_HEADER`], why not.
+pub(crate) fn as_admin(gw: &Gateway, headers: &HeaderMap) -> Result<HeaderMap, ChangeDenied> {
+    check(gw, headers).map_err(ChangeDenied::Session)?;
+    if headers.get(CHANGE_HEADER).is_none() {
+        return Err(ChangeDenied::NoHeader);
+    }
+    let token = crate::auth::bearer(headers)
+        .map(str::to_string)
+        .or_else(|| cookie_token(headers))
+        .unwrap_or_default();
+    let mut out = headers.clone();
+    out.remove(header::COOKIE);
+    let value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| ChangeDenied::Session(Denied::NoToken))?;
+    out.insert(header::AUTHORIZATION, value);
+    Ok(out)
+}
+
+/// Why a change from the page was refused before the admin API saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChangeDenied {
+    /// Not signed in.
+    Session(Denied),
+    /// Without [`CHANGE_HEADER`].
+    NoHeader,
+}
+
+impl ChangeDenied {
+    /// The answer (JSON).
+    pub(crate) fn json(self) -> Response {
+        match self {
+            ChangeDenied::Session(d) => d.json(),
+            ChangeDenied::NoHeader => {
+                let body = json!({"error": {"message": format!("A dashboard change needs the {CHANGE_HEADER} header (the page sends it)."), "type": "permission_error", "code": "missing_dashboard_header"}});
+                (
+                    StatusCode::FORBIDDEN,
+                    assets::headers("application/json"),
+                    body.to_string(),
+                )
+                    .into_response()
+            }
+        }
+    }
+}
+
 /// The sign-in page with `message` (escaped) above the form.
 fn login_page(status: StatusCode, message: &str) -> Response {
     let note = if message.is_empty() {
@@ -111,8 +165,14 @@ fn login_page(status: StatusCode, message: &str) -> Response {
 /// `GET /dashboard`: the page, the sign-in form (401) or, with the admin
 /// API off, a page that says how to turn it on (403).
 pub async fn page(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    match check(&gw, &headers) {
-        Ok(()) => assets::html(StatusCode::OK, assets::INDEX_HTML.to_string()),
+    page_or_login(&gw, &headers, assets::INDEX_HTML)
+}
+
+/// `page` to a signed-in request, else the sign-in form (401) or, with the
+/// admin API off, a page that says how to turn it on (403).
+pub(crate) fn page_or_login(gw: &Gateway, headers: &HeaderMap, page: &str) -> Response {
+    match check(gw, headers) {
+        Ok(()) => assets::html(StatusCode::OK, page.to_string()),
         Err(Denied::AdminOff) => login_page(StatusCode::FORBIDDEN, Denied::AdminOff.message()),
         Err(Denied::NoToken) => login_page(StatusCode::UNAUTHORIZED, ""),
     }
