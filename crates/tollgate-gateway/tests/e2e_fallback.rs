@@ -138,6 +138,14 @@ async fn nothing_reserved(gw: &RunningGateway, what: &str) {
 
 #[tokio::test]
 async fn each_failure_before_the_first_byte_falls_back_to_the_next_candidate() {
+    falls_back_on_each_fault(streamed, PRIMARY, |_| {}).await;
+}
+
+/// For each failure mode before the first byte, streamed and not: a request
+/// (`body`) whose first candidate fails is served by the next one, the
+/// answer says so (`route` in `x-tollgate-route`), the next got its own
+/// model's name, and nothing stays reserved.
+async fn falls_back_on_each_fault(body: fn(bool) -> Value, route: &str, tweak: fn(&mut Config)) {
     for fault in [
         "500",
         "503",
@@ -151,27 +159,20 @@ async fn each_failure_before_the_first_byte_falls_back_to_the_next_candidate() {
             if fault == "close:2" && stream {
                 continue; // after the headers: the next test
             }
-            let k = chain(
-                if fault == "unreachable" {
-                    "500@0"
-                } else {
-                    fault
-                },
-                &[],
-                |c| {
-                    if fault == "unreachable" {
-                        c.providers.get_mut("sim").unwrap().base_url = closed_port_url();
-                    }
-                },
-            )
+            let unreachable = fault == "unreachable";
+            let k = chain(if unreachable { "500@0" } else { fault }, &[], |c| {
+                tweak(c);
+                if unreachable {
+                    c.providers.get_mut("sim").unwrap().base_url = closed_port_url();
+                }
+            })
             .await;
-            let c = http();
-            let r = chat(&c, &k.gw, "pro", &streamed(stream)).await;
+            let r = chat(&http(), &k.gw, "pro", &body(stream)).await;
             let what = format!("{fault}, stream {stream}");
             assert_eq!(r.status(), 200, "{what}");
             assert_eq!(
                 trail(&r),
-                (BACKUP.into(), PRIMARY.into(), "2".into()),
+                (BACKUP.into(), route.into(), "2".into()),
                 "{what}"
             );
             assert!(header(&r, "x-request-id").is_some(), "{what}");
@@ -185,10 +186,15 @@ async fn each_failure_before_the_first_byte_falls_back_to_the_next_candidate() {
                 let v: Value = serde_json::from_str(&text).unwrap();
                 assert_eq!(v["usage"]["completion_tokens"], 16, "{what}");
             }
-            let tried = if fault == "unreachable" { 0 } else { 1 };
+            let tried = if unreachable { 0 } else { 1 };
             assert_eq!(k.primary.stats.requests_for(PRIMARY), tried, "{what}");
             assert_eq!(k.others.stats.requests_for(BACKUP), 1, "{what}");
             assert_eq!(k.others.stats.requests_for(THIRD), 0, "{what}");
+            let sent = k.others.stats.last_body.lock().clone().unwrap();
+            assert_eq!(
+                sent["model"], BACKUP,
+                "{what}: the model's own name upstream"
+            );
             nothing_reserved(&k.gw, &what).await;
         }
     }
@@ -361,56 +367,7 @@ fn routed(stream: bool) -> Value {
 
 #[tokio::test]
 async fn a_routed_request_whose_first_model_fails_before_the_first_byte_is_served_by_the_next() {
-    for fault in [
-        "500",
-        "503",
-        "429:1",
-        "hang",
-        "slow:3000",
-        "close:2",
-        "unreachable",
-    ] {
-        for stream in [false, true] {
-            if fault == "close:2" && stream {
-                continue; // after the headers: the test below
-            }
-            let unreachable = fault == "unreachable";
-            let k = chain(if unreachable { "500@0" } else { fault }, &[], |c| {
-                as_route(c);
-                if unreachable {
-                    c.providers.get_mut("sim").unwrap().base_url = closed_port_url();
-                }
-            })
-            .await;
-            let r = chat(&http(), &k.gw, "pro", &routed(stream)).await;
-            let what = format!("{fault}, stream {stream}");
-            assert_eq!(r.status(), 200, "{what}");
-            assert_eq!(
-                trail(&r),
-                (BACKUP.into(), "auto/all".into(), "2".into()),
-                "{what}"
-            );
-            let text = r.text().await.unwrap();
-            if stream {
-                assert!(
-                    text.contains("[DONE]") && !text.contains("\"error\""),
-                    "{what}: {text}"
-                );
-            } else {
-                let v: Value = serde_json::from_str(&text).unwrap();
-                assert_eq!(v["usage"]["completion_tokens"], 16, "{what}");
-                assert_eq!(v["model"], BACKUP, "{what}");
-            }
-            let tried = if unreachable { 0 } else { 1 };
-            assert_eq!(k.primary.stats.requests_for(PRIMARY), tried, "{what}");
-            assert_eq!(k.others.stats.requests_for(BACKUP), 1, "{what}");
-            assert_eq!(k.others.stats.requests_for(THIRD), 0, "{what}");
-            // The route's name never goes upstream: each model got its own.
-            let sent = k.others.stats.last_body.lock().clone().unwrap();
-            assert_eq!(sent["model"], BACKUP, "{what}");
-            nothing_reserved(&k.gw, &what).await;
-        }
-    }
+    falls_back_on_each_fault(routed, "auto/all", as_route).await;
 }
 
 #[tokio::test]
