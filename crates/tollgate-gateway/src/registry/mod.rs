@@ -37,7 +37,9 @@
 
 pub mod audit;
 pub mod db;
+pub mod idempotency;
 pub mod issue;
+pub mod manage;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
