@@ -14,13 +14,18 @@ use tollgate::{AcquireOptions, ClassShare, Cost, Limits, PriorityClass, RateLimi
 /// 40 requests per second; class 0: floor 0.5, class 1: floor 0.1, the rest
 /// 1:1 (lanes 0.7 and 0.3).
 async fn instance(url: &str) -> RateLimiter {
+    let builder = RateLimiter::builder("shared/model").url(url);
+    shared(builder, Limits::new().requests(40).window_secs(1.0)).await
+}
+
+/// Two classes of the same priority on `limits`, lanes 0.7 and 0.3.
+async fn shared(builder: tollgate::Builder, limits: Limits) -> RateLimiter {
     let class = PriorityClass {
         headroom: 1.0,
         max_wait: None,
     };
-    RateLimiter::builder("shared/model")
-        .url(url)
-        .limits(Limits::new().requests(40).window_secs(1.0))
+    builder
+        .limits(limits)
         .priority_classes(vec![class.clone(), class])
         .class_shares(vec![ClassShare::new(0.5, 1.0), ClassShare::new(0.1, 1.0)])
         .build()
@@ -122,17 +127,7 @@ async fn usage_above_the_estimate_goes_to_every_lane(limiter: RateLimiter) {
 }
 
 async fn tokens_instance(builder: tollgate::Builder) -> RateLimiter {
-    let class = PriorityClass {
-        headroom: 1.0,
-        max_wait: None,
-    };
-    builder
-        .limits(Limits::new().tokens(1_000).window_secs(60.0))
-        .priority_classes(vec![class.clone(), class])
-        .class_shares(vec![ClassShare::new(0.5, 1.0), ClassShare::new(0.1, 1.0)])
-        .build()
-        .await
-        .unwrap()
+    shared(builder, Limits::new().tokens(1_000).window_secs(60.0)).await
 }
 
 #[tokio::test]
