@@ -83,10 +83,10 @@ impl MemoryBudgets {
         let a = accounts
             .entry((hold.level, hold.client.clone()))
             .or_insert_with(|| {
-            let mut a = Account::default();
-            a.roll(hold.period);
-            a
-        });
+                let mut a = Account::default();
+                a.roll(hold.period);
+                a
+            });
         // A charge whose day (month) has passed stays with that day (month).
         if a.day == hold.period.day {
             a.day_spent = a.day_spent.saturating_add(delta).max(0);

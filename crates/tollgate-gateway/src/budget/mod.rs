@@ -205,37 +205,41 @@ impl Budgets {
         }
     }
 
-    /// Reserves `amount` at every level of `levels` at once (each with the
-    /// same no-race reservation as [`Budgets::reserve`]); when one refuses
-    /// or fails, the others are given back and its error is answered (the
-    /// outermost level's, when several refuse).
+    /// Reserves `amount` at every level of `levels` (given outermost
+    /// first), each with the same no-race reservation as
+    /// [`Budgets::reserve`], innermost first: a key's tight budget refuses
+    /// before its client's and its organisation's are touched. When a level
+    /// refuses or fails, the levels inside it that took the estimate are
+    /// given it back before this answers (so a refusal's effect on them
+    /// lasts one round trip), and its error is answered.
     pub async fn reserve_levels(
         &self,
         levels: &[(Level, &str, BudgetLimits)],
         amount: i64,
     ) -> Result<Vec<Hold>, BudgetError> {
-        let asked = levels
-            .iter()
-            .map(|&(level, id, limits)| self.reserve_at(level, id, amount, limits));
-        let answers = futures_util::future::join_all(asked).await;
-        let mut holds = Vec::with_capacity(answers.len());
-        let mut refusal = None;
-        for a in answers {
-            match a {
+        let mut holds = Vec::with_capacity(levels.len());
+        for &(level, id, limits) in levels.iter().rev() {
+            match self.reserve_at(level, id, amount, limits).await {
                 Ok(h) => holds.push(h),
                 Err(e) => {
-                    refusal.get_or_insert(e);
+                    for h in &holds {
+                        self.cancel(h).await;
+                    }
+                    return Err(e);
                 }
             }
         }
-        let Some(e) = refusal else {
-            return Ok(holds);
-        };
-        for h in &holds {
-            // A cancellation: retried in the background on Redis.
-            let _ = self.settle(h, 0).await;
+        holds.reverse();
+        Ok(holds)
+    }
+
+    /// Gives a hold's reservation back, waiting for the store's answer (a
+    /// failed try is retried in the background).
+    async fn cancel(&self, hold: &Hold) {
+        match self {
+            Budgets::Memory(m) => m.adjust(hold, 0),
+            Budgets::Redis(r) => r.cancel(hold).await,
         }
-        Err(e)
     }
 
     /// Replaces a hold's estimate by the actual cost. With Redis a call

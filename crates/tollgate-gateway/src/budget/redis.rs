@@ -146,7 +146,12 @@ impl RedisBudgets {
 
     /// Seeds `client`'s counters of `p` from the ledger (idempotent: the
     /// first seed of a month wins, later ones change nothing).
-    async fn seed_from_ledger(&self, level: Level, client: &str, p: Period) -> Result<(), BudgetError> {
+    async fn seed_from_ledger(
+        &self,
+        level: Level,
+        client: &str,
+        p: Period,
+    ) -> Result<(), BudgetError> {
         let Some(ledger) = &self.ledger else {
             return Ok(());
         };
@@ -320,6 +325,18 @@ impl RedisBudgets {
         Err(BudgetError::Store(format!(
             "{first}; retrying in the background"
         )))
+    }
+
+    /// Cancels a reserved hold and waits for the store's answer; a try that
+    /// fails is retried in the background as a settlement is.
+    pub(crate) async fn cancel(&self, hold: &Hold) {
+        if !hold.reserved || hold.amount == 0 {
+            return;
+        }
+        if self.settle_once(hold, 0).await.is_err() {
+            let (this, hold) = (self.clone(), hold.clone());
+            tokio::spawn(async move { this.retry(&hold, 0).await });
+        }
     }
 
     /// Retries a settlement with backoff until it is applied or

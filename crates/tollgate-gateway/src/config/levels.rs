@@ -125,7 +125,10 @@ impl Config {
             for (i, c) in o.clients.iter().enumerate() {
                 let field = format!("{at}.clients[{i}]");
                 if !self.clients.iter().any(|x| &x.id == c) {
-                    return Err(invalid(field, format!("{c:?} is not a client of [[clients]]")));
+                    return Err(invalid(
+                        field,
+                        format!("{c:?} is not a client of [[clients]]"),
+                    ));
                 }
                 if let Some(other) = member.insert(c, id) {
                     return Err(invalid(
@@ -191,7 +194,10 @@ mod tests {
         };
         let t = o.over(&tier);
         assert_eq!((t.rpm, t.tpm), (Some(3), Some(1000)));
-        assert_eq!((t.daily_budget_usd, t.monthly_budget_usd), (Some(1.0), Some(9.0)));
+        assert_eq!(
+            (t.daily_budget_usd, t.monthly_budget_usd),
+            (Some(1.0), Some(9.0))
+        );
         assert!(LimitsConfig::default().bucket().is_none());
         assert!(o.bucket().is_some());
     }

@@ -17,6 +17,13 @@
 //!   file's keys still working;
 //! - keys: the file's `key_sha256` and the keys issued by the API
 //!   (`registry_keys`) both work;
+//! - an organisation the API made or changed (`registry_orgs`) is the
+//!   database's entry in whole (name, limits, disabled), one of the file's
+//!   id shadowing it (logged at start); the file's `[orgs.ID].clients` stay
+//!   its members, an API client's organisation is its row's;
+//! - a client's own limits over its tier's are the file's
+//!   (`[[clients]] limits`) or, for a client the API made, its row's; a
+//!   key's are its row's;
 //! - a route set through the API (`registry_routes`) is the whole route, in
 //!   place of the file's of that name or beside the file's routes.
 //!
@@ -525,7 +532,12 @@ impl Registry {
     /// entry, else the file's.
     fn rebuild_org(&self, st: &mut State, id: &str) {
         let (name, limits, disabled, source) = match (st.api_orgs.get(id), self.file.orgs.get(id)) {
-            (Some(row), _) => (row.name.clone(), row.limits.clone(), row.disabled, "database"),
+            (Some(row), _) => (
+                row.name.clone(),
+                row.limits.clone(),
+                row.disabled,
+                "database",
+            ),
             (None, Some(o)) => (o.name.clone(), o.limits.clone(), false, "file"),
             (None, None) => {
                 st.orgs.remove(id);

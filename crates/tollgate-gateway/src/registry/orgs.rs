@@ -69,9 +69,7 @@ fn check_name(name: Option<&String>) -> Result<(), Refused> {
 }
 
 fn validate_limits(at: &str, limits: &LimitsConfig) -> Result<(), Refused> {
-    limits
-        .validate(at)
-        .map_err(|e| Refused::Registry(e.into()))
+    limits.validate(at).map_err(|e| Refused::Registry(e.into()))
 }
 
 fn file_client(id: &str) -> Refused {

@@ -226,32 +226,60 @@ async fn organisations_come_from_the_file_and_the_database_and_another_instance_
     assert!(a.client("free").unwrap().org.is_none());
 
     // A new organisation, validated as the file's are.
-    let bad = NewOrgOf::new("beta", r#"{"rpm": 0}"#);
+    let bad = new_org("beta", r#"{"rpm": 0}"#);
     let e = a.create_org(&bad).await.unwrap_err().to_string();
-    assert!(e.contains("orgs.beta.limits.rpm") && e.contains("0 would refuse"), "{e}");
-    let new = NewOrgOf::new("beta", r#"{"rpm": 7, "monthly_budget_usd": 2.0}"#);
-    assert!(matches!(a.create_org(&new).await, Ok(issue::Created::New(_))));
-    assert!(matches!(a.create_org(&new).await, Ok(issue::Created::Existing(_))));
-    let other = NewOrgOf::new("beta", r#"{"rpm": 8}"#);
-    assert!(matches!(a.create_org(&other).await, Err(issue::Refused::Conflict(_))));
+    assert!(
+        e.contains("orgs.beta.limits.rpm") && e.contains("0 would refuse"),
+        "{e}"
+    );
+    let new = new_org("beta", r#"{"rpm": 7, "monthly_budget_usd": 2.0}"#);
+    assert!(matches!(
+        a.create_org(&new).await,
+        Ok(issue::Created::New(_))
+    ));
+    assert!(matches!(
+        a.create_org(&new).await,
+        Ok(issue::Created::Existing(_))
+    ));
+    let other = new_org("beta", r#"{"rpm": 8}"#);
+    assert!(matches!(
+        a.create_org(&other).await,
+        Err(issue::Refused::Conflict(_))
+    ));
     // The file's id is the file's: changed with PATCH, not made again.
-    let again = NewOrgOf::new("acme", "{}");
-    assert!(matches!(a.create_org(&again).await, Err(issue::Refused::Conflict(_))));
+    let again = new_org("acme", "{}");
+    assert!(matches!(
+        a.create_org(&again).await,
+        Err(issue::Refused::Conflict(_))
+    ));
 
     // A client the API made, in it, with its own limits over its tier's.
     let own = limits(r#"{"rpm": 3}"#);
-    a.create_client_in("c1", "free", Some("beta"), &own).await.unwrap();
+    a.create_client_in("c1", "free", Some("beta"), &own)
+        .await
+        .unwrap();
     let missing = a.create_client_in("c2", "free", Some("nope"), &own).await;
-    assert!(matches!(missing, Err(issue::Refused::Invalid(_))), "{missing:?}");
-    let zero = a.create_client_in("c3", "free", None, &limits(r#"{"tpm": 0}"#)).await;
-    assert!(zero.unwrap_err().to_string().contains("clients.c3.limits.tpm"));
+    assert!(
+        matches!(missing, Err(issue::Refused::Invalid(_))),
+        "{missing:?}"
+    );
+    let zero = a
+        .create_client_in("c3", "free", None, &limits(r#"{"tpm": 0}"#))
+        .await;
+    assert!(zero
+        .unwrap_err()
+        .to_string()
+        .contains("clients.c3.limits.tpm"));
 
     // Instance B applies the changes from the database, one by one.
     b.catch_up().await.unwrap();
     for r in [&a, &b] {
         let c1 = r.client("c1").unwrap();
         assert_eq!(c1.org.as_ref().unwrap().id, "beta");
-        assert_eq!(c1.limiter.policy().limit(tollgate::Dimension::Requests), Some(3));
+        assert_eq!(
+            c1.limiter.policy().limit(tollgate::Dimension::Requests),
+            Some(3)
+        );
         let beta = r.org("beta").unwrap();
         assert_eq!(beta.bounds.budget.monthly, Some(2_000_000_000));
         assert!(beta.bounds.limiter.is_some());
@@ -284,14 +312,10 @@ async fn organisations_come_from_the_file_and_the_database_and_another_instance_
 }
 
 /// A `NewOrg` of `id` with `limits` (JSON).
-struct NewOrgOf;
-
-impl NewOrgOf {
-    fn new(id: &str, limits_json: &str) -> orgs::NewOrg {
-        orgs::NewOrg {
-            id: id.into(),
-            name: None,
-            limits: limits(limits_json),
-        }
+fn new_org(id: &str, limits_json: &str) -> orgs::NewOrg {
+    orgs::NewOrg {
+        id: id.into(),
+        name: None,
+        limits: limits(limits_json),
     }
 }

@@ -105,9 +105,9 @@ impl Refusal {
     /// The level whose budget refused, when a budget did.
     pub(crate) fn budget_level(&self) -> Option<Level> {
         match self {
-            Refusal::Budget(BudgetError::Daily { level, .. } | BudgetError::Monthly { level, .. }) => {
-                Some(*level)
-            }
+            Refusal::Budget(
+                BudgetError::Daily { level, .. } | BudgetError::Monthly { level, .. },
+            ) => Some(*level),
             _ => None,
         }
     }

@@ -260,8 +260,10 @@ fn budget_refused(e: BudgetError) -> ApiError {
         BudgetError::Store(_) => "client",
     };
     let mut err = ApiError::rate_limited("insufficient_quota", code, e.to_string(), retry_after);
-    err.headers
-        .insert(super::headers::BUDGET_LEVEL_HEADER, HeaderValue::from_static(level));
+    err.headers.insert(
+        super::headers::BUDGET_LEVEL_HEADER,
+        HeaderValue::from_static(level),
+    );
     err
 }
 

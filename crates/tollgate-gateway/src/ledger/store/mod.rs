@@ -11,8 +11,8 @@ pub use self::postgres::PostgresStore;
 pub use self::sqlite::SqliteStore;
 
 use self::sql::{Rows, Statement};
-use crate::budget::Level;
 use super::row::Row;
+use crate::budget::Level;
 
 /// Why the ledger's database could not be used.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -215,10 +215,7 @@ impl PostgresStore {
         month_ms: i64,
     ) -> Result<SpendSince, StoreError> {
         let row = self
-            .with(async |c| {
-                c.query_one(sql, &[&client, &day_ms, &month_ms])
-                    .await
-            })
+            .with(async |c| c.query_one(sql, &[&client, &day_ms, &month_ms]).await)
             .await?;
         Ok(SpendSince {
             day: row.try_get(0).map_err(column_err)?,
