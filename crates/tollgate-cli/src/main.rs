@@ -229,7 +229,12 @@ async fn serve(args: &[String]) -> Result<()> {
     };
     let running = tollgate_gateway::start(config).await?;
     if demo {
-        println!("{}", tollgate_gateway::demo::banner(&running.url()));
+        let url = running.url();
+        println!("{}", tollgate_gateway::demo::banner(&url));
+        let issued = tollgate_gateway::demo::issue_key(&running.gateway)
+            .await
+            .context("the demo could not issue its key through the registry")?;
+        println!("{}", tollgate_gateway::demo::issued_banner(&url, &issued));
     }
     running
         .serve_until(shutdown_signal())

@@ -280,4 +280,24 @@ async fn keys_issued_revoked_expired_and_rotated_on_one_instance_hold_on_the_oth
     )
     .await;
     assert_eq!(s, 400, "an unknown model: {v}");
+
+    // The audit on PostgreSQL: one row per change (the client, four keys
+    // issued, one rotated, one revoked), none for the changes that were
+    // none or refused, the same on both instances.
+    for gw in [&a, &b] {
+        let (s, audit) = admin(&c, Method::GET, format!("{}/admin/audit", gw.url), None).await;
+        assert_eq!(s, 200, "{audit}");
+        let actions: Vec<&str> = audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(actions.len(), 7, "{audit:#}");
+        assert_eq!(actions[6], "POST /admin/clients");
+        assert!(
+            actions[1].starts_with("POST /admin/keys/") && actions[1].ends_with("/rotate"),
+            "{actions:?}"
+        );
+    }
 }

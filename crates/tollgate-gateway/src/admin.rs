@@ -83,12 +83,12 @@ pub(crate) fn change_failed(e: RegistryError, code: &str, param: &'static str) -
     }
 }
 
-/// Checks the admin token.
+/// Checks the admin token (its role is [`crate::admin_access::guard`]'s).
 pub(crate) fn authorize(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
-    if gw.admin_hash.is_none() {
+    if gw.admin_tokens.is_empty() {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "permission_error", "admin_disabled", "The admin API is off: set admin.token_sha256 in the config (`tollgate hash-key TOKEN`)."));
     }
-    if crate::auth::admin_token_ok(gw.admin_hash.as_ref(), crate::auth::bearer(headers)) {
+    if gw.admin_tokens.find(crate::auth::bearer(headers)).is_some() {
         Ok(())
     } else {
         Err(ApiError::unauthorized("Missing or wrong admin token."))

@@ -6,6 +6,8 @@ use axum::http::HeaderMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::config::{AdminConfig, AdminRole, LEGACY_ADMIN_TOKEN};
+
 /// The SHA-256 of a key, as 64 lowercase hex characters (what the config stores).
 ///
 /// ```
@@ -123,14 +125,62 @@ impl KeyIndex {
     }
 }
 
-/// Checks a presented admin token against the configured hash in constant time.
-pub fn admin_token_ok(expected: Option<&[u8; 32]>, presented: Option<&str>) -> bool {
-    match (expected, presented) {
-        (Some(expected), Some(token)) => {
-            let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-            bool::from(expected.ct_eq(&digest))
+/// An admin token the gateway accepts: its name and role (the token itself
+/// only as its hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminToken {
+    /// Its name (what the audit table records).
+    pub name: String,
+    /// What it may do.
+    pub role: AdminRole,
+    hash: [u8; 32],
+}
+
+/// Every admin token of the config: `admin.token_sha256` (named
+/// [`LEGACY_ADMIN_TOKEN`], read-write) and `[[admin.tokens]]`.
+#[derive(Debug, Clone, Default)]
+pub struct AdminTokens(Vec<AdminToken>);
+
+impl AdminTokens {
+    /// The tokens of `[admin]` (validated already).
+    pub fn from_config(admin: &AdminConfig) -> AdminTokens {
+        let legacy = admin
+            .token_sha256
+            .iter()
+            .map(|h| (LEGACY_ADMIN_TOKEN, h.as_str(), AdminRole::ReadWrite));
+        let listed = admin
+            .tokens
+            .iter()
+            .map(|t| (t.name.as_str(), t.sha256.as_str(), t.role));
+        AdminTokens(
+            legacy
+                .chain(listed)
+                .filter_map(|(name, h, role)| {
+                    Some(AdminToken {
+                        name: name.to_string(),
+                        role,
+                        hash: parse_hash(&h.to_ascii_lowercase())?,
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether there is none (the admin API is off).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The token `presented` is, compared with every one in constant time.
+    pub fn find(&self, presented: Option<&str>) -> Option<&AdminToken> {
+        let digest: [u8; 32] = Sha256::digest(presented?.as_bytes()).into();
+        let mut found = None;
+        for t in &self.0 {
+            if bool::from(t.hash.ct_eq(&digest)) {
+                found = Some(t);
+            }
         }
-        _ => false,
+        found
     }
 }
 
@@ -148,14 +198,19 @@ mod tests {
             parse_hash(&hash_key("x")).map(|h| hex(&h)),
             Some(hash_key("x"))
         );
-        assert!(admin_token_ok(
-            parse_hash(&hash_key("t")).as_ref(),
-            Some("t")
-        ));
-        assert!(!admin_token_ok(
-            parse_hash(&hash_key("t")).as_ref(),
-            Some("u")
-        ));
-        assert!(!admin_token_ok(None, Some("t")));
+        let tokens = AdminTokens::from_config(&AdminConfig {
+            token_sha256: Some(hash_key("t")),
+            tokens: vec![crate::config::AdminTokenConfig {
+                name: "viewer".into(),
+                sha256: hash_key("v").to_ascii_uppercase(),
+                role: AdminRole::ReadOnly,
+            }],
+        });
+        let t = tokens.find(Some("t")).unwrap();
+        assert_eq!((t.name.as_str(), t.role), ("admin", AdminRole::ReadWrite));
+        assert_eq!(tokens.find(Some("v")).unwrap().role, AdminRole::ReadOnly);
+        assert!(tokens.find(Some("u")).is_none());
+        assert!(tokens.find(None).is_none());
+        assert!(AdminTokens::default().find(Some("t")).is_none());
     }
 }

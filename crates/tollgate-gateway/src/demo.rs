@@ -12,6 +12,7 @@ use crate::config::{
     ClassifierConfig, ClientConfig, Config, ModelConfig, ModelKind, ProviderConfig, RouteConfig,
     TierConfig,
 };
+use crate::registry::issue::{Issued, NewKey, Refused};
 use crate::upstream_sim::{Faults, SimConfig};
 
 /// The demo's admin token (loopback only).
@@ -211,6 +212,40 @@ pub fn config(listen: &str, upstream_base_url: &str) -> Config {
         })
         .collect();
     c
+}
+
+/// The client the demo makes through the registry at start, and its tier.
+pub const NEW_CLIENT: (&str, &str) = ("acme-new", "starter");
+
+/// What the demo does at start through the registry, as the admin API
+/// would: makes [`NEW_CLIENT`] and issues it a key, answered once.
+pub async fn issue_key(gw: &crate::gateway::Gateway) -> Result<Issued, Refused> {
+    let registry = gw.registry();
+    let (id, tier) = NEW_CLIENT;
+    registry.create_client(id, tier).await?;
+    let new = NewKey {
+        name: Some("issued by the demo at start".into()),
+        ..NewKey::default()
+    };
+    registry.issue_key(id, &new).await
+}
+
+/// The lines `--demo` prints about the key it issued at start.
+pub fn issued_banner(gateway_url: &str, issued: &Issued) -> String {
+    let (id, tier) = NEW_CLIENT;
+    let key = &issued.key;
+    format!(
+        "\nissued at start through the registry (as POST /admin/clients and POST /admin/clients/{id}/keys do):\n  \
+         {id:<16} tier {tier:<13} key {key}   (id {key_id}; shown this once, the gateway keeps its hash; listed as {shown})\n\
+         use it:\n  \
+         curl -s {gateway_url}/v1/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' -d '{{\"model\": \"gpt-4o-mini\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}], \"max_tokens\": 50}}' -i\n\
+         issue another, revoke it:\n  \
+         curl -s -X POST {gateway_url}/admin/clients/{id}/keys -H 'Authorization: Bearer {ADMIN_TOKEN}' -H 'Content-Type: application/json' -d '{{\"name\": \"ci\"}}'\n  \
+         curl -s -X DELETE {gateway_url}/admin/keys/KEY_ID -H 'Authorization: Bearer {ADMIN_TOKEN}'\n  \
+         or on the dashboard: {gateway_url}/dashboard/clients/{id}\n",
+        key_id = issued.info.id,
+        shown = issued.info.shown,
+    )
 }
 
 /// What `--demo` prints at start.

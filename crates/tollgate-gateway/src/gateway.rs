@@ -76,7 +76,8 @@ pub struct Gateway {
     pub ledger: Option<Arc<UsageLedger>>,
     /// What the request path needs of all this.
     pub(crate) pipeline: Pipeline,
-    pub(crate) admin_hash: Option<[u8; 32]>,
+    /// The admin tokens (none: the admin API is off).
+    pub(crate) admin_tokens: crate::auth::AdminTokens,
     registry: Arc<Registry>,
     /// Checks for registry changes so far (every
     /// [`REREAD_EVERY`](crate::registry::REREAD_EVERY)th reads the database).
@@ -106,11 +107,7 @@ impl Gateway {
         };
         let models = Arc::new(build_models(&config, &store, outage).await?);
         let registry = open_registry(&config, ledger.as_deref(), &store, &sync, outage).await?;
-        let admin_hash = config
-            .admin
-            .token_sha256
-            .as_deref()
-            .and_then(|h| crate::auth::parse_hash(&h.to_ascii_lowercase()));
+        let admin_tokens = crate::auth::AdminTokens::from_config(&config.admin);
         let budgets = Arc::new(budgets);
         let metrics = Arc::new(Metrics::new(config.metrics.client_labels));
         let books = Arc::new(Books {
@@ -132,7 +129,7 @@ impl Gateway {
             connections: Arc::default(),
             ledger,
             pipeline,
-            admin_hash,
+            admin_tokens,
             registry: Arc::new(registry),
             checks: std::sync::atomic::AtomicU32::new(0),
         }))

@@ -75,6 +75,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/admin/routes/{name}", put(admin::put_route))
         .route("/admin/overrides", get(admin::overrides))
         .route("/admin/usage", get(admin::usage))
+        .route("/admin/audit", get(crate::admin_access::audit))
         .route(
             "/admin/overrides/tiers/{name}",
             delete(admin::remove_tier_override),
@@ -96,6 +97,10 @@ pub fn router(gw: Arc<Gateway>) -> Router {
             )
         })
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            gw.clone(),
+            crate::admin_access::guard,
+        ))
         .layer(axum::middleware::from_fn(request_id::layer))
         .with_state(gw)
 }

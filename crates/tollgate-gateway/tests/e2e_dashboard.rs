@@ -21,23 +21,6 @@ use tollgate_gateway::config::ClientConfig;
 const REQUESTS: &str = "tollgate_requests_total";
 const REFUSED: &str = "rate_limited|budget_exceeded";
 
-/// Signs in through the form with `token` and waits for the page to draw
-/// its first figures.
-async fn sign_in(b: &mut Browser, url: &str) {
-    b.open(&format!("{url}/dashboard")).await;
-    b.eval(&format!(
-        "document.getElementById('token').value = {}; document.getElementById('login').requestSubmit(); true",
-        json!(ADMIN)
-    ))
-    .await;
-    b.wait_for(
-        "document.body && document.body.dataset.ready === '1'",
-        Duration::from_secs(15),
-        "the dashboard after signing in",
-    )
-    .await;
-}
-
 /// Types `q` into the client search and waits for the page to show its
 /// answer.
 async fn search(b: &mut Browser, q: &str) {
@@ -165,7 +148,7 @@ async fn the_dashboard_shows_what_the_gateway_reports() {
     )
     .await;
 
-    sign_in(&mut b, &url).await;
+    b.sign_in(&url, ADMIN).await;
     assert_eq!(b.eval("location.pathname").await, "/dashboard");
     // The cookie is HttpOnly: the page's scripts cannot read the token.
     assert_eq!(b.eval("document.cookie").await, "");
@@ -460,7 +443,7 @@ async fn a_thousand_clients_are_paged_and_searched_on_the_server() {
 
     // The page: the first 25 of 1,000, and a search that finds one.
     let mut b = Browser::start(1400, 900).await;
-    sign_in(&mut b, &gw.url()).await;
+    b.sign_in(&gw.url(), ADMIN).await;
     assert_eq!(
         b.eval("document.getElementById('client-count').textContent")
             .await,
@@ -607,7 +590,7 @@ async fn the_dashboard_shows_the_store_going_down_and_coming_back() {
     }
     let spent = settled_spend(&gw, "pro", |s| s > 0.0).await;
     let mut b = Browser::start(1400, 900).await;
-    sign_in(&mut b, &gw.url()).await;
+    b.sign_in(&gw.url(), ADMIN).await;
     assert_eq!(
         b.eval("document.getElementById('store-state').textContent")
             .await,

@@ -13,6 +13,10 @@
 //!   library against Redis's own ceiling.
 //! - [`fairness`]: tiers sharing one provider model through two gateway
 //!   instances on Redis (floors, weights, a tier alone).
+//! - [`registry_scale`]: the registry with 100,000 clients and 200,000
+//!   keys in PostgreSQL, two gateway processes: start, memory per client,
+//!   and another client's latency on one while the other takes 100 admin
+//!   changes a second.
 //! - [`script_cost`]: Redis's own time per call of the reserve and settle
 //!   scripts, from `INFO commandstats`.
 //!
@@ -34,6 +38,7 @@ pub mod ledger_writer;
 pub mod postgres;
 pub mod procs;
 pub mod python;
+pub mod registry_scale;
 pub mod script_cost;
 pub mod speed;
 pub mod standin;

@@ -261,6 +261,32 @@ enum Command {
         #[arg(long, default_value = "local:0.25")]
         policy: String,
     },
+    /// The registry at scale: clients and keys seeded in PostgreSQL, two
+    /// gateway processes on it and Redis; start time, memory per client,
+    /// and another client's latency on B while A takes admin changes.
+    RegistryScale {
+        /// Clients seeded.
+        #[arg(long, default_value_t = 100_000)]
+        clients: usize,
+        /// Keys of each client.
+        #[arg(long, default_value_t = 2)]
+        keys_per_client: usize,
+        /// Admin changes per second on A.
+        #[arg(long, default_value_t = 100)]
+        changes_per_sec: u32,
+        /// Seconds of each phase (alone, then with the changes).
+        #[arg(long, default_value_t = 20.0)]
+        secs: f64,
+        /// Between two of the probe's requests on B, ms.
+        #[arg(long, default_value_t = 5.0)]
+        probe_every_ms: f64,
+        /// The tollgate binary (default: beside this one).
+        #[arg(long)]
+        tollgate: Option<PathBuf>,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Internal: one worker process (started by the harness).
     #[command(hide = true)]
     Worker {
@@ -317,6 +343,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 report.missed
             );
             Ok(())
+        }
+        Command::RegistryScale {
+            clients,
+            keys_per_client,
+            changes_per_sec,
+            secs,
+            probe_every_ms,
+            tollgate,
+            json,
+        } => {
+            let tollgate = match tollgate {
+                Some(p) => p,
+                None => std::env::current_exe()?.with_file_name("tollgate"),
+            };
+            let opts = tollgate_harness::registry_scale::RegistryScaleOptions {
+                clients,
+                keys_per_client,
+                changes_per_sec,
+                secs,
+                probe_every_ms,
+                tollgate,
+            };
+            let report = tollgate_harness::registry_scale::run(&opts)?;
+            print_report(json, &report, tollgate_harness::registry_scale::render)
         }
         Command::Scripts { pairs, json } => {
             let rows = script_cost::run(&ScriptCostOptions { pairs })?;

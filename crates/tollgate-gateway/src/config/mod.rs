@@ -12,8 +12,9 @@ pub use routes::{
 };
 
 pub use types::{
-    AdminConfig, ClientConfig, Config, LedgerConfig, MetricsConfig, ModelConfig, ModelKind,
-    PriorityConfig, ProviderConfig, ServerConfig, StoreConfig, TierConfig,
+    AdminConfig, AdminRole, AdminTokenConfig, ClientConfig, Config, LedgerConfig, MetricsConfig,
+    ModelConfig, ModelKind, PriorityConfig, ProviderConfig, ServerConfig, StoreConfig, TierConfig,
+    LEGACY_ADMIN_TOKEN,
 };
 
 pub use levels::{check_org_id, LimitsConfig, OrgConfig};
@@ -209,6 +210,31 @@ impl Config {
         }
         if let Some(h) = &self.admin.token_sha256 {
             check_hash("admin.token_sha256", h)?;
+        }
+        let mut names = HashSet::from([LEGACY_ADMIN_TOKEN]);
+        for (i, t) in self.admin.tokens.iter().enumerate() {
+            let at = format!("admin.tokens[{i}]");
+            check_hash(&format!("{at}.sha256"), &t.sha256)?;
+            let ok = !t.name.is_empty()
+                && t.name.len() <= 64
+                && t.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+            if !ok {
+                return Err(invalid(
+                    format!("{at}.name"),
+                    format!(
+                        "{:?}: 1 to 64 letters, digits, '-', '_', '.' or '@'",
+                        t.name
+                    ),
+                ));
+            }
+            if !names.insert(t.name.as_str()) {
+                return Err(invalid(
+                    format!("{at}.name"),
+                    format!("{:?} is taken (\"{LEGACY_ADMIN_TOKEN}\" is admin.token_sha256's); give each token a name of its own", t.name),
+                ));
+            }
         }
         Ok(())
     }
@@ -548,6 +574,33 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(bad.split(' ').next().unwrap()), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn admin_tokens_have_a_hash_a_role_and_a_name_of_their_own() {
+        let h = "a".repeat(64);
+        let token = |name: &str, hash: &str, role: &str| {
+            format!("[[admin.tokens]]\nname = \"{name}\"\nsha256 = \"{hash}\"\nrole = \"{role}\"\n")
+        };
+        let c = Config::from_toml(&token("ops", &h, "read_only")).unwrap();
+        assert_eq!(c.admin.tokens[0].role, AdminRole::ReadOnly);
+        for (bad, says) in [
+            (token("ops", "abc", "read_only"), "admin.tokens[0].sha256"),
+            (token("ops", &h, "owner"), "unknown variant"),
+            (token("a b", &h, "read_write"), "admin.tokens[0].name"),
+            (token("admin", &h, "read_write"), "is taken"),
+            (
+                format!(
+                    "{}{}",
+                    token("ops", &h, "read_write"),
+                    token("ops", &h, "read_only")
+                ),
+                "admin.tokens[1].name",
+            ),
+        ] {
+            let e = Config::from_toml(&bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
         }
     }
 

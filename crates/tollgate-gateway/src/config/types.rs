@@ -200,8 +200,39 @@ impl Default for StoreConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// SHA-256 (hex) of the admin token (`tollgate hash-key TOKEN` prints it).
-    /// Without it the admin API is off.
+    /// Without it (and without `tokens`) the admin API is off. It acts as
+    /// a `read_write` token named `admin`.
     pub token_sha256: Option<String>,
+    /// More admin tokens, each with a name (what the audit records) and a
+    /// role: `[[admin.tokens]]` `name = "ops"`, `sha256 = "…"`, `role =
+    /// "read_only"`.
+    pub tokens: Vec<AdminTokenConfig>,
+}
+
+/// The name `admin.token_sha256`'s token goes by (in the audit table).
+pub const LEGACY_ADMIN_TOKEN: &str = "admin";
+
+/// One of `[[admin.tokens]]`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTokenConfig {
+    /// Its name, as the audit table records who made a change (never the
+    /// token).
+    pub name: String,
+    /// SHA-256 (hex) of the token (`tollgate hash-key TOKEN`).
+    pub sha256: String,
+    /// What it may do.
+    pub role: AdminRole,
+}
+
+/// What an admin token may do.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminRole {
+    /// Read everything, change nothing (403 `read_only_token`).
+    ReadOnly,
+    /// Read and change.
+    ReadWrite,
 }
 
 /// `[metrics]`.

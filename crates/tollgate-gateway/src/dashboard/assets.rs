@@ -8,9 +8,16 @@ use axum::response::{IntoResponse, Response};
 pub const INDEX_HTML: &str = include_str!("assets/index.html");
 /// The sign-in page; `<!--message-->` is replaced by what went wrong.
 pub const LOGIN_HTML: &str = include_str!("assets/login.html");
+/// The pages' helpers (elements, number formats, bars, JSON reads).
+pub const UTIL_JS: &str = include_str!("assets/util.js");
 /// The page's script: fetches the JSON endpoints and draws the tables.
 pub const APP_JS: &str = include_str!("assets/app.js");
-/// The styles of both pages.
+/// A client's page (shown once signed in).
+pub const CLIENT_HTML: &str = include_str!("assets/client.html");
+/// The client page's script: draws the client and its keys, issues and
+/// revokes keys.
+pub const CLIENT_JS: &str = include_str!("assets/client.js");
+/// The styles of every page.
 pub const APP_CSS: &str = include_str!("assets/app.css");
 
 /// This origin only: no script, style, image or connection elsewhere, no
@@ -48,6 +55,16 @@ pub async fn script() -> Response {
     (headers("text/javascript; charset=utf-8"), APP_JS).into_response()
 }
 
+/// `GET /dashboard/util.js` (no token needed: it holds no data).
+pub async fn util_script() -> Response {
+    (headers("text/javascript; charset=utf-8"), UTIL_JS).into_response()
+}
+
+/// `GET /dashboard/client.js` (no token needed: it holds no data).
+pub async fn client_script() -> Response {
+    (headers("text/javascript; charset=utf-8"), CLIENT_JS).into_response()
+}
+
 /// `GET /dashboard/app.css` (no token needed: it holds no data).
 pub async fn style() -> Response {
     (headers("text/css; charset=utf-8"), APP_CSS).into_response()
@@ -75,7 +92,15 @@ mod tests {
 
     #[test]
     fn the_pages_load_nothing_from_elsewhere() {
-        for page in [INDEX_HTML, LOGIN_HTML, APP_CSS, APP_JS] {
+        for page in [
+            INDEX_HTML,
+            LOGIN_HTML,
+            CLIENT_HTML,
+            APP_CSS,
+            APP_JS,
+            UTIL_JS,
+            CLIENT_JS,
+        ] {
             for outside in ["http://", "https://", "//cdn", "@import"] {
                 assert!(!page.contains(outside), "{outside} in an asset");
             }

@@ -141,12 +141,16 @@ impl Query {
 /// What the store says about one client: its bucket and its spend, each
 /// `None` when the store could not answer.
 #[derive(Debug, Default)]
-struct Stored {
+pub(super) struct Stored {
     status: Option<tollgate::Status>,
     spend: Option<Spend>,
 }
 
-async fn stored(gw: &Gateway, c: &Client, errors: &parking_lot::Mutex<Option<String>>) -> Stored {
+pub(super) async fn stored(
+    gw: &Gateway,
+    c: &Client,
+    errors: &parking_lot::Mutex<Option<String>>,
+) -> Stored {
     let (status, spend) = tokio::join!(c.limiter.status(), gw.budgets.spend(&c.id));
     let keep = |e: String| {
         errors.lock().get_or_insert(e);
@@ -158,7 +162,7 @@ async fn stored(gw: &Gateway, c: &Client, errors: &parking_lot::Mutex<Option<Str
 }
 
 /// One row of the page.
-fn row(c: &Client, a: &ClientActivity, s: &Stored) -> Value {
+pub(super) fn row(c: &Client, a: &ClientActivity, s: &Stored) -> Value {
     let t = &c.tier.config;
     let spend = s.spend.map(|sp| {
         let used = |spent: i64, limit: Option<i64>| {

@@ -13,19 +13,23 @@
 //!   (use per priority class), store and ledger health ([`overview`]);
 //! - `GET /dashboard/api/clients?q=&tier=&sort=&limit=&offset=`: one page of
 //!   clients, filtered and sorted on the server, so the page stays light with
-//!   thousands of clients ([`clients`]).
+//!   thousands of clients ([`clients`]);
+//! - `GET /dashboard/clients/{id}`: one client's page, its keys, and a key
+//!   issued (shown once) or revoked from it through the admin API's own
+//!   handlers ([`client`]).
 //!
 //! The token also works as `Authorization: Bearer ADMIN_TOKEN`, as on the
 //! admin API.
 
 pub mod assets;
+pub mod client;
 pub mod clients;
 pub mod overview;
 pub mod session;
 
 use std::sync::Arc;
 
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 use crate::gateway::Gateway;
@@ -41,4 +45,10 @@ pub fn routes() -> Router<Arc<Gateway>> {
         .route("/dashboard/app.css", get(assets::style))
         .route("/dashboard/api/overview", get(overview::handler))
         .route("/dashboard/api/clients", get(clients::handler))
+        .route("/dashboard/clients/{id}", get(client::page))
+        .route("/dashboard/client.js", get(assets::client_script))
+        .route("/dashboard/util.js", get(assets::util_script))
+        .route("/dashboard/api/clients/{id}", get(client::handler))
+        .route("/dashboard/api/clients/{id}/keys", post(client::issue_key))
+        .route("/dashboard/api/keys/{id}", delete(client::revoke_key))
 }

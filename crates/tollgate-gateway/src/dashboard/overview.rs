@@ -2,7 +2,9 @@
 //! client table. Tiers with their waits (p50/p99 of
 //! `tollgate_queue_wait_seconds`, as Prometheus' `histogram_quantile` would
 //! compute them), provider models with their bucket use and their requests
-//! per priority class, the store's and the ledger's health, and totals.
+//! per priority class, the store's and the ledger's health, the registry's
+//! index (its last change, how often it was built whole, changes applied
+//! one entry at a time), and totals.
 //! Request counts are this instance's since it started.
 
 use std::collections::BTreeMap;
@@ -202,6 +204,7 @@ pub async fn overview(gw: &Gateway) -> Value {
             "outage_decisions": outage_decisions,
         },
         "ledger": ledger(gw),
+        "registry": registry.stats(),
         "totals": {
             "clients": all_clients.len(),
             "counts": counts_json(total),

@@ -66,7 +66,7 @@ impl Denied {
 }
 
 /// The token in the dashboard's cookie, if any.
-fn cookie_token(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn cookie_token(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -84,14 +84,68 @@ fn cookie_token(headers: &HeaderMap) -> Option<String> {
 
 /// Whether the request carries the admin token (header or cookie).
 pub(crate) fn check(gw: &Gateway, headers: &HeaderMap) -> Result<(), Denied> {
-    if gw.admin_hash.is_none() {
+    if gw.admin_tokens.is_empty() {
         return Err(Denied::AdminOff);
     }
-    let ok = |token: Option<&str>| crate::auth::admin_token_ok(gw.admin_hash.as_ref(), token);
+    let ok = |token: Option<&str>| gw.admin_tokens.find(token).is_some();
     if ok(crate::auth::bearer(headers)) || ok(cookie_token(headers).as_deref()) {
         Ok(())
     } else {
         Err(Denied::NoToken)
+    }
+}
+
+/// The header every change the page makes carries. A page of another site
+/// cannot send it without the browser asking first (a CORS preflight, which
+/// the gateway never grants), so a forged form or link changes nothing even
+/// if the browser sent the cookie.
+pub const CHANGE_HEADER: &str = "x-tollgate-dashboard";
+
+/// The headers of a change the page asks for, turned into an admin API
+/// request: the session's token as `Authorization: Bearer`, so the admin
+/// handler authorises it (token and role) exactly as it would the token
+/// itself. Without a session, or without [`CHANGE_HEADER`], why not.
+pub(crate) fn as_admin(gw: &Gateway, headers: &HeaderMap) -> Result<HeaderMap, ChangeDenied> {
+    check(gw, headers).map_err(ChangeDenied::Session)?;
+    if headers.get(CHANGE_HEADER).is_none() {
+        return Err(ChangeDenied::NoHeader);
+    }
+    let token = crate::auth::bearer(headers)
+        .map(str::to_string)
+        .or_else(|| cookie_token(headers))
+        .unwrap_or_default();
+    let mut out = headers.clone();
+    out.remove(header::COOKIE);
+    let value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| ChangeDenied::Session(Denied::NoToken))?;
+    out.insert(header::AUTHORIZATION, value);
+    Ok(out)
+}
+
+/// Why a change from the page was refused before the admin API saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChangeDenied {
+    /// Not signed in.
+    Session(Denied),
+    /// Without [`CHANGE_HEADER`].
+    NoHeader,
+}
+
+impl ChangeDenied {
+    /// The answer (JSON).
+    pub(crate) fn json(self) -> Response {
+        match self {
+            ChangeDenied::Session(d) => d.json(),
+            ChangeDenied::NoHeader => {
+                let body = json!({"error": {"message": format!("A dashboard change needs the {CHANGE_HEADER} header (the page sends it)."), "type": "permission_error", "code": "missing_dashboard_header"}});
+                (
+                    StatusCode::FORBIDDEN,
+                    assets::headers("application/json"),
+                    body.to_string(),
+                )
+                    .into_response()
+            }
+        }
     }
 }
 
@@ -111,8 +165,14 @@ fn login_page(status: StatusCode, message: &str) -> Response {
 /// `GET /dashboard`: the page, the sign-in form (401) or, with the admin
 /// API off, a page that says how to turn it on (403).
 pub async fn page(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    match check(&gw, &headers) {
-        Ok(()) => assets::html(StatusCode::OK, assets::INDEX_HTML.to_string()),
+    page_or_login(&gw, &headers, assets::INDEX_HTML)
+}
+
+/// `page` to a signed-in request, else the sign-in form (401) or, with the
+/// admin API off, a page that says how to turn it on (403).
+pub(crate) fn page_or_login(gw: &Gateway, headers: &HeaderMap, page: &str) -> Response {
+    match check(gw, headers) {
+        Ok(()) => assets::html(StatusCode::OK, page.to_string()),
         Err(Denied::AdminOff) => login_page(StatusCode::FORBIDDEN, Denied::AdminOff.message()),
         Err(Denied::NoToken) => login_page(StatusCode::UNAUTHORIZED, ""),
     }
@@ -139,7 +199,7 @@ fn form_token(body: &[u8]) -> Option<String> {
 /// `POST /dashboard/login`: a right token sets the cookie and goes to the
 /// dashboard (303); a wrong one shows the form again (401).
 pub async fn login(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
-    if gw.admin_hash.is_none() {
+    if gw.admin_tokens.is_empty() {
         return login_page(StatusCode::FORBIDDEN, Denied::AdminOff.message());
     }
     let timeout = Duration::from_secs_f64(gw.config.server.body_read_timeout_secs);
@@ -160,7 +220,7 @@ pub async fn login(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bod
             }
         };
     let token = form_token(&body).unwrap_or_default();
-    if token.is_empty() || !crate::auth::admin_token_ok(gw.admin_hash.as_ref(), Some(&token)) {
+    if token.is_empty() || gw.admin_tokens.find(Some(&token)).is_none() {
         tracing::warn!("dashboard sign-in with a wrong admin token");
         return login_page(
             StatusCode::UNAUTHORIZED,

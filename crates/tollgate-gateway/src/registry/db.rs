@@ -420,22 +420,38 @@ pub async fn write(
 }
 
 /// [`write`] of a change that touches several entities: one number each,
-/// in order, then `statements` ([`THIS_VERSION`] is the last number).
+/// in order, then `statements` ([`THIS_VERSION`] is the last number). The
+/// entities are read before and after `statements` in the same
+/// transaction, and the audit row ([`super::audit`]) of the change goes
+/// with it.
 pub async fn write_all(
     db: &Store,
     entities: &[Entity],
     statements: Vec<Statement>,
 ) -> Result<(u64, Vec<Rows>), StoreError> {
-    let mut all = Vec::with_capacity(statements.len() + entities.len());
+    let (n, k) = (entities.len(), statements.len());
+    let mut all = Vec::with_capacity(k + 3 * n);
     all.extend(entities.iter().map(numbered));
+    all.extend(entities.iter().map(super::audit::state_statement));
     all.extend(statements);
-    let mut answers = db.transaction(all).await?;
+    all.extend(entities.iter().map(super::audit::state_statement));
+    let actor = super::audit::current();
+    let touched = entities.to_vec();
+    let mut answers = db
+        .transaction_then(all, move |answers: &[Rows]| {
+            let (before, after) = (&answers[n..2 * n], &answers[2 * n + k..]);
+            Ok(super::audit::row(&actor, &touched, before, after)?
+                .into_iter()
+                .collect())
+        })
+        .await?;
     let version = answers
-        .get(entities.len().saturating_sub(1))
+        .get(n.saturating_sub(1))
         .and_then(|rows| rows.first())
         .map(|r| version_of(&r[0]))
         .ok_or_else(|| query_err("numbering a change", "no number came back"))?;
-    answers.drain(..entities.len());
+    answers.truncate(2 * n + k);
+    answers.drain(..2 * n);
     Ok((version, answers))
 }
 

@@ -42,12 +42,13 @@
 //! reaches its clients as each is next looked up ([`Registry::client`]
 //! rebuilds a client whose tier is not the one in force).
 
+pub mod audit;
 pub mod db;
 pub mod issue;
 pub mod orgs;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -258,6 +259,28 @@ pub struct Registry {
     state: RwLock<State>,
     /// One catch-up at a time.
     applying: tokio::sync::Mutex<()>,
+    /// How often the whole index was built: once at start, then once per
+    /// gap in the change list; applying a change never builds it.
+    builds: AtomicU64,
+    /// Entries re-read and put into the index one at a time: one per change
+    /// applied (several changes of one entry in one catch-up are one).
+    applied: AtomicU64,
+}
+
+/// How the index in memory came to be what it is ([`Registry::stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// The last change applied.
+    pub version: u64,
+    /// Times the whole index was built (1 at start, +1 per gap).
+    pub index_builds: u64,
+    /// Entries re-read and replaced one at a time, one per change (several
+    /// changes of one entry in one catch-up are one).
+    pub changes_applied: u64,
+    /// Clients in the index.
+    pub clients: usize,
+    /// Keys in the index (the file's and the issued ones).
+    pub keys: usize,
 }
 
 impl Registry {
@@ -312,6 +335,8 @@ impl Registry {
             outage,
             state: RwLock::new(State::default()),
             applying: tokio::sync::Mutex::new(()),
+            builds: AtomicU64::new(0),
+            applied: AtomicU64::new(0),
         };
         registry.install(snapshot)?;
         let (version, overrides) = registry.overrides();
@@ -404,7 +429,20 @@ impl Registry {
             apply_key(&mut st, &row.id.clone(), Some((row, bounds)));
         }
         *self.state.write() = st;
+        self.builds.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// How the index came to be what it is, and its size.
+    pub fn stats(&self) -> Stats {
+        let st = self.state.read();
+        Stats {
+            version: st.version,
+            index_builds: self.builds.load(Ordering::Relaxed),
+            changes_applied: self.applied.load(Ordering::Relaxed),
+            clients: st.clients.len(),
+            keys: st.keys.len(),
+        }
     }
 
     /// The file's tier `name` with `o`'s fields over it, or the file's alone
@@ -767,6 +805,7 @@ impl Registry {
 
     /// Puts one entry as the database now holds it into the index.
     fn apply(&self, now: Current) -> Result<(), RegistryError> {
+        self.applied.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state.write();
         match now {
             Current::Tier(name, o) => {

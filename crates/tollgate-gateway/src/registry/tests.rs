@@ -199,6 +199,90 @@ async fn issued_keys_work_until_revoked_or_expired() {
     assert!(r.authenticate("tg-live").is_none(), "a revoked key");
 }
 
+/// The scale proof's short version (the figures are in docs/BENCHMARKS.md,
+/// "Registry at scale"): with 10,000 clients and 20,000 keys, another
+/// instance applies a hundred changes of every kind one entry at a time,
+/// never building its index again, and leaves every other client as it was.
+#[tokio::test]
+async fn ten_thousand_clients_take_a_hundred_changes_without_a_rebuild() {
+    let dir = tempdir();
+    let url = dir.join("registry.sqlite").display().to_string();
+    let db_a = crate::ledger::Store::open(&url).await.unwrap();
+    const N: usize = 10_000;
+    let mut statements = Vec::new();
+    for i in 0..N {
+        statements.push(Statement::new(
+            "INSERT INTO registry_clients (id, tier, org, limits, disabled, created_at_ms, version) \
+             VALUES ($1, $2, NULL, '{}', 0, 0, 1)",
+            vec![format!("c-{i}").into(), (if i % 2 == 0 { "pro" } else { "free" }).into()],
+        ));
+        for j in 0..2 {
+            statements.push(Statement::new(
+                "INSERT INTO registry_keys (id, hash, client, shown, name, models, limits, \
+                 expires_at_ms, revoked_at_ms, created_at_ms, version) \
+                 VALUES ($1, $2, $3, 'tg-…', NULL, NULL, '{}', NULL, NULL, 0, 1)",
+                vec![
+                    format!("k-{i}-{j}").into(),
+                    crate::auth::hash_key(&format!("bench-key-{i}-{j}")).into(),
+                    format!("c-{i}").into(),
+                ],
+            ));
+        }
+    }
+    db::write(&db_a, &Entity::Client("seed".into()), statements)
+        .await
+        .unwrap();
+    let a = open(&file(10), &db_a).await;
+    let b = open(&file(10), &crate::ledger::Store::open(&url).await.unwrap()).await;
+    let start = b.stats();
+    assert_eq!((start.index_builds, start.changes_applied), (1, 0));
+    assert_eq!(start.clients, N + 3);
+    assert_eq!(start.keys, 2 * N + 3);
+    let before = b.clients();
+    let p = |json: &str| serde_json::from_str::<TierPatch>(json).unwrap();
+    let mut issued = Vec::new();
+    for i in 0..25 {
+        let key = a
+            .issue_key(&format!("c-{i}"), &issue::NewKey::default())
+            .await
+            .unwrap();
+        a.move_api_client(&format!("c-{}", 100 + i), "pro")
+            .await
+            .unwrap();
+        a.revoke_key(&format!("k-{}-0", 200 + i)).await.unwrap();
+        a.patch_tier("free", &p(&format!(r#"{{"rpm": {}}}"#, 6 + i)))
+            .await
+            .unwrap();
+        issued.push(key.key);
+    }
+    assert_eq!(b.catch_up().await.unwrap(), 100);
+    let after = b.stats();
+    assert_eq!(after.index_builds, 1, "no change built the index again");
+    // One entry re-read and replaced per change, the free tier's 25
+    // changes in a row being one.
+    assert_eq!(after.changes_applied, 25 * 3 + 1);
+    assert_eq!(after.keys, 2 * N + 3, "25 issued, 25 revoked");
+    // Every client no change named is the same entry as before (the free
+    // tier's change reaches its clients as each is next looked up).
+    let named: std::collections::HashSet<String> =
+        (0..25).map(|i| format!("c-{}", 100 + i)).collect();
+    let untouched = before
+        .iter()
+        .filter(|c| c.tier.name == "pro" && !named.contains(&c.id))
+        .filter(|c| Arc::ptr_eq(c, &b.client(&c.id).unwrap()))
+        .count();
+    assert_eq!(
+        untouched,
+        N / 2 + 1 - 13,
+        "every pro client but the moved ones kept its entry"
+    );
+    assert!(b.authenticate(&issued[24]).is_some());
+    assert!(b.authenticate("bench-key-224-0").is_none(), "revoked on B");
+    assert!(b.authenticate("bench-key-224-1").is_some());
+    assert_eq!(b.client("c-1").unwrap().tier.config.rpm, Some(30));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// `limits` from JSON.
 fn limits(json: &str) -> LimitsConfig {
     serde_json::from_str(json).expect("limits")

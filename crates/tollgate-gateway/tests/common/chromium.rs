@@ -242,6 +242,23 @@ impl Browser {
         .await;
     }
 
+    /// Signs in to the dashboard at `url` through its form with `token` and
+    /// waits for the page to draw its first figures.
+    pub async fn sign_in(&mut self, url: &str, token: &str) {
+        self.open(&format!("{url}/dashboard")).await;
+        self.eval(&format!(
+            "document.getElementById('token').value = {}; document.getElementById('login').requestSubmit(); true",
+            json!(token)
+        ))
+        .await;
+        self.wait_for(
+            "document.body && document.body.dataset.ready === '1'",
+            Duration::from_secs(15),
+            "the dashboard after signing in",
+        )
+        .await;
+    }
+
     /// A PNG of the whole page, at the window's width.
     pub async fn screenshot(&mut self) -> Vec<u8> {
         let r = self

@@ -2,57 +2,10 @@
 // /dashboard/api/clients, draws them, and does it again every few seconds.
 // Figures are written with textContent only; each cell also keeps its raw
 // value in data-value, so what is shown can be checked against the API.
+// Its helpers (el, meter, the number formats, getJson) are in util.js.
 "use strict";
 
 const state = { q: "", sort: "use", offset: 0, limit: 25, matched: 0, timer: null, inFlight: false };
-
-function el(tag, attrs, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (v === null || v === undefined) continue;
-    if (k === "class") e.className = v;
-    else if (k.startsWith("data-")) e.setAttribute(k, String(v));
-    else e[k] = v;
-  }
-  for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  return e;
-}
-
-const usd = (x) => (x === null || x === undefined ? "–" : "$" + x.toFixed(x >= 100 ? 2 : 4));
-const pct = (x) => (x === null || x === undefined ? "–" : (100 * x).toFixed(1) + "%");
-const count = (x) => (x === null || x === undefined ? "–" : x.toLocaleString("en-US"));
-function secs(x) {
-  if (x === null || x === undefined) return "–";
-  if (x < 1) return (1000 * x).toFixed(x < 0.01 ? 2 : 1) + " ms";
-  return x.toFixed(2) + " s";
-}
-
-function meter(share) {
-  const m = el("span", { class: "meter" + (share >= 0.99 ? " full" : share >= 0.8 ? " hot" : "") });
-  const fill = el("span");
-  fill.style.width = (100 * Math.max(0, Math.min(1, share))) + "%";
-  m.append(fill);
-  return m;
-}
-
-// A bucket dimension: a bar, then "in use / limit".
-function dimCell(field, dim) {
-  if (!dim) return el("td", { "data-field": field }, "–");
-  return el("td", { "data-field": field, "data-value": dim.in_use, "data-limit": dim.limit, "data-use": dim.use },
-    meter(dim.use), count(dim.in_use) + " / " + count(dim.limit));
-}
-
-// Spend against a budget: a bar when there is a budget.
-function spendCell(field, spent, budget, used) {
-  const td = el("td", { "data-field": field, "data-value": spent, "data-budget": budget });
-  if (budget !== null && budget !== undefined) td.append(meter(used || 0), usd(spent) + " / " + usd(budget));
-  else td.append(usd(spent) + " (no budget)");
-  return td;
-}
-
-function num(field, value, text) {
-  return el("td", { class: "num", "data-field": field, "data-value": value }, text === undefined ? count(value) : text);
-}
 
 function drawClients(page) {
   state.matched = page.matched;
@@ -61,7 +14,7 @@ function drawClients(page) {
     const b = c.bucket || {};
     const s = c.spend || {};
     return el("tr", { "data-client": c.id },
-      el("td", { "data-field": "id" }, c.id),
+      el("td", { "data-field": "id" }, el("a", { href: "/dashboard/clients/" + encodeURIComponent(c.id) }, c.id)),
       el("td", { "data-field": "tier" }, c.tier),
       dimCell("rate-requests", b.requests),
       dimCell("rate-tokens", b.tokens),
@@ -139,6 +92,13 @@ function drawHealth(o) {
   ls.textContent = l.enabled ? l.kind + (l.healthy === false ? " · DOWN" : " · up") : "off";
   ls.className = "big " + (!l.enabled ? "state-off" : l.healthy === false ? "state-down" : "state-ok");
   document.getElementById("ledger-detail").textContent = l.detail || "";
+  const r = o.registry;
+  const rs = document.getElementById("registry-state");
+  rs.textContent = "change " + count(r.version);
+  rs.dataset.value = r.version;
+  document.getElementById("registry-detail").textContent =
+    count(r.clients) + " clients, " + count(r.keys) + " keys; built whole " + count(r.index_builds) +
+    "× (start, gaps), " + count(r.changes_applied) + " changes applied one entry at a time";
   const t = o.totals;
   const tr = document.getElementById("totals-requests");
   tr.textContent = count(t.counts.requests);
@@ -146,18 +106,6 @@ function drawHealth(o) {
   document.getElementById("totals-detail").textContent =
     count(t.counts.refused) + " refused (" + pct(t.counts.refusal_rate) + "), " + count(t.counts.failed) + " failed · " +
     count(t.clients) + " clients · " + count(t.in_flight) + " in flight · " + count(t.connections_open) + " connections";
-}
-
-async function getJson(path) {
-  const r = await fetch(path, { credentials: "same-origin", cache: "no-store" });
-  if (r.status === 401 || r.status === 403) {
-    // Signed out (or the token changed): back to the sign-in form.
-    window.location.reload();
-    throw new Error("signed out");
-  }
-  const body = await r.json();
-  if (!r.ok) throw new Error((body.error && body.error.message) || r.statusText);
-  return body;
 }
 
 async function refresh() {

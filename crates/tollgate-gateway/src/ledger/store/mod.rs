@@ -127,6 +127,21 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX ledger_rows_org_time ON ledger_rows (org, started_at_ms);
     CREATE INDEX ledger_rows_key_time ON ledger_rows (key_id, started_at_ms);",
     ),
+    (
+        4,
+        // The audit of the registry's changes (see `crate::registry::audit`):
+        // one row per change, numbered by its change (`registry_changes`).
+        "CREATE TABLE registry_audit (
+        version BIGINT PRIMARY KEY,
+        at_ms BIGINT NOT NULL,
+        token TEXT NOT NULL,
+        action TEXT NOT NULL,
+        object TEXT NOT NULL,
+        before_state TEXT,
+        after_state TEXT
+    );
+    CREATE INDEX registry_audit_object ON registry_audit (object, version);",
+    ),
 ];
 
 /// The columns of `ledger_rows`, in the order inserts bind them.
@@ -471,9 +486,21 @@ impl Store {
     /// at a time across every process on this database; answers each
     /// statement's rows. Nothing is kept when one fails.
     pub async fn transaction(&self, statements: Vec<Statement>) -> Result<Vec<Rows>, StoreError> {
+        self.transaction_then(statements, |_| Ok(Vec::new())).await
+    }
+
+    /// [`Store::transaction`] of `statements`, then, in the same
+    /// transaction, of the statements `then` makes of their answers (it
+    /// may be called again should the database be retried). Answers every
+    /// statement's rows, `statements`' first.
+    pub async fn transaction_then(
+        &self,
+        statements: Vec<Statement>,
+        then: impl Fn(&[Rows]) -> Result<Vec<Statement>, StoreError> + Send + Sync + 'static,
+    ) -> Result<Vec<Rows>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.transaction(statements).await,
-            Store::Postgres(p) => p.transaction(statements).await,
+            Store::Sqlite(s) => s.transaction_then(statements, then).await,
+            Store::Postgres(p) => p.transaction_then(statements, then).await,
         }
     }
 

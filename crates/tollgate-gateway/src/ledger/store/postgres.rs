@@ -244,27 +244,41 @@ impl PostgresStore {
 
     /// One writer at a time across every instance: the transaction takes
     /// [`WRITE_LOCK`] first, so it reads what the one before it wrote.
-    pub(crate) async fn transaction(
+    pub(crate) async fn transaction_then(
         &self,
         statements: Vec<Statement>,
+        then: impl Fn(&[Rows]) -> Result<Vec<Statement>, StoreError> + Send + Sync,
     ) -> Result<Vec<Rows>, StoreError> {
-        let answers = self
-            .with(async |client| {
-                let tx = client.transaction().await?;
-                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
-                    .await?;
-                let mut out = Vec::with_capacity(statements.len());
-                for s in &statements {
-                    out.push(tx.query(&s.sql, &params(s)).await?);
+        let then = &then;
+        // The inner result is `then`'s: its failure drops the transaction
+        // (rolled back) without closing the connection.
+        self.with(async |client| {
+            let tx = client.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+                .await?;
+            let mut out: Vec<Rows> = Vec::with_capacity(statements.len() + 1);
+            for s in &statements {
+                let rows = tx.query(&s.sql, &params(s)).await?;
+                match rows.iter().map(super::sql::from_postgres).collect() {
+                    Ok(r) => out.push(r),
+                    Err(e) => return Ok(Err(e)),
                 }
-                tx.commit().await?;
-                Ok(out)
-            })
-            .await?;
-        answers
-            .iter()
-            .map(|rows| rows.iter().map(super::sql::from_postgres).collect())
-            .collect()
+            }
+            let more = match then(&out) {
+                Ok(m) => m,
+                Err(e) => return Ok(Err(e)),
+            };
+            for s in &more {
+                let rows = tx.query(&s.sql, &params(s)).await?;
+                match rows.iter().map(super::sql::from_postgres).collect() {
+                    Ok(r) => out.push(r),
+                    Err(e) => return Ok(Err(e)),
+                }
+            }
+            tx.commit().await?;
+            Ok(Ok(out))
+        })
+        .await?
     }
 
     pub(crate) async fn rows(&self) -> Result<Vec<Row>, StoreError> {

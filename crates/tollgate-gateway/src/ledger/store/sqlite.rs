@@ -172,14 +172,18 @@ impl SqliteStore {
 
     /// One writer at a time: `BEGIN IMMEDIATE` takes the file's write lock
     /// first, so a transaction reads what the one before it wrote.
-    pub(crate) async fn transaction(
+    pub(crate) async fn transaction_then(
         &self,
         statements: Vec<Statement>,
+        then: impl Fn(&[Rows]) -> Result<Vec<Statement>, StoreError> + Send + 'static,
     ) -> Result<Vec<Rows>, StoreError> {
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let mut out = Vec::with_capacity(statements.len());
+            let mut out = Vec::with_capacity(statements.len() + 1);
             for s in &statements {
+                out.push(answer(&tx, s)?);
+            }
+            for s in &then(&out)? {
                 out.push(answer(&tx, s)?);
             }
             tx.commit()?;

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The registry at scale (issue 16), RUNS times, and the medians:
+#
+#   scripts/bench/registry-scale.sh            # 100,000 clients, 200,000 keys
+#   CLIENTS=10000 SECS=5 scripts/bench/registry-scale.sh
+#
+# Each run (`tollgate-harness registry-scale`) starts a PostgreSQL and a
+# redis-server of its own on loopback, seeds the registry's tables with
+# CLIENTS clients and 2 keys each, starts two `tollgate serve` processes (A
+# and B) on them, measures each one's start and resident memory (against
+# the same config on an empty database), then probes one client on B every
+# 5 ms for SECS seconds alone and SECS more while A takes CHANGES admin
+# changes a second (a key issued, a client moved, a key revoked, a tier
+# changed, in turn). Everything is stopped at the end of each run.
+#
+# Settings (environment): RUNS=3 CLIENTS=100000 CHANGES=100 SECS=20
+# OUT=target/bench-registry-scale. Release builds of tollgate and
+# tollgate-harness are made first (CARGO_TARGET_DIR is honoured).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+RUNS=${RUNS:-3}
+CLIENTS=${CLIENTS:-100000}
+CHANGES=${CHANGES:-100}
+SECS=${SECS:-20}
+OUT=$(realpath -m "${OUT:-target/bench-registry-scale}")
+mkdir -p "$OUT"
+
+cargo build --release -q -p tollgate-cli -p tollgate-harness
+BIN="${CARGO_TARGET_DIR:-target}/release"
+for i in $(seq 1 "$RUNS"); do
+    echo "==> run $i of $RUNS (load average $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    "$BIN/tollgate-harness" registry-scale --clients "$CLIENTS" --changes-per-sec "$CHANGES" \
+        --secs "$SECS" --tollgate "$BIN/tollgate" --json > "$OUT/run-$i.json"
+done
+python3 - "$OUT" "$RUNS" <<'PY'
+import json, statistics, sys
+out, runs = sys.argv[1], int(sys.argv[2])
+rs = [json.load(open(f"{out}/run-{i}.json")) for i in range(1, runs + 1)]
+med = lambda f: statistics.median(f(r) for r in rs)
+each = lambda f, fmt: ", ".join(fmt.format(f(r)) for r in rs)
+rows = [
+    ("start of A, s (target ≤ 2)", lambda r: r["start_s"][0], "{:.3f}"),
+    ("start of B, s", lambda r: r["start_s"][1], "{:.3f}"),
+    ("start, empty database, s", lambda r: r["start_s"][2], "{:.3f}"),
+    ("RSS of A, MB", lambda r: r["rss_bytes"][0] / 1048576, "{:.1f}"),
+    ("RSS, empty database, MB", lambda r: r["rss_bytes"][2] / 1048576, "{:.1f}"),
+    ("memory per client, bytes (target ≤ 1024)", lambda r: r["bytes_per_client"], "{:.0f}"),
+    ("probe on B alone, p50 ms", lambda r: r["quiet"]["p50"], "{:.2f}"),
+    ("probe on B alone, p99 ms", lambda r: r["quiet"]["p99"], "{:.2f}"),
+    ("probe on B alone, max ms", lambda r: r["quiet"]["max"], "{:.2f}"),
+    ("probe on B during changes, p50 ms", lambda r: r["changing"]["p50"], "{:.2f}"),
+    ("probe on B during changes, p99 ms", lambda r: r["changing"]["p99"], "{:.2f}"),
+    ("probe on B during changes, max ms", lambda r: r["changing"]["max"], "{:.2f}"),
+    ("p99 during − p99 alone, ms (target ≤ 1)", lambda r: r["changing"]["p99"] - r["quiet"]["p99"], "{:.2f}"),
+    ("changes taken by A per s", lambda r: r["changes_per_sec"], "{:.1f}"),
+    ("changes failed", lambda r: r["changes_failed"], "{}"),
+    ("admin answer on A, p50 ms", lambda r: r["change_ms"][0], "{:.1f}"),
+    ("admin answer on A, p99 ms", lambda r: r["change_ms"][1], "{:.1f}"),
+    ("B's index built whole (start + gaps)", lambda r: r["b_registry"]["index_builds"], "{}"),
+    ("B's entries replaced one at a time", lambda r: r["b_registry"]["changes_applied"], "{}"),
+    ("B's last change − A's", lambda r: r["b_registry"]["version"] - r["a_version"], "{}"),
+    ("load average before the run", lambda r: r["load"][0], "{:.2f}"),
+]
+print(f"| {rs[0]['clients']:,} clients, {rs[0]['keys']:,} keys | median of {runs} | runs |")
+print("| --- | --- | --- |")
+for name, f, fmt in rows:
+    print(f"| {name} | {fmt.format(med(f))} | {each(f, fmt)} |")
+print(f"\nlast key issued on A answered 200 on B: {[r['last_key_works_on_b'] for r in rs]}")
+PY
