@@ -31,6 +31,7 @@ use serde_json::json;
 
 use crate::admin::{authorize, json_body};
 use crate::admin_keys::refused;
+use crate::budget::Level;
 use crate::config::LimitsConfig;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
@@ -168,18 +169,7 @@ pub async fn set_client_limits(
     Path(id): Path<String>,
     body: axum::body::Body,
 ) -> Response {
-    let limits: LimitsConfig = match json_body(&gw, &headers, body).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    match gw.registry().set_client_limits(&id, &limits).await {
-        Ok(version) => {
-            gw.announce(version).await;
-            tracing::info!(client = %id, ?limits, version, "client's own limits set");
-            Json(json!({"id": id, "limits": limits, "version": version})).into_response()
-        }
-        Err(e) => refused(e),
-    }
+    put_limits(gw, headers, Level::Client, id, body).await
 }
 
 /// `PUT /admin/keys/{id}/limits`.
@@ -189,14 +179,30 @@ pub async fn set_key_limits(
     Path(id): Path<String>,
     body: axum::body::Body,
 ) -> Response {
+    put_limits(gw, headers, Level::Key, id, body).await
+}
+
+/// Sets the own limits of client or key `id`.
+async fn put_limits(
+    gw: Arc<Gateway>,
+    headers: HeaderMap,
+    level: Level,
+    id: String,
+    body: axum::body::Body,
+) -> Response {
     let limits: LimitsConfig = match json_body(&gw, &headers, body).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    match gw.registry().set_key_limits(&id, &limits).await {
+    let reg = gw.registry();
+    let set = match level {
+        Level::Key => reg.set_key_limits(&id, &limits).await,
+        _ => reg.set_client_limits(&id, &limits).await,
+    };
+    match set {
         Ok(version) => {
             gw.announce(version).await;
-            tracing::info!(key = %id, ?limits, version, "key's own limits set");
+            tracing::info!(level = level.name(), %id, ?limits, version, "own limits set");
             Json(json!({"id": id, "limits": limits, "version": version})).into_response()
         }
         Err(e) => refused(e),

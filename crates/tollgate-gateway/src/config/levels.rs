@@ -95,15 +95,22 @@ pub struct OrgConfig {
     pub limits: LimitsConfig,
 }
 
-/// Checks an organisation's id (as a client's: 1 to 128 letters, digits,
-/// `-`, `_`, `.` or `@`).
-pub fn check_org_id(at: &str, id: &str) -> Result<(), ConfigError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
+/// The longest id of a client or an organisation made through the API.
+pub const MAX_ID: usize = 128;
+
+/// Whether `id` may name a client or an organisation: 1 to [`MAX_ID`]
+/// letters, digits, `-`, `_`, `.` or `@`.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID
         && id
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
-    if ok {
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+}
+
+/// Checks an organisation's id (as a client's: [`is_valid_id`]).
+pub fn check_org_id(at: &str, id: &str) -> Result<(), ConfigError> {
+    if is_valid_id(id) {
         Ok(())
     } else {
         Err(invalid(

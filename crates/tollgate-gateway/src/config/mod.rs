@@ -17,7 +17,7 @@ pub use types::{
     LEGACY_ADMIN_TOKEN,
 };
 
-pub use levels::{check_org_id, LimitsConfig, OrgConfig};
+pub use levels::{check_org_id, is_valid_id, LimitsConfig, OrgConfig, MAX_ID};
 pub(crate) use share::ModelClasses;
 
 use std::collections::{HashMap, HashSet};

@@ -17,7 +17,7 @@ pub const KEY_PREFIX: &str = "tg-";
 /// Random letters and digits after the prefix (≈ 238 bits).
 const KEY_CHARS: usize = 40;
 /// The longest client id.
-const MAX_ID: usize = 128;
+const MAX_ID: usize = crate::config::MAX_ID;
 
 /// A new key's settings (`POST /admin/clients/{id}/keys`'s body).
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -125,12 +125,7 @@ fn shown(secret: &str) -> String {
 
 /// Checks a client id: 1 to 128 letters, digits, `-`, `_`, `.` or `@`.
 pub(crate) fn check_id(id: &str) -> Result<(), Refused> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_ID
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
-    if ok {
+    if crate::config::is_valid_id(id) {
         Ok(())
     } else {
         Err(Refused::Invalid(format!(
