@@ -13,12 +13,16 @@ use crate::{Dims, Mark, Policy};
 /// `s' = max(now, predecessor, max_d(before_d − refunds_d + c_d·T_d − τ_k))`
 ///
 /// where `before` is the TAT just before its charge ([`Mark::before`]),
-/// `refunds` what started reservations of its class have given back since it
-/// was taken, and `predecessor` the slot of the reservation queued just ahead
-/// of it in its class (FIFO is kept). Only refunds of *started* reservations of
-/// the *same* class count: in a FIFO class those were all charged before it, so
-/// each lowered the TAT it waited for. (Refunds of reservations charged after it
-/// did not, and other classes' are not told apart.) Moving earlier is safe for
+/// `refunds` what started reservations of its class, and the first reservation
+/// of its class's queue when that one was settled or cancelled, have given
+/// back since it was taken, and `predecessor` the slot of the reservation
+/// queued just ahead of it in its class (FIFO is kept). Only those refunds of
+/// the *same* class count: in a FIFO class those reservations were all charged
+/// before it, so each lowered the TAT it waited for. (Refunds of reservations
+/// charged after it did not, and other classes' are not told apart.) Counting
+/// the queue's first matters where its reservations leave before their slots
+/// (a caller that borrowed another lane): the whole queue moves up by what the
+/// first gave back, instead of leaving its slot unused. Moving earlier is safe for
 /// the reservations charged after it: their own slots already counted its
 /// charge, which stays on the TAT line.
 ///

@@ -22,6 +22,7 @@
 pub mod activity;
 pub mod admin;
 pub mod admin_access;
+pub mod admin_clients;
 pub mod admin_keys;
 pub mod admin_orgs;
 pub mod auth;

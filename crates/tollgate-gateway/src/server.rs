@@ -38,7 +38,17 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/admin/models", get(admin::models))
         .route(
             "/admin/clients",
-            get(admin::clients).post(crate::admin_keys::create_client),
+            get(crate::admin_clients::clients).post(crate::admin_keys::create_client),
+        )
+        .route(
+            "/admin/clients/{id}",
+            get(crate::admin_clients::client).patch(crate::admin_clients::patch_client),
+        )
+        .route(
+            "/admin/keys/{id}",
+            get(crate::admin_clients::key)
+                .patch(crate::admin_clients::patch_key)
+                .delete(crate::admin_keys::revoke_key),
         )
         .route(
             "/admin/clients/{id}/keys",
@@ -48,7 +58,6 @@ pub fn router(gw: Arc<Gateway>) -> Router {
             "/admin/keys/{id}/rotate",
             post(crate::admin_keys::rotate_key),
         )
-        .route("/admin/keys/{id}", delete(crate::admin_keys::revoke_key))
         .route(
             "/admin/orgs",
             get(crate::admin_orgs::orgs).post(crate::admin_orgs::create_org),

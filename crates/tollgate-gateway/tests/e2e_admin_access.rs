@@ -327,7 +327,26 @@ async fn a_read_only_token_reads_everything_and_changes_nothing() {
             "/admin/overrides/routes/cheap".into(),
             Value::Null,
         ),
+        (
+            Method::PATCH,
+            "/admin/clients/acme".into(),
+            json!({"disabled": true}),
+        ),
+        (
+            Method::PATCH,
+            format!("/admin/keys/{key_id}"),
+            json!({"name": "x"}),
+        ),
     ];
+    // The table holds every changing route the router serves.
+    for (method, pattern) in changing_routes() {
+        assert!(
+            changing
+                .iter()
+                .any(|(m, p, _)| m.as_str() == method && matches(&pattern, p)),
+            "{method} {pattern} is not in the table"
+        );
+    }
     for (method, path, body) in &changing {
         let body = (!body.is_null()).then(|| body.clone());
         let (s, v) = call(&c, &gw, VIEWER, method.clone(), path, body).await;
@@ -374,4 +393,37 @@ async fn a_read_only_token_reads_everything_and_changes_nothing() {
     )
     .await;
     assert_eq!(s, 401);
+}
+
+/// Every (method, path) of the router under `/admin/` other than GET, read
+/// from its source.
+fn changing_routes() -> Vec<(String, String)> {
+    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/server.rs"))
+        .expect("server.rs");
+    let mut out = Vec::new();
+    for chunk in src.split(".route(").skip(1) {
+        let Some(path) = chunk.split('"').nth(1).filter(|p| p.starts_with("/admin/")) else {
+            continue;
+        };
+        // The last route's text ends where the router's does.
+        let head = chunk.split(".fallback(").next().unwrap_or_default();
+        for (call, method) in [
+            ("post(", "POST"),
+            ("put(", "PUT"),
+            ("patch(", "PATCH"),
+            ("delete(", "DELETE"),
+        ] {
+            if head.contains(call) {
+                out.push((method.to_string(), path.to_string()));
+            }
+        }
+    }
+    assert!(out.len() >= 10, "{out:?}");
+    out
+}
+
+/// Whether `path` is one of `pattern`'s (`{id}` matching any segment).
+fn matches(pattern: &str, path: &str) -> bool {
+    let (a, b): (Vec<&str>, Vec<&str>) = (pattern.split('/').collect(), path.split('/').collect());
+    a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| x.starts_with('{') || x == y)
 }

@@ -334,6 +334,15 @@ async fn an_organisations_rpm_refuses_its_clients_while_each_has_room() {
     let org = admin_json(&c, &gw, "/admin/orgs/group").await;
     assert_eq!(org["clients"], json!(["a", "b"]), "{org}");
     assert_eq!(org["source"], "file");
+    // The client listing filters by the file's organisations too.
+    let listed = admin_json(&c, &gw, "/admin/clients?org=group").await;
+    let ids: Vec<&str> = listed["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a", "b"], "{listed}");
 }
 
 #[tokio::test]

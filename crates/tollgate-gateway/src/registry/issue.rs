@@ -38,6 +38,9 @@ pub struct NewKey {
     /// Its own limits and budgets, inside its client's.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The request's `Idempotency-Key` (a header, not in the body).
+    #[serde(skip)]
+    pub idempotency: Option<super::idempotency::Idempotency>,
 }
 
 /// A key as listed (never the key itself).
@@ -73,6 +76,9 @@ pub struct Issued {
     pub info: KeyInfo,
     /// The change that made it.
     pub version: u64,
+    /// Answered again to a retry with its `Idempotency-Key`.
+    #[serde(skip)]
+    pub replayed: bool,
 }
 
 /// What `POST /admin/clients` did.
@@ -134,10 +140,11 @@ pub(crate) fn check_id(id: &str) -> Result<(), Refused> {
     }
 }
 
-const KEY_COLUMNS: &str = "id, hash, client, shown, name, models, limits, expires_at_ms, \
+pub(super) const KEY_COLUMNS: &str =
+    "id, hash, client, shown, name, models, limits, expires_at_ms, \
     revoked_at_ms, created_at_ms, version";
 
-fn info_from(r: &[Value]) -> Result<KeyInfo, Refused> {
+pub(super) fn info_from(r: &[Value]) -> Result<KeyInfo, Refused> {
     let models = match r[5].text() {
         Some(j) => Some(
             serde_json::from_str(j)
@@ -261,6 +268,11 @@ impl Registry {
 
     /// Issues a key for client `client`.
     pub async fn issue_key(&self, client: &str, new: &NewKey) -> Result<Issued, Refused> {
+        if let Some(idem) = &new.idempotency {
+            if let Some(issued) = self.replay(idem).await? {
+                return Ok(issued);
+            }
+        }
         if self.client(client).is_none() {
             return Err(Refused::NotFound(format!(
                 "No client {client:?}; GET /admin/clients lists them."
@@ -281,21 +293,7 @@ impl Registry {
             return Err(Refused::Invalid("the expiry is in the past".into()));
         }
         if let Some(models) = &new.models {
-            let routes = self.routes();
-            for m in models {
-                if !self
-                    .file
-                    .config
-                    .providers
-                    .values()
-                    .any(|p| p.models.contains_key(m))
-                    && !routes.contains_key(m)
-                {
-                    return Err(Refused::Invalid(format!(
-                        "models: {m:?} is no model or route of this gateway"
-                    )));
-                }
-            }
+            self.check_models(models)?;
         }
         if new.name.as_ref().is_some_and(|n| n.len() > 200) {
             return Err(Refused::Invalid("name: at most 200 characters".into()));
@@ -313,13 +311,23 @@ impl Registry {
             },
             now,
         );
-        let (version, _) =
-            db::write(self.db(), &Entity::Key(info.id.clone()), vec![statement]).await?;
+        let mut statements = vec![statement];
+        if let Some(idem) = &new.idempotency {
+            statements.extend(idem.record(&info.id, &secret));
+        }
+        let written = db::write(self.db(), &Entity::Key(info.id.clone()), statements).await;
+        let version = match (written, &new.idempotency) {
+            (Ok((version, _)), _) => version,
+            // The same header won meanwhile: its answer, not a second key.
+            (Err(e), Some(idem)) => return self.replay(idem).await?.ok_or(e.into()),
+            (Err(e), None) => return Err(e.into()),
+        };
         self.catch_up().await?;
         Ok(Issued {
             key: secret,
             info,
             version,
+            replayed: false,
         })
     }
 
@@ -411,6 +419,7 @@ impl Registry {
             key: secret,
             info,
             version,
+            replayed: false,
         })
     }
 }

@@ -44,7 +44,9 @@
 
 pub mod audit;
 pub mod db;
+pub mod idempotency;
 pub mod issue;
+pub mod manage;
 pub mod orgs;
 
 use std::collections::{BTreeMap, HashMap};

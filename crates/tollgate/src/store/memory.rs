@@ -102,7 +102,8 @@ struct ClassQueue {
     /// above `n`.
     headroom: [VecDeque<HeadroomEntry>; DIMENSIONS],
     /// Seconds of TAT given back by refunds of this class's started
-    /// reservations, per dimension (see `tollgate_core::advance`).
+    /// reservations and of the first of its queue, per dimension (see
+    /// `tollgate_core::advance`).
     started_refunds: Dims,
     /// Per queued reservation, the seconds of TAT per dimension that
     /// cancelled reservations charged just before it vacated but could not
@@ -413,7 +414,11 @@ impl MemoryStore {
         let now = self.clock.now();
         let entry = shard.entry(call.key, hash, now);
         let queue = entry.queue(call.class, now);
-        let was_queued = queue.slots.remove(&(call.slot.to_bits(), call.id));
+        let me = (call.slot.to_bits(), call.id);
+        // The first of its class's queue was charged before every other
+        // reservation queued in it (FIFO).
+        let first = queue.slots.first() == Some(&me);
+        let was_queued = queue.slots.remove(&me);
         if call.slot > now && !was_queued {
             // Its slot is ahead but it waits no more: cancelled already.
             return Settled::unchanged(entry.state);
@@ -440,11 +445,12 @@ impl MemoryStore {
         );
         entry.state = settled.state;
         let queue = entry.queue(call.class, now);
-        if call.slot <= now {
+        if call.slot <= now || first {
             for (r, give) in queue.started_refunds.iter_mut().zip(settled.returned) {
                 *r += give;
             }
-        } else if was_queued && call.actual.iter().all(|&a| a == 0.0) {
+        }
+        if call.slot > now && was_queued && call.actual.iter().all(|&a| a == 0.0) {
             queue.pass_on(call.id, call.slot, settled.left);
         }
         settled

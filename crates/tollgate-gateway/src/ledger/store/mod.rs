@@ -142,6 +142,19 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     );
     CREATE INDEX registry_audit_object ON registry_audit (object, version);",
     ),
+    (
+        5,
+        // The answers to key issuances with an `Idempotency-Key` (see
+        // `crate::registry::idempotency`).
+        "CREATE TABLE registry_idempotency (
+        id TEXT PRIMARY KEY,
+        request TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        sealed TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        at_ms BIGINT NOT NULL
+    );",
+    ),
 ];
 
 /// The columns of `ledger_rows`, in the order inserts bind them.

@@ -1,9 +1,11 @@
 -- advance.lua: moves a queued reservation to an earlier slot when refunds of
--- the started reservations of its class made room ahead of it.
+-- the started reservations of its class (or of the first of its queue) made
+-- room ahead of it.
 -- The same arithmetic as tollgate_core::advance (see it for why this is safe).
 --
 -- KEYS[1]  the key's state hash (see reserve.lua): a<class>:<dimension> are the
---          class's refunds by started reservations (seconds, see settle.lua)
+--          class's refunds by started reservations and by the first of
+--          its queue (seconds, see settle.lua)
 -- KEYS[2]  the reservation's class queue (member = id, score = slot)
 -- ARGV[1]  the reservation's id
 -- ARGV[2]  tolerance of the class, tau * headroom (seconds)

@@ -9,9 +9,10 @@
 -- ARGV[1]  the reservation's id
 -- ARGV[2]  the numbers, as little-endian doubles: the idle margin in
 --          milliseconds (see reserve.lua); the reservation's class; its slot
---          (seconds: when it lies in the past, what is given back is added to
---          the class's counters a<class>:<dimension> of refunds by started
---          reservations, see advance.lua); the caller's deadline on this
+--          (seconds: when it lies in the past, or the reservation is the
+--          first of its class's queue, what is given back is added to the
+--          class's counters a<class>:<dimension> of refunds made ahead of
+--          every reservation queued in it, see advance.lua); the caller's deadline on this
 --          server's clock (seconds, -1 for none: a settlement that arrives
 --          later writes nothing); 1 for a cancellation (all actual usage 0),
 --          else 0; then seven per limited dimension whose usage differs from
@@ -75,7 +76,16 @@ local base = nil
 -- for each dimension refunded (see advance.lua).
 local fields = nil
 local a_at = nil
-if started then
+-- The first reservation of its class's queue was charged before every
+-- other one queued in it (FIFO): what it gives back counts there as a
+-- started one's does. (Its queue's live members are those whose slot is
+-- still ahead; ids of one length sort as their numbers.)
+local counts = started
+if not started then
+  local head = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. string.format('%.17g', now), string.format('%.17g', slot), 'LIMIT', 0, 1)[1]
+  counts = head == ARGV[1]
+end
+if counts then
   local m = 2
   for k = 1, n do
     if A[7 * k + 1] > 0 then
