@@ -134,6 +134,25 @@ fn model_object(m: &crate::model::Model) -> serde_json::Value {
     json!({"id": m.name, "object": "model", "created": 0, "owned_by": m.provider})
 }
 
+/// A route alias in OpenAI's model shape, so that SDKs can discover it
+/// beside the models: owned by the gateway, with the models its rules may
+/// send a request to (each once, in the order the rules name them).
+fn route_object(name: &str, route: &crate::config::RouteConfig) -> serde_json::Value {
+    let mut models: Vec<&str> = Vec::new();
+    for m in route.rules.iter().flat_map(|r| &r.models) {
+        if !models.contains(&m.as_str()) {
+            models.push(m);
+        }
+    }
+    json!({
+        "id": name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "tollgate",
+        "tollgate_route": {"models": models},
+    })
+}
+
 async fn model(
     State(gw): State<Arc<Gateway>>,
     Path(id): Path<String>,
@@ -142,8 +161,11 @@ async fn model(
     if let Err(e) = request::client_of(&gw.registry(), &headers) {
         return e.into_response();
     }
-    match gw.models.get(&id) {
-        Some(m) => Json(model_object(m)).into_response(),
+    if let Some(m) = gw.models.get(&id) {
+        return Json(model_object(m)).into_response();
+    }
+    match gw.registry().routes().get(&id) {
+        Some(r) => Json(route_object(&id, r)).into_response(),
         None => {
             let mut e = ApiError::invalid(
                 "model_not_found",
@@ -160,7 +182,9 @@ async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response 
     if let Err(e) = request::client_of(&gw.registry(), &headers) {
         return e.into_response();
     }
-    let data: Vec<_> = gw.models.values().map(|m| model_object(m)).collect();
+    let mut data: Vec<_> = gw.models.values().map(|m| model_object(m)).collect();
+    let routes = gw.registry().routes();
+    data.extend(routes.iter().map(|(name, r)| route_object(name, r)));
     Json(json!({"object": "list", "data": data})).into_response()
 }
 
