@@ -1,7 +1,8 @@
 //! The admin API's clients and keys (behind the admin token, like the rest
 //! of [`crate::admin`]):
 //!
-//! - `POST /admin/clients` `{"id": "acme", "tier": "pro"}`: a new client
+//! - `POST /admin/clients` `{"id": "acme", "tier": "pro", "org": "acme-corp",
+//!   "limits": {"rpm": 10}}` (`org` and `limits` optional): a new client
 //!   (201; the same client again is a 200 and no change; another tier, or
 //!   the id of a config-file client, a 409);
 //! - `POST /admin/clients/{id}/keys` `{"name", "expires_at_ms" |
@@ -41,6 +42,12 @@ pub struct NewClient {
     pub id: String,
     /// Its tier.
     pub tier: String,
+    /// Its organisation.
+    #[serde(default)]
+    pub org: Option<String>,
+    /// Its own limits and budgets over its tier's.
+    #[serde(default)]
+    pub limits: crate::config::LimitsConfig,
 }
 
 /// Body of `POST /admin/keys/{id}/rotate`.
@@ -51,7 +58,7 @@ pub struct Rotate {
     pub overlap_secs: u64,
 }
 
-/// The answer to a refused client or key change.
+/// The answer to a refused client, key or organisation change.
 pub(crate) fn refused(e: Refused) -> Response {
     let (status, code) = match &e {
         Refused::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_value"),
@@ -77,15 +84,20 @@ pub async fn create_client(
         Ok(v) => v,
         Err(r) => return r,
     };
-    match gw.registry().create_client(&req.id, &req.tier).await {
+    let created = gw
+        .registry()
+        .create_client_in(&req.id, &req.tier, req.org.as_deref(), &req.limits)
+        .await;
+    match created {
         Ok(Created::New(version)) => {
             gw.announce(version).await;
             tracing::info!(client = %req.id, tier = %req.tier, version, "client created");
-            let body = json!({"id": req.id, "tier": req.tier, "version": version});
+            let body = json!({"id": req.id, "tier": req.tier, "org": req.org, "limits": req.limits, "version": version});
             (StatusCode::CREATED, Json(body)).into_response()
         }
         Ok(Created::Existing(version)) => {
-            Json(json!({"id": req.id, "tier": req.tier, "version": version})).into_response()
+            let body = json!({"id": req.id, "tier": req.tier, "org": req.org, "limits": req.limits, "version": version});
+            Json(body).into_response()
         }
         Err(e) => refused(e),
     }

@@ -24,6 +24,7 @@ pub mod admin;
 pub mod admin_access;
 pub mod admin_clients;
 pub mod admin_keys;
+pub mod admin_orgs;
 pub mod auth;
 pub mod budget;
 pub mod config;

@@ -58,6 +58,26 @@ pub fn router(gw: Arc<Gateway>) -> Router {
             "/admin/keys/{id}/rotate",
             post(crate::admin_keys::rotate_key),
         )
+        .route(
+            "/admin/orgs",
+            get(crate::admin_orgs::orgs).post(crate::admin_orgs::create_org),
+        )
+        .route(
+            "/admin/orgs/{id}",
+            get(crate::admin_orgs::org).patch(crate::admin_orgs::patch_org),
+        )
+        .route(
+            "/admin/clients/{id}/org",
+            put(crate::admin_orgs::set_client_org),
+        )
+        .route(
+            "/admin/clients/{id}/limits",
+            put(crate::admin_orgs::set_client_limits),
+        )
+        .route(
+            "/admin/keys/{id}/limits",
+            put(crate::admin_orgs::set_key_limits),
+        )
         .route("/admin/clients/{id}/tier", put(admin::set_client_tier))
         .route("/admin/tiers/{name}", patch(admin::patch_tier))
         .route("/admin/routes", get(admin::routes))
@@ -242,7 +262,7 @@ async fn metrics_text(gw: &Gateway) -> Response {
     let registry = gw.registry();
     let clients = registry.clients();
     for client in &clients {
-        let budget = client.tier.budget;
+        let budget = client.budget;
         if budget.daily.is_none() && budget.monthly.is_none() {
             continue;
         }

@@ -337,6 +337,27 @@ async fn a_read_only_token_reads_everything_and_changes_nothing() {
             format!("/admin/keys/{key_id}"),
             json!({"name": "x"}),
         ),
+        (Method::POST, "/admin/orgs".into(), json!({"id": "grp"})),
+        (
+            Method::PATCH,
+            "/admin/orgs/grp".into(),
+            json!({"disabled": true}),
+        ),
+        (
+            Method::PUT,
+            "/admin/clients/acme/org".into(),
+            json!({"org": null}),
+        ),
+        (
+            Method::PUT,
+            "/admin/clients/acme/limits".into(),
+            json!({"rpm": 1}),
+        ),
+        (
+            Method::PUT,
+            format!("/admin/keys/{key_id}/limits"),
+            json!({"rpm": 1}),
+        ),
     ];
     // The table holds every changing route the router serves.
     for (method, pattern) in changing_routes() {

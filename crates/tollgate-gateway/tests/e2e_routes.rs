@@ -316,6 +316,7 @@ async fn a_full_provider_bucket_routes_to_the_next_model_that_can_start_within_t
                 id: t.into(),
                 tier: t.into(),
                 key_sha256: vec![tollgate_gateway::auth::hash_key(&format!("key-{t}"))],
+                limits: Default::default(),
             });
         }
         let mut r = route(AUTO);

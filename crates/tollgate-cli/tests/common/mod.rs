@@ -86,6 +86,7 @@ pub fn config(sim_url: &str, tiers: &[(&str, TierConfig)]) -> Config {
             id: name.to_string(),
             tier: name.to_string(),
             key_sha256: vec![hash_key(&format!("key-{name}"))],
+            limits: Default::default(),
         });
     }
     c

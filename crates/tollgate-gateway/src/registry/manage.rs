@@ -120,7 +120,7 @@ impl Registry {
         Some(ClientSummary {
             id: id.to_string(),
             tier: tier.clone(),
-            org: None,
+            org: self.file.client_orgs.get(id).cloned(),
             disabled: false,
             source: Source::File,
         })
