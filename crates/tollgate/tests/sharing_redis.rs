@@ -14,18 +14,13 @@ use tollgate::{AcquireOptions, ClassShare, Cost, Limits, PriorityClass, RateLimi
 /// 40 requests per second; class 0: floor 0.5, class 1: floor 0.1, the rest
 /// 1:1 (lanes 0.7 and 0.3).
 async fn instance(url: &str) -> RateLimiter {
-    let builder = RateLimiter::builder("shared/model").url(url);
-    shared(builder, Limits::new().requests(40).window_secs(1.0)).await
-}
-
-/// Two classes of the same priority on `limits`, lanes 0.7 and 0.3.
-async fn shared(builder: tollgate::Builder, limits: Limits) -> RateLimiter {
     let class = PriorityClass {
         headroom: 1.0,
         max_wait: None,
     };
-    builder
-        .limits(limits)
+    RateLimiter::builder("shared/model")
+        .url(url)
+        .limits(Limits::new().requests(40).window_secs(1.0))
         .priority_classes(vec![class.clone(), class])
         .class_shares(vec![ClassShare::new(0.5, 1.0), ClassShare::new(0.1, 1.0)])
         .build()
@@ -106,35 +101,4 @@ async fn two_instances_share_a_bucket_by_floor_on_redis() {
 async fn two_instances_share_a_bucket_by_floor_on_a_cluster() {
     let cluster = RedisCluster::start(3);
     share_on(&cluster.url()).await;
-}
-
-/// Usage above a call's estimate is charged to every lane by its share, on
-/// Redis as on the memory store: a call of lane 0 that used 100 requests
-/// more than it reserved leaves 70 of them in use in its lane and 30 in the
-/// other (lanes 0.7 and 0.3), as the whole bucket would hold all 100.
-async fn usage_above_the_estimate_goes_to_every_lane(limiter: RateLimiter) {
-    let permit = limiter
-        .acquire_with(Cost::tokens(100), AcquireOptions::class(0))
-        .await
-        .unwrap();
-    assert_eq!(permit.lane(), Some(0));
-    let settled = limiter.settle(permit, Cost::tokens(200)).await.unwrap();
-    assert_eq!(settled.charged[1], 100.0);
-    let status = limiter.status().await.unwrap();
-    let in_use = |class: usize| status.classes[class].dimensions[0].in_use;
-    assert!((in_use(0) - 170.0).abs() < 0.5, "lane 0: {}", in_use(0));
-    assert!((in_use(1) - 30.0).abs() < 0.5, "lane 1: {}", in_use(1));
-}
-
-async fn tokens_instance(builder: tollgate::Builder) -> RateLimiter {
-    shared(builder, Limits::new().tokens(1_000).window_secs(60.0)).await
-}
-
-#[tokio::test]
-async fn usage_above_the_estimate_goes_to_every_lane_on_redis_and_memory() {
-    let server = RedisServer::start();
-    let redis = tokens_instance(RateLimiter::builder("over").url(&server.url())).await;
-    usage_above_the_estimate_goes_to_every_lane(redis).await;
-    let memory = tokens_instance(RateLimiter::builder("over")).await;
-    usage_above_the_estimate_goes_to_every_lane(memory).await;
 }

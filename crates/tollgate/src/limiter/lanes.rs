@@ -19,7 +19,7 @@ use tollgate_core::{Dims, Policy, ReserveError, Shares};
 
 use crate::error::secs;
 use crate::outage::Stats;
-use crate::store::{Backend, ReserveCall, SettleCall};
+use crate::store::{Backend, ReserveCall};
 use crate::{Error, RateLimiter, Source, MAX_ADVANCE_CHECK};
 
 use super::Permit;
@@ -180,73 +180,6 @@ impl RateLimiter {
             }
         }
         None
-    }
-
-    /// Settles a permit of lane `lane` whose call used more than its
-    /// estimate. The usage above it is charged to every lane in proportion
-    /// to its share (`a_k` of it to lane `k`), which moves each lane's TAT by
-    /// as many seconds as the whole bucket's would move: every class waits
-    /// for it as all would behind a single bucket, so the lanes together
-    /// never admit more after it than the bucket would. (Charged to its own
-    /// lane alone, it would hold back that lane only, and the others would
-    /// go on admitting as if the bucket had not been overdrawn.)
-    pub(super) async fn settle_above_in_lanes(
-        &self,
-        lanes: &Lanes,
-        lane: usize,
-        permit: &Permit,
-        actual: Dims,
-    ) -> Result<crate::Settlement, Error> {
-        let inner = self.inner();
-        let estimate = permit.mark.cost;
-        let mut above = [0.0; tollgate_core::DIMENSIONS];
-        for i in 0..above.len() {
-            if inner.policy.increment[i] > 0.0 {
-                above[i] = (actual[i] - estimate[i]).max(0.0);
-            }
-        }
-        let part = |k: usize, i: usize| above[i] * lanes.shares.share(k);
-        let mut own = actual;
-        for (i, o) in own.iter_mut().enumerate() {
-            *o = actual[i].min(estimate[i]) + part(lane, i);
-        }
-        let call = super::rate_limiter::settle_call(inner, permit, own)
-            .expect("a permit of a lane has its placement");
-        let settled = self
-            .with_retry(|| inner.store.settle(&call))
-            .await
-            .map_err(|f| f.unavailable())?;
-        // A charge from now, as a started reservation of no estimate settled
-        // with the lane's part of the usage above.
-        let nothing = tollgate_core::Mark {
-            cost: [0.0; tollgate_core::DIMENSIONS],
-            end: [0.0; tollgate_core::DIMENSIONS],
-            refunded_at: [0.0; tollgate_core::DIMENSIONS],
-            gap: [0.0; tollgate_core::DIMENSIONS],
-            before: [0.0; tollgate_core::DIMENSIONS],
-            class_refunds_at: [0.0; tollgate_core::DIMENSIONS],
-        };
-        for (k, other) in lanes.lanes.iter().enumerate().filter(|(k, _)| *k != lane) {
-            let charge = SettleCall {
-                key: &other.key,
-                policy: &other.policy,
-                class: 0,
-                id: 0,
-                slot: 0.0,
-                mark: nothing,
-                actual: std::array::from_fn(|i| part(k, i)),
-            };
-            self.with_retry(|| inner.store.settle(&charge))
-                .await
-                .map_err(|f| f.unavailable())?;
-        }
-        if settled.returned.iter().any(|&r| r > 0.0) {
-            inner.refunded.notify_waiters();
-        }
-        Ok(crate::Settlement {
-            charged: above,
-            refunded: settled.refunded,
-        })
     }
 
     /// Cancels a reservation the caller no longer needs (it borrowed).

@@ -655,13 +655,6 @@ impl RateLimiter {
         if permit.slot <= permit.reserved_at && exact {
             return Ok(Settlement::default());
         }
-        if let (Written::Store, Some(lanes), Some(lane)) = (written, &inner.lanes, permit.lane) {
-            if (0..DIMENSIONS).any(|i| limited(i) && actual[i] > permit.mark.cost[i]) {
-                return self
-                    .settle_above_in_lanes(lanes, lane as usize, permit, actual)
-                    .await;
-            }
-        }
         let Some(call) = settle_call(inner, permit, actual) else {
             return Ok(Settlement::default());
         };
@@ -816,7 +809,7 @@ pub(super) struct RetryFailure {
 
 impl RetryFailure {
     /// The error of a call that no outage policy decides (settle, status).
-    pub(super) fn unavailable(self) -> Error {
+    fn unavailable(self) -> Error {
         Error::StoreUnavailable {
             attempts: self.attempts,
             policy: None,
@@ -893,7 +886,7 @@ fn dimension_status(policy: &Policy, tat: &[f64; DIMENSIONS], now: f64) -> Vec<D
 }
 
 /// The settlement of `permit` with `actual`, where its reservation lives.
-pub(super) fn settle_call<'a>(
+fn settle_call<'a>(
     inner: &'a Inner,
     permit: &Permit,
     actual: [f64; DIMENSIONS],
