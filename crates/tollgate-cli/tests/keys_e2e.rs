@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use common::{Dir, Gateway, ADMIN};
 use serde_json::{json, Value};
-use tollgate_gateway::upstream_sim::{self, SimConfig};
 use tollgate_harness::postgres::PostgresServer;
 use tollgate_harness::procs::{RedisServer, RedisSpec};
 
@@ -74,18 +73,7 @@ async fn keys_issued_revoked_expired_and_rotated_on_one_instance_hold_on_the_oth
     let dir = Dir::new("keys");
     let redis = RedisServer::start(RedisSpec::default()).expect("redis-server");
     let pg = PostgresServer::start_with(false).expect("PostgreSQL");
-    // Answers at once: the time until a key works is the registry's alone.
-    let sim = upstream_sim::start(
-        SimConfig {
-            latency: Duration::from_millis(1),
-            chunk_interval: Duration::ZERO,
-            completion_tokens: 4,
-            faults: Default::default(),
-        },
-        0,
-    )
-    .await
-    .expect("simulated upstream");
+    let sim = common::instant_sim().await;
     let mut config = common::config(&sim.base_url(), &[("pro", common::tier(10_000_000, None))]);
     config.store.url = redis.url();
     config.ledger.url = pg.url();

@@ -46,6 +46,36 @@ pub fn advance(
     (earliest < slot).then_some(earliest)
 }
 
+/// The seconds of TAT per dimension that a queued reservation which moved
+/// to `slot` vacated for the reservation charged right after it, beyond the
+/// refunds both see.
+///
+/// Its charge lies on the TAT line from `before + gap` ([`Mark::before`],
+/// [`Mark::gap`]); having moved, it really starts from
+/// `max(before − refunds − credit, slot)`, where `credit` is what cancelled
+/// predecessors handed it and `refunds` what started reservations of its
+/// class gave back since it was taken (the one behind sees those itself).
+/// The difference, `gap + min(credit, before − refunds − slot)`, lies between
+/// the two on the line only on paper: the one behind may start earlier by it
+/// (stores hand it on when nothing else was charged between them, as for a
+/// cancellation's [`Settled::left`](crate::Settled)). Never negative.
+pub fn moved_vacated(
+    policy: &Policy,
+    mark: &Mark,
+    credit: &Dims,
+    class_refunds_since: &Dims,
+    slot: f64,
+) -> Dims {
+    let mut out = [0.0; crate::DIMENSIONS];
+    for (i, &inc) in policy.increment.iter().enumerate() {
+        if inc > 0.0 {
+            let room = mark.before[i] - class_refunds_since[i] - slot;
+            out[i] = (mark.gap[i] + credit[i].min(room)).max(0.0);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

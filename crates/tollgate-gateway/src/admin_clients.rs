@@ -105,8 +105,9 @@ async fn client_json(gw: &Gateway, s: &ClientSummary) -> Result<Value, Response>
     v["spend"] = json!({
         "today_usd": nano_to_usd(spend.today),
         "month_usd": nano_to_usd(spend.month),
-        "daily_budget_usd": c.tier.config.daily_budget_usd,
-        "monthly_budget_usd": c.tier.config.monthly_budget_usd,
+        // The client's own budgets over its tier's.
+        "daily_budget_usd": c.budget.daily.map(nano_to_usd),
+        "monthly_budget_usd": c.budget.monthly.map(nano_to_usd),
     });
     Ok(v)
 }

@@ -313,3 +313,18 @@ async fn a_retried_key_issuance_answers_the_same_key_and_never_issues_a_second()
         "the database holds the key"
     );
 }
+
+#[tokio::test]
+async fn a_client_is_listed_with_its_own_budget_over_its_tiers() {
+    let (_sim, gw, c) = start_with_db().await;
+    let made = json!({"id": "acme", "tier": "pro", "limits": {"daily_budget_usd": 5.0}});
+    let (s, v) = call(&c, &gw, Method::POST, "/admin/clients", Some(made)).await;
+    assert_eq!(s, 201, "{v}");
+    let (_, one) = call(&c, &gw, Method::GET, "/admin/clients/acme", None).await;
+    assert_eq!(one["spend"]["daily_budget_usd"], 5.0, "{one}");
+    let (_, listed) = call(&c, &gw, Method::GET, "/admin/clients?tier=pro", None).await;
+    assert_eq!(
+        listed["clients"][0]["spend"]["daily_budget_usd"], 5.0,
+        "{listed}"
+    );
+}
