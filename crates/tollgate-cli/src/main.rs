@@ -1,6 +1,9 @@
-//! The `tollgate` command: `serve` the gateway, `hash-key` for the config.
+//! The `tollgate` command: `serve` the gateway, `hash-key` for the config,
+//! `clients` and `keys` against a gateway's admin API.
 
+mod admin_api;
 mod bench;
+mod registry;
 mod report;
 mod upstream;
 
@@ -34,6 +37,12 @@ usage:
                                    latency the gateway (and other proxies)
                                    add over the upstream; `tollgate bench
                                    --help` for every option
+  tollgate clients list|create|show|set-tier|disable|enable ...
+  tollgate keys list|issue|show|rotate|revoke ...
+                                   the registry's clients and keys through a
+                                   gateway's admin API ($TOLLGATE_URL,
+                                   $TOLLGATE_ADMIN_TOKEN); `tollgate clients
+                                   help`, `tollgate keys help`
   tollgate upstream-sim [--port PORT] [--latency-ms MS] [--fault ...] [--seed N]
                                    run the simulated OpenAI-compatible
                                    upstream alone on 127.0.0.1
@@ -115,6 +124,16 @@ fn run() -> Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(report::run(&args[1..]))
+        }
+        Some(cmd @ ("clients" | "keys")) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            if cmd == "clients" {
+                runtime.block_on(registry::clients(&args[1..]))
+            } else {
+                runtime.block_on(registry::keys(&args[1..]))
+            }
         }
         Some("upstream-sim") => {
             let runtime = tokio::runtime::Builder::new_multi_thread()

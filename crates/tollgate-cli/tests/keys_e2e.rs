@@ -8,7 +8,10 @@
 //! - a key revoked on A is refused on B within a second;
 //! - an expired key is refused on both;
 //! - a rotated key keeps working through the overlap, then only the new one;
-//! - a key limited to some models is refused the others (403).
+//! - a key limited to some models is refused the others (403);
+//! - a client disabled on A has its keys refused on B within a second,
+//!   and served again once enabled;
+//! - the audit holds one row per change, on PostgreSQL.
 
 mod common;
 
@@ -16,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use common::{Dir, Gateway, ADMIN};
 use serde_json::{json, Value};
-use tollgate_gateway::upstream_sim::{self, SimConfig};
 use tollgate_harness::postgres::PostgresServer;
 use tollgate_harness::procs::{RedisServer, RedisSpec};
 
@@ -71,18 +73,7 @@ async fn keys_issued_revoked_expired_and_rotated_on_one_instance_hold_on_the_oth
     let dir = Dir::new("keys");
     let redis = RedisServer::start(RedisSpec::default()).expect("redis-server");
     let pg = PostgresServer::start_with(false).expect("PostgreSQL");
-    // Answers at once: the time until a key works is the registry's alone.
-    let sim = upstream_sim::start(
-        SimConfig {
-            latency: Duration::from_millis(1),
-            chunk_interval: Duration::ZERO,
-            completion_tokens: 4,
-            faults: Default::default(),
-        },
-        0,
-    )
-    .await
-    .expect("simulated upstream");
+    let sim = common::instant_sim().await;
     let mut config = common::config(&sim.base_url(), &[("pro", common::tier(10_000_000, None))]);
     config.store.url = redis.url();
     config.ledger.url = pg.url();
@@ -281,9 +272,30 @@ async fn keys_issued_revoked_expired_and_rotated_on_one_instance_hold_on_the_oth
     .await;
     assert_eq!(s, 400, "an unknown model: {v}");
 
+    // The client disabled on A: its keys refused on B within a second;
+    // enabled again, served again.
+    for (disabled, status) in [(true, 401), (false, 200)] {
+        let (s, v) = admin(
+            &c,
+            Method::PATCH,
+            format!("{}/admin/clients/acme", a.url),
+            Some(json!({ "disabled": disabled })),
+        )
+        .await;
+        assert_eq!((s, v["disabled"].as_bool()), (200, Some(disabled)), "{v}");
+        assert_eq!(chat(&c, &a.url, &new_key, "gpt-4o-mini").await, status);
+        let took = until(&c, &b.url, &new_key, status).await;
+        eprintln!("client disabled={disabled} on A, answered {status} on B after {took:?}");
+        assert!(
+            took <= WITHIN,
+            "disabled={disabled} reached B after {took:?}"
+        );
+    }
+
     // The audit on PostgreSQL: one row per change (the client, four keys
-    // issued, one rotated, one revoked), none for the changes that were
-    // none or refused, the same on both instances.
+    // issued, one rotated, one revoked, the client disabled and enabled),
+    // none for the changes that were none or refused, the same on both
+    // instances.
     for gw in [&a, &b] {
         let (s, audit) = admin(&c, Method::GET, format!("{}/admin/audit", gw.url), None).await;
         assert_eq!(s, 200, "{audit}");
@@ -293,10 +305,11 @@ async fn keys_issued_revoked_expired_and_rotated_on_one_instance_hold_on_the_oth
             .iter()
             .map(|e| e["action"].as_str().unwrap())
             .collect();
-        assert_eq!(actions.len(), 7, "{audit:#}");
-        assert_eq!(actions[6], "POST /admin/clients");
+        assert_eq!(actions.len(), 9, "{audit:#}");
+        assert_eq!(actions[8], "POST /admin/clients");
+        assert_eq!(actions[0], "PATCH /admin/clients/acme");
         assert!(
-            actions[1].starts_with("POST /admin/keys/") && actions[1].ends_with("/rotate"),
+            actions[3].starts_with("POST /admin/keys/") && actions[3].ends_with("/rotate"),
             "{actions:?}"
         );
     }

@@ -6,6 +6,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use tollgate_gateway::budget::Level;
 use tollgate_gateway::ledger::{GroupBy, LedgerSettings, Row, Store, UsageLedger, WriterConfig};
 use tollgate_harness::postgres::PostgresServer;
 
@@ -34,6 +35,9 @@ fn row(client: &str, cost: i64) -> Row {
         outcome: "ok".into(),
         error_code: None,
         instance: "t".into(),
+        org: Some("org-1".into()),
+        key_id: Some(format!("key_{client}")),
+        budget_level: (cost % 7 == 0).then(|| "organisation".into()),
     }
 }
 
@@ -62,6 +66,13 @@ async fn postgres_keeps_each_row_once_and_sums_them() {
     assert_eq!(total, (0..1_500).sum::<i64>());
     let spend = store.spend("a", 0, 0).await.unwrap();
     assert_eq!(spend.month, (0..1_500).filter(|i| i % 3 == 0).sum::<i64>());
+    // Every level's spend, as the budgets rebuild it (migration 3).
+    let org = store.spend_of(Level::Org, "org-1", 0, 0).await.unwrap();
+    assert_eq!(org.month, total);
+    let key = store.spend_of(Level::Key, "key_a", 0, 0).await.unwrap();
+    assert_eq!(key.month, spend.month);
+    let keys = store.all_spend_of(Level::Key, 0, 0).await.unwrap();
+    assert_eq!(keys.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,12 +13,16 @@ use crate::{Dims, Mark, Policy};
 /// `s' = max(now, predecessor, max_d(before_d − refunds_d + c_d·T_d − τ_k))`
 ///
 /// where `before` is the TAT just before its charge ([`Mark::before`]),
-/// `refunds` what started reservations of its class have given back since it
-/// was taken, and `predecessor` the slot of the reservation queued just ahead
-/// of it in its class (FIFO is kept). Only refunds of *started* reservations of
-/// the *same* class count: in a FIFO class those were all charged before it, so
-/// each lowered the TAT it waited for. (Refunds of reservations charged after it
-/// did not, and other classes' are not told apart.) Moving earlier is safe for
+/// `refunds` what started reservations of its class, and the first reservation
+/// of its class's queue when that one was settled or cancelled, have given
+/// back since it was taken, and `predecessor` the slot of the reservation
+/// queued just ahead of it in its class (FIFO is kept). Only those refunds of
+/// the *same* class count: in a FIFO class those reservations were all charged
+/// before it, so each lowered the TAT it waited for. (Refunds of reservations
+/// charged after it did not, and other classes' are not told apart.) Counting
+/// the queue's first matters where its reservations leave before their slots
+/// (a caller that borrowed another lane): the whole queue moves up by what the
+/// first gave back, instead of leaving its slot unused. Moving earlier is safe for
 /// the reservations charged after it: their own slots already counted its
 /// charge, which stays on the TAT line.
 ///
@@ -40,6 +44,36 @@ pub fn advance(
         }
     }
     (earliest < slot).then_some(earliest)
+}
+
+/// The seconds of TAT per dimension that a queued reservation which moved
+/// to `slot` vacated for the reservation charged right after it, beyond the
+/// refunds both see.
+///
+/// Its charge lies on the TAT line from `before + gap` ([`Mark::before`],
+/// [`Mark::gap`]); having moved, it really starts from
+/// `max(before − refunds − credit, slot)`, where `credit` is what cancelled
+/// predecessors handed it and `refunds` what started reservations of its
+/// class gave back since it was taken (the one behind sees those itself).
+/// The difference, `gap + min(credit, before − refunds − slot)`, lies between
+/// the two on the line only on paper: the one behind may start earlier by it
+/// (stores hand it on when nothing else was charged between them, as for a
+/// cancellation's [`Settled::left`](crate::Settled)). Never negative.
+pub fn moved_vacated(
+    policy: &Policy,
+    mark: &Mark,
+    credit: &Dims,
+    class_refunds_since: &Dims,
+    slot: f64,
+) -> Dims {
+    let mut out = [0.0; crate::DIMENSIONS];
+    for (i, &inc) in policy.increment.iter().enumerate() {
+        if inc > 0.0 {
+            let room = mark.before[i] - class_refunds_since[i] - slot;
+            out[i] = (mark.gap[i] + credit[i].min(room)).max(0.0);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ mod limits;
 mod settle;
 mod share;
 
-pub use advance::advance;
+pub use advance::{advance, moved_vacated};
 pub use cost::{Cost, Usage};
 pub use dims::{Dimension, Dims, DIMENSIONS};
 pub use error::{CostError, LimitsError, ReserveError, ShareError};

@@ -17,8 +17,9 @@ pub struct Mark {
     pub gap: Dims,
     /// Each dimension's TAT just before this charge.
     pub before: Dims,
-    /// The class's counters of refunds made by started reservations when this
-    /// one was taken (kept by the store; see [`advance`](crate::advance)).
+    /// The class's counters of refunds made by started reservations (and by
+    /// the first of its queue) when this one was taken (kept by the store;
+    /// see [`advance`](crate::advance)).
     pub class_refunds_at: Dims,
 }
 
@@ -32,7 +33,8 @@ pub struct Settled {
     /// Units given back, per dimension (may be less than asked: see [`settle`]).
     pub refunded: Dims,
     /// Seconds the TAT moved back, per dimension. When the settled reservation
-    /// had started, stores add this to its class's refund counters.
+    /// had started, or was the first of its class's queue, stores add this to
+    /// its class's refund counters.
     pub returned: Dims,
     /// For a cancellation, the seconds of TAT per dimension it gave up but
     /// could not give back (the reservations queued after it still lean on

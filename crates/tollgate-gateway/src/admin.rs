@@ -1,7 +1,8 @@
 //! The admin API (behind `Authorization: Bearer ADMIN_TOKEN`):
 //!
 //! - `GET /admin/tiers`: tiers with their settings and client counts;
-//! - `GET /admin/clients`: clients with tier, bucket usage and spend;
+//! - clients and keys listed, read, changed and disabled: see
+//!   [`crate::admin_clients`];
 //! - `GET /admin/models`: each provider model's bucket usage and queue and,
 //!   when the tiers share the models, each tier's floor, weight, share,
 //!   lane usage and queue;
@@ -37,9 +38,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tollgate::Dimension;
 
-use crate::budget::nano_to_usd;
 use crate::config::RouteConfig;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
@@ -48,7 +47,7 @@ pub use crate::overrides::TierPatch;
 use crate::registry::db::Entity;
 use crate::registry::RegistryError;
 
-fn store_unavailable(e: impl std::fmt::Display) -> Response {
+pub(crate) fn store_unavailable(e: impl std::fmt::Display) -> Response {
     tracing::warn!(error = %e, "admin request failed: store unavailable");
     ApiError::internal(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -128,53 +127,6 @@ pub async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Respo
     Json(json!({ "models": out })).into_response()
 }
 
-/// `GET /admin/clients`.
-pub async fn clients(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&gw, &headers) {
-        return e.into_response();
-    }
-    let reg = gw.registry();
-    let mut out = Vec::new();
-    for c in reg.clients() {
-        let mut usage = serde_json::Map::new();
-        // A store outage is a 503, never zeros that look like data.
-        let status = match c.limiter.status().await {
-            Ok(s) => s,
-            Err(e) => return store_unavailable(e),
-        };
-        let spend = match gw.budgets.spend(&c.id).await {
-            Ok(s) => s,
-            Err(e) => return store_unavailable(e),
-        };
-        {
-            for d in &status.dimensions {
-                let name = match d.dimension {
-                    Dimension::Requests => "requests",
-                    Dimension::Tokens => "tokens",
-                    Dimension::InputTokens => "input_tokens",
-                    Dimension::OutputTokens => "output_tokens",
-                };
-                usage.insert(
-                    name.into(),
-                    json!({"limit": d.limit, "in_use": d.in_use.round(), "available": d.available.floor(), "full_in_ms": d.full_in.as_millis() as u64}),
-                );
-            }
-        }
-        out.push(json!({
-            "id": c.id,
-            "tier": c.tier.name,
-            "usage": usage,
-            "spend": {
-                "today_usd": nano_to_usd(spend.today),
-                "month_usd": nano_to_usd(spend.month),
-                "daily_budget_usd": c.tier.config.daily_budget_usd,
-                "monthly_budget_usd": c.tier.config.monthly_budget_usd,
-            },
-        }));
-    }
-    Json(json!({ "clients": out })).into_response()
-}
-
 /// Body of `PUT /admin/clients/{id}/tier`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -234,39 +186,50 @@ pub async fn set_client_tier(
         Ok(v) => v,
         Err(r) => return r,
     };
+    match move_client(&gw, &id, &req.tier).await {
+        Ok(version) => {
+            Json(json!({"id": id, "tier": req.tier, "version": version})).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+/// Moves client `id` to `tier` (announced, logged); answers the change's
+/// number, or the answer to give instead.
+pub(crate) async fn move_client(gw: &Gateway, id: &str, tier: &str) -> Result<u64, Response> {
     let reg = gw.registry();
-    if reg.client(&id).is_none() {
-        return ApiError::new(
+    if reg.client_summary(id).is_none() {
+        return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
             "unknown_client",
             format!("No client {id:?}; GET /admin/clients lists them."),
         )
-        .into_response();
+        .into_response());
     }
-    if !reg.has_tier(&req.tier) {
+    if !reg.has_tier(tier) {
         let known: Vec<String> = reg.tiers().iter().map(|t| t.name.clone()).collect();
-        return ApiError::invalid(
+        return Err(ApiError::invalid(
             "unknown_tier",
             "tier",
-            format!("No tier {:?}; known tiers: {known:?}.", req.tier),
+            format!("No tier {tier:?}; known tiers: {known:?}."),
         )
-        .into_response();
+        .into_response());
     }
     // A client the API made is its own row; one of the file is moved by an
     // assignment over the file.
-    let moved = if reg.file_client_tier(&id).is_some() {
-        reg.assign_tier(&id, &req.tier).await
+    let moved = if reg.file_client_tier(id).is_some() {
+        reg.assign_tier(id, tier).await
     } else {
-        reg.move_api_client(&id, &req.tier).await
+        reg.move_api_client(id, tier).await
     };
     match moved {
         Ok(version) => {
             gw.announce(version).await;
-            tracing::info!(client = %id, tier = %req.tier, version, "client tier changed");
-            Json(json!({"id": id, "tier": req.tier, "version": version})).into_response()
+            tracing::info!(client = %id, tier = %tier, version, "client tier changed");
+            Ok(version)
         }
-        Err(e) => change_failed(e, "invalid_change", "tier"),
+        Err(e) => Err(change_failed(e, "invalid_change", "tier")),
     }
 }
 

@@ -98,11 +98,9 @@ pub async fn audit(
     if let Err(e) = crate::admin::authorize(&gw, &headers) {
         return e.into_response();
     }
-    let Query(p) = match params {
+    let p = match crate::admin_clients::query(params) {
         Ok(p) => p,
-        Err(e) => {
-            return ApiError::invalid("invalid_query", "query", e.body_text()).into_response()
-        }
+        Err(e) => return e.into_response(),
     };
     let limit = p.limit.unwrap_or(100).clamp(1, audit::MAX_PAGE);
     match audit::page(gw.registry().db(), p.before, p.object.as_deref(), limit).await {

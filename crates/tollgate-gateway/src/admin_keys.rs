@@ -1,14 +1,18 @@
 //! The admin API's clients and keys (behind the admin token, like the rest
 //! of [`crate::admin`]):
 //!
-//! - `POST /admin/clients` `{"id": "acme", "tier": "pro"}`: a new client
+//! - `POST /admin/clients` `{"id": "acme", "tier": "pro", "org": "acme-corp",
+//!   "limits": {"rpm": 10}}` (`org` and `limits` optional): a new client
 //!   (201; the same client again is a 200 and no change; another tier, or
 //!   the id of a config-file client, a 409);
 //! - `POST /admin/clients/{id}/keys` `{"name", "expires_at_ms" |
 //!   "expires_in_secs", "models"}` (each optional): a new key, answered once
-//!   as `key` with its `id` (201);
-//! - `GET /admin/clients/{id}/keys`: its keys, shown by prefix and last
-//!   characters, never the keys;
+//!   as `key` with its `id` (201); with an `Idempotency-Key` header, a retry
+//!   gets the same answer (201, `Idempotent-Replayed: true`) and no second
+//!   key, for 24 hours (see [`crate::registry::idempotency`]);
+//! - `GET /admin/clients/{id}/keys?limit=&after=`: its keys, oldest first,
+//!   shown by prefix and last characters, never the keys; `next` is the
+//!   `after` of the next page;
 //! - `POST /admin/keys/{id}/rotate` `{"overlap_secs": 3600}`: a new key in
 //!   its place; the old one works for the overlap, then no more;
 //! - `DELETE /admin/keys/{id}`: revoked, refused on every instance within
@@ -16,7 +20,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -26,7 +31,8 @@ use serde_json::json;
 use crate::admin::{authorize, authorized_body, bad_body, change_failed, json_body};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
-use crate::registry::issue::{Created, NewKey, Refused};
+use crate::registry::idempotency::Idempotency;
+use crate::registry::issue::{Created, Issued, NewKey, Refused};
 
 /// Body of `POST /admin/clients`.
 #[derive(Debug, Deserialize)]
@@ -36,6 +42,12 @@ pub struct NewClient {
     pub id: String,
     /// Its tier.
     pub tier: String,
+    /// Its organisation.
+    #[serde(default)]
+    pub org: Option<String>,
+    /// Its own limits and budgets over its tier's.
+    #[serde(default)]
+    pub limits: crate::config::LimitsConfig,
 }
 
 /// Body of `POST /admin/keys/{id}/rotate`.
@@ -46,7 +58,8 @@ pub struct Rotate {
     pub overlap_secs: u64,
 }
 
-fn refused(e: Refused) -> Response {
+/// The answer to a refused client, key or organisation change.
+pub(crate) fn refused(e: Refused) -> Response {
     let (status, code) = match &e {
         Refused::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_value"),
         Refused::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
@@ -71,18 +84,45 @@ pub async fn create_client(
         Ok(v) => v,
         Err(r) => return r,
     };
-    match gw.registry().create_client(&req.id, &req.tier).await {
+    let created = gw
+        .registry()
+        .create_client_in(&req.id, &req.tier, req.org.as_deref(), &req.limits)
+        .await;
+    match created {
         Ok(Created::New(version)) => {
             gw.announce(version).await;
             tracing::info!(client = %req.id, tier = %req.tier, version, "client created");
-            let body = json!({"id": req.id, "tier": req.tier, "version": version});
+            let body = json!({"id": req.id, "tier": req.tier, "org": req.org, "limits": req.limits, "version": version});
             (StatusCode::CREATED, Json(body)).into_response()
         }
         Ok(Created::Existing(version)) => {
-            Json(json!({"id": req.id, "tier": req.tier, "version": version})).into_response()
+            let body = json!({"id": req.id, "tier": req.tier, "org": req.org, "limits": req.limits, "version": version});
+            Json(body).into_response()
         }
         Err(e) => refused(e),
     }
+}
+
+/// The answer to a key just issued (or issued before, to a retry with its
+/// `Idempotency-Key`): 201 with the key, announced and logged once.
+async fn answer_issued(gw: &Gateway, issued: Issued, what: &str) -> Response {
+    let mut r = if issued.replayed {
+        let mut r = (StatusCode::CREATED, Json(&issued)).into_response();
+        r.headers_mut().insert(
+            "idempotent-replayed",
+            axum::http::HeaderValue::from_static("true"),
+        );
+        r
+    } else {
+        gw.announce(issued.version).await;
+        tracing::info!(client = %issued.info.client, key = %issued.info.id, shown = %issued.info.shown, "{what}");
+        (StatusCode::CREATED, Json(&issued)).into_response()
+    };
+    r.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    r
 }
 
 /// `POST /admin/clients/{id}/keys`.
@@ -96,7 +136,7 @@ pub async fn issue_key(
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let new: NewKey = if body.is_empty() {
+    let mut new: NewKey = if body.is_empty() {
         NewKey::default()
     } else {
         match serde_json::from_slice(&body) {
@@ -104,14 +144,31 @@ pub async fn issue_key(
             Err(e) => return bad_body(e),
         }
     };
-    match gw.registry().issue_key(&id, &new).await {
-        Ok(issued) => {
-            gw.announce(issued.version).await;
-            tracing::info!(client = %id, key = %issued.info.id, shown = %issued.info.shown, "key issued");
-            (StatusCode::CREATED, Json(issued)).into_response()
+    if let Some(h) = headers.get("idempotency-key") {
+        let Ok(key) = h.to_str() else {
+            return refused(Refused::Invalid(
+                "Idempotency-Key: printable ASCII only".into(),
+            ));
+        };
+        match Idempotency::new(key, &id, &body) {
+            Ok(i) => new.idempotency = Some(i),
+            Err(e) => return refused(e),
         }
+    }
+    match gw.registry().issue_key(&id, &new).await {
+        Ok(issued) => answer_issued(&gw, issued, "key issued").await,
         Err(e) => refused(e),
     }
+}
+
+/// Query of `GET /admin/clients/{id}/keys`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyQuery {
+    /// At most this many (1 to 1000, default 100).
+    pub limit: Option<usize>,
+    /// Those whose id sorts after this one (a page's `next`).
+    pub after: Option<String>,
 }
 
 /// `GET /admin/clients/{id}/keys`.
@@ -119,12 +176,27 @@ pub async fn keys(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    q: Result<Query<KeyQuery>, QueryRejection>,
 ) -> Response {
     if let Err(e) = authorize(&gw, &headers) {
         return e.into_response();
     }
-    match gw.registry().keys_of(&id).await {
-        Ok(keys) => Json(json!({"client": id, "keys": keys})).into_response(),
+    let q = match crate::admin_clients::query(q) {
+        Ok(q) => q,
+        Err(e) => return e.into_response(),
+    };
+    let limit = crate::admin_clients::page_size(q.limit);
+    match gw
+        .registry()
+        .key_page(&id, q.after.as_deref(), limit as u64)
+        .await
+    {
+        Ok(keys) => {
+            let next = (keys.len() == limit)
+                .then(|| keys.last().map(|k| k.id.clone()))
+                .flatten();
+            Json(json!({"client": id, "keys": keys, "next": next})).into_response()
+        }
         Err(e) => refused(e),
     }
 }
@@ -142,9 +214,8 @@ pub async fn rotate_key(
     };
     match gw.registry().rotate_key(&id, req.overlap_secs).await {
         Ok(issued) => {
-            gw.announce(issued.version).await;
-            tracing::info!(old = %id, key = %issued.info.id, overlap_secs = req.overlap_secs, "key rotated");
-            (StatusCode::CREATED, Json(issued)).into_response()
+            let what = format!("key {id} rotated, overlap {} s", req.overlap_secs);
+            answer_issued(&gw, issued, &what).await
         }
         Err(e) => refused(e),
     }

@@ -18,7 +18,8 @@ pub fn hash_key(key: &str) -> String {
     hex(&Sha256::digest(key.as_bytes()))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Bytes as lowercase hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -28,18 +29,20 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Parses 64 hex characters into a digest.
-pub(crate) fn parse_hash(h: &str) -> Option<[u8; 32]> {
-    let h = h.as_bytes();
-    if h.len() != 64 {
+/// Hex (either case) as bytes.
+pub(crate) fn parse_hex(h: &str) -> Option<Vec<u8>> {
+    if !h.len().is_multiple_of(2) {
         return None;
     }
-    let mut out = [0u8; 32];
-    for (i, pair) in h.chunks(2).enumerate() {
-        let s = std::str::from_utf8(pair).ok()?;
-        out[i] = u8::from_str_radix(s, 16).ok()?;
-    }
-    Some(out)
+    h.as_bytes()
+        .chunks(2)
+        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+        .collect()
+}
+
+/// Parses 64 hex characters into a digest.
+pub(crate) fn parse_hash(h: &str) -> Option<[u8; 32]> {
+    parse_hex(h)?.try_into().ok()
 }
 
 /// The bearer token of a request (`Authorization: Bearer KEY`), if any.

@@ -208,6 +208,7 @@ pub fn config(listen: &str, upstream_base_url: &str) -> Config {
             id: id.to_string(),
             tier: tier.to_string(),
             key_sha256: vec![hash_key(key)],
+            limits: Default::default(),
         })
         .collect();
     c

@@ -22,7 +22,9 @@
 pub mod activity;
 pub mod admin;
 pub mod admin_access;
+pub mod admin_clients;
 pub mod admin_keys;
+pub mod admin_orgs;
 pub mod auth;
 pub mod budget;
 pub mod config;

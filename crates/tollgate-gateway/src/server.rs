@@ -38,7 +38,17 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/admin/models", get(admin::models))
         .route(
             "/admin/clients",
-            get(admin::clients).post(crate::admin_keys::create_client),
+            get(crate::admin_clients::clients).post(crate::admin_keys::create_client),
+        )
+        .route(
+            "/admin/clients/{id}",
+            get(crate::admin_clients::client).patch(crate::admin_clients::patch_client),
+        )
+        .route(
+            "/admin/keys/{id}",
+            get(crate::admin_clients::key)
+                .patch(crate::admin_clients::patch_key)
+                .delete(crate::admin_keys::revoke_key),
         )
         .route(
             "/admin/clients/{id}/keys",
@@ -48,7 +58,26 @@ pub fn router(gw: Arc<Gateway>) -> Router {
             "/admin/keys/{id}/rotate",
             post(crate::admin_keys::rotate_key),
         )
-        .route("/admin/keys/{id}", delete(crate::admin_keys::revoke_key))
+        .route(
+            "/admin/orgs",
+            get(crate::admin_orgs::orgs).post(crate::admin_orgs::create_org),
+        )
+        .route(
+            "/admin/orgs/{id}",
+            get(crate::admin_orgs::org).patch(crate::admin_orgs::patch_org),
+        )
+        .route(
+            "/admin/clients/{id}/org",
+            put(crate::admin_orgs::set_client_org),
+        )
+        .route(
+            "/admin/clients/{id}/limits",
+            put(crate::admin_orgs::set_client_limits),
+        )
+        .route(
+            "/admin/keys/{id}/limits",
+            put(crate::admin_orgs::set_key_limits),
+        )
         .route("/admin/clients/{id}/tier", put(admin::set_client_tier))
         .route("/admin/tiers/{name}", patch(admin::patch_tier))
         .route("/admin/routes", get(admin::routes))
@@ -125,6 +154,25 @@ fn model_object(m: &crate::model::Model) -> serde_json::Value {
     json!({"id": m.name, "object": "model", "created": 0, "owned_by": m.provider})
 }
 
+/// A route alias in OpenAI's model shape, so that SDKs can discover it
+/// beside the models: owned by the gateway, with the models its rules may
+/// send a request to (each once, in the order the rules name them).
+fn route_object(name: &str, route: &crate::config::RouteConfig) -> serde_json::Value {
+    let mut models: Vec<&str> = Vec::new();
+    for m in route.rules.iter().flat_map(|r| &r.models) {
+        if !models.contains(&m.as_str()) {
+            models.push(m);
+        }
+    }
+    json!({
+        "id": name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "tollgate",
+        "tollgate_route": {"models": models},
+    })
+}
+
 async fn model(
     State(gw): State<Arc<Gateway>>,
     Path(id): Path<String>,
@@ -133,8 +181,11 @@ async fn model(
     if let Err(e) = request::client_of(&gw.registry(), &headers) {
         return e.into_response();
     }
-    match gw.models.get(&id) {
-        Some(m) => Json(model_object(m)).into_response(),
+    if let Some(m) = gw.models.get(&id) {
+        return Json(model_object(m)).into_response();
+    }
+    match gw.registry().routes().get(&id) {
+        Some(r) => Json(route_object(&id, r)).into_response(),
         None => {
             let mut e = ApiError::invalid(
                 "model_not_found",
@@ -151,7 +202,9 @@ async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response 
     if let Err(e) = request::client_of(&gw.registry(), &headers) {
         return e.into_response();
     }
-    let data: Vec<_> = gw.models.values().map(|m| model_object(m)).collect();
+    let mut data: Vec<_> = gw.models.values().map(|m| model_object(m)).collect();
+    let routes = gw.registry().routes();
+    data.extend(routes.iter().map(|(name, r)| route_object(name, r)));
     Json(json!({"object": "list", "data": data})).into_response()
 }
 
@@ -209,7 +262,7 @@ async fn metrics_text(gw: &Gateway) -> Response {
     let registry = gw.registry();
     let clients = registry.clients();
     for client in &clients {
-        let budget = client.tier.budget;
+        let budget = client.budget;
         if budget.daily.is_none() && budget.monthly.is_none() {
             continue;
         }

@@ -327,7 +327,47 @@ async fn a_read_only_token_reads_everything_and_changes_nothing() {
             "/admin/overrides/routes/cheap".into(),
             Value::Null,
         ),
+        (
+            Method::PATCH,
+            "/admin/clients/acme".into(),
+            json!({"disabled": true}),
+        ),
+        (
+            Method::PATCH,
+            format!("/admin/keys/{key_id}"),
+            json!({"name": "x"}),
+        ),
+        (Method::POST, "/admin/orgs".into(), json!({"id": "grp"})),
+        (
+            Method::PATCH,
+            "/admin/orgs/grp".into(),
+            json!({"disabled": true}),
+        ),
+        (
+            Method::PUT,
+            "/admin/clients/acme/org".into(),
+            json!({"org": null}),
+        ),
+        (
+            Method::PUT,
+            "/admin/clients/acme/limits".into(),
+            json!({"rpm": 1}),
+        ),
+        (
+            Method::PUT,
+            format!("/admin/keys/{key_id}/limits"),
+            json!({"rpm": 1}),
+        ),
     ];
+    // The table holds every changing route the router serves.
+    for (method, pattern) in changing_routes() {
+        assert!(
+            changing
+                .iter()
+                .any(|(m, p, _)| m.as_str() == method && matches(&pattern, p)),
+            "{method} {pattern} is not in the table"
+        );
+    }
     for (method, path, body) in &changing {
         let body = (!body.is_null()).then(|| body.clone());
         let (s, v) = call(&c, &gw, VIEWER, method.clone(), path, body).await;
@@ -374,4 +414,106 @@ async fn a_read_only_token_reads_everything_and_changes_nothing() {
     )
     .await;
     assert_eq!(s, 401);
+}
+
+/// Every (method, path) of the router under `/admin/` other than GET, read
+/// from its source.
+fn changing_routes() -> Vec<(String, String)> {
+    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/server.rs"))
+        .expect("server.rs");
+    let mut out = Vec::new();
+    for chunk in src.split(".route(").skip(1) {
+        let Some(path) = chunk.split('"').nth(1).filter(|p| p.starts_with("/admin/")) else {
+            continue;
+        };
+        // The last route's text ends where the router's does.
+        let head = chunk.split(".fallback(").next().unwrap_or_default();
+        for (call, method) in [
+            ("post(", "POST"),
+            ("put(", "PUT"),
+            ("patch(", "PATCH"),
+            ("delete(", "DELETE"),
+        ] {
+            if head.contains(call) {
+                out.push((method.to_string(), path.to_string()));
+            }
+        }
+    }
+    assert!(out.len() >= 10, "{out:?}");
+    out
+}
+
+/// Whether `path` is one of `pattern`'s (`{id}` matching any segment).
+fn matches(pattern: &str, path: &str) -> bool {
+    let (a, b): (Vec<&str>, Vec<&str>) = (pattern.split('/').collect(), path.split('/').collect());
+    a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| x.starts_with('{') || x == y)
+}
+
+#[tokio::test]
+async fn organisations_and_levels_changes_are_audited_like_the_rest() {
+    let (_sim, gw, c) = gateway_with_tokens().await;
+    let (s, _) = call(
+        &c,
+        &gw,
+        OPS,
+        Method::POST,
+        "/admin/clients",
+        Some(json!({"id": "acme", "tier": "pro"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (_, key) = call(&c, &gw, OPS, Method::POST, "/admin/clients/acme/keys", None).await;
+    let key_id = key["id"].as_str().unwrap().to_string();
+    let changes: Vec<(Method, String, Value, &str)> = vec![
+        (
+            Method::POST,
+            "/admin/orgs".into(),
+            json!({"id": "grp"}),
+            "org:grp",
+        ),
+        (
+            Method::PATCH,
+            "/admin/orgs/grp".into(),
+            json!({"disabled": true}),
+            "org:grp",
+        ),
+        (
+            Method::PUT,
+            "/admin/clients/acme/org".into(),
+            json!({"org": "grp"}),
+            "client:acme",
+        ),
+        (
+            Method::PUT,
+            "/admin/clients/acme/limits".into(),
+            json!({"rpm": 7}),
+            "client:acme",
+        ),
+        (
+            Method::PUT,
+            format!("/admin/keys/{key_id}/limits"),
+            json!({"rpm": 3}),
+            "key:",
+        ),
+    ];
+    for (method, path, body, _) in &changes {
+        let (s, v) = call(&c, &gw, OPS, method.clone(), path, Some(body.clone())).await;
+        assert!(s == 200 || s == 201, "{method} {path}: {s} {v}");
+    }
+    let audit = audit(&c, &gw, "").await;
+    let entries = audit["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2 + changes.len(), "{audit:#}");
+    for (e, (method, path, _, object)) in entries.iter().rev().skip(2).zip(&changes) {
+        assert_eq!(e["action"], format!("{method} {path}"), "{e}");
+        assert!(e["object"].as_str().unwrap().starts_with(object), "{e}");
+        assert_eq!(e["token"], "ops");
+        assert_ne!(e["before"], e["after"], "{e}");
+    }
+    assert_eq!(
+        entries[0]["after"]["limits"],
+        json!({"rpm": 3}),
+        "{:#}",
+        entries[0]
+    );
+    assert_eq!(entries[3]["after"]["disabled"], 1, "{:#}", entries[3]);
 }

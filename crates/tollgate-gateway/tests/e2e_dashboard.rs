@@ -363,6 +363,7 @@ async fn thousand_clients() -> (
         cfg.clients.push(ClientConfig {
             tier: if i % 2 == 0 { "pro" } else { "free" }.into(),
             key_sha256: vec![hash_key(&format!("key-{id}"))],
+            limits: Default::default(),
             id,
         });
     }

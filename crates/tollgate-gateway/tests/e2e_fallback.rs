@@ -138,6 +138,14 @@ async fn nothing_reserved(gw: &RunningGateway, what: &str) {
 
 #[tokio::test]
 async fn each_failure_before_the_first_byte_falls_back_to_the_next_candidate() {
+    falls_back_on_each_fault(streamed, PRIMARY, |_| {}).await;
+}
+
+/// For each failure mode before the first byte, streamed and not: a request
+/// (`body`) whose first candidate fails is served by the next one, the
+/// answer says so (`route` in `x-tollgate-route`), the next got its own
+/// model's name, and nothing stays reserved.
+async fn falls_back_on_each_fault(body: fn(bool) -> Value, route: &str, tweak: fn(&mut Config)) {
     for fault in [
         "500",
         "503",
@@ -151,27 +159,20 @@ async fn each_failure_before_the_first_byte_falls_back_to_the_next_candidate() {
             if fault == "close:2" && stream {
                 continue; // after the headers: the next test
             }
-            let k = chain(
-                if fault == "unreachable" {
-                    "500@0"
-                } else {
-                    fault
-                },
-                &[],
-                |c| {
-                    if fault == "unreachable" {
-                        c.providers.get_mut("sim").unwrap().base_url = closed_port_url();
-                    }
-                },
-            )
+            let unreachable = fault == "unreachable";
+            let k = chain(if unreachable { "500@0" } else { fault }, &[], |c| {
+                tweak(c);
+                if unreachable {
+                    c.providers.get_mut("sim").unwrap().base_url = closed_port_url();
+                }
+            })
             .await;
-            let c = http();
-            let r = chat(&c, &k.gw, "pro", &streamed(stream)).await;
+            let r = chat(&http(), &k.gw, "pro", &body(stream)).await;
             let what = format!("{fault}, stream {stream}");
             assert_eq!(r.status(), 200, "{what}");
             assert_eq!(
                 trail(&r),
-                (BACKUP.into(), PRIMARY.into(), "2".into()),
+                (BACKUP.into(), route.into(), "2".into()),
                 "{what}"
             );
             assert!(header(&r, "x-request-id").is_some(), "{what}");
@@ -185,10 +186,15 @@ async fn each_failure_before_the_first_byte_falls_back_to_the_next_candidate() {
                 let v: Value = serde_json::from_str(&text).unwrap();
                 assert_eq!(v["usage"]["completion_tokens"], 16, "{what}");
             }
-            let tried = if fault == "unreachable" { 0 } else { 1 };
+            let tried = if unreachable { 0 } else { 1 };
             assert_eq!(k.primary.stats.requests_for(PRIMARY), tried, "{what}");
             assert_eq!(k.others.stats.requests_for(BACKUP), 1, "{what}");
             assert_eq!(k.others.stats.requests_for(THIRD), 0, "{what}");
+            let sent = k.others.stats.last_body.lock().clone().unwrap();
+            assert_eq!(
+                sent["model"], BACKUP,
+                "{what}: the model's own name upstream"
+            );
             nothing_reserved(&k.gw, &what).await;
         }
     }
@@ -336,4 +342,60 @@ async fn the_demo_catalogue_falls_back_from_the_premium_model_to_the_cheaper_one
     for m in [demo::PREMIUM, demo::BALANCED, demo::CHEAP] {
         assert_eq!(sim.stats.requests_for(m), 1, "{m}");
     }
+}
+
+/// The chain of [`chain`] as a route: `auto`, one rule (`all`) naming the
+/// primary, then `backup`, then `third`; the primary has no fallbacks of
+/// its own, so only the route's list can serve a request elsewhere.
+fn as_route(c: &mut Config) {
+    let sim = c.providers.get_mut("sim").unwrap();
+    sim.models.get_mut(PRIMARY).unwrap().fallbacks.clear();
+    c.routes.insert(
+        "auto".into(),
+        toml::from_str(&format!(
+            "[[rules]]\nname = \"all\"\nmodels = [\"{PRIMARY}\", \"{BACKUP}\", \"{THIRD}\"]\n"
+        ))
+        .unwrap(),
+    );
+}
+
+fn routed(stream: bool) -> Value {
+    let mut b = streamed(stream);
+    b["model"] = json!("auto");
+    b
+}
+
+#[tokio::test]
+async fn a_routed_request_whose_first_model_fails_before_the_first_byte_is_served_by_the_next() {
+    falls_back_on_each_fault(routed, "auto/all", as_route).await;
+}
+
+#[tokio::test]
+async fn a_routed_request_falls_through_every_failing_model_to_the_last() {
+    let k = chain("503", &[&format!("{BACKUP}=429:1")], as_route).await;
+    let r = chat(&http(), &k.gw, "pro", &routed(false)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(trail(&r), (THIRD.into(), "auto/all".into(), "3".into()));
+    assert_eq!(k.others.stats.requests_for(BACKUP), 1);
+    assert_eq!(k.others.stats.requests_for(THIRD), 1);
+    nothing_reserved(&k.gw, "503 then 429").await;
+}
+
+#[tokio::test]
+async fn a_routed_stream_that_breaks_after_its_first_byte_ends_with_an_error_event() {
+    let k = chain("close:3", &[], as_route).await;
+    let r = chat(&http(), &k.gw, "pro", &routed(true)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(trail(&r), (PRIMARY.into(), "auto/all".into(), "1".into()));
+    let events = data_lines(&r.text().await.unwrap());
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["type"], "server_error", "{events:?}");
+    assert!(last["error"]["message"].is_string(), "{last}");
+    assert!(!events.iter().any(|e| e == "[DONE]"));
+    assert_eq!(
+        k.others.stats.requests_for(BACKUP),
+        0,
+        "no fallback after the first byte"
+    );
+    nothing_reserved(&k.gw, "").await;
 }

@@ -68,3 +68,150 @@ async fn a_queued_request_starts_when_the_call_ahead_settles_below_its_estimate(
     );
     assert_eq!(queued, 1.0, "the second request was queued");
 }
+
+/// A provider model of 4,800 TPM, a tier that may wait 60 s, and an
+/// upstream whose answers use every token `max_tokens` allows: no call
+/// settles below its estimate, so only a cancellation makes room.
+async fn setup_exact() -> (
+    tollgate_gateway::upstream_sim::SimUpstream,
+    tollgate_gateway::RunningGateway,
+) {
+    let sim = sim_with(SimConfig {
+        latency: Duration::from_millis(200),
+        chunk_interval: Duration::ZERO,
+        completion_tokens: 1_000_000,
+        ..Default::default()
+    })
+    .await;
+    let tiers = [("acme", tier(10_000, 10_000_000, 0, 60_000))];
+    let mut m = model(10_000, 4_800);
+    m.context_window = 128_000;
+    let gw = gateway(config(&sim.base_url(), m, &tiers)).await;
+    (sim, gw)
+}
+
+/// Sends a request of `max_tokens` (given up after `timeout`, if any) in a
+/// task: its status, and when its answer came.
+fn send_in_task(
+    gw: &tollgate_gateway::RunningGateway,
+    max_tokens: u64,
+    timeout: Option<Duration>,
+) -> tokio::task::JoinHandle<(Result<u16, reqwest::Error>, Instant)> {
+    let (c, url) = (http(), gw.url());
+    tokio::spawn(async move {
+        let mut req = c
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth("key-acme")
+            .json(&chat_body("hello", max_tokens));
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
+        let r = req.send().await;
+        (r.map(|r| r.status().as_u16()), Instant::now())
+    })
+}
+
+#[tokio::test]
+async fn queued_requests_move_up_when_a_differently_sized_call_ahead_is_cancelled() {
+    let (_sim, gw) = setup_exact().await;
+    let spawn_at = |max_tokens, timeout| send_in_task(&gw, max_tokens, timeout);
+    let t0 = Instant::now();
+    // X (~3,010 tokens) starts at once and leaves ~1,790 in the bucket (80 a
+    // second). A (~2,010) queues for ~2.8 s, B (~1,010) behind it to ~15 s,
+    // C (~1,010) to ~28 s.
+    let x = spawn_at(3_000, None);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let a = spawn_at(2_000, Some(Duration::from_millis(800)));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let b = spawn_at(1_000, None);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let cc = spawn_at(1_000, None);
+    // A's client leaves while it waits (at ~0.95 s).
+    let (a_result, _) = a.await.unwrap();
+    assert!(
+        a_result.is_err(),
+        "A was to give up while queued: {a_result:?}"
+    );
+    let (x_status, _) = x.await.unwrap();
+    assert_eq!(x_status.unwrap(), 200);
+    let (b_status, b_done) = b.await.unwrap();
+    let (c_status, c_done) = cc.await.unwrap();
+    assert_eq!(b_status.unwrap(), 200);
+    assert_eq!(c_status.unwrap(), 200);
+    let (b_at, c_at) = (b_done - t0, c_done - t0);
+    // Without A, B fits at once: it starts when A leaves (~0.95 s) and is
+    // answered 0.2 s later.
+    assert!(
+        b_at < Duration::from_millis(2_500),
+        "B was answered {b_at:?} after X: it did not take A's place"
+    );
+    // C fits once X's and B's ~4,020 tokens and its own ~1,010 have drained
+    // from the 4,800 to what 80 a second refills: ~2.9 s after X, answered
+    // 0.2 s later. Never before the bucket allows (that would overdraw it).
+    assert!(
+        c_at >= Duration::from_millis(2_700),
+        "C was answered {c_at:?} after X: before the bucket had room for it"
+    );
+    assert!(
+        c_at < Duration::from_millis(6_000),
+        "C was answered {c_at:?} after X: it did not move up behind B"
+    );
+    // Nothing of A stays reserved: the model's bucket is back to full after
+    // the three calls drained.
+    assert_eq!(
+        gw.gateway.metrics.counter(
+            "tollgate_limiter_decisions_total",
+            &[
+                ("bucket", "model"),
+                ("tier", "acme"),
+                ("decision", "waited")
+            ],
+        ),
+        3.0,
+        "A, B and C were queued"
+    );
+}
+
+#[tokio::test]
+async fn queued_requests_move_up_when_a_call_queued_in_the_middle_is_cancelled() {
+    let (_sim, gw) = setup_exact().await;
+    let spawn_at = |max_tokens, timeout| send_in_task(&gw, max_tokens, timeout);
+    let t0 = Instant::now();
+    // X (~4,400 tokens) starts at once and leaves ~400 (80 a second come
+    // back). W (~520) queues to ~1.5 s, A (~1,600) behind it to ~21.5 s,
+    // B (~160) to ~23.5 s, C (~160) to ~25.5 s.
+    let x = spawn_at(4_390, None);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let w = spawn_at(510, None);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let a = spawn_at(1_590, Some(Duration::from_millis(600)));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let b = spawn_at(150, None);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let cc = spawn_at(150, None);
+    // A's client leaves at ~0.9 s, while W is still queued ahead of it.
+    let (a_result, _) = a.await.unwrap();
+    assert!(
+        a_result.is_err(),
+        "A was to give up while queued: {a_result:?}"
+    );
+    for (name, h) in [("X", x), ("W", w)] {
+        assert_eq!(h.await.unwrap().0.unwrap(), 200, "{name}");
+    }
+    let (b_status, b_done) = b.await.unwrap();
+    let (c_status, c_done) = cc.await.unwrap();
+    assert_eq!(b_status.unwrap(), 200);
+    assert_eq!(c_status.unwrap(), 200);
+    let (b_at, c_at) = (b_done - t0, c_done - t0);
+    // Without A, B fits 2 s after W's slot (~3.5 s) and C 2 s after B
+    // (~5.5 s); each is answered 0.2 s after it starts. Never earlier:
+    // that would overdraw the bucket.
+    assert!(
+        b_at >= Duration::from_millis(3_200) && b_at < Duration::from_millis(5_500),
+        "B was answered {b_at:?} after X, not at ~3.7 s: it did not take A's place"
+    );
+    assert!(
+        c_at >= Duration::from_millis(5_200) && c_at < Duration::from_millis(8_000),
+        "C was answered {c_at:?} after X, not at ~5.7 s: it did not move up behind B"
+    );
+}

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use common::redis::Redis;
 use common::*;
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{json, Value};
+use tollgate_gateway::RunningGateway;
 
 #[tokio::test]
 async fn two_instances_hold_a_clients_rpm_and_tpm_together() {
@@ -110,6 +111,46 @@ async fn a_redis_restarted_empty_loses_no_registry_change() {
     let route = json!({"rules": [{"models": ["gpt-4o-mini"]}]});
     let r = send(admin(&c, &a, Method::PUT, "/admin/routes/chat").json(&route)).await;
     assert_eq!(r.status(), 200);
+    // The hierarchy: an organisation, a client of it with its own rpm, a key
+    // with a budget of its own (spent until it refuses) and one without.
+    let org = json!({"id": "grp", "limits": {"rpm": 6000, "monthly_budget_usd": 100.0}});
+    let r = send(admin(&c, &a, Method::POST, "/admin/orgs").json(&org)).await;
+    assert_eq!(r.status(), 201);
+    let client = json!({"id": "c1", "tier": "pro", "org": "grp", "limits": {"rpm": 3000}});
+    let r = send(admin(&c, &a, Method::POST, "/admin/clients").json(&client)).await;
+    assert_eq!(r.status(), 201);
+    let issue = |limits: Value| {
+        let req = admin(&c, &a, Method::POST, "/admin/clients/c1/keys");
+        async move {
+            let v: Value = send(req.json(&json!({ "limits": limits })))
+                .await
+                .json()
+                .await
+                .unwrap();
+            v["key"].as_str().unwrap().to_string()
+        }
+    };
+    let capped = issue(json!({"daily_budget_usd": 0.0001})).await;
+    let open = issue(json!({})).await;
+    let keyed = |gw: &RunningGateway, key: &str| {
+        c.post(format!("{}/v1/chat/completions", gw.url()))
+            .bearer_auth(key.to_string())
+            .json(&chat_body("hi", 5))
+    };
+    let mut refused_by_key = false;
+    for _ in 0..20 {
+        let r = send(keyed(&a, &capped)).await;
+        if r.status() == 429 {
+            assert_eq!(header(&r, "x-tollgate-budget-level"), Some("key"));
+            refused_by_key = true;
+            break;
+        }
+        assert_eq!(r.status(), 200);
+        // Each settles before the next asks (the estimate is below the use).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refused_by_key, "the key's $0.0001 was never spent");
+    a.gateway.ledger.clone().expect("ledger").flush().await;
     await_rpm_limit(
         &c,
         &b,
@@ -129,6 +170,29 @@ async fn a_redis_restarted_empty_loses_no_registry_change() {
     }
     let late = gateway(a.gateway.config.clone()).await;
     assert_eq!(rpm_limit(&c, &late, "free").await.as_deref(), Some("700"));
+    // Every organisation, client and key survived with its limits, and the
+    // key's budget still holds (rebuilt from the ledger). Buckets the store
+    // lost start drained and refill (`AfterReset`): the limits are large
+    // enough to have room again a second and a half later.
+    for gw in [&b, &late] {
+        let org = admin_json(&c, gw, "/admin/orgs/grp").await;
+        assert_eq!(org["clients"], json!(["c1"]), "{org}");
+        assert_eq!(org["limits"]["rpm"], 6000, "{org}");
+        let r = send(keyed(gw, &open)).await;
+        assert_eq!(header(&r, "x-ratelimit-limit-requests"), Some("3000"));
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        let r = send(keyed(gw, &capped)).await;
+        assert_eq!(header(&r, "x-tollgate-budget-level"), Some("key"));
+        expect_error(r, 429, "daily_budget_exceeded").await;
+    }
+    let keys = admin_json(&c, &late, "/admin/clients/c1/keys").await;
+    let budgets: Vec<&Value> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| &k["limits"]["daily_budget_usd"])
+        .collect();
+    assert_eq!(budgets, [&json!(0.0001), &Value::Null], "{keys}");
     let listed = admin_json(&c, &late, "/admin/overrides").await;
     assert_eq!(listed["clients"]["free"]["tier"], "pro", "{listed}");
     let mut body = chat_body("hi", 5);

@@ -316,6 +316,7 @@ async fn a_full_provider_bucket_routes_to_the_next_model_that_can_start_within_t
                 id: t.into(),
                 tier: t.into(),
                 key_sha256: vec![tollgate_gateway::auth::hash_key(&format!("key-{t}"))],
+                limits: Default::default(),
             });
         }
         let mut r = route(AUTO);
@@ -492,4 +493,92 @@ async fn two_instances_on_redis_agree_on_routes_and_live_changes() {
     let third = gateway(shared(())).await;
     let r = chat(&c, &third, "free", &best).await;
     assert_eq!(trail(&r), served(BALANCED, "chat-best/1", 1));
+}
+
+#[tokio::test]
+async fn the_models_list_shows_the_route_aliases_and_each_answers_in_openais_shape() {
+    let sim = sim().await;
+    let gw = gateway(routed_config(&sim.base_url(), |_| {})).await;
+    let c = http();
+    let get = |path: &str, key: Option<&str>| {
+        let mut r = c.get(format!("{}{path}", gw.url()));
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        send(r)
+    };
+    let ids = |v: &Value| -> Vec<String> {
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let list: Value = get("/v1/models", Some("key-free"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["object"], "list");
+    assert_eq!(
+        ids(&list),
+        [
+            "balanced",
+            "cheap",
+            "gpt-4o-mini",
+            "premium",
+            "text-embedding-3-small",
+            "auto"
+        ],
+        "{list}"
+    );
+    let auto_entry = &list["data"][5];
+    assert_eq!(auto_entry["object"], "model");
+    assert_eq!(auto_entry["owned_by"], "tollgate");
+    assert!(auto_entry["created"].is_u64(), "{auto_entry}");
+    assert_eq!(
+        auto_entry["tollgate_route"]["models"],
+        json!(["cheap", "premium", "balanced"]),
+        "each model of the route once, in the order its rules name them"
+    );
+    // One alias alone, as `client.models.retrieve("auto")` asks for it.
+    let r = get("/v1/models/auto", Some("key-free")).await;
+    assert_eq!(r.status(), 200);
+    let one: Value = r.json().await.unwrap();
+    assert_eq!(&one, auto_entry);
+    // A route added live is listed and answers at once; the models still do.
+    let r = send(
+        admin(&c, &gw, Method::PUT, "/admin/routes/chat-cheap")
+            .json(&json!({"rules": [{"models": ["cheap"]}]})),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let list: Value = get("/v1/models", Some("key-free"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(ids(&list).contains(&"chat-cheap".to_string()), "{list}");
+    let one: Value = get("/v1/models/chat-cheap", Some("key-free"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["id"], "chat-cheap");
+    assert_eq!(one["tollgate_route"]["models"], json!(["cheap"]));
+    let one: Value = get("/v1/models/premium", Some("key-free"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["owned_by"], "sim", "{one}");
+    // Neither a model nor a route: 404 in OpenAI's shape; no key: 401.
+    expect_error(
+        get("/v1/models/nope", Some("key-free")).await,
+        404,
+        "model_not_found",
+    )
+    .await;
+    assert_eq!(get("/v1/models/auto", None).await.status(), 401);
 }

@@ -231,6 +231,7 @@ fn gateway_config(standin: &str, redis: &str) -> Config {
             id: t.name.into(),
             tier: t.name.into(),
             key_sha256: vec![tollgate_gateway::auth::hash_key(&format!("key-{}", t.name))],
+            limits: Default::default(),
         });
     }
     c

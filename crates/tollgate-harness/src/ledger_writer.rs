@@ -62,6 +62,9 @@ fn row(i: usize) -> Row {
         outcome: "ok".into(),
         error_code: None,
         instance: "bench".into(),
+        org: None,
+        key_id: None,
+        budget_level: None,
     }
 }
 

@@ -18,26 +18,19 @@
 //! 5. **FIFO within a class**, and a class whose demand stays within its
 //!    floor waits at most one emission interval of its own lane.
 
+mod support;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use proptest::prelude::*;
+use support::TokioClock;
 use tollgate::store::{Clock, MemoryStore};
 use tollgate::{
     AcquireOptions, ClassShare, Cost, Error, Limits, PriorityClass, RateLimiter, Store,
 };
-
-/// The store's clock: tokio's, which a paused runtime moves by itself.
-#[derive(Debug)]
-struct TokioClock(tokio::time::Instant);
-
-impl Clock for TokioClock {
-    fn now(&self) -> f64 {
-        1000.0 + self.0.elapsed().as_secs_f64()
-    }
-}
 
 /// What one class's callers do.
 #[derive(Debug, Clone)]

@@ -86,6 +86,7 @@ pub fn config(sim_url: &str, tiers: &[(&str, TierConfig)]) -> Config {
             id: name.to_string(),
             tier: name.to_string(),
             key_sha256: vec![hash_key(&format!("key-{name}"))],
+            limits: Default::default(),
         });
     }
     c
@@ -260,4 +261,20 @@ pub async fn send(c: &reqwest::Client, url: &str, who: &str, body: &serde_json::
         usage,
         at: Instant::now(),
     }
+}
+
+/// A simulated upstream that answers at once (1 ms, 4 tokens, no pauses):
+/// the time until a key works is the registry's alone.
+pub async fn instant_sim() -> tollgate_gateway::upstream_sim::SimUpstream {
+    tollgate_gateway::upstream_sim::start(
+        tollgate_gateway::upstream_sim::SimConfig {
+            latency: Duration::from_millis(1),
+            chunk_interval: Duration::ZERO,
+            completion_tokens: 4,
+            faults: Default::default(),
+        },
+        0,
+    )
+    .await
+    .expect("simulated upstream")
 }

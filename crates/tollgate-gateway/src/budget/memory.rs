@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::{BudgetError, BudgetLimits, Hold, Period, Spend};
+use super::{BudgetError, BudgetLimits, Hold, Level, Period, Spend};
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Account {
@@ -29,10 +29,10 @@ impl Account {
     }
 }
 
-/// Spend per client, in this process.
+/// Spend per client (organisation, key), in this process.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryBudgets {
-    accounts: Arc<Mutex<HashMap<String, Account>>>,
+    accounts: Arc<Mutex<HashMap<(Level, String), Account>>>,
 }
 
 impl MemoryBudgets {
@@ -44,11 +44,14 @@ impl MemoryBudgets {
     pub(crate) fn reserve(&self, hold: Hold, limits: BudgetLimits) -> Result<Hold, BudgetError> {
         let amount = hold.amount;
         let mut accounts = self.accounts.lock();
-        let a = accounts.entry(hold.client.clone()).or_default();
+        let a = accounts
+            .entry((hold.level, hold.client.clone()))
+            .or_default();
         a.roll(hold.period);
         if let Some(limit) = limits.daily {
             if a.day_spent.saturating_add(amount) > limit {
                 return Err(BudgetError::Daily {
+                    level: hold.level,
                     spent: a.day_spent,
                     limit,
                     needed: amount,
@@ -58,6 +61,7 @@ impl MemoryBudgets {
         if let Some(limit) = limits.monthly {
             if a.month_spent.saturating_add(amount) > limit {
                 return Err(BudgetError::Monthly {
+                    level: hold.level,
                     spent: a.month_spent,
                     limit,
                     needed: amount,
@@ -76,11 +80,13 @@ impl MemoryBudgets {
         }
         let mut accounts = self.accounts.lock();
         // Without a budget nothing was reserved: the account may be new.
-        let a = accounts.entry(hold.client.clone()).or_insert_with(|| {
-            let mut a = Account::default();
-            a.roll(hold.period);
-            a
-        });
+        let a = accounts
+            .entry((hold.level, hold.client.clone()))
+            .or_insert_with(|| {
+                let mut a = Account::default();
+                a.roll(hold.period);
+                a
+            });
         // A charge whose day (month) has passed stays with that day (month).
         if a.day == hold.period.day {
             a.day_spent = a.day_spent.saturating_add(delta).max(0);
@@ -93,16 +99,21 @@ impl MemoryBudgets {
     /// Raises `client`'s spend in `p` to at least `spend` (what the ledger
     /// holds): a process that starts again does not start from zero.
     pub fn seed(&self, client: &str, p: Period, spend: Spend) {
+        self.seed_level(Level::Client, client, p, spend);
+    }
+
+    /// [`MemoryBudgets::seed`] of `level`'s `id`.
+    pub fn seed_level(&self, level: Level, id: &str, p: Period, spend: Spend) {
         let mut accounts = self.accounts.lock();
-        let a = accounts.entry(client.to_string()).or_default();
+        let a = accounts.entry((level, id.to_string())).or_default();
         a.roll(p);
         a.day_spent = a.day_spent.max(spend.today);
         a.month_spent = a.month_spent.max(spend.month);
     }
 
-    pub(crate) fn spend(&self, client: &str, p: Period) -> Spend {
+    pub(crate) fn spend_at(&self, level: Level, id: &str, p: Period) -> Spend {
         let accounts = self.accounts.lock();
-        match accounts.get(client) {
+        match accounts.get(&(level, id.to_string())) {
             Some(a) => Spend {
                 today: if a.day == p.day { a.day_spent } else { 0 },
                 month: if a.month == p.month { a.month_spent } else { 0 },
@@ -121,6 +132,7 @@ mod tests {
             id: rand::random(),
             reserved: true,
             client: client.into(),
+            level: Level::Client,
             period,
             amount,
         }
@@ -142,7 +154,7 @@ mod tests {
         b.adjust(&h, 50);
         let h2 = b.reserve(hold("a", p, 50), limits).unwrap();
         assert_eq!(
-            b.spend("a", p),
+            b.spend_at(Level::Client, "a", p),
             Spend {
                 today: 100,
                 month: 100

@@ -1,4 +1,5 @@
-//! Spend per client and the daily and monthly budgets.
+//! Spend per client, organisation and issued key, and their daily and
+//! monthly budgets (the hierarchy's levels: [`Level`]).
 //!
 //! A request's estimated cost is reserved against what remains of today's and
 //! this month's budget in one atomic step (a mutex in memory, a Lua script in
@@ -45,6 +46,30 @@ pub struct BudgetLimits {
     pub monthly: Option<i64>,
 }
 
+/// A level of the hierarchy whose spend is counted and may have budgets:
+/// an organisation holds clients, a client holds keys. Each level's spend
+/// is kept apart (its own counters) and reserved the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Level {
+    /// An organisation (`[orgs.ID]`, `POST /admin/orgs`).
+    Org,
+    /// A client.
+    Client,
+    /// An issued key (`POST /admin/clients/{id}/keys`).
+    Key,
+}
+
+impl Level {
+    /// Its name in refusals, headers and ledger rows.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Org => "organisation",
+            Level::Client => "client",
+            Level::Key => "key",
+        }
+    }
+}
+
 /// A reserved estimate, to be settled with the actual cost.
 #[derive(Debug, Clone, PartialEq)]
 #[must_use = "settle the hold with the actual cost"]
@@ -54,8 +79,11 @@ pub struct Hold {
     /// Whether anything was reserved (a client without budgets reserves
     /// nothing: its settlement adds the whole cost).
     pub reserved: bool,
-    /// The client.
+    /// The id of the client (or organisation, or key: see `level`) whose
+    /// spend it is.
     pub client: String,
+    /// The level `client` is of.
+    pub level: Level,
     /// The day and month the estimate was charged to.
     pub period: Period,
     /// Nano-USD reserved.
@@ -75,8 +103,10 @@ pub struct Spend {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BudgetError {
     /// Today's budget cannot take the estimate.
-    #[error("daily budget of ${:.4} would be exceeded: ${:.4} spent or reserved today, this request may cost up to ${:.4}; it resets at 00:00 UTC", nano_to_usd(*limit), nano_to_usd(*spent), nano_to_usd(*needed))]
+    #[error("the {}'s daily budget of ${:.4} would be exceeded: ${:.4} spent or reserved today, this request may cost up to ${:.4}; it resets at 00:00 UTC", level.name(), nano_to_usd(*limit), nano_to_usd(*spent), nano_to_usd(*needed))]
     Daily {
+        /// The level whose budget it is.
+        level: Level,
         /// Spent and reserved today.
         spent: i64,
         /// The budget.
@@ -85,8 +115,10 @@ pub enum BudgetError {
         needed: i64,
     },
     /// This month's budget cannot take the estimate.
-    #[error("monthly budget of ${:.4} would be exceeded: ${:.4} spent or reserved this month, this request may cost up to ${:.4}; it resets on the 1st (UTC)", nano_to_usd(*limit), nano_to_usd(*spent), nano_to_usd(*needed))]
+    #[error("the {}'s monthly budget of ${:.4} would be exceeded: ${:.4} spent or reserved this month, this request may cost up to ${:.4}; it resets on the 1st (UTC)", level.name(), nano_to_usd(*limit), nano_to_usd(*spent), nano_to_usd(*needed))]
     Monthly {
+        /// The level whose budget it is.
+        level: Level,
         /// Spent and reserved this month.
         spent: i64,
         /// The budget.
@@ -122,8 +154,10 @@ impl Budgets {
             Budgets::Redis(r) => Ok(Budgets::Redis(Box::new(r.with_ledger(ledger.clone())))),
             Budgets::Memory(m) => {
                 let period = Period::now();
-                for (client, spend) in ledger.all_spend(period).await? {
-                    m.seed(&client, period, spend);
+                for level in [Level::Org, Level::Client, Level::Key] {
+                    for (id, spend) in ledger.all_spend_of(level, period).await? {
+                        m.seed_level(level, &id, period, spend);
+                    }
                 }
                 Ok(Budgets::Memory(m))
             }
@@ -139,11 +173,24 @@ impl Budgets {
         amount: i64,
         limits: BudgetLimits,
     ) -> Result<Hold, BudgetError> {
+        self.reserve_at(Level::Client, client, amount, limits).await
+    }
+
+    /// [`Budgets::reserve`] at `level` (`id` is the organisation's, the
+    /// client's or the key's).
+    pub async fn reserve_at(
+        &self,
+        level: Level,
+        id: &str,
+        amount: i64,
+        limits: BudgetLimits,
+    ) -> Result<Hold, BudgetError> {
         let period = Period::now();
         let mut hold = Hold {
             id: rand::random(),
             reserved: false,
-            client: client.to_string(),
+            client: id.to_string(),
+            level,
             period,
             amount: 0,
         };
@@ -155,6 +202,43 @@ impl Budgets {
         match self {
             Budgets::Memory(m) => m.reserve(hold, limits),
             Budgets::Redis(r) => r.reserve(hold, limits).await,
+        }
+    }
+
+    /// Reserves `amount` at every level of `levels` (given outermost
+    /// first), each with the same no-race reservation as
+    /// [`Budgets::reserve`], innermost first: a key's tight budget refuses
+    /// before its client's and its organisation's are touched. When a level
+    /// refuses or fails, the levels inside it that took the estimate are
+    /// given it back before this answers (so a refusal's effect on them
+    /// lasts one round trip), and its error is answered.
+    pub async fn reserve_levels(
+        &self,
+        levels: &[(Level, &str, BudgetLimits)],
+        amount: i64,
+    ) -> Result<Vec<Hold>, BudgetError> {
+        let mut holds = Vec::with_capacity(levels.len());
+        for &(level, id, limits) in levels.iter().rev() {
+            match self.reserve_at(level, id, amount, limits).await {
+                Ok(h) => holds.push(h),
+                Err(e) => {
+                    for h in &holds {
+                        self.cancel(h).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        holds.reverse();
+        Ok(holds)
+    }
+
+    /// Gives a hold's reservation back, waiting for the store's answer (a
+    /// failed try is retried in the background).
+    async fn cancel(&self, hold: &Hold) {
+        match self {
+            Budgets::Memory(m) => m.adjust(hold, 0),
+            Budgets::Redis(r) => r.cancel(hold).await,
         }
     }
 
@@ -172,10 +256,15 @@ impl Budgets {
 
     /// The client's spend today and this month.
     pub async fn spend(&self, client: &str) -> Result<Spend, BudgetError> {
+        self.spend_at(Level::Client, client).await
+    }
+
+    /// The spend today and this month of `level`'s `id`.
+    pub async fn spend_at(&self, level: Level, id: &str) -> Result<Spend, BudgetError> {
         let period = Period::now();
         match self {
-            Budgets::Memory(m) => Ok(m.spend(client, period)),
-            Budgets::Redis(r) => r.spend(client, period).await,
+            Budgets::Memory(m) => Ok(m.spend_at(level, id, period)),
+            Budgets::Redis(r) => r.spend(level, id, period).await,
         }
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tollgate::store::RedisConnection;
 
-use super::{BudgetError, BudgetLimits, Hold, Period, Spend};
+use super::{BudgetError, BudgetLimits, Hold, Level, Period, Spend};
 
 const RESERVE: &str = include_str!("reserve.lua");
 const SETTLE: &str = include_str!("settle.lua");
@@ -81,19 +81,28 @@ impl std::fmt::Debug for RedisBudgets {
     }
 }
 
-fn keys(client: &str, p: Period) -> (String, String) {
-    (
-        format!("tollgate:spend:{{{client}}}:d:{}", p.day),
-        format!("tollgate:spend:{{{client}}}:m:{}", p.month),
-    )
+/// Where `level`'s `id` keeps its spend: a client's keys as before the
+/// hierarchy (`tollgate:spend:{acme}`), an organisation's and a key's under
+/// a prefix of their own, so no id of one level meets another's.
+fn account(level: Level, id: &str) -> String {
+    match level {
+        Level::Client => format!("tollgate:spend:{{{id}}}"),
+        Level::Org => format!("tollgate:spend:org:{{{id}}}"),
+        Level::Key => format!("tollgate:spend:key:{{{id}}}"),
+    }
 }
 
-fn seed_key(client: &str, p: Period) -> String {
-    format!("tollgate:spend:{{{client}}}:seeded:{}", p.month)
+fn keys(level: Level, id: &str, p: Period) -> (String, String) {
+    let a = account(level, id);
+    (format!("{a}:d:{}", p.day), format!("{a}:m:{}", p.month))
+}
+
+fn seed_key(level: Level, id: &str, p: Period) -> String {
+    format!("{}:seeded:{}", account(level, id), p.month)
 }
 
 fn hold_key(hold: &Hold) -> String {
-    format!("tollgate:spend:{{{}}}:h:{:032x}", hold.client, hold.id)
+    format!("{}:h:{:032x}", account(hold.level, &hold.client), hold.id)
 }
 
 fn store_err(e: redis::RedisError) -> BudgetError {
@@ -137,20 +146,25 @@ impl RedisBudgets {
 
     /// Seeds `client`'s counters of `p` from the ledger (idempotent: the
     /// first seed of a month wins, later ones change nothing).
-    async fn seed_from_ledger(&self, client: &str, p: Period) -> Result<(), BudgetError> {
+    async fn seed_from_ledger(
+        &self,
+        level: Level,
+        client: &str,
+        p: Period,
+    ) -> Result<(), BudgetError> {
         let Some(ledger) = &self.ledger else {
             return Ok(());
         };
-        let spend = ledger.spend(client, p).await.map_err(|e| {
+        let spend = ledger.spend_of(level, client, p).await.map_err(|e| {
             BudgetError::Store(format!(
                 "spend must be rebuilt from the ledger after the store lost it, and {e}"
             ))
         })?;
-        let (day, month) = keys(client, p);
+        let (day, month) = keys(level, client, p);
         let mut conn = self.conn.clone();
         let mut inv = self.seed.key(&day);
         inv.key(&month)
-            .key(seed_key(client, p))
+            .key(seed_key(level, client, p))
             .arg(spend.today)
             .arg(spend.month)
             .arg(DAY_TTL_SECS)
@@ -160,7 +174,8 @@ impl RedisBudgets {
             .await?;
         if seeded == 1 {
             tracing::info!(
-                client,
+                level = level.name(),
+                id = client,
                 today_nano_usd = spend.today,
                 month_nano_usd = spend.month,
                 "spend rebuilt from the ledger"
@@ -215,9 +230,9 @@ impl RedisBudgets {
         hold: Hold,
         limits: BudgetLimits,
     ) -> Result<Hold, BudgetError> {
-        let (day, month) = keys(&hold.client, hold.period);
+        let (day, month) = keys(hold.level, &hold.client, hold.period);
         let hkey = hold_key(&hold);
-        let seed = seed_key(&hold.client, hold.period);
+        let seed = seed_key(hold.level, &hold.client, hold.period);
         let mut last = None;
         let mut seeded = false;
         let mut tries = 0;
@@ -247,7 +262,8 @@ impl RedisBudgets {
             };
             if status == 4 && !seeded {
                 // Not counted as a try: the store answered.
-                self.seed_from_ledger(&hold.client, hold.period).await?;
+                self.seed_from_ledger(hold.level, &hold.client, hold.period)
+                    .await?;
                 seeded = true;
                 tries -= 1;
                 continue;
@@ -255,11 +271,13 @@ impl RedisBudgets {
             return match status {
                 0 => Ok(hold),
                 1 => Err(BudgetError::Daily {
+                    level: hold.level,
                     spent: day_spent,
                     limit: limits.daily.unwrap_or(0),
                     needed: hold.amount,
                 }),
                 2 => Err(BudgetError::Monthly {
+                    level: hold.level,
                     spent: month_spent,
                     limit: limits.monthly.unwrap_or(0),
                     needed: hold.amount,
@@ -309,6 +327,18 @@ impl RedisBudgets {
         )))
     }
 
+    /// Cancels a reserved hold and waits for the store's answer; a try that
+    /// fails is retried in the background as a settlement is.
+    pub(crate) async fn cancel(&self, hold: &Hold) {
+        if !hold.reserved || hold.amount == 0 {
+            return;
+        }
+        if self.settle_once(hold, 0).await.is_err() {
+            let (this, hold) = (self.clone(), hold.clone());
+            tokio::spawn(async move { this.retry(&hold, 0).await });
+        }
+    }
+
     /// Retries a settlement with backoff until it is applied or
     /// [`SETTLE_RETRY_WINDOW`] has passed.
     async fn retry(&self, hold: &Hold, actual: i64) {
@@ -332,7 +362,7 @@ impl RedisBudgets {
     }
 
     async fn settle_once(&self, hold: &Hold, actual: i64) -> Result<(), BudgetError> {
-        let (day, month) = keys(&hold.client, hold.period);
+        let (day, month) = keys(hold.level, &hold.client, hold.period);
         let mut conn = self.conn.clone();
         let mut inv = self.settle.key(&day);
         inv.key(&month)
@@ -351,8 +381,13 @@ impl RedisBudgets {
         .map(|_| ())
     }
 
-    pub(crate) async fn spend(&self, client: &str, p: Period) -> Result<Spend, BudgetError> {
-        let (day, month) = keys(client, p);
+    pub(crate) async fn spend(
+        &self,
+        level: Level,
+        id: &str,
+        p: Period,
+    ) -> Result<Spend, BudgetError> {
+        let (day, month) = keys(level, id, p);
         let mut conn = self.conn.clone();
         let (today, month): (Option<i64>, Option<i64>) = self
             .call(

@@ -2,6 +2,7 @@
 //! name the line or field, and validation (one place for every rule).
 
 mod ledger;
+mod levels;
 mod routes;
 mod share;
 mod types;
@@ -16,6 +17,7 @@ pub use types::{
     LEGACY_ADMIN_TOKEN,
 };
 
+pub use levels::{check_org_id, is_valid_id, LimitsConfig, OrgConfig, MAX_ID};
 pub(crate) use share::ModelClasses;
 
 use std::collections::{HashMap, HashSet};
@@ -91,7 +93,8 @@ impl Config {
         }
         self.validate_shares()?;
         self.validate_routes()?;
-        self.validate_clients()
+        self.validate_clients()?;
+        self.validate_orgs()
     }
 
     /// `[server]`.
@@ -351,6 +354,7 @@ impl Config {
                     ));
                 }
             }
+            c.limits.validate(&format!("{at}.limits"))?;
         }
         Ok(())
     }
@@ -431,16 +435,7 @@ fn validate_model(at: &str, m: &ModelConfig) -> Result<(), ConfigError> {
 
 /// Checks one tier (also used for live changes through the admin API).
 pub fn validate_tier(at: &str, t: &TierConfig, classes: usize) -> Result<(), ConfigError> {
-    // 0 is never "unlimited": a limit is removed by leaving it out (in the
-    // file) or setting it to null (in the admin API).
-    for (name, v) in [("rpm", t.rpm), ("tpm", t.tpm)] {
-        if v == Some(0) {
-            return Err(invalid(
-                format!("{at}.{name}"),
-                "0 would refuse every request; give a limit above 0, or leave the field out (in the admin API: null) for no limit",
-            ));
-        }
-    }
+    validate_rates(at, t.rpm, t.tpm)?;
     if t.rpm.is_none() && t.tpm.is_none() {
         return Err(invalid(
             format!("{at}.rpm"),
@@ -466,10 +461,36 @@ pub fn validate_tier(at: &str, t: &TierConfig, classes: usize) -> Result<(), Con
             "at most 600000 (10 minutes)",
         ));
     }
-    for (name, v) in [
-        ("daily_budget_usd", t.daily_budget_usd),
-        ("monthly_budget_usd", t.monthly_budget_usd),
-    ] {
+    validate_budgets(at, t.daily_budget_usd, t.monthly_budget_usd)
+}
+
+/// A level's `rpm` and `tpm` (a tier's, an organisation's, a key's): 0 is
+/// refused, never taken for "unlimited".
+pub(crate) fn validate_rates(
+    at: &str,
+    rpm: Option<u64>,
+    tpm: Option<u64>,
+) -> Result<(), ConfigError> {
+    // 0 is never "unlimited": a limit is removed by leaving it out (in the
+    // file) or setting it to null (in the admin API).
+    for (name, v) in [("rpm", rpm), ("tpm", tpm)] {
+        if v == Some(0) {
+            return Err(invalid(
+                format!("{at}.{name}"),
+                "0 would refuse every request; give a limit above 0, or leave the field out (in the admin API: null) for no limit",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A level's daily and monthly budgets, USD.
+pub(crate) fn validate_budgets(
+    at: &str,
+    daily: Option<f64>,
+    monthly: Option<f64>,
+) -> Result<(), ConfigError> {
+    for (name, v) in [("daily_budget_usd", daily), ("monthly_budget_usd", monthly)] {
         if let Some(v) = v {
             if !(0.0..1e9).contains(&v) {
                 return Err(invalid(

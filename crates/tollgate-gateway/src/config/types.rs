@@ -33,6 +33,9 @@ pub struct Config {
     /// Clients (tenants).
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
+    /// Organisations by id: the level above clients (see `orgs`).
+    #[serde(default)]
+    pub orgs: BTreeMap<String, super::OrgConfig>,
     /// The usage ledger.
     #[serde(default)]
     pub ledger: LedgerConfig,
@@ -422,4 +425,8 @@ pub struct ClientConfig {
     pub tier: String,
     /// SHA-256 (hex) of each API key of this client (`tollgate hash-key KEY`).
     pub key_sha256: Vec<String>,
+    /// Its own limits and budgets in place of its tier's (each field left
+    /// out: the tier's).
+    #[serde(default, skip_serializing_if = "super::LimitsConfig::is_empty")]
+    pub limits: super::LimitsConfig,
 }

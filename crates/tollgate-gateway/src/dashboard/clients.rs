@@ -173,8 +173,8 @@ pub(super) fn row(c: &Client, a: &ClientActivity, s: &Stored) -> Value {
             "month_usd": nano_to_usd(sp.month),
             "daily_budget_usd": t.daily_budget_usd,
             "monthly_budget_usd": t.monthly_budget_usd,
-            "daily_used": used(sp.today, c.tier.budget.daily),
-            "monthly_used": used(sp.month, c.tier.budget.monthly),
+            "daily_used": used(sp.today, c.budget.daily),
+            "monthly_used": used(sp.month, c.budget.monthly),
         })
     });
     json!({

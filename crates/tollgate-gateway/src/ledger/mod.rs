@@ -36,7 +36,7 @@ use std::sync::Arc;
 
 use self::spool::{Spool, SpoolError};
 use self::writer::Writer;
-use crate::budget::{days_from_civil, Period, Spend};
+use crate::budget::{days_from_civil, Level, Period, Spend};
 
 /// Why the ledger could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -162,34 +162,51 @@ impl UsageLedger {
     /// in nano-USD (what budgets count), after writing this instance's
     /// queue.
     pub async fn spend(&self, client: &str, period: Period) -> Result<Spend, StoreError> {
+        self.spend_of(Level::Client, client, period).await
+    }
+
+    /// [`UsageLedger::spend`] of `level`'s `id` (a client, an organisation,
+    /// an issued key).
+    pub async fn spend_of(
+        &self,
+        level: Level,
+        id: &str,
+        period: Period,
+    ) -> Result<Spend, StoreError> {
         self.flush().await;
         let (day_ms, month_ms) = period_starts(period);
-        let s = self.store.spend(client, day_ms, month_ms).await?;
-        Ok(Spend {
-            today: s.day.saturating_mul(1000),
-            month: s.month.saturating_mul(1000),
-        })
+        let s = self.store.spend_of(level, id, day_ms, month_ms).await?;
+        Ok(nano(s))
     }
 
     /// Every client's spend in `period`'s day and month, nano-USD.
     pub async fn all_spend(&self, period: Period) -> Result<Vec<(String, Spend)>, StoreError> {
+        self.all_spend_of(Level::Client, period).await
+    }
+
+    /// The spend of every id of `level` in `period`'s day and month, nano-USD.
+    pub async fn all_spend_of(
+        &self,
+        level: Level,
+        period: Period,
+    ) -> Result<Vec<(String, Spend)>, StoreError> {
         self.flush().await;
         let (day_ms, month_ms) = period_starts(period);
         Ok(self
             .store
-            .all_spend(day_ms, month_ms)
+            .all_spend_of(level, day_ms, month_ms)
             .await?
             .into_iter()
-            .map(|(c, s)| {
-                (
-                    c,
-                    Spend {
-                        today: s.day.saturating_mul(1000),
-                        month: s.month.saturating_mul(1000),
-                    },
-                )
-            })
+            .map(|(c, s)| (c, nano(s)))
             .collect())
+    }
+}
+
+/// Micro-USD sums as the nano-USD budgets count.
+fn nano(s: SpendSince) -> Spend {
+    Spend {
+        today: s.day.saturating_mul(1000),
+        month: s.month.saturating_mul(1000),
     }
 }
 

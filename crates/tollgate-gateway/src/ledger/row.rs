@@ -63,6 +63,17 @@ pub struct Row {
     pub error_code: Option<String>,
     /// The gateway instance that served it.
     pub instance: String,
+    /// The client's organisation, when it has one.
+    #[serde(default)]
+    pub org: Option<String>,
+    /// The id of the issued key the request came with (none for a key of
+    /// the config file).
+    #[serde(default)]
+    pub key_id: Option<String>,
+    /// The level whose budget refused the request (`organisation`,
+    /// `client` or `key`), when a budget did.
+    #[serde(default)]
+    pub budget_level: Option<String>,
 }
 
 impl Row {
@@ -177,6 +188,9 @@ pub(crate) fn sample(id: uuid::Uuid, client: &str, outcome: Outcome, cost: i64) 
         outcome: outcome.as_str().into(),
         error_code: (outcome != Outcome::Ok).then(|| "x".into()),
         instance: "test".into(),
+        org: Some("org-1".into()),
+        key_id: Some(format!("key_{client}")),
+        budget_level: (outcome == Outcome::BudgetExceeded).then(|| "key".into()),
     }
 }
 

@@ -170,6 +170,14 @@ async fn spend_is_rebuilt_per_client_day_and_month() {
     assert_eq!(spend.month, if first_of_month { 42_000 } else { 49_000 });
     let all = ledger.all_spend(now).await.unwrap();
     assert_eq!(all.len(), 2);
+    // Every level's spend is rebuilt the same way: the organisation holds
+    // both clients' rows, each key its own.
+    let org = ledger.spend_of(Level::Org, "org-1", now).await.unwrap();
+    assert_eq!(org.today, 47_000, "nano-USD");
+    let key = ledger.spend_of(Level::Key, "key_acme", now).await.unwrap();
+    assert_eq!(key.today, 42_000, "nano-USD");
+    let keys = ledger.all_spend_of(Level::Key, now).await.unwrap();
+    assert_eq!(keys.len(), 2, "{keys:?}");
     ledger.close().await;
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::RouteConfig;
+use crate::config::{LimitsConfig, RouteConfig};
 use crate::ledger::store::sql::{Rows, Statement, Value};
 use crate::ledger::{Store, StoreError};
 use crate::overrides::{ClientOverride, RouteOverride, TierOverride, TierPatch};
@@ -78,8 +78,27 @@ pub struct ClientRow {
     pub tier: String,
     /// Its organisation.
     pub org: Option<String>,
+    /// Its limits over its tier's.
+    pub limits: LimitsConfig,
     /// Disabled clients are refused.
     pub disabled: bool,
+    /// The change that last touched it.
+    pub version: u64,
+}
+
+/// An organisation made (or changed over the file's) through the admin API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrgRow {
+    /// Its id.
+    pub id: String,
+    /// A name for people.
+    pub name: Option<String>,
+    /// Its limits and budgets.
+    pub limits: LimitsConfig,
+    /// Disabled: its clients are refused.
+    pub disabled: bool,
+    /// When it was made, ms since 1970.
+    pub created_at_ms: i64,
     /// The change that last touched it.
     pub version: u64,
 }
@@ -103,6 +122,8 @@ pub struct KeyRow {
     pub expires_at_ms: Option<i64>,
     /// When it was revoked (ms since 1970).
     pub revoked_at_ms: Option<i64>,
+    /// Its own limits and budgets (inside its client's).
+    pub limits: LimitsConfig,
     /// The change that last touched it.
     pub version: u64,
 }
@@ -118,8 +139,8 @@ pub enum Current {
     Client(String, Option<ClientRow>),
     /// An issued key.
     Key(String, Option<KeyRow>),
-    /// An organisation (read by the budgets, not yet by the index).
-    Org(String),
+    /// An organisation.
+    Org(String, Option<OrgRow>),
     /// A route's override.
     Route(String, Option<RouteOverride>),
 }
@@ -139,6 +160,8 @@ pub struct Snapshot {
     pub clients: Vec<ClientRow>,
     /// Issued keys (revoked ones included).
     pub keys: Vec<KeyRow>,
+    /// Organisations made or changed through the API.
+    pub orgs: Vec<OrgRow>,
 }
 
 fn version_of(v: &Value) -> u64 {
@@ -156,10 +179,38 @@ fn query_err(what: &str, e: impl std::fmt::Display) -> StoreError {
 const TIER_SQL: &str = "SELECT name, fields, version FROM registry_tiers";
 const ROUTE_SQL: &str = "SELECT name, route, version FROM registry_routes";
 const ASSIGNMENT_SQL: &str = "SELECT client, tier, version FROM registry_tier_assignments";
-const CLIENT_SQL: &str = "SELECT id, tier, org, disabled, version FROM registry_clients";
+const CLIENT_SQL: &str = "SELECT id, tier, org, disabled, version, limits FROM registry_clients";
 const KEY_SQL: &str =
-    "SELECT id, hash, client, shown, name, expires_at_ms, revoked_at_ms, version, models \
+    "SELECT id, hash, client, shown, name, expires_at_ms, revoked_at_ms, version, models, limits \
     FROM registry_keys";
+const ORG_SQL: &str =
+    "SELECT id, name, limits, disabled, created_at_ms, version FROM registry_orgs";
+
+/// A `limits` column: written by the gateway from a [`LimitsConfig`], so
+/// readable; a hand edit that is not sets no limits, with a warning.
+fn limits_of(v: &Value, what: &str) -> LimitsConfig {
+    let text = v.text().unwrap_or("{}");
+    serde_json::from_str(text).unwrap_or_else(|e| {
+        tracing::warn!(what, error = %e, "registry: unreadable limits; none applied");
+        LimitsConfig::default()
+    })
+}
+
+/// A [`LimitsConfig`] as its column holds it.
+pub fn limits_json(l: &LimitsConfig) -> String {
+    serde_json::to_string(l).unwrap_or_else(|_| "{}".into())
+}
+
+fn org_from(r: &[Value]) -> OrgRow {
+    OrgRow {
+        id: text(&r[0]),
+        name: r[1].text().map(str::to_string),
+        limits: limits_of(&r[2], "organisation"),
+        disabled: r[3].int().unwrap_or(0) != 0,
+        created_at_ms: r[4].int().unwrap_or(0),
+        version: version_of(&r[5]),
+    }
+}
 
 fn tier_from(r: &[Value]) -> Result<(String, TierOverride), StoreError> {
     let name = text(&r[0]);
@@ -194,6 +245,7 @@ fn client_from(r: &[Value]) -> ClientRow {
         org: r[2].text().map(str::to_string),
         disabled: r[3].int().unwrap_or(0) != 0,
         version: version_of(&r[4]),
+        limits: limits_of(&r[5], "client"),
     }
 }
 
@@ -212,6 +264,7 @@ fn key_from(r: &[Value]) -> KeyRow {
         models: r[8]
             .text()
             .map(|j| serde_json::from_str(j).unwrap_or_default()),
+        limits: limits_of(&r[9], "key"),
     }
 }
 
@@ -249,6 +302,12 @@ pub async fn load(db: &Store) -> Result<Snapshot, StoreError> {
     }
     s.clients = paged(db, CLIENT_SQL, client_from).await?;
     s.keys = paged(db, KEY_SQL, key_from).await?;
+    s.orgs = db
+        .query(Statement::new(ORG_SQL, vec![]))
+        .await?
+        .iter()
+        .map(|r| org_from(r))
+        .collect();
     Ok(s)
 }
 
@@ -339,7 +398,10 @@ pub async fn read(db: &Store, entity: &Entity) -> Result<Current, StoreError> {
             let rows = db.query(by_id(KEY_SQL, "id")).await?;
             Current::Key(id, rows.first().map(|r| key_from(r)))
         }
-        Entity::Org(_) => Current::Org(id),
+        Entity::Org(_) => {
+            let rows = db.query(by_id(ORG_SQL, "id")).await?;
+            Current::Org(id, rows.first().map(|r| org_from(r)))
+        }
         Entity::Route(_) => {
             let rows = db.query(by_id(ROUTE_SQL, "name")).await?;
             let o = rows.first().map(|r| route_from(r)).transpose()?;

@@ -6,8 +6,9 @@
 
 use rand::distr::{Alphanumeric, SampleString};
 
-use super::db::{self, ClientRow, Entity, THIS_VERSION};
+use super::db::{self, limits_json, ClientRow, Entity, THIS_VERSION};
 use super::{Registry, RegistryError};
+use crate::config::LimitsConfig;
 use crate::ledger::row::now_ms;
 use crate::ledger::store::sql::{Statement, Value};
 
@@ -16,7 +17,7 @@ pub const KEY_PREFIX: &str = "tg-";
 /// Random letters and digits after the prefix (≈ 238 bits).
 const KEY_CHARS: usize = 40;
 /// The longest client id.
-const MAX_ID: usize = 128;
+const MAX_ID: usize = crate::config::MAX_ID;
 
 /// A new key's settings (`POST /admin/clients/{id}/keys`'s body).
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -34,6 +35,12 @@ pub struct NewKey {
     /// The models and routes it may ask for (all when left out).
     #[serde(default)]
     pub models: Option<Vec<String>>,
+    /// Its own limits and budgets, inside its client's.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The request's `Idempotency-Key` (a header, not in the body).
+    #[serde(skip)]
+    pub idempotency: Option<super::idempotency::Idempotency>,
 }
 
 /// A key as listed (never the key itself).
@@ -55,6 +62,8 @@ pub struct KeyInfo {
     pub revoked_at_ms: Option<i64>,
     /// When it was issued, ms since 1970.
     pub created_at_ms: i64,
+    /// Its own limits and budgets, inside its client's.
+    pub limits: LimitsConfig,
 }
 
 /// A key just issued: the only time the key itself is told.
@@ -67,6 +76,9 @@ pub struct Issued {
     pub info: KeyInfo,
     /// The change that made it.
     pub version: u64,
+    /// Answered again to a retry with its `Idempotency-Key`.
+    #[serde(skip)]
+    pub replayed: bool,
 }
 
 /// What `POST /admin/clients` did.
@@ -117,13 +129,9 @@ fn shown(secret: &str) -> String {
     format!("{KEY_PREFIX}{}…{}", &body[..4], &body[body.len() - 4..])
 }
 
-fn check_id(id: &str) -> Result<(), Refused> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_ID
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
-    if ok {
+/// Checks a client id: 1 to 128 letters, digits, `-`, `_`, `.` or `@`.
+pub(crate) fn check_id(id: &str) -> Result<(), Refused> {
+    if crate::config::is_valid_id(id) {
         Ok(())
     } else {
         Err(Refused::Invalid(format!(
@@ -132,10 +140,11 @@ fn check_id(id: &str) -> Result<(), Refused> {
     }
 }
 
-const KEY_COLUMNS: &str = "id, hash, client, shown, name, models, limits, expires_at_ms, \
+pub(super) const KEY_COLUMNS: &str =
+    "id, hash, client, shown, name, models, limits, expires_at_ms, \
     revoked_at_ms, created_at_ms, version";
 
-fn info_from(r: &[Value]) -> Result<KeyInfo, Refused> {
+pub(super) fn info_from(r: &[Value]) -> Result<KeyInfo, Refused> {
     let models = match r[5].text() {
         Some(j) => Some(
             serde_json::from_str(j)
@@ -152,12 +161,26 @@ fn info_from(r: &[Value]) -> Result<KeyInfo, Refused> {
         expires_at_ms: r[7].int(),
         revoked_at_ms: r[8].int(),
         created_at_ms: r[9].int().unwrap_or(0),
+        limits: serde_json::from_str(r[6].text().unwrap_or("{}")).unwrap_or_default(),
     })
 }
 
 impl Registry {
     /// Creates client `id` on `tier`; the same client again is no change.
     pub async fn create_client(&self, id: &str, tier: &str) -> Result<Created, Refused> {
+        self.create_client_in(id, tier, None, &LimitsConfig::default())
+            .await
+    }
+
+    /// [`Registry::create_client`] in organisation `org`, with its own
+    /// `limits` over its tier's.
+    pub async fn create_client_in(
+        &self,
+        id: &str,
+        tier: &str,
+        org: Option<&str>,
+        limits: &LimitsConfig,
+    ) -> Result<Created, Refused> {
         check_id(id)?;
         if !self.has_tier(tier) {
             let known: Vec<String> = self.tiers().iter().map(|t| t.name.clone()).collect();
@@ -170,14 +193,19 @@ impl Registry {
                 "Client {id:?} is declared in the config file; move it with PUT /admin/clients/{id}/tier."
             )));
         }
+        self.check_org(org)?;
+        self.check_client_limits(id, tier, limits)?;
+        let same = |row: &ClientRow| {
+            row.tier == tier && row.org.as_deref() == org && row.limits == *limits
+        };
         let existing = self.db_client(id).await?;
         if let Some(row) = existing {
-            return if row.tier == tier {
+            return if same(&row) {
                 Ok(Created::Existing(row.version))
             } else {
                 Err(Refused::Conflict(format!(
-                    "Client {id:?} exists on tier {:?}; move it with PUT /admin/clients/{id}/tier.",
-                    row.tier
+                    "Client {id:?} exists on tier {:?} (organisation {:?}, limits {:?}); change it with PUT /admin/clients/{id}/tier, /org or /limits.",
+                    row.tier, row.org, row.limits
                 )))
             };
         }
@@ -187,10 +215,16 @@ impl Registry {
             vec![Statement::new(
                 format!(
                     "INSERT INTO registry_clients (id, tier, org, limits, disabled, created_at_ms, version) \
-                     VALUES ($1, $2, NULL, '{{}}', 0, $3, {THIS_VERSION}) \
+                     VALUES ($1, $2, $4, $5, 0, $3, {THIS_VERSION}) \
                      ON CONFLICT (id) DO NOTHING RETURNING version"
                 ),
-                vec![id.into(), tier.into(), Value::Int(now_ms())],
+                vec![
+                    id.into(),
+                    tier.into(),
+                    Value::Int(now_ms()),
+                    org.map(str::to_string).into(),
+                    limits_json(limits).into(),
+                ],
             )],
         )
         .await?;
@@ -198,7 +232,7 @@ impl Registry {
         if answers[0].is_empty() {
             // Made meanwhile by another admin: as if it had been there.
             return match self.db_client(id).await? {
-                Some(row) if row.tier == tier => Ok(Created::Existing(row.version)),
+                Some(row) if same(&row) => Ok(Created::Existing(row.version)),
                 _ => Err(Refused::Conflict(format!(
                     "Client {id:?} was just made on another tier."
                 ))),
@@ -234,6 +268,11 @@ impl Registry {
 
     /// Issues a key for client `client`.
     pub async fn issue_key(&self, client: &str, new: &NewKey) -> Result<Issued, Refused> {
+        if let Some(idem) = &new.idempotency {
+            if let Some(issued) = self.replay(idem).await? {
+                return Ok(issued);
+            }
+        }
         if self.client(client).is_none() {
             return Err(Refused::NotFound(format!(
                 "No client {client:?}; GET /admin/clients lists them."
@@ -254,34 +293,41 @@ impl Registry {
             return Err(Refused::Invalid("the expiry is in the past".into()));
         }
         if let Some(models) = &new.models {
-            let routes = self.routes();
-            for m in models {
-                if !self
-                    .file
-                    .config
-                    .providers
-                    .values()
-                    .any(|p| p.models.contains_key(m))
-                    && !routes.contains_key(m)
-                {
-                    return Err(Refused::Invalid(format!(
-                        "models: {m:?} is no model or route of this gateway"
-                    )));
-                }
-            }
+            self.check_models(models)?;
         }
         if new.name.as_ref().is_some_and(|n| n.len() > 200) {
             return Err(Refused::Invalid("name: at most 200 characters".into()));
         }
-        let (statement, info, secret) =
-            key_insert(client, new.name.clone(), new.models.clone(), expires, now);
-        let (version, _) =
-            db::write(self.db(), &Entity::Key(info.id.clone()), vec![statement]).await?;
+        new.limits
+            .validate("limits")
+            .map_err(|e| Refused::Registry(e.into()))?;
+        let (statement, info, secret) = key_insert(
+            client,
+            KeySettings {
+                name: new.name.clone(),
+                models: new.models.clone(),
+                limits: new.limits.clone(),
+                expires_at_ms: expires,
+            },
+            now,
+        );
+        let mut statements = vec![statement];
+        if let Some(idem) = &new.idempotency {
+            statements.extend(idem.record(&info.id, &secret));
+        }
+        let written = db::write(self.db(), &Entity::Key(info.id.clone()), statements).await;
+        let version = match (written, &new.idempotency) {
+            (Ok((version, _)), _) => version,
+            // The same header won meanwhile: its answer, not a second key.
+            (Err(e), Some(idem)) => return self.replay(idem).await?.ok_or(e.into()),
+            (Err(e), None) => return Err(e.into()),
+        };
         self.catch_up().await?;
         Ok(Issued {
             key: secret,
             info,
             version,
+            replayed: false,
         })
     }
 
@@ -351,9 +397,12 @@ impl Registry {
         let until = old.expires_at_ms.map_or(until, |at| at.min(until));
         let (statement, info, secret) = key_insert(
             &old.client,
-            old.name.clone(),
-            old.models.clone(),
-            old.expires_at_ms,
+            KeySettings {
+                name: old.name.clone(),
+                models: old.models.clone(),
+                limits: old.limits.clone(),
+                expires_at_ms: old.expires_at_ms,
+            },
             now,
         );
         let shorten = Statement::new(
@@ -370,18 +419,27 @@ impl Registry {
             key: secret,
             info,
             version,
+            replayed: false,
         })
     }
 }
 
-/// The insert of a new key for `client`, the key as listed, and the key.
-fn key_insert(
-    client: &str,
+/// What a new key is given.
+struct KeySettings {
     name: Option<String>,
     models: Option<Vec<String>>,
+    limits: LimitsConfig,
     expires_at_ms: Option<i64>,
-    now: i64,
-) -> (Statement, KeyInfo, String) {
+}
+
+/// The insert of a new key for `client`, the key as listed, and the key.
+fn key_insert(client: &str, settings: KeySettings, now: i64) -> (Statement, KeyInfo, String) {
+    let KeySettings {
+        name,
+        models,
+        limits,
+        expires_at_ms,
+    } = settings;
     let secret = new_secret();
     let id = format!("key_{}", uuid::Uuid::now_v7().simple());
     let info = KeyInfo {
@@ -393,6 +451,7 @@ fn key_insert(
         expires_at_ms,
         revoked_at_ms: None,
         created_at_ms: now,
+        limits,
     };
     let models_json = info
         .models
@@ -401,7 +460,7 @@ fn key_insert(
     let statement = Statement::new(
         format!(
             "INSERT INTO registry_keys ({KEY_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, '{{}}', $7, NULL, $8, {THIS_VERSION})"
+             VALUES ($1, $2, $3, $4, $5, $6, $9, $7, NULL, $8, {THIS_VERSION})"
         ),
         vec![
             id.into(),
@@ -412,6 +471,7 @@ fn key_insert(
             models_json.into(),
             expires_at_ms.into(),
             Value::Int(now),
+            limits_json(&info.limits).into(),
         ],
     );
     (statement, info, secret)

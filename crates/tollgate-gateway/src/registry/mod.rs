@@ -17,6 +17,13 @@
 //!   file's keys still working;
 //! - keys: the file's `key_sha256` and the keys issued by the API
 //!   (`registry_keys`) both work;
+//! - an organisation the API made or changed (`registry_orgs`) is the
+//!   database's entry in whole (name, limits, disabled), one of the file's
+//!   id shadowing it (logged at start); the file's `[orgs.ID].clients` stay
+//!   its members, an API client's organisation is its row's;
+//! - a client's own limits over its tier's are the file's
+//!   (`[[clients]] limits`) or, for a client the API made, its row's; a
+//!   key's are its row's;
 //! - a route set through the API (`registry_routes`) is the whole route, in
 //!   place of the file's of that name or beside the file's routes.
 //!
@@ -37,7 +44,10 @@
 
 pub mod audit;
 pub mod db;
+pub mod idempotency;
 pub mod issue;
+pub mod manage;
+pub mod orgs;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -47,11 +57,12 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use tollgate::{OutagePolicy, RateLimiter, Store};
 
-use self::db::{ClientRow, Current, Entity, KeyRow};
+use self::db::{ClientRow, Current, Entity, KeyRow, OrgRow};
 use crate::auth::{KeyEntry, KeyIndex};
 use crate::budget::{usd_to_nano, BudgetLimits};
 use crate::config::{
-    tier_limits, validate_route, validate_tier, Config, ConfigError, RouteConfig, TierConfig,
+    tier_limits, validate_route, validate_tier, Config, ConfigError, LimitsConfig, OrgConfig,
+    RouteConfig, TierConfig,
 };
 use crate::ledger::StoreError;
 use crate::overrides::{TierOverride, TierPatch};
@@ -120,6 +131,33 @@ impl Tier {
     }
 }
 
+/// What one level of the hierarchy checks on each request: its bucket
+/// (when it sets rpm or tpm) and its budgets.
+#[derive(Debug, Clone, Default)]
+pub struct Bounds {
+    /// Its bucket, key `org:ID` or `key:ID`.
+    pub limiter: Option<RateLimiter>,
+    /// Its budgets in nano-USD.
+    pub budget: BudgetLimits,
+}
+
+/// An organisation: the level above its clients.
+#[derive(Debug)]
+pub struct Org {
+    /// Its id.
+    pub id: String,
+    /// A name for people.
+    pub name: Option<String>,
+    /// Its limits and budgets.
+    pub limits: LimitsConfig,
+    /// Disabled: its clients are refused.
+    pub disabled: bool,
+    /// Where it comes from: `"file"` or `"database"`.
+    pub source: &'static str,
+    /// What it checks on each request of its clients.
+    pub bounds: Bounds,
+}
+
 /// A client with its tier and bucket.
 #[derive(Debug)]
 pub struct Client {
@@ -127,7 +165,14 @@ pub struct Client {
     pub id: String,
     /// Its tier.
     pub tier: Arc<Tier>,
-    /// The client's own bucket (the tier's RPM/TPM/burst), key `client:ID`.
+    /// Its organisation, when it has one.
+    pub org: Option<Arc<Org>>,
+    /// Its own limits over its tier's.
+    pub limits: LimitsConfig,
+    /// Its budgets in nano-USD: its own over its tier's.
+    pub budget: BudgetLimits,
+    /// The client's own bucket (the tier's RPM/TPM/burst, or its own
+    /// rpm/tpm over them), key `client:ID`.
     pub limiter: RateLimiter,
     /// Whether the client's last admission left its bucket plenty of room
     /// (then the next one asks the provider bucket at once; see `admission`).
@@ -135,7 +180,7 @@ pub struct Client {
 }
 
 /// A key issued through the admin API (the index keeps only its hash).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Key {
     /// Its id.
     pub id: String,
@@ -149,6 +194,10 @@ pub struct Key {
     pub models: Option<Vec<String>>,
     /// When it stops working (ms since 1970).
     pub expires_at_ms: Option<i64>,
+    /// Its own limits and budgets, inside its client's.
+    pub limits: LimitsConfig,
+    /// What it checks on each request.
+    pub bounds: Bounds,
 }
 
 impl Key {
@@ -170,6 +219,10 @@ struct State {
     key_hashes: HashMap<String, String>,
     /// Clients the API created.
     api_clients: HashMap<String, ClientRow>,
+    /// Organisations in force: the file's, with the database's in place.
+    orgs: HashMap<String, Arc<Org>>,
+    /// Organisations the API made or changed.
+    api_orgs: HashMap<String, OrgRow>,
     /// Routes by name: the file's, with the database's on top (replaced
     /// whole on a change: there are few).
     routes: Arc<BTreeMap<String, RouteConfig>>,
@@ -189,6 +242,12 @@ struct File {
     clients: HashMap<String, String>,
     /// (key hash, client) of every file key.
     keys: Vec<(String, String)>,
+    /// Organisations by id.
+    orgs: BTreeMap<String, OrgConfig>,
+    /// A file client's organisation.
+    client_orgs: HashMap<String, String>,
+    /// A file client's own limits, when it sets any.
+    client_limits: HashMap<String, LimitsConfig>,
     classes: usize,
 }
 
@@ -256,6 +315,18 @@ impl Registry {
                 .iter()
                 .flat_map(|c| c.key_sha256.iter().map(|h| (h.clone(), c.id.clone())))
                 .collect(),
+            orgs: config.orgs.clone(),
+            client_orgs: config
+                .orgs
+                .iter()
+                .flat_map(|(org, o)| o.clients.iter().map(|c| (c.clone(), org.clone())))
+                .collect(),
+            client_limits: config
+                .clients
+                .iter()
+                .filter(|c| !c.limits.is_empty())
+                .map(|c| (c.id.clone(), c.limits.clone()))
+                .collect(),
             classes,
         };
         let snapshot = db::load(&db).await?;
@@ -281,10 +352,17 @@ impl Registry {
                     tracing::warn!(client = %id, "client is in the config file and in the registry's database: the database's entry is used, the file's keys still work");
                 }
             }
+            for id in st.api_orgs.keys() {
+                if registry.file.orgs.contains_key(id) {
+                    tracing::warn!(org = %id, "organisation is in the config file and in the registry's database: the database's entry is used (its name, limits and state; the file's members stay members)");
+                }
+            }
             tracing::info!(
                 version,
                 file_clients = registry.file.clients.len(),
                 database_clients = st.api_clients.len(),
+                orgs = st.orgs.len(),
+                database_orgs = st.api_orgs.len(),
                 keys = st.keys.len(),
                 database = registry.db.kind(),
                 "registry loaded: the config file, then the database's changes over it (field by field)"
@@ -308,8 +386,23 @@ impl Registry {
                 .into_iter()
                 .map(|c| (c.id.clone(), c))
                 .collect(),
+            api_orgs: snapshot
+                .orgs
+                .into_iter()
+                .map(|o| (o.id.clone(), o))
+                .collect(),
             ..State::default()
         };
+        let org_ids: Vec<String> = self
+            .file
+            .orgs
+            .keys()
+            .chain(st.api_orgs.keys())
+            .cloned()
+            .collect();
+        for id in org_ids {
+            self.rebuild_org(&mut st, &id);
+        }
         for name in st.overrides.tiers.keys() {
             if !self.file.tiers.contains_key(name) {
                 tracing::warn!(tier = %name, "registry change for a tier that is not in the config file; ignored");
@@ -334,7 +427,8 @@ impl Registry {
         }
         st.routes = Arc::new(self.effective_routes(&st.overrides));
         for row in snapshot.keys {
-            apply_key(&mut st, &row.id.clone(), Some(row));
+            let bounds = self.bounds(&format!("key:{}", row.id), &row.limits);
+            apply_key(&mut st, &row.id.clone(), Some((row, bounds)));
         }
         *self.state.write() = st;
         self.builds.fetch_add(1, Ordering::Relaxed);
@@ -411,26 +505,103 @@ impl Registry {
         }
     }
 
-    fn make_client(&self, id: &str, tier: Arc<Tier>) -> Result<Client, RegistryError> {
+    /// Client `id` on `tier`, with its own `limits` over the tier's, in
+    /// `org`.
+    fn make_client(
+        &self,
+        id: &str,
+        tier: Arc<Tier>,
+        limits: LimitsConfig,
+        org: Option<Arc<Org>>,
+    ) -> Result<Client, RegistryError> {
+        let mut own = limits.over(&tier.config);
+        if let Err(e) = validate_tier(&format!("clients.{id}.limits"), &own, self.file.classes) {
+            tracing::warn!(client = %id, error = %e, "client's own limits no longer fit its tier; using the tier's");
+            own = tier.config.clone();
+        }
         let limiter = RateLimiter::builder(&format!("client:{id}"))
             .store(self.store.clone())
-            .limits(tier_limits(&tier.config))
+            .limits(tier_limits(&own))
             .outage(self.outage)
             .build_unchecked()
             .map_err(|e| crate::config::invalid(format!("tiers.{}", tier.name), e.to_string()))?;
         Ok(Client {
             id: id.to_string(),
+            budget: BudgetLimits {
+                daily: own.daily_budget_usd.map(usd_to_nano),
+                monthly: own.monthly_budget_usd.map(usd_to_nano),
+            },
             tier,
+            org,
+            limits,
             limiter,
             roomy: AtomicBool::new(false),
         })
+    }
+
+    /// The bucket and budgets of a level whose limiter key is `key`.
+    fn bounds(&self, key: &str, limits: &LimitsConfig) -> Bounds {
+        let limiter = limits.bucket().and_then(|l| {
+            RateLimiter::builder(key)
+                .store(self.store.clone())
+                .limits(l)
+                .outage(self.outage)
+                .build_unchecked()
+                .map_err(|e| tracing::warn!(key, error = %e, "a level's limits could not be set up; not applied"))
+                .ok()
+        });
+        Bounds {
+            limiter,
+            budget: limits.budget(),
+        }
+    }
+
+    /// Client `id`'s organisation and own limits, as they now are.
+    fn levels_of(&self, st: &State, id: &str) -> (Option<Arc<Org>>, LimitsConfig) {
+        let (org, limits) = match st.api_clients.get(id) {
+            Some(row) => (row.org.as_ref(), row.limits.clone()),
+            None => (
+                self.file.client_orgs.get(id),
+                self.file.client_limits.get(id).cloned().unwrap_or_default(),
+            ),
+        };
+        (org.and_then(|o| st.orgs.get(o).cloned()), limits)
+    }
+
+    /// Puts organisation `id` in the index as it now is: the database's
+    /// entry, else the file's.
+    fn rebuild_org(&self, st: &mut State, id: &str) {
+        let (name, limits, disabled, source) = match (st.api_orgs.get(id), self.file.orgs.get(id)) {
+            (Some(row), _) => (
+                row.name.clone(),
+                row.limits.clone(),
+                row.disabled,
+                "database",
+            ),
+            (None, Some(o)) => (o.name.clone(), o.limits.clone(), false, "file"),
+            (None, None) => {
+                st.orgs.remove(id);
+                return;
+            }
+        };
+        let bounds = self.bounds(&format!("org:{id}"), &limits);
+        let org = Org {
+            id: id.to_string(),
+            name,
+            limits,
+            disabled,
+            source,
+            bounds,
+        };
+        st.orgs.insert(id.to_string(), Arc::new(org));
     }
 
     /// Puts client `id` in the index as it now is (or takes it out).
     fn rebuild_client(&self, st: &mut State, id: &str) -> Result<(), RegistryError> {
         match self.tier_of(st, id) {
             Some(tier) => {
-                let client = self.make_client(id, tier)?;
+                let (org, limits) = self.levels_of(st, id);
+                let client = self.make_client(id, tier, limits, org)?;
                 st.clients.insert(id.to_string(), Arc::new(client));
             }
             None => {
@@ -440,28 +611,37 @@ impl Registry {
         Ok(())
     }
 
-    /// `client` under the tier now in force (rebuilt once after its tier
-    /// changed).
+    /// `client` under the tier and organisation now in force (rebuilt once
+    /// after either changed).
     fn fresh(&self, client: Arc<Client>) -> Arc<Client> {
-        let current = self.state.read().tiers.get(&client.tier.name).cloned();
-        match current {
-            Some(t) if !Arc::ptr_eq(&t, &client.tier) => {
-                let Ok(rebuilt) = self.make_client(&client.id, t) else {
-                    return client;
-                };
-                let rebuilt = Arc::new(rebuilt);
-                let mut st = self.state.write();
-                match st.clients.get(&client.id) {
-                    // Unless another change replaced it meanwhile.
-                    Some(now) if Arc::ptr_eq(now, &client) => {
-                        st.clients.insert(client.id.clone(), rebuilt.clone());
-                        rebuilt
-                    }
-                    Some(now) => now.clone(),
-                    None => client,
-                }
+        let (tier, org) = {
+            let st = self.state.read();
+            let org = client.org.as_ref().map(|o| st.orgs.get(&o.id).cloned());
+            (st.tiers.get(&client.tier.name).cloned(), org)
+        };
+        let org_changed = match (&org, &client.org) {
+            (Some(Some(now)), Some(was)) => !Arc::ptr_eq(now, was),
+            (Some(None), _) => true,
+            _ => false,
+        };
+        let tier = match tier {
+            Some(t) if org_changed || !Arc::ptr_eq(&t, &client.tier) => t,
+            _ => return client,
+        };
+        let limits = client.limits.clone();
+        let Ok(rebuilt) = self.make_client(&client.id, tier, limits, org.flatten()) else {
+            return client;
+        };
+        let rebuilt = Arc::new(rebuilt);
+        let mut st = self.state.write();
+        match st.clients.get(&client.id) {
+            // Unless another change replaced it meanwhile.
+            Some(now) if Arc::ptr_eq(now, &client) => {
+                st.clients.insert(client.id.clone(), rebuilt.clone());
+                rebuilt
             }
-            _ => client,
+            Some(now) => now.clone(),
+            None => client,
         }
     }
 
@@ -486,7 +666,11 @@ impl Registry {
             }
             (st.clients.get(&entry.client)?.clone(), entry.key.clone())
         };
-        Some((self.fresh(client), issued))
+        let client = self.fresh(client);
+        if client.org.as_ref().is_some_and(|o| o.disabled) {
+            return None;
+        }
+        Some((client, issued))
     }
 
     /// Client `id`.
@@ -500,6 +684,23 @@ impl Registry {
         let mut all: Vec<Arc<Client>> = self.state.read().clients.values().cloned().collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));
         all.into_iter().map(|c| self.fresh(c)).collect()
+    }
+
+    /// Organisation `id`, as in force.
+    pub fn org(&self, id: &str) -> Option<Arc<Org>> {
+        self.state.read().orgs.get(id).cloned()
+    }
+
+    /// Every organisation, by id.
+    pub fn orgs(&self) -> Vec<Arc<Org>> {
+        let mut all: Vec<Arc<Org>> = self.state.read().orgs.values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    /// Whether the config file declares organisation `id`.
+    pub fn file_org(&self, id: &str) -> Option<&OrgConfig> {
+        self.file.orgs.get(id)
     }
 
     /// How many clients there are.
@@ -633,7 +834,13 @@ impl Registry {
                 };
                 self.rebuild_client(&mut st, &id)?;
             }
-            Current::Key(id, row) => apply_key(&mut st, &id, row),
+            Current::Key(id, row) => {
+                let row = row.map(|r| {
+                    let bounds = self.bounds(&format!("key:{}", r.id), &r.limits);
+                    (r, bounds)
+                });
+                apply_key(&mut st, &id, row)
+            }
             Current::Route(name, o) => {
                 match o {
                     Some(o) => st.overrides.routes.insert(name, o),
@@ -641,7 +848,14 @@ impl Registry {
                 };
                 st.routes = Arc::new(self.effective_routes(&st.overrides));
             }
-            Current::Org(_) => {}
+            Current::Org(id, row) => {
+                match row {
+                    Some(row) => st.api_orgs.insert(id.clone(), row),
+                    None => st.api_orgs.remove(&id),
+                };
+                // Its clients take it up as each is next looked up (`fresh`).
+                self.rebuild_org(&mut st, &id);
+            }
         }
         Ok(())
     }
@@ -728,11 +942,11 @@ impl Registry {
 
 /// Puts issued key `id` as it now is into the index: a revoked or removed
 /// key leaves it.
-fn apply_key(st: &mut State, id: &str, row: Option<KeyRow>) {
+fn apply_key(st: &mut State, id: &str, row: Option<(KeyRow, Bounds)>) {
     if let Some(old) = st.key_hashes.remove(id) {
         st.keys.remove(&old);
     }
-    let Some(row) = row.filter(|r| r.revoked_at_ms.is_none()) else {
+    let Some((row, bounds)) = row.filter(|(r, _)| r.revoked_at_ms.is_none()) else {
         return;
     };
     let key = Key {
@@ -742,6 +956,8 @@ fn apply_key(st: &mut State, id: &str, row: Option<KeyRow>) {
         shown: row.shown,
         models: row.models,
         expires_at_ms: row.expires_at_ms,
+        limits: row.limits,
+        bounds,
     };
     st.keys.insert_entry(
         &row.hash,

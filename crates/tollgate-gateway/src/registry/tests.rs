@@ -37,6 +37,7 @@ fn file(pro_rpm: u64) -> Config {
             id: id.into(),
             tier: t.into(),
             key_sha256: vec![crate::auth::hash_key(&format!("key-{id}"))],
+            limits: Default::default(),
         });
     }
     c
@@ -280,4 +281,125 @@ async fn ten_thousand_clients_take_a_hundred_changes_without_a_rebuild() {
     assert!(b.authenticate("bench-key-224-1").is_some());
     assert_eq!(b.client("c-1").unwrap().tier.config.rpm, Some(30));
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `limits` from JSON.
+fn limits(json: &str) -> LimitsConfig {
+    serde_json::from_str(json).expect("limits")
+}
+
+#[tokio::test]
+async fn organisations_come_from_the_file_and_the_database_and_another_instance_applies_them() {
+    let db = crate::ledger::Store::open("sqlite::memory:").await.unwrap();
+    let mut config = file(10);
+    config.orgs.insert(
+        "acme".into(),
+        crate::config::OrgConfig {
+            name: Some("Acme".into()),
+            clients: vec!["pro".into()],
+            limits: limits(r#"{"daily_budget_usd": 5.0}"#),
+        },
+    );
+    let a = open(&config, &db).await;
+    let b = open(&config, &db).await;
+    // The file's organisation holds its client, with its budget.
+    let pro = a.client("pro").unwrap();
+    let org = pro.org.as_ref().expect("in acme");
+    assert_eq!((org.id.as_str(), org.source), ("acme", "file"));
+    assert_eq!(org.bounds.budget.daily, Some(5_000_000_000));
+    assert!(a.client("free").unwrap().org.is_none());
+
+    // A new organisation, validated as the file's are.
+    let bad = new_org("beta", r#"{"rpm": 0}"#);
+    let e = a.create_org(&bad).await.unwrap_err().to_string();
+    assert!(
+        e.contains("orgs.beta.limits.rpm") && e.contains("0 would refuse"),
+        "{e}"
+    );
+    let new = new_org("beta", r#"{"rpm": 7, "monthly_budget_usd": 2.0}"#);
+    assert!(matches!(
+        a.create_org(&new).await,
+        Ok(issue::Created::New(_))
+    ));
+    assert!(matches!(
+        a.create_org(&new).await,
+        Ok(issue::Created::Existing(_))
+    ));
+    let other = new_org("beta", r#"{"rpm": 8}"#);
+    assert!(matches!(
+        a.create_org(&other).await,
+        Err(issue::Refused::Conflict(_))
+    ));
+    // The file's id is the file's: changed with PATCH, not made again.
+    let again = new_org("acme", "{}");
+    assert!(matches!(
+        a.create_org(&again).await,
+        Err(issue::Refused::Conflict(_))
+    ));
+
+    // A client the API made, in it, with its own limits over its tier's.
+    let own = limits(r#"{"rpm": 3}"#);
+    a.create_client_in("c1", "free", Some("beta"), &own)
+        .await
+        .unwrap();
+    let missing = a.create_client_in("c2", "free", Some("nope"), &own).await;
+    assert!(
+        matches!(missing, Err(issue::Refused::Invalid(_))),
+        "{missing:?}"
+    );
+    let zero = a
+        .create_client_in("c3", "free", None, &limits(r#"{"tpm": 0}"#))
+        .await;
+    assert!(zero
+        .unwrap_err()
+        .to_string()
+        .contains("clients.c3.limits.tpm"));
+
+    // Instance B applies the changes from the database, one by one.
+    b.catch_up().await.unwrap();
+    for r in [&a, &b] {
+        let c1 = r.client("c1").unwrap();
+        assert_eq!(c1.org.as_ref().unwrap().id, "beta");
+        assert_eq!(
+            c1.limiter.policy().limit(tollgate::Dimension::Requests),
+            Some(3)
+        );
+        let beta = r.org("beta").unwrap();
+        assert_eq!(beta.bounds.budget.monthly, Some(2_000_000_000));
+        assert!(beta.bounds.limiter.is_some());
+    }
+
+    // Changing the file's organisation: the database's entry wins, its
+    // members stay; its clients take it up as each is next looked up.
+    let patch: orgs::OrgPatch =
+        serde_json::from_str(r#"{"limits": {"daily_budget_usd": 1.5}, "disabled": true}"#).unwrap();
+    a.patch_org("acme", &patch).await.unwrap();
+    b.catch_up().await.unwrap();
+    for r in [&a, &b] {
+        let pro = r.client("pro").unwrap();
+        let org = pro.org.as_ref().unwrap();
+        assert_eq!((org.source, org.disabled), ("database", true));
+        assert_eq!(org.bounds.budget.daily, Some(1_500_000_000));
+        // A disabled organisation's clients are refused.
+        assert!(r.authenticate("key-pro").is_none());
+        assert!(r.authenticate("key-free").is_some());
+    }
+    // A file client's organisation is the file's to set.
+    let e = a.set_client_org("pro", Some("beta")).await.unwrap_err();
+    assert!(matches!(e, issue::Refused::Conflict(_)), "{e:?}");
+
+    // Started again on the same database: everything is there.
+    let c = open(&config, &db).await;
+    assert_eq!(c.orgs().len(), 2);
+    assert_eq!(c.client("c1").unwrap().org.as_ref().unwrap().id, "beta");
+    assert!(c.org("acme").unwrap().disabled);
+}
+
+/// A `NewOrg` of `id` with `limits` (JSON).
+fn new_org(id: &str, limits_json: &str) -> orgs::NewOrg {
+    orgs::NewOrg {
+        id: id.into(),
+        name: None,
+        limits: limits(limits_json),
+    }
 }

@@ -1,4 +1,6 @@
-//! Admission: the client's tier bucket and its budget (asked together), and
+//! Admission: the client's tier bucket and its budget (asked together, with
+//! the buckets and budgets of its organisation and of its key when they
+//! set any: every level of the hierarchy is checked), and
 //! the provider bucket of the model in the tier's priority class (asked with
 //! them while the client has plenty of room, else after them). Each step is a
 //! reservation; a refusal undoes the others before it is returned, so the
@@ -16,10 +18,10 @@ use tollgate::{
 };
 
 use super::settle::{Admission, Books, Usage};
-use crate::budget::BudgetError;
+use crate::budget::{BudgetError, BudgetLimits, Level};
 use crate::model::Model;
 use crate::outcome::Outcome;
-use crate::registry::Client;
+use crate::registry::{Client, Key};
 
 /// The share of the client bucket's capacity (every dimension) that must
 /// have been left by the client's last admission for the next one to ask the
@@ -33,6 +35,10 @@ pub(crate) enum Bucket {
     Client,
     /// The provider bucket of the model.
     Model,
+    /// The client's organisation's bucket.
+    Org,
+    /// The issued key's own bucket.
+    Key,
 }
 
 impl Bucket {
@@ -41,6 +47,8 @@ impl Bucket {
         match self {
             Bucket::Client => "client",
             Bucket::Model => "model",
+            Bucket::Org => "organisation",
+            Bucket::Key => "key",
         }
     }
 }
@@ -94,6 +102,16 @@ impl Refusal {
         }
     }
 
+    /// The level whose budget refused, when a budget did.
+    pub(crate) fn budget_level(&self) -> Option<Level> {
+        match self {
+            Refusal::Budget(
+                BudgetError::Daily { level, .. } | BudgetError::Monthly { level, .. },
+            ) => Some(*level),
+            _ => None,
+        }
+    }
+
     /// What the budget that refused had left, in nano-USD: a candidate
     /// whose estimate costs more is not worth asking.
     pub(crate) fn budget_room(&self) -> Option<i64> {
@@ -127,15 +145,28 @@ fn too_large(e: &LimitError) -> bool {
 
 /// Reserves the client bucket, the budget and the provider bucket for a
 /// request of `estimate` tokens of `client` on `model`.
+#[cfg(test)]
 pub(crate) async fn admit(
     books: &Arc<Books>,
     client: &Arc<Client>,
     model: &Arc<Model>,
     estimate: Usage,
 ) -> Result<Admission, Refusal> {
+    admit_with(books, client, None, model, estimate).await
+}
+
+/// [`admit`] of a request that came with issued key `key`: its bucket and
+/// budgets are reserved too, as the organisation's are.
+pub(crate) async fn admit_with(
+    books: &Arc<Books>,
+    client: &Arc<Client>,
+    key: Option<&Arc<Key>>,
+    model: &Arc<Model>,
+    estimate: Usage,
+) -> Result<Admission, Refusal> {
     let mut adm = Admission::new(books, client, model, estimate);
     let ask = Ask::new(client, estimate);
-    let early = match client_side(books, &mut adm, &ask).await {
+    let early = match client_side(books, &mut adm, key, &ask).await {
         Ok(early) => early,
         Err(refusal) => {
             adm.release().await;
@@ -214,7 +245,12 @@ enum Early {
 /// client over its own limit does not churn the shared provider bucket with
 /// reservations that are cancelled at once. Grants go into `adm` (the
 /// caller gives them back on a refusal).
-async fn client_side(books: &Books, adm: &mut Admission, ask: &Ask) -> Result<Early, Refusal> {
+async fn client_side(
+    books: &Books,
+    adm: &mut Admission,
+    key: Option<&Arc<Key>>,
+    ask: &Ask,
+) -> Result<Early, Refusal> {
     let client = adm.client().clone();
     let model = adm.model().clone();
     let tier = &client.tier;
@@ -222,9 +258,22 @@ async fn client_side(books: &Books, adm: &mut Admission, ask: &Ask) -> Result<Ea
         .price
         .cost_nano(adm.estimate.input, adm.estimate.output);
     let speculate = client.roomy.load(Ordering::Relaxed);
-    let (client_res, budget_res, early) = tokio::join!(
+    let levels = budget_levels(&client, key);
+    // The organisation's and the key's buckets, outermost first.
+    let buckets: Vec<(Bucket, &RateLimiter)> = client
+        .org
+        .iter()
+        .filter_map(|o| o.bounds.limiter.as_ref().map(|l| (Bucket::Org, l)))
+        .chain(key.and_then(|k| k.bounds.limiter.as_ref().map(|l| (Bucket::Key, l))))
+        .collect();
+    let (client_res, budget_res, level_res, early) = tokio::join!(
         client.limiter.reserve(ask.cost, &ask.client_opts),
-        books.budgets.reserve(&client.id, estimate, tier.budget),
+        books.budgets.reserve_levels(&levels, estimate),
+        futures_util::future::join_all(
+            buckets
+                .iter()
+                .map(|(_, l)| l.reserve(ask.cost, &ask.client_opts))
+        ),
         async {
             if speculate {
                 Some(model.limiter.reserve(ask.cost, &ask.model_opts).await)
@@ -242,25 +291,60 @@ async fn client_side(books: &Books, adm: &mut Admission, ask: &Ask) -> Result<Ea
         Some(Err(e)) => Early::Refused(e),
         None => Early::NotAsked,
     };
-    let client_refusal = match client_res {
+    let mut refusals = Vec::new();
+    for ((bucket, limiter), res) in buckets.iter().zip(level_res) {
+        match res {
+            Ok(p) => {
+                decision(books, *bucket, &tier.name, p.waited());
+                adm.hold_level((*limiter).clone(), p);
+            }
+            Err(e) => refusals.push((*bucket, *limiter, e)),
+        }
+    }
+    match client_res {
         Ok(p) => {
             decision(books, Bucket::Client, &tier.name, p.waited());
             let status = client.limiter.status_at_grant(&p);
             adm.hold_client(p, status);
-            None
         }
-        Err(e) => Some(e),
+        Err(e) => refusals.push((Bucket::Client, &client.limiter, e)),
+    }
+    // When several levels refuse, the outermost is told.
+    let outermost = |b: &Bucket| match b {
+        Bucket::Org => 0,
+        Bucket::Client => 1,
+        _ => 2,
     };
-    let budget = budget_answer(books, adm, &client, budget_res, client_refusal.is_none());
-    if client_refusal.is_some() || budget.is_err() {
+    let refusal = refusals.into_iter().min_by_key(|(b, ..)| outermost(b));
+    let budget = budget_answer(books, adm, &client, budget_res, refusal.is_none());
+    if refusal.is_some() || budget.is_err() {
         client.roomy.store(false, Ordering::Relaxed);
     }
-    if let Some(e) = client_refusal {
+    if let Some((bucket, limiter, e)) = refusal {
         adm.release().await;
-        return Err(refused(books, Bucket::Client, &client.limiter, ask, e, &client).await);
+        return Err(refused(books, bucket, limiter, ask, e, &client).await);
     }
     budget?;
     Ok(early)
+}
+
+/// Every level whose budgets a request of `client` with `key` reserves,
+/// outermost first: its organisation's and its key's when they set any,
+/// and the client's (which reserves nothing without budgets).
+fn budget_levels<'a>(
+    client: &'a Client,
+    key: Option<&'a Arc<Key>>,
+) -> Vec<(Level, &'a str, BudgetLimits)> {
+    let has = |b: &BudgetLimits| b.daily.is_some() || b.monthly.is_some();
+    let mut levels = Vec::with_capacity(3);
+    if let Some(o) = client.org.as_ref().filter(|o| has(&o.bounds.budget)) {
+        levels.push((Level::Org, o.id.as_str(), o.bounds.budget));
+    }
+    levels.push((Level::Client, client.id.as_str(), client.budget));
+    if let Some(k) = key.filter(|k| has(&k.bounds.budget)) {
+        levels.push((Level::Key, k.id.as_str(), k.bounds.budget));
+    }
+    levels
 }
 
 /// Takes the budget's answer: a hold goes into `adm`; a spend store that
@@ -271,7 +355,7 @@ fn budget_answer(
     books: &Books,
     adm: &mut Admission,
     client: &Client,
-    answer: Result<crate::budget::Hold, BudgetError>,
+    answer: Result<Vec<crate::budget::Hold>, BudgetError>,
     counted: bool,
 ) -> Result<(), Refusal> {
     let count = |decision: &str| {
@@ -289,7 +373,7 @@ fn budget_answer(
     match answer {
         Ok(h) => {
             count("granted");
-            adm.hold_budget(h);
+            adm.hold_budgets(h);
             Ok(())
         }
         Err(BudgetError::Store(msg)) if !matches!(books.outage, OutagePolicy::Closed) => {

@@ -80,6 +80,7 @@ impl Fixture {
                 id: name.to_string(),
                 tier: name.to_string(),
                 key_sha256: vec![crate::auth::hash_key(&format!("key-{name}"))],
+                limits: Default::default(),
             });
         }
         c.validate().expect("a valid configuration");

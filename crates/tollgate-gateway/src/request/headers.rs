@@ -14,8 +14,13 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use tollgate::{Dimension, DimensionStatus};
 
 /// Which bucket a 429's rate-limit headers describe: `client` (the client's
-/// tier bucket) or `model` (the provider model's shared bucket).
+/// tier bucket), `model` (the provider model's shared bucket),
+/// `organisation` or `key` (their own buckets).
 pub const BUCKET_HEADER: HeaderName = HeaderName::from_static("x-tollgate-ratelimit-bucket");
+
+/// Which level's budget refused a request (`organisation`, `client` or
+/// `key`), on a budget's 429.
+pub const BUDGET_LEVEL_HEADER: HeaderName = HeaderName::from_static("x-tollgate-budget-level");
 
 /// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` from a bucket's
 /// dimensions (a [`tollgate::Status`]'s, or a permit's state at its grant).

@@ -194,7 +194,7 @@ pub(crate) async fn handle(
         path,
         registry: &registry,
         client: &client,
-        key: key.as_deref(),
+        key: key.as_ref(),
         headers: &headers,
         endpoint,
         request_id,
@@ -226,7 +226,7 @@ struct Req<'a> {
     registry: &'a Registry,
     client: &'a Arc<Client>,
     /// The key, when the admin API issued it.
-    key: Option<&'a crate::registry::Key>,
+    key: Option<&'a Arc<crate::registry::Key>>,
     headers: &'a HeaderMap,
     endpoint: Endpoint,
     request_id: RequestId,
@@ -255,6 +255,9 @@ async fn serve(req: &Req<'_>, body: Body, tally: &mut Tally) -> Result<Response,
             .get(&parsed.model)
             .or(Some(routed.candidates.first())),
     );
+    if let (Some(d), Some(k)) = (&draft, req.key) {
+        d.keyed(&k.id);
+    }
     let candidates = routed.candidates;
     let mut trail = Trail {
         route: routed.route,
@@ -375,6 +378,9 @@ async fn attempt(
         if let Some(room) = next.budget_room {
             trail.budget_room = Some(trail.budget_room.map_or(room, |r| r.min(room)));
         }
+        if let (Some(level), Some(d)) = (next.budget_level, &trail.draft) {
+            d.budget_refused(level);
+        }
         if next.another_model_may {
             Attempted::Next(reply)
         } else {
@@ -478,6 +484,8 @@ struct Onward {
     another_model_may: bool,
     /// What the budget had left, when it was the budget that refused.
     budget_room: Option<i64>,
+    /// The level whose budget refused, when a budget did.
+    budget_level: Option<crate::budget::Level>,
 }
 
 /// Admits the request on `model`, asking the store about an upstream pause
@@ -497,7 +505,12 @@ async fn admit(
     // were a third of a request's instructions (docs/BENCHMARKS.md).
     let admitting = tokio::spawn(Box::pin({
         let (books, client, model) = (req.path.books.clone(), req.client.clone(), model.clone());
-        async move { Box::new(admit::admit(&books, &client, &model, estimate.tokens).await) }
+        let key = req.key.cloned();
+        async move {
+            let admitted =
+                admit::admit_with(&books, &client, key.as_ref(), &model, estimate.tokens).await;
+            Box::new(admitted)
+        }
     }));
     let (admitted, paused) = tokio::join!(admitting, model.hold.check(&up.store, up.store_timeout));
     match admitted.map(|outcome| *outcome) {
@@ -506,6 +519,7 @@ async fn admit(
             let onward = Onward {
                 another_model_may: refusal.another_model_may_take_it(),
                 budget_room: refusal.budget_room(),
+                budget_level: refusal.budget_level(),
             };
             Err((respond::refusal(req.client, model, refusal).await, onward))
         }
@@ -515,6 +529,7 @@ async fn admit(
             let onward = Onward {
                 another_model_may: false,
                 budget_room: None,
+                budget_level: None,
             };
             Err((reply, onward))
         }

@@ -185,6 +185,12 @@ fn refused(client: &Client, model: &Model, r: Refusal) -> ApiError {
             "model {:?} (shared provider limit, priority class {})",
             model.name, client.tier.class
         ),
+        Bucket::Org => format!(
+            "organisation {:?} (of client {:?})",
+            client.org.as_ref().map_or("", |o| o.id.as_str()),
+            client.id
+        ),
+        Bucket::Key => format!("this API key of client {:?}", client.id),
     };
     let mut err = match error {
         LimitError::RateLimited { retry_after, max_wait, .. } => ApiError::rate_limited(
@@ -249,7 +255,16 @@ fn budget_refused(e: BudgetError) -> ApiError {
         BudgetError::Monthly { .. } => ("monthly_budget_exceeded", period.until_next_month()),
         BudgetError::Store(_) => return store_unavailable(StoreKind::Spend),
     };
-    ApiError::rate_limited("insufficient_quota", code, e.to_string(), retry_after)
+    let level = match &e {
+        BudgetError::Daily { level, .. } | BudgetError::Monthly { level, .. } => level.name(),
+        BudgetError::Store(_) => "client",
+    };
+    let mut err = ApiError::rate_limited("insufficient_quota", code, e.to_string(), retry_after);
+    err.headers.insert(
+        super::headers::BUDGET_LEVEL_HEADER,
+        HeaderValue::from_static(level),
+    );
+    err
 }
 
 /// The answer to an upstream's failure.

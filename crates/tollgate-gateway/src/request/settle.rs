@@ -124,9 +124,15 @@ impl Admission {
         self.parts.model_permit = Some(p);
     }
 
-    /// The budget's hold was granted.
-    pub(crate) fn hold_budget(&mut self, h: Hold) {
-        self.parts.hold = Some(h);
+    /// The budgets' holds were granted (one per level with budgets).
+    pub(crate) fn hold_budgets(&mut self, h: Vec<Hold>) {
+        self.parts.holds = h;
+    }
+
+    /// The bucket of a level above or below the client (its organisation,
+    /// its key) granted its reservation.
+    pub(crate) fn hold_level(&mut self, limiter: RateLimiter, p: Permit) {
+        self.parts.level_permits.push((limiter, p));
     }
 
     /// The longest of the granted reservations' waits for their slots.
@@ -135,6 +141,7 @@ impl Admission {
         p.client_permit
             .iter()
             .chain(p.model_permit.iter())
+            .chain(p.level_permits.iter().map(|(_, p)| p))
             .map(|p| p.waited())
             .max()
             .unwrap_or_default()
@@ -148,11 +155,13 @@ impl Admission {
             model,
             client_permit,
             model_permit,
+            level_permits,
             ..
         } = &mut self.parts;
         let client = client_permit.as_mut().map(|p| (&client.limiter, p));
         let model = model_permit.as_mut().map(|p| (&model.limiter, p));
-        client.into_iter().chain(model)
+        let levels = level_permits.iter_mut().map(|(l, p)| (&*l, p));
+        client.into_iter().chain(model).chain(levels)
     }
 
     /// The client this admission is for.
@@ -258,7 +267,10 @@ struct Parts {
     model: Arc<Model>,
     client_permit: Option<Permit>,
     model_permit: Option<Permit>,
-    hold: Option<Hold>,
+    /// The organisation's and the key's bucket reservations.
+    level_permits: Vec<(RateLimiter, Permit)>,
+    /// One budget hold per level with budgets.
+    holds: Vec<Hold>,
     request_id: uuid::Uuid,
     /// What this attempt tells its request's ledger row.
     notes: Notes,
@@ -288,7 +300,8 @@ impl Parts {
             model,
             client_permit: None,
             model_permit: None,
-            hold: None,
+            level_permits: Vec::new(),
+            holds: Vec::new(),
             request_id: uuid::Uuid::nil(),
             notes: Notes::default(),
             draft: None,
@@ -296,7 +309,10 @@ impl Parts {
     }
 
     fn is_empty(&self) -> bool {
-        self.client_permit.is_none() && self.model_permit.is_none() && self.hold.is_none()
+        self.client_permit.is_none()
+            && self.model_permit.is_none()
+            && self.level_permits.is_empty()
+            && self.holds.is_empty()
     }
 
     /// Settles with `usage`, or with `None` cancels everything (the request
@@ -306,10 +322,18 @@ impl Parts {
         let used = usage.unwrap_or_default();
         let cost = self.model.price.cost_nano(used.input, used.output);
         let (client_permit, model_permit) = (self.client_permit.take(), self.model_permit.take());
+        let levels = std::mem::take(&mut self.level_permits)
+            .into_iter()
+            .map(|(limiter, p)| settle_permit(limiter, Some(p), usage));
+        let holds = std::mem::take(&mut self.holds);
+        let budgets = holds
+            .iter()
+            .map(|h| settle_budget(&self.books, &self.client, Some(h), cost));
         tokio::join!(
             settle_permit(self.client.limiter.clone(), client_permit, usage),
             settle_permit(self.model.limiter.clone(), model_permit, usage),
-            settle_budget(&self.books, &self.client, self.hold.as_ref(), cost)
+            futures_util::future::join_all(levels),
+            futures_util::future::join_all(budgets),
         );
         if usage.is_some() {
             self.count(used, cost);
@@ -394,6 +418,9 @@ impl Books {
             outcome: Outcome::ClientGone.as_str().to_string(),
             error_code: None,
             instance: ledger.instance().to_string(),
+            org: client.org.as_ref().map(|o| o.id.clone()),
+            key_id: None,
+            budget_level: None,
         };
         Some(Arc::new(RowDraft {
             ledger,
@@ -413,6 +440,16 @@ impl RowDraft {
         let mut row = self.row.lock();
         row.est_input_tokens = estimate.input as i64;
         row.est_output_tokens = estimate.output as i64;
+    }
+
+    /// The request came with issued key `id`.
+    pub(crate) fn keyed(&self, id: &str) {
+        self.row.lock().key_id = Some(id.to_string());
+    }
+
+    /// The budget of `level` refused the request (on its last candidate).
+    pub(crate) fn budget_refused(&self, level: crate::budget::Level) {
+        self.row.lock().budget_level = Some(level.name().to_string());
     }
 
     /// How the request ended.
@@ -454,6 +491,11 @@ impl Drop for RowDraft {
     fn drop(&mut self) {
         let mut row = std::mem::take(self.row.get_mut());
         row.finished_at_ms = crate::ledger::row::now_ms();
+        // A budget that refused one candidate names no level when another
+        // candidate answered.
+        if row.outcome != Outcome::BudgetExceeded.as_str() {
+            row.budget_level = None;
+        }
         self.ledger.record(row);
     }
 }

@@ -109,6 +109,7 @@ pub fn config(sim_url: &str, chat_model: ModelConfig, tiers: &[(&str, TierConfig
             id: name.to_string(),
             tier: name.to_string(),
             key_sha256: vec![hash_key(&format!("key-{name}"))],
+            limits: Default::default(),
         });
     }
     c

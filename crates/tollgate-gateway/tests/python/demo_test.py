@@ -51,6 +51,12 @@ assert deltas == events[-1].response.output_text, (deltas, events[-1])
 raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=msgs, max_tokens=5)
 assert raw.headers.get("x-request-id"), raw.headers
 
+# The route aliases are listed beside the models, and each answers alone.
+ids = [m.id for m in client.models.list()]
+assert "auto" in ids and "gpt-4o-mini" in ids, ids
+alias = client.models.retrieve("auto")
+assert alias.id == "auto" and alias.object == "model" and alias.owned_by == "tollgate", alias
+
 # model="auto": routed by the example configuration's routes, by tier and
 # task; the answer says which rule and which model served it.
 enterprise = OpenAI(base_url=base, api_key="tg-demo-enterprise", max_retries=0)

@@ -339,6 +339,19 @@ impl RateLimiter {
         if let Some(Advance::Moved(moved)) = &outcome {
             permit.slot = moved.slot;
             *deadline = Instant::now() + secs(moved.slot - moved.now);
+            // In a lane, the queue moves up when its first leaves to borrow
+            // elsewhere: a waiter moved up but still waiting may be the first
+            // now, and may borrow at once rather than a check later.
+            if self.inner.lanes.is_some() && moved.slot > moved.now {
+                match self.try_advance(permit, lease).await {
+                    Some(Advance::First) => return Some(Advance::First),
+                    Some(Advance::Moved(again)) => {
+                        permit.slot = again.slot;
+                        *deadline = Instant::now() + secs(again.slot - again.now);
+                    }
+                    _ => {}
+                }
+            }
         }
         outcome
     }

@@ -7,8 +7,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use tollgate_core::{
-    advance, reserve, settle_vacated, Dims, KeyState, Mark, Policy, ReserveError, ReserveRequest,
-    Settled, Vacated, DIMENSIONS,
+    advance, moved_vacated, reserve, settle_vacated, Dims, KeyState, Mark, Policy, ReserveError,
+    ReserveRequest, Settled, Vacated, DIMENSIONS,
 };
 
 use super::{
@@ -102,7 +102,8 @@ struct ClassQueue {
     /// above `n`.
     headroom: [VecDeque<HeadroomEntry>; DIMENSIONS],
     /// Seconds of TAT given back by refunds of this class's started
-    /// reservations, per dimension (see `tollgate_core::advance`).
+    /// reservations and of the first of its queue, per dimension (see
+    /// `tollgate_core::advance`).
     started_refunds: Dims,
     /// Per queued reservation, the seconds of TAT per dimension that
     /// cancelled reservations charged just before it vacated but could not
@@ -111,6 +112,19 @@ struct ClassQueue {
     /// Cancelled queued reservation → the reservation its vacated seconds
     /// went to, so that a cancellation just before it reaches that one too.
     forward: BTreeMap<u64, u64>,
+    /// Per queued reservation, the seconds of TAT per dimension that
+    /// cancellations charged just before it gave back (their
+    /// `Settled::returned`): that moved the TAT, not its slot, so it may
+    /// start earlier by them too, but must not give them back again (see
+    /// [`Given`]).
+    extra: HashMap<u64, Given, ahash::RandomState>,
+    /// Per queued reservation, what the queued reservation charged just
+    /// before it vacated by moving earlier (`tollgate_core::moved_vacated`,
+    /// see [`Moved`]).
+    moved_in: HashMap<u64, Moved, ahash::RandomState>,
+    /// Per queued reservation that moved earlier, the seconds it has handed
+    /// on so far (in `moved_in`): a later move hands on only the rest.
+    handed: HashMap<u64, Dims, ahash::RandomState>,
 }
 
 /// Most reservations a class keeps vacated seconds for; past that it forgets
@@ -130,11 +144,17 @@ impl ClassQueue {
                 if !self.credits.is_empty() {
                     self.credits.remove(&id);
                 }
+                if !(self.extra.is_empty() && self.moved_in.is_empty()) {
+                    self.extra.remove(&id);
+                    self.moved_in.remove(&id);
+                    self.handed.remove(&id);
+                }
             }
         }
-        if self.slots.is_empty() && !self.forward.is_empty() {
-            self.forward.clear();
-            self.credits.clear();
+        if self.slots.is_empty()
+            && !(self.forward.is_empty() && self.extra.is_empty() && self.moved_in.is_empty())
+        {
+            self.forget_credits();
         }
         for d in &mut self.headroom {
             while d.front().is_some_and(|e| e.slot <= now) {
@@ -192,8 +212,33 @@ impl ClassQueue {
 
     /// Seconds vacated just ahead of queued reservation `id` (taken: it is
     /// leaving the queue).
-    fn take_credit(&mut self, id: u64) -> Dims {
-        self.credits.remove(&id).unwrap_or([0.0; DIMENSIONS])
+    fn take_credit(&mut self, id: u64) -> Taken {
+        const NONE: Dims = [0.0; DIMENSIONS];
+        self.handed.remove(&id);
+        Taken {
+            owed: self.credits.remove(&id).unwrap_or(NONE),
+            extra: self.extra.remove(&id),
+            moved_in: self.moved_in.remove(&id),
+        }
+    }
+
+    /// The seconds queued reservation `id`, whose mark is `mark`, may start
+    /// earlier by (owed, then extra, then what moved in), if any.
+    fn credit_of(&self, id: u64, mark: &Mark) -> Option<Dims> {
+        let owed = self.credits.get(&id);
+        let extra = self.extra.get(&id);
+        let moved = self.moved_in.get(&id);
+        if owed.is_none() && extra.is_none() && moved.is_none() {
+            return None;
+        }
+        let mut total = owed.copied().unwrap_or([0.0; DIMENSIONS]);
+        if let Some(extra) = extra {
+            add(&mut total, &extra.for_mark(mark));
+        }
+        if let Some(moved) = moved {
+            add(&mut total, &moved.for_mark(mark));
+        }
+        Some(total)
     }
 
     /// Queued reservation `id` of this class was cancelled, leaving `left`
@@ -201,22 +246,24 @@ impl ClassQueue {
     /// after it is queued behind it in this class (directly, or through
     /// reservations cancelled before, which forward to it), nothing else lies
     /// between them on the line: that one may start earlier by them.
-    fn pass_on(&mut self, id: u64, slot: f64, left: Dims) {
-        // In a FIFO class the first entry after it is the next queued id.
-        let Some(&(_, first)) = self.slots.range((slot.to_bits(), id + 1)..).next() else {
+    ///
+    /// `left` is what it could not give back (owed to the next, which gives
+    /// it back when it is cancelled in turn); `extra` what the next may start
+    /// earlier by besides (see [`ClassQueue::extra`]).
+    fn pass_on(&mut self, id: u64, slot: f64, left: Dims, extra: Given, moved_in: Option<Moved>) {
+        let Some(first) = self.next_on_line(id, slot) else {
             return;
         };
-        let mut next = id + 1;
-        while next != first {
-            match self.forward.get(&next) {
-                Some(&n) if n > next && n <= first => next = n,
-                _ => return,
-            }
+        if self.credits.len() >= MAX_CREDITS || self.extra.len() >= MAX_CREDITS {
+            self.forget_credits();
         }
-        if self.credits.len() >= MAX_CREDITS {
-            self.credits.clear();
-            self.forward.clear();
-        }
+        // What this one handed on by moving it vacates again, whole, in
+        // `left` and `extra`; what moved in to it, from the one before it
+        // on the line, is now the next one's: nothing lies between those.
+        match moved_in {
+            Some(m) => self.moved_in.insert(first, m),
+            None => self.moved_in.remove(&first),
+        };
         // Only cancellations of queued reservations walk these links, and all
         // of those come after the first one queued.
         if let Some(&(_, front)) = self.slots.first() {
@@ -229,10 +276,149 @@ impl ClassQueue {
             }
         }
         self.forward.insert(id, first);
-        let total = self.credits.entry(first).or_insert([0.0; DIMENSIONS]);
-        for (t, l) in total.iter_mut().zip(left) {
-            *t += l;
+        add(
+            self.credits.entry(first).or_insert([0.0; DIMENSIONS]),
+            &left,
+        );
+        match self.extra.get_mut(&first) {
+            Some(had) => had.merge(&extra),
+            None => {
+                self.extra.insert(first, extra);
+            }
         }
+    }
+
+    /// The queued reservation of this class charged right after reservation
+    /// `id` (at `slot`), directly or through cancelled ones that forward to
+    /// it: nothing else lies between the two on the TAT line.
+    fn next_on_line(&self, id: u64, slot: f64) -> Option<u64> {
+        // In a FIFO class the first entry after it is the next queued id.
+        let &(_, first) = self.slots.range((slot.to_bits(), id + 1)..).next()?;
+        let mut next = id + 1;
+        while next != first {
+            match self.forward.get(&next) {
+                Some(&n) if n > next && n <= first => next = n,
+                _ => return None,
+            }
+        }
+        Some(first)
+    }
+
+    fn forget_credits(&mut self) {
+        self.credits.clear();
+        self.forward.clear();
+        self.extra.clear();
+        self.moved_in.clear();
+        self.handed.clear();
+    }
+
+    /// Queued reservation `id` moved earlier to `slot`, having vacated
+    /// `vacated` seconds in all (`tollgate_core::moved_vacated`): what of
+    /// them it has not handed on yet goes to the reservation charged right
+    /// after it, when that one is queued behind it in this class.
+    fn hand_on_move(&mut self, id: u64, slot: f64, vacated: Dims, mark: &Mark) {
+        let handed = self.handed.get(&id).copied().unwrap_or([0.0; DIMENSIONS]);
+        let mut more = [0.0; DIMENSIONS];
+        for ((m, v), h) in more.iter_mut().zip(vacated).zip(handed) {
+            *m = (v - h).max(0.0);
+        }
+        if more.iter().all(|&m| m <= 0.0) {
+            return;
+        }
+        let Some(first) = self.next_on_line(id, slot) else {
+            return;
+        };
+        if self.credits.len() >= MAX_CREDITS || self.moved_in.len() >= MAX_CREDITS {
+            self.forget_credits();
+        }
+        let mut total = handed;
+        add(&mut total, &more);
+        self.handed.insert(id, total);
+        let basis = Moved::basis_of(mark);
+        let entry = self.moved_in.entry(first).or_insert(Moved {
+            seconds: [0.0; DIMENSIONS],
+            basis,
+        });
+        add(&mut entry.seconds, &more);
+        entry.basis = basis;
+    }
+}
+
+/// What a queued reservation that moved earlier vacated for the one charged
+/// right after it.
+///
+/// `tollgate_core::moved_vacated` counts from the mover's view of the TAT
+/// line; the one behind sees it less the refunds made between the two
+/// charges that are not refunds of started reservations of their class
+/// (those it counts itself), for its charge came after them. Hence `basis`,
+/// per dimension the mover's `refunded_at − class_refunds_at`.
+#[derive(Debug, Clone, Copy)]
+struct Moved {
+    seconds: Dims,
+    basis: Dims,
+}
+
+impl Moved {
+    fn basis_of(mark: &Mark) -> Dims {
+        let mut b = [0.0; DIMENSIONS];
+        for (i, b) in b.iter_mut().enumerate() {
+            *b = mark.refunded_at[i] - mark.class_refunds_at[i];
+        }
+        b
+    }
+
+    /// The seconds the reservation of `mark` may start earlier by.
+    fn for_mark(&self, mark: &Mark) -> Dims {
+        let own = Moved::basis_of(mark);
+        let mut out = [0.0; DIMENSIONS];
+        for i in 0..DIMENSIONS {
+            out[i] = (self.seconds[i] - (own[i] - self.basis[i])).max(0.0);
+        }
+        out
+    }
+}
+
+/// Seconds that cancellations gave back, which a queued reservation charged
+/// after them may start earlier by (see [`ClassQueue::extra`]), unless its
+/// charge came after one of them: then its TAT before the charge was lowered
+/// by them already. `before` is, per dimension, the least of the key's
+/// refund counters just before each of those refunds; a reservation whose
+/// `refunded_at` exceeds it counts none of them (safe, only later).
+#[derive(Debug, Clone, Copy)]
+struct Given {
+    seconds: Dims,
+    before: Dims,
+}
+
+impl Given {
+    fn merge(&mut self, other: &Given) {
+        for i in 0..DIMENSIONS {
+            self.seconds[i] += other.seconds[i];
+            self.before[i] = self.before[i].min(other.before[i]);
+        }
+    }
+
+    fn for_mark(&self, mark: &Mark) -> Dims {
+        std::array::from_fn(|i| {
+            if mark.refunded_at[i] <= self.before[i] {
+                self.seconds[i]
+            } else {
+                0.0
+            }
+        })
+    }
+}
+
+/// What a queued reservation leaving its queue takes of its credits.
+struct Taken {
+    owed: Dims,
+    extra: Option<Given>,
+    moved_in: Option<Moved>,
+}
+
+fn add(total: &mut Dims, more: &Dims) {
+    for (t, m) in total.iter_mut().zip(more) {
+        *t += m;
     }
 }
 
@@ -413,22 +599,28 @@ impl MemoryStore {
         let now = self.clock.now();
         let entry = shard.entry(call.key, hash, now);
         let queue = entry.queue(call.class, now);
-        let was_queued = queue.slots.remove(&(call.slot.to_bits(), call.id));
+        let me = (call.slot.to_bits(), call.id);
+        // The first of its class's queue was charged before every other
+        // reservation queued in it (FIFO).
+        let first = queue.slots.first() == Some(&me);
+        let was_queued = queue.slots.remove(&me);
         if call.slot > now && !was_queued {
             // Its slot is ahead but it waits no more: cancelled already.
             return Settled::unchanged(entry.state);
         }
+        let taken = if was_queued {
+            queue.forget(call.id);
+            Some(queue.take_credit(call.id))
+        } else {
+            None
+        };
         let vacated = Vacated {
             queued: was_queued && call.slot > now,
             slot: call.slot,
-            ahead: if was_queued {
-                queue.forget(call.id);
-                queue.take_credit(call.id)
-            } else {
-                [0.0; DIMENSIONS]
-            },
+            ahead: taken.as_ref().map_or([0.0; DIMENSIONS], |t| t.owed),
         };
         let later = entry.later_headroom(call.id, now);
+        let refunded_before = entry.state.refunded;
         let settled = settle_vacated(
             call.policy,
             &entry.state,
@@ -440,12 +632,29 @@ impl MemoryStore {
         );
         entry.state = settled.state;
         let queue = entry.queue(call.class, now);
-        if call.slot <= now {
+        if call.slot <= now || first {
             for (r, give) in queue.started_refunds.iter_mut().zip(settled.returned) {
                 *r += give;
             }
-        } else if was_queued && call.actual.iter().all(|&a| a == 0.0) {
-            queue.pass_on(call.id, call.slot, settled.left);
+        }
+        if let Some(taken) =
+            taken.filter(|_| call.slot > now && call.actual.iter().all(|&a| a == 0.0))
+        {
+            // What it gave back moved the TAT, not the slot of the one
+            // behind: that one may start earlier by it too, unless it was the
+            // first of the queue (then every one queued behind counts it).
+            let mut extra = Given {
+                seconds: if first {
+                    [0.0; DIMENSIONS]
+                } else {
+                    settled.returned
+                },
+                before: refunded_before,
+            };
+            if let Some(had) = &taken.extra {
+                extra.merge(had);
+            }
+            queue.pass_on(call.id, call.slot, settled.left, extra, taken.moved_in);
         }
         settled
     }
@@ -477,11 +686,13 @@ impl MemoryStore {
             .range(..me)
             .next_back()
             .map_or(f64::NEG_INFINITY, |&(s, _)| f64::from_bits(s));
-        let mut since = queue.started_refunds;
-        for (s, at) in since.iter_mut().zip(call.mark.class_refunds_at) {
+        let mut refunds = queue.started_refunds;
+        for (s, at) in refunds.iter_mut().zip(call.mark.class_refunds_at) {
             *s -= at;
         }
-        if let Some(credit) = queue.credits.get(&call.id) {
+        let credit = queue.credit_of(call.id, &call.mark);
+        let mut since = refunds;
+        if let Some(credit) = &credit {
             for (s, c) in since.iter_mut().zip(credit) {
                 *s += c;
             }
@@ -506,6 +717,11 @@ impl MemoryStore {
         queue.slots.remove(&me);
         if slot > now {
             queue.slots.insert((slot.to_bits(), call.id));
+        }
+        if credit.is_some() {
+            let credit = credit.unwrap_or([0.0; DIMENSIONS]);
+            let vacated = moved_vacated(call.policy, &call.mark, &credit, &refunds, slot);
+            queue.hand_on_move(call.id, slot, vacated, &call.mark);
         }
         Advance::Moved(Advanced { slot, now })
     }

@@ -4,8 +4,10 @@
 //! Use from a test file with `mod support;`.
 #![allow(dead_code, unused_imports)]
 
+pub mod clock;
 pub mod redis_server;
 pub mod tls;
 
+pub use clock::TokioClock;
 pub use redis_server::{RedisCluster, RedisServer};
 pub use tls::TestCerts;

@@ -12,6 +12,7 @@ pub use self::sqlite::SqliteStore;
 
 use self::sql::{Rows, Statement};
 use super::row::Row;
+use crate::budget::Level;
 
 /// Why the ledger's database could not be used.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -115,6 +116,18 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX registry_keys_client ON registry_keys (client);",
     ),
     (
+        3,
+        // The budget hierarchy (organisation → client → key): each row
+        // names the organisation and the issued key it was charged to, so
+        // every level's spend is rebuilt from the ledger like a client's,
+        // and the level whose budget refused it.
+        "ALTER TABLE ledger_rows ADD COLUMN org TEXT;
+    ALTER TABLE ledger_rows ADD COLUMN key_id TEXT;
+    ALTER TABLE ledger_rows ADD COLUMN budget_level TEXT;
+    CREATE INDEX ledger_rows_org_time ON ledger_rows (org, started_at_ms);
+    CREATE INDEX ledger_rows_key_time ON ledger_rows (key_id, started_at_ms);",
+    ),
+    (
         4,
         // The audit of the registry's changes (see `crate::registry::audit`):
         // one row per change, numbered by its change (`registry_changes`).
@@ -129,15 +142,28 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     );
     CREATE INDEX registry_audit_object ON registry_audit (object, version);",
     ),
+    (
+        5,
+        // The answers to key issuances with an `Idempotency-Key` (see
+        // `crate::registry::idempotency`).
+        "CREATE TABLE registry_idempotency (
+        id TEXT PRIMARY KEY,
+        request TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        sealed TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        at_ms BIGINT NOT NULL
+    );",
+    ),
 ];
 
 /// The columns of `ledger_rows`, in the order inserts bind them.
 pub(crate) const COLUMNS: &str = "request_id, started_at_ms, finished_at_ms, client, tier, route, \
     requested_model, served_model, baseline_model, attempts, est_input_tokens, est_output_tokens, \
     input_tokens, output_tokens, cost_micro_usd, baseline_cost_micro_usd, queue_wait_us, \
-    upstream_latency_us, first_token_us, outcome, error_code, instance";
+    upstream_latency_us, first_token_us, outcome, error_code, instance, org, key_id, budget_level";
 /// How many columns a row has.
-pub(crate) const NCOLUMNS: usize = 22;
+pub(crate) const NCOLUMNS: usize = 25;
 
 /// What a report groups by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -237,17 +263,42 @@ pub(crate) fn usage_sql(group: GroupBy) -> String {
     )
 }
 
-/// A client's spend since `$2` and since `$3` (ms; `$2 >= $3`), micro-USD.
-pub(crate) const SPEND_SQL: &str = "SELECT \
-    CAST(COALESCE(SUM(CASE WHEN started_at_ms >= $2 THEN cost_micro_usd ELSE 0 END), 0) AS BIGINT), \
-    CAST(COALESCE(SUM(cost_micro_usd), 0) AS BIGINT) \
-    FROM ledger_rows WHERE client = $1 AND started_at_ms >= $3";
+/// The spend of `level`'s `$1` (a client, an organisation or an issued
+/// key) since `$2` and since `$3` (ms; `$2 >= $3`), micro-USD.
+pub(crate) fn spend_sql(level: Level) -> &'static str {
+    match level {
+        Level::Client => "SELECT \
+            CAST(COALESCE(SUM(CASE WHEN started_at_ms >= $2 THEN cost_micro_usd ELSE 0 END), 0) AS BIGINT), \
+            CAST(COALESCE(SUM(cost_micro_usd), 0) AS BIGINT) \
+            FROM ledger_rows WHERE client = $1 AND started_at_ms >= $3",
+        Level::Org => "SELECT \
+            CAST(COALESCE(SUM(CASE WHEN started_at_ms >= $2 THEN cost_micro_usd ELSE 0 END), 0) AS BIGINT), \
+            CAST(COALESCE(SUM(cost_micro_usd), 0) AS BIGINT) \
+            FROM ledger_rows WHERE org = $1 AND started_at_ms >= $3",
+        Level::Key => "SELECT \
+            CAST(COALESCE(SUM(CASE WHEN started_at_ms >= $2 THEN cost_micro_usd ELSE 0 END), 0) AS BIGINT), \
+            CAST(COALESCE(SUM(cost_micro_usd), 0) AS BIGINT) \
+            FROM ledger_rows WHERE key_id = $1 AND started_at_ms >= $3",
+    }
+}
 
-/// Every client's spend since `$1` and since `$2` (ms; `$1 >= $2`).
-pub(crate) const ALL_SPEND_SQL: &str = "SELECT client, \
-    CAST(COALESCE(SUM(CASE WHEN started_at_ms >= $1 THEN cost_micro_usd ELSE 0 END), 0) AS BIGINT), \
-    CAST(COALESCE(SUM(cost_micro_usd), 0) AS BIGINT) \
-    FROM ledger_rows WHERE started_at_ms >= $2 GROUP BY client";
+/// The spend of every id of `level` since `$1` and since `$2` (ms; `$1 >= $2`).
+pub(crate) fn all_spend_sql(level: Level) -> &'static str {
+    match level {
+        Level::Client => "SELECT client, \
+            CAST(COALESCE(SUM(CASE WHEN started_at_ms >= $1 THEN cost_micro_usd ELSE 0 END), 0) AS BIGINT), \
+            CAST(COALESCE(SUM(cost_micro_usd), 0) AS BIGINT) \
+            FROM ledger_rows WHERE started_at_ms >= $2 GROUP BY client",
+        Level::Org => "SELECT org, \
+            CAST(COALESCE(SUM(CASE WHEN started_at_ms >= $1 THEN cost_micro_usd ELSE 0 END), 0) AS BIGINT), \
+            CAST(COALESCE(SUM(cost_micro_usd), 0) AS BIGINT) \
+            FROM ledger_rows WHERE started_at_ms >= $2 AND org IS NOT NULL GROUP BY org",
+        Level::Key => "SELECT key_id, \
+            CAST(COALESCE(SUM(CASE WHEN started_at_ms >= $1 THEN cost_micro_usd ELSE 0 END), 0) AS BIGINT), \
+            CAST(COALESCE(SUM(cost_micro_usd), 0) AS BIGINT) \
+            FROM ledger_rows WHERE started_at_ms >= $2 AND key_id IS NOT NULL GROUP BY key_id",
+    }
+}
 
 /// The SELECT of whole rows (tests, exports).
 pub(crate) fn rows_sql() -> String {
@@ -290,6 +341,9 @@ pub(crate) fn row_from(c: &impl Columns) -> Result<Row, StoreError> {
         outcome: c.text(19)?,
         error_code: c.opt_text(20)?,
         instance: c.text(21)?,
+        org: c.opt_text(22)?,
+        key_id: c.opt_text(23)?,
+        budget_level: c.opt_text(24)?,
     })
 }
 
@@ -308,7 +362,7 @@ pub(crate) fn sums_from(c: &impl Columns) -> Result<GroupSums, StoreError> {
     })
 }
 
-/// One answer of [`ALL_SPEND_SQL`].
+/// One answer of [`all_spend_sql`].
 pub(crate) fn client_spend_from(c: &impl Columns) -> Result<(String, SpendSince), StoreError> {
     Ok((
         c.text(0)?,
@@ -383,9 +437,21 @@ impl Store {
         day_ms: i64,
         month_ms: i64,
     ) -> Result<SpendSince, StoreError> {
+        self.spend_of(Level::Client, client, day_ms, month_ms).await
+    }
+
+    /// The spend of `level`'s `id` since `day_ms` and since `month_ms`.
+    pub async fn spend_of(
+        &self,
+        level: Level,
+        id: &str,
+        day_ms: i64,
+        month_ms: i64,
+    ) -> Result<SpendSince, StoreError> {
+        let sql = spend_sql(level);
         match self {
-            Store::Sqlite(s) => s.spend(client, day_ms, month_ms).await,
-            Store::Postgres(p) => p.spend(client, day_ms, month_ms).await,
+            Store::Sqlite(s) => s.spend(sql, id, day_ms, month_ms).await,
+            Store::Postgres(p) => p.spend(sql, id, day_ms, month_ms).await,
         }
     }
 
@@ -395,9 +461,20 @@ impl Store {
         day_ms: i64,
         month_ms: i64,
     ) -> Result<Vec<(String, SpendSince)>, StoreError> {
+        self.all_spend_of(Level::Client, day_ms, month_ms).await
+    }
+
+    /// The spend of every id of `level` since `day_ms` and since `month_ms`.
+    pub async fn all_spend_of(
+        &self,
+        level: Level,
+        day_ms: i64,
+        month_ms: i64,
+    ) -> Result<Vec<(String, SpendSince)>, StoreError> {
+        let sql = all_spend_sql(level);
         match self {
-            Store::Sqlite(s) => s.all_spend(day_ms, month_ms).await,
-            Store::Postgres(p) => p.all_spend(day_ms, month_ms).await,
+            Store::Sqlite(s) => s.all_spend(sql, day_ms, month_ms).await,
+            Store::Postgres(p) => p.all_spend(sql, day_ms, month_ms).await,
         }
     }
 

@@ -185,6 +185,9 @@ impl PostgresStore {
                 &r.outcome,
                 &r.error_code,
                 &r.instance,
+                &r.org,
+                &r.key_id,
+                &r.budget_level,
             ]);
         }
         self.with(async |client| client.execute(&sql, &params).await)
@@ -206,15 +209,13 @@ impl PostgresStore {
 
     pub(crate) async fn spend(
         &self,
+        sql: &'static str,
         client: &str,
         day_ms: i64,
         month_ms: i64,
     ) -> Result<SpendSince, StoreError> {
         let row = self
-            .with(async |c| {
-                c.query_one(super::SPEND_SQL, &[&client, &day_ms, &month_ms])
-                    .await
-            })
+            .with(async |c| c.query_one(sql, &[&client, &day_ms, &month_ms]).await)
             .await?;
         Ok(SpendSince {
             day: row.try_get(0).map_err(column_err)?,
@@ -224,11 +225,12 @@ impl PostgresStore {
 
     pub(crate) async fn all_spend(
         &self,
+        sql: &'static str,
         day_ms: i64,
         month_ms: i64,
     ) -> Result<Vec<(String, SpendSince)>, StoreError> {
         let rows = self
-            .with(async |c| c.query(super::ALL_SPEND_SQL, &[&day_ms, &month_ms]).await)
+            .with(async |c| c.query(sql, &[&day_ms, &month_ms]).await)
             .await?;
         rows.iter().map(super::client_spend_from).collect()
     }

@@ -101,6 +101,9 @@ impl SqliteStore {
                         r.outcome,
                         r.error_code,
                         r.instance,
+                        r.org,
+                        r.key_id,
+                        r.budget_level,
                     ])? as u64;
                 }
             }
@@ -123,13 +126,14 @@ impl SqliteStore {
 
     pub(crate) async fn spend(
         &self,
+        sql: &'static str,
         client: &str,
         day_ms: i64,
         month_ms: i64,
     ) -> Result<SpendSince, StoreError> {
         let client = client.to_string();
         self.run(move |conn| {
-            let mut stmt = conn.prepare_cached(&sqlite_sql(super::SPEND_SQL))?;
+            let mut stmt = conn.prepare_cached(&sqlite_sql(sql))?;
             Ok(
                 stmt.query_row(rusqlite::params![client, day_ms, month_ms], |r| {
                     Ok(SpendSince {
@@ -144,10 +148,11 @@ impl SqliteStore {
 
     pub(crate) async fn all_spend(
         &self,
+        sql: &'static str,
         day_ms: i64,
         month_ms: i64,
     ) -> Result<Vec<(String, SpendSince)>, StoreError> {
-        let sql = sqlite_sql(super::ALL_SPEND_SQL);
+        let sql = sqlite_sql(sql);
         self.run(move |conn| {
             collect(conn, &sql, &[day_ms, month_ms], |r| {
                 super::client_spend_from(r)

@@ -405,7 +405,9 @@ pub(crate) fn advance_invocation(
                 .arg(policy.increment[i])
                 .arg(call.mark.cost[i])
                 .arg(call.mark.before[i])
-                .arg(call.mark.class_refunds_at[i]);
+                .arg(call.mark.class_refunds_at[i])
+                .arg(call.mark.gap[i])
+                .arg(call.mark.refunded_at[i]);
         }
     }
     Ok(inv)

@@ -9,9 +9,10 @@
 -- ARGV[1]  the reservation's id
 -- ARGV[2]  the numbers, as little-endian doubles: the idle margin in
 --          milliseconds (see reserve.lua); the reservation's class; its slot
---          (seconds: when it lies in the past, what is given back is added to
---          the class's counters a<class>:<dimension> of refunds by started
---          reservations, see advance.lua); the caller's deadline on this
+--          (seconds: when it lies in the past, or the reservation is the
+--          first of its class's queue, what is given back is added to the
+--          class's counters a<class>:<dimension> of refunds made ahead of
+--          every reservation queued in it, see advance.lua); the caller's deadline on this
 --          server's clock (seconds, -1 for none: a settlement that arrives
 --          later writes nothing); 1 for a cancellation (all actual usage 0),
 --          else 0; then seven per limited dimension whose usage differs from
@@ -75,7 +76,16 @@ local base = nil
 -- for each dimension refunded (see advance.lua).
 local fields = nil
 local a_at = nil
-if started then
+-- The first reservation of its class's queue was charged before every
+-- other one queued in it (FIFO): what it gives back counts there as a
+-- started one's does. (Its queue's live members are those whose slot is
+-- still ahead; ids of one length sort as their numbers.)
+local counts = started
+if not started then
+  local head = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. string.format('%.17g', now), string.format('%.17g', slot), 'LIMIT', 0, 1)[1]
+  counts = head == ARGV[1]
+end
+if counts then
   local m = 2
   for k = 1, n do
     if A[7 * k + 1] > 0 then
@@ -115,6 +125,9 @@ if classes > 0 then
   end
 end
 local ahead = nil
+-- What the cancellations before it gave back (j<id>) and what the one before
+-- it vacated by moving (h<id>, kept as stored): see advance.lua.
+local given_in, moved_in = nil, nil
 local id_w = nil
 if queued then
   id_w = string.format('%020.0f', id)
@@ -124,10 +137,12 @@ if queued then
     local e = redis.call('ZRANGEBYLEX', own, '[' .. i_s .. ':' .. id_w .. ':', '[' .. i_s .. ':' .. id_w .. ';', 'LIMIT', 0, 1)[1]
     if e and string.sub(e, -2) ~= ':p' then redis.call('ZREM', own, e) end
   end
-  local got = redis.call('HGET', base .. 'v', 'k' .. ARGV[1])
-  if got then
-    ahead = {unpack_d('<dddd', got)}
-    redis.call('HDEL', base .. 'v', 'k' .. ARGV[1])
+  local got = redis.call('HMGET', base .. 'v', 'k' .. ARGV[1], 'j' .. ARGV[1], 'h' .. ARGV[1])
+  if got[1] then ahead = {unpack_d('<dddd', got[1])} end
+  if got[2] then given_in = {unpack_d('<dddddddd', got[2])} end
+  moved_in = got[3]
+  if got[1] or got[2] or got[3] then
+    redis.call('HDEL', base .. 'v', 'k' .. ARGV[1], 'j' .. ARGV[1], 'h' .. ARGV[1], 'p' .. ARGV[1])
   end
   redis.call('ZREM', base .. 'l', ARGV[1])
   redis.call('HDEL', base .. 'm', ARGV[1])
@@ -209,8 +224,11 @@ local m = 3
 local full = now
 local charged = false
 -- What a cancellation could not give back, by dimension.
-local left = nil
-if cancelled then left = {0, 0, 0, 0} end
+local left, returned, refunded_before = nil, nil, nil
+if cancelled then
+  left, returned = {0, 0, 0, 0}, {0, 0, 0, 0}
+  refunded_before = {st[8], st[9], st[10], st[11]}
+end
 local any_left = false
 for k = 1, n do
   local a = 7 * k - 1
@@ -265,6 +283,8 @@ for k = 1, n do
     end
     if cancelled then
       left[i + 1] = wanted - math.max(give, 0)
+      -- (The first of the queue gave it to every one behind already.)
+      if give > 0 and not counts then returned[i + 1] = give end
     end
   end
 end
@@ -292,11 +312,35 @@ if queued and cancelled then
     if nxt then
       if redis.call('HLEN', v) >= 2048 then redis.call('DEL', v) end
       local first_s = string.format('%.0f', first)
-      local had = redis.call('HGET', v, 'k' .. first_s)
+      local had = redis.call('HMGET', v, 'k' .. first_s, 'j' .. first_s)
       local t = {0, 0, 0, 0}
-      if had then t = {unpack_d('<dddd', had)} end
+      if had[1] then t = {unpack_d('<dddd', had[1])} end
+      -- What it gave back, with what was given back before it (j<id>).
+      local g = {returned[1], returned[2], returned[3], returned[4],
+        refunded_before[1], refunded_before[2], refunded_before[3], refunded_before[4]}
+      if given_in then
+        for d = 1, 4 do
+          g[d] = g[d] + given_in[d]
+          g[4 + d] = min(g[4 + d], given_in[4 + d])
+        end
+      end
+      if had[2] then
+        local f = {unpack_d('<dddddddd', had[2])}
+        for d = 1, 4 do
+          f[d] = f[d] + g[d]
+          f[4 + d] = min(f[4 + d], g[4 + d])
+        end
+        g = f
+      end
       redis.call('HSET', v, 'w' .. ARGV[1], first_s,
-        'k' .. first_s, pack('<dddd', t[1] + left[1], t[2] + left[2], t[3] + left[3], t[4] + left[4]))
+        'k' .. first_s, pack('<dddd', t[1] + left[1], t[2] + left[2], t[3] + left[3], t[4] + left[4]),
+        'j' .. first_s, pack('<dddddddd', g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8]))
+      -- What moved in to it is now the next one's.
+      if moved_in then
+        redis.call('HSET', v, 'h' .. first_s, moved_in)
+      else
+        redis.call('HDEL', v, 'h' .. first_s)
+      end
       if st[2] > 0 then redis.call('PEXPIREAT', v, st[2]) end
     end
   end

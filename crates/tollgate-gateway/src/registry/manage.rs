@@ -1,0 +1,259 @@
+//! Clients and keys as the admin API reads, lists, changes and disables
+//! them: the listing merges the file's clients with the database's (one
+//! id once, the database's winning, as in the index), filtered and paged
+//! by id; a disabled client stays listed and its keys are refused (it
+//! leaves the index, on every instance as the change reaches it).
+
+use super::db::{self, Entity, THIS_VERSION};
+use super::issue::{info_from, KeyInfo, Refused, KEY_COLUMNS};
+use super::Registry;
+use crate::ledger::store::sql::{Statement, Value};
+
+/// Where a client is declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The config file.
+    File,
+    /// The admin API (the registry's database).
+    Api,
+}
+
+/// A client as listed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ClientSummary {
+    /// Its id.
+    pub id: String,
+    /// Its tier.
+    pub tier: String,
+    /// Its organisation.
+    pub org: Option<String>,
+    /// Disabled: its keys are refused.
+    pub disabled: bool,
+    /// Where it is declared.
+    pub source: Source,
+}
+
+/// Which clients a listing shows.
+#[derive(Debug, Clone, Default)]
+pub struct ClientFilter {
+    /// Only those on this tier.
+    pub tier: Option<String>,
+    /// Only those of this organisation.
+    pub org: Option<String>,
+    /// Only the disabled ones (`Some(true)`) or the others (`Some(false)`).
+    pub disabled: Option<bool>,
+}
+
+impl ClientFilter {
+    fn keeps(&self, c: &ClientSummary) -> bool {
+        self.tier.as_ref().is_none_or(|t| *t == c.tier)
+            && self.org.as_ref().is_none_or(|o| c.org.as_ref() == Some(o))
+            && self.disabled.is_none_or(|d| d == c.disabled)
+    }
+}
+
+/// The changes `PATCH /admin/keys/{id}` makes (each optional).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPatch {
+    /// A new name (`null`: none).
+    #[serde(default, with = "serde_with_null")]
+    pub name: Option<Option<String>>,
+    /// The models and routes it may ask for (`null`: all).
+    #[serde(default, with = "serde_with_null")]
+    pub models: Option<Option<Vec<String>>>,
+}
+
+/// `Some(None)` for an explicit `null`, `None` for a field left out.
+mod serde_with_null {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        Option::<T>::deserialize(d).map(Some)
+    }
+}
+
+impl Registry {
+    /// Checks a key's list of models: each a model or a route of this
+    /// gateway.
+    pub(super) fn check_models(&self, models: &[String]) -> Result<(), Refused> {
+        let routes = self.routes();
+        for m in models {
+            let known = self
+                .file
+                .config
+                .providers
+                .values()
+                .any(|p| p.models.contains_key(m));
+            if !known && !routes.contains_key(m) {
+                return Err(Refused::Invalid(format!(
+                    "models: {m:?} is no model or route of this gateway"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Client `id` as listed, disabled or not.
+    pub fn client_summary(&self, id: &str) -> Option<ClientSummary> {
+        let st = self.state.read();
+        if let Some(row) = st.api_clients.get(id) {
+            return Some(ClientSummary {
+                id: row.id.clone(),
+                tier: row.tier.clone(),
+                org: row.org.clone(),
+                disabled: row.disabled,
+                source: Source::Api,
+            });
+        }
+        let file_tier = self.file.clients.get(id)?;
+        let tier = st
+            .overrides
+            .client_tiers
+            .get(id)
+            .map_or(file_tier, |o| &o.tier);
+        Some(ClientSummary {
+            id: id.to_string(),
+            tier: tier.clone(),
+            org: self.file.client_orgs.get(id).cloned(),
+            disabled: false,
+            source: Source::File,
+        })
+    }
+
+    /// The clients `filter` keeps whose id sorts after `after`, by id, at
+    /// most `limit`; and the cursor of the next page when there may be one.
+    pub fn client_page(
+        &self,
+        filter: &ClientFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<ClientSummary>, Option<String>) {
+        let mut ids: Vec<String> = {
+            let st = self.state.read();
+            self.file
+                .clients
+                .keys()
+                .filter(|id| !st.api_clients.contains_key(*id))
+                .chain(st.api_clients.keys())
+                .filter(|id| after.is_none_or(|a| id.as_str() > a))
+                .cloned()
+                .collect()
+        };
+        ids.sort_unstable();
+        let page: Vec<ClientSummary> = ids
+            .iter()
+            .filter_map(|id| self.client_summary(id))
+            .filter(|c| filter.keeps(c))
+            .take(limit)
+            .collect();
+        let next = (page.len() == limit)
+            .then(|| page.last().map(|c| c.id.clone()))
+            .flatten();
+        (page, next)
+    }
+
+    /// Disables client `id` (its keys refused) or enables it again;
+    /// answers the change's number, `None` when it already was so. A
+    /// client of the config file is changed in the file.
+    pub async fn set_client_disabled(
+        &self,
+        id: &str,
+        disabled: bool,
+    ) -> Result<Option<u64>, Refused> {
+        let Some(row) = self.db_client(id).await? else {
+            return Err(match self.file_client_tier(id) {
+                Some(_) => Refused::Conflict(format!(
+                    "Client {id:?} is declared in the config file: remove it (or its keys) there to refuse it."
+                )),
+                None => Refused::NotFound(format!("No client {id:?}; GET /admin/clients lists them.")),
+            });
+        };
+        if row.disabled == disabled {
+            return Ok(None);
+        }
+        let (version, _) = db::write(
+            self.db(),
+            &Entity::Client(id.into()),
+            vec![Statement::new(
+                format!("UPDATE registry_clients SET disabled = $2, version = {THIS_VERSION} WHERE id = $1"),
+                vec![id.into(), Value::Int(i64::from(disabled))],
+            )],
+        )
+        .await?;
+        self.catch_up().await?;
+        Ok(Some(version))
+    }
+
+    /// Client `client`'s keys whose id sorts after `after` (ids grow with
+    /// time: oldest first), at most `limit`.
+    pub async fn key_page(
+        &self,
+        client: &str,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<KeyInfo>, Refused> {
+        let rows = self
+            .db()
+            .query(Statement::new(
+                format!(
+                    "SELECT {KEY_COLUMNS} FROM registry_keys WHERE client = $1 AND id > $2 \
+                     ORDER BY id LIMIT $3"
+                ),
+                vec![
+                    client.into(),
+                    after.unwrap_or("").into(),
+                    Value::Int(limit as i64),
+                ],
+            ))
+            .await?;
+        rows.iter().map(|r| info_from(r)).collect()
+    }
+
+    /// Changes key `id`'s name or models; answers it as it now is and the
+    /// change's number (`None`: nothing to change).
+    pub async fn update_key(
+        &self,
+        id: &str,
+        patch: &KeyPatch,
+    ) -> Result<(KeyInfo, Option<u64>), Refused> {
+        let Some(info) = self.key_info(id).await? else {
+            return Err(Refused::NotFound(format!("No key {id:?}.")));
+        };
+        if let Some(Some(models)) = &patch.models {
+            self.check_models(models)?;
+        }
+        if patch
+            .name
+            .as_ref()
+            .is_some_and(|n| n.as_ref().is_some_and(|n| n.len() > 200))
+        {
+            return Err(Refused::Invalid("name: at most 200 characters".into()));
+        }
+        let name = patch.name.clone().unwrap_or_else(|| info.name.clone());
+        let models = patch.models.clone().unwrap_or_else(|| info.models.clone());
+        if name == info.name && models == info.models {
+            return Ok((info, None));
+        }
+        let models_json = models
+            .as_ref()
+            .map(|m| serde_json::to_string(m).unwrap_or_else(|_| "[]".into()));
+        let (version, _) = db::write(
+            self.db(),
+            &Entity::Key(id.into()),
+            vec![Statement::new(
+                format!("UPDATE registry_keys SET name = $2, models = $3, version = {THIS_VERSION} WHERE id = $1"),
+                vec![id.into(), name.into(), models_json.into()],
+            )],
+        )
+        .await?;
+        self.catch_up().await?;
+        let info = self.key_info(id).await?.unwrap_or(info);
+        Ok((info, Some(version)))
+    }
+}
