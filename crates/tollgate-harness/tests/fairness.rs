@@ -1,4 +1,4 @@
-//! The fairness run shortened to 60 s (four phases of 15 s: free alone,
+//! The fairness run shortened to 80 s (four phases of 20 s: free alone,
 //! free + professional, all three tiers, enterprise idle again), with its
 //! targets: no upstream 429, utilisation ≥ 97%, a tier alone ≥ 95% of the
 //! model, every backlogged tier ≥ 95% of its floor, and with every tier
