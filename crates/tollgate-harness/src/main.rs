@@ -283,6 +283,10 @@ enum Command {
         /// The tollgate binary (default: beside this one).
         #[arg(long)]
         tollgate: Option<PathBuf>,
+        /// PostgreSQL with fsync off (each change's commit no longer waits
+        /// for the disk).
+        #[arg(long)]
+        no_fsync: bool,
         /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -351,6 +355,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             secs,
             probe_every_ms,
             tollgate,
+            no_fsync,
             json,
         } => {
             let tollgate = match tollgate {
@@ -364,6 +369,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 secs,
                 probe_every_ms,
                 tollgate,
+                durable: !no_fsync,
             };
             let report = tollgate_harness::registry_scale::run(&opts)?;
             print_report(json, &report, tollgate_harness::registry_scale::render)

@@ -300,18 +300,8 @@ pub async fn load(db: &Store) -> Result<Snapshot, StoreError> {
         let (client, o) = assignment_from(&r);
         s.assignments.insert(client, o);
     }
-    s.clients = db
-        .query(Statement::new(CLIENT_SQL, vec![]))
-        .await?
-        .iter()
-        .map(|r| client_from(r))
-        .collect();
-    s.keys = db
-        .query(Statement::new(KEY_SQL, vec![]))
-        .await?
-        .iter()
-        .map(|r| key_from(r))
-        .collect();
+    s.clients = paged(db, CLIENT_SQL, client_from).await?;
+    s.keys = paged(db, KEY_SQL, key_from).await?;
     s.orgs = db
         .query(Statement::new(ORG_SQL, vec![]))
         .await?
@@ -319,6 +309,37 @@ pub async fn load(db: &Store) -> Result<Snapshot, StoreError> {
         .map(|r| org_from(r))
         .collect();
     Ok(s)
+}
+
+/// Rows read at once by [`load`], so the rows in flight at start stay this
+/// many whatever the table's size (the database's values of a whole table
+/// of 200,000 keys would otherwise be in memory at once beside the rows
+/// made of them).
+pub const LOAD_PAGE: usize = 5_000;
+
+/// Every row `sql` (whose first column is the table's `id` key) answers,
+/// read [`LOAD_PAGE`] at a time in the order of their ids, each page
+/// turned into `T` before the next is read.
+async fn paged<T>(db: &Store, sql: &str, row: fn(&[Value]) -> T) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    let mut after = String::new();
+    loop {
+        let rows = db
+            .query(Statement::new(
+                format!("{sql} WHERE id > $1 ORDER BY id LIMIT {LOAD_PAGE}"),
+                vec![after.as_str().into()],
+            ))
+            .await?;
+        let Some(last) = rows.last() else {
+            return Ok(out);
+        };
+        after = text(&last[0]);
+        let full = rows.len() == LOAD_PAGE;
+        out.extend(rows.iter().map(|r| row(r)));
+        if !full {
+            return Ok(out);
+        }
+    }
 }
 
 /// The changes after `version`, in order, at most `limit`.
