@@ -118,10 +118,11 @@ async fn the_demo_issues_a_key_at_start_and_the_printed_key_gets_a_200() {
     let listed = keys["keys"][0]["shown"].as_str().unwrap_or_default();
     assert!(listed.ends_with(&key[key.len() - 4..]), "{keys}");
     assert!(!keys.to_string().contains(&key), "{keys}");
-    // A key that was not issued is refused.
+    // A key that was not issued (its last character changed) is refused.
+    let last = if key.ends_with('x') { 'y' } else { 'x' };
     let wrong = c
         .post(format!("{url}/v1/chat/completions"))
-        .bearer_auth(format!("{}x", &key[..key.len() - 1]))
+        .bearer_auth(format!("{}{last}", &key[..key.len() - 1]))
         .json(&body)
         .send()
         .await
