@@ -181,8 +181,7 @@ pub fn settle_vacated(
             } else {
                 0.0
             };
-            let own = ((mark.end[i] - shift - now).min(mark.cost[i] * inc + gap)
-                + ahead_undrained)
+            let own = ((mark.end[i] - shift - now).min(mark.cost[i] * inc + gap) + ahead_undrained)
                 .min(state.tat[i] - now);
             let undrained = own.min(later_headroom[i]);
             let wanted = -delta * inc + gap + ahead;

@@ -263,7 +263,10 @@ async fn redis_and_memory_agree_when_a_started_call_gives_back_more_than_the_que
             pairs.push((r, m));
         }
         let (x, waiters) = pairs.split_first_mut().unwrap();
-        assert!(waiters[0].0.slot > waiters[0].0.now, "round {round}: a queue");
+        assert!(
+            waiters[0].0.slot > waiters[0].0.now,
+            "round {round}: a queue"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         let actual = if round % 2 == 0 {
             [0.0; DIMENSIONS]
@@ -283,7 +286,11 @@ async fn redis_and_memory_agree_when_a_started_call_gives_back_more_than_the_que
         };
         let (got, now) = redis.settle_timed(&settle(&x.0)).await.unwrap();
         clock.set(now);
-        assert_eq!(got, memory.settle_now(&settle(&x.1)), "round {round}: settlement");
+        assert_eq!(
+            got,
+            memory.settle_now(&settle(&x.1)),
+            "round {round}: settlement"
+        );
         assert!(
             got.held[1] > 0.0,
             "round {round}: the queue's headroom held nothing back: {got:?}"
@@ -303,7 +310,11 @@ async fn redis_and_memory_agree_when_a_started_call_gives_back_more_than_the_que
                 panic!("round {round}: waiter {n} did not move");
             };
             clock.set(a.now);
-            assert_eq!(Some(a), memory.advance_now(&call(m)), "round {round}: waiter {n}");
+            assert_eq!(
+                Some(a),
+                memory.advance_now(&call(m)),
+                "round {round}: waiter {n}"
+            );
             r.slot = a.slot;
             m.slot = a.slot;
         }
