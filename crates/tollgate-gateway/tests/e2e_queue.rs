@@ -30,6 +30,18 @@ async fn setup(
     (sim, gw)
 }
 
+/// How many of acme's requests the model's bucket queued.
+fn queued(gw: &tollgate_gateway::RunningGateway) -> f64 {
+    gw.gateway.metrics.counter(
+        "tollgate_limiter_decisions_total",
+        &[
+            ("bucket", "model"),
+            ("tier", "acme"),
+            ("decision", "waited"),
+        ],
+    )
+}
+
 /// A request of about 3,010 tokens (max_tokens 3,000): two of them do not
 /// fit the model's bucket at once; the second's slot is ~15 s away.
 fn big() -> serde_json::Value {
@@ -58,15 +70,7 @@ async fn a_queued_request_starts_when_the_call_ahead_settles_below_its_estimate(
         took < Duration::from_secs(3),
         "the second request took {took:?}: it slept out its first slot"
     );
-    let queued = gw.gateway.metrics.counter(
-        "tollgate_limiter_decisions_total",
-        &[
-            ("bucket", "model"),
-            ("tier", "acme"),
-            ("decision", "waited"),
-        ],
-    );
-    assert_eq!(queued, 1.0, "the second request was queued");
+    assert_eq!(queued(&gw), 1.0, "the second request was queued");
 }
 
 /// A provider model of 4,800 TPM, a tier that may wait 60 s, and an
@@ -158,18 +162,7 @@ async fn queued_requests_move_up_when_a_differently_sized_call_ahead_is_cancelle
     );
     // Nothing of A stays reserved: the model's bucket is back to full after
     // the three calls drained.
-    assert_eq!(
-        gw.gateway.metrics.counter(
-            "tollgate_limiter_decisions_total",
-            &[
-                ("bucket", "model"),
-                ("tier", "acme"),
-                ("decision", "waited")
-            ],
-        ),
-        3.0,
-        "A, B and C were queued"
-    );
+    assert_eq!(queued(&gw), 3.0, "A, B and C were queued");
 }
 
 #[tokio::test]
@@ -256,16 +249,5 @@ async fn the_queue_moves_up_as_far_as_a_short_answer_frees_not_only_by_the_next_
         v_at < Duration::from_millis(2_000),
         "V was answered {v_at:?} after X: it did not move up behind W"
     );
-    assert_eq!(
-        gw.gateway.metrics.counter(
-            "tollgate_limiter_decisions_total",
-            &[
-                ("bucket", "model"),
-                ("tier", "acme"),
-                ("decision", "waited")
-            ],
-        ),
-        2.0,
-        "W and V were queued"
-    );
+    assert_eq!(queued(&gw), 2.0, "W and V were queued");
 }
