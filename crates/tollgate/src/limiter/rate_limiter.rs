@@ -904,11 +904,13 @@ fn settle_call<'a>(
 }
 
 /// Whether a settlement may let waiters start earlier: it gave capacity back,
-/// or a cancellation handed the one queued behind it what it had taken.
+/// or handed the one queued behind it what it had taken (a cancellation) or
+/// what the queue's headroom held back of its refund (a started call).
 fn made_room(settled: &tollgate_core::Settled) -> bool {
     settled
         .returned
         .iter()
         .chain(&settled.left)
+        .chain(&settled.held)
         .any(|&r| r > 0.0)
 }

@@ -315,6 +315,24 @@ impl ClassQueue {
         }
     }
 
+    /// Started reservation `id` gave back less than it wanted: the headroom
+    /// of those queued after it held `held` seconds back
+    /// (`Settled::held`). When the reservation charged right after it is the
+    /// first queued in this class, nothing lies between them on the line:
+    /// that one may start earlier by them.
+    fn hand_on_held(&mut self, id: u64, held: Dims) {
+        if self.slots.first().is_none_or(|&(_, first)| first != id + 1) {
+            return;
+        }
+        if self.credits.len() >= MAX_CREDITS || self.extra.len() >= MAX_CREDITS {
+            self.forget_credits();
+        }
+        add(
+            self.credits.entry(id + 1).or_insert([0.0; DIMENSIONS]),
+            &held,
+        );
+    }
+
     /// The queued reservation of this class charged right after reservation
     /// `id` (at `slot`), directly or through cancelled ones that forward to
     /// it: nothing else lies between the two on the TAT line.
@@ -677,6 +695,9 @@ impl MemoryStore {
             for (r, give) in queue.started_refunds.iter_mut().zip(settled.returned) {
                 *r += give;
             }
+        }
+        if call.slot <= now && settled.held.iter().any(|&h| h > 0.0) {
+            queue.hand_on_held(call.id, settled.held);
         }
         if let Some(taken) =
             taken.filter(|_| call.slot > now && call.actual.iter().all(|&a| a == 0.0))
