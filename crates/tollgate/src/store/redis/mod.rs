@@ -886,25 +886,46 @@ impl Orphan {
 }
 
 impl RedisStore {
+    /// The store to send the calls waiting on `lane` with from `place`.
+    /// When the library's own connection cannot be opened, each of them is
+    /// told the error through `fail` (none was sent: nothing was written)
+    /// and the lane goes.
+    async fn sender<K: Eq + std::hash::Hash, W>(
+        &self,
+        place: Place,
+        lanes: &parking_lot::Mutex<HashMap<K, VecDeque<W>>>,
+        lane: &K,
+        fail: impl Fn(W, StoreError),
+    ) -> Option<RedisStore> {
+        match place {
+            Place::Caller => Some(self.clone()),
+            Place::Own => match self.on_own_connection().await {
+                Ok(own) => Some(own),
+                Err(e) => {
+                    let waiting = lanes.lock().remove(lane);
+                    for w in waiting.into_iter().flatten() {
+                        fail(w, e.clone());
+                    }
+                    None
+                }
+            },
+        }
+    }
+
     /// Sends the reservations waiting on `lane`, at most [`MAX_BATCH`] a
     /// call, one call at a time, until none are left.
     async fn send_waiting(self, lane: Lane, place: Place) {
         // Dropped before it is done (its runtime shut down), it hands the
         // lane to the library's own runtime.
         let mut release = Release(Some((self.clone(), lane.clone())));
-        let store = match place {
-            Place::Caller => self.clone(),
-            Place::Own => match self.on_own_connection().await {
-                Ok(own) => own,
-                Err(e) => {
-                    let waiting = self.settings.lanes.lock().remove(&lane);
-                    release.0 = None;
-                    for w in waiting.into_iter().flatten() {
-                        let _ = w.reply.send(Err(e.clone()));
-                    }
-                    return;
-                }
-            },
+        let Some(store) = self
+            .sender(place, &self.settings.lanes, &lane, |w, e| {
+                let _ = w.reply.send(Err(e));
+            })
+            .await
+        else {
+            release.0 = None;
+            return;
         };
         let cluster = matches!(store.conn, RedisConnection::Cluster(_));
         loop {
@@ -1013,17 +1034,26 @@ impl Drop for Release {
         let Some((store, lane)) = self.0.take() else {
             return;
         };
-        {
-            let mut lanes = store.settings.lanes.lock();
-            if lanes.get(&lane).is_none_or(|w| w.is_empty()) {
-                lanes.remove(&lane);
-                return;
-            }
+        if !still_waiting(&store.settings.lanes, &lane) {
+            return;
         }
         background::run(Box::new(move |place| {
             Box::pin(async move { store.send_waiting(lane, place).await })
         }));
     }
+}
+
+/// Whether calls wait on `lane` (they are sent next); if none, the lane goes.
+fn still_waiting<K: Eq + std::hash::Hash, W>(
+    lanes: &parking_lot::Mutex<HashMap<K, VecDeque<W>>>,
+    lane: &K,
+) -> bool {
+    let mut lanes = lanes.lock();
+    if lanes.get(lane).is_none_or(|w| w.is_empty()) {
+        lanes.remove(lane);
+        return false;
+    }
+    true
 }
 
 /// Cancellations taken from the pending ones but not sent yet: dropped (the

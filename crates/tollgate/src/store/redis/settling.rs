@@ -14,7 +14,7 @@ use tollgate_core::Settled;
 use super::error::store_error;
 use super::handover::InFlight;
 use super::scripts::{self, Keys, SettleArgs};
-use super::{settle_error, RedisStore, MAX_BATCH};
+use super::{settle_error, still_waiting, RedisStore, MAX_BATCH};
 use crate::background::{self, Place};
 use crate::store::{SettleCall, StoreError};
 
@@ -162,20 +162,15 @@ impl RedisStore {
         // Dropped before it is done (its runtime shut down), it hands the
         // key's settlements to the library's own runtime.
         let mut release = Release(Some((self.clone(), key.clone())));
-        let store = match place {
-            Place::Caller => self.clone(),
-            Place::Own => match self.on_own_connection().await {
-                Ok(own) => own,
-                Err(e) => {
-                    // Not sent: nothing was written, a retry is safe.
-                    let waiting = self.settings.settles.lock().remove(&key);
-                    release.0 = None;
-                    for w in waiting.into_iter().flatten() {
-                        let _ = w.reply.send(Err(e.clone()));
-                    }
-                    return;
-                }
-            },
+        // Not sent when no connection opens: a retry is safe.
+        let Some(store) = self
+            .sender(place, &self.settings.settles, &key, |w, e| {
+                let _ = w.reply.send(Err(e));
+            })
+            .await
+        else {
+            release.0 = None;
+            return;
         };
         loop {
             let batch: Vec<Waiting> = {
@@ -256,12 +251,8 @@ impl Drop for Release {
         let Some((store, key)) = self.0.take() else {
             return;
         };
-        {
-            let mut lanes = store.settings.settles.lock();
-            if lanes.get(&key).is_none_or(|w| w.is_empty()) {
-                lanes.remove(&key);
-                return;
-            }
+        if !still_waiting(&store.settings.settles, &key) {
+            return;
         }
         background::run(Box::new(move |place| {
             Box::pin(async move { store.send_settles(key, place).await })
