@@ -559,6 +559,27 @@ fn idle_classes_lend_their_share_in_the_case_reported() {
     .unwrap();
 }
 
+/// The case of `idle_classes_lend_their_share` once found overdrawing the
+/// bucket with no call settled above its estimate: a lone class (floor 0)
+/// whose idle neighbour's lane is most of the bucket. Its calls leave their
+/// own lane's queue to borrow; the first of that queue gave back, when it
+/// left, room its successors were also handed on, so its lane admitted 5
+/// tokens past its bucket at 16.65 s and the bucket was overdrawn by 11 at
+/// 24.45 s.
+#[test]
+fn a_lane_whose_first_leaves_to_borrow_admits_no_more_than_its_bucket() {
+    lend_idle_shares(
+        vec![
+            ClassShare::new(0.0, 1.0),
+            ClassShare::new(0.7620404096580193, 3.0),
+        ],
+        vec![1.0, 1.0],
+        vec![true, false],
+        0,
+    )
+    .unwrap();
+}
+
 /// Property 5, second half: a class whose demand stays within its floor
 /// waits at most one emission interval of its lane for its cost, however
 /// hard the other classes push (and borrow its lane while it is quiet).
