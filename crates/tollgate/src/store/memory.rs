@@ -349,6 +349,13 @@ impl ClassQueue {
         Some(first)
     }
 
+    /// Forgets what queued reservations handed on by moving (see
+    /// `hand_on_move`): safe, they only start later.
+    fn forget_moves(&mut self) {
+        self.moved_in.clear();
+        self.handed.clear();
+    }
+
     fn forget_credits(&mut self) {
         self.credits.clear();
         self.forward.clear();
@@ -695,6 +702,12 @@ impl MemoryStore {
             for (r, give) in queue.started_refunds.iter_mut().zip(settled.returned) {
                 *r += give;
             }
+        }
+        if call.slot > now && first {
+            // Every reservation queued behind counts what the first gave
+            // back, which includes what it had handed on by moving (its gap
+            // and its credit): those handed down the queue would count twice.
+            queue.forget_moves();
         }
         if call.slot <= now && settled.held.iter().any(|&h| h > 0.0) {
             queue.hand_on_held(call.id, settled.held);

@@ -150,6 +150,22 @@ if queued then
   end
   redis.call('ZREM', base .. 'l', ARGV[1])
   redis.call('HDEL', base .. 'm', ARGV[1])
+  -- Every reservation queued behind the first counts what it gives back,
+  -- which includes what it had handed on by moving (its gap and credit):
+  -- what was handed down the queue (h<id>, p<id>) would count twice, and
+  -- is forgotten (safe: they only start later). The queue is at most its
+  -- class's max_queue long.
+  if counts then
+    local members = redis.call('ZRANGE', KEYS[2], 0, -1)
+    for from = 1, #members, 64 do
+      local del = {base .. 'v'}
+      for j = from, min(from + 63, #members) do
+        del[#del + 1] = 'h' .. members[j]
+        del[#del + 1] = 'p' .. members[j]
+      end
+      redis.call('HDEL', unpack(del))
+    end
+  end
 end
 -- The headroom of those queued behind, per dimension looked at (bit i of
 -- `later_bits` for dimension i), for the reply.
