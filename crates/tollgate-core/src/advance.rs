@@ -22,7 +22,10 @@ use crate::{Dims, Mark, Policy};
 /// charged after it did not, and other classes' are not told apart.) Counting
 /// the queue's first matters where its reservations leave before their slots
 /// (a caller that borrowed another lane): the whole queue moves up by what the
-/// first gave back, instead of leaving its slot unused. Moving earlier is safe for
+/// first gave back, instead of leaving its slot unused. What the first gives
+/// back includes what it handed on by moving ([`moved_vacated`]), which went
+/// down the queue: stores forget those hand-ons then, lest the ones behind
+/// count them twice. Moving earlier is safe for
 /// the reservations charged after it: their own slots already counted its
 /// charge, which stays on the TAT line.
 ///

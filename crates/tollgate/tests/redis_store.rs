@@ -326,6 +326,114 @@ async fn redis_and_memory_agree_when_a_started_call_gives_back_more_than_the_que
     }
 }
 
+/// The first of a queue that leaves (a call that borrowed another lane)
+/// gives back for every reservation queued behind it, so what was handed on
+/// down the queue by moving is forgotten, on Redis as on the memory store.
+/// Two firsts leave, so that the next one's refund is held back by a waiter
+/// charged before them: that one is owed the rest, moves and hands it down
+/// the queue; then it leaves in turn, giving part of it back, and every
+/// settlement, move and state agrees to the bit.
+#[tokio::test]
+async fn redis_and_memory_agree_when_the_first_of_a_queue_leaves_after_moves() {
+    let server = RedisServer::start();
+    let redis = redis_store(&server).await;
+    let clock = ManualClock::new(0.0);
+    let memory = MemoryStore::with_clock(Arc::new(clock.clone()));
+    let policy = Limits::new()
+        .tokens(1_000)
+        .window_secs(2.0)
+        .validate()
+        .unwrap();
+    for round in 0..3u64 {
+        let key = format!("first-leaves-{round}");
+        let key = key.as_str();
+        let mut calls = Vec::new();
+        let reserve = |tokens: u64| ReserveCall {
+            key,
+            policy: &policy,
+            class: 0,
+            headroom: 1.0,
+            cost: policy.units(Cost::tokens(tokens)),
+            max_wait: None,
+            max_queue: None,
+            lease: None,
+        };
+        let cancel = |res: &Reserved| SettleCall {
+            key,
+            policy: &policy,
+            class: 0,
+            id: res.id,
+            slot: res.slot,
+            mark: res.mark,
+            actual: [0.0; DIMENSIONS],
+        };
+        let step = |res: &Reserved| AdvanceCall {
+            key,
+            policy: &policy,
+            class: 0,
+            headroom: 1.0,
+            id: res.id,
+            slot: res.slot,
+            mark: res.mark,
+            lease: None,
+        };
+        // One started call, then the queue; four firsts leave, two more
+        // join, the next first leaves (held back whole by the last old
+        // waiter), then that waiter, owed it all, moves and leaves.
+        let w = 200 + 20 * round;
+        let plan: [(&[u64], &[usize], &[usize]); 4] = [
+            (&[1_000, 200, 200, 200, 200, 200, 200], &[1, 2, 3, 4], &[]),
+            (&[w, w], &[5], &[6, 7, 8]),
+            (&[], &[6], &[7, 8]),
+            (&[], &[], &[7, 8]),
+        ];
+        let mut moved_last = 0;
+        for (stage, (costs, leaving, waiting)) in plan.iter().enumerate() {
+            for &tokens in costs.iter() {
+                let r = redis.reserve(&reserve(tokens)).await.unwrap().unwrap();
+                clock.set(r.now);
+                let m = memory.reserve_now(&reserve(tokens)).unwrap();
+                assert_eq!(r.slot.to_bits(), m.slot.to_bits(), "round {round}: slot");
+                assert_eq!(r.mark, m.mark, "round {round}: mark");
+                calls.push((r, m));
+            }
+            for &n in leaving.iter() {
+                assert!(calls[n].0.slot > calls[n].0.now, "round {round}: {n} waits");
+                let (got, now) = redis.settle_timed(&cancel(&calls[n].0)).await.unwrap();
+                clock.set(now);
+                assert_eq!(
+                    got,
+                    memory.settle_now(&cancel(&calls[n].1)),
+                    "round {round}: cancelling {n}"
+                );
+            }
+            for &n in waiting.iter() {
+                let (r, m) = &mut calls[n];
+                let got = redis.advance(&step(r)).await.unwrap();
+                if let Advance::Moved(a) = got {
+                    clock.set(a.now);
+                }
+                let want = memory.advance_outcome_now(&step(m));
+                assert_eq!(got, want, "round {round}: waiter {n} at stage {stage}");
+                if let Advance::Moved(a) = got {
+                    assert!(a.slot > a.now, "round {round}: waiter {n} started");
+                    r.slot = a.slot;
+                    m.slot = a.slot;
+                    if stage == 2 && n == 8 {
+                        moved_last += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(moved_last, 1, "round {round}: the last waiter moved");
+        assert_eq!(
+            redis.snapshot(key, &policy).await.unwrap().state,
+            memory.snapshot_now(key).state,
+            "round {round}: state"
+        );
+    }
+}
+
 /// Limits on every dimension, with an odd window, burst and burndown.
 fn all_dimensions() -> Limits {
     Limits::new()
