@@ -86,7 +86,7 @@ async fn client_json(gw: &Gateway, s: &ClientSummary) -> Result<Value, Response>
         v["spend"] = Value::Null;
         return Ok(v);
     };
-    let status = c.limiter.status().await.map_err(store_unavailable)?;
+    let status = c.limiter().status().await.map_err(store_unavailable)?;
     let spend = gw.budgets.spend(&c.id).await.map_err(store_unavailable)?;
     let mut usage = serde_json::Map::new();
     for d in &status.dimensions {

@@ -14,7 +14,9 @@
 //!   shown by prefix and last characters, never the keys; `next` is the
 //!   `after` of the next page;
 //! - `POST /admin/keys/{id}/rotate` `{"overlap_secs": 3600}`: a new key in
-//!   its place; the old one works for the overlap, then no more;
+//!   its place, carrying on its bucket and its budget's spend; the old one
+//!   works for the overlap, then no more; an `Idempotency-Key` works as on
+//!   issuance;
 //! - `DELETE /admin/keys/{id}`: revoked, refused on every instance within
 //!   `store.sync_interval_ms` (again: no change).
 
@@ -125,6 +127,22 @@ async fn answer_issued(gw: &Gateway, issued: Issued, what: &str) -> Response {
     r
 }
 
+/// The request's `Idempotency-Key`, if it has one, for `scope` (the client
+/// a key is issued to, or `rotate ID`) and `body`.
+fn idempotency(
+    headers: &HeaderMap,
+    scope: &str,
+    body: &[u8],
+) -> Result<Option<Idempotency>, Refused> {
+    let Some(h) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = h
+        .to_str()
+        .map_err(|_| Refused::Invalid("Idempotency-Key: printable ASCII only".into()))?;
+    Idempotency::new(key, scope, body).map(Some)
+}
+
 /// `POST /admin/clients/{id}/keys`.
 pub async fn issue_key(
     State(gw): State<Arc<Gateway>>,
@@ -144,17 +162,10 @@ pub async fn issue_key(
             Err(e) => return bad_body(e),
         }
     };
-    if let Some(h) = headers.get("idempotency-key") {
-        let Ok(key) = h.to_str() else {
-            return refused(Refused::Invalid(
-                "Idempotency-Key: printable ASCII only".into(),
-            ));
-        };
-        match Idempotency::new(key, &id, &body) {
-            Ok(i) => new.idempotency = Some(i),
-            Err(e) => return refused(e),
-        }
-    }
+    new.idempotency = match idempotency(&headers, &id, &body) {
+        Ok(i) => i,
+        Err(e) => return refused(e),
+    };
     match gw.registry().issue_key(&id, &new).await {
         Ok(issued) => answer_issued(&gw, issued, "key issued").await,
         Err(e) => refused(e),
@@ -208,11 +219,23 @@ pub async fn rotate_key(
     Path(id): Path<String>,
     body: axum::body::Body,
 ) -> Response {
-    let req: Rotate = match json_body(&gw, &headers, body).await {
-        Ok(v) => v,
-        Err(r) => return r,
+    let body = match authorized_body(&gw, &headers, body).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
     };
-    match gw.registry().rotate_key(&id, req.overlap_secs).await {
+    let req: Rotate = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_body(e),
+    };
+    let idem = match idempotency(&headers, &format!("rotate {id}"), &body) {
+        Ok(i) => i,
+        Err(e) => return refused(e),
+    };
+    match gw
+        .registry()
+        .rotate_key(&id, req.overlap_secs, idem.as_ref())
+        .await
+    {
         Ok(issued) => {
             let what = format!("key {id} rotated, overlap {} s", req.overlap_secs);
             answer_issued(&gw, issued, &what).await

@@ -58,14 +58,32 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// What a key hash leads to: its client, and for a key issued through the
-/// admin API (not one of the config file's), the key itself.
+/// What a key hash leads to: a config file key's client, or a key issued
+/// through the admin API (which names its client).
 #[derive(Debug, Clone)]
-pub struct KeyEntry {
+pub enum KeyEntry {
+    /// A `key_sha256` of the config file: its client's id.
+    File(String),
+    /// A key issued through the admin API.
+    Issued(std::sync::Arc<crate::registry::Key>),
+}
+
+impl KeyEntry {
     /// The client's id.
-    pub client: String,
+    pub fn client(&self) -> &str {
+        match self {
+            KeyEntry::File(client) => client,
+            KeyEntry::Issued(key) => &key.client,
+        }
+    }
+
     /// The issued key (`None`: a `key_sha256` of the config file).
-    pub key: Option<std::sync::Arc<crate::registry::Key>>,
+    pub fn key(&self) -> Option<&std::sync::Arc<crate::registry::Key>> {
+        match self {
+            KeyEntry::File(_) => None,
+            KeyEntry::Issued(key) => Some(key),
+        }
+    }
 }
 
 /// Finds the client a key belongs to.
@@ -73,6 +91,7 @@ pub struct KeyEntry {
 /// The presented key is hashed first and the map is indexed by that hash, so
 /// lookup timing depends only on a SHA-256 of the key, which tells an attacker
 /// nothing about any stored key; the final comparison is constant-time anyway.
+/// Each key's hash is kept once, as its 32 bytes.
 #[derive(Debug, Default, Clone)]
 pub struct KeyIndex {
     by_hash: HashMap<[u8; 32], KeyEntry>,
@@ -82,27 +101,34 @@ impl KeyIndex {
     /// Adds a key hash (hex) for a client; ignores malformed hashes (the
     /// config validation has already refused them).
     pub fn insert(&mut self, hash_hex: &str, client: &str) {
-        self.insert_entry(
-            hash_hex,
-            KeyEntry {
-                client: client.to_string(),
-                key: None,
-            },
-        );
-    }
-
-    /// Adds (or replaces) what a key hash (hex) leads to.
-    pub fn insert_entry(&mut self, hash_hex: &str, entry: KeyEntry) {
         if let Some(h) = parse_hash(&hash_hex.to_ascii_lowercase()) {
-            self.by_hash.insert(h, entry);
+            self.insert_hash(h, KeyEntry::File(client.to_string()));
         }
     }
 
-    /// Removes a key hash (hex).
-    pub fn remove(&mut self, hash_hex: &str) {
-        if let Some(h) = parse_hash(&hash_hex.to_ascii_lowercase()) {
-            self.by_hash.remove(&h);
+    /// Adds (or replaces) what a key hash leads to.
+    pub fn insert_hash(&mut self, hash: [u8; 32], entry: KeyEntry) {
+        self.by_hash.insert(hash, entry);
+    }
+
+    /// Removes the issued key `id` under `hash`, and answers whether it was
+    /// there (a config file key under the same hash stays).
+    pub fn remove_issued(&mut self, hash: &[u8; 32], id: &str) -> bool {
+        let issued = matches!(self.by_hash.get(hash), Some(KeyEntry::Issued(k)) if k.id == id);
+        if issued {
+            self.by_hash.remove(hash);
         }
+        issued
+    }
+
+    /// The hash under which issued key `id` is, found by looking at every
+    /// entry: only for a key whose row has gone from the database, which
+    /// the admin API never does.
+    pub fn find_issued(&self, id: &str) -> Option<[u8; 32]> {
+        self.by_hash.iter().find_map(|(h, e)| match e {
+            KeyEntry::Issued(k) if k.id == id => Some(*h),
+            _ => None,
+        })
     }
 
     /// How many key hashes it holds.
@@ -124,7 +150,7 @@ impl KeyIndex {
 
     /// The client id of a presented key.
     pub fn lookup(&self, key: &str) -> Option<&str> {
-        self.entry(key).map(|e| e.client.as_str())
+        self.entry(key).map(KeyEntry::client)
     }
 }
 

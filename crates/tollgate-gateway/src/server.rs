@@ -301,8 +301,10 @@ async fn metrics_text(gw: &Gateway) -> Response {
         store_errors += s.store_errors;
         outage += s.outage_open + s.outage_closed + s.outage_local;
     }
+    // A client no request has used yet has no bucket, and nothing to count.
     for c in gw.registry().clients() {
-        let s = c.limiter.stats();
+        let Some(l) = c.built_limiter() else { continue };
+        let s = l.stats();
         store_errors += s.store_errors;
         outage += s.outage_open + s.outage_closed + s.outage_local;
     }

@@ -315,6 +315,101 @@ async fn a_retried_key_issuance_answers_the_same_key_and_never_issues_a_second()
 }
 
 #[tokio::test]
+async fn a_retried_key_rotation_answers_the_same_key_and_rotates_once() {
+    let (_sim, gw, c) = start_with_db().await;
+    call(
+        &c,
+        &gw,
+        Method::POST,
+        "/admin/clients",
+        Some(json!({"id": "acme", "tier": "pro"})),
+    )
+    .await;
+    let (s, old) = call(
+        &c,
+        &gw,
+        Method::POST,
+        "/admin/clients/acme/keys",
+        Some(json!({"name": "ci"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{old}");
+    let rotate = format!(
+        "{}/admin/keys/{}/rotate",
+        gw.url(),
+        old["id"].as_str().unwrap()
+    );
+    let send_rotate = |idem: &'static str, body: Value| {
+        let (c, url) = (c.clone(), rotate.clone());
+        async move {
+            let r = c
+                .post(url)
+                .bearer_auth(ADMIN)
+                .header("Idempotency-Key", idem)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let replayed = r.headers().get("idempotent-replayed").is_some();
+            (
+                r.status().as_u16(),
+                replayed,
+                r.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let body = json!({"overlap_secs": 60});
+    // Eight at once with one header: one new key, told to all eight.
+    let answers = spawn_all(8, |_| send_rotate("rotate-7c1e", body.clone())).await;
+    let first = &answers[0].2;
+    for (s, _, v) in &answers {
+        assert_eq!(*s, 201, "{v}");
+        assert_eq!((&v["key"], &v["id"]), (&first["key"], &first["id"]), "{v}");
+    }
+    assert_eq!(
+        answers.iter().filter(|(_, replayed, _)| !replayed).count(),
+        1
+    );
+    let (_, audit) = call(&c, &gw, Method::GET, "/admin/audit", None).await;
+    let audited = audit["entries"].as_array().unwrap().len();
+    // A retry later: the same key again, still two keys in all.
+    let (s, replayed, again) = send_rotate("rotate-7c1e", body.clone()).await;
+    assert_eq!((s, replayed, &again["key"]), (201, true, &first["key"]));
+    let (_, keys) = call(&c, &gw, Method::GET, "/admin/clients/acme/keys", None).await;
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 2, "{keys}");
+    for key in [&old["key"], &first["key"]] {
+        assert_eq!(chat_status(&c, &gw, key.as_str().unwrap()).await, 200);
+    }
+    // The header with another body: refused, nothing rotated.
+    let (s, _, v) = send_rotate("rotate-7c1e", json!({"overlap_secs": 0})).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{v}"
+    );
+    assert_eq!(
+        chat_status(&c, &gw, old["key"].as_str().unwrap()).await,
+        200
+    );
+    // The same header on an issuance is another request: refused too.
+    let r = c
+        .post(format!("{}/admin/clients/acme/keys", gw.url()))
+        .bearer_auth(ADMIN)
+        .header("Idempotency-Key", "rotate-7c1e")
+        .json(&json!({"name": "ci"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let (_, audit) = call(&c, &gw, Method::GET, "/admin/audit", None).await;
+    assert_eq!(
+        audit["entries"].as_array().unwrap().len(),
+        audited,
+        "the retries changed nothing: {audit:#}"
+    );
+}
+
+#[tokio::test]
 async fn a_client_is_listed_with_its_own_budget_over_its_tiers() {
     let (_sim, gw, c) = start_with_db().await;
     let made = json!({"id": "acme", "tier": "pro", "limits": {"daily_budget_usd": 5.0}});

@@ -243,6 +243,83 @@ async fn two_instances_on_redis_agree_on_every_levels_budget_under_concurrent_re
     }
 }
 
+/// A key's budget belongs to the key, not to its secret: the key a
+/// rotation issues spends what the key it replaces spent, in memory and on
+/// Redis, and after a restart (the spend rebuilt from the ledger).
+async fn rotation_carries_spend(mut redis: Option<&mut Redis>) {
+    let mut m = model(1_000_000, 100_000_000);
+    m.input_usd_per_mtok = 1000.0;
+    m.output_usd_per_mtok = 1000.0;
+    let sim = sim().await;
+    let mut cfg = config(
+        &sim.base_url(),
+        m,
+        &[("acme", tier(1_000_000, 100_000_000, 0, 0))],
+    );
+    cfg.ledger.url = fresh_database();
+    if let Some(r) = &redis {
+        cfg.store.url = r.url.clone();
+    }
+    let gw = gateway(cfg.clone()).await;
+    let c = http();
+    let (old, old_id) = issue(&c, &gw, "acme", json!({"daily_budget_usd": 1.0})).await;
+    // About 16 in + 850 out = $0.866 of the $1.
+    let big = chat_body("hello world [sim:tokens=850]", 880);
+    assert_eq!(chat_with(&c, &gw.url(), &old, &big).await.status(), 200);
+    settled(&gw, Level::Key, &old_id, |s| s > 0.85).await;
+    let path = format!("/admin/keys/{old_id}/rotate");
+    let r = send(admin(&c, &gw, Method::POST, &path).json(&json!({"overlap_secs": 60}))).await;
+    assert_eq!(r.status(), 201);
+    let rotated: Value = r.json().await.unwrap();
+    let new = rotated["key"].as_str().unwrap().to_string();
+    assert_eq!(rotated["limits"]["daily_budget_usd"], 1.0, "{rotated}");
+    // The new key has $0.134 left, not $1: another $0.87 is refused as the key's.
+    let refused_on = |gw: RunningGateway| {
+        let (c, new, big) = (c.clone(), new.clone(), big.clone());
+        async move {
+            let r = chat_with(&c, &gw.url(), &new, &big).await;
+            let status = r.status().as_u16();
+            let level = header(&r, "x-tollgate-budget-level").map(str::to_string);
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(
+                (status, level.as_deref()),
+                (429, Some("key")),
+                "the rotated key spent its budget anew: {}",
+                v["error"]
+            );
+            // A small one still fits in what is left.
+            let small = chat_body("hello world", 50);
+            assert_eq!(chat_with(&c, &gw.url(), &new, &small).await.status(), 200);
+            gw
+        }
+    };
+    let gw = refused_on(gw).await;
+    // Started again (on Redis: with its counters gone), it still knows.
+    gw.gateway.ledger.clone().expect("ledger").flush().await;
+    drop(gw);
+    if let Some(r) = redis.as_mut() {
+        r.restart_empty().await;
+    }
+    let again = gateway(cfg).await;
+    let r = chat_with(&c, &again.url(), &new, &big).await;
+    assert_eq!(
+        (r.status().as_u16(), header(&r, "x-tollgate-budget-level")),
+        (429, Some("key")),
+        "after a restart the rotated key's spend was rebuilt without its old key's"
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_key_spends_the_budget_of_the_key_it_replaces() {
+    rotation_carries_spend(None).await;
+}
+
+#[tokio::test]
+async fn a_rotated_key_spends_the_budget_of_the_key_it_replaces_on_redis() {
+    let mut redis = Redis::start().await;
+    rotation_carries_spend(Some(&mut redis)).await;
+}
+
 #[tokio::test]
 async fn a_keys_rpm_and_a_clients_own_rpm_refuse_while_the_level_above_has_room() {
     let sim = sim().await;

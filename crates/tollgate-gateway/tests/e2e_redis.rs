@@ -137,7 +137,7 @@ async fn a_redis_restarted_empty_loses_no_registry_change() {
             .bearer_auth(key.to_string())
             .json(&chat_body("hi", 5))
     };
-    let mut refused_by_key = false;
+    let (mut refused_by_key, mut answered) = (false, 0);
     for _ in 0..20 {
         let r = send(keyed(&a, &capped)).await;
         if r.status() == 429 {
@@ -146,11 +146,16 @@ async fn a_redis_restarted_empty_loses_no_registry_change() {
             break;
         }
         assert_eq!(r.status(), 200);
+        answered += 1;
         // Each settles before the next asks (the estimate is below the use).
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(refused_by_key, "the key's $0.0001 was never spent");
-    a.gateway.ledger.clone().expect("ledger").flush().await;
+    // Every answered request is settled and in the ledger before the store
+    // is wiped: a settlement still on its way then would find its hold gone
+    // and charge nothing, and the rebuild could miss its row (DESIGN.md,
+    // "Budgets survive a store reset").
+    await_ledger_ok(&a, "c1", answered).await;
     await_rpm_limit(
         &c,
         &b,
@@ -214,6 +219,31 @@ async fn a_redis_restarted_empty_loses_no_registry_change() {
     let r = patch_tier(&c, &b, "pro", &json!({"rpm": 900})).await;
     assert_eq!(r.status(), 200);
     await_rpm_limit(&c, &a, "free", "900", changed, Duration::from_secs(2)).await;
+}
+
+/// Waits (at most 10 s) until `gw`'s ledger holds `ok` answered requests of
+/// `client`.
+async fn await_ledger_ok(gw: &RunningGateway, client: &str, ok: i64) {
+    let ledger = gw.gateway.ledger.clone().expect("ledger");
+    let query = tollgate_gateway::ledger::UsageQuery::parse(None, None, Some("client")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        ledger.flush().await;
+        let report = ledger.report(query).await.expect("report");
+        let now = report
+            .groups
+            .iter()
+            .find(|g| g.key == client)
+            .map_or(0, |g| g.ok);
+        if now == ok {
+            return;
+        }
+        assert!(
+            now < ok && Instant::now() < deadline,
+            "{now} of {ok} rows of {client}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A client that leaves while its admission is still on its way to Redis

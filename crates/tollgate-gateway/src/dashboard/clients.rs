@@ -151,7 +151,7 @@ pub(super) async fn stored(
     c: &Client,
     errors: &parking_lot::Mutex<Option<String>>,
 ) -> Stored {
-    let (status, spend) = tokio::join!(c.limiter.status(), gw.budgets.spend(&c.id));
+    let (status, spend) = tokio::join!(c.limiter().status(), gw.budgets.spend(&c.id));
     let keep = |e: String| {
         errors.lock().get_or_insert(e);
     };

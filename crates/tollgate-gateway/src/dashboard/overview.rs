@@ -172,12 +172,11 @@ pub async fn overview(gw: &Gateway) -> Value {
     let ping = gw.sync.ping().await;
     let mut limiter_errors = 0;
     let mut outage_decisions = 0;
-    for s in gw
-        .models
-        .values()
-        .map(|m| m.limiter.stats())
-        .chain(all_clients.iter().map(|c| c.limiter.stats()))
-    {
+    for s in gw.models.values().map(|m| m.limiter.stats()).chain(
+        all_clients
+            .iter()
+            .filter_map(|c| c.built_limiter().map(|l| l.stats())),
+    ) {
         limiter_errors += s.store_errors;
         outage_decisions += s.outage_open + s.outage_closed + s.outage_local;
     }

@@ -124,6 +124,9 @@ pub struct KeyRow {
     pub revoked_at_ms: Option<i64>,
     /// Its own limits and budgets (inside its client's).
     pub limits: LimitsConfig,
+    /// The first key of the rotations it comes from, whose bucket and
+    /// budget it carries on (`None`: a key issued anew).
+    pub lineage: Option<String>,
     /// The change that last touched it.
     pub version: u64,
 }
@@ -181,8 +184,8 @@ const ROUTE_SQL: &str = "SELECT name, route, version FROM registry_routes";
 const ASSIGNMENT_SQL: &str = "SELECT client, tier, version FROM registry_tier_assignments";
 const CLIENT_SQL: &str = "SELECT id, tier, org, disabled, version, limits FROM registry_clients";
 const KEY_SQL: &str =
-    "SELECT id, hash, client, shown, name, expires_at_ms, revoked_at_ms, version, models, limits \
-    FROM registry_keys";
+    "SELECT id, hash, client, shown, name, expires_at_ms, revoked_at_ms, version, models, limits, \
+    lineage FROM registry_keys";
 const ORG_SQL: &str =
     "SELECT id, name, limits, disabled, created_at_ms, version FROM registry_orgs";
 
@@ -265,6 +268,7 @@ fn key_from(r: &[Value]) -> KeyRow {
             .text()
             .map(|j| serde_json::from_str(j).unwrap_or_default()),
         limits: limits_of(&r[9], "key"),
+        lineage: r[10].text().map(str::to_string),
     }
 }
 

@@ -1,6 +1,7 @@
-//! `Idempotency-Key` on key issuance (`registry_idempotency`, migration 5):
-//! a retry of `POST /admin/clients/{id}/keys` with the same header and body
-//! gets the same answer, key included, and never a second key.
+//! `Idempotency-Key` on key issuance and rotation (`registry_idempotency`,
+//! migration 5): a retry of `POST /admin/clients/{id}/keys` or `POST
+//! /admin/keys/{id}/rotate` with the same header and body gets the same
+//! answer, key included, and never a second key.
 //!
 //! The row is written in the key's own transaction, keyed by the header's
 //! SHA-256: of two issuances racing with one header, the second fails on
@@ -26,20 +27,21 @@ pub const MAX_LEN: usize = 255;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Idempotency {
     key: String,
-    /// SHA-256 of the client and the body, hex.
+    /// SHA-256 of the scope and the body, hex.
     request: String,
 }
 
 impl Idempotency {
-    /// The header `key` of a request for `client` with `body`.
-    pub fn new(key: &str, client: &str, body: &[u8]) -> Result<Idempotency, Refused> {
+    /// The header `key` of a request for `scope` (the client a key is
+    /// issued to, or `rotate ID` for key `ID`'s rotation) with `body`.
+    pub fn new(key: &str, scope: &str, body: &[u8]) -> Result<Idempotency, Refused> {
         if key.is_empty() || key.len() > MAX_LEN {
             return Err(Refused::Invalid(format!(
                 "Idempotency-Key: 1 to {MAX_LEN} characters (a UUID is best)"
             )));
         }
         let mut h = Sha256::new();
-        h.update(client.as_bytes());
+        h.update(scope.as_bytes());
         h.update([0]);
         h.update(body);
         Ok(Idempotency {

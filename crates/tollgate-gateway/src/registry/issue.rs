@@ -64,6 +64,11 @@ pub struct KeyInfo {
     pub created_at_ms: i64,
     /// Its own limits and budgets, inside its client's.
     pub limits: LimitsConfig,
+    /// The first key of the rotations it comes from: its bucket and its
+    /// budget's spend are that key's, carried on (left out: a key issued
+    /// anew).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<String>,
 }
 
 /// A key just issued: the only time the key itself is told.
@@ -142,7 +147,7 @@ pub(crate) fn check_id(id: &str) -> Result<(), Refused> {
 
 pub(super) const KEY_COLUMNS: &str =
     "id, hash, client, shown, name, models, limits, expires_at_ms, \
-    revoked_at_ms, created_at_ms, version";
+    revoked_at_ms, created_at_ms, version, lineage";
 
 pub(super) fn info_from(r: &[Value]) -> Result<KeyInfo, Refused> {
     let models = match r[5].text() {
@@ -162,6 +167,7 @@ pub(super) fn info_from(r: &[Value]) -> Result<KeyInfo, Refused> {
         revoked_at_ms: r[8].int(),
         created_at_ms: r[9].int().unwrap_or(0),
         limits: serde_json::from_str(r[6].text().unwrap_or("{}")).unwrap_or_default(),
+        lineage: r[11].text().map(str::to_string),
     })
 }
 
@@ -308,17 +314,38 @@ impl Registry {
                 models: new.models.clone(),
                 limits: new.limits.clone(),
                 expires_at_ms: expires,
+                lineage: None,
             },
             now,
         );
-        let mut statements = vec![statement];
-        if let Some(idem) = &new.idempotency {
+        let entities = [Entity::Key(info.id.clone())];
+        self.write_issued(
+            &entities,
+            vec![statement],
+            new.idempotency.as_ref(),
+            info,
+            secret,
+        )
+        .await
+    }
+
+    /// Writes a change that issues key `info` (`secret`), recording it as
+    /// the answer to `idem`'s request; answers it, or, when another request
+    /// with the same header won meanwhile (its row rolled this change
+    /// back), that one's answer.
+    async fn write_issued(
+        &self,
+        entities: &[Entity],
+        mut statements: Vec<Statement>,
+        idem: Option<&super::idempotency::Idempotency>,
+        info: KeyInfo,
+        secret: String,
+    ) -> Result<Issued, Refused> {
+        if let Some(idem) = idem {
             statements.extend(idem.record(&info.id, &secret));
         }
-        let written = db::write(self.db(), &Entity::Key(info.id.clone()), statements).await;
-        let version = match (written, &new.idempotency) {
+        let version = match (db::write_all(self.db(), entities, statements).await, idem) {
             (Ok((version, _)), _) => version,
-            // The same header won meanwhile: its answer, not a second key.
             (Err(e), Some(idem)) => return self.replay(idem).await?.ok_or(e.into()),
             (Err(e), None) => return Err(e.into()),
         };
@@ -380,10 +407,23 @@ impl Registry {
         Ok((info, Some(version)))
     }
 
-    /// Issues a key in place of key `id`, with its name and models: both
-    /// work for `overlap_secs`, then only the new one (the old one expires;
-    /// sooner if it was to expire sooner).
-    pub async fn rotate_key(&self, id: &str, overlap_secs: u64) -> Result<Issued, Refused> {
+    /// Issues a key in place of key `id`, with its name, models and limits:
+    /// both work for `overlap_secs`, then only the new one (the old one
+    /// expires; sooner if it was to expire sooner). The new key carries on
+    /// the old one's bucket and budget (its `lineage`: what it spent, the
+    /// new one has spent). With `idem`, a retry answers the same new key
+    /// and rotates nothing again.
+    pub async fn rotate_key(
+        &self,
+        id: &str,
+        overlap_secs: u64,
+        idem: Option<&super::idempotency::Idempotency>,
+    ) -> Result<Issued, Refused> {
+        if let Some(idem) = idem {
+            if let Some(issued) = self.replay(idem).await? {
+                return Ok(issued);
+            }
+        }
         let Some(old) = self.key_info(id).await? else {
             return Err(Refused::NotFound(format!("No key {id:?}.")));
         };
@@ -402,6 +442,7 @@ impl Registry {
                 models: old.models.clone(),
                 limits: old.limits.clone(),
                 expires_at_ms: old.expires_at_ms,
+                lineage: Some(old.lineage.clone().unwrap_or(old.id.clone())),
             },
             now,
         );
@@ -413,14 +454,8 @@ impl Registry {
         );
         // One transaction: the new key never without the old one's end.
         let entities = [Entity::Key(id.into()), Entity::Key(info.id.clone())];
-        let (version, _) = db::write_all(self.db(), &entities, vec![shorten, statement]).await?;
-        self.catch_up().await?;
-        Ok(Issued {
-            key: secret,
-            info,
-            version,
-            replayed: false,
-        })
+        self.write_issued(&entities, vec![shorten, statement], idem, info, secret)
+            .await
     }
 }
 
@@ -430,6 +465,7 @@ struct KeySettings {
     models: Option<Vec<String>>,
     limits: LimitsConfig,
     expires_at_ms: Option<i64>,
+    lineage: Option<String>,
 }
 
 /// The insert of a new key for `client`, the key as listed, and the key.
@@ -439,6 +475,7 @@ fn key_insert(client: &str, settings: KeySettings, now: i64) -> (Statement, KeyI
         models,
         limits,
         expires_at_ms,
+        lineage,
     } = settings;
     let secret = new_secret();
     let id = format!("key_{}", uuid::Uuid::now_v7().simple());
@@ -452,6 +489,7 @@ fn key_insert(client: &str, settings: KeySettings, now: i64) -> (Statement, KeyI
         revoked_at_ms: None,
         created_at_ms: now,
         limits,
+        lineage,
     };
     let models_json = info
         .models
@@ -460,7 +498,7 @@ fn key_insert(client: &str, settings: KeySettings, now: i64) -> (Statement, KeyI
     let statement = Statement::new(
         format!(
             "INSERT INTO registry_keys ({KEY_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $9, $7, NULL, $8, {THIS_VERSION})"
+             VALUES ($1, $2, $3, $4, $5, $6, $9, $7, NULL, $8, {THIS_VERSION}, $10)"
         ),
         vec![
             id.into(),
@@ -472,6 +510,7 @@ fn key_insert(client: &str, settings: KeySettings, now: i64) -> (Statement, KeyI
             expires_at_ms.into(),
             Value::Int(now),
             limits_json(&info.limits).into(),
+            info.lineage.clone().into(),
         ],
     );
     (statement, info, secret)

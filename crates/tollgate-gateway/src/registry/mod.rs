@@ -51,7 +51,7 @@ pub mod orgs;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::RwLock;
@@ -112,13 +112,48 @@ pub struct Tier {
     pub max_wait: Duration,
     /// Budgets in nano-USD.
     pub budget: BudgetLimits,
+    /// Where its clients' buckets live and what they do when it is
+    /// unreachable: a client's bucket is built from these at its first
+    /// request, not at start (100,000 clients, most of them idle, would
+    /// otherwise each hold one).
+    buckets: Buckets,
+    /// A bucket with the tier's settings (key `tier:NAME`, never reserved
+    /// on): built with the tier, it proves that a client on the tier's own
+    /// limits gets a bucket, and stands in for one should building it fail.
+    proto: RateLimiter,
+}
+
+/// The store and outage policy every level's bucket is built on.
+#[derive(Debug, Clone)]
+struct Buckets {
+    store: Store,
+    outage: OutagePolicy,
+}
+
+impl Buckets {
+    /// A bucket under `key` with `limits` (checked when built).
+    fn build(&self, key: &str, limits: tollgate::Limits) -> Result<RateLimiter, tollgate::Error> {
+        RateLimiter::builder(key)
+            .store(self.store.clone())
+            .limits(limits)
+            .outage(self.outage)
+            .build_unchecked()
+    }
 }
 
 impl Tier {
     /// Tier `name` of `file` (whose tiers decide the classes) with these
-    /// settings.
-    fn new(file: &Config, name: &str, config: TierConfig) -> Tier {
-        Tier {
+    /// settings, its clients' buckets on `buckets`.
+    fn new(
+        file: &Config,
+        name: &str,
+        config: TierConfig,
+        buckets: &Buckets,
+    ) -> Result<Tier, RegistryError> {
+        let proto = buckets
+            .build(&format!("tier:{name}"), tier_limits(&config))
+            .map_err(|e| crate::config::invalid(format!("tiers.{name}"), e.to_string()))?;
+        Ok(Tier {
             name: name.to_string(),
             class: file.tier_class(name, &config),
             max_wait: Duration::from_millis(config.max_wait_ms),
@@ -127,7 +162,9 @@ impl Tier {
                 monthly: config.monthly_budget_usd.map(usd_to_nano),
             },
             config,
-        }
+            buckets: buckets.clone(),
+            proto,
+        })
     }
 }
 
@@ -172,11 +209,35 @@ pub struct Client {
     /// Its budgets in nano-USD: its own over its tier's.
     pub budget: BudgetLimits,
     /// The client's own bucket (the tier's RPM/TPM/burst, or its own
-    /// rpm/tpm over them), key `client:ID`.
-    pub limiter: RateLimiter,
+    /// rpm/tpm over them), key `client:ID`: built at its first use when
+    /// the client is on its tier's limits ([`Client::limiter`]).
+    limiter: OnceLock<RateLimiter>,
     /// Whether the client's last admission left its bucket plenty of room
     /// (then the next one asks the provider bucket at once; see `admission`).
     pub(crate) roomy: AtomicBool,
+}
+
+impl Client {
+    /// The client's own bucket, built now if this is its first use.
+    pub fn limiter(&self) -> &RateLimiter {
+        self.limiter.get_or_init(|| {
+            // Only a client on its tier's own limits gets here (one with
+            // limits of its own has its bucket built with it), and the
+            // tier's bucket was built with the same settings.
+            self.tier
+                .buckets
+                .build(&format!("client:{}", self.id), tier_limits(&self.tier.config))
+                .unwrap_or_else(|e| {
+                    tracing::error!(client = %self.id, error = %e, "client's bucket could not be built; its tier's shared bucket stands in");
+                    self.tier.proto.clone()
+                })
+        })
+    }
+
+    /// The client's own bucket if a request has used it yet.
+    pub fn built_limiter(&self) -> Option<&RateLimiter> {
+        self.limiter.get()
+    }
 }
 
 /// A key issued through the admin API (the index keeps only its hash).
@@ -194,13 +255,44 @@ pub struct Key {
     pub models: Option<Vec<String>>,
     /// When it stops working (ms since 1970).
     pub expires_at_ms: Option<i64>,
-    /// Its own limits and budgets, inside its client's.
-    pub limits: LimitsConfig,
-    /// What it checks on each request.
-    pub bounds: Bounds,
+    /// What it checks on each request, when it sets limits or budgets of
+    /// its own (most keys set none: then nothing is kept for them).
+    own: Option<Box<Own>>,
 }
 
+/// A key's own limits and budgets.
+#[derive(Debug, Clone)]
+struct Own {
+    /// Its bucket and budgets.
+    bounds: Bounds,
+    /// Whose they are: the first key of its rotations (`None`: its own).
+    lineage: Option<String>,
+}
+
+/// What a key without limits or budgets of its own checks: nothing.
+static NO_BOUNDS: Bounds = Bounds {
+    limiter: None,
+    budget: BudgetLimits {
+        daily: None,
+        monthly: None,
+    },
+};
+
 impl Key {
+    /// What it checks on each request, inside its client's.
+    pub fn bounds(&self) -> &Bounds {
+        self.own.as_deref().map_or(&NO_BOUNDS, |o| &o.bounds)
+    }
+
+    /// The id its budget's spend is counted under: the first key of its
+    /// rotations (a rotation carries the budget on), else its own.
+    pub fn budget_id(&self) -> &str {
+        self.own
+            .as_deref()
+            .and_then(|o| o.lineage.as_deref())
+            .unwrap_or(&self.id)
+    }
+
     /// Whether this key may ask for `model` (a model's or a route's name).
     pub fn allows(&self, model: &str) -> bool {
         self.models
@@ -215,8 +307,6 @@ struct State {
     tiers: HashMap<String, Arc<Tier>>,
     clients: HashMap<String, Arc<Client>>,
     keys: KeyIndex,
-    /// An issued key's id → its hash, to remove it.
-    key_hashes: HashMap<String, String>,
     /// Clients the API created.
     api_clients: HashMap<String, ClientRow>,
     /// Organisations in force: the file's, with the database's in place.
@@ -256,8 +346,7 @@ struct File {
 pub struct Registry {
     file: File,
     db: crate::ledger::Store,
-    store: Store,
-    outage: OutagePolicy,
+    buckets: Buckets,
     state: RwLock<State>,
     /// One catch-up at a time.
     applying: tokio::sync::Mutex<()>,
@@ -333,8 +422,10 @@ impl Registry {
         let registry = Registry {
             file,
             db,
-            store: store.clone(),
-            outage,
+            buckets: Buckets {
+                store: store.clone(),
+                outage,
+            },
             state: RwLock::new(State::default()),
             applying: tokio::sync::Mutex::new(()),
             builds: AtomicU64::new(0),
@@ -409,7 +500,7 @@ impl Registry {
             }
         }
         for name in self.file.tiers.keys() {
-            let tier = self.effective_tier(name, st.overrides.tiers.get(name));
+            let tier = self.effective_tier(name, st.overrides.tiers.get(name))?;
             st.tiers.insert(name.clone(), Arc::new(tier));
         }
         let ids: Vec<String> = self
@@ -427,8 +518,9 @@ impl Registry {
         }
         st.routes = Arc::new(self.effective_routes(&st.overrides));
         for row in snapshot.keys {
-            let bounds = self.bounds(&format!("key:{}", row.id), &row.limits);
-            apply_key(&mut st, &row.id.clone(), Some((row, bounds)));
+            let id = row.id.clone();
+            let entry = self.key_entry(row);
+            apply_key(&mut st, &id, Some(entry));
         }
         *self.state.write() = st;
         self.builds.fetch_add(1, Ordering::Relaxed);
@@ -449,19 +541,19 @@ impl Registry {
 
     /// The file's tier `name` with `o`'s fields over it, or the file's alone
     /// when the result is invalid.
-    fn effective_tier(&self, name: &str, o: Option<&TierOverride>) -> Tier {
+    fn effective_tier(&self, name: &str, o: Option<&TierOverride>) -> Result<Tier, RegistryError> {
         let file = &self.file.tiers[name];
         let Some(o) = o else {
-            return Tier::new(&self.file.config, name, file.clone());
+            return Tier::new(&self.file.config, name, file.clone(), &self.buckets);
         };
         let t = o.fields.apply(file);
-        match validate_tier(&format!("tiers.{name}"), &t, self.file.classes) {
-            Ok(()) => Tier::new(&self.file.config, name, t),
-            Err(e) => {
-                tracing::warn!(tier = %name, version = o.version, error = %e, "registry override no longer fits the config file; using the file's tier");
-                Tier::new(&self.file.config, name, file.clone())
-            }
-        }
+        let tier = validate_tier(&format!("tiers.{name}"), &t, self.file.classes)
+            .map_err(RegistryError::from)
+            .and_then(|()| Tier::new(&self.file.config, name, t, &self.buckets));
+        tier.or_else(|e| {
+            tracing::warn!(tier = %name, version = o.version, error = %e, "registry override no longer fits the config file; using the file's tier");
+            Tier::new(&self.file.config, name, file.clone(), &self.buckets)
+        })
     }
 
     /// The file's routes with the database's on top; one that no longer
@@ -519,12 +611,19 @@ impl Registry {
             tracing::warn!(client = %id, error = %e, "client's own limits no longer fit its tier; using the tier's");
             own = tier.config.clone();
         }
-        let limiter = RateLimiter::builder(&format!("client:{id}"))
-            .store(self.store.clone())
-            .limits(tier_limits(&own))
-            .outage(self.outage)
-            .build_unchecked()
-            .map_err(|e| crate::config::invalid(format!("tiers.{}", tier.name), e.to_string()))?;
+        // A client on its tier's own rates gets its bucket at its first
+        // request; one with rates of its own now, so that an error shows.
+        let limiter = OnceLock::new();
+        let bucket = tier_limits(&own);
+        if bucket != tier_limits(&tier.config) {
+            let built = self
+                .buckets
+                .build(&format!("client:{id}"), bucket)
+                .map_err(|e| {
+                    crate::config::invalid(format!("clients.{id}.limits"), e.to_string())
+                })?;
+            let _ = limiter.set(built);
+        }
         Ok(Client {
             id: id.to_string(),
             budget: BudgetLimits {
@@ -542,11 +641,8 @@ impl Registry {
     /// The bucket and budgets of a level whose limiter key is `key`.
     fn bounds(&self, key: &str, limits: &LimitsConfig) -> Bounds {
         let limiter = limits.bucket().and_then(|l| {
-            RateLimiter::builder(key)
-                .store(self.store.clone())
-                .limits(l)
-                .outage(self.outage)
-                .build_unchecked()
+            self.buckets
+                .build(key, l)
                 .map_err(|e| tracing::warn!(key, error = %e, "a level's limits could not be set up; not applied"))
                 .ok()
         });
@@ -571,7 +667,16 @@ impl Registry {
     /// Puts organisation `id` in the index as it now is: the database's
     /// entry, else the file's.
     fn rebuild_org(&self, st: &mut State, id: &str) {
-        let (name, limits, disabled, source) = match (st.api_orgs.get(id), self.file.orgs.get(id)) {
+        match self.org_entry(id, st.api_orgs.get(id)) {
+            Some(org) => st.orgs.insert(id.to_string(), org),
+            None => st.orgs.remove(id),
+        };
+    }
+
+    /// Organisation `id` from its database `row`, else the file's (`None`:
+    /// in neither).
+    fn org_entry(&self, id: &str, row: Option<&OrgRow>) -> Option<Arc<Org>> {
+        let (name, limits, disabled, source) = match (row, self.file.orgs.get(id)) {
             (Some(row), _) => (
                 row.name.clone(),
                 row.limits.clone(),
@@ -579,21 +684,17 @@ impl Registry {
                 "database",
             ),
             (None, Some(o)) => (o.name.clone(), o.limits.clone(), false, "file"),
-            (None, None) => {
-                st.orgs.remove(id);
-                return;
-            }
+            (None, None) => return None,
         };
         let bounds = self.bounds(&format!("org:{id}"), &limits);
-        let org = Org {
+        Some(Arc::new(Org {
             id: id.to_string(),
             name,
             limits,
             disabled,
             source,
             bounds,
-        };
-        st.orgs.insert(id.to_string(), Arc::new(org));
+        }))
     }
 
     /// Puts client `id` in the index as it now is (or takes it out).
@@ -657,14 +758,16 @@ impl Registry {
             let st = self.state.read();
             let entry = st.keys.entry(key)?;
             if entry
-                .key
-                .as_ref()
+                .key()
                 .and_then(|k| k.expires_at_ms)
                 .is_some_and(|at| crate::ledger::row::now_ms() >= at)
             {
                 return None;
             }
-            (st.clients.get(&entry.client)?.clone(), entry.key.clone())
+            (
+                st.clients.get(entry.client())?.clone(),
+                entry.key().cloned(),
+            )
         };
         let client = self.fresh(client);
         if client.org.as_ref().is_some_and(|o| o.disabled) {
@@ -805,22 +908,29 @@ impl Registry {
         }
     }
 
-    /// Puts one entry as the database now holds it into the index.
+    /// Puts one entry as the database now holds it into the index. What
+    /// can be built without the index (a tier, a key, an organisation, with
+    /// their buckets) is built before taking its write lock, so requests
+    /// meanwhile wait for no more than the entry's replacement.
     fn apply(&self, now: Current) -> Result<(), RegistryError> {
         self.applied.fetch_add(1, Ordering::Relaxed);
-        let mut st = self.state.write();
         match now {
             Current::Tier(name, o) => {
+                let tier = match self.file.tiers.contains_key(&name) {
+                    true => Some(Arc::new(self.effective_tier(&name, o.as_ref())?)),
+                    false => None,
+                };
+                let mut st = self.state.write();
                 match o {
                     Some(o) => st.overrides.tiers.insert(name.clone(), o),
                     None => st.overrides.tiers.remove(&name),
                 };
-                if self.file.tiers.contains_key(&name) {
-                    let tier = self.effective_tier(&name, st.overrides.tiers.get(&name));
-                    st.tiers.insert(name, Arc::new(tier));
+                if let Some(tier) = tier {
+                    st.tiers.insert(name, tier);
                 }
             }
             Current::Assignment(id, o) => {
+                let mut st = self.state.write();
                 match o {
                     Some(o) => st.overrides.client_tiers.insert(id.clone(), o),
                     None => st.overrides.client_tiers.remove(&id),
@@ -828,6 +938,7 @@ impl Registry {
                 self.rebuild_client(&mut st, &id)?;
             }
             Current::Client(id, row) => {
+                let mut st = self.state.write();
                 match row {
                     Some(row) => st.api_clients.insert(id.clone(), row),
                     None => st.api_clients.remove(&id),
@@ -835,13 +946,11 @@ impl Registry {
                 self.rebuild_client(&mut st, &id)?;
             }
             Current::Key(id, row) => {
-                let row = row.map(|r| {
-                    let bounds = self.bounds(&format!("key:{}", r.id), &r.limits);
-                    (r, bounds)
-                });
-                apply_key(&mut st, &id, row)
+                let entry = row.map(|r| self.key_entry(r));
+                apply_key(&mut self.state.write(), &id, entry);
             }
             Current::Route(name, o) => {
+                let mut st = self.state.write();
                 match o {
                     Some(o) => st.overrides.routes.insert(name, o),
                     None => st.overrides.routes.remove(&name),
@@ -849,15 +958,55 @@ impl Registry {
                 st.routes = Arc::new(self.effective_routes(&st.overrides));
             }
             Current::Org(id, row) => {
+                let org = self.org_entry(&id, row.as_ref());
+                let mut st = self.state.write();
                 match row {
                     Some(row) => st.api_orgs.insert(id.clone(), row),
                     None => st.api_orgs.remove(&id),
                 };
                 // Its clients take it up as each is next looked up (`fresh`).
-                self.rebuild_org(&mut st, &id);
+                match org {
+                    Some(org) => st.orgs.insert(id, org),
+                    None => st.orgs.remove(&id),
+                };
             }
         }
         Ok(())
+    }
+
+    /// Issued key `row` as the index keeps it: its hash (`None`: not 64 hex
+    /// characters), and the key unless it is revoked.
+    fn key_entry(&self, row: KeyRow) -> KeyEntryNow {
+        let hash = crate::auth::parse_hash(&row.hash.to_ascii_lowercase());
+        if hash.is_none() {
+            tracing::warn!(key = %row.id, "issued key's hash in the database is not 64 hex characters; the key is refused");
+        }
+        if row.revoked_at_ms.is_some() {
+            return KeyEntryNow { hash, key: None };
+        }
+        // A rotated key's bucket is the first key's of its rotations.
+        let lineage = row.lineage.as_deref().unwrap_or(&row.id);
+        let bounds = self.bounds(&format!("key:{lineage}"), &row.limits);
+        let own =
+            (bounds.limiter.is_some() || bounds.budget != BudgetLimits::default()).then(|| {
+                Box::new(Own {
+                    bounds,
+                    lineage: row.lineage,
+                })
+            });
+        let key = Key {
+            id: row.id,
+            client: row.client,
+            name: row.name,
+            shown: row.shown,
+            models: row.models,
+            expires_at_ms: row.expires_at_ms,
+            own,
+        };
+        KeyEntryNow {
+            hash,
+            key: Some(Arc::new(key)),
+        }
     }
 
     /// Changes tier `name`'s fields by `patch` (over the overrides in
@@ -940,33 +1089,30 @@ impl Registry {
     }
 }
 
-/// Puts issued key `id` as it now is into the index: a revoked or removed
-/// key leaves it.
-fn apply_key(st: &mut State, id: &str, row: Option<(KeyRow, Bounds)>) {
-    if let Some(old) = st.key_hashes.remove(id) {
-        st.keys.remove(&old);
+/// An issued key as its row now is ([`Registry::key_entry`]).
+struct KeyEntryNow {
+    /// Its hash, as 32 bytes.
+    hash: Option<[u8; 32]>,
+    /// The key, unless it is revoked.
+    key: Option<Arc<Key>>,
+}
+
+/// Puts issued key `id` as it now is (`None`: its row is gone) into the
+/// index: a revoked or removed key leaves it.
+fn apply_key(st: &mut State, id: &str, now: Option<KeyEntryNow>) {
+    // A key's row keeps its hash once revoked, so the entry to replace is
+    // found by it; only a row gone from the database has to be looked for.
+    let hash = now.as_ref().and_then(|n| n.hash);
+    if let Some(old) = hash.or_else(|| st.keys.find_issued(id)) {
+        st.keys.remove_issued(&old, id);
     }
-    let Some((row, bounds)) = row.filter(|(r, _)| r.revoked_at_ms.is_none()) else {
-        return;
-    };
-    let key = Key {
-        id: row.id.clone(),
-        client: row.client.clone(),
-        name: row.name,
-        shown: row.shown,
-        models: row.models,
-        expires_at_ms: row.expires_at_ms,
-        limits: row.limits,
-        bounds,
-    };
-    st.keys.insert_entry(
-        &row.hash,
-        KeyEntry {
-            client: row.client,
-            key: Some(Arc::new(key)),
-        },
-    );
-    st.key_hashes.insert(row.id, row.hash);
+    if let Some(KeyEntryNow {
+        hash: Some(hash),
+        key: Some(key),
+    }) = now
+    {
+        st.keys.insert_hash(hash, KeyEntry::Issued(key));
+    }
 }
 
 #[cfg(test)]

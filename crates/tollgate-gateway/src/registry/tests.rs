@@ -361,7 +361,7 @@ async fn organisations_come_from_the_file_and_the_database_and_another_instance_
         let c1 = r.client("c1").unwrap();
         assert_eq!(c1.org.as_ref().unwrap().id, "beta");
         assert_eq!(
-            c1.limiter.policy().limit(tollgate::Dimension::Requests),
+            c1.limiter().policy().limit(tollgate::Dimension::Requests),
             Some(3)
         );
         let beta = r.org("beta").unwrap();

@@ -264,10 +264,10 @@ async fn client_side(
         .org
         .iter()
         .filter_map(|o| o.bounds.limiter.as_ref().map(|l| (Bucket::Org, l)))
-        .chain(key.and_then(|k| k.bounds.limiter.as_ref().map(|l| (Bucket::Key, l))))
+        .chain(key.and_then(|k| k.bounds().limiter.as_ref().map(|l| (Bucket::Key, l))))
         .collect();
     let (client_res, budget_res, level_res, early) = tokio::join!(
-        client.limiter.reserve(ask.cost, &ask.client_opts),
+        client.limiter().reserve(ask.cost, &ask.client_opts),
         books.budgets.reserve_levels(&levels, estimate),
         futures_util::future::join_all(
             buckets
@@ -304,10 +304,10 @@ async fn client_side(
     match client_res {
         Ok(p) => {
             decision(books, Bucket::Client, &tier.name, p.waited());
-            let status = client.limiter.status_at_grant(&p);
+            let status = client.limiter().status_at_grant(&p);
             adm.hold_client(p, status);
         }
-        Err(e) => refusals.push((Bucket::Client, &client.limiter, e)),
+        Err(e) => refusals.push((Bucket::Client, client.limiter(), e)),
     }
     // When several levels refuse, the outermost is told.
     let outermost = |b: &Bucket| match b {
@@ -341,8 +341,8 @@ fn budget_levels<'a>(
         levels.push((Level::Org, o.id.as_str(), o.bounds.budget));
     }
     levels.push((Level::Client, client.id.as_str(), client.budget));
-    if let Some(k) = key.filter(|k| has(&k.bounds.budget)) {
-        levels.push((Level::Key, k.id.as_str(), k.bounds.budget));
+    if let Some(k) = key.filter(|k| has(&k.bounds().budget)) {
+        levels.push((Level::Key, k.budget_id(), k.bounds().budget));
     }
     levels
 }
@@ -524,10 +524,10 @@ mod tests {
             .expect("admitted");
         assert_eq!(adm.wait, Duration::ZERO);
         assert!(adm.client_status.is_some());
-        near(in_use(&client.limiter).await, (1.0, 1000.0));
+        near(in_use(client.limiter()).await, (1.0, 1000.0));
         near(in_use(&m.limiter).await, (1.0, 1000.0));
         adm.settle(Usage::new(100, 50)).await;
-        near(in_use(&client.limiter).await, (1.0, 150.0));
+        near(in_use(client.limiter()).await, (1.0, 150.0));
         near(in_use(&m.limiter).await, (1.0, 150.0));
         let spend = f.books.budgets.spend("pro").await.expect("spend");
         assert_eq!(spend.today, m.price.cost_nano(100, 50));
@@ -558,11 +558,11 @@ mod tests {
             "a rate limit carries the bucket's status"
         );
         // Only the first request holds anything.
-        near(in_use(&client.limiter).await, (1.0, 900.0));
+        near(in_use(client.limiter()).await, (1.0, 900.0));
         near(in_use(&m.limiter).await, (1.0, 900.0));
         let mut first = first;
         first.release().await;
-        near(in_use(&client.limiter).await, (0.0, 0.0));
+        near(in_use(client.limiter()).await, (0.0, 0.0));
         near(in_use(&m.limiter).await, (0.0, 0.0));
     }
 
@@ -583,7 +583,7 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(bucket_of(&r), Some(Bucket::Model));
-        near(in_use(&client.limiter).await, (1.0, 900.0));
+        near(in_use(client.limiter()).await, (1.0, 900.0));
         near(in_use(&m.limiter).await, (1.0, 900.0));
     }
 
@@ -599,7 +599,7 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(r.outcome(), Outcome::BadRequest);
-        near(in_use(&client.limiter).await, (0.0, 0.0));
+        near(in_use(client.limiter()).await, (0.0, 0.0));
     }
 
     #[tokio::test]
@@ -617,7 +617,7 @@ mod tests {
             "{r:?}"
         );
         assert_eq!(r.outcome(), Outcome::BudgetExceeded);
-        near(in_use(&client.limiter).await, (0.0, 0.0));
+        near(in_use(client.limiter()).await, (0.0, 0.0));
         near(in_use(&m.limiter).await, (0.0, 0.0));
         assert_eq!(f.books.budgets.spend("pro").await.expect("spend").today, 0);
         // One that fits is admitted.

@@ -83,7 +83,7 @@ pub(super) async fn refusal(client: &Client, model: &Model, r: Refusal) -> Reply
     let outcome = r.outcome();
     let mut error = refused(client, model, r);
     if error.status == StatusCode::TOO_MANY_REQUESTS && error.headers.is_empty() {
-        if let Ok(s) = client.limiter.status().await {
+        if let Ok(s) = client.limiter().status().await {
             error.headers = Box::new(ratelimit_headers(&s.dimensions));
         }
     }

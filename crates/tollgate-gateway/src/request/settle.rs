@@ -158,7 +158,7 @@ impl Admission {
             level_permits,
             ..
         } = &mut self.parts;
-        let client = client_permit.as_mut().map(|p| (&client.limiter, p));
+        let client = client_permit.as_mut().map(|p| (client.limiter(), p));
         let model = model_permit.as_mut().map(|p| (&model.limiter, p));
         let levels = level_permits.iter_mut().map(|(l, p)| (&*l, p));
         client.into_iter().chain(model).chain(levels)
@@ -330,7 +330,7 @@ impl Parts {
             .iter()
             .map(|h| settle_budget(&self.books, &self.client, Some(h), cost));
         tokio::join!(
-            settle_permit(self.client.limiter.clone(), client_permit, usage),
+            settle_permit(self.client.limiter().clone(), client_permit, usage),
             settle_permit(self.model.limiter.clone(), model_permit, usage),
             futures_util::future::join_all(levels),
             futures_util::future::join_all(budgets),

@@ -408,7 +408,7 @@ pub async fn client_in_use(gw: &RunningGateway, client: &str) -> (f64, f64) {
     let st = reg
         .client(client)
         .expect("a client")
-        .limiter
+        .limiter()
         .status()
         .await
         .expect("status");

@@ -155,6 +155,16 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
         at_ms BIGINT NOT NULL
     );",
     ),
+    (
+        6,
+        // A key a rotation issued carries on the key it replaced: its
+        // bucket and its budget's spend are those of the first key of the
+        // rotations (`lineage`; NULL: a key issued anew, its own), and
+        // rotations take an `Idempotency-Key` as issuance does (its rows
+        // in `registry_idempotency`, the request naming the key rotated).
+        "ALTER TABLE registry_keys ADD COLUMN lineage TEXT;
+    CREATE INDEX registry_keys_lineage ON registry_keys (lineage);",
+    ),
 ];
 
 /// The columns of `ledger_rows`, in the order inserts bind them.
@@ -275,10 +285,12 @@ pub(crate) fn spend_sql(level: Level) -> &'static str {
             CAST(COALESCE(SUM(CASE WHEN started_at_ms >= $2 THEN cost_micro_usd ELSE 0 END), 0) AS BIGINT), \
             CAST(COALESCE(SUM(cost_micro_usd), 0) AS BIGINT) \
             FROM ledger_rows WHERE org = $1 AND started_at_ms >= $3",
+        // A key's spend is its rotations' too (`registry_keys.lineage`).
         Level::Key => "SELECT \
             CAST(COALESCE(SUM(CASE WHEN started_at_ms >= $2 THEN cost_micro_usd ELSE 0 END), 0) AS BIGINT), \
             CAST(COALESCE(SUM(cost_micro_usd), 0) AS BIGINT) \
-            FROM ledger_rows WHERE key_id = $1 AND started_at_ms >= $3",
+            FROM ledger_rows WHERE started_at_ms >= $3 AND (key_id = $1 \
+            OR key_id IN (SELECT id FROM registry_keys WHERE lineage = $1))",
     }
 }
 
@@ -293,10 +305,12 @@ pub(crate) fn all_spend_sql(level: Level) -> &'static str {
             CAST(COALESCE(SUM(CASE WHEN started_at_ms >= $1 THEN cost_micro_usd ELSE 0 END), 0) AS BIGINT), \
             CAST(COALESCE(SUM(cost_micro_usd), 0) AS BIGINT) \
             FROM ledger_rows WHERE started_at_ms >= $2 AND org IS NOT NULL GROUP BY org",
-        Level::Key => "SELECT key_id, \
-            CAST(COALESCE(SUM(CASE WHEN started_at_ms >= $1 THEN cost_micro_usd ELSE 0 END), 0) AS BIGINT), \
-            CAST(COALESCE(SUM(cost_micro_usd), 0) AS BIGINT) \
-            FROM ledger_rows WHERE started_at_ms >= $2 AND key_id IS NOT NULL GROUP BY key_id",
+        // Each rotated key's spend under the first key of its rotations.
+        Level::Key => "SELECT COALESCE(k.lineage, r.key_id), \
+            CAST(COALESCE(SUM(CASE WHEN r.started_at_ms >= $1 THEN r.cost_micro_usd ELSE 0 END), 0) AS BIGINT), \
+            CAST(COALESCE(SUM(r.cost_micro_usd), 0) AS BIGINT) \
+            FROM ledger_rows r LEFT JOIN registry_keys k ON k.id = r.key_id \
+            WHERE r.started_at_ms >= $2 AND r.key_id IS NOT NULL GROUP BY COALESCE(k.lineage, r.key_id)",
     }
 }
 
