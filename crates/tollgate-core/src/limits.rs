@@ -127,6 +127,7 @@ impl Limits {
     }
 
     /// The limit of one dimension, `None` when it is not limited.
+    #[inline]
     pub fn limit(&self, d: Dimension) -> Option<u64> {
         let v = match d {
             Dimension::Requests => self.requests,
@@ -228,6 +229,7 @@ impl Policy {
     }
 
     /// The limit of one dimension, `None` when not limited.
+    #[inline]
     pub fn limit(&self, d: Dimension) -> Option<u64> {
         self.limits.limit(d)
     }
@@ -266,6 +268,7 @@ impl Policy {
     }
 
     /// The most a dimension's bucket holds (`burst × limit`), in units.
+    #[inline]
     pub fn capacity(&self, d: Dimension) -> f64 {
         self.limit(d)
             .map(|l| l as f64 * self.limits.burst * self.share)

@@ -2,8 +2,9 @@
 
 use crate::{Dims, KeyState, Policy, DIMENSIONS};
 
-/// What a reservation remembers for its settlement.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// What a reservation remembers for its settlement (all zeros by default:
+/// a charge of no estimate).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Mark {
     /// The estimated cost per dimension, in units.
     pub cost: Dims,
@@ -41,6 +42,12 @@ pub struct Settled {
     /// them): vacated, yet still on the TAT line. Stores hand them to the
     /// reservation charged right after it (see [`settle_vacated`]).
     pub left: Dims,
+    /// For a reservation that had started, the seconds of TAT per dimension
+    /// of its refund that the headroom of the reservations queued after it
+    /// held back: not drained, yet still on the TAT line. Stores hand them to
+    /// the reservation charged right after it when that one is queued (see
+    /// [`settle_vacated`]).
+    pub held: Dims,
 }
 
 impl Settled {
@@ -52,6 +59,7 @@ impl Settled {
             refunded: [0.0; DIMENSIONS],
             returned: [0.0; DIMENSIONS],
             left: [0.0; DIMENSIONS],
+            held: [0.0; DIMENSIONS],
         }
     }
 }
@@ -117,6 +125,15 @@ pub struct Vacated {
 /// may start earlier by them (see [`advance`](crate::advance)). Other
 /// settlements ignore `vacated` (it stays on the line: safe, only later than
 /// could be).
+///
+/// A reservation that had started gives back what has not drained of its
+/// charge, but no more than the headroom of those queued after it allows;
+/// the rest ([`Settled::held`]) lies just before the charge of the
+/// reservation charged right after it, and after `now`. When that one is
+/// queued, the store hands it the seconds, as for a cancellation's `left`:
+/// it may start earlier by them, as if the refund had been whole (and moving
+/// earlier, it hands them on in turn: see
+/// [`moved_vacated`](crate::moved_vacated)).
 pub fn settle_vacated(
     policy: &Policy,
     state: &KeyState,
@@ -131,6 +148,7 @@ pub fn settle_vacated(
     let mut refunded = [0.0; DIMENSIONS];
     let mut returned = [0.0; DIMENSIONS];
     let mut left = [0.0; DIMENSIONS];
+    let mut held = [0.0; DIMENSIONS];
     let cancelled = actual.iter().all(|&a| a == 0.0);
     for i in 0..DIMENSIONS {
         let inc = policy.increment[i];
@@ -164,12 +182,14 @@ pub fn settle_vacated(
             } else {
                 0.0
             };
-            let undrained = ((mark.end[i] - shift - now).min(mark.cost[i] * inc + gap)
-                + ahead_undrained)
-                .min(state.tat[i] - now)
-                .min(later_headroom[i]);
+            let own = ((mark.end[i] - shift - now).min(mark.cost[i] * inc + gap) + ahead_undrained)
+                .min(state.tat[i] - now);
+            let undrained = own.min(later_headroom[i]);
             let wanted = -delta * inc + gap + ahead;
             let give = wanted.min(undrained);
+            if !vacated.queued {
+                held[i] = (wanted.min(own) - give.max(0.0)).max(0.0);
+            }
             if give > 0.0 {
                 next.tat[i] = state.tat[i] - give;
                 next.refunded[i] = state.refunded[i] + give;
@@ -187,6 +207,7 @@ pub fn settle_vacated(
         refunded,
         returned,
         left,
+        held,
     }
 }
 

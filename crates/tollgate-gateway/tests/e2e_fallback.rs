@@ -399,3 +399,86 @@ async fn a_routed_stream_that_breaks_after_its_first_byte_ends_with_an_error_eve
     );
     nothing_reserved(&k.gw, "").await;
 }
+
+/// Tokens held on the route's later models' buckets: what was settled, never
+/// the `MAX_TOKENS` estimate of an attempt that failed or never ran.
+async fn nothing_reserved_on_the_route(gw: &RunningGateway, what: &str) {
+    for m in [BACKUP, THIRD] {
+        let (_, held) = model_in_use(gw, m).await;
+        assert!(held < 500.0, "{what}: {m} holds {held} tokens");
+    }
+}
+
+#[tokio::test]
+async fn a_routed_request_stops_at_the_attempt_budget() {
+    // The answer after the last attempt is that attempt's failure, as the
+    // upstream gave it.
+    for (max, status, model, third) in [(2, 502, BACKUP, 0), (3, 200, THIRD, 1)] {
+        let k = chain("503", &["backup=502"], |c| {
+            as_route(c);
+            c.server.max_attempts = max;
+        })
+        .await;
+        let r = chat(&http(), &k.gw, "pro", &routed(false)).await;
+        assert_eq!(
+            trail(&r),
+            (model.into(), "auto/all".into(), max.to_string()),
+            "max_attempts {max}"
+        );
+        if status == 200 {
+            assert_eq!(r.status(), 200);
+        } else {
+            expect_error(r, status, "server_error").await;
+        }
+        assert_eq!(k.primary.stats.requests_for(PRIMARY), 1);
+        assert_eq!(k.others.stats.requests_for(BACKUP), 1);
+        assert_eq!(k.others.stats.requests_for(THIRD), third);
+        nothing_reserved(&k.gw, "").await;
+        nothing_reserved_on_the_route(&k.gw, &format!("max_attempts {max}")).await;
+    }
+    // With 1 attempt, the route's next models are never tried.
+    let k = chain("503", &[], |c| {
+        as_route(c);
+        c.server.max_attempts = 1;
+    })
+    .await;
+    let r = chat(&http(), &k.gw, "pro", &routed(true)).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(trail(&r), (PRIMARY.into(), "auto/all".into(), "1".into()));
+    assert_eq!(k.others.stats.requests_for(BACKUP), 0);
+    nothing_reserved(&k.gw, "").await;
+    nothing_reserved_on_the_route(&k.gw, "max_attempts 1").await;
+}
+
+#[tokio::test]
+async fn a_routed_request_stops_at_its_deadline_whatever_the_route_has_left() {
+    for stream in [false, true] {
+        // Each attempt may wait 0.5 s for its first byte; the deadline cuts
+        // the second (the route's `backup`) at 0.8 s and `third` never starts.
+        let k = chain("hang", &["backup=hang"], |c| {
+            as_route(c);
+            c.server.upstream_timeout_secs = 0.5;
+            c.server.upstream_first_byte_timeout_secs = 0.5;
+            c.server.request_deadline_secs = 0.8;
+        })
+        .await;
+        let t = Instant::now();
+        let r = chat(&http(), &k.gw, "pro", &routed(stream)).await;
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(800) && took < Duration::from_millis(1_300),
+            "stream {stream}: answered after {took:?}, the deadline was 0.8 s"
+        );
+        assert_eq!(trail(&r), (BACKUP.into(), "auto/all".into(), "2".into()));
+        let e = expect_error(r, 504, "upstream_timeout").await;
+        assert!(e["message"].is_string(), "{e}");
+        assert_eq!(k.others.stats.requests_for(BACKUP), 1);
+        assert_eq!(
+            k.others.stats.requests_for(THIRD),
+            0,
+            "no attempt after the deadline"
+        );
+        nothing_reserved(&k.gw, "").await;
+        nothing_reserved_on_the_route(&k.gw, &format!("stream {stream}")).await;
+    }
+}

@@ -30,6 +30,18 @@ async fn setup(
     (sim, gw)
 }
 
+/// How many of acme's requests the model's bucket queued.
+fn queued(gw: &tollgate_gateway::RunningGateway) -> f64 {
+    gw.gateway.metrics.counter(
+        "tollgate_limiter_decisions_total",
+        &[
+            ("bucket", "model"),
+            ("tier", "acme"),
+            ("decision", "waited"),
+        ],
+    )
+}
+
 /// A request of about 3,010 tokens (max_tokens 3,000): two of them do not
 /// fit the model's bucket at once; the second's slot is ~15 s away.
 fn big() -> serde_json::Value {
@@ -58,15 +70,7 @@ async fn a_queued_request_starts_when_the_call_ahead_settles_below_its_estimate(
         took < Duration::from_secs(3),
         "the second request took {took:?}: it slept out its first slot"
     );
-    let queued = gw.gateway.metrics.counter(
-        "tollgate_limiter_decisions_total",
-        &[
-            ("bucket", "model"),
-            ("tier", "acme"),
-            ("decision", "waited"),
-        ],
-    );
-    assert_eq!(queued, 1.0, "the second request was queued");
+    assert_eq!(queued(&gw), 1.0, "the second request was queued");
 }
 
 /// A provider model of 4,800 TPM, a tier that may wait 60 s, and an
@@ -158,18 +162,7 @@ async fn queued_requests_move_up_when_a_differently_sized_call_ahead_is_cancelle
     );
     // Nothing of A stays reserved: the model's bucket is back to full after
     // the three calls drained.
-    assert_eq!(
-        gw.gateway.metrics.counter(
-            "tollgate_limiter_decisions_total",
-            &[
-                ("bucket", "model"),
-                ("tier", "acme"),
-                ("decision", "waited")
-            ],
-        ),
-        3.0,
-        "A, B and C were queued"
-    );
+    assert_eq!(queued(&gw), 3.0, "A, B and C were queued");
 }
 
 #[tokio::test]
@@ -214,4 +207,47 @@ async fn queued_requests_move_up_when_a_call_queued_in_the_middle_is_cancelled()
         c_at >= Duration::from_millis(5_200) && c_at < Duration::from_millis(8_000),
         "C was answered {c_at:?} after X, not at ~5.7 s: it did not move up behind B"
     );
+}
+
+#[tokio::test]
+async fn the_queue_moves_up_as_far_as_a_short_answer_frees_not_only_by_the_next_ones_headroom() {
+    // 4,800 TPM (80 tokens a second), a tier that may wait 90 s, answers of
+    // 16 tokens after 0.2 s. X (~4,700 tokens estimated) starts at once; W
+    // (~2,600) queues to ~31 s and V (~2,200) behind it to ~59 s. X settles
+    // at ~0.2 s having used ~26: W fits at once then, V ~0.1 s later. W's
+    // headroom (what of X's refund the bucket could take back while W kept
+    // its slot) alone moved W to ~3.8 s and V to ~31 s.
+    let sim = sim_with(SimConfig {
+        latency: Duration::from_millis(200),
+        chunk_interval: Duration::ZERO,
+        completion_tokens: 16,
+        ..Default::default()
+    })
+    .await;
+    let tiers = [("acme", tier(10_000, 10_000_000, 0, 90_000))];
+    let mut m = model(10_000, 4_800);
+    m.context_window = 128_000;
+    let gw = gateway(config(&sim.base_url(), m, &tiers)).await;
+    let t0 = Instant::now();
+    let x = send_in_task(&gw, 4_690, None);
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let w = send_in_task(&gw, 2_590, Some(Duration::from_secs(8)));
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let v = send_in_task(&gw, 2_190, Some(Duration::from_secs(8)));
+    let (x_status, _) = x.await.unwrap();
+    assert_eq!(x_status.unwrap(), 200);
+    let (w_status, w_done) = w.await.unwrap();
+    let (v_status, v_done) = v.await.unwrap();
+    assert_eq!(w_status.unwrap(), 200, "W");
+    assert_eq!(v_status.unwrap(), 200, "V");
+    let (w_at, v_at) = (w_done - t0, v_done - t0);
+    assert!(
+        w_at < Duration::from_millis(1_500),
+        "W was answered {w_at:?} after X: it moved only by its own headroom"
+    );
+    assert!(
+        v_at < Duration::from_millis(2_000),
+        "V was answered {v_at:?} after X: it did not move up behind W"
+    );
+    assert_eq!(queued(&gw), 2.0, "W and V were queued");
 }

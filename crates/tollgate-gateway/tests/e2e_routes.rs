@@ -251,12 +251,26 @@ async fn a_model_whose_context_window_cannot_hold_the_request_is_skipped() {
 
 #[tokio::test]
 async fn a_client_near_its_budget_is_served_by_the_cheaper_model_then_refused() {
+    budget_downgrade("daily").await;
+}
+
+#[tokio::test]
+async fn a_client_near_its_monthly_budget_is_served_by_the_cheaper_model_then_refused() {
+    budget_downgrade("monthly").await;
+}
+
+/// A client of `period` (daily or monthly) budget $0.01 routed to `auto`.
+async fn budget_downgrade(period: &str) {
     let sim = sim().await;
-    // $0.01 a day: 1,000 output tokens cost $0.075 on the premium model,
-    // $0.01 on the balanced one (just over, with the input), $0.0004 on the
-    // cheap one.
+    // $0.01: 1,000 output tokens cost $0.075 on the premium model, $0.01 on
+    // the balanced one (just over, with the input), $0.0004 on the cheap one.
     let gw = gateway(routed_config(&sim.base_url(), |c| {
-        c.tiers.get_mut("enterprise").unwrap().daily_budget_usd = Some(0.01);
+        let t = c.tiers.get_mut("enterprise").unwrap();
+        if period == "daily" {
+            t.daily_budget_usd = Some(0.01);
+        } else {
+            t.monthly_budget_usd = Some(0.01);
+        }
     }))
     .await;
     let c = http();
@@ -280,9 +294,12 @@ async fn a_client_near_its_budget_is_served_by_the_cheaper_model_then_refused() 
     // nothing sent, nothing reserved, nothing charged.
     let r = chat(&c, &gw, "enterprise", &auto("Fix this Python bug", 30_000)).await;
     assert_eq!(trail(&r).2, "0");
-    let e = expect_error(r, 429, "daily_budget_exceeded").await;
+    let e = expect_error(r, 429, &format!("{period}_budget_exceeded")).await;
     assert!(
-        e["message"].as_str().unwrap().contains("daily budget"),
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{period} budget")),
         "{e}"
     );
     assert_eq!(sim.stats.requests_for(CHEAP), 1);

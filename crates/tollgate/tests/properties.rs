@@ -580,3 +580,97 @@ proptest! {
         );
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    /// A started call that gives back more than the headroom of the callers
+    /// queued behind it allows (cancelled, or settled far below its estimate)
+    /// still moves them up as far as its refund would have: once each has
+    /// asked to start earlier, in order, every slot is exactly the earliest
+    /// a token bucket that saw the call use what it used (or what had
+    /// drained of it, if more) admits in FIFO order.
+    #[test]
+    fn a_started_call_that_gives_back_much_moves_the_queue_as_far_as_the_refund_allows(
+        tokens in 800u64..3000,
+        burst in prop_oneof![Just(1.0), 0.5..2.0f64],
+        first_share in 0.3..1.0f64,
+        used_percent in prop_oneof![Just(None), (0u32..100).prop_map(Some)],
+        shares in prop::collection::vec(0.05..1.0f64, 1..8),
+        later in prop_oneof![Just(0.0), 0.0..2.0f64],
+    ) {
+        let policy = Limits::new().tokens(tokens).window_secs(10.0).burst(burst).validate().unwrap();
+        // Sizes as shares of what the bucket holds, so that a queue forms.
+        let capacity = policy.capacity(tollgate::Dimension::Tokens);
+        let size = |share: f64| ((share * capacity) as u64).max(1);
+        let first = size(first_share);
+        let waiters: Vec<u64> = shares.iter().map(|&s| size(s)).collect();
+        let clock = ManualClock::new(1_000.0);
+        let store = MemoryStore::with_clock(Arc::new(clock.clone()));
+        let reserve = |n: u64| {
+            store.reserve_now(&ReserveCall {
+                key: "k",
+                policy: &policy,
+                class: 0,
+                headroom: 1.0,
+                cost: policy.units(Cost::tokens(n)),
+                max_wait: None,
+                max_queue: None,
+                lease: None,
+            }).unwrap()
+        };
+        let x = reserve(first);
+        prop_assume!(x.slot <= 1_000.0);
+        let mut queued: Vec<_> = waiters.iter().map(|&w| reserve(w)).collect();
+        clock.advance(later);
+        let now = store.now();
+        prop_assume!(queued[0].slot > now);
+        let estimate = policy.units(Cost::tokens(first));
+        let mut actual = [0.0; DIMENSIONS];
+        if let Some(p) = used_percent {
+            actual = policy.units(Cost::tokens(first * p as u64 / 100));
+        }
+        store.settle_now(&SettleCall {
+            key: "k",
+            policy: &policy,
+            class: 0,
+            id: x.id,
+            slot: x.slot,
+            mark: x.mark,
+            actual,
+        });
+        for r in &mut queued {
+            if let Some(moved) = store.advance_now(&AdvanceCall {
+                key: "k",
+                policy: &policy,
+                class: 0,
+                headroom: 1.0,
+                id: r.id,
+                slot: r.slot,
+                mark: r.mark,
+                lease: None,
+            }) {
+                r.slot = moved.slot;
+            }
+        }
+        // The reference: the call used what it used, or what had drained of
+        // its estimate by the settlement if more (a refund never returns that).
+        let inc = policy.increment[1];
+        let mut x_used = actual;
+        x_used[1] = actual[1].max((later / inc).min(estimate[1]));
+        let mut reference = Reference::new(&policy);
+        reference.consume(1_000.0, &x_used);
+        let mut prev = now;
+        for (n, (r, &w)) in queued.iter().zip(&waiters).enumerate() {
+            let units = policy.units(Cost::tokens(w));
+            let earliest = reference.earliest(prev.max(reference.at), &units);
+            prop_assert!(
+                (r.slot - earliest).abs() <= 1e-6 * earliest.abs(),
+                "waiter {n} starts at {} but the bucket admits it at {earliest}",
+                r.slot
+            );
+            reference.consume(earliest, &units);
+            prev = earliest;
+        }
+    }
+}

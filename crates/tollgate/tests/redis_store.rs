@@ -225,6 +225,107 @@ async fn redis_and_memory_agree_on_the_lanes_of_a_shared_bucket() {
     mirror_policy(shares.lane(&tokens, 1), 1).await;
 }
 
+/// A started call whose refund the queue's headroom holds back (it is
+/// cancelled, or settles far below its estimate) hands the rest to the
+/// waiter charged right after it, on Redis as on the memory store: every
+/// settlement, move and state agrees to the bit, and every waiter moves.
+#[tokio::test]
+async fn redis_and_memory_agree_when_a_started_call_gives_back_more_than_the_queue_holds() {
+    let server = RedisServer::start();
+    let redis = redis_store(&server).await;
+    let clock = ManualClock::new(0.0);
+    let memory = MemoryStore::with_clock(Arc::new(clock.clone()));
+    let policy = Limits::new()
+        .tokens(1_000)
+        .window_secs(2.0)
+        .validate()
+        .unwrap();
+    for round in 0..6u64 {
+        let key = format!("held-{round}");
+        let key = key.as_str();
+        let mut pairs = Vec::new();
+        for tokens in [600 + 60 * round, 700 - 50 * round, 300, 150 + 20 * round] {
+            let call = ReserveCall {
+                key,
+                policy: &policy,
+                class: 0,
+                headroom: 1.0,
+                cost: policy.units(Cost::tokens(tokens)),
+                max_wait: None,
+                max_queue: None,
+                lease: None,
+            };
+            let r = redis.reserve(&call).await.unwrap().unwrap();
+            clock.set(r.now);
+            let m = memory.reserve_now(&call).unwrap();
+            assert_eq!(r.slot.to_bits(), m.slot.to_bits(), "round {round}: slot");
+            assert_eq!(r.mark, m.mark, "round {round}: mark");
+            pairs.push((r, m));
+        }
+        let (x, waiters) = pairs.split_first_mut().unwrap();
+        assert!(
+            waiters[0].0.slot > waiters[0].0.now,
+            "round {round}: a queue"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        let actual = if round % 2 == 0 {
+            [0.0; DIMENSIONS]
+        } else {
+            let mut a = policy.units(Cost::tokens(10 * round));
+            a[0] = x.0.mark.cost[0];
+            a
+        };
+        let settle = |res: &Reserved| SettleCall {
+            key,
+            policy: &policy,
+            class: 0,
+            id: res.id,
+            slot: res.slot,
+            mark: res.mark,
+            actual,
+        };
+        let (got, now) = redis.settle_timed(&settle(&x.0)).await.unwrap();
+        clock.set(now);
+        assert_eq!(
+            got,
+            memory.settle_now(&settle(&x.1)),
+            "round {round}: settlement"
+        );
+        assert!(
+            got.held[1] > 0.0,
+            "round {round}: the queue's headroom held nothing back: {got:?}"
+        );
+        for (n, (r, m)) in waiters.iter_mut().enumerate() {
+            let call = |res: &Reserved| AdvanceCall {
+                key,
+                policy: &policy,
+                class: 0,
+                headroom: 1.0,
+                id: res.id,
+                slot: res.slot,
+                mark: res.mark,
+                lease: None,
+            };
+            let Advance::Moved(a) = redis.advance(&call(r)).await.unwrap() else {
+                panic!("round {round}: waiter {n} did not move");
+            };
+            clock.set(a.now);
+            assert_eq!(
+                Some(a),
+                memory.advance_now(&call(m)),
+                "round {round}: waiter {n}"
+            );
+            r.slot = a.slot;
+            m.slot = a.slot;
+        }
+        assert_eq!(
+            redis.snapshot(key, &policy).await.unwrap().state,
+            memory.snapshot_now(key).state,
+            "round {round}: state"
+        );
+    }
+}
+
 /// Limits on every dimension, with an odd window, burst and burndown.
 fn all_dimensions() -> Limits {
     Limits::new()
@@ -260,7 +361,7 @@ async fn mirror_policy(policy: tollgate::Policy, least_moves: u32) {
     // (class, redis reservation, memory reservation)
     let mut live: Vec<(u8, Reserved, Reserved)> = Vec::new();
     let (mut grants, mut settles, mut cancels, mut refused) = (0, 0, 0, 0);
-    let mut moved = 0;
+    let (mut moved, mut held) = (0, 0);
     for step in 0..300 {
         // Let time pass, so that queued reservations start and settle.
         tokio::time::sleep(std::time::Duration::from_millis(4)).await;
@@ -343,6 +444,9 @@ async fn mirror_policy(policy: tollgate::Policy, least_moves: u32) {
             clock.set(now);
             let want = memory.settle_now(&call(&m));
             assert_eq!(got, want, "step {step}: settlement");
+            if got.held.iter().any(|&h| h > 0.0) {
+                held += 1;
+            }
             if actual == [0.0; DIMENSIONS] {
                 cancels += 1;
             } else {
@@ -356,7 +460,7 @@ async fn mirror_policy(policy: tollgate::Policy, least_moves: u32) {
             "step {step}: state"
         );
     }
-    println!("mirror: {grants} grants, {settles} settlements, {cancels} cancellations, {refused} refusals, {moved} moves");
+    println!("mirror: {grants} grants, {settles} settlements, {cancels} cancellations, {refused} refusals, {moved} moves, {held} refunds held back");
     assert!(
         grants > 100 && settles > 20 && cancels > 10 && refused > 0 && moved >= least_moves,
         "the sequence must exercise every path: {grants} grants, {settles} settlements, \

@@ -39,6 +39,7 @@ macro_rules! suite {
             refunds_ahead_let_a_waiting_caller_start_earlier,
             a_reserved_permit_waits_and_moves_earlier_on_refunds_ahead,
             a_cancelled_waiter_lets_the_next_start_earlier, dropped_waiters_give_their_slots_back,
+            a_started_call_that_gives_back_much_moves_the_queue_fully_up,
             a_permit_token_settles_once, a_permit_of_another_key_is_handed_back,
             a_margin_sees_the_bucket_full_earlier);
     };
@@ -683,6 +684,57 @@ pub async fn a_cancelled_waiter_lets_the_next_start_earlier(store: Store) {
     );
     l.cancel(b_permit).await.unwrap();
     l.cancel(first).await.unwrap();
+}
+
+/// A started call that gives back more than the next waiter's headroom (it
+/// is cancelled, or settles far below its estimate) moves the queue up as far
+/// as the freed capacity allows, not only by that headroom: 1000 tokens per
+/// 2 s; X (900) starts at once, W (800) is due at 1.4 s and V (400) at 2.2 s.
+/// When X gives back at 0.1 s, W may start at once and V when 400 tokens are
+/// free again behind W (0.5 s after a cancellation, 0.6 s after X used 100);
+/// W's headroom alone (0.4 s) moved them to 1.0 and 1.8 s.
+pub async fn a_started_call_that_gives_back_much_moves_the_queue_fully_up(store: Store) {
+    for (used, v_due) in [(None, 0.5), (Some(100), 0.6)] {
+        let l = limiter(
+            &store,
+            "started-gives-back",
+            Limits::new().tokens(1000).window_secs(2.0),
+        )
+        .await;
+        let t0 = std::time::Instant::now();
+        let x = l.acquire(Cost::tokens(900)).await.unwrap();
+        let waiter = |tokens| {
+            let l = l.clone();
+            tokio::spawn(async move {
+                let p = l.acquire(Cost::tokens(tokens)).await.unwrap();
+                (t0.elapsed().as_secs_f64(), p)
+            })
+        };
+        let w = waiter(800);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let v = waiter(400);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(l.status().await.unwrap().queue_depth, 2);
+        match used {
+            None => l.cancel(x).await.unwrap(),
+            Some(t) => l.settle(x, Cost::tokens(t)).await.unwrap(),
+        };
+        let (w_at, w_permit) = w.await.unwrap();
+        let (v_at, v_permit) = v.await.unwrap();
+        assert!(
+            w_at < 0.45,
+            "W started at {w_at:.2} s, not at once when X ({used:?} used) gave back at 0.1 s"
+        );
+        // Never before the bucket has room (that would overdraw it).
+        assert!(
+            v_at >= v_due - 0.06 && v_at < v_due + 0.3,
+            "V started at {v_at:.2} s, not at ~{v_due} s when X ({used:?} used) gave back at 0.1 s"
+        );
+        // The bucket holds what W and V use: 250 more do not fit yet.
+        assert!(l.try_acquire(Cost::tokens(250)).await.is_err());
+        l.settle(w_permit, Cost::tokens(800)).await.unwrap();
+        l.settle(v_permit, Cost::tokens(400)).await.unwrap();
+    }
 }
 
 /// Five waiters whose futures are all dropped give every slot back: the next

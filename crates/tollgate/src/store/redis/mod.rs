@@ -25,7 +25,8 @@
 //! call of `reserve.lua` is on its way, those that come meanwhile wait for it
 //! and then go as one call (at most [`MAX_BATCH`]), which places each in its
 //! turn, in arrival order, as if it had come alone. A lone caller goes at
-//! once and waits for nothing.
+//! once and waits for nothing. Settlements and cancellations of one key
+//! travel together the same way (see `settling`).
 
 mod claim;
 mod connection;
@@ -34,6 +35,7 @@ mod fingerprint;
 mod handover;
 mod options;
 mod scripts;
+mod settling;
 
 pub use self::connection::RedisConnection;
 pub use self::options::{AfterReset, RedisOptions, TlsOptions};
@@ -98,6 +100,8 @@ struct Settings {
     /// reservations that came meanwhile, in arrival order: they travel
     /// together in the next call (see `Backend::reserve`).
     lanes: parking_lot::Mutex<HashMap<Lane, VecDeque<Waiting>>>,
+    /// The same for settlements, per key (see `settling`).
+    settles: parking_lot::Mutex<HashMap<Box<str>, VecDeque<settling::Waiting>>>,
     /// What this process knows of the store's state: epochs and TATs.
     seen: parking_lot::Mutex<Seen>,
     /// Times the store was found to have lost its state.
@@ -123,8 +127,8 @@ pub(crate) struct Cancel {
 /// queued after it leave room for, so cancelling from the back loses nothing.
 const CANCEL_GATHER: Duration = Duration::from_millis(5);
 
-/// Most reservations one call of `reserve.lua` carries: a bigger batch waits
-/// for the next call.
+/// Most reservations one call of `reserve.lua` carries (and settlements one
+/// call of `settle.lua`): a bigger batch waits for the next call.
 const MAX_BATCH: usize = 64;
 
 /// A key and class: the reservations of one call of `reserve.lua`.
@@ -331,6 +335,7 @@ impl RedisStore {
                 own: tokio::sync::OnceCell::new(),
                 cancels: parking_lot::Mutex::new(Vec::new()),
                 lanes: parking_lot::Mutex::new(HashMap::new()),
+                settles: parking_lot::Mutex::new(HashMap::new()),
                 seen: parking_lot::Mutex::new(Seen::default()),
                 resets: AtomicU64::new(0),
             }),
@@ -402,22 +407,38 @@ impl RedisStore {
             // not sent again).
             batch.reverse();
             let mut unsent = Unsent(self.clone(), batch);
+            // One call per key (at most `MAX_BATCH` a call), in that order.
             while let Some(c) = unsent.1.pop() {
-                let call = SettleCall {
-                    key: &c.key,
-                    policy: &c.policy,
-                    class: c.class,
-                    id: c.id,
-                    slot: c.slot,
-                    mark: c.mark,
-                    actual: [0.0; DIMENSIONS],
+                let mut group = vec![c];
+                while group.len() < MAX_BATCH
+                    && unsent.1.last().is_some_and(|n| n.key == group[0].key)
+                {
+                    group.extend(unsent.1.pop());
+                }
+                let calls: Vec<SettleCall> = group
+                    .iter()
+                    .map(|c| SettleCall {
+                        key: &c.key,
+                        policy: &c.policy,
+                        class: c.class,
+                        id: c.id,
+                        slot: c.slot,
+                        mark: c.mark,
+                        actual: [0.0; DIMENSIONS],
+                    })
+                    .collect();
+                let outcomes = match store.settle_many(&calls).await {
+                    Ok(outcomes) => outcomes,
+                    Err(e) => vec![Err(e); group.len()],
                 };
-                match store.settle(&call).await {
-                    Ok(_) => {
-                        tracing::debug!(key = %c.key, id = c.id, "cancelled a reservation whose caller went away")
-                    }
-                    Err(e) => {
-                        tracing::warn!(key = %c.key, id = c.id, error = %e, "could not cancel a reservation whose caller went away")
+                for (c, outcome) in group.iter().zip(outcomes) {
+                    match outcome {
+                        Ok(_) => {
+                            tracing::debug!(key = %c.key, id = c.id, "cancelled a reservation whose caller went away")
+                        }
+                        Err(e) => {
+                            tracing::warn!(key = %c.key, id = c.id, error = %e, "could not cancel a reservation whose caller went away")
+                        }
                     }
                 }
             }
@@ -610,46 +631,6 @@ impl RedisStore {
                 }
             })
             .collect()
-    }
-
-    /// [`Backend::settle`] that also tells the store time (seconds) the
-    /// settlement was made at: what the refund caps were computed with.
-    pub async fn settle_timed(&self, call: &SettleCall<'_>) -> Result<(Settled, f64), StoreError> {
-        let keys = Keys::new(&self.settings.prefix, call.key);
-        let (key, id) = (call.key.to_string(), call.id);
-        let limit = self.settings.timeout;
-        // No deadline: a settlement is sent once and never again after a
-        // time out (it is still on its way), so it cannot be applied twice,
-        // and when it arrives late it must still be applied.
-        let inv = scripts::settle_invocation(&keys, call, self.settings.idle_ms, None)?;
-        let store = self.clone();
-        let sent = InFlight::new(
-            async move { store.run_unbounded(inv).await },
-            move |reply| async move {
-                match reply {
-                    Ok(_) => tracing::info!(
-                        key,
-                        id,
-                        "a settlement that timed out reached Redis when it answered"
-                    ),
-                    Err(e) => {
-                        tracing::warn!(key, id, error = %store_error(e), "a settlement that timed out failed")
-                    }
-                }
-            },
-        );
-        let reply = match tokio::time::timeout(limit, sent).await {
-            Ok(reply) => reply.map_err(settle_error)?,
-            Err(_) => {
-                return Err(StoreError::Pending(format!(
-                    "redis did not answer the settlement within {} ms; it stays on its way and is applied once when Redis answers",
-                    limit.as_millis()
-                )))
-            }
-        };
-        let (settled, now) = scripts::settle_reply(&reply, call)?;
-        self.settings.saw(now);
-        Ok((settled, now))
     }
 
     /// Runs a script by SHA (`EVALSHA`); after `NOSCRIPT` (Redis restarted,
@@ -905,25 +886,46 @@ impl Orphan {
 }
 
 impl RedisStore {
+    /// The store to send the calls waiting on `lane` with from `place`.
+    /// When the library's own connection cannot be opened, each of them is
+    /// told the error through `fail` (none was sent: nothing was written)
+    /// and the lane goes.
+    async fn sender<K: Eq + std::hash::Hash, W>(
+        &self,
+        place: Place,
+        lanes: &parking_lot::Mutex<HashMap<K, VecDeque<W>>>,
+        lane: &K,
+        fail: impl Fn(W, StoreError),
+    ) -> Option<RedisStore> {
+        match place {
+            Place::Caller => Some(self.clone()),
+            Place::Own => match self.on_own_connection().await {
+                Ok(own) => Some(own),
+                Err(e) => {
+                    let waiting = lanes.lock().remove(lane);
+                    for w in waiting.into_iter().flatten() {
+                        fail(w, e.clone());
+                    }
+                    None
+                }
+            },
+        }
+    }
+
     /// Sends the reservations waiting on `lane`, at most [`MAX_BATCH`] a
     /// call, one call at a time, until none are left.
     async fn send_waiting(self, lane: Lane, place: Place) {
         // Dropped before it is done (its runtime shut down), it hands the
         // lane to the library's own runtime.
         let mut release = Release(Some((self.clone(), lane.clone())));
-        let store = match place {
-            Place::Caller => self.clone(),
-            Place::Own => match self.on_own_connection().await {
-                Ok(own) => own,
-                Err(e) => {
-                    let waiting = self.settings.lanes.lock().remove(&lane);
-                    release.0 = None;
-                    for w in waiting.into_iter().flatten() {
-                        let _ = w.reply.send(Err(e.clone()));
-                    }
-                    return;
-                }
-            },
+        let Some(store) = self
+            .sender(place, &self.settings.lanes, &lane, |w, e| {
+                let _ = w.reply.send(Err(e));
+            })
+            .await
+        else {
+            release.0 = None;
+            return;
         };
         let cluster = matches!(store.conn, RedisConnection::Cluster(_));
         loop {
@@ -1032,17 +1034,26 @@ impl Drop for Release {
         let Some((store, lane)) = self.0.take() else {
             return;
         };
-        {
-            let mut lanes = store.settings.lanes.lock();
-            if lanes.get(&lane).is_none_or(|w| w.is_empty()) {
-                lanes.remove(&lane);
-                return;
-            }
+        if !still_waiting(&store.settings.lanes, &lane) {
+            return;
         }
         background::run(Box::new(move |place| {
             Box::pin(async move { store.send_waiting(lane, place).await })
         }));
     }
+}
+
+/// Whether calls wait on `lane` (they are sent next); if none, the lane goes.
+fn still_waiting<K: Eq + std::hash::Hash, W>(
+    lanes: &parking_lot::Mutex<HashMap<K, VecDeque<W>>>,
+    lane: &K,
+) -> bool {
+    let mut lanes = lanes.lock();
+    if lanes.get(lane).is_none_or(|w| w.is_empty()) {
+        lanes.remove(lane);
+        return false;
+    }
+    true
 }
 
 /// Cancellations taken from the pending ones but not sent yet: dropped (the

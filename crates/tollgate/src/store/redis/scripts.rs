@@ -1,4 +1,4 @@
-//! The three Lua scripts: their keys and arguments, and reading their replies.
+//! The Lua scripts: their keys and arguments, and reading their replies.
 //!
 //! The scripts (next to this file) port `tollgate_core::reserve` and
 //! `tollgate_core::settle` operation for operation; the numbers of
@@ -22,10 +22,15 @@ pub(crate) const RESERVE_LUA: &str =
     concat!(include_str!("state.lua"), include_str!("reserve.lua"));
 
 pub(crate) static RESERVE: LazyLock<Script> = LazyLock::new(|| Script::new(RESERVE_LUA));
+/// `settle.lua` as a function of its keys and arguments, run by
+/// `settle_many.lua` once per settlement of a call.
 pub(crate) static SETTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         include_str!("state.lua"),
-        include_str!("settle.lua")
+        "local function settle_one(KEYS, ARGV)\n",
+        include_str!("settle.lua"),
+        "\nend\n",
+        include_str!("settle_many.lua")
     ))
 });
 pub(crate) static SNAPSHOT: LazyLock<Script> =
@@ -337,19 +342,22 @@ impl Doubles {
     }
 }
 
-/// The invocation of `settle.lua` for a call.
-pub(crate) fn settle_invocation(
-    keys: &Keys<'_>,
+/// The two arguments of one settlement in a call of `settle.lua`, and its class.
+pub(crate) struct SettleArgs {
+    class: u8,
+    id: u64,
+    nums: Vec<u8>,
+}
+
+/// The arguments of `settle.lua` for a call.
+pub(crate) fn settle_args(
     call: &SettleCall<'_>,
     idle_ms: u64,
     deadline: Option<f64>,
-) -> Result<Invocation, StoreError> {
+) -> Result<SettleArgs, StoreError> {
     check_class(call.class)?;
     let policy = call.policy;
-    let mut inv = Invocation::new(&SETTLE, 2);
-    inv.arg(keys.state()).arg(keys.queue(call.class));
     let cancelled = call.actual.iter().all(|&a| a == 0.0);
-    inv.arg(call.id);
     let mut nums = Doubles::default();
     nums.push(idle_ms as f64)
         .push(f64::from(call.class))
@@ -380,8 +388,64 @@ pub(crate) fn settle_invocation(
                 .push(mark.end[i] - mark.cost[i] * inc - gap);
         }
     }
-    inv.arg(nums.0);
-    Ok(inv)
+    Ok(SettleArgs {
+        class: call.class,
+        id: call.id,
+        nums: nums.0,
+    })
+}
+
+/// The invocation of `settle.lua` settling reservations of one key, in the
+/// order given (one reply each, see [`settle_replies`]).
+pub(crate) fn settle_invocation<'a>(
+    keys: &Keys<'_>,
+    items: impl IntoIterator<Item = &'a SettleArgs>,
+) -> Invocation {
+    let items: Vec<&SettleArgs> = items.into_iter().collect();
+    let mut inv = Invocation::new(&SETTLE, 1 + items.len());
+    inv.arg(keys.state());
+    for item in &items {
+        inv.arg(keys.queue(item.class));
+    }
+    for item in &items {
+        inv.arg(item.id).arg(&item.nums[..]);
+    }
+    inv
+}
+
+/// The replies of a call of `settle.lua` that settled `count` reservations,
+/// each as a bulk string read by [`settle_reply`]: one alone is the whole
+/// reply, several come each after its length (see `settle_many.lua`).
+pub(crate) fn settle_replies(value: &Value, count: usize) -> Result<Vec<Value>, StoreError> {
+    if count == 1 {
+        return Ok(vec![value.clone()]);
+    }
+    let bad = || {
+        StoreError::Failed(format!(
+            "settle.lua answered {value:?} instead of {count} replies; is another program (or another version of tollgate) using the key prefix?"
+        ))
+    };
+    let Value::BulkString(b) = value else {
+        return Err(bad());
+    };
+    let mut items = Vec::with_capacity(count);
+    let mut rest = &b[..];
+    while !rest.is_empty() {
+        let len = usize::from(u16::from_le_bytes(
+            rest.get(..2)
+                .ok_or_else(bad)?
+                .try_into()
+                .expect("two bytes"),
+        ));
+        items.push(Value::BulkString(
+            rest.get(2..2 + len).ok_or_else(bad)?.to_vec(),
+        ));
+        rest = &rest[2 + len..];
+    }
+    if items.len() != count {
+        return Err(bad());
+    }
+    Ok(items)
 }
 
 /// The invocation of `advance.lua` for a call.

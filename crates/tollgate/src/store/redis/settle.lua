@@ -33,6 +33,10 @@
 -- through cancelled ones (fields w<id> of the vacancy hash: where each
 -- cancellation's seconds went). A class none of whose queued reservations
 -- came after this one caps nothing. Its lease (<prefix>:{K}:l, :m) goes.
+-- A reservation that had started and whose refund the headroom of those
+-- queued behind held back hands the seconds held back to the reservation
+-- charged right after it, when that one is the first queued in its class
+-- (field k<id> of the vacancy hash, as for a cancellation).
 --
 -- Reply: one string (see reserve.lua): the code 0, time_sec and time_usec
 -- (d), then (B each) 1 when it was queued (else 0), the dimensions whose
@@ -230,6 +234,9 @@ if cancelled then
   refunded_before = {st[8], st[9], st[10], st[11]}
 end
 local any_left = false
+-- What the headroom of those queued behind held back of a started one's
+-- refund, by dimension (made on first need).
+local held = nil
 for k = 1, n do
   local a = 7 * k - 1
   local i = A[a]
@@ -257,7 +264,8 @@ for k = 1, n do
       vac_undrained = min(math.max(min(slot, A[a + 6]) - now, 0), vac)
     end
     local wanted = most + vac
-    local undrained = min(min(A[a + 4] - shift - now, A[a + 3]) + vac_undrained, tat - now)
+    local own = min(min(A[a + 4] - shift - now, A[a + 3]) + vac_undrained, tat - now)
+    local undrained = own
     -- The reservations behind can only lower a refund there is.
     if later_ones and min(wanted, undrained) > 0 then
       local later_s = later_headroom(i)
@@ -269,6 +277,14 @@ for k = 1, n do
       end
     end
     local give = min(wanted, undrained)
+    if started then
+      -- What their headroom held back (tollgate_core::Settled::held).
+      local kept = math.max(min(wanted, own) - math.max(give, 0), 0)
+      if kept > 0 then
+        held = held or {0, 0, 0, 0}
+        held[i + 1] = kept
+      end
+    end
     if give > 0 then
       st[4 + i] = tat - give
       st[8 + i] = refunded + give
@@ -343,6 +359,24 @@ if queued and cancelled then
       end
       if st[2] > 0 then redis.call('PEXPIREAT', v, st[2]) end
     end
+  end
+end
+
+-- A started reservation hands what the headroom of those queued behind held
+-- back of its refund to the one charged right after it, when that one is the
+-- first queued in its class: nothing lies between them on the TAT line.
+if held then
+  local nxt = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. string.format('%.17g', now), '+inf', 'LIMIT', 0, 1)[1]
+  if nxt and tonumber(nxt) == id + 1 then
+    base = base or string.sub(KEYS[1], 1, -2)
+    local v = base .. 'v'
+    if redis.call('HLEN', v) >= 2048 then redis.call('DEL', v) end
+    local f = 'k' .. string.format('%.0f', id + 1)
+    local had = redis.call('HGET', v, f)
+    local t = {0, 0, 0, 0}
+    if had then t = {unpack_d('<dddd', had)} end
+    redis.call('HSET', v, f, pack('<dddd', t[1] + held[1], t[2] + held[2], t[3] + held[3], t[4] + held[4]))
+    if st[2] > 0 then redis.call('PEXPIREAT', v, st[2]) end
   end
 end
 
