@@ -41,7 +41,7 @@ pub use error::{CostError, LimitsError, ReserveError, ShareError};
 pub use gcra::{reserve, Grant, KeyState, ReserveRequest};
 pub use limits::{Limits, Policy, DEFAULT_WINDOW_SECS, MAX_BURST};
 pub use settle::{settle, settle_vacated, Mark, Settled, Vacated};
-pub use share::{ClassShare, Shares, MAX_CLASSES};
+pub use share::{ClassShare, Shares, Spread, MAX_CLASSES};
 
 #[cfg(test)]
 pub(crate) mod testing {

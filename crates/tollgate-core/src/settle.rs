@@ -2,8 +2,9 @@
 
 use crate::{Dims, KeyState, Policy, DIMENSIONS};
 
-/// What a reservation remembers for its settlement.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// What a reservation remembers for its settlement (all zeros by default:
+/// a charge of no estimate).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Mark {
     /// The estimated cost per dimension, in units.
     pub cost: Dims,

@@ -15,7 +15,7 @@
 //! others, and the lane's owner, which never queues behind a borrower, waits
 //! at most one emission interval for what was lent.
 
-use crate::{Policy, ShareError};
+use crate::{Dims, Policy, ShareError, DIMENSIONS};
 
 /// The most classes one key may have (priority classes and shares alike).
 pub const MAX_CLASSES: usize = 16;
@@ -56,6 +56,26 @@ impl ClassShare {
     pub fn lendable(mut self, lendable: f64) -> Self {
         self.lendable = lendable;
         self
+    }
+}
+
+/// Where [`Shares::spread`] puts usage above an estimate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spread {
+    /// Units to charge to each lane, per dimension.
+    pub charge: Vec<Dims>,
+    /// Per dimension, the level every lane's TAT line reaches at least
+    /// (`f64::NEG_INFINITY` where nothing was spread).
+    pub levels: Dims,
+}
+
+impl Spread {
+    /// When the lanes have paid the usage spread, for calls of `tolerance`
+    /// seconds (τ less the safety margin): before it, no lane may start a
+    /// call asked after the usage was known. `f64::NEG_INFINITY` when
+    /// nothing was spread.
+    pub fn clear_at(&self, tolerance: f64) -> f64 {
+        self.levels.iter().fold(f64::NEG_INFINITY, |a, &l| a.max(l)) - tolerance
     }
 }
 
@@ -148,6 +168,57 @@ impl Shares {
     pub fn lane(&self, policy: &Policy, class: usize) -> Policy {
         policy.lane(self.share[class])
     }
+
+    /// Where usage above a call's estimate (`over`, units per dimension)
+    /// goes: per dimension, the units to charge to each lane, given where
+    /// each lane's TAT line ends (`lines[k]`: its TAT, or the store's time
+    /// where that is later) and the whole bucket's `increment` (seconds per
+    /// unit).
+    ///
+    /// The lines are raised to one common level, the lowest first: lanes
+    /// with room give it first, and the rest lifts every lane at that level
+    /// by the same seconds, as it would lift the whole bucket's line. Why:
+    /// the lanes are safe together because a lane that admits a new call
+    /// has room of its own and every other lane is within its part (see the
+    /// module). Charged to one lane alone the debt leaves the others
+    /// admitting while the bucket is overdrawn; charged by share alone it
+    /// leaves a lane with room admitting at once while another lane's share
+    /// waits behind its queue. Raised to a common level, no lane admits a
+    /// call asked after the debt before every lane's line has passed that
+    /// level, which is when the whole bucket has paid it. A refund may
+    /// still lower a lane's line below that level afterwards (its call used
+    /// less than it reserved), so the caller also holds every lane's new
+    /// calls until then ([`Spread::clear_at`]). Charges add up, so what
+    /// another process charged or refunded meanwhile only moves a line by
+    /// what it did.
+    pub fn spread(&self, lines: &[Dims], over: &Dims, increment: &Dims) -> Spread {
+        let mut charge = vec![[0.0; DIMENSIONS]; self.len()];
+        let mut levels = [f64::NEG_INFINITY; DIMENSIONS];
+        for i in 0..DIMENSIONS {
+            let need = over[i] * increment[i];
+            if need.is_nan() || need <= 0.0 {
+                continue;
+            }
+            let mut order: Vec<usize> = (0..self.len()).collect();
+            order.sort_by(|&a, &b| lines[a][i].total_cmp(&lines[b][i]));
+            let (mut level, mut left, mut width) = (lines[order[0]][i], need, 0.0);
+            for (n, &k) in order.iter().enumerate() {
+                width += self.share[k];
+                let next = order.get(n + 1).map_or(f64::INFINITY, |&j| lines[j][i]);
+                if width * (next - level) >= left {
+                    level += left / width;
+                    break;
+                }
+                left -= width * (next - level);
+                level = next;
+            }
+            for (k, c) in charge.iter_mut().enumerate() {
+                c[i] = self.share[k] * (level - lines[k][i]).max(0.0) / increment[i];
+            }
+            levels[i] = level;
+        }
+        Spread { charge, levels }
+    }
 }
 
 #[cfg(test)]
@@ -175,6 +246,48 @@ mod tests {
         assert!((lane.capacity(Dimension::Tokens) - 4_800.0).abs() < 1e-6);
         assert!((lane.increment[0] - 0.5 / 0.4).abs() < 1e-9);
         assert_eq!(lane.tau, p.tau);
+    }
+
+    #[test]
+    fn usage_above_an_estimate_raises_the_lowest_lines_first_to_one_level() {
+        // Lanes 0.5, 0.25, 0.25 of 600 tokens a minute (0.1 s a token).
+        let shares = Shares::new(vec![
+            ClassShare::new(0.5, 1.0),
+            ClassShare::new(0.25, 1.0),
+            ClassShare::new(0.25, 1.0),
+        ])
+        .unwrap();
+        let p = Limits::new().tpm(600).validate().unwrap();
+        let inc = p.increment;
+        let at = |t: [f64; 3]| t.map(|t| [0.0, t, 0.0, 0.0]).to_vec();
+        let tokens = |c: &[Dims]| c.iter().map(|c| c[1]).collect::<Vec<_>>();
+        let close = |got: Vec<f64>, want: [f64; 3]| {
+            let ok = got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-9);
+            assert!(ok, "{got:?} vs {want:?}");
+        };
+        // Lane 1's line ends at 10 s, the others at 20 s: 20 tokens lift
+        // lane 1 by 8 s (0.4 s a token in its lane).
+        let lines = at([20.0, 10.0, 20.0]);
+        let one = shares.spread(&lines, &[0.0, 20.0, 0.0, 0.0], &inc);
+        close(tokens(&one.charge), [0.0, 20.0, 0.0]);
+        assert!((one.levels[1] - 18.0).abs() < 1e-9, "{:?}", one.levels);
+        // 25 tokens lift lane 1 by 10 s to the others' 20 s; 40 more lift
+        // all three by 4 s, each by its share.
+        let spread = shares.spread(&lines, &[0.0, 65.0, 0.0, 0.0], &inc);
+        let c = &spread.charge;
+        close(tokens(c), [20.0, 35.0, 10.0]);
+        // No call asked after it starts before 24 s less the tolerance.
+        assert!((spread.clear_at(p.tau) - (24.0 - p.tau)).abs() < 1e-9);
+        let ends: Vec<f64> = (0..3)
+            .map(|k| lines[k][1] + c[k][1] * shares.lane(&p, k).increment[1])
+            .collect();
+        close(ends, [24.0, 24.0, 24.0]);
+        // Nothing above the estimate, or an unlimited dimension: no charge.
+        for over in [[0.0; DIMENSIONS], [3.0, 0.0, 0.0, 0.0]] {
+            let none = shares.spread(&lines, &over, &inc);
+            assert!(none.charge.iter().flatten().all(|&c| c == 0.0));
+            assert_eq!(none.clear_at(p.tau), f64::NEG_INFINITY);
+        }
     }
 
     #[test]

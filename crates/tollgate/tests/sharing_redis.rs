@@ -102,3 +102,67 @@ async fn two_instances_share_a_bucket_by_floor_on_a_cluster() {
     let cluster = RedisCluster::start(3);
     share_on(&cluster.url()).await;
 }
+
+/// Two classes of the same priority on 1,000 tokens a minute, lanes 0.7 and
+/// 0.3, built on `builder`.
+async fn tokens_instance(builder: tollgate::Builder) -> RateLimiter {
+    let class = PriorityClass {
+        headroom: 1.0,
+        max_wait: None,
+    };
+    builder
+        .limits(Limits::new().tokens(1_000).window_secs(60.0))
+        .priority_classes(vec![class.clone(), class])
+        .class_shares(vec![ClassShare::new(0.5, 1.0), ClassShare::new(0.1, 1.0)])
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Usage above an estimate fills the lanes' rooms to one level, the
+/// emptiest first; usage beyond what the bucket holds keeps every class of
+/// every instance from starting until the bucket has paid it.
+async fn usage_above_the_estimate_is_paid_by_every_lane(a: RateLimiter, b: RateLimiter) {
+    let in_use = |s: &tollgate::Status, class: usize| s.classes[class].dimensions[0].in_use;
+    // Class 0 uses 300 tokens on a 100-token estimate: the bucket holds 300
+    // of 1,000, and each lane 30% of itself (lane 1, empty, gave first).
+    let permit = a
+        .acquire_with(Cost::tokens(100), AcquireOptions::class(0))
+        .await
+        .unwrap();
+    assert_eq!(permit.lane(), Some(0));
+    let settled = a.settle(permit, Cost::tokens(300)).await.unwrap();
+    assert_eq!(settled.charged[1], 200.0);
+    let status = b.status().await.unwrap();
+    assert!((in_use(&status, 0) - 210.0).abs() < 1.0, "{status:?}");
+    assert!((in_use(&status, 1) - 90.0).abs() < 1.0, "{status:?}");
+    // A call of class 1 uses 1,000 tokens on a 10-token estimate: 300 more
+    // than the bucket holds, 18 s of refill.
+    let permit = a
+        .acquire_with(Cost::tokens(10), AcquireOptions::class(1))
+        .await
+        .unwrap();
+    a.settle(permit, Cost::tokens(1_000)).await.unwrap();
+    for class in [0, 1] {
+        let held = b
+            .reserve(Cost::tokens(1), &AcquireOptions::class(class))
+            .await
+            .unwrap();
+        let waited = held.waited().as_secs_f64();
+        assert!(
+            (17.5..19.0).contains(&waited),
+            "class {class} would start after {waited} s"
+        );
+        b.cancel(held).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn usage_above_the_estimate_is_paid_by_every_lane_on_redis_and_memory() {
+    let server = RedisServer::start();
+    let on_redis = || tokens_instance(RateLimiter::builder("over").url(&server.url()));
+    usage_above_the_estimate_is_paid_by_every_lane(on_redis().await, on_redis().await).await;
+    let store = tollgate::Store::memory();
+    let on_memory = || tokens_instance(RateLimiter::builder("over").store(store.clone()));
+    usage_above_the_estimate_is_paid_by_every_lane(on_memory().await, on_memory().await).await;
+}

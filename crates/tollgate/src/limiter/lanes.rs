@@ -15,13 +15,14 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tokio::time::Instant;
-use tollgate_core::{Dims, Policy, ReserveError, Shares};
+use tollgate_core::{Dims, Policy, ReserveError, Shares, DIMENSIONS};
 
 use crate::error::secs;
 use crate::outage::Stats;
-use crate::store::{Backend, ReserveCall};
+use crate::store::{Backend, ReserveCall, SettleCall};
 use crate::{Error, RateLimiter, Source, MAX_ADVANCE_CHECK};
 
+use super::rate_limiter::RetryFailure;
 use super::Permit;
 
 /// One class's lane: its key in the store and its part of the bucket.
@@ -180,6 +181,124 @@ impl RateLimiter {
             }
         }
         None
+    }
+
+    /// Settles a permit of a lane whose call used more than its
+    /// estimate. Its own lane settles the usage within the estimate; the
+    /// usage above it raises the lanes' TAT lines to one level, the lowest
+    /// first (see [`Shares::spread`]), so that no lane admits a call asked
+    /// after it before the whole bucket has paid it.
+    pub(super) async fn settle_above_in_lanes(
+        &self,
+        lanes: &Lanes,
+        permit: &Permit,
+        actual: Dims,
+    ) -> Result<crate::Settlement, Error> {
+        let inner = self.inner();
+        let estimate = permit.mark.cost;
+        let limited = |i: usize| inner.policy.increment[i] > 0.0;
+        let over: Dims = std::array::from_fn(|i| {
+            if limited(i) {
+                (actual[i] - estimate[i]).max(0.0)
+            } else {
+                0.0
+            }
+        });
+        let within: Dims = std::array::from_fn(|i| actual[i].min(estimate[i]));
+        let call = super::rate_limiter::settle_call(inner, permit, within)
+            .expect("a permit of a lane has its placement");
+        let settled = self
+            .with_retry(|| inner.store.settle(&call))
+            .await
+            .map_err(RetryFailure::unavailable)?;
+        let mut lines = Vec::with_capacity(lanes.lanes.len());
+        let mut now = f64::NEG_INFINITY;
+        for l in &lanes.lanes {
+            let snap = self
+                .with_retry(|| inner.store.snapshot(&l.key, &l.policy))
+                .await
+                .map_err(RetryFailure::unavailable)?;
+            lines.push(snap.state.tat.map(|t| t.max(snap.now)));
+            now = now.max(snap.now);
+        }
+        let spread = lanes.shares.spread(&lines, &over, &inner.policy.increment);
+        // A charge from now, as a started reservation of no estimate
+        // settled with the lane's part.
+        let nothing = tollgate_core::Mark::default();
+        for (l, &part) in lanes.lanes.iter().zip(&spread.charge) {
+            if part.iter().all(|&c| c <= 0.0) {
+                continue;
+            }
+            let charge = SettleCall {
+                key: &l.key,
+                policy: &l.policy,
+                class: 0,
+                id: 0,
+                slot: 0.0,
+                mark: nothing,
+                actual: part,
+            };
+            self.with_retry(|| inner.store.settle(&charge))
+                .await
+                .map_err(RetryFailure::unavailable)?;
+        }
+        let tau = inner.policy.tau;
+        let clear = spread.clear_at(tau - inner.margin);
+        if clear > now {
+            self.hold_lanes(lanes, &lines, &spread, clear).await?;
+        }
+        if super::rate_limiter::made_room(&settled) {
+            inner.refunded.notify_waiters();
+        }
+        Ok(crate::Settlement {
+            charged: over,
+            refunded: settled.refunded,
+        })
+    }
+
+    /// Holds every lane's calls asked from now on until `clear` (store
+    /// time), when the lanes have paid usage spread over them beyond their
+    /// rooms: a reservation of no cost queued in each lane at `clear`, which
+    /// every later reservation of the lane queues behind (FIFO) and no
+    /// borrower passes (a lane with a queue lends nothing). A refund in a
+    /// lane above the level the usage was spread to could otherwise let
+    /// that lane admit at once while another still pays. Nobody settles
+    /// these: they leave the queue when their slot passes.
+    async fn hold_lanes(
+        &self,
+        lanes: &Lanes,
+        lines: &[Dims],
+        spread: &tollgate_core::Spread,
+        clear: f64,
+    ) -> Result<(), Error> {
+        let inner = self.inner();
+        let tau = inner.policy.tau;
+        for (k, l) in lanes.lanes.iter().enumerate() {
+            // The line after its charge, less the headroom, is `clear`.
+            let end = (0..DIMENSIONS)
+                .filter(|&i| l.policy.increment[i] > 0.0)
+                .map(|i| lines[k][i] + spread.charge[k][i] * l.policy.increment[i])
+                .fold(f64::NEG_INFINITY, f64::max);
+            let headroom = ((end - clear) / tau).min(1.0);
+            if headroom.is_nan() || headroom <= 0.0 {
+                continue;
+            }
+            let call = ReserveCall {
+                key: &l.key,
+                policy: &l.policy,
+                class: 0,
+                headroom,
+                cost: [0.0; DIMENSIONS],
+                max_wait: None,
+                max_queue: None,
+                lease: None,
+            };
+            match self.with_retry(|| inner.store.reserve(&call)).await {
+                Ok(_) => {}
+                Err(f) => return Err(f.unavailable()),
+            }
+        }
+        Ok(())
     }
 
     /// Cancels a reservation the caller no longer needs (it borrowed).

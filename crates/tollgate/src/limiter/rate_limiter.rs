@@ -655,6 +655,11 @@ impl RateLimiter {
         if permit.slot <= permit.reserved_at && exact {
             return Ok(Settlement::default());
         }
+        if let (Written::Store, Some(lanes), Some(_)) = (written, &inner.lanes, permit.lane) {
+            if (0..DIMENSIONS).any(|i| limited(i) && actual[i] > permit.mark.cost[i]) {
+                return self.settle_above_in_lanes(lanes, permit, actual).await;
+            }
+        }
         let Some(call) = settle_call(inner, permit, actual) else {
             return Ok(Settlement::default());
         };
@@ -809,7 +814,7 @@ pub(super) struct RetryFailure {
 
 impl RetryFailure {
     /// The error of a call that no outage policy decides (settle, status).
-    fn unavailable(self) -> Error {
+    pub(super) fn unavailable(self) -> Error {
         Error::StoreUnavailable {
             attempts: self.attempts,
             policy: None,
@@ -886,7 +891,7 @@ fn dimension_status(policy: &Policy, tat: &[f64; DIMENSIONS], now: f64) -> Vec<D
 }
 
 /// The settlement of `permit` with `actual`, where its reservation lives.
-fn settle_call<'a>(
+pub(super) fn settle_call<'a>(
     inner: &'a Inner,
     permit: &Permit,
     actual: [f64; DIMENSIONS],
@@ -906,7 +911,7 @@ fn settle_call<'a>(
 /// Whether a settlement may let waiters start earlier: it gave capacity back,
 /// or handed the one queued behind it what it had taken (a cancellation) or
 /// what the queue's headroom held back of its refund (a started call).
-fn made_room(settled: &tollgate_core::Settled) -> bool {
+pub(super) fn made_room(settled: &tollgate_core::Settled) -> bool {
     settled
         .returned
         .iter()

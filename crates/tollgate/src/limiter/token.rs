@@ -108,14 +108,7 @@ pub(crate) fn decode(token: &str, key: &Arc<str>) -> Result<Permit, TokenError> 
     };
     let slot = number(field("no slot")?)?;
     let reserved_at = number(field("no reservation time")?)?;
-    let mut mark = Mark {
-        cost: [0.0; DIMENSIONS],
-        end: [0.0; DIMENSIONS],
-        refunded_at: [0.0; DIMENSIONS],
-        gap: [0.0; DIMENSIONS],
-        before: [0.0; DIMENSIONS],
-        class_refunds_at: [0.0; DIMENSIONS],
-    };
+    let mut mark = Mark::default();
     for dim in parts {
         let v: Vec<&str> = dim.split(',').collect();
         let [i, cost, end, refunded_at, gap] = v[..] else {
