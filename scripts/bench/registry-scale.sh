@@ -15,8 +15,12 @@
 #
 # Settings (environment): RUNS=3 CLIENTS=100000 CHANGES=100 SECS=20
 # OUT=target/bench-registry-scale, NO_FSYNC=1 (PostgreSQL with fsync off:
-# each change's commit no longer waits for the disk). Release builds of tollgate and
-# tollgate-harness are made first (CARGO_TARGET_DIR is honoured).
+# each change's commit no longer waits for the disk), BASELINE=path to
+# another `tollgate` binary (an earlier commit's release build): each run
+# then measures it first and this tree's second, each on a database
+# seeded alike and the same driver, and both tables are printed. Release builds of
+# tollgate and tollgate-harness are made first (CARGO_TARGET_DIR is
+# honoured).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-3}
@@ -28,15 +32,24 @@ mkdir -p "$OUT"
 
 cargo build --release -q -p tollgate-cli -p tollgate-harness
 BIN="${CARGO_TARGET_DIR:-target}/release"
-for i in $(seq 1 "$RUNS"); do
-    echo "==> run $i of $RUNS (load average $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+run() { # binary, output file
     "$BIN/tollgate-harness" registry-scale --clients "$CLIENTS" --changes-per-sec "$CHANGES" \
-        --secs "$SECS" --tollgate "$BIN/tollgate" ${NO_FSYNC:+--no-fsync} --json > "$OUT/run-$i.json"
+        --secs "$SECS" --tollgate "$1" ${NO_FSYNC:+--no-fsync} --json > "$2"
+}
+for i in $(seq 1 "$RUNS"); do
+    if [ -n "${BASELINE:-}" ]; then
+        echo "==> run $i of $RUNS, baseline (load average $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+        run "$BASELINE" "$OUT/run-$i-baseline.json"
+    fi
+    echo "==> run $i of $RUNS (load average $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    run "$BIN/tollgate" "$OUT/run-$i.json"
 done
-python3 - "$OUT" "$RUNS" <<'PY'
+summary() { # title, file suffix
+python3 - "$OUT" "$RUNS" "$1" "$2" <<'PY'
 import json, statistics, sys
-out, runs = sys.argv[1], int(sys.argv[2])
-rs = [json.load(open(f"{out}/run-{i}.json")) for i in range(1, runs + 1)]
+out, runs, title, suffix = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+rs = [json.load(open(f"{out}/run-{i}{suffix}.json")) for i in range(1, runs + 1)]
+print(f"\n{title}\n")
 med = lambda f: statistics.median(f(r) for r in rs)
 each = lambda f, fmt: ", ".join(fmt.format(f(r)) for r in rs)
 rows = [
@@ -69,3 +82,8 @@ for name, f, fmt in rows:
     print(f"| {name} | {fmt.format(med(f))} | {each(f, fmt)} |")
 print(f"\nlast key issued on A answered 200 on B: {[r['last_key_works_on_b'] for r in rs]}; failed changes by status: {[r['failures'] for r in rs]}")
 PY
+}
+if [ -n "${BASELINE:-}" ]; then
+    summary "baseline: $BASELINE" "-baseline"
+fi
+summary "this tree: $(git rev-parse --short HEAD)" ""

@@ -162,13 +162,19 @@ fn write_labels_but(s: &mut String, pairs: &[(&str, &str)], skip: Option<&str>) 
         first = false;
         s.push_str(k);
         s.push_str("=\"");
-        for c in v.chars() {
-            match c {
-                '\\' => s.push_str("\\\\"),
-                '"' => s.push_str("\\\""),
-                '\n' => s.push_str("\\n"),
-                c => s.push(c),
+        // Label values seldom need escaping: copied whole unless they do
+        // (char by char, this was a few thousand instructions a request).
+        if v.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+            for c in v.chars() {
+                match c {
+                    '\\' => s.push_str("\\\\"),
+                    '"' => s.push_str("\\\""),
+                    '\n' => s.push_str("\\n"),
+                    c => s.push(c),
+                }
             }
+        } else {
+            s.push_str(v);
         }
         s.push('"');
     }

@@ -79,6 +79,8 @@ pub struct SimStats {
     pub last_authorization: Mutex<Option<String>>,
     /// The last request body received.
     pub last_body: Mutex<Option<Value>>,
+    /// The names of the last request's headers, lower case.
+    pub last_header_names: Mutex<Vec<String>>,
     /// Requests that met one of the configured faults.
     pub faults: AtomicU64,
     by_model: faults::Counters,
@@ -217,6 +219,7 @@ async fn chat(State(s): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(String::from);
+    *s.stats.last_header_names.lock() = headers.keys().map(|k| k.as_str().to_string()).collect();
     let Ok(req) = serde_json::from_slice::<Value>(&body) else {
         return not_json();
     };

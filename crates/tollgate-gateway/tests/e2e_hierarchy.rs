@@ -67,9 +67,10 @@ fn budget(usd: f64) -> LimitsConfig {
 /// names the level; the level's spend stays within its budget plus what
 /// the admitted requests used beyond their estimates, and is exactly what
 /// they used; the ledger holds the level in every refusal's row. On
-/// `redis`, two instances share the spend and the database, and the
-/// requests alternate between them.
-async fn race_on(level: Level, redis: Option<&Redis>) {
+/// `redis`, two instances share the spend and the database (SQLite's
+/// file, or the PostgreSQL at `postgres`), and the requests alternate
+/// between them.
+async fn race_on(level: Level, redis: Option<&Redis>, postgres: Option<&str>) {
     let mut m = model(1_000_000, 100_000_000);
     // $1000 per million tokens = $0.001 a token either way.
     m.input_usd_per_mtok = 1000.0;
@@ -78,7 +79,7 @@ async fn race_on(level: Level, redis: Option<&Redis>) {
     t.daily_budget_usd = Some(50.0);
     let sim = sim().await;
     let mut cfg = config(&sim.base_url(), m, &[("acme", t)]);
-    cfg.ledger.url = fresh_database();
+    cfg.ledger.url = postgres.map_or_else(fresh_database, str::to_string);
     if let Some(r) = redis {
         cfg.store.url = r.url.clone();
     }
@@ -221,25 +222,36 @@ async fn race_on(level: Level, redis: Option<&Redis>) {
 
 #[tokio::test]
 async fn concurrent_requests_never_overshoot_an_organisations_budget_while_its_client_has_room() {
-    race_on(Level::Org, None).await;
+    race_on(Level::Org, None, None).await;
 }
 
 #[tokio::test]
 async fn concurrent_requests_never_overshoot_a_clients_own_budget_while_its_organisations_has_room()
 {
-    race_on(Level::Client, None).await;
+    race_on(Level::Client, None, None).await;
 }
 
 #[tokio::test]
 async fn concurrent_requests_never_overshoot_a_keys_budget_while_its_client_has_room() {
-    race_on(Level::Key, None).await;
+    race_on(Level::Key, None, None).await;
 }
 
 #[tokio::test]
 async fn two_instances_on_redis_agree_on_every_levels_budget_under_concurrent_requests() {
     for level in [Level::Org, Level::Client, Level::Key] {
         let redis = Redis::start().await;
-        race_on(level, Some(&redis)).await;
+        race_on(level, Some(&redis), None).await;
+    }
+}
+
+#[tokio::test]
+async fn two_instances_on_redis_and_postgres_agree_on_every_levels_budget_under_concurrent_requests(
+) {
+    for level in [Level::Org, Level::Client, Level::Key] {
+        let redis = Redis::start().await;
+        let postgres = tollgate_harness::postgres::PostgresServer::start_with(false)
+            .expect("a PostgreSQL server of the test's own");
+        race_on(level, Some(&redis), Some(&postgres.url())).await;
     }
 }
 

@@ -185,7 +185,12 @@ async fn requests_for_auto_are_routed_by_tier_task_and_hint() {
             want.0.as_str(),
             "the upstream is asked for the model"
         );
-        // Gateway-only fields stay in the gateway.
+        // Gateway-only fields and headers stay in the gateway.
+        let names = sim.stats.last_header_names.lock().clone();
+        assert!(
+            !names.iter().any(|n| n.starts_with("x-tollgate")),
+            "{names:?}"
+        );
         let metadata = seen.get("metadata").cloned();
         if hint == Some("metadata") {
             assert_eq!(metadata, Some(json!({"team": "t"})), "{seen}");

@@ -68,7 +68,10 @@ async fn acquires_per_second_at_concurrency_64() {
     let limiter = Arc::new(limiter);
     run(&limiter, 0.5, false).await; // warm up
     for (name, settle) in [("acquire", false), ("acquire+settle", true)] {
+        server.cli(&["CONFIG", "RESETSTAT"]);
+        let started = Instant::now();
         let (rate, lat) = run(&limiter, 3.0, settle).await;
+        let secs = started.elapsed().as_secs_f64();
         println!(
             "{name:>15}: {rate:>8.0}/s  p50 {:?}  p99 {:?}  p99.9 {:?}  max {:?}",
             pct(&lat, 0.5),
@@ -76,11 +79,32 @@ async fn acquires_per_second_at_concurrency_64() {
             pct(&lat, 0.999),
             lat[lat.len() - 1]
         );
+        // What Redis itself did meanwhile: script calls per acquire, its
+        // time per acquire, and how busy that kept its one thread.
+        let stats = server.cli(&["INFO", "commandstats"]);
+        let (calls, usec) = evalsha(&stats);
+        let acquires = rate * secs;
+        println!(
+            "{name:>15}: redis {calls} EVALSHA, {:.3} calls and {:.2} us of Redis time per acquire, its thread {:.0}% busy",
+            calls as f64 / acquires,
+            usec as f64 / acquires,
+            usec as f64 / 1e6 / secs * 100.0
+        );
     }
-    let stats = server.cli(&["INFO", "commandstats"]);
-    for line in stats.lines().filter(|l| l.contains("evalsha")) {
-        println!("redis {line}");
-    }
+}
+
+/// `calls` and `usec` of `EVALSHA` in an `INFO commandstats` reply.
+fn evalsha(stats: &str) -> (u64, u64) {
+    let Some(line) = stats.lines().find(|l| l.starts_with("cmdstat_evalsha:")) else {
+        return (0, 0);
+    };
+    let field = |name: &str| {
+        line.split([':', ','])
+            .find_map(|f| f.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("calls="), field("usec="))
 }
 
 /// Median and p99 of one queued reservation, measured on a key whose class

@@ -104,7 +104,7 @@ impl Registry {
         let st = self.state.read();
         if let Some(row) = st.api_clients.get(id) {
             return Some(ClientSummary {
-                id: row.id.clone(),
+                id: id.to_string(),
                 tier: row.tier.clone(),
                 org: row.org.clone(),
                 disabled: row.disabled,

@@ -204,8 +204,9 @@ pub struct Client {
     pub tier: Arc<Tier>,
     /// Its organisation, when it has one.
     pub org: Option<Arc<Org>>,
-    /// Its own limits over its tier's.
-    pub limits: LimitsConfig,
+    /// Its own limits over its tier's, when it sets any (most clients set
+    /// none: then nothing is kept).
+    limits: Option<Box<LimitsConfig>>,
     /// Its budgets in nano-USD: its own over its tier's.
     pub budget: BudgetLimits,
     /// The client's own bucket (the tier's RPM/TPM/burst, or its own
@@ -218,6 +219,11 @@ pub struct Client {
 }
 
 impl Client {
+    /// Its own limits over its tier's (none set: all `None`).
+    pub fn limits(&self) -> LimitsConfig {
+        self.limits.as_deref().cloned().unwrap_or_default()
+    }
+
     /// The client's own bucket, built now if this is its first use.
     pub fn limiter(&self) -> &RateLimiter {
         self.limiter.get_or_init(|| {
@@ -301,6 +307,36 @@ impl Key {
     }
 }
 
+/// A client the API created, as the index keeps its row: what decides its
+/// entry (its id is the map's key).
+#[derive(Debug)]
+struct ApiClient {
+    tier: String,
+    org: Option<String>,
+    /// Its own limits, when it sets any.
+    limits: Option<Box<LimitsConfig>>,
+    disabled: bool,
+}
+
+impl ApiClient {
+    /// Its row's id, and what the index keeps of it.
+    fn from_row(row: ClientRow) -> (String, ApiClient) {
+        let limits = (!row.limits.is_empty()).then(|| Box::new(row.limits));
+        let kept = ApiClient {
+            tier: row.tier,
+            org: row.org,
+            limits,
+            disabled: row.disabled,
+        };
+        (row.id, kept)
+    }
+
+    /// Its own limits over its tier's.
+    fn limits(&self) -> LimitsConfig {
+        self.limits.as_deref().cloned().unwrap_or_default()
+    }
+}
+
 /// The index in force.
 #[derive(Debug, Default)]
 struct State {
@@ -308,7 +344,7 @@ struct State {
     clients: HashMap<String, Arc<Client>>,
     keys: KeyIndex,
     /// Clients the API created.
-    api_clients: HashMap<String, ClientRow>,
+    api_clients: HashMap<String, ApiClient>,
     /// Organisations in force: the file's, with the database's in place.
     orgs: HashMap<String, Arc<Org>>,
     /// Organisations the API made or changed.
@@ -475,7 +511,7 @@ impl Registry {
             api_clients: snapshot
                 .clients
                 .into_iter()
-                .map(|c| (c.id.clone(), c))
+                .map(ApiClient::from_row)
                 .collect(),
             api_orgs: snapshot
                 .orgs
@@ -632,7 +668,7 @@ impl Registry {
             },
             tier,
             org,
-            limits,
+            limits: (!limits.is_empty()).then(|| Box::new(limits)),
             limiter,
             roomy: AtomicBool::new(false),
         })
@@ -655,7 +691,7 @@ impl Registry {
     /// Client `id`'s organisation and own limits, as they now are.
     fn levels_of(&self, st: &State, id: &str) -> (Option<Arc<Org>>, LimitsConfig) {
         let (org, limits) = match st.api_clients.get(id) {
-            Some(row) => (row.org.as_ref(), row.limits.clone()),
+            Some(row) => (row.org.as_ref(), row.limits()),
             None => (
                 self.file.client_orgs.get(id),
                 self.file.client_limits.get(id).cloned().unwrap_or_default(),
@@ -729,7 +765,7 @@ impl Registry {
             Some(t) if org_changed || !Arc::ptr_eq(&t, &client.tier) => t,
             _ => return client,
         };
-        let limits = client.limits.clone();
+        let limits = client.limits();
         let Ok(rebuilt) = self.make_client(&client.id, tier, limits, org.flatten()) else {
             return client;
         };
@@ -940,7 +976,9 @@ impl Registry {
             Current::Client(id, row) => {
                 let mut st = self.state.write();
                 match row {
-                    Some(row) => st.api_clients.insert(id.clone(), row),
+                    Some(row) => st
+                        .api_clients
+                        .insert(id.clone(), ApiClient::from_row(row).1),
                     None => st.api_clients.remove(&id),
                 };
                 self.rebuild_client(&mut st, &id)?;

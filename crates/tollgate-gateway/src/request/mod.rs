@@ -326,15 +326,13 @@ pub(crate) const ATTEMPTS_HEADER: &str = "x-tollgate-attempts";
 
 impl Trail {
     fn mark(&self, h: &mut HeaderMap) {
-        for (name, value) in [
-            (MODEL_HEADER, self.model.clone()),
-            (ROUTE_HEADER, self.route.clone()),
-            (ATTEMPTS_HEADER, self.attempts.to_string()),
-        ] {
-            if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+        use axum::http::HeaderValue;
+        for (name, value) in [(MODEL_HEADER, &self.model), (ROUTE_HEADER, &self.route)] {
+            if let Ok(v) = HeaderValue::from_str(value) {
                 h.insert(name, v);
             }
         }
+        h.insert(ATTEMPTS_HEADER, HeaderValue::from(self.attempts));
     }
 }
 
