@@ -12,7 +12,7 @@ use tollgate::store::{
     Reserved, SettleCall,
 };
 use tollgate::{Cost, Limits, RateLimiter, Store};
-use tollgate_core::{reserve, KeyState, ReserveError, ReserveRequest, DIMENSIONS};
+use tollgate_core::{reserve, KeyState, Policy, ReserveError, ReserveRequest, DIMENSIONS};
 
 use support::RedisServer;
 
@@ -232,35 +232,14 @@ async fn redis_and_memory_agree_on_the_lanes_of_a_shared_bucket() {
 #[tokio::test]
 async fn redis_and_memory_agree_when_a_started_call_gives_back_more_than_the_queue_holds() {
     let server = RedisServer::start();
-    let redis = redis_store(&server).await;
-    let clock = ManualClock::new(0.0);
-    let memory = MemoryStore::with_clock(Arc::new(clock.clone()));
-    let policy = Limits::new()
-        .tokens(1_000)
-        .window_secs(2.0)
-        .validate()
-        .unwrap();
+    let (redis, clock, memory, policy) = mirrored(&server).await;
     for round in 0..6u64 {
         let key = format!("held-{round}");
         let key = key.as_str();
         let mut pairs = Vec::new();
         for tokens in [600 + 60 * round, 700 - 50 * round, 300, 150 + 20 * round] {
-            let call = ReserveCall {
-                key,
-                policy: &policy,
-                class: 0,
-                headroom: 1.0,
-                cost: policy.units(Cost::tokens(tokens)),
-                max_wait: None,
-                max_queue: None,
-                lease: None,
-            };
-            let r = redis.reserve(&call).await.unwrap().unwrap();
-            clock.set(r.now);
-            let m = memory.reserve_now(&call).unwrap();
-            assert_eq!(r.slot.to_bits(), m.slot.to_bits(), "round {round}: slot");
-            assert_eq!(r.mark, m.mark, "round {round}: mark");
-            pairs.push((r, m));
+            let call = waiting_call(key, &policy, tokens);
+            pairs.push(reserve_on_both(&redis, &clock, &memory, &call).await);
         }
         let (x, waiters) = pairs.split_first_mut().unwrap();
         assert!(
@@ -296,16 +275,7 @@ async fn redis_and_memory_agree_when_a_started_call_gives_back_more_than_the_que
             "round {round}: the queue's headroom held nothing back: {got:?}"
         );
         for (n, (r, m)) in waiters.iter_mut().enumerate() {
-            let call = |res: &Reserved| AdvanceCall {
-                key,
-                policy: &policy,
-                class: 0,
-                headroom: 1.0,
-                id: res.id,
-                slot: res.slot,
-                mark: res.mark,
-                lease: None,
-            };
+            let call = |res: &Reserved| advance_call(key, &policy, res);
             let Advance::Moved(a) = redis.advance(&call(r)).await.unwrap() else {
                 panic!("round {round}: waiter {n} did not move");
             };
@@ -329,35 +299,18 @@ async fn redis_and_memory_agree_when_a_started_call_gives_back_more_than_the_que
 /// The first of a queue that leaves (a call that borrowed another lane)
 /// gives back for every reservation queued behind it, so what was handed on
 /// down the queue by moving is forgotten, on Redis as on the memory store.
-/// Two firsts leave, so that the next one's refund is held back by a waiter
-/// charged before them: that one is owed the rest, moves and hands it down
-/// the queue; then it leaves in turn, giving part of it back, and every
-/// settlement, move and state agrees to the bit.
+/// Four firsts leave, then the next one's refund is held back whole by the
+/// waiter behind it, which is owed it, moves and hands it down the queue;
+/// then that one leaves in turn, and every settlement, move and state
+/// agrees to the bit.
 #[tokio::test]
 async fn redis_and_memory_agree_when_the_first_of_a_queue_leaves_after_moves() {
     let server = RedisServer::start();
-    let redis = redis_store(&server).await;
-    let clock = ManualClock::new(0.0);
-    let memory = MemoryStore::with_clock(Arc::new(clock.clone()));
-    let policy = Limits::new()
-        .tokens(1_000)
-        .window_secs(2.0)
-        .validate()
-        .unwrap();
+    let (redis, clock, memory, policy) = mirrored(&server).await;
     for round in 0..3u64 {
         let key = format!("first-leaves-{round}");
         let key = key.as_str();
         let mut calls = Vec::new();
-        let reserve = |tokens: u64| ReserveCall {
-            key,
-            policy: &policy,
-            class: 0,
-            headroom: 1.0,
-            cost: policy.units(Cost::tokens(tokens)),
-            max_wait: None,
-            max_queue: None,
-            lease: None,
-        };
         let cancel = |res: &Reserved| SettleCall {
             key,
             policy: &policy,
@@ -367,16 +320,7 @@ async fn redis_and_memory_agree_when_the_first_of_a_queue_leaves_after_moves() {
             mark: res.mark,
             actual: [0.0; DIMENSIONS],
         };
-        let step = |res: &Reserved| AdvanceCall {
-            key,
-            policy: &policy,
-            class: 0,
-            headroom: 1.0,
-            id: res.id,
-            slot: res.slot,
-            mark: res.mark,
-            lease: None,
-        };
+        let step = |res: &Reserved| advance_call(key, &policy, res);
         // One started call, then the queue; four firsts leave, two more
         // join, the next first leaves (held back whole by the last old
         // waiter), then that waiter, owed it all, moves and leaves.
@@ -390,12 +334,8 @@ async fn redis_and_memory_agree_when_the_first_of_a_queue_leaves_after_moves() {
         let mut moved_last = 0;
         for (stage, (costs, leaving, waiting)) in plan.iter().enumerate() {
             for &tokens in costs.iter() {
-                let r = redis.reserve(&reserve(tokens)).await.unwrap().unwrap();
-                clock.set(r.now);
-                let m = memory.reserve_now(&reserve(tokens)).unwrap();
-                assert_eq!(r.slot.to_bits(), m.slot.to_bits(), "round {round}: slot");
-                assert_eq!(r.mark, m.mark, "round {round}: mark");
-                calls.push((r, m));
+                let call = waiting_call(key, &policy, tokens);
+                calls.push(reserve_on_both(&redis, &clock, &memory, &call).await);
             }
             for &n in leaving.iter() {
                 assert!(calls[n].0.slot > calls[n].0.now, "round {round}: {n} waits");
@@ -431,6 +371,64 @@ async fn redis_and_memory_agree_when_the_first_of_a_queue_leaves_after_moves() {
             memory.snapshot_now(key).state,
             "round {round}: state"
         );
+    }
+}
+
+/// A Redis store and a memory store whose clock is set to the time each
+/// script read, with a tokens-only policy (1,000 per 2 s) that queues.
+async fn mirrored(server: &RedisServer) -> (RedisStore, ManualClock, MemoryStore, Policy) {
+    let redis = redis_store(server).await;
+    let clock = ManualClock::new(0.0);
+    let memory = MemoryStore::with_clock(Arc::new(clock.clone()));
+    let policy = Limits::new()
+        .tokens(1_000)
+        .window_secs(2.0)
+        .validate()
+        .unwrap();
+    (redis, clock, memory, policy)
+}
+
+/// A reservation of class 0 that may wait as long as it must.
+fn waiting_call<'a>(key: &'a str, policy: &'a Policy, tokens: u64) -> ReserveCall<'a> {
+    ReserveCall {
+        key,
+        policy,
+        class: 0,
+        headroom: 1.0,
+        cost: policy.units(Cost::tokens(tokens)),
+        max_wait: None,
+        max_queue: None,
+        lease: None,
+    }
+}
+
+/// Reserves on Redis, then on the memory store at the script's time: the
+/// slots and marks must agree to the bit.
+async fn reserve_on_both(
+    redis: &RedisStore,
+    clock: &ManualClock,
+    memory: &MemoryStore,
+    call: &ReserveCall<'_>,
+) -> (Reserved, Reserved) {
+    let r = redis.reserve(call).await.unwrap().unwrap();
+    clock.set(r.now);
+    let m = memory.reserve_now(call).unwrap();
+    assert_eq!(r.slot.to_bits(), m.slot.to_bits(), "slot");
+    assert_eq!(r.mark, m.mark, "mark");
+    (r, m)
+}
+
+/// The check whether waiting reservation `res` (of class 0) may move.
+fn advance_call<'a>(key: &'a str, policy: &'a Policy, res: &Reserved) -> AdvanceCall<'a> {
+    AdvanceCall {
+        key,
+        policy,
+        class: 0,
+        headroom: 1.0,
+        id: res.id,
+        slot: res.slot,
+        mark: res.mark,
+        lease: None,
     }
 }
 
