@@ -42,6 +42,9 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(|e| unavailable(path, e))?;
         migrate(&mut conn).map_err(|e| unavailable(path, e))?;
+        // The six inserts (see `insert_sql`) beside the reports' and the
+        // registry's statements.
+        conn.set_prepared_statement_cache_capacity(64);
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_string(),
@@ -68,44 +71,15 @@ impl SqliteStore {
         self.run(move |conn| {
             let tx = conn.transaction()?;
             let mut added = 0;
-            {
-                let marks = (1..=NCOLUMNS)
-                    .map(|i| format!("?{i}"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let mut stmt = tx.prepare_cached(&format!(
-                    "INSERT INTO ledger_rows ({COLUMNS}) VALUES ({marks}) \
-                     ON CONFLICT (request_id) DO NOTHING"
-                ))?;
-                for r in &rows {
-                    added += stmt.execute(rusqlite::params![
-                        r.request_id.to_string(),
-                        r.started_at_ms,
-                        r.finished_at_ms,
-                        r.client,
-                        r.tier,
-                        r.route,
-                        r.requested_model,
-                        r.served_model,
-                        r.baseline_model,
-                        i64::from(r.attempts),
-                        r.est_input_tokens,
-                        r.est_output_tokens,
-                        r.input_tokens,
-                        r.output_tokens,
-                        r.cost_micro_usd,
-                        r.baseline_cost_micro_usd,
-                        r.queue_wait_us,
-                        r.upstream_latency_us,
-                        r.first_token_us,
-                        r.outcome,
-                        r.error_code,
-                        r.instance,
-                        r.org,
-                        r.key_id,
-                        r.budget_level,
-                    ])? as u64;
+            let mut rest = &rows[..];
+            while !rest.is_empty() {
+                let (part, tail) = rest.split_at(rows_in_next_insert(rest.len()));
+                let mut stmt = tx.prepare_cached(insert_sql(part.len()))?;
+                for (i, r) in part.iter().enumerate() {
+                    bind_row(&mut stmt, i * NCOLUMNS, r)?;
                 }
+                added += stmt.raw_execute()? as u64;
+                rest = tail;
             }
             tx.commit()?;
             Ok(added)
@@ -193,6 +167,87 @@ impl SqliteStore {
     }
 }
 
+/// The most rows one `INSERT` writes. A batch is written in statements of
+/// 32, 16, …, 1 rows (its length in binary, largest first): each such
+/// statement is prepared once and cached, and what a statement costs
+/// besides its rows (its savepoint, its halt) is paid once for up to 32
+/// rows instead of once a row. 32 rows bind 800 values, under SQLite's
+/// oldest limit of 999.
+pub(crate) const ROWS_PER_INSERT: usize = 32;
+
+/// How many of `left` rows the next statement writes: the largest power of
+/// two at most `left` and [`ROWS_PER_INSERT`].
+fn rows_in_next_insert(left: usize) -> usize {
+    let left = left.min(ROWS_PER_INSERT);
+    1 << left.ilog2()
+}
+
+/// The `INSERT` of `rows` rows (a power of two up to [`ROWS_PER_INSERT`]),
+/// made once. A row whose request id is there already is skipped: a replay
+/// never doubles it.
+fn insert_sql(rows: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        (0..=ROWS_PER_INSERT.ilog2())
+            .map(|k| {
+                let values = (0..1usize << k)
+                    .map(|row| {
+                        let marks = (1..=NCOLUMNS)
+                            .map(|c| format!("?{}", row * NCOLUMNS + c))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        format!("({marks})")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!(
+                    "INSERT INTO ledger_rows ({COLUMNS}) VALUES {values} \
+                     ON CONFLICT (request_id) DO NOTHING"
+                )
+            })
+            .collect()
+    });
+    &all[rows.ilog2() as usize]
+}
+
+/// Binds `r` to the parameters after the first `at` of an `INSERT` of
+/// [`insert_sql`], in [`COLUMNS`]' order.
+fn bind_row(stmt: &mut rusqlite::Statement<'_>, at: usize, r: &Row) -> rusqlite::Result<()> {
+    let mut id = uuid::Uuid::encode_buffer();
+    let id: &str = r.request_id.hyphenated().encode_lower(&mut id);
+    let values: [&dyn rusqlite::ToSql; NCOLUMNS] = [
+        &id,
+        &r.started_at_ms,
+        &r.finished_at_ms,
+        &r.client,
+        &r.tier,
+        &r.route,
+        &r.requested_model,
+        &r.served_model,
+        &r.baseline_model,
+        &i64::from(r.attempts),
+        &r.est_input_tokens,
+        &r.est_output_tokens,
+        &r.input_tokens,
+        &r.output_tokens,
+        &r.cost_micro_usd,
+        &r.baseline_cost_micro_usd,
+        &r.queue_wait_us,
+        &r.upstream_latency_us,
+        &r.first_token_us,
+        &r.outcome,
+        &r.error_code,
+        &r.instance,
+        &r.org,
+        &r.key_id,
+        &r.budget_level,
+    ];
+    for (c, v) in values.into_iter().enumerate() {
+        stmt.raw_bind_parameter(at + c + 1, v)?;
+    }
+    Ok(())
+}
+
 /// Every row `statement` answers (none for most writes).
 fn answer(conn: &Connection, statement: &Statement) -> Result<Rows, StoreError> {
     let mut stmt = conn.prepare_cached(&sqlite_sql(&statement.sql))?;
@@ -265,4 +320,62 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         }
     }
     tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::Level;
+
+    /// What SQLite plans for `sql`, one line per step.
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", sqlite_sql(sql)))
+            .unwrap();
+        let steps = stmt
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        steps.join("\n")
+    }
+
+    /// The spend queries each read their level's index, the partial ones
+    /// (rows naming an organisation or a key) included: a level's spend is
+    /// never a scan of every row.
+    #[test]
+    fn each_levels_spend_reads_its_index() {
+        let store = SqliteStore::open(":memory:").unwrap();
+        let conn = store.conn.lock().unwrap();
+        for (level, index) in [
+            (Level::Client, "ledger_rows_client_time"),
+            (Level::Org, "ledger_rows_org_time"),
+            (Level::Key, "ledger_rows_key_time"),
+        ] {
+            let p = plan(&conn, super::super::spend_sql(level));
+            assert!(
+                p.contains(&format!("USING INDEX {index}")),
+                "{level:?}: {p}"
+            );
+        }
+        let p = plan(&conn, super::super::all_spend_sql(Level::Org));
+        assert!(p.contains("USING INDEX ledger_rows_org_time"), "{p}");
+        for level in [Level::Client, Level::Key] {
+            let p = plan(&conn, super::super::all_spend_sql(level));
+            assert!(p.contains("USING INDEX ledger_rows_time"), "{level:?}: {p}");
+        }
+    }
+
+    #[test]
+    fn a_batch_is_written_in_statements_of_its_binary_digits() {
+        let mut left = 75;
+        let mut parts = Vec::new();
+        while left > 0 {
+            let n = rows_in_next_insert(left);
+            parts.push(n);
+            left -= n;
+        }
+        assert_eq!(parts, [32, 32, 8, 2, 1]);
+        assert_eq!(insert_sql(32).matches('?').count(), 32 * NCOLUMNS);
+    }
 }
