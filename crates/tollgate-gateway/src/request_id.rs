@@ -42,7 +42,8 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
     let id = RequestId::new();
     req.extensions_mut().insert(id);
     let mut resp = next.run(req).await;
-    if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
+    let mut text = uuid::Uuid::encode_buffer();
+    if let Ok(v) = HeaderValue::from_str(id.0.hyphenated().encode_lower(&mut text)) {
         resp.headers_mut().insert(HEADER, v);
     }
     resp

@@ -25,6 +25,14 @@ pub const BUDGET_LEVEL_HEADER: HeaderName = HeaderName::from_static("x-tollgate-
 /// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` from a bucket's
 /// dimensions (a [`tollgate::Status`]'s, or a permit's state at its grant).
 pub fn ratelimit_headers(dimensions: &[DimensionStatus]) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(8);
+    write_ratelimit_headers(&mut h, dimensions);
+    h
+}
+
+/// [`ratelimit_headers`] written straight into `h` (an answer's own
+/// headers): no map of their own to make and then copy over.
+pub fn write_ratelimit_headers(h: &mut HeaderMap, dimensions: &[DimensionStatus]) {
     const NAMES: [(Dimension, [&str; 4]); 2] = [
         (
             Dimension::Requests,
@@ -45,7 +53,6 @@ pub fn ratelimit_headers(dimensions: &[DimensionStatus]) -> HeaderMap {
             ],
         ),
     ];
-    let mut h = HeaderMap::with_capacity(6);
     for (dim, [limit, remaining, reset, burst]) in NAMES {
         let Some(d) = dimensions.iter().find(|d| d.dimension == dim) else {
             continue;
@@ -64,7 +71,6 @@ pub fn ratelimit_headers(dimensions: &[DimensionStatus]) -> HeaderMap {
             h.insert(HeaderName::from_static(reset), v);
         }
     }
-    h
 }
 
 /// A duration as OpenAI writes it: `20ms`, `1.5s`, `6m0s`.

@@ -41,6 +41,8 @@ pub(crate) mod wait;
 
 #[cfg(test)]
 mod fixture;
+#[cfg(test)]
+mod sizes;
 
 pub(crate) use headers::{ratelimit_headers, BUCKET_HEADER};
 
@@ -49,7 +51,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use self::estimate::Estimate;
@@ -220,6 +222,15 @@ pub(crate) fn client_of(
     auth::authenticate(registry, headers).map_err(respond::unauthorized)
 }
 
+/// `make()`'s future in a box of its own, the box allocated first so that
+/// the future can be written straight into it instead of being made on the
+/// stack and copied over: the request path's futures are kilobytes, and
+/// each copy costs their size (docs/BENCHMARKS.md).
+pub(crate) fn boxed<F: std::future::Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
+    let room = Box::new_uninit();
+    Box::into_pin(Box::write(room, make()))
+}
+
 /// One request as it goes through.
 struct Req<'a> {
     path: &'a Pipeline,
@@ -318,11 +329,11 @@ struct Trail {
 }
 
 /// `x-tollgate-model`: the model that answered (or the last one tried).
-pub(crate) const MODEL_HEADER: &str = "x-tollgate-model";
+pub(crate) const MODEL_HEADER: HeaderName = HeaderName::from_static("x-tollgate-model");
 /// `x-tollgate-route`: the model or route the request named.
-pub(crate) const ROUTE_HEADER: &str = "x-tollgate-route";
+pub(crate) const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-tollgate-route");
 /// `x-tollgate-attempts`: the upstream calls the request made.
-pub(crate) const ATTEMPTS_HEADER: &str = "x-tollgate-attempts";
+pub(crate) const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-tollgate-attempts");
 
 impl Trail {
     fn mark(&self, h: &mut HeaderMap) {
@@ -388,14 +399,16 @@ async fn attempt(
     admission.set_request(req.request_id.0, trail.draft.clone());
     tally.stage(Stage::Queued);
     // The headers describe the client's bucket right after this request was
-    // let in, known from its permit: no store round trip.
-    let rl_headers = admission
-        .client_status
-        .as_deref()
-        .map(ratelimit_headers)
-        .unwrap_or_default();
+    // let in, known from its permit: no store round trip. They are written
+    // straight into the answer, whichever it is.
+    let client_status = admission.client_status.take();
+    let write_headers = |h: &mut HeaderMap| {
+        if let Some(dims) = &client_status {
+            headers::write_ratelimit_headers(h, dims);
+        }
+    };
     let with_headers = |mut reply: Reply| {
-        reply.error.headers.extend(rl_headers.clone());
+        write_headers(&mut reply.error.headers);
         reply
     };
     if let Err(r) = wait(req, model, &mut admission, paused, started).await {
@@ -427,7 +440,7 @@ async fn attempt(
                 Attempted::Final(reply)
             }
         })?;
-    r.headers_mut().extend(rl_headers);
+    write_headers(r.headers_mut());
     Ok(r)
 }
 
@@ -501,7 +514,7 @@ async fn admit(
     // its outcome are boxed: both are kilobytes, and a task moves them by
     // value several times (into the task, out of it); unboxed, those copies
     // were a third of a request's instructions (docs/BENCHMARKS.md).
-    let admitting = tokio::spawn(Box::pin({
+    let admitting = tokio::spawn(boxed(|| {
         let (books, client, model) = (req.path.books.clone(), req.client.clone(), model.clone());
         let key = req.key.cloned();
         async move {
