@@ -3,7 +3,9 @@
 //! new lanes, a lane keeps the part of its capacity it had in use, and a
 //! change that could not be built is refused with nothing changed.
 
-use tollgate::{AcquireOptions, ClassShare, Cost, Error, Limits, PriorityClass, RateLimiter, Store};
+use tollgate::{
+    AcquireOptions, ClassShare, Cost, Error, Limits, PriorityClass, RateLimiter, Store,
+};
 
 /// A bucket of 1,000 tokens (60,000 TPM, burst 1/60) shared by two classes
 /// that lend nothing, so that each admits at once only what its own lane

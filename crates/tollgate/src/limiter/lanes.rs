@@ -183,7 +183,9 @@ impl RateLimiter {
         match &self.inner().lanes {
             Some(live) => {
                 let lanes = live.current();
-                (0..lanes.shares.len()).map(|k| lanes.shares.share(k)).collect()
+                (0..lanes.shares.len())
+                    .map(|k| lanes.shares.share(k))
+                    .collect()
             }
             None => Vec::new(),
         }
