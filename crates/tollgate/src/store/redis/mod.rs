@@ -122,9 +122,8 @@ pub(crate) struct Cancel {
     pub(crate) mark: tollgate_core::Mark,
 }
 
-/// How long background cancellations gather before they are sent, latest
-/// reservation first: a cancellation gives back only what the reservations
-/// queued after it leave room for, so cancelling from the back loses nothing.
+/// How long background cancellations gather before they are sent together,
+/// each key's earliest reservation first (see `send_cancels`).
 const CANCEL_GATHER: Duration = Duration::from_millis(5);
 
 /// Most reservations one call of `reserve.lua` carries (and settlements one
@@ -345,7 +344,7 @@ impl RedisStore {
     /// Cancels a reservation whose caller went away, from the background: on
     /// the caller's runtime while it lives, else on the library's own with a
     /// connection of its own. Cancellations that come together are sent
-    /// together, each key's latest reservation first.
+    /// together, each key's earliest reservation first.
     pub(crate) fn cancel_soon(&self, cancel: Cancel) {
         let first = {
             let mut pending = self.settings.cancels.lock();
@@ -386,22 +385,14 @@ impl RedisStore {
             if batch.is_empty() {
                 break;
             }
-            // Per key: the queued first, latest first (each gives back what
-            // those queued after it leave room for, and those are gone by
-            // then); then the started, earliest first (each one's refund is
-            // bounded by the refunds made since it was taken, and those of
-            // later ones are not made yet).
-            let now = self.settings.server_now().unwrap_or(f64::INFINITY);
-            batch.sort_by(|a, b| {
-                let order = |c: &Cancel| {
-                    if c.slot > now {
-                        (0, u64::MAX - c.id)
-                    } else {
-                        (1, c.id)
-                    }
-                };
-                a.key.cmp(&b.key).then(order(a).cmp(&order(b)))
-            });
+            // Per key, earliest first: a started reservation's refund is
+            // bounded by the refunds made on the key since it was taken
+            // (`tollgate_core::settle`), so one sent after a later one's gives
+            // back less, or nothing when it stood at the front of the line.
+            // Whether a reservation has started is not judged here: this
+            // process's estimate of the server's clock trails it, and a slot
+            // may pass while the call is on its way.
+            batch.sort_by(|a, b| a.key.cmp(&b.key).then(a.id.cmp(&b.id)));
             // Sent from the back; those not sent yet go back to the pending
             // ones should this task be dropped (one already on its way is
             // not sent again).
