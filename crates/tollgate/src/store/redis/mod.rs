@@ -120,10 +120,14 @@ pub(crate) struct Cancel {
     pub(crate) id: u64,
     pub(crate) slot: f64,
     pub(crate) mark: tollgate_core::Mark,
+    /// Whether it was granted at once (its slot was the time it was made):
+    /// it has started, whatever this process's estimate of the server's
+    /// clock says.
+    pub(crate) at_once: bool,
 }
 
 /// How long background cancellations gather before they are sent together,
-/// each key's earliest reservation first (see `send_cancels`).
+/// each key's in the order that gives back most (see `send_cancels`).
 const CANCEL_GATHER: Duration = Duration::from_millis(5);
 
 /// Most reservations one call of `reserve.lua` carries (and settlements one
@@ -344,7 +348,7 @@ impl RedisStore {
     /// Cancels a reservation whose caller went away, from the background: on
     /// the caller's runtime while it lives, else on the library's own with a
     /// connection of its own. Cancellations that come together are sent
-    /// together, each key's earliest reservation first.
+    /// together, each key's started ones first (see `send_cancels`).
     pub(crate) fn cancel_soon(&self, cancel: Cancel) {
         let first = {
             let mut pending = self.settings.cancels.lock();
@@ -385,14 +389,26 @@ impl RedisStore {
             if batch.is_empty() {
                 break;
             }
-            // Per key, earliest first: a started reservation's refund is
-            // bounded by the refunds made on the key since it was taken
-            // (`tollgate_core::settle`), so one sent after a later one's gives
-            // back less, or nothing when it stood at the front of the line.
-            // Whether a reservation has started is not judged here: this
-            // process's estimate of the server's clock trails it, and a slot
-            // may pass while the call is on its way.
-            batch.sort_by(|a, b| a.key.cmp(&b.key).then(a.id.cmp(&b.id)));
+            // Per key: the started first, earliest first (a started one's
+            // refund is bounded by the refunds made on the key since it was
+            // taken, so one sent after a later one's gives back less, or
+            // nothing at the front of the line: `tollgate_core::settle`);
+            // then the queued, latest first (each hands what it cannot give
+            // back to the one charged right after it, through the ones
+            // cancelled before it: see `settle.lua`). This process's
+            // estimate of the server's clock trails it: one granted at once
+            // counts as started whatever the estimate says.
+            let now = self.settings.server_now().unwrap_or(f64::INFINITY);
+            batch.sort_by(|a, b| {
+                let order = |c: &Cancel| {
+                    if c.at_once || c.slot <= now {
+                        (0, c.id)
+                    } else {
+                        (1, u64::MAX - c.id)
+                    }
+                };
+                a.key.cmp(&b.key).then(order(a).cmp(&order(b)))
+            });
             // Sent from the back; those not sent yet go back to the pending
             // ones should this task be dropped (one already on its way is
             // not sent again).
@@ -453,6 +469,7 @@ impl RedisStore {
                 id: l.id,
                 slot: l.slot,
                 mark: l.mark,
+                at_once: false, // it was queued: it had a lease
             });
         }
     }
@@ -872,6 +889,7 @@ impl Orphan {
             id: r.id,
             slot: r.slot,
             mark: r.mark,
+            at_once: r.slot <= r.now,
         });
     }
 }
