@@ -873,6 +873,7 @@ impl RateLimiter {
                     id: permit.id,
                     slot: permit.slot,
                     mark: permit.mark,
+                    at_once: permit.slot <= permit.reserved_at,
                 });
                 return;
             }
