@@ -858,6 +858,7 @@ impl RateLimiter {
                     id: permit.id,
                     slot: permit.slot,
                     mark: permit.mark,
+                    at_once: permit.slot <= permit.reserved_at,
                 });
                 return;
             }
