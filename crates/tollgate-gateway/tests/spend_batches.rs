@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::redis::Redis;
 use tollgate::store::RedisConnection;
-use tollgate_gateway::budget::{BudgetLimits, Budgets, Hold, RedisBudgets};
+use tollgate_gateway::budget::{BudgetError, BudgetLimits, Budgets, Hold, RedisBudgets};
 
 /// What the `j`-th client reserves (when it has a budget) and then costs.
 fn costs(j: i64) -> (i64, i64) {
@@ -67,6 +67,17 @@ async fn holds(b: &Budgets, n: i64) -> Vec<Hold> {
     holds
 }
 
+/// Settles every hold at once, each at its client's cost.
+async fn settle_all(b: &Budgets, holds: &[Hold]) -> Vec<Result<(), BudgetError>> {
+    futures_util::future::join_all(
+        holds
+            .iter()
+            .enumerate()
+            .map(|(j, h)| b.settle(h, costs(j as i64).1)),
+    )
+    .await
+}
+
 /// Every client's spend today and this month is its actual cost.
 async fn each_spent_its_cost(b: &Budgets, n: i64) -> Result<(), String> {
     for j in 0..n {
@@ -92,13 +103,7 @@ async fn settlements_of_many_clients_travel_together_and_each_is_applied_once() 
     let warm = b.reserve("warm", 0, BudgetLimits::default()).await.unwrap();
     b.settle(&warm, 1).await.unwrap();
     let before = script_calls(&redis).await;
-    let settled = futures_util::future::join_all(
-        holds
-            .iter()
-            .enumerate()
-            .map(|(j, h)| b.settle(h, costs(j as i64).1)),
-    )
-    .await;
+    let settled = settle_all(&b, &holds).await;
     let calls = script_calls(&redis).await - before;
     assert!(settled.iter().all(Result::is_ok), "{settled:?}");
     assert!(
@@ -122,13 +127,7 @@ async fn a_batch_that_times_out_while_redis_is_paused_is_applied_once() {
     let n = 40;
     let holds = holds(&b, n).await;
     redis.pause();
-    let tried = futures_util::future::join_all(
-        holds
-            .iter()
-            .enumerate()
-            .map(|(j, h)| b.settle(h, costs(j as i64).1)),
-    )
-    .await;
+    let tried = settle_all(&b, &holds).await;
     assert!(
         tried.iter().all(Result::is_err),
         "a paused Redis cannot have answered: {tried:?}"

@@ -165,6 +165,19 @@ mod tests {
         }
     }
 
+    /// The sender of the lane `""`, without lingering, recording.
+    fn start(
+        lanes: &Lanes,
+        sizes: &Arc<parking_lot::Mutex<Vec<usize>>>,
+        go: &Arc<tokio::sync::Semaphore>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(lanes.clone().sender(
+            String::new(),
+            false,
+            recording(sizes.clone(), go.clone()),
+        ))
+    }
+
     #[tokio::test]
     async fn settlements_that_come_while_a_call_is_out_go_together_next() {
         let lanes = Lanes::default();
@@ -172,11 +185,7 @@ mod tests {
         let go = Arc::new(tokio::sync::Semaphore::new(0));
         let (first, starts) = lanes.push("", hold(0), 1);
         assert!(starts);
-        let sender = tokio::spawn(lanes.clone().sender(
-            String::new(),
-            false,
-            recording(sizes.clone(), go.clone()),
-        ));
+        let sender = start(&lanes, &sizes, &go);
         tokio::task::yield_now().await;
         let mut later = Vec::new();
         for id in 1..=5 {
@@ -201,11 +210,7 @@ mod tests {
         let sizes = Arc::new(parking_lot::Mutex::new(Vec::new()));
         let never = Arc::new(tokio::sync::Semaphore::new(0));
         let (sent, _) = lanes.push("", hold(0), 1);
-        let sender = tokio::spawn(lanes.clone().sender(
-            String::new(),
-            false,
-            recording(sizes.clone(), never),
-        ));
+        let sender = start(&lanes, &sizes, &never);
         tokio::task::yield_now().await;
         let (queued, _) = lanes.push("", hold(1), 1);
         sender.abort();
