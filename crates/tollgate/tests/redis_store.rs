@@ -374,6 +374,83 @@ async fn redis_and_memory_agree_when_the_first_of_a_queue_leaves_after_moves() {
     }
 }
 
+/// What a move handed further down a queue (the `h<id>`, `p<id>` fields of
+/// `settle.lua`, the memory store's `ClassQueue::forget_moves`) is forgotten
+/// when the first of the queue leaves: its give-back counts for every
+/// reservation queued behind it already. Five wait behind a started call;
+/// the third is cancelled, so the fourth, owed its seconds, moves and hands
+/// what it vacated to the fifth; then the first leaves, and the second,
+/// fourth and fifth move by its give-back alone: on Redis as on the memory
+/// store, to the bit. (Were the fifth's hand-on kept, it would count it a
+/// second time and start a move earlier than the memory store.)
+#[tokio::test]
+async fn redis_and_memory_agree_when_the_first_leaves_after_a_move_behind_it() {
+    let server = RedisServer::start();
+    let (redis, clock, memory, policy) = mirrored(&server).await;
+    for round in 0..3u64 {
+        let key = format!("first-leaves-behind-{round}");
+        let key = key.as_str();
+        let cancel = |res: &Reserved| SettleCall {
+            key,
+            policy: &policy,
+            class: 0,
+            id: res.id,
+            slot: res.slot,
+            mark: res.mark,
+            actual: [0.0; DIMENSIONS],
+        };
+        let mut calls = Vec::new();
+        let w = 200 + 25 * round;
+        for tokens in [1_000, w, w, w, w, w] {
+            let call = waiting_call(key, &policy, tokens);
+            calls.push(reserve_on_both(&redis, &clock, &memory, &call).await);
+        }
+        let mut moves = 0;
+        for (leaving, waiting) in [(3, &[4][..]), (1, &[2, 4, 5][..])] {
+            assert!(calls[leaving].0.slot > calls[leaving].0.now);
+            let (got, now) = redis
+                .settle_timed(&cancel(&calls[leaving].0))
+                .await
+                .unwrap();
+            clock.set(now);
+            assert_eq!(
+                got,
+                memory.settle_now(&cancel(&calls[leaving].1)),
+                "round {round}: cancelling {leaving}"
+            );
+            for &n in waiting {
+                let (r, m) = &mut calls[n];
+                let got = redis.advance(&advance_call(key, &policy, r)).await.unwrap();
+                if let Advance::Moved(a) = got {
+                    clock.set(a.now);
+                }
+                let want = memory.advance_outcome_now(&advance_call(key, &policy, m));
+                assert_eq!(got, want, "round {round}: waiter {n} after {leaving} left");
+                if let Advance::Moved(a) = got {
+                    r.slot = a.slot;
+                    m.slot = a.slot;
+                    moves += 1;
+                }
+            }
+        }
+        assert_eq!(moves, 4, "round {round}: every waiter asked moved");
+        for n in [2, 4, 5] {
+            let (got, now) = redis.settle_timed(&cancel(&calls[n].0)).await.unwrap();
+            clock.set(now);
+            assert_eq!(
+                got,
+                memory.settle_now(&cancel(&calls[n].1)),
+                "round {round}: cancelling {n} at the end"
+            );
+        }
+        assert_eq!(
+            redis.snapshot(key, &policy).await.unwrap().state,
+            memory.snapshot_now(key).state,
+            "round {round}: state"
+        );
+    }
+}
+
 /// A Redis store and a memory store whose clock is set to the time each
 /// script read, with a tokens-only policy (1,000 per 2 s) that queues.
 async fn mirrored(server: &RedisServer) -> (RedisStore, ManualClock, MemoryStore, Policy) {

@@ -601,7 +601,7 @@ impl RedisStore {
         let replies = if sent.is_empty() {
             Value::BulkString(Vec::new())
         } else {
-            let inv = scripts::reserve_invocation(keys, first.class, cluster, &sent);
+            let inv = scripts::reserve_invocation(keys, cluster, &sent);
             let store = self.clone();
             // Reservations whose reply comes after the caller stopped waiting
             // have no owner: they are cancelled then.
@@ -749,7 +749,7 @@ impl Backend for RedisStore {
         };
         let reply = match queued {
             Ok((args, owner)) => {
-                let inv = scripts::reserve_invocation(keys, call.class, cluster, [&args]);
+                let inv = scripts::reserve_invocation(keys, cluster, [&args]);
                 let store = self.clone();
                 let release = Release(Some((self.clone(), lane)));
                 let sent = InFlight::new(
@@ -951,8 +951,7 @@ impl RedisStore {
                 batch
             };
             let keys = Keys::new(&self.settings.prefix, &lane.0);
-            let inv =
-                scripts::reserve_invocation(&keys, lane.1, cluster, batch.iter().map(|w| &w.args));
+            let inv = scripts::reserve_invocation(&keys, cluster, batch.iter().map(|w| &w.args));
             let sender = store.clone();
             // Once sent, the batch's replies are handed out even if this task
             // is dropped meanwhile.
