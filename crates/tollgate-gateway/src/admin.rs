@@ -9,7 +9,10 @@
 //! - `PUT /admin/clients/{id}/tier` `{"tier": "pro"}`: move a client;
 //! - clients and keys: see [`crate::admin_keys`];
 //! - `PATCH /admin/tiers/{name}` `{"rpm": 100, ...}`: change a tier's limits
-//!   (validated as the file is; `null` removes a limit, 0 is refused);
+//!   (validated as the file is; `null` removes a limit, 0 is refused) and,
+//!   when the file's tiers share the provider models, its `floor`, `weight`
+//!   and `lendable` (put in force on every model's bucket, here at once and
+//!   on the other instances at their next check);
 //! - `GET /admin/routes`: the routes in force, each with where it comes from;
 //! - `PUT /admin/routes/{name}` `{"rules": [...]}`: set a route (validated as
 //!   the file's routes are), in place of the file's of that name or beside them;

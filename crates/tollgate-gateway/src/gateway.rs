@@ -82,6 +82,9 @@ pub struct Gateway {
     /// Checks for registry changes so far (every
     /// [`REREAD_EVERY`](crate::registry::REREAD_EVERY)th reads the database).
     checks: std::sync::atomic::AtomicU32,
+    /// The registry change the models' shares were last put in force at
+    /// ([`Gateway::reshare`]).
+    reshared_at: std::sync::atomic::AtomicU64,
 }
 
 impl Gateway {
@@ -118,7 +121,7 @@ impl Gateway {
             inline: store.is_memory(),
         });
         let pipeline = pipeline(&config, books, &store, models.clone())?;
-        Ok(Arc::new(Gateway {
+        let gateway = Arc::new(Gateway {
             config,
             store,
             outage,
@@ -132,7 +135,11 @@ impl Gateway {
             admin_tokens,
             registry: Arc::new(registry),
             checks: std::sync::atomic::AtomicU32::new(0),
-        }))
+            reshared_at: std::sync::atomic::AtomicU64::new(u64::MAX),
+        });
+        // The database's changes of floors and weights, over the file's.
+        gateway.reshare();
+        Ok(gateway)
     }
 
     /// The registry in force.
@@ -145,10 +152,30 @@ impl Gateway {
         self.registry.overrides()
     }
 
-    /// Tells the other instances that registry change `version` was made
-    /// (they also find it in the database within a few checks when the
-    /// notice is lost).
+    /// Puts the tiers' shares of the provider models in force, as the
+    /// registry now has them, when it changed since they last were (see
+    /// [`crate::shares::reshare`]).
+    pub(crate) fn reshare(&self) {
+        use std::sync::atomic::Ordering;
+        let version = self.registry.version();
+        if self.reshared_at.swap(version, Ordering::AcqRel) == version {
+            return;
+        }
+        let tiers = self
+            .registry
+            .tiers()
+            .iter()
+            .map(|t| (t.name.clone(), t.config.clone()))
+            .collect();
+        crate::shares::reshare(&self.config, &tiers, &self.models);
+    }
+
+    /// Puts registry change `version`, made here, in force for the
+    /// provider models' shares too, and tells the other instances (they
+    /// also find it in the database within a few checks when the notice is
+    /// lost).
     pub(crate) async fn announce(&self, version: u64) {
+        self.reshare();
         if let Err(e) = self.sync.announce(version).await {
             self.metrics
                 .inc("tollgate_store_errors_total", &[("component", "sync")]);
@@ -168,10 +195,14 @@ impl Gateway {
         let behind = announced
             .as_ref()
             .is_ok_and(|&v| v > self.registry.version());
+        // Changes applied by another catch-up (an admin change here reads
+        // the others' changes too) are put in force as well.
+        self.reshare();
         if !behind && !n.is_multiple_of(crate::registry::REREAD_EVERY) {
             return announced.map(|_| false);
         }
         let applied = self.registry.catch_up().await.map_err(|e| e.to_string())?;
+        self.reshare();
         if applied > 0 {
             tracing::info!(
                 version = self.registry.version(),
@@ -313,13 +344,10 @@ async fn build_model(
         .store(store.clone())
         .limits(model_limits(m))
         .priority_classes(classes.classes);
-    let mut lanes = Vec::new();
-    if let Some(shares) = classes.shares {
+    let shares = classes.shares.unwrap_or_default();
+    if !shares.is_empty() {
         // One lane per tier (see `config::share`); validated with the config.
-        if let Ok(s) = tollgate::Shares::new(shares.clone()) {
-            lanes = (0..s.len()).map(|k| s.share(k)).collect();
-        }
-        builder = builder.class_shares(shares);
+        builder = builder.class_shares(shares.clone());
     }
     let limiter = builder
         .outage(outage)
@@ -359,7 +387,7 @@ async fn build_model(
         urls,
         api_key: at.api_key.clone(),
         limiter,
-        lanes,
+        shares: parking_lot::Mutex::new(shares),
         price: Price {
             input_usd_per_mtok: m.input_usd_per_mtok,
             output_usd_per_mtok: m.output_usd_per_mtok,

@@ -79,9 +79,10 @@ pub struct Model {
     pub(crate) api_key: Option<String>,
     /// The provider bucket, key `model:PROVIDER/NAME`, with the priority classes.
     pub limiter: RateLimiter,
-    /// Each tier's lane share of the bucket, in class order, when the tiers
-    /// share the model by floor and weight (empty otherwise).
-    pub(crate) lanes: Vec<f64>,
+    /// Each tier's floor, weight and lendable part of the bucket in force,
+    /// in class order, when the tiers share the model (empty otherwise):
+    /// the file's, then the admin API's changes (see `crate::shares::reshare`).
+    pub(crate) shares: parking_lot::Mutex<Vec<tollgate::ClassShare>>,
     /// Prices.
     pub price: Price,
     /// Context window in tokens.

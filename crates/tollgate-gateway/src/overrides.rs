@@ -95,9 +95,37 @@ pub struct TierPatch {
         skip_serializing_if = "Option::is_none"
     )]
     pub monthly_budget_usd: Option<Option<f64>>,
+    /// Share of every provider model the tier is guaranteed (`floor`), only
+    /// when the file's tiers share the models.
+    #[serde(
+        default,
+        deserialize_with = "value",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub floor: Option<f64>,
+    /// Weight in the part of every provider model above the floors.
+    #[serde(
+        default,
+        deserialize_with = "value",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub weight: Option<f64>,
+    /// The part of the tier's lane others may borrow while it is idle.
+    #[serde(
+        default,
+        deserialize_with = "value",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub lendable: Option<f64>,
 }
 
 impl TierPatch {
+    /// Whether it changes how the tiers share the provider models
+    /// (`floor`, `weight` or `lendable`).
+    pub fn changes_shares(&self) -> bool {
+        self.floor.is_some() || self.weight.is_some() || self.lendable.is_some()
+    }
+
     /// `base` with these fields changed.
     pub fn apply(&self, base: &TierConfig) -> TierConfig {
         let mut t = base.clone();
@@ -122,6 +150,15 @@ impl TierPatch {
         if let Some(v) = self.monthly_budget_usd {
             t.monthly_budget_usd = v;
         }
+        if let Some(v) = self.floor {
+            t.floor = Some(v);
+        }
+        if let Some(v) = self.weight {
+            t.weight = Some(v);
+        }
+        if let Some(v) = self.lendable {
+            t.lendable = Some(v);
+        }
         t
     }
 
@@ -135,6 +172,9 @@ impl TierPatch {
             max_wait_ms: later.max_wait_ms.or(self.max_wait_ms),
             daily_budget_usd: later.daily_budget_usd.or(self.daily_budget_usd),
             monthly_budget_usd: later.monthly_budget_usd.or(self.monthly_budget_usd),
+            floor: later.floor.or(self.floor),
+            weight: later.weight.or(self.weight),
+            lendable: later.lendable.or(self.lendable),
         }
     }
 
@@ -191,6 +231,13 @@ impl TierPatch {
             usd(self.monthly_budget_usd.flatten()),
             usd(file.monthly_budget_usd),
         );
+        for (name, new, old) in [
+            ("floor", self.floor, file.floor),
+            ("weight", self.weight, file.weight),
+            ("lendable", self.lendable, file.lendable),
+        ] {
+            field(name, new.is_some(), usd(new), usd(old));
+        }
         out
     }
 }
@@ -349,6 +396,10 @@ impl PreviousTier {
             max_wait_ms: Some(self.max_wait_ms),
             daily_budget_usd: Some(self.daily_budget_usd),
             monthly_budget_usd: Some(self.monthly_budget_usd),
+            // That release had no shares.
+            floor: None,
+            weight: None,
+            lendable: None,
         }
     }
 }

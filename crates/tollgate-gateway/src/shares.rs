@@ -4,12 +4,13 @@
 //! queue). Only models whose tiers share them by floor and weight have
 //! shares (see `config::share`).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 use tollgate::{Dimension, Error as LimitError, Status};
 
-use crate::config::Config;
+use crate::config::{Config, TierConfig};
 use crate::metrics::{names, Metrics};
 use crate::model::Model;
 
@@ -32,6 +33,49 @@ fn tier_of(config: &Config, class: u8) -> &str {
         .nth(usize::from(class))
         .map(String::as_str)
         .unwrap_or("?")
+}
+
+/// Puts `tiers`' floors, weights and lendable parts (the file's with the
+/// admin API's changes over them) in force on every model of `models` whose
+/// tiers share it (`config`'s), from its next reservation on: see
+/// [`tollgate::RateLimiter::set_class_shares`]. A model whose shares change
+/// is logged; one whose new shares cannot be built (changes made at once
+/// on two instances whose floors together pass 1) keeps those it had, with
+/// a warning. Answers how many models changed.
+pub(crate) fn reshare(
+    config: &Config,
+    tiers: &BTreeMap<String, TierConfig>,
+    models: &BTreeMap<String, Arc<Model>>,
+) -> usize {
+    if !config.shares_providers() {
+        return 0;
+    }
+    let mut changed = 0;
+    for m in models.values() {
+        let Some(mc) = config
+            .providers
+            .get(&m.provider)
+            .and_then(|p| p.models.get(&m.name))
+        else {
+            continue;
+        };
+        let new = crate::config::tier_shares(tiers, mc);
+        let mut now = m.shares.lock();
+        if *now == new {
+            continue;
+        }
+        match m.limiter.set_class_shares(new.clone()) {
+            Ok(()) => {
+                *now = new;
+                changed += 1;
+                tracing::info!(model = %m.name, shares = ?m.limiter.lane_shares(), "the tiers' shares of this model changed");
+            }
+            Err(e) => {
+                tracing::warn!(model = %m.name, error = %e, "the tiers' shares of this model cannot change so; it keeps those it had")
+            }
+        }
+    }
+    changed
 }
 
 /// Each model's status, read once for a scrape or an admin answer.

@@ -3,8 +3,10 @@
 //! tier its floor; `/metrics` and `GET /admin/models` show each tier's
 //! floor, share, lane use and queue; a request too large for its tier's
 //! share borrows another tier's idle lane, or is refused naming the
-//! setting to raise. The long run with two instances on Redis is the
-//! harness's `fairness` (docs/FAIRNESS.md).
+//! setting to raise; a tier's floor, weight and lendable part changed
+//! through the admin API apply on every instance without a restart. The
+//! long run with two instances on Redis is the harness's `fairness`
+//! (docs/FAIRNESS.md).
 
 mod common;
 #[path = "common/scrape.rs"]
@@ -12,8 +14,11 @@ mod scrape;
 
 use std::time::{Duration, Instant};
 
+use common::redis::Redis;
 use common::*;
+use reqwest::Method;
 use scrape::Scrape;
+use serde_json::json;
 use tollgate_gateway::config::TierConfig;
 
 /// A tier with its share of every provider model.
@@ -201,4 +206,145 @@ async fn an_upstream_429_backs_off_every_tiers_lane() {
             chat["tiers"][i]["tier"]
         );
     }
+}
+
+/// Tier `tier`'s lane share of the chat model, as `GET /admin/models` on
+/// `gw` shows it.
+async fn share_of(c: &reqwest::Client, gw: &tollgate_gateway::RunningGateway, tier: &str) -> f64 {
+    let chat = chat_model(c, gw).await;
+    chat["tiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tier"] == tier)
+        .unwrap_or_else(|| panic!("no tier {tier} in {chat}"))["share"]
+        .as_f64()
+        .unwrap()
+}
+
+/// Polls instance `gw` until tier `tier`'s share is `want`; answers how long
+/// that took (at most 5 s, then the test fails).
+async fn share_seen(
+    c: &reqwest::Client,
+    gw: &tollgate_gateway::RunningGateway,
+    tier: &str,
+    want: f64,
+) -> Duration {
+    let t0 = Instant::now();
+    let got = poll(
+        250,
+        Duration::from_millis(20),
+        || share_of(c, gw, tier),
+        |s| (s - want).abs() < 1e-9,
+    )
+    .await;
+    assert!(
+        (got - want).abs() < 1e-9,
+        "{tier}'s share is {got}, not {want}"
+    );
+    t0.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floors_and_weights_changed_on_one_instance_apply_on_the_other_within_a_second() {
+    let redis = Redis::start().await;
+    // 6,000 TPM in a bucket of 6,000 tokens. ent: floor 0.8, lends
+    // nothing; free: no floor. The 0.2 left is split 1:1, so free's lane
+    // is 0.1 of the model (600 tokens).
+    let mut ent = shared(0, 0, 0.8, 1.0);
+    ent.lendable = Some(0.0);
+    let tiers = [("ent", ent), ("free", shared(3, 0, 0.0, 1.0))];
+    let mut m = model(1_000, 6_000);
+    m.burst = 1.0;
+    let _sim = sim().await;
+    let mut file = config(&_sim.base_url(), m, &tiers);
+    file.store.url = redis.url.clone();
+    file.ledger.url = fresh_database();
+    let a = gateway(file.clone()).await;
+    let b = gateway(file).await;
+    let c = http();
+    let big = chat_body("hi", 2_000);
+    let r = chat(&c, &b, "free", &big).await;
+    expect_error(r, 400, "model_request_too_large_for_share").await;
+
+    // The file's rules: floors summing past 1, a weight of 0, a null.
+    for (change, names) in [
+        (json!({"floor": 0.4}), "tiers.*.floor"),
+        (json!({"weight": 0}), "tiers.free.weight"),
+        (json!({"lendable": 1.5}), "tiers.free.lendable"),
+    ] {
+        let r = patch_tier(&c, &a, "free", &change).await;
+        let e = expect_error(r, 400, "invalid_tier").await;
+        let msg = e["message"].as_str().unwrap();
+        assert!(msg.contains(names), "{change}: {msg}");
+    }
+    let r = patch_tier(&c, &a, "free", &json!({"floor": null})).await;
+    expect_error(r, 400, "invalid_body").await;
+    assert!((share_of(&c, &a, "free").await - 0.1).abs() < 1e-9);
+
+    // ent's floor down to 0.4, then free's up to 0.4: ent 0.4 + 0.1, free
+    // 0.4 + 0.1 (3,000 tokens).
+    assert_eq!(
+        patch_tier(&c, &a, "ent", &json!({"floor": 0.4}))
+            .await
+            .status(),
+        200
+    );
+    let r = patch_tier(&c, &a, "free", &json!({"floor": 0.4, "weight": 1})).await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        (share_of(&c, &a, "free").await - 0.5).abs() < 1e-9,
+        "at once where it was made"
+    );
+    let took = share_seen(&c, &b, "free", 0.5).await;
+    assert!(
+        took < Duration::from_millis(1_500),
+        "instance B took {took:?}"
+    );
+    assert!((share_of(&c, &b, "ent").await - 0.5).abs() < 1e-9);
+    // B's bucket holds it now: the request too large for free's old lane
+    // fits its new one there.
+    assert_eq!(chat(&c, &b, "free", &big).await.status(), 200);
+    let s = Scrape::of(&c, &b).await;
+    let share = s.sum(
+        "tollgate_model_share",
+        &[("model", "gpt-4o-mini"), ("tier", "free")],
+    );
+    assert!((share - 0.5).abs() < 1e-9, "B's /metrics: {share}");
+    assert_eq!(
+        s.sum(
+            "tollgate_model_share_floor",
+            &[("model", "gpt-4o-mini"), ("tier", "free")]
+        ),
+        0.4
+    );
+
+    // Free's override removed on B: the file's floor again, with ent's
+    // override kept (0.4 + 0.3 and 0 + 0.3), on A too.
+    let path = "/admin/overrides/tiers/free";
+    assert_eq!(
+        send(admin(&c, &b, Method::DELETE, path)).await.status(),
+        200
+    );
+    assert!((share_of(&c, &b, "free").await - 0.3).abs() < 1e-9);
+    let took = share_seen(&c, &a, "free", 0.3).await;
+    assert!(
+        took < Duration::from_millis(1_500),
+        "instance A took {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_floor_is_refused_on_tiers_the_file_does_not_share_by_floor_and_weight() {
+    let (_sim, gw, c) = start(model(600, 60_000), &[("pro", pro_tier())]).await;
+    for (change, field) in [
+        (json!({"floor": 0.3}), "tiers.pro.floor"),
+        (json!({"weight": 2}), "tiers.pro.weight"),
+    ] {
+        let r = patch_tier(&c, &gw, "pro", &change).await;
+        let e = expect_error(r, 400, "invalid_tier").await;
+        let msg = e["message"].as_str().unwrap();
+        assert!(msg.contains(field) && msg.contains("do not share"), "{msg}");
+    }
+    assert_eq!(chat_model(&c, &gw).await["shared"], false);
 }

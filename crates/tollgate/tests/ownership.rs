@@ -230,6 +230,43 @@ async fn acquires_dropped_in_flight_leave_nothing() {
     assert_eq!(queued, 0);
 }
 
+/// A caller that started and one queued behind it go away together (their
+/// acquires dropped at once, after the first one's slot): the background
+/// cancels them both in one call and the key holds nothing of either. Sent
+/// in the other order (the queued one first), the one that started would
+/// give back nothing: its refund is bounded by the refunds made on the key
+/// since it was taken (see `tollgate_core::settle`), and 600 of its 1,000
+/// tokens would stay in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_and_a_queued_caller_dropped_together_leave_nothing() {
+    let server = RedisServer::start();
+    let limits = Limits::new().tokens(1_000).window_secs(1.0);
+    let limiter = limiter(&server, "owned/together", limits).await;
+    let started = Instant::now();
+    // The whole bucket: the next two wait 1 s and 2 s for their slots.
+    let _held = limiter.acquire(Cost::tokens(1_000)).await.unwrap();
+    let mut first = Box::pin(limiter.acquire(Cost::tokens(1_000)));
+    let mut second = Box::pin(limiter.acquire(Cost::tokens(1_000)));
+    for waiter in [first.as_mut(), second.as_mut()] {
+        let waited = tokio::time::timeout(Duration::from_millis(100), waiter).await;
+        assert!(waited.is_err(), "a caller did not wait for its slot");
+    }
+    assert_eq!(status(&limiter).await.queue_depth, 2);
+    // The first one's slot passes while nobody polls it; both go.
+    tokio::time::sleep_until((started + Duration::from_millis(1_400)).into()).await;
+    drop(first);
+    drop(second);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let s = status(&limiter).await;
+    assert!(
+        tokens_in_use(&s) < 50.0 && s.queue_depth == 0,
+        "{:.0} of 1,000 tokens in use, {} queued after both went ({:.2} s)",
+        tokens_in_use(&s),
+        s.queue_depth,
+        started.elapsed().as_secs_f64()
+    );
+}
+
 /// The key full, Redis stalled 300 ms, three acquires dropped after 50 ms:
 /// they leave no queue, and the next caller waits only for the bucket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

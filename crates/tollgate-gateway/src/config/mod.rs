@@ -18,7 +18,7 @@ pub use types::{
 };
 
 pub use levels::{check_org_id, is_valid_id, LimitsConfig, OrgConfig, MAX_ID};
-pub(crate) use share::ModelClasses;
+pub(crate) use share::{tier_shares, ModelClasses};
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

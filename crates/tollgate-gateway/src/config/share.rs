@@ -8,6 +8,8 @@
 //! its own (`tollgate::Builder::class_shares`). Otherwise the tiers share
 //! the bucket by priority headroom alone, one class per `priority` value.
 
+use std::collections::BTreeMap;
+
 use tollgate::{ClassShare, PriorityClass, Shares, MAX_CLASSES};
 
 use super::{invalid, Config, ConfigError, ModelConfig, TierConfig};
@@ -57,14 +59,9 @@ impl Config {
             };
         }
         let classes = self.tiers.values().map(|t| class(t.priority)).collect();
-        let shares = self
-            .tiers
-            .iter()
-            .map(|(name, t)| tier_share(t, m.floors.get(name).copied()))
-            .collect();
         ModelClasses {
             classes,
-            shares: Some(shares),
+            shares: Some(tier_shares(&self.tiers, m)),
         }
     }
 
@@ -165,6 +162,18 @@ impl Config {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// The shares of model `m` between `tiers` (the file's, or the file's with
+/// the admin API's changes over them), one per tier in class order.
+pub(crate) fn tier_shares(
+    tiers: &BTreeMap<String, TierConfig>,
+    m: &ModelConfig,
+) -> Vec<ClassShare> {
+    tiers
+        .iter()
+        .map(|(name, t)| tier_share(t, m.floors.get(name).copied()))
+        .collect()
 }
 
 /// A tier's share of a model whose `floors` may override its floor.

@@ -1071,6 +1071,9 @@ impl Registry {
             let t = fields.apply(file);
             // The file's own rules, so the API accepts exactly what the file would.
             validate_tier(&format!("tiers.{name}"), &t, self.file.classes)?;
+            if patch.changes_shares() {
+                self.check_shares(name, &t, patch)?;
+            }
             let expected = current.map(|o| o.version);
             if let Some(version) = db::set_tier(&self.db, name, &fields, expected).await? {
                 self.catch_up().await?;
@@ -1078,6 +1081,47 @@ impl Registry {
             }
         }
         Err(RegistryError::Contended)
+    }
+
+    /// The tiers' shares of the provider models with tier `name` as `t` (and
+    /// the others as in force), by the file's rules (each floor and
+    /// `lendable` in [0, 1], weights above 0, the floors summing to at most
+    /// 1, also with each model's `floors`); only when the file's tiers share
+    /// the models, since a change that started sharing them would change
+    /// every tier's class.
+    fn check_shares(
+        &self,
+        name: &str,
+        t: &TierConfig,
+        patch: &TierPatch,
+    ) -> Result<(), RegistryError> {
+        let file = &self.file.config;
+        if !file.shares_providers() {
+            let field = [
+                ("floor", patch.floor),
+                ("weight", patch.weight),
+                ("lendable", patch.lendable),
+            ]
+            .into_iter()
+            .find_map(|(f, v)| v.map(|_| f))
+            .unwrap_or("floor");
+            return Err(crate::config::invalid(
+                format!("tiers.{name}.{field}"),
+                "the tiers do not share the provider models in the config file, so a tier has no floor, weight or lendable part to change: set floor (or weight) on the tiers in the file and restart",
+            )
+            .into());
+        }
+        let mut tiers: BTreeMap<String, TierConfig> = self
+            .tiers()
+            .iter()
+            .map(|x| (x.name.clone(), x.config.clone()))
+            .collect();
+        tiers.insert(name.to_string(), t.clone());
+        let config = Config {
+            tiers,
+            ..file.clone()
+        };
+        Ok(config.validate_shares()?)
     }
 
     /// Moves client `id` to tier `tier` (both known: checked by the caller).

@@ -383,10 +383,11 @@ pub(crate) async fn slow_down(up: &Upstream, model: &Model, f: &UpstreamFailure)
 /// instance sharing the store waits. When tiers share the model, each
 /// tier's lane is charged `d` worth of its own rate, so every tier backs off.
 pub async fn penalize(model: &Model, d: Duration) {
-    let lanes: Vec<(u8, f64)> = if model.lanes.is_empty() {
+    let shares = model.limiter.lane_shares();
+    let lanes: Vec<(u8, f64)> = if shares.is_empty() {
         vec![(0, 1.0)]
     } else {
-        (0..).zip(model.lanes.iter().copied()).collect()
+        (0..).zip(shares).collect()
     };
     for (class, part) in lanes {
         charge_backoff(&model.limiter, d, class, part).await;

@@ -9,7 +9,7 @@ use crate::store::{MemoryStore, RedisOptions, RedisStore, Store};
 use crate::{Error, OutagePolicy, RateLimiter, RetryConfig};
 
 use super::fingerprint;
-use super::lanes::Lanes;
+use super::lanes::{Lanes, LiveLanes};
 use super::rate_limiter::{Inner, LocalFallback, MAX_ADVANCE_CHECK};
 
 /// The store URLs [`Builder::url`] knows, for messages.
@@ -470,7 +470,7 @@ impl Builder {
             lease: self.lease,
             local,
             stats: Default::default(),
-            lanes,
+            lanes: lanes.map(LiveLanes::new),
         }))
     }
 }

@@ -13,9 +13,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tokio::time::Instant;
-use tollgate_core::{Dims, Policy, ReserveError, Shares, DIMENSIONS};
+use tollgate_core::{ClassShare, Dims, Policy, ReserveError, Shares, DIMENSIONS};
 
 use crate::error::secs;
 use crate::outage::Stats;
@@ -49,6 +49,23 @@ pub(crate) struct Lanes {
     /// Where the next search for a lender starts, so that borrowers do not
     /// all ask the same lane first.
     next: AtomicUsize,
+}
+
+/// The lanes in force, replaced whole when the classes' shares change
+/// ([`RateLimiter::set_class_shares`]). Each operation takes the lanes of
+/// the moment once and works on them throughout.
+#[derive(Debug)]
+pub(crate) struct LiveLanes(RwLock<Arc<Lanes>>);
+
+impl LiveLanes {
+    pub(crate) fn new(lanes: Lanes) -> Self {
+        LiveLanes(RwLock::new(Arc::new(lanes)))
+    }
+
+    /// The lanes in force now.
+    pub(crate) fn current(&self) -> Arc<Lanes> {
+        self.0.read().clone()
+    }
 }
 
 /// The store key of class `class`'s lane of `key`.
@@ -99,6 +116,81 @@ impl Lanes {
 }
 
 impl RateLimiter {
+    /// Changes the floors, weights and lendable parts of the classes that
+    /// share this limiter's bucket ([`Builder::class_shares`](crate::Builder::class_shares)),
+    /// one [`ClassShare`] per class as there: the calls reserved from now on
+    /// use the new lanes. Every limiter of the key should be given the same
+    /// shares (an application changing them live tells each of its
+    /// processes).
+    ///
+    /// Each lane keeps its state in the store: a lane holds the same part
+    /// of its new capacity in use as it held of its old one. So for one
+    /// tolerance (`burst × window`) after a change the lanes together may
+    /// admit more than the bucket holds, by at most what the lanes that grew
+    /// gained (a lane taken from 10% to 90% while it was empty, beside a
+    /// full lane taken from 90% to 10%, admits 90% of the bucket at once
+    /// while the other's calls still count): change shares rarely.
+    ///
+    /// Refused, and nothing changed, for a limiter built without
+    /// `class_shares`, for another number of shares than of classes, and
+    /// for shares [`Shares::new`] refuses.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tollgate::Error> {
+    /// use tollgate::{ClassShare, Limits, PriorityClass, RateLimiter};
+    ///
+    /// let class = PriorityClass { headroom: 1.0, max_wait: None };
+    /// let limiter = RateLimiter::builder("doc/reshare")
+    ///     .limits(Limits::new().tpm(100_000))
+    ///     .priority_classes(vec![class.clone(), class])
+    ///     .class_shares(vec![ClassShare::new(0.5, 1.0), ClassShare::new(0.0, 1.0)])
+    ///     .build()
+    ///     .await?;
+    /// limiter.set_class_shares(vec![ClassShare::new(0.2, 1.0), ClassShare::new(0.0, 3.0)])?;
+    /// let status = limiter.status().await?;
+    /// assert!((status.classes[1].share - 0.6).abs() < 1e-9);
+    /// # Ok(()) }
+    /// ```
+    pub fn set_class_shares(&self, shares: Vec<ClassShare>) -> Result<(), Error> {
+        let inner = self.inner();
+        let Some(live) = &inner.lanes else {
+            return Err(Error::Config {
+                field: "class_shares",
+                value: format!("{} shares", shares.len()),
+                reason: "a limiter built with Builder::class_shares (its classes share the bucket)",
+            });
+        };
+        let mut now = live.0.write();
+        if shares.len() != now.lanes.len() {
+            return Err(Error::Config {
+                field: "class_shares",
+                value: format!("{} shares for {} classes", shares.len(), now.lanes.len()),
+                reason: "one share per priority class, in the same order",
+            });
+        }
+        let shares = Shares::new(shares).map_err(|source| Error::Shares {
+            key: inner.key.to_string(),
+            source,
+        })?;
+        *now = Arc::new(Lanes::new(&inner.key, &inner.policy, shares));
+        Ok(())
+    }
+
+    /// Each class's lane share of the bucket now, in class order (empty
+    /// for a limiter whose classes do not share it).
+    pub fn lane_shares(&self) -> Vec<f64> {
+        match &self.inner().lanes {
+            Some(live) => {
+                let lanes = live.current();
+                (0..lanes.shares.len())
+                    .map(|k| lanes.shares.share(k))
+                    .collect()
+            }
+            None => Vec::new(),
+        }
+    }
+
     /// Reserves in the class's own lane; borrows at once from another when
     /// it would wait with nobody of its class ahead of it, or is refused.
     pub(super) async fn reserve_in_lanes(
@@ -205,7 +297,7 @@ impl RateLimiter {
             }
         });
         let within: Dims = std::array::from_fn(|i| actual[i].min(estimate[i]));
-        let call = super::rate_limiter::settle_call(inner, permit, within)
+        let call = super::rate_limiter::settle_call(inner, Some(lanes), permit, within)
             .expect("a permit of a lane has its placement");
         let settled = self
             .with_retry(|| inner.store.settle(&call))

@@ -17,7 +17,7 @@ use crate::store::{
 };
 use crate::{Error, OutagePolicy, RetryConfig, Source, StatsSnapshot};
 
-use super::lanes::Lanes;
+use super::lanes::{Lanes, LiveLanes};
 use super::token;
 use super::{
     AcquireOptions, Builder, ClassStatus, DimensionStatus, Permit, PriorityClass, Settlement,
@@ -55,7 +55,7 @@ pub(crate) struct Inner {
     pub(crate) local: Option<LocalFallback>,
     pub(crate) stats: Stats,
     /// The lanes, when the classes share the bucket by floor and weight.
-    pub(crate) lanes: Option<Lanes>,
+    pub(crate) lanes: Option<LiveLanes>,
 }
 
 /// Where a permit's reservation lives: its key, limits and class in the
@@ -73,11 +73,21 @@ impl Inner {
         class.headroom - self.margin / policy.tau
     }
 
-    /// Where `permit`'s reservation lives; `None` for one nothing was
-    /// written for (the `open` outage policy, or a class this limiter lacks).
-    pub(crate) fn placement(&self, permit: &Permit) -> Option<Placement<'_>> {
+    /// The lanes in force now, when the classes share the bucket.
+    pub(crate) fn lanes(&self) -> Option<Arc<Lanes>> {
+        self.lanes.as_ref().map(LiveLanes::current)
+    }
+
+    /// Where `permit`'s reservation lives, with `lanes` the lanes in force
+    /// ([`Inner::lanes`]); `None` for one nothing was written for (the
+    /// `open` outage policy, or a class this limiter lacks).
+    pub(crate) fn placement<'a>(
+        &'a self,
+        lanes: Option<&'a Lanes>,
+        permit: &Permit,
+    ) -> Option<Placement<'a>> {
         let class = self.classes.get(permit.class as usize)?;
-        match (permit.source, &self.local, permit.lane, &self.lanes) {
+        match (permit.source, &self.local, permit.lane, lanes) {
             (Source::Local, Some(local), _, _) => Some(Placement {
                 key: &self.key,
                 policy: &local.policy,
@@ -378,7 +388,8 @@ impl RateLimiter {
     /// its lease (errors only mean it keeps its slot).
     async fn try_advance(&self, permit: &Permit, lease: Option<Duration>) -> Option<Advance> {
         let inner = &*self.inner;
-        let at = inner.placement(permit)?;
+        let lanes = inner.lanes();
+        let at = inner.placement(lanes.as_deref(), permit)?;
         let call = AdvanceCall {
             key: at.key,
             policy: at.policy,
@@ -433,8 +444,8 @@ impl RateLimiter {
             max_queue: inner.max_queue,
             lease: lease.map(|d| d.as_secs_f64()),
         };
-        if let Some(lanes) = &inner.lanes {
-            return self.reserve_in_lanes(lanes, call).await;
+        if let Some(lanes) = inner.lanes() {
+            return self.reserve_in_lanes(&lanes, call).await;
         }
         match self.with_retry(|| inner.store.reserve(&call)).await {
             Ok(Ok(r)) => Ok(self.granted(r, options.class, Source::Store, None)),
@@ -445,11 +456,11 @@ impl RateLimiter {
 
     /// [`RateLimiter::borrow`] for a permit waiting in its own lane.
     async fn borrow_for(&self, permit: &Permit) -> Option<Permit> {
-        let lanes = self.inner.lanes.as_ref()?;
+        let lanes = self.inner.lanes()?;
         if permit.source != Source::Store || permit.lane != Some(permit.class) {
             return None;
         }
-        self.borrow(lanes, permit.class, &permit.mark.cost).await
+        self.borrow(&lanes, permit.class, &permit.mark.cost).await
     }
 
     pub(super) async fn on_outage(
@@ -608,6 +619,10 @@ impl RateLimiter {
     async fn claim(&self, token: &str) -> Result<Permit, Error> {
         let inner = &*self.inner;
         let permit = token::decode(token, &inner.key)?;
+        let lanes = inner.lanes();
+        let claim_key = inner
+            .placement(lanes.as_deref(), &permit)
+            .map_or(&*inner.key, |at| at.key);
         let claim = match (permit.source, &inner.local) {
             (Source::Open, _) => return Ok(permit), // nothing was charged
             (Source::Local, Some(local)) => {
@@ -621,10 +636,7 @@ impl RateLimiter {
                 )))
             }
             (Source::Store, _) => self
-                .with_retry(|| {
-                    let key = inner.placement(&permit).map_or(&*inner.key, |at| at.key);
-                    inner.store.claim(key, permit.id, permit.reserved_at)
-                })
+                .with_retry(|| inner.store.claim(claim_key, permit.id, permit.reserved_at))
                 .await
                 .map_err(RetryFailure::unavailable)?,
         };
@@ -655,12 +667,13 @@ impl RateLimiter {
         if permit.slot <= permit.reserved_at && exact {
             return Ok(Settlement::default());
         }
-        if let (Written::Store, Some(lanes), Some(_)) = (written, &inner.lanes, permit.lane) {
+        let lanes = inner.lanes();
+        if let (Written::Store, Some(lanes), Some(_)) = (written, &lanes, permit.lane) {
             if (0..DIMENSIONS).any(|i| limited(i) && actual[i] > permit.mark.cost[i]) {
                 return self.settle_above_in_lanes(lanes, permit, actual).await;
             }
         }
-        let Some(call) = settle_call(inner, permit, actual) else {
+        let Some(call) = settle_call(inner, lanes.as_deref(), permit, actual) else {
             return Ok(Settlement::default());
         };
         let settled = match (written, &inner.local) {
@@ -693,7 +706,7 @@ impl RateLimiter {
             queue_depth: snap.queue_depth,
             classes: Vec::new(),
         };
-        if let Some(lanes) = &inner.lanes {
+        if let Some(lanes) = inner.lanes() {
             for (k, lane) in lanes.lanes.iter().enumerate() {
                 let snap = self
                     .with_retry(|| inner.store.snapshot(&lane.key, &lane.policy))
@@ -750,7 +763,8 @@ impl RateLimiter {
     /// # Ok(()) }
     /// ```
     pub fn status_at_grant(&self, permit: &Permit) -> Option<Vec<DimensionStatus>> {
-        let at = self.inner.placement(permit)?;
+        let lanes = self.inner.lanes();
+        let at = self.inner.placement(lanes.as_deref(), permit)?;
         Some(dimension_status(
             at.policy,
             &permit.mark.end,
@@ -844,7 +858,8 @@ impl RateLimiter {
     pub(super) fn cancel_later(&self, permit: Permit) {
         let inner = &*self.inner;
         let actual = [0.0; DIMENSIONS];
-        let Some(call) = settle_call(inner, &permit, actual) else {
+        let lanes = inner.lanes();
+        let Some(call) = settle_call(inner, lanes.as_deref(), &permit, actual) else {
             return;
         };
         let settled = match (permit.source, &inner.store, &inner.local) {
@@ -858,6 +873,7 @@ impl RateLimiter {
                     id: permit.id,
                     slot: permit.slot,
                     mark: permit.mark,
+                    at_once: permit.slot <= permit.reserved_at,
                 });
                 return;
             }
@@ -893,10 +909,11 @@ fn dimension_status(policy: &Policy, tat: &[f64; DIMENSIONS], now: f64) -> Vec<D
 /// The settlement of `permit` with `actual`, where its reservation lives.
 pub(super) fn settle_call<'a>(
     inner: &'a Inner,
+    lanes: Option<&'a Lanes>,
     permit: &Permit,
     actual: [f64; DIMENSIONS],
 ) -> Option<SettleCall<'a>> {
-    let at = inner.placement(permit)?;
+    let at = inner.placement(lanes, permit)?;
     Some(SettleCall {
         key: at.key,
         policy: at.policy,

@@ -33,6 +33,7 @@ mod connection;
 mod error;
 mod fingerprint;
 mod handover;
+mod lanes;
 mod options;
 mod scripts;
 mod settling;
@@ -120,11 +121,14 @@ pub(crate) struct Cancel {
     pub(crate) id: u64,
     pub(crate) slot: f64,
     pub(crate) mark: tollgate_core::Mark,
+    /// Whether it was granted at once (its slot was the time it was made):
+    /// it has started, whatever this process's estimate of the server's
+    /// clock says.
+    pub(crate) at_once: bool,
 }
 
-/// How long background cancellations gather before they are sent, latest
-/// reservation first: a cancellation gives back only what the reservations
-/// queued after it leave room for, so cancelling from the back loses nothing.
+/// How long background cancellations gather before they are sent together,
+/// each key's in the order that gives back most (see `send_cancels`).
 const CANCEL_GATHER: Duration = Duration::from_millis(5);
 
 /// Most reservations one call of `reserve.lua` carries (and settlements one
@@ -345,7 +349,7 @@ impl RedisStore {
     /// Cancels a reservation whose caller went away, from the background: on
     /// the caller's runtime while it lives, else on the library's own with a
     /// connection of its own. Cancellations that come together are sent
-    /// together, each key's latest reservation first.
+    /// together, each key's started ones first (see `send_cancels`).
     pub(crate) fn cancel_soon(&self, cancel: Cancel) {
         let first = {
             let mut pending = self.settings.cancels.lock();
@@ -386,18 +390,22 @@ impl RedisStore {
             if batch.is_empty() {
                 break;
             }
-            // Per key: the queued first, latest first (each gives back what
-            // those queued after it leave room for, and those are gone by
-            // then); then the started, earliest first (each one's refund is
-            // bounded by the refunds made since it was taken, and those of
-            // later ones are not made yet).
+            // Per key: the started first, earliest first (a started one's
+            // refund is bounded by the refunds made on the key since it was
+            // taken, so one sent after a later one's gives back less, or
+            // nothing at the front of the line: `tollgate_core::settle`);
+            // then the queued, latest first (each hands what it cannot give
+            // back to the one charged right after it, through the ones
+            // cancelled before it: see `settle.lua`). This process's
+            // estimate of the server's clock trails it: one granted at once
+            // counts as started whatever the estimate says.
             let now = self.settings.server_now().unwrap_or(f64::INFINITY);
             batch.sort_by(|a, b| {
                 let order = |c: &Cancel| {
-                    if c.slot > now {
-                        (0, u64::MAX - c.id)
+                    if c.at_once || c.slot <= now {
+                        (0, c.id)
                     } else {
-                        (1, c.id)
+                        (1, u64::MAX - c.id)
                     }
                 };
                 a.key.cmp(&b.key).then(order(a).cmp(&order(b)))
@@ -462,6 +470,7 @@ impl RedisStore {
                 id: l.id,
                 slot: l.slot,
                 mark: l.mark,
+                at_once: false, // it was queued: it had a lease
             });
         }
     }
@@ -751,7 +760,7 @@ impl Backend for RedisStore {
             Ok((args, owner)) => {
                 let inv = scripts::reserve_invocation(keys, cluster, [&args]);
                 let store = self.clone();
-                let release = Release(Some((self.clone(), lane)));
+                let release = lanes::Release::<Waiting>::new(self.clone(), lane);
                 let sent = InFlight::new(
                     async move {
                         let reply = store.run_unbounded(inv).await;
@@ -881,95 +890,16 @@ impl Orphan {
             id: r.id,
             slot: r.slot,
             mark: r.mark,
+            at_once: r.slot <= r.now,
         });
-    }
-}
-
-impl RedisStore {
-    /// The store to send the calls waiting on `lane` with from `place`.
-    /// When the library's own connection cannot be opened, each of them is
-    /// told the error through `fail` (none was sent: nothing was written)
-    /// and the lane goes.
-    async fn sender<K: Eq + std::hash::Hash, W>(
-        &self,
-        place: Place,
-        lanes: &parking_lot::Mutex<HashMap<K, VecDeque<W>>>,
-        lane: &K,
-        fail: impl Fn(W, StoreError),
-    ) -> Option<RedisStore> {
-        match place {
-            Place::Caller => Some(self.clone()),
-            Place::Own => match self.on_own_connection().await {
-                Ok(own) => Some(own),
-                Err(e) => {
-                    let waiting = lanes.lock().remove(lane);
-                    for w in waiting.into_iter().flatten() {
-                        fail(w, e.clone());
-                    }
-                    None
-                }
-            },
-        }
-    }
-
-    /// Sends the reservations waiting on `lane`, at most [`MAX_BATCH`] a
-    /// call, one call at a time, until none are left.
-    async fn send_waiting(self, lane: Lane, place: Place) {
-        // Dropped before it is done (its runtime shut down), it hands the
-        // lane to the library's own runtime.
-        let mut release = Release(Some((self.clone(), lane.clone())));
-        let Some(store) = self
-            .sender(place, &self.settings.lanes, &lane, |w, e| {
-                let _ = w.reply.send(Err(e));
-            })
-            .await
-        else {
-            release.0 = None;
-            return;
-        };
-        let cluster = matches!(store.conn, RedisConnection::Cluster(_));
-        loop {
-            let batch: Vec<Waiting> = {
-                let mut lanes = self.settings.lanes.lock();
-                let Some(waiting) = lanes.get_mut(&lane) else {
-                    break;
-                };
-                let mut batch = Vec::with_capacity(waiting.len().min(MAX_BATCH));
-                while batch.len() < MAX_BATCH {
-                    match waiting.pop_front() {
-                        // A caller that stopped waiting is not sent.
-                        Some(w) if w.reply.is_closed() => {}
-                        Some(w) => batch.push(w),
-                        None => break,
-                    }
-                }
-                if batch.is_empty() {
-                    lanes.remove(&lane);
-                    release.0 = None;
-                    return;
-                }
-                batch
-            };
-            let keys = Keys::new(&self.settings.prefix, &lane.0);
-            let inv = scripts::reserve_invocation(&keys, cluster, batch.iter().map(|w| &w.args));
-            let sender = store.clone();
-            // Once sent, the batch's replies are handed out even if this task
-            // is dropped meanwhile.
-            InFlight::new(
-                async move { hand_out(sender.run_unbounded(inv).await, batch) },
-                |()| async {},
-            )
-            .await;
-        }
-        release.0 = None;
     }
 }
 
 /// The receiving end of a reservation that waits for its batch. Dropped
 /// before its reply was taken (the caller's future dropped or timed out), it
-/// closes the channel: a reply not sent yet is then cancelled by
-/// [`hand_out`], one already sent is cancelled here, so a reservation that
-/// nobody received is always undone, and only once.
+/// closes the channel: a reply not sent yet is then cancelled by the lane's
+/// sender (`Waiting::answer`), one already sent is cancelled here, so a
+/// reservation that nobody received is always undone, and only once.
 struct Awaiting {
     rx: Option<tokio::sync::oneshot::Receiver<Result<Value, StoreError>>>,
     owner: Option<Orphan>,
@@ -1001,58 +931,40 @@ impl Drop for Awaiting {
     }
 }
 
-/// Gives each waiting reservation its reply; one whose caller stopped
-/// waiting is cancelled.
-fn hand_out(reply: redis::RedisResult<Value>, batch: Vec<Waiting>) {
-    let failed = |e: StoreError, batch: Vec<Waiting>| {
-        for w in batch {
-            let _ = w.reply.send(Err(e.clone()));
-        }
-    };
-    let value = match reply {
-        Ok(value) => value,
-        Err(e) => return failed(store_error(e), batch),
-    };
-    let items = match scripts::reserve_replies(&value, batch.len()) {
-        Ok(items) => items,
-        Err(e) => return failed(e, batch),
-    };
-    for (w, item) in batch.into_iter().zip(items) {
-        if let Err(Ok(item)) = w.reply.send(Ok(item)) {
-            w.owner.cancel(&item);
+impl lanes::Waiter for Waiting {
+    type Lane = Lane;
+
+    fn lanes(settings: &Settings) -> &parking_lot::Mutex<HashMap<Lane, VecDeque<Self>>> {
+        &settings.lanes
+    }
+
+    fn goes(&self) -> bool {
+        !self.reply.is_closed()
+    }
+
+    fn invocation(prefix: &str, lane: &Lane, cluster: bool, batch: &[Self]) -> scripts::Invocation {
+        let keys = Keys::new(prefix, &lane.0);
+        scripts::reserve_invocation(&keys, cluster, batch.iter().map(|w| &w.args))
+    }
+
+    fn error(e: redis::RedisError) -> StoreError {
+        store_error(e)
+    }
+
+    fn replies(value: &Value, count: usize) -> Result<Vec<Value>, StoreError> {
+        scripts::reserve_replies(value, count)
+    }
+
+    fn answer(self, reply: Value) {
+        // Its caller stopped waiting: nobody has it.
+        if let Err(Ok(reply)) = self.reply.send(Ok(reply)) {
+            self.owner.cancel(&reply);
         }
     }
-}
 
-/// Frees a lane when its call has come back: the reservations that came
-/// meanwhile are sent next, else the lane goes.
-struct Release(Option<(RedisStore, Lane)>);
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        let Some((store, lane)) = self.0.take() else {
-            return;
-        };
-        if !still_waiting(&store.settings.lanes, &lane) {
-            return;
-        }
-        background::run(Box::new(move |place| {
-            Box::pin(async move { store.send_waiting(lane, place).await })
-        }));
+    fn fail(self, e: StoreError) {
+        let _ = self.reply.send(Err(e));
     }
-}
-
-/// Whether calls wait on `lane` (they are sent next); if none, the lane goes.
-fn still_waiting<K: Eq + std::hash::Hash, W>(
-    lanes: &parking_lot::Mutex<HashMap<K, VecDeque<W>>>,
-    lane: &K,
-) -> bool {
-    let mut lanes = lanes.lock();
-    if lanes.get(lane).is_none_or(|w| w.is_empty()) {
-        lanes.remove(lane);
-        return false;
-    }
-    true
 }
 
 /// Cancellations taken from the pending ones but not sent yet: dropped (the

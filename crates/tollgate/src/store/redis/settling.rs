@@ -1,21 +1,25 @@
 //! Settlements and cancellations of one key that travel together.
 //!
-//! As reservations do (see the module above): alone on its key, a
-//! settlement goes at once; while one call of `settle.lua` is on its way,
-//! those that come meanwhile wait for it and then go as one call (at most
-//! [`MAX_BATCH`]), which applies each in its turn, in arrival order, exactly
-//! as if it had come alone. A settlement that was handed to a batch is sent
-//! even when its caller stops waiting (it is told [`StoreError::Pending`]):
-//! once asked for, it is applied once, never dropped and never sent twice.
+//! As reservations do (see `lanes`): alone on its key, a settlement goes at
+//! once; while one call of `settle.lua` is on its way, those that come
+//! meanwhile wait for it and then go as one call (at most
+//! [`MAX_BATCH`](super::MAX_BATCH)), which applies each in its turn, in
+//! arrival order, exactly as if it had come alone. A settlement that was
+//! handed to a batch is sent even when its caller stops waiting (it is told
+//! [`StoreError::Pending`]): once asked for, it is applied once, never
+//! dropped and never sent twice.
 
+use std::collections::{HashMap, VecDeque};
+
+use parking_lot::Mutex;
 use redis::Value;
 use tollgate_core::Settled;
 
 use super::error::store_error;
 use super::handover::InFlight;
-use super::scripts::{self, Keys, SettleArgs};
-use super::{settle_error, still_waiting, RedisStore, MAX_BATCH};
-use crate::background::{self, Place};
+use super::lanes::{Release, Waiter};
+use super::scripts::{self, Invocation, Keys, SettleArgs};
+use super::{settle_error, RedisStore, Settings};
 use crate::store::{SettleCall, StoreError};
 
 /// A settlement waiting for the call ahead of it on its key.
@@ -65,7 +69,7 @@ impl RedisStore {
             Ok(args) => {
                 let inv = scripts::settle_invocation(&Keys::new(&settings.prefix, call.key), [&args]);
                 let store = self.clone();
-                let release = Release(Some((self.clone(), call.key.into())));
+                let release = Release::<Waiting>::new(self.clone(), call.key.into());
                 let (key, id) = (call.key.to_string(), call.id);
                 let sent = InFlight::new(
                     async move {
@@ -155,76 +159,41 @@ impl RedisStore {
             })
             .collect())
     }
-
-    /// Sends the settlements waiting on `key`, at most [`MAX_BATCH`] a call,
-    /// one call at a time, until none are left.
-    async fn send_settles(self, key: Box<str>, place: Place) {
-        // Dropped before it is done (its runtime shut down), it hands the
-        // key's settlements to the library's own runtime.
-        let mut release = Release(Some((self.clone(), key.clone())));
-        // Not sent when no connection opens: a retry is safe.
-        let Some(store) = self
-            .sender(place, &self.settings.settles, &key, |w, e| {
-                let _ = w.reply.send(Err(e));
-            })
-            .await
-        else {
-            release.0 = None;
-            return;
-        };
-        loop {
-            let batch: Vec<Waiting> = {
-                let mut lanes = self.settings.settles.lock();
-                let Some(waiting) = lanes.get_mut(&key) else {
-                    break;
-                };
-                // Every one is sent, even if its caller stopped waiting:
-                // it was asked for.
-                let n = waiting.len().min(MAX_BATCH);
-                if n == 0 {
-                    lanes.remove(&key);
-                    release.0 = None;
-                    return;
-                }
-                waiting.drain(..n).collect()
-            };
-            let inv = scripts::settle_invocation(
-                &Keys::new(&self.settings.prefix, &key),
-                batch.iter().map(|w| &w.args),
-            );
-            let sender = store.clone();
-            // Once sent, the batch's replies are handed out even if this task
-            // is dropped meanwhile.
-            InFlight::new(
-                async move { hand_out(sender.run_unbounded(inv).await, batch) },
-                |()| async {},
-            )
-            .await;
-        }
-        release.0 = None;
-    }
 }
 
-/// Gives each settlement of a batch its reply, or the call's error.
-fn hand_out(reply: redis::RedisResult<Value>, batch: Vec<Waiting>) {
-    let failed = |e: StoreError, batch: Vec<Waiting>| {
-        for w in batch {
-            let _ = w.reply.send(Err(e.clone()));
-        }
-    };
-    let value = match reply {
-        Ok(value) => value,
-        Err(e) => return failed(settle_error(e), batch),
-    };
-    match scripts::settle_replies(&value, batch.len()) {
-        Ok(items) => {
-            for (w, item) in batch.into_iter().zip(items) {
-                // A caller that stopped waiting was told its settlement is
-                // pending: it has been applied.
-                let _ = w.reply.send(Ok(item));
-            }
-        }
-        Err(e) => failed(e, batch),
+impl Waiter for Waiting {
+    type Lane = Box<str>;
+
+    fn lanes(settings: &Settings) -> &Mutex<HashMap<Box<str>, VecDeque<Self>>> {
+        &settings.settles
+    }
+
+    /// Every one is sent, even if its caller stopped waiting: it was asked
+    /// for.
+    fn goes(&self) -> bool {
+        true
+    }
+
+    fn invocation(prefix: &str, key: &Box<str>, _cluster: bool, batch: &[Self]) -> Invocation {
+        scripts::settle_invocation(&Keys::new(prefix, key), batch.iter().map(|w| &w.args))
+    }
+
+    fn error(e: redis::RedisError) -> StoreError {
+        settle_error(e)
+    }
+
+    fn replies(value: &Value, count: usize) -> Result<Vec<Value>, StoreError> {
+        scripts::settle_replies(value, count)
+    }
+
+    fn answer(self, reply: Value) {
+        // A caller that stopped waiting was told its settlement is pending:
+        // it has been applied.
+        let _ = self.reply.send(Ok(reply));
+    }
+
+    fn fail(self, e: StoreError) {
+        let _ = self.reply.send(Err(e));
     }
 }
 
@@ -239,23 +208,5 @@ fn late_reply(key: &str, ids: &[u64], reply: redis::RedisResult<Value>) {
         Err(e) => {
             tracing::warn!(key, ?ids, error = %store_error(e), "settlements that timed out failed")
         }
-    }
-}
-
-/// Frees a key's settlements when its call has come back: those that came
-/// meanwhile are sent next, else the key's entry goes.
-struct Release(Option<(RedisStore, Box<str>)>);
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        let Some((store, key)) = self.0.take() else {
-            return;
-        };
-        if !still_waiting(&store.settings.settles, &key) {
-            return;
-        }
-        background::run(Box::new(move |place| {
-            Box::pin(async move { store.send_settles(key, place).await })
-        }));
     }
 }
