@@ -6,9 +6,11 @@
 # Every gateway gets the same config file, and a Redis gateway a fresh Redis
 # of its own each round; the order of the gateways alternates between
 # rounds. Prints, per rate and
-# gateway, the medians and ranges over the rounds of the added p50 / p99 and
-# of the gateway process's CPU time per request (a bench per rate), and
-# AFTER ÷ BEFORE.
+# gateway, the medians and ranges over the rounds of the added p50 / p99, of
+# the gateway process's CPU time per request (a bench per rate) and, for the
+# Redis gateways, of Redis's script calls (EVALSHA and EVAL in INFO
+# commandstats), their time (commandstats usec) and Redis's CPU time per
+# request; and AFTER ÷ BEFORE.
 #
 #   scripts/bench/gateway-before-after.sh BEFORE/tollgate AFTER/tollgate
 #
@@ -55,6 +57,15 @@ free_port() {
 # The gateway process's user + system CPU time, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
+# Script calls (EVALSHA, EVAL), their microseconds and the server's CPU
+# microseconds so far, of the redis-server on port $1.
+redis_totals() {
+    { redis-cli -p "$1" info commandstats; redis-cli -p "$1" info cpu; } | tr -d '\r' |
+        awk -F'[:=,]' '/^cmdstat_(evalsha|eval):/ {calls += $3; usec += $5}
+            /^used_cpu_(sys|user):/ {cpu += $2}
+            END {printf "%d %d %d\n", calls, usec, cpu * 1000000}'
+}
+
 ADMIN_TOKEN=tg-bench-admin
 # Every request the gateway answered, whatever its outcome.
 requests() {
@@ -74,8 +85,10 @@ config() { gateway_config "$@"; }
 
 TSV=$OUT/results.tsv
 COST=$OUT/cost.tsv
+REDIS_COST=$OUT/redis.tsv
 : >"$TSV"
 : >"$COST"
+: >"$REDIS_COST"
 for round in $(seq "$ROUNDS"); do
     # A fresh Redis for each Redis gateway: the two builds' keys need not
     # agree (a bucket written by one may not be read by the other).
@@ -116,10 +129,11 @@ for round in $(seq "$ROUNDS"); do
     echo; echo "=== round $round of $ROUNDS: ${names[*]}"
     hz=$(getconf CLK_TCK)
     for rate in ${RATES//,/ }; do
-        declare -A TICKS=() SERVED=()
+        declare -A TICKS=() SERVED=() RTOT=()
         for name in "${names[@]}"; do
             TICKS[$name]=$(cpu_ticks "${PID[$name]}")
             SERVED[$name]=$(requests "${URL[$name]}")
+            [[ $name == *-redis ]] && RTOT[$name]=$(redis_totals "${REDIS[${name%-*}]}")
         done
         "$AFTER" bench --upstream "$UPSTREAM" --rates "$rate" --secs "$SECS" \
             --only "direct,$(IFS=,; echo "${names[*]}")" "${targets[@]}" --tsv "$TSV"
@@ -128,6 +142,12 @@ for round in $(seq "$ROUNDS"); do
             served=$(( $(requests "${URL[$name]}") - SERVED[$name] ))
             printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$rate" "$name" \
                 "$(( ticks * 1000000 / hz ))" "$served" >>"$COST"
+            if [[ $name == *-redis ]]; then
+                read -r c0 u0 p0 <<<"${RTOT[$name]}"
+                read -r c1 u1 p1 <<<"$(redis_totals "${REDIS[${name%-*}]}")"
+                printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$rate" "$name" \
+                    "$(( c1 - c0 ))" "$(( u1 - u0 ))" "$(( p1 - p0 ))" "$served" >>"$REDIS_COST"
+            fi
         done
     done
     stop_all
@@ -136,7 +156,7 @@ kill "$UPSTREAM_PID" 2>/dev/null || true
 wait "$UPSTREAM_PID" 2>/dev/null || true
 
 echo; echo "=== medians over $ROUNDS rounds (range in brackets)"
-python3 - "$TSV" "$COST" <<'EOF'
+python3 - "$TSV" "$COST" "$REDIS_COST" <<'EOF'
 import statistics, sys
 from collections import defaultdict
 
@@ -181,4 +201,28 @@ for rate, store in sorted({(r, n.split("-")[1]) for r, n in cost}):
     mb, ma = statistics.median(b), statistics.median(a)
     print(f"  {rate:,}/s {store}: before {mb:.1f} ({show(b)}), after {ma:.1f} ({show(a)}), "
           f"after ÷ before {ma / mb:.2f}")
+rcost = defaultdict(list)
+for line in open(sys.argv[3]):
+    _, rate, name, calls, usec, cpu, served = line.split("\t")
+    n = max(int(served), 1)
+    rcost[(int(rate), name)].append((int(calls) / n, int(usec) / n, int(cpu) / n))
+if rcost:
+    print()
+    print("Redis per request answered (each rate's bench, warm-up included): "
+          "script calls, their µs (commandstats), Redis CPU µs:")
+    for rate in sorted({r for r, _ in rcost}):
+        line = f"  {rate:,}/s"
+        med = {}
+        for build in ("before", "after"):
+            v = rcost.get((rate, f"{build}-redis"), [])
+            if not v:
+                continue
+            m = [statistics.median(x[i] for x in v) for i in range(3)]
+            med[build] = m
+            line += (f"  {build}: {m[0]:.2f} calls ({show(x[0] for x in v)}), {m[1]:.1f} µs "
+                     f"({show(x[1] for x in v)}), CPU {m[2]:.1f} µs ({show(x[2] for x in v)})")
+        if len(med) == 2:
+            line += "  after ÷ before: " + ", ".join(
+                f"{a / b:.2f}" if b > 0 else "-" for a, b in zip(med["after"], med["before"]))
+        print(line)
 EOF

@@ -11,7 +11,9 @@
 # the same config on an empty database), then probes one client on B every
 # 5 ms for SECS seconds alone and SECS more while A takes CHANGES admin
 # changes a second (a key issued, a client moved, a key revoked, a tier
-# changed, in turn). Everything is stopped at the end of each run.
+# changed, in turn), the two alternating in 5 rounds, and reads how long
+# B's changes held its index's write lock. Everything is stopped at the
+# end of each run.
 #
 # Settings (environment): RUNS=3 CLIENTS=100000 CHANGES=100 SECS=20
 # OUT=target/bench-registry-scale, NO_FSYNC=1 (PostgreSQL with fsync off:
@@ -66,6 +68,9 @@ rows = [
     ("probe on B during changes, p99 ms", lambda r: r["changing"]["p99"], "{:.2f}"),
     ("probe on B during changes, max ms", lambda r: r["changing"]["max"], "{:.2f}"),
     ("p99 during − p99 alone, ms (target ≤ 1)", lambda r: r["changing"]["p99"] - r["quiet"]["p99"], "{:.2f}"),
+    ("the same, median of the run's rounds, ms", lambda r: statistics.median(r.get("p99_delta_by_round") or [float("nan")]), "{:.2f}"),
+    ("B's longest hold of its index's write lock, ms", lambda r: (r["b_registry"].get("longest_write_hold_us") or float("nan")) / 1000, "{:.3f}"),
+    ("B's holds of its index's write lock", lambda r: r["b_registry"].get("write_holds") or 0, "{}"),
     ("changes taken by A per s", lambda r: r["changes_per_sec"], "{:.1f}"),
     ("changes failed", lambda r: r["changes_failed"], "{}"),
     ("admin answer on A, p50 ms", lambda r: r["change_ms"][0], "{:.1f}"),

@@ -35,10 +35,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -48,23 +51,24 @@ use crate::gateway::Gateway;
 use crate::overrides::Overrides;
 pub use crate::overrides::TierPatch;
 use crate::registry::db::Entity;
+use crate::registry::issue::Refused;
 use crate::registry::RegistryError;
 
-pub(crate) fn store_unavailable(e: impl std::fmt::Display) -> Response {
+pub(crate) fn store_unavailable(e: impl std::fmt::Display) -> ApiError {
     tracing::warn!(error = %e, "admin request failed: store unavailable");
     ApiError::internal(
         StatusCode::SERVICE_UNAVAILABLE,
         "store_unavailable",
         format!("The store is unavailable ({e}); nothing was changed. Retry shortly."),
     )
-    .into_response()
 }
 
-/// The answer to a failed change: 400 for an invalid one, 503 when the
-/// database could not be reached, 409 when other changes kept coming first.
-pub(crate) fn change_failed(e: RegistryError, code: &str, param: &'static str) -> Response {
+/// The answer to a failed change: 400 for an invalid one (`code`, at
+/// `param`), 503 when the database could not be reached, 409 when other
+/// changes kept coming first.
+pub(crate) fn change_failed(e: RegistryError, code: &str, param: &'static str) -> ApiError {
     match e {
-        RegistryError::Config(e) => ApiError::invalid(code, param, e.to_string()).into_response(),
+        RegistryError::Config(e) => ApiError::invalid(code, param, e.to_string()),
         RegistryError::Store(e) => store_unavailable(e),
         RegistryError::Database(e) => {
             tracing::warn!(error = %e, "admin change failed: database unavailable");
@@ -73,15 +77,55 @@ pub(crate) fn change_failed(e: RegistryError, code: &str, param: &'static str) -
                 "database_unavailable",
                 format!("The registry's database is unavailable ({e}); nothing was changed. Retry shortly."),
             )
-            .into_response()
         }
         RegistryError::Contended => ApiError::new(
             StatusCode::CONFLICT,
             "invalid_request_error",
             "conflict",
             e.to_string(),
-        )
-        .into_response(),
+        ),
+    }
+}
+
+/// Why an admin request is refused, as its answer: the one mapping from
+/// what the registry answers ([`Refused`], [`RegistryError`]) and from a
+/// request's own faults ([`ApiError`]) to HTTP, so a handler returns
+/// `Result<_, Refusal>` and uses `?`.
+#[derive(Debug)]
+pub struct Refusal(ApiError);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        self.0.into_response()
+    }
+}
+
+impl From<ApiError> for Refusal {
+    fn from(e: ApiError) -> Refusal {
+        Refusal(e)
+    }
+}
+
+impl From<RegistryError> for Refusal {
+    fn from(e: RegistryError) -> Refusal {
+        Refusal(change_failed(e, "invalid_change", "body"))
+    }
+}
+
+impl From<Refused> for Refusal {
+    fn from(e: Refused) -> Refusal {
+        let (status, code) = match e {
+            Refused::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_value"),
+            Refused::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Refused::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Refused::Registry(e) => return e.into(),
+        };
+        Refusal(ApiError::new(
+            status,
+            "invalid_request_error",
+            code,
+            e.to_string(),
+        ))
     }
 }
 
@@ -97,11 +141,62 @@ pub(crate) fn authorize(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiErro
     }
 }
 
-/// `GET /admin/tiers`.
-pub async fn tiers(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&gw, &headers) {
-        return e.into_response();
+/// A request that carries an admin token (extractor): refused with 401,
+/// or 403 `admin_disabled` when the admin API is off, before the handler
+/// runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+impl FromRequestParts<Arc<Gateway>> for Admin {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(parts: &mut Parts, gw: &Arc<Gateway>) -> Result<Admin, Refusal> {
+        authorize(gw, &parts.headers)?;
+        Ok(Admin)
     }
+}
+
+/// The body of an admin request (extractor), read only once its token was
+/// checked ([`authorized_body`]).
+#[derive(Debug)]
+pub struct AdminBody(pub Bytes);
+
+impl FromRequest<Arc<Gateway>> for AdminBody {
+    type Rejection = Refusal;
+
+    async fn from_request(req: Request, gw: &Arc<Gateway>) -> Result<AdminBody, Refusal> {
+        let (parts, body) = req.into_parts();
+        Ok(AdminBody(authorized_body(gw, &parts.headers, body).await?))
+    }
+}
+
+/// The JSON body of an admin request (extractor): [`AdminBody`], parsed;
+/// one that is not valid is a 400 `invalid_body` that says why.
+#[derive(Debug)]
+pub struct AdminJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<Arc<Gateway>> for AdminJson<T> {
+    type Rejection = Refusal;
+
+    async fn from_request(req: Request, gw: &Arc<Gateway>) -> Result<AdminJson<T>, Refusal> {
+        let AdminBody(body) = AdminBody::from_request(req, gw).await?;
+        Ok(AdminJson(parse_body(&body)?))
+    }
+}
+
+/// An admin request's body as `T`, or the 400 that says why not.
+pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid(
+            "invalid_body",
+            "body",
+            format!("The admin request body is not valid: {e}"),
+        )
+    })
+}
+
+/// `GET /admin/tiers`.
+pub async fn tiers(State(gw): State<Arc<Gateway>>, _: Admin) -> Json<Value> {
     let reg = gw.registry();
     let clients = reg.clients();
     let tiers: Vec<Value> = reg
@@ -112,22 +207,17 @@ pub async fn tiers(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Respon
             json!({"name": t.name, "config": t.config, "clients": clients})
         })
         .collect();
-    Json(json!({ "tiers": tiers })).into_response()
+    Json(json!({ "tiers": tiers }))
 }
 
 /// `GET /admin/models`.
-pub async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&gw, &headers) {
-        return e.into_response();
-    }
+pub async fn models(State(gw): State<Arc<Gateway>>, _: Admin) -> Result<Json<Value>, Refusal> {
     let mut out = Vec::new();
     for (m, status) in crate::shares::statuses(gw.models.values()).await {
-        match status {
-            Ok(s) => out.push(crate::shares::model_json(&gw.config, &m, &s)),
-            Err(e) => return store_unavailable(e),
-        }
+        let s = status.map_err(store_unavailable)?;
+        out.push(crate::shares::model_json(&gw.config, &m, &s));
     }
-    Json(json!({ "models": out })).into_response()
+    Ok(Json(json!({ "models": out })))
 }
 
 /// Body of `PUT /admin/clients/{id}/tier`.
@@ -156,59 +246,24 @@ pub(crate) async fn authorized_body(
         .map_err(ApiError::from)
 }
 
-/// The JSON body of an admin request ([`authorized_body`]), or the answer
-/// to give instead.
-pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
-    gw: &Gateway,
-    headers: &HeaderMap,
-    body: axum::body::Body,
-) -> Result<T, Response> {
-    let body = authorized_body(gw, headers, body)
-        .await
-        .map_err(IntoResponse::into_response)?;
-    serde_json::from_slice(&body).map_err(bad_body)
-}
-
-pub(crate) fn bad_body(e: impl std::fmt::Display) -> Response {
-    ApiError::invalid(
-        "invalid_body",
-        "body",
-        format!("The admin request body is not valid: {e}"),
-    )
-    .into_response()
-}
-
 /// `PUT /admin/clients/{id}/tier`.
 pub async fn set_client_tier(
     State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    body: axum::body::Body,
-) -> Response {
-    let req: SetTier = match json_body(&gw, &headers, body).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    match move_client(&gw, &id, &req.tier).await {
-        Ok(version) => {
-            Json(json!({"id": id, "tier": req.tier, "version": version})).into_response()
-        }
-        Err(r) => r,
-    }
+    AdminJson(req): AdminJson<SetTier>,
+) -> Result<Json<Value>, Refusal> {
+    let version = move_client(&gw, &id, &req.tier).await?;
+    Ok(Json(
+        json!({"id": id, "tier": req.tier, "version": version}),
+    ))
 }
 
 /// Moves client `id` to `tier` (announced, logged); answers the change's
-/// number, or the answer to give instead.
-pub(crate) async fn move_client(gw: &Gateway, id: &str, tier: &str) -> Result<u64, Response> {
+/// number.
+pub(crate) async fn move_client(gw: &Gateway, id: &str, tier: &str) -> Result<u64, Refusal> {
     let reg = gw.registry();
     if reg.client_summary(id).is_none() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            "unknown_client",
-            format!("No client {id:?}; GET /admin/clients lists them."),
-        )
-        .into_response());
+        return Err(unknown_client(id).into());
     }
     if !reg.has_tier(tier) {
         let known: Vec<String> = reg.tiers().iter().map(|t| t.name.clone()).collect();
@@ -217,7 +272,7 @@ pub(crate) async fn move_client(gw: &Gateway, id: &str, tier: &str) -> Result<u6
             "tier",
             format!("No tier {tier:?}; known tiers: {known:?}."),
         )
-        .into_response());
+        .into());
     }
     // A client the API made is its own row; one of the file is moved by an
     // assignment over the file.
@@ -226,54 +281,51 @@ pub(crate) async fn move_client(gw: &Gateway, id: &str, tier: &str) -> Result<u6
     } else {
         reg.move_api_client(id, tier).await
     };
-    match moved {
-        Ok(version) => {
-            gw.announce(version).await;
-            tracing::info!(client = %id, tier = %tier, version, "client tier changed");
-            Ok(version)
-        }
-        Err(e) => Err(change_failed(e, "invalid_change", "tier")),
-    }
+    let version = moved.map_err(|e| change_failed(e, "invalid_change", "tier"))?;
+    gw.announce(version).await;
+    tracing::info!(client = %id, tier = %tier, version, "client tier changed");
+    Ok(version)
+}
+
+/// 404 `unknown_client`.
+pub(crate) fn unknown_client(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "unknown_client",
+        format!("No client {id:?}; GET /admin/clients lists them."),
+    )
 }
 
 /// `PATCH /admin/tiers/{name}`.
 pub async fn patch_tier(
     State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
     Path(name): Path<String>,
-    body: axum::body::Body,
-) -> Response {
-    let patch: TierPatch = match json_body(&gw, &headers, body).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    AdminJson(patch): AdminJson<TierPatch>,
+) -> Result<Json<Value>, Refusal> {
     let reg = gw.registry();
     if !reg.has_tier(&name) {
-        return ApiError::new(
+        return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
             "unknown_tier",
             format!("No tier {name:?}; GET /admin/tiers lists them."),
         )
-        .into_response();
+        .into());
     }
     // Validated by the file's own rules, so the API accepts exactly what
     // the file would; an invalid change is a 400 and changes nothing.
-    match reg.patch_tier(&name, &patch).await {
-        Ok((version, t)) => {
-            gw.announce(version).await;
-            tracing::info!(tier = %name, version, "tier changed");
-            Json(json!({"name": name, "config": t, "version": version})).into_response()
-        }
-        Err(e) => change_failed(e, "invalid_tier", "body"),
-    }
+    let (version, t) = reg
+        .patch_tier(&name, &patch)
+        .await
+        .map_err(|e| change_failed(e, "invalid_tier", "body"))?;
+    gw.announce(version).await;
+    tracing::info!(tier = %name, version, "tier changed");
+    Ok(Json(json!({"name": name, "config": t, "version": version})))
 }
 
 /// `GET /admin/routes`.
-pub async fn routes(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&gw, &headers) {
-        return e.into_response();
-    }
+pub async fn routes(State(gw): State<Arc<Gateway>>, _: Admin) -> Json<Value> {
     let (_, live) = gw.overrides().await;
     let routes: serde_json::Map<String, Value> = gw
         .registry()
@@ -292,31 +344,27 @@ pub async fn routes(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Respo
             )
         })
         .collect();
-    Json(json!({ "routes": routes })).into_response()
+    Json(json!({ "routes": routes }))
 }
 
 /// `PUT /admin/routes/{name}`.
 pub async fn put_route(
     State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
     Path(name): Path<String>,
-    body: axum::body::Body,
-) -> Response {
-    let route: RouteConfig = match json_body(&gw, &headers, body).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    AdminJson(route): AdminJson<RouteConfig>,
+) -> Result<Json<Value>, Refusal> {
     // The file's own rules, so the API accepts exactly what the file would.
-    match gw.registry().set_route(&name, &route).await {
-        Ok(version) => {
-            gw.announce(version).await;
-            tracing::info!(route = %name, version, "route changed");
-            Json(json!({"name": name, "rules": route.rules, "version": version})).into_response()
-        }
-        Err(e) => change_failed(e, "invalid_route", "body"),
-    }
+    let version = gw
+        .registry()
+        .set_route(&name, &route)
+        .await
+        .map_err(|e| change_failed(e, "invalid_route", "body"))?;
+    gw.announce(version).await;
+    tracing::info!(route = %name, version, "route changed");
+    Ok(Json(
+        json!({"name": name, "rules": route.rules, "version": version}),
+    ))
 }
-
 /// The overrides as listed: each with its version, the fields it sets and
 /// the file's tier (or client's tier) it shadows.
 fn listing(gw: &Gateway, version: u64, o: &Overrides) -> Value {
@@ -369,79 +417,68 @@ fn listing(gw: &Gateway, version: u64, o: &Overrides) -> Value {
 }
 
 /// `GET /admin/overrides`.
-pub async fn overrides(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&gw, &headers) {
-        return e.into_response();
-    }
+pub async fn overrides(State(gw): State<Arc<Gateway>>, _: Admin) -> Json<Value> {
     let (version, o) = gw.overrides().await;
-    Json(listing(&gw, version, &o)).into_response()
+    Json(listing(&gw, version, &o))
 }
 
-async fn remove_override(gw: &Gateway, headers: &HeaderMap, entity: Entity) -> Response {
-    if let Err(e) = authorize(gw, headers) {
-        return e.into_response();
-    }
+async fn remove_override(gw: &Gateway, entity: Entity) -> Result<Json<Value>, Refusal> {
     let what = match &entity {
         Entity::Tier(name) => format!("tier {name:?}"),
         Entity::Route(name) => format!("route {name:?}"),
         other => format!("client {:?}", other.id()),
     };
-    match gw.registry().remove_override(&entity).await {
-        Ok(Some(version)) => {
-            gw.announce(version).await;
-            tracing::info!(
-                version,
-                "override for {what} removed; the config file applies"
-            );
-            let (version, o) = gw.overrides().await;
-            Json(listing(gw, version, &o)).into_response()
-        }
-        Ok(None) => ApiError::new(
+    let Some(version) = gw.registry().remove_override(&entity).await? else {
+        return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
             "unknown_override",
             format!("No override for {what}; GET /admin/overrides lists them."),
         )
-        .into_response(),
-        Err(e) => change_failed(e, "invalid_change", "body"),
-    }
+        .into());
+    };
+    gw.announce(version).await;
+    tracing::info!(
+        version,
+        "override for {what} removed; the config file applies"
+    );
+    let (version, o) = gw.overrides().await;
+    Ok(Json(listing(gw, version, &o)))
 }
 
 /// `DELETE /admin/overrides/tiers/{name}`.
 pub async fn remove_tier_override(
     State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
+    _: Admin,
     Path(name): Path<String>,
-) -> Response {
-    remove_override(&gw, &headers, Entity::Tier(name)).await
+) -> Result<Json<Value>, Refusal> {
+    remove_override(&gw, Entity::Tier(name)).await
 }
 
 /// `DELETE /admin/overrides/clients/{id}`.
 pub async fn remove_client_override(
     State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
+    _: Admin,
     Path(id): Path<String>,
-) -> Response {
-    remove_override(&gw, &headers, Entity::Assignment(id)).await
+) -> Result<Json<Value>, Refusal> {
+    remove_override(&gw, Entity::Assignment(id)).await
 }
 
 /// `DELETE /admin/overrides/routes/{name}`.
 pub async fn remove_route_override(
     State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
+    _: Admin,
     Path(name): Path<String>,
-) -> Response {
-    remove_override(&gw, &headers, Entity::Route(name)).await
+) -> Result<Json<Value>, Refusal> {
+    remove_override(&gw, Entity::Route(name)).await
 }
 
 /// `GET /admin/usage?from=&to=&group_by=`: the usage ledger's report.
 pub async fn usage(
     State(gw): State<Arc<Gateway>>,
+    _: Admin,
     headers: HeaderMap,
     axum::extract::Query(params): axum::extract::Query<crate::ledger::http::UsageParams>,
 ) -> Response {
-    if let Err(e) = authorize(&gw, &headers) {
-        return e.into_response();
-    }
     crate::ledger::http::usage_response(gw.ledger.as_deref(), &params, &headers).await
 }

@@ -92,24 +92,16 @@ pub struct AuditParams {
 /// `GET /admin/audit`.
 pub async fn audit(
     State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
+    _: crate::admin::Admin,
     params: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    if let Err(e) = crate::admin::authorize(&gw, &headers) {
-        return e.into_response();
-    }
-    let p = match crate::admin_clients::query(params) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Json<serde_json::Value>, crate::admin::Refusal> {
+    let p = crate::admin_clients::query(params)?;
     let limit = p.limit.unwrap_or(100).clamp(1, audit::MAX_PAGE);
-    match audit::page(gw.registry().db(), p.before, p.object.as_deref(), limit).await {
-        Ok(entries) => {
-            let next = (entries.len() as u64 == limit)
-                .then(|| entries.last().map(|e| e.version))
-                .flatten();
-            Json(json!({"entries": entries, "next": next})).into_response()
-        }
-        Err(e) => crate::admin::change_failed(e.into(), "invalid_query", "query"),
-    }
+    let entries = audit::page(gw.registry().db(), p.before, p.object.as_deref(), limit)
+        .await
+        .map_err(|e| crate::admin::change_failed(e.into(), "invalid_query", "query"))?;
+    let next = (entries.len() as u64 == limit)
+        .then(|| entries.last().map(|e| e.version))
+        .flatten();
+    Ok(Json(json!({"entries": entries, "next": next})))
 }

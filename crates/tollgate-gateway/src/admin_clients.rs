@@ -20,15 +20,13 @@ use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tollgate::Dimension;
 
-use crate::admin::{authorize, json_body, move_client, store_unavailable};
-use crate::admin_keys::refused;
+use crate::admin::{move_client, store_unavailable, unknown_client, Admin, AdminJson, Refusal};
 use crate::budget::nano_to_usd;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
@@ -66,20 +64,10 @@ pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiErro
         .map_err(|e| ApiError::invalid("invalid_query", "query", e.body_text()))
 }
 
-fn unknown_client(id: &str) -> Response {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "invalid_request_error",
-        "unknown_client",
-        format!("No client {id:?}; GET /admin/clients lists them."),
-    )
-    .into_response()
-}
-
 /// A client as listed: what the registry holds, and its bucket usage and
 /// spend from the store (`null` for a disabled client, which has no
 /// bucket). A store outage is a 503, never zeros that look like data.
-async fn client_json(gw: &Gateway, s: &ClientSummary) -> Result<Value, Response> {
+async fn client_json(gw: &Gateway, s: &ClientSummary) -> Result<Value, Refusal> {
     let mut v = json!(s);
     let Some(c) = gw.registry().client(&s.id) else {
         v["usage"] = Value::Null;
@@ -115,16 +103,10 @@ async fn client_json(gw: &Gateway, s: &ClientSummary) -> Result<Value, Response>
 /// `GET /admin/clients`.
 pub async fn clients(
     State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
+    _: Admin,
     q: Result<Query<ClientQuery>, QueryRejection>,
-) -> Response {
-    if let Err(e) = authorize(&gw, &headers) {
-        return e.into_response();
-    }
-    let q = match query(q) {
-        Ok(q) => q,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Json<Value>, Refusal> {
+    let q = query(q)?;
     let filter = ClientFilter {
         tier: q.tier,
         org: q.org,
@@ -135,30 +117,22 @@ pub async fn clients(
         .client_page(&filter, q.after.as_deref(), page_size(q.limit));
     let mut out = Vec::with_capacity(page.len());
     for s in &page {
-        match client_json(&gw, s).await {
-            Ok(v) => out.push(v),
-            Err(r) => return r,
-        }
+        out.push(client_json(&gw, s).await?);
     }
-    Json(json!({ "clients": out, "next": next })).into_response()
+    Ok(Json(json!({ "clients": out, "next": next })))
 }
 
 /// `GET /admin/clients/{id}`.
 pub async fn client(
     State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
+    _: Admin,
     Path(id): Path<String>,
-) -> Response {
-    if let Err(e) = authorize(&gw, &headers) {
-        return e.into_response();
-    }
-    let Some(s) = gw.registry().client_summary(&id) else {
-        return unknown_client(&id);
-    };
-    match client_json(&gw, &s).await {
-        Ok(v) => Json(v).into_response(),
-        Err(r) => r,
-    }
+) -> Result<Json<Value>, Refusal> {
+    let s = gw
+        .registry()
+        .client_summary(&id)
+        .ok_or_else(|| unknown_client(&id))?;
+    Ok(Json(client_json(&gw, &s).await?))
 }
 
 /// Body of `PATCH /admin/clients/{id}`.
@@ -176,81 +150,52 @@ pub struct ClientPatch {
 /// `PATCH /admin/clients/{id}`.
 pub async fn patch_client(
     State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    body: axum::body::Body,
-) -> Response {
-    let patch: ClientPatch = match json_body(&gw, &headers, body).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    AdminJson(patch): AdminJson<ClientPatch>,
+) -> Result<Json<Value>, Refusal> {
     let reg = gw.registry();
     if reg.client_summary(&id).is_none() {
-        return unknown_client(&id);
+        return Err(unknown_client(&id).into());
     }
     let mut version = None;
     if let Some(tier) = &patch.tier {
-        match move_client(&gw, &id, tier).await {
-            Ok(v) => version = Some(v),
-            Err(r) => return r,
-        }
+        version = Some(move_client(&gw, &id, tier).await?);
     }
     if let Some(disabled) = patch.disabled {
-        match reg.set_client_disabled(&id, disabled).await {
-            Ok(Some(v)) => {
-                gw.announce(v).await;
-                tracing::info!(client = %id, disabled, version = v, "client disabled or enabled");
-                version = Some(v);
-            }
-            Ok(None) => {}
-            Err(e) => return refused(e),
+        if let Some(v) = reg.set_client_disabled(&id, disabled).await? {
+            gw.announce(v).await;
+            tracing::info!(client = %id, disabled, version = v, "client disabled or enabled");
+            version = Some(v);
         }
     }
-    let Some(s) = reg.client_summary(&id) else {
-        return unknown_client(&id);
-    };
+    let s = reg.client_summary(&id).ok_or_else(|| unknown_client(&id))?;
     let mut v = json!(s);
     v["version"] = json!(version);
-    Json(v).into_response()
+    Ok(Json(v))
 }
 
 /// `GET /admin/keys/{id}`.
 pub async fn key(
     State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
+    _: Admin,
     Path(id): Path<String>,
-) -> Response {
-    if let Err(e) = authorize(&gw, &headers) {
-        return e.into_response();
-    }
-    match gw.registry().key_info(&id).await {
-        Ok(Some(info)) => Json(info).into_response(),
-        Ok(None) => refused(crate::registry::issue::Refused::NotFound(format!(
-            "No key {id:?}."
-        ))),
-        Err(e) => refused(e),
+) -> Result<Response, Refusal> {
+    match gw.registry().key_info(&id).await? {
+        Some(info) => Ok(Json(info).into_response()),
+        None => Err(crate::registry::issue::Refused::NotFound(format!("No key {id:?}.")).into()),
     }
 }
 
 /// `PATCH /admin/keys/{id}`.
 pub async fn patch_key(
     State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    body: axum::body::Body,
-) -> Response {
-    let patch: KeyPatch = match json_body(&gw, &headers, body).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    match gw.registry().update_key(&id, &patch).await {
-        Ok((info, version)) => {
-            if let Some(v) = version {
-                gw.announce(v).await;
-                tracing::info!(key = %id, version = v, "key changed");
-            }
-            Json(info).into_response()
-        }
-        Err(e) => refused(e),
+    AdminJson(patch): AdminJson<KeyPatch>,
+) -> Result<Response, Refusal> {
+    let (info, version) = gw.registry().update_key(&id, &patch).await?;
+    if let Some(v) = version {
+        gw.announce(v).await;
+        tracing::info!(key = %id, version = v, "key changed");
     }
+    Ok(Json(info).into_response())
 }

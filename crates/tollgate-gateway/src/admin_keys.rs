@@ -28,10 +28,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
-use crate::admin::{authorize, authorized_body, bad_body, change_failed, json_body};
-use crate::error::ApiError;
+use crate::admin::{parse_body, Admin, AdminBody, AdminJson, Refusal};
 use crate::gateway::Gateway;
 use crate::registry::idempotency::Idempotency;
 use crate::registry::issue::{Created, Issued, NewKey, Refused};
@@ -60,49 +59,25 @@ pub struct Rotate {
     pub overlap_secs: u64,
 }
 
-/// The answer to a refused client, key or organisation change.
-pub(crate) fn refused(e: Refused) -> Response {
-    let (status, code) = match &e {
-        Refused::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_value"),
-        Refused::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-        Refused::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-        Refused::Registry(_) => {
-            let Refused::Registry(e) = e else {
-                unreachable!()
-            };
-            return change_failed(e, "invalid_change", "body");
-        }
-    };
-    ApiError::new(status, "invalid_request_error", code, e.to_string()).into_response()
-}
-
 /// `POST /admin/clients`.
 pub async fn create_client(
     State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
-    body: axum::body::Body,
-) -> Response {
-    let req: NewClient = match json_body(&gw, &headers, body).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    AdminJson(req): AdminJson<NewClient>,
+) -> Result<Response, Refusal> {
     let created = gw
         .registry()
         .create_client_in(&req.id, &req.tier, req.org.as_deref(), &req.limits)
-        .await;
-    match created {
-        Ok(Created::New(version)) => {
+        .await?;
+    let (status, version) = match created {
+        Created::New(version) => {
             gw.announce(version).await;
             tracing::info!(client = %req.id, tier = %req.tier, version, "client created");
-            let body = json!({"id": req.id, "tier": req.tier, "org": req.org, "limits": req.limits, "version": version});
-            (StatusCode::CREATED, Json(body)).into_response()
+            (StatusCode::CREATED, version)
         }
-        Ok(Created::Existing(version)) => {
-            let body = json!({"id": req.id, "tier": req.tier, "org": req.org, "limits": req.limits, "version": version});
-            Json(body).into_response()
-        }
-        Err(e) => refused(e),
-    }
+        Created::Existing(version) => (StatusCode::OK, version),
+    };
+    let body = json!({"id": req.id, "tier": req.tier, "org": req.org, "limits": req.limits, "version": version});
+    Ok((status, Json(body)).into_response())
 }
 
 /// The answer to a key just issued (or issued before, to a retry with its
@@ -146,30 +121,28 @@ fn idempotency(
 /// `POST /admin/clients/{id}/keys`.
 pub async fn issue_key(
     State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    body: axum::body::Body,
-) -> Response {
-    let body = match authorized_body(&gw, &headers, body).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
+    headers: HeaderMap,
+    AdminBody(body): AdminBody,
+) -> Result<Response, Refusal> {
+    issue(&gw, &id, &headers, &body).await
+}
+
+/// Issues a key to client `id` as the (authorized) request with `headers`
+/// and `body` asks (`POST /admin/clients/{id}/keys`, and the dashboard's).
+pub(crate) async fn issue(
+    gw: &Gateway,
+    id: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, Refusal> {
+    let mut new: NewKey = match body.is_empty() {
+        true => NewKey::default(),
+        false => parse_body(body)?,
     };
-    let mut new: NewKey = if body.is_empty() {
-        NewKey::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(r) => r,
-            Err(e) => return bad_body(e),
-        }
-    };
-    new.idempotency = match idempotency(&headers, &id, &body) {
-        Ok(i) => i,
-        Err(e) => return refused(e),
-    };
-    match gw.registry().issue_key(&id, &new).await {
-        Ok(issued) => answer_issued(&gw, issued, "key issued").await,
-        Err(e) => refused(e),
-    }
+    new.idempotency = idempotency(headers, id, body)?;
+    let issued = gw.registry().issue_key(id, &new).await?;
+    Ok(answer_issued(gw, issued, "key issued").await)
 }
 
 /// Query of `GET /admin/clients/{id}/keys`.
@@ -185,82 +158,54 @@ pub struct KeyQuery {
 /// `GET /admin/clients/{id}/keys`.
 pub async fn keys(
     State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
+    _: Admin,
     Path(id): Path<String>,
     q: Result<Query<KeyQuery>, QueryRejection>,
-) -> Response {
-    if let Err(e) = authorize(&gw, &headers) {
-        return e.into_response();
-    }
-    let q = match crate::admin_clients::query(q) {
-        Ok(q) => q,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Json<Value>, Refusal> {
+    let q = crate::admin_clients::query(q)?;
     let limit = crate::admin_clients::page_size(q.limit);
-    match gw
+    let keys = gw
         .registry()
         .key_page(&id, q.after.as_deref(), limit as u64)
-        .await
-    {
-        Ok(keys) => {
-            let next = (keys.len() == limit)
-                .then(|| keys.last().map(|k| k.id.clone()))
-                .flatten();
-            Json(json!({"client": id, "keys": keys, "next": next})).into_response()
-        }
-        Err(e) => refused(e),
-    }
+        .await?;
+    let next = (keys.len() == limit)
+        .then(|| keys.last().map(|k| k.id.clone()))
+        .flatten();
+    Ok(Json(json!({"client": id, "keys": keys, "next": next})))
 }
 
 /// `POST /admin/keys/{id}/rotate`.
 pub async fn rotate_key(
     State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    body: axum::body::Body,
-) -> Response {
-    let body = match authorized_body(&gw, &headers, body).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let req: Rotate = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_body(e),
-    };
-    let idem = match idempotency(&headers, &format!("rotate {id}"), &body) {
-        Ok(i) => i,
-        Err(e) => return refused(e),
-    };
-    match gw
+    headers: HeaderMap,
+    AdminBody(body): AdminBody,
+) -> Result<Response, Refusal> {
+    let req: Rotate = parse_body(&body)?;
+    let idem = idempotency(&headers, &format!("rotate {id}"), &body)?;
+    let issued = gw
         .registry()
         .rotate_key(&id, req.overlap_secs, idem.as_ref())
-        .await
-    {
-        Ok(issued) => {
-            let what = format!("key {id} rotated, overlap {} s", req.overlap_secs);
-            answer_issued(&gw, issued, &what).await
-        }
-        Err(e) => refused(e),
-    }
+        .await?;
+    let what = format!("key {id} rotated, overlap {} s", req.overlap_secs);
+    Ok(answer_issued(&gw, issued, &what).await)
 }
 
 /// `DELETE /admin/keys/{id}`.
 pub async fn revoke_key(
     State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
+    _: Admin,
     Path(id): Path<String>,
-) -> Response {
-    if let Err(e) = authorize(&gw, &headers) {
-        return e.into_response();
+) -> Result<Response, Refusal> {
+    revoke(&gw, &id).await
+}
+
+/// Revokes key `id` (`DELETE /admin/keys/{id}`, and the dashboard's).
+pub(crate) async fn revoke(gw: &Gateway, id: &str) -> Result<Response, Refusal> {
+    let (info, version) = gw.registry().revoke_key(id).await?;
+    if let Some(v) = version {
+        gw.announce(v).await;
+        tracing::info!(key = %id, version = v, "key revoked");
     }
-    match gw.registry().revoke_key(&id).await {
-        Ok((info, version)) => {
-            if let Some(v) = version {
-                gw.announce(v).await;
-                tracing::info!(key = %id, version = v, "key revoked");
-            }
-            Json(info).into_response()
-        }
-        Err(e) => refused(e),
-    }
+    Ok(Json(info).into_response())
 }

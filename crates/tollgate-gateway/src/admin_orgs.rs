@@ -23,20 +23,20 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
-use crate::admin::{authorize, json_body};
-use crate::admin_keys::refused;
+use crate::admin::{Admin, AdminJson, Refusal};
 use crate::budget::Level;
 use crate::config::LimitsConfig;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::registry::issue::Created;
 use crate::registry::orgs::{NewOrg, OrgPatch};
+use crate::registry::Registry;
 
 /// Body of `PUT /admin/clients/{id}/org`.
 #[derive(Debug, Deserialize)]
@@ -46,165 +46,119 @@ pub struct SetOrg {
     pub org: Option<String>,
 }
 
-fn no_org(id: &str) -> Response {
+fn no_org(id: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "invalid_request_error",
         "not_found",
         format!("No organisation {id:?}; GET /admin/orgs lists them."),
     )
-    .into_response()
+}
+
+/// Organisation `id` as answered after change `version`.
+fn org_answer(reg: &Registry, id: &str, version: u64) -> Result<Value, Refusal> {
+    let o = reg.org(id).ok_or_else(|| no_org(id))?;
+    let mut body = serde_json::to_value(reg.org_info(&o)).unwrap_or_default();
+    body["version"] = json!(version);
+    Ok(body)
 }
 
 /// `POST /admin/orgs`.
 pub async fn create_org(
     State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
-    body: axum::body::Body,
-) -> Response {
-    let new: NewOrg = match json_body(&gw, &headers, body).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    AdminJson(new): AdminJson<NewOrg>,
+) -> Result<Response, Refusal> {
     let reg = gw.registry();
-    let (status, version) = match reg.create_org(&new).await {
-        Ok(Created::New(v)) => {
+    let (status, version) = match reg.create_org(&new).await? {
+        Created::New(v) => {
             gw.announce(v).await;
             tracing::info!(org = %new.id, version = v, "organisation created");
             (StatusCode::CREATED, v)
         }
-        Ok(Created::Existing(v)) => (StatusCode::OK, v),
-        Err(e) => return refused(e),
+        Created::Existing(v) => (StatusCode::OK, v),
     };
-    match reg.org(&new.id) {
-        Some(o) => {
-            let mut body = serde_json::to_value(reg.org_info(&o)).unwrap_or_default();
-            body["version"] = json!(version);
-            (status, Json(body)).into_response()
-        }
-        None => no_org(&new.id),
-    }
+    Ok((status, Json(org_answer(&reg, &new.id, version)?)).into_response())
 }
 
 /// `GET /admin/orgs`.
-pub async fn orgs(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&gw, &headers) {
-        return e.into_response();
-    }
+pub async fn orgs(State(gw): State<Arc<Gateway>>, _: Admin) -> Json<Value> {
     let reg = gw.registry();
     let all: Vec<_> = reg.orgs().iter().map(|o| reg.org_info(o)).collect();
-    Json(json!({ "orgs": all })).into_response()
+    Json(json!({ "orgs": all }))
 }
 
 /// `GET /admin/orgs/{id}`.
 pub async fn org(
     State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
+    _: Admin,
     Path(id): Path<String>,
-) -> Response {
-    if let Err(e) = authorize(&gw, &headers) {
-        return e.into_response();
-    }
+) -> Result<Response, Refusal> {
     let reg = gw.registry();
-    match reg.org(&id) {
-        Some(o) => Json(reg.org_info(&o)).into_response(),
-        None => no_org(&id),
-    }
+    let o = reg.org(&id).ok_or_else(|| no_org(&id))?;
+    Ok(Json(reg.org_info(&o)).into_response())
 }
 
 /// `PATCH /admin/orgs/{id}`.
 pub async fn patch_org(
     State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    body: axum::body::Body,
-) -> Response {
-    let patch: OrgPatch = match json_body(&gw, &headers, body).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    AdminJson(patch): AdminJson<OrgPatch>,
+) -> Result<Json<Value>, Refusal> {
     let reg = gw.registry();
-    match reg.patch_org(&id, &patch).await {
-        Ok(version) => {
-            gw.announce(version).await;
-            tracing::info!(org = %id, version, "organisation changed");
-            match reg.org(&id) {
-                Some(o) => {
-                    let mut body = serde_json::to_value(reg.org_info(&o)).unwrap_or_default();
-                    body["version"] = json!(version);
-                    Json(body).into_response()
-                }
-                None => no_org(&id),
-            }
-        }
-        Err(e) => refused(e),
-    }
+    let version = reg.patch_org(&id, &patch).await?;
+    gw.announce(version).await;
+    tracing::info!(org = %id, version, "organisation changed");
+    Ok(Json(org_answer(&reg, &id, version)?))
 }
 
 /// `PUT /admin/clients/{id}/org`.
 pub async fn set_client_org(
     State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    body: axum::body::Body,
-) -> Response {
-    let req: SetOrg = match json_body(&gw, &headers, body).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    match gw.registry().set_client_org(&id, req.org.as_deref()).await {
-        Ok(version) => {
-            gw.announce(version).await;
-            tracing::info!(client = %id, org = ?req.org, version, "client's organisation set");
-            Json(json!({"id": id, "org": req.org, "version": version})).into_response()
-        }
-        Err(e) => refused(e),
-    }
+    AdminJson(req): AdminJson<SetOrg>,
+) -> Result<Json<Value>, Refusal> {
+    let version = gw
+        .registry()
+        .set_client_org(&id, req.org.as_deref())
+        .await?;
+    gw.announce(version).await;
+    tracing::info!(client = %id, org = ?req.org, version, "client's organisation set");
+    Ok(Json(json!({"id": id, "org": req.org, "version": version})))
 }
 
 /// `PUT /admin/clients/{id}/limits`.
 pub async fn set_client_limits(
     State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    body: axum::body::Body,
-) -> Response {
-    put_limits(gw, headers, Level::Client, id, body).await
+    AdminJson(limits): AdminJson<LimitsConfig>,
+) -> Result<Json<Value>, Refusal> {
+    put_limits(&gw, Level::Client, id, limits).await
 }
 
 /// `PUT /admin/keys/{id}/limits`.
 pub async fn set_key_limits(
     State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    body: axum::body::Body,
-) -> Response {
-    put_limits(gw, headers, Level::Key, id, body).await
+    AdminJson(limits): AdminJson<LimitsConfig>,
+) -> Result<Json<Value>, Refusal> {
+    put_limits(&gw, Level::Key, id, limits).await
 }
 
 /// Sets the own limits of client or key `id`.
 async fn put_limits(
-    gw: Arc<Gateway>,
-    headers: HeaderMap,
+    gw: &Gateway,
     level: Level,
     id: String,
-    body: axum::body::Body,
-) -> Response {
-    let limits: LimitsConfig = match json_body(&gw, &headers, body).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    limits: LimitsConfig,
+) -> Result<Json<Value>, Refusal> {
     let reg = gw.registry();
-    let set = match level {
+    let version = match level {
         Level::Key => reg.set_key_limits(&id, &limits).await,
         _ => reg.set_client_limits(&id, &limits).await,
-    };
-    match set {
-        Ok(version) => {
-            gw.announce(version).await;
-            tracing::info!(level = level.name(), %id, ?limits, version, "own limits set");
-            Json(json!({"id": id, "limits": limits, "version": version})).into_response()
-        }
-        Err(e) => refused(e),
-    }
+    }?;
+    gw.announce(version).await;
+    tracing::info!(level = level.name(), %id, ?limits, version, "own limits set");
+    Ok(Json(
+        json!({"id": id, "limits": limits, "version": version}),
+    ))
 }

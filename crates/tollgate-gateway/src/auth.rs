@@ -63,7 +63,7 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 #[derive(Debug, Clone)]
 pub enum KeyEntry {
     /// A `key_sha256` of the config file: its client's id.
-    File(String),
+    File(Box<str>),
     /// A key issued through the admin API.
     Issued(std::sync::Arc<crate::registry::Key>),
 }
@@ -102,7 +102,7 @@ impl KeyIndex {
     /// config validation has already refused them).
     pub fn insert(&mut self, hash_hex: &str, client: &str) {
         if let Some(h) = parse_hash(&hash_hex.to_ascii_lowercase()) {
-            self.insert_hash(h, KeyEntry::File(client.to_string()));
+            self.insert_hash(h, KeyEntry::File(client.into()));
         }
     }
 
@@ -114,7 +114,7 @@ impl KeyIndex {
     /// Removes the issued key `id` under `hash`, and answers whether it was
     /// there (a config file key under the same hash stays).
     pub fn remove_issued(&mut self, hash: &[u8; 32], id: &str) -> bool {
-        let issued = matches!(self.by_hash.get(hash), Some(KeyEntry::Issued(k)) if k.id == id);
+        let issued = matches!(self.by_hash.get(hash), Some(KeyEntry::Issued(k)) if &*k.id == id);
         if issued {
             self.by_hash.remove(hash);
         }
@@ -126,7 +126,7 @@ impl KeyIndex {
     /// the admin API never does.
     pub fn find_issued(&self, id: &str) -> Option<[u8; 32]> {
         self.by_hash.iter().find_map(|(h, e)| match e {
-            KeyEntry::Issued(k) if k.id == id => Some(*h),
+            KeyEntry::Issued(k) if &*k.id == id => Some(*h),
             _ => None,
         })
     }

@@ -232,6 +232,30 @@ async fn clients_are_listed_in_pages_filtered_read_moved_and_disabled() {
     assert_eq!(chat_status(&c, &gw, &key).await, 200);
 }
 
+/// `body` posted to `url` with `Idempotency-Key: idem`: the status,
+/// whether it was a replay (`Idempotent-Replayed`), and the answer.
+fn post_once(
+    c: &reqwest::Client,
+    url: &str,
+    idem: &'static str,
+    body: Value,
+) -> impl std::future::Future<Output = (u16, bool, Value)> + Send + 'static {
+    let request = c
+        .post(url)
+        .bearer_auth(ADMIN)
+        .header("Idempotency-Key", idem)
+        .json(&body);
+    async move {
+        let r = request.send().await.unwrap();
+        let replayed = r.headers().get("idempotent-replayed").is_some();
+        (
+            r.status().as_u16(),
+            replayed,
+            r.json::<Value>().await.unwrap(),
+        )
+    }
+}
+
 #[tokio::test]
 async fn a_retried_key_issuance_answers_the_same_key_and_never_issues_a_second() {
     let (_sim, gw, c) = start_with_db().await;
@@ -244,25 +268,8 @@ async fn a_retried_key_issuance_answers_the_same_key_and_never_issues_a_second()
     )
     .await;
     let body = json!({"name": "ci"});
-    let issue = |idem: &'static str, body: Value| {
-        let (c, url) = (c.clone(), format!("{}/admin/clients/acme/keys", gw.url()));
-        async move {
-            let r = c
-                .post(url)
-                .bearer_auth(ADMIN)
-                .header("Idempotency-Key", idem)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            let replayed = r.headers().get("idempotent-replayed").is_some();
-            (
-                r.status().as_u16(),
-                replayed,
-                r.json::<Value>().await.unwrap(),
-            )
-        }
-    };
+    let url = format!("{}/admin/clients/acme/keys", gw.url());
+    let issue = |idem: &'static str, body: Value| post_once(&c, &url, idem, body);
     // Eight at once with one header: one key, told to all eight.
     let answers = spawn_all(8, |_| issue("6f1c2a9e-retry", body.clone())).await;
     let first = &answers[0].2;
@@ -339,25 +346,7 @@ async fn a_retried_key_rotation_answers_the_same_key_and_rotates_once() {
         gw.url(),
         old["id"].as_str().unwrap()
     );
-    let send_rotate = |idem: &'static str, body: Value| {
-        let (c, url) = (c.clone(), rotate.clone());
-        async move {
-            let r = c
-                .post(url)
-                .bearer_auth(ADMIN)
-                .header("Idempotency-Key", idem)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            let replayed = r.headers().get("idempotent-replayed").is_some();
-            (
-                r.status().as_u16(),
-                replayed,
-                r.json::<Value>().await.unwrap(),
-            )
-        }
-    };
+    let send_rotate = |idem: &'static str, body: Value| post_once(&c, &rotate, idem, body);
     let body = json!({"overlap_secs": 60});
     // Eight at once with one header: one new key, told to all eight.
     let answers = spawn_all(8, |_| send_rotate("rotate-7c1e", body.clone())).await;

@@ -8,9 +8,12 @@
 //!   (`VmRSS`), against an instance of the same config on an empty
 //!   database, which gives the memory per client;
 //! - one client's requests on B, one at a time every `probe_every_ms`,
-//!   first alone, then while the admin API on A takes `changes_per_sec`
-//!   changes (a key issued, a client moved, a key revoked, a tier's limit
-//!   changed, in turn): p50, p99 and max of each phase;
+//!   alone and while the admin API on A takes `changes_per_sec` changes (a
+//!   key issued, a client moved, a key revoked, a tier's limit changed, in
+//!   turn), the two phases alternating [`ROUNDS`] times: p50, p99 and max
+//!   of each, and each round's difference of p99s;
+//! - how long B's changes held its index's write lock (the longest, and
+//!   how many times), which is all a request waits for a change;
 //! - B's registry after the changes (the dashboard's overview): its last
 //!   change, how often it built its index whole, how many entries it
 //!   replaced one at a time; and the last key issued on A answering 200 on B.
@@ -37,6 +40,9 @@ use crate::procs::{free_port, RedisServer, RedisSpec, TempDir};
 const ADMIN: &str = "bench-admin";
 /// The probe's client: on the `pro` tier, untouched by the changes.
 const PROBE_CLIENT: usize = 0;
+/// The probe alone and the probe during changes alternate this many times
+/// each, `secs / ROUNDS` seconds a phase.
+pub const ROUNDS: usize = 5;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -86,6 +92,14 @@ pub struct RegistryState {
     pub clients: u64,
     /// Keys in its index.
     pub keys: u64,
+    /// The longest a change held its index's write lock (all a request
+    /// can wait for a change), µs; `None` from a gateway that does not
+    /// say (an earlier release).
+    #[serde(default)]
+    pub longest_write_hold_us: Option<u64>,
+    /// Times a change took its index's write lock.
+    #[serde(default)]
+    pub write_holds: Option<u64>,
 }
 
 /// A run's figures.
@@ -107,6 +121,10 @@ pub struct RegistryScaleReport {
     pub quiet: Latency,
     /// The probe while the changes were applied.
     pub changing: Latency,
+    /// Each round's p99 during the changes − its p99 alone, ms, in order
+    /// of size ([`ROUNDS`] rounds).
+    #[serde(default)]
+    pub p99_delta_by_round: Vec<f64>,
     /// Changes answered 2xx by A.
     pub changes_ok: usize,
     /// Changes answered otherwise.
@@ -321,14 +339,14 @@ fn latency(mut took: Vec<f64>, not_ok: usize) -> Latency {
 }
 
 /// One request on `url` with `key` every `every`, for `secs`: the answer
-/// times of the 200s, and how many were not 200.
+/// times of the 200s (ms), and how many were not 200.
 async fn probe(
     http: &reqwest::Client,
     url: &str,
     key: &str,
     every: Duration,
     secs: f64,
-) -> Latency {
+) -> (Vec<f64>, usize) {
     let body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "probe"}], "max_tokens": 8});
     let mut took = Vec::new();
     let mut not_ok = 0;
@@ -353,7 +371,7 @@ async fn probe(
             _ => not_ok += 1,
         }
     }
-    latency(took, not_ok)
+    (took, not_ok)
 }
 
 /// The changes on A: `per_sec` a second for `secs`, each spawned on its
@@ -366,6 +384,7 @@ async fn changes(
     clients: usize,
     per_sec: u32,
     secs: f64,
+    round: usize,
 ) -> (Vec<f64>, BTreeMap<u16, usize>, Option<String>) {
     let total = (per_sec as f64 * secs) as usize;
     let every = Duration::from_secs_f64(1.0 / per_sec as f64);
@@ -373,7 +392,7 @@ async fn changes(
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut tasks = Vec::with_capacity(total);
-    for n in 0..total {
+    for n in round * total..(round + 1) * total {
         tick.tick().await;
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             break;
@@ -547,19 +566,43 @@ pub fn run(opts: &RegistryScaleOptions) -> anyhow::Result<RegistryScaleReport> {
         let every = Duration::from_secs_f64(opts.probe_every_ms / 1000.0);
         // Warm: connections, the probe client's bucket.
         probe(&http, &b.url, &key, every, 1.0).await;
-        let quiet = probe(&http, &b.url, &key, every, opts.secs).await;
-        let started = Instant::now();
-        let (changing, (took, changes_failed, last_key)) = tokio::join!(
-            probe(&http, &b.url, &key, every, opts.secs),
-            changes(&http, &a.url, opts.clients, opts.changes_per_sec, opts.secs),
-        );
-        let changes_s = started.elapsed().as_secs_f64();
+        // The probe alone and during changes in turn, ROUNDS times each, so
+        // that what the machine's other load does over the run falls on
+        // both alike.
+        let round = opts.secs / ROUNDS as f64;
+        let (mut alone, mut alone_not_ok) = (Vec::new(), 0);
+        let (mut during, mut during_not_ok) = (Vec::new(), 0);
+        let (mut took, mut changes_failed, mut last_key) = (Vec::new(), BTreeMap::new(), None);
+        let mut changes_s = 0.0;
+        let mut round_deltas = Vec::new();
+        for n in 0..ROUNDS {
+            let (q, q_not_ok) = probe(&http, &b.url, &key, every, round).await;
+            let started = Instant::now();
+            let ((c, c_not_ok), (t, failed, last)) = tokio::join!(
+                probe(&http, &b.url, &key, every, round),
+                changes(&http, &a.url, opts.clients, opts.changes_per_sec, round, n),
+            );
+            changes_s += started.elapsed().as_secs_f64();
+            round_deltas.push(latency(c.clone(), 0).p99 - latency(q.clone(), 0).p99);
+            alone.extend(q);
+            alone_not_ok += q_not_ok;
+            during.extend(c);
+            during_not_ok += c_not_ok;
+            took.extend(t);
+            for (status, k) in failed {
+                *changes_failed.entry(status).or_insert(0) += k;
+            }
+            last_key = last.or(last_key);
+        }
+        round_deltas.sort_by(f64::total_cmp);
+        let quiet = latency(alone, alone_not_ok);
+        let changing = latency(during, during_not_ok);
         // Every change reaches B within its sync interval and a read.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let a_version = registry_of(&http, &a.url).await?.version;
         let b_registry = registry_of(&http, &b.url).await?;
         let last_key_works_on_b = match &last_key {
-            Some(k) => probe(&http, &b.url, k, every, 0.05).await.ok > 0,
+            Some(k) => !probe(&http, &b.url, k, every, 0.05).await.0.is_empty(),
             None => false,
         };
         let mut sorted = took.clone();
@@ -573,6 +616,7 @@ pub fn run(opts: &RegistryScaleOptions) -> anyhow::Result<RegistryScaleReport> {
             bytes_per_client: (a_rss as f64 - empty_rss as f64) / opts.clients as f64,
             quiet,
             changing,
+            p99_delta_by_round: round_deltas,
             changes_ok: took.len(),
             changes_failed: changes_failed.values().sum(),
             failures: changes_failed,
@@ -603,7 +647,8 @@ pub fn render(r: &RegistryScaleReport) -> String {
          probe on B alone:            {}\n\
          probe on B during changes:   {}\n\
          changes on A: {} ok, {} failed {:?}, {:.1}/s, answered p50 {:.1} ms, p99 {:.1} ms (PostgreSQL fsync {})\n\
-         B after: change {} (A: {}), index built whole {}×, {} entries replaced one at a time, {} clients, {} keys; last key issued on A works on B: {}\n\
+         p99 during − p99 alone by round (ms, in order): {:.2?}\n\
+         B after: change {} (A: {}), index built whole {}×, {} entries replaced one at a time, {} clients, {} keys, longest hold of its write lock {:?} µs ({:?} holds); last key issued on A works on B: {}\n\
          load average: {:.2} before, {:.2} after\n",
         r.clients,
         r.keys,
@@ -624,12 +669,15 @@ pub fn render(r: &RegistryScaleReport) -> String {
         r.change_ms[0],
         r.change_ms[1],
         if r.durable { "on" } else { "off" },
+        r.p99_delta_by_round,
         r.b_registry.version,
         r.a_version,
         r.b_registry.index_builds,
         r.b_registry.changes_applied,
         r.b_registry.clients,
         r.b_registry.keys,
+        r.b_registry.longest_write_hold_us,
+        r.b_registry.write_holds,
         r.last_key_works_on_b,
         r.load[0],
         r.load[1],

@@ -311,16 +311,6 @@ async fn redis_and_memory_agree_when_the_first_of_a_queue_leaves_after_moves() {
         let key = format!("first-leaves-{round}");
         let key = key.as_str();
         let mut calls = Vec::new();
-        let cancel = |res: &Reserved| SettleCall {
-            key,
-            policy: &policy,
-            class: 0,
-            id: res.id,
-            slot: res.slot,
-            mark: res.mark,
-            actual: [0.0; DIMENSIONS],
-        };
-        let step = |res: &Reserved| advance_call(key, &policy, res);
         // One started call, then the queue; four firsts leave, two more
         // join, the next first leaves (held back whole by the last old
         // waiter), then that waiter, owed it all, moves and leaves.
@@ -339,26 +329,16 @@ async fn redis_and_memory_agree_when_the_first_of_a_queue_leaves_after_moves() {
             }
             for &n in leaving.iter() {
                 assert!(calls[n].0.slot > calls[n].0.now, "round {round}: {n} waits");
-                let (got, now) = redis.settle_timed(&cancel(&calls[n].0)).await.unwrap();
-                clock.set(now);
-                assert_eq!(
-                    got,
-                    memory.settle_now(&cancel(&calls[n].1)),
-                    "round {round}: cancelling {n}"
-                );
+                let what = format!("round {round}: cancelling {n}");
+                cancel_on_both(&redis, &clock, &memory, key, &policy, &calls[n], &what).await;
             }
             for &n in waiting.iter() {
-                let (r, m) = &mut calls[n];
-                let got = redis.advance(&step(r)).await.unwrap();
-                if let Advance::Moved(a) = got {
-                    clock.set(a.now);
-                }
-                let want = memory.advance_outcome_now(&step(m));
-                assert_eq!(got, want, "round {round}: waiter {n} at stage {stage}");
+                let what = format!("round {round}: waiter {n} at stage {stage}");
+                let got =
+                    advance_on_both(&redis, &clock, &memory, key, &policy, &mut calls[n], &what)
+                        .await;
                 if let Advance::Moved(a) = got {
                     assert!(a.slot > a.now, "round {round}: waiter {n} started");
-                    r.slot = a.slot;
-                    m.slot = a.slot;
                     if stage == 2 && n == 8 {
                         moved_last += 1;
                     }
@@ -366,6 +346,66 @@ async fn redis_and_memory_agree_when_the_first_of_a_queue_leaves_after_moves() {
             }
         }
         assert_eq!(moved_last, 1, "round {round}: the last waiter moved");
+        assert_eq!(
+            redis.snapshot(key, &policy).await.unwrap().state,
+            memory.snapshot_now(key).state,
+            "round {round}: state"
+        );
+    }
+}
+
+/// What a move handed further down a queue (the `h<id>`, `p<id>` fields of
+/// `settle.lua`, the memory store's `ClassQueue::forget_moves`) is forgotten
+/// when the first of the queue leaves: its give-back counts for every
+/// reservation queued behind it already. Five wait behind a started call;
+/// the third is cancelled, so the fourth, owed its seconds, moves and hands
+/// what it vacated to the fifth; then the first leaves, and the fifth moves
+/// by its give-back alone, before the second and fourth move and the
+/// fourth hands on anew: on Redis as on the memory store, to the bit. (Were
+/// the fifth's hand-on kept, it would count it a second time and move to
+/// where the fourth is, a move earlier than the memory store.)
+#[tokio::test]
+async fn redis_and_memory_agree_when_the_first_leaves_after_a_move_behind_it() {
+    let server = RedisServer::start();
+    let (redis, clock, memory, policy) = mirrored(&server).await;
+    for round in 0..3u64 {
+        let key = format!("first-leaves-behind-{round}");
+        let key = key.as_str();
+        let mut calls = Vec::new();
+        let w = 200 + 25 * round;
+        for tokens in [1_000, w, w, w, w, w] {
+            let call = waiting_call(key, &policy, tokens);
+            calls.push(reserve_on_both(&redis, &clock, &memory, &call).await);
+        }
+        let mut moves = 0;
+        for (leaving, waiting) in [(3, &[4][..]), (1, &[5, 2, 4, 5][..])] {
+            assert!(calls[leaving].0.slot > calls[leaving].0.now);
+            let what = format!("round {round}: cancelling {leaving}");
+            cancel_on_both(
+                &redis,
+                &clock,
+                &memory,
+                key,
+                &policy,
+                &calls[leaving],
+                &what,
+            )
+            .await;
+            for &n in waiting {
+                let what = format!("round {round}: waiter {n} after {leaving} left");
+                let got =
+                    advance_on_both(&redis, &clock, &memory, key, &policy, &mut calls[n], &what)
+                        .await;
+                if matches!(got, Advance::Moved(_)) {
+                    moves += 1;
+                }
+            }
+        }
+        assert_eq!(moves, 5, "round {round}: every waiter asked moved");
+        for n in [2, 4, 5] {
+            let what = format!("round {round}: cancelling {n} at the end");
+            cancel_on_both(&redis, &clock, &memory, key, &policy, &calls[n], &what).await;
+        }
         assert_eq!(
             redis.snapshot(key, &policy).await.unwrap().state,
             memory.snapshot_now(key).state,
@@ -416,6 +456,57 @@ async fn reserve_on_both(
     assert_eq!(r.slot.to_bits(), m.slot.to_bits(), "slot");
     assert_eq!(r.mark, m.mark, "mark");
     (r, m)
+}
+
+/// Cancels a reservation of class 0 (its Redis and its memory twin) on Redis,
+/// then on the memory store at the script's time: the two must agree to the
+/// bit.
+async fn cancel_on_both(
+    redis: &RedisStore,
+    clock: &ManualClock,
+    memory: &MemoryStore,
+    key: &str,
+    policy: &Policy,
+    (r, m): &(Reserved, Reserved),
+    what: &str,
+) {
+    let cancel = |res: &Reserved| SettleCall {
+        key,
+        policy,
+        class: 0,
+        id: res.id,
+        slot: res.slot,
+        mark: res.mark,
+        actual: [0.0; DIMENSIONS],
+    };
+    let (got, now) = redis.settle_timed(&cancel(r)).await.unwrap();
+    clock.set(now);
+    assert_eq!(got, memory.settle_now(&cancel(m)), "{what}");
+}
+
+/// Asks whether a waiting reservation of class 0 (its Redis and its memory
+/// twin) may move, on Redis, then on the memory store at the script's time:
+/// the outcomes must agree; a move is applied to both.
+async fn advance_on_both(
+    redis: &RedisStore,
+    clock: &ManualClock,
+    memory: &MemoryStore,
+    key: &str,
+    policy: &Policy,
+    (r, m): &mut (Reserved, Reserved),
+    what: &str,
+) -> Advance {
+    let got = redis.advance(&advance_call(key, policy, r)).await.unwrap();
+    if let Advance::Moved(a) = got {
+        clock.set(a.now);
+    }
+    let want = memory.advance_outcome_now(&advance_call(key, policy, m));
+    assert_eq!(got, want, "{what}");
+    if let Advance::Moved(a) = got {
+        r.slot = a.slot;
+        m.slot = a.slot;
+    }
+    got
 }
 
 /// The check whether waiting reservation `res` (of class 0) may move.

@@ -13,6 +13,7 @@
 //! Money is counted in integer nano-USD, so sums are exact. Days and months
 //! are UTC, on the gateway's clock.
 
+mod batch;
 mod memory;
 mod period;
 mod redis;

@@ -3,6 +3,8 @@
 //! settled by another (`settle.lua`: `INCRBY` of the difference, expiry
 //! renewed). Both keys of a client share the hash tag `{client}`, so they stay
 //! in one Cluster slot. They travel over the limit store's own connection.
+//! Settlements that come together travel together (`batch.rs`): one call of
+//! `settle_many.lua` applies many.
 //!
 //! Every call has a timeout ([`RedisBudgets::new`]) and both scripts are
 //! idempotent through a hold key per request (`…:h:<hold id>`), so a call
@@ -15,10 +17,18 @@ use std::time::{Duration, Instant};
 
 use tollgate::store::RedisConnection;
 
+use super::batch::Lanes;
 use super::{BudgetError, BudgetLimits, Hold, Level, Period, Spend};
 
 const RESERVE: &str = include_str!("reserve.lua");
-const SETTLE: &str = include_str!("settle.lua");
+/// `settle.lua` as a function of its keys and arguments, run by
+/// `settle_many.lua` once per settlement of a call.
+const SETTLE: &str = concat!(
+    "local function settle_one(KEYS, ARGV)\n",
+    include_str!("settle.lua"),
+    "\nend\n",
+    include_str!("settle_many.lua")
+);
 const SEED: &str = include_str!("seed.lua");
 const DAY_TTL_SECS: u64 = 3 * 86_400;
 const MONTH_TTL_SECS: u64 = 62 * 86_400;
@@ -63,6 +73,8 @@ pub struct RedisBudgets {
     reserve: redis::Script,
     settle: redis::Script,
     seed: redis::Script,
+    /// Settlements waiting to travel together.
+    settling: Lanes,
     /// Where spend is rebuilt from when the counters were lost.
     ledger: Option<std::sync::Arc<crate::ledger::UsageLedger>>,
     timeout: Duration,
@@ -120,6 +132,7 @@ impl RedisBudgets {
             reserve: redis::Script::new(RESERVE),
             settle: redis::Script::new(SETTLE),
             seed: redis::Script::new(SEED),
+            settling: Lanes::default(),
             ledger: None,
             timeout,
             settle_timeout: timeout * SETTLE_TIMEOUT_FACTOR,
@@ -361,24 +374,67 @@ impl RedisBudgets {
         }
     }
 
+    /// One try of settling `hold` at `actual`: it joins the settlements
+    /// waiting on its lane and is answered with their call's outcome. A
+    /// settlement (`actual` > 0) that finds its lane idle waits a moment
+    /// for company; a cancellation goes at once.
     async fn settle_once(&self, hold: &Hold, actual: i64) -> Result<(), BudgetError> {
-        let (day, month) = keys(hold.level, &hold.client, hold.period);
+        let lane = match self.conn {
+            // A Cluster runs a script's keys in one slot: one lane per
+            // account (its hash tag).
+            RedisConnection::Cluster(_) => account(hold.level, &hold.client),
+            _ => String::new(),
+        };
+        let (answer, first) = self.settling.push(&lane, hold.clone(), actual);
+        if first {
+            let this = self.clone();
+            tokio::spawn(
+                self.settling
+                    .clone()
+                    .sender(lane, actual > 0, move |batch| {
+                        let this = this.clone();
+                        async move { this.settle_batch(&batch).await }
+                    }),
+            );
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(BudgetError::Store(
+                "the call carrying the settlement was dropped (its runtime shut down)".into(),
+            ))
+        })
+    }
+
+    /// Settles every `(hold, actual)` of `batch` in one call of
+    /// `settle_many.lua`, in order.
+    async fn settle_batch(&self, batch: &[(Hold, i64)]) -> Result<(), BudgetError> {
+        let mut inv = self.settle.prepare_invoke();
+        for (hold, actual) in batch {
+            let (day, month) = keys(hold.level, &hold.client, hold.period);
+            inv.key(day)
+                .key(month)
+                .key(hold_key(hold))
+                .arg(*actual)
+                .arg(u8::from(hold.reserved))
+                .arg(DAY_TTL_SECS)
+                .arg(MONTH_TTL_SECS)
+                .arg(SETTLED_TTL_SECS);
+        }
         let mut conn = self.conn.clone();
-        let mut inv = self.settle.key(&day);
-        inv.key(&month)
-            .key(hold_key(hold))
-            .arg(actual)
-            .arg(u8::from(hold.reserved))
-            .arg(DAY_TTL_SECS)
-            .arg(MONTH_TTL_SECS)
-            .arg(SETTLED_TTL_SECS);
-        self.call(
-            "settling spend",
-            self.settle_timeout,
-            inv.invoke_async::<i64>(&mut conn),
-        )
-        .await
-        .map(|_| ())
+        let replies: Vec<i64> = self
+            .call(
+                "settling spend",
+                self.settle_timeout,
+                inv.invoke_async(&mut conn),
+            )
+            .await?;
+        if replies.len() != batch.len() {
+            return Err(BudgetError::Store(format!(
+                "settle_many.lua answered {} settlements of {}",
+                replies.len(),
+                batch.len()
+            )));
+        }
+        Ok(())
     }
 
     pub(crate) async fn spend(

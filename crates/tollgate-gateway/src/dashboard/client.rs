@@ -88,23 +88,33 @@ pub async fn handler(
 pub async fn issue_key(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
-    id: Path<String>,
+    Path(id): Path<String>,
     body: Body,
 ) -> Response {
-    match session::as_admin(&gw, &headers) {
-        Ok(headers) => crate::admin_keys::issue_key(State(gw), headers, id, body).await,
-        Err(denied) => denied.json(),
-    }
+    let headers = match session::as_admin(&gw, &headers) {
+        Ok(headers) => headers,
+        Err(denied) => return denied.json(),
+    };
+    let issued = async {
+        let body = crate::admin::authorized_body(&gw, &headers, body).await?;
+        crate::admin_keys::issue(&gw, &id, &headers, &body).await
+    };
+    issued.await.into_response()
 }
 
 /// `DELETE /dashboard/api/keys/{id}`: `DELETE /admin/keys/{id}`.
 pub async fn revoke_key(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
-    id: Path<String>,
+    Path(id): Path<String>,
 ) -> Response {
-    match session::as_admin(&gw, &headers) {
-        Ok(headers) => crate::admin_keys::revoke_key(State(gw), headers, id).await,
-        Err(denied) => denied.json(),
-    }
+    let headers = match session::as_admin(&gw, &headers) {
+        Ok(headers) => headers,
+        Err(denied) => return denied.json(),
+    };
+    let revoked = async {
+        crate::admin::authorize(&gw, &headers)?;
+        crate::admin_keys::revoke(&gw, &id).await
+    };
+    revoked.await.into_response()
 }

@@ -148,7 +148,8 @@ pub enum Current {
     Route(String, Option<RouteOverride>),
 }
 
-/// Everything the registry's tables hold, and the last change it includes.
+/// What the registry's tables hold but their clients and keys (which
+/// [`Pages`] reads a page at a time), and the last change it includes.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// Every change up to this one is included.
@@ -159,10 +160,6 @@ pub struct Snapshot {
     pub assignments: BTreeMap<String, ClientOverride>,
     /// Routes set through the API, by name.
     pub routes: BTreeMap<String, RouteOverride>,
-    /// API clients.
-    pub clients: Vec<ClientRow>,
-    /// Issued keys (revoked ones included).
-    pub keys: Vec<KeyRow>,
     /// Organisations made or changed through the API.
     pub orgs: Vec<OrgRow>,
 }
@@ -283,9 +280,10 @@ pub async fn head(db: &Store) -> Result<u64, StoreError> {
     Ok(rows.first().map_or(0, |r| version_of(&r[0])))
 }
 
-/// Everything, with the last change it includes. The head is read first,
-/// so the tables are at least as new as it; a change in between is applied
-/// again later, which is harmless.
+/// Everything but the clients and keys, with the last change it includes;
+/// read the clients and keys after it with [`Pages`]. The head is read
+/// first, so the tables are at least as new as it; a change in between is
+/// applied again later, which is harmless.
 pub async fn load(db: &Store) -> Result<Snapshot, StoreError> {
     let version = head(db).await?;
     let mut s = Snapshot {
@@ -304,8 +302,6 @@ pub async fn load(db: &Store) -> Result<Snapshot, StoreError> {
         let (client, o) = assignment_from(&r);
         s.assignments.insert(client, o);
     }
-    s.clients = paged(db, CLIENT_SQL, client_from).await?;
-    s.keys = paged(db, KEY_SQL, key_from).await?;
     s.orgs = db
         .query(Statement::new(ORG_SQL, vec![]))
         .await?
@@ -315,34 +311,62 @@ pub async fn load(db: &Store) -> Result<Snapshot, StoreError> {
     Ok(s)
 }
 
-/// Rows read at once by [`load`], so the rows in flight at start stay this
-/// many whatever the table's size (the database's values of a whole table
-/// of 200,000 keys would otherwise be in memory at once beside the rows
-/// made of them).
+/// Rows a [`Pages`] reads at once, so the rows in memory at start stay
+/// this many whatever the table's size: each page goes into the index
+/// before the next is read (200,000 keys read whole would be in memory
+/// at once beside the index made of them, and the allocator keeps that
+/// peak).
 pub const LOAD_PAGE: usize = 5_000;
 
-/// Every row `sql` (whose first column is the table's `id` key) answers,
-/// read [`LOAD_PAGE`] at a time in the order of their ids, each page
-/// turned into `T` before the next is read.
-async fn paged<T>(db: &Store, sql: &str, row: fn(&[Value]) -> T) -> Result<Vec<T>, StoreError> {
-    let mut out = Vec::new();
-    let mut after = String::new();
-    loop {
+/// A table read [`LOAD_PAGE`] rows at a time in the order of their ids:
+/// [`Pages::clients`], [`Pages::keys`].
+#[derive(Debug)]
+pub struct Pages<T> {
+    /// Its query, whose first column is the table's `id` key.
+    sql: &'static str,
+    row: fn(&[Value]) -> T,
+    /// The last id read (`None`: every row read).
+    after: Option<String>,
+}
+
+impl Pages<ClientRow> {
+    /// The API's clients.
+    pub fn clients() -> Pages<ClientRow> {
+        Pages::new(CLIENT_SQL, client_from)
+    }
+}
+
+impl Pages<KeyRow> {
+    /// The issued keys, revoked ones included.
+    pub fn keys() -> Pages<KeyRow> {
+        Pages::new(KEY_SQL, key_from)
+    }
+}
+
+impl<T> Pages<T> {
+    fn new(sql: &'static str, row: fn(&[Value]) -> T) -> Pages<T> {
+        Pages {
+            sql,
+            row,
+            after: Some(String::new()),
+        }
+    }
+
+    /// The next page (`None`: none left).
+    pub async fn next(&mut self, db: &Store) -> Result<Option<Vec<T>>, StoreError> {
+        let Some(after) = self.after.take() else {
+            return Ok(None);
+        };
         let rows = db
             .query(Statement::new(
-                format!("{sql} WHERE id > $1 ORDER BY id LIMIT {LOAD_PAGE}"),
+                format!("{} WHERE id > $1 ORDER BY id LIMIT {LOAD_PAGE}", self.sql),
                 vec![after.as_str().into()],
             ))
             .await?;
-        let Some(last) = rows.last() else {
-            return Ok(out);
-        };
-        after = text(&last[0]);
-        let full = rows.len() == LOAD_PAGE;
-        out.extend(rows.iter().map(|r| row(r)));
-        if !full {
-            return Ok(out);
+        if rows.len() == LOAD_PAGE {
+            self.after = rows.last().map(|last| text(&last[0]));
         }
+        Ok((!rows.is_empty()).then(|| rows.iter().map(|r| (self.row)(r)).collect()))
     }
 }
 

@@ -6,8 +6,29 @@
 
 use super::db::{self, Entity, THIS_VERSION};
 use super::issue::{info_from, KeyInfo, Refused, KEY_COLUMNS};
-use super::Registry;
+use super::{Registry, State};
 use crate::ledger::store::sql::{Statement, Value};
+
+use std::collections::Bound;
+
+/// Most ids a page of [`Registry::client_page`] looks at under one hold of
+/// the index's read lock.
+pub const SCAN: usize = 512;
+
+/// Two iterators of ids in order, merged in order (each id is in one of
+/// them only).
+fn merged<'a>(
+    a: impl Iterator<Item = &'a String>,
+    b: impl Iterator<Item = &'a String>,
+) -> impl Iterator<Item = &'a String> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(x), Some(y)) if x <= y => a.next(),
+        (Some(_), Some(_)) => b.next(),
+        (Some(_), None) => a.next(),
+        (None, _) => b.next(),
+    })
+}
 
 /// Where a client is declared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -101,7 +122,11 @@ impl Registry {
 
     /// Client `id` as listed, disabled or not.
     pub fn client_summary(&self, id: &str) -> Option<ClientSummary> {
-        let st = self.state.read();
+        self.summary_in(&self.state.read(), id)
+    }
+
+    /// [`Registry::client_summary`] in index `st`.
+    fn summary_in(&self, st: &State, id: &str) -> Option<ClientSummary> {
         if let Some(row) = st.api_clients.get(id) {
             return Some(ClientSummary {
                 id: id.to_string(),
@@ -128,30 +153,48 @@ impl Registry {
 
     /// The clients `filter` keeps whose id sorts after `after`, by id, at
     /// most `limit`; and the cursor of the next page when there may be one.
+    /// Both the file's clients and the API's are kept in the order of their
+    /// ids, so a page walks them from `after` on, [`SCAN`] ids at a time
+    /// under the index's read lock (a filter that keeps few never holds
+    /// it over the whole index), and nothing is sorted.
     pub fn client_page(
         &self,
         filter: &ClientFilter,
         after: Option<&str>,
         limit: usize,
     ) -> (Vec<ClientSummary>, Option<String>) {
-        let mut ids: Vec<String> = {
+        let mut page = Vec::with_capacity(limit.min(SCAN));
+        let mut from = after.map(str::to_string);
+        while page.len() < limit {
             let st = self.state.read();
-            self.file
+            let start = from.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+            let file = self
+                .file
                 .clients
-                .keys()
-                .filter(|id| !st.api_clients.contains_key(*id))
-                .chain(st.api_clients.keys())
-                .filter(|id| after.is_none_or(|a| id.as_str() > a))
-                .cloned()
-                .collect()
-        };
-        ids.sort_unstable();
-        let page: Vec<ClientSummary> = ids
-            .iter()
-            .filter_map(|id| self.client_summary(id))
-            .filter(|c| filter.keeps(c))
-            .take(limit)
-            .collect();
+                .range::<str, _>((start, Bound::Unbounded))
+                .map(|(id, _)| id)
+                .filter(|id| !st.api_clients.contains_key(*id));
+            let api = st
+                .api_clients
+                .range::<str, _>((start, Bound::Unbounded))
+                .map(|(id, _)| id);
+            let mut scanned = 0;
+            let mut last = None;
+            for id in merged(file, api).take(SCAN) {
+                scanned += 1;
+                last = Some(id);
+                if let Some(c) = self.summary_in(&st, id).filter(|c| filter.keeps(c)) {
+                    page.push(c);
+                    if page.len() == limit {
+                        break;
+                    }
+                }
+            }
+            if scanned < SCAN {
+                break;
+            }
+            from = last.cloned();
+        }
         let next = (page.len() == limit)
             .then(|| page.last().map(|c| c.id.clone()))
             .flatten();

@@ -246,17 +246,15 @@ impl Client {
     }
 }
 
-/// A key issued through the admin API (the index keeps only its hash).
+/// A key issued through the admin API, as the index keeps it: what a
+/// request checks (its name and how it is shown stay in the database, for
+/// the admin API to read there), under its hash.
 #[derive(Debug, Clone)]
 pub struct Key {
     /// Its id.
-    pub id: String,
+    pub id: Box<str>,
     /// Its client.
-    pub client: String,
-    /// Its name.
-    pub name: Option<String>,
-    /// Its prefix and last characters.
-    pub shown: String,
+    pub client: Box<str>,
     /// The models and routes it may ask for (`None`: all).
     pub models: Option<Vec<String>>,
     /// When it stops working (ms since 1970).
@@ -343,8 +341,9 @@ struct State {
     tiers: HashMap<String, Arc<Tier>>,
     clients: HashMap<String, Arc<Client>>,
     keys: KeyIndex,
-    /// Clients the API created.
-    api_clients: HashMap<String, ApiClient>,
+    /// Clients the API created, by id (in order, so that the admin API
+    /// pages through them without sorting them).
+    api_clients: BTreeMap<String, ApiClient>,
     /// Organisations in force: the file's, with the database's in place.
     orgs: HashMap<String, Arc<Org>>,
     /// Organisations the API made or changed.
@@ -364,8 +363,8 @@ struct File {
     /// against its models and tiers.
     config: Config,
     tiers: BTreeMap<String, TierConfig>,
-    /// Client id → its tier in the file.
-    clients: HashMap<String, String>,
+    /// Client id → its tier in the file (in order, as `api_clients`).
+    clients: BTreeMap<String, String>,
     /// (key hash, client) of every file key.
     keys: Vec<(String, String)>,
     /// Organisations by id.
@@ -392,6 +391,41 @@ pub struct Registry {
     /// Entries re-read and put into the index one at a time: one per change
     /// applied (several changes of one entry in one catch-up are one).
     applied: AtomicU64,
+    /// How often its write lock was taken, and the longest it was held
+    /// (µs): while a change holds it, requests wait.
+    holds: AtomicU64,
+    longest_hold_us: AtomicU64,
+}
+
+/// The index's write lock, held: how long is counted when it is let go
+/// ([`Stats::longest_write_hold_us`]).
+struct Held<'a> {
+    guard: parking_lot::RwLockWriteGuard<'a, State>,
+    since: std::time::Instant,
+    registry: &'a Registry,
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Held<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.guard
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let us = self.since.elapsed().as_micros() as u64;
+        self.registry.holds.fetch_add(1, Ordering::Relaxed);
+        self.registry
+            .longest_hold_us
+            .fetch_max(us, Ordering::Relaxed);
+    }
 }
 
 /// How the index in memory came to be what it is ([`Registry::stats`]).
@@ -408,6 +442,10 @@ pub struct Stats {
     pub clients: usize,
     /// Keys in the index (the file's and the issued ones).
     pub keys: usize,
+    /// Times a change took the index's write lock.
+    pub write_holds: u64,
+    /// The longest a change held it, µs: all a request waits for a change.
+    pub longest_write_hold_us: u64,
 }
 
 impl Registry {
@@ -454,7 +492,6 @@ impl Registry {
                 .collect(),
             classes,
         };
-        let snapshot = db::load(&db).await?;
         let registry = Registry {
             file,
             db,
@@ -466,8 +503,10 @@ impl Registry {
             applying: tokio::sync::Mutex::new(()),
             builds: AtomicU64::new(0),
             applied: AtomicU64::new(0),
+            holds: AtomicU64::new(0),
+            longest_hold_us: AtomicU64::new(0),
         };
-        registry.install(snapshot)?;
+        registry.install(registry.build().await?);
         let (version, overrides) = registry.overrides();
         for line in overrides.describe(config) {
             tracing::warn!(version, "registry override in force: {line}");
@@ -498,9 +537,12 @@ impl Registry {
         Ok(registry)
     }
 
-    /// Builds the whole index from `snapshot` (at start, and after a gap in
-    /// the change list).
-    fn install(&self, snapshot: db::Snapshot) -> Result<(), RegistryError> {
+    /// Builds the whole index from the database (at start, and after a gap
+    /// in the change list): its small tables first, then its clients and
+    /// keys a page at a time, each page into the index before the next is
+    /// read, so what start holds at its peak is the index and one page.
+    async fn build(&self) -> Result<State, RegistryError> {
+        let snapshot = db::load(&self.db).await?;
         let mut st = State {
             overrides: Overrides {
                 tiers: snapshot.tiers,
@@ -508,11 +550,6 @@ impl Registry {
                 routes: snapshot.routes,
             },
             version: snapshot.version,
-            api_clients: snapshot
-                .clients
-                .into_iter()
-                .map(ApiClient::from_row)
-                .collect(),
             api_orgs: snapshot
                 .orgs
                 .into_iter()
@@ -539,13 +576,23 @@ impl Registry {
             let tier = self.effective_tier(name, st.overrides.tiers.get(name))?;
             st.tiers.insert(name.clone(), Arc::new(tier));
         }
+        // The API's clients, in the order of their ids: built in one go,
+        // their map's nodes are full.
+        let mut api = Vec::new();
+        let mut pages = db::Pages::clients();
+        while let Some(rows) = pages.next(&self.db).await? {
+            api.extend(rows.into_iter().map(ApiClient::from_row));
+        }
+        st.api_clients = api.into_iter().collect();
         let ids: Vec<String> = self
             .file
             .clients
             .keys()
+            .filter(|id| !st.api_clients.contains_key(*id))
             .chain(st.api_clients.keys())
             .cloned()
             .collect();
+        st.clients.reserve(ids.len());
         for id in ids {
             self.rebuild_client(&mut st, &id)?;
         }
@@ -553,14 +600,34 @@ impl Registry {
             st.keys.insert(hash, client);
         }
         st.routes = Arc::new(self.effective_routes(&st.overrides));
-        for row in snapshot.keys {
-            let id = row.id.clone();
-            let entry = self.key_entry(row);
-            apply_key(&mut st, &id, Some(entry));
+        let mut pages = db::Pages::keys();
+        while let Some(rows) = pages.next(&self.db).await? {
+            for row in rows {
+                let id = row.id.clone();
+                let entry = self.key_entry(row);
+                apply_key(&mut st, &id, Some(entry));
+            }
         }
-        *self.state.write() = st;
+        Ok(st)
+    }
+
+    /// The index's write lock, timed while held.
+    fn write(&self) -> Held<'_> {
+        let guard = self.state.write();
+        Held {
+            guard,
+            since: std::time::Instant::now(),
+            registry: self,
+        }
+    }
+
+    /// Puts `st`, a whole index just built, in force. The index it
+    /// replaces is dropped after the write lock is released: freeing
+    /// 100,000 clients takes longer than a request should wait.
+    fn install(&self, st: State) {
+        let old = std::mem::replace(&mut *self.write(), st);
+        drop(old);
         self.builds.fetch_add(1, Ordering::Relaxed);
-        Ok(())
     }
 
     /// How the index came to be what it is, and its size.
@@ -572,6 +639,8 @@ impl Registry {
             changes_applied: self.applied.load(Ordering::Relaxed),
             clients: st.clients.len(),
             keys: st.keys.len(),
+            write_holds: self.holds.load(Ordering::Relaxed),
+            longest_write_hold_us: self.longest_hold_us.load(Ordering::Relaxed),
         }
     }
 
@@ -770,7 +839,7 @@ impl Registry {
             return client;
         };
         let rebuilt = Arc::new(rebuilt);
-        let mut st = self.state.write();
+        let mut st = self.write();
         match st.clients.get(&client.id) {
             // Unless another change replaced it meanwhile.
             Some(now) if Arc::ptr_eq(now, &client) => {
@@ -922,7 +991,7 @@ impl Registry {
                     first,
                     "gap in the registry's change list; reading it all again"
                 );
-                self.install(db::load(&self.db).await?)?;
+                self.install(self.build().await?);
                 return Ok(applied + 1);
             }
             let n = changes.len() as u64;
@@ -937,7 +1006,7 @@ impl Registry {
                 }
                 applied += 1;
             }
-            self.state.write().version = last;
+            self.write().version = last;
             if n < CHANGES_AT_ONCE {
                 return Ok(applied);
             }
@@ -956,7 +1025,7 @@ impl Registry {
                     true => Some(Arc::new(self.effective_tier(&name, o.as_ref())?)),
                     false => None,
                 };
-                let mut st = self.state.write();
+                let mut st = self.write();
                 match o {
                     Some(o) => st.overrides.tiers.insert(name.clone(), o),
                     None => st.overrides.tiers.remove(&name),
@@ -966,7 +1035,7 @@ impl Registry {
                 }
             }
             Current::Assignment(id, o) => {
-                let mut st = self.state.write();
+                let mut st = self.write();
                 match o {
                     Some(o) => st.overrides.client_tiers.insert(id.clone(), o),
                     None => st.overrides.client_tiers.remove(&id),
@@ -974,7 +1043,7 @@ impl Registry {
                 self.rebuild_client(&mut st, &id)?;
             }
             Current::Client(id, row) => {
-                let mut st = self.state.write();
+                let mut st = self.write();
                 match row {
                     Some(row) => st
                         .api_clients
@@ -985,10 +1054,10 @@ impl Registry {
             }
             Current::Key(id, row) => {
                 let entry = row.map(|r| self.key_entry(r));
-                apply_key(&mut self.state.write(), &id, entry);
+                apply_key(&mut self.write(), &id, entry);
             }
             Current::Route(name, o) => {
-                let mut st = self.state.write();
+                let mut st = self.write();
                 match o {
                     Some(o) => st.overrides.routes.insert(name, o),
                     None => st.overrides.routes.remove(&name),
@@ -997,7 +1066,7 @@ impl Registry {
             }
             Current::Org(id, row) => {
                 let org = self.org_entry(&id, row.as_ref());
-                let mut st = self.state.write();
+                let mut st = self.write();
                 match row {
                     Some(row) => st.api_orgs.insert(id.clone(), row),
                     None => st.api_orgs.remove(&id),
@@ -1033,10 +1102,8 @@ impl Registry {
                 })
             });
         let key = Key {
-            id: row.id,
-            client: row.client,
-            name: row.name,
-            shown: row.shown,
+            id: row.id.into(),
+            client: row.client.into(),
             models: row.models,
             expires_at_ms: row.expires_at_ms,
             own,

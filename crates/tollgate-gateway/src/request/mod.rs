@@ -459,7 +459,7 @@ async fn prepare(
             "model",
             format!(
                 "This API key ({}) may not use {:?}; it may use {:?}.",
-                key.shown,
+                key.id,
                 parsed.model,
                 key.models.as_deref().unwrap_or_default()
             ),

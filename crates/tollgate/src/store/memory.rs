@@ -130,8 +130,13 @@ struct ClassQueue {
     headroom: [VecDeque<HeadroomEntry>; DIMENSIONS],
     /// Seconds of TAT given back by refunds of this class's started
     /// reservations and of the first of its queue, per dimension (see
-    /// `tollgate_core::advance`).
+    /// `tollgate_core::advance`), counted from the first time one of its
+    /// reservations queued (`queued_ever`): only a queued reservation reads
+    /// them, as they stand when it queues, and `settle.lua` likewise keeps no
+    /// counters for a class that never queued (bit `c` of the key's state).
     started_refunds: Dims,
+    /// Whether a reservation of this class ever queued on this key.
+    queued_ever: bool,
     /// Per queued reservation, the seconds of TAT per dimension that
     /// cancelled reservations charged just before it vacated but could not
     /// give back (`Settled::left`): it may start earlier by them.
@@ -191,6 +196,7 @@ impl ClassQueue {
     }
 
     fn push(&mut self, id: u64, slot: f64, values: &Dims) {
+        self.queued_ever = true;
         self.slots.insert((slot.to_bits(), id));
         for (d, &value) in self.headroom.iter_mut().zip(values) {
             if value.is_finite() {
@@ -698,7 +704,7 @@ impl MemoryStore {
         );
         entry.state = settled.state;
         let queue = entry.queue(call.class, now);
-        if call.slot <= now || first {
+        if (call.slot <= now || first) && queue.queued_ever {
             for (r, give) in queue.started_refunds.iter_mut().zip(settled.returned) {
                 *r += give;
             }

@@ -115,14 +115,25 @@ local c = ARGV[3]
 -- them counts none); h<id> what the reservation before it vacated by moving
 -- (four doubles, then the mover's refunded_at - class_refunds_at, which
 -- corrects it for refunds made between the two charges); p<id> what it
--- handed on itself by moving.
+-- handed on itself by moving. Each of h<id> and p<id> ends with the class's
+-- generation g<class> when it was written (a double): when the first of the
+-- queue leaves, settle.lua counts a new generation, and what was handed on
+-- before counts as never handed (ClassQueue::forget_moves), in constant
+-- time; one of another length (older scripts wrote none) counts so too.
 local v = base .. 'v'
-local got = redis.call('HMGET', v, 'k' .. ARGV[1], 'j' .. ARGV[1], 'h' .. ARGV[1], 'p' .. ARGV[1])
+local got = redis.call('HMGET', v, 'k' .. ARGV[1], 'j' .. ARGV[1], 'h' .. ARGV[1], 'p' .. ARGV[1], 'g' .. c)
 local owed, given, moved_in, handed = nil, nil, nil, nil
+local gen = tonumber(got[5]) or 0
 if got[1] then owed = {unpack_d('<dddd', got[1])} end
 if got[2] then given = {unpack_d('<dddddddd', got[2])} end
-if got[3] then moved_in = {unpack_d('<dddddddd', got[3])} end
-if got[4] then handed = {unpack_d('<dddd', got[4])} end
+if got[3] and #got[3] == 72 then
+  moved_in = {unpack_d('<ddddddddd', got[3])}
+  if moved_in[9] ~= gen then moved_in = nil end
+end
+if got[4] and #got[4] == 40 then
+  handed = {unpack_d('<ddddd', got[4])}
+  if handed[5] ~= gen then handed = nil end
+end
 local has_credit = owed or given or moved_in
 -- Per dimension passed (by its ARGV position): the refunds of started
 -- reservations since it was taken, and the credit.
@@ -197,15 +208,22 @@ if has_credit then
         if w and w > nxt and w <= first then nxt = w else nxt = nil break end
       end
       if nxt then
-        if redis.call('HLEN', v) >= 2048 then redis.call('DEL', v) end
+        -- (A new hash starts the class's generations anew.)
+        if redis.call('HLEN', v) >= 2048 then
+          redis.call('DEL', v)
+          gen = 0
+        end
         for d = 1, 4 do total[d] = total[d] + more[d] end
         local first_s = string.format('%.0f', first)
         local had = redis.call('HGET', v, 'h' .. first_s)
         local t = {0, 0, 0, 0}
-        if had then t = {unpack_d('<dddddddd', had)} end
-        redis.call('HSET', v, 'p' .. ARGV[1], pack('<dddd', total[1], total[2], total[3], total[4]),
-          'h' .. first_s, pack('<dddddddd', t[1] + more[1], t[2] + more[2], t[3] + more[3], t[4] + more[4],
-            basis[1], basis[2], basis[3], basis[4]))
+        if had and #had == 72 then
+          local o = {unpack_d('<ddddddddd', had)}
+          if o[9] == gen then t = o end
+        end
+        redis.call('HSET', v, 'p' .. ARGV[1], pack('<ddddd', total[1], total[2], total[3], total[4], gen),
+          'h' .. first_s, pack('<ddddddddd', t[1] + more[1], t[2] + more[2], t[3] + more[3], t[4] + more[4],
+            basis[1], basis[2], basis[3], basis[4], gen))
         local ttl = redis.call('PTTL', KEYS[1])
         if ttl > 0 then redis.call('PEXPIRE', v, ttl) end
       end

@@ -610,7 +610,7 @@ impl RedisStore {
         let replies = if sent.is_empty() {
             Value::BulkString(Vec::new())
         } else {
-            let inv = scripts::reserve_invocation(keys, first.class, cluster, &sent);
+            let inv = scripts::reserve_invocation(keys, cluster, &sent);
             let store = self.clone();
             // Reservations whose reply comes after the caller stopped waiting
             // have no owner: they are cancelled then.
@@ -758,7 +758,7 @@ impl Backend for RedisStore {
         };
         let reply = match queued {
             Ok((args, owner)) => {
-                let inv = scripts::reserve_invocation(keys, call.class, cluster, [&args]);
+                let inv = scripts::reserve_invocation(keys, cluster, [&args]);
                 let store = self.clone();
                 let release = lanes::Release::<Waiting>::new(self.clone(), lane);
                 let sent = InFlight::new(
@@ -944,7 +944,7 @@ impl lanes::Waiter for Waiting {
 
     fn invocation(prefix: &str, lane: &Lane, cluster: bool, batch: &[Self]) -> scripts::Invocation {
         let keys = Keys::new(prefix, &lane.0);
-        scripts::reserve_invocation(&keys, lane.1, cluster, batch.iter().map(|w| &w.args))
+        scripts::reserve_invocation(&keys, cluster, batch.iter().map(|w| &w.args))
     }
 
     fn error(e: redis::RedisError) -> StoreError {

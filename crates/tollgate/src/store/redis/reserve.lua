@@ -10,19 +10,23 @@
 --          classes that ever queued), t0..t3 (TAT per dimension, seconds),
 --          r0..r3 (refunds so far per dimension, seconds). Fields
 --          a<class>:<dimension>: one double each (see advance.lua).
--- KEYS[2]  the class's queue: sorted set, member = reservation id, score = slot
--- KEYS[3]  the class's headroom index: one sorted set, all scores 0, members
+-- KEYS[2]  the store's epoch: "<id> <lost_at>", written once when the first
+--          key of an empty store is created; lost_at (seconds) is when the
+--          store was found to have lost its state, 0 for a store that was new.
+--          A store that restarted empty has lost it too.
+-- The class's queue <prefix>:{K}:q<class> (a sorted set, member =
+-- reservation id, score = slot) and its headroom index <prefix>:{K}:h<class>
+-- are named from KEYS[1] (they share its hash tag): only a class that
+-- queues pays for their names. The headroom index: all scores 0, members
 --          "<dimension>:<id, 20 digits>:<slot>:<headroom>" in lexicographic
 --          (= dimension, then id) order. Per dimension it is the monotonic
 --          queue of the memory store: headrooms grow with the id, so the first
 --          entry after an id holds the least headroom of the later reservations
 --          (see settle.lua).
--- KEYS[4]  the store's epoch: "<id> <lost_at>", written once when the first
---          key of an empty store is created; lost_at (seconds) is when the
---          store was found to have lost its state, 0 for a store that was new.
---          A store that restarted empty has lost it too.
--- ARGV     three per reservation; for the first, ARGV[1..3]:
--- ARGV[1]  the numbers, as little-endian doubles (parsing decimal text was
+-- ARGV     one per reservation (Redis makes a string of each argument for
+--          the script, which cost more than a call of HGET for the three of
+--          before): two bytes, the lengths of the epoch and the costs below;
+--          the numbers, as little-endian doubles (parsing decimal text was
 --          most of what a call cost): the class's tolerance, tau * headroom
 --          (seconds); the longest acceptable wait in seconds (-1 for none);
 --          the most reservations that may wait in the class's queue (-1 for
@@ -37,13 +41,13 @@
 --          reservation queued further ahead than this gets one, see
 --          advance.lua: its id in the key's lease set <prefix>:{K}:l scored by
 --          when it ends, and what its cancellation needs in <prefix>:{K}:m,
---          field = id: "<class> <slot> <ARGV[3]>", a newline, and the state
+--          field = id: "<class> <slot> <costs>", a newline, and the state
 --          before its charge); then three per limited dimension, in index
 --          order: index (0..3), charge = cost * T (seconds), and the highest
---          TAT the caller was told for this dimension of this key (-1 for none)
--- ARGV[2]  the epoch the caller last saw, "" for none
--- ARGV[3]  the reservation's cost in units per limited dimension, as text
---          (only read with a lease)
+--          TAT the caller was told for this dimension of this key (-1 for
+--          none); then the epoch the caller last saw (text, empty for none);
+--          then the costs: the reservation's cost in units per limited
+--          dimension, as text (only read with a lease)
 --
 -- A key without state (new, expired while idle, or lost) reads the epoch. An
 -- epoch that is missing although the caller saw one means the store lost
@@ -97,20 +101,25 @@ local extended, any_queued, any_lease = false, false, false
 
 -- The numbers of each reservation: eight, then three per limited dimension
 -- (the usual counts' formats written out: building one costs two strings).
-local replies = {}
-for j = 1, #ARGV / 3 do
-  local nums = ARGV[3 * j - 2]
-  local size, format = #nums, nil
+-- One reply per reservation (a table only for several).
+local replies, single = nil, #ARGV == 1
+if not single then replies = {} end
+-- The class's queue and headroom index (named on first need).
+local queue_key, headroom_key = nil, nil
+for j = 1, #ARGV do
+  local nums = ARGV[j]
+  local epoch_len, costs_len = string.byte(nums, 1, 2)
+  local size, format = #nums - 2 - epoch_len - costs_len, nil
   if size == 112 then format = '<dddddddddddddd'
   elseif size == 88 then format = '<ddddddddddd'
   else format = '<' .. string.rep('d', size / 8) end
-  local A = {struct.unpack(format, nums)}
+  local A = {struct.unpack(format, nums, 3)}
   -- Places one reservation on `st` (see the reply above); a refusal leaves
   -- the loop's body early with its reply.
   local reply
   repeat
     if A[6] >= 0 and now > A[6] then reply = '\5' break end
-    local dims = (#A - 8) / 3
+    local dims = (size / 8 - 8) / 3
     local classes = st[3]
     local class = A[5]
 
@@ -127,11 +136,12 @@ for j = 1, #ARGV / 3 do
     if class_used then
       if not looked then
         looked = true
-        queued = redis.call('ZCARD', KEYS[2])
+        queue_key = string.format('%sq%d', string.sub(KEYS[1], 1, -2), class)
+        queued = redis.call('ZCARD', queue_key)
         if queued > 0 then
-          queued = queued - redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%.17g', now))
+          queued = queued - redis.call('ZREMRANGEBYSCORE', queue_key, '-inf', string.format('%.17g', now))
           if queued > 0 then
-            local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+            local last = redis.call('ZRANGE', queue_key, -1, -1, 'WITHSCORES')
             tail = tonumber(last[2])
           end
         end
@@ -144,12 +154,12 @@ for j = 1, #ARGV / 3 do
     local epoch = ''
     local floor = nil
     if st[1] == 0 then
-      epoch = redis.call('GET', KEYS[4])
+      epoch = redis.call('GET', KEYS[2])
       if not epoch then
         local lost = '0'
-        if ARGV[3 * j - 1] ~= '' then lost = string.format('%.17g', now) end
+        if epoch_len > 0 then lost = string.format('%.17g', now) end
         epoch = string.format('%s%06d %s', time[1], usec, lost)
-        redis.call('SET', KEYS[4], epoch)
+        redis.call('SET', KEYS[2], epoch)
       end
       local lost = tonumber(string.match(epoch, ' (%S+)$')) or 0
       local tau = A[7]
@@ -157,10 +167,6 @@ for j = 1, #ARGV / 3 do
     end
 
     local tolerance = A[1]
-    -- The TATs before the charge, by limited dimension (index and charge are
-    -- read from A: A[3k + 6], A[3k + 7]). Sized for four up front: growing a
-    -- table costs more than this.
-    local tat = {0, 0, 0, 0}
     -- TATs drained here, as they were: a refusal puts them back.
     local undrained = nil
     for k = 1, dims do
@@ -180,7 +186,6 @@ for j = 1, #ARGV / 3 do
           st[4 + i] = t
         end
       end
-      tat[k] = t
       slot = max(slot, t + A[a + 1] - tolerance)
     end
 
@@ -214,14 +219,22 @@ for j = 1, #ARGV / 3 do
     id = id + 1
     st[1] = id
     local full = slot
+    local queue_it = slot > now
+    -- The TATs before the charge (drained, if they were), by limited
+    -- dimension, which only a queued reservation's headroom needs. (Each
+    -- dimension's TAT is still the one before the charge when it is charged.)
+    local tat = nil
+    if queue_it then tat = {0, 0, 0, 0} end
     for k = 1, dims do
       local a = 3 * k + 6
-      local next_tat = max(tat[k], slot) + A[a + 1]
-      st[4 + A[a]] = next_tat
+      local i = A[a]
+      local t = st[4 + i]
+      if tat then tat[k] = t end
+      local next_tat = max(t, slot) + A[a + 1]
+      st[4 + i] = next_tat
       if next_tat > full then full = next_tat end
     end
 
-    local queue_it = slot > now
     if queue_it and not class_used then
       if class_bit == 0 then class_bit = 2 ^ class end
       st[3] = classes + class_bit
@@ -261,8 +274,12 @@ for j = 1, #ARGV / 3 do
           n = 16
         end
       end
+      if not headroom_key then
+        local base = string.sub(KEYS[1], 1, -2)
+        queue_key, headroom_key = string.format('%sq%d', base, class), string.format('%sh%d', base, class)
+      end
       local slot_s = string.format('%.17g', slot)
-      redis.call('ZADD', KEYS[2], slot_s, id)
+      redis.call('ZADD', queue_key, slot_s, id)
       any_queued = true
       if looked then
         queued = queued + 1
@@ -275,25 +292,26 @@ for j = 1, #ARGV / 3 do
         local i_s = string.format('%d', i)
         local lo, hi = '[' .. i_s .. ':', '[' .. i_s .. ';'
         -- Entries whose slot has passed leave from the front...
-        trim(KEYS[3], 'ZRANGEBYLEX', lo, hi, function(e)
+        trim(headroom_key, 'ZRANGEBYLEX', lo, hi, function(e)
           return tonumber(string.match(e, '^%d+:%d+:([^:]+):')) <= now
         end)
         -- ...and entries with more headroom from the back. An entry that
         -- removed others stands for them too: it says so (":p"), and stays even
         -- when its reservation is cancelled (see settle.lua).
         local value = tat[k] - slot + st[8 + i]
-        local popped = trim(KEYS[3], 'ZREVRANGEBYLEX', hi, lo, function(e)
+        local popped = trim(headroom_key, 'ZREVRANGEBYLEX', hi, lo, function(e)
           return tonumber(string.match(e, '^%d+:%d+:[^:]+:([^:]+)')) > value
         end)
         local member = i_s .. ':' .. id_w .. ':' .. slot_s .. ':' .. string.format('%.17g', value)
         if popped > 0 then member = member .. ':p' end
-        redis.call('ZADD', KEYS[3], 0, member)
+        redis.call('ZADD', headroom_key, 0, member)
       end
       local lease = A[8]
       if lease >= 0 and slot - now > lease then
         local base = string.sub(KEYS[1], 1, -2)
         redis.call('ZADD', base .. 'l', now + lease, id)
-        redis.call('HSET', base .. 'm', id, class .. ' ' .. slot_s .. ' ' .. ARGV[3 * j] .. '\n' .. (before or ''))
+        local costs = string.sub(nums, 3 + size + epoch_len, 2 + size + epoch_len + costs_len)
+        redis.call('HSET', base .. 'm', id, class .. ' ' .. slot_s .. ' ' .. costs .. '\n' .. (before or ''))
         any_lease = true
       end
       -- A queued reservation remembers its class's refunds by started
@@ -304,22 +322,23 @@ for j = 1, #ARGV / 3 do
       for k = 1, dims do counters = counters .. (a[k] or '\0\0\0\0\0\0\0\0') end
       counted = dims
     end
-    reply = struct.pack('<BdddddBBB', 1, slot, sec, usec, id, ahead, #epoch, before and #before or 0, counted)
-      .. epoch .. (before or '') .. counters
+    -- ('c0' packs a whole string: one string made, not two.)
+    reply = struct.pack('<BdddddBBBc0c0c0', 1, slot, sec, usec, id, ahead, #epoch, before and #before or 0,
+      counted, epoch, before or '', counters)
   until true
-  replies[j] = reply
+  if single then replies = reply else replies[j] = reply end
 end
 
 if dirty then redis.call('HSET', KEYS[1], 's', blob) end
 if extended then redis.call('PEXPIREAT', KEYS[1], expire_at) end
 if any_queued then
-  redis.call('PEXPIREAT', KEYS[2], expire_at)
-  redis.call('PEXPIREAT', KEYS[3], expire_at)
+  redis.call('PEXPIREAT', queue_key, expire_at)
+  redis.call('PEXPIREAT', headroom_key, expire_at)
 end
 if any_lease then
   local base = string.sub(KEYS[1], 1, -2)
   redis.call('PEXPIREAT', base .. 'l', expire_at)
   redis.call('PEXPIREAT', base .. 'm', expire_at)
 end
-if #replies == 1 then return replies[1] end
+if single then return replies end
 return table.concat(replies)

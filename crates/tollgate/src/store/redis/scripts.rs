@@ -85,11 +85,6 @@ impl<'a> Keys<'a> {
         format!("{}:{{{}}}:q{class}", self.prefix, self.key)
     }
 
-    /// The headroom index of one class: `<prefix>:{<key>}:h<class>`.
-    pub(crate) fn headroom(&self, class: u8) -> String {
-        format!("{}:{{{}}}:h{class}", self.prefix, self.key)
-    }
-
     /// The store's epoch (see `reserve.lua`): `<prefix>:epoch`, one for the
     /// whole store; on a Cluster `<prefix>:{<key>}:epoch`, one per key, in
     /// the key's slot (a script touches one slot, and a node that restarts
@@ -137,11 +132,14 @@ pub(crate) fn too_large_for(call: &ReserveCall<'_>) -> Option<ReserveError> {
         .map(|d| too_large(policy, d, call.cost[d.index()]))
 }
 
-/// The three arguments of one reservation in a call of `reserve.lua`.
+/// The argument of one reservation in a call of `reserve.lua`: the lengths
+/// of the epoch and the costs (a byte each), the numbers (doubles), the
+/// epoch this process last saw and the costs as text (only read with a
+/// lease). One argument, not three: Redis makes a string of each argument
+/// for the script, which cost more than the script's `HGET` for the two
+/// more.
 pub(crate) struct ReserveArgs {
     nums: Vec<u8>,
-    epoch: String,
-    costs: String,
 }
 
 /// The arguments of `reserve.lua` for a call.
@@ -151,7 +149,21 @@ pub(crate) fn reserve_args(
 ) -> Result<ReserveArgs, StoreError> {
     check_class(call.class)?;
     let policy = call.policy;
-    let mut nums = Doubles::default();
+    let costs = call.lease.map_or(String::new(), |_| {
+        let costs: Vec<String> = (0..DIMENSIONS)
+            .filter(|&i| policy.increment[i] > 0.0)
+            .map(|i| call.cost[i].to_string())
+            .collect();
+        costs.join(" ")
+    });
+    let (Ok(epoch_len), Ok(costs_len)) = (u8::try_from(ctx.epoch.len()), u8::try_from(costs.len()))
+    else {
+        return Err(StoreError::Failed(format!(
+            "the epoch {:?} or the costs {costs:?} are longer than reserve.lua takes (255 bytes); is another program using the key prefix?",
+            ctx.epoch
+        )));
+    };
+    let mut nums = Doubles(vec![epoch_len, costs_len]);
     nums.push(policy.tau * call.headroom)
         .push(call.max_wait.unwrap_or(-1.0))
         .push(call.max_queue.map_or(-1.0, |q| q as f64))
@@ -168,35 +180,25 @@ pub(crate) fn reserve_args(
                 .push(ctx.known.map_or(-1.0, |k| k[i]));
         }
     }
-    let costs = call.lease.map_or(String::new(), |_| {
-        let costs: Vec<String> = (0..DIMENSIONS)
-            .filter(|&i| policy.increment[i] > 0.0)
-            .map(|i| call.cost[i].to_string())
-            .collect();
-        costs.join(" ")
-    });
-    Ok(ReserveArgs {
-        nums: nums.0,
-        epoch: ctx.epoch.to_string(),
-        costs,
-    })
+    let mut nums = nums.0;
+    nums.extend_from_slice(ctx.epoch.as_bytes());
+    nums.extend_from_slice(costs.as_bytes());
+    Ok(ReserveArgs { nums })
 }
 
 /// The invocation of `reserve.lua` placing reservations of one class of one
-/// key, in the order given (one reply each, see [`reserve_replies`]).
+/// key, in the order given (one reply each, see [`reserve_replies`]). The
+/// class's queue and headroom index are named by the script from the state's
+/// key (see `reserve.lua`).
 pub(crate) fn reserve_invocation<'a>(
     keys: &Keys<'_>,
-    class: u8,
     cluster: bool,
     items: impl IntoIterator<Item = &'a ReserveArgs>,
 ) -> Invocation {
-    let mut inv = Invocation::new(&RESERVE, 4);
-    inv.arg(keys.state())
-        .arg(keys.queue(class))
-        .arg(keys.headroom(class))
-        .arg(keys.epoch(cluster));
+    let mut inv = Invocation::new(&RESERVE, 2);
+    inv.arg(keys.state()).arg(keys.epoch(cluster));
     for item in items {
-        inv.arg(&item.nums[..]).arg(&item.epoch).arg(&item.costs);
+        inv.arg(&item.nums[..]);
     }
     inv
 }
@@ -342,10 +344,10 @@ impl Doubles {
     }
 }
 
-/// The two arguments of one settlement in a call of `settle.lua`, and its class.
+/// The argument of one settlement in a call of `settle.lua`: the length of
+/// the reservation's id (a byte), the id as text, then the numbers
+/// (doubles). The class's queue is named by the script from the state's key.
 pub(crate) struct SettleArgs {
-    class: u8,
-    id: u64,
     nums: Vec<u8>,
 }
 
@@ -358,7 +360,10 @@ pub(crate) fn settle_args(
     check_class(call.class)?;
     let policy = call.policy;
     let cancelled = call.actual.iter().all(|&a| a == 0.0);
-    let mut nums = Doubles::default();
+    let id = call.id.to_string();
+    // (A u64 has at most 20 digits.)
+    let mut nums = Doubles(vec![id.len() as u8]);
+    nums.0.extend_from_slice(id.as_bytes());
     nums.push(idle_ms as f64)
         .push(f64::from(call.class))
         .push(call.slot)
@@ -388,11 +393,7 @@ pub(crate) fn settle_args(
                 .push(mark.end[i] - mark.cost[i] * inc - gap);
         }
     }
-    Ok(SettleArgs {
-        class: call.class,
-        id: call.id,
-        nums: nums.0,
-    })
+    Ok(SettleArgs { nums: nums.0 })
 }
 
 /// The invocation of `settle.lua` settling reservations of one key, in the
@@ -401,14 +402,10 @@ pub(crate) fn settle_invocation<'a>(
     keys: &Keys<'_>,
     items: impl IntoIterator<Item = &'a SettleArgs>,
 ) -> Invocation {
-    let items: Vec<&SettleArgs> = items.into_iter().collect();
-    let mut inv = Invocation::new(&SETTLE, 1 + items.len());
+    let mut inv = Invocation::new(&SETTLE, 1);
     inv.arg(keys.state());
-    for item in &items {
-        inv.arg(keys.queue(item.class));
-    }
-    for item in &items {
-        inv.arg(item.id).arg(&item.nums[..]);
+    for item in items {
+        inv.arg(&item.nums[..]);
     }
     inv
 }

@@ -1,18 +1,21 @@
 -- settle.lua: settles (or, with actual usage 0, cancels) one reservation.
 -- The same arithmetic, in the same order of operations, as tollgate_core::settle.
 --
--- KEYS[1]  the key's state hash (see reserve.lua)
--- KEYS[2]  the reservation's class queue; the reservation leaves it. The
---          other classes' queues and the headroom indexes (<prefix>:{K}:h<class>,
---          see reserve.lua) of the classes that queued on the key (the bit set
---          c of its state) are named from these: they share the key's hash tag.
--- ARGV[1]  the reservation's id
--- ARGV[2]  the numbers, as little-endian doubles: the idle margin in
+-- KEYS[1]  the key's state hash (see reserve.lua). The reservation's class
+--          queue <prefix>:{K}:q<class>, which it leaves, the other classes'
+--          queues and the headroom indexes (<prefix>:{K}:h<class>, see
+--          reserve.lua) of the classes that queued on the key (the bit set c
+--          of its state) are named from it: they share the key's hash tag.
+-- ARGV[1]  one argument (Redis makes a string of each for the script): a
+--          byte, the length of the reservation's id; the id (text); then
+--          the numbers, as little-endian doubles: the idle margin in
 --          milliseconds (see reserve.lua); the reservation's class; its slot
 --          (seconds: when it lies in the past, or the reservation is the
 --          first of its class's queue, what is given back is added to the
 --          class's counters a<class>:<dimension> of refunds made ahead of
---          every reservation queued in it, see advance.lua); the caller's deadline on this
+--          every reservation queued in it, see advance.lua, when the class
+--          ever queued: only reservations queued later read them, as they
+--          stand then); the caller's deadline on this
 --          server's clock (seconds, -1 for none: a settlement that arrives
 --          later writes nothing); 1 for a cancellation (all actual usage 0),
 --          else 0; then seven per limited dimension whose usage differs from
@@ -62,54 +65,64 @@ local min = math.min
 local time = redis.call('TIME')
 local sec, usec = tonumber(time[1]), tonumber(time[2])
 local now = sec + usec / 1000000
--- The numbers of ARGV[2]: five, then seven per dimension passed.
-local size, format = #ARGV[2], nil
+-- The numbers after the id: five, then seven per dimension passed.
+local nums = ARGV[1]
+local id_len = string.byte(nums, 1)
+local size, format = #nums - 1 - id_len, nil
 if size == 96 then format = '<dddddddddddd'
 elseif size == 152 then format = '<ddddddddddddddddddd'
 else format = '<' .. string.rep('d', size / 8) end
-local A = {struct.unpack(format, ARGV[2])}
+local A = {struct.unpack(format, nums, 2 + id_len)}
 if A[4] >= 0 and now > A[4] then return '\5' end
 local class = A[2]
 local slot = A[3]
 local started = slot <= now
 local cancelled = A[5] == 1
 local n = (size / 8 - 5) / 7
-local id = tonumber(ARGV[1])
 local base = nil
--- The state, then the class's counter of refunds by started reservations
--- for each dimension refunded (see advance.lua).
+-- The class's counters of refunds by started reservations for each
+-- dimension refunded (see advance.lua), and where each was read.
 local fields = nil
 local a_at = nil
+local blob = redis.call('HGET', KEYS[1], 's')
+local st = load(blob)
+local classes = st[3]
+-- The id and the class's queue, which only a key whose classes queued, or
+-- a reservation that was queued, needs.
+local id, id_s, queue_key = nil, nil, nil
+if classes > 0 or not started then
+  id_s = string.sub(nums, 2, 1 + id_len)
+  id = tonumber(id_s)
+  queue_key = string.format('%sq%d', string.sub(KEYS[1], 1, -2), class)
+end
 -- The first reservation of its class's queue was charged before every
 -- other one queued in it (FIFO): what it gives back counts there as a
 -- started one's does. (Its queue's live members are those whose slot is
 -- still ahead; ids of one length sort as their numbers.)
 local counts = started
 if not started then
-  local head = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. string.format('%.17g', now), string.format('%.17g', slot), 'LIMIT', 0, 1)[1]
-  counts = head == ARGV[1]
+  local head = redis.call('ZRANGEBYSCORE', queue_key, '(' .. string.format('%.17g', now), string.format('%.17g', slot), 'LIMIT', 0, 1)[1]
+  counts = head == id_s
 end
-if counts then
-  local m = 2
+-- Only a class that ever queued (bit set in c) can have reservations that
+-- count its refunds: a class that never did keeps no counters (a
+-- reservation queued later reads them as they stand then).
+local class_bit = 2 ^ class
+local class_used = classes % (2 * class_bit) >= class_bit
+local h = nil
+if counts and class_used then
+  local m = 1
   for k = 1, n do
     if A[7 * k + 1] > 0 then
-      if m == 2 then fields, a_at = {KEYS[1], 's'}, {} end
+      if m == 1 then fields, a_at = {KEYS[1]}, {} end
       m = m + 1
       -- (Formatting a number with .. costs a %.14g; %d is cheaper.)
       fields[m] = string.format('a%d:%d', class, A[7 * k - 1])
       a_at[k] = m - 1
     end
   end
+  if fields then h = redis.call('HMGET', unpack(fields)) end
 end
-local h, blob = nil, nil
-if fields then
-  h = redis.call('HMGET', unpack(fields))
-  blob = h[1]
-else
-  blob = redis.call('HGET', KEYS[1], 's')
-end
-local st = load(blob)
-local classes = st[3]
 -- Reservations charged after this one exist only when it is not the last.
 local later_ones = classes > 0 and id < st[1]
 -- Only a class that ever queued has a queue to leave. A reservation whose
@@ -118,12 +131,11 @@ local later_ones = classes > 0 and id < st[1]
 -- neither, it was cancelled already and nothing more is written.
 local queued = false
 if classes > 0 then
-  local class_bit = 2 ^ tonumber(class)
   local removed = 0
-  if classes % (2 * class_bit) >= class_bit then removed = redis.call('ZREM', KEYS[2], ARGV[1]) end
+  if class_used then removed = redis.call('ZREM', queue_key, id_s) end
   if not started then
     base = string.sub(KEYS[1], 1, -2)
-    if removed == 0 then removed = redis.call('HDEL', base .. 'r', ARGV[1]) end
+    if removed == 0 then removed = redis.call('HDEL', base .. 'r', id_s) end
     if removed == 0 then return pack('<Bdd', 7, sec, usec) end
     queued = true
   end
@@ -131,7 +143,7 @@ end
 local ahead = nil
 -- What the cancellations before it gave back (j<id>) and what the one before
 -- it vacated by moving (h<id>, kept as stored): see advance.lua.
-local given_in, moved_in = nil, nil
+local given_in, moved_in, moved_gen = nil, nil, nil
 local id_w = nil
 if queued then
   id_w = string.format('%020.0f', id)
@@ -141,31 +153,30 @@ if queued then
     local e = redis.call('ZRANGEBYLEX', own, '[' .. i_s .. ':' .. id_w .. ':', '[' .. i_s .. ':' .. id_w .. ';', 'LIMIT', 0, 1)[1]
     if e and string.sub(e, -2) ~= ':p' then redis.call('ZREM', own, e) end
   end
-  local got = redis.call('HMGET', base .. 'v', 'k' .. ARGV[1], 'j' .. ARGV[1], 'h' .. ARGV[1])
+  local got = redis.call('HMGET', base .. 'v', 'k' .. id_s, 'j' .. id_s, 'h' .. id_s, 'g' .. class)
   if got[1] then ahead = {unpack_d('<dddd', got[1])} end
   if got[2] then given_in = {unpack_d('<dddddddd', got[2])} end
-  moved_in = got[3]
-  if got[1] or got[2] or got[3] then
-    redis.call('HDEL', base .. 'v', 'k' .. ARGV[1], 'j' .. ARGV[1], 'h' .. ARGV[1], 'p' .. ARGV[1])
+  -- (What moved in counts only when handed on in the class's generation,
+  -- see advance.lua; its first 64 bytes are the seconds and their basis.)
+  local gen = tonumber(got[4]) or 0
+  if got[3] and #got[3] == 72 and unpack_d('<d', got[3], 65) == gen then
+    moved_in = string.sub(got[3], 1, 64)
   end
-  redis.call('ZREM', base .. 'l', ARGV[1])
-  redis.call('HDEL', base .. 'm', ARGV[1])
+  if got[1] or got[2] or got[3] then
+    redis.call('HDEL', base .. 'v', 'k' .. id_s, 'j' .. id_s, 'h' .. id_s, 'p' .. id_s)
+  end
+  redis.call('ZREM', base .. 'l', id_s)
+  redis.call('HDEL', base .. 'm', id_s)
   -- Every reservation queued behind the first counts what it gives back,
   -- which includes what it had handed on by moving (its gap and credit):
   -- what was handed down the queue (h<id>, p<id>) would count twice, and
-  -- is forgotten (safe: they only start later). The queue is at most its
-  -- class's max_queue long.
+  -- is forgotten (safe: they only start later): a new generation of the
+  -- class, one write however long the queue.
   if counts then
-    local members = redis.call('ZRANGE', KEYS[2], 0, -1)
-    for from = 1, #members, 64 do
-      local del = {base .. 'v'}
-      for j = from, min(from + 63, #members) do
-        del[#del + 1] = 'h' .. members[j]
-        del[#del + 1] = 'p' .. members[j]
-      end
-      redis.call('HDEL', unpack(del))
-    end
+    gen = redis.call('HINCRBY', base .. 'v', 'g' .. class, 1)
+    if gen == 1 and st[2] > 0 then redis.call('PEXPIREAT', base .. 'v', st[2]) end
   end
+  moved_gen = gen
 end
 -- The headroom of those queued behind, per dimension looked at (bit i of
 -- `later_bits` for dimension i), for the reply.
@@ -197,7 +208,7 @@ if later_ones then
   local behind = {}
   local function queues_after(c)
     if behind[c] == nil then
-      local last = redis.call('ZRANGE', string.gsub(KEYS[2], 'q%d+$', 'q' .. c), -1, -1)[1]
+      local last = redis.call('ZRANGE', string.format('%sq%d', base, c), -1, -1)[1]
       behind[c] = last ~= nil and tonumber(last) > id
     end
     return behind[c]
@@ -326,7 +337,7 @@ end
 -- (directly, or through cancelled ones that forward to it).
 if queued and cancelled then
   local first = nil
-  local after = redis.call('ZRANGEBYSCORE', KEYS[2], string.format('%.17g', slot), '+inf', 'WITHSCORES', 'LIMIT', 0, 8)
+  local after = redis.call('ZRANGEBYSCORE', queue_key, string.format('%.17g', slot), '+inf', 'WITHSCORES', 'LIMIT', 0, 8)
   for j = 1, #after, 2 do
     local other = tonumber(after[j])
     if tonumber(after[j + 1]) > slot or other > id then
@@ -342,7 +353,11 @@ if queued and cancelled then
       if w and w > nxt and w <= first then nxt = w else nxt = nil break end
     end
     if nxt then
-      if redis.call('HLEN', v) >= 2048 then redis.call('DEL', v) end
+      -- (A new hash starts the class's generations anew.)
+      if redis.call('HLEN', v) >= 2048 then
+        redis.call('DEL', v)
+        moved_gen = 0
+      end
       local first_s = string.format('%.0f', first)
       local had = redis.call('HMGET', v, 'k' .. first_s, 'j' .. first_s)
       local t = {0, 0, 0, 0}
@@ -364,12 +379,12 @@ if queued and cancelled then
         end
         g = f
       end
-      redis.call('HSET', v, 'w' .. ARGV[1], first_s,
+      redis.call('HSET', v, 'w' .. id_s, first_s,
         'k' .. first_s, pack('<dddd', t[1] + left[1], t[2] + left[2], t[3] + left[3], t[4] + left[4]),
         'j' .. first_s, pack('<dddddddd', g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8]))
       -- What moved in to it is now the next one's.
       if moved_in then
-        redis.call('HSET', v, 'h' .. first_s, moved_in)
+        redis.call('HSET', v, 'h' .. first_s, moved_in .. pack('<d', moved_gen))
       else
         redis.call('HDEL', v, 'h' .. first_s)
       end
@@ -382,7 +397,7 @@ end
 -- back of its refund to the one charged right after it, when that one is the
 -- first queued in its class: nothing lies between them on the TAT line.
 if held then
-  local nxt = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. string.format('%.17g', now), '+inf', 'LIMIT', 0, 1)[1]
+  local nxt = redis.call('ZRANGEBYSCORE', queue_key, '(' .. string.format('%.17g', now), '+inf', 'LIMIT', 0, 1)[1]
   if nxt and tonumber(nxt) == id + 1 then
     base = base or string.sub(KEYS[1], 1, -2)
     local v = base .. 'v'
@@ -420,6 +435,10 @@ end
 
 -- The reply: the code 0, the time, whether it was queued, which headrooms
 -- follow, the lengths of the state and of the vacated seconds; then those.
+-- ('c0' packs a whole string: one string made, not two.)
+if not (later or ahead) then
+  return pack('<BddBBBBc0', 0, sec, usec, queued and 1 or 0, later_bits, blob and #blob or 0, 0, blob or '')
+end
 local reply = pack('<BddBBBB', 0, sec, usec, queued and 1 or 0, later_bits, blob and #blob or 0, ahead and 32 or 0)
 if later then
   for i = 0, 3 do

@@ -4,18 +4,17 @@
 -- once per settlement, with that settlement's keys and arguments): a batch
 -- of concurrent settlements pays one call's fixed cost.
 --
--- KEYS[1]      the key's state hash (see reserve.lua)
--- KEYS[1 + j]  the class queue of settlement j (settle.lua's KEYS[2])
--- ARGV[2j - 1], ARGV[2j]  settlement j's two arguments (settle.lua's ARGV)
+-- KEYS[1]  the key's state hash (see reserve.lua)
+-- ARGV[j]  settlement j's argument (settle.lua's ARGV[1])
 --
 -- Reply: one settlement's reply as settle.lua gives it; for several, each
 -- one's reply after its length (two bytes, little-endian), in order.
 
-local n = #ARGV / 2
+local n = #ARGV
 if n == 1 then return settle_one(KEYS, ARGV) end
 local out = {}
 for j = 1, n do
-  local r = settle_one({KEYS[1], KEYS[1 + j]}, {ARGV[2 * j - 1], ARGV[2 * j]})
+  local r = settle_one(KEYS, {ARGV[j]})
   out[j] = struct.pack('<I2', #r) .. r
 end
 return table.concat(out)
