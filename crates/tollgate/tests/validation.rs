@@ -62,9 +62,11 @@ async fn redis_limiter(
     limits: Limits,
     policy: OutagePolicy,
 ) -> RateLimiter {
+    // Long enough for the first call (its scripts loaded) on a loaded
+    // machine; the errors asserted come from a killed server, at once.
     let options = RedisOptions::default()
-        .connect_timeout(Duration::from_millis(200))
-        .response_timeout(Duration::from_millis(200));
+        .connect_timeout(Duration::from_secs(2))
+        .response_timeout(Duration::from_secs(2));
     RateLimiter::builder(key)
         .url(&server.url())
         .redis_options(options)
