@@ -8,26 +8,11 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use tollgate::store::{ManualClock, MemoryStore, ReserveCall, SettleCall};
+use tollgate::store::{ManualClock, MemoryStore};
 use tollgate::{ClassShare, Cost, Limits, PriorityClass, RateLimiter};
 
-fn call<'a>(
-    key: &'a str,
-    policy: &'a tollgate::Policy,
-    cost: Cost,
-    max_wait: Option<f64>,
-) -> ReserveCall<'a> {
-    ReserveCall {
-        key,
-        policy,
-        class: 0,
-        headroom: 1.0,
-        cost: policy.units(cost),
-        max_wait,
-        max_queue: None,
-        lease: None,
-    }
-}
+mod common;
+use common::{call, settlement};
 
 fn decisions(c: &mut Criterion) {
     let mut g = c.benchmark_group("memory_store");
@@ -53,17 +38,7 @@ fn decisions(c: &mut Criterion) {
         let call = call("openai/gpt-4o", &roomy, Cost::tokens(1000), Some(0.0));
         b.iter_batched(
             || store.reserve_now(&call).expect("granted"),
-            |r| {
-                black_box(store.settle_now(&SettleCall {
-                    key: call.key,
-                    policy: &roomy,
-                    class: 0,
-                    id: r.id,
-                    slot: r.slot,
-                    mark: r.mark,
-                    actual: used,
-                }))
-            },
+            |r| black_box(store.settle_now(&settlement(&call, r, used))),
             BatchSize::SmallInput,
         )
     });
@@ -142,16 +117,7 @@ fn queue_depth(c: &mut Criterion) {
                 let rc = call("deep", &policy, Cost::request_only(), None);
                 b.iter(|| {
                     let r = store.reserve_now(&rc).unwrap();
-                    let settled = store.settle_now(&SettleCall {
-                        key: "deep",
-                        policy: &policy,
-                        class: 0,
-                        id: r.id,
-                        slot: r.slot,
-                        mark: r.mark,
-                        actual: [0.0; 4],
-                    });
-                    black_box(settled)
+                    black_box(store.settle_now(&settlement(&rc, r, [0.0; 4])))
                 })
             },
         );

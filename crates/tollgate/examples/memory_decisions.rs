@@ -24,26 +24,13 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use tollgate::store::{ManualClock, MemoryStore, ReserveCall, SettleCall};
+use tollgate::store::{ManualClock, MemoryStore};
 use tollgate::{Cost, Limits, Policy};
 
-fn call<'a>(
-    key: &'a str,
-    policy: &'a Policy,
-    cost: Cost,
-    max_wait: Option<f64>,
-) -> ReserveCall<'a> {
-    ReserveCall {
-        key,
-        policy,
-        class: 0,
-        headroom: 1.0,
-        cost: policy.units(cost),
-        max_wait,
-        max_queue: None,
-        lease: None,
-    }
-}
+// The bench's calls, so that the cases are the bench's.
+#[path = "../benches/common/mod.rs"]
+mod common;
+use common::{call, settlement};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -70,15 +57,7 @@ fn main() {
             let used = roomy.units(Cost::tokens(700));
             for _ in 0..count {
                 let r = store.reserve_now(black_box(&rc)).expect("granted");
-                black_box(store.settle_now(&SettleCall {
-                    key: rc.key,
-                    policy: &roomy,
-                    class: 0,
-                    id: r.id,
-                    slot: r.slot,
-                    mark: r.mark,
-                    actual: used,
-                }));
+                black_box(store.settle_now(&settlement(&rc, r, used)));
             }
         }
         Some(("queued", depth)) => {
@@ -92,15 +71,7 @@ fn main() {
             let rc = call("deep", &policy, Cost::request_only(), None);
             for _ in 0..count {
                 let r = store.reserve_now(black_box(&rc)).expect("queued");
-                black_box(store.settle_now(&SettleCall {
-                    key: "deep",
-                    policy: &policy,
-                    class: 0,
-                    id: r.id,
-                    slot: r.slot,
-                    mark: r.mark,
-                    actual: [0.0; 4],
-                }));
+                black_box(store.settle_now(&settlement(&rc, r, [0.0; 4])));
             }
         }
         _ => panic!("unknown case {case:?}: granted, pair or queued:N"),
