@@ -32,6 +32,10 @@ pub(super) trait Waiter: Sized + Send + 'static {
     /// is not: nothing was written for it).
     fn goes(&self) -> bool;
 
+    /// Readies the call to be sent now (a reservation takes its deadline
+    /// then, not when it began to wait).
+    fn sending(&mut self, _settings: &Settings) {}
+
     /// The one script call that carries `batch`, in its order.
     fn invocation(prefix: &str, lane: &Self::Lane, cluster: bool, batch: &[Self]) -> Invocation;
 
@@ -91,7 +95,10 @@ impl RedisStore {
                 while batch.len() < MAX_BATCH {
                     match waiting.pop_front() {
                         Some(w) if !w.goes() => {}
-                        Some(w) => batch.push(w),
+                        Some(mut w) => {
+                            w.sending(&self.settings);
+                            batch.push(w);
+                        }
                         None => break,
                     }
                 }

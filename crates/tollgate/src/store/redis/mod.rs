@@ -37,6 +37,7 @@ mod fingerprint;
 mod handover;
 mod lanes;
 mod lend;
+mod liveness;
 mod options;
 mod scripts;
 mod settling;
@@ -53,7 +54,7 @@ use std::time::{Duration, Instant};
 use redis::{ErrorKind, ServerErrorKind, Value};
 use tollgate_core::{Dims, Policy, ReserveError, Settled, DIMENSIONS};
 
-use self::error::{store_error, timed_out};
+use self::error::{no_answer, store_error};
 use self::handover::InFlight;
 use self::scripts::{Keys, ReserveArgs, ReserveContext, ReserveNews};
 use super::{
@@ -91,10 +92,15 @@ struct Settings {
     epoch_key: String,
     idle_ms: u64,
     timeout: Duration,
+    /// The longest a call waits while Redis answers the probes
+    /// (`late_reply_timeout`).
+    late: Duration,
+    /// What the probes found (see `liveness`).
+    liveness: liveness::Liveness,
     after_reset: AfterReset,
-    /// The server's clock at the last reply and when it arrived here: gives
-    /// each call a deadline on the server's clock.
-    clock: parking_lot::Mutex<Option<(f64, Instant)>>,
+    /// The server's clock as the replies told it: gives each call a
+    /// deadline on the server's clock.
+    clock: liveness::ServerClock,
     /// How to open another connection to the same server, when the store
     /// was made from a URL or nodes (not from the application's connection).
     origin: Option<Origin>,
@@ -185,9 +191,13 @@ struct Seen {
 }
 
 impl Settings {
-    /// The latest server time by which a call sent now is still awaited;
-    /// `None` before the first reply. The estimate trails the server's clock
-    /// by the reply's travel time, so the deadline errs late, never early.
+    /// The latest server time by which a call sent now must reach Redis:
+    /// one that reaches it later writes nothing, so a caller that gave up
+    /// (Redis answered no probe meanwhile: see `liveness`) leaves nothing
+    /// behind, and one still waiting sends it again (see
+    /// `Backend::reserve`). `None` before the first reply. The estimate
+    /// trails the server's clock by the reply's travel time, so the
+    /// deadline errs late, never early.
     fn deadline(&self) -> Option<f64> {
         Some(self.server_now()? + self.timeout.as_secs_f64())
     }
@@ -195,12 +205,11 @@ impl Settings {
     /// The server's clock as last seen plus the time since (trailing it by
     /// a reply's travel time); `None` before the first reply.
     fn server_now(&self) -> Option<f64> {
-        let (server, at) = (*self.clock.lock())?;
-        Some(server + at.elapsed().as_secs_f64())
+        self.clock.now()
     }
 
     fn saw(&self, server_now: f64) {
-        *self.clock.lock() = Some((server_now, Instant::now()));
+        self.clock.saw(server_now);
     }
 
     /// Reads a reservation's reply and records what it tells.
@@ -346,8 +355,10 @@ impl RedisStore {
                 // A call waits this long for its reply; one still on its way
                 // then is finished in the background (`late_reply_timeout`).
                 timeout: options.response_timeout,
+                late: options.late_reply_timeout,
+                liveness: liveness::Liveness::new(),
                 after_reset: options.after_reset,
-                clock: parking_lot::Mutex::new(None),
+                clock: liveness::ServerClock::default(),
                 origin: None,
                 own: tokio::sync::OnceCell::new(),
                 cancels: parking_lot::Mutex::new(Vec::new()),
@@ -681,9 +692,9 @@ impl RedisStore {
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
         let limit = self.settings.timeout;
-        match tokio::time::timeout(limit, fut).await {
+        match self.await_reply(limit, fut).await {
             Ok(result) => result.map_err(store_error),
-            Err(_) => Err(timed_out(what, limit)),
+            Err(waited) => Err(no_answer(what, limit, waited, self.settings.late)),
         }
     }
 }
@@ -734,8 +745,9 @@ impl RedisStore {
     }
 }
 
-impl Backend for RedisStore {
-    async fn reserve(
+impl RedisStore {
+    /// One try of [`Backend::reserve`].
+    async fn reserve_once(
         &self,
         call: &ReserveCall<'_>,
     ) -> Result<Result<Reserved, ReserveError>, StoreError> {
@@ -798,17 +810,35 @@ impl Backend for RedisStore {
                 let reply = self.bounded("reserve", sent).await?;
                 scripts::reserve_replies(&reply, 1)?.swap_remove(0)
             }
-            Err(mut awaiting) => match tokio::time::timeout(settings.timeout, awaiting.recv()).await {
+            Err(mut awaiting) => match self.await_reply(settings.timeout, awaiting.recv()).await {
                 Ok(Ok(reply)) => reply?,
                 Ok(Err(_)) => {
                     return Err(StoreError::Unavailable(
                         "the call carrying the reservation was dropped before it was sent (its runtime shut down); nothing was written".into(),
                     ))
                 }
-                Err(_) => return Err(timed_out("reserve", settings.timeout)),
+                Err(waited) => return Err(no_answer("reserve", settings.timeout, waited, settings.late)),
             },
         };
         settings.took(&reply, call, epoch_key)
+    }
+}
+
+impl Backend for RedisStore {
+    /// A reservation that reached Redis after its deadline wrote nothing: it
+    /// only waited in this process (its caller still waits), so it is sent
+    /// again, for up to `late_reply_timeout` in all.
+    async fn reserve(
+        &self,
+        call: &ReserveCall<'_>,
+    ) -> Result<Result<Reserved, ReserveError>, StoreError> {
+        let started = Instant::now();
+        loop {
+            match self.reserve_once(call).await {
+                Err(e) if scripts::is_late(&e) && started.elapsed() < self.settings.late => {}
+                other => return other,
+            }
+        }
     }
 
     async fn settle(&self, call: &SettleCall<'_>) -> Result<Settled, StoreError> {
@@ -970,6 +1000,10 @@ impl lanes::Waiter for Waiting {
 
     fn goes(&self) -> bool {
         !self.reply.is_closed()
+    }
+
+    fn sending(&mut self, settings: &Settings) {
+        self.args.set_deadline(settings.deadline());
     }
 
     fn invocation(prefix: &str, lane: &Lane, cluster: bool, batch: &[Self]) -> scripts::Invocation {

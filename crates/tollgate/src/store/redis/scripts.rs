@@ -142,6 +142,20 @@ pub(crate) struct ReserveArgs {
     nums: Vec<u8>,
 }
 
+/// Where the deadline is in [`ReserveArgs`]: after the two lengths and five
+/// doubles.
+const DEADLINE_AT: usize = 2 + 5 * 8;
+
+impl ReserveArgs {
+    /// Sets the caller's deadline on the server's clock (see
+    /// [`ReserveContext::deadline`]): a reservation that waited on its lane
+    /// gets it when it is sent.
+    pub(crate) fn set_deadline(&mut self, deadline: Option<f64>) {
+        let bytes = deadline.unwrap_or(-1.0).to_le_bytes();
+        self.nums[DEADLINE_AT..DEADLINE_AT + 8].copy_from_slice(&bytes);
+    }
+}
+
 /// The arguments of `reserve.lua` for a call.
 pub(crate) fn reserve_args(
     ctx: &ReserveContext<'_>,
@@ -774,12 +788,19 @@ pub(crate) fn reserve_reply(
     Ok(outcome)
 }
 
+/// The message of a call that reached Redis after its caller's deadline.
+const LATE_MESSAGE: &str =
+    "the call reached Redis after its deadline (the caller had timed out); nothing was written";
+
 /// A call that reached Redis after its caller's deadline: it wrote nothing.
 fn late() -> StoreError {
-    StoreError::Unavailable(
-        "the call reached Redis after its deadline (the caller had timed out); nothing was written"
-            .into(),
-    )
+    StoreError::Unavailable(LATE_MESSAGE.into())
+}
+
+/// Whether `e` is a reservation that reached Redis after its deadline
+/// (nothing was written: it may be sent again).
+pub(crate) fn is_late(e: &StoreError) -> bool {
+    matches!(e, StoreError::Unavailable(m) if m == LATE_MESSAGE)
 }
 
 fn too_large(policy: &Policy, dimension: Dimension, needed: f64) -> ReserveError {

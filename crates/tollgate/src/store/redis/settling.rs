@@ -79,12 +79,12 @@ impl RedisStore {
                     },
                     move |reply| async move { late_reply(&key, &[id], reply) },
                 );
-                match tokio::time::timeout(limit, sent).await {
+                match self.await_reply(limit, sent).await {
                     Ok(reply) => reply.map_err(settle_error)?,
                     Err(_) => return Err(pending()),
                 }
             }
-            Err(rx) => match tokio::time::timeout(limit, rx).await {
+            Err(rx) => match self.await_reply(limit, rx).await {
                 Ok(Ok(reply)) => reply?,
                 Ok(Err(_)) => {
                     return Err(StoreError::Unavailable(
@@ -138,7 +138,7 @@ impl RedisStore {
         let sent = InFlight::new(async move { store.run_unbounded(inv).await }, {
             move |reply| async move { late_reply(&key, &ids, reply) }
         });
-        let reply = match tokio::time::timeout(limit, sent).await {
+        let reply = match self.await_reply(limit, sent).await {
             Ok(reply) => reply.map_err(settle_error)?,
             Err(_) => {
                 return Err(StoreError::Pending(format!(
