@@ -87,6 +87,9 @@ pub struct RedisStore {
 #[derive(Debug)]
 struct Settings {
     prefix: String,
+    /// The store's epoch key on a standalone server (see [`Keys::epoch`]),
+    /// named once.
+    epoch_key: String,
     idle_ms: u64,
     timeout: Duration,
     /// The longest a call waits while Redis answers the probes
@@ -109,9 +112,9 @@ struct Settings {
     /// Per key and class whose call of `reserve.lua` is on its way, the
     /// reservations that came meanwhile, in arrival order: they travel
     /// together in the next call (see `Backend::reserve`).
-    lanes: parking_lot::Mutex<HashMap<Lane, VecDeque<Waiting>>>,
+    lanes: parking_lot::Mutex<Map<Lane, VecDeque<Waiting>>>,
     /// The same for settlements, per key (see `settling`).
-    settles: parking_lot::Mutex<HashMap<Box<str>, VecDeque<settling::Waiting>>>,
+    settles: parking_lot::Mutex<Map<Box<str>, VecDeque<settling::Waiting>>>,
     /// What this process knows of the store's state: epochs and TATs.
     seen: parking_lot::Mutex<Seen>,
     /// Times the store was found to have lost its state.
@@ -143,6 +146,10 @@ const CANCEL_GATHER: Duration = Duration::from_millis(5);
 /// Most reservations one call of `reserve.lua` carries (and settlements one
 /// call of `settle.lua`): a bigger batch waits for the next call.
 const MAX_BATCH: usize = 64;
+
+/// The store's maps of keys, lanes and epochs: every call looks in them,
+/// and std's default hasher cost more than what it looked up.
+type Map<K, V> = HashMap<K, V, ahash::RandomState>;
 
 /// A key and class: the reservations of one call of `reserve.lua`.
 type Lane = (Box<str>, u8);
@@ -177,10 +184,10 @@ const MAX_KNOWN_KEYS: usize = 10_000;
 #[derive(Debug, Default)]
 struct Seen {
     /// The epoch last seen, by epoch key name (one on a standalone server).
-    epochs: HashMap<String, String>,
+    epochs: Map<String, Arc<str>>,
     /// Per limiter key, the highest TAT per dimension a reservation was told:
     /// how far its own reservations reach should the store lose them.
-    tat: HashMap<Box<str>, Dims>,
+    tat: Map<Box<str>, Dims>,
 }
 
 impl Settings {
@@ -241,7 +248,7 @@ impl Settings {
         }
         let Some(epoch) = &news.epoch else { return };
         match seen.epochs.get(epoch_key) {
-            Some(old) if old == epoch => {}
+            Some(old) if **old == **epoch => {}
             Some(old) => {
                 self.resets.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
@@ -257,10 +264,12 @@ impl Settings {
                         _ => "drained, as if the last window had been used in full",
                     }
                 );
-                seen.epochs.insert(epoch_key.to_string(), epoch.clone());
+                seen.epochs
+                    .insert(epoch_key.to_string(), epoch.as_str().into());
             }
             None => {
-                seen.epochs.insert(epoch_key.to_string(), epoch.clone());
+                seen.epochs
+                    .insert(epoch_key.to_string(), epoch.as_str().into());
             }
         }
     }
@@ -341,6 +350,7 @@ impl RedisStore {
             conn,
             settings: Arc::new(Settings {
                 prefix: options.key_prefix.clone(),
+                epoch_key: Keys::new(&options.key_prefix, "").epoch(false),
                 idle_ms: options.idle_ttl.as_millis().max(1) as u64,
                 // A call waits this long for its reply; one still on its way
                 // then is finished in the background (`late_reply_timeout`).
@@ -352,8 +362,8 @@ impl RedisStore {
                 origin: None,
                 own: tokio::sync::OnceCell::new(),
                 cancels: parking_lot::Mutex::new(Vec::new()),
-                lanes: parking_lot::Mutex::new(HashMap::new()),
-                settles: parking_lot::Mutex::new(HashMap::new()),
+                lanes: parking_lot::Mutex::new(Map::default()),
+                settles: parking_lot::Mutex::new(Map::default()),
                 seen: parking_lot::Mutex::new(Seen::default()),
                 resets: AtomicU64::new(0),
             }),
@@ -694,8 +704,9 @@ struct Reserving<'a> {
     settings: &'a Settings,
     keys: Keys<'a>,
     cluster: bool,
-    epoch_key: String,
-    epoch: String,
+    epoch_key: std::borrow::Cow<'a, str>,
+    /// The epoch last seen (shared, not copied: every reservation reads it).
+    epoch: Option<Arc<str>>,
     known: Option<Dims>,
 }
 
@@ -705,7 +716,7 @@ impl Reserving<'_> {
             idle_ms: self.settings.idle_ms,
             deadline: self.settings.deadline(),
             drained: self.settings.after_reset == AfterReset::Drained,
-            epoch: &self.epoch,
+            epoch: self.epoch.as_deref().unwrap_or(""),
             known: self.known,
         }
     }
@@ -717,11 +728,15 @@ impl RedisStore {
         let settings = &*self.settings;
         let keys = Keys::new(&settings.prefix, key);
         let cluster = matches!(self.conn, RedisConnection::Cluster(_));
-        let epoch_key = keys.epoch(cluster);
+        let epoch_key: std::borrow::Cow<'_, str> = if cluster {
+            keys.epoch(true).into()
+        } else {
+            settings.epoch_key.as_str().into()
+        };
         let seen = settings.seen.lock();
         Reserving {
             settings,
-            epoch: seen.epochs.get(&epoch_key).cloned().unwrap_or_default(),
+            epoch: seen.epochs.get(&*epoch_key).cloned(),
             known: seen.tat.get(key).copied(),
             keys,
             cluster,
@@ -763,7 +778,8 @@ impl RedisStore {
                     });
                     Err(Awaiting {
                         rx: Some(rx),
-                        owner: Some(Orphan::of(self, call)),
+                        store: self,
+                        call,
                     })
                 }
                 None => {
@@ -944,12 +960,14 @@ impl Orphan {
 /// closes the channel: a reply not sent yet is then cancelled by the lane's
 /// sender (`Waiting::answer`), one already sent is cancelled here, so a
 /// reservation that nobody received is always undone, and only once.
-struct Awaiting {
+struct Awaiting<'a> {
     rx: Option<tokio::sync::oneshot::Receiver<Result<Value, StoreError>>>,
-    owner: Option<Orphan>,
+    /// What its owner is made from, should it need one (seldom: only made then).
+    store: &'a RedisStore,
+    call: &'a ReserveCall<'a>,
 }
 
-impl Awaiting {
+impl Awaiting<'_> {
     /// The reply, once it comes (taken: dropping `self` then undoes nothing).
     async fn recv(
         &mut self,
@@ -961,16 +979,14 @@ impl Awaiting {
     }
 }
 
-impl Drop for Awaiting {
+impl Drop for Awaiting<'_> {
     fn drop(&mut self) {
         let Some(mut rx) = self.rx.take() else {
             return;
         };
         rx.close();
         if let Ok(Ok(item)) = rx.try_recv() {
-            if let Some(owner) = self.owner.take() {
-                owner.cancel(&item);
-            }
+            Orphan::of(self.store, self.call).cancel(&item);
         }
     }
 }
@@ -978,7 +994,7 @@ impl Drop for Awaiting {
 impl lanes::Waiter for Waiting {
     type Lane = Lane;
 
-    fn lanes(settings: &Settings) -> &parking_lot::Mutex<HashMap<Lane, VecDeque<Self>>> {
+    fn lanes(settings: &Settings) -> &parking_lot::Mutex<Map<Lane, VecDeque<Self>>> {
         &settings.lanes
     }
 

@@ -9,7 +9,7 @@
 //! [`StoreError::Pending`]): once asked for, it is applied once, never
 //! dropped and never sent twice.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use parking_lot::Mutex;
 use redis::Value;
@@ -19,7 +19,7 @@ use super::error::store_error;
 use super::handover::InFlight;
 use super::lanes::{Release, Waiter};
 use super::scripts::{self, Invocation, Keys, SettleArgs};
-use super::{settle_error, RedisStore, Settings};
+use super::{settle_error, Map, RedisStore, Settings};
 use crate::store::{SettleCall, StoreError};
 
 /// A settlement waiting for the call ahead of it on its key.
@@ -164,7 +164,7 @@ impl RedisStore {
 impl Waiter for Waiting {
     type Lane = Box<str>;
 
-    fn lanes(settings: &Settings) -> &Mutex<HashMap<Box<str>, VecDeque<Self>>> {
+    fn lanes(settings: &Settings) -> &Mutex<Map<Box<str>, VecDeque<Self>>> {
         &settings.settles
     }
 
