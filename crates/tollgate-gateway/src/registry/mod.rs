@@ -80,6 +80,10 @@ pub const REREAD_EVERY: u32 = 4;
 /// Most changes read from the database at once.
 const CHANGES_AT_ONCE: u64 = 1_000;
 
+/// Pages of each table ([`db::LOAD_PAGE`] rows) read ahead of their use
+/// while the index is built.
+const PAGES_AHEAD: usize = 4;
+
 /// How often a change whose tier was changed meanwhile is tried again.
 const ATTEMPTS: usize = 5;
 
@@ -568,8 +572,9 @@ impl Registry {
 
     /// Builds the whole index from the database (at start, and after a gap
     /// in the change list): its small tables first, then its clients and
-    /// keys a page at a time, each page into the index before the next is
-    /// read, so what start holds at its peak is the index and one page.
+    /// keys a page at a time, each table read [`PAGES_AHEAD`] pages ahead
+    /// of its use, so what start holds at its peak is the index and a few
+    /// pages.
     async fn build(&self) -> Result<State, RegistryError> {
         let snapshot = db::load(&self.db).await?;
         let mut st = State {
@@ -605,12 +610,15 @@ impl Registry {
             let tier = self.effective_tier(name, st.overrides.tiers.get(name))?;
             st.tiers.insert(name.clone(), Arc::new(tier));
         }
+        // Both tables are read a few pages ahead of their use, the keys'
+        // while the clients are built.
+        let mut client_pages = db::Pages::clients().read_ahead(&self.db, PAGES_AHEAD);
+        let mut key_pages = db::Pages::keys().read_ahead(&self.db, PAGES_AHEAD);
         // The API's clients, in the order of their ids: built in one go,
         // their map's nodes are full.
         let mut api = Vec::new();
-        let mut pages = db::Pages::clients();
-        while let Some(rows) = pages.next(&self.db).await? {
-            api.extend(rows.into_iter().map(ApiClient::from_row));
+        while let Some(rows) = client_pages.recv().await {
+            api.extend(rows?.into_iter().map(ApiClient::from_row));
         }
         st.api_clients = api.into_iter().collect();
         let ids: Vec<String> = self
@@ -629,9 +637,8 @@ impl Registry {
             st.keys.insert(hash, client);
         }
         st.routes = Arc::new(self.effective_routes(&st.overrides));
-        let mut pages = db::Pages::keys();
-        while let Some(rows) = pages.next(&self.db).await? {
-            for row in rows {
+        while let Some(rows) = key_pages.recv().await {
+            for row in rows? {
                 let id = row.id.clone();
                 let entry = self.key_entry(row);
                 apply_key(&mut st, &id, Some(entry));
@@ -742,9 +749,13 @@ impl Registry {
         org: Option<Arc<Org>>,
     ) -> Result<Client, RegistryError> {
         let mut own = limits.over(&tier.config);
-        if let Err(e) = validate_tier(&format!("clients.{id}.limits"), &own, self.file.classes) {
-            tracing::warn!(client = %id, error = %e, "client's own limits no longer fit its tier; using the tier's");
-            own = tier.config.clone();
+        // No limits of its own: its tier's, checked when the tier was built.
+        if !limits.is_empty() {
+            let at = format!("clients.{id}.limits");
+            if let Err(e) = validate_tier(&at, &own, self.file.classes) {
+                tracing::warn!(client = %id, error = %e, "client's own limits no longer fit its tier; using the tier's");
+                own = tier.config.clone();
+            }
         }
         // A client on its tier's own rates gets its bucket at its first
         // request; one with rates of its own now, so that an error shows.
@@ -838,7 +849,12 @@ impl Registry {
             Some(tier) => {
                 let (org, limits) = self.levels_of(st, id);
                 let client = self.make_client(id, tier, limits, org)?;
-                *st.tier_clients.entry(client.tier.name.clone()).or_default() += 1;
+                match st.tier_clients.get_mut(&client.tier.name) {
+                    Some(n) => *n += 1,
+                    None => {
+                        st.tier_clients.insert(client.tier.name.clone(), 1);
+                    }
+                }
                 st.clients.insert(id.to_string(), Slot::new(client))
             }
             None => st.clients.remove(id),
@@ -1107,23 +1123,28 @@ impl Registry {
     /// Issued key `row` as the index keeps it: its hash (`None`: not 64 hex
     /// characters), and the key unless it is revoked.
     fn key_entry(&self, row: KeyRow) -> KeyEntryNow {
-        let hash = crate::auth::parse_hash(&row.hash.to_ascii_lowercase());
+        let hash = crate::auth::parse_hash(&row.hash);
         if hash.is_none() {
             tracing::warn!(key = %row.id, "issued key's hash in the database is not 64 hex characters; the key is refused");
         }
         if row.revoked_at_ms.is_some() {
             return KeyEntryNow { hash, key: None };
         }
-        // A rotated key's bucket is the first key's of its rotations.
-        let lineage = row.lineage.as_deref().unwrap_or(&row.id);
-        let bounds = self.bounds(&format!("key:{lineage}"), &row.limits);
-        let own =
-            (bounds.limiter.is_some() || bounds.budget != BudgetLimits::default()).then(|| {
-                Box::new(Own {
-                    bounds,
-                    lineage: row.lineage,
+        // A rotated key's bucket is the first key's of its rotations. Most
+        // keys set no limits of their own: nothing is built for them.
+        let own = match row.limits.is_empty() {
+            true => None,
+            false => {
+                let lineage = row.lineage.as_deref().unwrap_or(&row.id);
+                let bounds = self.bounds(&format!("key:{lineage}"), &row.limits);
+                (bounds.limiter.is_some() || bounds.budget != BudgetLimits::default()).then(|| {
+                    Box::new(Own {
+                        bounds,
+                        lineage: row.lineage,
+                    })
                 })
-            });
+            }
+        };
         let key = Key {
             id: row.id.into(),
             client: row.client.into(),
