@@ -568,6 +568,7 @@ pub struct MemoryStore {
     shards: Arc<[Mutex<Shard>]>,
     hasher: ahash::RandomState,
     clock: Arc<dyn Clock>,
+    pools: Arc<super::lend::Pools>,
 }
 
 impl fmt::Debug for MemoryStore {
@@ -604,7 +605,13 @@ impl MemoryStore {
                 .collect(),
             hasher,
             clock,
+            pools: Arc::default(),
         }
+    }
+
+    /// [`Backend::lend`] without the future.
+    pub fn lend_now(&self, call: &super::LendCall<'_>) -> Result<super::Lent, StoreError> {
+        self.pools.apply(call, || self.clock.now())
     }
 
     /// The store's clock, in seconds.
@@ -938,5 +945,9 @@ impl Backend for MemoryStore {
 
     async fn claim(&self, key: &str, id: u64, reserved_at: f64) -> Result<Claim, StoreError> {
         Ok(self.claim_now(key, id, reserved_at))
+    }
+
+    async fn lend(&self, call: &super::LendCall<'_>) -> Result<super::Lent, StoreError> {
+        self.lend_now(call)
     }
 }

@@ -16,8 +16,10 @@
 //! vacancy hash `:v` (seconds vacated by cancelled reservations, handed to
 //! the ones behind; see `settle.lua`). `:r` marks reservations whose lease
 //! ran out until their cancellation (10 min), `:d:<id>` a settled permit
-//! token (for `TOKEN_LIFETIME`), and `:f` the key's limits (for
-//! `FINGERPRINT_TTL`). One more key,
+//! token (for `TOKEN_LIFETIME`), `:f` the key's limits (for
+//! `FINGERPRINT_TTL`), and `:b` the pool of borrowers of a key whose classes
+//! share its bucket (`lend.rs`; one [`RedisOptions::idle_ttl`] after its
+//! last use). One more key,
 //! `<prefix>:epoch`, never expires: it tells a key that expired while idle
 //! from a store that lost everything (see [`AfterReset`]).
 //!
@@ -34,6 +36,7 @@ mod error;
 mod fingerprint;
 mod handover;
 mod lanes;
+mod lend;
 mod options;
 mod scripts;
 mod settling;
@@ -558,6 +561,7 @@ impl RedisStore {
             &*scripts::SETTLE,
             &*scripts::SNAPSHOT,
             &*scripts::ADVANCE,
+            &*lend::LEND,
         ] {
             let mut conn = self.conn.clone();
             let inv = script.prepare_invoke();
@@ -831,6 +835,16 @@ impl Backend for RedisStore {
             })
             .await?;
         claim::claim_reply(&reply)
+    }
+
+    async fn lend(
+        &self,
+        call: &crate::store::LendCall<'_>,
+    ) -> Result<crate::store::Lent, StoreError> {
+        call.check()?;
+        let pool = format!("{}:{{{}}}:b", self.settings.prefix, call.key);
+        let inv = lend::lend_invocation(pool, call, self.settings.idle_ms);
+        lend::lend_reply(&self.run("lend", inv).await?)
     }
 
     async fn snapshot(&self, key: &str, _policy: &Policy) -> Result<KeySnapshot, StoreError> {
