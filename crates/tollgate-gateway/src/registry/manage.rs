@@ -165,25 +165,13 @@ impl Registry {
         limit: usize,
     ) -> (Vec<ClientSummary>, Option<String>) {
         let mut page = Vec::with_capacity(limit.min(SCAN));
-        let mut from = after.map(str::to_string);
-        while page.len() < limit {
-            let st = self.state.read();
-            let mut scanned = 0;
-            let mut last = None;
-            for id in self.ids_after(&st, from.as_deref()).take(SCAN) {
-                scanned += 1;
-                last = Some(id);
-                if let Some(c) = self.summary_in(&st, id).filter(|c| filter.keeps(c)) {
+        if limit > 0 {
+            self.walk(after, |st, id| {
+                if let Some(c) = self.summary_in(st, id).filter(|c| filter.keeps(c)) {
                     page.push(c);
-                    if page.len() == limit {
-                        break;
-                    }
                 }
-            }
-            if scanned < SCAN {
-                break;
-            }
-            from = last.cloned();
+                page.len() < limit
+            });
         }
         let next = (page.len() == limit)
             .then(|| page.last().map(|c| c.id.clone()))
@@ -198,7 +186,21 @@ impl Registry {
     /// rebuilt in its own entry as it is met (as any lookup does).
     pub fn clients(&self) -> Vec<Arc<Client>> {
         let mut all = Vec::new();
-        let mut from: Option<String> = None;
+        self.walk(None, |st, id| {
+            if let Some(slot) = st.clients.get(id) {
+                all.push(self.fresh(st, slot));
+            }
+            true
+        });
+        all
+    }
+
+    /// Calls `f` with each client declared whose id sorts after `after`, in
+    /// order, until it answers `false`: [`SCAN`] ids at a time under the
+    /// index's read lock, so that a change waits for one such stretch at
+    /// most, never for the whole walk.
+    fn walk(&self, after: Option<&str>, mut f: impl FnMut(&State, &str) -> bool) {
+        let mut from = after.map(str::to_string);
         loop {
             let st = self.state.read();
             let mut scanned = 0;
@@ -206,12 +208,12 @@ impl Registry {
             for id in self.ids_after(&st, from.as_deref()).take(SCAN) {
                 scanned += 1;
                 last = Some(id);
-                if let Some(slot) = st.clients.get(id) {
-                    all.push(self.fresh(&st, slot));
+                if !f(&st, id) {
+                    return;
                 }
             }
             if scanned < SCAN {
-                return all;
+                return;
             }
             from = last.cloned();
         }
