@@ -91,7 +91,7 @@ rows = [
     ("the same, median of the run's rounds, ms", lambda r: statistics.median(r.get("p99_delta_by_round") or [float("nan")]), "{:.2f}"),
     ("B's longest hold of its index's write lock, ms", lambda r: (r["b_registry"].get("longest_write_hold_us") or float("nan")) / 1000, "{:.3f}"),
     ("B's holds of its index's write lock", lambda r: r["b_registry"].get("write_holds") or 0, "{}"),
-    ("B's clients rebuilt in their own entry", lambda r: r["b_registry"].get("clients_refreshed", float("nan")), "{}"),
+    ("B's clients rebuilt in their own entry", lambda r: float("nan") if r["b_registry"].get("clients_refreshed") is None else r["b_registry"]["clients_refreshed"], "{}"),
     ("changes taken by A per s", lambda r: r["changes_per_sec"], "{:.1f}"),
     ("changes failed", lambda r: r["changes_failed"], "{}"),
     ("admin answer on A, p50 ms", lambda r: r["change_ms"][0], "{:.1f}"),
