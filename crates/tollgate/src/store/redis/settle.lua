@@ -26,10 +26,11 @@
 --          (seconds), and end - cost * T - gap (where its charge starts); gap
 --          is the mark's gap for a cancellation, else 0
 --
--- A reservation whose slot is still ahead was queued. Its cancellation
--- (see tollgate_core::settle_vacated) takes its own entries out of the
--- headroom index where they stand for no others (members ending ":p" do),
--- adds the seconds that cancelled predecessors vacated just ahead of it
+-- A reservation whose slot is still ahead was queued. Its settlement takes
+-- its own entries, in every dimension, out of the headroom index where they
+-- stand for no others (members ending ":p" do). Its cancellation (see
+-- tollgate_core::settle_vacated) also adds the seconds that cancelled
+-- predecessors vacated just ahead of it
 -- (field k<id> of the key's vacancy hash <prefix>:{K}:v, four doubles by
 -- dimension), and hands what it cannot give back to the reservation charged
 -- right after it when that one is queued behind it in its class, directly or
@@ -148,8 +149,13 @@ local id_w = nil
 if queued then
   id_w = string.format('%020.0f', id)
   local own = base .. 'h' .. class
-  for k = 1, n do
-    local i_s = string.format('%d', A[7 * k - 1])
+  -- Its entries in every dimension it queued in, as the memory store
+  -- forgets them: a settlement passes only the dimensions whose usage
+  -- differs from the estimate (a cancellation passes all), and an entry left
+  -- behind would cap the refunds of those charged before it by a headroom
+  -- that no queued reservation holds any more.
+  for k = 1, cancelled and n or 4 do
+    local i_s = string.format('%d', cancelled and A[7 * k - 1] or k - 1)
     local e = redis.call('ZRANGEBYLEX', own, '[' .. i_s .. ':' .. id_w .. ':', '[' .. i_s .. ':' .. id_w .. ';', 'LIMIT', 0, 1)[1]
     if e and string.sub(e, -2) ~= ':p' then redis.call('ZREM', own, e) end
   end
