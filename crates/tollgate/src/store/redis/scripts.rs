@@ -48,13 +48,13 @@ pub(crate) struct Invocation {
 }
 
 impl Invocation {
-    fn new(script: &'static Script, keys: usize) -> Self {
+    pub(crate) fn new(script: &'static Script, keys: usize) -> Self {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(script.get_hash()).arg(keys);
         Invocation { script, cmd }
     }
 
-    fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut Self {
+    pub(crate) fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut Self {
         self.cmd.arg(arg);
         self
     }
@@ -140,6 +140,13 @@ pub(crate) fn too_large_for(call: &ReserveCall<'_>) -> Option<ReserveError> {
 /// more.
 pub(crate) struct ReserveArgs {
     nums: Vec<u8>,
+}
+
+impl ReserveArgs {
+    /// The argument as sent.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.nums
+    }
 }
 
 /// The arguments of `reserve.lua` for a call.
