@@ -14,27 +14,7 @@ use tollgate_gateway::RunningGateway;
 
 /// Script calls Redis has run (`EVALSHA`, `EVAL`, `FCALL` in `INFO commandstats`).
 async fn script_calls(redis: &Redis) -> u64 {
-    let mut conn = redis.connection().await;
-    let info: String = ::redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    info.lines()
-        .filter(|l| {
-            ["cmdstat_evalsha:", "cmdstat_eval:", "cmdstat_fcall:"]
-                .iter()
-                .any(|p| l.starts_with(p))
-        })
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
+    script_usec(redis).await.0
 }
 
 /// Logs every command from now on (the slow log, with no threshold).
@@ -170,12 +150,7 @@ async fn an_admitted_request_with_a_budget_reserves_in_one_script_call() {
 
 /// Script calls and their microseconds (`INFO commandstats`) so far.
 async fn script_usec(redis: &Redis) -> (u64, u64) {
-    let mut conn = redis.connection().await;
-    let info: String = ::redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let info = redis.info("commandstats").await;
     let field = |l: &str, name: &str| -> u64 {
         l.split(&format!("{name}="))
             .nth(1)
@@ -197,12 +172,7 @@ async fn script_usec(redis: &Redis) -> (u64, u64) {
 /// Redis's own CPU time so far (`used_cpu_user` + `used_cpu_sys` of
 /// `INFO cpu`), µs: what the server spent, however busy the machine.
 async fn redis_cpu_us(redis: &Redis) -> f64 {
-    let mut conn = redis.connection().await;
-    let info: String = ::redis::cmd("INFO")
-        .arg("cpu")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let info = redis.info("cpu").await;
     info.lines()
         .filter(|l| l.starts_with("used_cpu_user:") || l.starts_with("used_cpu_sys:"))
         .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
