@@ -81,6 +81,9 @@ for i in range(int(sys.argv[2])):
 EOF
 }
 
+# Emptied first: a log left by an earlier run would name its port before this
+# upstream has written its own.
+: >"$OUT/upstream.log"
 "$AFTER" upstream-sim --port "$(free_port)" >"$OUT/upstream.log" 2>&1 &
 UPSTREAM_PID=$!
 for _ in $(seq 50); do grep -qs "simulated upstream on" "$OUT/upstream.log" && break; sleep 0.1; done

@@ -63,6 +63,9 @@ free_port() {
 }
 
 # The simulated upstream that every path calls.
+# Emptied first: a log left by an earlier run would name its port before this
+# upstream has written its own.
+: >"$OUT/upstream.log"
 "$TOLLGATE" upstream-sim --port "$(free_port)" >"$OUT/upstream.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 50); do grep -qs "simulated upstream on" "$OUT/upstream.log" && break; sleep 0.1; done

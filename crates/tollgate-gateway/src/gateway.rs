@@ -287,10 +287,12 @@ async fn connect(config: &Config) -> Result<(Store, Budgets, LiveSync), StartErr
     }
     // Spend and live changes share the store's multiplexed connection
     // (standalone or Cluster): their keys carry hash tags.
-    let conn = store
-        .redis_connection()
-        .ok_or_else(|| StartError::Store("not a Redis store".into()))?;
+    let Store::Redis(redis) = &store else {
+        return Err(StartError::Store("not a Redis store".into()));
+    };
+    let conn = redis.connection().clone();
     let budgets = RedisBudgets::new(conn.clone(), timeout)
+        .judged_by(redis.clone())
         .with_hold_ttl(crate::budget::hold_lifetime(longest_request(config)));
     Ok((
         store,

@@ -7,27 +7,12 @@ use std::future::Future;
 use std::hint::black_box;
 use std::sync::Arc;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tollgate::store::{ManualClock, MemoryStore, ReserveCall, SettleCall};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use tollgate::store::{ManualClock, MemoryStore};
 use tollgate::{ClassShare, Cost, Limits, PriorityClass, RateLimiter};
 
-fn call<'a>(
-    key: &'a str,
-    policy: &'a tollgate::Policy,
-    cost: Cost,
-    max_wait: Option<f64>,
-) -> ReserveCall<'a> {
-    ReserveCall {
-        key,
-        policy,
-        class: 0,
-        headroom: 1.0,
-        cost: policy.units(cost),
-        max_wait,
-        max_queue: None,
-        lease: None,
-    }
-}
+mod common;
+use common::{call, settlement};
 
 fn decisions(c: &mut Criterion) {
     let mut g = c.benchmark_group("memory_store");
@@ -43,6 +28,19 @@ fn decisions(c: &mut Criterion) {
     g.bench_function("reserve_admitted", |b| {
         let call = call("openai/gpt-4o", &roomy, Cost::tokens(1000), Some(0.0));
         b.iter(|| black_box(store.reserve_now(black_box(&call))).is_ok())
+    });
+
+    // The settlement of a reservation granted at once (the other half of a
+    // decision's life), below its estimate: the reservation is made in the
+    // setup, outside the measurement.
+    let used = roomy.units(Cost::tokens(700));
+    g.bench_function("settle_granted", |b| {
+        let call = call("openai/gpt-4o", &roomy, Cost::tokens(1000), Some(0.0));
+        b.iter_batched(
+            || store.reserve_now(&call).expect("granted"),
+            |r| black_box(store.settle_now(&settlement(&call, r, used))),
+            BatchSize::SmallInput,
+        )
     });
 
     // Refused: the bucket is empty and the caller will not wait.
@@ -86,6 +84,9 @@ fn decisions(c: &mut Criterion) {
 
 /// A reservation into a queue that already holds N reservations, then its
 /// cancellation: the cost must not grow with N (the Python library's does).
+/// The key's bucket is drained first, so that the measured reservation
+/// queues at every depth, 0 included (N = 0 is the same work on an empty
+/// queue; a reservation granted at once is `memory_store/reserve_admitted`).
 fn queue_depth(c: &mut Criterion) {
     let mut g = c.benchmark_group("memory_store_queued");
     g.throughput(Throughput::Elements(1));
@@ -99,6 +100,11 @@ fn queue_depth(c: &mut Criterion) {
             .burst(1e-6)
             .validate()
             .unwrap();
+        // Drained: what the bucket holds is taken by reservations granted at once.
+        while store
+            .reserve_now(&call("deep", &policy, Cost::request_only(), Some(0.0)))
+            .is_ok()
+        {}
         for _ in 0..depth {
             store
                 .reserve_now(&call("deep", &policy, Cost::request_only(), None))
@@ -111,16 +117,7 @@ fn queue_depth(c: &mut Criterion) {
                 let rc = call("deep", &policy, Cost::request_only(), None);
                 b.iter(|| {
                     let r = store.reserve_now(&rc).unwrap();
-                    let settled = store.settle_now(&SettleCall {
-                        key: "deep",
-                        policy: &policy,
-                        class: 0,
-                        id: r.id,
-                        slot: r.slot,
-                        mark: r.mark,
-                        actual: [0.0; 4],
-                    });
-                    black_box(settled)
+                    black_box(store.settle_now(&settlement(&rc, r, [0.0; 4])))
                 })
             },
         );

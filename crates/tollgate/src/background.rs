@@ -71,6 +71,12 @@ pub(crate) fn finish<F: Future<Output = ()> + Send + 'static>(fut: F) {
     }
 }
 
+/// Runs `fut` on the library's own runtime, away from the caller's threads
+/// (however busy they are).
+pub(crate) fn on_own_runtime<F: Future<Output = ()> + Send + 'static>(fut: F) {
+    drop(own_runtime().spawn(fut));
+}
+
 /// Holds a job until its task has started it; a task dropped before that (its
 /// runtime shut down) hands the job to the library's own runtime.
 struct Holder(Option<Job>);

@@ -316,3 +316,38 @@ async fn calls_that_timed_out_during_a_pause_leave_nothing_behind() {
         "a timed-out reservation was charged after the pause: {used} tokens in use"
     );
 }
+
+/// A call whose answer waits in this process (the runtime's one thread busy
+/// for longer than the call's limit, as a burst on a loaded machine keeps
+/// it) is not an outage while Redis answers: the permit comes from the
+/// store. A paused Redis still fails the call, long before the connection's
+/// own limit (`late_reply_timeout`).
+#[tokio::test(flavor = "current_thread")]
+async fn a_call_kept_waiting_by_its_own_runtime_is_not_an_outage() {
+    let server = RedisServer::start();
+    let limiter = closed_with_short_timeouts(&server, "busy-runtime", limits()).await;
+    for round in 0..3 {
+        let call = tokio::spawn({
+            let limiter = limiter.clone();
+            async move { limiter.acquire(Cost::tokens(10)).await }
+        });
+        // Runs after the call was handed to the connection, before the
+        // connection's task has sent it: the reply waits for this thread.
+        tokio::spawn(async { std::thread::sleep(Duration::from_millis(600)) });
+        let permit = call.await.unwrap();
+        assert!(
+            matches!(&permit, Ok(p) if p.source() == Source::Store),
+            "round {round}: {permit:?}"
+        );
+    }
+    server.pause();
+    let started = Instant::now();
+    let refused = limiter.acquire(Cost::tokens(10)).await;
+    let waited = started.elapsed();
+    server.resume();
+    assert!(
+        matches!(refused, Err(Error::StoreUnavailable { .. })),
+        "{refused:?}"
+    );
+    assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+}

@@ -166,3 +166,64 @@ async fn usage_above_the_estimate_is_paid_by_every_lane_on_redis_and_memory() {
     let on_memory = || tokens_instance(RateLimiter::builder("over").store(store.clone()));
     usage_above_the_estimate_is_paid_by_every_lane(on_memory().await, on_memory().await).await;
 }
+
+/// Whose turn it is to borrow (`tollgate_core::may_borrow`), on Redis as on
+/// the memory store: three classes of weights 1, 2 and 3 ask and are
+/// charged in a fixed pseudo-random order, with pauses around the window
+/// an ask counts for, so that classes fall idle and come back level. Every
+/// answer, and every class's pass, agrees to the bit.
+#[tokio::test]
+async fn redis_and_memory_agree_on_the_turns_to_borrow() {
+    use tollgate::store::{Backend, LendCall, LendOp, ManualClock, MemoryStore, RedisOptions};
+    let server = RedisServer::start();
+    let redis = tollgate::store::RedisStore::connect(&server.url(), RedisOptions::default())
+        .await
+        .unwrap();
+    let clock = ManualClock::new(0.0);
+    let memory = MemoryStore::with_clock(Arc::new(clock.clone()));
+    let window = 0.03;
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let (mut allowed, mut refused) = (0, 0);
+    for _ in 0..300 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let class = (seed % 3) as u8;
+        let op = if seed % 5 < 2 {
+            LendOp::Charge {
+                pass: (1 + seed % 7) as f64 * 0.0137 / (class as f64 + 1.0),
+            }
+        } else {
+            LendOp::Ask { window }
+        };
+        if seed.is_multiple_of(11) {
+            tokio::time::sleep(Duration::from_millis(seed % 50)).await;
+        }
+        let call = LendCall::new("turns", class, 3, op);
+        let r = redis.lend(&call).await.unwrap();
+        clock.set(r.now);
+        let m = memory.lend_now(&call).unwrap();
+        assert_eq!(r.allowed, m.allowed, "{call:?}");
+        assert_eq!(
+            r.pass.to_bits(),
+            m.pass.to_bits(),
+            "{call:?}: {r:?} vs {m:?}"
+        );
+        if matches!(op, LendOp::Ask { .. }) {
+            if r.allowed {
+                allowed += 1
+            } else {
+                refused += 1
+            }
+        }
+    }
+    assert!(
+        allowed > 20 && refused > 20,
+        "{allowed} allowed, {refused} refused"
+    );
+    // A class out of range is refused by both, naming the classes.
+    let bad = LendCall::new("turns", 3, 3, LendOp::Ask { window });
+    let e = redis.lend(&bad).await.unwrap_err().to_string();
+    assert!(e.contains("class 3 of 3"), "{e}");
+    assert_eq!(memory.lend_now(&bad).unwrap_err().to_string(), e);
+}

@@ -56,9 +56,6 @@ const SETTLED_TTL_SECS: u64 = 150;
 pub const SETTLE_RETRY_WINDOW: Duration = Duration::from_secs(120);
 /// Tries of one reservation within its caller's wait.
 const RESERVE_TRIES: u32 = 2;
-/// How many times `store.timeout_ms` a call may wait in all while the store
-/// keeps answering other calls (busy, not down): see [`RedisBudgets::call`].
-const BUSY_WAIT_FACTOR: u32 = 5;
 /// How many times `store.timeout_ms` a settlement's try waits for its
 /// answer. Settlements run after the answer went out, so a long wait costs
 /// no client anything; a burst that finishes at once sends thousands of them
@@ -86,10 +83,9 @@ pub struct RedisBudgets {
     settle_timeout: Duration,
     /// How long a hold key lives (see [`hold_lifetime`]).
     hold_ttl: Duration,
-    /// When the store last answered a call of this process (ms since
-    /// `epoch`): tells a busy store from a silent one.
-    last_answer: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    epoch: Instant,
+    /// The limit store on the same Redis, whose probes judge a call that
+    /// passed its timeout (see [`RedisBudgets::judged_by`]).
+    judge: Option<tollgate::store::RedisStore>,
 }
 
 impl std::fmt::Debug for RedisBudgets {
@@ -143,9 +139,17 @@ impl RedisBudgets {
             timeout,
             settle_timeout: timeout * SETTLE_TIMEOUT_FACTOR,
             hold_ttl: Duration::from_secs(HOLD_TTL_SECS),
-            last_answer: Default::default(),
-            epoch: Instant::now(),
+            judge: None,
         }
+    }
+
+    /// Judges a call that passed its timeout as `store` judges its own
+    /// (`RedisStore::await_reply`): it fails only when Redis also left
+    /// `store`'s probes unanswered, not while it only waits in this process.
+    /// `store` must be on the same Redis as the connection.
+    pub fn judged_by(mut self, store: tollgate::store::RedisStore) -> Self {
+        self.judge = Some(store);
+        self
     }
 
     /// Holds that live `ttl` (see [`hold_lifetime`]) instead of the default.
@@ -203,44 +207,28 @@ impl RedisBudgets {
         Ok(())
     }
 
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
-    /// Runs one store call with a timeout that fits the load: after
-    /// `timeout` without its answer, it keeps waiting as long as the store
-    /// answered some other call within the last `timeout` (a burst queued
-    /// behind Redis's one thread, not an outage), up to
-    /// [`BUSY_WAIT_FACTOR`] × `timeout` in all; a silent store fails it at
-    /// once.
+    /// Runs one store call with a timeout that fits the load: judged by
+    /// the limit store's probes when it was given one
+    /// ([`RedisBudgets::judged_by`]: a call that only waits in this process
+    /// behind a burst, while Redis answers, keeps waiting), else the plain
+    /// `timeout`.
     async fn call<T>(
         &self,
         what: &str,
         timeout: Duration,
         f: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, BudgetError> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let mut f = std::pin::pin!(f);
         let started = Instant::now();
-        loop {
-            match tokio::time::timeout(timeout, &mut f).await {
-                Ok(r) => {
-                    if r.is_ok() {
-                        self.last_answer.fetch_max(self.now_ms(), Relaxed);
-                    }
-                    return r.map_err(store_err);
-                }
-                Err(_) => {
-                    let since_answer = self.now_ms().saturating_sub(self.last_answer.load(Relaxed));
-                    let busy = since_answer < timeout.as_millis() as u64;
-                    if !busy || started.elapsed() >= timeout * BUSY_WAIT_FACTOR {
-                        return Err(BudgetError::Store(format!(
-                            "{what} timed out after {} ms",
-                            started.elapsed().as_millis()
-                        )));
-                    }
-                }
-            }
+        let answer = match &self.judge {
+            Some(store) => store.await_reply(timeout, f).await.ok(),
+            None => tokio::time::timeout(timeout, f).await.ok(),
+        };
+        match answer {
+            Some(r) => r.map_err(store_err),
+            None => Err(BudgetError::Store(format!(
+                "{what} timed out after {} ms",
+                started.elapsed().as_millis()
+            ))),
         }
     }
 

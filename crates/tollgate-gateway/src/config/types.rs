@@ -176,10 +176,11 @@ pub struct StoreConfig {
     pub sync_interval_ms: u64,
     /// Longest wait (milliseconds) for the answer to one store call (a
     /// limiter step, a spend reservation or settlement) before it is retried
-    /// or, for an admission, the outage policy applies. Default 2000: a
-    /// burst of thousands of admissions queues behind Redis's one thread,
-    /// and a healthy store must not look down under it. Settlements that
-    /// time out are retried (idempotently) in the background.
+    /// or, for an admission, the outage policy applies. Default 2000. A call
+    /// whose answer only waits in the gateway (a burst of thousands of
+    /// requests keeps its threads busy) is not failed while Redis answers
+    /// the store's probes: it waits on, up to 10 s. Settlements that time
+    /// out are retried (idempotently) in the background.
     pub timeout_ms: u64,
 }
 

@@ -8,7 +8,10 @@
 //! headroom (scaled by its priority class's headroom, so that higher classes
 //! borrow first): a lane takes it only if it has room now, and never behind
 //! its owner's queue (a lane whose owner waits has no room). What it took
-//! in its own lane meanwhile is cancelled.
+//! in its own lane meanwhile is cancelled. With three classes or more,
+//! several may want the same room: a class borrows only in its turn, by
+//! weight (`tollgate_core::may_borrow`, asked of the store's pool of the
+//! key's borrowers), so that what an idle class leaves is shared by weight.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,7 +22,7 @@ use tollgate_core::{ClassShare, Dims, Policy, ReserveError, Shares, DIMENSIONS};
 
 use crate::error::secs;
 use crate::outage::Stats;
-use crate::store::{Backend, ReserveCall, SettleCall};
+use crate::store::{Backend, LendCall, LendOp, ReserveCall, SettleCall};
 use crate::{Error, RateLimiter, Source, MAX_ADVANCE_CHECK};
 
 use super::rate_limiter::RetryFailure;
@@ -236,15 +239,30 @@ impl RateLimiter {
     }
 
     /// Tries to start a call of class `class` and cost `cost` at once in
-    /// another class's lane.
+    /// another class's lane, when it is the class's turn to borrow.
     pub(super) async fn borrow(&self, lanes: &Lanes, class: u8, cost: &Dims) -> Option<Permit> {
         let inner = self.inner();
         let priority = inner.classes.get(class as usize)?.headroom;
+        // The lenders that could ever hold it, with the borrowing headroom.
+        let mut lenders = [(0, 0.0); tollgate_core::MAX_CLASSES];
+        let mut count = 0;
         for lane in lanes.lenders(class as usize) {
             let lender = &lanes.lanes[lane];
             let headroom =
                 lanes.shares.class(lane).lendable * priority - inner.margin / lender.policy.tau;
-            if headroom <= 0.0 || lanes.known_full(lane, cost) {
+            let inc = &lender.policy.increment;
+            let tolerance = lender.policy.tau * headroom;
+            if headroom > 0.0 && (0..DIMENSIONS).all(|i| cost[i] * inc[i] <= tolerance) {
+                lenders[count] = (lane, headroom);
+                count += 1;
+            }
+        }
+        if count == 0 || !self.my_turn(lanes, class).await {
+            return None;
+        }
+        for &(lane, headroom) in &lenders[..count] {
+            let lender = &lanes.lanes[lane];
+            if lanes.known_full(lane, cost) {
                 continue;
             }
             let call = ReserveCall {
@@ -261,6 +279,7 @@ impl RateLimiter {
             match inner.store.reserve(&call).await {
                 Ok(Ok(r)) => {
                     Stats::bump(&inner.stats.borrowed);
+                    self.charge_turn(lanes, class, cost).await;
                     // The next waiter of the class is now first: let this
                     // process's waiters look at once.
                     inner.refunded.notify_waiters();
@@ -273,6 +292,53 @@ impl RateLimiter {
             }
         }
         None
+    }
+
+    /// Whether it is class `class`'s turn to borrow, by weight
+    /// (`tollgate_core::may_borrow`): asked of the
+    /// store's pool of the key's borrowers. With two classes there is only
+    /// one borrower at a time, and nothing to ask; a pool that cannot be
+    /// asked leaves the turn to whoever comes first, as without it.
+    async fn my_turn(&self, lanes: &Lanes, class: u8) -> bool {
+        if lanes.lanes.len() <= 2 {
+            return true;
+        }
+        let inner = self.inner();
+        let window = tollgate_core::BORROW_WINDOW;
+        let call = LendCall::new(
+            &inner.key,
+            class,
+            lanes.lanes.len() as u8,
+            LendOp::Ask { window },
+        );
+        inner
+            .store
+            .lend(&call)
+            .await
+            .map_or(true, |lent| lent.allowed)
+    }
+
+    /// Adds a borrow of `cost` to class `class`'s pass: its cost in seconds
+    /// of the whole bucket (the largest over the dimensions) over its
+    /// weight.
+    async fn charge_turn(&self, lanes: &Lanes, class: u8, cost: &Dims) {
+        if lanes.lanes.len() <= 2 {
+            return;
+        }
+        let inner = self.inner();
+        let seconds = (0..DIMENSIONS)
+            .map(|i| cost[i] * inner.policy.increment[i])
+            .fold(0.0, f64::max);
+        let pass = seconds / lanes.shares.class(class as usize).weight;
+        let call = LendCall::new(
+            &inner.key,
+            class,
+            lanes.lanes.len() as u8,
+            LendOp::Charge { pass },
+        );
+        // Not retried: a borrow left uncharged only gives the class one
+        // more call's worth.
+        let _ = inner.store.lend(&call).await;
     }
 
     /// Settles a permit of a lane whose call used more than its

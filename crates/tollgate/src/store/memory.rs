@@ -114,6 +114,23 @@ pub(crate) type LocalGate<'g, 'a> = (
     &'g mut (dyn FnMut() + Send + 'a),
 );
 
+/// A queued reservation in its class's queue: (slot bits, id), ordered by
+/// slot, then id. Slots are non-negative, so their bit patterns sort like
+/// the numbers.
+type Queued = (u64, u64);
+
+fn queued(slot: f64, id: u64) -> Queued {
+    (slot.to_bits(), id)
+}
+
+fn slot_of(q: Queued) -> f64 {
+    f64::from_bits(q.0)
+}
+
+fn id_of(q: Queued) -> u64 {
+    q.1
+}
+
 /// One entry of a headroom index (see [`ClassQueue::headroom`]).
 #[derive(Debug, Clone, Copy)]
 struct HeadroomEntry {
@@ -128,9 +145,8 @@ struct HeadroomEntry {
 /// One priority class's queue: the reservations whose slot is still ahead.
 #[derive(Debug, Default)]
 struct ClassQueue {
-    /// (slot bits, id), ordered by slot. Slots are non-negative, so their bit
-    /// patterns sort like the numbers.
-    slots: BTreeSet<(u64, u64)>,
+    /// The queued reservations ordered by slot, then id (see [`Queued`]).
+    slots: BTreeSet<Queued>,
     /// Per dimension, a sliding-window minimum of the queued reservations'
     /// headroom (`Grant::headroom` + the key's refund counter when charged):
     /// entries in id order with non-decreasing values, so the least value
@@ -181,7 +197,7 @@ impl ClassQueue {
             .first()
             .is_some_and(|&(slot, _)| slot <= now_bits)
         {
-            if let Some((_, id)) = self.slots.pop_first() {
+            if let Some(id) = self.slots.pop_first().map(id_of) {
                 if !self.credits.is_empty() {
                     self.credits.remove(&id);
                 }
@@ -206,7 +222,7 @@ impl ClassQueue {
 
     fn push(&mut self, id: u64, slot: f64, values: &Dims) {
         self.queued_ever = true;
-        self.slots.insert((slot.to_bits(), id));
+        self.slots.insert(queued(slot, id));
         for (d, &value) in self.headroom.iter_mut().zip(values) {
             if value.is_finite() {
                 let mut popped = false;
@@ -229,6 +245,18 @@ impl ClassQueue {
     /// others when it came stays (it bounds them too).
     fn forget(&mut self, id: u64) {
         for d in &mut self.headroom {
+            // Ids ascend along the index; mostly the latest leaves.
+            match d.back() {
+                None => continue,
+                Some(e) if e.id < id => continue,
+                Some(e) if e.id == id => {
+                    if !e.popped {
+                        d.pop_back();
+                    }
+                    continue;
+                }
+                Some(_) => {}
+            }
             let i = d.partition_point(|e| e.id < id);
             if d.get(i).is_some_and(|e| e.id == id && !e.popped) {
                 d.remove(i);
@@ -241,7 +269,7 @@ impl ClassQueue {
     /// entry left by one that was cancelled may remain in the index).
     fn least_after(&self, id: u64, out: &mut Dims) {
         // In a FIFO class the last slot has the latest id.
-        if self.slots.last().is_none_or(|&(_, last)| last <= id) {
+        if self.slots.last().is_none_or(|&last| id_of(last) <= id) {
             return;
         }
         for (d, o) in self.headroom.iter().zip(out.iter_mut()) {
@@ -256,11 +284,11 @@ impl ClassQueue {
     /// leaving the queue).
     fn take_credit(&mut self, id: u64) -> Taken {
         const NONE: Dims = [0.0; DIMENSIONS];
-        self.handed.remove(&id);
+        take(&mut self.handed, id);
         Taken {
-            owed: self.credits.remove(&id).unwrap_or(NONE),
-            extra: self.extra.remove(&id),
-            moved_in: self.moved_in.remove(&id),
+            owed: take(&mut self.credits, id).unwrap_or(NONE),
+            extra: take(&mut self.extra, id),
+            moved_in: take(&mut self.moved_in, id),
         }
     }
 
@@ -308,7 +336,7 @@ impl ClassQueue {
         };
         // Only cancellations of queued reservations walk these links, and all
         // of those come after the first one queued.
-        if let Some(&(_, front)) = self.slots.first() {
+        if let Some(front) = self.slots.first().map(|&q| id_of(q)) {
             if self
                 .forward
                 .first_key_value()
@@ -336,7 +364,11 @@ impl ClassQueue {
     /// first queued in this class, nothing lies between them on the line:
     /// that one may start earlier by them.
     fn hand_on_held(&mut self, id: u64, held: Dims) {
-        if self.slots.first().is_none_or(|&(_, first)| first != id + 1) {
+        if self
+            .slots
+            .first()
+            .is_none_or(|&first| id_of(first) != id + 1)
+        {
             return;
         }
         if self.credits.len() >= MAX_CREDITS || self.extra.len() >= MAX_CREDITS {
@@ -352,8 +384,14 @@ impl ClassQueue {
     /// `id` (at `slot`), directly or through cancelled ones that forward to
     /// it: nothing else lies between the two on the TAT line.
     fn next_on_line(&self, id: u64, slot: f64) -> Option<u64> {
-        // In a FIFO class the first entry after it is the next queued id.
-        let &(_, first) = self.slots.range((slot.to_bits(), id + 1)..).next()?;
+        // In a FIFO class the first entry after it is the next queued id;
+        // mostly there is none (it was the last), which the last entry tells
+        // without a search.
+        let after = queued(slot, id + 1);
+        if self.slots.last().is_none_or(|&last| last < after) {
+            return None;
+        }
+        let first = id_of(*self.slots.range(after..).next()?);
         let mut next = id + 1;
         while next != first {
             match self.forward.get(&next) {
@@ -476,6 +514,17 @@ impl Given {
     }
 }
 
+/// Removes `id`'s entry from `map`; an empty map (the usual case) is not
+/// asked, which would hash the id first.
+#[inline]
+fn take<V>(map: &mut HashMap<u64, V, ahash::RandomState>, id: u64) -> Option<V> {
+    if map.is_empty() {
+        None
+    } else {
+        map.remove(&id)
+    }
+}
+
 /// What a queued reservation leaving its queue takes of its credits.
 struct Taken {
     owed: Dims,
@@ -509,11 +558,10 @@ impl Entry {
 
     fn idle(&self, now: f64) -> bool {
         self.state.tat.iter().all(|&t| t <= now)
-            && self.queues.iter().all(|q| {
-                q.slots
-                    .last()
-                    .is_none_or(|&(s, _)| f64::from_bits(s) <= now)
-            })
+            && self
+                .queues
+                .iter()
+                .all(|q| q.slots.last().is_none_or(|&q| slot_of(q) <= now))
     }
 
     /// Per dimension the least headroom left (after refunds since) among the
@@ -551,18 +599,21 @@ impl Shard {
             self.ops_since_sweep = 0;
             self.keys.retain(|(_, e)| !e.idle(now));
         }
-        let hasher = &self.hasher;
-        match self
-            .keys
-            .entry(hash, |(k, _)| **k == *key, |(k, _)| hasher.hash_one(&**k))
-        {
-            hashbrown::hash_table::Entry::Occupied(o) => &mut o.into_mut().1,
-            hashbrown::hash_table::Entry::Vacant(v) => {
+        // A lookup that only looks (the key is there but once in a long
+        // while): cheaper than `entry`, which also seeks where it would go.
+        match self.keys.find_entry(hash, |(k, _)| **k == *key) {
+            Ok(found) => &mut found.into_mut().1,
+            Err(absent) => {
                 let entry = Entry {
                     seq: (now * 1e6) as u64,
                     ..Entry::default()
                 };
-                &mut v.insert((key.into(), entry)).into_mut().1
+                let hasher = &self.hasher;
+                let placed =
+                    absent
+                        .into_table()
+                        .insert_unique(hash, (key.into(), entry), |(k, _)| hasher.hash_one(&**k));
+                &mut placed.into_mut().1
             }
         }
     }
@@ -577,6 +628,7 @@ pub struct MemoryStore {
     shards: Arc<[Mutex<Shard>]>,
     hasher: ahash::RandomState,
     clock: Arc<dyn Clock>,
+    pools: Arc<super::lend::Pools>,
 }
 
 impl fmt::Debug for MemoryStore {
@@ -613,12 +665,18 @@ impl MemoryStore {
                 .collect(),
             hasher,
             clock,
+            pools: Arc::default(),
         }
     }
 
     /// Whether `other` is this store or a clone of it.
     pub(crate) fn same_as(&self, other: &MemoryStore) -> bool {
         Arc::ptr_eq(&self.shards, &other.shards)
+    }
+
+    /// [`Backend::lend`] without the future.
+    pub fn lend_now(&self, call: &super::LendCall<'_>) -> Result<super::Lent, StoreError> {
+        self.pools.apply(call, || self.clock.now())
     }
 
     /// The store's clock, in seconds.
@@ -756,11 +814,18 @@ impl MemoryStore {
         let now = at.unwrap_or_else(|| self.clock.now());
         let entry = shard.entry(call.key, hash, now);
         let queue = entry.queue(call.class, now);
-        let me = (call.slot.to_bits(), call.id);
+        let me = queued(call.slot, call.id);
         // The first of its class's queue was charged before every other
         // reservation queued in it (FIFO).
         let first = queue.slots.first() == Some(&me);
-        let was_queued = queue.slots.remove(&me);
+        // Mostly the first or the last leaves: no search for those.
+        let was_queued = if first {
+            queue.slots.pop_first().is_some()
+        } else if queue.slots.last() == Some(&me) {
+            queue.slots.pop_last().is_some()
+        } else {
+            queue.slots.remove(&me)
+        };
         if call.slot > now && !was_queued {
             // Its slot is ahead but it waits no more: cancelled already.
             return Settled::unchanged(entry.state);
@@ -843,7 +908,7 @@ impl MemoryStore {
         let now = self.clock.now();
         let entry = shard.entry(call.key, hash, now);
         let queue = entry.queue(call.class, now);
-        let me = (call.slot.to_bits(), call.id);
+        let me = queued(call.slot, call.id);
         if !queue.slots.contains(&me) {
             return Advance::Stays; // started, cancelled, or the key expired
         }
@@ -851,7 +916,7 @@ impl MemoryStore {
             .slots
             .range(..me)
             .next_back()
-            .map_or(f64::NEG_INFINITY, |&(s, _)| f64::from_bits(s));
+            .map_or(f64::NEG_INFINITY, |&q| slot_of(q));
         let mut refunds = queue.started_refunds;
         for (s, at) in refunds.iter_mut().zip(call.mark.class_refunds_at) {
             *s -= at;
@@ -882,7 +947,7 @@ impl MemoryStore {
         };
         queue.slots.remove(&me);
         if slot > now {
-            queue.slots.insert((slot.to_bits(), call.id));
+            queue.slots.insert(queued(slot, call.id));
         }
         if credit.is_some() {
             let credit = credit.unwrap_or([0.0; DIMENSIONS]);
@@ -958,7 +1023,7 @@ fn reserve_in(
         tail: queue
             .slots
             .last()
-            .map_or(f64::NEG_INFINITY, |&(s, _)| f64::from_bits(s)),
+            .map_or(f64::NEG_INFINITY, |&q| slot_of(q)),
         max_wait: call.max_wait,
         queued: queue.slots.len() as u64,
         max_queue: call.max_queue,
@@ -1023,5 +1088,9 @@ impl Backend for MemoryStore {
 
     async fn claim(&self, key: &str, id: u64, reserved_at: f64) -> Result<Claim, StoreError> {
         Ok(self.claim_now(key, id, reserved_at))
+    }
+
+    async fn lend(&self, call: &super::LendCall<'_>) -> Result<super::Lent, StoreError> {
+        self.lend_now(call)
     }
 }

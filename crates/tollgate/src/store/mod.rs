@@ -4,9 +4,12 @@
 //! A store applies the pure arithmetic of `tollgate-core` atomically per key, on
 //! its own clock. The limiter above it knows nothing of how.
 
+mod lend;
 mod memory;
 mod redis;
 pub(crate) mod together;
+
+pub use self::lend::{LendCall, LendOp, Lent};
 
 pub use self::memory::{Clock, ManualClock, MemoryStore, SystemClock};
 pub(crate) use self::redis::Cancel;
@@ -215,6 +218,10 @@ pub trait Backend: Send + Sync {
         key: &str,
         policy: &Policy,
     ) -> impl Future<Output = Result<KeySnapshot, StoreError>> + Send;
+
+    /// Asks for a class's turn to borrow in a shared bucket's pool, or
+    /// charges what it borrowed (see `tollgate_core::may_borrow`).
+    fn lend(&self, call: &LendCall<'_>) -> impl Future<Output = Result<Lent, StoreError>> + Send;
 }
 
 /// A store: the embedded default or Redis. Cheap to clone; clones share state
@@ -341,6 +348,13 @@ impl Backend for Store {
         match self {
             Store::Memory(m) => m.claim(key, id, reserved_at).await,
             Store::Redis(r) => r.claim(key, id, reserved_at).await,
+        }
+    }
+
+    async fn lend(&self, call: &LendCall<'_>) -> Result<Lent, StoreError> {
+        match self {
+            Store::Memory(m) => m.lend(call).await,
+            Store::Redis(r) => r.lend(call).await,
         }
     }
 }

@@ -58,6 +58,22 @@ pub(crate) fn timed_out(what: &str, limit: std::time::Duration) -> StoreError {
     ))
 }
 
+/// The error of a call that got no answer after `waited`: its `limit`
+/// (`response_timeout`) passed and Redis answered no probe meanwhile, or it
+/// waited `late` (`late_reply_timeout`) in all (see `liveness`).
+pub(crate) fn no_answer(
+    what: &str,
+    limit: std::time::Duration,
+    waited: std::time::Duration,
+    late: std::time::Duration,
+) -> StoreError {
+    StoreError::Unavailable(if waited >= late {
+        format!("redis: {what} got no answer within {late:?} (late_reply_timeout), though Redis answered probes meanwhile")
+    } else {
+        format!("redis: {what} got no answer within {limit:?} (response_timeout), and Redis answered no probe meanwhile")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@
 //! caller ([`Waiter`]): reservations in `reserve.lua` (see the module above),
 //! settlements in `settle.lua` (see `settling`). The sending is the same.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::Hash;
 
 use parking_lot::Mutex;
@@ -15,7 +15,7 @@ use redis::Value;
 
 use super::handover::InFlight;
 use super::scripts::Invocation;
-use super::{RedisConnection, RedisStore, Settings, MAX_BATCH};
+use super::{Map, RedisConnection, RedisStore, Settings, MAX_BATCH};
 use crate::background::{self, Place};
 use crate::store::StoreError;
 
@@ -26,11 +26,15 @@ pub(super) trait Waiter: Sized + Send + 'static {
     type Lane: Eq + Hash + Clone + Send + Sync + 'static;
 
     /// The store's lanes of this kind of call.
-    fn lanes(settings: &Settings) -> &Mutex<HashMap<Self::Lane, VecDeque<Self>>>;
+    fn lanes(settings: &Settings) -> &Mutex<Map<Self::Lane, VecDeque<Self>>>;
 
     /// Whether it is still sent (a reservation whose caller stopped waiting
     /// is not: nothing was written for it).
     fn goes(&self) -> bool;
+
+    /// Readies the call to be sent now (a reservation takes its deadline
+    /// then, not when it began to wait).
+    fn sending(&mut self, _settings: &Settings) {}
 
     /// The one script call that carries `batch`, in its order.
     fn invocation(prefix: &str, lane: &Self::Lane, cluster: bool, batch: &[Self]) -> Invocation;
@@ -91,7 +95,10 @@ impl RedisStore {
                 while batch.len() < MAX_BATCH {
                     match waiting.pop_front() {
                         Some(w) if !w.goes() => {}
-                        Some(w) => batch.push(w),
+                        Some(mut w) => {
+                            w.sending(&self.settings);
+                            batch.push(w);
+                        }
                         None => break,
                     }
                 }

@@ -16,8 +16,10 @@
 //! vacancy hash `:v` (seconds vacated by cancelled reservations, handed to
 //! the ones behind; see `settle.lua`). `:r` marks reservations whose lease
 //! ran out until their cancellation (10 min), `:d:<id>` a settled permit
-//! token (for `TOKEN_LIFETIME`), and `:f` the key's limits (for
-//! `FINGERPRINT_TTL`). One more key,
+//! token (for `TOKEN_LIFETIME`), `:f` the key's limits (for
+//! `FINGERPRINT_TTL`), and `:b` the pool of borrowers of a key whose classes
+//! share its bucket (`lend.rs`; one [`RedisOptions::idle_ttl`] after its
+//! last use). One more key,
 //! `<prefix>:epoch`, never expires: it tells a key that expired while idle
 //! from a store that lost everything (see [`AfterReset`]).
 //!
@@ -34,6 +36,8 @@ mod error;
 mod fingerprint;
 mod handover;
 mod lanes;
+mod lend;
+mod liveness;
 mod options;
 mod scripts;
 mod settling;
@@ -51,7 +55,7 @@ use std::time::{Duration, Instant};
 use redis::{ErrorKind, ServerErrorKind, Value};
 use tollgate_core::{Dims, Policy, ReserveError, Settled, DIMENSIONS};
 
-use self::error::{store_error, timed_out};
+use self::error::{no_answer, store_error};
 use self::handover::InFlight;
 use self::scripts::{Keys, ReserveArgs, ReserveContext, ReserveNews};
 use super::together::{GateScript, NO_GATE};
@@ -85,12 +89,20 @@ pub struct RedisStore {
 #[derive(Debug)]
 struct Settings {
     prefix: String,
+    /// The store's epoch key on a standalone server (see [`Keys::epoch`]),
+    /// named once.
+    epoch_key: String,
     idle_ms: u64,
     timeout: Duration,
+    /// The longest a call waits while Redis answers the probes
+    /// (`late_reply_timeout`).
+    late: Duration,
+    /// What the probes found (see `liveness`).
+    liveness: liveness::Liveness,
     after_reset: AfterReset,
-    /// The server's clock at the last reply and when it arrived here: gives
-    /// each call a deadline on the server's clock.
-    clock: parking_lot::Mutex<Option<(f64, Instant)>>,
+    /// The server's clock as the replies told it: gives each call a
+    /// deadline on the server's clock.
+    clock: liveness::ServerClock,
     /// How to open another connection to the same server, when the store
     /// was made from a URL or nodes (not from the application's connection).
     origin: Option<Origin>,
@@ -102,9 +114,9 @@ struct Settings {
     /// Per key and class whose call of `reserve.lua` is on its way, the
     /// reservations that came meanwhile, in arrival order: they travel
     /// together in the next call (see `Backend::reserve`).
-    lanes: parking_lot::Mutex<HashMap<Lane, VecDeque<Waiting>>>,
+    lanes: parking_lot::Mutex<Map<Lane, VecDeque<Waiting>>>,
     /// The same for settlements, per key (see `settling`).
-    settles: parking_lot::Mutex<HashMap<Box<str>, VecDeque<settling::Waiting>>>,
+    settles: parking_lot::Mutex<Map<Box<str>, VecDeque<settling::Waiting>>>,
     /// What this process knows of the store's state: epochs and TATs.
     seen: parking_lot::Mutex<Seen>,
     /// Times the store was found to have lost its state.
@@ -139,6 +151,10 @@ const CANCEL_GATHER: Duration = Duration::from_millis(5);
 /// call of `settle.lua`): a bigger batch waits for the next call.
 const MAX_BATCH: usize = 64;
 
+/// The store's maps of keys, lanes and epochs: every call looks in them,
+/// and std's default hasher cost more than what it looked up.
+type Map<K, V> = HashMap<K, V, ahash::RandomState>;
+
 /// A key and class: the reservations of one call of `reserve.lua`.
 type Lane = (Box<str>, u8);
 
@@ -172,16 +188,20 @@ const MAX_KNOWN_KEYS: usize = 10_000;
 #[derive(Debug, Default)]
 struct Seen {
     /// The epoch last seen, by epoch key name (one on a standalone server).
-    epochs: HashMap<String, String>,
+    epochs: Map<String, Arc<str>>,
     /// Per limiter key, the highest TAT per dimension a reservation was told:
     /// how far its own reservations reach should the store lose them.
-    tat: HashMap<Box<str>, Dims>,
+    tat: Map<Box<str>, Dims>,
 }
 
 impl Settings {
-    /// The latest server time by which a call sent now is still awaited;
-    /// `None` before the first reply. The estimate trails the server's clock
-    /// by the reply's travel time, so the deadline errs late, never early.
+    /// The latest server time by which a call sent now must reach Redis:
+    /// one that reaches it later writes nothing, so a caller that gave up
+    /// (Redis answered no probe meanwhile: see `liveness`) leaves nothing
+    /// behind, and one still waiting sends it again (see
+    /// `Backend::reserve`). `None` before the first reply. The estimate
+    /// trails the server's clock by the reply's travel time, so the
+    /// deadline errs late, never early.
     fn deadline(&self) -> Option<f64> {
         Some(self.server_now()? + self.timeout.as_secs_f64())
     }
@@ -189,12 +209,11 @@ impl Settings {
     /// The server's clock as last seen plus the time since (trailing it by
     /// a reply's travel time); `None` before the first reply.
     fn server_now(&self) -> Option<f64> {
-        let (server, at) = (*self.clock.lock())?;
-        Some(server + at.elapsed().as_secs_f64())
+        self.clock.now()
     }
 
     fn saw(&self, server_now: f64) {
-        *self.clock.lock() = Some((server_now, Instant::now()));
+        self.clock.saw(server_now);
     }
 
     /// Reads a reservation's reply and records what it tells.
@@ -233,7 +252,7 @@ impl Settings {
         }
         let Some(epoch) = &news.epoch else { return };
         match seen.epochs.get(epoch_key) {
-            Some(old) if old == epoch => {}
+            Some(old) if **old == **epoch => {}
             Some(old) => {
                 self.resets.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
@@ -249,10 +268,12 @@ impl Settings {
                         _ => "drained, as if the last window had been used in full",
                     }
                 );
-                seen.epochs.insert(epoch_key.to_string(), epoch.clone());
+                seen.epochs
+                    .insert(epoch_key.to_string(), epoch.as_str().into());
             }
             None => {
-                seen.epochs.insert(epoch_key.to_string(), epoch.clone());
+                seen.epochs
+                    .insert(epoch_key.to_string(), epoch.as_str().into());
             }
         }
     }
@@ -333,17 +354,20 @@ impl RedisStore {
             conn,
             settings: Arc::new(Settings {
                 prefix: options.key_prefix.clone(),
+                epoch_key: Keys::new(&options.key_prefix, "").epoch(false),
                 idle_ms: options.idle_ttl.as_millis().max(1) as u64,
                 // A call waits this long for its reply; one still on its way
                 // then is finished in the background (`late_reply_timeout`).
                 timeout: options.response_timeout,
+                late: options.late_reply_timeout,
+                liveness: liveness::Liveness::new(),
                 after_reset: options.after_reset,
-                clock: parking_lot::Mutex::new(None),
+                clock: liveness::ServerClock::default(),
                 origin: None,
                 own: tokio::sync::OnceCell::new(),
                 cancels: parking_lot::Mutex::new(Vec::new()),
-                lanes: parking_lot::Mutex::new(HashMap::new()),
-                settles: parking_lot::Mutex::new(HashMap::new()),
+                lanes: parking_lot::Mutex::new(Map::default()),
+                settles: parking_lot::Mutex::new(Map::default()),
                 seen: parking_lot::Mutex::new(Seen::default()),
                 resets: AtomicU64::new(0),
                 loading: tokio::sync::Mutex::new(()),
@@ -569,6 +593,7 @@ impl RedisStore {
             &*scripts::SNAPSHOT,
             &*scripts::ADVANCE,
             &NO_GATE.script,
+            &*lend::LEND,
         ] {
             self.load_script(script).await?;
         }
@@ -699,9 +724,9 @@ impl RedisStore {
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
         let limit = self.settings.timeout;
-        match tokio::time::timeout(limit, fut).await {
+        match self.await_reply(limit, fut).await {
             Ok(result) => result.map_err(store_error),
-            Err(_) => Err(timed_out(what, limit)),
+            Err(waited) => Err(no_answer(what, limit, waited, self.settings.late)),
         }
     }
 }
@@ -711,8 +736,9 @@ struct Reserving<'a> {
     settings: &'a Settings,
     keys: Keys<'a>,
     cluster: bool,
-    epoch_key: String,
-    epoch: String,
+    epoch_key: std::borrow::Cow<'a, str>,
+    /// The epoch last seen (shared, not copied: every reservation reads it).
+    epoch: Option<Arc<str>>,
     known: Option<Dims>,
 }
 
@@ -722,7 +748,7 @@ impl Reserving<'_> {
             idle_ms: self.settings.idle_ms,
             deadline: self.settings.deadline(),
             drained: self.settings.after_reset == AfterReset::Drained,
-            epoch: &self.epoch,
+            epoch: self.epoch.as_deref().unwrap_or(""),
             known: self.known,
         }
     }
@@ -734,11 +760,15 @@ impl RedisStore {
         let settings = &*self.settings;
         let keys = Keys::new(&settings.prefix, key);
         let cluster = matches!(self.conn, RedisConnection::Cluster(_));
-        let epoch_key = keys.epoch(cluster);
+        let epoch_key: std::borrow::Cow<'_, str> = if cluster {
+            keys.epoch(true).into()
+        } else {
+            settings.epoch_key.as_str().into()
+        };
         let seen = settings.seen.lock();
         Reserving {
             settings,
-            epoch: seen.epochs.get(&epoch_key).cloned().unwrap_or_default(),
+            epoch: seen.epochs.get(&*epoch_key).cloned(),
             known: seen.tat.get(key).copied(),
             keys,
             cluster,
@@ -747,8 +777,9 @@ impl RedisStore {
     }
 }
 
-impl Backend for RedisStore {
-    async fn reserve(
+impl RedisStore {
+    /// One try of [`Backend::reserve`].
+    async fn reserve_once(
         &self,
         call: &ReserveCall<'_>,
     ) -> Result<Result<Reserved, ReserveError>, StoreError> {
@@ -779,7 +810,8 @@ impl Backend for RedisStore {
                     });
                     Err(Awaiting {
                         rx: Some(rx),
-                        owner: Some(Orphan::of(self, call)),
+                        store: self,
+                        call,
                     })
                 }
                 None => {
@@ -810,17 +842,35 @@ impl Backend for RedisStore {
                 let reply = self.bounded("reserve", sent).await?;
                 scripts::reserve_replies(&reply, 1)?.swap_remove(0)
             }
-            Err(mut awaiting) => match tokio::time::timeout(settings.timeout, awaiting.recv()).await {
+            Err(mut awaiting) => match self.await_reply(settings.timeout, awaiting.recv()).await {
                 Ok(Ok(reply)) => reply?,
                 Ok(Err(_)) => {
                     return Err(StoreError::Unavailable(
                         "the call carrying the reservation was dropped before it was sent (its runtime shut down); nothing was written".into(),
                     ))
                 }
-                Err(_) => return Err(timed_out("reserve", settings.timeout)),
+                Err(waited) => return Err(no_answer("reserve", settings.timeout, waited, settings.late)),
             },
         };
         settings.took(&reply, call, epoch_key)
+    }
+}
+
+impl Backend for RedisStore {
+    /// A reservation that reached Redis after its deadline wrote nothing: it
+    /// only waited in this process (its caller still waits), so it is sent
+    /// again, for up to `late_reply_timeout` in all.
+    async fn reserve(
+        &self,
+        call: &ReserveCall<'_>,
+    ) -> Result<Result<Reserved, ReserveError>, StoreError> {
+        let started = Instant::now();
+        loop {
+            match self.reserve_once(call).await {
+                Err(e) if scripts::is_late(&e) && started.elapsed() < self.settings.late => {}
+                other => return other,
+            }
+        }
     }
 
     async fn settle(&self, call: &SettleCall<'_>) -> Result<Settled, StoreError> {
@@ -863,6 +913,16 @@ impl Backend for RedisStore {
             })
             .await?;
         claim::claim_reply(&reply)
+    }
+
+    async fn lend(
+        &self,
+        call: &crate::store::LendCall<'_>,
+    ) -> Result<crate::store::Lent, StoreError> {
+        call.check()?;
+        let pool = format!("{}:{{{}}}:b", self.settings.prefix, call.key);
+        let inv = lend::lend_invocation(pool, call, self.settings.idle_ms);
+        lend::lend_reply(&self.run("lend", inv).await?)
     }
 
     async fn snapshot(&self, key: &str, _policy: &Policy) -> Result<KeySnapshot, StoreError> {
@@ -932,12 +992,14 @@ impl Orphan {
 /// closes the channel: a reply not sent yet is then cancelled by the lane's
 /// sender (`Waiting::answer`), one already sent is cancelled here, so a
 /// reservation that nobody received is always undone, and only once.
-struct Awaiting {
+struct Awaiting<'a> {
     rx: Option<tokio::sync::oneshot::Receiver<Result<Value, StoreError>>>,
-    owner: Option<Orphan>,
+    /// What its owner is made from, should it need one (seldom: only made then).
+    store: &'a RedisStore,
+    call: &'a ReserveCall<'a>,
 }
 
-impl Awaiting {
+impl Awaiting<'_> {
     /// The reply, once it comes (taken: dropping `self` then undoes nothing).
     async fn recv(
         &mut self,
@@ -949,16 +1011,14 @@ impl Awaiting {
     }
 }
 
-impl Drop for Awaiting {
+impl Drop for Awaiting<'_> {
     fn drop(&mut self) {
         let Some(mut rx) = self.rx.take() else {
             return;
         };
         rx.close();
         if let Ok(Ok(item)) = rx.try_recv() {
-            if let Some(owner) = self.owner.take() {
-                owner.cancel(&item);
-            }
+            Orphan::of(self.store, self.call).cancel(&item);
         }
     }
 }
@@ -966,12 +1026,16 @@ impl Drop for Awaiting {
 impl lanes::Waiter for Waiting {
     type Lane = Lane;
 
-    fn lanes(settings: &Settings) -> &parking_lot::Mutex<HashMap<Lane, VecDeque<Self>>> {
+    fn lanes(settings: &Settings) -> &parking_lot::Mutex<Map<Lane, VecDeque<Self>>> {
         &settings.lanes
     }
 
     fn goes(&self) -> bool {
         !self.reply.is_closed()
+    }
+
+    fn sending(&mut self, settings: &Settings) {
+        self.args.set_deadline(settings.deadline());
     }
 
     fn invocation(prefix: &str, lane: &Lane, cluster: bool, batch: &[Self]) -> scripts::Invocation {

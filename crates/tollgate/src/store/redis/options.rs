@@ -23,15 +23,20 @@ pub struct RedisOptions {
     pub connect_timeout: Duration,
     /// Longest wait for the answer to one command. Default 500 ms. A paused or
     /// overloaded Redis then fails the call (a transient error, retried and then
-    /// handled by the outage policy) instead of hanging it.
+    /// handled by the outage policy) instead of hanging it. A call whose answer
+    /// only waits in this process (behind a burst of others, or for a turn of
+    /// a busy runtime) is not failed while Redis answers the store's probes
+    /// (`PING` from a thread of the library's own, sent while calls wait
+    /// past half this limit): it keeps waiting, up to `late_reply_timeout`.
     pub response_timeout: Duration,
     /// How long a reply is still awaited after its caller stopped waiting
     /// (the operation timeout passed, or the caller's future was dropped), so
     /// that what the call wrote can be undone: a reservation that comes back
     /// then is cancelled. Default 10 s. A server paused longer than this may
     /// keep reservations nobody owns until their slots have passed. It is also
-    /// the connection's own response timeout: a connection silent this long
-    /// is reconnected.
+    /// the connection's own response timeout (a connection silent this long
+    /// is reconnected) and the longest a call waits while Redis answers the
+    /// probes (see `response_timeout`).
     pub late_reply_timeout: Duration,
     /// First part of every Redis key: `<prefix>:{<limiter key>}:s` holds a key's
     /// state and `<prefix>:{<limiter key>}:q<class>` its queues. Default

@@ -142,10 +142,22 @@ pub(crate) struct ReserveArgs {
     nums: Vec<u8>,
 }
 
+/// Where the deadline is in [`ReserveArgs`]: after the two lengths and five
+/// doubles.
+const DEADLINE_AT: usize = 2 + 5 * 8;
+
 impl ReserveArgs {
     /// The argument as sent.
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.nums
+    }
+
+    /// Sets the caller's deadline on the server's clock (see
+    /// [`ReserveContext::deadline`]): a reservation that waited on its lane
+    /// gets it when it is sent.
+    pub(crate) fn set_deadline(&mut self, deadline: Option<f64>) {
+        let bytes = deadline.unwrap_or(-1.0).to_le_bytes();
+        self.nums[DEADLINE_AT..DEADLINE_AT + 8].copy_from_slice(&bytes);
     }
 }
 
@@ -156,21 +168,31 @@ pub(crate) fn reserve_args(
 ) -> Result<ReserveArgs, StoreError> {
     check_class(call.class)?;
     let policy = call.policy;
-    let costs = call.lease.map_or(String::new(), |_| {
-        let costs: Vec<String> = (0..DIMENSIONS)
-            .filter(|&i| policy.increment[i] > 0.0)
-            .map(|i| call.cost[i].to_string())
-            .collect();
-        costs.join(" ")
-    });
+    let limited = (0..DIMENSIONS)
+        .filter(|&i| policy.increment[i] > 0.0)
+        .count();
+    // The costs as text, space-separated, as `f64`'s `Display` writes them.
+    let mut costs = Vec::new();
+    if call.lease.is_some() {
+        for i in (0..DIMENSIONS).filter(|&i| policy.increment[i] > 0.0) {
+            if !costs.is_empty() {
+                costs.push(b' ');
+            }
+            write_cost(&mut costs, call.cost[i]);
+        }
+    }
     let (Ok(epoch_len), Ok(costs_len)) = (u8::try_from(ctx.epoch.len()), u8::try_from(costs.len()))
     else {
         return Err(StoreError::Failed(format!(
-            "the epoch {:?} or the costs {costs:?} are longer than reserve.lua takes (255 bytes); is another program using the key prefix?",
-            ctx.epoch
+            "the epoch {:?} or the costs {:?} are longer than reserve.lua takes (255 bytes); is another program using the key prefix?",
+            ctx.epoch,
+            String::from_utf8_lossy(&costs)
         )));
     };
-    let mut nums = Doubles(vec![epoch_len, costs_len]);
+    // Sized once: growing it a double at a time cost more than the rest.
+    let mut buf = Vec::with_capacity(2 + 8 * (8 + 3 * limited) + ctx.epoch.len() + costs.len());
+    buf.extend_from_slice(&[epoch_len, costs_len]);
+    let mut nums = Doubles(buf);
     nums.push(policy.tau * call.headroom)
         .push(call.max_wait.unwrap_or(-1.0))
         .push(call.max_queue.map_or(-1.0, |q| q as f64))
@@ -189,8 +211,21 @@ pub(crate) fn reserve_args(
     }
     let mut nums = nums.0;
     nums.extend_from_slice(ctx.epoch.as_bytes());
-    nums.extend_from_slice(costs.as_bytes());
+    nums.extend_from_slice(&costs);
     Ok(ReserveArgs { nums })
+}
+
+/// Appends `cost` as `f64`'s `Display` writes it. A whole number (what a
+/// cost mostly is) is written as the integer it is, which is the same text
+/// without the float formatting's cost.
+fn write_cost(out: &mut Vec<u8>, cost: f64) {
+    use std::io::Write;
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    if cost.fract() == 0.0 && (0.0..EXACT).contains(&cost) && cost.is_sign_positive() {
+        let _ = write!(out, "{}", cost as u64);
+    } else {
+        let _ = write!(out, "{cost}");
+    }
 }
 
 /// The invocation of `reserve.lua` placing reservations of one class of one
@@ -364,13 +399,17 @@ pub(crate) fn settle_args(
     idle_ms: u64,
     deadline: Option<f64>,
 ) -> Result<SettleArgs, StoreError> {
+    use std::io::Write;
     check_class(call.class)?;
     let policy = call.policy;
     let cancelled = call.actual.iter().all(|&a| a == 0.0);
-    let id = call.id.to_string();
-    // (A u64 has at most 20 digits.)
-    let mut nums = Doubles(vec![id.len() as u8]);
-    nums.0.extend_from_slice(id.as_bytes());
+    // Sized once for the longest (a cancellation passing every dimension);
+    // the id's length goes first, then its digits (a u64 has at most 20).
+    let mut buf = Vec::with_capacity(1 + 20 + 8 * (5 + 7 * DIMENSIONS));
+    buf.push(0);
+    let _ = write!(buf, "{}", call.id);
+    buf[0] = (buf.len() - 1) as u8;
+    let mut nums = Doubles(buf);
     nums.push(idle_ms as f64)
         .push(f64::from(call.class))
         .push(call.slot)
@@ -754,12 +793,19 @@ pub(crate) fn reserve_reply(
     Ok(outcome)
 }
 
+/// The message of a call that reached Redis after its caller's deadline.
+const LATE_MESSAGE: &str =
+    "the call reached Redis after its deadline (the caller had timed out); nothing was written";
+
 /// A call that reached Redis after its caller's deadline: it wrote nothing.
 fn late() -> StoreError {
-    StoreError::Unavailable(
-        "the call reached Redis after its deadline (the caller had timed out); nothing was written"
-            .into(),
-    )
+    StoreError::Unavailable(LATE_MESSAGE.into())
+}
+
+/// Whether `e` is a reservation that reached Redis after its deadline
+/// (nothing was written: it may be sent again).
+pub(crate) fn is_late(e: &StoreError) -> bool {
+    matches!(e, StoreError::Unavailable(m) if m == LATE_MESSAGE)
 }
 
 fn too_large(policy: &Policy, dimension: Dimension, needed: f64) -> ReserveError {
@@ -946,5 +992,29 @@ mod tests {
         // One record where two were sent.
         assert!(reserve_replies(&Value::BulkString(vec![LATE]), 2).is_err());
         assert!(reserve_replies(&Value::Array(Vec::new()), 0).is_err());
+    }
+
+    #[test]
+    fn costs_are_written_as_display_writes_them() {
+        let exact = 9_007_199_254_740_992.0;
+        for cost in [
+            0.0,
+            -0.0,
+            1.0,
+            7.0,
+            1000.0,
+            123_456_789.0,
+            exact - 1.0,
+            exact,
+            1e300,
+            0.5,
+            1.25,
+            1.0 / 3.0,
+            f64::INFINITY,
+        ] {
+            let mut out = Vec::new();
+            write_cost(&mut out, cost);
+            assert_eq!(String::from_utf8(out).unwrap(), cost.to_string(), "{cost}");
+        }
     }
 }

@@ -9,7 +9,7 @@
 //! [`StoreError::Pending`]): once asked for, it is applied once, never
 //! dropped and never sent twice.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use parking_lot::Mutex;
 use redis::Value;
@@ -19,7 +19,7 @@ use super::error::store_error;
 use super::handover::InFlight;
 use super::lanes::{Release, Waiter};
 use super::scripts::{self, Invocation, Keys, SettleArgs};
-use super::{settle_error, RedisStore, Settings};
+use super::{settle_error, Map, RedisStore, Settings};
 use crate::store::{SettleCall, StoreError};
 
 /// A settlement waiting for the call ahead of it on its key.
@@ -79,12 +79,12 @@ impl RedisStore {
                     },
                     move |reply| async move { late_reply(&key, &[id], reply) },
                 );
-                match tokio::time::timeout(limit, sent).await {
+                match self.await_reply(limit, sent).await {
                     Ok(reply) => reply.map_err(settle_error)?,
                     Err(_) => return Err(pending()),
                 }
             }
-            Err(rx) => match tokio::time::timeout(limit, rx).await {
+            Err(rx) => match self.await_reply(limit, rx).await {
                 Ok(Ok(reply)) => reply?,
                 Ok(Err(_)) => {
                     return Err(StoreError::Unavailable(
@@ -138,7 +138,7 @@ impl RedisStore {
         let sent = InFlight::new(async move { store.run_unbounded(inv).await }, {
             move |reply| async move { late_reply(&key, &ids, reply) }
         });
-        let reply = match tokio::time::timeout(limit, sent).await {
+        let reply = match self.await_reply(limit, sent).await {
             Ok(reply) => reply.map_err(settle_error)?,
             Err(_) => {
                 return Err(StoreError::Pending(format!(
@@ -164,7 +164,7 @@ impl RedisStore {
 impl Waiter for Waiting {
     type Lane = Box<str>;
 
-    fn lanes(settings: &Settings) -> &Mutex<HashMap<Box<str>, VecDeque<Self>>> {
+    fn lanes(settings: &Settings) -> &Mutex<Map<Box<str>, VecDeque<Self>>> {
         &settings.settles
     }
 

@@ -56,7 +56,7 @@ impl RedisStore {
             let at = self.reserving(call.key);
             args.push(scripts::reserve_args(&at.context(), call)?);
             states.push(at.keys.state());
-            epoch_key = at.epoch_key;
+            epoch_key = at.epoch_key.into_owned();
         }
         let mut inv = Invocation::new(&script.script, 1 + calls.len() + gate_keys.len());
         inv.arg(&epoch_key).arg(&states[..]).arg(gate_keys);
