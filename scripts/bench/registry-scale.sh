@@ -19,8 +19,9 @@
 # OUT=target/bench-registry-scale, NO_FSYNC=1 (PostgreSQL with fsync off:
 # each change's commit no longer waits for the disk), BASELINE=path to
 # another `tollgate` binary (an earlier commit's release build): each run
-# then measures it first and this tree's second, each on a database
-# seeded alike and the same driver, and both tables are printed. Release builds of
+# then measures it and this tree's, the two taking turns going first, each
+# on a database seeded alike and with the same driver, and both tables are
+# printed, then this tree's medians over the baseline's. Release builds of
 # tollgate and tollgate-harness are made first (CARGO_TARGET_DIR is
 # honoured).
 set -euo pipefail
@@ -38,13 +39,29 @@ run() { # binary, output file
     "$BIN/tollgate-harness" registry-scale --clients "$CLIENTS" --changes-per-sec "$CHANGES" \
         --secs "$SECS" --tollgate "$1" ${NO_FSYNC:+--no-fsync} --json > "$2"
 }
-for i in $(seq 1 "$RUNS"); do
-    if [ -n "${BASELINE:-}" ]; then
-        echo "==> run $i of $RUNS, baseline (load average $(cut -d' ' -f1-3 /proc/loadavg))" >&2
-        run "$BASELINE" "$OUT/run-$i-baseline.json"
-    fi
-    echo "==> run $i of $RUNS (load average $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+baseline() {
+    echo "==> run $i of $RUNS, baseline (load average $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    run "$BASELINE" "$OUT/run-$i-baseline.json"
+}
+this_tree() {
+    echo "==> run $i of $RUNS, this tree (load average $(cut -d' ' -f1-3 /proc/loadavg))" >&2
     run "$BIN/tollgate" "$OUT/run-$i.json"
+}
+if [ -n "${BASELINE:-}" ]; then
+    [ -x "$BASELINE" ] || { echo "BASELINE=$BASELINE is not an executable tollgate binary" >&2; exit 2; }
+fi
+for i in $(seq 1 "$RUNS"); do
+    # With a baseline, the two take turns going first, so that neither
+    # always meets the machine as the other left it.
+    if [ -z "${BASELINE:-}" ]; then
+        this_tree
+    elif [ $((i % 2)) -eq 1 ]; then
+        baseline
+        this_tree
+    else
+        this_tree
+        baseline
+    fi
 done
 summary() { # title, file suffix
 python3 - "$OUT" "$RUNS" "$1" "$2" <<'PY'
@@ -58,6 +75,9 @@ rows = [
     ("start of A, s (target ≤ 2)", lambda r: r["start_s"][0], "{:.3f}"),
     ("start of B, s", lambda r: r["start_s"][1], "{:.3f}"),
     ("start, empty database, s", lambda r: r["start_s"][2], "{:.3f}"),
+    ("CPU of A's start (user+sys), s", lambda r: (r.get("start_cpu_s") or [float("nan")] * 3)[0], "{:.2f}"),
+    ("CPU of B's start (user+sys), s", lambda r: (r.get("start_cpu_s") or [float("nan")] * 3)[1], "{:.2f}"),
+    ("CPU of the empty start (user+sys), s", lambda r: (r.get("start_cpu_s") or [float("nan")] * 3)[2], "{:.2f}"),
     ("RSS of A, MB", lambda r: r["rss_bytes"][0] / 1048576, "{:.1f}"),
     ("RSS, empty database, MB", lambda r: r["rss_bytes"][2] / 1048576, "{:.1f}"),
     ("memory per client, bytes (target ≤ 1024)", lambda r: r["bytes_per_client"], "{:.0f}"),
@@ -71,6 +91,7 @@ rows = [
     ("the same, median of the run's rounds, ms", lambda r: statistics.median(r.get("p99_delta_by_round") or [float("nan")]), "{:.2f}"),
     ("B's longest hold of its index's write lock, ms", lambda r: (r["b_registry"].get("longest_write_hold_us") or float("nan")) / 1000, "{:.3f}"),
     ("B's holds of its index's write lock", lambda r: r["b_registry"].get("write_holds") or 0, "{}"),
+    ("B's clients rebuilt in their own entry", lambda r: float("nan") if r["b_registry"].get("clients_refreshed") is None else r["b_registry"]["clients_refreshed"], "{}"),
     ("changes taken by A per s", lambda r: r["changes_per_sec"], "{:.1f}"),
     ("changes failed", lambda r: r["changes_failed"], "{}"),
     ("admin answer on A, p50 ms", lambda r: r["change_ms"][0], "{:.1f}"),
@@ -92,3 +113,26 @@ if [ -n "${BASELINE:-}" ]; then
     summary "baseline: $BASELINE" "-baseline"
 fi
 summary "this tree: $(git rev-parse --short HEAD)" ""
+if [ -n "${BASELINE:-}" ]; then
+python3 - "$OUT" "$RUNS" <<'PY'
+import json, statistics, sys
+out, runs = sys.argv[1], int(sys.argv[2])
+load = lambda suffix: [json.load(open(f"{out}/run-{i}{suffix}.json")) for i in range(1, runs + 1)]
+base, new = load("-baseline"), load("")
+rows = [
+    ("start of A, s", lambda r: r["start_s"][0]),
+    ("start of B, s", lambda r: r["start_s"][1]),
+    ("CPU of A's start, s", lambda r: (r.get("start_cpu_s") or [float("nan")])[0]),
+    ("CPU of B's start, s", lambda r: (r.get("start_cpu_s") or [float("nan")] * 2)[1]),
+    ("memory per client, bytes", lambda r: r["bytes_per_client"]),
+    ("p99 during − p99 alone, ms", lambda r: r["changing"]["p99"] - r["quiet"]["p99"]),
+    ("B's longest write hold, ms", lambda r: (r["b_registry"].get("longest_write_hold_us") or float("nan")) / 1000),
+    ("B's write holds", lambda r: r["b_registry"].get("write_holds") or float("nan")),
+]
+print("\n| median of each, same runs | baseline | this tree | this tree ÷ baseline |")
+print("| --- | --- | --- | --- |")
+for name, f in rows:
+    b, n = statistics.median(f(r) for r in base), statistics.median(f(r) for r in new)
+    print(f"| {name} | {b:.3f} | {n:.3f} | {n / b if b else float('nan'):.2f} |")
+PY
+fi

@@ -198,12 +198,11 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
 /// `GET /admin/tiers`.
 pub async fn tiers(State(gw): State<Arc<Gateway>>, _: Admin) -> Json<Value> {
     let reg = gw.registry();
-    let clients = reg.clients();
     let tiers: Vec<Value> = reg
         .tiers()
         .iter()
         .map(|t| {
-            let clients = clients.iter().filter(|c| c.tier.name == t.name).count();
+            let clients = reg.tier_client_count(&t.name);
             json!({"name": t.name, "config": t.config, "clients": clients})
         })
         .collect();

@@ -40,9 +40,26 @@ pub(crate) fn parse_hex(h: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Parses 64 hex characters into a digest.
+/// Parses 64 hex characters (either case) into a digest, without
+/// allocating: the registry parses one per key at start.
 pub(crate) fn parse_hash(h: &str) -> Option<[u8; 32]> {
-    parse_hex(h)?.try_into().ok()
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    let h = h.as_bytes();
+    if h.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(h.chunks_exact(2)) {
+        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(out)
 }
 
 /// The bearer token of a request (`Authorization: Bearer KEY`), if any.
@@ -101,7 +118,7 @@ impl KeyIndex {
     /// Adds a key hash (hex) for a client; ignores malformed hashes (the
     /// config validation has already refused them).
     pub fn insert(&mut self, hash_hex: &str, client: &str) {
-        if let Some(h) = parse_hash(&hash_hex.to_ascii_lowercase()) {
+        if let Some(h) = parse_hash(hash_hex) {
             self.insert_hash(h, KeyEntry::File(client.into()));
         }
     }
@@ -188,7 +205,7 @@ impl AdminTokens {
                     Some(AdminToken {
                         name: name.to_string(),
                         role,
-                        hash: parse_hash(&h.to_ascii_lowercase())?,
+                        hash: parse_hash(h)?,
                     })
                 })
                 .collect(),
@@ -227,6 +244,16 @@ mod tests {
             parse_hash(&hash_key("x")).map(|h| hex(&h)),
             Some(hash_key("x"))
         );
+        let upper = hash_key("x").to_ascii_uppercase();
+        assert_eq!(parse_hash(&upper), parse_hash(&hash_key("x")));
+        for bad in [
+            "",
+            "ab",
+            &hash_key("x")[1..],
+            &format!("+{}", &hash_key("x")[1..]),
+        ] {
+            assert_eq!(parse_hash(bad), None, "{bad:?}");
+        }
         let tokens = AdminTokens::from_config(&AdminConfig {
             token_sha256: Some(hash_key("t")),
             tokens: vec![crate::config::AdminTokenConfig {

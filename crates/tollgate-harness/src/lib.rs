@@ -38,6 +38,7 @@ pub mod ledger_writer;
 pub mod postgres;
 pub mod procs;
 pub mod python;
+pub mod registry_load;
 pub mod registry_scale;
 pub mod script_cost;
 pub mod speed;

@@ -291,6 +291,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What opening the registry costs in this process (wall and CPU
+    /// time), on a PostgreSQL of its own seeded with clients and 2 keys
+    /// each; under callgrind, `--opens 1` less `--opens 0` is one open's
+    /// instructions.
+    RegistryLoad {
+        /// Clients seeded.
+        #[arg(long, default_value_t = 100_000)]
+        clients: usize,
+        /// Times the registry is opened.
+        #[arg(long, default_value_t = 3)]
+        opens: usize,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Internal: one worker process (started by the harness).
     #[command(hide = true)]
     Worker {
@@ -373,6 +388,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let report = tollgate_harness::registry_scale::run(&opts)?;
             print_report(json, &report, tollgate_harness::registry_scale::render)
+        }
+        Command::RegistryLoad {
+            clients,
+            opens,
+            json,
+        } => {
+            let report = tollgate_harness::registry_load::run(clients, opens)?;
+            print_report(json, &report, tollgate_harness::registry_load::render)
         }
         Command::Scripts { pairs, json } => {
             let rows = script_cost::run(&ScriptCostOptions { pairs })?;

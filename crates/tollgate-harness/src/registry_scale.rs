@@ -100,6 +100,11 @@ pub struct RegistryState {
     /// Times a change took its index's write lock.
     #[serde(default)]
     pub write_holds: Option<u64>,
+    /// Clients rebuilt in their own entry at a lookup after their tier or
+    /// organisation changed (`None`: an earlier release, which rebuilt
+    /// them under the index's write lock).
+    #[serde(default)]
+    pub clients_refreshed: Option<u64>,
 }
 
 /// A run's figures.
@@ -113,6 +118,12 @@ pub struct RegistryScaleReport {
     pub seed_s: f64,
     /// Start of A, B, and of the empty instance, seconds.
     pub start_s: [f64; 3],
+    /// CPU time each of them had used (user + system, all its threads,
+    /// from `/proc/PID/stat`) when it first answered `/healthz`, seconds:
+    /// what its start cost, which the machine's other load inflates far
+    /// less than the wall time.
+    #[serde(default)]
+    pub start_cpu_s: [f64; 3],
     /// Resident memory of A, B and the empty instance after start, bytes.
     pub rss_bytes: [u64; 3],
     /// (RSS of A − RSS of the empty instance) ÷ clients.
@@ -163,6 +174,20 @@ impl Drop for Instance {
 }
 
 impl Instance {
+    /// CPU time used so far (user + system), seconds.
+    fn cpu_s(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // After the command's name, in parentheses (which may hold spaces):
+        // state is field 3, utime 14 and stime 15.
+        let rest = stat.rsplit_once(')').context("no command in stat")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields.get(11).context("no utime")?.parse::<u64>()?
+            + fields.get(12).context("no stime")?.parse::<u64>()?;
+        // SAFETY: sysconf reads a constant of the system and takes no pointer.
+        let per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        Ok(ticks as f64 / per_s)
+    }
+
     fn rss(&self) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         let kb: u64 = status
@@ -197,7 +222,7 @@ fn tier(rpm: u64) -> TierConfig {
     }
 }
 
-fn config(upstream: &str, redis: &str, database: &str, port: u16) -> Config {
+pub(crate) fn config(upstream: &str, redis: &str, database: &str, port: u16) -> Config {
     let mut c = Config::default();
     c.server.listen = format!("127.0.0.1:{port}");
     c.store.url = redis.to_string();
@@ -240,7 +265,7 @@ fn key_of(i: usize, j: usize) -> String {
 
 /// Seeds the registry's tables: clients `c-0` … (even ones on `pro`, odd
 /// ones on `free`), keys `k-I-J` whose secrets are [`key_of`], all as change 1.
-async fn seed(database: &str, clients: usize, keys: usize) -> anyhow::Result<()> {
+pub(crate) async fn seed(database: &str, clients: usize, keys: usize) -> anyhow::Result<()> {
     let db = tollgate_gateway::ledger::Store::open(database)
         .await
         .context("opening (and migrating) the database")?;
@@ -278,14 +303,15 @@ async fn seed(database: &str, clients: usize, keys: usize) -> anyhow::Result<()>
 }
 
 /// Writes `config` into `dir` and starts `tollgate serve` on it; answers
-/// the instance and the seconds from spawn to its first `/healthz` 200.
+/// the instance, the seconds from spawn to its first `/healthz` 200, and
+/// the CPU seconds it had used by then.
 async fn spawn(
     tollgate: &Path,
     dir: &Path,
     name: &str,
     config: &Config,
     http: &reqwest::Client,
-) -> anyhow::Result<(Instance, f64)> {
+) -> anyhow::Result<(Instance, f64, f64)> {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, toml::to_string(config)?)?;
     let log = dir.join(format!("{name}.log"));
@@ -306,7 +332,9 @@ async fn spawn(
     loop {
         if let Ok(r) = http.get(format!("{}/healthz", instance.url)).send().await {
             if r.status().is_success() {
-                return Ok((instance, started.elapsed().as_secs_f64()));
+                let took = started.elapsed().as_secs_f64();
+                let cpu = instance.cpu_s()?;
+                return Ok((instance, took, cpu));
             }
         }
         if started.elapsed() > Duration::from_secs(120) {
@@ -532,7 +560,7 @@ pub fn run(opts: &RegistryScaleOptions) -> anyhow::Result<RegistryScaleReport> {
                 .map_or(database.as_str(), |(a, _)| a)
         );
         let redis_url = redis.url();
-        let (empty, empty_start) = spawn(
+        let (empty, empty_start, empty_cpu) = spawn(
             &opts.tollgate,
             dir.path(),
             "empty",
@@ -543,7 +571,7 @@ pub fn run(opts: &RegistryScaleOptions) -> anyhow::Result<RegistryScaleReport> {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let empty_rss = empty.rss()?;
         drop(empty);
-        let (a, a_start) = spawn(
+        let (a, a_start, a_cpu) = spawn(
             &opts.tollgate,
             dir.path(),
             "a",
@@ -551,7 +579,7 @@ pub fn run(opts: &RegistryScaleOptions) -> anyhow::Result<RegistryScaleReport> {
             &http,
         )
         .await?;
-        let (b, b_start) = spawn(
+        let (b, b_start, b_cpu) = spawn(
             &opts.tollgate,
             dir.path(),
             "b",
@@ -612,6 +640,7 @@ pub fn run(opts: &RegistryScaleOptions) -> anyhow::Result<RegistryScaleReport> {
             keys: opts.clients * opts.keys_per_client,
             seed_s,
             start_s: [a_start, b_start, empty_start],
+            start_cpu_s: [a_cpu, b_cpu, empty_cpu],
             rss_bytes: [a_rss, b_rss, empty_rss],
             bytes_per_client: (a_rss as f64 - empty_rss as f64) / opts.clients as f64,
             quiet,
@@ -642,7 +671,7 @@ pub fn render(r: &RegistryScaleReport) -> String {
     };
     format!(
         "registry at scale: {} clients, {} keys (seeded in {:.1} s)\n\
-         start: A {:.3} s, B {:.3} s (empty database: {:.3} s)\n\
+         start: A {:.3} s, B {:.3} s (empty database: {:.3} s); CPU by then: A {:.3} s, B {:.3} s, empty {:.3} s\n\
          memory: A {:.1} MB, B {:.1} MB, empty {:.1} MB → {:.0} bytes per client\n\
          probe on B alone:            {}\n\
          probe on B during changes:   {}\n\
@@ -656,6 +685,9 @@ pub fn render(r: &RegistryScaleReport) -> String {
         r.start_s[0],
         r.start_s[1],
         r.start_s[2],
+        r.start_cpu_s[0],
+        r.start_cpu_s[1],
+        r.start_cpu_s[2],
         mb(r.rss_bytes[0]),
         mb(r.rss_bytes[1]),
         mb(r.rss_bytes[2]),

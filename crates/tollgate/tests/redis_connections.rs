@@ -40,17 +40,26 @@ async fn exercise(store: &Store, key: &str) {
 /// `rediss://` to a TLS-only server whose certificate the test made: trusted
 /// through the CA file, refused with an unrelated CA, accepted without
 /// verification only when asked.
+/// The TLS test's options: timeouts long enough for a debug build's
+/// handshake on a loaded machine (it once took over the default 1 s in CI), so
+/// a refusal asserted below is the certificate's, never the clock's.
+fn tls_options() -> RedisOptions {
+    RedisOptions::default()
+        .connect_timeout(Duration::from_secs(5))
+        .response_timeout(Duration::from_secs(2))
+}
+
 #[tokio::test]
 async fn tls_with_a_generated_certificate() {
     let certs = TestCerts::generate();
     let server = RedisServer::start_tls(&certs.cert, &certs.key, &certs.ca);
     assert!(server.url().starts_with("rediss://127.0.0.1:"));
 
-    let trusted = RedisOptions::default().ca_cert(&certs.ca);
+    let trusted = tls_options().ca_cert(&certs.ca);
     let store = Store::redis_with(&server.url(), trusted).await.unwrap();
     exercise(&store, "tls/trusted").await;
 
-    let wrong = RedisOptions::default().ca_cert(&certs.other_ca);
+    let wrong = tls_options().ca_cert(&certs.other_ca);
     let err = RedisStore::connect(&server.url(), wrong).await.unwrap_err();
     let msg = err.to_string().to_lowercase();
     assert!(
@@ -58,11 +67,11 @@ async fn tls_with_a_generated_certificate() {
         "{msg}"
     );
 
-    let insecure = RedisOptions::default().insecure_skip_verify(true);
+    let insecure = tls_options().insecure_skip_verify(true);
     let store = Store::redis_with(&server.url(), insecure).await.unwrap();
     exercise(&store, "tls/insecure").await;
 
-    let missing = RedisOptions::default().ca_cert(certs.dir().join("nope.pem"));
+    let missing = tls_options().ca_cert(certs.dir().join("nope.pem"));
     let err = RedisStore::connect(&server.url(), missing)
         .await
         .unwrap_err();

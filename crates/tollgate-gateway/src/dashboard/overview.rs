@@ -97,7 +97,7 @@ pub async fn overview(gw: &Gateway) -> Value {
         .iter()
         .map(|t| {
             let pairs = [("tier", t.name.as_str())];
-            let clients = all_clients.iter().filter(|c| c.tier.name == t.name).count();
+            let clients = registry.tier_client_count(&t.name);
             json!({
                 "name": t.name,
                 "class": t.config.priority,

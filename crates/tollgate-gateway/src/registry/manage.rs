@@ -6,10 +6,11 @@
 
 use super::db::{self, Entity, THIS_VERSION};
 use super::issue::{info_from, KeyInfo, Refused, KEY_COLUMNS};
-use super::{Registry, State};
+use super::{Client, Registry, State};
 use crate::ledger::store::sql::{Statement, Value};
 
 use std::collections::Bound;
+use std::sync::Arc;
 
 /// Most ids a page of [`Registry::client_page`] looks at under one hold of
 /// the index's read lock.
@@ -164,41 +165,79 @@ impl Registry {
         limit: usize,
     ) -> (Vec<ClientSummary>, Option<String>) {
         let mut page = Vec::with_capacity(limit.min(SCAN));
-        let mut from = after.map(str::to_string);
-        while page.len() < limit {
-            let st = self.state.read();
-            let start = from.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-            let file = self
-                .file
-                .clients
-                .range::<str, _>((start, Bound::Unbounded))
-                .map(|(id, _)| id)
-                .filter(|id| !st.api_clients.contains_key(*id));
-            let api = st
-                .api_clients
-                .range::<str, _>((start, Bound::Unbounded))
-                .map(|(id, _)| id);
-            let mut scanned = 0;
-            let mut last = None;
-            for id in merged(file, api).take(SCAN) {
-                scanned += 1;
-                last = Some(id);
-                if let Some(c) = self.summary_in(&st, id).filter(|c| filter.keeps(c)) {
+        if limit > 0 {
+            self.walk(after, |st, id| {
+                if let Some(c) = self.summary_in(st, id).filter(|c| filter.keeps(c)) {
                     page.push(c);
-                    if page.len() == limit {
-                        break;
-                    }
                 }
-            }
-            if scanned < SCAN {
-                break;
-            }
-            from = last.cloned();
+                page.len() < limit
+            });
         }
         let next = (page.len() == limit)
             .then(|| page.last().map(|c| c.id.clone()))
             .flatten();
         (page, next)
+    }
+
+    /// Every client in the index, by id: walked in the order of their ids
+    /// [`SCAN`] at a time under the index's read lock, so that a change
+    /// waits for one such walk at most, never for the whole listing, and
+    /// nothing is sorted. A client whose tier or organisation changed is
+    /// rebuilt in its own entry as it is met (as any lookup does).
+    pub fn clients(&self) -> Vec<Arc<Client>> {
+        let mut all = Vec::new();
+        self.walk(None, |st, id| {
+            if let Some(slot) = st.clients.get(id) {
+                all.push(self.fresh(st, slot));
+            }
+            true
+        });
+        all
+    }
+
+    /// Calls `f` with each client declared whose id sorts after `after`, in
+    /// order, until it answers `false`: [`SCAN`] ids at a time under the
+    /// index's read lock, so that a change waits for one such stretch at
+    /// most, never for the whole walk.
+    fn walk(&self, after: Option<&str>, mut f: impl FnMut(&State, &str) -> bool) {
+        let mut from = after.map(str::to_string);
+        loop {
+            let st = self.state.read();
+            let mut scanned = 0;
+            let mut last = None;
+            for id in self.ids_after(&st, from.as_deref()).take(SCAN) {
+                scanned += 1;
+                last = Some(id);
+                if !f(&st, id) {
+                    return;
+                }
+            }
+            if scanned < SCAN {
+                return;
+            }
+            from = last.cloned();
+        }
+    }
+
+    /// The ids of every client declared (the file's and the API's, one id
+    /// once) that sort after `after`, in order.
+    fn ids_after<'a>(
+        &'a self,
+        st: &'a State,
+        after: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a String> {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let file = self
+            .file
+            .clients
+            .range::<str, _>((start, Bound::Unbounded))
+            .map(|(id, _)| id)
+            .filter(|id| !st.api_clients.contains_key(*id));
+        let api = st
+            .api_clients
+            .range::<str, _>((start, Bound::Unbounded))
+            .map(|(id, _)| id);
+        merged(file, api)
     }
 
     /// Disables client `id` (its keys refused) or enables it again;

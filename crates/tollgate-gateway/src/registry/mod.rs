@@ -38,9 +38,13 @@
 //! last one, each by re-reading the one entity it names, and re-reads the
 //! change list from the database every [`REREAD_EVERY`] checks anyway, so a
 //! lost notice (a store restarted empty) delays a change, never loses it.
-//! Applying a change replaces one entry of the index: a tier's change
-//! reaches its clients as each is next looked up ([`Registry::client`]
-//! rebuilds a client whose tier is not the one in force).
+//! Applying a change replaces one entry of the index under its write lock,
+//! held for that replacement only: a tier's or an organisation's change
+//! is one write whatever the number of its clients, and reaches each of
+//! them as it is next looked up ([`Registry::client`] rebuilds a client
+//! whose tier or organisation is not the one in force in that client's own
+//! entry, under the entry's lock and the index's read lock: no request of
+//! another client waits for it). [`Stats`] counts both.
 
 pub mod audit;
 pub mod db;
@@ -75,6 +79,10 @@ pub const REREAD_EVERY: u32 = 4;
 
 /// Most changes read from the database at once.
 const CHANGES_AT_ONCE: u64 = 1_000;
+
+/// Pages of each table ([`db::LOAD_PAGE`] rows) read ahead of their use
+/// while the index is built.
+const PAGES_AHEAD: usize = 4;
 
 /// How often a change whose tier was changed meanwhile is tried again.
 const ATTEMPTS: usize = 5;
@@ -335,11 +343,28 @@ impl ApiClient {
     }
 }
 
+/// A client's entry in the index: the client as last built. A lookup
+/// that finds its tier or organisation changed since rebuilds it here,
+/// under this entry's own lock and the index's read lock, so a tier's
+/// change is one write to the index whatever the number of its clients,
+/// and no other client's request waits for one of them.
+#[derive(Debug)]
+struct Slot(parking_lot::Mutex<Arc<Client>>);
+
+impl Slot {
+    fn new(client: Client) -> Slot {
+        Slot(parking_lot::Mutex::new(Arc::new(client)))
+    }
+}
+
 /// The index in force.
 #[derive(Debug, Default)]
 struct State {
     tiers: HashMap<String, Arc<Tier>>,
-    clients: HashMap<String, Arc<Client>>,
+    clients: HashMap<String, Slot>,
+    /// How many clients each tier has, by its name (kept as clients come,
+    /// go and move: a listing of the tiers counts none).
+    tier_clients: HashMap<String, usize>,
     keys: KeyIndex,
     /// Clients the API created, by id (in order, so that the admin API
     /// pages through them without sorting them).
@@ -395,6 +420,9 @@ pub struct Registry {
     /// (µs): while a change holds it, requests wait.
     holds: AtomicU64,
     longest_hold_us: AtomicU64,
+    /// Clients rebuilt in their entry at a lookup, after their tier or
+    /// organisation changed.
+    refreshed: AtomicU64,
 }
 
 /// The index's write lock, held: how long is counted when it is let go
@@ -446,6 +474,10 @@ pub struct Stats {
     pub write_holds: u64,
     /// The longest a change held it, µs: all a request waits for a change.
     pub longest_write_hold_us: u64,
+    /// Clients rebuilt in place at a lookup after their tier or
+    /// organisation changed: under their own entry's lock, never the
+    /// index's write lock.
+    pub clients_refreshed: u64,
 }
 
 impl Registry {
@@ -505,6 +537,7 @@ impl Registry {
             applied: AtomicU64::new(0),
             holds: AtomicU64::new(0),
             longest_hold_us: AtomicU64::new(0),
+            refreshed: AtomicU64::new(0),
         };
         registry.install(registry.build().await?);
         let (version, overrides) = registry.overrides();
@@ -539,8 +572,9 @@ impl Registry {
 
     /// Builds the whole index from the database (at start, and after a gap
     /// in the change list): its small tables first, then its clients and
-    /// keys a page at a time, each page into the index before the next is
-    /// read, so what start holds at its peak is the index and one page.
+    /// keys a page at a time, each table read [`PAGES_AHEAD`] pages ahead
+    /// of its use, so what start holds at its peak is the index and a few
+    /// pages.
     async fn build(&self) -> Result<State, RegistryError> {
         let snapshot = db::load(&self.db).await?;
         let mut st = State {
@@ -576,12 +610,15 @@ impl Registry {
             let tier = self.effective_tier(name, st.overrides.tiers.get(name))?;
             st.tiers.insert(name.clone(), Arc::new(tier));
         }
+        // Both tables are read a few pages ahead of their use, the keys'
+        // while the clients are built.
+        let mut client_pages = db::Pages::clients().read_ahead(&self.db, PAGES_AHEAD);
+        let mut key_pages = db::Pages::keys().read_ahead(&self.db, PAGES_AHEAD);
         // The API's clients, in the order of their ids: built in one go,
         // their map's nodes are full.
         let mut api = Vec::new();
-        let mut pages = db::Pages::clients();
-        while let Some(rows) = pages.next(&self.db).await? {
-            api.extend(rows.into_iter().map(ApiClient::from_row));
+        while let Some(rows) = client_pages.recv().await {
+            api.extend(rows?.into_iter().map(ApiClient::from_row));
         }
         st.api_clients = api.into_iter().collect();
         let ids: Vec<String> = self
@@ -600,9 +637,8 @@ impl Registry {
             st.keys.insert(hash, client);
         }
         st.routes = Arc::new(self.effective_routes(&st.overrides));
-        let mut pages = db::Pages::keys();
-        while let Some(rows) = pages.next(&self.db).await? {
-            for row in rows {
+        while let Some(rows) = key_pages.recv().await {
+            for row in rows? {
                 let id = row.id.clone();
                 let entry = self.key_entry(row);
                 apply_key(&mut st, &id, Some(entry));
@@ -641,6 +677,7 @@ impl Registry {
             keys: st.keys.len(),
             write_holds: self.holds.load(Ordering::Relaxed),
             longest_write_hold_us: self.longest_hold_us.load(Ordering::Relaxed),
+            clients_refreshed: self.refreshed.load(Ordering::Relaxed),
         }
     }
 
@@ -712,9 +749,13 @@ impl Registry {
         org: Option<Arc<Org>>,
     ) -> Result<Client, RegistryError> {
         let mut own = limits.over(&tier.config);
-        if let Err(e) = validate_tier(&format!("clients.{id}.limits"), &own, self.file.classes) {
-            tracing::warn!(client = %id, error = %e, "client's own limits no longer fit its tier; using the tier's");
-            own = tier.config.clone();
+        // No limits of its own: its tier's, checked when the tier was built.
+        if !limits.is_empty() {
+            let at = format!("clients.{id}.limits");
+            if let Err(e) = validate_tier(&at, &own, self.file.classes) {
+                tracing::warn!(client = %id, error = %e, "client's own limits no longer fit its tier; using the tier's");
+                own = tier.config.clone();
+            }
         }
         // A client on its tier's own rates gets its bucket at its first
         // request; one with rates of its own now, so that an error shows.
@@ -804,51 +845,53 @@ impl Registry {
 
     /// Puts client `id` in the index as it now is (or takes it out).
     fn rebuild_client(&self, st: &mut State, id: &str) -> Result<(), RegistryError> {
-        match self.tier_of(st, id) {
+        let old = match self.tier_of(st, id) {
             Some(tier) => {
                 let (org, limits) = self.levels_of(st, id);
                 let client = self.make_client(id, tier, limits, org)?;
-                st.clients.insert(id.to_string(), Arc::new(client));
+                match st.tier_clients.get_mut(&client.tier.name) {
+                    Some(n) => *n += 1,
+                    None => {
+                        st.tier_clients.insert(client.tier.name.clone(), 1);
+                    }
+                }
+                st.clients.insert(id.to_string(), Slot::new(client))
             }
-            None => {
-                st.clients.remove(id);
+            None => st.clients.remove(id),
+        };
+        if let Some(old) = old {
+            let was = old.0.into_inner();
+            if let Some(n) = st.tier_clients.get_mut(&was.tier.name) {
+                *n = n.saturating_sub(1);
             }
         }
         Ok(())
     }
 
-    /// `client` under the tier and organisation now in force (rebuilt once
-    /// after either changed).
-    fn fresh(&self, client: Arc<Client>) -> Arc<Client> {
-        let (tier, org) = {
-            let st = self.state.read();
-            let org = client.org.as_ref().map(|o| st.orgs.get(&o.id).cloned());
-            (st.tiers.get(&client.tier.name).cloned(), org)
-        };
+    /// The client in `slot` under the tier and organisation now in force
+    /// (`st`'s): rebuilt in its slot once after either changed, under the
+    /// slot's lock, so that a client's lookups after a change wait for its
+    /// one rebuild and no other client's wait at all.
+    fn fresh(&self, st: &State, slot: &Slot) -> Arc<Client> {
+        let mut held = slot.0.lock();
+        let client = &*held;
+        let org = client.org.as_ref().map(|o| st.orgs.get(&o.id).cloned());
         let org_changed = match (&org, &client.org) {
             (Some(Some(now)), Some(was)) => !Arc::ptr_eq(now, was),
             (Some(None), _) => true,
             _ => false,
         };
-        let tier = match tier {
-            Some(t) if org_changed || !Arc::ptr_eq(&t, &client.tier) => t,
-            _ => return client,
+        let tier = match st.tiers.get(&client.tier.name) {
+            Some(t) if org_changed || !Arc::ptr_eq(t, &client.tier) => t.clone(),
+            _ => return client.clone(),
         };
         let limits = client.limits();
         let Ok(rebuilt) = self.make_client(&client.id, tier, limits, org.flatten()) else {
-            return client;
+            return client.clone();
         };
-        let rebuilt = Arc::new(rebuilt);
-        let mut st = self.write();
-        match st.clients.get(&client.id) {
-            // Unless another change replaced it meanwhile.
-            Some(now) if Arc::ptr_eq(now, &client) => {
-                st.clients.insert(client.id.clone(), rebuilt.clone());
-                rebuilt
-            }
-            Some(now) => now.clone(),
-            None => client,
-        }
+        self.refreshed.fetch_add(1, Ordering::Relaxed);
+        *held = Arc::new(rebuilt);
+        held.clone()
     }
 
     /// The client a presented key belongs to (`None`: unknown, revoked or
@@ -869,12 +912,9 @@ impl Registry {
             {
                 return None;
             }
-            (
-                st.clients.get(entry.client())?.clone(),
-                entry.key().cloned(),
-            )
+            let slot = st.clients.get(entry.client())?;
+            (self.fresh(&st, slot), entry.key().cloned())
         };
-        let client = self.fresh(client);
         if client.org.as_ref().is_some_and(|o| o.disabled) {
             return None;
         }
@@ -883,15 +923,14 @@ impl Registry {
 
     /// Client `id`.
     pub fn client(&self, id: &str) -> Option<Arc<Client>> {
-        let client = self.state.read().clients.get(id)?.clone();
-        Some(self.fresh(client))
+        let st = self.state.read();
+        Some(self.fresh(&st, st.clients.get(id)?))
     }
 
-    /// Every client, by id.
-    pub fn clients(&self) -> Vec<Arc<Client>> {
-        let mut all: Vec<Arc<Client>> = self.state.read().clients.values().cloned().collect();
-        all.sort_by(|a, b| a.id.cmp(&b.id));
-        all.into_iter().map(|c| self.fresh(c)).collect()
+    /// How many clients tier `name` has (kept as they come and go: O(1)).
+    pub fn tier_client_count(&self, name: &str) -> usize {
+        let st = self.state.read();
+        st.tier_clients.get(name).copied().unwrap_or(0)
     }
 
     /// Organisation `id`, as in force.
@@ -1084,23 +1123,28 @@ impl Registry {
     /// Issued key `row` as the index keeps it: its hash (`None`: not 64 hex
     /// characters), and the key unless it is revoked.
     fn key_entry(&self, row: KeyRow) -> KeyEntryNow {
-        let hash = crate::auth::parse_hash(&row.hash.to_ascii_lowercase());
+        let hash = crate::auth::parse_hash(&row.hash);
         if hash.is_none() {
             tracing::warn!(key = %row.id, "issued key's hash in the database is not 64 hex characters; the key is refused");
         }
         if row.revoked_at_ms.is_some() {
             return KeyEntryNow { hash, key: None };
         }
-        // A rotated key's bucket is the first key's of its rotations.
-        let lineage = row.lineage.as_deref().unwrap_or(&row.id);
-        let bounds = self.bounds(&format!("key:{lineage}"), &row.limits);
-        let own =
-            (bounds.limiter.is_some() || bounds.budget != BudgetLimits::default()).then(|| {
-                Box::new(Own {
-                    bounds,
-                    lineage: row.lineage,
+        // A rotated key's bucket is the first key's of its rotations. Most
+        // keys set no limits of their own: nothing is built for them.
+        let own = match row.limits.is_empty() {
+            true => None,
+            false => {
+                let lineage = row.lineage.as_deref().unwrap_or(&row.id);
+                let bounds = self.bounds(&format!("key:{lineage}"), &row.limits);
+                (bounds.limiter.is_some() || bounds.budget != BudgetLimits::default()).then(|| {
+                    Box::new(Own {
+                        bounds,
+                        lineage: row.lineage,
+                    })
                 })
-            });
+            }
+        };
         let key = Key {
             id: row.id.into(),
             client: row.client.into(),

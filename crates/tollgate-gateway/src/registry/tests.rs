@@ -311,6 +311,51 @@ async fn ten_thousand_clients_take_a_hundred_changes_without_a_rebuild() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A tier's change costs the index two writes, however many clients the
+/// tier has: each of its clients takes the new tier up at its next lookup
+/// under its own entry's lock, so looking every one of them up (as the
+/// dashboard's listing and the admin API's do) takes the index's write
+/// lock no more than the change did.
+#[tokio::test]
+async fn a_tier_change_takes_the_write_lock_once_whatever_its_clients() {
+    let db = crate::ledger::Store::open("sqlite::memory:").await.unwrap();
+    const N: usize = 2_000;
+    let statements = (0..N)
+        .map(|i| {
+            Statement::new(
+                "INSERT INTO registry_clients (id, tier, org, limits, disabled, created_at_ms, version) \
+                 VALUES ($1, 'free', NULL, '{}', 0, 0, 1)",
+                vec![format!("c-{i}").into()],
+            )
+        })
+        .collect();
+    db::write(&db, &Entity::Client("seed".into()), statements)
+        .await
+        .unwrap();
+    let r = open(&file(10), &db).await;
+    let before = r.stats();
+    let patch: TierPatch = serde_json::from_str(r#"{"rpm": 7}"#).unwrap();
+    r.patch_tier("free", &patch).await.unwrap();
+    let all = r.clients();
+    assert_eq!(all.len(), N + 3);
+    for c in all.iter().filter(|c| c.tier.name == "free") {
+        assert_eq!(c.tier.config.rpm, Some(7), "{} on the new tier", c.id);
+        assert_eq!(r.client(&c.id).unwrap().tier.config.rpm, Some(7));
+    }
+    assert_eq!(
+        r.authenticate("key-other").unwrap().tier.config.rpm,
+        Some(7)
+    );
+    let after = r.stats();
+    assert_eq!(
+        after.write_holds - before.write_holds,
+        2,
+        "the tier's change took the index's write lock twice (its entry, then the change's number); its {} clients' lookups never",
+        N + 2
+    );
+    assert_eq!(after.index_builds, 1);
+}
+
 /// `limits` from JSON.
 fn limits(json: &str) -> LimitsConfig {
     serde_json::from_str(json).expect("limits")
