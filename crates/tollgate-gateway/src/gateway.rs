@@ -278,6 +278,13 @@ async fn connect(config: &Config) -> Result<(Store, Budgets, LiveSync), StartErr
     let store = Store::redis_with(url, options).await.map_err(|e| {
         StartError::Store(format!("{e}; is redis-server running and store.url right?"))
     })?;
+    // The admission's joint script with the budgets in it, loaded before a
+    // burst of first requests would each find it missing.
+    if let Store::Redis(r) = &store {
+        r.load_gate(crate::budget::gate::script())
+            .await
+            .map_err(|e| StartError::Store(e.to_string()))?;
+    }
     // Spend and live changes share the store's multiplexed connection
     // (standalone or Cluster): their keys carry hash tags.
     let Store::Redis(redis) = &store else {

@@ -37,12 +37,7 @@ async fn budgets(redis: &Redis, timeout: Duration) -> Budgets {
 
 /// Script calls Redis has run (`EVALSHA` and `EVAL` in `INFO commandstats`).
 async fn script_calls(redis: &Redis) -> u64 {
-    let mut conn = redis.connection().await;
-    let info: String = ::redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let info = redis.info("commandstats").await;
     info.lines()
         .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
         .filter_map(|l| {

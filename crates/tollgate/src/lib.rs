@@ -28,8 +28,8 @@ pub mod store;
 
 pub use error::Error;
 pub use limiter::{
-    AcquireOptions, Builder, ClassStatus, DimensionStatus, Permit, PriorityClass, RateLimiter,
-    Settlement, Status, TokenError, DEFAULT_LEASE, FINGERPRINT_TTL, MAX_ADVANCE_CHECK,
+    AcquireOptions, Builder, ClassStatus, DimensionStatus, Joint, JointPart, Permit, PriorityClass,
+    RateLimiter, Settlement, Status, TokenError, DEFAULT_LEASE, FINGERPRINT_TTL, MAX_ADVANCE_CHECK,
     TOKEN_LIFETIME,
 };
 pub use outage::{OutagePolicy, Source, Stats, StatsSnapshot};

@@ -497,6 +497,32 @@ proptest! {
     }
 }
 
+/// 240 s of the busy classes backlogged (4 callers, 20 to 120 tokens) and
+/// the others idle, on `tpm` tokens a minute.
+fn busy_and_idle(
+    tpm: f64,
+    shares: &[ClassShare],
+    headrooms: Vec<f64>,
+    busy: &[bool],
+    seed: u64,
+) -> Scenario {
+    let load = |&b: &bool| {
+        if b {
+            Load::backlogged(4, (20, 120))
+        } else {
+            Load::idle()
+        }
+    };
+    Scenario {
+        limits: Limits::new().tpm(tpm as u64),
+        loads: busy.iter().map(load).collect(),
+        shares: shares.to_vec(),
+        headrooms,
+        duration: 240.0,
+        seed: seed | 1,
+    }
+}
+
 /// The body of `idle_shares_go_to_the_busy_classes_by_weight`: the busy
 /// classes backlogged, each busy class's tokens above its floor within 10%
 /// of its weight's part of what the busy classes got above their floors
@@ -509,23 +535,7 @@ fn lend_by_weight(
 ) -> Result<(), TestCaseError> {
     let n = shares.len();
     let tpm = 6_000.0;
-    let s = Scenario {
-        limits: Limits::new().tpm(tpm as u64),
-        loads: busy
-            .iter()
-            .map(|&b| {
-                if b {
-                    Load::backlogged(4, (20, 120))
-                } else {
-                    Load::idle()
-                }
-            })
-            .collect(),
-        shares: shares.clone(),
-        headrooms,
-        duration: 240.0,
-        seed: seed | 1,
-    };
+    let s = busy_and_idle(tpm, &shares, headrooms, &busy, seed);
     let r = run(&s);
     check_fifo(&r.calls)?;
     let (from, to) = (90.0, 230.0);
@@ -583,23 +593,7 @@ fn lend_idle_shares(
         (0..n).map(|k| k == 0).collect()
     };
     let tpm = 6_000.0;
-    let s = Scenario {
-        limits: Limits::new().tpm(tpm as u64),
-        loads: busy
-            .iter()
-            .map(|&b| {
-                if b {
-                    Load::backlogged(4, (20, 120))
-                } else {
-                    Load::idle()
-                }
-            })
-            .collect(),
-        shares: shares.clone(),
-        headrooms,
-        duration: 240.0,
-        seed: seed | 1,
-    };
+    let s = busy_and_idle(tpm, &shares, headrooms, &busy, seed);
     let r = run(&s);
     check_safety(&s, &r.calls)?;
     check_fifo(&r.calls)?;

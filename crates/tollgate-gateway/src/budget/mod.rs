@@ -14,6 +14,7 @@
 //! are UTC, on the gateway's clock.
 
 mod batch;
+pub(crate) mod gate;
 mod memory;
 mod period;
 mod redis;
@@ -89,6 +90,21 @@ pub struct Hold {
     pub period: Period,
     /// Nano-USD reserved.
     pub amount: i64,
+}
+
+/// A hold of `amount` at `level`'s `id` for today, not reserved yet: it
+/// reserves the amount when the level has budgets, else nothing (and its
+/// settlement adds the whole cost).
+pub(crate) fn new_hold(level: Level, id: &str, amount: i64, limits: BudgetLimits) -> Hold {
+    let reserved = limits.daily.is_some() || limits.monthly.is_some();
+    Hold {
+        id: rand::random(),
+        reserved,
+        client: id.to_string(),
+        level,
+        period: Period::now(),
+        amount: if reserved { amount } else { 0 },
+    }
 }
 
 /// A client's spend so far, nano-USD.
@@ -186,20 +202,10 @@ impl Budgets {
         amount: i64,
         limits: BudgetLimits,
     ) -> Result<Hold, BudgetError> {
-        let period = Period::now();
-        let mut hold = Hold {
-            id: rand::random(),
-            reserved: false,
-            client: id.to_string(),
-            level,
-            period,
-            amount: 0,
-        };
-        if limits.daily.is_none() && limits.monthly.is_none() {
+        let hold = new_hold(level, id, amount, limits);
+        if !hold.reserved {
             return Ok(hold);
         }
-        hold.reserved = true;
-        hold.amount = amount;
         match self {
             Budgets::Memory(m) => m.reserve(hold, limits),
             Budgets::Redis(r) => r.reserve(hold, limits).await,

@@ -20,7 +20,7 @@ use tollgate::store::RedisConnection;
 use super::batch::Lanes;
 use super::{BudgetError, BudgetLimits, Hold, Level, Period, Spend};
 
-const RESERVE: &str = include_str!("reserve.lua");
+pub(crate) const RESERVE: &str = include_str!("reserve.lua");
 /// `settle.lua` as a function of its keys and arguments, run by
 /// `settle_many.lua` once per settlement of a call.
 const SETTLE: &str = concat!(
@@ -72,6 +72,11 @@ pub struct RedisBudgets {
     seed: redis::Script,
     /// Settlements waiting to travel together.
     settling: Lanes,
+    /// Per account, the last month its spend was found rebuilt from the
+    /// ledger (a reservation went past the seed mark): only such accounts
+    /// are reserved inside the admission's joint call (`gate.rs`), whose
+    /// gate cannot seed.
+    seeded: std::sync::Arc<parking_lot::Mutex<std::collections::HashMap<String, i64>>>,
     /// Where spend is rebuilt from when the counters were lost.
     ledger: Option<std::sync::Arc<crate::ledger::UsageLedger>>,
     timeout: Duration,
@@ -129,6 +134,7 @@ impl RedisBudgets {
             settle: redis::Script::new(SETTLE),
             seed: redis::Script::new(SEED),
             settling: Lanes::default(),
+            seeded: Default::default(),
             ledger: None,
             timeout,
             settle_timeout: timeout * SETTLE_TIMEOUT_FACTOR,
@@ -226,6 +232,52 @@ impl RedisBudgets {
         }
     }
 
+    /// Whether `hold`'s account needs no rebuilding from the ledger this
+    /// month, as far as this process saw (no ledger, or a reservation of
+    /// this month went past the seed mark).
+    pub(crate) fn seeded(&self, hold: &Hold) -> bool {
+        self.ledger.is_none()
+            || self.seeded.lock().get(&account(hold.level, &hold.client))
+                == Some(&hold.period.month)
+    }
+
+    /// Notes that `hold`'s month is rebuilt (see [`RedisBudgets::seeded`]).
+    pub(crate) fn mark_seeded(&self, hold: &Hold) {
+        if self.ledger.is_some() {
+            self.seeded
+                .lock()
+                .insert(account(hold.level, &hold.client), hold.period.month);
+        }
+    }
+
+    /// The keys and arguments of `reserve.lua` reserving `hold` against
+    /// `limits` (for the joint admission's gate, see `gate.rs`).
+    pub(crate) fn reserve_parts(
+        &self,
+        hold: &Hold,
+        limits: BudgetLimits,
+        keys_out: &mut Vec<String>,
+        args_out: &mut Vec<Vec<u8>>,
+    ) {
+        let (day, month) = keys(hold.level, &hold.client, hold.period);
+        keys_out.extend([
+            day,
+            month,
+            hold_key(hold),
+            seed_key(hold.level, &hold.client, hold.period),
+        ]);
+        let args = [
+            hold.amount,
+            limits.daily.unwrap_or(-1),
+            limits.monthly.unwrap_or(-1),
+            DAY_TTL_SECS as i64,
+            MONTH_TTL_SECS as i64,
+            self.hold_ttl.as_secs() as i64,
+            i64::from(self.ledger.is_some()),
+        ];
+        args_out.extend(args.iter().map(|a| a.to_string().into_bytes()));
+    }
+
     pub(crate) async fn reserve(
         &self,
         hold: Hold,
@@ -268,6 +320,9 @@ impl RedisBudgets {
                 seeded = true;
                 tries -= 1;
                 continue;
+            }
+            if status != 4 {
+                self.mark_seeded(&hold);
             }
             return match status {
                 0 => Ok(hold),

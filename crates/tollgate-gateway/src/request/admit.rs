@@ -166,7 +166,32 @@ pub(crate) async fn admit_with(
 ) -> Result<Admission, Refusal> {
     let mut adm = Admission::new(books, client, model, estimate);
     let ask = Ask::new(client, estimate);
-    let early = match client_side(books, &mut adm, key, &ask).await {
+    match super::joint::admit(books, &mut adm, key, &ask).await {
+        Some(Ok(())) => {}
+        Some(Err(refusal)) => return Err(refusal),
+        None => apart(books, &mut adm, key, &ask).await?,
+    }
+    client.roomy.store(
+        adm.client_status
+            .as_deref()
+            .is_some_and(|dims| dims.iter().all(|d| d.available >= ROOMY * d.capacity)),
+        Ordering::Relaxed,
+    );
+    adm.wait = adm.granted_wait();
+    Ok(adm)
+}
+
+/// [`admit_with`] one bucket at a time: the client's buckets and budgets at
+/// once, the provider bucket with them or after them (see [`client_side`]).
+async fn apart(
+    books: &Arc<Books>,
+    adm: &mut Admission,
+    key: Option<&Arc<Key>>,
+    ask: &Ask,
+) -> Result<(), Refusal> {
+    let client = &adm.client().clone();
+    let model = &adm.model().clone();
+    let early = match client_side(books, adm, key, ask).await {
         Ok(early) => early,
         Err(refusal) => {
             adm.release().await;
@@ -186,29 +211,24 @@ pub(crate) async fn admit_with(
         },
     };
     match model_res {
-        Ok(waited) => decision(books, Bucket::Model, &client.tier.name, waited),
+        Ok(waited) => {
+            decision(books, Bucket::Model, &client.tier.name, waited);
+            Ok(())
+        }
         Err(e) => {
             // Release the client's reservation and budget first, so the
             // status behind the 429's headers no longer counts them.
             adm.release().await;
-            return Err(refused(books, Bucket::Model, &model.limiter, &ask, e, client).await);
+            Err(refused(books, Bucket::Model, &model.limiter, ask, e, client).await)
         }
     }
-    client.roomy.store(
-        adm.client_status
-            .as_deref()
-            .is_some_and(|dims| dims.iter().all(|d| d.available >= ROOMY * d.capacity)),
-        Ordering::Relaxed,
-    );
-    adm.wait = adm.granted_wait();
-    Ok(adm)
 }
 
 /// One request's reservation, as each bucket is asked it.
-struct Ask {
-    cost: Cost,
-    client_opts: AcquireOptions,
-    model_opts: AcquireOptions,
+pub(super) struct Ask {
+    pub(super) cost: Cost,
+    pub(super) client_opts: AcquireOptions,
+    pub(super) model_opts: AcquireOptions,
 }
 
 impl Ask {
@@ -331,7 +351,7 @@ async fn client_side(
 /// Every level whose budgets a request of `client` with `key` reserves,
 /// outermost first: its organisation's and its key's when they set any,
 /// and the client's (which reserves nothing without budgets).
-fn budget_levels<'a>(
+pub(super) fn budget_levels<'a>(
     client: &'a Client,
     key: Option<&'a Arc<Key>>,
 ) -> Vec<(Level, &'a str, BudgetLimits)> {
@@ -351,7 +371,7 @@ fn budget_levels<'a>(
 /// is down admits without a budget check unless the outage policy is
 /// `closed`. Counted in the metrics only when the client bucket let the
 /// request in (`counted`), as when the two were asked one after the other.
-fn budget_answer(
+pub(super) fn budget_answer(
     books: &Books,
     adm: &mut Admission,
     client: &Client,
@@ -360,14 +380,7 @@ fn budget_answer(
 ) -> Result<(), Refusal> {
     let count = |decision: &str| {
         if counted {
-            books.metrics.inc(
-                "tollgate_limiter_decisions_total",
-                &[
-                    ("bucket", "budget"),
-                    ("tier", client.tier.name.as_str()),
-                    ("decision", decision),
-                ],
-            );
+            count_budget(books, client, decision);
         }
     };
     match answer {
@@ -396,13 +409,25 @@ fn budget_answer(
     }
 }
 
+/// Counts the budget's decision on a request of `client`.
+pub(super) fn count_budget(books: &Books, client: &Client, decision: &str) {
+    books.metrics.inc(
+        "tollgate_limiter_decisions_total",
+        &[
+            ("bucket", "budget"),
+            ("tier", client.tier.name.as_str()),
+            ("decision", decision),
+        ],
+    );
+}
+
 fn store_error(books: &Books, component: &str) {
     books
         .metrics
         .inc("tollgate_store_errors_total", &[("component", component)]);
 }
 
-fn decision(books: &Books, bucket: Bucket, tier: &str, waited: Duration) {
+pub(super) fn decision(books: &Books, bucket: Bucket, tier: &str, waited: Duration) {
     let d = if waited > Duration::ZERO {
         "waited"
     } else {
@@ -434,7 +459,7 @@ fn culprit(limiter: &RateLimiter, status: &Status, cost: Cost) -> Option<Dimensi
 /// A bucket's refusal, counted; the bucket's status read for the headers
 /// of a rate limit or a full queue. A store failure is not the bucket's
 /// refusal: counted apart.
-async fn refused(
+pub(super) async fn refused(
     books: &Books,
     bucket: Bucket,
     limiter: &RateLimiter,

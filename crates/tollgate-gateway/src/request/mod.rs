@@ -30,6 +30,7 @@ pub(crate) mod estimate;
 pub(crate) mod events;
 pub(crate) mod forward;
 pub(crate) mod headers;
+mod joint;
 pub(crate) mod parse;
 mod respond;
 pub(crate) mod route;

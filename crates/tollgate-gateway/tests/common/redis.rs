@@ -102,6 +102,16 @@ impl Redis {
             .expect("connect to the test's redis-server")
     }
 
+    /// `INFO section`.
+    pub async fn info(&self, section: &str) -> String {
+        let mut conn = self.connection().await;
+        ::redis::cmd("INFO")
+            .arg(section)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+
     /// `SET key value`.
     pub async fn set(&self, key: &str, value: &str) {
         let mut conn = self.connection().await;

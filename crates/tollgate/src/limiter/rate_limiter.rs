@@ -425,6 +425,25 @@ impl RateLimiter {
         lease: Option<Duration>,
     ) -> Result<Permit, Error> {
         let inner = &*self.inner;
+        let call = self.reserve_call(cost, options, lease)?;
+        if let Some(lanes) = inner.lanes() {
+            return self.reserve_in_lanes(&lanes, call).await;
+        }
+        match self.with_retry(|| inner.store.reserve(&call)).await {
+            Ok(Ok(r)) => Ok(self.granted(r, options.class, Source::Store, None)),
+            Ok(Err(e)) => Err(self.refused(e)),
+            Err(failure) => self.on_outage(failure, call).await,
+        }
+    }
+
+    /// The store's call for a reservation of `cost` with `options`.
+    pub(super) fn reserve_call(
+        &self,
+        cost: Cost,
+        options: &AcquireOptions,
+        lease: Option<Duration>,
+    ) -> Result<ReserveCall<'_>, Error> {
+        let inner = &*self.inner;
         let class = inner
             .classes
             .get(options.class as usize)
@@ -444,14 +463,7 @@ impl RateLimiter {
             max_queue: inner.max_queue,
             lease: lease.map(|d| d.as_secs_f64()),
         };
-        if let Some(lanes) = inner.lanes() {
-            return self.reserve_in_lanes(&lanes, call).await;
-        }
-        match self.with_retry(|| inner.store.reserve(&call)).await {
-            Ok(Ok(r)) => Ok(self.granted(r, options.class, Source::Store, None)),
-            Ok(Err(e)) => Err(self.refused(e)),
-            Err(failure) => self.on_outage(failure, call).await,
-        }
+        Ok(call)
     }
 
     /// [`RateLimiter::borrow`] for a permit waiting in its own lane.

@@ -11,6 +11,7 @@ use tollgate_core::{
     ReserveRequest, Settled, Vacated, DIMENSIONS,
 };
 
+use super::together::Together;
 use super::{
     Advance, AdvanceCall, Advanced, Backend, Claim, KeySnapshot, ReserveCall, Reserved, SettleCall,
     StoreError,
@@ -104,6 +105,14 @@ impl Clock for ManualClock {
 }
 
 const SHARDS: usize = 64;
+
+/// A gate of a joint reservation on the memory store: the part it comes
+/// before, its check and its undo (see `store::Gate::Local`).
+pub(crate) type LocalGate<'g, 'a> = (
+    usize,
+    &'g mut (dyn FnMut() -> bool + Send + 'a),
+    &'g mut (dyn FnMut() + Send + 'a),
+);
 
 /// A queued reservation in its class's queue: (slot bits, id), ordered by
 /// slot, then id. Slots are non-negative, so their bit patterns sort like
@@ -660,6 +669,11 @@ impl MemoryStore {
         }
     }
 
+    /// Whether `other` is this store or a clone of it.
+    pub(crate) fn same_as(&self, other: &MemoryStore) -> bool {
+        Arc::ptr_eq(&self.shards, &other.shards)
+    }
+
     /// [`Backend::lend`] without the future.
     pub fn lend_now(&self, call: &super::LendCall<'_>) -> Result<super::Lent, StoreError> {
         self.pools.apply(call, || self.clock.now())
@@ -674,8 +688,14 @@ impl MemoryStore {
     /// shard's table uses for neither its slots (the low ones) nor its tags
     /// (the top seven).
     fn shard(&self, key: &str) -> (&Mutex<Shard>, u64) {
+        let (at, hash) = self.shard_at(key);
+        (&self.shards[at], hash)
+    }
+
+    /// The index of `key`'s shard, and the key's hash.
+    fn shard_at(&self, key: &str) -> (usize, u64) {
         let hash = self.hasher.hash_one(key);
-        (&self.shards[(hash >> 32) as usize % SHARDS], hash)
+        ((hash >> 32) as usize % SHARDS, hash)
     }
 
     /// [`Backend::reserve`] without the future: what the async method runs.
@@ -704,6 +724,71 @@ impl MemoryStore {
                 reserve_in(&mut shard.lock(), hash, now, call)
             })
             .collect()
+    }
+
+    /// Reservations on several keys at one time, all or nothing, with a
+    /// gate checked before part `gate.0` (see `store::together`): the parts'
+    /// shards are held throughout (taken in index order), so nothing else
+    /// sees a part granted and then given back. A part refused after others
+    /// were granted gives them their state back exactly (every part but the
+    /// last is asked not to wait, so a grant wrote nothing else).
+    pub(crate) fn reserve_together_now(
+        &self,
+        calls: &[ReserveCall<'_>],
+        mut gate: Option<LocalGate<'_, '_>>,
+    ) -> Together {
+        let mut held: Vec<usize> = calls.iter().map(|c| self.shard_at(c.key).0).collect();
+        held.sort_unstable();
+        held.dedup();
+        let mut shards: Vec<_> = held.iter().map(|&i| self.shards[i].lock()).collect();
+        let now = self.clock.now();
+        let mut saved: Vec<(KeyState, u64)> = Vec::with_capacity(calls.len());
+        let mut granted = Vec::with_capacity(calls.len());
+        let mut gated = false;
+        for (i, call) in calls.iter().enumerate() {
+            if let Some((at, check, _)) = gate.as_mut() {
+                if *at == i {
+                    if !check() {
+                        self.give_back(&mut shards, &held, &calls[..i], &saved, now);
+                        return Together::Gated(None);
+                    }
+                    gated = true;
+                }
+            }
+            let (at, hash) = self.shard_at(call.key);
+            let shard = &mut shards[held.binary_search(&at).expect("held")];
+            let entry = shard.entry(call.key, hash, now);
+            saved.push((entry.state, entry.seq));
+            match reserve_in(shard, hash, now, call) {
+                Ok(r) => granted.push(r),
+                Err(e) => {
+                    if let (true, Some((_, _, undo))) = (gated, gate.as_mut()) {
+                        undo();
+                    }
+                    self.give_back(&mut shards, &held, &calls[..i], &saved, now);
+                    return Together::Refused(i, e);
+                }
+            }
+        }
+        Together::Granted(granted, None)
+    }
+
+    /// Puts the state of `calls`' keys back as `saved` holds it, last first.
+    fn give_back(
+        &self,
+        shards: &mut [parking_lot::MutexGuard<'_, Shard>],
+        held: &[usize],
+        calls: &[ReserveCall<'_>],
+        saved: &[(KeyState, u64)],
+        now: f64,
+    ) {
+        for (call, &(state, seq)) in calls.iter().zip(saved).rev() {
+            let (at, hash) = self.shard_at(call.key);
+            let shard = &mut shards[held.binary_search(&at).expect("held")];
+            let entry = shard.entry(call.key, hash, now);
+            entry.state = state;
+            entry.seq = seq;
+        }
     }
 
     /// [`Backend::settle`] without the future.

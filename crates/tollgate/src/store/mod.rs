@@ -7,12 +7,14 @@
 mod lend;
 mod memory;
 mod redis;
+pub(crate) mod together;
 
 pub use self::lend::{LendCall, LendOp, Lent};
 
 pub use self::memory::{Clock, ManualClock, MemoryStore, SystemClock};
 pub(crate) use self::redis::Cancel;
 pub use self::redis::{AfterReset, RedisConnection, RedisOptions, RedisStore, TlsOptions};
+pub use self::together::{Gate, GateScript};
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -281,6 +283,15 @@ impl Store {
         match self {
             Store::Memory(_) => 0,
             Store::Redis(r) => r.resets(),
+        }
+    }
+
+    /// Whether `other` is this store or a clone of it (they share state).
+    pub(crate) fn same_as(&self, other: &Store) -> bool {
+        match (self, other) {
+            (Store::Memory(a), Store::Memory(b)) => a.same_as(b),
+            (Store::Redis(a), Store::Redis(b)) => a.same_as(b),
+            _ => false,
         }
     }
 

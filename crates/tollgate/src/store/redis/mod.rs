@@ -41,6 +41,7 @@ mod liveness;
 mod options;
 mod scripts;
 mod settling;
+mod together;
 
 pub use self::connection::RedisConnection;
 pub use self::options::{AfterReset, RedisOptions, TlsOptions};
@@ -57,6 +58,7 @@ use tollgate_core::{Dims, Policy, ReserveError, Settled, DIMENSIONS};
 use self::error::{no_answer, store_error};
 use self::handover::InFlight;
 use self::scripts::{Keys, ReserveArgs, ReserveContext, ReserveNews};
+use super::together::{GateScript, NO_GATE};
 use super::{
     Advance, AdvanceCall, Backend, Claim, KeySnapshot, ReserveCall, Reserved, SettleCall,
     StoreError,
@@ -119,6 +121,8 @@ struct Settings {
     seen: parking_lot::Mutex<Seen>,
     /// Times the store was found to have lost its state.
     resets: AtomicU64,
+    /// Held while a script missing from Redis is loaded.
+    loading: tokio::sync::Mutex<()>,
 }
 
 /// A reservation to cancel in the background: its caller went away.
@@ -366,8 +370,14 @@ impl RedisStore {
                 settles: parking_lot::Mutex::new(Map::default()),
                 seen: parking_lot::Mutex::new(Seen::default()),
                 resets: AtomicU64::new(0),
+                loading: tokio::sync::Mutex::new(()),
             }),
         }
+    }
+
+    /// Whether `other` is this store or a clone of it.
+    pub(crate) fn same_as(&self, other: &RedisStore) -> bool {
+        Arc::ptr_eq(&self.settings, &other.settings)
     }
 
     /// Cancels a reservation whose caller went away, from the background: on
@@ -582,15 +592,29 @@ impl RedisStore {
             &*scripts::SETTLE,
             &*scripts::SNAPSHOT,
             &*scripts::ADVANCE,
+            &NO_GATE.script,
             &*lend::LEND,
         ] {
-            let mut conn = self.conn.clone();
-            let inv = script.prepare_invoke();
-            self.bounded("loading the scripts", async move {
-                inv.load_async(&mut conn).await
-            })
-            .await?;
+            self.load_script(script).await?;
         }
+        Ok(())
+    }
+
+    /// Loads the script of a joint reservation with `gate`
+    /// ([`crate::RateLimiter::reserve_together`]), so that its first calls
+    /// find it: a burst of calls that each found it missing would each load
+    /// it (see `run_unbounded`).
+    pub async fn load_gate(&self, gate: &GateScript) -> Result<(), StoreError> {
+        self.load_script(&gate.script).await
+    }
+
+    async fn load_script(&self, script: &redis::Script) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let inv = script.prepare_invoke();
+        self.bounded("loading the scripts", async move {
+            inv.load_async(&mut conn).await
+        })
+        .await?;
         Ok(())
     }
 
@@ -677,13 +701,21 @@ impl RedisStore {
     /// [`RedisStore::run`] without the time limit, owning what it needs.
     async fn run_unbounded(self, inv: scripts::Invocation) -> redis::RedisResult<Value> {
         let mut conn = self.conn.clone();
-        match inv.cmd.query_async::<Value>(&mut conn).await {
-            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                inv.script.prepare_invoke().load_async(&mut conn).await?;
-                inv.cmd.query_async(&mut conn).await
-            }
-            other => other,
+        let no_script = |r: &redis::RedisResult<Value>| matches!(r, Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript));
+        let first = inv.cmd.query_async::<Value>(&mut conn).await;
+        if !no_script(&first) {
+            return first;
         }
+        // One caller at a time loads a missing script; those that found it
+        // missing meanwhile find it loaded (a script may take Redis a
+        // millisecond to compile: a burst must not compile it once a call).
+        let _loading = self.settings.loading.lock().await;
+        let again = inv.cmd.query_async::<Value>(&mut conn).await;
+        if !no_script(&again) {
+            return again;
+        }
+        inv.script.prepare_invoke().load_async(&mut conn).await?;
+        inv.cmd.query_async(&mut conn).await
     }
 
     async fn bounded<T>(

@@ -48,13 +48,13 @@ pub(crate) struct Invocation {
 }
 
 impl Invocation {
-    fn new(script: &'static Script, keys: usize) -> Self {
+    pub(crate) fn new(script: &'static Script, keys: usize) -> Self {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(script.get_hash()).arg(keys);
         Invocation { script, cmd }
     }
 
-    fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut Self {
+    pub(crate) fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut Self {
         self.cmd.arg(arg);
         self
     }
@@ -147,6 +147,11 @@ pub(crate) struct ReserveArgs {
 const DEADLINE_AT: usize = 2 + 5 * 8;
 
 impl ReserveArgs {
+    /// The argument as sent.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.nums
+    }
+
     /// Sets the caller's deadline on the server's clock (see
     /// [`ReserveContext::deadline`]): a reservation that waited on its lane
     /// gets it when it is sent.
