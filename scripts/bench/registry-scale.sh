@@ -23,7 +23,8 @@
 # on a database seeded alike and with the same driver, and both tables are
 # printed, then this tree's medians over the baseline's. Release builds of
 # tollgate and tollgate-harness are made first (CARGO_TARGET_DIR is
-# honoured).
+# honoured), unless BIN_DIR names a folder that already holds release
+# builds of this tree's `tollgate` and `tollgate-harness`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-3}
@@ -33,8 +34,15 @@ SECS=${SECS:-20}
 OUT=$(realpath -m "${OUT:-target/bench-registry-scale}")
 mkdir -p "$OUT"
 
-cargo build --release -q -p tollgate-cli -p tollgate-harness
-BIN="${CARGO_TARGET_DIR:-target}/release"
+if [ -n "${BIN_DIR:-}" ]; then
+    BIN=$(realpath "$BIN_DIR")
+    for b in tollgate tollgate-harness; do
+        [ -x "$BIN/$b" ] || { echo "BIN_DIR=$BIN_DIR holds no executable $b" >&2; exit 2; }
+    done
+else
+    cargo build --release -q -p tollgate-cli -p tollgate-harness
+    BIN="${CARGO_TARGET_DIR:-target}/release"
+fi
 run() { # binary, output file
     "$BIN/tollgate-harness" registry-scale --clients "$CLIENTS" --changes-per-sec "$CHANGES" \
         --secs "$SECS" --tollgate "$1" ${NO_FSYNC:+--no-fsync} --json > "$2"
