@@ -290,15 +290,10 @@ async fn connect(config: &Config) -> Result<(Store, Budgets, LiveSync), StartErr
     let Store::Redis(redis) = &store else {
         return Err(StartError::Store("not a Redis store".into()));
     };
-    let conn = redis.connection().clone();
-    let budgets = RedisBudgets::new(conn.clone(), timeout)
-        .judged_by(redis.clone())
+    let budgets = RedisBudgets::new(redis.clone(), timeout)
         .with_hold_ttl(crate::budget::hold_lifetime(longest_request(config)));
-    Ok((
-        store,
-        Budgets::Redis(Box::new(budgets)),
-        LiveSync::Redis(conn, timeout),
-    ))
+    let sync = LiveSync::Redis(redis.clone(), timeout);
+    Ok((store, Budgets::Redis(Box::new(budgets)), sync))
 }
 
 /// Every provider's models, by the name clients use.

@@ -13,6 +13,7 @@
 //! others' requests that come from that long after. With the memory store
 //! the remembered pause is all there is.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -53,6 +54,8 @@ pub struct Paused {
 pub struct Hold {
     key: String,
     local: Mutex<Known>,
+    /// Reads of the store that failed ([`Hold::failed_reads`]).
+    failed_reads: AtomicU64,
 }
 
 /// What this instance knows of a model's pause.
@@ -72,6 +75,7 @@ impl Hold {
         Hold {
             key: format!("tollgate:hold:{limiter_key}"),
             local: Mutex::new(Known::default()),
+            failed_reads: AtomicU64::new(0),
         }
     }
 
@@ -102,24 +106,26 @@ impl Hold {
     }
 
     /// The pause in force, if any. A store that cannot be asked within
-    /// `timeout` holds nothing back (logged) and is not asked again for
+    /// `timeout` (judged as every store call is:
+    /// [`RedisStore::await_command`](tollgate::store::RedisStore::await_command), so a read that only waits in this
+    /// process behind a burst keeps waiting) holds nothing back (logged,
+    /// counted in [`Hold::failed_reads`]) and is not asked again for
     /// [`AFTER_ERROR`]: the provider bucket still limits.
     pub async fn check(&self, store: &Store, timeout: Duration) -> Option<Paused> {
         if let Ok(known) = self.local() {
             return known;
         }
-        let mut conn = store.redis_connection()?;
+        let Store::Redis(store) = store else {
+            return None;
+        };
+        let mut conn = store.connection().clone();
         let asked = Instant::now();
         let mut pipe = redis::pipe();
         pipe.cmd("PTTL").arg(&self.key).cmd("GET").arg(&self.key);
         let read = pipe.query_async::<(i64, Option<u16>)>(&mut conn);
-        let reply = tokio::time::timeout(timeout, read)
-            .await
-            .unwrap_or_else(|_| {
-                Err(redis::RedisError::from(std::io::Error::from(
-                    std::io::ErrorKind::TimedOut,
-                )))
-            });
+        let reply = store
+            .await_command("reading the upstream pause", timeout, read)
+            .await;
         match reply {
             Ok((ms, status)) if ms > 0 => {
                 let p = Paused {
@@ -135,37 +141,41 @@ impl Hold {
             }
             Err(e) => {
                 self.local.lock().ask_after = Some(Instant::now() + AFTER_ERROR);
+                self.failed_reads.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(key = %self.key, error = %e, "could not read the upstream pause; not holding back, asking again in 1 s");
                 None
             }
         }
     }
 
+    /// Reads of the store's pause that failed so far (each let requests
+    /// through that a pause might have held back).
+    pub fn failed_reads(&self) -> u64 {
+        self.failed_reads.load(Ordering::Relaxed)
+    }
+
     /// Starts a pause of `d` (at most [`MAX_HOLD`]) after an upstream
     /// `status`, here and for every instance on `store` (if it answers
-    /// within `timeout`).
+    /// within `timeout`, judged as [`Hold::check`]'s read is).
     pub async fn start(&self, store: &Store, timeout: Duration, status: u16, d: Duration) {
         let p = Paused {
             status,
             left: d.min(MAX_HOLD),
         };
         self.remember(p);
-        let Some(mut conn) = store.redis_connection() else {
+        let Store::Redis(store) = store else {
             return;
         };
+        let mut conn = store.connection().clone();
         let ms = p.left.as_millis().max(1) as u64;
         static SCRIPT: std::sync::LazyLock<redis::Script> =
             std::sync::LazyLock::new(|| redis::Script::new(HOLD_SCRIPT));
         let mut call = SCRIPT.key(&self.key);
         call.arg(ms).arg(status);
         let write = call.invoke_async::<i64>(&mut conn);
-        let r = tokio::time::timeout(timeout, write)
-            .await
-            .unwrap_or_else(|_| {
-                Err(redis::RedisError::from(std::io::Error::from(
-                    std::io::ErrorKind::TimedOut,
-                )))
-            });
+        let r = store
+            .await_command("sharing the upstream pause", timeout, write)
+            .await;
         if let Err(e) = r {
             tracing::warn!(key = %self.key, error = %e, "could not share the upstream pause; it holds on this instance only");
         }

@@ -8,8 +8,10 @@
 //! interval plus the reads. A store restarted empty answers no number, and
 //! instances read the database's change list every
 //! [`REREAD_EVERY`](crate::registry::REREAD_EVERY) checks anyway. With the
-//! memory store there is one instance and no notice. Every store call waits
-//! at most `store.timeout_ms`.
+//! memory store there is one instance and no notice. Every store call has
+//! the limit `store.timeout_ms`, judged as the limit store's own calls are
+//! (`RedisStore::await_command`): it fails when Redis stopped answering,
+//! not while it only waits in this process.
 //!
 //! Releases before the registry kept their overrides in the store, at
 //! `tollgate:{config}:overrides` (with `tollgate:{config}:version`); they
@@ -19,7 +21,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tollgate::store::RedisConnection;
+use tollgate::store::RedisStore;
 
 use crate::overrides::Stored;
 use crate::registry::Overrides;
@@ -39,18 +41,24 @@ const RAISE: &str = "local v = tonumber(redis.call('GET', KEYS[1]) or '0') \
 pub enum LiveSync {
     /// This process only.
     Local,
-    /// Shared through Redis; each call waits at most the duration.
-    Redis(RedisConnection, Duration),
+    /// Shared through the Redis of the limit store, on its connection; each
+    /// call waits at most the duration, judged as every store call is
+    /// ([`RedisStore::await_command`]).
+    Redis(RedisStore, Duration),
 }
 
+/// Awaits `call`, a command on `store`'s connection, within `timeout`,
+/// judged as every store call is; `what` names it in the error.
 async fn timed<T>(
+    store: &RedisStore,
     timeout: Duration,
-    f: impl Future<Output = redis::RedisResult<T>>,
+    what: &str,
+    call: impl Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, String> {
-    match tokio::time::timeout(timeout, f).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
-    }
+    store
+        .await_command(what, timeout, call)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 impl std::fmt::Debug for LiveSync {
@@ -68,10 +76,15 @@ impl LiveSync {
     pub async fn announced(&self) -> Result<u64, String> {
         match self {
             LiveSync::Local => Ok(0),
-            LiveSync::Redis(conn, t) => {
-                let mut conn = conn.clone();
-                let v: Option<u64> =
-                    timed(*t, redis::cmd("GET").arg(NOTICE_KEY).query_async(&mut conn)).await?;
+            LiveSync::Redis(store, t) => {
+                let mut conn = store.connection().clone();
+                let v: Option<u64> = timed(
+                    store,
+                    *t,
+                    "reading the registry's change notice",
+                    redis::cmd("GET").arg(NOTICE_KEY).query_async(&mut conn),
+                )
+                .await?;
                 Ok(v.unwrap_or(0))
             }
         }
@@ -81,11 +94,13 @@ impl LiveSync {
     pub async fn announce(&self, version: u64) -> Result<(), String> {
         match self {
             LiveSync::Local => Ok(()),
-            LiveSync::Redis(conn, t) => {
-                let mut conn = conn.clone();
+            LiveSync::Redis(store, t) => {
+                let mut conn = store.connection().clone();
                 let script = redis::Script::new(RAISE);
                 timed(
+                    store,
                     *t,
+                    "announcing a registry change",
                     script
                         .key(NOTICE_KEY)
                         .arg(version)
@@ -101,10 +116,12 @@ impl LiveSync {
     pub async fn legacy(&self) -> Result<Option<Overrides>, String> {
         match self {
             LiveSync::Local => Ok(None),
-            LiveSync::Redis(conn, t) => {
-                let mut conn = conn.clone();
+            LiveSync::Redis(store, t) => {
+                let mut conn = store.connection().clone();
                 let (version, json): (Option<u64>, Option<String>) = timed(
+                    store,
                     *t,
+                    "reading the earlier release's overrides",
                     redis::pipe()
                         .atomic()
                         .get(LEGACY_VERSION_KEY)
@@ -125,10 +142,12 @@ impl LiveSync {
     pub async fn forget_legacy(&self) -> Result<(), String> {
         match self {
             LiveSync::Local => Ok(()),
-            LiveSync::Redis(conn, t) => {
-                let mut conn = conn.clone();
+            LiveSync::Redis(store, t) => {
+                let mut conn = store.connection().clone();
                 timed(
+                    store,
                     *t,
+                    "removing the earlier release's overrides",
                     redis::cmd("DEL")
                         .arg(LEGACY_OVERRIDES_KEY)
                         .arg(LEGACY_VERSION_KEY)
@@ -144,11 +163,16 @@ impl LiveSync {
     pub async fn ping(&self) -> Result<(), String> {
         match self {
             LiveSync::Local => Ok(()),
-            LiveSync::Redis(conn, t) => {
-                let mut conn = conn.clone();
-                timed(*t, redis::cmd("PING").query_async::<String>(&mut conn))
-                    .await
-                    .map(|_| ())
+            LiveSync::Redis(store, t) => {
+                let mut conn = store.connection().clone();
+                timed(
+                    store,
+                    *t,
+                    "PING",
+                    redis::cmd("PING").query_async::<String>(&mut conn),
+                )
+                .await
+                .map(|_| ())
             }
         }
     }

@@ -2,7 +2,8 @@
 //! upstream, on a healthy `redis-server` of the test's own. None of them may
 //! be refused for a store outage, and the spend recorded must be exactly the
 //! usage the upstream reported, priced: every settlement applied once, also
-//! when a store call timed out and was sent again.
+//! when a store call timed out and was sent again. No read of the shared
+//! upstream pause may fail either.
 
 mod common;
 
@@ -88,6 +89,17 @@ async fn two_thousand_concurrent_requests_on_redis_are_all_served_and_charged_ex
             .counter("tollgate_store_errors_total", &[("component", "budget")]),
         0.0
     );
+    // Every read of the shared upstream pause got its answer: none let a
+    // request through that a provider's pause might have held back.
+    for g in [&gw, &other] {
+        let failed: u64 = g
+            .gateway
+            .models
+            .values()
+            .map(|m| m.hold.failed_reads())
+            .sum();
+        assert_eq!(failed, 0, "failed reads of the upstream pause");
+    }
 }
 
 /// A gateway on `redis` whose store calls time out after 200 ms, in front of

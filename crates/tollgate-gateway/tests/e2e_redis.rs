@@ -1,7 +1,8 @@
 //! Two gateway instances sharing one real `redis-server` (started here on a
 //! free loopback port): a client's RPM and TPM hold across both, spend and
 //! budgets are shared, and a live tier change reaches the other instance
-//! within a second.
+//! within a second; the change notices' reads are judged as every store
+//! call is.
 
 mod common;
 
@@ -11,6 +12,9 @@ use common::redis::Redis;
 use common::*;
 use reqwest::Method;
 use serde_json::{json, Value};
+use tollgate::store::RedisOptions;
+use tollgate::Store;
+use tollgate_gateway::sync::LiveSync;
 use tollgate_gateway::RunningGateway;
 
 #[tokio::test]
@@ -285,4 +289,40 @@ async fn a_client_that_leaves_during_admission_is_charged_nothing() {
         (after - before).abs() < 1e-9,
         "spend {before} before, {after} after a request that never reached the upstream"
     );
+}
+
+/// The registry's change notices are judged as every store call is: a read
+/// that only waits in this process (the one thread of its runtime kept
+/// busy past the store's timeout) while Redis answers gets its number, and
+/// a paused Redis (SIGSTOP) still fails it long before the connection's own
+/// limit (`late_reply_timeout`).
+#[tokio::test(flavor = "current_thread")]
+async fn a_change_notice_read_kept_waiting_by_its_own_runtime_is_not_an_outage() {
+    let redis = Redis::start().await;
+    let timeout = Duration::from_millis(200);
+    let options = RedisOptions::default()
+        .connect_timeout(timeout)
+        .response_timeout(timeout);
+    let Store::Redis(store) = Store::redis_with(&redis.url, options).await.unwrap() else {
+        unreachable!("a redis:// URL")
+    };
+    let sync = LiveSync::Redis(store, timeout);
+    sync.announce(7).await.unwrap();
+    for round in 0..3 {
+        let read = tokio::spawn({
+            let sync = sync.clone();
+            async move { sync.announced().await }
+        });
+        // Runs after the read was handed to the connection, before the
+        // connection's task has sent it: the reply waits for this thread.
+        tokio::spawn(async { std::thread::sleep(Duration::from_millis(600)) });
+        assert_eq!(read.await.unwrap(), Ok(7), "round {round}");
+    }
+    redis.pause();
+    let started = Instant::now();
+    let read = sync.announced().await;
+    let waited = started.elapsed();
+    redis.resume();
+    assert!(read.is_err(), "{read:?}");
+    assert!(waited < Duration::from_secs(5), "waited {waited:?}");
 }

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::redis::Redis;
-use tollgate::store::RedisConnection;
+use tollgate::store::{RedisConnection, RedisStore};
 use tollgate_gateway::budget::{BudgetError, BudgetLimits, Budgets, Hold, RedisBudgets};
 
 /// What the `j`-th client reserves (when it has a budget) and then costs.
@@ -32,7 +32,8 @@ fn limits(j: i64) -> BudgetLimits {
 
 async fn budgets(redis: &Redis, timeout: Duration) -> Budgets {
     let conn = RedisConnection::from(redis.connection().await);
-    Budgets::Redis(Box::new(RedisBudgets::new(conn, timeout)))
+    let store = RedisStore::with_default_options(conn);
+    Budgets::Redis(Box::new(RedisBudgets::new(store, timeout)))
 }
 
 /// Script calls Redis has run (`EVALSHA` and `EVAL` in `INFO commandstats`).

@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use tollgate::store::RedisConnection;
+use tollgate::store::{RedisConnection, RedisStore};
 
 use super::batch::Lanes;
 use super::{BudgetError, BudgetLimits, Hold, Level, Period, Spend};
@@ -83,9 +83,9 @@ pub struct RedisBudgets {
     settle_timeout: Duration,
     /// How long a hold key lives (see [`hold_lifetime`]).
     hold_ttl: Duration,
-    /// The limit store on the same Redis, whose probes judge a call that
-    /// passed its timeout (see [`RedisBudgets::judged_by`]).
-    judge: Option<tollgate::store::RedisStore>,
+    /// The limit store whose connection the calls travel on and whose
+    /// probes judge a call that passed its timeout (see [`RedisBudgets::new`]).
+    store: RedisStore,
 }
 
 impl std::fmt::Debug for RedisBudgets {
@@ -118,18 +118,17 @@ fn hold_key(hold: &Hold) -> String {
     format!("{}:h:{:032x}", account(hold.level, &hold.client), hold.id)
 }
 
-fn store_err(e: redis::RedisError) -> BudgetError {
-    BudgetError::Store(e.to_string())
-}
-
 impl RedisBudgets {
-    /// Spend on an open connection (standalone or Cluster); each call on a
-    /// request's way in (a reservation, a spend read) waits at most
-    /// `timeout` for its answer, a settlement's try
-    /// [`SETTLE_TIMEOUT_FACTOR`] times that.
-    pub fn new(conn: RedisConnection, timeout: Duration) -> Self {
+    /// Spend on the Redis of the limit store `store`, on its connection
+    /// (standalone or Cluster); each call on a request's way in (a
+    /// reservation, a spend read) waits at most `timeout` for its answer, a
+    /// settlement's try [`SETTLE_TIMEOUT_FACTOR`] times that. A call that
+    /// passed its timeout is judged as `store` judges its own
+    /// ([`RedisStore::await_command`]): it fails only when Redis also left
+    /// `store`'s probes unanswered, not while it only waits in this process.
+    pub fn new(store: RedisStore, timeout: Duration) -> Self {
         RedisBudgets {
-            conn,
+            conn: store.connection().clone(),
             reserve: redis::Script::new(RESERVE),
             settle: redis::Script::new(SETTLE),
             seed: redis::Script::new(SEED),
@@ -139,17 +138,8 @@ impl RedisBudgets {
             timeout,
             settle_timeout: timeout * SETTLE_TIMEOUT_FACTOR,
             hold_ttl: Duration::from_secs(HOLD_TTL_SECS),
-            judge: None,
+            store,
         }
-    }
-
-    /// Judges a call that passed its timeout as `store` judges its own
-    /// (`RedisStore::await_reply`): it fails only when Redis also left
-    /// `store`'s probes unanswered, not while it only waits in this process.
-    /// `store` must be on the same Redis as the connection.
-    pub fn judged_by(mut self, store: tollgate::store::RedisStore) -> Self {
-        self.judge = Some(store);
-        self
     }
 
     /// Holds that live `ttl` (see [`hold_lifetime`]) instead of the default.
@@ -207,29 +197,19 @@ impl RedisBudgets {
         Ok(())
     }
 
-    /// Runs one store call with a timeout that fits the load: judged by
-    /// the limit store's probes when it was given one
-    /// ([`RedisBudgets::judged_by`]: a call that only waits in this process
-    /// behind a burst, while Redis answers, keeps waiting), else the plain
-    /// `timeout`.
+    /// Runs one store call under `timeout`, judged by the limit store's
+    /// probes ([`RedisStore::await_command`]: a call that only waits in this
+    /// process behind a burst, while Redis answers, keeps waiting).
     async fn call<T>(
         &self,
         what: &str,
         timeout: Duration,
         f: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, BudgetError> {
-        let started = Instant::now();
-        let answer = match &self.judge {
-            Some(store) => store.await_reply(timeout, f).await.ok(),
-            None => tokio::time::timeout(timeout, f).await.ok(),
-        };
-        match answer {
-            Some(r) => r.map_err(store_err),
-            None => Err(BudgetError::Store(format!(
-                "{what} timed out after {} ms",
-                started.elapsed().as_millis()
-            ))),
-        }
+        self.store
+            .await_command(what, timeout, f)
+            .await
+            .map_err(|e| BudgetError::Store(e.to_string()))
     }
 
     /// Whether `hold`'s account needs no rebuilding from the ledger this

@@ -11,12 +11,16 @@
 //!
 //! So a call still waiting at half its limit asks for probes: `PING` on the
 //! library's own connection, sent from its own runtime (a thread of its
-//! own, not the caller's busy ones), one every quarter of the limit while
-//! any call waits. When the limit has passed, the call fails only if Redis
-//! answered no probe sent during the last limit (and after the call began),
-//! or once it has waited [`RedisOptions::late_reply_timeout`] in all, the
-//! connection's own limit. A paused or dead Redis answers no probe, so its
+//! own, not the caller's busy ones), one every quarter of the shortest
+//! limit of such a call while any waits. When the limit has passed, the
+//! call fails only if Redis answered no probe sent during the last limit
+//! (and after the call began), or once it has waited
+//! [`RedisOptions::late_reply_timeout`] in all, the connection's own limit. A paused or dead Redis answers no probe, so its
 //! calls still fail when their limit passes.
+//!
+//! The application's own commands on the store's connection are judged the
+//! same way ([`RedisStore::await_command`]): one rule for every call on that
+//! Redis.
 //!
 //! A store made from the application's connection has no connection of its
 //! own: its probes travel on that connection, behind the calls they judge.
@@ -30,8 +34,10 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 
+use super::error::{no_answer, store_error};
 use super::RedisStore;
 use crate::background;
+use crate::store::StoreError;
 
 /// What the probes found: shared by a store's clones.
 #[derive(Debug)]
@@ -42,16 +48,26 @@ pub(super) struct Liveness {
     answered: AtomicU64,
     /// Calls waiting past half their limit.
     waiting: AtomicUsize,
+    /// The time between probes (µs): a quarter of the shortest limit of a
+    /// call that waited past half of it (never longer than a quarter of the
+    /// store's own limit), so that a call with a short limit finds a probe
+    /// answered within it.
+    step: AtomicU64,
+    /// Wakes the probing task when `step` got shorter.
+    shorter: tokio::sync::Notify,
     /// Whether the probing task runs.
     probing: AtomicBool,
 }
 
 impl Liveness {
-    pub(super) fn new() -> Self {
+    /// What a store whose calls have the limit `limit` starts from.
+    pub(super) fn new(limit: Duration) -> Self {
         Liveness {
             epoch: Instant::now(),
             answered: AtomicU64::new(0),
             waiting: AtomicUsize::new(0),
+            step: AtomicU64::new(quarter(limit)),
+            shorter: tokio::sync::Notify::new(),
             probing: AtomicBool::new(false),
         }
     }
@@ -60,10 +76,20 @@ impl Liveness {
         at.saturating_duration_since(self.epoch).as_micros() as u64 + 1
     }
 
+    /// The time between probes.
+    fn step(&self) -> Duration {
+        Duration::from_micros(self.step.load(Ordering::Acquire))
+    }
+
     /// Whether Redis answered a probe sent at `since` or later.
     fn answered_since(&self, since: Instant) -> bool {
         self.answered.load(Ordering::Acquire) >= self.micros(since)
     }
+}
+
+/// A quarter of `limit` in µs, at least 1 ms.
+fn quarter(limit: Duration) -> u64 {
+    (limit / 4).max(Duration::from_millis(1)).as_micros() as u64
 }
 
 /// A call waiting past half its limit: probes run while there is one.
@@ -81,8 +107,8 @@ impl RedisStore {
     /// Redis answered no probe sent within the last `limit` since the call
     /// began, or when it has waited `late_reply_timeout`.
     ///
-    /// For an application's own commands on [`RedisStore::connection`], so
-    /// that they are judged as the store's own calls are.
+    /// [`RedisStore::await_command`] gives the same rule with its errors
+    /// made [`StoreError`]s.
     pub async fn await_reply<F: Future>(
         &self,
         limit: Duration,
@@ -97,9 +123,12 @@ impl RedisStore {
         let live = &self.settings.liveness;
         live.waiting.fetch_add(1, Ordering::AcqRel);
         let _watch = Watch(live);
+        if live.step.fetch_min(quarter(limit), Ordering::AcqRel) > quarter(limit) {
+            live.shorter.notify_one();
+        }
         let watched = Instant::now();
         self.start_probing();
-        let step = (limit / 4).max(Duration::from_millis(1));
+        let step = Duration::from_micros(quarter(limit));
         let mut check = (started + limit).max(watched + limit / 2);
         loop {
             if let Ok(out) = tokio::time::timeout_at(check.into(), &mut call).await {
@@ -115,6 +144,27 @@ impl RedisStore {
         }
     }
 
+    /// Awaits an application's own command `call` on
+    /// [`RedisStore::connection`] under the limit `limit`, judged as the
+    /// store's own calls are ([`RedisStore::await_reply`]): its reply, or a
+    /// [`StoreError`] naming `what` when Redis answered with an error or the
+    /// call is judged to have got no answer.
+    ///
+    /// One rule for every call on the store's Redis: a call that only
+    /// waits in this process behind a burst, while Redis answers, keeps
+    /// waiting; a paused or dead Redis fails it once `limit` has passed.
+    pub async fn await_command<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match self.await_reply(limit, call).await {
+            Ok(result) => result.map_err(store_error),
+            Err(waited) => Err(no_answer(what, limit, waited, self.settings.late)),
+        }
+    }
+
     /// Starts the probing task on the library's own runtime, unless it runs.
     fn start_probing(&self) {
         if self.settings.liveness.probing.swap(true, Ordering::AcqRel) {
@@ -124,10 +174,9 @@ impl RedisStore {
         background::on_own_runtime(async move { store.probe().await });
     }
 
-    /// Sends a probe every quarter of the limit while calls wait.
+    /// Sends a probe every quarter of the shortest limit while calls wait.
     async fn probe(self) {
         let live = &self.settings.liveness;
-        let step = (self.settings.timeout / 4).max(Duration::from_millis(1));
         loop {
             if live.waiting.load(Ordering::Acquire) == 0 {
                 live.probing.store(false, Ordering::Release);
@@ -150,7 +199,10 @@ impl RedisStore {
                 }
                 Err(e) => tracing::debug!(error = %e, "cannot open the connection for probes"),
             }
-            tokio::time::sleep_until((sent + step).into()).await;
+            tokio::select! {
+                _ = tokio::time::sleep_until((sent + live.step()).into()) => {}
+                _ = live.shorter.notified() => {}
+            }
         }
     }
 }

@@ -360,7 +360,7 @@ impl RedisStore {
                 // then is finished in the background (`late_reply_timeout`).
                 timeout: options.response_timeout,
                 late: options.late_reply_timeout,
-                liveness: liveness::Liveness::new(),
+                liveness: liveness::Liveness::new(options.response_timeout),
                 after_reset: options.after_reset,
                 clock: liveness::ServerClock::default(),
                 origin: None,
@@ -723,11 +723,7 @@ impl RedisStore {
         what: &str,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        let limit = self.settings.timeout;
-        match self.await_reply(limit, fut).await {
-            Ok(result) => result.map_err(store_error),
-            Err(waited) => Err(no_answer(what, limit, waited, self.settings.late)),
-        }
+        self.await_command(what, self.settings.timeout, fut).await
     }
 }
 
