@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
-use tollgate::store::{Backend, RedisOptions, RedisStore, ReserveCall, Reserved, SettleCall};
+use tollgate::store::{Backend, RedisOptions, RedisStore, ReserveCall, Reserved};
 use tollgate::{Cost, Limits};
 
 use crate::procs::{RedisServer, RedisSpec};
@@ -291,7 +291,7 @@ async fn grant(store: &RedisStore, pairs: usize) -> anyhow::Result<ScriptCost> {
         let mut actual = policy.units(Cost::split(1_000, 100));
         actual[0] = call.cost[0];
         for r in &held {
-            store.settle(&settle_call(&call, r, actual)).await?;
+            store.settle(&call.settlement(r, actual)).await?;
         }
         settle.add(mid, evalsha(store).await?);
         done += n;
@@ -346,7 +346,7 @@ async fn queued(store: &RedisStore, pairs: usize) -> anyhow::Result<ScriptCost> 
         // each cancellation returns its whole cost, so the bucket is where it
         // was before the batch and every batch queues alike.
         for (call, r) in held.iter().rev() {
-            store.settle(&settle_call(call, r, [0.0; 4])).await?;
+            store.settle(&call.settlement(r, [0.0; 4])).await?;
         }
         settle.add(mid, evalsha(store).await?);
         done += n;
@@ -366,16 +366,4 @@ async fn queued(store: &RedisStore, pairs: usize) -> anyhow::Result<ScriptCost> 
 
 fn granted<E: std::fmt::Display>(r: Result<Reserved, E>) -> anyhow::Result<Reserved> {
     r.map_err(|e| anyhow::anyhow!("the script cost run was refused: {e}"))
-}
-
-fn settle_call<'a>(call: &ReserveCall<'a>, r: &Reserved, actual: [f64; 4]) -> SettleCall<'a> {
-    SettleCall {
-        key: call.key,
-        policy: call.policy,
-        class: call.class,
-        id: r.id,
-        slot: r.slot,
-        mark: r.mark,
-        actual,
-    }
 }

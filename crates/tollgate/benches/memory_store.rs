@@ -12,7 +12,7 @@ use tollgate::store::{ManualClock, MemoryStore};
 use tollgate::{ClassShare, Cost, Limits, PriorityClass, RateLimiter};
 
 mod common;
-use common::{call, settlement};
+use common::call;
 
 fn decisions(c: &mut Criterion) {
     let mut g = c.benchmark_group("memory_store");
@@ -38,7 +38,7 @@ fn decisions(c: &mut Criterion) {
         let call = call("openai/gpt-4o", &roomy, Cost::tokens(1000), Some(0.0));
         b.iter_batched(
             || store.reserve_now(&call).expect("granted"),
-            |r| black_box(store.settle_now(&settlement(&call, r, used))),
+            |r| black_box(store.settle_now(&call.settlement(&r, used))),
             BatchSize::SmallInput,
         )
     });
@@ -117,7 +117,7 @@ fn queue_depth(c: &mut Criterion) {
                 let rc = call("deep", &policy, Cost::request_only(), None);
                 b.iter(|| {
                     let r = store.reserve_now(&rc).unwrap();
-                    black_box(store.settle_now(&settlement(&rc, r, [0.0; 4])))
+                    black_box(store.settle_now(&rc.settlement(&r, [0.0; 4])))
                 })
             },
         );

@@ -30,7 +30,7 @@ use tollgate::{Cost, Limits, Policy};
 // The bench's calls, so that the cases are the bench's.
 #[path = "../benches/common/mod.rs"]
 mod common;
-use common::{call, settlement};
+use common::call;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -57,7 +57,7 @@ fn main() {
             let used = roomy.units(Cost::tokens(700));
             for _ in 0..count {
                 let r = store.reserve_now(black_box(&rc)).expect("granted");
-                black_box(store.settle_now(&settlement(&rc, r, used)));
+                black_box(store.settle_now(&rc.settlement(&r, used)));
             }
         }
         Some(("queued", depth)) => {
@@ -71,7 +71,7 @@ fn main() {
             let rc = call("deep", &policy, Cost::request_only(), None);
             for _ in 0..count {
                 let r = store.reserve_now(black_box(&rc)).expect("queued");
-                black_box(store.settle_now(&settlement(&rc, r, [0.0; 4])));
+                black_box(store.settle_now(&rc.settlement(&r, [0.0; 4])));
             }
         }
         _ => panic!("unknown case {case:?}: granted, pair or queued:N"),

@@ -821,15 +821,7 @@ async fn a_settlement_respects_classes_only_another_process_queued() {
     // more tokens wait 0.5 s, promised the 0.1 s of headroom left before them.
     let queued = other.reserve(&call(3, 0.5, 400)).await.unwrap().unwrap();
     assert!(queued.slot - queued.now > 0.45, "{queued:?}");
-    let settle = SettleCall {
-        key: "classes",
-        policy: &policy,
-        class: 0,
-        id: first.id,
-        slot: first.slot,
-        mark: first.mark,
-        actual: policy.units(Cost::tokens(100)),
-    };
+    let settle = call(0, 1.0, 600).settlement(&first, policy.units(Cost::tokens(100)));
     let settled = one.settle(&settle).await.unwrap();
     assert!(
         (settled.refunded[1] - 100.0).abs() < 1e-3,
@@ -863,15 +855,7 @@ async fn a_second_cancel_of_a_queued_reservation_writes_nothing() {
         store.reserve(&call).await.unwrap().unwrap();
         let queued = store.reserve(&call).await.unwrap().unwrap();
         assert!(queued.slot > queued.now);
-        let cancel = SettleCall {
-            key: "twice",
-            policy: &policy,
-            class: 0,
-            id: queued.id,
-            slot: queued.slot,
-            mark: queued.mark,
-            actual: [0.0; DIMENSIONS],
-        };
+        let cancel = call.settlement(&queued, [0.0; DIMENSIONS]);
         let first = store.settle(&cancel).await.unwrap();
         assert!(first.returned[0] > 0.9, "{first:?}");
         let after_first = store.snapshot("twice", &policy).await.unwrap().state;

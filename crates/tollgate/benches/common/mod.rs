@@ -1,7 +1,8 @@
 //! The calls the `memory_store` bench and the `memory_decisions` example
-//! make (the example counts instructions of the bench's cases).
+//! make (the example counts instructions of the bench's cases); their
+//! settlements are `ReserveCall::settlement`.
 
-use tollgate::store::{ReserveCall, Reserved, SettleCall};
+use tollgate::store::ReserveCall;
 use tollgate::{Cost, Policy};
 
 /// A top-class reservation of `cost` on `key`.
@@ -20,18 +21,5 @@ pub fn call<'a>(
         max_wait,
         max_queue: None,
         lease: None,
-    }
-}
-
-/// The settlement of reservation `r` of `call` with `actual` units.
-pub fn settlement<'a>(call: &ReserveCall<'a>, r: Reserved, actual: [f64; 4]) -> SettleCall<'a> {
-    SettleCall {
-        key: call.key,
-        policy: call.policy,
-        class: call.class,
-        id: r.id,
-        slot: r.slot,
-        mark: r.mark,
-        actual,
     }
 }

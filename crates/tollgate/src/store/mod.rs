@@ -82,6 +82,22 @@ pub struct SettleCall<'a> {
     pub actual: Dims,
 }
 
+impl<'a> ReserveCall<'a> {
+    /// The settlement of `reserved`, this call's reservation, with `actual`
+    /// units (all zero: its cancellation).
+    pub fn settlement(&self, reserved: &Reserved, actual: Dims) -> SettleCall<'a> {
+        SettleCall {
+            key: self.key,
+            policy: self.policy,
+            class: self.class,
+            id: reserved.id,
+            slot: reserved.slot,
+            mark: reserved.mark,
+            actual,
+        }
+    }
+}
+
 /// The arguments of [`Backend::advance`]: a queued reservation asking whether
 /// it may start earlier.
 #[derive(Debug, Clone)]
