@@ -3,6 +3,9 @@
 //! new lanes, a lane keeps the part of its capacity it had in use, and a
 //! change that could not be built is refused with nothing changed.
 
+mod support;
+
+use support::{RedisCluster, RedisServer};
 use tollgate::{
     AcquireOptions, ClassShare, Cost, Error, Limits, PriorityClass, RateLimiter, Store,
 };
@@ -129,4 +132,170 @@ async fn a_change_that_cannot_be_built_is_refused_and_changes_nothing() {
         .unwrap_err();
     assert!(e.to_string().contains("class_shares"), "{e}");
     assert!(plain.lane_shares().is_empty());
+}
+
+/// A bucket `key` of 1,000 tokens refilling in `window` seconds, lanes 0.9
+/// and 0.1 (floors 0.9 and 0.1) that lend nothing, on `store` or `url`.
+async fn tight(key: &str, store: Option<&Store>, url: Option<&str>, window: f64) -> RateLimiter {
+    let class = PriorityClass {
+        headroom: 1.0,
+        max_wait: None,
+    };
+    let builder = RateLimiter::builder(key)
+        .limits(Limits::new().tokens(1_000).window_secs(window))
+        .priority_classes(vec![class.clone(), class])
+        .class_shares(no_lending([(0.9, 1.0), (0.1, 1.0)]));
+    match (store, url) {
+        (Some(store), _) => builder.store(store.clone()).build_unchecked().unwrap(),
+        (None, Some(url)) => builder.url(url).build().await.unwrap(),
+        (None, None) => unreachable!("a store or a URL"),
+    }
+}
+
+/// Every call of class `class` of 10 tokens that `a` and `b` (taking
+/// turns) get at once: their slots.
+async fn at_once_from_both(a: &RateLimiter, b: &RateLimiter, class: u8) -> Vec<f64> {
+    let options = AcquireOptions::class(class).max_wait(std::time::Duration::ZERO);
+    let mut slots = Vec::new();
+    let mut refused = [false; 2];
+    for turn in 0.. {
+        if refused == [true, true] || slots.len() >= 1_000 {
+            break;
+        }
+        let who = turn % 2;
+        if refused[who] {
+            continue;
+        }
+        let limiter = if who == 0 { a } else { b };
+        match limiter.reserve(Cost::tokens(10), &options).await {
+            Ok(p) => slots.push(p.slot()),
+            Err(_) => refused[who] = true,
+        }
+    }
+    slots
+}
+
+/// The most tokens started (calls of 10 at `slots`) beyond what a bucket of
+/// 1,000 tokens refilling at `rate` a second allows, over any interval
+/// (0 or less: never more than the bucket).
+fn most_beyond_the_bucket(slots: &[f64], rate: f64) -> f64 {
+    let mut slots = slots.to_vec();
+    slots.sort_by(f64::total_cmp);
+    let mut worst = f64::NEG_INFINITY;
+    for i in 0..slots.len() {
+        for j in i..slots.len() {
+            let started = 10.0 * (j - i + 1) as f64;
+            worst = worst.max(started - 1_000.0 - rate * (slots[j] - slots[i]));
+        }
+    }
+    worst
+}
+
+/// Class 0 fills its lane (90% of the bucket) and queues `queued` calls
+/// more; both instances then change the lanes to 10% and 90%, and both classes
+/// take what they can get at once, now and at each of `later` (from
+/// `pause`, which lets store time pass). Returns every slot started.
+async fn fill_then_turn_the_shares_around<F, Fut>(
+    a: &RateLimiter,
+    b: &RateLimiter,
+    queued: usize,
+    mut pause: F,
+) -> (Vec<f64>, usize)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut slots = at_once_from_both(a, b, 0).await;
+    assert!((88..=91).contains(&slots.len()), "{}", slots.len());
+    for _ in 0..queued {
+        let p = a
+            .reserve(Cost::tokens(10), &AcquireOptions::class(0))
+            .await
+            .unwrap();
+        assert!(!p.waited().is_zero());
+        slots.push(p.slot());
+    }
+    for l in [a, b] {
+        l.set_class_shares(no_lending([(0.1, 1.0), (0.9, 1.0)]))
+            .unwrap();
+        assert_eq!(l.lane_shares(), vec![0.1, 0.9]);
+    }
+    let first = at_once_from_both(a, b, 1).await;
+    let right_after = first.len();
+    slots.extend(first);
+    for _ in 0..12 {
+        pause().await;
+        slots.extend(at_once_from_both(a, b, 1).await);
+        slots.extend(at_once_from_both(a, b, 0).await);
+    }
+    (slots, right_after)
+}
+
+/// A change of shares never lets the lanes together start more than the
+/// bucket holds: the lane that grows keeps, at once, the room it had (its
+/// 100 tokens: once, though both instances make the change); with a queue
+/// in the lane that shrinks, which still starts at its old pace, the lane
+/// that grows pays for it first.
+#[tokio::test]
+async fn a_change_of_shares_never_starts_more_than_the_bucket_holds() {
+    use std::sync::Arc;
+    use tollgate::store::{ManualClock, MemoryStore};
+    for (queued, at_once) in [(0, 9..=10), (20, 0..=0)] {
+        let clock = ManualClock::new(1_000.0);
+        let store = Store::Memory(MemoryStore::with_clock(Arc::new(clock.clone())));
+        let (a, b) = (
+            tight("tight", Some(&store), None, 1.0).await,
+            tight("tight", Some(&store), None, 1.0).await,
+        );
+        let (slots, right_after) = fill_then_turn_the_shares_around(&a, &b, queued, || {
+            clock.advance(0.05);
+            std::future::ready(())
+        })
+        .await;
+        let beyond = most_beyond_the_bucket(&slots, 1_000.0);
+        assert!(beyond <= 1e-6, "queued {queued}: {beyond} tokens beyond the bucket");
+        assert!(
+            at_once.contains(&right_after),
+            "queued {queued}: {right_after} calls of class 1 right after the change"
+        );
+        // Class 1 gets its new lane as the bucket refills: 0.6 s at 900
+        // tokens a second.
+        let later = slots.len() - right_after - 90 - queued;
+        assert!(later > 40, "queued {queued}: {later} calls later");
+    }
+}
+
+/// The same on Redis, the two instances each with a connection of its own;
+/// a bucket refilling in 10 s, so that the calls' own time counts little.
+async fn never_more_than_the_bucket_on(url: &str) {
+    for (queued, at_once) in [(0, 9..=10), (20, 0..=0)] {
+        // Each round on a bucket of its own.
+        let key = format!("tight/{queued}");
+        let (a, b) = (
+            tight(&key, None, Some(url), 10.0).await,
+            tight(&key, None, Some(url), 10.0).await,
+        );
+        let (slots, right_after) = fill_then_turn_the_shares_around(&a, &b, queued, || {
+            tokio::time::sleep(std::time::Duration::from_millis(50))
+        })
+        .await;
+        let beyond = most_beyond_the_bucket(&slots, 100.0);
+        assert!(beyond <= 1e-6, "queued {queued}: {beyond} tokens beyond the bucket");
+        assert!(
+            at_once.contains(&right_after),
+            "queued {queued}: {right_after} calls of class 1 right after the change"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_change_of_shares_never_starts_more_than_the_bucket_holds_on_redis() {
+    let server = RedisServer::start();
+    never_more_than_the_bucket_on(&server.url()).await;
+}
+
+#[tokio::test]
+async fn a_change_of_shares_never_starts_more_than_the_bucket_holds_on_a_cluster() {
+    let cluster = RedisCluster::start(3);
+    never_more_than_the_bucket_on(&cluster.url()).await;
 }
