@@ -32,6 +32,7 @@ mod error;
 mod gcra;
 mod lend;
 mod limits;
+mod reshare;
 mod settle;
 mod share;
 
@@ -42,6 +43,7 @@ pub use error::{CostError, LimitsError, ReserveError, ShareError};
 pub use gcra::{reserve, Grant, KeyState, ReserveRequest};
 pub use lend::{charge_borrow, may_borrow, Borrower, BORROW_WINDOW};
 pub use limits::{Limits, Policy, DEFAULT_WINDOW_SECS, MAX_BURST};
+pub use reshare::{reshare, reshare_extra, Reshared};
 pub use settle::{settle, settle_vacated, Mark, Settled, Vacated};
 pub use share::{ClassShare, Shares, Spread, MAX_CLASSES};
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 use tokio::time::Instant;
-use tollgate_core::{ClassShare, Dims, Policy, ReserveError, Shares, DIMENSIONS};
+use tollgate_core::{Dims, Policy, ReserveError, Shares, DIMENSIONS};
 
 use crate::error::secs;
 use crate::outage::Stats;
@@ -48,6 +48,9 @@ struct Full {
 pub(crate) struct Lanes {
     pub(crate) shares: Shares,
     pub(crate) lanes: Vec<Lane>,
+    /// A change of shares the store has yet to be told of (see
+    /// `super::reshare`).
+    pub(super) pending: Option<super::reshare::Pending>,
     full: Mutex<Vec<Option<Full>>>,
     /// Where the next search for a lender starts, so that borrowers do not
     /// all ask the same lane first.
@@ -58,7 +61,7 @@ pub(crate) struct Lanes {
 /// ([`RateLimiter::set_class_shares`]). Each operation takes the lanes of
 /// the moment once and works on them throughout.
 #[derive(Debug)]
-pub(crate) struct LiveLanes(RwLock<Arc<Lanes>>);
+pub(crate) struct LiveLanes(pub(super) RwLock<Arc<Lanes>>);
 
 impl LiveLanes {
     pub(crate) fn new(lanes: Lanes) -> Self {
@@ -85,6 +88,7 @@ impl Lanes {
             })
             .collect();
         Lanes {
+            pending: None,
             full: Mutex::new(vec![None; shares.len()]),
             shares,
             lanes,
@@ -119,67 +123,6 @@ impl Lanes {
 }
 
 impl RateLimiter {
-    /// Changes the floors, weights and lendable parts of the classes that
-    /// share this limiter's bucket ([`Builder::class_shares`](crate::Builder::class_shares)),
-    /// one [`ClassShare`] per class as there: the calls reserved from now on
-    /// use the new lanes. Every limiter of the key should be given the same
-    /// shares (an application changing them live tells each of its
-    /// processes).
-    ///
-    /// Each lane keeps its state in the store: a lane holds the same part
-    /// of its new capacity in use as it held of its old one. So for one
-    /// tolerance (`burst × window`) after a change the lanes together may
-    /// admit more than the bucket holds, by at most what the lanes that grew
-    /// gained (a lane taken from 10% to 90% while it was empty, beside a
-    /// full lane taken from 90% to 10%, admits 90% of the bucket at once
-    /// while the other's calls still count): change shares rarely.
-    ///
-    /// Refused, and nothing changed, for a limiter built without
-    /// `class_shares`, for another number of shares than of classes, and
-    /// for shares [`Shares::new`] refuses.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), tollgate::Error> {
-    /// use tollgate::{ClassShare, Limits, PriorityClass, RateLimiter};
-    ///
-    /// let class = PriorityClass { headroom: 1.0, max_wait: None };
-    /// let limiter = RateLimiter::builder("doc/reshare")
-    ///     .limits(Limits::new().tpm(100_000))
-    ///     .priority_classes(vec![class.clone(), class])
-    ///     .class_shares(vec![ClassShare::new(0.5, 1.0), ClassShare::new(0.0, 1.0)])
-    ///     .build()
-    ///     .await?;
-    /// limiter.set_class_shares(vec![ClassShare::new(0.2, 1.0), ClassShare::new(0.0, 3.0)])?;
-    /// let status = limiter.status().await?;
-    /// assert!((status.classes[1].share - 0.6).abs() < 1e-9);
-    /// # Ok(()) }
-    /// ```
-    pub fn set_class_shares(&self, shares: Vec<ClassShare>) -> Result<(), Error> {
-        let inner = self.inner();
-        let Some(live) = &inner.lanes else {
-            return Err(Error::Config {
-                field: "class_shares",
-                value: format!("{} shares", shares.len()),
-                reason: "a limiter built with Builder::class_shares (its classes share the bucket)",
-            });
-        };
-        let mut now = live.0.write();
-        if shares.len() != now.lanes.len() {
-            return Err(Error::Config {
-                field: "class_shares",
-                value: format!("{} shares for {} classes", shares.len(), now.lanes.len()),
-                reason: "one share per priority class, in the same order",
-            });
-        }
-        let shares = Shares::new(shares).map_err(|source| Error::Shares {
-            key: inner.key.to_string(),
-            source,
-        })?;
-        *now = Arc::new(Lanes::new(&inner.key, &inner.policy, shares));
-        Ok(())
-    }
-
     /// Each class's lane share of the bucket now, in class order (empty
     /// for a limiter whose classes do not share it).
     pub fn lane_shares(&self) -> Vec<f64> {
@@ -202,6 +145,11 @@ impl RateLimiter {
         main: ReserveCall<'_>,
     ) -> Result<Permit, Error> {
         let inner = self.inner();
+        // The store's lanes are moved to new shares before any call uses
+        // them.
+        if let Err(failure) = self.reshare_lanes(lanes).await {
+            return self.on_outage(failure, main).await;
+        }
         // Beyond the whole bucket, no lane can ever hold it.
         if let Some(e) = inner.policy.too_large(&main.cost) {
             return Err(self.refused(e));

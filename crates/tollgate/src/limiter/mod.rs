@@ -5,6 +5,7 @@ mod fingerprint;
 mod lanes;
 mod permit;
 mod rate_limiter;
+mod reshare;
 mod status;
 mod together;
 mod token;

@@ -472,6 +472,7 @@ impl RateLimiter {
         if permit.source != Source::Store || permit.lane != Some(permit.class) {
             return None;
         }
+        self.reshare_lanes(&lanes).await.ok()?;
         self.borrow(&lanes, permit.class, &permit.mark.cost).await
     }
 
@@ -719,6 +720,10 @@ impl RateLimiter {
             classes: Vec::new(),
         };
         if let Some(lanes) = inner.lanes() {
+            // The lanes as the calls will find them.
+            self.reshare_lanes(&lanes)
+                .await
+                .map_err(RetryFailure::unavailable)?;
             for (k, lane) in lanes.lanes.iter().enumerate() {
                 let snap = self
                     .with_retry(|| inner.store.snapshot(&lane.key, &lane.policy))

@@ -543,6 +543,10 @@ struct Entry {
     state: KeyState,
     seq: u64,
     queues: Vec<ClassQueue>,
+    /// For a lane of a shared bucket whose share changed: the share its
+    /// line is in, and what the lanes that grew owed for it then (see
+    /// [`MemoryStore::reshare_now`]).
+    share: Option<(f64, Dims)>,
 }
 
 impl Entry {
@@ -996,6 +1000,38 @@ impl MemoryStore {
         }
     }
 
+    /// [`Backend::reshare`] without the future: moves the lane once to its
+    /// new share (`tollgate_core::reshare`), from the share recorded at its
+    /// last change if there is one. A lane with no state that the change
+    /// leaves as it is records nothing, as on Redis.
+    pub fn reshare_now(&self, call: &super::ReshareCall<'_>) -> super::Reshare {
+        let (shard, hash) = self.shard(call.key);
+        let mut shard = shard.lock();
+        let now = self.clock.now();
+        let entry = shard.entry(call.key, hash, now);
+        let from = match entry.share {
+            Some((share, owed)) if share == call.to => {
+                return super::Reshare {
+                    moved: false,
+                    owed,
+                    now,
+                }
+            }
+            Some((share, _)) => share,
+            None => call.from,
+        };
+        let r = tollgate_core::reshare(call.policy, &entry.state, now, from, call.to, &call.extra);
+        if r.state != entry.state || entry.state != KeyState::default() {
+            entry.state = r.state;
+            entry.share = Some((call.to, r.owed));
+        }
+        super::Reshare {
+            moved: true,
+            owed: r.owed,
+            now,
+        }
+    }
+
     /// Number of keys held (including idle ones not yet swept).
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().keys.len()).sum()
@@ -1092,5 +1128,9 @@ impl Backend for MemoryStore {
 
     async fn lend(&self, call: &super::LendCall<'_>) -> Result<super::Lent, StoreError> {
         self.lend_now(call)
+    }
+
+    async fn reshare(&self, call: &super::ReshareCall<'_>) -> Result<super::Reshare, StoreError> {
+        Ok(self.reshare_now(call))
     }
 }

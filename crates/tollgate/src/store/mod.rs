@@ -7,9 +7,12 @@
 mod lend;
 mod memory;
 mod redis;
+mod reshare;
 pub(crate) mod together;
 
 pub use self::lend::{LendCall, LendOp, Lent};
+
+pub use self::reshare::{Reshare, ReshareCall};
 
 pub use self::memory::{Clock, ManualClock, MemoryStore, SystemClock};
 pub(crate) use self::redis::Cancel;
@@ -238,6 +241,13 @@ pub trait Backend: Send + Sync {
     /// Asks for a class's turn to borrow in a shared bucket's pool, or
     /// charges what it borrowed (see `tollgate_core::may_borrow`).
     fn lend(&self, call: &LendCall<'_>) -> impl Future<Output = Result<Lent, StoreError>> + Send;
+
+    /// Moves a lane of a shared bucket to a new share, once however many
+    /// processes ask (see `tollgate_core::reshare`).
+    fn reshare(
+        &self,
+        call: &ReshareCall<'_>,
+    ) -> impl Future<Output = Result<Reshare, StoreError>> + Send;
 }
 
 /// A store: the embedded default or Redis. Cheap to clone; clones share state
@@ -371,6 +381,13 @@ impl Backend for Store {
         match self {
             Store::Memory(m) => m.lend(call).await,
             Store::Redis(r) => r.lend(call).await,
+        }
+    }
+
+    async fn reshare(&self, call: &ReshareCall<'_>) -> Result<Reshare, StoreError> {
+        match self {
+            Store::Memory(m) => m.reshare(call).await,
+            Store::Redis(r) => r.reshare(call).await,
         }
     }
 }

@@ -19,7 +19,8 @@
 //! token (for `TOKEN_LIFETIME`), `:f` the key's limits (for
 //! `FINGERPRINT_TTL`), and `:b` the pool of borrowers of a key whose classes
 //! share its bucket (`lend.rs`; one [`RedisOptions::idle_ttl`] after its
-//! last use). One more key,
+//! last use). A lane's state hash also holds, in field `sh`, the share its
+//! line is in since the classes' shares last changed (`reshare.rs`). One more key,
 //! `<prefix>:epoch`, never expires: it tells a key that expired while idle
 //! from a store that lost everything (see [`AfterReset`]).
 //!
@@ -39,6 +40,7 @@ mod lanes;
 mod lend;
 mod liveness;
 mod options;
+mod reshare;
 mod scripts;
 mod settling;
 mod together;
@@ -919,6 +921,15 @@ impl Backend for RedisStore {
         let pool = format!("{}:{{{}}}:b", self.settings.prefix, call.key);
         let inv = lend::lend_invocation(pool, call, self.settings.idle_ms);
         lend::lend_reply(&self.run("lend", inv).await?)
+    }
+
+    async fn reshare(
+        &self,
+        call: &crate::store::ReshareCall<'_>,
+    ) -> Result<crate::store::Reshare, StoreError> {
+        let state = Keys::new(&self.settings.prefix, call.key).state();
+        let inv = reshare::reshare_invocation(state, call, self.settings.idle_ms);
+        reshare::reshare_reply(&self.run("reshare", inv).await?)
     }
 
     async fn snapshot(&self, key: &str, _policy: &Policy) -> Result<KeySnapshot, StoreError> {
