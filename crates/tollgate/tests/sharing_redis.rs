@@ -227,3 +227,64 @@ async fn redis_and_memory_agree_on_the_turns_to_borrow() {
     assert!(e.contains("class 3 of 3"), "{e}");
     assert_eq!(memory.lend_now(&bad).unwrap_err().to_string(), e);
 }
+
+/// Script calls Redis has run so far (`EVALSHA` and `EVAL` in
+/// `INFO commandstats`).
+fn script_calls(server: &RedisServer) -> u64 {
+    server
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// A call refused while every lane it could borrow is known full to this
+/// process (found full a moment ago) asks Redis once, of its own lane: not
+/// for its turn to borrow too, which it could not use.
+#[tokio::test]
+async fn a_refusal_with_every_lender_known_full_asks_redis_once() {
+    let server = RedisServer::start();
+    let class = PriorityClass {
+        headroom: 1.0,
+        max_wait: None,
+    };
+    let limiter = RateLimiter::builder("full/everywhere")
+        .url(&server.url())
+        .limits(Limits::new().requests(30).window_secs(60.0))
+        .priority_classes(vec![class; 3])
+        .class_shares(vec![ClassShare::new(0.2, 1.0); 3])
+        .build()
+        .await
+        .unwrap();
+    let at_once = AcquireOptions::class(0).max_wait(Duration::ZERO);
+    // Class 0 takes its lane, then borrows the others' until every lane is
+    // full; the refusal that ends it finds them full.
+    let mut started = 0;
+    while limiter
+        .reserve(Cost::request_only(), &at_once)
+        .await
+        .is_ok()
+    {
+        started += 1;
+        assert!(started <= 30, "more than the bucket");
+    }
+    assert!(started >= 27, "{started} of 30");
+    let before = script_calls(&server);
+    assert!(limiter
+        .reserve(Cost::request_only(), &at_once)
+        .await
+        .is_err());
+    assert_eq!(
+        script_calls(&server) - before,
+        1,
+        "script calls for a refusal"
+    );
+}
