@@ -191,7 +191,8 @@ impl RateLimiter {
     pub(super) async fn borrow(&self, lanes: &Lanes, class: u8, cost: &Dims) -> Option<Permit> {
         let inner = self.inner();
         let priority = inner.classes.get(class as usize)?.headroom;
-        // The lenders that could ever hold it, with the borrowing headroom.
+        // The lenders that could ever hold it and are not known full, with
+        // the borrowing headroom: with none, the turn is not asked either.
         let mut lenders = [(0, 0.0); tollgate_core::MAX_CLASSES];
         let mut count = 0;
         for lane in lanes.lenders(class as usize) {
@@ -200,7 +201,10 @@ impl RateLimiter {
                 lanes.shares.class(lane).lendable * priority - inner.margin / lender.policy.tau;
             let inc = &lender.policy.increment;
             let tolerance = lender.policy.tau * headroom;
-            if headroom > 0.0 && (0..DIMENSIONS).all(|i| cost[i] * inc[i] <= tolerance) {
+            if headroom > 0.0
+                && (0..DIMENSIONS).all(|i| cost[i] * inc[i] <= tolerance)
+                && !lanes.known_full(lane, cost)
+            {
                 lenders[count] = (lane, headroom);
                 count += 1;
             }
